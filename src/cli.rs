@@ -1,0 +1,307 @@
+//! The command line, and nothing else: clap definitions whose doc comments are the
+//! `--help` text, the man page and the shell completions. Each subcommand is carried
+//! out by one function in `commands/`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "envy",
+    version,
+    about = "Reproducible dev environments: verified boxes booted as VMs or containers",
+    long_about = "envy brings up the environment an Envfile describes: it fetches a verified \
+base image (a box), boots it as a QEMU/KVM virtual machine or an OCI container, syncs the \
+project in and provisions it.\n\nStart with `envy init`, then `envy up` and `envy exec -- CMD`.",
+    after_help = "Exit codes: 0 ok, 1 error, 2 usage, 3 Envfile, 4 box, 5 provider, 6 busy, \
+7 wrong machine state; exec and run pass the guest command's code through."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every command takes.
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
+    /// More log output on stderr (-v debug, -vv trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only errors on stderr.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// Print machine-readable JSON on stdout (schema in docs/json.md).
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Run as if started in DIR (where the Envfile is looked for).
+    #[arg(short = 'C', long = "project", global = true, value_name = "DIR")]
+    pub project: Option<PathBuf>,
+    /// Fail at once instead of waiting when another envy command holds the project.
+    #[arg(long, global = true)]
+    pub no_wait: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write an Envfile for this folder from a template.
+    Init(InitArgs),
+    /// Create, start and provision the Envfile's machines.
+    Up(UpArgs),
+    /// Show the state of this project's machines.
+    Status(MachinesArgs),
+    /// List every environment of this user, across projects.
+    List,
+    /// Open an interactive shell in a machine.
+    Ssh(MachineArg),
+    /// Run a command in a machine; its exit code is envy's.
+    Exec(ExecArgs),
+    /// Stop machines, keeping their disks and layers.
+    Halt(HaltArgs),
+    /// Halt and start machines again (picks up Envfile changes).
+    Reload(MachinesArgs),
+    /// Run the machines' provisioners again.
+    Provision(MachinesArgs),
+    /// Remove machines and every trace of them; never the box store or your files.
+    Destroy(DestroyArgs),
+    /// Save, restore, list and delete snapshots of a machine.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+    /// Pack a machine's current state into a verified box, optionally serving it.
+    Share(ShareArgs),
+    /// Throwaway: bring up a fresh machine, run CMD with the project synced in, destroy it.
+    Run(RunArgs),
+    /// Manage the box store: add, list, remove, prune, build, verify.
+    #[command(name = "box", subcommand)]
+    Box(BoxCommand),
+    /// Check this host for what envy needs, and say what to do about each problem.
+    Doctor,
+    /// Print a shell completion script.
+    Completions(CompletionsArgs),
+    /// Print envy's man page (roff).
+    #[command(hide = true)]
+    Man,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProviderArg {
+    Container,
+    Qemu,
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Template to start from (minimal, rust, python, node, postgres-staging).
+    #[arg(long)]
+    pub template: Option<String>,
+    /// Box for the machines (catalog name, or a URL with #sha256=...).
+    #[arg(long = "box", value_name = "BOX")]
+    pub box_name: Option<String>,
+    /// Provider for the machines.
+    #[arg(long, value_enum)]
+    pub provider: Option<ProviderArg>,
+    /// Overwrite an existing Envfile.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Machines to bring up (default: all in the Envfile).
+    pub machines: Vec<String>,
+    /// Skip provisioning, even on first start.
+    #[arg(long)]
+    pub no_provision: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct MachinesArgs {
+    /// Machines to act on (default: all in the Envfile).
+    pub machines: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct MachineArg {
+    /// Machine to use (may be left out when the Envfile has one).
+    pub machine: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Machine to run in (may be left out when the Envfile has one).
+    pub machine: Option<String>,
+    /// Allocate a terminal even when stdin is not one (-t), or never (-T).
+    #[arg(short = 't', long = "tty", overrides_with = "no_tty")]
+    pub tty: bool,
+    #[arg(short = 'T', long = "no-tty")]
+    pub no_tty: bool,
+    /// Working directory inside the machine.
+    #[arg(short = 'w', long = "workdir")]
+    pub workdir: Option<String>,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct HaltArgs {
+    /// Machines to halt (default: all).
+    pub machines: Vec<String>,
+    /// Kill at once instead of asking the guest to shut down.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DestroyArgs {
+    /// Machines to destroy (default: all).
+    pub machines: Vec<String>,
+    /// Do not ask.
+    #[arg(short, long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Save a snapshot (a running VM's memory too).
+    Save(SnapshotArgs),
+    /// Put a machine back to a snapshot.
+    Restore(SnapshotArgs),
+    /// List a machine's snapshots.
+    List(MachineArg),
+    /// Delete a snapshot and free its space.
+    Delete(SnapshotArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotArgs {
+    /// `[MACHINE] NAME`: the machine may be left out when the Envfile has one.
+    #[arg(num_args = 1..=2, required = true, value_name = "MACHINE] [NAME")]
+    pub words: Vec<String>,
+    /// Overwrite a snapshot of the same name.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ShareArgs {
+    /// Machine to share (may be left out when the Envfile has one).
+    pub machine: Option<String>,
+    /// Where to write the box (default: <machine>.box in the project).
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    /// Serve the box over HTTP after packing it (default 127.0.0.1:0, a free port).
+    #[arg(long, value_name = "ADDR:PORT", num_args = 0..=1, default_missing_value = "127.0.0.1:0")]
+    pub serve: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Box to run (catalog name, URL#sha256=..., or a path).
+    #[arg(long = "box", value_name = "BOX")]
+    pub box_name: String,
+    /// Provider to run it on.
+    #[arg(long, value_enum, default_value = "container")]
+    pub provider: ProviderArg,
+    /// Keep the machine when CMD fails, to look around.
+    #[arg(long)]
+    pub keep_on_failure: bool,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BoxCommand {
+    /// Fetch a box into the store, verified: a catalog name, a URL or a local file.
+    Add(BoxAddArgs),
+    /// List the boxes in the store.
+    List,
+    /// Remove a box from the store.
+    Remove(BoxRemoveArgs),
+    /// Remove every box no project's Envfile.lock references.
+    Prune(BoxPruneArgs),
+    /// Make a box from a root filesystem (a directory or a tarball).
+    Build(BoxBuildArgs),
+    /// Re-hash stored boxes and report any corruption.
+    Verify(BoxVerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BoxAddArgs {
+    /// Catalog name (name or name@version), URL, or path of a .box/.qcow2/rootfs tarball.
+    pub source: String,
+    /// Expected sha256 of the file (hex).
+    #[arg(long)]
+    pub sha256: Option<String>,
+    /// Name to list the box under.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Accept a URL with no digest to check (the digest that arrived is recorded).
+    #[arg(long)]
+    pub insecure: bool,
+    /// Catalog to resolve names in (a directory, a .toml file or a URL); or ENVY_CATALOG.
+    #[arg(long, env = "ENVY_CATALOG")]
+    pub catalog: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct BoxRemoveArgs {
+    /// Box name or digest (a unique prefix of at least 8 hex digits is enough).
+    pub boxes: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct BoxPruneArgs {
+    /// Only say what would be removed.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BoxKindArg {
+    Container,
+    Qemu,
+}
+
+#[derive(Debug, Args)]
+pub struct BoxBuildArgs {
+    /// Root filesystem: a directory, or a tarball (e.g. from mmdebstrap).
+    #[arg(long)]
+    pub rootfs: PathBuf,
+    /// Box name written into its manifest.
+    #[arg(long)]
+    pub name: String,
+    /// Box version written into its manifest.
+    #[arg(long, default_value = "0")]
+    pub version: String,
+    /// What the box is for.
+    #[arg(long, value_enum, default_value = "container")]
+    pub kind: BoxKindArg,
+    /// Size of the VM disk (qemu boxes), e.g. 2GiB; default: the rootfs plus room.
+    #[arg(long)]
+    pub disk_size: Option<String>,
+    /// Extra kernel command line for direct boot (qemu boxes).
+    #[arg(long)]
+    pub cmdline: Option<String>,
+    /// Output file (default: NAME.box).
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    /// Also add the built box to the store.
+    #[arg(long)]
+    pub add: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BoxVerifyArgs {
+    /// Boxes to verify (default: all).
+    pub boxes: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// Shell to generate for.
+    pub shell: clap_complete::Shell,
+}

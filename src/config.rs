@@ -1,0 +1,36 @@
+//! The user's global defaults (`config.toml`): provider, acceleration, catalog, proxy.
+//! The Envfile and the command line win over these.
+
+use std::path::Path;
+
+use anyhow::{Context as _, Result};
+use serde::Deserialize;
+
+use crate::envfile::{Accel, ProviderKind};
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Provider for machines whose Envfile names none.
+    pub provider: Option<ProviderKind>,
+    /// Force KVM or TCG for every QEMU machine (ENVY_ACCEL still wins).
+    pub accel: Option<Accel>,
+    /// Catalog location: a directory of `*.toml` entries or a URL of one index file.
+    pub catalog: Option<String>,
+    /// HTTP(S) proxy for box downloads.
+    pub proxy: Option<String>,
+}
+
+impl Config {
+    /// Reads the file if it exists; a missing file means all defaults.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        toml::from_str(&text).with_context(|| {
+            format!("{} is not a valid envy config; fix or remove it", path.display())
+        })
+    }
+}

@@ -1,0 +1,1 @@
+//! Envfile.lock (skeleton).

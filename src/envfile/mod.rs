@@ -1,0 +1,142 @@
+//! The Envfile: a project's declaration of its machines (TOML), read strictly —
+//! every error points at file:line:column and the key — and the Envfile.lock that
+//! pins each machine's box to a digest.
+
+mod error;
+pub mod lock;
+mod parse;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+pub use error::Error;
+pub use parse::{find, load, parse_str};
+
+/// The file name envy looks for.
+pub const FILE_NAME: &str = "Envfile";
+
+/// A validated Envfile.
+#[derive(Debug, Clone)]
+pub struct Envfile {
+    /// The Envfile's path.
+    pub path: PathBuf,
+    /// The folder holding it: the project.
+    pub project_dir: PathBuf,
+    /// Machines in the order the file declares them.
+    pub machines: Vec<MachineSpec>,
+}
+
+impl Envfile {
+    pub fn machine(&self, name: &str) -> Option<&MachineSpec> {
+        self.machines.iter().find(|m| m.name == name)
+    }
+}
+
+/// One machine, with `[defaults]` applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MachineSpec {
+    pub name: String,
+    pub box_ref: BoxRef,
+    pub provider: ProviderKind,
+    pub cpus: u32,
+    /// Bytes.
+    pub memory: u64,
+    /// Bytes; the VM disk size (qemu), grown from the box's.
+    pub disk: Option<u64>,
+    /// Forced acceleration for qemu (ENVY_ACCEL wins over it).
+    pub accel: Option<Accel>,
+    pub env: BTreeMap<String, String>,
+    pub forwards: Vec<Forward>,
+    pub sync: Vec<SyncFolder>,
+    pub provision: Vec<ProvisionStep>,
+}
+
+/// Where a machine's box comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum BoxRef {
+    /// A catalog entry: `name` or `name@version`.
+    Catalog { name: String, version: Option<String> },
+    /// A URL, pinned by digest (hex sha256) unless the user accepts an unpinned one.
+    Url { url: String, sha256: Option<String> },
+    /// A local file, absolute (resolved against the project).
+    Path { path: PathBuf, sha256: Option<String> },
+}
+
+impl std::fmt::Display for BoxRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BoxRef::Catalog { name, version: Some(v) } => write!(f, "{name}@{v}"),
+            BoxRef::Catalog { name, version: None } => f.write_str(name),
+            BoxRef::Url { url, .. } => f.write_str(url),
+            BoxRef::Path { path, .. } => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    Container,
+    Qemu,
+}
+
+impl std::fmt::Display for ProviderKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ProviderKind::Container => "container",
+            ProviderKind::Qemu => "qemu",
+        })
+    }
+}
+
+/// QEMU acceleration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    /// KVM when a probe shows it works, TCG otherwise.
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+/// A port forward from the host into the machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Forward {
+    /// Host address to listen on; 127.0.0.1 unless the Envfile says otherwise.
+    pub host_ip: IpAddr,
+    pub host_port: u16,
+    pub guest_port: u16,
+    pub protocol: Protocol,
+    /// Pick another host port when this one is taken.
+    pub auto: bool,
+}
+
+/// A project folder made visible inside the machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncFolder {
+    /// Absolute host path.
+    pub host: PathBuf,
+    /// Absolute guest path.
+    pub guest: String,
+    pub readonly: bool,
+}
+
+/// One provisioning step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProvisionStep {
+    /// A shell command run with `sh -c`.
+    Shell(String),
+    /// A script file from the project (absolute host path), copied in and run.
+    Script(PathBuf),
+}

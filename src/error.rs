@@ -1,0 +1,52 @@
+//! Exit codes and the top-level error report. Modules raise their own typed errors;
+//! here each family is mapped to one documented exit code (docs/cli.md).
+
+/// Exit codes shared by every command.
+pub mod code {
+    /// An error that fits no family below.
+    pub const FAILURE: i32 = 1;
+    /// The command line itself was wrong (clap).
+    pub const USAGE: i32 = 2;
+    /// The Envfile or Envfile.lock is malformed or inconsistent.
+    pub const ENVFILE: i32 = 3;
+    /// A box could not be fetched, verified or unpacked.
+    pub const BOX: i32 = 4;
+    /// A provider (runc, QEMU, network) failed, or the host lacks what it needs.
+    pub const PROVIDER: i32 = 5;
+    /// Another envy command holds this project's lock and `--no-wait` was given.
+    pub const BUSY: i32 = 6;
+    /// The machine is not in a state that allows the command (e.g. exec on a halted machine).
+    pub const STATE: i32 = 7;
+    /// Interrupted by SIGINT (128 + 2, as shells report it).
+    pub const INTERRUPTED: i32 = 130;
+}
+
+/// Picks the exit code for an error by the first typed error found in its chain.
+pub fn exit_code(err: &anyhow::Error) -> i32 {
+    for cause in err.chain() {
+        if cause.is::<crate::envfile::Error>() {
+            return code::ENVFILE;
+        }
+        if cause.is::<crate::boxes::Error>() {
+            return code::BOX;
+        }
+        if cause.is::<crate::provider::Error>() {
+            return code::PROVIDER;
+        }
+        if let Some(e) = cause.downcast_ref::<crate::state::Error>() {
+            return match e {
+                crate::state::Error::Busy { .. } => code::BUSY,
+                _ => code::STATE,
+            };
+        }
+    }
+    code::FAILURE
+}
+
+/// Prints the error and its causes to stderr, one per line.
+pub fn report(err: &anyhow::Error) {
+    eprintln!("error: {err}");
+    for cause in err.chain().skip(1) {
+        eprintln!("  caused by: {cause}");
+    }
+}

@@ -1,0 +1,91 @@
+//! Envfile + command line + host, resolved into what a provider acts on: paths,
+//! runtime ids, forwards with their final host ports. Commands build plans;
+//! providers never read the Envfile or clap structs themselves.
+
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest as _, Sha256};
+
+use crate::context::Home;
+use crate::envfile::{Envfile, Forward, MachineSpec};
+
+/// The project a command acts on.
+#[derive(Debug, Clone)]
+pub struct Project {
+    /// The folder holding the Envfile.
+    pub dir: PathBuf,
+    /// The Envfile's path.
+    pub envfile: PathBuf,
+    /// `.envy/` inside the project: records, keys, sockets.
+    pub state_dir: PathBuf,
+    /// Short stable id of the project folder, used in host-wide names.
+    pub id: String,
+}
+
+impl Project {
+    pub fn new(envfile: &Envfile) -> Project {
+        let dir = envfile.project_dir.clone();
+        Project {
+            id: project_id(&dir),
+            state_dir: dir.join(".envy"),
+            envfile: envfile.path.clone(),
+            dir,
+        }
+    }
+
+    /// `.envy/machines/<name>/`.
+    pub fn machine_dir(&self, name: &str) -> PathBuf {
+        self.state_dir.join("machines").join(name)
+    }
+}
+
+/// Eight hex digits of the sha256 of the project's canonical path.
+pub fn project_id(dir: &Path) -> String {
+    let canonical = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    let digest = Sha256::digest(canonical.as_os_str().as_encoded_bytes());
+    hex::encode(&digest[..4])
+}
+
+/// Everything a provider needs to act on one machine.
+#[derive(Debug, Clone)]
+pub struct MachinePlan {
+    pub home: Home,
+    pub project: Project,
+    pub spec: MachineSpec,
+    /// Position of the machine in the Envfile (stable addresses derive from it).
+    pub index: usize,
+    /// `.envy/machines/<name>/`: the provider keeps its files here.
+    pub dir: PathBuf,
+    /// Host-wide unique name: `envy-<project id>-<machine>`.
+    pub runtime_id: String,
+    /// Forwards with the host ports actually used (an `auto` forward may have moved).
+    pub forwards: Vec<Forward>,
+    /// The other machines of the project, by name and index, so they can reach each other.
+    pub peers: Vec<(String, usize)>,
+}
+
+impl MachinePlan {
+    pub fn new(home: &Home, project: &Project, envfile: &Envfile, spec: &MachineSpec) -> MachinePlan {
+        let index = envfile.machines.iter().position(|m| m.name == spec.name).unwrap_or(0);
+        MachinePlan {
+            home: home.clone(),
+            project: project.clone(),
+            spec: spec.clone(),
+            index,
+            dir: project.machine_dir(&spec.name),
+            runtime_id: format!("envy-{}-{}", project.id, spec.name),
+            forwards: spec.forwards.clone(),
+            peers: envfile
+                .machines
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| m.name != spec.name)
+                .map(|(i, m)| (m.name.clone(), i))
+                .collect(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+}

@@ -1,0 +1,31 @@
+//! What envy remembers between commands, and how it stays honest: the project's
+//! `.envy/` records (versioned, written atomically), the per-project lock, and
+//! pid files tied to the boot id so a record from before a reboot reads as stale.
+
+mod fsutil;
+mod lock;
+mod pidfile;
+pub mod record;
+pub mod registry;
+
+pub use fsutil::{create_private, write_atomic, write_private};
+pub use lock::ProjectLock;
+pub use pidfile::{boot_id, PidFile};
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Another command holds the project lock and the caller asked not to wait.
+    #[error("another envy command is working on {} (pid {holder}); wait for it, or run again without --no-wait to queue behind it", .project.display())]
+    Busy { project: PathBuf, holder: String },
+    /// The machine has never been brought up.
+    #[error("machine {machine} has not been created; run `envy up {machine}` first")]
+    NotCreated { machine: String },
+    /// The machine exists but is not running.
+    #[error("machine {machine} is {state}; run `envy up {machine}` first")]
+    NotRunning { machine: String, state: String },
+    /// A record is unreadable or from an unknown format version.
+    #[error("{}: {message}", .path.display())]
+    BadRecord { path: PathBuf, message: String },
+}

@@ -1,0 +1,63 @@
+//! A machine's record in `.envy/machines/<name>/machine.json`: what envy decided
+//! for it (box digest, provider, final ports). Whether it runs is never read from
+//! here; providers ask the processes.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+
+use crate::envfile::{Forward, ProviderKind};
+
+/// Format version of the record; bumped on incompatible change.
+pub const VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MachineRecord {
+    pub version: u32,
+    pub name: String,
+    pub provider: ProviderKind,
+    /// sha256 of the box the machine was created from.
+    pub box_digest: String,
+    /// Seconds since the Unix epoch.
+    pub created: u64,
+    /// Forwards with the host ports in use.
+    pub forwards: Vec<Forward>,
+    /// Whether first-boot provisioning completed.
+    pub provisioned: bool,
+}
+
+impl MachineRecord {
+    pub fn path(machine_dir: &Path) -> PathBuf {
+        machine_dir.join("machine.json")
+    }
+
+    /// The record, or None when the machine was never created.
+    pub fn load(machine_dir: &Path) -> Result<Option<MachineRecord>> {
+        let path = Self::path(machine_dir);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let record: MachineRecord = serde_json::from_str(&text).map_err(|e| super::Error::BadRecord {
+            path: path.clone(),
+            message: format!("unreadable ({e}); `envy destroy` removes it"),
+        })?;
+        if record.version != VERSION {
+            return Err(super::Error::BadRecord {
+                path,
+                message: format!(
+                    "written by another envy (record version {}, this envy reads {VERSION})",
+                    record.version
+                ),
+            }
+            .into());
+        }
+        Ok(Some(record))
+    }
+
+    pub fn save(&self, machine_dir: &Path) -> Result<()> {
+        super::write_atomic(&Self::path(machine_dir), &serde_json::to_vec_pretty(self)?)
+    }
+}
