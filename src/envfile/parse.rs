@@ -13,3 +13,11 @@ pub fn load(path: &Path) -> Result<Envfile, Error> {
 pub fn parse_str(path: &Path, _text: &str) -> Result<Envfile, Error> {
     Err(Error::At { path: path.into(), line: 1, column: 1, message: "not built yet".into() })
 }
+
+/// 1-based line and column of a byte offset.
+pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
