@@ -18,7 +18,7 @@ pub enum Error {
     #[error("cannot download {url} after {attempts} attempts: {message}; check the URL, the network or the proxy setting")]
     Network { url: String, attempts: u32, message: String },
     /// An archive entry we refuse to unpack.
-    #[error("refusing {archive}: entry `{entry}` {reason}; nothing was unpacked")]
+    #[error("refusing {archive}: entry `{entry}` {reason}; nothing was stored")]
     HostileEntry { archive: String, entry: String, reason: String },
     /// The archive is not one envy can read.
     #[error("{archive} is not a box: {reason}")]
