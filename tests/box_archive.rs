@@ -109,6 +109,10 @@ fn symlink_escaping_then_a_file_through_it_is_refused() {
         .finish();
     assert_refused(&env, tar, "evil/pwned", "would be written through symlink `evil`");
     assert!(!out.join("pwned").exists());
+    // A directory entry over that symlink would change the outside folder's mode.
+    let tar = RawTar::default().entry("evil", b'2', 0o777, 0, b"", out.to_str().unwrap()).entry("evil", b'5', 0o777, 0, b"", "").finish();
+    assert_refused(&env, tar, "evil", "is a directory over an earlier symlink of the same name");
+    assert_eq!(std::fs::metadata(&out).unwrap().permissions().mode() & 0o777, 0o755);
     // A box archive holds no symlinks at all.
     let tar = RawTar::default().file("box.toml", &manifest(&"a".repeat(64))).entry("link", b'2', 0o777, 0, b"", "/").finish();
     assert_refused(&env, tar, "link", "is a symlink; a box holds only regular files");

@@ -232,3 +232,16 @@ fn two_adds_at_once_download_once() {
     assert_eq!(env.store_entries(), vec![digest.clone()]);
     env.envy().args(["box", "verify"]).assert().success();
 }
+
+#[test]
+fn downloads_go_through_the_configured_proxy() {
+    let env = TestEnv::new();
+    let proxy = Server::start();
+    let (path, digest) = build_container_box(&env, "web");
+    // Nothing listens on the origin's port: only the proxy can answer.
+    let url = "http://127.0.0.1:9/web.box";
+    proxy.serve(url, std::fs::read(path).unwrap());
+    std::fs::write(env.home.join("config.toml"), format!("proxy = \"{}\"\n", proxy.url(""))).unwrap();
+    env.envy().args(["box", "add", url, "--sha256", &digest]).assert().success();
+    assert_eq!(proxy.requests_for(url).len(), 1);
+}

@@ -286,6 +286,11 @@ fn unpack_rootfs_stream<R: Read>(mut archive: tar::Archive<R>, dest: &Path, labe
         }
         check_no_symlink_parents(dest, &rel, &mut real_dirs)
             .map_err(|via| hostile(&raw, format!("would be written through symlink `{via}`, which may point outside the tree")))?;
+        // Files and links replace an existing symlink; a directory entry would instead
+        // chmod/chown whatever the symlink points to.
+        if kind == EntryType::Directory && std::fs::symlink_metadata(dest.join(&rel)).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(hostile(&raw, "is a directory over an earlier symlink of the same name".into()));
+        }
         if kind == EntryType::Symlink {
             // A symlink may replace something we had checked; check afresh from now on.
             real_dirs.clear();

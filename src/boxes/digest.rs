@@ -119,6 +119,25 @@ impl Hasher {
     }
 }
 
+/// Copies `reader` to `writer` and returns the hashes of what was copied: one pass
+/// over the bytes, so what is hashed is exactly what was written.
+pub fn copy_hashing(mut reader: impl Read, mut writer: impl Write, mut hasher: Hasher) -> io::Result<Hashes> {
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                writer.write_all(&buf[..n])?;
+                hasher.update(&buf[..n]);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    writer.flush()?;
+    Ok(hasher.finish())
+}
+
 /// sha256 (hex) of bytes in memory.
 pub fn sha256_bytes(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))

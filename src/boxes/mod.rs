@@ -17,5 +17,5 @@ pub use build::{build, parse_size, BuildRequest};
 pub use digest::sha256_file;
 pub use error::Error;
 pub use manifest::{BootMethod, ContainerPayload, Manifest, QemuPayload};
-pub use source::BoxSource;
+pub use source::{parse_box_ref, BoxSource};
 pub use store::{Corruption, Record, Stamp, Store, StoredBox};

@@ -26,47 +26,47 @@ impl BoxSource {
     pub fn from_ref(reference: &BoxRef, catalog: Option<String>, provider: Option<ProviderKind>) -> BoxSource {
         BoxSource { reference: reference.clone(), insecure: false, catalog, name: None, provider }
     }
+}
 
-    /// Reads what a user typed: `http(s)://...` (optionally `#sha256=HEX`) is a URL, an
-    /// existing path or anything with a `/` or a box-like extension is a file, the rest
-    /// is a catalog `name` or `name@version`. `sha256` is the --sha256 flag.
-    pub fn parse(text: &str, sha256: Option<&str>) -> Result<BoxRef, Error> {
-        let flag = sha256.map(parse_sha256).transpose()?;
-        if text.starts_with("http://") || text.starts_with("https://") {
-            let (url, fragment) = match text.split_once('#') {
-                Some((u, f)) => (u, Some(f)),
-                None => (text, None),
-            };
-            let from_url = match fragment {
-                Some(f) => match f.strip_prefix("sha256=") {
-                    Some(hex) => Some(parse_sha256(hex)?),
-                    None => return Err(Error::BadDigest { value: f.to_string(), algorithm: "sha256 (URL fragment `#sha256=HEX`)", len: 64 }),
-                },
-                None => None,
-            };
-            let sha256 = agree(text, flag, from_url)?;
-            return Ok(BoxRef::Url { url: url.to_string(), sha256 });
-        }
-        let path = Path::new(text);
-        let looks_like_file = path.exists()
-            || text.contains('/')
-            || [".box", ".qcow2", ".img", ".tar", ".gz", ".zst", ".xz", ".tgz"].iter().any(|e| text.ends_with(e));
-        if looks_like_file {
-            let abs = std::path::absolute(path).unwrap_or_else(|_| PathBuf::from(path));
-            return Ok(BoxRef::Path { path: abs, sha256: flag });
-        }
-        if flag.is_some() {
-            return Err(Error::Catalog {
-                location: "--sha256".into(),
-                message: format!("`{text}` is a catalog name; the catalog pins its digest, so --sha256 only goes with a URL or a file"),
-            });
-        }
-        let (name, version) = match text.split_once('@') {
-            Some((n, v)) => (n.to_string(), Some(v.to_string())),
-            None => (text.to_string(), None),
+/// Reads a box as a user types it: `http(s)://...` (optionally `#sha256=HEX`) is a URL,
+/// an existing path or anything with a `/` or a box-like extension is a file, the rest
+/// is a catalog `name` or `name@version`. `sha256` is the --sha256 flag.
+pub fn parse_box_ref(text: &str, sha256: Option<&str>) -> Result<BoxRef, Error> {
+    let flag = sha256.map(parse_sha256).transpose()?;
+    if text.starts_with("http://") || text.starts_with("https://") {
+        let (url, fragment) = match text.split_once('#') {
+            Some((u, f)) => (u, Some(f)),
+            None => (text, None),
         };
-        Ok(BoxRef::Catalog { name, version })
+        let from_url = match fragment {
+            Some(f) => match f.strip_prefix("sha256=") {
+                Some(hex) => Some(parse_sha256(hex)?),
+                None => return Err(Error::BadDigest { value: f.to_string(), algorithm: "sha256 (URL fragment `#sha256=HEX`)", len: 64 }),
+            },
+            None => None,
+        };
+        let sha256 = agree(text, flag, from_url)?;
+        return Ok(BoxRef::Url { url: url.to_string(), sha256 });
     }
+    let path = Path::new(text);
+    let looks_like_file = path.exists()
+        || text.contains('/')
+        || [".box", ".qcow2", ".img", ".tar", ".gz", ".zst", ".xz", ".tgz"].iter().any(|e| text.ends_with(e));
+    if looks_like_file {
+        let abs = std::path::absolute(path).unwrap_or_else(|_| PathBuf::from(path));
+        return Ok(BoxRef::Path { path: abs, sha256: flag });
+    }
+    if flag.is_some() {
+        return Err(Error::Catalog {
+            location: "--sha256".into(),
+            message: format!("`{text}` is a catalog name; the catalog pins its digest, so --sha256 only goes with a URL or a file"),
+        });
+    }
+    let (name, version) = match text.split_once('@') {
+        Some((n, v)) => (n.to_string(), Some(v.to_string())),
+        None => (text.to_string(), None),
+    };
+    Ok(BoxRef::Catalog { name, version })
 }
 
 fn agree(text: &str, flag: Option<String>, fragment: Option<String>) -> Result<Option<String>, Error> {

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::archive::{self, Artifact};
 use super::catalog::Catalog;
-use super::digest::{sha256_bytes, sha256_file, Pin};
+use super::digest::{copy_hashing, sha256_bytes, sha256_file, Hasher, Pin};
 use super::download::{remove_part, Downloader};
 use super::manifest::{self, Manifest};
 use super::source::{name_from_file, BoxSource};
@@ -128,7 +128,8 @@ impl Store {
     pub fn ensure(&self, source: &BoxSource, ui: &Ui) -> anyhow::Result<StoredBox> {
         match &source.reference {
             BoxRef::Catalog { name, version } => {
-                let location = source.catalog.as_deref().or(self.config.catalog.as_deref());
+                let from_env = std::env::var("ENVY_CATALOG").ok().filter(|v| !v.is_empty());
+                let location = source.catalog.as_deref().or(from_env.as_deref()).or(self.config.catalog.as_deref());
                 let downloader = self.downloader()?;
                 let catalog = Catalog::load(location, &downloader)?;
                 let entry = catalog.resolve(name, version.as_deref(), source.provider)?;
@@ -204,7 +205,7 @@ impl Store {
             }
             None => ui.warn(format!("{url} was not pinned (--insecure); it arrived with sha256 {}", hashes.sha256)),
         }
-        let origin = Origin { source: url.to_string(), sha512: hashes.sha512.clone(), movable: true };
+        let origin = Origin { source: url.to_string(), sha512: hashes.sha512.clone() };
         let result = self.install(&part, &hashes.sha256, &origin, hint, ui);
         remove_part(&part)?;
         result
@@ -212,6 +213,11 @@ impl Store {
 
     /// Hashes a local file, checks the optional pin and stores it.
     fn add_file(&self, path: &Path, sha256: Option<&str>, hint: Hint, ui: &Ui) -> anyhow::Result<StoredBox> {
+        let pin = sha256.map(super::digest::parse_sha256).transpose()?.map(Pin::Sha256);
+        // A pinned box already stored is the box, whatever became of the file since.
+        if let Some(found) = self.find_pinned(pin.as_ref())? {
+            return self.get(&found);
+        }
         if !path.is_file() {
             return Err(Error::Io {
                 doing: "cannot read box file",
@@ -220,17 +226,28 @@ impl Store {
             }
             .into());
         }
-        let digest = sha256_file(path)?;
-        if let Some(expected) = sha256 {
-            let pin = Pin::Sha256(super::digest::parse_sha256(expected)?);
-            pin.check(&path.display().to_string(), &super::digest::Hashes { sha256: digest.clone(), sha512: None })?;
+        // Copy first, hashing while copying: what is verified is what gets stored,
+        // even if the user's file changes meanwhile.
+        let downloads = self.home.downloads_dir();
+        std::fs::create_dir_all(&downloads).map_err(Error::io("cannot create", &downloads))?;
+        let staged = tempfile::Builder::new()
+            .prefix("local-")
+            .suffix(".part")
+            .tempfile_in(&downloads)
+            .map_err(Error::io("cannot create a file in", &downloads))?;
+        let src = File::open(path).map_err(Error::io("cannot read", path))?;
+        let hashes = copy_hashing(src, staged.as_file(), Hasher::new(false)).map_err(Error::io("cannot copy", path))?;
+        if let Some(pin) = &pin {
+            pin.check(&path.display().to_string(), &hashes)?;
         }
+        let digest = hashes.sha256;
         if self.box_dir(&digest).is_dir() {
             return self.get(&digest);
         }
         let _lock = self.lock(&format!("box-{digest}"), ui, &format!("adding {}", path.display()))?;
-        let origin = Origin { source: path.display().to_string(), sha512: None, movable: false };
-        self.install(path, &digest, &origin, hint, ui)
+        let origin = Origin { source: path.display().to_string(), sha512: None };
+        // `install` moves the staged file into the store or leaves it to be deleted here.
+        self.install(staged.path(), &digest, &origin, hint, ui)
     }
 
     /// A stored box that satisfies `pin` without downloading anything.
@@ -263,8 +280,9 @@ impl Store {
         }
     }
 
-    /// Unpacks a verified box file into a temp dir inside `boxes/` and renames it into
-    /// place. Any error removes the temp dir: nothing half-made stays in the store.
+    /// Unpacks a verified box file (in `downloads/`, ours to move) into a temp dir inside
+    /// `boxes/` and renames it into place. Any error removes the temp dir: nothing
+    /// half-made stays in the store.
     fn install(&self, file: &Path, digest: &str, origin: &Origin, hint: Hint, ui: &Ui) -> anyhow::Result<StoredBox> {
         let boxes = self.home.boxes_dir();
         std::fs::create_dir_all(&boxes).map_err(Error::io("cannot create", &boxes))?;
@@ -275,13 +293,10 @@ impl Store {
         let tmp = tempfile::Builder::new().prefix(".tmp-").tempdir_in(&boxes).map_err(Error::io("cannot create a temp dir in", &boxes))?;
         let label = origin.source.as_str();
         let artifact = archive::sniff(file, label)?;
+        // The verified file is ours (a download or a staged copy): move it, never copy.
         let place = |name: &str| -> Result<PathBuf, Error> {
             let dest = tmp.path().join(name);
-            if origin.movable {
-                std::fs::rename(file, &dest).map_err(Error::io("cannot move into the store", file))?;
-            } else {
-                std::fs::copy(file, &dest).map_err(Error::io("cannot copy into the store", file))?;
-            }
+            std::fs::rename(file, &dest).map_err(Error::io("cannot move into the store", file))?;
             Ok(dest)
         };
         let manifest = match artifact {
@@ -494,12 +509,10 @@ struct Hint {
     explicit: bool,
 }
 
-/// Where a box file came from, and whether it may be moved (our own download) or
-/// must be copied (the user's file).
+/// Where a box file came from.
 struct Origin {
     source: String,
     sha512: Option<String>,
-    movable: bool,
 }
 
 fn unpack_rootfs_into(tarball: &Path, box_dir: &Path, label: &str, ui: &Ui) -> Result<(), Error> {

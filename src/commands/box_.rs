@@ -24,7 +24,7 @@ pub fn run(ctx: &Context, cmd: BoxCommand) -> Result<i32> {
 }
 
 fn add(ctx: &Context, store: &Store, args: BoxAddArgs) -> Result<i32> {
-    let reference = BoxSource::parse(&args.source, args.sha256.as_deref())?;
+    let reference = boxes::parse_box_ref(&args.source, args.sha256.as_deref())?;
     let source = BoxSource { reference, insecure: args.insecure, catalog: args.catalog, name: args.name, provider: None };
     let stored = store.ensure(&source, &ctx.ui)?;
     if ctx.ui.json {

@@ -98,7 +98,11 @@ impl Drop for Server {
     }
 }
 
+/// `/path` for origin requests; absolute URIs (what a client sends a proxy) stay as is.
 fn normalize(path: &str) -> String {
+    if path.starts_with("http://") {
+        return path.to_string();
+    }
     format!("/{}", path.trim_start_matches('/'))
 }
 
