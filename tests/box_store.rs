@@ -112,8 +112,13 @@ fn prune_keeps_what_a_lock_pins() {
     .unwrap();
     std::fs::write(env.home.join("projects.json"), serde_json::to_vec(&[&env.project]).unwrap()).unwrap();
 
+    // What a killed `envy box add` / `box remove` leaves behind.
+    let boxes = env.home.join("boxes");
+    std::fs::create_dir_all(boxes.join(format!(".tmp-{loose}-x1y2/rootfs"))).unwrap();
+    std::fs::create_dir_all(boxes.join(format!(".trash-{loose}-123/rootfs"))).unwrap();
+
     env.envy().args(["box", "prune", "--dry-run"]).assert().success().stderr(contains("would remove db@1"));
-    assert_eq!(env.store_entries().len(), 2);
+    assert_eq!(env.store_entries().len(), 4, "a dry run removes nothing, leftovers included");
     let out = env.envy().args(["box", "prune", "--json"]).assert().success().get_output().stdout.clone();
     let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(v["removed"], serde_json::json!([loose]));

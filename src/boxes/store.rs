@@ -188,14 +188,8 @@ impl Store {
         std::fs::create_dir_all(&downloads).map_err(Error::io("cannot create", &downloads))?;
         let part = downloads.join(format!("{key}.part"));
         ui.step(format!("fetching {url}"));
-        let hashes = match downloader.fetch(url, &part, pin.as_ref(), ui, &hint.name) {
-            Ok(h) => h,
-            Err(e @ Error::WrongDigest { .. }) => {
-                remove_part(&part)?;
-                return Err(e.into());
-            }
-            Err(e) => return Err(e.into()),
-        };
+        // On failure the part file stays, so the next run resumes it.
+        let hashes = downloader.fetch(url, &part, pin.as_ref(), ui, &hint.name)?;
         match &pin {
             Some(p) => {
                 if let Err(e) = p.check(url, &hashes) {
@@ -244,7 +238,6 @@ impl Store {
         if self.box_dir(&digest).is_dir() {
             return self.get(&digest);
         }
-        let _lock = self.lock(&format!("box-{digest}"), ui, &format!("adding {}", path.display()))?;
         let origin = Origin { source: path.display().to_string(), sha512: None };
         // `install` moves the staged file into the store or leaves it to be deleted here.
         self.install(staged.path(), &digest, &origin, hint, ui)
@@ -265,9 +258,7 @@ impl Store {
 
     /// Takes `locks/<key>.lock`, waiting (and saying so) while another process holds it.
     fn lock(&self, key: &str, ui: &Ui, doing: &str) -> anyhow::Result<Flock<File>> {
-        let dir = self.home.locks_dir();
-        std::fs::create_dir_all(&dir).map_err(Error::io("cannot create", &dir))?;
-        let path = dir.join(format!("{key}.lock"));
+        let path = self.lock_path(key)?;
         let open = || File::create(&path).map_err(Error::io("cannot open lock file", &path));
         match Flock::lock(open()?, FlockArg::LockExclusiveNonblock) {
             Ok(lock) => Ok(lock),
@@ -286,11 +277,16 @@ impl Store {
     fn install(&self, file: &Path, digest: &str, origin: &Origin, hint: Hint, ui: &Ui) -> anyhow::Result<StoredBox> {
         let boxes = self.home.boxes_dir();
         std::fs::create_dir_all(&boxes).map_err(Error::io("cannot create", &boxes))?;
+        // Held while the temp dir exists, so `prune` can tell a live one from a leftover.
+        let _lock = self.lock(&format!("box-{digest}"), ui, &format!("storing {digest}"))?;
         let final_dir = self.box_dir(digest);
         if final_dir.is_dir() {
             return self.get(digest);
         }
-        let tmp = tempfile::Builder::new().prefix(".tmp-").tempdir_in(&boxes).map_err(Error::io("cannot create a temp dir in", &boxes))?;
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!(".tmp-{digest}-"))
+            .tempdir_in(&boxes)
+            .map_err(Error::io("cannot create a temp dir in", &boxes))?;
         let label = origin.source.as_str();
         let artifact = archive::sniff(file, label)?;
         // The verified file is ours (a download or a staged copy): move it, never copy.
@@ -440,15 +436,8 @@ impl Store {
 
     /// Digests of every stored box (temp and trash dirs skipped).
     pub fn digests(&self) -> anyhow::Result<Vec<String>> {
-        let boxes = self.home.boxes_dir();
-        let entries = match std::fs::read_dir(&boxes) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(Error::io("cannot read", &boxes)(e).into()),
-        };
-        let mut out: Vec<String> = entries
-            .filter_map(|e| e.ok())
-            .filter_map(|e| e.file_name().into_string().ok())
+        let mut out: Vec<String> = list_names(&self.home.boxes_dir())?
+            .into_iter()
             .filter(|n| super::digest::parse_sha256(n).is_ok())
             .collect();
         out.sort();
@@ -491,6 +480,49 @@ impl Store {
         }
     }
 
+    /// Removes what crashed envy processes left: temp dirs of unfinished adds (their
+    /// box lock is free), half-deleted boxes, and staged local files older than a day.
+    /// Partial URL downloads stay: the next add resumes them. Returns what was removed.
+    pub fn remove_leftovers(&self) -> anyhow::Result<Vec<PathBuf>> {
+        let mut removed = Vec::new();
+        let boxes = self.home.boxes_dir();
+        for name in list_names(&boxes)? {
+            let path = boxes.join(&name);
+            let stale = if let Some(rest) = name.strip_prefix(".tmp-") {
+                let digest = rest.split('-').next().unwrap_or("");
+                self.try_lock(&format!("box-{digest}"))?.is_some()
+            } else {
+                name.starts_with(".trash-")
+            };
+            if stale && std::fs::remove_dir_all(&path).is_ok() {
+                removed.push(path);
+            }
+        }
+        let downloads = self.home.downloads_dir();
+        let day_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(86400);
+        for name in list_names(&downloads)? {
+            let path = downloads.join(&name);
+            let old = std::fs::metadata(&path).and_then(|m| m.modified()).is_ok_and(|t| t < day_ago);
+            if name.starts_with("local-") && old && std::fs::remove_file(&path).is_ok() {
+                removed.push(path);
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Takes a lock only if it is free.
+    fn try_lock(&self, key: &str) -> anyhow::Result<Option<Flock<File>>> {
+        let path = self.lock_path(key)?;
+        let file = File::create(&path).map_err(Error::io("cannot open lock file", &path))?;
+        Ok(Flock::lock(file, FlockArg::LockExclusiveNonblock).ok())
+    }
+
+    fn lock_path(&self, key: &str) -> Result<PathBuf, Error> {
+        let dir = self.home.locks_dir();
+        std::fs::create_dir_all(&dir).map_err(Error::io("cannot create", &dir))?;
+        Ok(dir.join(format!("{key}.lock")))
+    }
+
     /// Removes a box: renamed out of sight first, so no reader sees it half-deleted.
     pub fn remove(&self, digest: &str) -> anyhow::Result<()> {
         let dir = self.box_dir(digest);
@@ -530,6 +562,15 @@ fn unpack_rootfs_into(tarball: &Path, box_dir: &Path, label: &str, ui: &Ui) -> R
         ui.step(format!("skipped {} device nodes under /dev (the container runtime provides /dev)", report.skipped_devices));
     }
     Ok(())
+}
+
+/// Entry names in a directory (none when it does not exist).
+fn list_names(dir: &Path) -> Result<Vec<String>, Error> {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => Ok(entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(Error::io("cannot read", dir)(e)),
+    }
 }
 
 /// Stamps of `box.toml` and every payload file.

@@ -100,6 +100,11 @@ fn prune(ctx: &Context, store: &Store, args: BoxPruneArgs) -> Result<i32> {
         let lock = LockFile::load(&LockFile::path_for(&project))?;
         pinned.extend(lock.digests().map(str::to_string));
     }
+    if !args.dry_run {
+        for leftover in store.remove_leftovers()? {
+            ctx.ui.step(format!("removed leftover {}", leftover.display()));
+        }
+    }
     let mut removed = Vec::new();
     let mut kept = Vec::new();
     for b in store.list()? {
