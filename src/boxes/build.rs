@@ -243,3 +243,32 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     };
     n.checked_shl(shift).filter(|v| v >> shift == n).ok_or_else(|| format!("`{text}` is too large"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("2 parsecs").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn kernel_links_resolve_inside_the_root() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("boot")).unwrap();
+        std::fs::write(root.path().join("boot/vmlinuz-6.1.0-9"), b"k").unwrap();
+        std::fs::write(root.path().join("boot/initrd.img-6.1.0-9"), b"i").unwrap();
+        // An absolute link (as Debian makes it) resolves against the rootfs, not the host.
+        std::os::unix::fs::symlink("/boot/vmlinuz-6.1.0-9", root.path().join("vmlinuz")).unwrap();
+        std::os::unix::fs::symlink("../../../../etc/passwd", root.path().join("escape")).unwrap();
+        assert_eq!(resolve_in_root(root.path(), Path::new("/vmlinuz")), Some(root.path().join("boot/vmlinuz-6.1.0-9")));
+        assert_eq!(resolve_in_root(root.path(), Path::new("/escape")), None);
+        let (k, i) = find_kernel(root.path()).unwrap().unwrap();
+        assert_eq!((k, i), (root.path().join("boot/vmlinuz-6.1.0-9"), Some(root.path().join("boot/initrd.img-6.1.0-9"))));
+    }
+}

@@ -213,9 +213,12 @@ mod tests {
     }
 
     #[test]
-    fn builtin_catalog_parses() {
-        for (name, text) in BUILTIN {
-            parse(text, name).unwrap();
-        }
+    fn builtin_catalog_resolves_per_provider() {
+        let catalog = Catalog { location: "built-in".into(), entries: BUILTIN.iter().flat_map(|(n, t)| parse(t, n).unwrap()).collect() };
+        let vm = catalog.resolve("debian-12", None, Some(ProviderKind::Qemu)).unwrap();
+        assert!(vm.url.ends_with(".qcow2") && matches!(vm.pin, Some(Pin::Sha512(_))));
+        let ct = catalog.resolve("debian-12", None, Some(ProviderKind::Container)).unwrap();
+        assert!(ct.url.ends_with("rootfs.tar.xz") && ct.checksums.as_ref().is_some_and(|(_, f)| f == "rootfs.tar.xz"));
+        assert!(catalog.resolve("debian-12", Some("1999"), None).is_err());
     }
 }

@@ -90,3 +90,27 @@ pub fn name_from_file(name: &str) -> String {
     }
     if stem.is_empty() { "box".to_string() } else { stem.to_string() }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_paths_and_catalog_names() {
+        let hex = "AB".repeat(32);
+        let r = parse_box_ref(&format!("https://example.org/x.box#sha256={hex}"), None).unwrap();
+        assert_eq!(r, BoxRef::Url { url: "https://example.org/x.box".into(), sha256: Some(hex.to_lowercase()) });
+        assert!(matches!(parse_box_ref("https://e.org/x.box#sha256=12", None), Err(Error::BadDigest { .. })));
+        assert!(matches!(parse_box_ref(&format!("https://e.org/x#sha256={hex}"), Some(&"0".repeat(64))), Err(Error::WrongDigest { .. })));
+        assert!(matches!(parse_box_ref("./web.box", None).unwrap(), BoxRef::Path { path, .. } if path.is_absolute()));
+        assert_eq!(parse_box_ref("debian-12@20250210", None).unwrap(), BoxRef::Catalog { name: "debian-12".into(), version: Some("20250210".into()) });
+        assert!(parse_box_ref("debian-12", Some(&hex)).is_err(), "--sha256 goes with URLs and files only");
+    }
+
+    #[test]
+    fn names_from_files() {
+        assert_eq!(name_from_file("https://e.org/a/debian-12-genericcloud.qcow2"), "debian-12-genericcloud");
+        assert_eq!(name_from_file("/x/rootfs.tar.xz"), "rootfs");
+        assert_eq!(name_from_file("web.box"), "web");
+    }
+}

@@ -2,7 +2,7 @@
 //! real `envy` binary, a small real HTTP/1.1 server on 127.0.0.1 that can inject
 //! faults, and boxes built from busybox.
 // Each test binary uses a different subset of these helpers.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub mod http;
 
