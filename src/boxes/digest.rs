@@ -47,6 +47,12 @@ impl Pin {
     }
 }
 
+impl std::fmt::Display for Pin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.algorithm(), self.hex())
+    }
+}
+
 /// Validates a hex sha256 (any case) and returns it in lower case.
 pub fn parse_sha256(value: &str) -> Result<String, Error> {
     parse_hex(value, "sha256", 64)

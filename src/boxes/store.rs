@@ -40,8 +40,9 @@ pub struct Record {
     pub source: String,
     /// Seconds since the epoch when it entered the store.
     pub added: u64,
-    /// sha512 of the box file, when the source was pinned by one (Debian's lists).
-    pub sha512: Option<String>,
+    /// The pin the box file was verified against (`sha256:HEX`, or `sha512:HEX` from
+    /// a Debian-style list); None when it was added unpinned (--insecure).
+    pub pin: Option<String>,
     /// sha256 of `box.toml` as stored.
     pub manifest_sha256: String,
     /// (size, mtime, inode) of `box.toml` and every payload file at verification.
@@ -133,8 +134,9 @@ impl Store {
                 let downloader = self.downloader()?;
                 let catalog = Catalog::load(location, &downloader)?;
                 let entry = catalog.resolve(name, version.as_deref(), source.provider)?;
-                // Catalog URLs name immutable builds: a box already added from it is the one.
-                if let Some(found) = self.find_by_source(&entry.url)? {
+                // Catalog URLs name immutable builds: a box verified from it before is the
+                // one, and needs no fetch of the checksum list.
+                if let Some(found) = self.find_pinned_source(&entry.url)? {
                     return self.get(&found);
                 }
                 let pin = entry.pin(&downloader)?;
@@ -199,7 +201,7 @@ impl Store {
             }
             None => ui.warn(format!("{url} was not pinned (--insecure); it arrived with sha256 {}", hashes.sha256)),
         }
-        let origin = Origin { source: url.to_string(), sha512: hashes.sha512.clone() };
+        let origin = Origin { source: url.to_string(), pin: pin.as_ref().map(Pin::to_string) };
         let result = self.install(&part, &hashes.sha256, &origin, hint, ui);
         remove_part(&part)?;
         result
@@ -238,7 +240,7 @@ impl Store {
         if self.box_dir(&digest).is_dir() {
             return self.get(&digest);
         }
-        let origin = Origin { source: path.display().to_string(), sha512: None };
+        let origin = Origin { source: path.display().to_string(), pin: Some(Pin::Sha256(digest.clone()).to_string()) };
         // `install` moves the staged file into the store or leaves it to be deleted here.
         self.install(staged.path(), &digest, &origin, hint, ui)
     }
@@ -247,13 +249,18 @@ impl Store {
     fn find_pinned(&self, pin: Option<&Pin>) -> anyhow::Result<Option<String>> {
         match pin {
             Some(Pin::Sha256(d)) => Ok(self.box_dir(d).is_dir().then(|| d.clone())),
-            Some(Pin::Sha512(h)) => Ok(self.records()?.into_iter().find(|(_, r)| r.sha512.as_deref() == Some(h)).map(|(d, _)| d)),
+            Some(p @ Pin::Sha512(_)) => {
+                let pin = p.to_string();
+                Ok(self.records()?.into_iter().find(|(_, r)| r.pin.as_ref() == Some(&pin)).map(|(d, _)| d))
+            }
             None => Ok(None),
         }
     }
 
-    fn find_by_source(&self, source: &str) -> anyhow::Result<Option<String>> {
-        Ok(self.records()?.into_iter().find(|(_, r)| r.source == source).map(|(d, _)| d))
+    /// A stored box fetched from `source` and verified against a pin (never one that
+    /// was added with --insecure).
+    fn find_pinned_source(&self, source: &str) -> anyhow::Result<Option<String>> {
+        Ok(self.records()?.into_iter().find(|(_, r)| r.source == source && r.pin.is_some()).map(|(d, _)| d))
     }
 
     /// Takes `locks/<key>.lock`, waiting (and saying so) while another process holds it.
@@ -330,7 +337,7 @@ impl Store {
             name: listed_name,
             source: origin.source.clone(),
             added: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
-            sha512: origin.sha512.clone(),
+            pin: origin.pin.clone(),
             manifest_sha256: sha256_file(&manifest_path)?,
             stamps: stamps(tmp.path(), &manifest)?,
         };
@@ -544,7 +551,7 @@ struct Hint {
 /// Where a box file came from.
 struct Origin {
     source: String,
-    sha512: Option<String>,
+    pin: Option<String>,
 }
 
 fn unpack_rootfs_into(tarball: &Path, box_dir: &Path, label: &str, ui: &Ui) -> Result<(), Error> {
