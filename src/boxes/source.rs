@@ -71,12 +71,7 @@ pub fn parse_box_ref(text: &str, sha256: Option<&str>) -> Result<BoxRef, Error> 
 
 fn agree(text: &str, flag: Option<String>, fragment: Option<String>) -> Result<Option<String>, Error> {
     match (flag, fragment) {
-        (Some(a), Some(b)) if a != b => Err(Error::WrongDigest {
-            what: format!("the pin of {text}"),
-            algorithm: "sha256",
-            expected: a,
-            got: format!("{b} (from the URL fragment; --sha256 and #sha256= disagree)"),
-        }),
+        (Some(flag), Some(fragment)) if flag != fragment => Err(Error::PinConflict { url: text.to_string(), flag, fragment }),
         (a, b) => Ok(a.or(b)),
     }
 }
@@ -101,7 +96,7 @@ mod tests {
         let r = parse_box_ref(&format!("https://example.org/x.box#sha256={hex}"), None).unwrap();
         assert_eq!(r, BoxRef::Url { url: "https://example.org/x.box".into(), sha256: Some(hex.to_lowercase()) });
         assert!(matches!(parse_box_ref("https://e.org/x.box#sha256=12", None), Err(Error::BadDigest { .. })));
-        assert!(matches!(parse_box_ref(&format!("https://e.org/x#sha256={hex}"), Some(&"0".repeat(64))), Err(Error::WrongDigest { .. })));
+        assert!(matches!(parse_box_ref(&format!("https://e.org/x#sha256={hex}"), Some(&"0".repeat(64))), Err(Error::PinConflict { .. })));
         assert!(matches!(parse_box_ref("./web.box", None).unwrap(), BoxRef::Path { path, .. } if path.is_absolute()));
         assert_eq!(parse_box_ref("debian-12@20250210", None).unwrap(), BoxRef::Catalog { name: "debian-12".into(), version: Some("20250210".into()) });
         assert!(parse_box_ref("debian-12", Some(&hex)).is_err(), "--sha256 goes with URLs and files only");
