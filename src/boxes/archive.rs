@@ -191,7 +191,11 @@ pub fn unpack_box(path: &Path, compression: Compression, dest: &Path, label: &st
         let mut writer = HashingWriter::new(io::BufWriter::with_capacity(1 << 20, out), Hasher::new(false));
         let copied = io::copy(&mut entry, &mut writer).map_err(read_err)?;
         let (buf, hashes) = writer.finish();
-        buf.into_inner().map_err(|e| Error::io("cannot write", &out_path)(e.into_error()))?;
+        // On disk before the record stamps it: a stamp must never vouch for lost bytes.
+        buf.into_inner()
+            .map_err(|e| e.into_error())
+            .and_then(|f| f.sync_all())
+            .map_err(Error::io("cannot write", &out_path))?;
         if copied != size {
             return Err(Error::NotABox { archive: label.into(), reason: format!("entry `{raw}` ends after {copied} of {size} bytes") });
         }

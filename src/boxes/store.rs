@@ -246,7 +246,9 @@ impl Store {
             .tempfile_in(&downloads)
             .map_err(Error::io("cannot create a file in", &downloads))?;
         let src = File::open(path).map_err(Error::io("cannot read", path))?;
-        let hashes = copy_hashing(src, staged.as_file(), Hasher::new(false)).map_err(Error::io("cannot copy", path))?;
+        let hashes = copy_hashing(src, staged.as_file(), Hasher::new(false))
+            .and_then(|h| staged.as_file().sync_all().map(|()| h))
+            .map_err(Error::io("cannot copy", path))?;
         if let Some(pin) = &pin {
             pin.check(&path.display().to_string(), &hashes)?;
         }
