@@ -296,8 +296,9 @@ fn unpack_rootfs_stream<R: Read>(mut archive: tar::Archive<R>, dest: &Path, labe
             return Err(hostile(&raw, "is a directory over an earlier symlink of the same name".into()));
         }
         if kind == EntryType::Symlink {
-            // A symlink may replace something we had checked; check afresh from now on.
-            real_dirs.clear();
+            // The symlink replaces whatever was at `rel` (a real directory there makes the
+            // unpack fail instead), so only that path leaves the cache.
+            real_dirs.remove(&rel);
         }
         entry.unpack_in(dest).map_err(|e| hostile(&raw, format!("cannot be unpacked: {e}")))?;
     }

@@ -51,8 +51,10 @@ pub enum Error {
     #[error("catalog {location}: {message}")]
     Catalog { location: String, message: String },
     /// A local file or folder could not be read or written.
-    #[error("{doing} {}: {source}", .path.display())]
-    Io { doing: &'static str, path: PathBuf, #[source] source: std::io::Error },
+    /// (The I/O error is part of the message, not a separate cause, so the report
+    /// does not print it twice.)
+    #[error("{doing} {}: {cause}", .path.display())]
+    Io { doing: &'static str, path: PathBuf, cause: std::io::Error },
 }
 
 fn retry_note(attempts: u32) -> String {
@@ -67,6 +69,6 @@ impl Error {
     /// Wraps an I/O error with what was being done to which path.
     pub fn io(doing: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();
-        move |source| Error::Io { doing, path, source }
+        move |cause| Error::Io { doing, path, cause }
     }
 }

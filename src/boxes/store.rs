@@ -228,11 +228,10 @@ impl Store {
         if let Some(found) = self.find_pinned(pin.as_ref())? {
             return self.get(&found);
         }
-        if !path.is_file() {
-            return Err(Error::Io {
-                doing: "cannot read box file",
-                path: path.to_path_buf(),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+        if path.is_dir() {
+            return Err(Error::NotABox {
+                archive: path.display().to_string(),
+                reason: format!("it is a directory; make a box of a root filesystem with `envy box build --rootfs {}`", path.display()),
             }
             .into());
         }
