@@ -13,6 +13,7 @@ use tar::EntryType;
 use super::digest::{HashingWriter, Hasher};
 use super::manifest::{self, Manifest};
 use super::Error;
+use crate::ui::Progress;
 
 /// Largest payload file a box archive may hold (a big VM disk fits, a lying header not).
 pub const MAX_PAYLOAD_BYTES: u64 = 256 << 30;
@@ -120,24 +121,39 @@ fn read_up_to(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(filled)
 }
 
-fn open_tar(path: &Path, compression: Compression) -> Result<tar::Archive<Box<dyn Read>>, Error> {
+/// A tar reader over a (possibly compressed) file, reporting the file bytes read.
+fn open_tar<'a>(path: &Path, compression: Compression, progress: &'a mut Progress) -> Result<tar::Archive<Box<dyn Read + 'a>>, Error> {
     let file = File::open(path).map_err(Error::io("cannot read", path))?;
-    let reader = compression.reader(file).map_err(Error::io("cannot read", path))?;
+    let counted = ProgressReader { inner: file, progress };
+    let reader = compression.reader(counted).map_err(Error::io("cannot read", path))?;
     Ok(tar::Archive::new(reader))
+}
+
+struct ProgressReader<'a, R> {
+    inner: R,
+    progress: &'a mut Progress,
+}
+
+impl<R: Read> Read for ProgressReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.progress.add(n as u64);
+        Ok(n)
+    }
 }
 
 /// Unpacks a `.box` into `dest` (an empty directory): `box.toml`, then exactly the
 /// payload files it lists, each hashed while written and checked against the manifest.
 /// Only plain regular files are accepted. On error `dest` may hold partial files; the
 /// caller removes it.
-pub fn unpack_box(path: &Path, compression: Compression, dest: &Path, label: &str) -> Result<Manifest, Error> {
+pub fn unpack_box(path: &Path, compression: Compression, dest: &Path, label: &str, progress: &mut Progress) -> Result<Manifest, Error> {
     let hostile = |entry: &str, reason: &str| Error::HostileEntry {
         archive: label.to_string(),
         entry: entry.to_string(),
         reason: reason.to_string(),
     };
     let read_err = |e: io::Error| Error::NotABox { archive: label.to_string(), reason: format!("the tar stream is damaged ({e})") };
-    let mut archive = open_tar(path, compression)?;
+    let mut archive = open_tar(path, compression, progress)?;
     let mut manifest: Option<Manifest> = None;
     let mut seen = HashSet::new();
     for entry in archive.entries().map_err(read_err)? {
@@ -238,8 +254,8 @@ pub struct RootfsReport {
 /// hardlinks. Refused: absolute paths, `..`, writing through a symlink, hardlinks to
 /// outside the tree, device nodes and fifos outside dev/, entries over the size bound.
 /// On error `dest` may hold partial content; the caller removes it.
-pub fn unpack_rootfs(path: &Path, compression: Compression, dest: &Path, label: &str) -> Result<RootfsReport, Error> {
-    let archive = open_tar(path, compression)?;
+pub fn unpack_rootfs(path: &Path, compression: Compression, dest: &Path, label: &str, progress: &mut Progress) -> Result<RootfsReport, Error> {
+    let archive = open_tar(path, compression, progress)?;
     unpack_rootfs_stream(archive, dest, label)
 }
 

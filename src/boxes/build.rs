@@ -11,6 +11,7 @@ use anyhow::Context as _;
 
 use super::archive::{self, Artifact};
 use super::digest::sha256_file;
+use super::store::file_size;
 use super::manifest::{BootMethod, Manifest, QemuPayload, DEFAULT_CMDLINE};
 use super::Error;
 use crate::envfile::ProviderKind;
@@ -77,7 +78,8 @@ fn qemu_payload(req: &BuildRequest, work: &Path, ui: &Ui) -> anyhow::Result<(Man
         let dir = work.join("rootfs");
         std::fs::create_dir(&dir).map_err(Error::io("cannot create", &dir))?;
         ui.step(format!("unpacking {label}"));
-        archive::unpack_rootfs(&req.rootfs, compression, &dir, &label)?;
+        let mut progress = ui.progress(&format!("unpacking {label}"), file_size(&req.rootfs));
+        archive::unpack_rootfs(&req.rootfs, compression, &dir, &label, &mut progress)?;
         dir
     };
     let size = match req.disk_size {

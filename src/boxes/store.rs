@@ -331,7 +331,9 @@ impl Store {
             }
             Artifact::BoxArchive(compression) => {
                 ui.step(format!("unpacking {}", hint.name));
-                let manifest = archive::unpack_box(file, compression, tmp.path(), label)?;
+                let mut progress = ui.progress(&format!("unpacking {}", hint.name), file_size(file));
+                let manifest = archive::unpack_box(file, compression, tmp.path(), label, &mut progress)?;
+                drop(progress);
                 if let Some(container) = &manifest.container {
                     unpack_rootfs_into(&tmp.path().join(&container.rootfs), tmp.path(), label, ui)?;
                 }
@@ -577,13 +579,20 @@ fn unpack_rootfs_into(tarball: &Path, box_dir: &Path, label: &str, ui: &Ui) -> R
     let dest = box_dir.join(ROOTFS_DIR);
     std::fs::create_dir(&dest).map_err(Error::io("cannot create", &dest))?;
     let started = std::time::Instant::now();
-    let report = archive::unpack_rootfs(tarball, compression, &dest, label)?;
+    let mut progress = ui.progress("unpacking root filesystem", file_size(tarball));
+    let report = archive::unpack_rootfs(tarball, compression, &dest, label, &mut progress)?;
+    drop(progress);
     // benches/box_add.sh reads this line to time the unpack alone.
     tracing::debug!("unpacked rootfs of {label} in {:.3} s", started.elapsed().as_secs_f64());
     if report.skipped_devices > 0 {
         ui.step(format!("skipped {} device nodes under /dev (the container runtime provides /dev)", report.skipped_devices));
     }
     Ok(())
+}
+
+/// A file's size, for progress totals (None when unknown).
+pub(super) fn file_size(path: &Path) -> Option<u64> {
+    std::fs::metadata(path).ok().map(|m| m.len())
 }
 
 /// Entry names in a directory (none when it does not exist).
