@@ -189,7 +189,8 @@ pub fn unpack_box(path: &Path, compression: Compression, dest: &Path, label: &st
             let mut text = String::new();
             entry.read_to_string(&mut text).map_err(read_err)?;
             let parsed = Manifest::parse(&text, label)?;
-            std::fs::write(dest.join(manifest::FILE_NAME), &text).map_err(Error::io("cannot write", dest))?;
+            crate::state::write_atomic(&dest.join(manifest::FILE_NAME), text.as_bytes())
+                .map_err(|e| Error::io("cannot write in", dest)(io::Error::other(e)))?;
             manifest = Some(parsed);
             continue;
         };

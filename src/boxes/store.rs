@@ -341,14 +341,12 @@ impl Store {
             }
         };
         let manifest_path = tmp.path().join(manifest::FILE_NAME);
-        if !matches!(artifact, Artifact::BoxArchive(_)) {
-            std::fs::write(&manifest_path, manifest.to_toml()).map_err(Error::io("cannot write", &manifest_path))?;
+        let from_archive = matches!(artifact, Artifact::BoxArchive(_));
+        if !from_archive {
+            crate::state::write_atomic(&manifest_path, manifest.to_toml().as_bytes())?;
         }
-        let listed_name = if matches!(artifact, Artifact::BoxArchive(_)) && !hint.explicit {
-            manifest.name.clone()
-        } else {
-            hint.name.clone()
-        };
+        // A box's own manifest names it, unless the user chose a name.
+        let listed_name = if from_archive && !hint.explicit { manifest.name.clone() } else { hint.name.clone() };
         let record = Record {
             version: RECORD_VERSION,
             name: listed_name,
