@@ -110,11 +110,17 @@ fn symlink_escaping_then_a_file_through_it_is_refused() {
     assert_refused(&env, tar, "evil/pwned", "would be written through symlink `evil`");
     assert!(!out.join("pwned").exists());
     // A directory entry over that symlink would change the outside folder's mode.
-    let tar = RawTar::default().entry("evil", b'2', 0o777, 0, b"", out.to_str().unwrap()).entry("evil", b'5', 0o777, 0, b"", "").finish();
+    let tar = RawTar::default()
+        .entry("evil", b'2', 0o777, 0, b"", out.to_str().unwrap())
+        .entry("evil", b'5', 0o777, 0, b"", "")
+        .finish();
     assert_refused(&env, tar, "evil", "is a directory over an earlier symlink of the same name");
     assert_eq!(std::fs::metadata(&out).unwrap().permissions().mode() & 0o777, 0o755);
     // A box archive holds no symlinks at all.
-    let tar = RawTar::default().file("box.toml", &manifest(&"a".repeat(64))).entry("link", b'2', 0o777, 0, b"", "/").finish();
+    let tar = RawTar::default()
+        .file("box.toml", &manifest(&"a".repeat(64)))
+        .entry("link", b'2', 0o777, 0, b"", "/")
+        .finish();
     assert_refused(&env, tar, "link", "is a symlink; a box holds only regular files");
 }
 
@@ -123,17 +129,31 @@ fn hardlink_escaping_is_refused() {
     let env = TestEnv::new();
     let out = outside(&env);
     let target = out.join("target");
-    let tar = RawTar::default().dir("etc").entry("etc/link", b'1', 0o644, 0, b"", target.to_str().unwrap()).finish();
+    let tar = RawTar::default()
+        .dir("etc")
+        .entry("etc/link", b'1', 0o644, 0, b"", target.to_str().unwrap())
+        .finish();
     assert_refused(&env, tar, "etc/link", "is a hardlink to");
-    let tar = RawTar::default().dir("etc").entry("etc/link", b'1', 0o644, 0, b"", "../../../../outside/target").finish();
-    assert_refused(&env, tar, "etc/link", "is a hardlink to `../../../../outside/target`, which has a `..` component");
+    let tar = RawTar::default()
+        .dir("etc")
+        .entry("etc/link", b'1', 0o644, 0, b"", "../../../../outside/target")
+        .finish();
+    assert_refused(
+        &env,
+        tar,
+        "etc/link",
+        "is a hardlink to `../../../../outside/target`, which has a `..` component",
+    );
     assert_eq!(std::fs::metadata(&target).unwrap().nlink(), 1, "no new link to the outside file");
 }
 
 #[test]
 fn device_nodes_are_refused() {
     let env = TestEnv::new();
-    let tar = RawTar::default().file("box.toml", &manifest(&"a".repeat(64))).entry("null", b'3', 0o666, 0, b"", "").finish();
+    let tar = RawTar::default()
+        .file("box.toml", &manifest(&"a".repeat(64)))
+        .entry("null", b'3', 0o666, 0, b"", "")
+        .finish();
     assert_refused(&env, tar, "null", "is a character device; a box holds only regular files");
     let tar = RawTar::default().dir("etc").entry("etc/evil", b'3', 0o666, 0, b"", "").finish();
     assert_refused(&env, tar, "etc/evil", "is a character device outside dev/");
@@ -156,7 +176,10 @@ fn setuid_payload_is_refused() {
 fn oversized_entry_claim_is_refused() {
     let env = TestEnv::new();
     let claim: u64 = 300 << 30;
-    let tar = RawTar::default().file("box.toml", &manifest(&"a".repeat(64))).entry("rootfs.tar", b'0', 0o644, claim, b"", "").finish();
+    let tar = RawTar::default()
+        .file("box.toml", &manifest(&"a".repeat(64)))
+        .entry("rootfs.tar", b'0', 0o644, claim, b"", "")
+        .finish();
     assert_refused(&env, tar, "rootfs.tar", &format!("claims {claim} bytes"));
 }
 
@@ -164,15 +187,15 @@ fn oversized_entry_claim_is_refused() {
 fn payload_with_wrong_digest_is_refused() {
     let env = TestEnv::new();
     let payload = RawTar::default().dir("etc").finish();
-    let tar = RawTar::default().file("box.toml", &manifest(&"a".repeat(64))).file("rootfs.tar", &payload).finish();
+    let tar =
+        RawTar::default().file("box.toml", &manifest(&"a".repeat(64))).file("rootfs.tar", &payload).finish();
     let path = env.path("bad.box");
     std::fs::write(&path, tar).unwrap();
-    env.envy()
-        .args(["box", "add"])
-        .arg(&path)
-        .assert()
-        .code(4)
-        .stderr(contains(format!("expected {}, got {}", "a".repeat(64), sha256_hex(&payload))));
+    env.envy().args(["box", "add"]).arg(&path).assert().code(4).stderr(contains(format!(
+        "expected {}, got {}",
+        "a".repeat(64),
+        sha256_hex(&payload)
+    )));
     assert!(env.store_entries().is_empty());
 }
 
@@ -181,7 +204,10 @@ fn payload_with_wrong_digest_is_refused() {
 fn box_archives_in_every_compression() {
     let env = TestEnv::new();
     let payload = RawTar::default().dir("etc").file("etc/hostname", b"box\n").finish();
-    let tar = RawTar::default().file("box.toml", &manifest(&sha256_hex(&payload))).file("rootfs.tar", &payload).finish();
+    let tar = RawTar::default()
+        .file("box.toml", &manifest(&sha256_hex(&payload)))
+        .file("rootfs.tar", &payload)
+        .finish();
     let gz = {
         let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         std::io::Write::write_all(&mut e, &tar).unwrap();
@@ -208,14 +234,28 @@ fn bare_qcow2_gets_a_firmware_manifest() {
     require_tool("qemu-img", "qemu-utils");
     let env = TestEnv::new();
     let image = env.path("cloud.qcow2");
-    let status = std::process::Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&image).arg("64M").status().unwrap();
+    let status = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&image)
+        .arg("64M")
+        .status()
+        .unwrap();
     assert!(status.success());
     let digest = sha256_hex(&std::fs::read(&image).unwrap());
-    env.envy().args(["box", "add"]).arg(&image).args(["--name", "cloud"]).assert().success().stdout(contains(&digest));
+    env.envy()
+        .args(["box", "add"])
+        .arg(&image)
+        .args(["--name", "cloud"])
+        .assert()
+        .success()
+        .stdout(contains(&digest));
     let dir = env.home.join("boxes").join(&digest);
     let manifest = std::fs::read_to_string(dir.join("box.toml")).unwrap();
     assert!(manifest.contains("providers = [\"qemu\"]"), "{manifest}");
-    assert!(manifest.contains("disk = \"disk.qcow2\"") && manifest.contains("boot = \"firmware\""), "{manifest}");
+    assert!(
+        manifest.contains("disk = \"disk.qcow2\"") && manifest.contains("boot = \"firmware\""),
+        "{manifest}"
+    );
     assert!(manifest.contains(&format!("\"disk.qcow2\" = \"{digest}\"")), "{manifest}");
     assert!(dir.join("disk.qcow2").is_file());
     assert!(image.is_file(), "the user's file is copied, not moved");

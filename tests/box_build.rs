@@ -32,7 +32,14 @@ fn container_box_from_a_directory_and_a_tarball() {
     let rootfs = env.path("rootfs");
     busybox_rootfs(&rootfs);
     let out = env.path("web.box");
-    let assert = env.envy().args(["box", "build", "--rootfs"]).arg(&rootfs).args(["--name", "web", "--version", "3", "-o"]).arg(&out).assert().success();
+    let assert = env
+        .envy()
+        .args(["box", "build", "--rootfs"])
+        .arg(&rootfs)
+        .args(["--name", "web", "--version", "3", "-o"])
+        .arg(&out)
+        .assert()
+        .success();
     let digest = sha256_hex(&std::fs::read(&out).unwrap());
     assert!(String::from_utf8_lossy(&assert.get_output().stdout).starts_with(&digest), "prints the digest");
     let entries = box_entries(&out);
@@ -42,14 +49,32 @@ fn container_box_from_a_directory_and_a_tarball() {
     assert!(manifest.contains("name = \"web\"") && manifest.contains("version = \"3\""), "{manifest}");
     assert!(manifest.contains(&format!("\"rootfs.tar\" = \"{}\"", sha256_hex(&entries[1].1))), "{manifest}");
     let mut inner = tar::Archive::new(&entries[1].1[..]);
-    let inner_names: Vec<String> = inner.entries().unwrap().map(|e| e.unwrap().path().unwrap().display().to_string()).collect();
-    assert!(inner_names.contains(&"bin/busybox".to_string()) && inner_names.contains(&"bin/sh".to_string()), "{inner_names:?}");
+    let inner_names: Vec<String> =
+        inner.entries().unwrap().map(|e| e.unwrap().path().unwrap().display().to_string()).collect();
+    assert!(
+        inner_names.contains(&"bin/busybox".to_string()) && inner_names.contains(&"bin/sh".to_string()),
+        "{inner_names:?}"
+    );
 
     // From a tarball made by tar(1): the tarball is the payload as is.
     let tarball = env.path("rootfs.tar.gz");
-    assert!(Command::new("tar").arg("-C").arg(&rootfs).arg("-czf").arg(&tarball).arg(".").status().unwrap().success());
+    assert!(Command::new("tar")
+        .arg("-C")
+        .arg(&rootfs)
+        .arg("-czf")
+        .arg(&tarball)
+        .arg(".")
+        .status()
+        .unwrap()
+        .success());
     let out2 = env.path("web2.box");
-    env.envy().args(["box", "build", "--rootfs"]).arg(&tarball).args(["--name", "web2", "--add", "-o"]).arg(&out2).assert().success();
+    env.envy()
+        .args(["box", "build", "--rootfs"])
+        .arg(&tarball)
+        .args(["--name", "web2", "--add", "-o"])
+        .arg(&out2)
+        .assert()
+        .success();
     let digest2 = sha256_hex(&std::fs::read(&out2).unwrap());
     let stored = env.home.join("boxes").join(&digest2);
     assert!(stored.join("rootfs.tar.gz").is_file());
@@ -79,11 +104,18 @@ fn qemu_box_with_kernel_for_direct_boot() {
     let dir = env.home.join("boxes").join(&digest);
     let manifest = std::fs::read_to_string(dir.join("box.toml")).unwrap();
     assert!(manifest.contains("boot = \"kernel\""), "{manifest}");
-    assert!(manifest.contains("cmdline = \"console=ttyS0 root=/dev/vda rw quiet init=/bin/sh\""), "{manifest}");
+    assert!(
+        manifest.contains("cmdline = \"console=ttyS0 root=/dev/vda rw quiet init=/bin/sh\""),
+        "{manifest}"
+    );
     assert_eq!(std::fs::read(dir.join("vmlinuz")).unwrap(), b"kernel image bytes");
     assert_eq!(std::fs::read(dir.join("initrd.img")).unwrap(), b"initrd bytes");
 
-    let info = Command::new("qemu-img").args(["info", "--output=json"]).arg(dir.join("disk.qcow2")).output().unwrap();
+    let info = Command::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(dir.join("disk.qcow2"))
+        .output()
+        .unwrap();
     assert!(info.status.success(), "{}", String::from_utf8_lossy(&info.stderr));
     let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
     assert_eq!(info["format"], "qcow2");
@@ -91,9 +123,19 @@ fn qemu_box_with_kernel_for_direct_boot() {
 
     // The disk is an ext4 filesystem holding the rootfs.
     let raw = env.path("disk.raw");
-    assert!(Command::new("qemu-img").args(["convert", "-O", "raw"]).arg(dir.join("disk.qcow2")).arg(&raw).status().unwrap().success());
+    assert!(Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(dir.join("disk.qcow2"))
+        .arg(&raw)
+        .status()
+        .unwrap()
+        .success());
     let ls = Command::new("debugfs").args(["-R", "ls -l /bin"]).arg(&raw).output().unwrap();
-    assert!(String::from_utf8_lossy(&ls.stdout).contains("busybox"), "{}", String::from_utf8_lossy(&ls.stdout));
+    assert!(
+        String::from_utf8_lossy(&ls.stdout).contains("busybox"),
+        "{}",
+        String::from_utf8_lossy(&ls.stdout)
+    );
 }
 
 #[test]
@@ -104,7 +146,15 @@ fn qemu_box_without_kernel_boots_by_firmware() {
     let rootfs = env.path("rootfs");
     busybox_rootfs(&rootfs);
     let tarball = env.path("rootfs.tar");
-    assert!(Command::new("tar").arg("-C").arg(&rootfs).arg("-cf").arg(&tarball).arg(".").status().unwrap().success());
+    assert!(Command::new("tar")
+        .arg("-C")
+        .arg(&rootfs)
+        .arg("-cf")
+        .arg(&tarball)
+        .arg(".")
+        .status()
+        .unwrap()
+        .success());
     let out = env.path("fw.box");
     env.envy()
         .args(["box", "build", "--kind", "qemu", "--rootfs"])
@@ -136,8 +186,11 @@ fn missing_tool_names_its_package_and_leaves_nothing() {
         .arg(&out)
         .assert()
         .code(5)
-        .stderr(contains("mkfs.ext4 is not installed or not on PATH: install it with `apt-get install e2fsprogs`"));
+        .stderr(contains(
+            "mkfs.ext4 is not installed or not on PATH: install it with `apt-get install e2fsprogs`",
+        ));
     assert!(!out.exists());
-    let leftovers: Vec<String> = common::list_dir(env.dir.path()).into_iter().filter(|n| n.starts_with(".envy-build")).collect();
+    let leftovers: Vec<String> =
+        common::list_dir(env.dir.path()).into_iter().filter(|n| n.starts_with(".envy-build")).collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }

@@ -52,17 +52,20 @@ fn a_flipped_byte_is_caught_before_use() {
     flip_byte(&env.home.join("boxes").join(&digest).join("rootfs.tar"));
     // `box add` of a stored box goes through Store::ensure -> get: the changed stamp
     // triggers a re-hash, which fails before the box could be used.
-    env.envy()
-        .args(["box", "add"])
-        .arg(&path)
-        .assert()
-        .code(4)
-        .stderr(contains(format!("stored box {digest} is corrupt: rootfs.tar")).and(contains(format!("envy box remove {}", &digest[..12]))));
+    env.envy().args(["box", "add"]).arg(&path).assert().code(4).stderr(
+        contains(format!("stored box {digest} is corrupt: rootfs.tar"))
+            .and(contains(format!("envy box remove {}", &digest[..12]))),
+    );
     // A changed stamp with unchanged bytes is re-hashed, found good and trusted again.
     let env = TestEnv::new();
     let digest = added_box(&env, "web");
     let file = env.home.join("boxes").join(&digest).join("box.toml");
-    std::fs::File::options().write(true).open(&file).unwrap().set_modified(std::time::SystemTime::UNIX_EPOCH).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_modified(std::time::SystemTime::UNIX_EPOCH)
+        .unwrap();
     env.envy().args(["box", "add"]).arg(env.path("web.box")).assert().success();
 }
 
@@ -82,7 +85,11 @@ fn list_json_remove_and_ambiguity() {
     assert_eq!(boxes[1]["providers"], serde_json::json!(["container"]));
     assert!(boxes[1]["size"].as_u64().unwrap() > 1 << 20);
 
-    env.envy().args(["box", "remove", "nosuch"]).assert().code(4).stderr(contains("no box `nosuch` in the store"));
+    env.envy()
+        .args(["box", "remove", "nosuch"])
+        .assert()
+        .code(4)
+        .stderr(contains("no box `nosuch` in the store"));
     env.envy().args(["box", "remove", &db[..10]]).assert().success().stderr(contains("removed db@1"));
     env.envy().args(["box", "remove", "web"]).assert().success();
     assert!(env.store_entries().is_empty(), "{:?}", env.store_entries());
@@ -92,9 +99,19 @@ fn list_json_remove_and_ambiguity() {
     let rootfs = env.path("app-rootfs");
     std::fs::write(rootfs.join("etc/version"), "2").unwrap();
     let p2 = env.path("app2.box");
-    env.envy().args(["box", "build", "--rootfs"]).arg(&rootfs).args(["--name", "app", "--version", "2", "--add", "-o"]).arg(&p2).assert().success();
+    env.envy()
+        .args(["box", "build", "--rootfs"])
+        .arg(&rootfs)
+        .args(["--name", "app", "--version", "2", "--add", "-o"])
+        .arg(&p2)
+        .assert()
+        .success();
     env.envy().args(["box", "add"]).arg(&p1).assert().success();
-    env.envy().args(["box", "remove", "app"]).assert().code(4).stderr(contains("`app` matches several boxes"));
+    env.envy()
+        .args(["box", "remove", "app"])
+        .assert()
+        .code(4)
+        .stderr(contains("`app` matches several boxes"));
     env.envy().args(["box", "remove", "app@2"]).assert().success();
     assert_eq!(env.store_entries().len(), 1);
 }

@@ -10,7 +10,7 @@ use std::path::{Component, Path, PathBuf};
 
 use tar::EntryType;
 
-use super::digest::{HashingWriter, Hasher};
+use super::digest::{Hasher, HashingWriter};
 use super::manifest::{self, Manifest};
 use super::Error;
 use crate::ui::Progress;
@@ -92,8 +92,8 @@ pub fn sniff(path: &Path, label: &str) -> Result<Artifact, Error> {
     let file = File::open(path).map_err(Error::io("cannot read", path))?;
     let mut reader = compression.reader(file).map_err(Error::io("cannot read", path))?;
     let mut header = [0u8; 512];
-    let got = read_up_to(&mut reader, &mut header)
-        .map_err(|e| not_a_box(format!("cannot decompress it ({e})")))?;
+    let got =
+        read_up_to(&mut reader, &mut header).map_err(|e| not_a_box(format!("cannot decompress it ({e})")))?;
     if got < 512 || &header[257..262] != b"ustar" {
         return Err(not_a_box(
             "it is neither a qcow2 image nor a tar archive (plain, gzip, zstd or xz)".into(),
@@ -122,7 +122,11 @@ fn read_up_to(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 /// A tar reader over a (possibly compressed) file, reporting the file bytes read.
-fn open_tar<'a>(path: &Path, compression: Compression, progress: &'a mut Progress) -> Result<tar::Archive<Box<dyn Read + 'a>>, Error> {
+fn open_tar<'a>(
+    path: &Path,
+    compression: Compression,
+    progress: &'a mut Progress,
+) -> Result<tar::Archive<Box<dyn Read + 'a>>, Error> {
     let file = File::open(path).map_err(Error::io("cannot read", path))?;
     let counted = ProgressReader { inner: file, progress };
     let reader = compression.reader(counted).map_err(Error::io("cannot read", path))?;
@@ -146,13 +150,22 @@ impl<R: Read> Read for ProgressReader<'_, R> {
 /// payload files it lists, each hashed while written and checked against the manifest.
 /// Only plain regular files are accepted. On error `dest` may hold partial files; the
 /// caller removes it.
-pub fn unpack_box(path: &Path, compression: Compression, dest: &Path, label: &str, progress: &mut Progress) -> Result<Manifest, Error> {
+pub fn unpack_box(
+    path: &Path,
+    compression: Compression,
+    dest: &Path,
+    label: &str,
+    progress: &mut Progress,
+) -> Result<Manifest, Error> {
     let hostile = |entry: &str, reason: &str| Error::HostileEntry {
         archive: label.to_string(),
         entry: entry.to_string(),
         reason: reason.to_string(),
     };
-    let read_err = |e: io::Error| Error::NotABox { archive: label.to_string(), reason: format!("the tar stream is damaged ({e})") };
+    let read_err = |e: io::Error| Error::NotABox {
+        archive: label.to_string(),
+        reason: format!("the tar stream is damaged ({e})"),
+    };
     let mut archive = open_tar(path, compression, progress)?;
     let mut manifest: Option<Manifest> = None;
     let mut seen = HashSet::new();
@@ -176,15 +189,24 @@ pub fn unpack_box(path: &Path, compression: Compression, dest: &Path, label: &st
         }
         let mode = header.mode().map_err(read_err)?;
         if mode & 0o7000 != 0 {
-            return Err(hostile(&raw, &format!("has setuid/setgid/sticky bits (mode {mode:o}); box payload files must not")));
+            return Err(hostile(
+                &raw,
+                &format!("has setuid/setgid/sticky bits (mode {mode:o}); box payload files must not"),
+            ));
         }
         let size = entry.size();
         let Some(manifest_ref) = &manifest else {
             if name != manifest::FILE_NAME {
-                return Err(Error::NotABox { archive: label.into(), reason: format!("its first entry is `{raw}`, not box.toml") });
+                return Err(Error::NotABox {
+                    archive: label.into(),
+                    reason: format!("its first entry is `{raw}`, not box.toml"),
+                });
             }
             if size > MAX_MANIFEST_BYTES {
-                return Err(hostile(&raw, &format!("claims {size} bytes; box.toml may be at most {MAX_MANIFEST_BYTES}")));
+                return Err(hostile(
+                    &raw,
+                    &format!("claims {size} bytes; box.toml may be at most {MAX_MANIFEST_BYTES}"),
+                ));
             }
             let mut text = String::new();
             entry.read_to_string(&mut text).map_err(read_err)?;
@@ -195,7 +217,12 @@ pub fn unpack_box(path: &Path, compression: Compression, dest: &Path, label: &st
             continue;
         };
         if size > MAX_PAYLOAD_BYTES {
-            return Err(hostile(&raw, &format!("claims {size} bytes, more than the {MAX_PAYLOAD_BYTES}-byte bound for a payload file")));
+            return Err(hostile(
+                &raw,
+                &format!(
+                    "claims {size} bytes, more than the {MAX_PAYLOAD_BYTES}-byte bound for a payload file"
+                ),
+            ));
         }
         let Some(expected) = manifest_ref.files.get(name) else {
             return Err(hostile(&raw, "is not listed in box.toml's `files`"));
@@ -214,7 +241,10 @@ pub fn unpack_box(path: &Path, compression: Compression, dest: &Path, label: &st
             .and_then(|f| f.sync_all())
             .map_err(Error::io("cannot write", &out_path))?;
         if copied != size {
-            return Err(Error::NotABox { archive: label.into(), reason: format!("entry `{raw}` ends after {copied} of {size} bytes") });
+            return Err(Error::NotABox {
+                archive: label.into(),
+                reason: format!("entry `{raw}` ends after {copied} of {size} bytes"),
+            });
         }
         if &hashes.sha256 != expected {
             return Err(Error::WrongDigest {
@@ -225,9 +255,13 @@ pub fn unpack_box(path: &Path, compression: Compression, dest: &Path, label: &st
             });
         }
     }
-    let manifest = manifest.ok_or_else(|| Error::NotABox { archive: label.into(), reason: "it is empty".into() })?;
+    let manifest =
+        manifest.ok_or_else(|| Error::NotABox { archive: label.into(), reason: "it is empty".into() })?;
     if let Some(missing) = manifest.files.keys().find(|f| !seen.contains(*f)) {
-        return Err(Error::BadManifest { archive: label.into(), reason: format!("`files` lists {missing}, which the archive does not contain") });
+        return Err(Error::BadManifest {
+            archive: label.into(),
+            reason: format!("`files` lists {missing}, which the archive does not contain"),
+        });
     }
     Ok(manifest)
 }
@@ -255,14 +289,31 @@ pub struct RootfsReport {
 /// hardlinks. Refused: absolute paths, `..`, writing through a symlink, hardlinks to
 /// outside the tree, device nodes and fifos outside dev/, entries over the size bound.
 /// On error `dest` may hold partial content; the caller removes it.
-pub fn unpack_rootfs(path: &Path, compression: Compression, dest: &Path, label: &str, progress: &mut Progress) -> Result<RootfsReport, Error> {
+pub fn unpack_rootfs(
+    path: &Path,
+    compression: Compression,
+    dest: &Path,
+    label: &str,
+    progress: &mut Progress,
+) -> Result<RootfsReport, Error> {
     let archive = open_tar(path, compression, progress)?;
     unpack_rootfs_stream(archive, dest, label)
 }
 
-fn unpack_rootfs_stream<R: Read>(mut archive: tar::Archive<R>, dest: &Path, label: &str) -> Result<RootfsReport, Error> {
-    let hostile = |entry: &str, reason: String| Error::HostileEntry { archive: label.to_string(), entry: entry.to_string(), reason };
-    let read_err = |e: io::Error| Error::NotABox { archive: label.to_string(), reason: format!("the tar stream is damaged ({e})") };
+fn unpack_rootfs_stream<R: Read>(
+    mut archive: tar::Archive<R>,
+    dest: &Path,
+    label: &str,
+) -> Result<RootfsReport, Error> {
+    let hostile = |entry: &str, reason: String| Error::HostileEntry {
+        archive: label.to_string(),
+        entry: entry.to_string(),
+        reason,
+    };
+    let read_err = |e: io::Error| Error::NotABox {
+        archive: label.to_string(),
+        reason: format!("the tar stream is damaged ({e})"),
+    };
     archive.set_preserve_permissions(true);
     archive.set_preserve_ownerships(true);
     archive.set_preserve_mtime(true);
@@ -275,7 +326,10 @@ fn unpack_rootfs_stream<R: Read>(mut archive: tar::Archive<R>, dest: &Path, labe
         let mut entry = entry.map_err(read_err)?;
         let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
         let kind = entry.header().entry_type();
-        if matches!(kind, EntryType::XGlobalHeader | EntryType::XHeader | EntryType::GNULongName | EntryType::GNULongLink) {
+        if matches!(
+            kind,
+            EntryType::XGlobalHeader | EntryType::XHeader | EntryType::GNULongName | EntryType::GNULongLink
+        ) {
             continue;
         }
         let rel = relative_path(&raw).map_err(|reason| hostile(&raw, reason.into()))?;
@@ -283,7 +337,13 @@ fn unpack_rootfs_stream<R: Read>(mut archive: tar::Archive<R>, dest: &Path, labe
             continue; // the tree's root itself (`./`)
         }
         if entry.size() > MAX_ROOTFS_ENTRY_BYTES {
-            return Err(hostile(&raw, format!("claims {} bytes, more than the {MAX_ROOTFS_ENTRY_BYTES}-byte bound for one file", entry.size())));
+            return Err(hostile(
+                &raw,
+                format!(
+                    "claims {} bytes, more than the {MAX_ROOTFS_ENTRY_BYTES}-byte bound for one file",
+                    entry.size()
+                ),
+            ));
         }
         match kind {
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
@@ -294,22 +354,41 @@ fn unpack_rootfs_stream<R: Read>(mut archive: tar::Archive<R>, dest: &Path, labe
                 return Err(hostile(&raw, format!("is a {} outside dev/", describe(kind))));
             }
             EntryType::Link => {
-                let target = entry.link_name_bytes().map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
-                let target_rel = relative_path(&target).map_err(|reason| hostile(&raw, format!("is a hardlink to `{target}`, which {reason}")))?;
-                check_no_symlink_parents(dest, &target_rel, &mut real_dirs)
-                    .map_err(|via| hostile(&raw, format!("is a hardlink to `{target}` through symlink `{via}`")))?;
+                let target = entry
+                    .link_name_bytes()
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .unwrap_or_default();
+                let target_rel = relative_path(&target).map_err(|reason| {
+                    hostile(&raw, format!("is a hardlink to `{target}`, which {reason}"))
+                })?;
+                check_no_symlink_parents(dest, &target_rel, &mut real_dirs).map_err(|via| {
+                    hostile(&raw, format!("is a hardlink to `{target}` through symlink `{via}`"))
+                })?;
                 if std::fs::symlink_metadata(dest.join(&target_rel)).is_err() {
-                    return Err(hostile(&raw, format!("is a hardlink to `{target}`, which is not in the archive before it")));
+                    return Err(hostile(
+                        &raw,
+                        format!("is a hardlink to `{target}`, which is not in the archive before it"),
+                    ));
                 }
             }
-            EntryType::Regular | EntryType::Continuous | EntryType::Directory | EntryType::Symlink | EntryType::GNUSparse => {}
+            EntryType::Regular
+            | EntryType::Continuous
+            | EntryType::Directory
+            | EntryType::Symlink
+            | EntryType::GNUSparse => {}
             other => return Err(hostile(&raw, format!("has an unsupported type ({other:?})"))),
         }
-        check_no_symlink_parents(dest, &rel, &mut real_dirs)
-            .map_err(|via| hostile(&raw, format!("would be written through symlink `{via}`, which may point outside the tree")))?;
+        check_no_symlink_parents(dest, &rel, &mut real_dirs).map_err(|via| {
+            hostile(
+                &raw,
+                format!("would be written through symlink `{via}`, which may point outside the tree"),
+            )
+        })?;
         // Files and links replace an existing symlink; a directory entry would instead
         // chmod/chown whatever the symlink points to.
-        if kind == EntryType::Directory && std::fs::symlink_metadata(dest.join(&rel)).is_ok_and(|m| m.file_type().is_symlink()) {
+        if kind == EntryType::Directory
+            && std::fs::symlink_metadata(dest.join(&rel)).is_ok_and(|m| m.file_type().is_symlink())
+        {
             return Err(hostile(&raw, "is a directory over an earlier symlink of the same name".into()));
         }
         if kind == EntryType::Symlink {
@@ -362,7 +441,11 @@ fn check_no_symlink_parents(root: &Path, rel: &Path, real_dirs: &mut HashSet<Pat
 
 /// Writes a zstd-compressed `.box`: `box.toml`, then the payload files in the order of
 /// `files` (name in the box → path on disk). Returns the sha256 of the written box.
-pub fn pack_box(out: &Path, manifest: &Manifest, files: &BTreeMap<String, PathBuf>) -> anyhow::Result<String> {
+pub fn pack_box(
+    out: &Path,
+    manifest: &Manifest,
+    files: &BTreeMap<String, PathBuf>,
+) -> anyhow::Result<String> {
     let file = File::create(out).map_err(Error::io("cannot create", out))?;
     let hashing = HashingWriter::new(io::BufWriter::with_capacity(1 << 20, file), Hasher::new(false));
     let encoder = zstd::stream::write::Encoder::new(hashing, 3)?;

@@ -11,8 +11,8 @@ use anyhow::Context as _;
 
 use super::archive::{self, Artifact};
 use super::digest::sha256_file;
-use super::store::file_size;
 use super::manifest::{BootMethod, Manifest, QemuPayload, DEFAULT_CMDLINE};
+use super::store::file_size;
 use super::Error;
 use crate::envfile::ProviderKind;
 use crate::ui::Ui;
@@ -36,7 +36,10 @@ pub struct BuildRequest {
 pub fn build(req: &BuildRequest, ui: &Ui) -> anyhow::Result<String> {
     let out_dir = req.output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(out_dir).map_err(Error::io("cannot create", out_dir))?;
-    let work = tempfile::Builder::new().prefix(".envy-build-").tempdir_in(out_dir).map_err(Error::io("cannot create a temp dir in", out_dir))?;
+    let work = tempfile::Builder::new()
+        .prefix(".envy-build-")
+        .tempdir_in(out_dir)
+        .map_err(Error::io("cannot create a temp dir in", out_dir))?;
     let (manifest, files) = match req.kind {
         ProviderKind::Container => container_payload(req, work.path())?,
         ProviderKind::Qemu => qemu_payload(req, work.path(), ui)?,
@@ -49,7 +52,10 @@ pub fn build(req: &BuildRequest, ui: &Ui) -> anyhow::Result<String> {
     Ok(digest)
 }
 
-fn container_payload(req: &BuildRequest, work: &Path) -> anyhow::Result<(Manifest, BTreeMap<String, PathBuf>)> {
+fn container_payload(
+    req: &BuildRequest,
+    work: &Path,
+) -> anyhow::Result<(Manifest, BTreeMap<String, PathBuf>)> {
     let (name, path) = if req.rootfs.is_dir() {
         let tar = work.join("rootfs.tar");
         archive::pack_rootfs_dir(&req.rootfs, &tar)?;
@@ -58,7 +64,13 @@ fn container_payload(req: &BuildRequest, work: &Path) -> anyhow::Result<(Manifes
         let label = req.rootfs.display().to_string();
         match archive::sniff(&req.rootfs, &label)? {
             Artifact::RootfsTarball(c) => (format!("rootfs.{}", c.tar_extension()), req.rootfs.clone()),
-            _ => return Err(Error::NotABox { archive: label, reason: "--rootfs must be a directory or a root filesystem tarball".into() }.into()),
+            _ => {
+                return Err(Error::NotABox {
+                    archive: label,
+                    reason: "--rootfs must be a directory or a root filesystem tarball".into(),
+                }
+                .into())
+            }
         }
     };
     let digest = sha256_file(&path)?;
@@ -66,14 +78,24 @@ fn container_payload(req: &BuildRequest, work: &Path) -> anyhow::Result<(Manifes
     Ok((manifest, BTreeMap::from([(name, path)])))
 }
 
-fn qemu_payload(req: &BuildRequest, work: &Path, ui: &Ui) -> anyhow::Result<(Manifest, BTreeMap<String, PathBuf>)> {
+fn qemu_payload(
+    req: &BuildRequest,
+    work: &Path,
+    ui: &Ui,
+) -> anyhow::Result<(Manifest, BTreeMap<String, PathBuf>)> {
     let root = if req.rootfs.is_dir() {
         req.rootfs.clone()
     } else {
         let label = req.rootfs.display().to_string();
         let compression = match archive::sniff(&req.rootfs, &label)? {
             Artifact::RootfsTarball(c) => c,
-            _ => return Err(Error::NotABox { archive: label, reason: "--rootfs must be a directory or a root filesystem tarball".into() }.into()),
+            _ => {
+                return Err(Error::NotABox {
+                    archive: label,
+                    reason: "--rootfs must be a directory or a root filesystem tarball".into(),
+                }
+                .into())
+            }
         };
         let dir = work.join("rootfs");
         std::fs::create_dir(&dir).map_err(Error::io("cannot create", &dir))?;
@@ -87,9 +109,7 @@ fn qemu_payload(req: &BuildRequest, work: &Path, ui: &Ui) -> anyhow::Result<(Man
         None => (tree_size(&root)? * 13 / 10 + (64 << 20)).div_ceil(1 << 20) << 20,
     };
     let raw = work.join("disk.raw");
-    std::fs::File::create(&raw)
-        .and_then(|f| f.set_len(size))
-        .map_err(Error::io("cannot create", &raw))?;
+    std::fs::File::create(&raw).and_then(|f| f.set_len(size)).map_err(Error::io("cannot create", &raw))?;
     ui.step(format!("making a {} MiB ext4 disk from {}", size >> 20, root.display()));
     let mut mkfs = Command::new("mkfs.ext4");
     mkfs.args(["-q", "-F", "-L", "envy-root", "-d"]).arg(&root).arg(&raw);
@@ -115,7 +135,10 @@ fn qemu_payload(req: &BuildRequest, work: &Path, ui: &Ui) -> anyhow::Result<(Man
             (BootMethod::Kernel, Some("vmlinuz".to_string()), initrd_name, Some(cmdline))
         }
         None => {
-            ui.warn(format!("{} has no /boot/vmlinuz*; the box boots through firmware, so its disk needs a bootloader", req.rootfs.display()));
+            ui.warn(format!(
+                "{} has no /boot/vmlinuz*; the box boots through firmware, so its disk needs a bootloader",
+                req.rootfs.display()
+            ));
             (BootMethod::Firmware, None, None, None)
         }
     };
@@ -169,7 +192,10 @@ fn run_tool(mut cmd: Command, tool: &str, package: &str, doing: &str) -> anyhow:
 fn find_kernel(root: &Path) -> anyhow::Result<Option<(PathBuf, Option<PathBuf>)>> {
     let boot = root.join("boot");
     let mut kernels: Vec<String> = match std::fs::read_dir(&boot) {
-        Ok(entries) => entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).filter(|n| n.starts_with("vmlinuz")).collect(),
+        Ok(entries) => entries
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with("vmlinuz"))
+            .collect(),
         Err(_) => Vec::new(),
     };
     kernels.sort();
@@ -178,7 +204,12 @@ fn find_kernel(root: &Path) -> anyhow::Result<Option<(PathBuf, Option<PathBuf>)>
         None => resolve_in_root(root, Path::new("/vmlinuz")),
     };
     let Some(kernel) = kernel else { return Ok(None) };
-    let suffix = kernel.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("vmlinuz")).unwrap_or("").to_string();
+    let suffix = kernel
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("vmlinuz"))
+        .unwrap_or("")
+        .to_string();
     let initrd = resolve_in_root(root, &Path::new("/boot").join(format!("initrd.img{suffix}")))
         .or_else(|| resolve_in_root(root, Path::new("/initrd.img")));
     Ok(Some((kernel, initrd)))
@@ -268,9 +299,15 @@ mod tests {
         // An absolute link (as Debian makes it) resolves against the rootfs, not the host.
         std::os::unix::fs::symlink("/boot/vmlinuz-6.1.0-9", root.path().join("vmlinuz")).unwrap();
         std::os::unix::fs::symlink("../../../../etc/passwd", root.path().join("escape")).unwrap();
-        assert_eq!(resolve_in_root(root.path(), Path::new("/vmlinuz")), Some(root.path().join("boot/vmlinuz-6.1.0-9")));
+        assert_eq!(
+            resolve_in_root(root.path(), Path::new("/vmlinuz")),
+            Some(root.path().join("boot/vmlinuz-6.1.0-9"))
+        );
         assert_eq!(resolve_in_root(root.path(), Path::new("/escape")), None);
         let (k, i) = find_kernel(root.path()).unwrap().unwrap();
-        assert_eq!((k, i), (root.path().join("boot/vmlinuz-6.1.0-9"), Some(root.path().join("boot/initrd.img-6.1.0-9"))));
+        assert_eq!(
+            (k, i),
+            (root.path().join("boot/vmlinuz-6.1.0-9"), Some(root.path().join("boot/initrd.img-6.1.0-9")))
+        );
     }
 }

@@ -12,9 +12,7 @@ use super::Error;
 use crate::envfile::ProviderKind;
 
 /// The catalog shipped in the binary (the repository's `boxes/*.toml`).
-const BUILTIN: &[(&str, &str)] = &[
-    ("debian-12.toml", include_str!("../../boxes/debian-12.toml")),
-];
+const BUILTIN: &[(&str, &str)] = &[("debian-12.toml", include_str!("../../boxes/debian-12.toml"))];
 
 /// One catalog file: any number of `[[box]]` entries.
 #[derive(Debug, Deserialize)]
@@ -68,7 +66,8 @@ impl Resolved {
         if let Some(pin) = &self.pin {
             return Ok(pin.clone());
         }
-        let (list_url, file) = self.checksums.as_ref().expect("a catalog version has a pin or a checksums URL");
+        let (list_url, file) =
+            self.checksums.as_ref().expect("a catalog version has a pin or a checksums URL");
         let text = downloader.fetch_text(list_url)?;
         find_in_checksums(&text, file).ok_or_else(|| Error::Catalog {
             location: list_url.clone(),
@@ -117,20 +116,30 @@ impl Catalog {
     }
 
     /// Finds `name` (at `version`, or its newest) for `provider` (or the first listed).
-    pub fn resolve(&self, name: &str, version: Option<&str>, provider: Option<ProviderKind>) -> Result<Resolved, Error> {
+    pub fn resolve(
+        &self,
+        name: &str,
+        version: Option<&str>,
+        provider: Option<ProviderKind>,
+    ) -> Result<Resolved, Error> {
         let not_found = |message: String| Error::Catalog { location: self.location.clone(), message };
         let entry = self.entries.iter().find(|e| e.name == name).ok_or_else(|| {
             let names: Vec<_> = self.entries.iter().map(|e| e.name.as_str()).collect();
             not_found(format!("has no box `{name}`; it has: {}", names.join(", ")))
         })?;
         let fits = |v: &&Version| {
-            version.is_none_or(|want| v.version == want) && provider.is_none_or(|p| v.provider.is_none_or(|vp| vp == p))
+            version.is_none_or(|want| v.version == want)
+                && provider.is_none_or(|p| v.provider.is_none_or(|vp| vp == p))
         };
         let v = entry.versions.iter().find(fits).ok_or_else(|| {
-            let have: Vec<_> = entry.versions.iter().map(|v| match v.provider {
-                Some(p) => format!("{} ({p})", v.version),
-                None => v.version.clone(),
-            }).collect();
+            let have: Vec<_> = entry
+                .versions
+                .iter()
+                .map(|v| match v.provider {
+                    Some(p) => format!("{} ({p})", v.version),
+                    None => v.version.clone(),
+                })
+                .collect();
             not_found(format!(
                 "box `{name}` has no version{}{}; it has: {}",
                 version.map(|v| format!(" {v}")).unwrap_or_default(),
@@ -149,7 +158,13 @@ impl Catalog {
             });
             (list.clone(), file)
         });
-        Ok(Resolved { name: entry.name.clone(), version: v.version.clone(), url: v.url.clone(), checksums, pin })
+        Ok(Resolved {
+            name: entry.name.clone(),
+            version: v.version.clone(),
+            url: v.url.clone(),
+            checksums,
+            pin,
+        })
     }
 }
 
@@ -158,7 +173,8 @@ fn read(path: &Path) -> Result<String, Error> {
 }
 
 fn parse(text: &str, location: &str) -> Result<Vec<Entry>, Error> {
-    let file: CatalogFile = toml::from_str(text).map_err(|e| Error::Catalog { location: location.into(), message: e.to_string() })?;
+    let file: CatalogFile = toml::from_str(text)
+        .map_err(|e| Error::Catalog { location: location.into(), message: e.to_string() })?;
     for entry in &file.boxes {
         for v in &entry.versions {
             if v.sha256.is_none() && v.sha512.is_none() && v.checksums.is_none() {
@@ -177,13 +193,14 @@ fn parse(text: &str, location: &str) -> Result<Vec<Entry>, Error> {
 fn find_in_checksums(text: &str, file: &str) -> Option<Pin> {
     for line in text.lines() {
         let line = line.trim();
-        let (hex, name) = if let Some(rest) = line.strip_prefix("SHA256 (").or_else(|| line.strip_prefix("SHA512 (")) {
-            let (name, hex) = rest.split_once(") = ")?;
-            (hex, name)
-        } else {
-            let Some((hex, name)) = line.split_once(char::is_whitespace) else { continue };
-            (hex, name.trim_start().trim_start_matches('*'))
-        };
+        let (hex, name) =
+            if let Some(rest) = line.strip_prefix("SHA256 (").or_else(|| line.strip_prefix("SHA512 (")) {
+                let (name, hex) = rest.split_once(") = ")?;
+                (hex, name)
+            } else {
+                let Some((hex, name)) = line.split_once(char::is_whitespace) else { continue };
+                (hex, name.trim_start().trim_start_matches('*'))
+            };
         let name = name.strip_prefix("./").unwrap_or(name);
         if name != file {
             continue;
@@ -214,11 +231,17 @@ mod tests {
 
     #[test]
     fn builtin_catalog_resolves_per_provider() {
-        let catalog = Catalog { location: "built-in".into(), entries: BUILTIN.iter().flat_map(|(n, t)| parse(t, n).unwrap()).collect() };
+        let catalog = Catalog {
+            location: "built-in".into(),
+            entries: BUILTIN.iter().flat_map(|(n, t)| parse(t, n).unwrap()).collect(),
+        };
         let vm = catalog.resolve("debian-12", None, Some(ProviderKind::Qemu)).unwrap();
         assert!(vm.url.ends_with(".qcow2") && matches!(vm.pin, Some(Pin::Sha512(_))));
         let ct = catalog.resolve("debian-12", None, Some(ProviderKind::Container)).unwrap();
-        assert!(ct.url.ends_with("rootfs.tar.xz") && ct.checksums.as_ref().is_some_and(|(_, f)| f == "rootfs.tar.xz"));
+        assert!(
+            ct.url.ends_with("rootfs.tar.xz")
+                && ct.checksums.as_ref().is_some_and(|(_, f)| f == "rootfs.tar.xz")
+        );
         assert!(catalog.resolve("debian-12", Some("1999"), None).is_err());
     }
 }

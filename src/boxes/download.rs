@@ -11,7 +11,7 @@ use reqwest::blocking::Client;
 use reqwest::header::{CONTENT_RANGE, RANGE};
 use reqwest::StatusCode;
 
-use super::digest::{Hashes, Hasher, Pin};
+use super::digest::{Hasher, Hashes, Pin};
 use super::Error;
 use crate::ui::Ui;
 
@@ -34,8 +34,9 @@ impl Downloader {
             .connect_timeout(Duration::from_secs(30))
             .timeout(None::<Duration>);
         if let Some(p) = proxy {
-            let proxy = reqwest::Proxy::all(p)
-                .map_err(|e| anyhow::anyhow!("config `proxy` = {p:?} is not a proxy URL ({e}); fix it in config.toml"))?;
+            let proxy = reqwest::Proxy::all(p).map_err(|e| {
+                anyhow::anyhow!("config `proxy` = {p:?} is not a proxy URL ({e}); fix it in config.toml")
+            })?;
             builder = builder.proxy(proxy);
         }
         Ok(Downloader { client: builder.build()? })
@@ -51,13 +52,21 @@ impl Downloader {
                     let mut body = Vec::new();
                     match resp.take(MAX_TEXT_BYTES).read_to_end(&mut body) {
                         Ok(_) => return Ok(String::from_utf8_lossy(&body).into_owned()),
-                        Err(e) => Error::Network { url: url.into(), attempts: attempt, message: e.to_string() },
+                        Err(e) => {
+                            Error::Network { url: url.into(), attempts: attempt, message: e.to_string() }
+                        }
                     }
                 }
                 Ok(resp) if resp.status().is_server_error() => {
                     Error::HttpStatus { url: url.into(), status: resp.status().as_u16(), attempts: attempt }
                 }
-                Ok(resp) => return Err(Error::HttpStatus { url: url.into(), status: resp.status().as_u16(), attempts: 1 }),
+                Ok(resp) => {
+                    return Err(Error::HttpStatus {
+                        url: url.into(),
+                        status: resp.status().as_u16(),
+                        attempts: 1,
+                    })
+                }
                 Err(e) => Error::Network { url: url.into(), attempts: attempt, message: error_chain(&e) },
             };
             if attempt >= ATTEMPTS {
@@ -70,7 +79,14 @@ impl Downloader {
     /// Downloads `url` into `part`, resuming from what `part` already holds, and
     /// returns the hashes of the whole file (sha512 too when `pin` is one). The caller
     /// checks them against the pin; nothing here trusts the bytes.
-    pub fn fetch(&self, url: &str, part: &Path, pin: Option<&Pin>, ui: &Ui, label: &str) -> Result<Hashes, Error> {
+    pub fn fetch(
+        &self,
+        url: &str,
+        part: &Path,
+        pin: Option<&Pin>,
+        ui: &Ui,
+        label: &str,
+    ) -> Result<Hashes, Error> {
         // Hash state of what `part` holds; rebuilt from disk when a previous process
         // left a part file (hash state cannot be saved across processes).
         let mut resumed: Option<Hasher> = None;
@@ -99,9 +115,14 @@ impl Downloader {
                     if status.is_server_error() {
                         Error::HttpStatus { url: url.into(), status: status.as_u16(), attempts: attempt }
                     } else if !status.is_success() {
-                        return Err(Error::HttpStatus { url: url.into(), status: status.as_u16(), attempts: 1 });
+                        return Err(Error::HttpStatus {
+                            url: url.into(),
+                            status: status.as_u16(),
+                            attempts: 1,
+                        });
                     } else {
-                        let resumes = status == StatusCode::PARTIAL_CONTENT && range_start(&resp) == Some(have);
+                        let resumes =
+                            status == StatusCode::PARTIAL_CONTENT && range_start(&resp) == Some(have);
                         if !resumes {
                             hasher = Hasher::for_pin(pin);
                         }
@@ -109,12 +130,22 @@ impl Downloader {
                         let total = resp.content_length().map(|n| n + start);
                         match receive(resp, part, resumes, &mut hasher, total, ui, label) {
                             Ok(()) => match total {
-                                Some(t) if hasher.bytes() < t => Error::Truncated { url: url.into(), got: hasher.bytes(), expected: t, attempts: attempt },
+                                Some(t) if hasher.bytes() < t => Error::Truncated {
+                                    url: url.into(),
+                                    got: hasher.bytes(),
+                                    expected: t,
+                                    attempts: attempt,
+                                },
                                 _ => return Ok(hasher.finish()),
                             },
                             Err(ReceiveError::Local(e)) => return Err(e),
                             Err(ReceiveError::Remote(message)) => match total {
-                                Some(t) => Error::Truncated { url: url.into(), got: hasher.bytes(), expected: t, attempts: attempt },
+                                Some(t) => Error::Truncated {
+                                    url: url.into(),
+                                    got: hasher.bytes(),
+                                    expected: t,
+                                    attempts: attempt,
+                                },
                                 None => Error::Network { url: url.into(), attempts: attempt, message },
                             },
                         }

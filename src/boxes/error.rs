@@ -12,7 +12,9 @@ pub enum Error {
     #[error("box {source_ref} arrived with sha256 {got}, but Envfile.lock pins {locked}: the source changed since it was pinned. Delete the machine's entry from Envfile.lock to pin the new box, or point the Envfile at the pinned one")]
     LockMismatch { source_ref: String, locked: String, got: String },
     /// --sha256 and a URL's #sha256= fragment name different digests.
-    #[error("{url} is pinned twice with different digests: --sha256 {flag} and #sha256={fragment}; keep one")]
+    #[error(
+        "{url} is pinned twice with different digests: --sha256 {flag} and #sha256={fragment}; keep one"
+    )]
     PinConflict { url: String, flag: String, fragment: String },
     /// The server closed the body before the announced length, even after retries.
     #[error("download of {url} stopped after {got} of {expected} bytes ({attempts} attempts); run the command again to resume from the partial file")]

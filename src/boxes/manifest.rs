@@ -83,14 +83,19 @@ impl Manifest {
     pub fn validate(&self, archive: &str) -> Result<(), Error> {
         let bad = |reason: String| Error::BadManifest { archive: archive.to_string(), reason };
         if self.format != FORMAT {
-            return Err(bad(format!("format {} is not one this envy reads ({FORMAT}); upgrade envy", self.format)));
+            return Err(bad(format!(
+                "format {} is not one this envy reads ({FORMAT}); upgrade envy",
+                self.format
+            )));
         }
         if self.providers.is_empty() {
             return Err(bad("`providers` is empty".into()));
         }
         for (name, digest) in &self.files {
             if !is_plain_file_name(name) || name == FILE_NAME {
-                return Err(bad(format!("payload file name `{name}` must be a plain file name (no `/`, not `..`, not box.toml)")));
+                return Err(bad(format!(
+                    "payload file name `{name}` must be a plain file name (no `/`, not `..`, not box.toml)"
+                )));
             }
             super::digest::parse_sha256(digest)
                 .map_err(|_| bad(format!("files.{name} is not a sha256 hex digest")))?;

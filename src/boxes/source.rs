@@ -23,7 +23,11 @@ pub struct BoxSource {
 
 impl BoxSource {
     /// The source for an Envfile's box reference.
-    pub fn from_ref(reference: &BoxRef, catalog: Option<String>, provider: Option<ProviderKind>) -> BoxSource {
+    pub fn from_ref(
+        reference: &BoxRef,
+        catalog: Option<String>,
+        provider: Option<ProviderKind>,
+    ) -> BoxSource {
         BoxSource { reference: reference.clone(), insecure: false, catalog, name: None, provider }
     }
 }
@@ -41,7 +45,13 @@ pub fn parse_box_ref(text: &str, sha256: Option<&str>) -> Result<BoxRef, Error> 
         let from_url = match fragment {
             Some(f) => match f.strip_prefix("sha256=") {
                 Some(hex) => Some(parse_sha256(hex)?),
-                None => return Err(Error::BadDigest { value: f.to_string(), algorithm: "sha256 (URL fragment `#sha256=HEX`)", len: 64 }),
+                None => {
+                    return Err(Error::BadDigest {
+                        value: f.to_string(),
+                        algorithm: "sha256 (URL fragment `#sha256=HEX`)",
+                        len: 64,
+                    })
+                }
             },
             None => None,
         };
@@ -71,7 +81,9 @@ pub fn parse_box_ref(text: &str, sha256: Option<&str>) -> Result<BoxRef, Error> 
 
 fn agree(text: &str, flag: Option<String>, fragment: Option<String>) -> Result<Option<String>, Error> {
     match (flag, fragment) {
-        (Some(flag), Some(fragment)) if flag != fragment => Err(Error::PinConflict { url: text.to_string(), flag, fragment }),
+        (Some(flag), Some(fragment)) if flag != fragment => {
+            Err(Error::PinConflict { url: text.to_string(), flag, fragment })
+        }
         (a, b) => Ok(a.or(b)),
     }
 }
@@ -83,7 +95,11 @@ pub fn name_from_file(name: &str) -> String {
     for ext in [".gz", ".zst", ".xz", ".tgz", ".tar", ".box", ".qcow2", ".img"] {
         stem = stem.strip_suffix(ext).unwrap_or(stem);
     }
-    if stem.is_empty() { "box".to_string() } else { stem.to_string() }
+    if stem.is_empty() {
+        "box".to_string()
+    } else {
+        stem.to_string()
+    }
 }
 
 #[cfg(test)]
@@ -94,11 +110,22 @@ mod tests {
     fn urls_paths_and_catalog_names() {
         let hex = "AB".repeat(32);
         let r = parse_box_ref(&format!("https://example.org/x.box#sha256={hex}"), None).unwrap();
-        assert_eq!(r, BoxRef::Url { url: "https://example.org/x.box".into(), sha256: Some(hex.to_lowercase()) });
+        assert_eq!(
+            r,
+            BoxRef::Url { url: "https://example.org/x.box".into(), sha256: Some(hex.to_lowercase()) }
+        );
         assert!(matches!(parse_box_ref("https://e.org/x.box#sha256=12", None), Err(Error::BadDigest { .. })));
-        assert!(matches!(parse_box_ref(&format!("https://e.org/x#sha256={hex}"), Some(&"0".repeat(64))), Err(Error::PinConflict { .. })));
-        assert!(matches!(parse_box_ref("./web.box", None).unwrap(), BoxRef::Path { path, .. } if path.is_absolute()));
-        assert_eq!(parse_box_ref("debian-12@20250210", None).unwrap(), BoxRef::Catalog { name: "debian-12".into(), version: Some("20250210".into()) });
+        assert!(matches!(
+            parse_box_ref(&format!("https://e.org/x#sha256={hex}"), Some(&"0".repeat(64))),
+            Err(Error::PinConflict { .. })
+        ));
+        assert!(
+            matches!(parse_box_ref("./web.box", None).unwrap(), BoxRef::Path { path, .. } if path.is_absolute())
+        );
+        assert_eq!(
+            parse_box_ref("debian-12@20250210", None).unwrap(),
+            BoxRef::Catalog { name: "debian-12".into(), version: Some("20250210".into()) }
+        );
         assert!(parse_box_ref("debian-12", Some(&hex)).is_err(), "--sha256 goes with URLs and files only");
     }
 

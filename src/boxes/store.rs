@@ -130,7 +130,8 @@ impl Store {
         match &source.reference {
             BoxRef::Catalog { name, version } => {
                 let from_env = std::env::var("ENVY_CATALOG").ok().filter(|v| !v.is_empty());
-                let location = source.catalog.as_deref().or(from_env.as_deref()).or(self.config.catalog.as_deref());
+                let location =
+                    source.catalog.as_deref().or(from_env.as_deref()).or(self.config.catalog.as_deref());
                 let downloader = self.downloader()?;
                 let catalog = Catalog::load(location, &downloader)?;
                 let entry = catalog.resolve(name, version.as_deref(), source.provider)?;
@@ -180,7 +181,12 @@ impl Store {
         }
         let stored = self.ensure(source, ui)?;
         if stored.digest != digest {
-            return Err(Error::LockMismatch { source_ref: source.reference.to_string(), locked: digest, got: stored.digest }.into());
+            return Err(Error::LockMismatch {
+                source_ref: source.reference.to_string(),
+                locked: digest,
+                got: stored.digest,
+            }
+            .into());
         }
         Ok(stored)
     }
@@ -191,7 +197,14 @@ impl Store {
 
     /// Downloads, verifies and stores a URL. One process per URL downloads at a time;
     /// others wait on the lock and then find the box stored.
-    fn fetch_url(&self, downloader: &Downloader, url: &str, pin: Option<Pin>, hint: Hint, ui: &Ui) -> anyhow::Result<StoredBox> {
+    fn fetch_url(
+        &self,
+        downloader: &Downloader,
+        url: &str,
+        pin: Option<Pin>,
+        hint: Hint,
+        ui: &Ui,
+    ) -> anyhow::Result<StoredBox> {
         if let Some(found) = self.find_pinned(pin.as_ref())? {
             return self.get(&found);
         }
@@ -213,7 +226,8 @@ impl Store {
                     return Err(e.into());
                 }
             }
-            None => ui.warn(format!("{url} was not pinned (--insecure); it arrived with sha256 {}", hashes.sha256)),
+            None => ui
+                .warn(format!("{url} was not pinned (--insecure); it arrived with sha256 {}", hashes.sha256)),
         }
         let origin = Origin { source: url.to_string(), pin: pin.as_ref().map(Pin::to_string) };
         let result = self.install(&part, &hashes.sha256, &origin, hint, ui);
@@ -231,7 +245,10 @@ impl Store {
         if path.is_dir() {
             return Err(Error::NotABox {
                 archive: path.display().to_string(),
-                reason: format!("it is a directory; make a box of a root filesystem with `envy box build --rootfs {}`", path.display()),
+                reason: format!(
+                    "it is a directory; make a box of a root filesystem with `envy box build --rootfs {}`",
+                    path.display()
+                ),
             }
             .into());
         }
@@ -255,7 +272,8 @@ impl Store {
         if self.box_dir(&digest).is_dir() {
             return self.get(&digest);
         }
-        let origin = Origin { source: path.display().to_string(), pin: Some(Pin::Sha256(digest.clone()).to_string()) };
+        let origin =
+            Origin { source: path.display().to_string(), pin: Some(Pin::Sha256(digest.clone()).to_string()) };
         // `install` moves the staged file into the store or leaves it to be deleted here.
         self.install(staged.path(), &digest, &origin, hint, ui)
     }
@@ -296,7 +314,14 @@ impl Store {
     /// Unpacks a verified box file (in `downloads/`, ours to move) into a temp dir inside
     /// `boxes/` and renames it into place. Any error removes the temp dir: nothing
     /// half-made stays in the store.
-    fn install(&self, file: &Path, digest: &str, origin: &Origin, hint: Hint, ui: &Ui) -> anyhow::Result<StoredBox> {
+    fn install(
+        &self,
+        file: &Path,
+        digest: &str,
+        origin: &Origin,
+        hint: Hint,
+        ui: &Ui,
+    ) -> anyhow::Result<StoredBox> {
         let boxes = self.home.boxes_dir();
         std::fs::create_dir_all(&boxes).map_err(Error::io("cannot create", &boxes))?;
         // Held while the temp dir exists, so `prune` can tell a live one from a leftover.
@@ -346,12 +371,15 @@ impl Store {
             crate::state::write_atomic(&manifest_path, manifest.to_toml().as_bytes())?;
         }
         // A box's own manifest names it, unless the user chose a name.
-        let listed_name = if from_archive && !hint.explicit { manifest.name.clone() } else { hint.name.clone() };
+        let listed_name =
+            if from_archive && !hint.explicit { manifest.name.clone() } else { hint.name.clone() };
         let record = Record {
             version: RECORD_VERSION,
             name: listed_name,
             source: origin.source.clone(),
-            added: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            added: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
             pin: origin.pin.clone(),
             manifest_sha256: sha256_file(&manifest_path)?,
             stamps: stamps(tmp.path(), &manifest)?,
@@ -391,7 +419,8 @@ impl Store {
             Ok(_) => Ok(Vec::new()),
             Err(e) => match e.downcast_ref::<Error>() {
                 Some(Error::Corrupt { file, expected, got, .. }) => {
-                    let mut all = vec![Corruption { file: file.clone(), expected: expected.clone(), got: got.clone() }];
+                    let mut all =
+                        vec![Corruption { file: file.clone(), expected: expected.clone(), got: got.clone() }];
                     all.extend(self.corruptions(digest)?.into_iter().filter(|c| c.file != *file));
                     Ok(all)
                 }
@@ -440,7 +469,8 @@ impl Store {
         }
         let record = read_record(&dir)?;
         let manifest_path = dir.join(manifest::FILE_NAME);
-        let text = std::fs::read_to_string(&manifest_path).map_err(Error::io("cannot read", &manifest_path))?;
+        let text =
+            std::fs::read_to_string(&manifest_path).map_err(Error::io("cannot read", &manifest_path))?;
         let manifest = Manifest::parse(&text, &dir.display().to_string())?;
         Ok(StoredBox { digest, dir, manifest, record })
     }
@@ -488,7 +518,8 @@ impl Store {
             .iter()
             .filter(|b| {
                 (is_prefix && b.digest.starts_with(&query.to_ascii_lowercase()))
-                    || ((b.record.name == name || b.manifest.name == name) && version.is_none_or(|v| v == b.manifest.version))
+                    || ((b.record.name == name || b.manifest.name == name)
+                        && version.is_none_or(|v| v == b.manifest.version))
             })
             .collect();
         match matches.as_slice() {
@@ -496,7 +527,11 @@ impl Store {
             [] => Err(Error::Missing { what: format!("`{query}`"), store: self.home.boxes_dir() }.into()),
             many => Err(Error::Ambiguous {
                 what: query.to_string(),
-                candidates: many.iter().map(|b| format!("{}@{} {}", b.record.name, b.manifest.version, &b.digest[..12])).collect::<Vec<_>>().join(", "),
+                candidates: many
+                    .iter()
+                    .map(|b| format!("{}@{} {}", b.record.name, b.manifest.version, &b.digest[..12]))
+                    .collect::<Vec<_>>()
+                    .join(", "),
             }
             .into()),
         }
@@ -572,7 +607,12 @@ struct Origin {
 fn unpack_rootfs_into(tarball: &Path, box_dir: &Path, label: &str, ui: &Ui) -> Result<(), Error> {
     let compression = match archive::sniff(tarball, label)? {
         Artifact::RootfsTarball(c) | Artifact::BoxArchive(c) => c,
-        Artifact::Qcow2 => return Err(Error::NotABox { archive: label.into(), reason: "its rootfs payload is a qcow2 image, not a tarball".into() }),
+        Artifact::Qcow2 => {
+            return Err(Error::NotABox {
+                archive: label.into(),
+                reason: "its rootfs payload is a qcow2 image, not a tarball".into(),
+            })
+        }
     };
     let dest = box_dir.join(ROOTFS_DIR);
     std::fs::create_dir(&dest).map_err(Error::io("cannot create", &dest))?;
@@ -583,7 +623,10 @@ fn unpack_rootfs_into(tarball: &Path, box_dir: &Path, label: &str, ui: &Ui) -> R
     // benches/box_add.sh reads this line to time the unpack alone.
     tracing::debug!("unpacked rootfs of {label} in {:.3} s", started.elapsed().as_secs_f64());
     if report.skipped_devices > 0 {
-        ui.step(format!("skipped {} device nodes under /dev (the container runtime provides /dev)", report.skipped_devices));
+        ui.step(format!(
+            "skipped {} device nodes under /dev (the container runtime provides /dev)",
+            report.skipped_devices
+        ));
     }
     Ok(())
 }
@@ -627,4 +670,3 @@ fn read_record(dir: &Path) -> anyhow::Result<Record> {
     })?;
     Ok(record)
 }
-

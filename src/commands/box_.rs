@@ -6,7 +6,9 @@ use anyhow::Result;
 use serde_json::json;
 
 use crate::boxes::{self, BoxSource, BuildRequest, Store, StoredBox};
-use crate::cli::{BoxAddArgs, BoxBuildArgs, BoxCommand, BoxKindArg, BoxPruneArgs, BoxRemoveArgs, BoxVerifyArgs};
+use crate::cli::{
+    BoxAddArgs, BoxBuildArgs, BoxCommand, BoxKindArg, BoxPruneArgs, BoxRemoveArgs, BoxVerifyArgs,
+};
 use crate::context::Context;
 use crate::envfile::lock::LockFile;
 use crate::envfile::{BoxRef, ProviderKind};
@@ -25,7 +27,13 @@ pub fn run(ctx: &Context, cmd: BoxCommand) -> Result<i32> {
 
 fn add(ctx: &Context, store: &Store, args: BoxAddArgs) -> Result<i32> {
     let reference = boxes::parse_box_ref(&args.source, args.sha256.as_deref())?;
-    let source = BoxSource { reference, insecure: args.insecure, catalog: args.catalog, name: args.name, provider: None };
+    let source = BoxSource {
+        reference,
+        insecure: args.insecure,
+        catalog: args.catalog,
+        name: args.name,
+        provider: None,
+    };
     let stored = store.ensure(&source, &ctx.ui)?;
     if ctx.ui.json {
         let mut out = describe(&stored);
@@ -80,7 +88,9 @@ fn list(ctx: &Context, store: &Store) -> Result<i32> {
 
 fn remove(ctx: &Context, store: &Store, args: BoxRemoveArgs) -> Result<i32> {
     if args.boxes.is_empty() {
-        anyhow::bail!("name the boxes to remove (a name, name@version or digest prefix); `envy box list` shows them");
+        anyhow::bail!(
+            "name the boxes to remove (a name, name@version or digest prefix); `envy box list` shows them"
+        );
     }
     // Resolve every name first, so a typo removes nothing.
     let found: Vec<StoredBox> = args.boxes.iter().map(|q| store.find(q)).collect::<Result<_>>()?;
@@ -89,7 +99,10 @@ fn remove(ctx: &Context, store: &Store, args: BoxRemoveArgs) -> Result<i32> {
         ctx.ui.step(format!("removed {}@{} ({})", b.record.name, b.manifest.version, &b.digest[..12]));
     }
     if ctx.ui.json {
-        println!("{}", json!({ "version": 1, "removed": found.iter().map(|b| &b.digest).collect::<Vec<_>>() }));
+        println!(
+            "{}",
+            json!({ "version": 1, "removed": found.iter().map(|b| &b.digest).collect::<Vec<_>>() })
+        );
     }
     Ok(0)
 }
@@ -116,11 +129,22 @@ fn prune(ctx: &Context, store: &Store, args: BoxPruneArgs) -> Result<i32> {
             store.remove(&b.digest)?;
         }
         let verb = if args.dry_run { "would remove" } else { "removed" };
-        ctx.ui.step(format!("{verb} {}@{} ({}, {})", b.record.name, b.manifest.version, &b.digest[..12], human_size(b.size())));
+        ctx.ui.step(format!(
+            "{verb} {}@{} ({}, {})",
+            b.record.name,
+            b.manifest.version,
+            &b.digest[..12],
+            human_size(b.size())
+        ));
         removed.push(b.digest.clone());
     }
     if ctx.ui.json {
-        println!("{}", serde_json::to_string_pretty(&json!({ "version": 1, "dry_run": args.dry_run, "removed": removed, "kept": kept }))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({ "version": 1, "dry_run": args.dry_run, "removed": removed, "kept": kept })
+            )?
+        );
     } else if removed.is_empty() {
         ctx.ui.step(format!("nothing to prune; {} boxes are pinned by projects' Envfile.lock", kept.len()));
     }
@@ -155,7 +179,12 @@ fn build(ctx: &Context, store: &Store, args: BoxBuildArgs) -> Result<i32> {
         store.ensure(&source, &ctx.ui)?;
     }
     if ctx.ui.json {
-        println!("{}", serde_json::to_string_pretty(&json!({ "version": 1, "digest": digest, "path": output, "added": args.add }))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({ "version": 1, "digest": digest, "path": output, "added": args.add })
+            )?
+        );
     } else {
         println!("{digest}  {}", output.display());
     }
@@ -179,7 +208,12 @@ fn verify(ctx: &Context, store: &Store, args: BoxVerifyArgs) -> Result<i32> {
             for p in &problems {
                 eprintln!(
                     "error: box {}@{} ({}) is corrupt: {} should have sha256 {} but has {}",
-                    b.record.name, b.manifest.version, &b.digest[..12], p.file, p.expected, p.got
+                    b.record.name,
+                    b.manifest.version,
+                    &b.digest[..12],
+                    p.file,
+                    p.expected,
+                    p.got
                 );
             }
         }
@@ -189,7 +223,10 @@ fn verify(ctx: &Context, store: &Store, args: BoxVerifyArgs) -> Result<i32> {
         println!("{}", serde_json::to_string_pretty(&json!({ "version": 1, "boxes": reports }))?);
     }
     if corrupt > 0 {
-        eprintln!("{corrupt} of {} boxes are corrupt; run `envy box remove DIGEST` and add them again", targets.len());
+        eprintln!(
+            "{corrupt} of {} boxes are corrupt; run `envy box remove DIGEST` and add them again",
+            targets.len()
+        );
         return Ok(crate::error::code::BOX);
     }
     Ok(0)

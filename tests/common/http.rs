@@ -156,7 +156,11 @@ fn handle(conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
             &file[s..]
         }
         None => {
-            write!(out, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nAccept-Ranges: bytes\r\nConnection: close\r\n\r\n", file.len())?;
+            write!(
+                out,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nAccept-Ranges: bytes\r\nConnection: close\r\n\r\n",
+                file.len()
+            )?;
             &file[..]
         }
     };

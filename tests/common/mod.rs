@@ -86,15 +86,18 @@ pub fn require_tool(tool: &str, package: &str) {
 
 /// Busybox applets a minimal rootfs links to /bin/busybox.
 const APPLETS: &[&str] = &[
-    "sh", "ls", "cat", "echo", "sleep", "httpd", "mkdir", "rm", "cp", "mv", "ln", "id", "env",
-    "true", "false", "test", "grep", "sed", "ps", "kill", "mount", "umount", "hostname", "ip",
-    "ifconfig", "wget", "touch", "chmod", "uname", "tail", "head", "wc", "init", "poweroff",
+    "sh", "ls", "cat", "echo", "sleep", "httpd", "mkdir", "rm", "cp", "mv", "ln", "id", "env", "true",
+    "false", "test", "grep", "sed", "ps", "kill", "mount", "umount", "hostname", "ip", "ifconfig", "wget",
+    "touch", "chmod", "uname", "tail", "head", "wc", "init", "poweroff",
 ];
 
 /// Makes a minimal root filesystem in `dir` from /bin/busybox (busybox-static).
 pub fn busybox_rootfs(dir: &Path) {
     let busybox = Path::new("/bin/busybox");
-    assert!(busybox.is_file(), "this test needs /bin/busybox; install it with `apt-get install busybox-static`");
+    assert!(
+        busybox.is_file(),
+        "this test needs /bin/busybox; install it with `apt-get install busybox-static`"
+    );
     for sub in ["bin", "etc", "root", "tmp", "proc", "sys", "dev"] {
         std::fs::create_dir_all(dir.join(sub)).unwrap();
     }
@@ -105,7 +108,11 @@ pub fn busybox_rootfs(dir: &Path) {
             std::os::unix::fs::symlink("busybox", link).unwrap();
         }
     }
-    std::fs::write(dir.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n").unwrap();
+    std::fs::write(
+        dir.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+    )
+    .unwrap();
     std::fs::write(dir.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").unwrap();
 }
 
