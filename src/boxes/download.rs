@@ -17,6 +17,8 @@ use crate::ui::Ui;
 
 /// Attempts per download before giving up (connection errors, 5xx, cut bodies).
 const ATTEMPTS: u32 = 5;
+/// How long a download may make no progress before the attempt counts as failed.
+const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// Largest text file (checksum list, catalog) fetched into memory.
 const MAX_TEXT_BYTES: u64 = 8 << 20;
 
@@ -32,7 +34,10 @@ impl Downloader {
         let mut builder = Client::builder()
             .user_agent(concat!("envy/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(30))
-            .timeout(None::<Duration>);
+            // In reqwest's blocking client this bounds the wait for headers and for each
+            // body read, not the whole transfer: a stalled server is retried (resuming),
+            // a slow but moving one is not cut off.
+            .timeout(STALL_TIMEOUT);
         if let Some(p) = proxy {
             let proxy = reqwest::Proxy::all(p).map_err(|e| {
                 anyhow::anyhow!("config `proxy` = {p:?} is not a proxy URL ({e}); fix it in config.toml")

@@ -13,6 +13,7 @@ mod manifest;
 mod source;
 mod store;
 
+pub use archive::{pack_box, pack_rootfs_dir};
 pub use build::{build, parse_size, BuildRequest};
 pub use digest::sha256_file;
 pub use error::Error;
