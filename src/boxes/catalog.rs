@@ -26,7 +26,7 @@ struct CatalogFile {
 #[serde(deny_unknown_fields)]
 struct Entry {
     name: String,
-    #[allow(dead_code)] // shown to people reading the file; envy does not need it
+    /// One line for people choosing a box (shown when a name is not found).
     description: Option<String>,
     /// Newest first.
     #[serde(rename = "version")]
@@ -124,7 +124,14 @@ impl Catalog {
     ) -> Result<Resolved, Error> {
         let not_found = |message: String| Error::Catalog { location: self.location.clone(), message };
         let entry = self.entries.iter().find(|e| e.name == name).ok_or_else(|| {
-            let names: Vec<_> = self.entries.iter().map(|e| e.name.as_str()).collect();
+            let names: Vec<String> = self
+                .entries
+                .iter()
+                .map(|e| match &e.description {
+                    Some(d) => format!("{} ({d})", e.name),
+                    None => e.name.clone(),
+                })
+                .collect();
             not_found(format!("has no box `{name}`; it has: {}", names.join(", ")))
         })?;
         let fits = |v: &&Version| {
