@@ -175,6 +175,10 @@ fn catalog_entry_pinned_by_upstream_checksum_lists() {
         .success()
         .stdout(contains(format!("{digest}  tiny@1")));
     assert_eq!(server.requests_for("SHA256SUMS").len(), 1);
+    // Verified from this catalog URL once: used again without fetching list or box.
+    env.envy().args(["box", "add", "tiny@2", "--catalog"]).arg(&catalog).assert().success();
+    assert_eq!(server.requests_for("SHA256SUMS").len(), 1);
+    assert_eq!(server.requests_for(&file).len(), 1);
 
     // sha512 lists (Debian publishes only those) verify too; ENVY_CATALOG names a file.
     let env2 = TestEnv::new();
@@ -202,6 +206,19 @@ fn catalog_entry_pinned_by_upstream_checksum_lists() {
         .assert()
         .code(4)
         .stderr(contains("has no box `nosuch`; it has: tiny"));
+
+    // The config's catalog; a box added unpinned (--insecure) from the same URL is not
+    // taken for the catalog's: the checksum list is fetched and the bytes verified.
+    let env4 = TestEnv::new();
+    std::fs::write(env4.home.join("config.toml"), format!("catalog = {:?}\n", catalog.join("tiny.toml")))
+        .unwrap();
+    env4.envy().args(["box", "add", &server.url(&file), "--insecure"]).assert().success();
+    let lists = server.requests_for("SHA512SUMS").len();
+    env4.envy().args(["box", "add", "tiny@1"]).assert().success().stdout(contains(&digest));
+    assert_eq!(server.requests_for("SHA512SUMS").len(), lists + 1);
+    // Now it is verified against the catalog's pin, and reused as such.
+    env4.envy().args(["box", "add", "tiny@1"]).assert().success();
+    assert_eq!(server.requests_for("SHA512SUMS").len(), lists + 1);
 }
 
 #[test]

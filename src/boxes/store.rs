@@ -328,7 +328,13 @@ impl Store {
         let _lock = self.lock(&format!("box-{digest}"), ui, &format!("storing {digest}"))?;
         let final_dir = self.box_dir(digest);
         if final_dir.is_dir() {
-            return self.get(digest);
+            let mut stored = self.get(digest)?;
+            if stored.record.pin.is_none() && origin.pin.is_some() {
+                // Added unpinned before, verified against a pin now: remember the pin.
+                stored.record.pin = origin.pin.clone();
+                write_record(&stored.dir, &stored.record)?;
+            }
+            return Ok(stored);
         }
         let tmp = tempfile::Builder::new()
             .prefix(&format!(".tmp-{digest}-"))
@@ -384,7 +390,7 @@ impl Store {
             manifest_sha256: sha256_file(&manifest_path)?,
             stamps: stamps(tmp.path(), &manifest)?,
         };
-        crate::state::write_atomic(&tmp.path().join(RECORD_FILE), &serde_json::to_vec_pretty(&record)?)?;
+        write_record(tmp.path(), &record)?;
         let tmp_path = tmp.keep();
         if let Err(e) = std::fs::rename(&tmp_path, &final_dir) {
             let _ = std::fs::remove_dir_all(&tmp_path);
@@ -455,8 +461,7 @@ impl Store {
             }
         }
         stored.record.stamps = stamps(&stored.dir, &stored.manifest)?;
-        let path = stored.dir.join(RECORD_FILE);
-        crate::state::write_atomic(&path, &serde_json::to_vec_pretty(&stored.record)?)?;
+        write_record(&stored.dir, &stored.record)?;
         Ok(stored)
     }
 
@@ -659,6 +664,10 @@ fn expected_digests(stored: &StoredBox) -> Vec<(String, String)> {
     std::iter::once((manifest::FILE_NAME.to_string(), stored.record.manifest_sha256.clone()))
         .chain(stored.manifest.files.iter().map(|(f, d)| (f.clone(), d.clone())))
         .collect()
+}
+
+fn write_record(dir: &Path, record: &Record) -> anyhow::Result<()> {
+    crate::state::write_atomic(&dir.join(RECORD_FILE), &serde_json::to_vec_pretty(record)?)
 }
 
 fn read_record(dir: &Path) -> anyhow::Result<Record> {
