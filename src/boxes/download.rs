@@ -126,8 +126,20 @@ impl Downloader {
                             attempts: 1,
                         });
                     } else {
-                        let resumes =
-                            status == StatusCode::PARTIAL_CONTENT && range_start(&resp) == Some(have);
+                        let partial = status == StatusCode::PARTIAL_CONTENT;
+                        if partial && range_start(&resp) != Some(have) {
+                            if have == 0 {
+                                return Err(Error::Network {
+                                    url: url.into(),
+                                    attempts: attempt,
+                                    message: "the server sent part of the file (206) to a plain request".into(),
+                                });
+                            }
+                            // Not the range asked for: start over from byte 0.
+                            remove_part(part)?;
+                            continue;
+                        }
+                        let resumes = partial;
                         if !resumes {
                             hasher = Hasher::for_pin(pin);
                         }
