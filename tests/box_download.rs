@@ -70,6 +70,19 @@ fn cut_download_resumes_with_range_and_verifies() {
 }
 
 #[test]
+fn server_ignoring_range_gets_a_fresh_download() {
+    let env = TestEnv::new();
+    let server = Server::start();
+    let (file, digest, bytes) = served_box(&env, &server, "web");
+    server.faults(&file, vec![Fault::Cut(bytes.len() / 2), Fault::IgnoreRange]);
+    env.envy().args(["box", "add", &server.url(&file), "--sha256", &digest]).assert().success();
+    let requests = server.requests_for(&file);
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    assert!(requests[1].range.is_some(), "envy asked to resume");
+    assert!(env.home.join("boxes").join(&digest).is_dir(), "the full 200 answer replaced the part");
+}
+
+#[test]
 fn interrupted_download_resumes_in_the_next_run() {
     let env = TestEnv::new();
     let server = Server::start();

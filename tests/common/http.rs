@@ -17,6 +17,8 @@ pub enum Fault {
     Cut(usize),
     /// Answer with this status and no body.
     Status(u16),
+    /// Answer 200 with the whole file even when a Range was asked for.
+    IgnoreRange,
 }
 
 /// One request as the server saw it.
@@ -138,6 +140,7 @@ fn handle(conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
     };
     let start = range
         .as_deref()
+        .filter(|_| !matches!(fault, Some(Fault::IgnoreRange)))
         .and_then(|r| r.strip_prefix("bytes="))
         .and_then(|r| r.strip_suffix('-'))
         .and_then(|n| n.parse::<usize>().ok());
