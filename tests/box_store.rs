@@ -142,26 +142,3 @@ fn prune_keeps_what_a_lock_pins() {
     assert_eq!(v["kept"], serde_json::json!([pinned.clone()]));
     assert_eq!(env.store_entries(), vec![pinned]);
 }
-
-#[test]
-fn a_locked_digest_wins_over_what_the_source_now_holds() {
-    use envy::boxes::{BoxSource, Store};
-    use envy::envfile::BoxRef;
-    let env = TestEnv::new();
-    let (path, digest) = build_container_box(&env, "web");
-    let store = Store::open(&envy::context::Home::at(&env.home)).unwrap();
-    let ui = envy::ui::Ui { interactive: false, fancy: false, json: false, quiet: true };
-    let source = BoxSource::from_ref(&BoxRef::Path { path: path.clone(), sha256: None }, None, None);
-    assert_eq!(store.ensure_locked(&source, &digest, &ui).unwrap().digest, digest);
-    // The file changes under the same name: the stored, pinned box is still the one used.
-    std::fs::write(&path, b"something else").unwrap();
-    assert_eq!(store.ensure_locked(&source, &digest, &ui).unwrap().digest, digest);
-    // Pinned to a digest the source does not deliver: refused, naming both digests.
-    let other = "1".repeat(64);
-    let (path2, digest2) = build_container_box(&env, "db");
-    let source2 = BoxSource::from_ref(&BoxRef::Path { path: path2, sha256: None }, None, None);
-    let err = store.ensure_locked(&source2, &other, &ui).unwrap_err();
-    let msg = err.to_string();
-    assert!(msg.contains(&format!("arrived with sha256 {digest2}, but Envfile.lock pins {other}")), "{msg}");
-    assert_eq!(envy::error::exit_code(&err), 4);
-}

@@ -8,9 +8,6 @@ pub enum Error {
     /// The bytes that arrived hash to something else than the pin.
     #[error("{what} has the wrong {algorithm} digest: expected {expected}, got {got}; nothing was stored and the partial download was deleted. Check the digest you gave, or the source")]
     WrongDigest { what: String, algorithm: &'static str, expected: String, got: String },
-    /// A box arrived, verified, but is not the one Envfile.lock pins.
-    #[error("box {source_ref} arrived with sha256 {got}, but Envfile.lock pins {locked}: the source changed since it was pinned. Delete the machine's entry from Envfile.lock to pin the new box, or point the Envfile at the pinned one")]
-    LockMismatch { source_ref: String, locked: String, got: String },
     /// --sha256 and a URL's #sha256= fragment name different digests.
     #[error(
         "{url} is pinned twice with different digests: --sha256 {flag} and #sha256={fragment}; keep one"

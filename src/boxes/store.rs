@@ -172,25 +172,6 @@ impl Store {
         }
     }
 
-    /// Like `ensure`, for a box an Envfile.lock pins to `digest`: a stored box with that
-    /// digest is used as is; otherwise the source is fetched and must arrive with it.
-    pub fn ensure_locked(&self, source: &BoxSource, digest: &str, ui: &Ui) -> anyhow::Result<StoredBox> {
-        let digest = super::digest::parse_sha256(digest)?;
-        if self.box_dir(&digest).is_dir() {
-            return self.get(&digest);
-        }
-        let stored = self.ensure(source, ui)?;
-        if stored.digest != digest {
-            return Err(Error::LockMismatch {
-                source_ref: source.reference.to_string(),
-                locked: digest,
-                got: stored.digest,
-            }
-            .into());
-        }
-        Ok(stored)
-    }
-
     fn downloader(&self) -> anyhow::Result<Downloader> {
         Downloader::new(self.config.proxy.as_deref())
     }
