@@ -9,6 +9,8 @@ mod list;
 mod man;
 mod provision;
 mod reload;
+mod run;
+mod snapshot;
 mod ssh;
 mod status;
 mod up;
@@ -38,8 +40,10 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Command::Reload(args) => reload::run(&ctx, args),
         Command::Provision(args) => provision::run(&ctx, args),
         Command::Destroy(args) => destroy::run(&ctx, args),
+        Command::Snapshot(cmd) => snapshot::run(&ctx, cmd),
+        Command::Run(args) => run::run(&ctx, args),
         Command::Completions(_) | Command::Man => unreachable!("handled above"),
-        Command::Snapshot(_) | Command::Share(_) | Command::Run(_) | Command::Box(_) | Command::Doctor => {
+        Command::Share(_) | Command::Box(_) | Command::Doctor => {
             anyhow::bail!("this command is not available in this build yet")
         }
     }
