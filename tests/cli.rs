@@ -117,3 +117,61 @@ fn exec_on_a_machine_never_created_says_to_run_up() {
         .code(7)
         .stderr(predicate::str::contains("envy up default"));
 }
+
+#[test]
+fn a_second_command_fails_at_once_with_no_wait_and_waits_without_it() {
+    use std::io::Read;
+    let home = tempfile::tempdir().unwrap();
+    let project = tempfile::tempdir().unwrap();
+    std::fs::write(project.path().join("Envfile"), "[defaults]\nbox = \"not-in-any-catalog\"\n").unwrap();
+    let ui = envy::ui::Ui { interactive: false, fancy: false, json: false, quiet: true };
+    let held = envy::state::ProjectLock::acquire(&project.path().join(".envy"), true, &ui).unwrap();
+
+    envy(home.path(), project.path())
+        .args(["up", "--no-wait"])
+        .assert()
+        .code(6)
+        .stderr(predicate::str::contains(format!("(pid {})", std::process::id())));
+
+    let mut waiting = std::process::Command::new(env!("CARGO_BIN_EXE_envy"))
+        .arg("up")
+        .env("ENVY_HOME", home.path())
+        .env("CI", "1")
+        .current_dir(project.path())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The waiting command says so on its first line, then blocks until the lock is free.
+    let mut stderr = waiting.stderr.take().unwrap();
+    let mut first = Vec::new();
+    let mut byte = [0u8];
+    while stderr.read(&mut byte).unwrap() == 1 && byte[0] != b'\n' {
+        first.push(byte[0]);
+    }
+    let first = String::from_utf8(first).unwrap();
+    assert!(first.contains("waiting for another envy command"), "{first}");
+    assert!(waiting.try_wait().unwrap().is_none(), "it waits while the lock is held");
+    drop(held);
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    let status = waiting.wait().unwrap();
+    // Past the lock it goes on to the box, which no catalog has.
+    assert_eq!(status.code(), Some(4), "{rest}");
+    assert!(rest.contains("not-in-any-catalog"), "{rest}");
+}
+
+#[test]
+fn docs_cli_md_matches_the_help_text() {
+    let generated = std::process::Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/gen-cli-docs.sh"))
+        .arg("--stdout")
+        .env("ENVY_BIN", env!("CARGO_BIN_EXE_envy"))
+        .output()
+        .unwrap();
+    assert!(generated.status.success(), "{}", String::from_utf8_lossy(&generated.stderr));
+    let on_disk = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/cli.md")).unwrap();
+    assert!(
+        on_disk == String::from_utf8(generated.stdout).unwrap(),
+        "docs/cli.md is out of date: run scripts/gen-cli-docs.sh"
+    );
+}
