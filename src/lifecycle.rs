@@ -38,10 +38,14 @@ pub fn up(ctx: &Context, plan: &mut MachinePlan, lock: &mut LockFile, opts: UpOp
     }
     let stored = resolve_box(ctx, &plan.spec, lock, opts.insecure)?;
     if !stored.manifest.providers.contains(&plan.spec.provider) {
-        return Err(crate::boxes::Error::Other(format!(
-            "box {} ({}) is made for {:?}, not for the {} provider that machine {name} uses; pick another box or provider",
-            stored.manifest.name, short(&stored.digest), stored.manifest.providers, plan.spec.provider
-        ))
+        let providers: Vec<String> = stored.manifest.providers.iter().map(|p| p.to_string()).collect();
+        return Err(crate::boxes::Error::WrongProvider {
+            name: stored.manifest.name.clone(),
+            digest: stored.digest.clone(),
+            providers: providers.join(", "),
+            wanted: plan.spec.provider.to_string(),
+            machine: name,
+        }
         .into());
     }
     if let Some(r) = &record {
@@ -138,12 +142,23 @@ pub fn resolve_box(ctx: &Context, spec: &MachineSpec, lock: &mut LockFile, insec
             return Ok(stored);
         }
     }
-    let source = BoxSource {
-        reference: spec.box_ref.clone(),
-        insecure,
-        catalog: std::env::var("ENVY_CATALOG").ok().or_else(|| ctx.config.catalog.clone()),
+    // A catalog name matches a box added under that name first, as in Vagrant.
+    let added = match &spec.box_ref {
+        BoxRef::Catalog { .. } => match store.find(&spec.box_ref.to_string()) {
+            Ok(stored) => Some(stored),
+            Err(e) if matches!(e.downcast_ref(), Some(crate::boxes::Error::Missing { .. })) => None,
+            Err(e) => return Err(e),
+        },
+        _ => None,
     };
-    let stored = store.ensure(&source, &ctx.ui)?;
+    let stored = match added {
+        Some(stored) => store.get(&stored.digest)?,
+        None => {
+            let mut source = BoxSource::from_ref(&spec.box_ref, None, Some(spec.provider));
+            source.insecure = insecure;
+            store.ensure(&source, &ctx.ui)?
+        }
+    };
     if let Some(digest) = pinned {
         if digest != stored.digest {
             return Err(crate::envfile::Error::Lock {

@@ -1,5 +1,6 @@
 //! One file per command; `dispatch` routes the parsed command line to it.
 
+mod box_;
 mod completions;
 mod destroy;
 mod exec;
@@ -43,7 +44,8 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Command::Snapshot(cmd) => snapshot::run(&ctx, cmd),
         Command::Run(args) => run::run(&ctx, args),
         Command::Completions(_) | Command::Man => unreachable!("handled above"),
-        Command::Share(_) | Command::Box(_) | Command::Doctor => {
+        Command::Box(cmd) => box_::run(&ctx, cmd),
+        Command::Share(_) | Command::Doctor => {
             anyhow::bail!("this command is not available in this build yet")
         }
     }
