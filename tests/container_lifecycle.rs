@@ -40,7 +40,12 @@ fn up_syncs_the_project_passes_stdio_and_exit_codes_and_forwards_a_port() {
 
     let info = f.provider.info(&f.plan("web")).unwrap();
     assert_eq!(info.ip.as_deref(), Some("10.0.2.20"));
-    assert!(info.pid.is_some());
+    let pid = info.pid.unwrap();
+    // The Envfile's memory and cpus become cgroup limits (cgroup v1 on this host).
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let memory = cgroups.lines().find_map(|l| l.split_once(":memory:").map(|(_, p)| p.to_string())).unwrap();
+    let limit = std::fs::read_to_string(format!("/sys/fs/cgroup/memory{memory}/memory.limit_in_bytes")).unwrap();
+    assert_eq!(limit.trim(), (256u64 << 20).to_string());
 
     // A second up on a running machine changes nothing.
     f.up("web");
