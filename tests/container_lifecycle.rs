@@ -101,11 +101,13 @@ fn a_killed_init_reads_as_stopped_and_up_restarts_it() {
 
 #[test]
 fn a_dead_slirp_reads_as_stopped_and_up_restores_the_forwards() {
-    let port = free_port();
-    let f = Fixture::new(&[("web", vec![forward(port, 8080)])]);
+    let (port, db_port) = (free_port(), free_port());
+    let f = Fixture::new(&[("web", vec![forward(port, 8080)]), ("db", vec![forward(db_port, 8080)])]);
     std::fs::write(f.project_dir.join("index.html"), "still here\n").unwrap();
     f.up("web");
+    f.up("db");
     assert_eq!(f.sh("web", "httpd -p 8080 -h /project"), 0);
+    assert_eq!(f.sh("db", "httpd -p 8080 -h /project"), 0);
     let slirp = f.slirp_pid().unwrap();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(slirp as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
     eventually("slirp4netns to die", || f.state("web") == MachineState::Stopped);
@@ -113,6 +115,8 @@ fn a_dead_slirp_reads_as_stopped_and_up_restores_the_forwards() {
     f.up("web");
     assert_ne!(f.slirp_pid(), Some(slirp));
     assert!(http_get(port).ends_with("still here\n"), "the running httpd is reachable again");
+    assert_eq!(f.state("db"), MachineState::Running);
+    assert!(http_get(db_port).ends_with("still here\n"), "the other machine's forwards come back too");
 }
 
 #[test]

@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
 
@@ -101,6 +101,12 @@ struct HostForward {
     guest_port: u16,
 }
 
+#[derive(Debug, Serialize, Deserialize)]
+struct ForwardsRecord {
+    machine: String,
+    forwards: Vec<Forward>,
+}
+
 fn proto_name(protocol: Protocol) -> &'static str {
     match protocol {
         Protocol::Tcp => "tcp",
@@ -151,6 +157,27 @@ impl ProjectNet {
         if self.slirp_pid().is_none() {
             self.start_slirp()?;
             ip_in(&self.netns, &["link", "set", TAP, "mtu", MTU, "master", BRIDGE, "up"])?;
+            self.replay_forwards()?;
+        }
+        Ok(())
+    }
+
+    /// The forwards last set for a machine, kept so a restarted slirp4netns gets the
+    /// forwards of every machine still running, not only the one being brought up.
+    fn forwards_record(&self, ip: Ipv4Addr) -> PathBuf {
+        self.dir.join("forwards").join(format!("{ip}.json"))
+    }
+
+    fn replay_forwards(&self) -> Result<()> {
+        for entry in std::fs::read_dir(self.dir.join("forwards")).into_iter().flatten() {
+            let path = entry?.path();
+            let Some(ip) = path.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse::<Ipv4Addr>().ok()) else { continue };
+            let record: ForwardsRecord = serde_json::from_slice(&std::fs::read(&path)?)
+                .with_context(|| format!("cannot read the forwards record {}", path.display()))?;
+            // One machine's port now taken elsewhere must not block another machine's up.
+            if let Err(e) = self.sync_forwards(&record.machine, ip, &record.forwards) {
+                tracing::warn!("{e:#}");
+            }
         }
         Ok(())
     }
@@ -283,11 +310,13 @@ impl ProjectNet {
                 ))
             })?;
         }
-        Ok(())
+        let record = ForwardsRecord { machine: machine.to_string(), forwards: wanted.to_vec() };
+        crate::state::write_atomic(&self.forwards_record(ip), &serde_json::to_vec(&record)?)
     }
 
     /// Removes every forward to `ip` (nothing to do when slirp is gone).
     pub fn remove_forwards(&self, ip: Ipv4Addr) -> Result<()> {
+        let _ = std::fs::remove_file(self.forwards_record(ip));
         if self.slirp_pid().is_none() {
             return Ok(());
         }
