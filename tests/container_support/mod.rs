@@ -48,7 +48,9 @@ pub fn busybox_rootfs(root: &Path) {
         std::fs::create_dir_all(root.join(dir)).unwrap();
     }
     std::fs::copy(busybox.trim(), root.join("bin/busybox")).unwrap();
-    let list = Command::new(root.join("bin/busybox")).arg("--list").output().unwrap();
+    // The host's busybox lists the applets: running the fresh copy could meet ETXTBSY
+    // while another test thread's fork still holds its write descriptor.
+    let list = Command::new(busybox.trim()).arg("--list").output().unwrap();
     for applet in String::from_utf8(list.stdout).unwrap().lines().filter(|a| *a != "busybox") {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
     }

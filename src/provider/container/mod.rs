@@ -71,10 +71,12 @@ impl<'a> Machine<'a> {
         self.plan.name()
     }
 
+    /// Running needs the container running, slirp4netns alive and the machine's
+    /// namespace present; cheap checks only (one runc call), as every command asks.
     fn state(&self) -> Result<MachineState> {
         let container = self.runc.state(self.id())?;
         let running = container.as_ref().is_some_and(|c| c.status == Status::Running);
-        if running && self.project.is_up()? && self.net.is_intact(&self.project)? {
+        if running && self.project.is_up()? && self.net.exists()? {
             return Ok(MachineState::Running);
         }
         if container.is_some() || self.layout.exists() {
@@ -83,12 +85,13 @@ impl<'a> Machine<'a> {
         Ok(MachineState::NotCreated)
     }
 
-    /// Fails with the state error commands map to exit code 7 unless running.
-    fn require_running(&self) -> Result<()> {
-        match self.state()? {
-            MachineState::Running => Ok(()),
-            MachineState::NotCreated => Err(crate::state::Error::NotCreated { machine: self.name().into() }.into()),
-            other => Err(crate::state::Error::NotRunning { machine: self.name().into(), state: other.to_string() }.into()),
+    /// For exec: the container must run (its network may be down; commands still work).
+    /// Fails with the state errors commands map to exit code 7.
+    fn require_container(&self) -> Result<()> {
+        match self.runc.state(self.id())? {
+            Some(c) if c.status == Status::Running => Ok(()),
+            None if !self.layout.exists() => Err(crate::state::Error::NotCreated { machine: self.name().into() }.into()),
+            _ => Err(crate::state::Error::NotRunning { machine: self.name().into(), state: MachineState::Stopped.to_string() }.into()),
         }
     }
 
@@ -245,7 +248,7 @@ impl Provider for ContainerProvider {
 
     fn exec(&self, plan: &MachinePlan, request: &ExecRequest) -> Result<i32> {
         let m = Machine::of(plan)?;
-        m.require_running()?;
+        m.require_container()?;
         if request.command.is_empty() {
             bail!(Error::Other("no command given to run in the machine; put it after `--`".into()));
         }

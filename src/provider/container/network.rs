@@ -353,6 +353,11 @@ impl MachineNet {
         netns_path(&self.netns)
     }
 
+    /// Whether the machine's namespace exists (not whether it is fully wired).
+    pub fn exists(&self) -> Result<bool> {
+        netns_exists(&self.netns)
+    }
+
     /// Whether the namespace, its veth on the bridge and its address are all there.
     pub fn is_intact(&self, project: &ProjectNet) -> Result<bool> {
         if !netns_exists(&self.netns)? || !link_exists(&project.netns, &self.veth) {
