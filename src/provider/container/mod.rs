@@ -242,7 +242,7 @@ impl Provider for ContainerProvider {
             ip: (state != MachineState::NotCreated).then(|| m.net.ip.to_string()),
             ssh_port: None,
             pid,
-            log_tail: m.layout.log().exists().then(|| m.log_tail()),
+            log_tail: Some(m.log_tail()).filter(|t| !t.is_empty()),
         })
     }
 

@@ -194,8 +194,10 @@ impl ProjectNet {
         let (ready_read, ready_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| Error::Other(format!("cannot create a pipe for slirp4netns: {e}")))?;
         let write_fd = ready_write.as_raw_fd();
+        // --enable-seccomp narrows slirp4netns's syscalls; --enable-sandbox is left out:
+        // with it, `ip netns` could no longer enter the namespaces on this host (EINVAL).
         let mut cmd = Command::new("slirp4netns");
-        cmd.args([&format!("--mtu={MTU}"), "--disable-host-loopback", "--ready-fd=3", "--cidr", "10.0.2.0/24", "--api-socket"])
+        cmd.args([&format!("--mtu={MTU}"), "--disable-host-loopback", "--enable-seccomp", "--ready-fd=3", "--cidr", "10.0.2.0/24", "--api-socket"])
             .arg(&socket)
             .arg("--netns-type=path")
             .arg(netns_path(&self.netns))
