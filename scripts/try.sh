@@ -4,8 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh
-cargo build -q --locked
-envy=$PWD/target/debug/envy
+envy=${ENVY_BIN:-}
+if [ -z "$envy" ]; then
+  cargo build -q --locked
+  envy=$PWD/target/debug/envy
+fi
 scripts/debian-box.sh "$envy"
 cd examples/web-app
 "$envy" up
