@@ -8,6 +8,7 @@ pub mod config;
 pub mod context;
 pub mod envfile;
 pub mod error;
+pub mod lifecycle;
 pub mod guest;
 pub mod plan;
 pub mod provider;

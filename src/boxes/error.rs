@@ -49,6 +49,9 @@ pub enum Error {
     /// A catalog could not be read or has no such entry.
     #[error("catalog {location}: {message}")]
     Catalog { location: String, message: String },
+    /// The box does not serve the provider a machine asks for.
+    #[error("box {name} ({short}) is made for {providers}, not for the {wanted} provider that machine {machine} uses; pick another box or provider", short = &.digest[..12])]
+    WrongProvider { name: String, digest: String, providers: String, wanted: String, machine: String },
     /// A local file or folder could not be read or written.
     /// (The I/O error is part of the message, not a separate cause, so the report
     /// does not print it twice.)

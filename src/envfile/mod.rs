@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use error::Error;
-pub use parse::{find, load, parse_str};
+pub use parse::{find, load, parse_size, parse_str, DEFAULT_MACHINE};
 
 /// The file name envy looks for.
 pub const FILE_NAME: &str = "Envfile";
