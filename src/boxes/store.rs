@@ -72,7 +72,6 @@ pub struct StoredBox {
     pub digest: String,
     pub dir: PathBuf,
     pub manifest: Manifest,
-    pub record: Record,
 }
 
 impl StoredBox {
@@ -87,7 +86,7 @@ impl StoredBox {
         if self.manifest.container.is_none() || !dir.is_dir() {
             anyhow::bail!(
                 "box {} ({}) has no container root filesystem; it serves {}",
-                self.record.name,
+                self.manifest.name,
                 &self.digest[..12],
                 self.manifest.providers.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
             );
@@ -95,9 +94,16 @@ impl StoredBox {
         Ok(dir)
     }
 
+    /// What the store remembers about the box (name it is listed under, source, stamps).
+    pub fn record(&self) -> anyhow::Result<Record> {
+        read_record(&self.dir)
+    }
+}
+
+impl Record {
     /// Total size of `box.toml` and the payload files, in bytes.
     pub fn size(&self) -> u64 {
-        self.record.stamps.values().map(|s| s.size).sum()
+        self.stamps.values().map(|s| s.size).sum()
     }
 }
 
@@ -309,11 +315,12 @@ impl Store {
         let _lock = self.lock(&format!("box-{digest}"), ui, &format!("storing {digest}"))?;
         let final_dir = self.box_dir(digest);
         if final_dir.is_dir() {
-            let mut stored = self.get(digest)?;
-            if stored.record.pin.is_none() && origin.pin.is_some() {
+            let stored = self.get(digest)?;
+            let mut record = stored.record()?;
+            if record.pin.is_none() && origin.pin.is_some() {
                 // Added unpinned before, verified against a pin now: remember the pin.
-                stored.record.pin = origin.pin.clone();
-                write_record(&stored.dir, &stored.record)?;
+                record.pin = origin.pin.clone();
+                write_record(&stored.dir, &record)?;
             }
             return Ok(stored);
         }
@@ -385,9 +392,8 @@ impl Store {
 
     /// A stored box by digest, re-hashed first if its files changed since verification.
     pub fn get(&self, digest: &str) -> anyhow::Result<StoredBox> {
-        let stored = self.load(digest)?;
-        let changed: Vec<String> = stored
-            .record
+        let (stored, record) = self.load(digest)?;
+        let changed: Vec<String> = record
             .stamps
             .iter()
             .filter(|(name, stamp)| Stamp::of(&stored.dir.join(name)).ok().as_ref() != Some(*stamp))
@@ -397,12 +403,13 @@ impl Store {
             return Ok(stored);
         }
         tracing::debug!("files of box {digest} changed since verification ({changed:?}); re-hashing");
-        self.rehash(stored, Some(&changed))
+        self.rehash(stored, record, Some(&changed))
     }
 
     /// Re-hashes every file of a stored box, whatever its stamps say.
     pub fn verify(&self, digest: &str) -> anyhow::Result<Vec<Corruption>> {
-        match self.rehash(self.load(digest)?, None) {
+        let (stored, record) = self.load(digest)?;
+        match self.rehash(stored, record, None) {
             Ok(_) => Ok(Vec::new()),
             Err(e) => match e.downcast_ref::<Error>() {
                 Some(Error::Corrupt { file, expected, got, .. }) => {
@@ -418,9 +425,9 @@ impl Store {
 
     /// Every file of the box whose content does not match its expected digest.
     fn corruptions(&self, digest: &str) -> anyhow::Result<Vec<Corruption>> {
-        let stored = self.load(digest)?;
+        let (stored, record) = self.load(digest)?;
         let mut out = Vec::new();
-        for (file, expected) in expected_digests(&stored) {
+        for (file, expected) in expected_digests(&stored, &record) {
             let got = sha256_file(&stored.dir.join(&file)).unwrap_or_else(|e| format!("unreadable ({e})"));
             if got != expected {
                 out.push(Corruption { file, expected, got });
@@ -431,8 +438,8 @@ impl Store {
 
     /// Checks the files named in `only` (or all) against their digests; on success
     /// refreshes the stamps so the next `get` trusts them again.
-    fn rehash(&self, mut stored: StoredBox, only: Option<&[String]>) -> anyhow::Result<StoredBox> {
-        for (file, expected) in expected_digests(&stored) {
+    fn rehash(&self, stored: StoredBox, mut record: Record, only: Option<&[String]>) -> anyhow::Result<StoredBox> {
+        for (file, expected) in expected_digests(&stored, &record) {
             if only.is_some_and(|o| !o.contains(&file)) {
                 continue;
             }
@@ -441,13 +448,13 @@ impl Store {
                 return Err(Error::Corrupt { digest: stored.digest.clone(), file, expected, got }.into());
             }
         }
-        stored.record.stamps = stamps(&stored.dir, &stored.manifest)?;
-        write_record(&stored.dir, &stored.record)?;
+        record.stamps = stamps(&stored.dir, &stored.manifest)?;
+        write_record(&stored.dir, &record)?;
         Ok(stored)
     }
 
     /// Reads a stored box's manifest and record, without checking its files.
-    fn load(&self, digest: &str) -> anyhow::Result<StoredBox> {
+    fn load(&self, digest: &str) -> anyhow::Result<(StoredBox, Record)> {
         let digest = super::digest::parse_sha256(digest)?;
         let dir = self.box_dir(&digest);
         if !dir.is_dir() {
@@ -458,7 +465,7 @@ impl Store {
         let text =
             std::fs::read_to_string(&manifest_path).map_err(Error::io("cannot read", &manifest_path))?;
         let manifest = Manifest::parse(&text, &dir.display().to_string())?;
-        Ok(StoredBox { digest, dir, manifest, record })
+        Ok((StoredBox { digest, dir, manifest }, record))
     }
 
     /// (digest, record) of every stored box.
@@ -482,13 +489,14 @@ impl Store {
         Ok(out)
     }
 
-    /// Every stored box (not re-hashed: listing must stay cheap).
-    pub fn list(&self) -> anyhow::Result<Vec<StoredBox>> {
+    /// Every stored box with its record, by name and version (not re-hashed: listing
+    /// must stay cheap).
+    pub fn list(&self) -> anyhow::Result<Vec<(StoredBox, Record)>> {
         let mut out = Vec::new();
         for digest in self.digests()? {
             out.push(self.load(&digest)?);
         }
-        out.sort_by(|a, b| (&a.record.name, &a.manifest.version).cmp(&(&b.record.name, &b.manifest.version)));
+        out.sort_by(|(a, ra), (b, rb)| (&ra.name, &a.manifest.version).cmp(&(&rb.name, &b.manifest.version)));
         Ok(out)
     }
 
@@ -500,22 +508,22 @@ impl Store {
             Some((n, v)) => (n, Some(v)),
             None => (query, None),
         };
-        let matches: Vec<&StoredBox> = all
+        let matches: Vec<&(StoredBox, Record)> = all
             .iter()
-            .filter(|b| {
+            .filter(|(b, r)| {
                 (is_prefix && b.digest.starts_with(&query.to_ascii_lowercase()))
-                    || ((b.record.name == name || b.manifest.name == name)
+                    || ((r.name == name || b.manifest.name == name)
                         && version.is_none_or(|v| v == b.manifest.version))
             })
             .collect();
         match matches.as_slice() {
-            [one] => Ok((*one).clone()),
+            [(one, _)] => Ok(one.clone()),
             [] => Err(Error::Missing { what: format!("`{query}`"), store: self.home.boxes_dir() }.into()),
             many => Err(Error::Ambiguous {
                 what: query.to_string(),
                 candidates: many
                     .iter()
-                    .map(|b| format!("{}@{} {}", b.record.name, b.manifest.version, &b.digest[..12]))
+                    .map(|(b, r)| format!("{}@{} {}", r.name, b.manifest.version, &b.digest[..12]))
                     .collect::<Vec<_>>()
                     .join(", "),
             }
@@ -641,8 +649,8 @@ fn stamps(dir: &Path, manifest: &Manifest) -> Result<BTreeMap<String, Stamp>, Er
 }
 
 /// (file, expected sha256) for `box.toml` and every payload file.
-fn expected_digests(stored: &StoredBox) -> Vec<(String, String)> {
-    std::iter::once((manifest::FILE_NAME.to_string(), stored.record.manifest_sha256.clone()))
+fn expected_digests(stored: &StoredBox, record: &Record) -> Vec<(String, String)> {
+    std::iter::once((manifest::FILE_NAME.to_string(), record.manifest_sha256.clone()))
         .chain(stored.manifest.files.iter().map(|(f, d)| (f.clone(), d.clone())))
         .collect()
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use anyhow::Result;
 use serde_json::json;
 
-use crate::boxes::{self, BoxSource, BuildRequest, Store, StoredBox};
+use crate::boxes::{self, BoxSource, BuildRequest, Record, Store, StoredBox};
 use crate::cli::{
     BoxAddArgs, BoxBuildArgs, BoxCommand, BoxKindArg, BoxPruneArgs, BoxRemoveArgs, BoxVerifyArgs,
 };
@@ -35,26 +35,27 @@ fn add(ctx: &Context, store: &Store, args: BoxAddArgs) -> Result<i32> {
         provider: None,
     };
     let stored = store.ensure(&source, &ctx.ui)?;
+    let record = stored.record()?;
     if ctx.ui.json {
-        let mut out = describe(&stored);
+        let mut out = describe(&stored, &record);
         out["version"] = json!(1);
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
-        println!("{}  {}@{}", stored.digest, stored.record.name, stored.manifest.version);
+        println!("{}  {}@{}", stored.digest, record.name, stored.manifest.version);
     }
     Ok(0)
 }
 
 /// A stored box as JSON (docs/json.md).
-fn describe(b: &StoredBox) -> serde_json::Value {
+fn describe(b: &StoredBox, r: &Record) -> serde_json::Value {
     json!({
-        "name": b.record.name,
+        "name": r.name,
         "box_version": b.manifest.version,
         "providers": b.manifest.providers,
-        "size": b.size(),
+        "size": r.size(),
         "digest": b.digest,
-        "added": b.record.added,
-        "source": b.record.source,
+        "added": r.added,
+        "source": r.source,
         "dir": b.dir,
     })
 }
@@ -62,7 +63,7 @@ fn describe(b: &StoredBox) -> serde_json::Value {
 fn list(ctx: &Context, store: &Store) -> Result<i32> {
     let boxes = store.list()?;
     if ctx.ui.json {
-        let out = json!({ "version": 1, "boxes": boxes.iter().map(describe).collect::<Vec<_>>() });
+        let out = json!({ "version": 1, "boxes": boxes.iter().map(|(b, r)| describe(b, r)).collect::<Vec<_>>() });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(0);
     }
@@ -71,16 +72,16 @@ fn list(ctx: &Context, store: &Store) -> Result<i32> {
         return Ok(0);
     }
     println!("{:<24} {:<20} {:<16} {:>10}  {:<12}  ADDED", "NAME", "VERSION", "PROVIDERS", "SIZE", "DIGEST");
-    for b in &boxes {
+    for (b, r) in &boxes {
         let providers: Vec<String> = b.manifest.providers.iter().map(|p| p.to_string()).collect();
         println!(
             "{:<24} {:<20} {:<16} {:>10}  {:<12}  {}",
-            b.record.name,
+            r.name,
             b.manifest.version,
             providers.join(","),
-            human_size(b.size()),
+            human_size(r.size()),
             &b.digest[..12],
-            ago(b.record.added)
+            ago(r.added)
         );
     }
     Ok(0)
@@ -93,15 +94,15 @@ fn remove(ctx: &Context, store: &Store, args: BoxRemoveArgs) -> Result<i32> {
         );
     }
     // Resolve every name first, so a typo removes nothing.
-    let found: Vec<StoredBox> = args.boxes.iter().map(|q| store.find(q)).collect::<Result<_>>()?;
-    for b in &found {
+    let found = find_all(store, &args.boxes)?;
+    for (b, r) in &found {
         store.remove(&b.digest)?;
-        ctx.ui.step(format!("removed {}@{} ({})", b.record.name, b.manifest.version, &b.digest[..12]));
+        ctx.ui.step(format!("removed {}@{} ({})", r.name, b.manifest.version, &b.digest[..12]));
     }
     if ctx.ui.json {
         println!(
             "{}",
-            json!({ "version": 1, "removed": found.iter().map(|b| &b.digest).collect::<Vec<_>>() })
+            json!({ "version": 1, "removed": found.iter().map(|(b, _)| &b.digest).collect::<Vec<_>>() })
         );
     }
     Ok(0)
@@ -120,7 +121,7 @@ fn prune(ctx: &Context, store: &Store, args: BoxPruneArgs) -> Result<i32> {
     }
     let mut removed = Vec::new();
     let mut kept = Vec::new();
-    for b in store.list()? {
+    for (b, r) in store.list()? {
         if pinned.contains(&b.digest) {
             kept.push(b.digest.clone());
             continue;
@@ -131,10 +132,10 @@ fn prune(ctx: &Context, store: &Store, args: BoxPruneArgs) -> Result<i32> {
         let verb = if args.dry_run { "would remove" } else { "removed" };
         ctx.ui.step(format!(
             "{verb} {}@{} ({}, {})",
-            b.record.name,
+            r.name,
             b.manifest.version,
             &b.digest[..12],
-            human_size(b.size())
+            human_size(r.size())
         ));
         removed.push(b.digest.clone());
     }
@@ -192,23 +193,19 @@ fn build(ctx: &Context, store: &Store, args: BoxBuildArgs) -> Result<i32> {
 }
 
 fn verify(ctx: &Context, store: &Store, args: BoxVerifyArgs) -> Result<i32> {
-    let targets: Vec<StoredBox> = if args.boxes.is_empty() {
-        store.list()?
-    } else {
-        args.boxes.iter().map(|q| store.find(q)).collect::<Result<_>>()?
-    };
+    let targets = if args.boxes.is_empty() { store.list()? } else { find_all(store, &args.boxes)? };
     let mut reports = Vec::new();
     let mut corrupt = 0;
-    for b in &targets {
+    for (b, r) in &targets {
         let problems = store.verify(&b.digest)?;
         if problems.is_empty() {
-            ctx.ui.step(format!("ok {}@{} ({})", b.record.name, b.manifest.version, &b.digest[..12]));
+            ctx.ui.step(format!("ok {}@{} ({})", r.name, b.manifest.version, &b.digest[..12]));
         } else {
             corrupt += 1;
             for p in &problems {
                 eprintln!(
                     "error: box {}@{} ({}) is corrupt: {} should have sha256 {} but has {}",
-                    b.record.name,
+                    r.name,
                     b.manifest.version,
                     &b.digest[..12],
                     p.file,
@@ -217,7 +214,9 @@ fn verify(ctx: &Context, store: &Store, args: BoxVerifyArgs) -> Result<i32> {
                 );
             }
         }
-        reports.push(json!({ "digest": b.digest, "name": b.record.name, "ok": problems.is_empty(), "corrupt": problems }));
+        reports.push(
+            json!({ "digest": b.digest, "name": r.name, "ok": problems.is_empty(), "corrupt": problems }),
+        );
     }
     if ctx.ui.json {
         println!("{}", serde_json::to_string_pretty(&json!({ "version": 1, "boxes": reports }))?);
@@ -230,6 +229,18 @@ fn verify(ctx: &Context, store: &Store, args: BoxVerifyArgs) -> Result<i32> {
         return Ok(crate::error::code::BOX);
     }
     Ok(0)
+}
+
+/// Each query's box with its record; a query that matches nothing fails them all.
+fn find_all(store: &Store, queries: &[String]) -> Result<Vec<(StoredBox, Record)>> {
+    queries
+        .iter()
+        .map(|q| {
+            let b = store.find(q)?;
+            let r = b.record()?;
+            Ok((b, r))
+        })
+        .collect()
 }
 
 fn human_size(bytes: u64) -> String {
