@@ -17,8 +17,8 @@ fn exec_helper() {
 
 #[test]
 fn up_syncs_the_project_passes_stdio_and_exit_codes_and_forwards_a_port() {
-    let port = free_port();
-    let f = Fixture::new(&[("web", vec![forward(port, 8080)])]);
+    let (port, upload_port) = (free_port(), free_port());
+    let f = Fixture::new(&[("web", vec![forward(port, 8080), forward(upload_port, 9000)])]);
     std::fs::write(f.project_dir.join("hello.txt"), "hello from the host\n").unwrap();
     std::fs::create_dir_all(f.project_dir.join("www")).unwrap();
     std::fs::write(f.project_dir.join("www/index.html"), "served from web\n").unwrap();
@@ -37,6 +37,19 @@ fn up_syncs_the_project_passes_stdio_and_exit_codes_and_forwards_a_port() {
     assert_eq!(f.sh("web", "httpd -p 8080 -h /project/www"), 0);
     let reply = http_get(port);
     assert!(reply.ends_with("served from web\n"), "{reply}");
+    // Full-size segments from the machine through the bridge and slirp4netns (an MTU
+    // slirp's tap cannot take would stall here, as it stalls outbound downloads).
+    let big: String = (0..200_000).map(|i| format!("{i:09}\n")).collect();
+    std::fs::write(f.project_dir.join("www/big.txt"), &big).unwrap();
+    let reply = support::http_get_path(port, "/big.txt");
+    assert!(reply.ends_with(&big), "a 2 MB reply arrives whole ({} bytes came)", reply.len());
+    // And full-size segments from slirp4netns into the machine (the way downloads come in).
+    f.provider.exec(&f.plan("web"), &envy::provider::ExecRequest {
+        command: vec!["sh".into(), "-c".into(), "nc -l -p 9000 > /project/upload.txt 2>/dev/null </dev/null &".into()],
+        ..Default::default()
+    }).unwrap();
+    support::send_all(upload_port, big.as_bytes());
+    eventually("the upload to land", || std::fs::metadata(f.project_dir.join("upload.txt")).is_ok_and(|m| m.len() == big.len() as u64));
 
     let info = f.provider.info(&f.plan("web")).unwrap();
     assert_eq!(info.ip.as_deref(), Some("10.0.2.20"));

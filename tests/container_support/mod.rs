@@ -267,12 +267,16 @@ pub fn exec_helper() {
 
 /// GET / from 127.0.0.1:port; retried while the server inside starts (bounded).
 pub fn http_get(port: u16) -> String {
+    http_get_path(port, "/")
+}
+
+pub fn http_get_path(port: u16, path: &str) -> String {
     let mut last = String::new();
     for _ in 0..50 {
         match TcpStream::connect(("127.0.0.1", port)) {
             Ok(mut stream) => {
-                stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-                stream.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+                stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes()).unwrap();
                 let mut reply = String::new();
                 let _ = stream.read_to_string(&mut reply);
                 if reply.starts_with("HTTP/") {
@@ -285,6 +289,19 @@ pub fn http_get(port: u16) -> String {
         std::thread::sleep(Duration::from_millis(100));
     }
     panic!("no HTTP answer on 127.0.0.1:{port}: {last}");
+}
+
+/// Connects to 127.0.0.1:port (retried while the listener inside starts) and sends `data`.
+pub fn send_all(port: u16, data: &[u8]) {
+    for _ in 0..50 {
+        if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) {
+            stream.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+            stream.write_all(data).unwrap();
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("nothing listens on 127.0.0.1:{port}");
 }
 
 /// Polls `check` until it holds (bounded), for state that settles asynchronously.

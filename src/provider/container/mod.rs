@@ -221,7 +221,9 @@ impl Provider for ContainerProvider {
         };
         if !running {
             ui.step(format!("{}: starting container", m.name()));
-            m.net.ensure(&m.project)?;
+            if !intact {
+                m.net.rebuild(&m.project)?;
+            }
             m.start_container(&lower)?;
         }
         m.project.sync_forwards(m.name(), m.net.ip, &plan.forwards)

@@ -1,8 +1,8 @@
 //! Running the host tools the container provider drives (runc, ip, slirp4netns, tar):
 //! a missing tool says which package installs it, a failed one shows its stderr framed.
 
-use std::io::ErrorKind;
-use std::process::{Command, Output};
+use std::io::{ErrorKind, Write as _};
+use std::process::{Command, Output, Stdio};
 
 use anyhow::Result;
 
@@ -54,6 +54,25 @@ pub fn output(cmd: &mut Command, doing: &str) -> Result<Output> {
 pub fn run(cmd: &mut Command, doing: &str) -> Result<String> {
     let tool = cmd.get_program().to_string_lossy().into_owned();
     let out = output(cmd, doing)?;
+    if !out.status.success() {
+        return Err(failed(&tool, doing, &out.status.to_string(), &String::from_utf8_lossy(&out.stderr)).into());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Like `run`, with `input` written to the tool's stdin.
+pub fn run_with_input(cmd: &mut Command, input: &str, doing: &str) -> Result<String> {
+    let tool = cmd.get_program().to_string_lossy().into_owned();
+    tracing::debug!(?cmd, input, "running");
+    let mut child = match cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn() {
+        Ok(child) => child,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Err(missing(&tool).into()),
+        Err(e) => return Err(Error::Other(format!("cannot start {tool} while {doing}: {e}")).into()),
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(input.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
     if !out.status.success() {
         return Err(failed(&tool, doing, &out.status.to_string(), &String::from_utf8_lossy(&out.stderr)).into());
     }
