@@ -12,6 +12,7 @@ pub mod lifecycle;
 pub mod guest;
 pub mod plan;
 pub mod provider;
+pub mod signals;
 pub mod state;
 pub mod ui;
 

@@ -31,6 +31,10 @@ pub struct Manifest {
     pub qemu: Option<QemuPayload>,
     /// sha256 (hex) of every payload file, by file name.
     pub files: BTreeMap<String, String>,
+    /// The Envfile section of the machine a shared box was made from (`envy share`),
+    /// so a teammate gets its forwards, sync folders and settings too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envfile: Option<String>,
 }
 
 /// What a container needs: a root filesystem tarball.
@@ -153,6 +157,7 @@ impl Manifest {
                 cmdline: None,
             }),
             files: BTreeMap::from([(file.to_string(), sha256.to_string())]),
+            envfile: None,
         }
     }
 
@@ -167,6 +172,7 @@ impl Manifest {
             container: Some(ContainerPayload { rootfs: file.to_string() }),
             qemu: None,
             files: BTreeMap::from([(file.to_string(), sha256.to_string())]),
+            envfile: None,
         }
     }
 }

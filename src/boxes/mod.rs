@@ -10,6 +10,7 @@ mod digest;
 mod download;
 mod error;
 mod manifest;
+mod serve;
 mod source;
 mod store;
 
@@ -17,6 +18,8 @@ pub use archive::{pack_box, pack_rootfs_dir};
 pub use build::{build, parse_size, BuildRequest};
 pub use digest::sha256_file;
 pub use error::Error;
+
 pub use manifest::{BootMethod, ContainerPayload, Manifest, QemuPayload};
+pub use serve::BoxServer;
 pub use source::{parse_box_ref, BoxSource};
 pub use store::{Corruption, Record, Stamp, Store, StoredBox};

@@ -11,6 +11,7 @@ mod man;
 mod provision;
 mod reload;
 mod run;
+mod share;
 mod snapshot;
 mod ssh;
 mod status;
@@ -45,7 +46,8 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Command::Run(args) => run::run(&ctx, args),
         Command::Completions(_) | Command::Man => unreachable!("handled above"),
         Command::Box(cmd) => box_::run(&ctx, cmd),
-        Command::Share(_) | Command::Doctor => {
+        Command::Share(args) => share::run(&ctx, args),
+        Command::Doctor => {
             anyhow::bail!("this command is not available in this build yet")
         }
     }

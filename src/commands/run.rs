@@ -2,10 +2,7 @@
 //! /project, destroy, exit with CMD's code. Each run has its own state folder and
 //! project id, so parallel runs in one folder never meet.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use anyhow::{Context as _, Result};
-use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 
 use crate::cli::{ProviderArg, RunArgs};
 use crate::context::Context;
@@ -15,12 +12,7 @@ use crate::lifecycle::{self, UpOptions};
 use crate::plan::{MachinePlan, Project};
 
 use crate::provider::{self, ExecRequest};
-
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_interrupt(_: nix::libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
+use crate::signals;
 
 pub fn run(ctx: &Context, args: RunArgs) -> Result<i32> {
     let provider_kind = match args.provider {
@@ -53,14 +45,11 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<i32> {
     let mut plan = MachinePlan::new(&ctx.home, &project, &envfile, &envfile.machines[0]);
 
     // Ctrl-C reaches CMD through the terminal; envy itself only notes it and cleans up.
-    let action = SigAction::new(SigHandler::Handler(on_interrupt), SaFlags::SA_RESTART, SigSet::empty());
-    // SAFETY: the handler only stores to an atomic.
-    unsafe { sigaction(Signal::SIGINT, &action) }.context("cannot install the SIGINT handler")?;
-    unsafe { sigaction(Signal::SIGTERM, &action) }.context("cannot install the SIGTERM handler")?;
+    signals::catch_interrupts()?;
 
     let mut lock = LockFile::default();
     let outcome = lifecycle::up(ctx, &mut plan, &mut lock, UpOptions::default()).and_then(|()| {
-        if INTERRUPTED.load(Ordering::SeqCst) {
+        if signals::interrupted() {
             return Ok(crate::error::code::INTERRUPTED);
         }
         let request = ExecRequest {
@@ -72,7 +61,7 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<i32> {
         provider::for_kind(provider_kind).exec(&plan, &request)
     });
     let code = match &outcome {
-        _ if INTERRUPTED.load(Ordering::SeqCst) => crate::error::code::INTERRUPTED,
+        _ if signals::interrupted() => crate::error::code::INTERRUPTED,
         Ok(code) => *code,
         Err(_) => crate::error::code::FAILURE,
     };

@@ -5,6 +5,7 @@
 mod error;
 pub mod lock;
 mod parse;
+mod render;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;

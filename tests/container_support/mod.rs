@@ -123,6 +123,7 @@ impl Fixture {
                 container: Some(ContainerPayload { rootfs: "rootfs.tar".into() }),
                 qemu: None,
                 files: BTreeMap::new(),
+                envfile: None,
             },
         };
         Fixture {
