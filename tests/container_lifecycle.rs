@@ -141,6 +141,12 @@ fn destroy_leaves_no_process_mount_namespace_or_file() {
     assert_eq!(f.sh("web", "echo x > /project/from-web; echo y > /root/layer"), 0);
     let slirp = f.slirp_pid().unwrap();
     let init = f.provider.info(&f.plan("web")).unwrap().pid.unwrap();
+    // A mount someone made inside the machine's root on the host: destroy must
+    // unmount it, never delete through it.
+    let inside = f.plan("web").dir.join("rootfs/mnt");
+    std::fs::create_dir_all(&inside).unwrap();
+    let bound = std::process::Command::new("mount").arg("--bind").arg(&f.project_dir).arg(&inside).status().unwrap();
+    assert!(bound.success());
 
     f.provider.destroy(&f.plan("web"), &f.ui).unwrap();
     assert_eq!(f.state("web"), MachineState::NotCreated);
