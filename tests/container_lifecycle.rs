@@ -130,6 +130,13 @@ fn a_dead_slirp_reads_as_stopped_and_up_restores_the_forwards() {
     assert!(http_get(port).ends_with("still here\n"), "the running httpd is reachable again");
     assert_eq!(f.state("db"), MachineState::Running);
     assert!(http_get(db_port).ends_with("still here\n"), "the other machine's forwards come back too");
+
+    // An up killed right after starting slirp4netns leaves its tap off the bridge.
+    let project_netns = format!("envy-{}", f.project.id);
+    let loose = std::process::Command::new("ip").args(["-n", &project_netns, "link", "set", "tap0", "nomaster"]).status().unwrap();
+    assert!(loose.success());
+    f.up("web");
+    assert!(http_get(port).ends_with("still here\n"));
 }
 
 #[test]
