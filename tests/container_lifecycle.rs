@@ -223,3 +223,17 @@ fn a_taken_host_port_names_the_port() {
     let err = f.provider.up(&f.plan("web"), &f.stored, &f.ui).unwrap_err();
     assert!(err.to_string().contains(&format!("cannot forward 127.0.0.1:{port} to machine web port 80")), "{err}");
 }
+
+#[test]
+fn a_box_without_a_shell_fails_with_runcs_reason_and_leaves_nothing() {
+    let f = Fixture::new(&[("web", vec![forward(free_port(), 80)])]);
+    std::fs::remove_file(f.stored.dir.join("rootfs/bin/sh")).unwrap();
+    let err = f.provider.up(&f.plan("web"), &f.stored, &f.ui).unwrap_err();
+    let text = format!("{err:#}");
+    assert!(text.contains("runc failed") && text.contains("starting container") && text.contains("/bin/sh"), "{text}");
+    assert_eq!(f.state("web"), MachineState::NotCreated);
+    assert!(f.runc_containers().is_empty(), "{:?}", f.runc_containers());
+    assert!(f.namespaces().is_empty() && f.mounts().is_empty() && f.slirp_pid().is_none());
+    let left: Vec<_> = std::fs::read_dir(f.plan("web").dir).into_iter().flatten().collect();
+    assert!(left.is_empty(), "{left:?}");
+}
