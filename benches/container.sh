@@ -27,17 +27,28 @@ cleanup() {
   raw_down
   rm -rf "$work"
 }
+# The raw side does by hand what envy does: overlay, project netns + bridge +
+# slirp4netns, machine netns + veth + address, runc run -d.
 raw_down() {
   runc --root "$raw/runc" delete --force rawbench >/dev/null 2>&1
+  [ -s "$raw/slirp.pid" ] && kill "$(cat "$raw/slirp.pid")" 2>/dev/null && rm -f "$raw/slirp.pid"
   mountpoint -q "$raw/rootfs" && umount "$raw/rootfs"
   rm -rf "$raw/upper" "$raw/work"
   ip netns delete envyrawbench 2>/dev/null
+  ip netns delete envyrawproj 2>/dev/null
   true
 }
 raw_up() {
   mkdir -p "$raw/upper" "$raw/work" "$raw/rootfs"
   mount -t overlay overlay -o "lowerdir=$lower,upperdir=$raw/upper,workdir=$raw/work" "$raw/rootfs"
+  ip netns add envyrawproj
+  printf 'link set lo up\nlink add br0 type bridge\nlink set br0 up\n' | ip -n envyrawproj -batch -
+  slirp4netns --disable-host-loopback --netns-type=path /run/netns/envyrawproj tap0 >/dev/null 2>&1 &
+  echo $! >"$raw/slirp.pid"
+  until ip -n envyrawproj link show tap0 >/dev/null 2>&1; do sleep 0.001; done
   ip netns add envyrawbench
+  printf 'link set tap0 master br0 up\nlink add verawbench type veth peer name eth0 netns /run/netns/envyrawbench\nlink set verawbench master br0 up\n' | ip -n envyrawproj -batch -
+  printf 'link set lo up\naddress add 10.0.2.20/24 dev eth0\nlink set eth0 up\nroute add default via 10.0.2.2\n' | ip -n envyrawbench -batch -
   runc --root "$raw/runc" run --detach --bundle "$raw" rawbench </dev/null >/dev/null 2>&1
 }
 trap cleanup EXIT
@@ -69,11 +80,11 @@ sed -e "s#$machine_dir#$raw#g" -e "s#$id#envyrawbench#g" "$machine_dir/config.js
 export -f raw_up raw_down
 export raw lower
 
-echo "== up to ready (box already fetched; envy also starts slirp4netns, bridge, veth, forwards)"
+echo "== up to ready (box already fetched; both sides start slirp4netns, bridge, veth)"
 hyperfine --shell=bash --warmup 1 --runs 10 --export-json "$work/up.json" \
   --prepare "\"$ENVY\" -q halt --force >/dev/null 2>&1; raw_down" \
   -n "envy up" "\"$ENVY\" -q up --no-provision" \
-  -n "raw runc run (overlay + netns)" "raw_up"
+  -n "raw: overlay + netns/bridge/slirp4netns/veth + runc run -d" "raw_up"
 raw_down
 
 echo "== exec true"

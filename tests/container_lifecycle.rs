@@ -130,6 +130,13 @@ fn a_dead_slirp_reads_as_stopped_and_up_restores_the_forwards() {
     assert!(http_get(port).ends_with("still here\n"), "the running httpd is reachable again");
     assert_eq!(f.state("db"), MachineState::Running);
     assert!(http_get(db_port).ends_with("still here\n"), "the other machine's forwards come back too");
+
+    // An up killed right after starting slirp4netns leaves its tap off the bridge.
+    let project_netns = format!("envy-{}", f.project.id);
+    let loose = std::process::Command::new("ip").args(["-n", &project_netns, "link", "set", "tap0", "nomaster"]).status().unwrap();
+    assert!(loose.success());
+    f.up("web");
+    assert!(http_get(port).ends_with("still here\n"));
 }
 
 #[test]
@@ -141,6 +148,12 @@ fn destroy_leaves_no_process_mount_namespace_or_file() {
     assert_eq!(f.sh("web", "echo x > /project/from-web; echo y > /root/layer"), 0);
     let slirp = f.slirp_pid().unwrap();
     let init = f.provider.info(&f.plan("web")).unwrap().pid.unwrap();
+    // A mount someone made inside the machine's root on the host: destroy must
+    // unmount it, never delete through it.
+    let inside = f.plan("web").dir.join("rootfs/mnt");
+    std::fs::create_dir_all(&inside).unwrap();
+    let bound = std::process::Command::new("mount").arg("--bind").arg(&f.project_dir).arg(&inside).status().unwrap();
+    assert!(bound.success());
 
     f.provider.destroy(&f.plan("web"), &f.ui).unwrap();
     assert_eq!(f.state("web"), MachineState::NotCreated);
@@ -209,4 +222,18 @@ fn a_taken_host_port_names_the_port() {
     let f = Fixture::new(&[("web", vec![forward(port, 80)])]);
     let err = f.provider.up(&f.plan("web"), &f.stored, &f.ui).unwrap_err();
     assert!(err.to_string().contains(&format!("cannot forward 127.0.0.1:{port} to machine web port 80")), "{err}");
+}
+
+#[test]
+fn a_box_without_a_shell_fails_with_runcs_reason_and_leaves_nothing() {
+    let f = Fixture::new(&[("web", vec![forward(free_port(), 80)])]);
+    std::fs::remove_file(f.stored.dir.join("rootfs/bin/sh")).unwrap();
+    let err = f.provider.up(&f.plan("web"), &f.stored, &f.ui).unwrap_err();
+    let text = format!("{err:#}");
+    assert!(text.contains("runc failed") && text.contains("starting container") && text.contains("/bin/sh"), "{text}");
+    assert_eq!(f.state("web"), MachineState::NotCreated);
+    assert!(f.runc_containers().is_empty(), "{:?}", f.runc_containers());
+    assert!(f.namespaces().is_empty() && f.mounts().is_empty() && f.slirp_pid().is_none());
+    let left: Vec<_> = std::fs::read_dir(f.plan("web").dir).into_iter().flatten().collect();
+    assert!(left.is_empty(), "{left:?}");
 }

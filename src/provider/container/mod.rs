@@ -176,6 +176,21 @@ impl<'a> Machine<'a> {
         Ok(())
     }
 
+    /// Removes every file this provider made in the machine dir. Only after
+    /// `stop_container`: it leaves no mount below the dir, so removal cannot reach the
+    /// box store or the project's files through one.
+    fn remove_files(&self) -> Result<()> {
+        for path in self.layout.owned() {
+            let removed = match std::fs::symlink_metadata(&path) {
+                Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(&path),
+                Ok(_) => std::fs::remove_file(&path),
+                Err(_) => Ok(()),
+            };
+            removed.with_context(|| format!("cannot remove {}", path.display()))?;
+        }
+        Ok(())
+    }
+
     fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(self.layout.log()).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
@@ -212,6 +227,11 @@ impl Provider for ContainerProvider {
                 m.runc.resume(m.id())?;
                 true
             }
+            Some(Status::Running | Status::Paused) => {
+                ui.step(format!("{}: its network is gone; restarting it", m.name()));
+                m.runc.delete(m.id())?;
+                false
+            }
             Some(_) => {
                 ui.step(format!("{}: removing the stopped container", m.name()));
                 m.runc.delete(m.id())?;
@@ -221,10 +241,17 @@ impl Provider for ContainerProvider {
         };
         if !running {
             ui.step(format!("{}: starting container", m.name()));
-            if !intact {
-                m.net.rebuild(&m.project)?;
+            let created = m.layout.exists();
+            let started = if intact { Ok(()) } else { m.net.rebuild(&m.project) }.and_then(|_| m.start_container(&lower));
+            if let Err(e) = started {
+                // Leave the machine as before: stopped, or not created at all.
+                let undone = m.stop_container(true, ui).and_then(|_| m.detach_network());
+                let removed = if created { Ok(()) } else { m.remove_files() };
+                if let Err(cleanup) = undone.and(removed) {
+                    ui.warn(format!("cleaning up after the failed start of {} failed too: {cleanup:#}", m.name()));
+                }
+                return Err(e);
             }
-            m.start_container(&lower)?;
         }
         m.project.sync_forwards(m.name(), m.net.ip, &plan.forwards)
     }
@@ -276,17 +303,7 @@ impl Provider for ContainerProvider {
         let m = Machine::of(plan)?;
         m.stop_container(true, ui)?;
         m.detach_network()?;
-        // stop_container left no mount below the dir, so removal cannot reach the
-        // box store or the project's files through one.
-        for path in m.layout.owned() {
-            let removed = match std::fs::symlink_metadata(&path) {
-                Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(&path),
-                Ok(_) => std::fs::remove_file(&path),
-                Err(_) => Ok(()),
-            };
-            removed.with_context(|| format!("cannot remove {}", path.display()))?;
-        }
-        Ok(())
+        m.remove_files()
     }
 
     fn snapshot_save(&self, plan: &MachinePlan, name: &str, ui: &Ui) -> Result<SnapshotInfo> {

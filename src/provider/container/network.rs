@@ -157,9 +157,13 @@ impl ProjectNet {
         if !link_exists(&self.netns, BRIDGE) {
             ip_in(&self.netns, &[&["link", "set", "lo", "up"], &["link", "add", BRIDGE, "mtu", MTU, "type", "bridge"], &["link", "set", BRIDGE, "up"]])?;
         }
-        if self.slirp_pid().is_none() {
+        let restarted = self.slirp_pid().is_none();
+        if restarted {
             self.start_slirp()?;
-            ip_in(&self.netns, &[&["link", "set", TAP, "mtu", MTU, "master", BRIDGE, "up"]])?;
+        }
+        // Every time: an `up` killed right after starting slirp4netns left tap0 loose.
+        ip_in(&self.netns, &[&["link", "set", TAP, "mtu", MTU, "master", BRIDGE, "up"]])?;
+        if restarted {
             self.replay_forwards()?;
         }
         Ok(())
@@ -225,16 +229,18 @@ impl ProjectNet {
             _ => anyhow::anyhow!("cannot start slirp4netns: {e}"),
         })?;
         drop(ready_write);
+        // Recorded at once, so an `up` killed while waiting leaves no unknown slirp4netns.
+        self.slirp().write(child.id())?;
         let ready = wait_readable(ready_read.as_raw_fd(), Duration::from_secs(10)) && {
             let mut byte = [0u8; 1];
             std::fs::File::from(ready_read).read(&mut byte).is_ok_and(|n| n == 1)
         };
         if !ready {
             stop_process(child.id());
+            self.slirp().remove();
             let log = std::fs::read_to_string(&log_path).unwrap_or_default();
             return Err(tool::failed("slirp4netns", &format!("attaching to network namespace {}", self.netns), "not ready", &log).into());
         }
-        self.slirp().write(child.id())?;
         std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
             .with_context(|| format!("cannot restrict the slirp4netns API socket {}", socket.display()))?;
         Ok(())
