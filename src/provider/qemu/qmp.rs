@@ -1,0 +1,76 @@
+//! Talking to a running QEMU over its QMP socket with the qapi crate: handshake,
+//! status, power-down, quit, and the monitor commands snapshots need.
+
+use std::io::BufReader;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use qapi::qmp;
+
+use crate::provider::Error;
+
+/// Each QMP reply must arrive within this (savevm of a large guest may take longer).
+const REPLY_TIMEOUT: Duration = Duration::from_secs(120);
+
+type Stream = qapi::Stream<BufReader<UnixStream>, UnixStream>;
+
+/// A QMP session that has completed capability negotiation.
+pub struct Qmp {
+    inner: qapi::Qmp<Stream>,
+    socket: String,
+}
+
+impl Qmp {
+    pub fn connect(socket: &Path) -> Result<Qmp, Error> {
+        let name = socket.display().to_string();
+        let fail = |e: &dyn std::fmt::Display| {
+            Error::Other(format!("cannot talk to QEMU over its QMP socket {name}: {e}"))
+        };
+        let stream = UnixStream::connect(socket).map_err(|e| fail(&e))?;
+        stream.set_read_timeout(Some(REPLY_TIMEOUT)).map_err(|e| fail(&e))?;
+        let reader = stream.try_clone().map_err(|e| fail(&e))?;
+        let mut inner = qapi::Qmp::new(qapi::Stream::new(BufReader::new(reader), stream));
+        inner.handshake().map_err(|e| fail(&e))?;
+        Ok(Qmp { inner, socket: name })
+    }
+
+    fn execute<C: qapi::Command>(&mut self, command: &C) -> Result<C::Ok, Error> {
+        self.inner.execute(command).map_err(|e| {
+            Error::Other(format!("QEMU refused {} (QMP socket {}): {e}", C::NAME, self.socket))
+        })
+    }
+
+    /// QEMU's run state (`running`, `paused`, `shutdown`, ...).
+    pub fn status(&mut self) -> Result<qmp::RunState, Error> {
+        Ok(self.execute(&qmp::query_status {})?.status)
+    }
+
+    /// Presses the virtual power button: the guest shuts itself down.
+    pub fn powerdown(&mut self) -> Result<(), Error> {
+        self.execute(&qmp::system_powerdown {}).map(drop)
+    }
+
+    /// Ends QEMU at once (like pulling the plug).
+    pub fn quit(&mut self) -> Result<(), Error> {
+        // QEMU may close the socket before the reply arrives; both mean it is going.
+        match self.inner.execute(&qmp::quit {}) {
+            Ok(_) => Ok(()),
+            Err(qapi::ExecuteError::Io(_)) => Ok(()),
+            Err(e) => Err(Error::Other(format!("QEMU refused quit (QMP socket {}): {e}", self.socket))),
+        }
+    }
+
+    /// A disk-only internal snapshot of a running drive (works where savevm cannot).
+    pub fn snapshot_disk(&mut self, device: &str, name: &str) -> Result<(), Error> {
+        let snapshot = qmp::BlockdevSnapshotInternal { device: device.to_string(), name: name.to_string() };
+        self.execute(&qmp::blockdev_snapshot_internal_sync(snapshot)).map(drop)
+    }
+
+    /// A monitor command QMP has no synchronous equivalent for (savevm, loadvm, delvm).
+    /// The monitor answers errors as text; a non-empty answer is returned for the
+    /// caller to judge.
+    pub fn human_command(&mut self, command_line: &str) -> Result<String, Error> {
+        self.execute(&qmp::human_monitor_command { command_line: command_line.to_string(), cpu_index: None })
+    }
+}
