@@ -124,9 +124,10 @@ sed -n '/^mounts:/,/^[^ ]/ s/^  - \[\(.*\)\]$/\1/p' "$ud" | while IFS= read -r e
     mkdir -p "$dir" && mount -t "$fstype" -o "$opts" "$tag" "$dir" || echo "envy-guest: cannot mount $tag on $dir"
 done
 
-# runcmd: block-literal items (`  - |`), each run as a shell script.
-awk '/^runcmd:/ {on=1; next} on && /^[^ ]/ {on=0} on && /^  - \|/ {n++; next} on {sub(/^    /, ""); print > ("/run/runcmd." n)}' "$ud"
-for script in /run/runcmd.*; do [ -f "$script" ] && sh "$script"; done
+# bootcmd (cloud-init runs it at every boot): block-literal items (`  - |`), each a
+# shell script. Numbered from 10 so they run in order.
+awk '/^bootcmd:/ {on=1; next} on && /^[^ ]/ {on=0} on && /^  - \|/ {n++; next} on {sub(/^    /, ""); print > ("/run/bootcmd." (n + 9))}' "$ud"
+for script in /run/bootcmd.*; do [ -f "$script" ] && sh "$script"; done
 
 acpid -c /etc/acpi -l /var/log/acpid.log
 dropbear -R -E -p 22 2>>/var/log/dropbear.log

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use envy::boxes::{BootMethod, Manifest, QemuPayload, StoredBox};
 use envy::context::Home;
@@ -112,9 +112,10 @@ pub fn tiny_box() -> StoredBox {
     stored_box(tiny_box_dir(), GOOD_CMDLINE)
 }
 
-/// One machine in its own temp project, destroyed on drop.
+/// One machine in a temp project, destroyed on drop (the project folder goes with the
+/// last machine that shares it).
 pub struct TestMachine {
-    pub tmp: tempfile::TempDir,
+    pub tmp: Arc<tempfile::TempDir>,
     pub plan: MachinePlan,
     pub provider: QemuProvider,
     pub ui: Ui,
@@ -164,11 +165,25 @@ impl TestMachine {
             peers: vec![],
         };
         TestMachine {
-            tmp,
+            tmp: Arc::new(tmp),
             plan,
             provider: QemuProvider::new(),
             ui: Ui { interactive: false, fancy: false, json: false, quiet: false },
         }
+    }
+
+    /// A second machine of the same project, at the next index; both name each other
+    /// as peers.
+    pub fn peer(&mut self, name: &str) -> TestMachine {
+        let index = self.plan.index + 1;
+        let mut plan = self.plan.clone();
+        plan.spec.name = name.into();
+        plan.index = index;
+        plan.dir = plan.project.machine_dir(name);
+        plan.runtime_id = format!("envy-{}-{name}", plan.project.id);
+        plan.peers = vec![(self.plan.spec.name.clone(), self.plan.index)];
+        self.plan.peers.push((name.into(), index));
+        TestMachine { tmp: self.tmp.clone(), plan, provider: QemuProvider::new(), ui: self.ui.clone() }
     }
 
     pub fn project_dir(&self) -> PathBuf {
