@@ -3,6 +3,8 @@
 //! costs a local socket round trip instead of a handshake.
 
 use std::ffi::OsString;
+use std::io::Read;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -18,6 +20,10 @@ const CONTROL_PERSIST: &str = "600";
 const PROBE_CONNECT_TIMEOUT: &str = "3";
 /// Pause between readiness attempts.
 const PROBE_INTERVAL: Duration = Duration::from_millis(250);
+/// How long to wait for the server's banner before trying again. A forwarded port
+/// accepts at once even while the guest's network is down; ssh would then sit out
+/// its whole (whole-second) connect timeout, this costs a fraction of one.
+const BANNER_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Where and how to reach one machine's SSH server.
 #[derive(Debug, Clone)]
@@ -145,7 +151,7 @@ impl SshTarget {
     pub fn wait_ready(&self, timeout: Duration, mut alive: impl FnMut() -> Result<(), String>) -> Result<(), String> {
         let deadline = Instant::now() + timeout;
         loop {
-            if self.probe() {
+            if self.banner_seen() && self.probe() {
                 return Ok(());
             }
             alive()?;
@@ -154,6 +160,16 @@ impl SshTarget {
             }
             std::thread::sleep(PROBE_INTERVAL);
         }
+    }
+
+    /// Whether an SSH server answers on the port with its banner (`SSH-`).
+    fn banner_seen(&self) -> bool {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
+        let Ok(mut stream) = TcpStream::connect_timeout(&addr, BANNER_TIMEOUT) else { return false };
+        let mut banner = [0u8; 4];
+        stream.set_read_timeout(Some(BANNER_TIMEOUT)).is_ok()
+            && stream.read_exact(&mut banner).is_ok()
+            && &banner == b"SSH-"
     }
 
     /// Runs a remote command line with the caller's stdio; returns its exit code
