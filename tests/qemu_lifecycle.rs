@@ -162,7 +162,41 @@ fn a_corrupt_box_disk_is_a_clear_error_that_leaves_nothing() {
     let text = format!("{err:#}");
     assert!(text.contains("is not a readable qcow2 image"), "{text}");
     assert!(text.contains(&disk.display().to_string()), "the error names the disk: {text}");
-    assert!(!m.plan.dir.join("overlay.qcow2").exists());
-    assert_eq!(m.qemu_processes(), 0);
+    assert_nothing_left(&m);
     assert_eq!(envy::error::exit_code(&err), envy::error::code::PROVIDER);
+}
+
+/// A machine whose `up` failed before booting has no files and no process.
+fn assert_nothing_left(m: &TestMachine) {
+    for file in ["overlay.qcow2", "seed.img", "id_ed25519", "qemu.json", "pid.json"] {
+        assert!(!m.plan.dir.join(file).exists(), "{file} was left behind");
+    }
+    assert_eq!(m.qemu_processes(), 0);
+}
+
+#[test]
+fn a_taken_forward_port_is_a_clear_error_that_leaves_nothing() {
+    let squatter = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let port = squatter.local_addr().unwrap().port();
+    let forward = Forward {
+        host_ip: Ipv4Addr::LOCALHOST.into(),
+        host_port: port,
+        guest_port: 80,
+        protocol: Protocol::Tcp,
+        auto: false,
+    };
+    let m = TestMachine::new("busy", vec![forward], false);
+    let err = m.provider.up(&m.plan, &support::tiny_box(), &m.ui).unwrap_err().to_string();
+    assert!(err.contains(&format!("host port 127.0.0.1:{port} (forward to port 80 of machine busy) is in use")), "{err}");
+    assert_nothing_left(&m);
+}
+
+#[test]
+fn a_missing_sync_folder_is_a_clear_error_that_leaves_nothing() {
+    let mut m = TestMachine::new("nosync", vec![], true);
+    let missing = m.project_dir().join("not-there");
+    m.plan.spec.sync[0].host = missing.clone();
+    let err = m.provider.up(&m.plan, &support::tiny_box(), &m.ui).unwrap_err().to_string();
+    assert!(err.contains(&format!("sync folder {} of machine nosync does not exist", missing.display())), "{err}");
+    assert_nothing_left(&m);
 }

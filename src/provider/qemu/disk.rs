@@ -63,9 +63,8 @@ pub fn create_overlay(backing: &Path, overlay: &Path, size: Option<u64>) -> Resu
     if let Some(size) = size {
         command.arg(size.to_string());
     }
-    tool::run(&mut command, &format!("creating the machine disk {}", overlay.display())).map_err(|e| {
+    tool::run(&mut command, &format!("creating the machine disk {}", overlay.display())).inspect_err(|_| {
         let _ = std::fs::remove_file(overlay);
-        e
     })?;
     Ok(())
 }
@@ -95,8 +94,7 @@ pub fn flatten(overlay: &Path, target: &Path) -> Result<(), Error> {
         &format!("flattening {} into {}", overlay.display(), target.display()),
     )
     .map(drop)
-    .map_err(|e| {
+    .inspect_err(|_| {
         let _ = std::fs::remove_file(target);
-        e
     })
 }

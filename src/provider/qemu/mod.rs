@@ -116,51 +116,95 @@ fn qemu_payload<'a>(plan: &MachinePlan, stored: &'a StoredBox) -> Result<&'a Qem
 fn live_state(files: &MachineFiles) -> Option<u32> {
     let pid = process::running_pid(files)?;
     // A QEMU whose guest panicked or shut down (but did not exit) is not a usable machine.
-    match qmp::Qmp::connect(&files.qmp_socket).and_then(|mut q| q.status()) {
+    match qmp::Qmp::connect(&files.qmp_socket, qmp::QUICK).and_then(|mut q| q.status()) {
         Ok(qapi::qmp::RunState::guest_panicked | qapi::qmp::RunState::shutdown | qapi::qmp::RunState::internal_error) => None,
         _ => Some(pid),
     }
 }
 
+/// Removes every file of the machine (not its folder); returns those that stayed.
+fn remove_files(files: &MachineFiles) -> Vec<PathBuf> {
+    files
+        .all()
+        .into_iter()
+        .filter(|path| match std::fs::remove_file(path) {
+            Ok(()) => false,
+            Err(e) => e.kind() != std::io::ErrorKind::NotFound,
+        })
+        .collect()
+}
+
+/// Builds the full QEMU command line for a machine.
+fn qemu_command(
+    plan: &MachinePlan,
+    stored: &StoredBox,
+    files: &MachineFiles,
+    accel: accel::Chosen,
+    ssh_port: u16,
+    net: Option<&ProjectNet>,
+) -> Result<std::process::Command, Error> {
+    let payload = qemu_payload(plan, stored)?;
+    let mut qemu = QemuCommand::new(&plan.runtime_id);
+    qemu.machine(accel).cpus(plan.spec.cpus).memory(plan.spec.memory);
+    if payload.boot == BootMethod::Kernel {
+        let kernel = payload.kernel.as_deref().ok_or_else(|| {
+            Error::Other(format!(
+                "box {} boots by kernel but names no kernel file in box.toml; rebuild the box",
+                stored.manifest.name
+            ))
+        })?;
+        let initrd = payload.initrd.as_deref().map(|f| stored.file(f));
+        qemu.kernel(
+            &stored.file(kernel),
+            initrd.as_deref(),
+            payload.cmdline.as_deref().unwrap_or(DEFAULT_CMDLINE),
+        );
+    }
+    qemu.disk(&files.overlay, snapshot::OVERLAY_DEVICE, "qcow2", false, payload.boot == BootMethod::Firmware);
+    qemu.disk(&files.seed, "seed", "raw", true, false);
+    qemu.nic(&network::user_netdev("net0", ssh_port, &plan.forwards), "net0", "52:54:00:12:34:56");
+    if let Some(net) = net {
+        qemu.nic(&net.netdev("net1"), "net1", &net.mac);
+    }
+    for (i, folder) in plan.spec.sync.iter().enumerate() {
+        qemu.shared_folder(&folder.host, &seed::mount_tag(i), folder.readonly);
+    }
+    qemu.console_log(&files.console_log).qmp(&files.qmp_socket).daemonize(&files.qemu_pidfile);
+    Ok(qemu.build())
+}
+
 impl QemuProvider {
-    /// Builds the full QEMU command line for a machine.
-    fn command(
+    /// Everything a boot needs on disk: the overlay (created or grown), the key pair,
+    /// the seed, the SSH port. Returns the port and the project segment.
+    fn prepare(
         &self,
         plan: &MachinePlan,
         stored: &StoredBox,
-        payload: &QemuPayload,
         files: &MachineFiles,
-        accel: accel::Chosen,
-        ssh_port: u16,
-        net: Option<&ProjectNet>,
-    ) -> Result<std::process::Command, Error> {
-        let mut qemu = QemuCommand::new(&plan.runtime_id);
-        qemu.machine(accel).cpus(plan.spec.cpus).memory(plan.spec.memory);
-        if payload.boot == BootMethod::Kernel {
-            let kernel = payload.kernel.as_deref().ok_or_else(|| {
-                Error::Other(format!(
-                    "box {} boots by kernel but names no kernel file in box.toml; rebuild the box",
-                    stored.manifest.name
-                ))
-            })?;
-            let initrd = payload.initrd.as_deref().map(|f| stored.file(f));
-            qemu.kernel(
-                &stored.file(kernel),
-                initrd.as_deref(),
-                payload.cmdline.as_deref().unwrap_or(DEFAULT_CMDLINE),
-            );
+        ui: &Ui,
+    ) -> Result<(u16, Option<ProjectNet>)> {
+        let payload = qemu_payload(plan, stored)?;
+        std::fs::create_dir_all(&files.dir).with_context(|| format!("cannot create {}", files.dir.display()))?;
+        if !files.overlay.exists() {
+            ui.step(format!("{}: creating its disk over box {}", plan.name(), stored.manifest.name));
+            disk::create_overlay(&stored.file(&payload.disk), &files.overlay, plan.spec.disk)?;
+        } else if let Some(size) = plan.spec.disk {
+            disk::grow(&files.overlay, size)?;
         }
-        qemu.disk(&files.overlay, snapshot::OVERLAY_DEVICE, "qcow2", false, payload.boot == BootMethod::Firmware);
-        qemu.disk(&files.seed, "seed", "raw", true, false);
-        qemu.nic(&network::user_netdev("net0", ssh_port, &plan.forwards), "net0", "52:54:00:12:34:56");
-        if let Some(net) = net {
-            qemu.nic(&net.netdev("net1"), "net1", &net.mac);
-        }
-        for (i, folder) in plan.spec.sync.iter().enumerate() {
-            qemu.shared_folder(&folder.host, &seed::mount_tag(i), folder.readonly);
-        }
-        qemu.console_log(&files.console_log).qmp(&files.qmp_socket).daemonize(&files.qemu_pidfile);
-        Ok(qemu.build())
+        ssh::ensure_key(&files.ssh_key, &format!("envy {}", plan.runtime_id))?;
+
+        let net = ProjectNet::of(plan);
+        let public_key = std::fs::read_to_string(files.ssh_public_key())
+            .with_context(|| format!("cannot read {}", files.ssh_public_key().display()))?;
+        seed::write(&files.seed, &seed::meta_data(plan), &seed::user_data(plan, &public_key, net.as_ref()))?;
+
+        let mut record = RuntimeRecord::load(files);
+        let ssh_port = network::pick_ssh_port(record.ssh_port)?;
+        network::check_forwards(plan)?;
+        record.version = RUNTIME_RECORD_VERSION;
+        record.ssh_port = Some(ssh_port);
+        record.save(files)?;
+        Ok((ssh_port, net))
     }
 
     /// Waits for SSH; on failure stops QEMU and returns `NotReady` with the console tail.
@@ -211,42 +255,43 @@ impl Provider for QemuProvider {
 
     fn up(&self, plan: &MachinePlan, stored: &StoredBox, ui: &Ui) -> Result<()> {
         let files = MachineFiles::of(plan);
-        let payload = qemu_payload(plan, stored)?;
+        qemu_payload(plan, stored)?;
         if live_state(&files).is_some() {
             let port = RuntimeRecord::load(&files).ssh_port.unwrap_or(0);
             return Ok(self.wait_ready(plan, &files, &ssh_target(&files, port))?);
         }
         // A QEMU that is alive but unusable (guest panicked) holds the disk: end it.
         process::stop_now(&files)?;
-        std::fs::create_dir_all(&files.dir).with_context(|| format!("cannot create {}", files.dir.display()))?;
+        if let Some(folder) = plan.spec.sync.iter().find(|f| !f.host.is_dir()) {
+            return Err(Error::Other(format!(
+                "sync folder {} of machine {} does not exist (or is not a folder); create it or fix `sync` in the Envfile",
+                folder.host.display(),
+                plan.name()
+            ))
+            .into());
+        }
         let accel = accel::choose(plan.spec.accel, ui)?;
 
-        ssh::ensure_key(&files.ssh_key, &format!("envy {}", plan.runtime_id))?;
-        if !files.overlay.exists() {
-            ui.step(format!("{}: creating its disk over box {}", plan.name(), stored.manifest.name));
-            disk::create_overlay(&stored.file(&payload.disk), &files.overlay, plan.spec.disk)?;
-        } else if let Some(size) = plan.spec.disk {
-            disk::grow(&files.overlay, size)?;
-        }
-
-        let net = ProjectNet::of(plan);
-        let public_key = std::fs::read_to_string(files.ssh_public_key())
-            .with_context(|| format!("cannot read {}", files.ssh_public_key().display()))?;
-        seed::write(&files.seed, &seed::meta_data(plan), &seed::user_data(plan, &public_key, net.as_ref()))?;
-
-        let mut record = RuntimeRecord::load(&files);
-        let ssh_port = network::pick_ssh_port(record.ssh_port)?;
-        network::check_forwards(plan)?;
-        record.version = RUNTIME_RECORD_VERSION;
-        record.ssh_port = Some(ssh_port);
-        record.save(&files)?;
-
-        let target = ssh_target(&files, ssh_port);
-        target.close_master();
-        crate::state::create_private(&files.console_log)?;
-        let command = self.command(plan, stored, payload, &files, accel, ssh_port, net.as_ref())?;
-        ui.step(format!("{}: booting ({}, SSH on 127.0.0.1:{ssh_port})", plan.name(), accel.name()));
-        process::start(command, &files)?;
+        // A machine created by this call that fails before QEMU runs leaves nothing.
+        let creating = !files.overlay.exists();
+        let started = self.prepare(plan, stored, &files, ui).and_then(|(ssh_port, net)| {
+            let target = ssh_target(&files, ssh_port);
+            target.close_master();
+            crate::state::create_private(&files.console_log)?;
+            let command = qemu_command(plan, stored, &files, accel, ssh_port, net.as_ref())?;
+            ui.step(format!("{}: booting ({}, SSH on 127.0.0.1:{ssh_port})", plan.name(), accel.name()));
+            process::start(command, &files)?;
+            Ok(target)
+        });
+        let target = match started {
+            Ok(target) => target,
+            Err(e) => {
+                if creating {
+                    remove_files(&files);
+                }
+                return Err(e);
+            }
+        };
         self.wait_ready(plan, &files, &target)?;
         Ok(())
     }
@@ -320,12 +365,9 @@ impl Provider for QemuProvider {
             ssh_target(&files, port).close_master();
         }
         process::stop_now(&files)?;
-        for path in files.all() {
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(anyhow::anyhow!("cannot remove {}: {e}; remove it by hand", path.display())),
-            }
+        let left = remove_files(&files);
+        if let Some(path) = left.first() {
+            return Err(anyhow::anyhow!("cannot remove {}; remove it by hand", path.display()));
         }
         Ok(())
     }

@@ -10,7 +10,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use super::files::MachineFiles;
-use super::qmp::Qmp;
+use super::qmp::{self, Qmp};
 use super::tool;
 use crate::provider::Error;
 use crate::state::PidFile;
@@ -79,14 +79,14 @@ pub fn wait_exit(files: &MachineFiles, timeout: Duration) -> bool {
 /// Asks the guest to power off (ACPI power button); returns once QEMU exited, or false
 /// if it did not within `timeout`.
 pub fn power_down(files: &MachineFiles, timeout: Duration) -> Result<bool, Error> {
-    Qmp::connect(&files.qmp_socket)?.powerdown()?;
+    Qmp::connect(&files.qmp_socket, qmp::QUICK)?.powerdown()?;
     Ok(wait_exit(files, timeout))
 }
 
 /// Ends QEMU now: QMP `quit`, then SIGKILL if it does not go.
 pub fn stop_now(files: &MachineFiles) -> Result<(), Error> {
     let Some(pid) = running_pid(files) else { return Ok(()) };
-    if let Ok(mut qmp) = Qmp::connect(&files.qmp_socket) {
+    if let Ok(mut qmp) = Qmp::connect(&files.qmp_socket, qmp::QUICK) {
         let _ = qmp.quit();
         if wait_exit(files, EXIT_TIMEOUT) {
             return finish(files);

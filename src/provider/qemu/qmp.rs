@@ -10,8 +10,12 @@ use qapi::qmp;
 
 use crate::provider::Error;
 
-/// Each QMP reply must arrive within this (savevm of a large guest may take longer).
-const REPLY_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a quick question (status, power button, quit) may take. QEMU serves one
+/// QMP client at a time, so a second client queues behind a long snapshot: a status
+/// probe must give up rather than hang.
+pub const QUICK: Duration = Duration::from_secs(3);
+/// How long a snapshot command may take (savevm writes all of the guest's memory).
+pub const SLOW: Duration = Duration::from_secs(300);
 
 type Stream = qapi::Stream<BufReader<UnixStream>, UnixStream>;
 
@@ -22,13 +26,14 @@ pub struct Qmp {
 }
 
 impl Qmp {
-    pub fn connect(socket: &Path) -> Result<Qmp, Error> {
+    /// Connects and negotiates; every reply must then arrive within `timeout`.
+    pub fn connect(socket: &Path, timeout: Duration) -> Result<Qmp, Error> {
         let name = socket.display().to_string();
         let fail = |e: &dyn std::fmt::Display| {
             Error::Other(format!("cannot talk to QEMU over its QMP socket {name}: {e}"))
         };
         let stream = UnixStream::connect(socket).map_err(|e| fail(&e))?;
-        stream.set_read_timeout(Some(REPLY_TIMEOUT)).map_err(|e| fail(&e))?;
+        stream.set_read_timeout(Some(timeout)).map_err(|e| fail(&e))?;
         let reader = stream.try_clone().map_err(|e| fail(&e))?;
         let mut inner = qapi::Qmp::new(qapi::Stream::new(BufReader::new(reader), stream));
         inner.handshake().map_err(|e| fail(&e))?;

@@ -7,7 +7,7 @@ use std::process::Command;
 
 use super::disk;
 use super::files::MachineFiles;
-use super::qmp::Qmp;
+use super::qmp::{self, Qmp};
 use super::tool;
 use crate::provider::{Error, SnapshotInfo};
 
@@ -56,7 +56,7 @@ fn missing(machine: &str, name: &str) -> Error {
 
 /// Runs a monitor command whose success is silence; any text it prints is its error.
 fn monitor(files: &MachineFiles, command_line: &str) -> Result<(), Error> {
-    let answer = Qmp::connect(&files.qmp_socket)?.human_command(command_line)?;
+    let answer = Qmp::connect(&files.qmp_socket, qmp::SLOW)?.human_command(command_line)?;
     if answer.trim().is_empty() {
         Ok(())
     } else {
@@ -86,7 +86,7 @@ pub fn save(files: &MachineFiles, machine: &str, name: &str, running: bool) -> R
             // A mounted 9p folder blocks migration, and so savevm: keep the disk at least.
             Err(Error::Other(why)) if why.contains("Migration is disabled") => {
                 tracing::debug!("savevm refused ({why}); taking a disk-only snapshot");
-                Qmp::connect(&files.qmp_socket)?.snapshot_disk(OVERLAY_DEVICE, name)?;
+                Qmp::connect(&files.qmp_socket, qmp::SLOW)?.snapshot_disk(OVERLAY_DEVICE, name)?;
             }
             Err(e) => return Err(e),
         }
