@@ -75,9 +75,25 @@ fn up_exec_sync_forward_halt_up_snapshot_destroy() {
     assert_eq!(m.provider.state(&m.plan).unwrap(), MachineState::Stopped);
     assert_eq!(m.qemu_processes(), 0);
 
+    // Export (for share) flattens the halted disk into a standalone qcow2 plus the kernel.
+    let out = m.tmp.path().join("export");
+    std::fs::create_dir_all(&out).unwrap();
+    let names = m.provider.export(&m.plan, &stored, &out, &m.ui).unwrap();
+    assert_eq!(names, ["disk.qcow2", "vmlinuz", "initrd.img"].map(std::path::PathBuf::from));
+    let info = std::process::Command::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(out.join("disk.qcow2"))
+        .output()
+        .unwrap();
+    let info = String::from_utf8_lossy(&info.stdout);
+    assert!(info.contains("\"format\": \"qcow2\"") && !info.contains("backing-filename"), "{info}");
+
     // Up again keeps what was written inside.
     m.provider.up(&m.plan, &stored, &m.ui).unwrap();
     assert_eq!(m.sh("grep -q kept /root/kept.txt"), 0);
+
+    let err = m.provider.export(&m.plan, &stored, &out, &m.ui).unwrap_err().to_string();
+    assert!(err.contains("machine web is running"), "{err}");
 
     // Snapshot of a running machine with a 9p folder mounted: disk only (QEMU blocks
     // savevm then); restoring it stops the machine and rewinds the disk.
