@@ -117,6 +117,69 @@ mod tests {
         assert_eq!(quote("a \"b\": #c\\"), "\"a \\\"b\\\": #c\\\\\"");
     }
 
+    fn plan() -> MachinePlan {
+        use crate::envfile::{BoxRef, MachineSpec, ProviderKind, SyncFolder};
+        let project = crate::plan::Project {
+            dir: "/p".into(),
+            envfile: "/p/Envfile".into(),
+            state_dir: "/p/.envy".into(),
+            id: "0badcafe".into(),
+        };
+        MachinePlan {
+            home: crate::context::Home::at("/h"),
+            dir: project.machine_dir("web"),
+            project,
+            spec: MachineSpec {
+                name: "web".into(),
+                box_ref: BoxRef::Catalog { name: "x".into(), version: None },
+                provider: ProviderKind::Qemu,
+                cpus: 1,
+                memory: 1 << 30,
+                disk: None,
+                accel: None,
+                env: Default::default(),
+                forwards: vec![],
+                sync: vec![
+                    SyncFolder { host: "/p".into(), guest: "/project".into(), readonly: false },
+                    SyncFolder { host: "/p/docs".into(), guest: "/srv/my \"docs\"".into(), readonly: true },
+                ],
+                provision: vec![],
+            },
+            index: 0,
+            runtime_id: "envy-0badcafe-web".into(),
+            forwards: vec![],
+            peers: vec![("db".into(), 1)],
+        }
+    }
+
+    #[test]
+    fn user_data_is_the_documented_cloud_config() {
+        let plan = plan();
+        let net = ProjectNet::of(&plan);
+        let text = user_data(&plan, "ssh-ed25519 AAAAkey envy\n", net.as_ref());
+        assert_eq!(
+            text,
+            r#"#cloud-config
+hostname: "web"
+disable_root: false
+ssh_pwauth: false
+users:
+  - default
+ssh_authorized_keys:
+  - "ssh-ed25519 AAAAkey envy"
+mounts:
+  - ["envy0", "/project", "9p", "trans=virtio,version=9p2000.L,msize=262144,nofail", "0", "0"]
+  - ["envy1", "/srv/my \"docs\"", "9p", "trans=virtio,version=9p2000.L,msize=262144,nofail,ro", "0", "0"]
+bootcmd:
+  - |
+    nic=$(grep -l '52:54:00:76:00:00' /sys/class/net/*/address | cut -d/ -f5)
+    if [ -n "$nic" ]; then ip link set "$nic" up; ip addr add 192.168.76.10/24 dev "$nic" 2>/dev/null || true; fi
+    grep -q ' db$' /etc/hosts || echo '192.168.76.11 db' >> /etc/hosts
+"#
+        );
+        assert_eq!(meta_data(&plan), "instance-id: \"envy-0badcafe-web\"\nlocal-hostname: \"web\"\n");
+    }
+
     #[test]
     fn seed_image_holds_both_files_under_the_cidata_label() {
         let dir = tempfile::tempdir().unwrap();
