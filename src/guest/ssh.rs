@@ -79,12 +79,24 @@ pub fn shell_quote(arg: &str) -> String {
     format!("'{}'", arg.replace('\'', "'\\''"))
 }
 
+/// Whether `key` can be a shell variable name (it is pasted unquoted into `export`).
+fn is_variable_name(key: &str) -> bool {
+    let mut bytes = key.bytes();
+    bytes.next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
 /// The remote command line for a request: a single argument is a shell command line,
 /// several are an argv (each quoted).
-pub fn remote_command(request: &ExecRequest, default_workdir: &str, env: &[(String, String)]) -> String {
+pub fn remote_command(request: &ExecRequest, default_workdir: &str, env: &[(String, String)]) -> Result<String, Error> {
     let workdir = request.workdir.as_deref().unwrap_or(default_workdir);
     let mut line = format!("cd {} && ", shell_quote(workdir));
     for (key, value) in env.iter().chain(&request.env) {
+        if !is_variable_name(key) {
+            return Err(Error::Other(format!(
+                "environment variable name {key:?} is not valid; use letters, digits and _ (not first a digit)"
+            )));
+        }
         line += &format!("export {}={}; ", key, shell_quote(value));
     }
     match request.command.as_slice() {
@@ -92,7 +104,7 @@ pub fn remote_command(request: &ExecRequest, default_workdir: &str, env: &[(Stri
         [single] => line += single,
         argv => line += &format!("exec {}", argv.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" ")),
     }
-    line
+    Ok(line)
 }
 
 impl SshTarget {
@@ -223,7 +235,7 @@ mod tests {
     #[test]
     fn argv_is_quoted_and_a_single_argument_is_a_shell_line() {
         let request = ExecRequest { command: vec!["echo".into(), "a b".into()], ..Default::default() };
-        assert_eq!(remote_command(&request, "/", &[]), "cd / && exec echo 'a b'");
+        assert_eq!(remote_command(&request, "/", &[]).unwrap(), "cd / && exec echo 'a b'");
         let request = ExecRequest {
             command: vec!["echo $HOME | wc -c".into()],
             workdir: Some("/project dir".into()),
@@ -231,8 +243,15 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            remote_command(&request, "/", &[]),
+            remote_command(&request, "/", &[]).unwrap(),
             "cd '/project dir' && export A='x y'; echo $HOME | wc -c"
         );
+    }
+
+    #[test]
+    fn a_bad_variable_name_is_refused() {
+        let request = ExecRequest { command: vec!["true".into()], env: vec![("A;rm".into(), "x".into())], ..Default::default() };
+        let err = remote_command(&request, "/", &[]).unwrap_err().to_string();
+        assert!(err.contains("environment variable name \"A;rm\" is not valid"), "{err}");
     }
 }

@@ -323,7 +323,7 @@ impl Provider for QemuProvider {
         let (_, target) = self.running_target(plan)?;
         let default_workdir = plan.spec.sync.first().map(|s| s.guest.as_str()).unwrap_or("/");
         let env: Vec<(String, String)> = plan.spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        target.run(&ssh::remote_command(request, default_workdir, &env), request.tty)
+        target.run(&ssh::remote_command(request, default_workdir, &env)?, request.tty)
     }
 
     fn shell(&self, plan: &MachinePlan) -> Result<i32> {
