@@ -71,14 +71,14 @@ impl QemuCommand {
         self
     }
 
-    /// A virtio disk; `id` names it in QMP. `boot` marks the disk firmware boots from
-    /// (stock cloud images).
+    /// A virtio disk; `id` names the drive and `id`-node its block node in QMP (snapshot
+    /// jobs take node names). `boot` marks the disk firmware boots from (stock cloud images).
     pub fn disk(&mut self, path: &Path, id: &str, format: &str, readonly: bool, boot: bool) -> &mut Self {
         let ro = if readonly { ",readonly=on" } else { "" };
         // discard=unmap: blocks the guest frees are freed in the overlay too.
         self.push([
             "-drive".to_string(),
-            format!("file={},if=none,id={id},format={format},discard=unmap{ro}", opt_path(path)),
+            format!("file={},if=none,id={id},node-name={id}-node,format={format},discard=unmap{ro}", opt_path(path)),
         ]);
         let bootindex = if boot { ",bootindex=0" } else { "" };
         self.push(["-device".to_string(), format!("virtio-blk-pci,drive={id}{bootindex}")]);

@@ -1,10 +1,11 @@
 //! Talking to a running QEMU over its QMP socket with the qapi crate: handshake,
-//! status, power-down, quit, and the monitor commands snapshots need.
+//! status, power-down, quit, and the snapshot commands (jobs, and disk-only internal
+//! snapshots).
 
 use std::io::BufReader;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use qapi::qmp;
 
@@ -14,7 +15,7 @@ use crate::provider::Error;
 /// QMP client at a time, so a second client queues behind a long snapshot: a status
 /// probe must give up rather than hang.
 pub const QUICK: Duration = Duration::from_secs(3);
-/// How long a snapshot command may take (savevm writes all of the guest's memory).
+/// How long a snapshot job may take (saving writes all of the guest's memory).
 pub const SLOW: Duration = Duration::from_secs(300);
 
 type Stream = qapi::Stream<BufReader<UnixStream>, UnixStream>;
@@ -66,16 +67,61 @@ impl Qmp {
         }
     }
 
-    /// A disk-only internal snapshot of a running drive (works where savevm cannot).
+    /// A disk-only internal snapshot of a running drive (works while 9p blocks snapshot-save).
     pub fn snapshot_disk(&mut self, device: &str, name: &str) -> Result<(), Error> {
         let snapshot = qmp::BlockdevSnapshotInternal { device: device.to_string(), name: name.to_string() };
         self.execute(&qmp::blockdev_snapshot_internal_sync(snapshot)).map(drop)
     }
 
-    /// A monitor command QMP has no synchronous equivalent for (savevm, loadvm, delvm).
-    /// The monitor answers errors as text; a non-empty answer is returned for the
-    /// caller to judge.
-    pub fn human_command(&mut self, command_line: &str) -> Result<String, Error> {
-        self.execute(&qmp::human_monitor_command { command_line: command_line.to_string(), cpu_index: None })
+    /// Runs a snapshot job (snapshot-save/-load/-delete of internal snapshot `tag` on the
+    /// block node `node`, which also holds the VM state) and waits until it concludes.
+    pub fn snapshot_job(&mut self, job: SnapshotJob, tag: &str, node: &str) -> Result<(), Error> {
+        let job_id = format!("envy-{}-{tag}", job.verb());
+        let (tag, devices) = (tag.to_string(), vec![node.to_string()]);
+        let (vmstate, job_id_) = (node.to_string(), job_id.clone());
+        match job {
+            SnapshotJob::Save => self.execute(&qmp::snapshot_save { job_id: job_id_, tag, vmstate, devices }),
+            SnapshotJob::Load => self.execute(&qmp::snapshot_load { job_id: job_id_, tag, vmstate, devices }),
+            SnapshotJob::Delete => self.execute(&qmp::snapshot_delete { job_id: job_id_, tag, devices }),
+        }?;
+        let deadline = Instant::now() + SLOW;
+        loop {
+            let jobs = self.execute(&qmp::query_jobs {})?;
+            let Some(info) = jobs.into_iter().find(|j| j.id == job_id) else {
+                return Err(Error::Other(format!("QEMU lost track of its job {job_id}")));
+            };
+            if matches!(info.status, qmp::JobStatus::concluded) {
+                self.execute(&qmp::job_dismiss { id: job_id })?;
+                return match info.error {
+                    None => Ok(()),
+                    Some(why) => Err(Error::Other(format!("QEMU could not {} snapshot: {why}", job.verb()))),
+                };
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Other(format!(
+                    "QEMU's job {job_id} did not finish within {} s; check the machine with `envy status`",
+                    SLOW.as_secs()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// The snapshot jobs QEMU runs for envy.
+#[derive(Debug, Clone, Copy)]
+pub enum SnapshotJob {
+    Save,
+    Load,
+    Delete,
+}
+
+impl SnapshotJob {
+    fn verb(self) -> &'static str {
+        match self {
+            SnapshotJob::Save => "save",
+            SnapshotJob::Load => "load",
+            SnapshotJob::Delete => "delete",
+        }
     }
 }

@@ -1,5 +1,5 @@
 //! Machine snapshots as qcow2 internal snapshots of the overlay: a running machine's
-//! include memory and device state (QMP monitor savevm/loadvm), except while a 9p sync
+//! include memory and device state (QMP snapshot-save/-load jobs), except while a 9p sync
 //! folder is mounted (QEMU blocks migration then) when they are disk-only (QMP
 //! blockdev-snapshot-internal-sync); a halted machine's are disk-only (qemu-img).
 
@@ -7,14 +7,15 @@ use std::process::Command;
 
 use super::disk;
 use super::files::MachineFiles;
-use super::qmp::{self, Qmp};
+use super::qmp::{self, Qmp, SnapshotJob};
 use super::tool;
 use crate::provider::{Error, SnapshotInfo};
 
-/// QMP name of the machine's disk drive (the overlay).
+/// QMP name of the machine's disk drive (the overlay), and of its block node.
 pub const OVERLAY_DEVICE: &str = "overlay";
+const OVERLAY_NODE: &str = "overlay-node";
 
-/// Snapshot names are used as monitor arguments: keep them to a safe alphabet.
+/// Snapshot names end up in QMP job ids and qemu-img arguments: keep them to a safe alphabet.
 pub fn validate_name(name: &str) -> Result<(), Error> {
     let ok = !name.is_empty()
         && name.len() <= 64
@@ -54,14 +55,9 @@ fn missing(machine: &str, name: &str) -> Error {
     ))
 }
 
-/// Runs a monitor command whose success is silence; any text it prints is its error.
-fn monitor(files: &MachineFiles, command_line: &str) -> Result<(), Error> {
-    let answer = Qmp::connect(&files.qmp_socket, qmp::SLOW)?.human_command(command_line)?;
-    if answer.trim().is_empty() {
-        Ok(())
-    } else {
-        Err(Error::Other(format!("QEMU could not `{command_line}`: {}", answer.trim())))
-    }
+/// Runs a snapshot job on the running machine's overlay (which also holds the VM state).
+fn job(files: &MachineFiles, job: SnapshotJob, name: &str) -> Result<(), Error> {
+    Qmp::connect(&files.qmp_socket, qmp::SLOW)?.snapshot_job(job, name, OVERLAY_NODE)
 }
 
 fn qemu_img_snapshot(files: &MachineFiles, flag: &str, name: &str, doing: &str) -> Result<(), Error> {
@@ -81,11 +77,11 @@ pub fn save(files: &MachineFiles, machine: &str, name: &str, running: bool) -> R
         )));
     }
     if running {
-        match monitor(files, &format!("savevm {name}")) {
+        match job(files, SnapshotJob::Save, name) {
             Ok(()) => {}
-            // A mounted 9p folder blocks migration, and so savevm: keep the disk at least.
+            // A mounted 9p folder blocks migration, and so saving memory: keep the disk.
             Err(Error::Other(why)) if why.contains("Migration is disabled") => {
-                tracing::debug!("savevm refused ({why}); taking a disk-only snapshot");
+                tracing::debug!("snapshot-save refused ({why}); taking a disk-only snapshot");
                 Qmp::connect(&files.qmp_socket, qmp::SLOW)?.snapshot_disk(OVERLAY_DEVICE, name)?;
             }
             Err(e) => return Err(e),
@@ -101,7 +97,7 @@ pub fn save(files: &MachineFiles, machine: &str, name: &str, running: bool) -> R
 pub fn restore(files: &MachineFiles, machine: &str, snapshot: &SnapshotInfo, running: bool) -> Result<(), Error> {
     let name = &snapshot.name;
     if running && snapshot.memory {
-        return monitor(files, &format!("loadvm {name}"));
+        return job(files, SnapshotJob::Load, name);
     }
     if running {
         return Err(Error::Other(format!(
@@ -115,7 +111,7 @@ pub fn restore(files: &MachineFiles, machine: &str, snapshot: &SnapshotInfo, run
 pub fn delete(files: &MachineFiles, machine: &str, name: &str, running: bool) -> Result<(), Error> {
     get(files, machine, name)?;
     if running {
-        monitor(files, &format!("delvm {name}"))
+        job(files, SnapshotJob::Delete, name)
     } else {
         qemu_img_snapshot(files, "-d", name, &format!("deleting snapshot {name} of machine {machine}"))
     }
