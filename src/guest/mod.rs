@@ -1,1 +1,3 @@
-//! Talking to a running guest: SSH (exec, shell, copy) and readiness waits.
+//! Talking to a running guest: SSH (exec, shell) and readiness waits.
+
+pub mod ssh;

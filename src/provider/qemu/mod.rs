@@ -1,13 +1,70 @@
-//! The qemu provider: OCI bundles run by runc over an overlay of the box's rootfs.
-//! (Skeleton: the QEMU work fills this in.)
+//! The qemu provider: each machine is a QEMU process over a qcow2 overlay of the box's
+//! disk, configured through a NoCloud seed, controlled over QMP and entered over SSH.
+//! One concern per file: accel (KVM or TCG), cmdline, disk, seed, network, process,
+//! qmp, snapshot, files (where everything lives).
 
-use anyhow::{bail, Result};
+pub mod accel;
+mod cmdline;
+mod disk;
+mod files;
+mod network;
+mod process;
+mod qmp;
+mod seed;
+mod snapshot;
+mod tool;
 
-use crate::boxes::StoredBox;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::boxes::{BootMethod, QemuPayload, StoredBox};
 use crate::envfile::ProviderKind;
+use crate::guest::ssh::{self, SshTarget};
 use crate::plan::MachinePlan;
-use crate::provider::{ExecRequest, MachineInfo, MachineState, Provider, SnapshotInfo};
+use crate::provider::{Error, ExecRequest, MachineInfo, MachineState, Provider, SnapshotInfo};
 use crate::ui::Ui;
+
+use cmdline::QemuCommand;
+use files::MachineFiles;
+use network::ProjectNet;
+
+/// Seconds `up` waits for SSH; override with this environment variable.
+pub const BOOT_TIMEOUT_ENV: &str = "ENVY_BOOT_TIMEOUT";
+/// Default boot wait: generous, because a stock cloud image under TCG takes minutes.
+const DEFAULT_BOOT_TIMEOUT: u64 = 300;
+/// Lines of console log shown with errors and by `info` on a dead machine.
+const LOG_TAIL_LINES: usize = 20;
+/// The user envy logs in as (the seed authorizes the key for root).
+const GUEST_USER: &str = "root";
+/// Kernel command line for `boot = "kernel"` boxes that name none.
+const DEFAULT_CMDLINE: &str = "root=/dev/vda rw";
+
+/// Provider facts kept between commands, in `qemu.json`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct RuntimeRecord {
+    version: u32,
+    /// The host port SSH was forwarded to at the last start.
+    ssh_port: Option<u16>,
+}
+
+const RUNTIME_RECORD_VERSION: u32 = 1;
+
+impl RuntimeRecord {
+    fn load(files: &MachineFiles) -> RuntimeRecord {
+        std::fs::read(&files.runtime_record)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<RuntimeRecord>(&b).ok())
+            .filter(|r| r.version == RUNTIME_RECORD_VERSION)
+            .unwrap_or_default()
+    }
+
+    fn save(&self, files: &MachineFiles) -> Result<()> {
+        crate::state::write_atomic(&files.runtime_record, &serde_json::to_vec_pretty(self)?)
+    }
+}
 
 pub struct QemuProvider;
 
@@ -23,44 +80,378 @@ impl Default for QemuProvider {
     }
 }
 
+fn boot_timeout() -> Result<Duration, Error> {
+    match std::env::var(BOOT_TIMEOUT_ENV) {
+        Ok(v) if !v.is_empty() => v.parse::<u64>().map(Duration::from_secs).map_err(|_| {
+            Error::Other(format!("{BOOT_TIMEOUT_ENV}={v} is not a number of seconds"))
+        }),
+        _ => Ok(Duration::from_secs(DEFAULT_BOOT_TIMEOUT)),
+    }
+}
+
+fn ssh_target(files: &MachineFiles, port: u16) -> SshTarget {
+    SshTarget {
+        port,
+        user: GUEST_USER.to_string(),
+        key: files.ssh_key.clone(),
+        known_hosts: files.known_hosts.clone(),
+        control: files.ssh_control.clone(),
+        log: files.ssh_log.clone(),
+    }
+}
+
+fn qemu_payload<'a>(plan: &MachinePlan, stored: &'a StoredBox) -> Result<&'a QemuPayload, Error> {
+    stored.manifest.qemu.as_ref().ok_or_else(|| {
+        Error::Other(format!(
+            "box {} ({}) has no VM disk, so machine {} cannot run on qemu; \
+             use provider = \"container\" or a box built for qemu",
+            stored.manifest.name,
+            stored.digest,
+            plan.name()
+        ))
+    })
+}
+
+/// What the machine's QEMU is doing, from the process and QMP.
+fn live_state(files: &MachineFiles) -> Option<u32> {
+    let pid = process::running_pid(files)?;
+    // A QEMU whose guest panicked or shut down (but did not exit) is not a usable machine.
+    match qmp::Qmp::connect(&files.qmp_socket, qmp::QUICK).and_then(|mut q| q.status()) {
+        Ok(qapi::qmp::RunState::guest_panicked | qapi::qmp::RunState::shutdown | qapi::qmp::RunState::internal_error) => None,
+        _ => Some(pid),
+    }
+}
+
+/// Removes every file of the machine (not its folder); returns those that stayed.
+fn remove_files(files: &MachineFiles) -> Vec<PathBuf> {
+    files
+        .all()
+        .into_iter()
+        .filter(|path| match std::fs::remove_file(path) {
+            Ok(()) => false,
+            Err(e) => e.kind() != std::io::ErrorKind::NotFound,
+        })
+        .collect()
+}
+
+/// Builds the full QEMU command line for a machine.
+fn qemu_command(
+    plan: &MachinePlan,
+    stored: &StoredBox,
+    files: &MachineFiles,
+    accel: accel::Chosen,
+    ssh_port: u16,
+    net: Option<&ProjectNet>,
+) -> Result<std::process::Command, Error> {
+    let payload = qemu_payload(plan, stored)?;
+    let mut qemu = QemuCommand::new(&plan.runtime_id);
+    qemu.machine(accel).cpus(plan.spec.cpus).memory(plan.spec.memory);
+    if payload.boot == BootMethod::Kernel {
+        let kernel = payload.kernel.as_deref().ok_or_else(|| {
+            Error::Other(format!(
+                "box {} boots by kernel but names no kernel file in box.toml; rebuild the box",
+                stored.manifest.name
+            ))
+        })?;
+        let initrd = payload.initrd.as_deref().map(|f| stored.file(f));
+        qemu.kernel(
+            &stored.file(kernel),
+            initrd.as_deref(),
+            payload.cmdline.as_deref().unwrap_or(DEFAULT_CMDLINE),
+        );
+    }
+    qemu.disk(&files.overlay, snapshot::OVERLAY_DEVICE, "qcow2", false, payload.boot == BootMethod::Firmware);
+    qemu.disk(&files.seed, "seed", "raw", true, false);
+    qemu.nic(&network::user_netdev("net0", ssh_port, &plan.forwards), "net0", "52:54:00:12:34:56");
+    if let Some(net) = net {
+        qemu.nic(&net.netdev("net1"), "net1", &net.mac);
+    }
+    for (i, folder) in plan.spec.sync.iter().enumerate() {
+        qemu.shared_folder(&folder.host, &seed::mount_tag(i), folder.readonly);
+    }
+    qemu.console_log(&files.console_log).qmp(&files.qmp_socket).daemonize(&files.qemu_pidfile);
+    Ok(qemu.build())
+}
+
+impl QemuProvider {
+    /// Everything a boot needs on disk: the overlay (created or grown), the key pair,
+    /// the seed, the SSH port. Returns the port and the project segment.
+    fn prepare(
+        &self,
+        plan: &MachinePlan,
+        stored: &StoredBox,
+        files: &MachineFiles,
+        ui: &Ui,
+    ) -> Result<(u16, Option<ProjectNet>)> {
+        let payload = qemu_payload(plan, stored)?;
+        std::fs::create_dir_all(&files.dir).with_context(|| format!("cannot create {}", files.dir.display()))?;
+        if !files.overlay.exists() {
+            ui.step(format!("{}: creating its disk over box {}", plan.name(), stored.manifest.name));
+            disk::create_overlay(&stored.file(&payload.disk), &files.overlay, plan.spec.disk)?;
+        } else if let Some(size) = plan.spec.disk {
+            disk::grow(&files.overlay, size)?;
+        }
+        ssh::ensure_key(&files.ssh_key, &format!("envy {}", plan.runtime_id))?;
+
+        let net = ProjectNet::of(plan);
+        let public_key = std::fs::read_to_string(files.ssh_public_key())
+            .with_context(|| format!("cannot read {}", files.ssh_public_key().display()))?;
+        seed::write(&files.seed, &seed::meta_data(plan), &seed::user_data(plan, &public_key, net.as_ref()))?;
+
+        let mut record = RuntimeRecord::load(files);
+        let ssh_port = network::pick_ssh_port(record.ssh_port)?;
+        network::check_forwards(plan)?;
+        record.version = RUNTIME_RECORD_VERSION;
+        record.ssh_port = Some(ssh_port);
+        record.save(files)?;
+        Ok((ssh_port, net))
+    }
+
+    /// Waits for SSH; on failure stops QEMU and returns `NotReady` with the console tail.
+    fn wait_ready(&self, plan: &MachinePlan, files: &MachineFiles, target: &SshTarget) -> Result<(), Error> {
+        let timeout = boot_timeout()?;
+        let waited = target.wait_ready(timeout, || match process::running_pid(files) {
+            Some(_) => Ok(()),
+            None => Err("QEMU exited during boot".to_string()),
+        });
+        let Err(why) = waited else { return Ok(()) };
+        let _ = process::stop_now(files);
+        target.close_master();
+        Err(Error::NotReady {
+            machine: plan.name().to_string(),
+            seconds: timeout.as_secs(),
+            detail: format!(
+                "{why}; the machine was stopped. Last lines of its console ({}):\n{}\n\
+                 (raise {BOOT_TIMEOUT_ENV} for slow boxes)",
+                files.console_log.display(),
+                files.console_tail(LOG_TAIL_LINES)
+            ),
+        })
+    }
+
+    fn running_target(&self, plan: &MachinePlan) -> Result<(MachineFiles, SshTarget)> {
+        let files = MachineFiles::of(plan);
+        if live_state(&files).is_none() {
+            let state = self.state(plan)?;
+            return Err(match state {
+                MachineState::NotCreated => crate::state::Error::NotCreated { machine: plan.name().into() },
+                _ => crate::state::Error::NotRunning { machine: plan.name().into(), state: state.to_string() },
+            }
+            .into());
+        }
+        let port = RuntimeRecord::load(&files).ssh_port.with_context(|| {
+            format!("machine {} runs but its SSH port is not recorded in {}; run `envy halt {0}` and `envy up {0}`",
+                plan.name(), files.runtime_record.display())
+        })?;
+        let target = ssh_target(&files, port);
+        Ok((files, target))
+    }
+}
+
 impl Provider for QemuProvider {
     fn kind(&self) -> ProviderKind {
         ProviderKind::Qemu
     }
-    fn up(&self, _m: &MachinePlan, _s: &StoredBox, _ui: &Ui) -> Result<()> {
-        bail!("qemu provider not built yet")
+
+    fn up(&self, plan: &MachinePlan, stored: &StoredBox, ui: &Ui) -> Result<()> {
+        let files = MachineFiles::of(plan);
+        qemu_payload(plan, stored)?;
+        if live_state(&files).is_some() {
+            let port = RuntimeRecord::load(&files).ssh_port.unwrap_or(0);
+            return Ok(self.wait_ready(plan, &files, &ssh_target(&files, port))?);
+        }
+        // A QEMU that is alive but unusable (guest panicked) holds the disk: end it.
+        process::stop_now(&files)?;
+        if let Some(folder) = plan.spec.sync.iter().find(|f| !f.host.is_dir()) {
+            return Err(Error::Other(format!(
+                "sync folder {} of machine {} does not exist (or is not a folder); create it or fix `sync` in the Envfile",
+                folder.host.display(),
+                plan.name()
+            ))
+            .into());
+        }
+        let accel = accel::choose(plan.spec.accel, ui)?;
+
+        // A machine created by this call that fails before QEMU runs leaves nothing.
+        let creating = !files.overlay.exists();
+        let started = self.prepare(plan, stored, &files, ui).and_then(|(ssh_port, net)| {
+            let target = ssh_target(&files, ssh_port);
+            target.close_master();
+            crate::state::create_private(&files.console_log)?;
+            let command = qemu_command(plan, stored, &files, accel, ssh_port, net.as_ref())?;
+            ui.step(format!("{}: booting ({}, SSH on 127.0.0.1:{ssh_port})", plan.name(), accel.name()));
+            process::start(command, &files)?;
+            Ok(target)
+        });
+        let target = match started {
+            Ok(target) => target,
+            Err(e) => {
+                if creating {
+                    remove_files(&files);
+                }
+                return Err(e);
+            }
+        };
+        self.wait_ready(plan, &files, &target)?;
+        Ok(())
     }
-    fn state(&self, _m: &MachinePlan) -> Result<MachineState> {
-        Ok(MachineState::NotCreated)
+
+    fn state(&self, plan: &MachinePlan) -> Result<MachineState> {
+        let files = MachineFiles::of(plan);
+        Ok(if live_state(&files).is_some() {
+            MachineState::Running
+        } else if files.overlay.exists() {
+            MachineState::Stopped
+        } else {
+            MachineState::NotCreated
+        })
     }
-    fn info(&self, _m: &MachinePlan) -> Result<MachineInfo> {
-        Ok(MachineInfo::default())
+
+    fn info(&self, plan: &MachinePlan) -> Result<MachineInfo> {
+        let files = MachineFiles::of(plan);
+        let pid = live_state(&files);
+        let dead_with_log = pid.is_none() && files.console_log.exists();
+        Ok(MachineInfo {
+            ip: ProjectNet::of(plan).map(|n| n.address.to_string()),
+            ssh_port: RuntimeRecord::load(&files).ssh_port,
+            pid,
+            log_tail: dead_with_log.then(|| files.console_tail(LOG_TAIL_LINES)),
+        })
     }
-    fn exec(&self, _m: &MachinePlan, _r: &ExecRequest) -> Result<i32> {
-        bail!("qemu provider not built yet")
+
+    fn exec(&self, plan: &MachinePlan, request: &ExecRequest) -> Result<i32> {
+        let (_, target) = self.running_target(plan)?;
+        let default_workdir = plan.spec.sync.first().map(|s| s.guest.as_str()).unwrap_or("/");
+        let env: Vec<(String, String)> = plan.spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        target.run(&ssh::remote_command(request, default_workdir, &env)?, request.tty)
     }
-    fn shell(&self, _m: &MachinePlan) -> Result<i32> {
-        bail!("qemu provider not built yet")
+
+    fn shell(&self, plan: &MachinePlan) -> Result<i32> {
+        self.exec(plan, &ExecRequest { tty: true, ..Default::default() })
     }
-    fn halt(&self, _m: &MachinePlan, _f: bool, _ui: &Ui) -> Result<()> {
-        bail!("qemu provider not built yet")
+
+    fn halt(&self, plan: &MachinePlan, force: bool, ui: &Ui) -> Result<()> {
+        let files = MachineFiles::of(plan);
+        if let Some(port) = RuntimeRecord::load(&files).ssh_port {
+            ssh_target(&files, port).close_master();
+        }
+        if process::running_pid(&files).is_none() {
+            return Ok(process::finish(&files)?);
+        }
+        if force {
+            return Ok(process::stop_now(&files)?);
+        }
+        ui.step(format!("{}: powering off", plan.name()));
+        match process::power_down(&files, process::HALT_TIMEOUT) {
+            Ok(true) => Ok(process::finish(&files)?),
+            Ok(false) => {
+                ui.warn(format!(
+                    "machine {} did not power off within {} s; stopping QEMU",
+                    plan.name(),
+                    process::HALT_TIMEOUT.as_secs()
+                ));
+                Ok(process::stop_now(&files)?)
+            }
+            Err(e) => {
+                ui.warn(format!("cannot ask machine {} to power off ({e}); stopping QEMU", plan.name()));
+                Ok(process::stop_now(&files)?)
+            }
+        }
     }
-    fn destroy(&self, _m: &MachinePlan, _ui: &Ui) -> Result<()> {
-        bail!("qemu provider not built yet")
+
+    fn destroy(&self, plan: &MachinePlan, _ui: &Ui) -> Result<()> {
+        let files = MachineFiles::of(plan);
+        if let Some(port) = RuntimeRecord::load(&files).ssh_port {
+            ssh_target(&files, port).close_master();
+        }
+        process::stop_now(&files)?;
+        let left = remove_files(&files);
+        if let Some(path) = left.first() {
+            return Err(anyhow::anyhow!("cannot remove {}; remove it by hand", path.display()));
+        }
+        Ok(())
     }
-    fn snapshot_save(&self, _m: &MachinePlan, _n: &str, _ui: &Ui) -> Result<SnapshotInfo> {
-        bail!("qemu provider not built yet")
+
+    fn snapshot_save(&self, plan: &MachinePlan, name: &str, ui: &Ui) -> Result<SnapshotInfo> {
+        let files = self.created(plan)?;
+        let running = live_state(&files).is_some();
+        ui.step(format!("{}: saving snapshot {name}", plan.name()));
+        if running {
+            // Flush the guest's page cache so even a disk-only snapshot is complete.
+            let _ = self.exec(plan, &ExecRequest { command: vec!["sync".into()], ..Default::default() });
+        }
+        let info = snapshot::save(&files, plan.name(), name, running)?;
+        if running && !info.memory {
+            ui.warn(format!(
+                "snapshot {name} of machine {} holds its disk only: QEMU cannot save memory while \
+                 sync folders (9p) are mounted; restoring it halts the machine",
+                plan.name()
+            ));
+        }
+        Ok(info)
     }
-    fn snapshot_restore(&self, _m: &MachinePlan, _n: &str, _ui: &Ui) -> Result<()> {
-        bail!("qemu provider not built yet")
+
+    fn snapshot_restore(&self, plan: &MachinePlan, name: &str, ui: &Ui) -> Result<()> {
+        let files = self.created(plan)?;
+        let snapshot = snapshot::get(&files, plan.name(), name)?;
+        let mut running = live_state(&files).is_some();
+        if let Some(port) = RuntimeRecord::load(&files).ssh_port {
+            // The guest's side of the shared connection is about to be rewound or stopped.
+            ssh_target(&files, port).close_master();
+        }
+        if running && !snapshot.memory {
+            ui.step(format!("{}: snapshot {name} holds no memory; stopping the machine to rewind its disk", plan.name()));
+            self.halt(plan, true, ui)?;
+            running = false;
+        }
+        snapshot::restore(&files, plan.name(), &snapshot, running)?;
+        if !running {
+            ui.step(format!("{}: disk restored to snapshot {name}; `envy up {0}` boots it", plan.name()));
+        }
+        Ok(())
     }
-    fn snapshot_list(&self, _m: &MachinePlan) -> Result<Vec<SnapshotInfo>> {
-        bail!("qemu provider not built yet")
+
+    fn snapshot_list(&self, plan: &MachinePlan) -> Result<Vec<SnapshotInfo>> {
+        Ok(snapshot::list(&self.created(plan)?)?)
     }
-    fn snapshot_delete(&self, _m: &MachinePlan, _n: &str) -> Result<()> {
-        bail!("qemu provider not built yet")
+
+    fn snapshot_delete(&self, plan: &MachinePlan, name: &str) -> Result<()> {
+        let files = self.created(plan)?;
+        let running = live_state(&files).is_some();
+        Ok(snapshot::delete(&files, plan.name(), name, running)?)
     }
-    fn export(&self, _m: &MachinePlan, _s: &StoredBox, _d: &std::path::Path, _ui: &Ui) -> Result<Vec<std::path::PathBuf>> {
-        bail!("qemu provider not built yet")
+
+    fn export(&self, plan: &MachinePlan, stored: &StoredBox, dir: &Path, ui: &Ui) -> Result<Vec<PathBuf>> {
+        let files = self.created(plan)?;
+        if live_state(&files).is_some() {
+            return Err(Error::Other(format!(
+                "machine {0} is running; its disk is exported only halted, so the copy is consistent: \
+                 run `envy halt {0}` first",
+                plan.name()
+            ))
+            .into());
+        }
+        let payload = qemu_payload(plan, stored)?;
+        ui.step(format!("{}: flattening its disk", plan.name()));
+        let disk_name = PathBuf::from("disk.qcow2");
+        disk::flatten(&files.overlay, &dir.join(&disk_name))?;
+        let mut names = vec![disk_name];
+        for file in [&payload.kernel, &payload.initrd].into_iter().flatten() {
+            std::fs::copy(stored.file(file), dir.join(file))
+                .with_context(|| format!("cannot copy {} into {}", stored.file(file).display(), dir.display()))?;
+            names.push(PathBuf::from(file));
+        }
+        Ok(names)
+    }
+}
+
+impl QemuProvider {
+    /// The machine's files, or the not-created error.
+    fn created(&self, plan: &MachinePlan) -> Result<MachineFiles> {
+        let files = MachineFiles::of(plan);
+        if !files.overlay.exists() {
+            return Err(crate::state::Error::NotCreated { machine: plan.name().into() }.into());
+        }
+        Ok(files)
     }
 }

@@ -1,0 +1,99 @@
+#!/bin/bash
+# Times the qemu provider beside the raw tools it drives, in one run on the same box
+# (boxes/recipes/tiny-vm.sh), under TCG unless ENVY_ACCEL says otherwise:
+#   1. boot to SSH: `envy up` vs qemu-system-x86_64 started by hand with the same disk,
+#      seed, kernel and accelerator, until the same `ssh root@127.0.0.1 true` answers;
+#   2. warm exec: `envy exec -- true` vs `ssh` through the same ControlMaster socket;
+#   3. overlay creation: `qemu-img create -b` over a 1 GiB and a 10 GiB backing disk.
+# Usage: cargo build && benches/qemu.sh        (ENVY=path/to/envy to pick a binary)
+# Needs: qemu-system-x86, qemu-utils, openssh-client, hyperfine, and what tiny-vm.sh needs.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+envy=${ENVY:-${CARGO_TARGET_DIR:-$root/target}/debug/envy}
+export ENVY_ACCEL=${ENVY_ACCEL:-tcg}
+runs=${RUNS:-10}
+for tool in qemu-system-x86_64 qemu-img ssh hyperfine; do
+    command -v "$tool" >/dev/null || { echo "qemu.sh: $tool is missing (apt-get install qemu-system-x86 qemu-utils openssh-client hyperfine)" >&2; exit 1; }
+done
+[ -x "$envy" ] || { echo "qemu.sh: no envy binary at $envy; run cargo build first" >&2; exit 1; }
+
+work=$(mktemp -d /tmp/envy-bench-qemu.XXXXXX)
+raw_pid=
+cleanup() {
+    [ -n "$raw_pid" ] && kill "$raw_pid" 2>/dev/null || true
+    (cd "$work/project" 2>/dev/null && "$envy" destroy --force bench >/dev/null 2>&1) || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+export ENVY_HOME=$work/home
+now() { date +%s.%N; }
+elapsed() { echo "$2 - $1" | bc; }
+
+echo "== building the tiny box"
+rootfs=$("$root/boxes/recipes/tiny-vm.sh")
+cmdline="console=ttyS0 root=/dev/vda rw"
+"$envy" box build --kind qemu --rootfs "$rootfs" --name tiny-vm --cmdline "$cmdline" -o "$work/tiny.box" >/dev/null
+
+mkdir -p "$work/project"
+cat > "$work/project/Envfile" <<ENVFILE
+[machine.bench]
+box = { path = "../tiny.box" }
+provider = "qemu"
+cpus = 1
+memory = "256MiB"
+ENVFILE
+
+echo "== 1. boot to SSH ($ENVY_ACCEL)"
+cd "$work/project"
+"$envy" up bench >/dev/null 2>&1 && "$envy" halt bench >/dev/null 2>&1   # creates the machine; first-boot work (host keys) done
+t0=$(now); "$envy" up bench >/dev/null; t1=$(now)
+envy_boot=$(elapsed "$t0" "$t1")
+
+machine=$work/project/.envy/machines/bench
+port=$(sed -n 's/.*"ssh_port": *\([0-9]*\).*/\1/p' "$machine/qemu.json")
+ssh_opts=(-i "$machine/id_ed25519" -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyChecking=no
+          -o "UserKnownHostsFile=$machine/known_hosts" -o LogLevel=ERROR -p "$port")
+
+echo "== 2. warm exec"
+hyperfine -N --warmup 3 --runs "$runs" --export-json "$work/exec.json" \
+    "$envy exec bench -- true" \
+    "ssh ${ssh_opts[*]} -o ControlPath=$machine/ssh.ctl -o ControlMaster=no root@127.0.0.1 true" | grep -E 'Time|±|faster' || true
+
+# The raw run boots the same backing disk and kernel with the same seed and key.
+backing=$(qemu-img info -U --output=json "$machine/overlay.qcow2" | sed -n 's/.*"backing-filename": *"\([^"]*\)".*/\1/p' | head -n1)
+cp "$machine/seed.img" "$work/seed.img"
+cp "$machine/id_ed25519" "$work/key"; chmod 600 "$work/key"
+"$envy" destroy --force bench >/dev/null
+
+raw_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+qemu-img create -q -f qcow2 -F qcow2 -b "$backing" "$work/raw.qcow2"
+raw_ssh=(ssh -i "$work/key" -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyChecking=no
+         -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o ConnectTimeout=3 -p "$raw_port" root@127.0.0.1 true)
+accel_cpu=max; [ "$ENVY_ACCEL" = kvm ] && accel_cpu=host
+t0=$(now)
+qemu-system-x86_64 -nodefaults -display none -machine q35 -accel "$ENVY_ACCEL" -cpu "$accel_cpu" -smp 1 -m 256M \
+    -kernel "$rootfs"/boot/vmlinuz-* -initrd "$rootfs"/boot/initrd.img-* -append "$cmdline" \
+    -drive "file=$work/raw.qcow2,if=virtio,format=qcow2" -drive "file=$work/seed.img,if=virtio,format=raw,readonly=on" \
+    -netdev "user,id=n0,hostfwd=tcp:127.0.0.1:$raw_port-:22" -device virtio-net-pci,netdev=n0 \
+    -serial "file:$work/raw-console.log" -daemonize -pidfile "$work/raw.pid"
+raw_pid=$(cat "$work/raw.pid")
+until "${raw_ssh[@]}" </dev/null >/dev/null 2>&1; do sleep 0.25; done
+t1=$(now)
+raw_boot=$(elapsed "$t0" "$t1")
+kill "$raw_pid"; raw_pid=
+
+echo "== 3. overlay creation (qemu-img create -b)"
+for size in 1G 10G; do qemu-img create -q -f qcow2 "$work/base-$size.qcow2" "$size"; done
+hyperfine -N --warmup 2 --runs "$runs" --prepare "rm -f $work/o.qcow2" \
+    "qemu-img create -q -f qcow2 -F qcow2 -b $work/base-1G.qcow2 $work/o.qcow2" \
+    "qemu-img create -q -f qcow2 -F qcow2 -b $work/base-10G.qcow2 $work/o.qcow2" | grep -E 'Time|±|faster' || true
+
+echo
+echo "boot to SSH ($ENVY_ACCEL): envy up ${envy_boot}s, raw qemu ${raw_boot}s, ratio $(echo "scale=2; $envy_boot / $raw_boot" | bc)"
+python3 - "$work/exec.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))["results"]
+e, s = r[0]["mean"] * 1000, r[1]["mean"] * 1000
+print(f"warm exec: envy exec {e:.1f} ms, ssh via ControlMaster {s:.1f} ms, ratio {e / s:.2f}")
+PY

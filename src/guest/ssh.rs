@@ -1,0 +1,257 @@
+//! SSH into a machine with the system OpenSSH client: a key pair per machine, a
+//! per-machine known_hosts, and one ControlMaster connection kept warm so an `exec`
+//! costs a local socket round trip instead of a handshake.
+
+use std::ffi::OsString;
+use std::io::Read;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+
+use crate::provider::{Error, ExecRequest};
+
+/// How long the shared connection outlives its last user.
+const CONTROL_PERSIST: &str = "600";
+/// Per-attempt connect timeout while waiting for the guest (seconds).
+const PROBE_CONNECT_TIMEOUT: &str = "3";
+/// Pause between readiness attempts.
+const PROBE_INTERVAL: Duration = Duration::from_millis(250);
+/// How long to wait for the server's banner before trying again. A forwarded port
+/// accepts at once even while the guest's network is down; ssh would then sit out
+/// its whole (whole-second) connect timeout, this costs a fraction of one.
+const BANNER_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Where and how to reach one machine's SSH server.
+#[derive(Debug, Clone)]
+pub struct SshTarget {
+    pub port: u16,
+    pub user: String,
+    pub key: PathBuf,
+    pub known_hosts: PathBuf,
+    /// ControlMaster socket.
+    pub control: PathBuf,
+    /// stderr of background connections (the master outlives the command that made it).
+    pub log: PathBuf,
+}
+
+/// Creates the machine's ed25519 key pair at `key` (and `key.pub`) unless it exists.
+pub fn ensure_key(key: &Path, comment: &str) -> Result<()> {
+    if key.exists() && key.with_extension("pub").exists() {
+        return Ok(());
+    }
+    let _ = std::fs::remove_file(key);
+    let _ = std::fs::remove_file(key.with_extension("pub"));
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
+        .arg(key)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::MissingTool {
+                tool: "ssh-keygen".into(),
+                advice: "install it with `apt-get install openssh-client`".into(),
+            },
+            _ => Error::Other(format!("cannot run ssh-keygen: {e}")),
+        })?;
+    if !out.status.success() {
+        return Err(Error::ToolFailed {
+            tool: "ssh-keygen".into(),
+            doing: format!("creating the machine key {}", key.display()),
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+        .into());
+    }
+    std::fs::set_permissions(key, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot make {} private", key.display()))?;
+    Ok(())
+}
+
+/// Quotes `arg` for a POSIX shell (the remote login shell joins ssh's arguments).
+pub fn shell_quote(arg: &str) -> String {
+    if !arg.is_empty() && arg.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b)) {
+        return arg.to_string();
+    }
+    format!("'{}'", arg.replace('\'', "'\\''"))
+}
+
+/// Whether `key` can be a shell variable name (it is pasted unquoted into `export`).
+fn is_variable_name(key: &str) -> bool {
+    let mut bytes = key.bytes();
+    bytes.next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// The remote command line for a request: a single argument is a shell command line,
+/// several are an argv (each quoted).
+pub fn remote_command(request: &ExecRequest, default_workdir: &str, env: &[(String, String)]) -> Result<String, Error> {
+    let workdir = request.workdir.as_deref().unwrap_or(default_workdir);
+    let mut line = format!("cd {} && ", shell_quote(workdir));
+    for (key, value) in env.iter().chain(&request.env) {
+        if !is_variable_name(key) {
+            return Err(Error::Other(format!(
+                "environment variable name {key:?} is not valid; use letters, digits and _ (not first a digit)"
+            )));
+        }
+        line += &format!("export {}={}; ", key, shell_quote(value));
+    }
+    match request.command.as_slice() {
+        [] => line += "exec ${SHELL:-/bin/sh} -l",
+        [single] => line += single,
+        argv => line += &format!("exec {}", argv.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" ")),
+    }
+    Ok(line)
+}
+
+impl SshTarget {
+    /// Options shared by every connection.
+    fn options(&self) -> Vec<OsString> {
+        let mut args: Vec<OsString> = Vec::new();
+        let mut opt = |o: String| {
+            args.push("-o".into());
+            args.push(o.into());
+        };
+        // The key is the machine's own; no agent keys or passwords are tried.
+        opt(format!("IdentityFile={}", self.key.display()));
+        opt("IdentitiesOnly=yes".into());
+        opt("BatchMode=yes".into());
+        // Each machine gets a new host key at first boot; remember it per machine only.
+        opt("StrictHostKeyChecking=no".into());
+        opt(format!("UserKnownHostsFile={}", self.known_hosts.display()));
+        opt("LogLevel=ERROR".into());
+        opt(format!("ControlPath={}", self.control.display()));
+        opt(format!("Port={}", self.port));
+        opt(format!("User={}", self.user));
+        args
+    }
+
+    fn ssh(&self) -> Command {
+        let mut command = Command::new("ssh");
+        command.args(self.options());
+        command
+    }
+
+    /// Whether the shared connection's socket is there (a stale one only costs a
+    /// direct connection: ssh falls back by itself).
+    pub fn master_exists(&self) -> bool {
+        self.control.exists()
+    }
+
+    /// Opens the shared connection and runs `true` through it. All stdio is detached so
+    /// the backgrounded master holds no pipe of ours open.
+    pub fn probe(&self) -> bool {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log);
+        let mut command = self.ssh();
+        command
+            .args(["-o", "ControlMaster=auto", "-o"])
+            .arg(format!("ControlPersist={CONTROL_PERSIST}"))
+            .args(["-o"])
+            .arg(format!("ConnectTimeout={PROBE_CONNECT_TIMEOUT}"))
+            .args(["127.0.0.1", "true"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log.map(Stdio::from).unwrap_or_else(|_| Stdio::null()));
+        command.status().map(|s| s.success()).unwrap_or(false)
+    }
+
+    /// Waits until the guest answers `true` over SSH, at most `timeout`. `alive` is asked
+    /// between attempts and ends the wait early with its error (e.g. QEMU exited).
+    pub fn wait_ready(&self, timeout: Duration, mut alive: impl FnMut() -> Result<(), String>) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.banner_seen() && self.probe() {
+                return Ok(());
+            }
+            alive()?;
+            if Instant::now() >= deadline {
+                return Err(format!("SSH on 127.0.0.1:{} never answered", self.port));
+            }
+            std::thread::sleep(PROBE_INTERVAL);
+        }
+    }
+
+    /// Whether an SSH server answers on the port with its banner (`SSH-`).
+    fn banner_seen(&self) -> bool {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
+        let Ok(mut stream) = TcpStream::connect_timeout(&addr, BANNER_TIMEOUT) else { return false };
+        let mut banner = [0u8; 4];
+        stream.set_read_timeout(Some(BANNER_TIMEOUT)).is_ok()
+            && stream.read_exact(&mut banner).is_ok()
+            && &banner == b"SSH-"
+    }
+
+    /// Runs a remote command line with the caller's stdio; returns its exit code
+    /// (255 when ssh itself failed).
+    pub fn run(&self, remote: &str, tty: bool) -> Result<i32> {
+        if !self.master_exists() {
+            // Make the master first, detached, so it never holds the caller's stdio.
+            self.probe();
+        }
+        let mut command = self.ssh();
+        command.args(["-o", "ControlMaster=no"]);
+        command.arg(if tty { "-tt" } else { "-T" });
+        command.args(["127.0.0.1", "--", remote]);
+        tracing::debug!("ssh command: {:?}", command);
+        let status = command.status().map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => anyhow::Error::from(Error::MissingTool {
+                tool: "ssh".into(),
+                advice: "install it with `apt-get install openssh-client`".into(),
+            }),
+            _ => anyhow::anyhow!("cannot run ssh: {e}"),
+        })?;
+        Ok(status.code().unwrap_or(255))
+    }
+
+    /// Closes the shared connection (before the machine stops or is destroyed).
+    pub fn close_master(&self) {
+        if self.master_exists() {
+            let _ = self
+                .ssh()
+                .args(["-O", "exit", "127.0.0.1"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            let _ = std::fs::remove_file(&self.control);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_survives_a_shell() {
+        assert_eq!(shell_quote("plain-word"), "plain-word");
+        assert_eq!(shell_quote("it's a $HOME"), "'it'\\''s a $HOME'");
+        assert_eq!(shell_quote(""), "''");
+    }
+
+    #[test]
+    fn argv_is_quoted_and_a_single_argument_is_a_shell_line() {
+        let request = ExecRequest { command: vec!["echo".into(), "a b".into()], ..Default::default() };
+        assert_eq!(remote_command(&request, "/", &[]).unwrap(), "cd / && exec echo 'a b'");
+        let request = ExecRequest {
+            command: vec!["echo $HOME | wc -c".into()],
+            workdir: Some("/project dir".into()),
+            env: vec![("A".into(), "x y".into())],
+            ..Default::default()
+        };
+        assert_eq!(
+            remote_command(&request, "/", &[]).unwrap(),
+            "cd '/project dir' && export A='x y'; echo $HOME | wc -c"
+        );
+    }
+
+    #[test]
+    fn a_bad_variable_name_is_refused() {
+        let request = ExecRequest { command: vec!["true".into()], env: vec![("A;rm".into(), "x".into())], ..Default::default() };
+        let err = remote_command(&request, "/", &[]).unwrap_err().to_string();
+        assert!(err.contains("environment variable name \"A;rm\" is not valid"), "{err}");
+    }
+}

@@ -1,0 +1,173 @@
+//! Choosing QEMU's accelerator: KVM only where a real probe shows it works and it is
+//! not the kvm-pvm software hypervisor (a stock kernel crawls under it), TCG otherwise.
+//! `ENVY_ACCEL` wins over the Envfile, which wins over the probe.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use serde::Serialize;
+
+use crate::envfile::Accel;
+use crate::provider::Error;
+use crate::ui::Ui;
+
+/// The environment variable that forces the accelerator (`kvm`, `tcg` or `auto`).
+pub const ENV: &str = "ENVY_ACCEL";
+
+/// The accelerator QEMU is started with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Chosen {
+    Kvm,
+    Tcg,
+}
+
+impl Chosen {
+    pub fn name(self) -> &'static str {
+        match self {
+            Chosen::Kvm => "kvm",
+            Chosen::Tcg => "tcg",
+        }
+    }
+}
+
+/// What the host offers, for `up` and for `envy doctor`.
+#[derive(Debug, Clone, Serialize)]
+pub struct AccelReport {
+    /// /dev/kvm opened and a VM could be created in it.
+    pub kvm_works: bool,
+    /// The KVM in place is kvm-pvm (software, slow for stock kernels).
+    pub kvm_pvm: bool,
+    /// One sentence on what was found.
+    pub detail: String,
+}
+
+impl AccelReport {
+    /// What `auto` picks on this host.
+    pub fn auto_choice(&self) -> Chosen {
+        if self.kvm_works && !self.kvm_pvm {
+            Chosen::Kvm
+        } else {
+            Chosen::Tcg
+        }
+    }
+}
+
+// ioctl numbers from <linux/kvm.h>: _IO(KVMIO = 0xAE, nr).
+const KVM_GET_API_VERSION: libc::c_ulong = 0xAE00;
+const KVM_CREATE_VM: libc::c_ulong = 0xAE01;
+const KVM_API_VERSION: libc::c_int = 12;
+
+/// Probes /dev/kvm for real (open read-write, API version, create a VM) rather than
+/// trusting that the file exists, and looks for kvm-pvm.
+pub fn probe() -> AccelReport {
+    let kvm_pvm = kvm_pvm_loaded();
+    let (kvm_works, mut detail) = match probe_kvm() {
+        Ok(()) => (true, "/dev/kvm works".to_string()),
+        Err(why) => (false, why),
+    };
+    if kvm_works && kvm_pvm {
+        detail = "/dev/kvm is kvm-pvm, a software hypervisor: stock kernels crawl under it, \
+                  and QEMU 7.2 may abort on it (failed to set MSR 0x10a)"
+            .into();
+    }
+    AccelReport { kvm_works, kvm_pvm, detail }
+}
+
+fn probe_kvm() -> Result<(), String> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .map_err(|e| format!("cannot open /dev/kvm read-write ({e})"))?;
+    // SAFETY: both ioctls take no argument and only return an int (or a new fd we own).
+    let version = unsafe { libc::ioctl(file.as_raw_fd(), KVM_GET_API_VERSION, 0) };
+    if version != KVM_API_VERSION {
+        return Err(format!("/dev/kvm answers API version {version}, expected {KVM_API_VERSION}"));
+    }
+    let vm = unsafe { libc::ioctl(file.as_raw_fd(), KVM_CREATE_VM, 0) };
+    if vm < 0 {
+        return Err(format!("/dev/kvm cannot create a VM ({})", std::io::Error::last_os_error()));
+    }
+    // SAFETY: KVM_CREATE_VM returned a fresh descriptor nobody else owns; dropping closes it.
+    drop(unsafe { OwnedFd::from_raw_fd(vm) });
+    Ok(())
+}
+
+/// kvm-pvm shows as a loaded module (or, when built in, in the kernel log).
+fn kvm_pvm_loaded() -> bool {
+    if std::path::Path::new("/sys/module/kvm_pvm").exists() {
+        return true;
+    }
+    std::process::Command::new("dmesg")
+        .stderr(std::process::Stdio::null())
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).contains("kvm-pvm: loaded"))
+        .unwrap_or(false)
+}
+
+/// The accelerator for a machine: `ENVY_ACCEL`, then the Envfile's `accel`, then auto.
+/// Auto avoiding KVM says why (and how to force it) through `ui.warn`.
+pub fn choose(spec: Option<Accel>, ui: &Ui) -> Result<Chosen, Error> {
+    let wanted = match std::env::var(ENV) {
+        Ok(v) if !v.is_empty() => match v.as_str() {
+            "kvm" => Accel::Kvm,
+            "tcg" => Accel::Tcg,
+            "auto" => Accel::Auto,
+            other => {
+                return Err(Error::Other(format!(
+                    "{ENV}={other} is not an accelerator; use kvm, tcg or auto"
+                )))
+            }
+        },
+        _ => spec.unwrap_or(Accel::Auto),
+    };
+    match wanted {
+        Accel::Tcg => Ok(Chosen::Tcg),
+        Accel::Kvm => {
+            let report = probe();
+            if report.kvm_works {
+                Ok(Chosen::Kvm)
+            } else {
+                Err(Error::Other(format!(
+                    "KVM was asked for but {}; use accel = \"tcg\" (or {ENV}=tcg), or fix /dev/kvm access",
+                    report.detail
+                )))
+            }
+        }
+        Accel::Auto => {
+            let report = probe();
+            let chosen = report.auto_choice();
+            if chosen == Chosen::Tcg && report.kvm_pvm {
+                ui.warn(format!(
+                    "using TCG instead of KVM: {}; set {ENV}=kvm (or accel = \"kvm\") to use it anyway",
+                    report.detail
+                ));
+            } else if chosen == Chosen::Tcg {
+                tracing::debug!("KVM unusable ({}); using TCG", report.detail);
+            }
+            Ok(chosen)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_avoids_kvm_pvm_and_broken_kvm() {
+        let report = |kvm_works, kvm_pvm| AccelReport { kvm_works, kvm_pvm, detail: String::new() };
+        assert_eq!(report(true, false).auto_choice(), Chosen::Kvm);
+        assert_eq!(report(true, true).auto_choice(), Chosen::Tcg);
+        assert_eq!(report(false, false).auto_choice(), Chosen::Tcg);
+    }
+
+    #[test]
+    fn the_probe_answers_on_this_host() {
+        let report = probe();
+        assert!(!report.detail.is_empty());
+        if report.kvm_pvm && report.kvm_works {
+            assert!(report.detail.contains("kvm-pvm"), "{}", report.detail);
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! Where a QEMU machine keeps its files: one name per concern, all inside the
+//! machine dir (`.envy/machines/<name>/`), sockets moved to the runtime dir only when
+//! the project path is too long for a Unix socket address.
+
+use std::path::PathBuf;
+
+use crate::plan::MachinePlan;
+
+/// Longest socket path we use (sun_path holds 108 bytes including the NUL).
+const MAX_SOCKET_PATH: usize = 100;
+
+/// Paths of one machine's files.
+#[derive(Debug, Clone)]
+pub struct MachineFiles {
+    pub dir: PathBuf,
+    /// The machine's disk: a qcow2 overlay over the box's disk.
+    pub overlay: PathBuf,
+    /// The NoCloud seed disk (vfat, label cidata).
+    pub seed: PathBuf,
+    /// Serial console output of the current (or last) boot.
+    pub console_log: PathBuf,
+    /// QMP control socket.
+    pub qmp_socket: PathBuf,
+    /// QEMU's own pid file (written by QEMU when it daemonizes).
+    pub qemu_pidfile: PathBuf,
+    /// envy's pid record (boot id + start time), the truth about "running".
+    pub pid_record: PathBuf,
+    /// Provider facts kept between commands (SSH port, accelerator).
+    pub runtime_record: PathBuf,
+    /// The machine's SSH key pair (private key; `.pub` beside it).
+    pub ssh_key: PathBuf,
+    pub known_hosts: PathBuf,
+    /// OpenSSH ControlMaster socket: warm `exec` reuses one connection.
+    pub ssh_control: PathBuf,
+    /// stderr of background SSH connections (readiness probes, the master).
+    pub ssh_log: PathBuf,
+}
+
+impl MachineFiles {
+    pub fn of(plan: &MachinePlan) -> MachineFiles {
+        let dir = plan.dir.clone();
+        let socket = |name: &str| {
+            let path = dir.join(name);
+            if path.as_os_str().len() <= MAX_SOCKET_PATH {
+                path
+            } else {
+                plan.home.runtime_dir().join(format!("{}-{name}", plan.runtime_id))
+            }
+        };
+        MachineFiles {
+            overlay: dir.join("overlay.qcow2"),
+            seed: dir.join("seed.img"),
+            console_log: dir.join("console.log"),
+            qmp_socket: socket("qmp.sock"),
+            qemu_pidfile: dir.join("qemu.pid"),
+            pid_record: dir.join("pid.json"),
+            runtime_record: dir.join("qemu.json"),
+            ssh_key: dir.join("id_ed25519"),
+            known_hosts: dir.join("known_hosts"),
+            ssh_control: socket("ssh.ctl"),
+            ssh_log: dir.join("ssh.log"),
+            dir,
+        }
+    }
+
+    /// Every file `destroy` removes.
+    pub fn all(&self) -> Vec<PathBuf> {
+        [
+            &self.overlay,
+            &self.seed,
+            &self.console_log,
+            &self.qmp_socket,
+            &self.qemu_pidfile,
+            &self.pid_record,
+            &self.runtime_record,
+            &self.ssh_key,
+            &self.known_hosts,
+            &self.ssh_control,
+            &self.ssh_log,
+        ]
+        .into_iter()
+        .cloned()
+        .chain([self.ssh_public_key()])
+        .collect()
+    }
+
+    pub fn ssh_public_key(&self) -> PathBuf {
+        self.ssh_key.with_extension("pub")
+    }
+
+    /// The last `n` lines of the console log, or a sentence saying there is none.
+    pub fn console_tail(&self, n: usize) -> String {
+        match std::fs::read(&self.console_log) {
+            Ok(bytes) => {
+                let text = String::from_utf8_lossy(&bytes);
+                let lines: Vec<&str> = text.lines().collect();
+                lines[lines.len().saturating_sub(n)..].join("\n")
+            }
+            Err(_) => format!("(no console log at {})", self.console_log.display()),
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! Machine snapshots as qcow2 internal snapshots of the overlay: a running machine's
+//! include memory and device state (QMP snapshot-save/-load jobs), except while a 9p sync
+//! folder is mounted (QEMU blocks migration then) when they are disk-only (QMP
+//! blockdev-snapshot-internal-sync); a halted machine's are disk-only (qemu-img).
+
+use std::process::Command;
+
+use super::disk;
+use super::files::MachineFiles;
+use super::qmp::{self, Qmp, SnapshotJob};
+use super::tool;
+use crate::provider::{Error, SnapshotInfo};
+
+/// QMP name of the machine's disk drive (the overlay), and of its block node.
+pub const OVERLAY_DEVICE: &str = "overlay";
+const OVERLAY_NODE: &str = "overlay-node";
+
+/// Snapshot names end up in QMP job ids and qemu-img arguments: keep them to a safe alphabet.
+pub fn validate_name(name: &str) -> Result<(), Error> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        && !name.bytes().all(|b| b.is_ascii_digit());
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Other(format!(
+            "snapshot name {name:?} is not allowed; use 1-64 letters, digits, '.', '_' or '-' \
+             (not only digits, which QEMU reads as snapshot ids)"
+        )))
+    }
+}
+
+pub fn list(files: &MachineFiles) -> Result<Vec<SnapshotInfo>, Error> {
+    Ok(disk::info(&files.overlay)?
+        .snapshots
+        .into_iter()
+        .map(|s| SnapshotInfo { name: s.name, created: s.date_sec, size: s.vm_state_size, memory: s.vm_state_size > 0 })
+        .collect())
+}
+
+fn find(files: &MachineFiles, name: &str) -> Result<Option<SnapshotInfo>, Error> {
+    Ok(list(files)?.into_iter().find(|s| s.name == name))
+}
+
+/// The snapshot named `name`, or an error saying how to list them.
+pub fn get(files: &MachineFiles, machine: &str, name: &str) -> Result<SnapshotInfo, Error> {
+    validate_name(name)?;
+    find(files, name)?.ok_or_else(|| missing(machine, name))
+}
+
+fn missing(machine: &str, name: &str) -> Error {
+    Error::Other(format!(
+        "machine {machine} has no snapshot named {name}; `envy snapshot list {machine}` shows its snapshots"
+    ))
+}
+
+/// Runs a snapshot job on the running machine's overlay (which also holds the VM state).
+fn job(files: &MachineFiles, job: SnapshotJob, name: &str) -> Result<(), Error> {
+    Qmp::connect(&files.qmp_socket, qmp::SLOW)?.snapshot_job(job, name, OVERLAY_NODE)
+}
+
+fn qemu_img_snapshot(files: &MachineFiles, flag: &str, name: &str, doing: &str) -> Result<(), Error> {
+    tool::run(
+        Command::new("qemu-img").args(["snapshot", flag, name]).arg(&files.overlay),
+        doing,
+    )
+    .map(drop)
+}
+
+pub fn save(files: &MachineFiles, machine: &str, name: &str, running: bool) -> Result<SnapshotInfo, Error> {
+    validate_name(name)?;
+    if find(files, name)?.is_some() {
+        return Err(Error::Other(format!(
+            "machine {machine} already has a snapshot named {name}; delete it first \
+             (`envy snapshot delete {machine} {name}`) or pick another name"
+        )));
+    }
+    if running {
+        match job(files, SnapshotJob::Save, name) {
+            Ok(()) => {}
+            // A mounted 9p folder blocks migration, and so saving memory: keep the disk.
+            Err(Error::Other(why)) if why.contains("Migration is disabled") => {
+                tracing::debug!("snapshot-save refused ({why}); taking a disk-only snapshot");
+                Qmp::connect(&files.qmp_socket, qmp::SLOW)?.snapshot_disk(OVERLAY_DEVICE, name)?;
+            }
+            Err(e) => return Err(e),
+        }
+    } else {
+        qemu_img_snapshot(files, "-c", name, &format!("saving snapshot {name} of machine {machine}"))?;
+    }
+    find(files, name)?.ok_or_else(|| Error::Other(format!("snapshot {name} of machine {machine} was not recorded in its disk")))
+}
+
+/// Restores a snapshot: live (memory and disk) on a running machine when the snapshot
+/// holds memory; otherwise the machine must be halted and its disk is rewound.
+pub fn restore(files: &MachineFiles, machine: &str, snapshot: &SnapshotInfo, running: bool) -> Result<(), Error> {
+    let name = &snapshot.name;
+    if running && snapshot.memory {
+        return job(files, SnapshotJob::Load, name);
+    }
+    if running {
+        return Err(Error::Other(format!(
+            "snapshot {name} of machine {machine} holds no memory, so it is restored halted; \
+             run `envy halt {machine}` first"
+        )));
+    }
+    qemu_img_snapshot(files, "-a", name, &format!("restoring snapshot {name} of machine {machine}"))
+}
+
+pub fn delete(files: &MachineFiles, machine: &str, name: &str, running: bool) -> Result<(), Error> {
+    get(files, machine, name)?;
+    if running {
+        job(files, SnapshotJob::Delete, name)
+    } else {
+        qemu_img_snapshot(files, "-d", name, &format!("deleting snapshot {name} of machine {machine}"))
+    }
+}
