@@ -121,11 +121,14 @@ fn overlayfs() -> Check {
 
 fn kvm() -> Check {
     let report = crate::provider::qemu::accel::probe();
+    let usable = report.auto_choice() == crate::provider::qemu::accel::Chosen::Kvm;
     Check {
         name: "kvm",
-        status: if report.usable { Status::Ok } else { Status::Warn },
+        status: if usable { Status::Ok } else { Status::Warn },
         detail: report.detail,
-        advice: (!report.usable).then(|| "VMs run under TCG (slower); set ENVY_ACCEL=kvm to force KVM".to_string()),
+        advice: (!usable).then(|| {
+            format!("VMs run under TCG (slower); set {}=kvm to force KVM", crate::provider::qemu::accel::ENV)
+        }),
         needed_by: Vec::new(),
     }
 }
