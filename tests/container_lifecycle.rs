@@ -206,7 +206,7 @@ fn a_missing_box_rootfs_is_a_clear_error_and_creates_nothing() {
     let mut stored = f.stored.clone();
     stored.dir = f.root().join("no-such-box");
     let err = f.provider.up(&f.plan("web"), &stored, &f.ui).unwrap_err();
-    assert!(err.to_string().contains("no-such-box/rootfs is missing; run `envy box verify`"), "{err}");
+    assert!(err.to_string().contains("no-such-box/rootfs is missing; run `envy box verify 000000000000`"), "{err}");
     assert_eq!(f.state("web"), MachineState::NotCreated);
     assert!(f.namespaces().is_empty() && f.mounts().is_empty() && f.slirp_pid().is_none());
     assert!(!f.plan("web").dir.exists());

@@ -83,12 +83,19 @@ impl StoredBox {
     /// The unpacked root filesystem (container boxes), the overlay's lower layer.
     pub fn rootfs(&self) -> anyhow::Result<PathBuf> {
         let dir = self.dir.join(ROOTFS_DIR);
-        if self.manifest.container.is_none() || !dir.is_dir() {
+        if self.manifest.container.is_none() {
             anyhow::bail!(
                 "box {} ({}) has no container root filesystem; it serves {}",
                 self.manifest.name,
                 &self.digest[..12],
                 self.manifest.providers.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
+            );
+        }
+        if !dir.is_dir() {
+            anyhow::bail!(
+                "{} is missing; run `envy box verify {}`, or remove the box and add it again",
+                dir.display(),
+                &self.digest[..12]
             );
         }
         Ok(dir)

@@ -7,7 +7,7 @@ pub enum Error {
     /// No Envfile in the folder or any parent.
     #[error("no Envfile in {} or any parent folder; run `envy init` to write one", .dir.display())]
     NotFound { dir: PathBuf },
-    #[error("cannot read {}: {source}", .path.display())]
+    #[error("cannot read {}", .path.display())]
     Read { path: PathBuf, source: std::io::Error },
     /// A problem at a place in the file.
     #[error("{}:{line}:{column}: {message}", .path.display())]
