@@ -48,6 +48,8 @@ impl TestEnv {
             // Settings from the developer's shell must not change what a test sees.
             .env_remove("ENVY_CATALOG")
             .env("NO_PROXY", "127.0.0.1,localhost")
+            // A KVM boot crawls on hosts whose /dev/kvm is kvm-pvm; tests run VMs under TCG.
+            .env("ENVY_ACCEL", "tcg")
             .current_dir(&self.project);
         cmd
     }
@@ -131,4 +133,37 @@ pub fn build_container_box(env: &TestEnv, name: &str) -> (PathBuf, String) {
         .success();
     let digest = sha256_hex(&std::fs::read(&out).unwrap());
     (out, digest)
+}
+
+/// The tiny VM box (busybox + dropbear + a Debian kernel, boots to SSH in seconds under
+/// TCG): its root filesystem from boxes/recipes/tiny-vm.sh, made into a box by
+/// `envy box build --kind qemu`. Cached under target/ by the recipe's content.
+pub fn tiny_vm_box(env: &TestEnv) -> PathBuf {
+    for (tool, package) in [
+        ("qemu-system-x86_64", "qemu-system-x86"),
+        ("qemu-img", "qemu-utils"),
+        ("mkfs.ext4", "e2fsprogs"),
+        ("dropbear", "dropbear-bin"),
+        ("ssh", "openssh-client"),
+    ] {
+        require_tool(tool, package);
+    }
+    let recipe = Path::new(env!("CARGO_MANIFEST_DIR")).join("boxes/recipes/tiny-vm.sh");
+    let out = StdCommand::new(&recipe).output().expect("run boxes/recipes/tiny-vm.sh");
+    assert!(out.status.success(), "tiny-vm.sh failed: {}", String::from_utf8_lossy(&out.stderr));
+    let rootfs = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+    let built = rootfs.with_file_name("tiny-vm.box");
+    if !built.exists() {
+        // Built beside the rootfs under a unique name, then renamed: parallel tests may race.
+        let partial = rootfs.with_file_name(format!("tiny-vm.box.{}", std::process::id()));
+        env.envy()
+            .args(["box", "build", "--kind", "qemu", "--name", "tiny-vm", "--version", "1", "--rootfs"])
+            .arg(&rootfs)
+            .arg("-o")
+            .arg(&partial)
+            .assert()
+            .success();
+        std::fs::rename(&partial, &built).unwrap();
+    }
+    built
 }
