@@ -224,3 +224,52 @@ fn up_without_qemu_on_path_fails_first_with_doctors_advice() {
     assert_eq!(doctor.status.code(), Some(5));
     assert!(String::from_utf8_lossy(&doctor.stdout).contains("apt-get install qemu-system-x86"));
 }
+
+/// Runs envy on a pseudo-terminal (util-linux `script`), typing `keys` one chunk at a
+/// time, with CI unset: the interactive case.
+fn on_a_terminal(home: &std::path::Path, cwd: &std::path::Path, args: &str, keys: &[&str]) -> (String, std::process::ExitStatus) {
+    use std::io::Write;
+    assert!(envy::doctor::which("script").is_some(), "this test needs `script`; apt-get install bsdutils");
+    let mut child = std::process::Command::new("script")
+        .args(["-qec", &format!("{} {args}", env!("CARGO_BIN_EXE_envy")), "/dev/null"])
+        .env_remove("CI")
+        .env("ENVY_HOME", home)
+        .current_dir(cwd)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    for key in keys {
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        stdin.write_all(key.as_bytes()).unwrap();
+        stdin.flush().unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    (String::from_utf8_lossy(&out.stdout).into_owned(), out.status)
+}
+
+#[test]
+fn on_a_terminal_init_asks_for_template_box_and_provider() {
+    let home = tempfile::tempdir().unwrap();
+    let project = tempfile::tempdir().unwrap();
+    // Down once (rust), accept the default box, down once (qemu).
+    let (screen, status) = on_a_terminal(home.path(), project.path(), "init", &["\x1b[B\n", "\n", "\x1b[B\n"]);
+    assert!(status.success(), "{screen}");
+    assert!(screen.contains("Template") && screen.contains("Box") && screen.contains("Provider"), "{screen}");
+    let text = std::fs::read_to_string(project.path().join("Envfile")).unwrap();
+    assert!(text.contains("Rust toolchain") && text.contains("provider = \"qemu\""), "{text}");
+}
+
+#[test]
+fn on_a_terminal_destroy_asks_and_a_no_keeps_everything() {
+    let home = tempfile::tempdir().unwrap();
+    let project = tempfile::tempdir().unwrap();
+    std::fs::write(project.path().join("Envfile"), "[defaults]\nbox = \"busybox\"\n").unwrap();
+    let (screen, status) = on_a_terminal(home.path(), project.path(), "destroy", &["n"]);
+    assert_eq!(status.code(), Some(1), "{screen}");
+    assert!(screen.contains("Destroy default of"), "{screen}");
+    assert!(project.path().join("Envfile").exists());
+}
