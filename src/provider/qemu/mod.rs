@@ -184,7 +184,9 @@ impl QemuProvider {
         ui: &Ui,
     ) -> Result<(u16, Option<ProjectNet>)> {
         let payload = qemu_payload(plan, stored)?;
-        std::fs::create_dir_all(&files.dir).with_context(|| format!("cannot create {}", files.dir.display()))?;
+        for dir in files.dirs() {
+            std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        }
         if !files.overlay.exists() {
             ui.step(format!("{}: creating its disk over box {}", plan.name(), stored.manifest.name));
             disk::create_overlay(&stored.file(&payload.disk), &files.overlay, plan.spec.disk)?;
