@@ -72,6 +72,8 @@ pub struct Context {
     pub ui: Ui,
     /// The directory the command runs in (where the Envfile is looked for).
     pub cwd: PathBuf,
+    /// `--no-wait`: fail instead of queueing behind another command.
+    pub no_wait: bool,
 }
 
 impl Context {
@@ -79,7 +81,11 @@ impl Context {
         let home = Home::locate()?;
         let config = Config::load(&home.config_file())?;
         let ui = Ui::detect(global.json, global.quiet);
-        let cwd = std::env::current_dir().context("cannot read the current directory")?;
-        Ok(Context { home, config, ui, cwd })
+        let cwd = match &global.project {
+            Some(dir) => std::path::absolute(dir)
+                .with_context(|| format!("cannot use project folder {}", dir.display()))?,
+            None => std::env::current_dir().context("cannot read the current directory")?,
+        };
+        Ok(Context { home, config, ui, cwd, no_wait: global.no_wait })
     }
 }

@@ -8,9 +8,11 @@ pub mod config;
 pub mod context;
 pub mod envfile;
 pub mod error;
+pub mod lifecycle;
 pub mod guest;
 pub mod plan;
 pub mod provider;
+pub mod signals;
 pub mod state;
 pub mod ui;
 

@@ -89,3 +89,58 @@ impl MachinePlan {
         &self.spec.name
     }
 }
+
+/// The project a command runs in: its Envfile, read and validated.
+pub struct Workspace {
+    pub envfile: Envfile,
+    pub project: Project,
+}
+
+impl Workspace {
+    /// Finds the Envfile from the command's directory upwards and reads it.
+    pub fn load(ctx: &crate::context::Context) -> anyhow::Result<Workspace> {
+        let path = crate::envfile::find(&ctx.cwd)?;
+        let default_provider = ctx.config.provider.unwrap_or(crate::envfile::ProviderKind::Container);
+        let envfile = crate::envfile::load(&path, default_provider)?;
+        let project = Project::new(&envfile);
+        Ok(Workspace { envfile, project })
+    }
+
+    /// The named machines, or all of them when `names` is empty.
+    pub fn select(&self, names: &[String]) -> Result<Vec<&MachineSpec>, crate::envfile::Error> {
+        if names.is_empty() {
+            return Ok(self.envfile.machines.iter().collect());
+        }
+        names.iter().map(|n| self.find(n)).collect()
+    }
+
+    /// One machine: the named one, or the only one when no name is given.
+    pub fn select_one(&self, name: Option<&str>) -> Result<&MachineSpec, crate::envfile::Error> {
+        match (name, self.envfile.machines.as_slice()) {
+            (Some(n), _) => self.find(n),
+            (None, [only]) => Ok(only),
+            (None, _) => Err(crate::envfile::Error::At {
+                path: self.envfile.path.clone(),
+                line: 1,
+                column: 1,
+                message: format!("this Envfile has several machines ({}); name the one you mean", self.machine_names()),
+            }),
+        }
+    }
+
+    fn find(&self, name: &str) -> Result<&MachineSpec, crate::envfile::Error> {
+        self.envfile.machine(name).ok_or_else(|| crate::envfile::Error::UnknownMachine {
+            path: self.envfile.path.clone(),
+            name: name.to_string(),
+            known: self.machine_names(),
+        })
+    }
+
+    fn machine_names(&self) -> String {
+        self.envfile.machines.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", ")
+    }
+
+    pub fn plan(&self, home: &Home, spec: &MachineSpec) -> MachinePlan {
+        MachinePlan::new(home, &self.project, &self.envfile, spec)
+    }
+}

@@ -1,12 +1,79 @@
 //! One file per command; `dispatch` routes the parsed command line to it.
 
+mod box_;
+mod completions;
+mod destroy;
+mod exec;
+mod halt;
+mod init;
+mod list;
+mod man;
+mod provision;
+mod reload;
+mod run;
+mod share;
+mod snapshot;
+mod ssh;
+mod status;
+mod up;
+
 use anyhow::Result;
 
 use crate::cli::{Cli, Command};
+use crate::context::Context;
 
 /// Runs the command and returns the exit code.
 pub fn dispatch(cli: Cli) -> Result<i32> {
+    // Commands that need no context first: they must work even with a broken config.
+    match &cli.command {
+        Command::Completions(args) => return completions::run(args),
+        Command::Man => return man::run(),
+        _ => {}
+    }
+    let ctx = Context::new(&cli.global)?;
     match cli.command {
-        _ => anyhow::bail!("not built yet"),
+        Command::Init(args) => init::run(&ctx, args),
+        Command::Up(args) => up::run(&ctx, args),
+        Command::Status(args) => status::run(&ctx, args),
+        Command::List => list::run(&ctx),
+        Command::Ssh(args) => ssh::run(&ctx, args),
+        Command::Exec(args) => exec::run(&ctx, args),
+        Command::Halt(args) => halt::run(&ctx, args),
+        Command::Reload(args) => reload::run(&ctx, args),
+        Command::Provision(args) => provision::run(&ctx, args),
+        Command::Destroy(args) => destroy::run(&ctx, args),
+        Command::Snapshot(cmd) => snapshot::run(&ctx, cmd),
+        Command::Run(args) => run::run(&ctx, args),
+        Command::Completions(_) | Command::Man => unreachable!("handled above"),
+        Command::Box(cmd) => box_::run(&ctx, cmd),
+        Command::Share(args) => share::run(&ctx, args),
+        Command::Doctor => {
+            anyhow::bail!("this command is not available in this build yet")
+        }
+    }
+}
+
+/// Writes a JSON document to stdout.
+fn print_json(value: &serde_json::Value) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// The plan of one running machine, or the error that says how to start it.
+fn running_machine(ctx: &Context, name: Option<&str>) -> Result<crate::plan::MachinePlan> {
+    use crate::provider::MachineState;
+    let ws = crate::plan::Workspace::load(ctx)?;
+    let spec = ws.select_one(name)?;
+    let mut plan = ws.plan(&ctx.home, spec);
+    if let Some(record) = crate::state::record::MachineRecord::load(&plan.dir)? {
+        plan.forwards = record.forwards;
+    }
+    match crate::provider::for_kind(spec.provider).state(&plan)? {
+        MachineState::Running => Ok(plan),
+        MachineState::NotCreated => Err(crate::state::Error::NotCreated { machine: spec.name.clone() }.into()),
+        state => Err(crate::state::Error::NotRunning { machine: spec.name.clone(), state: state.to_string() }.into()),
     }
 }

@@ -5,6 +5,7 @@
 mod error;
 pub mod lock;
 mod parse;
+mod render;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -13,7 +14,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use error::Error;
-pub use parse::{find, load, parse_str};
+pub use parse::{find, load, parse_size, parse_str, DEFAULT_MACHINE};
 
 /// The file name envy looks for.
 pub const FILE_NAME: &str = "Envfile";

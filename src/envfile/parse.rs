@@ -1,17 +1,110 @@
-//! Reading an Envfile (skeleton).
-use std::path::{Path, PathBuf};
+//! Reading an Envfile: TOML into spanned raw values, then validated into the model.
+//! Every error carries file:line:column of the offending key or value.
 
-use super::{Envfile, Error};
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::ops::Range;
+use std::path::{Component, Path, PathBuf};
 
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{
+    Accel, BoxRef, Envfile, Error, Forward, MachineSpec, Protocol, ProviderKind, ProvisionStep,
+    SyncFolder,
+};
+
+/// Name given to the machine of an Envfile that declares no `[machine.NAME]`.
+pub const DEFAULT_MACHINE: &str = "default";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEnvfile {
+    defaults: Option<RawMachine>,
+    machine: Option<BTreeMap<Spanned<String>, Spanned<RawMachine>>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMachine {
+    #[serde(rename = "box")]
+    box_ref: Option<Spanned<toml::Value>>,
+    provider: Option<Spanned<String>>,
+    cpus: Option<Spanned<i64>>,
+    memory: Option<Spanned<String>>,
+    disk: Option<Spanned<String>>,
+    accel: Option<Spanned<String>>,
+    env: Option<BTreeMap<String, Spanned<String>>>,
+    forward: Option<Vec<Spanned<toml::Value>>>,
+    sync: Option<Vec<Spanned<toml::Value>>>,
+    provision: Option<Vec<Spanned<toml::Value>>>,
+}
+
+/// Looks for an Envfile in `dir` and its parents.
 pub fn find(dir: &Path) -> Result<PathBuf, Error> {
-    Err(Error::NotFound { dir: dir.to_path_buf() })
+    dir.ancestors()
+        .map(|d| d.join(super::FILE_NAME))
+        .find(|p| p.is_file())
+        .ok_or_else(|| Error::NotFound { dir: dir.to_path_buf() })
 }
-pub fn load(path: &Path) -> Result<Envfile, Error> {
+
+/// Reads and validates the Envfile at `path`. `default_provider` applies to machines
+/// that name none (from the user's config).
+pub fn load(path: &Path, default_provider: ProviderKind) -> Result<Envfile, Error> {
     let text = std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.into(), source })?;
-    parse_str(path, &text)
+    parse_str(path, &text, default_provider)
 }
-pub fn parse_str(path: &Path, _text: &str) -> Result<Envfile, Error> {
-    Err(Error::At { path: path.into(), line: 1, column: 1, message: "not built yet".into() })
+
+/// Validates Envfile text as if read from `path` (relative paths resolve against its folder).
+pub fn parse_str(path: &Path, text: &str, default_provider: ProviderKind) -> Result<Envfile, Error> {
+    let project_dir = path
+        .parent()
+        .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+        .unwrap_or(Path::new("."));
+    let project_dir = std::path::absolute(project_dir).unwrap_or_else(|_| project_dir.to_path_buf());
+    let reader = Reader { path, text, project_dir: &project_dir, default_provider };
+    let raw: RawEnvfile = toml::from_str(text).map_err(|e| {
+        let message = e.message().trim_end().replace('\n', " ");
+        let hint = if message.contains("unknown field") {
+            "; see docs/envfile.md for the keys an Envfile may hold"
+        } else {
+            ""
+        };
+        reader.error(e.span().unwrap_or(0..0), format!("{message}{hint}"))
+    })?;
+
+    let defaults = raw.defaults.unwrap_or_default();
+    let mut machines = Vec::new();
+    match raw.machine {
+        Some(table) if !table.is_empty() => {
+            let mut entries: Vec<_> = table.into_iter().collect();
+            entries.sort_by_key(|(name, _)| name.span().start);
+            for (name, machine) in entries {
+                reader.check_machine_name(&name)?;
+                let span = machine.span();
+                machines.push(reader.machine(name.into_inner(), &defaults, machine.into_inner(), span)?);
+            }
+        }
+        _ => machines.push(reader.machine(DEFAULT_MACHINE.into(), &RawMachine::default(), defaults_as_machine(&defaults), 0..0)?),
+    }
+    reader.check_host_ports(&machines, text)?;
+    Ok(Envfile { path: path.to_path_buf(), project_dir, machines })
+}
+
+/// With no `[machine.*]`, `[defaults]` describes the one machine.
+fn defaults_as_machine(defaults: &RawMachine) -> RawMachine {
+    RawMachine {
+        box_ref: defaults.box_ref.clone(),
+        provider: defaults.provider.clone(),
+        cpus: defaults.cpus.clone(),
+        memory: defaults.memory.clone(),
+        disk: defaults.disk.clone(),
+        accel: defaults.accel.clone(),
+        env: defaults.env.clone(),
+        forward: defaults.forward.clone(),
+        sync: defaults.sync.clone(),
+        provision: defaults.provision.clone(),
+    }
 }
 
 /// 1-based line and column of a byte offset.
@@ -20,4 +113,343 @@ pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     (line, column)
+}
+
+struct Reader<'a> {
+    path: &'a Path,
+    text: &'a str,
+    project_dir: &'a Path,
+    default_provider: ProviderKind,
+}
+
+impl Reader<'_> {
+    fn error(&self, span: Range<usize>, message: impl Into<String>) -> Error {
+        let (line, column) = line_col(self.text, span.start);
+        Error::At { path: self.path.to_path_buf(), line, column, message: message.into() }
+    }
+
+    fn check_machine_name(&self, name: &Spanned<String>) -> Result<(), Error> {
+        let n = name.get_ref();
+        let ok = !n.is_empty()
+            && n.len() <= 32
+            && n.starts_with(|c: char| c.is_ascii_lowercase())
+            && n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if ok {
+            Ok(())
+        } else {
+            Err(self.error(
+                name.span(),
+                format!("machine name {n:?} is not valid: use 1-32 lowercase letters, digits and '-', starting with a letter (it becomes a hostname)"),
+            ))
+        }
+    }
+
+    fn machine(&self, name: String, defaults: &RawMachine, m: RawMachine, span: Range<usize>) -> Result<MachineSpec, Error> {
+        let box_value = m.box_ref.as_ref().or(defaults.box_ref.as_ref()).ok_or_else(|| {
+            self.error(span.clone(), format!("machine {name} has no box: set `box` in [machine.{name}] or [defaults]"))
+        })?;
+        let box_ref = self.box_ref(box_value)?;
+        let provider = match m.provider.as_ref().or(defaults.provider.as_ref()) {
+            Some(p) => match p.get_ref().as_str() {
+                "container" => ProviderKind::Container,
+                "qemu" => ProviderKind::Qemu,
+                other => return Err(self.error(p.span(), format!("provider {other:?} is not known: use \"container\" or \"qemu\""))),
+            },
+            None => self.default_provider,
+        };
+        let cpus = match m.cpus.as_ref().or(defaults.cpus.as_ref()) {
+            Some(c) if (1..=1024).contains(c.get_ref()) => *c.get_ref() as u32,
+            Some(c) => return Err(self.error(c.span(), format!("cpus = {} is out of range: give 1 to 1024", c.get_ref()))),
+            None => 2,
+        };
+        let memory = match m.memory.as_ref().or(defaults.memory.as_ref()) {
+            Some(s) => self.size(s, "memory", 16 << 20)?,
+            None => 1 << 30,
+        };
+        let disk = m.disk.as_ref().or(defaults.disk.as_ref()).map(|s| self.size(s, "disk", 64 << 20)).transpose()?;
+        let accel = match m.accel.as_ref().or(defaults.accel.as_ref()) {
+            Some(a) => Some(match a.get_ref().as_str() {
+                "auto" => Accel::Auto,
+                "kvm" => Accel::Kvm,
+                "tcg" => Accel::Tcg,
+                other => return Err(self.error(a.span(), format!("accel {other:?} is not known: use \"auto\", \"kvm\" or \"tcg\""))),
+            }),
+            None => None,
+        };
+        let mut env = BTreeMap::new();
+        for (key, value) in defaults.env.iter().flatten().chain(m.env.iter().flatten()) {
+            if key.is_empty() || key.contains('=') || key.contains('\0') {
+                return Err(self.error(value.span(), format!("env key {key:?} is not a valid variable name")));
+            }
+            env.insert(key.clone(), value.get_ref().clone());
+        }
+        let forwards = m.forward.as_ref().or(defaults.forward.as_ref())
+            .map(|list| list.iter().map(|f| self.forward(f)).collect::<Result<Vec<_>, _>>())
+            .transpose()?
+            .unwrap_or_default();
+        let sync = m.sync.as_ref().or(defaults.sync.as_ref())
+            .map(|list| list.iter().map(|s| self.sync(s)).collect::<Result<Vec<_>, _>>())
+            .transpose()?
+            .unwrap_or_default();
+        let provision = m.provision.as_ref().or(defaults.provision.as_ref())
+            .map(|list| list.iter().map(|p| self.provision(p)).collect::<Result<Vec<_>, _>>())
+            .transpose()?
+            .unwrap_or_default();
+        Ok(MachineSpec { name, box_ref, provider, cpus, memory, disk, accel, env, forwards, sync, provision })
+    }
+
+    fn box_ref(&self, value: &Spanned<toml::Value>) -> Result<BoxRef, Error> {
+        let span = value.span();
+        match value.get_ref() {
+            toml::Value::String(s) if s.starts_with("http://") || s.starts_with("https://") => {
+                let (url, sha256) = match s.split_once("#sha256=") {
+                    Some((u, d)) => (u.to_string(), Some(self.digest(d, span.clone())?)),
+                    None => (s.clone(), None),
+                };
+                Ok(BoxRef::Url { url, sha256 })
+            }
+            toml::Value::String(s) if s.contains('/') || s.ends_with(".box") => {
+                Ok(BoxRef::Path { path: self.project_dir.join(s), sha256: None })
+            }
+            toml::Value::String(s) => {
+                let (name, version) = match s.split_once('@') {
+                    Some((n, v)) => (n.to_string(), Some(v.to_string())),
+                    None => (s.clone(), None),
+                };
+                if name.is_empty() || version.as_deref() == Some("") {
+                    return Err(self.error(span, format!("box {s:?} is not a catalog name: write NAME or NAME@VERSION")));
+                }
+                Ok(BoxRef::Catalog { name, version })
+            }
+            toml::Value::Table(t) => {
+                for key in t.keys() {
+                    if !matches!(key.as_str(), "url" | "path" | "sha256") {
+                        return Err(self.error(span, format!("unknown key `{key}` in box table: it takes url or path, and sha256")));
+                    }
+                }
+                let text = |k: &str| -> Result<Option<String>, Error> {
+                    match t.get(k) {
+                        None => Ok(None),
+                        Some(toml::Value::String(s)) => Ok(Some(s.clone())),
+                        Some(_) => Err(self.error(span.clone(), format!("box.{k} must be a string"))),
+                    }
+                };
+                let sha256 = text("sha256")?.map(|d| self.digest(d.trim_start_matches("sha256:"), span.clone())).transpose()?;
+                match (text("url")?, text("path")?) {
+                    (Some(url), None) => Ok(BoxRef::Url { url, sha256 }),
+                    (None, Some(path)) => Ok(BoxRef::Path { path: self.project_dir.join(path), sha256 }),
+                    _ => Err(self.error(span, "a box table needs exactly one of url or path, e.g. { url = \"https://…/x.box\", sha256 = \"…\" }")),
+                }
+            }
+            _ => Err(self.error(span, "box must be a catalog name, a URL, or a table { url|path, sha256 }")),
+        }
+    }
+
+    fn digest(&self, hex_digest: &str, span: Range<usize>) -> Result<String, Error> {
+        let d = hex_digest.trim().to_ascii_lowercase();
+        if d.len() == 64 && d.chars().all(|c| c.is_ascii_hexdigit()) {
+            Ok(d)
+        } else {
+            Err(self.error(span, format!("{hex_digest:?} is not a sha256 digest (64 hex digits)")))
+        }
+    }
+
+    fn size(&self, value: &Spanned<String>, key: &str, minimum: u64) -> Result<u64, Error> {
+        let bytes = parse_size(value.get_ref()).ok_or_else(|| {
+            self.error(value.span(), format!("{key} = {:?} is not a size: write a number and a unit, e.g. \"512MiB\" or \"2GiB\"", value.get_ref()))
+        })?;
+        if bytes < minimum {
+            return Err(self.error(value.span(), format!("{key} = {:?} is too small: at least {} MiB", value.get_ref(), minimum >> 20)));
+        }
+        Ok(bytes)
+    }
+
+    fn forward(&self, value: &Spanned<toml::Value>) -> Result<Forward, Error> {
+        let span = value.span();
+        let bad = |msg: String| self.error(span.clone(), msg);
+        let port = |s: &str| -> Result<u16, Error> {
+            match s.trim().parse::<u32>() {
+                Ok(p) if (1..=65535).contains(&p) => Ok(p as u16),
+                _ => Err(bad(format!("{s:?} is not a port: give 1-65535"))),
+            }
+        };
+        let protocol = |s: &str| -> Result<Protocol, Error> {
+            match s {
+                "tcp" => Ok(Protocol::Tcp),
+                "udp" => Ok(Protocol::Udp),
+                _ => Err(bad(format!("protocol {s:?} is not known: use tcp or udp"))),
+            }
+        };
+        let loopback = IpAddr::from([127, 0, 0, 1]);
+        match value.get_ref() {
+            toml::Value::String(s) => {
+                let (spec, proto) = match s.rsplit_once('/') {
+                    Some((spec, p)) => (spec, protocol(p)?),
+                    None => (s.as_str(), Protocol::Tcp),
+                };
+                let parts: Vec<&str> = spec.rsplitn(3, ':').collect();
+                let (host_ip, host_port, guest_port) = match parts.as_slice() {
+                    [guest, host] => (loopback, port(host)?, port(guest)?),
+                    [guest, host, ip] => (
+                        ip.trim_matches(|c| c == '[' || c == ']').parse().map_err(|_| bad(format!("{ip:?} is not an IP address to listen on")))?,
+                        port(host)?,
+                        port(guest)?,
+                    ),
+                    _ => return Err(bad(format!("forward {s:?} is not HOST:GUEST, e.g. \"8080:80\" or \"8080:80/udp\""))),
+                };
+                Ok(Forward { host_ip, host_port, guest_port, protocol: proto, auto: false })
+            }
+            toml::Value::Table(t) => {
+                for key in t.keys() {
+                    if !matches!(key.as_str(), "host" | "guest" | "protocol" | "auto" | "host_ip") {
+                        return Err(bad(format!("unknown key `{key}` in forward: it takes host, guest, protocol, auto, host_ip")));
+                    }
+                }
+                let num = |k: &str| match t.get(k) {
+                    Some(toml::Value::Integer(n)) => port(&n.to_string()),
+                    Some(toml::Value::String(s)) => port(s),
+                    Some(_) => Err(bad(format!("forward.{k} must be a port number"))),
+                    None => Err(bad(format!("forward needs `{k}`"))),
+                };
+                let proto = match t.get("protocol") {
+                    Some(toml::Value::String(p)) => protocol(p)?,
+                    Some(_) => return Err(bad("forward.protocol must be \"tcp\" or \"udp\"".into())),
+                    None => Protocol::Tcp,
+                };
+                let auto = match t.get("auto") {
+                    Some(toml::Value::Boolean(b)) => *b,
+                    Some(_) => return Err(bad("forward.auto must be true or false".into())),
+                    None => false,
+                };
+                let host_ip = match t.get("host_ip") {
+                    Some(toml::Value::String(ip)) => ip.parse().map_err(|_| bad(format!("{ip:?} is not an IP address to listen on")))?,
+                    Some(_) => return Err(bad("forward.host_ip must be a string".into())),
+                    None => loopback,
+                };
+                Ok(Forward { host_ip, host_port: num("host")?, guest_port: num("guest")?, protocol: proto, auto })
+            }
+            _ => Err(bad("a forward is \"HOST:GUEST\" or a table { host, guest, protocol, auto }".into())),
+        }
+    }
+
+    fn sync(&self, value: &Spanned<toml::Value>) -> Result<SyncFolder, Error> {
+        let span = value.span();
+        let bad = |msg: String| self.error(span.clone(), msg);
+        let (host, guest, readonly, allow_outside) = match value.get_ref() {
+            toml::Value::String(s) => {
+                let mut parts = s.split(':');
+                match (parts.next(), parts.next(), parts.next(), parts.next()) {
+                    (Some(h), Some(g), None, None) => (h.to_string(), g.to_string(), false, false),
+                    (Some(h), Some(g), Some("ro"), None) => (h.to_string(), g.to_string(), true, false),
+                    (Some(h), Some(g), Some("rw"), None) => (h.to_string(), g.to_string(), false, false),
+                    _ => return Err(bad(format!("sync {s:?} is not HOSTPATH:GUESTPATH[:ro], e.g. \".:/project\""))),
+                }
+            }
+            toml::Value::Table(t) => {
+                for key in t.keys() {
+                    if !matches!(key.as_str(), "host" | "guest" | "readonly" | "allow_outside") {
+                        return Err(bad(format!("unknown key `{key}` in sync: it takes host, guest, readonly, allow_outside")));
+                    }
+                }
+                let text = |k: &str| match t.get(k) {
+                    Some(toml::Value::String(s)) => Ok(s.clone()),
+                    _ => Err(bad(format!("sync needs `{k}` as a string"))),
+                };
+                let flag = |k: &str| match t.get(k) {
+                    Some(toml::Value::Boolean(b)) => Ok(*b),
+                    None => Ok(false),
+                    Some(_) => Err(bad(format!("sync.{k} must be true or false"))),
+                };
+                (text("host")?, text("guest")?, flag("readonly")?, flag("allow_outside")?)
+            }
+            _ => return Err(bad("a sync folder is \"HOSTPATH:GUESTPATH\" or a table { host, guest }".into())),
+        };
+        if !guest.starts_with('/') || guest.split('/').any(|c| c == "..") {
+            return Err(bad(format!("guest path {guest:?} must be absolute and without `..`")));
+        }
+        let host_path = normalize(&self.project_dir.join(&host));
+        if !allow_outside && !host_path.starts_with(self.project_dir) {
+            return Err(bad(format!(
+                "sync folder {host:?} is outside the project {}; use the table form with allow_outside = true if you mean it",
+                self.project_dir.display()
+            )));
+        }
+        Ok(SyncFolder { host: host_path, guest, readonly })
+    }
+
+    fn provision(&self, value: &Spanned<toml::Value>) -> Result<ProvisionStep, Error> {
+        let span = value.span();
+        match value.get_ref() {
+            toml::Value::String(cmd) if !cmd.trim().is_empty() => Ok(ProvisionStep::Shell(cmd.clone())),
+            toml::Value::Table(t) if t.len() == 1 => match t.iter().next() {
+                Some((k, toml::Value::String(s))) if k == "shell" => Ok(ProvisionStep::Shell(s.clone())),
+                Some((k, toml::Value::String(s))) if k == "script" => {
+                    let path = normalize(&self.project_dir.join(s));
+                    if !path.is_file() {
+                        return Err(self.error(span, format!("provision script {} does not exist", path.display())));
+                    }
+                    Ok(ProvisionStep::Script(path))
+                }
+                _ => Err(self.error(span, "a provision table is { shell = \"...\" } or { script = \"path\" }")),
+            },
+            _ => Err(self.error(span, "a provision step is a shell command string, { shell = \"...\" } or { script = \"path\" }")),
+        }
+    }
+
+    /// Two forwards may not claim the same host address, port and protocol.
+    fn check_host_ports(&self, machines: &[MachineSpec], text: &str) -> Result<(), Error> {
+        let mut seen: HashMap<(IpAddr, u16, Protocol), &str> = HashMap::new();
+        for m in machines {
+            for f in &m.forwards {
+                if let Some(other) = seen.insert((f.host_ip, f.host_port, f.protocol), &m.name) {
+                    let needle = format!("{}:", f.host_port);
+                    let offset = text.find(&format!("[machine.{}]", m.name))
+                        .and_then(|start| text[start..].find(&needle).map(|i| start + i))
+                        .unwrap_or(0);
+                    return Err(self.error(offset..offset, format!(
+                        "host port {} is forwarded twice (machines {other} and {}): give each forward its own host port",
+                        f.host_port, m.name
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parses "512MiB", "2GiB", "1G" (binary units), "500MB" (decimal) into bytes.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.')?;
+    let (number, unit) = s.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let factor: u64 = match unit.trim() {
+        "B" => 1,
+        "K" | "KiB" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        "T" | "TiB" => 1 << 40,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        _ => return None,
+    };
+    let bytes = number * factor as f64;
+    (bytes.is_finite() && bytes >= 1.0).then_some(bytes as u64)
+}
+
+/// Removes `.` and resolves `..` lexically (the path may not exist yet).
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
 }

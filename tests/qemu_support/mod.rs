@@ -104,6 +104,7 @@ pub fn stored_box(dir: &Path, cmdline: &str) -> StoredBox {
                 cmdline: Some(cmdline.into()),
             }),
             files: BTreeMap::new(),
+            envfile: None,
         },
     }
 }

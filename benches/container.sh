@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Times envy's container provider beside raw runc on the same rootfs, in one run:
+#   1. `envy up` of an already-fetched box to ready  vs  overlay mount + netns + `runc run -d`
+#   2. `envy exec -- true`                           vs  `runc exec <id> true`
+#   3. disk used by 20 machines made from one box (their upper layers) vs the box itself
+# Needs root, runc, slirp4netns, iproute2, busybox-static and hyperfine.
+# Usage: benches/container.sh [path/to/envy]   (default: target/release/envy, built if missing)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+for tool in runc slirp4netns ip busybox hyperfine; do
+  command -v "$tool" >/dev/null || { echo "error: $tool is missing (apt-get install ${tool/ip/iproute2})" >&2; exit 1; }
+done
+[ "$(id -u)" -eq 0 ] || { echo "error: run as root (containers, mounts, namespaces)" >&2; exit 1; }
+
+ENVY=${1:-target/release/envy}
+if [ ! -x "$ENVY" ]; then cargo build --release --bin envy; fi
+ENVY=$(realpath "$ENVY")
+
+work=$(mktemp -d /tmp/envy-bench.XXXXXX)
+export ENVY_HOME=$work/home CI=1
+raw=$work/raw
+cleanup() {
+  set +e
+  (cd "$work/project" 2>/dev/null && "$ENVY" destroy --force >/dev/null 2>&1)
+  (cd "$work/many" 2>/dev/null && "$ENVY" destroy --force >/dev/null 2>&1)
+  raw_down
+  rm -rf "$work"
+}
+# The raw side does by hand what envy does: overlay, project netns + bridge +
+# slirp4netns, machine netns + veth + address, runc run -d.
+raw_down() {
+  runc --root "$raw/runc" delete --force rawbench >/dev/null 2>&1
+  [ -s "$raw/slirp.pid" ] && kill "$(cat "$raw/slirp.pid")" 2>/dev/null && rm -f "$raw/slirp.pid"
+  mountpoint -q "$raw/rootfs" && umount "$raw/rootfs"
+  rm -rf "$raw/upper" "$raw/work"
+  ip netns delete envyrawbench 2>/dev/null
+  ip netns delete envyrawproj 2>/dev/null
+  true
+}
+raw_up() {
+  mkdir -p "$raw/upper" "$raw/work" "$raw/rootfs"
+  mount -t overlay overlay -o "lowerdir=$lower,upperdir=$raw/upper,workdir=$raw/work" "$raw/rootfs"
+  ip netns add envyrawproj
+  printf 'link set lo up\nlink add br0 type bridge\nlink set br0 up\n' | ip -n envyrawproj -batch -
+  slirp4netns --disable-host-loopback --netns-type=path /run/netns/envyrawproj tap0 >/dev/null 2>&1 &
+  echo $! >"$raw/slirp.pid"
+  until ip -n envyrawproj link show tap0 >/dev/null 2>&1; do sleep 0.001; done
+  ip netns add envyrawbench
+  printf 'link set tap0 master br0 up\nlink add verawbench type veth peer name eth0 netns /run/netns/envyrawbench\nlink set verawbench master br0 up\n' | ip -n envyrawproj -batch -
+  printf 'link set lo up\naddress add 10.0.2.20/24 dev eth0\nlink set eth0 up\nroute add default via 10.0.2.2\n' | ip -n envyrawbench -batch -
+  runc --root "$raw/runc" run --detach --bundle "$raw" rawbench </dev/null >/dev/null 2>&1
+}
+trap cleanup EXIT
+
+# A busybox root filesystem, built into a box and fetched once (not timed).
+rootfs=$work/rootfs
+mkdir -p "$rootfs"/{bin,etc,root,tmp,proc,sys,dev}
+cp "$(command -v busybox)" "$rootfs/bin/busybox"
+for applet in $(busybox --list); do [ "$applet" = busybox ] || ln -s busybox "$rootfs/bin/$applet"; done
+echo 'root:x:0:0:root:/root:/bin/sh' >"$rootfs/etc/passwd"
+mkdir -p "$work/project"
+"$ENVY" -q box build --rootfs "$rootfs" --name bench --output "$work/project/bench.box"
+cat >"$work/project/Envfile" <<'TOML'
+[machine.m]
+box = { path = "bench.box" }
+provider = "container"
+sync = [".:/project"]
+TOML
+cd "$work/project"
+"$ENVY" -q up --no-provision   # fetches (unpacks) the box: not part of the timing
+id=$(runc --root "$ENVY_HOME/run/runc" list -q | head -1)
+machine_dir=$work/project/.envy/machines/m
+lower=$(cat "$machine_dir/lower")
+
+# The raw bundle: envy's own config.json, pointed at the raw dir, netns and cgroup.
+mkdir -p "$raw"
+cp "$machine_dir/hosts" "$machine_dir/resolv.conf" "$raw/"
+sed -e "s#$machine_dir#$raw#g" -e "s#$id#envyrawbench#g" "$machine_dir/config.json" >"$raw/config.json"
+export -f raw_up raw_down
+export raw lower
+
+echo "== up to ready (box already fetched; both sides start slirp4netns, bridge, veth)"
+hyperfine --shell=bash --warmup 1 --runs 10 --export-json "$work/up.json" \
+  --prepare "\"$ENVY\" -q halt --force >/dev/null 2>&1; raw_down" \
+  -n "envy up" "\"$ENVY\" -q up --no-provision" \
+  -n "raw: overlay + netns/bridge/slirp4netns/veth + runc run -d" "raw_up"
+raw_down
+
+echo "== exec true"
+"$ENVY" -q up --no-provision
+raw_up
+hyperfine --shell=none --warmup 3 --runs 30 --export-json "$work/exec.json" \
+  -n "envy exec -- true" "$ENVY exec m -- true" \
+  -n "runc exec true" "runc --root $raw/runc exec rawbench true"
+raw_down
+
+echo "== disk used by 20 machines of one box"
+mkdir -p "$work/many"
+cp "$work/project/bench.box" "$work/many/"
+{ echo '[defaults]'; echo 'box = { path = "bench.box" }'; echo 'provider = "container"'
+  for i in $(seq 1 20); do echo "[machine.m$i]"; done; } >"$work/many/Envfile"
+cd "$work/many"
+start=$(date +%s.%N)
+"$ENVY" -q up --no-provision
+end=$(date +%s.%N)
+echo "20 machines up in $(echo "$end - $start" | bc 2>/dev/null || python3 -c "print($end - $start)") s"
+box_kib=$(du -sk "$lower" | cut -f1)
+layers_kib=$(du -sck .envy/machines/*/upper .envy/machines/*/work | tail -1 | cut -f1)
+echo "box rootfs: ${box_kib} KiB; 20 machines' own layers: ${layers_kib} KiB (a copy each would be $((box_kib * 20)) KiB)"
+
+python3 - "$work/up.json" "$work/exec.json" <<'PY'
+import json, sys
+for path in sys.argv[1:]:
+    r = json.load(open(path))["results"]
+    envy, raw = r[0]["mean"], r[1]["mean"]
+    print(f"{r[0]['command']}: {envy*1000:.1f} ms, {r[1]['command']}: {raw*1000:.1f} ms, ratio {envy/raw:.2f}x")
+PY

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs the Debian packages envy's quick start and tests run against, only when
+# something is missing (so a second run is instant and needs no network).
+set -euo pipefail
+
+# command -> package that provides it
+declare -A wanted=(
+  [qemu-system-x86_64]=qemu-system-x86
+  [qemu-img]=qemu-utils
+  [runc]=runc
+  [mmdebstrap]=mmdebstrap
+  [busybox]=busybox-static
+  [slirp4netns]=slirp4netns
+  [mkfs.ext4]=e2fsprogs
+  [ip]=iproute2
+  [ssh]=openssh-client
+  [ssh-keygen]=openssh-client
+  [dropbear]=dropbear-bin
+  [curl]=curl
+  [zstd]=zstd
+)
+missing=()
+for cmd in "${!wanted[@]}"; do
+  command -v "$cmd" >/dev/null 2>&1 || missing+=("${wanted[$cmd]}")
+done
+# busybox must be the static build: the test boxes copy it into bare root filesystems.
+if command -v busybox >/dev/null 2>&1 && ldd "$(command -v busybox)" >/dev/null 2>&1; then
+  missing+=(busybox-static)
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+  mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+  echo "==> installing ${missing[*]}"
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "error: installing packages needs root; run as root or install: ${missing[*]}" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+command -v cargo >/dev/null 2>&1 || { echo "error: cargo is not installed; install Rust (rustup) first" >&2; exit 1; }

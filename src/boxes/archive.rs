@@ -1,0 +1,530 @@
+//! Archives in and out: telling a `.box` from a bare qcow2 or rootfs tarball by its
+//! bytes, unpacking them safely (every entry checked before it touches the disk), and
+//! packing boxes and root filesystems.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::File;
+use std::io::{self, BufReader, Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Component, Path, PathBuf};
+
+use tar::EntryType;
+
+use super::digest::{Hasher, HashingWriter};
+use super::manifest::{self, Manifest};
+use super::Error;
+use crate::ui::Progress;
+
+/// Largest payload file a box archive may hold (a big VM disk fits, a lying header not).
+pub const MAX_PAYLOAD_BYTES: u64 = 256 << 30;
+/// Largest single file in a root filesystem tarball.
+pub const MAX_ROOTFS_ENTRY_BYTES: u64 = 64 << 30;
+/// Largest `box.toml`.
+const MAX_MANIFEST_BYTES: u64 = 1 << 20;
+
+const QCOW2_MAGIC: &[u8] = b"QFI\xfb";
+
+/// How a tar stream is compressed, told by its first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+    Xz,
+}
+
+impl Compression {
+    fn detect(magic: &[u8]) -> Compression {
+        if magic.starts_with(&[0x1f, 0x8b]) {
+            Compression::Gzip
+        } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            Compression::Zstd
+        } else if magic.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+            Compression::Xz
+        } else {
+            Compression::None
+        }
+    }
+
+    /// File name extension for a tarball stored with this compression.
+    pub fn tar_extension(self) -> &'static str {
+        match self {
+            Compression::None => "tar",
+            Compression::Gzip => "tar.gz",
+            Compression::Zstd => "tar.zst",
+            Compression::Xz => "tar.xz",
+        }
+    }
+
+    /// A decompressing reader over `inner`.
+    pub fn reader<'a>(self, inner: impl Read + 'a) -> io::Result<Box<dyn Read + 'a>> {
+        let inner = BufReader::with_capacity(1 << 20, inner);
+        Ok(match self {
+            Compression::None => Box::new(inner),
+            Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(inner)),
+            Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(inner)?),
+            Compression::Xz => Box::new(xz2::read::XzDecoder::new_multi_decoder(inner)),
+        })
+    }
+}
+
+/// What a box file turned out to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Artifact {
+    /// A `.box`: tar whose first entry is `box.toml`.
+    BoxArchive(Compression),
+    /// A tar without `box.toml`: a root filesystem for containers.
+    RootfsTarball(Compression),
+    /// A bare qcow2 disk image.
+    Qcow2,
+}
+
+/// Looks at a file's bytes (never its name) to tell what it is.
+pub fn sniff(path: &Path, label: &str) -> Result<Artifact, Error> {
+    let mut magic = [0u8; 8];
+    let mut file = File::open(path).map_err(Error::io("cannot read", path))?;
+    let n = read_up_to(&mut file, &mut magic).map_err(Error::io("cannot read", path))?;
+    if magic[..n].starts_with(QCOW2_MAGIC) {
+        return Ok(Artifact::Qcow2);
+    }
+    let compression = Compression::detect(&magic[..n]);
+    let not_a_box = |reason: String| Error::NotABox { archive: label.to_string(), reason };
+    let file = File::open(path).map_err(Error::io("cannot read", path))?;
+    let mut reader = compression.reader(file).map_err(Error::io("cannot read", path))?;
+    let mut header = [0u8; 512];
+    let got =
+        read_up_to(&mut reader, &mut header).map_err(|e| not_a_box(format!("cannot decompress it ({e})")))?;
+    if got < 512 || &header[257..262] != b"ustar" {
+        return Err(not_a_box(
+            "it is neither a qcow2 image nor a tar archive (plain, gzip, zstd or xz)".into(),
+        ));
+    }
+    let name_len = header[..100].iter().position(|&b| b == 0).unwrap_or(100);
+    let first = String::from_utf8_lossy(&header[..name_len]);
+    if first.trim_start_matches("./") == manifest::FILE_NAME {
+        Ok(Artifact::BoxArchive(compression))
+    } else {
+        Ok(Artifact::RootfsTarball(compression))
+    }
+}
+
+fn read_up_to(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// A tar reader over a (possibly compressed) file, reporting the file bytes read.
+fn open_tar<'a>(
+    path: &Path,
+    compression: Compression,
+    progress: &'a mut Progress,
+) -> Result<tar::Archive<Box<dyn Read + 'a>>, Error> {
+    let file = File::open(path).map_err(Error::io("cannot read", path))?;
+    let counted = ProgressReader { inner: file, progress };
+    let reader = compression.reader(counted).map_err(Error::io("cannot read", path))?;
+    Ok(tar::Archive::new(reader))
+}
+
+struct ProgressReader<'a, R> {
+    inner: R,
+    progress: &'a mut Progress,
+}
+
+impl<R: Read> Read for ProgressReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.progress.add(n as u64);
+        Ok(n)
+    }
+}
+
+/// Unpacks a `.box` into `dest` (an empty directory): `box.toml`, then exactly the
+/// payload files it lists, each hashed while written and checked against the manifest.
+/// Only plain regular files are accepted. On error `dest` may hold partial files; the
+/// caller removes it.
+pub fn unpack_box(
+    path: &Path,
+    compression: Compression,
+    dest: &Path,
+    label: &str,
+    progress: &mut Progress,
+) -> Result<Manifest, Error> {
+    let hostile = |entry: &str, reason: &str| Error::HostileEntry {
+        archive: label.to_string(),
+        entry: entry.to_string(),
+        reason: reason.to_string(),
+    };
+    let read_err = |e: io::Error| Error::NotABox {
+        archive: label.to_string(),
+        reason: format!("the tar stream is damaged ({e})"),
+    };
+    let mut archive = open_tar(path, compression, progress)?;
+    let mut manifest: Option<Manifest> = None;
+    let mut seen = HashSet::new();
+    for entry in archive.entries().map_err(read_err)? {
+        let mut entry = entry.map_err(read_err)?;
+        let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let header = entry.header();
+        let kind = header.entry_type();
+        if matches!(kind, EntryType::XGlobalHeader) {
+            continue;
+        }
+        let name = raw.strip_prefix("./").unwrap_or(&raw);
+        if name.starts_with('/') {
+            return Err(hostile(&raw, "has an absolute path"));
+        }
+        if name.split('/').any(|c| c == "..") {
+            return Err(hostile(&raw, "has a `..` component"));
+        }
+        if !kind.is_file() {
+            return Err(hostile(&raw, &format!("is a {}; a box holds only regular files", describe(kind))));
+        }
+        let mode = header.mode().map_err(read_err)?;
+        if mode & 0o7000 != 0 {
+            return Err(hostile(
+                &raw,
+                &format!("has setuid/setgid/sticky bits (mode {mode:o}); box payload files must not"),
+            ));
+        }
+        let size = entry.size();
+        let Some(manifest_ref) = &manifest else {
+            if name != manifest::FILE_NAME {
+                return Err(Error::NotABox {
+                    archive: label.into(),
+                    reason: format!("its first entry is `{raw}`, not box.toml"),
+                });
+            }
+            if size > MAX_MANIFEST_BYTES {
+                return Err(hostile(
+                    &raw,
+                    &format!("claims {size} bytes; box.toml may be at most {MAX_MANIFEST_BYTES}"),
+                ));
+            }
+            let mut text = String::new();
+            entry.read_to_string(&mut text).map_err(read_err)?;
+            let parsed = Manifest::parse(&text, label)?;
+            crate::state::write_atomic(&dest.join(manifest::FILE_NAME), text.as_bytes())
+                .map_err(|e| Error::io("cannot write in", dest)(io::Error::other(e)))?;
+            manifest = Some(parsed);
+            continue;
+        };
+        if size > MAX_PAYLOAD_BYTES {
+            return Err(hostile(
+                &raw,
+                &format!(
+                    "claims {size} bytes, more than the {MAX_PAYLOAD_BYTES}-byte bound for a payload file"
+                ),
+            ));
+        }
+        let Some(expected) = manifest_ref.files.get(name) else {
+            return Err(hostile(&raw, "is not listed in box.toml's `files`"));
+        };
+        if !seen.insert(name.to_string()) {
+            return Err(hostile(&raw, "appears twice"));
+        }
+        let out_path = dest.join(name);
+        let out = File::create(&out_path).map_err(Error::io("cannot write", &out_path))?;
+        let mut writer = HashingWriter::new(io::BufWriter::with_capacity(1 << 20, out), Hasher::new(false));
+        let copied = io::copy(&mut entry, &mut writer).map_err(read_err)?;
+        let (buf, hashes) = writer.finish();
+        // On disk before the record stamps it: a stamp must never vouch for lost bytes.
+        buf.into_inner()
+            .map_err(|e| e.into_error())
+            .and_then(|f| f.sync_all())
+            .map_err(Error::io("cannot write", &out_path))?;
+        if copied != size {
+            return Err(Error::NotABox {
+                archive: label.into(),
+                reason: format!("entry `{raw}` ends after {copied} of {size} bytes"),
+            });
+        }
+        if &hashes.sha256 != expected {
+            return Err(Error::WrongDigest {
+                what: format!("{name} in {label}"),
+                algorithm: "sha256",
+                expected: expected.clone(),
+                got: hashes.sha256,
+            });
+        }
+    }
+    let manifest =
+        manifest.ok_or_else(|| Error::NotABox { archive: label.into(), reason: "it is empty".into() })?;
+    if let Some(missing) = manifest.files.keys().find(|f| !seen.contains(*f)) {
+        return Err(Error::BadManifest {
+            archive: label.into(),
+            reason: format!("`files` lists {missing}, which the archive does not contain"),
+        });
+    }
+    Ok(manifest)
+}
+
+fn describe(kind: EntryType) -> &'static str {
+    match kind {
+        EntryType::Directory => "directory",
+        EntryType::Symlink => "symlink",
+        EntryType::Link => "hardlink",
+        EntryType::Char => "character device",
+        EntryType::Block => "block device",
+        EntryType::Fifo => "fifo",
+        _ => "special entry",
+    }
+}
+
+/// What unpacking a root filesystem skipped.
+#[derive(Debug, Default)]
+pub struct RootfsReport {
+    /// Device nodes and fifos under dev/ (runc makes /dev for the container).
+    pub skipped_devices: u64,
+}
+
+/// Unpacks a root filesystem tarball into `dest`, keeping owners, modes, symlinks and
+/// hardlinks. Refused: absolute paths, `..`, writing through a symlink, hardlinks to
+/// outside the tree, device nodes and fifos outside dev/, entries over the size bound.
+/// On error `dest` may hold partial content; the caller removes it.
+pub fn unpack_rootfs(
+    path: &Path,
+    compression: Compression,
+    dest: &Path,
+    label: &str,
+    progress: &mut Progress,
+) -> Result<RootfsReport, Error> {
+    let archive = open_tar(path, compression, progress)?;
+    unpack_rootfs_stream(archive, dest, label)
+}
+
+fn unpack_rootfs_stream<R: Read>(
+    mut archive: tar::Archive<R>,
+    dest: &Path,
+    label: &str,
+) -> Result<RootfsReport, Error> {
+    let hostile = |entry: &str, reason: String| Error::HostileEntry {
+        archive: label.to_string(),
+        entry: entry.to_string(),
+        reason,
+    };
+    let read_err = |e: io::Error| Error::NotABox {
+        archive: label.to_string(),
+        reason: format!("the tar stream is damaged ({e})"),
+    };
+    archive.set_preserve_permissions(true);
+    archive.set_preserve_ownerships(true);
+    archive.set_preserve_mtime(true);
+    archive.set_unpack_xattrs(false);
+    archive.set_overwrite(true);
+    let mut report = RootfsReport::default();
+    // Directories known to be real directories (not symlinks) inside `dest`.
+    let mut real_dirs: HashSet<PathBuf> = HashSet::new();
+    for entry in archive.entries().map_err(read_err)? {
+        let mut entry = entry.map_err(read_err)?;
+        let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let kind = entry.header().entry_type();
+        if matches!(
+            kind,
+            EntryType::XGlobalHeader | EntryType::XHeader | EntryType::GNULongName | EntryType::GNULongLink
+        ) {
+            continue;
+        }
+        let rel = relative_path(&raw).map_err(|reason| hostile(&raw, reason.into()))?;
+        if rel.as_os_str().is_empty() {
+            continue; // the tree's root itself (`./`)
+        }
+        if entry.size() > MAX_ROOTFS_ENTRY_BYTES {
+            return Err(hostile(
+                &raw,
+                format!(
+                    "claims {} bytes, more than the {MAX_ROOTFS_ENTRY_BYTES}-byte bound for one file",
+                    entry.size()
+                ),
+            ));
+        }
+        match kind {
+            EntryType::Char | EntryType::Block | EntryType::Fifo => {
+                if rel.starts_with("dev") {
+                    report.skipped_devices += 1;
+                    continue;
+                }
+                return Err(hostile(&raw, format!("is a {} outside dev/", describe(kind))));
+            }
+            EntryType::Link => {
+                let target = entry
+                    .link_name_bytes()
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .unwrap_or_default();
+                let target_rel = relative_path(&target).map_err(|reason| {
+                    hostile(&raw, format!("is a hardlink to `{target}`, which {reason}"))
+                })?;
+                check_no_symlink_parents(dest, &target_rel, &mut real_dirs).map_err(|via| {
+                    hostile(&raw, format!("is a hardlink to `{target}` through symlink `{via}`"))
+                })?;
+                if std::fs::symlink_metadata(dest.join(&target_rel)).is_err() {
+                    return Err(hostile(
+                        &raw,
+                        format!("is a hardlink to `{target}`, which is not in the archive before it"),
+                    ));
+                }
+            }
+            EntryType::Regular
+            | EntryType::Continuous
+            | EntryType::Directory
+            | EntryType::Symlink
+            | EntryType::GNUSparse => {}
+            other => return Err(hostile(&raw, format!("has an unsupported type ({other:?})"))),
+        }
+        check_no_symlink_parents(dest, &rel, &mut real_dirs).map_err(|via| {
+            hostile(
+                &raw,
+                format!("would be written through symlink `{via}`, which may point outside the tree"),
+            )
+        })?;
+        // Files and links replace an existing symlink; a directory entry would instead
+        // chmod/chown whatever the symlink points to.
+        if kind == EntryType::Directory
+            && std::fs::symlink_metadata(dest.join(&rel)).is_ok_and(|m| m.file_type().is_symlink())
+        {
+            return Err(hostile(&raw, "is a directory over an earlier symlink of the same name".into()));
+        }
+        if kind == EntryType::Symlink {
+            // The symlink replaces whatever was at `rel` (a real directory there makes the
+            // unpack fail instead), so only that path leaves the cache.
+            real_dirs.remove(&rel);
+        }
+        entry.unpack_in(dest).map_err(|e| hostile(&raw, format!("cannot be unpacked: {e}")))?;
+    }
+    Ok(report)
+}
+
+/// The entry's path relative to the tree root, or why it is refused.
+fn relative_path(raw: &str) -> Result<PathBuf, &'static str> {
+    if raw.starts_with('/') {
+        return Err("has an absolute path");
+    }
+    let mut rel = PathBuf::new();
+    for part in Path::new(raw).components() {
+        match part {
+            Component::Normal(p) => rel.push(p),
+            Component::CurDir => {}
+            Component::ParentDir => return Err("has a `..` component"),
+            Component::RootDir | Component::Prefix(_) => return Err("has an absolute path"),
+        }
+    }
+    Ok(rel)
+}
+
+/// Fails with the offending prefix when any existing ancestor of `rel` under `root`
+/// is a symlink (the kernel would follow it, maybe out of the tree).
+fn check_no_symlink_parents(root: &Path, rel: &Path, real_dirs: &mut HashSet<PathBuf>) -> Result<(), String> {
+    let mut prefix = PathBuf::new();
+    let parent = rel.parent().unwrap_or(Path::new(""));
+    for part in parent.components() {
+        prefix.push(part);
+        if real_dirs.contains(&prefix) {
+            continue;
+        }
+        match std::fs::symlink_metadata(root.join(&prefix)) {
+            Ok(m) if m.file_type().is_symlink() => return Err(prefix.display().to_string()),
+            Ok(m) if m.is_dir() => {
+                real_dirs.insert(prefix.clone());
+            }
+            _ => return Ok(()), // not there yet: created as a real directory
+        }
+    }
+    Ok(())
+}
+
+/// Writes a zstd-compressed `.box`: `box.toml`, then the payload files in the order of
+/// `files` (name in the box → path on disk). Returns the sha256 of the written box.
+pub fn pack_box(
+    out: &Path,
+    manifest: &Manifest,
+    files: &BTreeMap<String, PathBuf>,
+) -> anyhow::Result<String> {
+    let file = File::create(out).map_err(Error::io("cannot create", out))?;
+    let hashing = HashingWriter::new(io::BufWriter::with_capacity(1 << 20, file), Hasher::new(false));
+    let encoder = zstd::stream::write::Encoder::new(hashing, 3)?;
+    let mut builder = tar::Builder::new(encoder);
+    let text = manifest.to_toml();
+    let mut header = tar::Header::new_ustar();
+    header.set_size(text.len() as u64);
+    header.set_mode(0o644);
+    header.set_mtime(0);
+    header.set_entry_type(EntryType::Regular);
+    builder.append_data(&mut header, manifest::FILE_NAME, text.as_bytes())?;
+    for (name, path) in files {
+        let mut src = File::open(path).map_err(Error::io("cannot read", path))?;
+        let mut header = tar::Header::new_gnu();
+        header.set_size(src.metadata()?.len());
+        header.set_mode(0o644);
+        header.set_mtime(0);
+        header.set_entry_type(EntryType::Regular);
+        builder.append_data(&mut header, name, &mut src)?;
+    }
+    let encoder = builder.into_inner()?;
+    let hashing = encoder.finish()?;
+    let (buf, hashes) = hashing.finish();
+    buf.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    Ok(hashes.sha256)
+}
+
+/// Packs a root filesystem directory as an uncompressed tar (owners, modes, symlinks
+/// kept; device nodes and sockets skipped: runc provides /dev). Returns its sha256.
+pub fn pack_rootfs_dir(dir: &Path, out: &Path) -> anyhow::Result<String> {
+    let file = File::create(out).map_err(Error::io("cannot create", out))?;
+    let hashing = HashingWriter::new(io::BufWriter::with_capacity(1 << 20, file), Hasher::new(false));
+    let mut builder = tar::Builder::new(hashing);
+    builder.follow_symlinks(false);
+    builder.mode(tar::HeaderMode::Complete);
+    let mut hardlinks: BTreeMap<(u64, u64), PathBuf> = BTreeMap::new();
+    append_tree(&mut builder, dir, Path::new(""), &mut hardlinks)?;
+    let hashing = builder.into_inner()?;
+    let (buf, hashes) = hashing.finish();
+    buf.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    Ok(hashes.sha256)
+}
+
+fn append_tree<W: Write>(
+    builder: &mut tar::Builder<W>,
+    root: &Path,
+    rel: &Path,
+    hardlinks: &mut BTreeMap<(u64, u64), PathBuf>,
+) -> anyhow::Result<()> {
+    let dir = root.join(rel);
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .map_err(Error::io("cannot read", &dir))?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<Result<_, _>>()
+        .map_err(Error::io("cannot read", &dir))?;
+    names.sort();
+    for name in names {
+        let entry_rel = rel.join(&name);
+        let path = root.join(&entry_rel);
+        let meta = std::fs::symlink_metadata(&path).map_err(Error::io("cannot read", &path))?;
+        let ft = meta.file_type();
+        if ft.is_file() && meta.nlink() > 1 {
+            // Second and later names of a file become hardlinks, as tar does.
+            if let Some(first) = hardlinks.get(&(meta.dev(), meta.ino())) {
+                let mut header = tar::Header::new_gnu();
+                header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
+                header.set_entry_type(EntryType::Link);
+                header.set_size(0);
+                builder.append_link(&mut header, &entry_rel, first)?;
+                continue;
+            }
+            hardlinks.insert((meta.dev(), meta.ino()), entry_rel.clone());
+        }
+        if ft.is_dir() || ft.is_file() || ft.is_symlink() {
+            builder.append_path_with_name(&path, &entry_rel)?;
+        }
+        if ft.is_dir() {
+            append_tree(builder, root, &entry_rel, hardlinks)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,314 @@
+//! `envy box build`: a box from a root filesystem (a directory or a tarball, e.g. from
+//! mmdebstrap). Container boxes carry the rootfs as a tarball; qemu boxes an ext4 disk
+//! made without loop devices (`mkfs.ext4 -d`, then `qemu-img convert`), plus the
+//! rootfs's own kernel and initrd for direct boot when it has them.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::Context as _;
+
+use super::archive::{self, Artifact};
+use super::digest::sha256_file;
+use super::manifest::{BootMethod, Manifest, QemuPayload, DEFAULT_CMDLINE};
+use super::store::file_size;
+use super::Error;
+use crate::envfile::ProviderKind;
+use crate::ui::Ui;
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct BuildRequest {
+    /// A root filesystem directory, or a tarball of one.
+    pub rootfs: PathBuf,
+    pub name: String,
+    pub version: String,
+    pub kind: ProviderKind,
+    /// VM disk size in bytes (default: the rootfs plus room).
+    pub disk_size: Option<u64>,
+    /// Appended to the default kernel command line (direct boot).
+    pub cmdline: Option<String>,
+    pub output: PathBuf,
+}
+
+/// Builds the box at `req.output` (written whole or not at all) and returns its sha256.
+pub fn build(req: &BuildRequest, ui: &Ui) -> anyhow::Result<String> {
+    let out_dir = req.output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(out_dir).map_err(Error::io("cannot create", out_dir))?;
+    let work = tempfile::Builder::new()
+        .prefix(".envy-build-")
+        .tempdir_in(out_dir)
+        .map_err(Error::io("cannot create a temp dir in", out_dir))?;
+    let (manifest, files) = match req.kind {
+        ProviderKind::Container => container_payload(req, work.path())?,
+        ProviderKind::Qemu => qemu_payload(req, work.path(), ui)?,
+    };
+    manifest.validate(&req.output.display().to_string())?;
+    let partial = work.path().join("out.box");
+    ui.step(format!("packing {}", req.output.display()));
+    let digest = archive::pack_box(&partial, &manifest, &files)?;
+    std::fs::rename(&partial, &req.output).map_err(Error::io("cannot write", &req.output))?;
+    Ok(digest)
+}
+
+fn container_payload(
+    req: &BuildRequest,
+    work: &Path,
+) -> anyhow::Result<(Manifest, BTreeMap<String, PathBuf>)> {
+    let (name, path) = if req.rootfs.is_dir() {
+        let tar = work.join("rootfs.tar");
+        archive::pack_rootfs_dir(&req.rootfs, &tar)?;
+        ("rootfs.tar".to_string(), tar)
+    } else {
+        let label = req.rootfs.display().to_string();
+        match archive::sniff(&req.rootfs, &label)? {
+            Artifact::RootfsTarball(c) => (format!("rootfs.{}", c.tar_extension()), req.rootfs.clone()),
+            _ => {
+                return Err(Error::NotABox {
+                    archive: label,
+                    reason: "--rootfs must be a directory or a root filesystem tarball".into(),
+                }
+                .into())
+            }
+        }
+    };
+    let digest = sha256_file(&path)?;
+    let manifest = Manifest::for_rootfs(&req.name, &req.version, &name, &digest);
+    Ok((manifest, BTreeMap::from([(name, path)])))
+}
+
+fn qemu_payload(
+    req: &BuildRequest,
+    work: &Path,
+    ui: &Ui,
+) -> anyhow::Result<(Manifest, BTreeMap<String, PathBuf>)> {
+    let root = if req.rootfs.is_dir() {
+        req.rootfs.clone()
+    } else {
+        let label = req.rootfs.display().to_string();
+        let compression = match archive::sniff(&req.rootfs, &label)? {
+            Artifact::RootfsTarball(c) => c,
+            _ => {
+                return Err(Error::NotABox {
+                    archive: label,
+                    reason: "--rootfs must be a directory or a root filesystem tarball".into(),
+                }
+                .into())
+            }
+        };
+        let dir = work.join("rootfs");
+        std::fs::create_dir(&dir).map_err(Error::io("cannot create", &dir))?;
+        ui.step(format!("unpacking {label}"));
+        let mut progress = ui.progress(&format!("unpacking {label}"), file_size(&req.rootfs));
+        archive::unpack_rootfs(&req.rootfs, compression, &dir, &label, &mut progress)?;
+        dir
+    };
+    let size = match req.disk_size {
+        Some(s) => s,
+        None => (tree_size(&root)? * 13 / 10 + (64 << 20)).div_ceil(1 << 20) << 20,
+    };
+    let raw = work.join("disk.raw");
+    std::fs::File::create(&raw).and_then(|f| f.set_len(size)).map_err(Error::io("cannot create", &raw))?;
+    ui.step(format!("making a {} MiB ext4 disk from {}", size >> 20, root.display()));
+    let mut mkfs = Command::new("mkfs.ext4");
+    mkfs.args(["-q", "-F", "-L", "envy-root", "-d"]).arg(&root).arg(&raw);
+    run_tool(mkfs, "mkfs.ext4", "e2fsprogs", "making the ext4 disk image")?;
+    let disk = work.join("disk.qcow2");
+    let mut convert = Command::new("qemu-img");
+    convert.args(["convert", "-f", "raw", "-O", "qcow2"]).arg(&raw).arg(&disk);
+    run_tool(convert, "qemu-img", "qemu-utils", "converting the disk to qcow2")?;
+    std::fs::remove_file(&raw).map_err(Error::io("cannot remove", &raw))?;
+
+    let mut files = BTreeMap::from([("disk.qcow2".to_string(), disk)]);
+    let (boot, kernel, initrd, cmdline) = match find_kernel(&root)? {
+        Some((vmlinuz, initrd)) => {
+            files.insert("vmlinuz".into(), vmlinuz);
+            let initrd_name = initrd.map(|p| {
+                files.insert("initrd.img".into(), p);
+                "initrd.img".to_string()
+            });
+            let cmdline = match &req.cmdline {
+                Some(extra) => format!("{DEFAULT_CMDLINE} {extra}"),
+                None => DEFAULT_CMDLINE.to_string(),
+            };
+            (BootMethod::Kernel, Some("vmlinuz".to_string()), initrd_name, Some(cmdline))
+        }
+        None => {
+            ui.warn(format!(
+                "{} has no /boot/vmlinuz*; the box boots through firmware, so its disk needs a bootloader",
+                req.rootfs.display()
+            ));
+            (BootMethod::Firmware, None, None, None)
+        }
+    };
+    let mut digests = BTreeMap::new();
+    for (name, path) in &files {
+        digests.insert(name.clone(), sha256_file(path)?);
+    }
+    let manifest = Manifest {
+        format: super::manifest::FORMAT,
+        name: req.name.clone(),
+        version: req.version.clone(),
+        arch: std::env::consts::ARCH.to_string(),
+        providers: vec![ProviderKind::Qemu],
+        container: None,
+        qemu: Some(QemuPayload { disk: "disk.qcow2".into(), boot, kernel, initrd, cmdline }),
+        files: digests,
+        envfile: None,
+    };
+    Ok((manifest, files))
+}
+
+/// Runs a host tool; a missing one is a provider error naming its apt package.
+fn run_tool(mut cmd: Command, tool: &str, package: &str, doing: &str) -> anyhow::Result<()> {
+    tracing::debug!("running {cmd:?}");
+    let out = match cmd.output() {
+        Ok(o) => o,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(crate::provider::Error::MissingTool {
+                tool: tool.into(),
+                advice: format!("install it with `apt-get install {package}`"),
+            }
+            .into())
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot run {tool}")),
+    };
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = stderr.lines().rev().take(20).collect();
+        return Err(crate::provider::Error::ToolFailed {
+            tool: tool.into(),
+            doing: doing.into(),
+            status: out.status.to_string(),
+            stderr: tail.into_iter().rev().map(|l| format!("  | {l}")).collect::<Vec<_>>().join("\n"),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// The rootfs's kernel and initrd: the newest `boot/vmlinuz-*` (or what `/vmlinuz`
+/// points to) and the initrd of the same version. Links are resolved inside `root`.
+fn find_kernel(root: &Path) -> anyhow::Result<Option<(PathBuf, Option<PathBuf>)>> {
+    let boot = root.join("boot");
+    let mut kernels: Vec<String> = match std::fs::read_dir(&boot) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with("vmlinuz"))
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    kernels.sort();
+    let kernel = match kernels.last() {
+        Some(k) => resolve_in_root(root, &Path::new("/boot").join(k)),
+        None => resolve_in_root(root, Path::new("/vmlinuz")),
+    };
+    let Some(kernel) = kernel else { return Ok(None) };
+    let suffix = kernel
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("vmlinuz"))
+        .unwrap_or("")
+        .to_string();
+    let initrd = resolve_in_root(root, &Path::new("/boot").join(format!("initrd.img{suffix}")))
+        .or_else(|| resolve_in_root(root, Path::new("/initrd.img")));
+    Ok(Some((kernel, initrd)))
+}
+
+/// Follows symlinks as if `root` were `/` (absolute targets stay inside it); returns
+/// the host path of the regular file reached, if any.
+fn resolve_in_root(root: &Path, path: &Path) -> Option<PathBuf> {
+    let mut current = path.to_path_buf();
+    for _ in 0..16 {
+        let host = root.join(current.strip_prefix("/").unwrap_or(&current));
+        let meta = std::fs::symlink_metadata(&host).ok()?;
+        if meta.is_file() {
+            return Some(host);
+        }
+        if !meta.file_type().is_symlink() {
+            return None;
+        }
+        let target = std::fs::read_link(&host).ok()?;
+        current = if target.is_absolute() { target } else { current.parent()?.join(target) };
+        // Lexically drop `..` so a link cannot climb above the root.
+        let mut clean = PathBuf::from("/");
+        for c in current.components() {
+            match c {
+                std::path::Component::Normal(p) => clean.push(p),
+                std::path::Component::ParentDir => {
+                    clean.pop();
+                }
+                _ => {}
+            }
+        }
+        current = clean;
+    }
+    None
+}
+
+/// Bytes the tree would take on a filesystem (file sizes plus a block per entry).
+fn tree_size(dir: &Path) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).map_err(Error::io("cannot read", dir))? {
+        let entry = entry.map_err(Error::io("cannot read", dir))?;
+        let meta = std::fs::symlink_metadata(entry.path()).map_err(Error::io("cannot read", entry.path()))?;
+        total += 4096 + if meta.is_file() { meta.len() } else { 0 };
+        if meta.is_dir() {
+            total += tree_size(&entry.path())?;
+        }
+    }
+    Ok(total)
+}
+
+/// Parses a size like `2GiB`, `512M`, `1G` or plain bytes.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("`{text}` is not a size (try 2GiB or 512MiB)"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kib" | "kb" => 10,
+        "m" | "mib" | "mb" => 20,
+        "g" | "gib" | "gb" => 30,
+        "t" | "tib" | "tb" => 40,
+        _ => return Err(format!("`{text}` has an unknown unit (use KiB, MiB, GiB or TiB)")),
+    };
+    n.checked_shl(shift).filter(|v| v >> shift == n).ok_or_else(|| format!("`{text}` is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("2 parsecs").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn kernel_links_resolve_inside_the_root() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("boot")).unwrap();
+        std::fs::write(root.path().join("boot/vmlinuz-6.1.0-9"), b"k").unwrap();
+        std::fs::write(root.path().join("boot/initrd.img-6.1.0-9"), b"i").unwrap();
+        // An absolute link (as Debian makes it) resolves against the rootfs, not the host.
+        std::os::unix::fs::symlink("/boot/vmlinuz-6.1.0-9", root.path().join("vmlinuz")).unwrap();
+        std::os::unix::fs::symlink("../../../../etc/passwd", root.path().join("escape")).unwrap();
+        assert_eq!(
+            resolve_in_root(root.path(), Path::new("/vmlinuz")),
+            Some(root.path().join("boot/vmlinuz-6.1.0-9"))
+        );
+        assert_eq!(resolve_in_root(root.path(), Path::new("/escape")), None);
+        let (k, i) = find_kernel(root.path()).unwrap().unwrap();
+        assert_eq!(
+            (k, i),
+            (root.path().join("boot/vmlinuz-6.1.0-9"), Some(root.path().join("boot/initrd.img-6.1.0-9")))
+        );
+    }
+}

@@ -1,0 +1,189 @@
+//! Digests: parsing pinned hex digests, and hashing while bytes stream past, so a
+//! download or an extraction is verified in the same pass that writes it.
+
+use std::io::{self, Read, Write};
+use std::path::Path;
+
+use sha2::{Digest as _, Sha256, Sha512};
+
+use super::Error;
+
+/// A digest a source is pinned to. Boxes are named by sha256; upstreams that only
+/// publish sha512 (Debian's SHA512SUMS) are checked by sha512 while the sha256 that
+/// names the box is computed in the same pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pin {
+    Sha256(String),
+    Sha512(String),
+}
+
+impl Pin {
+    pub fn algorithm(&self) -> &'static str {
+        match self {
+            Pin::Sha256(_) => "sha256",
+            Pin::Sha512(_) => "sha512",
+        }
+    }
+    pub fn hex(&self) -> &str {
+        match self {
+            Pin::Sha256(h) | Pin::Sha512(h) => h,
+        }
+    }
+    /// Checks the hashes of what arrived against the pin.
+    pub fn check(&self, what: &str, got: &Hashes) -> Result<(), Error> {
+        let actual = match self {
+            Pin::Sha256(_) => got.sha256.as_str(),
+            Pin::Sha512(_) => got.sha512.as_deref().unwrap_or(""),
+        };
+        if actual == self.hex() {
+            return Ok(());
+        }
+        Err(Error::WrongDigest {
+            what: what.to_string(),
+            algorithm: self.algorithm(),
+            expected: self.hex().to_string(),
+            got: actual.to_string(),
+        })
+    }
+}
+
+impl std::fmt::Display for Pin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.algorithm(), self.hex())
+    }
+}
+
+/// Validates a hex sha256 (any case) and returns it in lower case.
+pub fn parse_sha256(value: &str) -> Result<String, Error> {
+    parse_hex(value, "sha256", 64)
+}
+
+/// Validates a hex sha512 and returns it in lower case.
+pub fn parse_sha512(value: &str) -> Result<String, Error> {
+    parse_hex(value, "sha512", 128)
+}
+
+fn parse_hex(value: &str, algorithm: &'static str, len: usize) -> Result<String, Error> {
+    let v = value.trim();
+    if v.len() == len && v.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(v.to_ascii_lowercase())
+    } else {
+        Err(Error::BadDigest { value: value.to_string(), algorithm, len })
+    }
+}
+
+/// Hex digests of a byte stream.
+#[derive(Debug, Clone)]
+pub struct Hashes {
+    pub sha256: String,
+    pub sha512: Option<String>,
+}
+
+/// Running hashes: always sha256, sha512 only when a pin needs it.
+#[derive(Clone)]
+pub struct Hasher {
+    sha256: Sha256,
+    sha512: Option<Sha512>,
+    bytes: u64,
+}
+
+impl Hasher {
+    pub fn new(with_sha512: bool) -> Hasher {
+        Hasher { sha256: Sha256::new(), sha512: with_sha512.then(Sha512::new), bytes: 0 }
+    }
+    /// Hashes enough for `pin` (sha512 too when the pin is one).
+    pub fn for_pin(pin: Option<&Pin>) -> Hasher {
+        Hasher::new(matches!(pin, Some(Pin::Sha512(_))))
+    }
+    pub fn update(&mut self, data: &[u8]) {
+        self.sha256.update(data);
+        if let Some(h) = &mut self.sha512 {
+            h.update(data);
+        }
+        self.bytes += data.len() as u64;
+    }
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+    pub fn finish(self) -> Hashes {
+        Hashes {
+            sha256: hex::encode(self.sha256.finalize()),
+            sha512: self.sha512.map(|h| hex::encode(h.finalize())),
+        }
+    }
+    /// Feeds everything `reader` yields into the hasher.
+    pub fn consume(&mut self, mut reader: impl Read) -> io::Result<()> {
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            match reader.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => self.update(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Copies `reader` to `writer` and returns the hashes of what was copied: one pass
+/// over the bytes, so what is hashed is exactly what was written.
+pub fn copy_hashing(mut reader: impl Read, mut writer: impl Write, mut hasher: Hasher) -> io::Result<Hashes> {
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                writer.write_all(&buf[..n])?;
+                hasher.update(&buf[..n]);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    writer.flush()?;
+    Ok(hasher.finish())
+}
+
+/// sha256 (hex) of bytes in memory.
+pub fn sha256_bytes(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// sha256 (hex) of a file's content.
+pub fn sha256_file(path: &Path) -> Result<String, Error> {
+    Ok(hash_file(path, false)?.sha256)
+}
+
+/// All hashes of a file's content.
+pub fn hash_file(path: &Path, with_sha512: bool) -> Result<Hashes, Error> {
+    let file = std::fs::File::open(path).map_err(Error::io("cannot read", path))?;
+    let mut hasher = Hasher::new(with_sha512);
+    hasher.consume(file).map_err(Error::io("cannot read", path))?;
+    Ok(hasher.finish())
+}
+
+/// A writer that hashes what passes through it.
+pub struct HashingWriter<W> {
+    inner: W,
+    hasher: Hasher,
+}
+
+impl<W: Write> HashingWriter<W> {
+    pub fn new(inner: W, hasher: Hasher) -> Self {
+        HashingWriter { inner, hasher }
+    }
+    pub fn finish(self) -> (W, Hashes) {
+        (self.inner, self.hasher.finish())
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}

@@ -1,0 +1,266 @@
+//! Downloads: streamed to a `.part` file while hashed (one pass), resumed with HTTP
+//! Range after an interruption, retried with backoff on connection errors and 5xx.
+//! What lands on disk here is unverified until `Pin::check` passes on the hashes.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::Duration;
+
+use reqwest::blocking::Client;
+use reqwest::header::{CONTENT_RANGE, RANGE};
+use reqwest::StatusCode;
+
+use super::digest::{Hasher, Hashes, Pin};
+use super::Error;
+use crate::ui::Ui;
+
+/// Attempts per download before giving up (connection errors, 5xx, cut bodies).
+const ATTEMPTS: u32 = 5;
+/// How long a download may make no progress before the attempt counts as failed.
+const STALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Largest text file (checksum list, catalog) fetched into memory.
+const MAX_TEXT_BYTES: u64 = 8 << 20;
+
+/// An HTTP client configured for box downloads.
+pub struct Downloader {
+    client: Client,
+}
+
+impl Downloader {
+    /// A client using `proxy` when given (config `proxy`), else the usual proxy
+    /// environment variables.
+    pub fn new(proxy: Option<&str>) -> anyhow::Result<Downloader> {
+        let mut builder = Client::builder()
+            .user_agent(concat!("envy/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(30))
+            // In reqwest's blocking client this bounds the wait for headers and for each
+            // body read, not the whole transfer: a stalled server is retried (resuming),
+            // a slow but moving one is not cut off.
+            .timeout(STALL_TIMEOUT);
+        if let Some(p) = proxy {
+            let proxy = reqwest::Proxy::all(p).map_err(|e| {
+                anyhow::anyhow!("config `proxy` = {p:?} is not a proxy URL ({e}); fix it in config.toml")
+            })?;
+            builder = builder.proxy(proxy);
+        }
+        Ok(Downloader { client: builder.build()? })
+    }
+
+    /// Fetches a small text document (a checksum list, a catalog), with retries.
+    pub fn fetch_text(&self, url: &str) -> Result<String, Error> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let failure = match self.client.get(url).send() {
+                Ok(resp) if resp.status().is_success() => {
+                    let mut body = Vec::new();
+                    match resp.take(MAX_TEXT_BYTES).read_to_end(&mut body) {
+                        Ok(_) => return Ok(String::from_utf8_lossy(&body).into_owned()),
+                        Err(e) => {
+                            Error::Network { url: url.into(), attempts: attempt, message: e.to_string() }
+                        }
+                    }
+                }
+                Ok(resp) if resp.status().is_server_error() => {
+                    Error::HttpStatus { url: url.into(), status: resp.status().as_u16(), attempts: attempt }
+                }
+                Ok(resp) => {
+                    return Err(Error::HttpStatus {
+                        url: url.into(),
+                        status: resp.status().as_u16(),
+                        attempts: 1,
+                    })
+                }
+                Err(e) => Error::Network { url: url.into(), attempts: attempt, message: error_chain(&e) },
+            };
+            if attempt >= ATTEMPTS {
+                return Err(failure);
+            }
+            backoff(attempt);
+        }
+    }
+
+    /// Downloads `url` into `part`, resuming from what `part` already holds, and
+    /// returns the hashes of the whole file (sha512 too when `pin` is one). The caller
+    /// checks them against the pin; nothing here trusts the bytes.
+    pub fn fetch(
+        &self,
+        url: &str,
+        part: &Path,
+        pin: Option<&Pin>,
+        ui: &Ui,
+        label: &str,
+    ) -> Result<Hashes, Error> {
+        // Hash state of what `part` holds; rebuilt from disk when a previous process
+        // left a part file (hash state cannot be saved across processes).
+        let mut resumed: Option<Hasher> = None;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut hasher = match resumed.take() {
+                Some(h) => h,
+                None => rehash_part(part, pin)?,
+            };
+            let have = hasher.bytes();
+            let mut request = self.client.get(url);
+            if have > 0 {
+                tracing::debug!("resuming {url} from byte {have}");
+                request = request.header(RANGE, format!("bytes={have}-"));
+            }
+            let failure = match request.send() {
+                Err(e) => Error::Network { url: url.into(), attempts: attempt, message: error_chain(&e) },
+                Ok(resp) => {
+                    let status = resp.status();
+                    if status == StatusCode::RANGE_NOT_SATISFIABLE && have > 0 {
+                        // The part is not a prefix of what the server has now: start over.
+                        remove_part(part)?;
+                        continue;
+                    }
+                    if status.is_server_error() {
+                        Error::HttpStatus { url: url.into(), status: status.as_u16(), attempts: attempt }
+                    } else if !status.is_success() {
+                        return Err(Error::HttpStatus {
+                            url: url.into(),
+                            status: status.as_u16(),
+                            attempts: 1,
+                        });
+                    } else {
+                        let partial = status == StatusCode::PARTIAL_CONTENT;
+                        if partial && range_start(&resp) != Some(have) {
+                            if have == 0 {
+                                return Err(Error::Network {
+                                    url: url.into(),
+                                    attempts: attempt,
+                                    message: "the server sent part of the file (206) to a plain request".into(),
+                                });
+                            }
+                            // Not the range asked for: start over from byte 0.
+                            remove_part(part)?;
+                            continue;
+                        }
+                        let resumes = partial;
+                        if !resumes {
+                            hasher = Hasher::for_pin(pin);
+                        }
+                        let start = hasher.bytes();
+                        let total = resp.content_length().map(|n| n + start);
+                        match receive(resp, part, resumes, &mut hasher, total, ui, label) {
+                            Ok(()) => match total {
+                                Some(t) if hasher.bytes() < t => Error::Truncated {
+                                    url: url.into(),
+                                    got: hasher.bytes(),
+                                    expected: t,
+                                    attempts: attempt,
+                                },
+                                _ => return Ok(hasher.finish()),
+                            },
+                            Err(ReceiveError::Local(e)) => return Err(e),
+                            Err(ReceiveError::Remote(message)) => match total {
+                                Some(t) => Error::Truncated {
+                                    url: url.into(),
+                                    got: hasher.bytes(),
+                                    expected: t,
+                                    attempts: attempt,
+                                },
+                                None => Error::Network { url: url.into(), attempts: attempt, message },
+                            },
+                        }
+                    }
+                }
+            };
+            if attempt >= ATTEMPTS {
+                return Err(failure);
+            }
+            tracing::debug!("attempt {attempt} failed: {failure}; retrying");
+            resumed = Some(hasher);
+            backoff(attempt);
+        }
+    }
+}
+
+enum ReceiveError {
+    /// Writing the part file failed: retrying will not help.
+    Local(Error),
+    /// The connection broke: resume from what arrived.
+    Remote(String),
+}
+
+/// Streams the response body to the part file (appending when resuming).
+fn receive(
+    mut resp: reqwest::blocking::Response,
+    part: &Path,
+    append: bool,
+    hasher: &mut Hasher,
+    total: Option<u64>,
+    ui: &Ui,
+    label: &str,
+) -> Result<(), ReceiveError> {
+    let local = |e: std::io::Error| ReceiveError::Local(Error::io("cannot write", part)(e));
+    let mut file = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(append)
+        .truncate(!append)
+        .open(part)
+        .map_err(local)?;
+    let mut progress = ui.progress(&format!("downloading {label}"), total);
+    progress.set(hasher.bytes());
+    let mut buf = vec![0u8; 1 << 20];
+    let outcome = loop {
+        match resp.read(&mut buf) {
+            Ok(0) => break Ok(()),
+            Ok(n) => {
+                file.write_all(&buf[..n]).map_err(local)?;
+                hasher.update(&buf[..n]);
+                progress.add(n as u64);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => break Err(ReceiveError::Remote(e.to_string())),
+        }
+    };
+    file.sync_data().map_err(local)?;
+    outcome
+}
+
+/// The hash state of an existing part file, or a fresh one.
+fn rehash_part(part: &Path, pin: Option<&Pin>) -> Result<Hasher, Error> {
+    let mut hasher = Hasher::for_pin(pin);
+    match File::open(part) {
+        Ok(f) => hasher.consume(f).map_err(Error::io("cannot read", part))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io("cannot read", part)(e)),
+    }
+    Ok(hasher)
+}
+
+/// Deletes a part file (missing is fine).
+pub fn remove_part(part: &Path) -> Result<(), Error> {
+    match std::fs::remove_file(part) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io("cannot remove", part)(e)),
+        _ => Ok(()),
+    }
+}
+
+/// The first byte of a 206 response's `Content-Range: bytes N-M/T`.
+fn range_start(resp: &reqwest::blocking::Response) -> Option<u64> {
+    let value = resp.headers().get(CONTENT_RANGE)?.to_str().ok()?;
+    value.strip_prefix("bytes ")?.split('-').next()?.trim().parse().ok()
+}
+
+fn backoff(attempt: u32) {
+    let ms = (250u64 << (attempt - 1).min(4)).min(4000);
+    std::thread::sleep(Duration::from_millis(ms));
+}
+
+/// reqwest's error with its causes (the top level alone says little).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
+}

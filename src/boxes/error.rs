@@ -1,0 +1,76 @@
+//! The box pipeline's errors: each names the box, file, URL or digest involved and
+//! says what to do next. All map to exit code 4 (`crate::error::code::BOX`).
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The bytes that arrived hash to something else than the pin.
+    #[error("{what} has the wrong {algorithm} digest: expected {expected}, got {got}; nothing was stored and the partial download was deleted. Check the digest you gave, or the source")]
+    WrongDigest { what: String, algorithm: &'static str, expected: String, got: String },
+    /// --sha256 and a URL's #sha256= fragment name different digests.
+    #[error(
+        "{url} is pinned twice with different digests: --sha256 {flag} and #sha256={fragment}; keep one"
+    )]
+    PinConflict { url: String, flag: String, fragment: String },
+    /// The server closed the body before the announced length, even after retries.
+    #[error("download of {url} stopped after {got} of {expected} bytes ({attempts} attempts); run the command again to resume from the partial file")]
+    Truncated { url: String, got: u64, expected: u64, attempts: u32 },
+    /// The server answered with an error status we do not retry (4xx) or kept failing (5xx).
+    #[error("{url} answered HTTP {status}{}", retry_note(*.attempts))]
+    HttpStatus { url: String, status: u16, attempts: u32 },
+    /// Connection-level failure that outlasted the retries.
+    #[error("cannot download {url} after {attempts} attempts: {message}; check the URL, the network or the proxy setting")]
+    Network { url: String, attempts: u32, message: String },
+    /// An archive entry we refuse to unpack.
+    #[error("refusing {archive}: entry `{entry}` {reason}; nothing was stored")]
+    HostileEntry { archive: String, entry: String, reason: String },
+    /// The archive is not one envy can read.
+    #[error("{archive} is not a box: {reason}")]
+    NotABox { archive: String, reason: String },
+    /// The box manifest is malformed or inconsistent with its payload.
+    #[error("box manifest of {archive} is invalid: {reason}")]
+    BadManifest { archive: String, reason: String },
+    /// No stored box matches what was asked for.
+    #[error("no box {what} in the store {}; `envy box list` shows what is there, `envy box add` fetches one", .store.display())]
+    Missing { what: String, store: PathBuf },
+    /// More than one stored box matches a name or digest prefix.
+    #[error("`{what}` matches several boxes ({candidates}); give more digits of the digest")]
+    Ambiguous { what: String, candidates: String },
+    /// A stored file no longer matches its verified digest.
+    #[error("stored box {digest} is corrupt: {file} should have sha256 {expected} but has {got}; run `envy box remove {short}` and add the box again", short = &.digest[..12])]
+    Corrupt { digest: String, file: String, expected: String, got: String },
+    /// A URL without a pinned digest, and no --insecure.
+    #[error("{url} has no digest to check; pin it with --sha256 HEX or a `#sha256=HEX` URL fragment, or pass --insecure to accept whatever arrives")]
+    Unpinned { url: String },
+    /// A digest string that is not hex of the right length.
+    #[error("`{value}` is not a {algorithm} digest ({len} hex digits expected)")]
+    BadDigest { value: String, algorithm: &'static str, len: usize },
+    /// A catalog could not be read or has no such entry.
+    #[error("catalog {location}: {message}")]
+    Catalog { location: String, message: String },
+    /// The box does not serve the provider a machine asks for.
+    #[error("box {name} ({short}) is made for {providers}, not for the {wanted} provider that machine {machine} uses; pick another box or provider", short = &.digest[..12])]
+    WrongProvider { name: String, digest: String, providers: String, wanted: String, machine: String },
+    /// A local file or folder could not be read or written.
+    /// (The I/O error is part of the message, not a separate cause, so the report
+    /// does not print it twice.)
+    #[error("{doing} {}: {cause}", .path.display())]
+    Io { doing: &'static str, path: PathBuf, cause: std::io::Error },
+}
+
+fn retry_note(attempts: u32) -> String {
+    if attempts > 1 {
+        format!(" (after {attempts} attempts); the server is failing, try again later")
+    } else {
+        "; check the URL (or the catalog entry that gave it)".to_string()
+    }
+}
+
+impl Error {
+    /// Wraps an I/O error with what was being done to which path.
+    pub fn io(doing: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.into();
+        move |cause| Error::Io { doing, path, cause }
+    }
+}

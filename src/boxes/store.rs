@@ -1,0 +1,670 @@
+//! The content-addressed store `$ENVY_HOME/boxes/<sha256>/`: how boxes get in (fetched,
+//! verified, unpacked in a temp dir, renamed into place under a lock) and how they are
+//! trusted afterwards (a stamp per file; a changed stamp means re-hash before use).
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+
+use super::archive::{self, Artifact};
+use super::catalog::Catalog;
+use super::digest::{copy_hashing, sha256_bytes, sha256_file, Hasher, Pin};
+use super::download::{remove_part, Downloader};
+use super::manifest::{self, Manifest};
+use super::source::{name_from_file, BoxSource};
+use super::Error;
+use crate::config::Config;
+use crate::context::Home;
+use crate::envfile::BoxRef;
+use crate::ui::Ui;
+
+/// Per-box record beside `box.toml`: where it came from and the stamps of its files.
+pub const RECORD_FILE: &str = "record.json";
+/// The unpacked root filesystem of container boxes.
+pub const ROOTFS_DIR: &str = "rootfs";
+const RECORD_VERSION: u32 = 1;
+
+/// What envy remembers about a stored box (`record.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Record {
+    pub version: u32,
+    /// The name the box is listed under (`--name`, else the manifest's).
+    pub name: String,
+    /// Where it came from: URL, catalog entry or file path.
+    pub source: String,
+    /// Seconds since the epoch when it entered the store.
+    pub added: u64,
+    /// The pin the box file was verified against (`sha256:HEX`, or `sha512:HEX` from
+    /// a Debian-style list); None when it was added unpinned (--insecure).
+    pub pin: Option<String>,
+    /// sha256 of `box.toml` as stored.
+    pub manifest_sha256: String,
+    /// (size, mtime, inode) of `box.toml` and every payload file at verification.
+    pub stamps: BTreeMap<String, Stamp>,
+}
+
+/// A file's identity at verification time; while it holds, the bytes are trusted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stamp {
+    pub size: u64,
+    pub mtime: i64,
+    pub mtime_nsec: i64,
+    pub inode: u64,
+}
+
+impl Stamp {
+    fn of(path: &Path) -> Result<Stamp, Error> {
+        let m = std::fs::symlink_metadata(path).map_err(Error::io("cannot read", path))?;
+        Ok(Stamp { size: m.len(), mtime: m.mtime(), mtime_nsec: m.mtime_nsec(), inode: m.ino() })
+    }
+}
+
+/// A verified box in the store.
+#[derive(Debug, Clone)]
+pub struct StoredBox {
+    pub digest: String,
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+}
+
+impl StoredBox {
+    /// Path of a payload file in the store.
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// The unpacked root filesystem (container boxes), the overlay's lower layer.
+    pub fn rootfs(&self) -> anyhow::Result<PathBuf> {
+        let dir = self.dir.join(ROOTFS_DIR);
+        if self.manifest.container.is_none() || !dir.is_dir() {
+            anyhow::bail!(
+                "box {} ({}) has no container root filesystem; it serves {}",
+                self.manifest.name,
+                &self.digest[..12],
+                self.manifest.providers.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
+            );
+        }
+        Ok(dir)
+    }
+
+    /// What the store remembers about the box (name it is listed under, source, stamps).
+    pub fn record(&self) -> anyhow::Result<Record> {
+        read_record(&self.dir)
+    }
+}
+
+impl Record {
+    /// Total size of `box.toml` and the payload files, in bytes.
+    pub fn size(&self) -> u64 {
+        self.stamps.values().map(|s| s.size).sum()
+    }
+}
+
+/// A file whose bytes no longer match the digest it was verified with.
+#[derive(Debug, Clone, Serialize)]
+pub struct Corruption {
+    pub file: String,
+    pub expected: String,
+    pub got: String,
+}
+
+pub struct Store {
+    pub home: Home,
+    config: Config,
+}
+
+impl Store {
+    /// Opens the store in `home` (reading the user's config for proxy and catalog).
+    pub fn open(home: &Home) -> anyhow::Result<Store> {
+        let config = Config::load(&home.config_file())?;
+        Ok(Store { home: home.clone(), config })
+    }
+
+    fn box_dir(&self, digest: &str) -> PathBuf {
+        self.home.boxes_dir().join(digest)
+    }
+
+    /// Makes sure the box is in the store (fetching and verifying it) and returns it.
+    pub fn ensure(&self, source: &BoxSource, ui: &Ui) -> anyhow::Result<StoredBox> {
+        match &source.reference {
+            BoxRef::Catalog { name, version } => {
+                let from_env = std::env::var("ENVY_CATALOG").ok().filter(|v| !v.is_empty());
+                let location =
+                    source.catalog.as_deref().or(from_env.as_deref()).or(self.config.catalog.as_deref());
+                let downloader = self.downloader()?;
+                let catalog = Catalog::load(location, &downloader)?;
+                let entry = catalog.resolve(name, version.as_deref(), source.provider)?;
+                // Catalog URLs name immutable builds: a box verified from it before is the
+                // one, and needs no fetch of the checksum list.
+                if let Some(found) = self.find_pinned_source(&entry.url)? {
+                    return self.get(&found);
+                }
+                let pin = entry.pin(&downloader)?;
+                let hint = Hint {
+                    name: source.name.clone().unwrap_or_else(|| entry.name.clone()),
+                    version: entry.version.clone(),
+                    explicit: source.name.is_some(),
+                };
+                self.fetch_url(&downloader, &entry.url, Some(pin), hint, ui)
+            }
+            BoxRef::Url { url, sha256 } => {
+                let pin = match sha256 {
+                    Some(h) => Some(Pin::Sha256(super::digest::parse_sha256(h)?)),
+                    None if source.insecure => None,
+                    None => return Err(Error::Unpinned { url: url.clone() }.into()),
+                };
+                let hint = Hint {
+                    name: source.name.clone().unwrap_or_else(|| name_from_file(url)),
+                    version: "0".into(),
+                    explicit: source.name.is_some(),
+                };
+                self.fetch_url(&self.downloader()?, url, pin, hint, ui)
+            }
+            BoxRef::Path { path, sha256 } => {
+                let hint = Hint {
+                    name: source.name.clone().unwrap_or_else(|| name_from_file(&path.to_string_lossy())),
+                    version: "0".into(),
+                    explicit: source.name.is_some(),
+                };
+                self.add_file(path, sha256.as_deref(), hint, ui)
+            }
+        }
+    }
+
+    fn downloader(&self) -> anyhow::Result<Downloader> {
+        Downloader::new(self.config.proxy.as_deref())
+    }
+
+    /// Downloads, verifies and stores a URL. One process per URL downloads at a time;
+    /// others wait on the lock and then find the box stored.
+    fn fetch_url(
+        &self,
+        downloader: &Downloader,
+        url: &str,
+        pin: Option<Pin>,
+        hint: Hint,
+        ui: &Ui,
+    ) -> anyhow::Result<StoredBox> {
+        if let Some(found) = self.find_pinned(pin.as_ref())? {
+            return self.get(&found);
+        }
+        let key = &sha256_bytes(url.as_bytes())[..32];
+        let _lock = self.lock(&format!("download-{key}"), ui, &format!("fetching {url}"))?;
+        if let Some(found) = self.find_pinned(pin.as_ref())? {
+            return self.get(&found);
+        }
+        let downloads = self.home.downloads_dir();
+        std::fs::create_dir_all(&downloads).map_err(Error::io("cannot create", &downloads))?;
+        let part = downloads.join(format!("{key}.part"));
+        ui.step(format!("fetching {url}"));
+        // On failure the part file stays, so the next run resumes it.
+        let hashes = downloader.fetch(url, &part, pin.as_ref(), ui, &hint.name)?;
+        match &pin {
+            Some(p) => {
+                if let Err(e) = p.check(url, &hashes) {
+                    remove_part(&part)?;
+                    return Err(e.into());
+                }
+            }
+            None => ui
+                .warn(format!("{url} was not pinned (--insecure); it arrived with sha256 {}", hashes.sha256)),
+        }
+        let origin = Origin { source: url.to_string(), pin: pin.as_ref().map(Pin::to_string) };
+        let result = self.install(&part, &hashes.sha256, &origin, hint, ui);
+        remove_part(&part)?;
+        result
+    }
+
+    /// Hashes a local file, checks the optional pin and stores it.
+    fn add_file(&self, path: &Path, sha256: Option<&str>, hint: Hint, ui: &Ui) -> anyhow::Result<StoredBox> {
+        let pin = sha256.map(super::digest::parse_sha256).transpose()?.map(Pin::Sha256);
+        // A pinned box already stored is the box, whatever became of the file since.
+        if let Some(found) = self.find_pinned(pin.as_ref())? {
+            return self.get(&found);
+        }
+        if path.is_dir() {
+            return Err(Error::NotABox {
+                archive: path.display().to_string(),
+                reason: format!(
+                    "it is a directory; make a box of a root filesystem with `envy box build --rootfs {}`",
+                    path.display()
+                ),
+            }
+            .into());
+        }
+        // Copy first, hashing while copying: what is verified is what gets stored,
+        // even if the user's file changes meanwhile.
+        let downloads = self.home.downloads_dir();
+        std::fs::create_dir_all(&downloads).map_err(Error::io("cannot create", &downloads))?;
+        let staged = tempfile::Builder::new()
+            .prefix("local-")
+            .suffix(".part")
+            .tempfile_in(&downloads)
+            .map_err(Error::io("cannot create a file in", &downloads))?;
+        let src = File::open(path).map_err(Error::io("cannot read", path))?;
+        let hashes = copy_hashing(src, staged.as_file(), Hasher::new(false))
+            .and_then(|h| staged.as_file().sync_all().map(|()| h))
+            .map_err(Error::io("cannot copy", path))?;
+        if let Some(pin) = &pin {
+            pin.check(&path.display().to_string(), &hashes)?;
+        }
+        let digest = hashes.sha256;
+        if self.box_dir(&digest).is_dir() {
+            return self.get(&digest);
+        }
+        let origin =
+            Origin { source: path.display().to_string(), pin: Some(Pin::Sha256(digest.clone()).to_string()) };
+        // `install` moves the staged file into the store or leaves it to be deleted here.
+        self.install(staged.path(), &digest, &origin, hint, ui)
+    }
+
+    /// A stored box that satisfies `pin` without downloading anything.
+    fn find_pinned(&self, pin: Option<&Pin>) -> anyhow::Result<Option<String>> {
+        match pin {
+            Some(Pin::Sha256(d)) => Ok(self.box_dir(d).is_dir().then(|| d.clone())),
+            Some(p @ Pin::Sha512(_)) => {
+                let pin = p.to_string();
+                Ok(self.records()?.into_iter().find(|(_, r)| r.pin.as_ref() == Some(&pin)).map(|(d, _)| d))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// A stored box fetched from `source` and verified against a pin (never one that
+    /// was added with --insecure).
+    fn find_pinned_source(&self, source: &str) -> anyhow::Result<Option<String>> {
+        Ok(self.records()?.into_iter().find(|(_, r)| r.source == source && r.pin.is_some()).map(|(d, _)| d))
+    }
+
+    /// Takes `locks/<key>.lock`, waiting (and saying so) while another process holds it.
+    fn lock(&self, key: &str, ui: &Ui, doing: &str) -> anyhow::Result<Flock<File>> {
+        let path = self.lock_path(key)?;
+        let open = || File::create(&path).map_err(Error::io("cannot open lock file", &path));
+        match Flock::lock(open()?, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => Ok(lock),
+            Err(_) => {
+                ui.step(format!("waiting for another envy process {doing}"));
+                Flock::lock(open()?, FlockArg::LockExclusive)
+                    .map_err(|(_, e)| e)
+                    .with_context(|| format!("cannot lock {}", path.display()))
+            }
+        }
+    }
+
+    /// Unpacks a verified box file (in `downloads/`, ours to move) into a temp dir inside
+    /// `boxes/` and renames it into place. Any error removes the temp dir: nothing
+    /// half-made stays in the store.
+    fn install(
+        &self,
+        file: &Path,
+        digest: &str,
+        origin: &Origin,
+        hint: Hint,
+        ui: &Ui,
+    ) -> anyhow::Result<StoredBox> {
+        let boxes = self.home.boxes_dir();
+        std::fs::create_dir_all(&boxes).map_err(Error::io("cannot create", &boxes))?;
+        // Held while the temp dir exists, so `prune` can tell a live one from a leftover.
+        let _lock = self.lock(&format!("box-{digest}"), ui, &format!("storing {digest}"))?;
+        let final_dir = self.box_dir(digest);
+        if final_dir.is_dir() {
+            let stored = self.get(digest)?;
+            let mut record = stored.record()?;
+            if record.pin.is_none() && origin.pin.is_some() {
+                // Added unpinned before, verified against a pin now: remember the pin.
+                record.pin = origin.pin.clone();
+                write_record(&stored.dir, &record)?;
+            }
+            return Ok(stored);
+        }
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!(".tmp-{digest}-"))
+            .tempdir_in(&boxes)
+            .map_err(Error::io("cannot create a temp dir in", &boxes))?;
+        let label = origin.source.as_str();
+        let artifact = archive::sniff(file, label)?;
+        // The verified file is ours (a download or a staged copy): move it, never copy.
+        let place = |name: &str| -> Result<PathBuf, Error> {
+            let dest = tmp.path().join(name);
+            std::fs::rename(file, &dest).map_err(Error::io("cannot move into the store", file))?;
+            Ok(dest)
+        };
+        let manifest = match artifact {
+            Artifact::Qcow2 => {
+                place("disk.qcow2")?;
+                Manifest::for_qcow2(&hint.name, &hint.version, "disk.qcow2", digest)
+            }
+            Artifact::RootfsTarball(compression) => {
+                let name = format!("rootfs.{}", compression.tar_extension());
+                let stored = place(&name)?;
+                ui.step(format!("unpacking root filesystem of {}", hint.name));
+                unpack_rootfs_into(&stored, tmp.path(), label, ui)?;
+                Manifest::for_rootfs(&hint.name, &hint.version, &name, digest)
+            }
+            Artifact::BoxArchive(compression) => {
+                ui.step(format!("unpacking {}", hint.name));
+                let mut progress = ui.progress(&format!("unpacking {}", hint.name), file_size(file));
+                let manifest = archive::unpack_box(file, compression, tmp.path(), label, &mut progress)?;
+                drop(progress);
+                if let Some(container) = &manifest.container {
+                    unpack_rootfs_into(&tmp.path().join(&container.rootfs), tmp.path(), label, ui)?;
+                }
+                manifest
+            }
+        };
+        let manifest_path = tmp.path().join(manifest::FILE_NAME);
+        let from_archive = matches!(artifact, Artifact::BoxArchive(_));
+        if !from_archive {
+            crate::state::write_atomic(&manifest_path, manifest.to_toml().as_bytes())?;
+        }
+        // A box's own manifest names it, unless the user chose a name.
+        let listed_name =
+            if from_archive && !hint.explicit { manifest.name.clone() } else { hint.name.clone() };
+        let record = Record {
+            version: RECORD_VERSION,
+            name: listed_name,
+            source: origin.source.clone(),
+            added: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            pin: origin.pin.clone(),
+            manifest_sha256: sha256_file(&manifest_path)?,
+            stamps: stamps(tmp.path(), &manifest)?,
+        };
+        write_record(tmp.path(), &record)?;
+        let tmp_path = tmp.keep();
+        if let Err(e) = std::fs::rename(&tmp_path, &final_dir) {
+            let _ = std::fs::remove_dir_all(&tmp_path);
+            if !final_dir.is_dir() {
+                return Err(Error::io("cannot move into place", &final_dir)(e).into());
+            }
+        }
+        ui.step(format!("stored {} as {digest}", record.name));
+        self.get(digest)
+    }
+
+    /// A stored box by digest, re-hashed first if its files changed since verification.
+    pub fn get(&self, digest: &str) -> anyhow::Result<StoredBox> {
+        let (stored, record) = self.load(digest)?;
+        let changed: Vec<String> = record
+            .stamps
+            .iter()
+            .filter(|(name, stamp)| Stamp::of(&stored.dir.join(name)).ok().as_ref() != Some(*stamp))
+            .map(|(name, _)| name.clone())
+            .collect();
+        if changed.is_empty() {
+            return Ok(stored);
+        }
+        tracing::debug!("files of box {digest} changed since verification ({changed:?}); re-hashing");
+        self.rehash(stored, record, Some(&changed))
+    }
+
+    /// Re-hashes every file of a stored box, whatever its stamps say.
+    pub fn verify(&self, digest: &str) -> anyhow::Result<Vec<Corruption>> {
+        let (stored, record) = self.load(digest)?;
+        match self.rehash(stored, record, None) {
+            Ok(_) => Ok(Vec::new()),
+            Err(e) => match e.downcast_ref::<Error>() {
+                Some(Error::Corrupt { file, expected, got, .. }) => {
+                    let mut all =
+                        vec![Corruption { file: file.clone(), expected: expected.clone(), got: got.clone() }];
+                    all.extend(self.corruptions(digest)?.into_iter().filter(|c| c.file != *file));
+                    Ok(all)
+                }
+                _ => Err(e),
+            },
+        }
+    }
+
+    /// Every file of the box whose content does not match its expected digest.
+    fn corruptions(&self, digest: &str) -> anyhow::Result<Vec<Corruption>> {
+        let (stored, record) = self.load(digest)?;
+        let mut out = Vec::new();
+        for (file, expected) in expected_digests(&stored, &record) {
+            let got = sha256_file(&stored.dir.join(&file)).unwrap_or_else(|e| format!("unreadable ({e})"));
+            if got != expected {
+                out.push(Corruption { file, expected, got });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Checks the files named in `only` (or all) against their digests; on success
+    /// refreshes the stamps so the next `get` trusts them again.
+    fn rehash(&self, stored: StoredBox, mut record: Record, only: Option<&[String]>) -> anyhow::Result<StoredBox> {
+        for (file, expected) in expected_digests(&stored, &record) {
+            if only.is_some_and(|o| !o.contains(&file)) {
+                continue;
+            }
+            let got = sha256_file(&stored.dir.join(&file)).unwrap_or_else(|e| format!("unreadable ({e})"));
+            if got != expected {
+                return Err(Error::Corrupt { digest: stored.digest.clone(), file, expected, got }.into());
+            }
+        }
+        record.stamps = stamps(&stored.dir, &stored.manifest)?;
+        write_record(&stored.dir, &record)?;
+        Ok(stored)
+    }
+
+    /// Reads a stored box's manifest and record, without checking its files.
+    fn load(&self, digest: &str) -> anyhow::Result<(StoredBox, Record)> {
+        let digest = super::digest::parse_sha256(digest)?;
+        let dir = self.box_dir(&digest);
+        if !dir.is_dir() {
+            return Err(Error::Missing { what: digest, store: self.home.boxes_dir() }.into());
+        }
+        let record = read_record(&dir)?;
+        let manifest_path = dir.join(manifest::FILE_NAME);
+        let text =
+            std::fs::read_to_string(&manifest_path).map_err(Error::io("cannot read", &manifest_path))?;
+        let manifest = Manifest::parse(&text, &dir.display().to_string())?;
+        Ok((StoredBox { digest, dir, manifest }, record))
+    }
+
+    /// (digest, record) of every stored box.
+    fn records(&self) -> anyhow::Result<Vec<(String, Record)>> {
+        let mut out = Vec::new();
+        for digest in self.digests()? {
+            if let Ok(record) = read_record(&self.box_dir(&digest)) {
+                out.push((digest, record));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Digests of every stored box (temp and trash dirs skipped).
+    pub fn digests(&self) -> anyhow::Result<Vec<String>> {
+        let mut out: Vec<String> = list_names(&self.home.boxes_dir())?
+            .into_iter()
+            .filter(|n| super::digest::parse_sha256(n).is_ok())
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Every stored box with its record, by name and version (not re-hashed: listing
+    /// must stay cheap).
+    pub fn list(&self) -> anyhow::Result<Vec<(StoredBox, Record)>> {
+        let mut out = Vec::new();
+        for digest in self.digests()? {
+            out.push(self.load(&digest)?);
+        }
+        out.sort_by(|(a, ra), (b, rb)| (&ra.name, &a.manifest.version).cmp(&(&rb.name, &b.manifest.version)));
+        Ok(out)
+    }
+
+    /// Finds one stored box by name, `name@version`, or digest prefix (8+ hex digits).
+    pub fn find(&self, query: &str) -> anyhow::Result<StoredBox> {
+        let all = self.list()?;
+        let is_prefix = query.len() >= 8 && query.bytes().all(|b| b.is_ascii_hexdigit());
+        let (name, version) = match query.split_once('@') {
+            Some((n, v)) => (n, Some(v)),
+            None => (query, None),
+        };
+        let matches: Vec<&(StoredBox, Record)> = all
+            .iter()
+            .filter(|(b, r)| {
+                (is_prefix && b.digest.starts_with(&query.to_ascii_lowercase()))
+                    || ((r.name == name || b.manifest.name == name)
+                        && version.is_none_or(|v| v == b.manifest.version))
+            })
+            .collect();
+        match matches.as_slice() {
+            [(one, _)] => Ok(one.clone()),
+            [] => Err(Error::Missing { what: format!("`{query}`"), store: self.home.boxes_dir() }.into()),
+            many => Err(Error::Ambiguous {
+                what: query.to_string(),
+                candidates: many
+                    .iter()
+                    .map(|(b, r)| format!("{}@{} {}", r.name, b.manifest.version, &b.digest[..12]))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }
+            .into()),
+        }
+    }
+
+    /// Removes what crashed envy processes left: temp dirs of unfinished adds (their
+    /// box lock is free), half-deleted boxes, and staged local files older than a day.
+    /// Partial URL downloads stay: the next add resumes them. Returns what was removed.
+    pub fn remove_leftovers(&self) -> anyhow::Result<Vec<PathBuf>> {
+        let mut removed = Vec::new();
+        let boxes = self.home.boxes_dir();
+        for name in list_names(&boxes)? {
+            let path = boxes.join(&name);
+            let stale = if let Some(rest) = name.strip_prefix(".tmp-") {
+                let digest = rest.split('-').next().unwrap_or("");
+                self.try_lock(&format!("box-{digest}"))?.is_some()
+            } else {
+                name.starts_with(".trash-")
+            };
+            if stale && std::fs::remove_dir_all(&path).is_ok() {
+                removed.push(path);
+            }
+        }
+        let downloads = self.home.downloads_dir();
+        let day_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(86400);
+        for name in list_names(&downloads)? {
+            let path = downloads.join(&name);
+            let old = std::fs::metadata(&path).and_then(|m| m.modified()).is_ok_and(|t| t < day_ago);
+            if name.starts_with("local-") && old && std::fs::remove_file(&path).is_ok() {
+                removed.push(path);
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Takes a lock only if it is free.
+    fn try_lock(&self, key: &str) -> anyhow::Result<Option<Flock<File>>> {
+        let path = self.lock_path(key)?;
+        let file = File::create(&path).map_err(Error::io("cannot open lock file", &path))?;
+        Ok(Flock::lock(file, FlockArg::LockExclusiveNonblock).ok())
+    }
+
+    fn lock_path(&self, key: &str) -> Result<PathBuf, Error> {
+        let dir = self.home.locks_dir();
+        std::fs::create_dir_all(&dir).map_err(Error::io("cannot create", &dir))?;
+        Ok(dir.join(format!("{key}.lock")))
+    }
+
+    /// Removes a box: renamed out of sight first, so no reader sees it half-deleted.
+    pub fn remove(&self, digest: &str) -> anyhow::Result<()> {
+        let dir = self.box_dir(digest);
+        let trash = self.home.boxes_dir().join(format!(".trash-{digest}-{}", std::process::id()));
+        std::fs::rename(&dir, &trash).map_err(Error::io("cannot remove", &dir))?;
+        std::fs::remove_dir_all(&trash).map_err(Error::io("cannot remove", &trash))?;
+        Ok(())
+    }
+}
+
+/// What a box is named and versioned as when its file does not say.
+struct Hint {
+    name: String,
+    version: String,
+    /// The name came from --name (it then wins over a manifest's).
+    explicit: bool,
+}
+
+/// Where a box file came from.
+struct Origin {
+    source: String,
+    pin: Option<String>,
+}
+
+fn unpack_rootfs_into(tarball: &Path, box_dir: &Path, label: &str, ui: &Ui) -> Result<(), Error> {
+    let compression = match archive::sniff(tarball, label)? {
+        Artifact::RootfsTarball(c) | Artifact::BoxArchive(c) => c,
+        Artifact::Qcow2 => {
+            return Err(Error::NotABox {
+                archive: label.into(),
+                reason: "its rootfs payload is a qcow2 image, not a tarball".into(),
+            })
+        }
+    };
+    let dest = box_dir.join(ROOTFS_DIR);
+    std::fs::create_dir(&dest).map_err(Error::io("cannot create", &dest))?;
+    let started = std::time::Instant::now();
+    let mut progress = ui.progress("unpacking root filesystem", file_size(tarball));
+    let report = archive::unpack_rootfs(tarball, compression, &dest, label, &mut progress)?;
+    drop(progress);
+    // benches/box_add.sh reads this line to time the unpack alone.
+    tracing::debug!("unpacked rootfs of {label} in {:.3} s", started.elapsed().as_secs_f64());
+    if report.skipped_devices > 0 {
+        ui.step(format!(
+            "skipped {} device nodes under /dev (the container runtime provides /dev)",
+            report.skipped_devices
+        ));
+    }
+    Ok(())
+}
+
+/// A file's size, for progress totals (None when unknown).
+pub(super) fn file_size(path: &Path) -> Option<u64> {
+    std::fs::metadata(path).ok().map(|m| m.len())
+}
+
+/// Entry names in a directory (none when it does not exist).
+fn list_names(dir: &Path) -> Result<Vec<String>, Error> {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => Ok(entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(Error::io("cannot read", dir)(e)),
+    }
+}
+
+/// Stamps of `box.toml` and every payload file.
+fn stamps(dir: &Path, manifest: &Manifest) -> Result<BTreeMap<String, Stamp>, Error> {
+    let mut out = BTreeMap::new();
+    for name in std::iter::once(manifest::FILE_NAME).chain(manifest.files.keys().map(String::as_str)) {
+        out.insert(name.to_string(), Stamp::of(&dir.join(name))?);
+    }
+    Ok(out)
+}
+
+/// (file, expected sha256) for `box.toml` and every payload file.
+fn expected_digests(stored: &StoredBox, record: &Record) -> Vec<(String, String)> {
+    std::iter::once((manifest::FILE_NAME.to_string(), record.manifest_sha256.clone()))
+        .chain(stored.manifest.files.iter().map(|(f, d)| (f.clone(), d.clone())))
+        .collect()
+}
+
+fn write_record(dir: &Path, record: &Record) -> anyhow::Result<()> {
+    crate::state::write_atomic(&dir.join(RECORD_FILE), &serde_json::to_vec_pretty(record)?)
+}
+
+fn read_record(dir: &Path) -> anyhow::Result<Record> {
+    let path = dir.join(RECORD_FILE);
+    let bytes = std::fs::read(&path).map_err(Error::io("cannot read", &path))?;
+    let record: Record = serde_json::from_slice(&bytes).map_err(|e| Error::BadManifest {
+        archive: path.display().to_string(),
+        reason: format!("{e}; remove the box with `envy box remove` and add it again"),
+    })?;
+    Ok(record)
+}

@@ -1,0 +1,45 @@
+//! `envy destroy`: remove machines and every trace of them; never the box store,
+//! the Envfile.lock or the project's files.
+
+use anyhow::Result;
+
+use crate::cli::DestroyArgs;
+use crate::context::Context;
+use crate::lifecycle;
+use crate::plan::Workspace;
+use crate::provider::{self, MachineState};
+use crate::state::{registry, ProjectLock};
+
+pub fn run(ctx: &Context, args: DestroyArgs) -> Result<i32> {
+    let ws = Workspace::load(ctx)?;
+    let machines = ws.select(&args.machines)?;
+    let names: Vec<&str> = machines.iter().map(|m| m.name.as_str()).collect();
+    if !args.force {
+        let question = format!(
+            "Destroy {} of {}? Their disks, layers and snapshots are deleted.",
+            names.join(", "),
+            ws.project.dir.display()
+        );
+        if !ctx.ui.confirm(&question, "--force")? {
+            return Ok(crate::error::code::FAILURE);
+        }
+    }
+    let _lock = ProjectLock::acquire(&ws.project.state_dir, ctx.no_wait, &ctx.ui)?;
+    for spec in machines {
+        let plan = ws.plan(&ctx.home, spec);
+        if provider::for_kind(spec.provider).state(&plan)? == MachineState::NotCreated && !plan.dir.exists() {
+            ctx.ui.step(format!("{}: not created", spec.name));
+            continue;
+        }
+        ctx.ui.step(format!("{}: destroying", spec.name));
+        lifecycle::destroy(ctx, &plan)?;
+    }
+    // With no machine left the project's state folder goes too (the lock file inside
+    // it is ours and held, so remove everything else first).
+    let machines_dir = ws.project.state_dir.join("machines");
+    if std::fs::read_dir(&machines_dir).map(|mut d| d.next().is_none()).unwrap_or(true) {
+        let _ = std::fs::remove_dir(&machines_dir);
+        registry::remove(&ctx.home, &ws.project.dir)?;
+    }
+    Ok(0)
+}

@@ -1,0 +1,16 @@
+//! `envy exec [MACHINE] -- CMD...`: run a command inside; its exit code is envy's.
+
+use std::io::IsTerminal;
+
+use anyhow::Result;
+
+use crate::cli::ExecArgs;
+use crate::context::Context;
+use crate::provider::{self, ExecRequest};
+
+pub fn run(ctx: &Context, args: ExecArgs) -> Result<i32> {
+    let plan = super::running_machine(ctx, args.machine.as_deref())?;
+    let tty = args.tty || (!args.no_tty && std::io::stdin().is_terminal() && std::io::stdout().is_terminal());
+    let request = ExecRequest { command: args.command, tty, workdir: args.workdir, env: Vec::new() };
+    provider::for_kind(plan.spec.provider).exec(&plan, &request)
+}

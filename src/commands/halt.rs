@@ -1,0 +1,27 @@
+//! `envy halt`: stop machines, keeping their disks and layers.
+
+use anyhow::Result;
+
+use crate::cli::HaltArgs;
+use crate::context::Context;
+use crate::plan::Workspace;
+use crate::provider::{self, MachineState};
+use crate::state::ProjectLock;
+
+pub fn run(ctx: &Context, args: HaltArgs) -> Result<i32> {
+    let ws = Workspace::load(ctx)?;
+    let machines = ws.select(&args.machines)?;
+    let _lock = ProjectLock::acquire(&ws.project.state_dir, ctx.no_wait, &ctx.ui)?;
+    for spec in machines {
+        let plan = ws.plan(&ctx.home, spec);
+        let provider = provider::for_kind(spec.provider);
+        match provider.state(&plan)? {
+            MachineState::Running => {
+                ctx.ui.step(format!("{}: halting", spec.name));
+                provider.halt(&plan, args.force, &ctx.ui)?;
+            }
+            state => ctx.ui.step(format!("{}: already {state}", spec.name)),
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,64 @@
+//! `envy init`: write an Envfile from a template (asks on a terminal, flags otherwise).
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::cli::{InitArgs, ProviderArg};
+use crate::context::Context;
+use crate::envfile::{self, ProviderKind};
+
+/// The templates shipped in templates/, by name.
+pub const TEMPLATES: &[(&str, &str)] = &[
+    ("minimal", include_str!("../../templates/minimal.toml")),
+    ("rust", include_str!("../../templates/rust.toml")),
+    ("python", include_str!("../../templates/python.toml")),
+    ("node", include_str!("../../templates/node.toml")),
+    ("postgres-staging", include_str!("../../templates/postgres-staging.toml")),
+];
+
+const DEFAULT_BOX: &str = "debian-12";
+
+pub fn run(ctx: &Context, args: InitArgs) -> Result<i32> {
+    let path = ctx.cwd.join(envfile::FILE_NAME);
+    if path.exists() && !args.force {
+        bail!("{} already exists; pass --force to overwrite it", path.display());
+    }
+    let ask = ctx.ui.interactive && args.template.is_none();
+    let template = match args.template {
+        Some(t) => t,
+        None if ask => {
+            let names: Vec<&str> = TEMPLATES.iter().map(|(n, _)| *n).collect();
+            let i = dialoguer::Select::new().with_prompt("Template").items(&names).default(0).interact()?;
+            names[i].to_string()
+        }
+        None => "minimal".to_string(),
+    };
+    let text = TEMPLATES
+        .iter()
+        .find(|(n, _)| *n == template)
+        .map(|(_, t)| *t)
+        .with_context(|| {
+            let names: Vec<&str> = TEMPLATES.iter().map(|(n, _)| *n).collect();
+            format!("there is no template {template:?}; pick one of: {}", names.join(", "))
+        })?;
+    let box_name = match args.box_name {
+        Some(b) => b,
+        None if ask => dialoguer::Input::new().with_prompt("Box").default(DEFAULT_BOX.to_string()).interact_text()?,
+        None => DEFAULT_BOX.to_string(),
+    };
+    let provider = match args.provider {
+        Some(ProviderArg::Container) => ProviderKind::Container,
+        Some(ProviderArg::Qemu) => ProviderKind::Qemu,
+        None if ask => {
+            let kinds = [ProviderKind::Container, ProviderKind::Qemu];
+            let names = ["container (runc: starts in milliseconds)", "qemu (a full virtual machine)"];
+            kinds[dialoguer::Select::new().with_prompt("Provider").items(&names).default(0).interact()?]
+        }
+        None => ctx.config.provider.unwrap_or(ProviderKind::Container),
+    };
+    let text = text.replace("{{box}}", &box_name.replace('\\', "\\\\").replace('"', "\\\"")).replace("{{provider}}", &provider.to_string());
+    // What we write must read back: a box name that breaks the file is caught here.
+    envfile::parse_str(&path, &text, provider)?;
+    crate::state::write_atomic(&path, text.as_bytes())?;
+    ctx.ui.step(format!("wrote {} from template {template}; next: envy up", path.display()));
+    Ok(0)
+}

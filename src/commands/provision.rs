@@ -1,0 +1,29 @@
+//! `envy provision`: run the machines' provisioners again.
+
+use anyhow::Result;
+
+use crate::cli::MachinesArgs;
+use crate::context::Context;
+use crate::lifecycle;
+use crate::plan::Workspace;
+use crate::state::record::MachineRecord;
+use crate::state::ProjectLock;
+
+pub fn run(ctx: &Context, args: MachinesArgs) -> Result<i32> {
+    let ws = Workspace::load(ctx)?;
+    let names: Vec<String> = if args.machines.is_empty() {
+        ws.envfile.machines.iter().map(|m| m.name.clone()).collect()
+    } else {
+        args.machines
+    };
+    let _lock = ProjectLock::acquire(&ws.project.state_dir, ctx.no_wait, &ctx.ui)?;
+    for name in &names {
+        let plan = super::running_machine(ctx, Some(name))?;
+        lifecycle::provision(ctx, &plan)?;
+        if let Some(mut record) = MachineRecord::load(&plan.dir)? {
+            record.provisioned = true;
+            record.save(&plan.dir)?;
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,30 @@
+//! `envy reload`: halt and start machines again, picking up Envfile changes.
+
+use anyhow::Result;
+
+use crate::cli::MachinesArgs;
+use crate::context::Context;
+use crate::envfile::lock::LockFile;
+use crate::lifecycle::{self, UpOptions};
+use crate::plan::Workspace;
+use crate::provider::{self, MachineState};
+use crate::state::ProjectLock;
+
+pub fn run(ctx: &Context, args: MachinesArgs) -> Result<i32> {
+    let ws = Workspace::load(ctx)?;
+    let machines = ws.select(&args.machines)?;
+    let _lock = ProjectLock::acquire(&ws.project.state_dir, ctx.no_wait, &ctx.ui)?;
+    let lock_path = LockFile::path_for(&ws.project.dir);
+    let mut lock = LockFile::load(&lock_path)?;
+    for spec in machines {
+        let mut plan = ws.plan(&ctx.home, spec);
+        let provider = provider::for_kind(spec.provider);
+        if provider.state(&plan)? == MachineState::Running {
+            ctx.ui.step(format!("{}: halting", spec.name));
+            provider.halt(&plan, false, &ctx.ui)?;
+        }
+        lifecycle::up(ctx, &mut plan, &mut lock, UpOptions::default())?;
+    }
+    lock.save(&lock_path)?;
+    Ok(0)
+}

@@ -1,0 +1,129 @@
+//! `envy share`: pack a machine's current state into a verified box (manifest with
+//! per-file digests) and, with `--serve`, serve it over HTTP so a teammate gets
+//! exactly that state, digest-checked.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result};
+use serde_json::json;
+
+use crate::boxes::{self, BoxServer, ContainerPayload, Manifest, QemuPayload, Store};
+use crate::cli::ShareArgs;
+use crate::context::Context;
+use crate::envfile::ProviderKind;
+use crate::plan::Workspace;
+use crate::provider;
+use crate::signals;
+use crate::state::record::MachineRecord;
+use crate::state::ProjectLock;
+
+pub fn run(ctx: &Context, args: ShareArgs) -> Result<i32> {
+    let ws = Workspace::load(ctx)?;
+    let spec = ws.select_one(args.machine.as_deref())?;
+    let plan = ws.plan(&ctx.home, spec);
+    let record = MachineRecord::load(&plan.dir)?
+        .ok_or_else(|| crate::state::Error::NotCreated { machine: spec.name.clone() })?;
+    let output = args.output.clone().unwrap_or_else(|| ws.project.dir.join(format!("{}.box", spec.name)));
+    let (digest, size) = {
+        // Held while packing: a halt or destroy must not pull the machine away mid-copy.
+        let _lock = ProjectLock::acquire(&ws.project.state_dir, ctx.no_wait, &ctx.ui)?;
+        pack(ctx, &plan, &record, &output)?
+    };
+    let summary = json!({
+        "version": 1,
+        "machine": spec.name,
+        "path": output,
+        "sha256": digest,
+        "size": size,
+    });
+    let Some(addr) = &args.serve else {
+        if ctx.ui.json {
+            super::print_json(&summary)?;
+        } else {
+            println!("{digest}  {}", output.display());
+        }
+        return Ok(0);
+    };
+
+    let server = BoxServer::bind(addr, &output)?;
+    let url = server.url();
+    if ctx.ui.json {
+        let mut served = summary;
+        served["url"] = json!(url);
+        // One line, so a script can read it while the server keeps running.
+        println!("{}", serde_json::to_string(&served)?);
+    } else {
+        println!("envy box add {url} --sha256 {digest}");
+        println!("# or this machine's Envfile section, pinned to the shared box:");
+        let box_value = toml::Value::Table(toml::Table::from_iter([
+            ("url".to_string(), toml::Value::String(url.clone())),
+            ("sha256".to_string(), toml::Value::String(digest.clone())),
+        ]));
+        print!("{}", spec.to_section(&ws.project.dir, box_value));
+    }
+    std::io::stdout().flush()?;
+    if !server.addr().ip().is_loopback() {
+        ctx.ui.warn(format!("serving on {}: anyone who can reach this address can download the box", server.addr()));
+    }
+    ctx.ui.step(format!("serving {} until Ctrl-C", output.display()));
+    signals::catch_interrupts()?;
+    server.serve_until(signals::interrupted)?;
+    ctx.ui.step("share: stopped serving");
+    Ok(0)
+}
+
+/// Exports the machine's payload and packs it with a manifest into `output`.
+fn pack(ctx: &Context, plan: &crate::plan::MachinePlan, record: &MachineRecord, output: &std::path::Path) -> Result<(String, u64)> {
+    let store = Store::open(&ctx.home)?;
+    let stored = store.get(&record.box_digest)?;
+    let staging = tempfile::Builder::new()
+        .prefix(".share-")
+        .tempdir_in(&plan.project.state_dir)
+        .context("cannot make a staging folder in .envy")?;
+    let exported = provider::for_kind(plan.spec.provider).export(plan, &stored, staging.path(), &ctx.ui)?;
+    let mut files: BTreeMap<String, PathBuf> = BTreeMap::new();
+    for path in exported {
+        let name = path.file_name().context("an exported file has no name")?.to_string_lossy().into_owned();
+        files.insert(name.clone(), staging.path().join(name));
+    }
+    let mut digests = BTreeMap::new();
+    for (name, path) in &files {
+        digests.insert(name.clone(), boxes::sha256_file(path)?);
+    }
+    let (container, qemu) = match plan.spec.provider {
+        ProviderKind::Container => (Some(ContainerPayload { rootfs: "rootfs.tar".into() }), None),
+        ProviderKind::Qemu => {
+            let base = stored.manifest.qemu.clone().context("the machine's box has no qemu payload")?;
+            (None, Some(QemuPayload { disk: "disk.qcow2".into(), ..base }))
+        }
+    };
+    let project_name = plan.project.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "project".into());
+    let name = format!("{project_name}-{}", plan.name());
+    let manifest = Manifest {
+        format: 1,
+        name: name.clone(),
+        version: format!("shared-{}", chrono_stamp()),
+        arch: stored.manifest.arch.clone(),
+        providers: vec![plan.spec.provider],
+        container,
+        qemu,
+        files: digests,
+        envfile: Some(plan.spec.to_section(&plan.project.dir, toml::Value::String(name))),
+    };
+    manifest.validate(&output.display().to_string())?;
+    ctx.ui.step(format!("{}: packing {}", plan.name(), output.display()));
+    let partial = output.with_extension("box.part");
+    let digest = boxes::pack_box(&partial, &manifest, &files).inspect_err(|_| {
+        let _ = std::fs::remove_file(&partial);
+    })?;
+    std::fs::rename(&partial, output).with_context(|| format!("cannot write {}", output.display()))?;
+    let size = std::fs::metadata(output)?.len();
+    Ok((digest, size))
+}
+
+/// Seconds since the epoch, as the shared box's version.
+fn chrono_stamp() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}

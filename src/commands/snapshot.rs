@@ -1,0 +1,114 @@
+//! `envy snapshot save|restore|list|delete`: points to roll a machine back to.
+
+use anyhow::{bail, Result};
+use serde_json::json;
+
+use crate::cli::{MachineArg, SnapshotArgs, SnapshotCommand};
+use crate::context::Context;
+use crate::plan::{MachinePlan, Workspace};
+use crate::provider::{self, MachineState};
+use crate::state::ProjectLock;
+
+pub fn run(ctx: &Context, cmd: SnapshotCommand) -> Result<i32> {
+    let ws = Workspace::load(ctx)?;
+    match cmd {
+        SnapshotCommand::List(MachineArg { machine }) => {
+            let plan = created(ctx, &ws, machine.as_deref())?;
+            let list = provider::for_kind(plan.spec.provider).snapshot_list(&plan)?;
+            if ctx.ui.json {
+                super::print_json(&json!({ "version": 1, "machine": plan.name(), "snapshots": list }))?;
+            } else {
+                println!("{:<24} {:<20} {:>10} MEMORY", "NAME", "CREATED", "SIZE");
+                for s in &list {
+                    println!("{:<24} {:<20} {:>10} {}", s.name, s.created, human(s.size), if s.memory { "yes" } else { "no" });
+                }
+            }
+            Ok(0)
+        }
+        SnapshotCommand::Save(args) | SnapshotCommand::Restore(args) | SnapshotCommand::Delete(args)
+            if args.words.is_empty() =>
+        {
+            bail!("name the snapshot")
+        }
+        SnapshotCommand::Save(args) => {
+            let (machine, name) = words(&args)?;
+            let _lock = ProjectLock::acquire(&ws.project.state_dir, ctx.no_wait, &ctx.ui)?;
+            let plan = created(ctx, &ws, machine)?;
+            let provider = provider::for_kind(plan.spec.provider);
+            if provider.snapshot_list(&plan)?.iter().any(|s| s.name == name) {
+                if !args.force {
+                    bail!("machine {} already has a snapshot named {name}; pass --force to replace it", plan.name());
+                }
+                provider.snapshot_delete(&plan, name)?;
+            }
+            let info = provider.snapshot_save(&plan, name, &ctx.ui)?;
+            ctx.ui.step(format!("{}: saved snapshot {name} ({}{})", plan.name(), human(info.size), if info.memory { ", with memory" } else { "" }));
+            Ok(0)
+        }
+        SnapshotCommand::Restore(args) => {
+            let (machine, name) = words(&args)?;
+            let _lock = ProjectLock::acquire(&ws.project.state_dir, ctx.no_wait, &ctx.ui)?;
+            let plan = created(ctx, &ws, machine)?;
+            let provider = provider::for_kind(plan.spec.provider);
+            let known = provider.snapshot_list(&plan)?;
+            if !known.iter().any(|s| s.name == name) {
+                let names: Vec<&str> = known.iter().map(|s| s.name.as_str()).collect();
+                bail!("machine {} has no snapshot named {name}; it has: {}", plan.name(), if names.is_empty() { "none".into() } else { names.join(", ") });
+            }
+            provider.snapshot_restore(&plan, name, &ctx.ui)?;
+            ctx.ui.step(format!("{}: restored snapshot {name}", plan.name()));
+            Ok(0)
+        }
+        SnapshotCommand::Delete(args) => {
+            let (machine, name) = words(&args)?;
+            let _lock = ProjectLock::acquire(&ws.project.state_dir, ctx.no_wait, &ctx.ui)?;
+            let plan = created(ctx, &ws, machine)?;
+            let provider = provider::for_kind(plan.spec.provider);
+            if !provider.snapshot_list(&plan)?.iter().any(|s| s.name == name) {
+                bail!("machine {} has no snapshot named {name}", plan.name());
+            }
+            provider.snapshot_delete(&plan, name)?;
+            ctx.ui.step(format!("{}: deleted snapshot {name}", plan.name()));
+            Ok(0)
+        }
+    }
+}
+
+/// `[MACHINE] NAME`, with the name checked.
+fn words(args: &SnapshotArgs) -> Result<(Option<&str>, &str)> {
+    let (machine, name) = match args.words.as_slice() {
+        [name] => (None, name.as_str()),
+        [machine, name] => (Some(machine.as_str()), name.as_str()),
+        _ => bail!("give `[MACHINE] NAME`"),
+    };
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if !valid {
+        bail!("snapshot name {name:?} is not valid: use 1-64 letters, digits, '.', '_' or '-', not starting with '.'");
+    }
+    Ok((machine, name))
+}
+
+/// The machine's plan, provided it exists.
+fn created(ctx: &Context, ws: &Workspace, name: Option<&str>) -> Result<MachinePlan> {
+    let spec = ws.select_one(name)?;
+    let plan = ws.plan(&ctx.home, spec);
+    if provider::for_kind(spec.provider).state(&plan)? == MachineState::NotCreated {
+        return Err(crate::state::Error::NotCreated { machine: spec.name.clone() }.into());
+    }
+    Ok(plan)
+}
+
+/// Bytes as a short human size.
+pub fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+}

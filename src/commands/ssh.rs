@@ -1,0 +1,12 @@
+//! `envy ssh [MACHINE]`: an interactive shell (SSH for VMs, runc exec for containers).
+
+use anyhow::Result;
+
+use crate::cli::MachineArg;
+use crate::context::Context;
+use crate::provider;
+
+pub fn run(ctx: &Context, args: MachineArg) -> Result<i32> {
+    let plan = super::running_machine(ctx, args.machine.as_deref())?;
+    provider::for_kind(plan.spec.provider).shell(&plan)
+}

@@ -1,0 +1,30 @@
+//! `envy up`: create, start and provision the Envfile's machines.
+
+use anyhow::Result;
+
+use crate::cli::UpArgs;
+use crate::context::Context;
+use crate::envfile::lock::LockFile;
+use crate::lifecycle::{self, UpOptions};
+use crate::plan::Workspace;
+use crate::state::{registry, ProjectLock};
+
+pub fn run(ctx: &Context, args: UpArgs) -> Result<i32> {
+    let ws = Workspace::load(ctx)?;
+    let machines = ws.select(&args.machines)?;
+    let _lock = ProjectLock::acquire(&ws.project.state_dir, ctx.no_wait, &ctx.ui)?;
+    registry::add(&ctx.home, &ws.project.dir)?;
+    let lock_path = LockFile::path_for(&ws.project.dir);
+    let mut lock = LockFile::load(&lock_path)?;
+    let opts = UpOptions { no_provision: args.no_provision, insecure: false };
+    for spec in machines {
+        let mut plan = ws.plan(&ctx.home, spec);
+        let result = lifecycle::up(ctx, &mut plan, &mut lock, opts);
+        // The pin of every box that arrived is kept, even when a later step failed.
+        if lock != LockFile::load(&lock_path)? {
+            lock.save(&lock_path)?;
+        }
+        result?;
+    }
+    Ok(0)
+}

@@ -1,0 +1,88 @@
+//! Writing a machine back out as an Envfile section, with every default applied:
+//! `envy share` ships it inside the box so a teammate gets the same settings.
+
+use std::path::Path;
+
+use toml::Value;
+
+use super::{MachineSpec, Protocol, ProvisionStep};
+
+impl MachineSpec {
+    /// `[machine.NAME]` with this machine's settings and `box` set to `box_value`.
+    /// Paths are written relative to `project_dir` where they lie inside it.
+    pub fn to_section(&self, project_dir: &Path, box_value: Value) -> String {
+        let relative = |p: &Path| -> String {
+            match p.strip_prefix(project_dir) {
+                Ok(rel) if rel.as_os_str().is_empty() => ".".into(),
+                Ok(rel) => rel.display().to_string(),
+                Err(_) => p.display().to_string(),
+            }
+        };
+        let mut out = format!("[machine.{}]\n", self.name);
+        let mut line = |key: &str, value: Value| out.push_str(&format!("{key} = {value}\n"));
+        line("box", box_value);
+        line("provider", Value::String(self.provider.to_string()));
+        line("cpus", Value::Integer(self.cpus.into()));
+        line("memory", Value::String(format!("{}MiB", self.memory >> 20)));
+        if let Some(disk) = self.disk {
+            line("disk", Value::String(format!("{}MiB", disk >> 20)));
+        }
+        if !self.env.is_empty() {
+            line("env", Value::Table(self.env.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect()));
+        }
+        if !self.forwards.is_empty() {
+            let forwards = self.forwards.iter().map(|f| {
+                let proto = match f.protocol {
+                    Protocol::Tcp => "tcp",
+                    Protocol::Udp => "udp",
+                };
+                Value::Table(toml::Table::from_iter([
+                    ("host".to_string(), Value::Integer(f.host_port.into())),
+                    ("guest".to_string(), Value::Integer(f.guest_port.into())),
+                    ("protocol".to_string(), Value::String(proto.into())),
+                    ("host_ip".to_string(), Value::String(f.host_ip.to_string())),
+                    ("auto".to_string(), Value::Boolean(f.auto)),
+                ]))
+            });
+            line("forward", Value::Array(forwards.collect()));
+        }
+        if !self.sync.is_empty() {
+            let sync = self.sync.iter().map(|s| {
+                let mode = if s.readonly { ":ro" } else { "" };
+                Value::String(format!("{}:{}{mode}", relative(&s.host), s.guest))
+            });
+            line("sync", Value::Array(sync.collect()));
+        }
+        if !self.provision.is_empty() {
+            let steps = self.provision.iter().map(|p| match p {
+                ProvisionStep::Shell(cmd) => Value::String(cmd.clone()),
+                ProvisionStep::Script(path) => Value::Table(toml::Table::from_iter([(
+                    "script".to_string(),
+                    Value::String(relative(path)),
+                )])),
+            });
+            line("provision", Value::Array(steps.collect()));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+
+
+    use crate::envfile::{parse_str, ProviderKind};
+
+    #[test]
+    fn a_rendered_section_reads_back_as_the_same_machine() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("Envfile");
+        let text = "[defaults]\nmemory = \"512MiB\"\nsync = [\".:/project\", \"docs:/docs:ro\"]\n\
+                    [machine.web]\nbox = \"b\"\nforward = [\"8080:80\", \"0.0.0.0:5353:53/udp\"]\n\
+                    env = { A = \"1\" }\nprovision = [\"echo 'hi'\"]\n";
+        let original = parse_str(&path, text, ProviderKind::Container).unwrap();
+        let section = original.machines[0].to_section(dir.path(), toml::Value::String("b".into()));
+        let again = parse_str(&path, &section, ProviderKind::Qemu).unwrap();
+        assert_eq!(again.machines[0], original.machines[0], "{section}");
+    }
+}

@@ -1,0 +1,276 @@
+//! The steps several commands share: bring one machine up (box, ports, provider,
+//! provisioning), provision it, and destroy it. `up`, `reload`, `provision`,
+//! `destroy` and `run` are thin loops over these.
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::boxes::{BoxSource, Store, StoredBox};
+use crate::context::Context;
+use crate::envfile::lock::{LockFile, LockedBox};
+use crate::envfile::{BoxRef, Forward, MachineSpec, Protocol, ProvisionStep};
+use crate::plan::MachinePlan;
+use crate::provider::{self, ExecRequest, MachineState};
+use crate::state::record::{MachineRecord, VERSION};
+
+/// Options of `envy up` that reach each machine.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UpOptions {
+    pub no_provision: bool,
+    /// Accept a box URL without a digest (what arrives is pinned in the lock).
+    pub insecure: bool,
+}
+
+/// Brings one machine to Running and provisions it on its first start.
+/// Safe from any state: absent, stopped, half-made by a killed `envy up`.
+pub fn up(ctx: &Context, plan: &mut MachinePlan, lock: &mut LockFile, opts: UpOptions) -> Result<()> {
+    let name = plan.name().to_string();
+    let record = MachineRecord::load(&plan.dir)?;
+    if let Some(r) = &record {
+        if r.provider != plan.spec.provider {
+            bail!(
+                "machine {name} was created with the {} provider but the Envfile now says {}; run `envy destroy {name}` first",
+                r.provider, plan.spec.provider
+            );
+        }
+    }
+    let stored = resolve_box(ctx, &plan.spec, lock, opts.insecure)?;
+    if !stored.manifest.providers.contains(&plan.spec.provider) {
+        let providers: Vec<String> = stored.manifest.providers.iter().map(|p| p.to_string()).collect();
+        return Err(crate::boxes::Error::WrongProvider {
+            name: stored.manifest.name.clone(),
+            digest: stored.digest.clone(),
+            providers: providers.join(", "),
+            wanted: plan.spec.provider.to_string(),
+            machine: name,
+        }
+        .into());
+    }
+    if let Some(r) = &record {
+        if r.box_digest != stored.digest {
+            ctx.ui.warn(format!(
+                "machine {name} was created from box {} but the Envfile now resolves to {}; it keeps its old base until `envy destroy {name}`",
+                short(&r.box_digest), short(&stored.digest)
+            ));
+        }
+    }
+    let provider = provider::for_kind(plan.spec.provider);
+    let state = provider.state(plan)?;
+    plan.forwards = match (&record, state) {
+        (Some(r), MachineState::Running) => r.forwards.clone(),
+        _ => resolve_forwards(ctx, &name, &plan.spec.forwards, record.as_ref())?,
+    };
+    let mut record = record.unwrap_or_else(|| MachineRecord {
+        version: VERSION,
+        name: name.clone(),
+        provider: plan.spec.provider,
+        box_digest: stored.digest.clone(),
+        created: now(),
+        forwards: Vec::new(),
+        provisioned: false,
+    });
+    record.forwards = plan.forwards.clone();
+    record.save(&plan.dir)?;
+
+    if state == MachineState::Running {
+        ctx.ui.step(format!("{name}: already running"));
+    } else {
+        ctx.ui.step(format!("{name}: starting ({}, box {})", plan.spec.provider, stored.manifest.name));
+        provider.up(plan, &stored, &ctx.ui)?;
+    }
+    if !record.provisioned && !opts.no_provision {
+        provision(ctx, plan)?;
+        record.provisioned = true;
+        record.save(&plan.dir)?;
+    }
+    for f in &plan.forwards {
+        ctx.ui.step(format!("{name}: {}:{} -> guest {} ({:?})", f.host_ip, f.host_port, f.guest_port, f.protocol).to_lowercase());
+    }
+    Ok(())
+}
+
+/// Runs the machine's provisioning steps in order; the first failure stops them.
+pub fn provision(ctx: &Context, plan: &MachinePlan) -> Result<()> {
+    let provider = provider::for_kind(plan.spec.provider);
+    let total = plan.spec.provision.len();
+    for (i, step) in plan.spec.provision.iter().enumerate() {
+        let (label, script) = match step {
+            ProvisionStep::Shell(cmd) => (cmd.clone(), cmd.clone()),
+            ProvisionStep::Script(path) => (
+                path.display().to_string(),
+                std::fs::read_to_string(path).with_context(|| format!("cannot read provision script {}", path.display()))?,
+            ),
+        };
+        ctx.ui.step(format!("{}: provision {}/{total}: {label}", plan.name(), i + 1));
+        let request = ExecRequest {
+            command: vec!["/bin/sh".into(), "-c".into(), script],
+            tty: false,
+            workdir: None,
+            env: Vec::new(),
+        };
+        let code = provider.exec(plan, &request)?;
+        if code != 0 {
+            bail!(
+                "provision step {}/{total} of machine {} failed with exit code {code}: {label}\nfix it, then run `envy provision {}`",
+                i + 1, plan.name(), plan.name()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Removes the machine and its record; the Envfile.lock and the box store stay.
+pub fn destroy(ctx: &Context, plan: &MachinePlan) -> Result<()> {
+    let provider = provider::for_kind(plan.spec.provider);
+    provider.destroy(plan, &ctx.ui)?;
+    match std::fs::remove_dir_all(&plan.dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("cannot remove {}", plan.dir.display())),
+    }
+}
+
+/// The machine's box, verified, honouring and updating the Envfile.lock pin.
+pub fn resolve_box(ctx: &Context, spec: &MachineSpec, lock: &mut LockFile, insecure: bool) -> Result<StoredBox> {
+    let store = Store::open(&ctx.home)?;
+    let source_text = source_key(&spec.box_ref);
+    let pinned = lock.machines.get(&spec.name).filter(|l| l.source == source_text).map(|l| l.sha256.clone());
+    if let Some(digest) = &pinned {
+        if let Ok(stored) = store.get(digest) {
+            return Ok(stored);
+        }
+    }
+    // A catalog name matches a box added under that name first, as in Vagrant.
+    let added = match &spec.box_ref {
+        BoxRef::Catalog { .. } => match store.find(&spec.box_ref.to_string()) {
+            Ok(stored) => Some(stored),
+            Err(e) if matches!(e.downcast_ref(), Some(crate::boxes::Error::Missing { .. })) => None,
+            Err(e) => return Err(e),
+        },
+        _ => None,
+    };
+    let stored = match added {
+        Some(stored) => store.get(&stored.digest)?,
+        None => {
+            let mut source = BoxSource::from_ref(&spec.box_ref, None, Some(spec.provider));
+            source.insecure = insecure;
+            store.ensure(&source, &ctx.ui)?
+        }
+    };
+    if let Some(digest) = pinned {
+        if digest != stored.digest {
+            return Err(crate::envfile::Error::Lock {
+                path: LockFile::path_for(&ctx.cwd),
+                message: format!(
+                    "machine {} is pinned to box {digest} but {source_text} now gives {}; \
+                     if the new box is wanted, delete the [machine.{}] entry of Envfile.lock and run `envy up` again",
+                    spec.name, stored.digest, spec.name
+                ),
+            }
+            .into());
+        }
+    }
+    lock.machines.insert(spec.name.clone(), LockedBox { source: source_text, sha256: stored.digest.clone() });
+    Ok(stored)
+}
+
+/// How a box reference is written in the lock (a changed reference re-pins).
+fn source_key(reference: &BoxRef) -> String {
+    match reference {
+        BoxRef::Url { url, sha256: Some(d) } => format!("{url}#sha256={d}"),
+        other => other.to_string(),
+    }
+}
+
+/// Checks every host port is free; an `auto` forward moves to a free port instead.
+fn resolve_forwards(ctx: &Context, machine: &str, wanted: &[Forward], record: Option<&MachineRecord>) -> Result<Vec<Forward>> {
+    let mut out = Vec::with_capacity(wanted.len());
+    for f in wanted {
+        // A port picked earlier for an auto forward is tried first, so it stays stable.
+        let previous = record
+            .and_then(|r| r.forwards.iter().find(|p| p.guest_port == f.guest_port && p.protocol == f.protocol))
+            .filter(|_| f.auto)
+            .map(|p| p.host_port);
+        let mut port = previous.unwrap_or(f.host_port);
+        if !port_free(f, port) && previous.is_some() {
+            port = f.host_port;
+        }
+        if !port_free(f, port) {
+            if !f.auto {
+                return Err(provider::Error::Other(format!(
+                    "host port {}:{port}/{} wanted by machine {machine} is taken{}; free it, change the forward, or add `auto = true` to it",
+                    f.host_ip,
+                    proto_name(f.protocol),
+                    holder_of(port).map(|h| format!(" by {h}")).unwrap_or_default()
+                ))
+                .into());
+            }
+            port = free_port(f)?;
+            ctx.ui.step(format!("{machine}: host port {} is taken; forwarding {} -> guest {} instead", f.host_port, port, f.guest_port));
+        }
+        out.push(Forward { host_port: port, ..f.clone() });
+    }
+    Ok(out)
+}
+
+fn proto_name(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+    }
+}
+
+fn port_free(f: &Forward, port: u16) -> bool {
+    let addr = SocketAddr::new(f.host_ip, port);
+    match f.protocol {
+        Protocol::Tcp => TcpListener::bind(addr).is_ok(),
+        Protocol::Udp => UdpSocket::bind(addr).is_ok(),
+    }
+}
+
+fn free_port(f: &Forward) -> Result<u16> {
+    let addr = SocketAddr::new(f.host_ip, 0);
+    let port = match f.protocol {
+        Protocol::Tcp => TcpListener::bind(addr)?.local_addr()?.port(),
+        Protocol::Udp => UdpSocket::bind(addr)?.local_addr()?.port(),
+    };
+    Ok(port)
+}
+
+/// "process NAME (pid N)" holding a TCP port, found through /proc (best effort).
+fn holder_of(port: u16) -> Option<String> {
+    let inode = ["/proc/net/tcp", "/proc/net/tcp6"].iter().find_map(|file| {
+        let text = std::fs::read_to_string(file).ok()?;
+        text.lines().skip(1).find_map(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let local_port = u16::from_str_radix(cols.get(1)?.rsplit(':').next()?, 16).ok()?;
+            // State 0A is LISTEN.
+            (local_port == port && cols.get(3) == Some(&"0A")).then(|| cols.get(9).map(|s| s.to_string()))?
+        })
+    })?;
+    let target = format!("socket:[{inode}]");
+    for proc_entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let pid = proc_entry.file_name().to_string_lossy().to_string();
+        if !pid.chars().all(|c| c.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(proc_entry.path().join("fd")) else { continue };
+        for fd in fds.flatten() {
+            if std::fs::read_link(fd.path()).is_ok_and(|l| l.to_string_lossy() == target) {
+                let comm = std::fs::read_to_string(proc_entry.path().join("comm")).unwrap_or_default();
+                return Some(format!("process {} (pid {pid})", comm.trim()));
+            }
+        }
+    }
+    None
+}
+
+pub fn short(digest: &str) -> &str {
+    &digest[..digest.len().min(12)]
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}

@@ -1,0 +1,132 @@
+//! The OCI bundle runc runs: `config.json` built from oci-spec types (runc's own
+//! defaults for mounts, masked paths and devices, plus envy's process, namespaces,
+//! sync folders, hosts/resolv.conf and limits), and the generated network files.
+
+use std::path::Path;
+
+use anyhow::{Context as _, Result};
+use oci_spec::runtime::{
+    Capability, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder,
+    LinuxNamespaceType, LinuxResourcesBuilder, MountBuilder, ProcessBuilder, RootBuilder, Spec,
+};
+
+use super::layout::Layout;
+use super::network::{self, MachineNet};
+use crate::plan::MachinePlan;
+
+/// The init process: PID 1 of the container keeps it up, reaps orphans (the shell
+/// waits for its children) and exits cleanly on SIGTERM. busybox and Debian both have it.
+const INIT: &str = r#"trap "exit 0" TERM; while :; do sleep 3600 & wait $!; done"#;
+
+/// Capabilities of docker's default set: enough for package managers to work.
+const CAPABILITIES: [Capability; 14] = [
+    Capability::Chown,
+    Capability::DacOverride,
+    Capability::Fowner,
+    Capability::Fsetid,
+    Capability::Kill,
+    Capability::Setgid,
+    Capability::Setuid,
+    Capability::Setpcap,
+    Capability::NetBindService,
+    Capability::NetRaw,
+    Capability::SysChroot,
+    Capability::Mknod,
+    Capability::AuditWrite,
+    Capability::Setfcap,
+];
+
+/// cgroup cpu period; the quota is `cpus` times this.
+const CPU_PERIOD: u64 = 100_000;
+
+/// The environment every process of the machine starts with.
+pub fn environment(plan: &MachinePlan) -> Vec<String> {
+    let mut env: Vec<(String, String)> = vec![
+        ("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()),
+        ("HOME".into(), "/root".into()),
+        ("TERM".into(), std::env::var("TERM").unwrap_or_else(|_| "xterm".into())),
+    ];
+    for (key, value) in &plan.spec.env {
+        env.retain(|(k, _)| k != key);
+        env.push((key.clone(), value.clone()));
+    }
+    env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+/// `/etc/hosts`: the machine and its peers by name.
+pub fn hosts_file(plan: &MachinePlan, net: &MachineNet) -> Result<String> {
+    let mut text = format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{}\n", net.ip, plan.name());
+    for (peer, index) in &plan.peers {
+        text.push_str(&format!("{}\t{peer}\n", network::machine_ip(*index)?));
+    }
+    Ok(text)
+}
+
+/// Writes hosts, resolv.conf and config.json into the machine dir.
+pub fn write(plan: &MachinePlan, layout: &Layout, net: &MachineNet) -> Result<()> {
+    crate::state::write_atomic(&layout.hosts(), hosts_file(plan, net)?.as_bytes())?;
+    crate::state::write_atomic(&layout.resolv_conf(), format!("nameserver {}\n", network::DNS).as_bytes())?;
+    let spec = spec(plan, layout, net)?;
+    let json = serde_json::to_vec_pretty(&spec)?;
+    crate::state::write_atomic(&layout.config(), &json)
+}
+
+fn bind(source: &Path, destination: &str, readonly: bool) -> Result<oci_spec::runtime::Mount> {
+    let mut options = vec!["rbind".to_string(), "rprivate".to_string()];
+    if readonly {
+        options.push("ro".into());
+    }
+    Ok(MountBuilder::default()
+        .destination(destination)
+        .typ("bind")
+        .source(source)
+        .options(options)
+        .build()?)
+}
+
+fn spec(plan: &MachinePlan, layout: &Layout, net: &MachineNet) -> Result<Spec> {
+    let caps: oci_spec::runtime::Capabilities = CAPABILITIES.into_iter().collect();
+    let capabilities = LinuxCapabilitiesBuilder::default()
+        .bounding(caps.clone())
+        .effective(caps.clone())
+        .permitted(caps)
+        .build()?;
+    let process = ProcessBuilder::default()
+        .terminal(false)
+        .args(vec!["/bin/sh".to_string(), "-c".to_string(), INIT.to_string()])
+        .env(environment(plan))
+        .cwd("/")
+        .capabilities(capabilities)
+        .no_new_privileges(false)
+        .build()?;
+
+    let mut mounts = oci_spec::runtime::get_default_mounts();
+    for folder in &plan.spec.sync {
+        mounts.push(bind(&folder.host, &folder.guest, folder.readonly)?);
+    }
+    mounts.push(bind(&layout.hosts(), "/etc/hosts", true)?);
+    mounts.push(bind(&layout.resolv_conf(), "/etc/resolv.conf", true)?);
+
+    let mut spec = Spec::default();
+    spec.set_hostname(Some(plan.name().to_string()));
+    spec.set_process(Some(process));
+    spec.set_root(Some(RootBuilder::default().path(layout.rootfs()).readonly(false).build()?));
+    spec.set_mounts(Some(mounts));
+    spec.set_annotations(None);
+
+    let linux = spec.linux_mut().as_mut().context("oci-spec's default spec has no linux section")?;
+    let mut namespaces = linux.namespaces().clone().unwrap_or_default();
+    namespaces.retain(|ns| ns.typ() != LinuxNamespaceType::Network);
+    namespaces.push(LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Network).path(net.netns_path()).build()?);
+    linux.set_namespaces(Some(namespaces));
+    linux.set_cgroups_path(Some(format!("/envy/{}", plan.runtime_id).into()));
+    let mut resources = LinuxResourcesBuilder::default();
+    if plan.spec.cpus > 0 {
+        resources = resources.cpu(LinuxCpuBuilder::default().quota(i64::from(plan.spec.cpus) * CPU_PERIOD as i64).period(CPU_PERIOD).build()?);
+    }
+    if plan.spec.memory > 0 {
+        resources = resources.memory(LinuxMemoryBuilder::default().limit(plan.spec.memory as i64).build()?);
+    }
+    linux.set_resources(Some(resources.build()?));
+    Ok(spec)
+}

@@ -1,0 +1,83 @@
+//! Where a container machine keeps its files inside `.envy/machines/<name>/`.
+
+use std::path::{Path, PathBuf};
+
+/// The machine dir's files; every path envy creates there is named here.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    dir: PathBuf,
+}
+
+impl Layout {
+    pub fn new(dir: &Path) -> Layout {
+        Layout { dir: dir.to_path_buf() }
+    }
+
+    /// The bundle dir runc is given (it holds config.json).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    /// The machine's own layer: everything it changed.
+    pub fn upper(&self) -> PathBuf {
+        self.dir.join("upper")
+    }
+    /// overlayfs's scratch dir (same filesystem as upper).
+    pub fn work(&self) -> PathBuf {
+        self.dir.join("work")
+    }
+    /// The merged root filesystem runc runs.
+    pub fn rootfs(&self) -> PathBuf {
+        self.dir.join("rootfs")
+    }
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("config.json")
+    }
+    /// Output of the init process and runc's own messages.
+    pub fn log(&self) -> PathBuf {
+        self.dir.join("console.log")
+    }
+    pub fn hosts(&self) -> PathBuf {
+        self.dir.join("hosts")
+    }
+    pub fn resolv_conf(&self) -> PathBuf {
+        self.dir.join("resolv.conf")
+    }
+    pub fn snapshots(&self) -> PathBuf {
+        self.dir.join("snapshots")
+    }
+    /// Where a snapshot is unpacked before it replaces upper/.
+    pub fn restore_tmp(&self) -> PathBuf {
+        self.dir.join("upper.restoring")
+    }
+    /// The previous upper/ while a restore swaps it out.
+    pub fn upper_old(&self) -> PathBuf {
+        self.dir.join("upper.old")
+    }
+    /// The box rootfs (lower layer) the machine was created on, so commands that get
+    /// no box (snapshot restore) can mount the overlay again.
+    pub fn lower_record(&self) -> PathBuf {
+        self.dir.join("lower")
+    }
+
+    /// Every file and dir this provider creates, for removal on destroy.
+    pub fn owned(&self) -> [PathBuf; 11] {
+        [
+            self.upper(),
+            self.restore_tmp(),
+            self.upper_old(),
+            self.lower_record(),
+            self.work(),
+            self.rootfs(),
+            self.config(),
+            self.log(),
+            self.hosts(),
+            self.resolv_conf(),
+            self.snapshots(),
+        ]
+    }
+
+    /// Whether the machine has been created (its layer exists).
+    pub fn exists(&self) -> bool {
+        self.upper().is_dir()
+    }
+}

@@ -1,0 +1,102 @@
+//! The machine's root filesystem: an overlay whose lower layer is the box's unpacked
+//! rootfs (shared, read-only) and whose upper layer is the machine's own, so creating
+//! a machine copies nothing. Also the mount-table reads that keep removal safe.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _, Result};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+
+use crate::provider::Error;
+
+/// Mount points currently in this process's mount namespace.
+fn mount_points() -> Result<Vec<PathBuf>> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").context("cannot read /proc/self/mountinfo")?;
+    Ok(text
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(|field| PathBuf::from(unescape(field)))
+        .collect())
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo` octal.
+fn unescape(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes.get(i + 1..i + 4).and_then(|d| u8::from_str_radix(std::str::from_utf8(d).ok()?, 8).ok());
+        match (bytes[i], octal) {
+            (b'\\', Some(b)) => {
+                out.push(b);
+                i += 4;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub fn is_mounted(path: &Path) -> Result<bool> {
+    Ok(mount_points()?.iter().any(|m| m == path))
+}
+
+/// Mount points at or below `dir`, deepest first (the order to unmount them in).
+pub fn mounts_under(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut found: Vec<PathBuf> = mount_points()?.into_iter().filter(|m| m.starts_with(dir)).collect();
+    found.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
+    found.dedup();
+    Ok(found)
+}
+
+/// Mounts the overlay at `merged`. Paths holding `,` or `:` cannot be named in
+/// overlay options and are refused with an explanation.
+pub fn mount_overlay(lower: &Path, upper: &Path, work: &Path, merged: &Path) -> Result<()> {
+    for path in [lower, upper, work, merged] {
+        let text = path.to_string_lossy();
+        if text.contains(',') || text.contains(':') {
+            bail!(Error::Other(format!(
+                "cannot mount the machine's root filesystem: the path {} holds ',' or ':', which overlayfs cannot take; move the project or ENVY_HOME to a path without them",
+                path.display()
+            )));
+        }
+    }
+    let options = format!("lowerdir={},upperdir={},workdir={}", lower.display(), upper.display(), work.display());
+    mount(Some("overlay"), merged, Some("overlay"), MsFlags::empty(), Some(options.as_str())).map_err(|e| {
+        Error::Other(format!(
+            "cannot mount the overlay root filesystem at {} (lower {}): {e}; check that the kernel has overlayfs and that envy runs as root",
+            merged.display(),
+            lower.display()
+        ))
+    })?;
+    Ok(())
+}
+
+/// Unmounts every mount at or below `dir`, lazily when one is busy, and checks that
+/// none is left, so a following removal never reaches through a mount.
+pub fn unmount_all(dir: &Path) -> Result<()> {
+    for point in mounts_under(dir)? {
+        if umount2(&point, MntFlags::empty()).is_err() {
+            umount2(&point, MntFlags::MNT_DETACH)
+                .map_err(|e| Error::Other(format!("cannot unmount {}: {e}; unmount it by hand (umount -l) and try again", point.display())))?;
+        }
+    }
+    if let Some(left) = mounts_under(dir)?.first() {
+        bail!(Error::Other(format!("{} is still mounted after unmounting; unmount it by hand (umount -l) and try again", left.display())));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unescape;
+
+    #[test]
+    fn mountinfo_escapes_are_decoded() {
+        assert_eq!(unescape(r"/a\040b\134c"), r"/a b\c");
+        assert_eq!(unescape("/plain"), "/plain");
+    }
+}

@@ -1,0 +1,196 @@
+//! `envy box build`: container boxes carry the rootfs tarball; qemu boxes an ext4
+//! qcow2 disk (valid per qemu-img) plus the rootfs's kernel and initrd for direct boot.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{busybox_rootfs, require_tool, sha256_hex, TestEnv};
+use predicates::str::contains;
+
+/// Reads the entries (name, bytes) of a zstd `.box`.
+fn box_entries(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let data = zstd::decode_all(std::fs::File::open(path).unwrap()).unwrap();
+    let mut archive = tar::Archive::new(&data[..]);
+    archive
+        .entries()
+        .unwrap()
+        .map(|e| {
+            let mut e = e.unwrap();
+            let name = e.path().unwrap().display().to_string();
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut e, &mut bytes).unwrap();
+            (name, bytes)
+        })
+        .collect()
+}
+
+#[test]
+fn container_box_from_a_directory_and_a_tarball() {
+    let env = TestEnv::new();
+    let rootfs = env.path("rootfs");
+    busybox_rootfs(&rootfs);
+    let out = env.path("web.box");
+    let assert = env
+        .envy()
+        .args(["box", "build", "--rootfs"])
+        .arg(&rootfs)
+        .args(["--name", "web", "--version", "3", "-o"])
+        .arg(&out)
+        .assert()
+        .success();
+    let digest = sha256_hex(&std::fs::read(&out).unwrap());
+    assert!(String::from_utf8_lossy(&assert.get_output().stdout).starts_with(&digest), "prints the digest");
+    let entries = box_entries(&out);
+    let names: Vec<&str> = entries.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["box.toml", "rootfs.tar"]);
+    let manifest = String::from_utf8_lossy(&entries[0].1).into_owned();
+    assert!(manifest.contains("name = \"web\"") && manifest.contains("version = \"3\""), "{manifest}");
+    assert!(manifest.contains(&format!("\"rootfs.tar\" = \"{}\"", sha256_hex(&entries[1].1))), "{manifest}");
+    let mut inner = tar::Archive::new(&entries[1].1[..]);
+    let inner_names: Vec<String> =
+        inner.entries().unwrap().map(|e| e.unwrap().path().unwrap().display().to_string()).collect();
+    assert!(
+        inner_names.contains(&"bin/busybox".to_string()) && inner_names.contains(&"bin/sh".to_string()),
+        "{inner_names:?}"
+    );
+
+    // From a tarball made by tar(1): the tarball is the payload as is.
+    let tarball = env.path("rootfs.tar.gz");
+    assert!(Command::new("tar")
+        .arg("-C")
+        .arg(&rootfs)
+        .arg("-czf")
+        .arg(&tarball)
+        .arg(".")
+        .status()
+        .unwrap()
+        .success());
+    let out2 = env.path("web2.box");
+    env.envy()
+        .args(["box", "build", "--rootfs"])
+        .arg(&tarball)
+        .args(["--name", "web2", "--add", "-o"])
+        .arg(&out2)
+        .assert()
+        .success();
+    let digest2 = sha256_hex(&std::fs::read(&out2).unwrap());
+    let stored = env.home.join("boxes").join(&digest2);
+    assert!(stored.join("rootfs.tar.gz").is_file());
+    assert!(stored.join("rootfs/bin/busybox").is_file());
+}
+
+#[test]
+fn qemu_box_with_kernel_for_direct_boot() {
+    require_tool("qemu-img", "qemu-utils");
+    require_tool("mkfs.ext4", "e2fsprogs");
+    require_tool("debugfs", "e2fsprogs");
+    let env = TestEnv::new();
+    let rootfs = env.path("rootfs");
+    busybox_rootfs(&rootfs);
+    std::fs::create_dir_all(rootfs.join("boot")).unwrap();
+    std::fs::write(rootfs.join("boot/vmlinuz-6.1.0-test"), b"kernel image bytes").unwrap();
+    std::fs::write(rootfs.join("boot/initrd.img-6.1.0-test"), b"initrd bytes").unwrap();
+    let out = env.path("vm.box");
+    env.envy()
+        .args(["box", "build", "--kind", "qemu", "--rootfs"])
+        .arg(&rootfs)
+        .args(["--name", "vm", "--cmdline", "quiet init=/bin/sh", "--disk-size", "96MiB", "--add", "-o"])
+        .arg(&out)
+        .assert()
+        .success();
+    let digest = sha256_hex(&std::fs::read(&out).unwrap());
+    let dir = env.home.join("boxes").join(&digest);
+    let manifest = std::fs::read_to_string(dir.join("box.toml")).unwrap();
+    assert!(manifest.contains("boot = \"kernel\""), "{manifest}");
+    assert!(
+        manifest.contains("cmdline = \"console=ttyS0 root=/dev/vda rw quiet init=/bin/sh\""),
+        "{manifest}"
+    );
+    assert_eq!(std::fs::read(dir.join("vmlinuz")).unwrap(), b"kernel image bytes");
+    assert_eq!(std::fs::read(dir.join("initrd.img")).unwrap(), b"initrd bytes");
+
+    let info = Command::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(dir.join("disk.qcow2"))
+        .output()
+        .unwrap();
+    assert!(info.status.success(), "{}", String::from_utf8_lossy(&info.stderr));
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(info["format"], "qcow2");
+    assert_eq!(info["virtual-size"], 96u64 << 20);
+
+    // The disk is an ext4 filesystem holding the rootfs.
+    let raw = env.path("disk.raw");
+    assert!(Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(dir.join("disk.qcow2"))
+        .arg(&raw)
+        .status()
+        .unwrap()
+        .success());
+    let ls = Command::new("debugfs").args(["-R", "ls -l /bin"]).arg(&raw).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&ls.stdout).contains("busybox"),
+        "{}",
+        String::from_utf8_lossy(&ls.stdout)
+    );
+}
+
+#[test]
+fn qemu_box_without_kernel_boots_by_firmware() {
+    require_tool("qemu-img", "qemu-utils");
+    require_tool("mkfs.ext4", "e2fsprogs");
+    let env = TestEnv::new();
+    let rootfs = env.path("rootfs");
+    busybox_rootfs(&rootfs);
+    let tarball = env.path("rootfs.tar");
+    assert!(Command::new("tar")
+        .arg("-C")
+        .arg(&rootfs)
+        .arg("-cf")
+        .arg(&tarball)
+        .arg(".")
+        .status()
+        .unwrap()
+        .success());
+    let out = env.path("fw.box");
+    env.envy()
+        .args(["box", "build", "--kind", "qemu", "--rootfs"])
+        .arg(&tarball)
+        .args(["--name", "fw", "-o"])
+        .arg(&out)
+        .assert()
+        .success()
+        .stderr(contains("has no /boot/vmlinuz*"));
+    let entries = box_entries(&out);
+    let names: Vec<&str> = entries.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["box.toml", "disk.qcow2"]);
+    assert!(String::from_utf8_lossy(&entries[0].1).contains("boot = \"firmware\""));
+}
+
+#[test]
+fn missing_tool_names_its_package_and_leaves_nothing() {
+    let env = TestEnv::new();
+    let rootfs = env.path("rootfs");
+    busybox_rootfs(&rootfs);
+    let out = env.path("vm.box");
+    let empty_path = env.path("empty-path");
+    std::fs::create_dir_all(&empty_path).unwrap();
+    env.envy()
+        .env("PATH", &empty_path)
+        .args(["box", "build", "--kind", "qemu", "--rootfs"])
+        .arg(&rootfs)
+        .args(["--name", "vm", "-o"])
+        .arg(&out)
+        .assert()
+        .code(5)
+        .stderr(contains(
+            "mkfs.ext4 is not installed or not on PATH: install it with `apt-get install e2fsprogs`",
+        ));
+    assert!(!out.exists());
+    let leftovers: Vec<String> =
+        common::list_dir(env.dir.path()).into_iter().filter(|n| n.starts_with(".envy-build")).collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

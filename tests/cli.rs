@@ -1,0 +1,177 @@
+//! The command line without any machine: init, help, JSON status of nothing,
+//! exit codes for the error families, and no prompt without a terminal.
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+
+fn envy(home: &std::path::Path, cwd: &std::path::Path) -> Command {
+    let mut cmd = Command::cargo_bin("envy").unwrap();
+    cmd.env("ENVY_HOME", home).env("CI", "1").current_dir(cwd);
+    cmd
+}
+
+#[test]
+fn init_writes_each_template_and_refuses_to_overwrite() {
+    let home = tempfile::tempdir().unwrap();
+    for template in ["minimal", "rust", "python", "node", "postgres-staging"] {
+        let project = tempfile::tempdir().unwrap();
+        envy(home.path(), project.path())
+            .args(["init", "--template", template, "--box", "busybox", "--provider", "qemu"])
+            .assert()
+            .success();
+        let text = std::fs::read_to_string(project.path().join("Envfile")).unwrap();
+        assert!(text.contains("box = \"busybox\"") && text.contains("provider = \"qemu\""), "{text}");
+        envy(home.path(), project.path())
+            .args(["init", "--template", template])
+            .assert()
+            .failure()
+            .stderr(predicate::str::contains("already exists; pass --force"));
+    }
+}
+
+#[test]
+fn init_without_a_terminal_uses_defaults_instead_of_asking() {
+    let home = tempfile::tempdir().unwrap();
+    let project = tempfile::tempdir().unwrap();
+    envy(home.path(), project.path()).arg("init").write_stdin("").assert().success();
+    let text = std::fs::read_to_string(project.path().join("Envfile")).unwrap();
+    assert!(text.contains("box = \"debian-12\""), "{text}");
+}
+
+#[test]
+fn destroy_without_a_terminal_refuses_to_ask_and_names_the_flag() {
+    let home = tempfile::tempdir().unwrap();
+    let project = tempfile::tempdir().unwrap();
+    std::fs::write(project.path().join("Envfile"), "[defaults]\nbox = \"busybox\"\n").unwrap();
+    envy(home.path(), project.path())
+        .arg("destroy")
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("pass --force"));
+}
+
+#[test]
+fn a_malformed_envfile_exits_3_with_its_position() {
+    let home = tempfile::tempdir().unwrap();
+    let project = tempfile::tempdir().unwrap();
+    std::fs::write(project.path().join("Envfile"), "[defaults]\nbox = \"b\"\nforward = [\"8080\"]\n").unwrap();
+    envy(home.path(), project.path())
+        .arg("status")
+        .assert()
+        .code(3)
+        .stderr(predicate::str::contains("Envfile:3:12:"));
+}
+
+#[test]
+fn unknown_machine_names_the_known_ones() {
+    let home = tempfile::tempdir().unwrap();
+    let project = tempfile::tempdir().unwrap();
+    std::fs::write(project.path().join("Envfile"), "[defaults]\nbox = \"b\"\n[machine.web]\n[machine.db]\n").unwrap();
+    envy(home.path(), project.path())
+        .args(["status", "cache"])
+        .assert()
+        .code(3)
+        .stderr(predicate::str::contains("it has: web, db"));
+}
+
+#[test]
+fn status_json_of_machines_never_created() {
+    let home = tempfile::tempdir().unwrap();
+    let project = tempfile::tempdir().unwrap();
+    std::fs::write(project.path().join("Envfile"), "[defaults]\nbox = \"b\"\nforward = [\"8080:80\"]\n").unwrap();
+    let out = envy(home.path(), project.path()).args(["status", "--json"]).output().unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["version"], 1);
+    assert_eq!(v["machines"][0]["name"], "default");
+    assert_eq!(v["machines"][0]["state"], "not-created");
+    assert_eq!(v["machines"][0]["forwards"][0]["host_port"], 8080);
+}
+
+#[test]
+fn usage_errors_exit_2_and_help_reads() {
+    let home = tempfile::tempdir().unwrap();
+    envy(home.path(), home.path()).arg("frobnicate").assert().code(2);
+    envy(home.path(), home.path())
+        .arg("--help")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("Create, start and provision"));
+}
+
+#[test]
+fn completions_and_man_page_are_generated() {
+    let home = tempfile::tempdir().unwrap();
+    envy(home.path(), home.path()).args(["completions", "bash"]).assert().success().stdout(predicate::str::contains("envy"));
+    envy(home.path(), home.path()).arg("man").assert().success().stdout(predicate::str::contains(".TH envy"));
+}
+
+#[test]
+fn exec_on_a_machine_never_created_says_to_run_up() {
+    let home = tempfile::tempdir().unwrap();
+    let project = tempfile::tempdir().unwrap();
+    std::fs::write(project.path().join("Envfile"), "[defaults]\nbox = \"b\"\n").unwrap();
+    envy(home.path(), project.path())
+        .args(["exec", "--", "true"])
+        .assert()
+        .code(7)
+        .stderr(predicate::str::contains("envy up default"));
+}
+
+#[test]
+fn a_second_command_fails_at_once_with_no_wait_and_waits_without_it() {
+    use std::io::Read;
+    let home = tempfile::tempdir().unwrap();
+    let project = tempfile::tempdir().unwrap();
+    std::fs::write(project.path().join("Envfile"), "[defaults]\nbox = \"not-in-any-catalog\"\n").unwrap();
+    let ui = envy::ui::Ui { interactive: false, fancy: false, json: false, quiet: true };
+    let held = envy::state::ProjectLock::acquire(&project.path().join(".envy"), true, &ui).unwrap();
+
+    envy(home.path(), project.path())
+        .args(["up", "--no-wait"])
+        .assert()
+        .code(6)
+        .stderr(predicate::str::contains(format!("(pid {})", std::process::id())));
+
+    let mut waiting = std::process::Command::new(env!("CARGO_BIN_EXE_envy"))
+        .arg("up")
+        .env("ENVY_HOME", home.path())
+        .env("CI", "1")
+        .current_dir(project.path())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The waiting command says so on its first line, then blocks until the lock is free.
+    let mut stderr = waiting.stderr.take().unwrap();
+    let mut first = Vec::new();
+    let mut byte = [0u8];
+    while stderr.read(&mut byte).unwrap() == 1 && byte[0] != b'\n' {
+        first.push(byte[0]);
+    }
+    let first = String::from_utf8(first).unwrap();
+    assert!(first.contains("waiting for another envy command"), "{first}");
+    assert!(waiting.try_wait().unwrap().is_none(), "it waits while the lock is held");
+    drop(held);
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    let status = waiting.wait().unwrap();
+    // Past the lock it goes on to the box, which no catalog has.
+    assert_eq!(status.code(), Some(4), "{rest}");
+    assert!(rest.contains("not-in-any-catalog"), "{rest}");
+}
+
+#[test]
+fn docs_cli_md_matches_the_help_text() {
+    let generated = std::process::Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/gen-cli-docs.sh"))
+        .arg("--stdout")
+        .env("ENVY_BIN", env!("CARGO_BIN_EXE_envy"))
+        .output()
+        .unwrap();
+    assert!(generated.status.success(), "{}", String::from_utf8_lossy(&generated.stderr));
+    let on_disk = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/cli.md")).unwrap();
+    assert!(
+        on_disk == String::from_utf8(generated.stdout).unwrap(),
+        "docs/cli.md is out of date: run scripts/gen-cli-docs.sh"
+    );
+}

@@ -1,0 +1,134 @@
+//! Shared fixtures for envy's integration tests: a temp ENVY_HOME and project, the
+//! real `envy` binary, a small real HTTP/1.1 server on 127.0.0.1 that can inject
+//! faults, and boxes built from busybox.
+// Each test binary uses a different subset of these helpers.
+#![allow(dead_code, unused_imports)]
+
+pub mod http;
+
+use std::path::{Path, PathBuf};
+use std::process::Command as StdCommand;
+
+use sha2::{Digest, Sha256};
+
+pub use http::{Fault, Server};
+
+/// A temp dir holding an ENVY_HOME and a project folder; removed on drop.
+pub struct TestEnv {
+    pub dir: tempfile::TempDir,
+    pub home: PathBuf,
+    pub project: PathBuf,
+}
+
+impl TestEnv {
+    pub fn new() -> TestEnv {
+        let dir = tempfile::Builder::new().prefix("envy-test-").tempdir().expect("temp dir");
+        let home = dir.path().join("home");
+        let project = dir.path().join("project");
+        std::fs::create_dir_all(&home).unwrap();
+        std::fs::create_dir_all(&project).unwrap();
+        TestEnv { dir, home, project }
+    }
+
+    /// A path inside the temp dir.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// `envy` with this ENVY_HOME, CI=1 (no prompts, plain progress), run in the project.
+    pub fn envy(&self) -> assert_cmd::Command {
+        assert_cmd::Command::from_std(self.envy_std())
+    }
+
+    /// The same as `envy()`, as a std Command (to run several at once).
+    pub fn envy_std(&self) -> StdCommand {
+        let mut cmd = StdCommand::new(assert_cmd::cargo::cargo_bin("envy"));
+        cmd.env("ENVY_HOME", &self.home)
+            .env("CI", "1")
+            // Settings from the developer's shell must not change what a test sees.
+            .env_remove("ENVY_CATALOG")
+            .env("NO_PROXY", "127.0.0.1,localhost")
+            .current_dir(&self.project);
+        cmd
+    }
+
+    /// Directory names in `$ENVY_HOME/boxes` (stored boxes and any leftovers).
+    pub fn store_entries(&self) -> Vec<String> {
+        list_dir(&self.home.join("boxes"))
+    }
+
+    /// File names in `$ENVY_HOME/downloads`.
+    pub fn download_entries(&self) -> Vec<String> {
+        list_dir(&self.home.join("downloads"))
+    }
+}
+
+pub fn list_dir(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect(),
+        Err(_) => Vec::new(),
+    };
+    names.sort();
+    names
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// Panics with install advice when a host tool is missing (tests never skip silently).
+pub fn require_tool(tool: &str, package: &str) {
+    let found = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|p| p.join(tool).is_file()))
+        .unwrap_or(false);
+    assert!(found, "this test needs `{tool}`; install it with `apt-get install {package}`");
+}
+
+/// Busybox applets a minimal rootfs links to /bin/busybox.
+const APPLETS: &[&str] = &[
+    "sh", "ls", "cat", "echo", "sleep", "httpd", "mkdir", "rm", "cp", "mv", "ln", "id", "env", "true",
+    "false", "test", "grep", "sed", "ps", "kill", "mount", "umount", "hostname", "ip", "ifconfig", "wget",
+    "touch", "chmod", "uname", "tail", "head", "wc", "init", "poweroff",
+];
+
+/// Makes a minimal root filesystem in `dir` from /bin/busybox (busybox-static).
+pub fn busybox_rootfs(dir: &Path) {
+    let busybox = Path::new("/bin/busybox");
+    assert!(
+        busybox.is_file(),
+        "this test needs /bin/busybox; install it with `apt-get install busybox-static`"
+    );
+    for sub in ["bin", "etc", "root", "tmp", "proc", "sys", "dev"] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+    }
+    std::fs::copy(busybox, dir.join("bin/busybox")).unwrap();
+    for applet in APPLETS {
+        let link = dir.join("bin").join(applet);
+        if !link.exists() {
+            std::os::unix::fs::symlink("busybox", link).unwrap();
+        }
+    }
+    std::fs::write(
+        dir.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").unwrap();
+}
+
+/// Builds a container box from a busybox rootfs with `envy box build`; returns the
+/// box's path and sha256.
+pub fn build_container_box(env: &TestEnv, name: &str) -> (PathBuf, String) {
+    let rootfs = env.path(&format!("{name}-rootfs"));
+    busybox_rootfs(&rootfs);
+    let out = env.path(&format!("{name}.box"));
+    env.envy()
+        .args(["box", "build", "--rootfs"])
+        .arg(&rootfs)
+        .args(["--name", name, "--version", "1", "-o"])
+        .arg(&out)
+        .assert()
+        .success();
+    let digest = sha256_hex(&std::fs::read(&out).unwrap());
+    (out, digest)
+}

@@ -1,0 +1,317 @@
+//! Fixture for the container provider's tests: a busybox box built on the spot, a
+//! project with an Envfile model, its own ENVY_HOME, and a guard that destroys every
+//! machine (processes, mounts, namespaces) even when the test fails.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{Read as _, Write as _};
+use std::net::{IpAddr, Ipv4Addr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use envy::boxes::{ContainerPayload, Manifest, StoredBox};
+use envy::context::Home;
+use envy::envfile::{BoxRef, Envfile, Forward, MachineSpec, Protocol, ProviderKind, SyncFolder};
+use envy::plan::{MachinePlan, Project};
+use envy::provider::container::ContainerProvider;
+use envy::provider::{ExecRequest, MachineState, Provider};
+use envy::ui::Ui;
+
+/// Tools the tests drive, with the Debian package of each.
+const TOOLS: [(&str, &str); 6] = [
+    ("runc", "runc"),
+    ("slirp4netns", "slirp4netns"),
+    ("ip", "iproute2"),
+    ("busybox", "busybox-static"),
+    ("tar", "tar"),
+    ("zstd", "zstd"),
+];
+
+pub fn require_host() {
+    assert!(nix::unistd::geteuid().is_root(), "the container tests run runc and create namespaces: run them as root");
+    for (tool, package) in TOOLS {
+        let found = Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().is_ok_and(|o| o.status.success());
+        assert!(found, "{tool} is needed by the container tests: apt-get install {package}");
+    }
+}
+
+pub fn quiet_ui() -> Ui {
+    Ui { interactive: false, fancy: false, json: false, quiet: true }
+}
+
+/// A root filesystem of one static busybox and its applets.
+pub fn busybox_rootfs(root: &Path) {
+    let busybox = String::from_utf8(Command::new("sh").args(["-c", "command -v busybox"]).output().unwrap().stdout).unwrap();
+    for dir in ["bin", "sbin", "usr/bin", "usr/sbin", "etc", "root", "tmp", "proc", "sys", "dev", "var/www"] {
+        std::fs::create_dir_all(root.join(dir)).unwrap();
+    }
+    std::fs::copy(busybox.trim(), root.join("bin/busybox")).unwrap();
+    // The host's busybox lists the applets: running the fresh copy could meet ETXTBSY
+    // while another test thread's fork still holds its write descriptor.
+    let list = Command::new(busybox.trim()).arg("--list").output().unwrap();
+    for applet in String::from_utf8(list.stdout).unwrap().lines().filter(|a| *a != "busybox") {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+    }
+    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    std::fs::write(root.join("etc/group"), "root:x:0:\n").unwrap();
+    std::fs::write(root.join("etc/box-release"), "busybox test box\n").unwrap();
+}
+
+/// A TCP port free on 127.0.0.1 right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn forward(host_port: u16, guest_port: u16) -> Forward {
+    Forward {
+        host_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        host_port,
+        guest_port,
+        protocol: Protocol::Tcp,
+        auto: false,
+    }
+}
+
+/// One test's world: home, box, project; destroys its machines when dropped.
+pub struct Fixture {
+    /// Owned by the test that made the world; `None` in the exec helper process,
+    /// which then leaves the machines alone when dropped.
+    pub tmp: Option<tempfile::TempDir>,
+    pub home: Home,
+    pub project_dir: PathBuf,
+    pub envfile: Envfile,
+    pub project: Project,
+    pub stored: StoredBox,
+    pub provider: ContainerProvider,
+    pub ui: Ui,
+}
+
+impl Fixture {
+    /// A project whose machines (by name, with their forwards) all sync the project
+    /// folder to /project.
+    pub fn new(machines: &[(&str, Vec<Forward>)]) -> Fixture {
+        require_host();
+        let tmp = tempfile::Builder::new().prefix("envy-ct-").tempdir().unwrap();
+        let box_dir = tmp.path().join("box");
+        busybox_rootfs(&box_dir.join("rootfs"));
+        let project_dir = tmp.path().join("project");
+        std::fs::create_dir_all(&project_dir).unwrap();
+        let mut fixture = Fixture::at(tmp.path().join("home"), &project_dir, machines, box_dir);
+        fixture.tmp = Some(tmp);
+        fixture
+    }
+
+    /// The same world rebuilt from its paths (for the exec helper process).
+    fn at(home: PathBuf, project_dir: &Path, machines: &[(&str, Vec<Forward>)], box_dir: PathBuf) -> Fixture {
+        let envfile = Envfile {
+            path: project_dir.join("Envfile"),
+            project_dir: project_dir.to_path_buf(),
+            machines: machines.iter().map(|(name, forwards)| spec(name, project_dir, forwards.clone())).collect(),
+        };
+        let project = Project::new(&envfile);
+        let stored = StoredBox {
+            digest: "0".repeat(64),
+            dir: box_dir,
+            manifest: Manifest {
+                format: 1,
+                name: "busybox-test".into(),
+                version: "1".into(),
+                arch: "x86_64".into(),
+                providers: vec![ProviderKind::Container],
+                container: Some(ContainerPayload { rootfs: "rootfs.tar".into() }),
+                qemu: None,
+                files: BTreeMap::new(),
+                envfile: None,
+            },
+        };
+        Fixture {
+            tmp: None,
+            home: Home::at(home),
+            project_dir: project_dir.to_path_buf(),
+            envfile,
+            project,
+            stored,
+            provider: ContainerProvider::new(),
+            ui: quiet_ui(),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        self.tmp.as_ref().expect("the test's own fixture").path()
+    }
+
+    pub fn plan(&self, name: &str) -> MachinePlan {
+        let spec = self.envfile.machine(name).expect("machine in the fixture");
+        MachinePlan::new(&self.home, &self.project, &self.envfile, spec)
+    }
+
+    pub fn up(&self, name: &str) {
+        self.provider.up(&self.plan(name), &self.stored, &self.ui).unwrap();
+        assert_eq!(self.state(name), MachineState::Running);
+    }
+
+    pub fn state(&self, name: &str) -> MachineState {
+        self.provider.state(&self.plan(name)).unwrap()
+    }
+
+    /// Runs `sh -c script` in the machine; stdio inherited, exit code returned.
+    pub fn sh(&self, name: &str, script: &str) -> i32 {
+        let request = ExecRequest { command: vec!["sh".into(), "-c".into(), script.into()], ..ExecRequest::default() };
+        self.provider.exec(&self.plan(name), &request).unwrap()
+    }
+
+    /// Runs a command through the provider in a child process (the exec helper test)
+    /// and returns its captured stdout and exit code: stdio really passes through.
+    pub fn exec_captured(&self, name: &str, command: &[&str]) -> (String, i32) {
+        let names: Vec<&str> = self.envfile.machines.iter().map(|m| m.name.as_str()).collect();
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "exec_helper", "--nocapture", "--include-ignored", "--test-threads=1", "-q"])
+            .env("ENVY_TEST_EXEC_HOME", self.home.root())
+            .env("ENVY_TEST_EXEC_PROJECT", &self.project_dir)
+            .env("ENVY_TEST_EXEC_BOX", &self.stored.dir)
+            .env("ENVY_TEST_EXEC_MACHINES", names.join(","))
+            .env("ENVY_TEST_EXEC_MACHINE", name)
+            .env("ENVY_TEST_EXEC_COMMAND", command.join("\u{1f}"))
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let body = stdout.split("<<exec>>").nth(1).unwrap_or_else(|| panic!("exec helper printed no output marker: {stdout}"));
+        let code = out.status.code().expect("exec helper exited by signal");
+        (body.split("<</exec>>").next().unwrap().to_string(), code)
+    }
+
+    /// The slirp4netns pid recorded for the project, if any.
+    pub fn slirp_pid(&self) -> Option<u32> {
+        let path = self.home.runtime_dir().join("net").join(&self.project.id).join("slirp.pid");
+        let text = std::fs::read_to_string(path).ok()?;
+        serde_json::from_str::<serde_json::Value>(&text).ok()?["pid"].as_u64().map(|p| p as u32)
+    }
+
+    /// Ids runc still knows in this home.
+    pub fn runc_containers(&self) -> Vec<String> {
+        let out = Command::new("runc").arg("--root").arg(self.home.runtime_dir().join("runc")).args(["list", "-q"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+    }
+
+    /// Mount points below this test's temp dir.
+    pub fn mounts(&self) -> Vec<String> {
+        let root = self.root().to_string_lossy().into_owned();
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| m.starts_with(&root))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Network namespaces of this project.
+    pub fn namespaces(&self) -> Vec<String> {
+        let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
+        let prefix = format!("envy-{}", self.project.id);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|n| n.starts_with(&prefix))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        if self.tmp.is_none() {
+            return;
+        }
+        for spec in &self.envfile.machines {
+            if let Err(e) = self.provider.destroy(&MachinePlan::new(&self.home, &self.project, &self.envfile, spec), &self.ui) {
+                eprintln!("cleanup: destroying {} failed: {e:#}", spec.name);
+            }
+        }
+    }
+}
+
+fn spec(name: &str, project_dir: &Path, forwards: Vec<Forward>) -> MachineSpec {
+    MachineSpec {
+        name: name.into(),
+        box_ref: BoxRef::Path { path: "/nonexistent/test.box".into(), sha256: None },
+        provider: ProviderKind::Container,
+        cpus: 1,
+        memory: 256 << 20,
+        disk: None,
+        accel: None,
+        env: BTreeMap::from([("ENVY_TEST".to_string(), "yes".to_string())]),
+        forwards,
+        sync: vec![SyncFolder { host: project_dir.to_path_buf(), guest: "/project".into(), readonly: false }],
+        provision: Vec::new(),
+    }
+}
+
+/// Body of the exec helper test: runs the command the parent test asked for through
+/// the provider, framed by markers, and exits with its code.
+pub fn exec_helper() {
+    let Some(home) = std::env::var_os("ENVY_TEST_EXEC_HOME") else { return };
+    let var = |k: &str| std::env::var(k).unwrap();
+    let names = var("ENVY_TEST_EXEC_MACHINES");
+    let machines: Vec<(&str, Vec<Forward>)> = names.split(',').map(|n| (n, Vec::new())).collect();
+    let fixture = Fixture::at(home.into(), Path::new(&var("ENVY_TEST_EXEC_PROJECT")), &machines, var("ENVY_TEST_EXEC_BOX").into());
+    let command: Vec<String> = var("ENVY_TEST_EXEC_COMMAND").split('\u{1f}').map(str::to_string).collect();
+    print!("<<exec>>");
+    std::io::stdout().flush().unwrap();
+    let code = fixture.provider.exec(&fixture.plan(&var("ENVY_TEST_EXEC_MACHINE")), &ExecRequest { command, ..ExecRequest::default() }).unwrap();
+    print!("<</exec>>");
+    std::io::stdout().flush().unwrap();
+    std::process::exit(code);
+}
+
+/// GET / from 127.0.0.1:port; retried while the server inside starts (bounded).
+pub fn http_get(port: u16) -> String {
+    http_get_path(port, "/")
+}
+
+pub fn http_get_path(port: u16, path: &str) -> String {
+    let mut last = String::new();
+    for _ in 0..50 {
+        match TcpStream::connect(("127.0.0.1", port)) {
+            Ok(mut stream) => {
+                stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes()).unwrap();
+                let mut reply = String::new();
+                let _ = stream.read_to_string(&mut reply);
+                if reply.starts_with("HTTP/") {
+                    return reply;
+                }
+                last = format!("reply: {reply:?}");
+            }
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("no HTTP answer on 127.0.0.1:{port}: {last}");
+}
+
+/// Connects to 127.0.0.1:port (retried while the listener inside starts) and sends `data`.
+pub fn send_all(port: u16, data: &[u8]) {
+    for _ in 0..50 {
+        if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) {
+            stream.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+            stream.write_all(data).unwrap();
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("nothing listens on 127.0.0.1:{port}");
+}
+
+/// Polls `check` until it holds (bounded), for state that settles asynchronously.
+pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{what} did not happen");
+}

@@ -1,0 +1,183 @@
+//! A real distribution: a Debian 12 box built with mmdebstrap from Debian's packages
+//! (the quick start's own script), provisioning that installs a package from a local
+//! file, and the examples/ projects brought up as the docs describe them.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use common::TestEnv;
+
+/// Runs scripts/debian-box.sh once per test binary: the box is cached under target/,
+/// and each test's ENVY_HOME gets it added as `debian-12`.
+fn add_debian_box(env: &TestEnv) {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    assert!(nix::unistd::geteuid().is_root(), "these tests start containers: run them as root");
+    for (tool, package) in [("mmdebstrap", "mmdebstrap"), ("runc", "runc"), ("slirp4netns", "slirp4netns")] {
+        common::require_tool(tool, package);
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/debian-box.sh");
+    let run = || {
+        let status = Command::new("bash")
+            .arg(&script)
+            .arg(assert_cmd::cargo::cargo_bin("envy"))
+            .arg(cache_dir())
+            .env("ENVY_HOME", &env.home)
+            .env("CI", "1")
+            .status()
+            .unwrap();
+        assert!(status.success(), "scripts/debian-box.sh failed");
+    };
+    // The first caller builds (the others wait); every caller adds to its own home.
+    let mut first = false;
+    BUILT.get_or_init(|| {
+        run();
+        first = true;
+    });
+    if !first {
+        run();
+    }
+}
+
+/// Where built test boxes are kept between runs.
+fn cache_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-boxes")
+}
+
+/// A copy of an examples/ folder in the test's project dir.
+fn copy_example(name: &str, to: &Path) {
+    let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(name);
+    let status = Command::new("cp").arg("-a").arg(format!("{}/.", from.display())).arg(to).status().unwrap();
+    assert!(status.success());
+}
+
+fn http_get(url: &str) -> String {
+    let mut last = String::new();
+    for _ in 0..150 {
+        let out = Command::new("curl").args(["-fsS", "--max-time", "5", url]).output().unwrap();
+        if out.status.success() {
+            return String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        last = String::from_utf8_lossy(&out.stderr).into_owned();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("no answer from {url}: {last}");
+}
+
+fn host_port(env: &TestEnv, machine: &str) -> u64 {
+    let out = env.envy().args(["status", "--json"]).output().unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let m = status["machines"].as_array().unwrap().iter().find(|m| m["name"] == machine).unwrap().clone();
+    m["forwards"][0]["host_port"].as_u64().unwrap()
+}
+
+/// Destroys the project's machines when the test ends, passed or not.
+struct Cleanup<'a>(&'a TestEnv);
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.envy().args(["destroy", "--force"]).output();
+    }
+}
+
+#[test]
+fn provisioning_installs_a_package_from_a_local_file() {
+    let env = TestEnv::new();
+    add_debian_box(&env);
+    let deb = build_deb(&env.path("pkg"));
+    std::fs::copy(&deb, env.project.join("envy-hello.deb")).unwrap();
+    std::fs::write(
+        env.project.join("Envfile"),
+        "[machine.app]\nbox = \"debian-12\"\nsync = [\".:/project\"]\nprovision = [\"dpkg -i /project/envy-hello.deb\"]\n",
+    )
+    .unwrap();
+    let _cleanup = Cleanup(&env);
+    env.envy().arg("up").assert().success();
+    let out = env.envy().args(["exec", "--", "envy-hello"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from a local package\n");
+    let os = env.envy().args(["exec", "--", "cat", "/etc/os-release"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&os.stdout).contains("bookworm"));
+    // dpkg knows it: it was installed, not copied.
+    env.envy().args(["exec", "--", "dpkg", "-s", "envy-hello"]).assert().success();
+}
+
+/// A one-file Debian package made with dpkg-deb.
+fn build_deb(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir.join("DEBIAN")).unwrap();
+    std::fs::create_dir_all(dir.join("usr/bin")).unwrap();
+    std::fs::write(
+        dir.join("DEBIAN/control"),
+        "Package: envy-hello\nVersion: 1.0\nArchitecture: all\nMaintainer: envy tests <tests@envy.invalid>\nDescription: says hello\n",
+    )
+    .unwrap();
+    let bin = dir.join("usr/bin/envy-hello");
+    std::fs::write(&bin, "#!/bin/sh\necho hello from a local package\n").unwrap();
+    std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = dir.with_extension("deb");
+    let status = Command::new("dpkg-deb").args(["--build", "--root-owner-group"]).arg(dir).arg(&out).status().unwrap();
+    assert!(status.success(), "dpkg-deb failed");
+    out
+}
+
+#[test]
+fn the_web_app_example_serves_its_page() {
+    let env = TestEnv::new();
+    add_debian_box(&env);
+    copy_example("web-app", &env.project);
+    let _cleanup = Cleanup(&env);
+    env.envy().arg("up").assert().success();
+    let page = http_get(&format!("http://127.0.0.1:{}/", host_port(&env, "web")));
+    assert!(page.contains("<h1>It works</h1>"), "{page}");
+}
+
+#[test]
+fn the_staging_example_web_reads_db_by_name() {
+    let env = TestEnv::new();
+    add_debian_box(&env);
+    copy_example("staging", &env.project);
+    let _cleanup = Cleanup(&env);
+    env.envy().arg("up").assert().success();
+    let body = http_get(&format!("http://127.0.0.1:{}/", host_port(&env, "web")));
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["from_db"][0]["name"], "seed", "{body}");
+    // db has no forward: it is reachable from web only.
+    let status = env.envy().args(["status", "--json"]).output().unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let db = status["machines"].as_array().unwrap().iter().find(|m| m["name"] == "db").unwrap().clone();
+    assert_eq!(db["forwards"], serde_json::json!([]));
+}
+
+#[test]
+fn the_readme_quick_start_runs_as_written() {
+    let env = TestEnv::new();
+    add_debian_box(&env);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let example = root.join("examples/web-app");
+    struct Restore<'a>(&'a TestEnv, &'a Path);
+    impl Drop for Restore<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.envy().arg("-C").arg(self.1).args(["destroy", "--force"]).output();
+            let _ = std::fs::remove_dir_all(self.1.join(".envy"));
+            let _ = std::fs::remove_file(self.1.join("Envfile.lock"));
+        }
+    }
+    let _restore = Restore(&env, &example);
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    assert!(readme.contains("./scripts/try.sh") && readme.contains("./scripts/test.sh"));
+    let out = Command::new("bash")
+        .arg(root.join("scripts/try.sh"))
+        .env("ENVY_HOME", &env.home)
+        .env("ENVY_BIN", assert_cmd::cargo::cargo_bin("envy"))
+        .env("ENVY_BOX_CACHE", cache_dir())
+        .env("CI", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "try.sh failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("hello from envy: Debian GNU/Linux 12 (bookworm)"), "{stdout}");
+    assert!(stdout.contains("<h1>It works</h1>"), "{stdout}");
+}

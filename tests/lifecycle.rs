@@ -1,0 +1,348 @@
+//! The whole life cycle through the real `envy` binary on the container provider:
+//! box build → up (lock, provisioning, forwards, names) → exec → halt → up → crash
+//! recovery → destroy, plus the failure paths of `envy up` and the throwaway `envy run`.
+
+mod common;
+
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::TestEnv;
+
+fn require_host() {
+    assert!(nix::unistd::geteuid().is_root(), "the life-cycle tests start containers: run them as root");
+    for (tool, package) in [("runc", "runc"), ("slirp4netns", "slirp4netns"), ("ip", "iproute2")] {
+        common::require_tool(tool, package);
+    }
+}
+
+/// A project with a busybox box built by `envy box build`, and a guard that destroys
+/// whatever the test left running.
+struct Project {
+    env: TestEnv,
+    box_path: std::path::PathBuf,
+}
+
+impl Project {
+    fn new(envfile: &str) -> Project {
+        require_host();
+        let env = TestEnv::new();
+        let (box_path, _) = common::build_container_box(&env, "busybox");
+        let envfile = envfile.replace("BOX", &box_path.display().to_string());
+        std::fs::write(env.project.join("Envfile"), envfile).unwrap();
+        std::fs::write(env.project.join("hello.txt"), "hello from the host\n").unwrap();
+        Project { env, box_path }
+    }
+
+    fn envy(&self) -> assert_cmd::Command {
+        self.env.envy()
+    }
+
+    /// stdout of a successful envy command.
+    fn out(&self, args: &[&str]) -> String {
+        let out = self.envy().args(args).output().unwrap();
+        assert!(out.status.success(), "envy {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn status(&self) -> serde_json::Value {
+        serde_json::from_str(&self.out(&["status", "--json"])).unwrap()
+    }
+
+    fn machine<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+        status["machines"].as_array().unwrap().iter().find(|m| m["name"] == name).unwrap()
+    }
+
+    fn project_id(&self) -> String {
+        envy::plan::project_id(&self.env.project)
+    }
+
+    /// runc containers, network namespaces and mounts this project still has on the host.
+    fn host_traces(&self) -> Vec<String> {
+        let id = self.project_id();
+        let mut traces = Vec::new();
+        let runc = Command::new("runc").arg("--root").arg(self.env.home.join("run/runc")).args(["list", "-q"]).output().unwrap();
+        traces.extend(String::from_utf8_lossy(&runc.stdout).lines().map(|l| format!("runc container {l}")));
+        let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
+        traces.extend(
+            String::from_utf8_lossy(&netns.stdout)
+                .lines()
+                .filter(|l| l.contains(&id))
+                .map(|l| format!("netns {l}")),
+        );
+        let root = self.env.dir.path().to_string_lossy().into_owned();
+        traces.extend(
+            std::fs::read_to_string("/proc/self/mountinfo")
+                .unwrap()
+                .lines()
+                .filter_map(|l| l.split(' ').nth(4))
+                .filter(|m| m.starts_with(&root))
+                .map(|m| format!("mount {m}")),
+        );
+        traces
+    }
+}
+
+impl Drop for Project {
+    fn drop(&mut self) {
+        if self.env.project.join(".envy").exists() {
+            let _ = self.envy().args(["destroy", "--force"]).output();
+        }
+    }
+}
+
+/// GET / from 127.0.0.1:port, retried while the server inside starts (bounded).
+fn http_get(port: u64) -> String {
+    let mut last = String::new();
+    for _ in 0..100 {
+        match Command::new("curl").args(["-fsS", "--max-time", "5"]).arg(format!("http://127.0.0.1:{port}/")).output() {
+            Ok(out) if out.status.success() => return String::from_utf8_lossy(&out.stdout).into_owned(),
+            Ok(out) => last = String::from_utf8_lossy(&out.stderr).into_owned(),
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("no HTTP answer on 127.0.0.1:{port}: {last}");
+}
+
+const TWO_MACHINES: &str = r#"
+[defaults]
+box = { path = "BOX" }
+provider = "container"
+memory = "256MiB"
+sync = [".:/project"]
+provision = ["echo provisioned >> /root/provision-count"]
+
+[machine.web]
+forward = [{ host = 18080, guest = 80, auto = true }]
+env = { GREETING = "hi" }
+
+[machine.db]
+"#;
+
+#[test]
+fn up_exec_forward_names_halt_up_crash_and_destroy() {
+    let p = Project::new(TWO_MACHINES);
+    p.envy().arg("up").assert().success();
+
+    // The lock pins the box that arrived.
+    let lock = std::fs::read_to_string(p.env.project.join("Envfile.lock")).unwrap();
+    let digest = common::sha256_hex(&std::fs::read(&p.box_path).unwrap());
+    assert!(lock.contains(&digest) && lock.contains("[machine.web]") && lock.contains("[machine.db]"), "{lock}");
+
+    // exec sees the synced project, the Envfile's env, and passes the exit code through.
+    assert_eq!(p.out(&["exec", "web", "--", "cat", "/project/hello.txt"]), "hello from the host\n");
+    assert_eq!(p.out(&["exec", "web", "--", "sh", "-c", "echo $GREETING"]), "hi\n");
+    p.envy().args(["exec", "web", "--", "sh", "-c", "exit 7"]).assert().code(7);
+    // Writes through the sync folder reach the host.
+    p.out(&["exec", "web", "--", "sh", "-c", "echo from-guest > /project/written.txt"]);
+    assert_eq!(std::fs::read_to_string(p.env.project.join("written.txt")).unwrap(), "from-guest\n");
+
+    // A forwarded port answers on the host.
+    p.out(&["exec", "web", "--", "sh", "-c", "mkdir -p /www && echo web-page > /www/index.html && httpd -p 80 -h /www"]);
+    let status = p.status();
+    let web = Project::machine(&status, "web");
+    assert_eq!(web["state"], "running");
+    let port = web["forwards"][0]["host_port"].as_u64().unwrap();
+    assert_eq!(web["forwards"][0]["host_ip"], "127.0.0.1");
+    assert_eq!(http_get(port), "web-page\n");
+
+    // web reaches db by name.
+    p.out(&["exec", "db", "--", "sh", "-c", "mkdir -p /www && echo db-page > /www/index.html && httpd -p 8000 -h /www"]);
+    let mut reached = String::new();
+    for _ in 0..50 {
+        let out = p.envy().args(["exec", "web", "--", "wget", "-qO-", "http://db:8000/"]).output().unwrap();
+        reached = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(reached, "db-page\n");
+
+    // halt → stopped; up → the machine kept its own changes and was not provisioned again.
+    p.out(&["exec", "web", "--", "sh", "-c", "echo kept > /root/mark"]);
+    p.envy().args(["halt", "web"]).assert().success();
+    assert_eq!(Project::machine(&p.status(), "web")["state"], "stopped");
+    p.envy().args(["exec", "web", "--", "true"]).assert().code(7);
+    p.envy().args(["up", "web"]).assert().success();
+    assert_eq!(p.out(&["exec", "web", "--", "cat", "/root/mark"]), "kept\n");
+    assert_eq!(p.out(&["exec", "web", "--", "cat", "/root/provision-count"]), "provisioned\n");
+
+    // The container's init killed behind envy's back: status tells the truth, up recovers.
+    let pid = Project::machine(&p.status(), "db")["pid"].as_u64().expect("db has a pid") as i32;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let mut state = String::new();
+    for _ in 0..100 {
+        state = Project::machine(&p.status(), "db")["state"].as_str().unwrap().to_string();
+        if state == "stopped" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(state, "stopped");
+    p.envy().arg("up").assert().success();
+    assert_eq!(Project::machine(&p.status(), "db")["state"], "running");
+
+    // `envy list` sees the project.
+    let list: serde_json::Value = serde_json::from_str(&p.out(&["list", "--json"])).unwrap();
+    assert!(list["projects"].as_array().unwrap().iter().any(|e| e["project"] == p.env.project.to_str().unwrap()));
+
+    // destroy leaves nothing behind but the project's files and the box store.
+    let store_before = p.env.store_entries();
+    p.envy().args(["destroy", "--force"]).assert().success();
+    assert_eq!(p.host_traces(), Vec::<String>::new());
+    assert!(!p.env.project.join(".envy/machines").exists());
+    assert_eq!(std::fs::read_to_string(p.env.project.join("hello.txt")).unwrap(), "hello from the host\n");
+    assert!(p.env.project.join("Envfile.lock").exists(), "the lock is the user's, destroy keeps it");
+    assert_eq!(p.env.store_entries(), store_before);
+    assert_eq!(Project::machine(&p.status(), "web")["state"], "not-created");
+}
+
+#[test]
+fn an_up_killed_halfway_is_finished_by_the_next_up() {
+    let p = Project::new(
+        "[defaults]\nbox = { path = \"BOX\" }\nsync = [\".:/project\"]\n\
+         provision = [\"test -f /project/go || sleep 60\", \"echo done > /root/provisioned\"]\n",
+    );
+    let mut up = p.env.envy_std().arg("up").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    // Wait until the container runs and provisioning is under way, then kill envy.
+    let mut running = false;
+    for _ in 0..200 {
+        if p.status()["machines"][0]["state"] == "running" {
+            running = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(running, "the machine never started");
+    std::thread::sleep(Duration::from_millis(300));
+    up.kill().unwrap();
+    up.wait().unwrap();
+
+    std::fs::write(p.env.project.join("go"), "").unwrap();
+    p.envy().arg("up").assert().success();
+    assert_eq!(p.out(&["exec", "--", "cat", "/root/provisioned"]), "done\n");
+    p.envy().args(["destroy", "--force"]).assert().success();
+    assert_eq!(p.host_traces(), Vec::<String>::new());
+}
+
+#[test]
+fn a_taken_host_port_is_named_before_anything_starts_and_auto_moves_it() {
+    let holder = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = holder.local_addr().unwrap().port();
+    let p = Project::new(&format!("[defaults]\nbox = {{ path = \"BOX\" }}\nforward = [\"{port}:80\"]\n"));
+    let out = p.envy().arg("up").output().unwrap();
+    assert_eq!(out.status.code(), Some(5));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("127.0.0.1:{port}/tcp")) && err.contains("machine default"), "{err}");
+    assert!(err.contains(&format!("pid {}", std::process::id())), "names the holder: {err}");
+    assert!(err.contains("auto = true"), "{err}");
+    assert!(!p.env.project.join(".envy/machines/default/machine.json").exists(), "nothing was created");
+    assert_eq!(p.host_traces(), Vec::<String>::new());
+
+    std::fs::write(
+        p.env.project.join("Envfile"),
+        format!("[defaults]\nbox = {{ path = \"{}\" }}\nforward = [{{ host = {port}, guest = 80, auto = true }}]\n", p.box_path.display()),
+    )
+    .unwrap();
+    p.envy().arg("up").assert().success();
+    let moved = p.status()["machines"][0]["forwards"][0]["host_port"].as_u64().unwrap();
+    assert_ne!(moved, port as u64);
+    drop(holder);
+}
+
+#[test]
+fn a_box_missing_from_the_store_and_unreachable_fails_with_code_4() {
+    require_host();
+    let env = TestEnv::new();
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    std::fs::write(
+        env.project.join("Envfile"),
+        format!("[defaults]\nbox = {{ url = \"http://127.0.0.1:{closed}/gone.box\", sha256 = \"{}\" }}\n", "a".repeat(64)),
+    )
+    .unwrap();
+    let out = env.envy().arg("up").output().unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("127.0.0.1:{closed}/gone.box")));
+    assert!(!env.project.join(".envy/machines/default/machine.json").exists());
+    assert!(!env.project.join("Envfile.lock").exists(), "nothing was pinned");
+}
+
+#[test]
+fn a_box_that_changed_behind_its_lock_is_refused_with_the_way_out() {
+    let p = Project::new("[defaults]\nbox = { path = \"BOX\" }\n");
+    p.envy().arg("up").assert().success();
+    p.envy().args(["destroy", "--force"]).assert().success();
+    // While the pinned box is stored, up uses exactly it, whatever the path holds now.
+    // On a host without it (a teammate's, or after `box remove`), the source is fetched
+    // again: the same path now holds another box.
+    let pinned = common::sha256_hex(&std::fs::read(&p.box_path).unwrap());
+    p.envy().args(["box", "remove", &pinned[..12]]).assert().success();
+    let rootfs = p.env.path("other-rootfs");
+    common::busybox_rootfs(&rootfs);
+    std::fs::write(rootfs.join("etc/changed"), "yes").unwrap();
+    p.envy().args(["box", "build", "--rootfs"]).arg(&rootfs).args(["--name", "busybox", "-o"]).arg(&p.box_path).assert().success();
+    let out = p.envy().arg("up").output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is pinned to box") && err.contains("Envfile.lock"), "{err}");
+    assert!(!p.env.project.join(".envy/machines/default/machine.json").exists());
+}
+
+#[test]
+fn run_passes_the_exit_code_and_leaves_nothing() {
+    require_host();
+    let env = TestEnv::new();
+    let (box_path, _) = common::build_container_box(&env, "busybox");
+    std::fs::write(env.project.join("input.txt"), "synced\n").unwrap();
+    let out = env
+        .envy()
+        .args(["run", "--box"])
+        .arg(&box_path)
+        .args(["--", "sh", "-c", "cat input.txt; exit 3"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "synced\n");
+    assert_no_throwaways(&env);
+}
+
+#[test]
+fn run_interrupted_by_ctrl_c_cleans_up_and_exits_130() {
+    use std::os::unix::process::CommandExt;
+    require_host();
+    let env = TestEnv::new();
+    let (box_path, _) = common::build_container_box(&env, "busybox");
+    let mut run = env.envy_std();
+    run.args(["run", "--box"]).arg(&box_path).args(["--", "sleep", "60"]).stdout(Stdio::null()).stderr(Stdio::null());
+    // Its own process group, as a terminal's foreground job: Ctrl-C reaches all of it.
+    run.process_group(0);
+    let mut child = run.spawn().unwrap();
+    let runc_root = env.home.join("run/runc");
+    let mut started = false;
+    for _ in 0..200 {
+        let out = Command::new("runc").arg("--root").arg(&runc_root).args(["list", "-q"]).output().unwrap();
+        if !out.stdout.is_empty() {
+            started = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(started, "the throwaway never started");
+    std::thread::sleep(Duration::from_millis(500));
+    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert_no_throwaways(&env);
+}
+
+fn assert_no_throwaways(env: &TestEnv) {
+    assert_eq!(common::list_dir(&env.home.join("throwaway")), Vec::<String>::new());
+    let runc = Command::new("runc").arg("--root").arg(env.home.join("run/runc")).args(["list", "-q"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&runc.stdout), "");
+    let root = env.dir.path().to_string_lossy().into_owned();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.lines().any(|l| l.split(' ').nth(4).is_some_and(|m| m.starts_with(&root))), "a mount is left");
+}
