@@ -74,6 +74,7 @@ fn up_exec_sync_forward_halt_up_snapshot_destroy() {
     assert!(console.contains("envy-guest: clean shutdown complete"), "console:\n{console}");
     assert_eq!(m.provider.state(&m.plan).unwrap(), MachineState::Stopped);
     assert_eq!(m.qemu_processes(), 0);
+    assert!(m.provider.info(&m.plan).unwrap().log_tail.is_none(), "a halted machine did not die: no log tail");
 
     // Export (for share) flattens the halted disk into a standalone qcow2 plus the kernel.
     let out = m.tmp.path().join("export");

@@ -48,6 +48,9 @@ struct RuntimeRecord {
     version: u32,
     /// The host port SSH was forwarded to at the last start.
     ssh_port: Option<u16>,
+    /// envy stopped the machine on purpose (halt), so its console tail is no news.
+    #[serde(default)]
+    halted: bool,
 }
 
 const RUNTIME_RECORD_VERSION: u32 = 1;
@@ -205,6 +208,7 @@ impl QemuProvider {
         network::check_forwards(plan)?;
         record.version = RUNTIME_RECORD_VERSION;
         record.ssh_port = Some(ssh_port);
+        record.halted = false;
         record.save(files)?;
         Ok((ssh_port, net))
     }
@@ -312,12 +316,13 @@ impl Provider for QemuProvider {
     fn info(&self, plan: &MachinePlan) -> Result<MachineInfo> {
         let files = MachineFiles::of(plan);
         let pid = live_state(&files);
-        let dead_with_log = pid.is_none() && files.console_log.exists();
+        let record = RuntimeRecord::load(&files);
+        let died = pid.is_none() && !record.halted && files.console_log.exists();
         Ok(MachineInfo {
             ip: ProjectNet::of(plan).map(|n| n.address.to_string()),
-            ssh_port: RuntimeRecord::load(&files).ssh_port,
+            ssh_port: record.ssh_port,
             pid,
-            log_tail: dead_with_log.then(|| files.console_tail(LOG_TAIL_LINES)),
+            log_tail: died.then(|| files.console_tail(LOG_TAIL_LINES)),
         })
     }
 
@@ -334,12 +339,15 @@ impl Provider for QemuProvider {
 
     fn halt(&self, plan: &MachinePlan, force: bool, ui: &Ui) -> Result<()> {
         let files = MachineFiles::of(plan);
-        if let Some(port) = RuntimeRecord::load(&files).ssh_port {
+        let mut record = RuntimeRecord::load(&files);
+        if let Some(port) = record.ssh_port {
             ssh_target(&files, port).close_master();
         }
         if process::running_pid(&files).is_none() {
             return Ok(process::finish(&files)?);
         }
+        record.halted = true;
+        record.save(&files)?;
         if force {
             return Ok(process::stop_now(&files)?);
         }
