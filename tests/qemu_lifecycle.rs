@@ -150,6 +150,13 @@ fn killed_qemu_reads_stopped_with_its_log_and_up_recovers_on_another_port() {
     assert_ne!(new_port, old_port);
     assert_eq!(m.sh("true"), 0);
 
+    // Up on a running machine only checks it answers: same process, same port.
+    let before = m.provider.info(&m.plan).unwrap();
+    m.provider.up(&m.plan, &stored, &m.ui).unwrap();
+    let after = m.provider.info(&m.plan).unwrap();
+    assert_eq!((before.pid, before.ssh_port), (after.pid, after.ssh_port));
+    assert_eq!(m.qemu_processes(), 1);
+
     // Without sync folders a running machine's snapshot holds memory and restores live.
     assert_eq!(m.sh("echo in-memory > /run/marker"), 0);
     let snap = m.provider.snapshot_save(&m.plan, "live", &m.ui).unwrap();

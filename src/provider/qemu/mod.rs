@@ -115,6 +115,17 @@ fn qemu_payload<'a>(plan: &MachinePlan, stored: &'a StoredBox) -> Result<&'a Qem
     })
 }
 
+/// The SSH port of a running machine, from its runtime record.
+fn recorded_ssh_port(plan: &MachinePlan, files: &MachineFiles) -> Result<u16> {
+    RuntimeRecord::load(files).ssh_port.with_context(|| {
+        format!(
+            "machine {} runs but its SSH port is not recorded in {}; run `envy halt {0}` and `envy up {0}`",
+            plan.name(),
+            files.runtime_record.display()
+        )
+    })
+}
+
 /// What the machine's QEMU is doing, from the process and QMP.
 fn live_state(files: &MachineFiles) -> Option<u32> {
     let pid = process::running_pid(files)?;
@@ -213,21 +224,27 @@ impl QemuProvider {
         Ok((ssh_port, net))
     }
 
-    /// Waits for SSH; on failure stops QEMU and returns `NotReady` with the console tail.
-    fn wait_ready(&self, plan: &MachinePlan, files: &MachineFiles, target: &SshTarget) -> Result<(), Error> {
+    /// Waits for SSH; on failure returns `NotReady` with the console tail, and stops QEMU
+    /// when `booting` (a machine that was already up is left as it is, for inspection).
+    fn wait_ready(&self, plan: &MachinePlan, files: &MachineFiles, target: &SshTarget, booting: bool) -> Result<(), Error> {
         let timeout = boot_timeout()?;
         let waited = target.wait_ready(timeout, || match process::running_pid(files) {
             Some(_) => Ok(()),
             None => Err("QEMU exited during boot".to_string()),
         });
         let Err(why) = waited else { return Ok(()) };
-        let _ = process::stop_now(files);
         target.close_master();
+        let outcome = if booting {
+            let _ = process::stop_now(files);
+            "the machine was stopped"
+        } else {
+            "the machine is left running; `envy halt` stops it"
+        };
         Err(Error::NotReady {
             machine: plan.name().to_string(),
             seconds: timeout.as_secs(),
             detail: format!(
-                "{why}; the machine was stopped. Last lines of its console ({}):\n{}\n\
+                "{why}; {outcome}. Last lines of its console ({}):\n{}\n\
                  (raise {BOOT_TIMEOUT_ENV} for slow boxes)",
                 files.console_log.display(),
                 files.console_tail(LOG_TAIL_LINES)
@@ -245,10 +262,7 @@ impl QemuProvider {
             }
             .into());
         }
-        let port = RuntimeRecord::load(&files).ssh_port.with_context(|| {
-            format!("machine {} runs but its SSH port is not recorded in {}; run `envy halt {0}` and `envy up {0}`",
-                plan.name(), files.runtime_record.display())
-        })?;
+        let port = recorded_ssh_port(plan, &files)?;
         let target = ssh_target(&files, port);
         Ok((files, target))
     }
@@ -263,8 +277,8 @@ impl Provider for QemuProvider {
         let files = MachineFiles::of(plan);
         qemu_payload(plan, stored)?;
         if live_state(&files).is_some() {
-            let port = RuntimeRecord::load(&files).ssh_port.unwrap_or(0);
-            return Ok(self.wait_ready(plan, &files, &ssh_target(&files, port))?);
+            let port = recorded_ssh_port(plan, &files)?;
+            return Ok(self.wait_ready(plan, &files, &ssh_target(&files, port), false)?);
         }
         // A QEMU that is alive but unusable (guest panicked) holds the disk: end it.
         process::stop_now(&files)?;
@@ -298,7 +312,7 @@ impl Provider for QemuProvider {
                 return Err(e);
             }
         };
-        self.wait_ready(plan, &files, &target)?;
+        self.wait_ready(plan, &files, &target, true)?;
         Ok(())
     }
 
