@@ -36,20 +36,21 @@ pub struct Check {
 struct Tool {
     name: &'static str,
     binary: &'static str,
-    version_arg: &'static str,
+    /// Flag that prints the version; None for tools without one.
+    version_arg: Option<&'static str>,
     package: &'static str,
     needed_by: &'static [ProviderKind],
 }
 
 const TOOLS: &[Tool] = &[
-    Tool { name: "runc", binary: "runc", version_arg: "--version", package: "runc", needed_by: &[ProviderKind::Container] },
-    Tool { name: "slirp4netns", binary: "slirp4netns", version_arg: "--version", package: "slirp4netns", needed_by: &[ProviderKind::Container] },
-    Tool { name: "iproute2", binary: "ip", version_arg: "-V", package: "iproute2", needed_by: &[ProviderKind::Container] },
-    Tool { name: "qemu", binary: "qemu-system-x86_64", version_arg: "--version", package: "qemu-system-x86", needed_by: &[ProviderKind::Qemu] },
-    Tool { name: "qemu-img", binary: "qemu-img", version_arg: "--version", package: "qemu-utils", needed_by: &[ProviderKind::Qemu] },
-    Tool { name: "ssh", binary: "ssh", version_arg: "-V", package: "openssh-client", needed_by: &[ProviderKind::Qemu] },
-    Tool { name: "ssh-keygen", binary: "ssh-keygen", version_arg: "-?", package: "openssh-client", needed_by: &[ProviderKind::Qemu] },
-    Tool { name: "mkfs.ext4", binary: "mkfs.ext4", version_arg: "-V", package: "e2fsprogs", needed_by: &[] },
+    Tool { name: "runc", binary: "runc", version_arg: Some("--version"), package: "runc", needed_by: &[ProviderKind::Container] },
+    Tool { name: "slirp4netns", binary: "slirp4netns", version_arg: Some("--version"), package: "slirp4netns", needed_by: &[ProviderKind::Container] },
+    Tool { name: "iproute2", binary: "ip", version_arg: Some("-V"), package: "iproute2", needed_by: &[ProviderKind::Container] },
+    Tool { name: "qemu", binary: "qemu-system-x86_64", version_arg: Some("--version"), package: "qemu-system-x86", needed_by: &[ProviderKind::Qemu] },
+    Tool { name: "qemu-img", binary: "qemu-img", version_arg: Some("--version"), package: "qemu-utils", needed_by: &[ProviderKind::Qemu] },
+    Tool { name: "ssh", binary: "ssh", version_arg: Some("-V"), package: "openssh-client", needed_by: &[ProviderKind::Qemu] },
+    Tool { name: "ssh-keygen", binary: "ssh-keygen", version_arg: None, package: "openssh-client", needed_by: &[ProviderKind::Qemu] },
+    Tool { name: "mkfs.ext4", binary: "mkfs.ext4", version_arg: Some("-V"), package: "e2fsprogs", needed_by: &[] },
 ];
 
 /// Every check, for `envy doctor`.
@@ -98,14 +99,15 @@ fn tool(t: &Tool) -> Check {
             needed_by,
         };
     };
-    let output = Command::new(&path).arg(t.version_arg).output();
-    let version = output
-        .map(|o| {
-            let text = if o.stdout.is_empty() { o.stderr } else { o.stdout };
-            String::from_utf8_lossy(&text).lines().next().unwrap_or("").trim().to_string()
-        })
-        .unwrap_or_default();
-    Check { name: t.name, status: Status::Ok, detail: format!("{} ({})", version, path.display()), advice: None, needed_by }
+    let version = t.version_arg.and_then(|arg| Command::new(&path).arg(arg).output().ok()).map(|o| {
+        let text = if o.stdout.is_empty() { o.stderr } else { o.stdout };
+        String::from_utf8_lossy(&text).lines().next().unwrap_or("").trim().to_string()
+    });
+    let detail = match version {
+        Some(v) => format!("{v} ({})", path.display()),
+        None => path.display().to_string(),
+    };
+    Check { name: t.name, status: Status::Ok, detail, advice: None, needed_by }
 }
 
 fn overlayfs() -> Check {
@@ -121,11 +123,14 @@ fn overlayfs() -> Check {
 
 fn kvm() -> Check {
     let report = crate::provider::qemu::accel::probe();
+    let usable = report.auto_choice() == crate::provider::qemu::accel::Chosen::Kvm;
     Check {
         name: "kvm",
-        status: if report.usable { Status::Ok } else { Status::Warn },
+        status: if usable { Status::Ok } else { Status::Warn },
         detail: report.detail,
-        advice: (!report.usable).then(|| "VMs run under TCG (slower); set ENVY_ACCEL=kvm to force KVM".to_string()),
+        advice: (!usable).then(|| {
+            format!("VMs run under TCG (slower); set {}=kvm to force KVM", crate::provider::qemu::accel::ENV)
+        }),
         needed_by: Vec::new(),
     }
 }

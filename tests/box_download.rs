@@ -275,3 +275,17 @@ fn downloads_go_through_the_configured_proxy() {
     env.envy().args(["box", "add", url, "--sha256", &digest]).assert().success();
     assert_eq!(proxy.requests_for(url).len(), 1);
 }
+
+#[test]
+fn connection_refused_is_retried_then_reported() {
+    let env = TestEnv::new();
+    // A port that was free a moment ago: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("http://127.0.0.1:{port}/web.box");
+    env.envy()
+        .args(["box", "add", &url, "--sha256", &"a".repeat(64)])
+        .assert()
+        .code(4)
+        .stderr(contains(format!("cannot download {url} after 5 attempts")));
+    assert!(env.store_entries().is_empty());
+}

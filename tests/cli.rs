@@ -175,3 +175,52 @@ fn docs_cli_md_matches_the_help_text() {
         "docs/cli.md is out of date: run scripts/gen-cli-docs.sh"
     );
 }
+
+#[test]
+fn doctor_reports_this_host_and_its_json_parses() {
+    let home = tempfile::tempdir().unwrap();
+    let out = envy(home.path(), home.path()).args(["doctor", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["version"], 1);
+    assert!(v["envfile"].is_null());
+    let check = |name: &str| v["checks"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap_or_else(|| panic!("no {name} check")).clone();
+    // This project's machines have runc and QEMU installed by scripts/deps.sh.
+    assert_eq!(check("runc")["status"], "ok");
+    assert_eq!(check("qemu")["status"], "ok");
+    assert_eq!(check("overlayfs")["status"], "ok");
+    // /dev/kvm here is kvm-pvm: present, but a stock kernel crawls, so it is a warning.
+    let kvm = check("kvm");
+    assert!(kvm["status"] == "ok" || kvm["status"] == "warn");
+    if kvm["status"] == "warn" {
+        assert!(kvm["advice"].as_str().unwrap().contains("ENVY_ACCEL=kvm"), "{kvm}");
+    }
+    for c in v["checks"].as_array().unwrap() {
+        assert!(c["detail"].is_string() && c["needed_by"].is_array(), "{c}");
+    }
+    assert_eq!(out.status.code(), Some(if v["ok"] == true { 0 } else { 5 }));
+}
+
+#[test]
+fn up_without_qemu_on_path_fails_first_with_doctors_advice() {
+    let home = tempfile::tempdir().unwrap();
+    let project = tempfile::tempdir().unwrap();
+    std::fs::write(project.path().join("Envfile"), "[defaults]\nbox = \"debian-12\"\nprovider = \"qemu\"\n").unwrap();
+    // A PATH with the basics but no QEMU.
+    let bin = tempfile::tempdir().unwrap();
+    for tool in ["sh", "ssh", "ssh-keygen", "qemu-img"] {
+        if let Some(path) = envy::doctor::which(tool) {
+            std::os::unix::fs::symlink(path, bin.path().join(tool)).unwrap();
+        }
+    }
+    let out = envy(home.path(), project.path()).arg("up").env("PATH", bin.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(5));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("qemu-system-x86_64 is not on PATH") || err.contains("qemu"), "{err}");
+    assert!(err.contains("apt-get install qemu-system-x86") && err.contains("envy doctor"), "{err}");
+    assert!(!project.path().join(".envy/machines").exists(), "nothing was started");
+    assert!(std::fs::read_dir(home.path()).map(|d| d.count()).unwrap_or(0) <= 1, "nothing was fetched");
+    // doctor says the same, and fails for this Envfile.
+    let doctor = envy(home.path(), project.path()).arg("doctor").env("PATH", bin.path()).output().unwrap();
+    assert_eq!(doctor.status.code(), Some(5));
+    assert!(String::from_utf8_lossy(&doctor.stdout).contains("apt-get install qemu-system-x86"));
+}

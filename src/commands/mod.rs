@@ -3,6 +3,7 @@
 mod box_;
 mod completions;
 mod destroy;
+mod doctor;
 mod exec;
 mod halt;
 mod init;
@@ -47,9 +48,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Command::Completions(_) | Command::Man => unreachable!("handled above"),
         Command::Box(cmd) => box_::run(&ctx, cmd),
         Command::Share(args) => share::run(&ctx, args),
-        Command::Doctor => {
-            anyhow::bail!("this command is not available in this build yet")
-        }
+        Command::Doctor => doctor::run(&ctx),
     }
 }
 

@@ -19,6 +19,7 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<i32> {
         ProviderArg::Container => ProviderKind::Container,
         ProviderArg::Qemu => ProviderKind::Qemu,
     };
+    crate::doctor::require(provider_kind)?;
     // --box reads exactly like `box =` in an Envfile in this folder.
     let here = envfile::parse_str(
         &ctx.cwd.join(envfile::FILE_NAME),
