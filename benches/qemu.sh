@@ -2,7 +2,8 @@
 # Times the qemu provider beside the raw tools it drives, in one run on the same box
 # (boxes/recipes/tiny-vm.sh), under TCG unless ENVY_ACCEL says otherwise:
 #   1. boot to SSH: `envy up` vs qemu-system-x86_64 started by hand with the same disk,
-#      seed, kernel and accelerator, until the same `ssh root@127.0.0.1 true` answers;
+#      seed, kernel and accelerator, until the same `ssh root@127.0.0.1` answers: the
+#      first boot of a fresh overlay, then the mean of BOOTS (3) re-boots;
 #   2. warm exec: `envy exec -- true` vs `ssh` through the same ControlMaster socket;
 #   3. overlay creation: `qemu-img create -b` over a 1 GiB and a 10 GiB backing disk.
 # Usage: cargo build && benches/qemu.sh        (ENVY=path/to/envy to pick a binary)
@@ -13,6 +14,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 envy=${ENVY:-${CARGO_TARGET_DIR:-$root/target}/debug/envy}
 export ENVY_ACCEL=${ENVY_ACCEL:-tcg}
 runs=${RUNS:-10}
+boots=${BOOTS:-3}   # re-boots averaged for "again" (single boots are noisy on a shared host)
 for tool in qemu-system-x86_64 qemu-img ssh hyperfine; do
     command -v "$tool" >/dev/null || { echo "qemu.sh: $tool is missing (apt-get install qemu-system-x86 qemu-utils openssh-client hyperfine)" >&2; exit 1; }
 done
@@ -49,9 +51,12 @@ echo "== 1. boot to SSH ($ENVY_ACCEL): first boot (fresh overlay, the guest make
 cd "$work/project"
 t0=$(now); "$envy" up bench >/dev/null; t1=$(now)
 envy_first=$(elapsed "$t0" "$t1")
-"$envy" halt bench >/dev/null
-t0=$(now); "$envy" up bench >/dev/null; t1=$(now)
-envy_again=$(elapsed "$t0" "$t1")
+envy_again=0
+for _ in $(seq "$boots"); do
+    "$envy" halt bench >/dev/null
+    t0=$(now); "$envy" up bench >/dev/null; t1=$(now)
+    envy_again=$(echo "$envy_again + $(elapsed "$t0" "$t1") / $boots" | bc -l)
+done
 
 machine=$work/project/.envy/machines/bench
 port=$(sed -n 's/.*"ssh_port": *\([0-9]*\).*/\1/p' "$machine/qemu.json")
@@ -91,7 +96,8 @@ raw_boot() {   # prints seconds from start to the first `ssh true` answered
     elapsed "$t0" "$t1"
 }
 raw_first=$(raw_boot)
-raw_again=$(raw_boot)
+raw_again=0
+for _ in $(seq "$boots"); do raw_again=$(echo "$raw_again + $(raw_boot) / $boots" | bc -l); done
 
 echo "== 3. overlay creation (qemu-img create -b)"
 for size in 1G 10G; do qemu-img create -q -f qcow2 "$work/base-$size.qcow2" "$size"; done
@@ -102,7 +108,8 @@ hyperfine -N --warmup 2 --runs "$runs" --prepare "rm -f $work/o.qcow2" \
 echo
 ratio() { echo "scale=2; $1 / $2" | bc; }
 echo "boot to SSH, first ($ENVY_ACCEL): envy up ${envy_first}s, raw qemu ${raw_first}s, ratio $(ratio "$envy_first" "$raw_first")"
-echo "boot to SSH, again ($ENVY_ACCEL): envy up ${envy_again}s, raw qemu ${raw_again}s, ratio $(ratio "$envy_again" "$raw_again")"
+printf 'boot to SSH, again (%s, mean of %s): envy up %.2fs, raw qemu %.2fs, ratio %s\n' \
+    "$ENVY_ACCEL" "$boots" "$envy_again" "$raw_again" "$(ratio "$envy_again" "$raw_again")"
 python3 - "$work/exec.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))["results"]
