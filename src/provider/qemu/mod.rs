@@ -297,7 +297,9 @@ impl Provider for QemuProvider {
         let started = self.prepare(plan, stored, &files, ui).and_then(|(ssh_port, net)| {
             let target = ssh_target(&files, ssh_port);
             target.close_master();
+            // Console and SSH logs hold the current boot only.
             crate::state::create_private(&files.console_log)?;
+            let _ = std::fs::remove_file(&files.ssh_log);
             let command = qemu_command(plan, stored, &files, accel, ssh_port, net.as_ref())?;
             ui.step(format!("{}: booting ({}, SSH on 127.0.0.1:{ssh_port})", plan.name(), accel.name()));
             process::start(command, &files)?;
