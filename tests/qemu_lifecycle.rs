@@ -74,6 +74,7 @@ fn up_exec_sync_forward_halt_up_snapshot_destroy() {
     assert!(console.contains("envy-guest: clean shutdown complete"), "console:\n{console}");
     assert_eq!(m.provider.state(&m.plan).unwrap(), MachineState::Stopped);
     assert_eq!(m.qemu_processes(), 0);
+    assert!(m.provider.info(&m.plan).unwrap().log_tail.is_none(), "a halted machine did not die: no log tail");
 
     // Export (for share) flattens the halted disk into a standalone qcow2 plus the kernel.
     let out = m.tmp.path().join("export");
@@ -142,12 +143,19 @@ fn killed_qemu_reads_stopped_with_its_log_and_up_recovers_on_another_port() {
     assert!(tail.contains("envy-guest: ready"), "tail:\n{tail}");
 
     // Someone took the recorded SSH port meanwhile: up picks another and recovers.
-    // (If another test already took it, the port is just as taken.)
+    // (If binding fails, a parallel test's machine got the freed port: taken all the same.)
     let _squatter = TcpListener::bind((Ipv4Addr::LOCALHOST, old_port)).ok();
     m.provider.up(&m.plan, &stored, &m.ui).unwrap();
     let new_port = m.provider.info(&m.plan).unwrap().ssh_port.unwrap();
     assert_ne!(new_port, old_port);
     assert_eq!(m.sh("true"), 0);
+
+    // Up on a running machine only checks it answers: same process, same port.
+    let before = m.provider.info(&m.plan).unwrap();
+    m.provider.up(&m.plan, &stored, &m.ui).unwrap();
+    let after = m.provider.info(&m.plan).unwrap();
+    assert_eq!((before.pid, before.ssh_port), (after.pid, after.ssh_port));
+    assert_eq!(m.qemu_processes(), 1);
 
     // Without sync folders a running machine's snapshot holds memory and restores live.
     assert_eq!(m.sh("echo in-memory > /run/marker"), 0);

@@ -144,3 +144,43 @@ impl QemuCommand {
         command
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(cmd: &QemuCommand) -> Vec<String> {
+        cmd.build().get_args().map(|a| a.to_string_lossy().into_owned()).collect()
+    }
+
+    #[test]
+    fn kernel_boot_gets_a_serial_console_unless_the_box_names_one() {
+        let mut cmd = QemuCommand::new("m");
+        cmd.kernel(Path::new("/b/vmlinuz"), None, "root=/dev/vda rw");
+        assert!(args(&cmd).ends_with(&["-append".into(), "root=/dev/vda rw console=ttyS0".into()]));
+        let mut cmd = QemuCommand::new("m");
+        cmd.kernel(Path::new("/b/vmlinuz"), None, "console=hvc0");
+        assert!(args(&cmd).ends_with(&["-append".into(), "console=hvc0".into()]));
+    }
+
+    #[test]
+    fn firmware_boot_marks_the_disk_and_commas_in_paths_cannot_add_options() {
+        let mut cmd = QemuCommand::new("m");
+        cmd.disk(Path::new("/p,format=raw/overlay.qcow2"), "overlay", "qcow2", false, true);
+        let args = args(&cmd);
+        assert!(args.contains(&"file=/p,,format=raw/overlay.qcow2,if=none,id=overlay,node-name=overlay-node,format=qcow2,discard=unmap".into()), "{args:?}");
+        assert!(args.contains(&"virtio-blk-pci,drive=overlay,bootindex=0".into()));
+        assert!(!args.contains(&"-kernel".into()));
+    }
+
+    #[test]
+    fn accelerator_picks_the_cpu_model() {
+        let mut kvm = QemuCommand::new("m");
+        kvm.machine(Chosen::Kvm);
+        assert!(args(&kvm).windows(2).any(|w| w == ["-cpu", "host"]));
+        let mut tcg = QemuCommand::new("m");
+        tcg.machine(Chosen::Tcg);
+        assert!(args(&tcg).windows(2).any(|w| w == ["-accel", "tcg"]));
+        assert!(args(&tcg).windows(2).any(|w| w == ["-cpu", "max"]));
+    }
+}

@@ -98,3 +98,52 @@ pub fn flatten(overlay: &Path, target: &Path) -> Result<(), Error> {
         let _ = std::fs::remove_file(target);
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base(dir: &Path, size: &str) -> std::path::PathBuf {
+        let path = dir.join("base.qcow2");
+        let status = Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&path)
+            .arg(size)
+            .status()
+            .expect("qemu-img is needed by these tests: apt-get install qemu-utils");
+        assert!(status.success());
+        path
+    }
+
+    #[test]
+    fn an_overlay_copies_nothing_and_grows_but_never_shrinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = base(dir.path(), "64M");
+        let overlay = dir.path().join("overlay.qcow2");
+
+        let err = create_overlay(&base, &overlay, Some(32 << 20)).unwrap_err().to_string();
+        assert!(err.contains("smaller than the box's disk (67108864 bytes)"), "{err}");
+        assert!(!overlay.exists());
+
+        create_overlay(&base, &overlay, None).unwrap();
+        assert_eq!(info(&overlay).unwrap().virtual_size, 64 << 20);
+        assert!(std::fs::metadata(&overlay).unwrap().len() < 1 << 20, "the overlay copied data");
+
+        grow(&overlay, 128 << 20).unwrap();
+        assert_eq!(info(&overlay).unwrap().virtual_size, 128 << 20);
+        let err = grow(&overlay, 100 << 20).unwrap_err().to_string();
+        assert!(err.contains("disks only grow"), "{err}");
+        assert_eq!(info(&overlay).unwrap().virtual_size, 128 << 20);
+    }
+
+    #[test]
+    fn a_base_that_is_not_qcow2_is_named_in_the_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("disk.qcow2");
+        std::fs::write(&base, vec![0u8; 4096]).unwrap();
+        let overlay = dir.path().join("overlay.qcow2");
+        let err = create_overlay(&base, &overlay, None).unwrap_err().to_string();
+        assert!(err.contains(&format!("the box disk {} is not a readable qcow2 image", base.display())), "{err}");
+        assert!(!overlay.exists());
+    }
+}

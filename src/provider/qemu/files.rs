@@ -84,6 +84,19 @@ impl MachineFiles {
         .collect()
     }
 
+    /// The folders the files live in (the machine dir, and the runtime dir when a
+    /// socket had to move there).
+    pub fn dirs(&self) -> Vec<PathBuf> {
+        let mut dirs = vec![self.dir.clone()];
+        for socket in [&self.qmp_socket, &self.ssh_control] {
+            if let Some(parent) = socket.parent().filter(|p| *p != self.dir) {
+                dirs.push(parent.to_path_buf());
+            }
+        }
+        dirs.dedup();
+        dirs
+    }
+
     pub fn ssh_public_key(&self) -> PathBuf {
         self.ssh_key.with_extension("pub")
     }
@@ -98,5 +111,55 @@ impl MachineFiles {
             }
             Err(_) => format!("(no console log at {})", self.console_log.display()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envfile::{BoxRef, MachineSpec, ProviderKind};
+
+    fn plan_in(project_dir: &str) -> MachinePlan {
+        let project = crate::plan::Project {
+            dir: project_dir.into(),
+            envfile: format!("{project_dir}/Envfile").into(),
+            state_dir: format!("{project_dir}/.envy").into(),
+            id: "0badcafe".into(),
+        };
+        MachinePlan {
+            home: crate::context::Home::at("/home/u/.local/share/envy"),
+            dir: project.machine_dir("web"),
+            project,
+            spec: MachineSpec {
+                name: "web".into(),
+                box_ref: BoxRef::Catalog { name: "x".into(), version: None },
+                provider: ProviderKind::Qemu,
+                cpus: 1,
+                memory: 1 << 30,
+                disk: None,
+                accel: None,
+                env: Default::default(),
+                forwards: vec![],
+                sync: vec![],
+                provision: vec![],
+            },
+            index: 0,
+            runtime_id: "envy-0badcafe-web".into(),
+            forwards: vec![],
+            peers: vec![],
+        }
+    }
+
+    #[test]
+    fn sockets_stay_in_the_machine_dir_unless_the_path_is_too_long() {
+        let files = MachineFiles::of(&plan_in("/src/app"));
+        assert_eq!(files.qmp_socket, PathBuf::from("/src/app/.envy/machines/web/qmp.sock"));
+        assert_eq!(files.dirs(), [PathBuf::from("/src/app/.envy/machines/web")]);
+
+        let deep = format!("/src/{}", "very-long-folder-name/".repeat(5));
+        let files = MachineFiles::of(&plan_in(deep.trim_end_matches('/')));
+        assert_eq!(files.qmp_socket, PathBuf::from("/home/u/.local/share/envy/run/envy-0badcafe-web-qmp.sock"));
+        assert_eq!(files.ssh_control, PathBuf::from("/home/u/.local/share/envy/run/envy-0badcafe-web-ssh.ctl"));
+        assert!(files.dirs().contains(&PathBuf::from("/home/u/.local/share/envy/run")));
     }
 }

@@ -48,6 +48,9 @@ struct RuntimeRecord {
     version: u32,
     /// The host port SSH was forwarded to at the last start.
     ssh_port: Option<u16>,
+    /// envy stopped the machine on purpose (halt), so its console tail is no news.
+    #[serde(default)]
+    halted: bool,
 }
 
 const RUNTIME_RECORD_VERSION: u32 = 1;
@@ -109,6 +112,17 @@ fn qemu_payload<'a>(plan: &MachinePlan, stored: &'a StoredBox) -> Result<&'a Qem
             stored.digest,
             plan.name()
         ))
+    })
+}
+
+/// The SSH port of a running machine, from its runtime record.
+fn recorded_ssh_port(plan: &MachinePlan, files: &MachineFiles) -> Result<u16> {
+    RuntimeRecord::load(files).ssh_port.with_context(|| {
+        format!(
+            "machine {} runs but its SSH port is not recorded in {}; run `envy halt {0}` and `envy up {0}`",
+            plan.name(),
+            files.runtime_record.display()
+        )
     })
 }
 
@@ -184,7 +198,9 @@ impl QemuProvider {
         ui: &Ui,
     ) -> Result<(u16, Option<ProjectNet>)> {
         let payload = qemu_payload(plan, stored)?;
-        std::fs::create_dir_all(&files.dir).with_context(|| format!("cannot create {}", files.dir.display()))?;
+        for dir in files.dirs() {
+            std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        }
         if !files.overlay.exists() {
             ui.step(format!("{}: creating its disk over box {}", plan.name(), stored.manifest.name));
             disk::create_overlay(&stored.file(&payload.disk), &files.overlay, plan.spec.disk)?;
@@ -203,25 +219,32 @@ impl QemuProvider {
         network::check_forwards(plan)?;
         record.version = RUNTIME_RECORD_VERSION;
         record.ssh_port = Some(ssh_port);
+        record.halted = false;
         record.save(files)?;
         Ok((ssh_port, net))
     }
 
-    /// Waits for SSH; on failure stops QEMU and returns `NotReady` with the console tail.
-    fn wait_ready(&self, plan: &MachinePlan, files: &MachineFiles, target: &SshTarget) -> Result<(), Error> {
+    /// Waits for SSH; on failure returns `NotReady` with the console tail, and stops QEMU
+    /// when `booting` (a machine that was already up is left as it is, for inspection).
+    fn wait_ready(&self, plan: &MachinePlan, files: &MachineFiles, target: &SshTarget, booting: bool) -> Result<(), Error> {
         let timeout = boot_timeout()?;
         let waited = target.wait_ready(timeout, || match process::running_pid(files) {
             Some(_) => Ok(()),
             None => Err("QEMU exited during boot".to_string()),
         });
         let Err(why) = waited else { return Ok(()) };
-        let _ = process::stop_now(files);
         target.close_master();
+        let outcome = if booting {
+            let _ = process::stop_now(files);
+            "the machine was stopped"
+        } else {
+            "the machine is left running; `envy halt` stops it"
+        };
         Err(Error::NotReady {
             machine: plan.name().to_string(),
             seconds: timeout.as_secs(),
             detail: format!(
-                "{why}; the machine was stopped. Last lines of its console ({}):\n{}\n\
+                "{why}; {outcome}. Last lines of its console ({}):\n{}\n\
                  (raise {BOOT_TIMEOUT_ENV} for slow boxes)",
                 files.console_log.display(),
                 files.console_tail(LOG_TAIL_LINES)
@@ -239,10 +262,7 @@ impl QemuProvider {
             }
             .into());
         }
-        let port = RuntimeRecord::load(&files).ssh_port.with_context(|| {
-            format!("machine {} runs but its SSH port is not recorded in {}; run `envy halt {0}` and `envy up {0}`",
-                plan.name(), files.runtime_record.display())
-        })?;
+        let port = recorded_ssh_port(plan, &files)?;
         let target = ssh_target(&files, port);
         Ok((files, target))
     }
@@ -257,8 +277,8 @@ impl Provider for QemuProvider {
         let files = MachineFiles::of(plan);
         qemu_payload(plan, stored)?;
         if live_state(&files).is_some() {
-            let port = RuntimeRecord::load(&files).ssh_port.unwrap_or(0);
-            return Ok(self.wait_ready(plan, &files, &ssh_target(&files, port))?);
+            let port = recorded_ssh_port(plan, &files)?;
+            return Ok(self.wait_ready(plan, &files, &ssh_target(&files, port), false)?);
         }
         // A QEMU that is alive but unusable (guest panicked) holds the disk: end it.
         process::stop_now(&files)?;
@@ -277,7 +297,9 @@ impl Provider for QemuProvider {
         let started = self.prepare(plan, stored, &files, ui).and_then(|(ssh_port, net)| {
             let target = ssh_target(&files, ssh_port);
             target.close_master();
+            // Console and SSH logs hold the current boot only.
             crate::state::create_private(&files.console_log)?;
+            let _ = std::fs::remove_file(&files.ssh_log);
             let command = qemu_command(plan, stored, &files, accel, ssh_port, net.as_ref())?;
             ui.step(format!("{}: booting ({}, SSH on 127.0.0.1:{ssh_port})", plan.name(), accel.name()));
             process::start(command, &files)?;
@@ -292,7 +314,7 @@ impl Provider for QemuProvider {
                 return Err(e);
             }
         };
-        self.wait_ready(plan, &files, &target)?;
+        self.wait_ready(plan, &files, &target, true)?;
         Ok(())
     }
 
@@ -310,12 +332,13 @@ impl Provider for QemuProvider {
     fn info(&self, plan: &MachinePlan) -> Result<MachineInfo> {
         let files = MachineFiles::of(plan);
         let pid = live_state(&files);
-        let dead_with_log = pid.is_none() && files.console_log.exists();
+        let record = RuntimeRecord::load(&files);
+        let died = pid.is_none() && !record.halted && files.console_log.exists();
         Ok(MachineInfo {
             ip: ProjectNet::of(plan).map(|n| n.address.to_string()),
-            ssh_port: RuntimeRecord::load(&files).ssh_port,
+            ssh_port: record.ssh_port,
             pid,
-            log_tail: dead_with_log.then(|| files.console_tail(LOG_TAIL_LINES)),
+            log_tail: died.then(|| files.console_tail(LOG_TAIL_LINES)),
         })
     }
 
@@ -332,12 +355,15 @@ impl Provider for QemuProvider {
 
     fn halt(&self, plan: &MachinePlan, force: bool, ui: &Ui) -> Result<()> {
         let files = MachineFiles::of(plan);
-        if let Some(port) = RuntimeRecord::load(&files).ssh_port {
+        let mut record = RuntimeRecord::load(&files);
+        if let Some(port) = record.ssh_port {
             ssh_target(&files, port).close_master();
         }
         if process::running_pid(&files).is_none() {
             return Ok(process::finish(&files)?);
         }
+        record.halted = true;
+        record.save(&files)?;
         if force {
             return Ok(process::stop_now(&files)?);
         }

@@ -38,10 +38,7 @@ pub fn start(mut command: std::process::Command, files: &MachineFiles) -> Result
         });
     }
     command.stdin(std::process::Stdio::null());
-    tool::run(&mut command, "starting the machine").map_err(|e| match e {
-        Error::MissingTool { .. } => tool::missing(super::cmdline::QEMU_BINARY),
-        other => other,
-    })?;
+    tool::run(&mut command, "starting the machine")?;
     let pid = std::fs::read_to_string(&files.qemu_pidfile)
         .ok()
         .and_then(|s| s.trim().parse::<u32>().ok())

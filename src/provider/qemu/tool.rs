@@ -10,13 +10,12 @@ fn package_of(tool: &str) -> &'static str {
     match tool {
         "qemu-img" => "qemu-utils",
         "qemu-system-x86_64" => "qemu-system-x86",
-        "ssh" | "ssh-keygen" => "openssh-client",
         _ => "the package that provides it",
     }
 }
 
 /// The error for a tool that is not installed.
-pub fn missing(tool: &str) -> Error {
+fn missing(tool: &str) -> Error {
     Error::MissingTool {
         tool: tool.to_string(),
         advice: format!("install it with `apt-get install {}`", package_of(tool)),
@@ -48,4 +47,17 @@ pub fn last_lines(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     let start = lines.len().saturating_sub(n);
     lines[start..].iter().map(|l| format!("    | {l}")).collect::<Vec<_>>().join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_tool_says_what_to_install_and_a_failure_shows_stderr() {
+        let err = run(&mut Command::new("qemu-img-not-installed"), "testing").unwrap_err().to_string();
+        assert!(err.starts_with("qemu-img-not-installed is not installed or not on PATH"), "{err}");
+        let err = run(Command::new("sh").args(["-c", "echo boom >&2; exit 3"]), "testing").unwrap_err().to_string();
+        assert!(err.contains("sh failed (exit status: 3) while testing:\n    | boom"), "{err}");
+    }
 }
