@@ -170,10 +170,11 @@ fn killed_qemu_reads_stopped_with_its_log_and_up_recovers_on_another_port() {
 #[test]
 fn a_corrupt_box_disk_is_a_clear_error_that_leaves_nothing() {
     let m = TestMachine::new("corrupt", vec![], false);
+    let good = support::tiny_box();
     let bad_dir = m.tmp.path().join("bad-box");
     std::fs::create_dir_all(&bad_dir).unwrap();
-    for file in ["disk.qcow2", "vmlinuz", "initrd.img"] {
-        std::fs::copy(support::tiny_box_dir().join(file), bad_dir.join(file)).unwrap();
+    for file in good.manifest.files.keys() {
+        std::fs::copy(good.file(file), bad_dir.join(file)).unwrap();
     }
     // Flip the qcow2 magic and version bytes.
     let disk = bad_dir.join("disk.qcow2");
@@ -183,7 +184,7 @@ fn a_corrupt_box_disk_is_a_clear_error_that_leaves_nothing() {
     }
     std::fs::write(&disk, bytes).unwrap();
 
-    let err = m.provider.up(&m.plan, &support::stored_box(&bad_dir, support::GOOD_CMDLINE), &m.ui).unwrap_err();
+    let err = m.provider.up(&m.plan, &envy::boxes::StoredBox { dir: bad_dir.clone(), ..good }, &m.ui).unwrap_err();
     let text = format!("{err:#}");
     assert!(text.contains("is not a readable qcow2 image"), "{text}");
     assert!(text.contains(&disk.display().to_string()), "the error names the disk: {text}");

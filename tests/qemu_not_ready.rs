@@ -13,7 +13,7 @@ fn a_guest_without_ssh_is_not_ready_and_shows_its_console() {
     std::env::set_var("ENVY_BOOT_TIMEOUT", "20");
     let m = TestMachine::new("mute", vec![], false);
     // The initramfs hands over to /bin/false: the kernel panics, SSH never comes.
-    let stored = support::stored_box(support::tiny_box_dir(), &format!("{} init=/bin/false", support::GOOD_CMDLINE));
+    let stored = support::with_cmdline(support::tiny_box(), &format!("{} init=/bin/false", support::GOOD_CMDLINE));
     let err = m.provider.up(&m.plan, &stored, &m.ui).unwrap_err();
     let text = format!("{err:#}");
     assert!(text.contains("machine mute did not become ready within 20 s"), "{text}");

@@ -7,12 +7,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::Context as _;
-
 use super::archive::{self, Artifact};
 use super::digest::sha256_file;
 use super::manifest::{BootMethod, Manifest, QemuPayload, DEFAULT_CMDLINE};
 use super::store::file_size;
+use crate::provider::tool;
 use super::Error;
 use crate::envfile::ProviderKind;
 use crate::ui::Ui;
@@ -111,13 +110,15 @@ fn qemu_payload(
     let raw = work.join("disk.raw");
     std::fs::File::create(&raw).and_then(|f| f.set_len(size)).map_err(Error::io("cannot create", &raw))?;
     ui.step(format!("making a {} MiB ext4 disk from {}", size >> 20, root.display()));
-    let mut mkfs = Command::new("mkfs.ext4");
-    mkfs.args(["-q", "-F", "-L", "envy-root", "-d"]).arg(&root).arg(&raw);
-    run_tool(mkfs, "mkfs.ext4", "e2fsprogs", "making the ext4 disk image")?;
+    tool::run(
+        Command::new("mkfs.ext4").args(["-q", "-F", "-L", "envy-root", "-d"]).arg(&root).arg(&raw),
+        "making the ext4 disk image",
+    )?;
     let disk = work.join("disk.qcow2");
-    let mut convert = Command::new("qemu-img");
-    convert.args(["convert", "-f", "raw", "-O", "qcow2"]).arg(&raw).arg(&disk);
-    run_tool(convert, "qemu-img", "qemu-utils", "converting the disk to qcow2")?;
+    tool::run(
+        Command::new("qemu-img").args(["convert", "-f", "raw", "-O", "qcow2"]).arg(&raw).arg(&disk),
+        "converting the disk to qcow2",
+    )?;
     std::fs::remove_file(&raw).map_err(Error::io("cannot remove", &raw))?;
 
     let mut files = BTreeMap::from([("disk.qcow2".to_string(), disk)]);
@@ -160,33 +161,6 @@ fn qemu_payload(
     Ok((manifest, files))
 }
 
-/// Runs a host tool; a missing one is a provider error naming its apt package.
-fn run_tool(mut cmd: Command, tool: &str, package: &str, doing: &str) -> anyhow::Result<()> {
-    tracing::debug!("running {cmd:?}");
-    let out = match cmd.output() {
-        Ok(o) => o,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(crate::provider::Error::MissingTool {
-                tool: tool.into(),
-                advice: format!("install it with `apt-get install {package}`"),
-            }
-            .into())
-        }
-        Err(e) => return Err(e).with_context(|| format!("cannot run {tool}")),
-    };
-    if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let tail: Vec<&str> = stderr.lines().rev().take(20).collect();
-        return Err(crate::provider::Error::ToolFailed {
-            tool: tool.into(),
-            doing: doing.into(),
-            status: out.status.to_string(),
-            stderr: tail.into_iter().rev().map(|l| format!("  | {l}")).collect::<Vec<_>>().join("\n"),
-        }
-        .into());
-    }
-    Ok(())
-}
 
 /// The rootfs's kernel and initrd: the newest `boot/vmlinuz-*` (or what `/vmlinuz`
 /// points to) and the initrd of the same version. Links are resolved inside `root`.

@@ -81,13 +81,7 @@ fn words(args: &SnapshotArgs) -> Result<(Option<&str>, &str)> {
         [machine, name] => (Some(machine.as_str()), name.as_str()),
         _ => bail!("give `[MACHINE] NAME`"),
     };
-    let valid = !name.is_empty()
-        && name.len() <= 64
-        && !name.starts_with('.')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if !valid {
-        bail!("snapshot name {name:?} is not valid: use 1-64 letters, digits, '.', '_' or '-', not starting with '.'");
-    }
+    provider::check_snapshot_name(name)?;
     Ok((machine, name))
 }
 

@@ -3,6 +3,7 @@
 
 pub mod container;
 pub mod qemu;
+pub mod tool;
 
 use std::path::PathBuf;
 
@@ -127,10 +128,44 @@ pub trait Provider {
     fn export(&self, machine: &MachinePlan, stored: &StoredBox, dir: &std::path::Path, ui: &Ui) -> Result<Vec<PathBuf>>;
 }
 
+/// Snapshot names become file names, QMP job ids and qemu-img arguments: 1-64 of
+/// letters, digits, `.`, `_`, `-`, not starting with `.`, and not only digits (QEMU
+/// reads those as snapshot ids).
+pub fn check_snapshot_name(name: &str) -> Result<(), Error> {
+    let ok = (1..=64).contains(&name.len())
+        && !name.starts_with('.')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        && !name.bytes().all(|b| b.is_ascii_digit());
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Other(format!(
+            "snapshot name {name:?} is not valid: use 1-64 letters, digits, '.', '_' or '-', \
+             not starting with '.' and not only digits"
+        )))
+    }
+}
+
 /// The provider for a kind.
 pub fn for_kind(kind: ProviderKind) -> Box<dyn Provider> {
     match kind {
         ProviderKind::Container => Box::new(container::ContainerProvider::new()),
         ProviderKind::Qemu => Box::new(qemu::QemuProvider::new()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_snapshot_name;
+
+    #[test]
+    fn snapshot_names_are_checked() {
+        for good in ["a", "before-upgrade", "v1.2_x", "1a", &"a".repeat(64)] {
+            assert!(check_snapshot_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", ".hidden", "a/b", "a b", "..", "123", &"a".repeat(65), "é"] {
+            let err = check_snapshot_name(bad).unwrap_err().to_string();
+            assert!(err.contains("is not valid"), "{bad}: {err}");
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! Test support for the qemu provider: the tiny test box (built by
-//! boxes/recipes/tiny-vm.sh, turned into a qcow2 box and cached under target/), and a
+//! boxes/recipes/tiny-vm.sh, made a box by `envy box build --kind qemu` and added to a
+//! store under target/), and a
 //! machine fixture with its own project dir and ENVY_HOME that destroys the machine
 //! (and so its QEMU) when dropped, even when the test fails.
 
@@ -7,10 +8,12 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, OnceLock};
 
-use envy::boxes::{BootMethod, Manifest, QemuPayload, StoredBox};
+#[path = "../common/mod.rs"]
+mod common;
+
+use envy::boxes::{BoxSource, Store, StoredBox};
 use envy::context::Home;
 use envy::envfile::{Accel, BoxRef, Forward, MachineSpec, ProviderKind, SyncFolder};
 use envy::plan::{project_id, MachinePlan, Project};
@@ -21,96 +24,31 @@ use envy::ui::Ui;
 /// The kernel command line of the working test box.
 pub const GOOD_CMDLINE: &str = "console=ttyS0 root=/dev/vda rw";
 
-fn need(tool: &str, package: &str) {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(found, "{tool} is needed by the qemu tests; install the Debian package {package}");
-}
-
-fn run(command: &mut Command) -> String {
-    let out = command.output().unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{command:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// Directory of the built box: disk.qcow2, vmlinuz, initrd.img. Built once per content
-/// of the recipe, shared by every test binary (a file lock serializes the build).
-pub fn tiny_box_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        for (tool, package) in [
-            ("qemu-system-x86_64", "qemu-system-x86"),
-            ("qemu-img", "qemu-utils"),
-            ("mkfs.ext4", "e2fsprogs"),
-            ("busybox", "busybox-static"),
-            ("dropbear", "dropbear-bin"),
-            ("ssh", "openssh-client"),
-            ("ssh-keygen", "openssh-client"),
-        ] {
-            need(tool, package);
-        }
-        let target = Path::new(env!("CARGO_TARGET_TMPDIR")).parent().unwrap().to_path_buf();
-        std::fs::create_dir_all(target.join("boxes")).unwrap();
-        let lock = std::fs::File::create(target.join("boxes/.tiny-vm.lock")).unwrap();
-        lock.lock().unwrap();
-        let recipe = Path::new(env!("CARGO_MANIFEST_DIR")).join("boxes/recipes/tiny-vm.sh");
-        let rootfs = PathBuf::from(run(Command::new(&recipe).env("CARGO_TARGET_DIR", &target)));
-        let dir = rootfs.parent().unwrap().join("box");
-        if !dir.join("disk.qcow2").exists() {
-            let tmp = rootfs.parent().unwrap().join("box.tmp");
-            let _ = std::fs::remove_dir_all(&tmp);
-            std::fs::create_dir_all(&tmp).unwrap();
-            run(Command::new("mkfs.ext4").args(["-q", "-d"]).arg(&rootfs).arg(tmp.join("disk.raw")).arg("128M"));
-            run(Command::new("qemu-img").args(["convert", "-O", "qcow2"]).arg(tmp.join("disk.raw")).arg(tmp.join("disk.qcow2")));
-            std::fs::remove_file(tmp.join("disk.raw")).unwrap();
-            for (prefix, name) in [("vmlinuz-", "vmlinuz"), ("initrd.img-", "initrd.img")] {
-                let file = std::fs::read_dir(rootfs.join("boot"))
-                    .unwrap()
-                    .map(|e| e.unwrap().path())
-                    .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix))
-                    .unwrap_or_else(|| panic!("the tiny rootfs has no /boot/{prefix}*"));
-                std::fs::copy(file, tmp.join(name)).unwrap();
-            }
-            std::fs::rename(&tmp, &dir).unwrap();
-        }
-        dir
-    })
-}
-
-/// The test box as the store would hand it over, booted with `cmdline`, from `dir`.
-pub fn stored_box(dir: &Path, cmdline: &str) -> StoredBox {
-    StoredBox {
-        digest: "0".repeat(64),
-        dir: dir.to_path_buf(),
-        manifest: Manifest {
-            format: 1,
-            name: "tiny-vm".into(),
-            version: "1".into(),
-            arch: "x86_64".into(),
-            providers: vec![ProviderKind::Qemu],
-            container: None,
-            qemu: Some(QemuPayload {
-                disk: "disk.qcow2".into(),
-                boot: BootMethod::Kernel,
-                kernel: Some("vmlinuz".into()),
-                initrd: Some("initrd.img".into()),
-                cmdline: Some(cmdline.into()),
-            }),
-            files: BTreeMap::new(),
-            envfile: None,
-        },
-    }
-}
-
+/// The tiny test box as the store hands it over: built by `envy box build --kind qemu`
+/// from boxes/recipes/tiny-vm.sh's root filesystem and added to a store under target/
+/// shared by the qemu test binaries (the store serializes concurrent adds).
 pub fn tiny_box() -> StoredBox {
-    stored_box(tiny_box_dir(), GOOD_CMDLINE)
+    static STORED: OnceLock<StoredBox> = OnceLock::new();
+    STORED
+        .get_or_init(|| {
+            let env = common::TestEnv::new();
+            let built = common::tiny_vm_box(&env);
+            let home = Home::at(Path::new(env!("CARGO_TARGET_TMPDIR")).join("qemu-test-store"));
+            let source = BoxSource::from_ref(&BoxRef::Path { path: built, sha256: None }, None, None);
+            Store::open(&home).unwrap().ensure(&source, &quiet_ui()).unwrap()
+        })
+        .clone()
+}
+
+/// The tiny box booted with another kernel command line.
+pub fn with_cmdline(stored: StoredBox, cmdline: &str) -> StoredBox {
+    let mut stored = stored;
+    stored.manifest.qemu.as_mut().expect("a qemu box").cmdline = Some(cmdline.into());
+    stored
+}
+
+fn quiet_ui() -> Ui {
+    Ui { interactive: false, fancy: false, json: false, quiet: true }
 }
 
 /// One machine in a temp project, destroyed on drop (the project folder goes with the

@@ -10,7 +10,6 @@ mod network;
 mod overlay;
 mod runc;
 mod snapshot;
-mod tool;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
 
-use super::tool;
+use crate::provider::tool;
 use crate::envfile::{Forward, Protocol};
 use crate::plan::MachinePlan;
 use crate::provider::Error;
@@ -83,7 +83,7 @@ fn delete_netns(name: &str) -> Result<()> {
 fn ip_in(netns: &str, commands: &[&[&str]]) -> Result<String> {
     let script: String = commands.iter().map(|c| c.join(" ") + "\n").collect();
     let doing = format!("running `{}` in network namespace {netns}", script.trim_end().replace('\n', "; "));
-    tool::run_with_input(Command::new("ip").args(["-n", netns, "-batch", "-"]), &script, &doing)
+    Ok(tool::run_with_input(Command::new("ip").args(["-n", netns, "-batch", "-"]), &script, &doing)?)
 }
 
 fn link_exists(netns: &str, link: &str) -> bool {

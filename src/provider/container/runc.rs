@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use anyhow::{Context as _, Result};
 use serde::Deserialize;
 
-use super::tool;
+use crate::provider::tool;
 use crate::provider::ExecRequest;
 
 /// A container's status as runc reports it.

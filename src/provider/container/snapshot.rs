@@ -9,7 +9,8 @@ use std::process::Command;
 use anyhow::{bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
 
-use super::{overlay, tool, Layout, Machine};
+use super::{overlay, Layout, Machine};
+use crate::provider::tool;
 use crate::provider::{Error, MachineState, SnapshotInfo};
 use crate::ui::Ui;
 
@@ -22,19 +23,6 @@ struct Sidecar {
     name: String,
     created: u64,
     size: u64,
-}
-
-/// Names become file names: letters, digits, `.`, `_`, `-`; 1 to 64 of them; no leading dot.
-fn validate(name: &str) -> Result<()> {
-    let ok = (1..=64).contains(&name.len())
-        && !name.starts_with('.')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if !ok {
-        bail!(Error::Other(format!(
-            "snapshot name {name:?} is not valid: use 1 to 64 letters, digits, '.', '_' or '-', not starting with '.'"
-        )));
-    }
-    Ok(())
 }
 
 fn archive_path(layout: &Layout, name: &str) -> PathBuf {
@@ -72,7 +60,7 @@ fn frozen<T>(m: &Machine, work: impl FnOnce() -> Result<T>) -> Result<T> {
 }
 
 pub fn save(m: &Machine, name: &str, ui: &Ui) -> Result<SnapshotInfo> {
-    validate(name)?;
+    crate::provider::check_snapshot_name(name)?;
     if !m.layout.exists() {
         return Err(missing_machine(m));
     }
@@ -91,6 +79,7 @@ pub fn save(m: &Machine, name: &str, ui: &Ui) -> Result<SnapshotInfo> {
             layer_tar().arg("--create").arg("--file").arg(&partial).arg("--directory").arg(m.layout.upper()).arg("."),
             &format!("saving snapshot {name} of machine {}", m.name()),
         )
+        .map_err(anyhow::Error::from)
     });
     if let Err(e) = saved {
         let _ = std::fs::remove_file(&partial);
@@ -124,7 +113,7 @@ fn read_sidecar(path: &Path) -> Result<Sidecar> {
 }
 
 fn require_snapshot(layout: &Layout, machine: &str, name: &str) -> Result<()> {
-    validate(name)?;
+    crate::provider::check_snapshot_name(name)?;
     if !archive_path(layout, name).exists() {
         let known: Vec<String> = list(layout)?.into_iter().map(|s| s.name).collect();
         let known = if known.is_empty() { "it has none".to_string() } else { format!("it has: {}", known.join(", ")) };
@@ -147,7 +136,7 @@ pub fn restore(m: &Machine, name: &str, ui: &Ui) -> Result<()> {
     );
     if let Err(e) = unpacked {
         let _ = std::fs::remove_dir_all(&staging);
-        return Err(e);
+        return Err(e.into());
     }
     let was_running = m.state()? == MachineState::Running;
     ui.step(format!("{}: restoring snapshot {name}", m.name()));
@@ -209,6 +198,7 @@ pub fn export(m: &Machine, lower: &Path, dir: &Path, ui: &Ui) -> Result<Vec<Path
             Command::new("tar").args(["--create", "--numeric-owner", "--file"]).arg(&target).arg("--directory").arg(&rootfs).arg("."),
             &format!("exporting the root filesystem of machine {}", m.name()),
         )
+        .map_err(anyhow::Error::from)
     });
     if mounted_here {
         overlay::unmount_all(m.layout.dir())?;
@@ -218,20 +208,4 @@ pub fn export(m: &Machine, lower: &Path, dir: &Path, ui: &Ui) -> Result<Vec<Path
         return Err(e);
     }
     Ok(vec![target])
-}
-
-#[cfg(test)]
-mod tests {
-    use super::validate;
-
-    #[test]
-    fn snapshot_names_are_checked() {
-        for good in ["a", "before-upgrade", "v1.2_x", &"a".repeat(64)] {
-            assert!(validate(good).is_ok(), "{good}");
-        }
-        for bad in ["", ".hidden", "a/b", "a b", "..", &"a".repeat(65), "é"] {
-            let err = validate(bad).unwrap_err().to_string();
-            assert!(err.contains("is not valid"), "{bad}: {err}");
-        }
-    }
 }

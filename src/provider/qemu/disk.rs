@@ -6,7 +6,7 @@ use std::process::Command;
 
 use serde::Deserialize;
 
-use super::tool;
+use crate::provider::tool;
 use crate::provider::Error;
 
 /// What `qemu-img info` says about an image (the parts envy uses).
@@ -35,7 +35,7 @@ pub fn info(image: &Path) -> Result<ImageInfo, Error> {
         Command::new("qemu-img").args(["info", "-U", "-f", "qcow2", "--output=json"]).arg(image),
         &format!("reading the disk image {}", image.display()),
     )?;
-    serde_json::from_slice(&out.stdout).map_err(|e| {
+    serde_json::from_str(&out).map_err(|e| {
         Error::Other(format!("qemu-img info printed unreadable JSON for {}: {e}", image.display()))
     })
 }

@@ -12,7 +12,6 @@ mod process;
 mod qmp;
 mod seed;
 mod snapshot;
-mod tool;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -11,7 +11,7 @@ use nix::unistd::Pid;
 
 use super::files::MachineFiles;
 use super::qmp::{self, Qmp};
-use super::tool;
+use crate::provider::tool;
 use crate::provider::Error;
 use crate::state::PidFile;
 

@@ -8,28 +8,12 @@ use std::process::Command;
 use super::disk;
 use super::files::MachineFiles;
 use super::qmp::{self, Qmp, SnapshotJob};
-use super::tool;
+use crate::provider::tool;
 use crate::provider::{Error, SnapshotInfo};
 
 /// QMP name of the machine's disk drive (the overlay), and of its block node.
 pub const OVERLAY_DEVICE: &str = "overlay";
 const OVERLAY_NODE: &str = "overlay-node";
-
-/// Snapshot names end up in QMP job ids and qemu-img arguments: keep them to a safe alphabet.
-pub fn validate_name(name: &str) -> Result<(), Error> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-        && !name.bytes().all(|b| b.is_ascii_digit());
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::Other(format!(
-            "snapshot name {name:?} is not allowed; use 1-64 letters, digits, '.', '_' or '-' \
-             (not only digits, which QEMU reads as snapshot ids)"
-        )))
-    }
-}
 
 pub fn list(files: &MachineFiles) -> Result<Vec<SnapshotInfo>, Error> {
     Ok(disk::info(&files.overlay)?
@@ -45,7 +29,7 @@ fn find(files: &MachineFiles, name: &str) -> Result<Option<SnapshotInfo>, Error>
 
 /// The snapshot named `name`, or an error saying how to list them.
 pub fn get(files: &MachineFiles, machine: &str, name: &str) -> Result<SnapshotInfo, Error> {
-    validate_name(name)?;
+    crate::provider::check_snapshot_name(name)?;
     find(files, name)?.ok_or_else(|| missing(machine, name))
 }
 
@@ -69,7 +53,7 @@ fn qemu_img_snapshot(files: &MachineFiles, flag: &str, name: &str, doing: &str) 
 }
 
 pub fn save(files: &MachineFiles, machine: &str, name: &str, running: bool) -> Result<SnapshotInfo, Error> {
-    validate_name(name)?;
+    crate::provider::check_snapshot_name(name)?;
     if find(files, name)?.is_some() {
         return Err(Error::Other(format!(
             "machine {machine} already has a snapshot named {name}; delete it first \
