@@ -86,36 +86,27 @@ pub fn require_tool(tool: &str, package: &str) {
     assert!(found, "this test needs `{tool}`; install it with `apt-get install {package}`");
 }
 
-/// Busybox applets a minimal rootfs links to /bin/busybox.
-const APPLETS: &[&str] = &[
-    "sh", "ls", "cat", "echo", "sleep", "httpd", "mkdir", "rm", "cp", "mv", "ln", "id", "env", "true",
-    "false", "test", "grep", "sed", "ps", "kill", "mount", "umount", "hostname", "ip", "ifconfig", "wget",
-    "touch", "chmod", "uname", "tail", "head", "wc", "init", "poweroff",
-];
-
-/// Makes a minimal root filesystem in `dir` from /bin/busybox (busybox-static).
+/// Makes a minimal root filesystem in `dir` from /bin/busybox (busybox-static): every
+/// applet linked, root in /etc/passwd, and /etc/box-release to recognise it by.
 pub fn busybox_rootfs(dir: &Path) {
     let busybox = Path::new("/bin/busybox");
-    assert!(
-        busybox.is_file(),
-        "this test needs /bin/busybox; install it with `apt-get install busybox-static`"
-    );
-    for sub in ["bin", "etc", "root", "tmp", "proc", "sys", "dev"] {
+    assert!(busybox.is_file(), "this test needs /bin/busybox; install it with `apt-get install busybox-static`");
+    for sub in ["bin", "sbin", "usr/bin", "usr/sbin", "etc", "root", "tmp", "proc", "sys", "dev", "var/www"] {
         std::fs::create_dir_all(dir.join(sub)).unwrap();
     }
     std::fs::copy(busybox, dir.join("bin/busybox")).unwrap();
-    for applet in APPLETS {
+    // The host's busybox lists the applets: running the fresh copy could meet ETXTBSY
+    // while another test thread's fork still holds its write descriptor.
+    let list = StdCommand::new(busybox).arg("--list").output().unwrap();
+    for applet in String::from_utf8(list.stdout).unwrap().lines().filter(|a| *a != "busybox") {
         let link = dir.join("bin").join(applet);
         if !link.exists() {
             std::os::unix::fs::symlink("busybox", link).unwrap();
         }
     }
-    std::fs::write(
-        dir.join("etc/passwd"),
-        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
-    )
-    .unwrap();
+    std::fs::write(dir.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n").unwrap();
     std::fs::write(dir.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").unwrap();
+    std::fs::write(dir.join("etc/box-release"), "busybox test box\n").unwrap();
 }
 
 /// Builds a container box from a busybox rootfs with `envy box build`; returns the

@@ -4,6 +4,9 @@
 
 #![allow(dead_code)]
 
+#[path = "../common/mod.rs"]
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::{Read as _, Write as _};
 use std::net::{IpAddr, Ipv4Addr, TcpListener, TcpStream};
@@ -39,24 +42,6 @@ pub fn require_host() {
 
 pub fn quiet_ui() -> Ui {
     Ui { interactive: false, fancy: false, json: false, quiet: true }
-}
-
-/// A root filesystem of one static busybox and its applets.
-pub fn busybox_rootfs(root: &Path) {
-    let busybox = String::from_utf8(Command::new("sh").args(["-c", "command -v busybox"]).output().unwrap().stdout).unwrap();
-    for dir in ["bin", "sbin", "usr/bin", "usr/sbin", "etc", "root", "tmp", "proc", "sys", "dev", "var/www"] {
-        std::fs::create_dir_all(root.join(dir)).unwrap();
-    }
-    std::fs::copy(busybox.trim(), root.join("bin/busybox")).unwrap();
-    // The host's busybox lists the applets: running the fresh copy could meet ETXTBSY
-    // while another test thread's fork still holds its write descriptor.
-    let list = Command::new(busybox.trim()).arg("--list").output().unwrap();
-    for applet in String::from_utf8(list.stdout).unwrap().lines().filter(|a| *a != "busybox") {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
-    }
-    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
-    std::fs::write(root.join("etc/group"), "root:x:0:\n").unwrap();
-    std::fs::write(root.join("etc/box-release"), "busybox test box\n").unwrap();
 }
 
 /// A TCP port free on 127.0.0.1 right now.
@@ -95,7 +80,7 @@ impl Fixture {
         require_host();
         let tmp = tempfile::Builder::new().prefix("envy-ct-").tempdir().unwrap();
         let box_dir = tmp.path().join("box");
-        busybox_rootfs(&box_dir.join("rootfs"));
+        common::busybox_rootfs(&box_dir.join("rootfs"));
         let project_dir = tmp.path().join("project");
         std::fs::create_dir_all(&project_dir).unwrap();
         let mut fixture = Fixture::at(tmp.path().join("home"), &project_dir, machines, box_dir);
