@@ -144,3 +144,19 @@ impl Workspace {
         MachinePlan::new(home, &self.project, &self.envfile, spec)
     }
 }
+
+/// A plan for unit tests: `machine` of the Envfile `text` in `project_dir` (which need
+/// not exist), with the fixed project id `0badcafe`.
+#[cfg(test)]
+pub(crate) fn test_plan(project_dir: &str, home: &str, text: &str, machine: &str) -> MachinePlan {
+    let envfile = crate::envfile::parse_str(&Path::new(project_dir).join("Envfile"), text, crate::envfile::ProviderKind::Qemu)
+        .expect("a valid test Envfile");
+    let project = Project {
+        dir: project_dir.into(),
+        envfile: envfile.path.clone(),
+        state_dir: Path::new(project_dir).join(".envy"),
+        id: "0badcafe".into(),
+    };
+    let spec = envfile.machine(machine).expect("the machine is in the test Envfile");
+    MachinePlan::new(&Home::at(home), &project, &envfile, spec)
+}

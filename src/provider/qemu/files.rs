@@ -117,37 +117,9 @@ impl MachineFiles {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::envfile::{BoxRef, MachineSpec, ProviderKind};
 
     fn plan_in(project_dir: &str) -> MachinePlan {
-        let project = crate::plan::Project {
-            dir: project_dir.into(),
-            envfile: format!("{project_dir}/Envfile").into(),
-            state_dir: format!("{project_dir}/.envy").into(),
-            id: "0badcafe".into(),
-        };
-        MachinePlan {
-            home: crate::context::Home::at("/home/u/.local/share/envy"),
-            dir: project.machine_dir("web"),
-            project,
-            spec: MachineSpec {
-                name: "web".into(),
-                box_ref: BoxRef::Catalog { name: "x".into(), version: None },
-                provider: ProviderKind::Qemu,
-                cpus: 1,
-                memory: 1 << 30,
-                disk: None,
-                accel: None,
-                env: Default::default(),
-                forwards: vec![],
-                sync: vec![],
-                provision: vec![],
-            },
-            index: 0,
-            runtime_id: "envy-0badcafe-web".into(),
-            forwards: vec![],
-            peers: vec![],
-        }
+        crate::plan::test_plan(project_dir, "/home/u/.local/share/envy", "[machine.web]\nbox = \"x\"\n", "web")
     }
 
     #[test]

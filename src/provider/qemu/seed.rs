@@ -118,38 +118,14 @@ mod tests {
     }
 
     fn plan() -> MachinePlan {
-        use crate::envfile::{BoxRef, MachineSpec, ProviderKind, SyncFolder};
-        let project = crate::plan::Project {
-            dir: "/p".into(),
-            envfile: "/p/Envfile".into(),
-            state_dir: "/p/.envy".into(),
-            id: "0badcafe".into(),
-        };
-        MachinePlan {
-            home: crate::context::Home::at("/h"),
-            dir: project.machine_dir("web"),
-            project,
-            spec: MachineSpec {
-                name: "web".into(),
-                box_ref: BoxRef::Catalog { name: "x".into(), version: None },
-                provider: ProviderKind::Qemu,
-                cpus: 1,
-                memory: 1 << 30,
-                disk: None,
-                accel: None,
-                env: Default::default(),
-                forwards: vec![],
-                sync: vec![
-                    SyncFolder { host: "/p".into(), guest: "/project".into(), readonly: false },
-                    SyncFolder { host: "/p/docs".into(), guest: "/srv/my \"docs\"".into(), readonly: true },
-                ],
-                provision: vec![],
-            },
-            index: 0,
-            runtime_id: "envy-0badcafe-web".into(),
-            forwards: vec![],
-            peers: vec![("db".into(), 1)],
-        }
+        let text = r#"
+[machine.web]
+box = "x"
+sync = [".:/project", { host = "docs", guest = "/srv/my \"docs\"", readonly = true }]
+[machine.db]
+box = "x"
+"#;
+        crate::plan::test_plan("/p", "/h", text, "web")
     }
 
     #[test]
