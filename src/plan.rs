@@ -101,7 +101,11 @@ impl Workspace {
     pub fn load(ctx: &crate::context::Context) -> anyhow::Result<Workspace> {
         let path = crate::envfile::find(&ctx.cwd)?;
         let default_provider = ctx.config.provider.unwrap_or(crate::envfile::ProviderKind::Container);
-        let envfile = crate::envfile::load(&path, default_provider)?;
+        let mut envfile = crate::envfile::load(&path, default_provider)?;
+        // The user's config fills in what the Envfile leaves open (ENVY_ACCEL beats both).
+        for machine in &mut envfile.machines {
+            machine.accel = machine.accel.or(ctx.config.accel);
+        }
         let project = Project::new(&envfile);
         Ok(Workspace { envfile, project })
     }

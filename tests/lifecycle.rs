@@ -346,3 +346,28 @@ fn assert_no_throwaways(env: &TestEnv) {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.lines().any(|l| l.split(' ').nth(4).is_some_and(|m| m.starts_with(&root))), "a mount is left");
 }
+
+#[test]
+fn two_runs_in_one_folder_at_once_do_not_meet() {
+    require_host();
+    let env = TestEnv::new();
+    let (box_path, _) = common::build_container_box(&env, "busybox");
+    std::fs::write(env.project.join("input.txt"), "shared input\n").unwrap();
+    let start = |marker: &str| {
+        env.envy_std()
+            .args(["run", "--box"])
+            .arg(&box_path)
+            .args(["--", "sh", "-c", &format!("echo {marker} > /root/mine; sleep 1; cat /root/mine input.txt")])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (first, second) = (start("first"), start("second"));
+    for (child, marker) in [(first, "first"), (second, "second")] {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{marker}\nshared input\n"));
+    }
+    assert_no_throwaways(&env);
+}

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Times snapshots and sharing beside the raw tools, in one run:
+#   1. container: `envy snapshot save` / `restore` with 1 MiB vs 100 MiB changed in the
+#      machine, beside `tar --zstd` of the same upper layer (what a save amounts to);
+#   2. halted VM: `envy snapshot save` with a 1 GiB vs a 10 GiB disk, beside
+#      `qemu-img snapshot -c` on a copy of the same overlay (the cost must not grow);
+#   3. `envy share` of the 100 MiB container beside `tar | zstd -3` of its root filesystem,
+#      with throughput.
+# Needs root, runc, slirp4netns, busybox-static, qemu, and what boxes/recipes/tiny-vm.sh needs.
+# Usage: benches/snapshot.sh [path/to/envy]   (default: target/release/envy, built if missing)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+[ "$(id -u)" -eq 0 ] || { echo "error: run as root (containers, mounts, namespaces)" >&2; exit 1; }
+ENVY=${1:-target/release/envy}
+[ -x "$ENVY" ] || cargo build --release --bin envy
+ENVY=$(realpath "$ENVY")
+
+work=$(mktemp -d /tmp/envy-snapbench.XXXXXX)
+export ENVY_HOME=$work/home CI=1 ENVY_ACCEL=tcg
+cleanup() {
+  set +e
+  for p in "$work"/ct "$work"/vm1 "$work"/vm10; do
+    [ -d "$p/.envy" ] && (cd "$p" && "$ENVY" destroy --force >/dev/null 2>&1)
+  done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+now() { date +%s.%N; }
+secs() { echo "$2 - $1" | bc -l | xargs printf '%.3f'; }
+ratio() { echo "$1 / $2" | bc -l | xargs printf '%.2f'; }
+
+# A busybox container box.
+rootfs=$work/busybox-rootfs
+mkdir -p "$rootfs"/{bin,etc,root,tmp,proc,sys,dev}
+cp "$(command -v busybox)" "$rootfs/bin/busybox"
+for a in $(busybox --list); do [ "$a" = busybox ] || ln -sf busybox "$rootfs/bin/$a"; done
+echo 'root:x:0:0:root:/root:/bin/sh' > "$rootfs/etc/passwd"
+"$ENVY" -q box build --rootfs "$rootfs" --name busybox -o "$work/busybox.box" >/dev/null
+
+echo "== container snapshots (changed data in the machine's own layer)"
+mkdir -p "$work/ct"
+cat > "$work/ct/Envfile" <<EOT
+[machine.ct]
+box = { path = "$work/busybox.box" }
+EOT
+cd "$work/ct"
+"$ENVY" -q up
+printf '%-10s %10s %10s %14s %8s\n' changed save restore "tar --zstd" ratio
+for mib in 1 100; do
+  "$ENVY" exec -- sh -c "head -c $((mib << 20)) /dev/urandom > /root/data-$mib"
+  t0=$(now); "$ENVY" -q snapshot save "s$mib"; t1=$(now)
+  "$ENVY" -q snapshot restore "s$mib"; t2=$(now)
+  upper=$(find "$work/ct/.envy/machines/ct" -maxdepth 2 -type d -name upper | head -1)
+  r0=$(now); tar --zstd -cf "$work/raw-$mib.tar.zst" -C "$upper" .; r1=$(now)
+  printf '%-10s %9ss %9ss %13ss %8s\n' "${mib} MiB" "$(secs "$t0" "$t1")" "$(secs "$t1" "$t2")" "$(secs "$r0" "$r1")" "$(ratio "$(secs "$t0" "$t1")" "$(secs "$r0" "$r1")")"
+done
+
+echo
+echo "== envy share beside tar | zstd -3 of the same root filesystem"
+"$ENVY" -q halt
+s0=$(now); "$ENVY" -q share -o "$work/ct.box" >/dev/null; s1=$(now)
+lower=$(find "$ENVY_HOME/boxes" -maxdepth 2 -type d -name rootfs | head -1)
+merged=$work/merged; mkdir -p "$merged" "$work/owork"
+mount -t overlay overlay -o "lowerdir=$lower,upperdir=$upper,workdir=$work/owork" "$merged"
+r0=$(now); tar -C "$merged" -cf - . | zstd -q -3 > "$work/raw-share.tar.zst"; r1=$(now)
+umount "$merged"
+size=$(du -sm --apparent-size "$lower" "$upper" | awk '{s+=$1} END {print s}')
+es=$(secs "$s0" "$s1"); rs=$(secs "$r0" "$r1")
+printf 'envy share: %ss (%s MiB/s)   tar|zstd: %ss (%s MiB/s)   ratio %s\n' \
+  "$es" "$(echo "$size / $es" | bc -l | xargs printf '%.0f')" "$rs" "$(echo "$size / $rs" | bc -l | xargs printf '%.0f')" "$(ratio "$es" "$rs")"
+"$ENVY" -q destroy --force
+cd "$root"
+
+echo
+echo "== halted VM snapshots: 1 GiB vs 10 GiB disk"
+tiny_rootfs=$(boxes/recipes/tiny-vm.sh)
+"$ENVY" -q box build --kind qemu --rootfs "$tiny_rootfs" --name tiny-vm -o "$work/tiny.box" >/dev/null
+printf '%-8s %12s %22s %8s\n' disk "envy save" "qemu-img snapshot -c" ratio
+for gib in 1 10; do
+  p=$work/vm$gib; mkdir -p "$p"
+  cat > "$p/Envfile" <<EOT
+[machine.vm]
+box = { path = "$work/tiny.box" }
+provider = "qemu"
+memory = "256MiB"
+disk = "${gib}GiB"
+EOT
+  (cd "$p" && "$ENVY" -q up && "$ENVY" exec -- sh -c 'head -c 8388608 /dev/urandom > /root/data; sync' && "$ENVY" -q halt)
+  overlay=$(find "$p/.envy" -name overlay.qcow2 | head -1)
+  cp --sparse=always "$overlay" "$work/raw-$gib.qcow2"
+  t0=$(now); (cd "$p" && "$ENVY" -q snapshot save disk); t1=$(now)
+  r0=$(now); qemu-img snapshot -c raw -U "$work/raw-$gib.qcow2" 2>/dev/null || qemu-img snapshot -c raw "$work/raw-$gib.qcow2"; r1=$(now)
+  printf '%-8s %11ss %21ss %8s\n' "${gib} GiB" "$(secs "$t0" "$t1")" "$(secs "$r0" "$r1")" "$(ratio "$(secs "$t0" "$t1")" "$(secs "$r0" "$r1")")"
+  (cd "$p" && "$ENVY" -q destroy --force)
+done
