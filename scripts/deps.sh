@@ -18,6 +18,8 @@ declare -A wanted=(
   [dropbear]=dropbear-bin
   [curl]=curl
   [zstd]=zstd
+  [sfdisk]=fdisk
+  [grub-mkimage]=grub-common
 )
 missing=()
 for cmd in "${!wanted[@]}"; do
@@ -27,6 +29,8 @@ done
 if command -v busybox >/dev/null 2>&1 && ldd "$(command -v busybox)" >/dev/null 2>&1; then
   missing+=(busybox-static)
 fi
+# GRUB's BIOS images, for the test disk that boots by firmware like a cloud image.
+[ -f /usr/lib/grub/i386-pc/boot.img ] || missing+=(grub-pc-bin)
 if [ ${#missing[@]} -gt 0 ]; then
   mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
   echo "==> installing ${missing[*]}"

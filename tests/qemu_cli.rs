@@ -125,3 +125,33 @@ fn one_envfile_mixes_a_container_and_a_vm() {
     env.envy().args(["destroy", "--force"]).assert().success();
     assert_eq!(machine(&status(&env), "db")["state"], "not-created");
 }
+
+#[test]
+fn a_disk_with_its_own_bootloader_boots_by_firmware_like_a_cloud_image() {
+    let env = TestEnv::new();
+    common::tiny_vm_box(&env);
+    for (tool, package) in [("sfdisk", "fdisk"), ("grub-mkimage", "grub-common")] {
+        common::require_tool(tool, package);
+    }
+    // A bare qcow2 with GRUB in its MBR: no kernel beside it, as with a stock cloud image.
+    let disk = env.path("cloudlike.qcow2");
+    let recipe = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("boxes/recipes/tiny-vm-bios.sh");
+    let built = std::process::Command::new(&recipe).arg(&disk).output().unwrap();
+    assert!(built.status.success(), "tiny-vm-bios.sh failed: {}", String::from_utf8_lossy(&built.stderr));
+    env.envy().args(["box", "add"]).arg(&disk).args(["--name", "cloudlike"]).assert().success();
+    let boxes: serde_json::Value = serde_json::from_str(&out(&env, &["box", "list", "--json"])).unwrap();
+    assert!(boxes.to_string().contains("cloudlike"), "{boxes}");
+
+    std::fs::write(
+        env.project.join("Envfile"),
+        "[machine.cloud]\nbox = \"cloudlike\"\nprovider = \"qemu\"\nmemory = \"256MiB\"\ncpus = 1\n",
+    )
+    .unwrap();
+    let _cleanup = Cleanup(&env);
+    env.envy().arg("up").assert().success();
+    // GRUB, not QEMU's -kernel, started the kernel; the seed named the machine.
+    let cmdline = out(&env, &["exec", "--", "cat", "/proc/cmdline"]);
+    assert!(cmdline.starts_with("BOOT_IMAGE=/boot/vmlinuz-") && cmdline.contains("root=/dev/vda1"), "{cmdline}");
+    assert_eq!(out(&env, &["exec", "--", "hostname"]).trim(), "cloud");
+    env.envy().args(["destroy", "--force"]).assert().success();
+}
