@@ -138,7 +138,7 @@ fn kvm() -> Check {
 fn disk_space(home: &Path) -> Check {
     // The home may not exist yet: measure the nearest folder that does.
     let existing = home.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
-    let free = nix::sys::statvfs::statvfs(existing).map(|s| s.blocks_available() as u64 * s.fragment_size() as u64);
+    let free = nix::sys::statvfs::statvfs(existing).map(|s| s.blocks_available() * s.fragment_size());
     match free {
         Ok(bytes) => {
             let gib = bytes as f64 / (1u64 << 30) as f64;

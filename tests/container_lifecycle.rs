@@ -8,13 +8,6 @@ mod support;
 use envy::provider::{ExecRequest, MachineState, Provider};
 use support::{eventually, forward, free_port, http_get, Fixture};
 
-/// Not a test: the child process `Fixture::exec_captured` runs to check stdio pass-through.
-#[test]
-#[ignore = "helper run by exec_captured"]
-fn exec_helper() {
-    support::exec_helper();
-}
-
 #[test]
 fn up_syncs_the_project_passes_stdio_and_exit_codes_and_forwards_a_port() {
     let (port, upload_port) = (free_port(), free_port());

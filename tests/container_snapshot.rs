@@ -7,13 +7,6 @@ mod support;
 use envy::provider::{MachineState, Provider};
 use support::Fixture;
 
-/// Not a test: the child process `Fixture::exec_captured` runs to check stdio pass-through.
-#[test]
-#[ignore = "helper run by exec_captured"]
-fn exec_helper() {
-    support::exec_helper();
-}
-
 #[test]
 fn restore_brings_back_the_saved_layer_and_delete_frees_it() {
     let f = Fixture::new(&[("web", vec![])]);

@@ -147,24 +147,17 @@ impl Fixture {
         self.provider.exec(&self.plan(name), &request).unwrap()
     }
 
-    /// Runs a command through the provider in a child process (the exec helper test)
-    /// and returns its captured stdout and exit code: stdio really passes through.
+    /// Runs a command through the provider and returns what it printed and its exit
+    /// code; stdout goes to a file in the synced project folder. (Stdio passing through
+    /// to the user is tested through the `envy` binary, in tests/lifecycle.rs.)
     pub fn exec_captured(&self, name: &str, command: &[&str]) -> (String, i32) {
-        let names: Vec<&str> = self.envfile.machines.iter().map(|m| m.name.as_str()).collect();
-        let out = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "exec_helper", "--nocapture", "--include-ignored", "--test-threads=1", "-q"])
-            .env("ENVY_TEST_EXEC_HOME", self.home.root())
-            .env("ENVY_TEST_EXEC_PROJECT", &self.project_dir)
-            .env("ENVY_TEST_EXEC_BOX", &self.stored.dir)
-            .env("ENVY_TEST_EXEC_MACHINES", names.join(","))
-            .env("ENVY_TEST_EXEC_MACHINE", name)
-            .env("ENVY_TEST_EXEC_COMMAND", command.join("\u{1f}"))
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        let body = stdout.split("<<exec>>").nth(1).unwrap_or_else(|| panic!("exec helper printed no output marker: {stdout}"));
-        let code = out.status.code().expect("exec helper exited by signal");
-        (body.split("<</exec>>").next().unwrap().to_string(), code)
+        let captured = self.project_dir.join(".exec-out");
+        let mut wrapped: Vec<String> = ["sh", "-c", "\"$@\" > /project/.exec-out", "sh"].map(String::from).to_vec();
+        wrapped.extend(command.iter().map(|s| s.to_string()));
+        let code = self.provider.exec(&self.plan(name), &ExecRequest { command: wrapped, ..ExecRequest::default() }).unwrap();
+        let out = std::fs::read_to_string(&captured).unwrap_or_default();
+        let _ = std::fs::remove_file(&captured);
+        (out, code)
     }
 
     /// The slirp4netns pid recorded for the project, if any.
@@ -232,23 +225,6 @@ fn spec(name: &str, project_dir: &Path, forwards: Vec<Forward>) -> MachineSpec {
         sync: vec![SyncFolder { host: project_dir.to_path_buf(), guest: "/project".into(), readonly: false }],
         provision: Vec::new(),
     }
-}
-
-/// Body of the exec helper test: runs the command the parent test asked for through
-/// the provider, framed by markers, and exits with its code.
-pub fn exec_helper() {
-    let Some(home) = std::env::var_os("ENVY_TEST_EXEC_HOME") else { return };
-    let var = |k: &str| std::env::var(k).unwrap();
-    let names = var("ENVY_TEST_EXEC_MACHINES");
-    let machines: Vec<(&str, Vec<Forward>)> = names.split(',').map(|n| (n, Vec::new())).collect();
-    let fixture = Fixture::at(home.into(), Path::new(&var("ENVY_TEST_EXEC_PROJECT")), &machines, var("ENVY_TEST_EXEC_BOX").into());
-    let command: Vec<String> = var("ENVY_TEST_EXEC_COMMAND").split('\u{1f}').map(str::to_string).collect();
-    print!("<<exec>>");
-    std::io::stdout().flush().unwrap();
-    let code = fixture.provider.exec(&fixture.plan(&var("ENVY_TEST_EXEC_MACHINE")), &ExecRequest { command, ..ExecRequest::default() }).unwrap();
-    print!("<</exec>>");
-    std::io::stdout().flush().unwrap();
-    std::process::exit(code);
 }
 
 /// GET / from 127.0.0.1:port; retried while the server inside starts (bounded).
