@@ -233,7 +233,9 @@ pub fn unpack_box(
         let out_path = dest.join(name);
         let out = File::create(&out_path).map_err(Error::io("cannot write", &out_path))?;
         let mut writer = HashingWriter::new(io::BufWriter::with_capacity(1 << 20, out), Hasher::new(false));
-        let copied = io::copy(&mut entry, &mut writer).map_err(read_err)?;
+        let copied = io::copy(&mut entry, &mut writer).map_err(|e| {
+            if super::error::is_disk_full(&e) { Error::io("cannot write", &out_path)(e) } else { read_err(e) }
+        })?;
         let (buf, hashes) = writer.finish();
         // On disk before the record stamps it: a stamp must never vouch for lost bytes.
         buf.into_inner()
@@ -396,7 +398,13 @@ fn unpack_rootfs_stream<R: Read>(
             // unpack fail instead), so only that path leaves the cache.
             real_dirs.remove(&rel);
         }
-        entry.unpack_in(dest).map_err(|e| hostile(&raw, format!("cannot be unpacked: {e}")))?;
+        entry.unpack_in(dest).map_err(|e| {
+            if super::error::is_disk_full(&e) {
+                Error::io("cannot write", dest.join(&rel))(e)
+            } else {
+                hostile(&raw, format!("cannot be unpacked: {e}"))
+            }
+        })?;
     }
     Ok(report)
 }

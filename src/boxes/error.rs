@@ -52,6 +52,9 @@ pub enum Error {
     /// The box does not serve the provider a machine asks for.
     #[error("box {name} ({short}) is made for {providers}, not for the {wanted} provider that machine {machine} uses; pick another box or provider", short = &.digest[..12])]
     WrongProvider { name: String, digest: String, providers: String, wanted: String, machine: String },
+    /// The disk under ENVY_HOME filled up; nothing half-written is kept.
+    #[error("cannot write {}: the disk is full; free space or point ENVY_HOME at a larger disk (`envy box prune` removes unused boxes)", .path.display())]
+    NoSpace { path: PathBuf, #[source] source: std::io::Error },
     /// A local file or folder could not be read or written.
     /// (The I/O error is part of the message, not a separate cause, so the report
     /// does not print it twice.)
@@ -73,4 +76,9 @@ impl Error {
         let path = path.into();
         move |cause| Error::Io { doing, path, cause }
     }
+}
+
+/// ENOSPC or EDQUOT, however deeply a library wrapped it.
+pub fn is_disk_full(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::StorageFull || matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
 }
