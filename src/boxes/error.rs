@@ -71,10 +71,17 @@ fn retry_note(attempts: u32) -> String {
 }
 
 impl Error {
-    /// Wraps an I/O error with what was being done to which path.
+    /// Wraps an I/O error with what was being done to which path; a full disk gets
+    /// its own error.
     pub fn io(doing: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();
-        move |cause| Error::Io { doing, path, cause }
+        move |cause| {
+            if is_disk_full(&cause) {
+                Error::NoSpace { path, source: cause }
+            } else {
+                Error::Io { doing, path, cause }
+            }
+        }
     }
 }
 
