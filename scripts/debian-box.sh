@@ -9,6 +9,9 @@ packages=python3,busybox,ca-certificates
 mkdir -p "$cache"
 # The cache key follows the package list, so changing it rebuilds the box.
 box="$cache/debian-12-$(echo "$packages" | sha256sum | cut -c1-12).box"
+# One build at a time; a waiter finds the box built.
+exec 9>"$box.lock"
+flock 9
 if [ ! -s "$box" ]; then
   echo "==> building a Debian 12 root filesystem with mmdebstrap (about 30 s)"
   mmdebstrap --quiet --variant=minbase --include="$packages" \

@@ -17,6 +17,11 @@ script_hash=$(sha256sum "$0" | cut -c1-16)
 out=${1:-${CARGO_TARGET_DIR:-$here/../../target}/boxes/tiny-vm-$script_hash}
 rootfs=$out/rootfs
 if [ -f "$out/.done" ]; then echo "$rootfs"; exit 0; fi
+# One build at a time (parallel tests call this); a waiter finds it done.
+mkdir -p "$(dirname "$out")"
+exec 9>"$out.lock"
+flock 9
+if [ -f "$out/.done" ]; then echo "$rootfs"; exit 0; fi
 
 need() { command -v "$1" >/dev/null || { echo "tiny-vm.sh: $1 is missing; install the Debian package $2" >&2; exit 1; }; }
 need busybox busybox-static
