@@ -122,6 +122,14 @@ fn one_envfile_mixes_a_container_and_a_vm() {
     assert_eq!(out(&env, &["exec", "web", "--", "hostname"]).trim(), "web");
     assert_eq!(out(&env, &["exec", "db", "--", "hostname"]).trim(), "db");
     assert_eq!(out(&env, &["exec", "db", "--", "cat", "/project/hello.txt"]), "hello VM\n");
+    // With a 9p folder mounted a VM's snapshot holds its disk only; restoring it rewinds
+    // the disk and the machine runs again.
+    out(&env, &["exec", "db", "--", "sh", "-c", "echo before > /root/state; sync"]);
+    env.envy().args(["snapshot", "save", "db", "disk-only"]).assert().success().stderr(predicates::str::contains("disk only"));
+    out(&env, &["exec", "db", "--", "sh", "-c", "echo after > /root/state; sync"]);
+    env.envy().args(["snapshot", "restore", "db", "disk-only"]).assert().success();
+    assert_eq!(machine(&status(&env), "db")["state"], "running");
+    assert_eq!(out(&env, &["exec", "db", "--", "cat", "/root/state"]), "before\n");
     env.envy().args(["destroy", "--force"]).assert().success();
     assert_eq!(machine(&status(&env), "db")["state"], "not-created");
 }

@@ -5,6 +5,8 @@ use serde_json::json;
 
 use crate::cli::{MachineArg, SnapshotArgs, SnapshotCommand};
 use crate::context::Context;
+use crate::envfile::lock::LockFile;
+use crate::lifecycle::{self, UpOptions};
 use crate::plan::{MachinePlan, Workspace};
 use crate::provider::{self, MachineState};
 use crate::state::ProjectLock;
@@ -55,8 +57,16 @@ pub fn run(ctx: &Context, cmd: SnapshotCommand) -> Result<i32> {
                 let names: Vec<&str> = known.iter().map(|s| s.name.as_str()).collect();
                 bail!("machine {} has no snapshot named {name}; it has: {}", plan.name(), if names.is_empty() { "none".into() } else { names.join(", ") });
             }
+            let was_running = provider.state(&plan)? == MachineState::Running;
             provider.snapshot_restore(&plan, name, &ctx.ui)?;
             ctx.ui.step(format!("{}: restored snapshot {name}", plan.name()));
+            // A snapshot without memory rewinds a stopped disk; the machine goes on running.
+            if was_running && provider.state(&plan)? != MachineState::Running {
+                let lock_path = LockFile::path_for(&ws.project.dir);
+                let mut lock = LockFile::load(&lock_path)?;
+                let mut plan = plan;
+                lifecycle::up(ctx, &mut plan, &mut lock, UpOptions::default())?;
+            }
             Ok(0)
         }
         SnapshotCommand::Delete(args) => {

@@ -430,9 +430,6 @@ impl Provider for QemuProvider {
             running = false;
         }
         snapshot::restore(&files, plan.name(), &snapshot, running)?;
-        if !running {
-            ui.step(format!("{}: disk restored to snapshot {name}; `envy up {0}` boots it", plan.name()));
-        }
         Ok(())
     }
 
