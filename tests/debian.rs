@@ -74,15 +74,6 @@ fn host_port(env: &TestEnv, machine: &str) -> u64 {
     m["forwards"][0]["host_port"].as_u64().unwrap()
 }
 
-/// Destroys the project's machines when the test ends, passed or not.
-struct Cleanup<'a>(&'a TestEnv);
-
-impl Drop for Cleanup<'_> {
-    fn drop(&mut self) {
-        let _ = self.0.envy().args(["destroy", "--force"]).output();
-    }
-}
-
 #[test]
 fn provisioning_installs_a_package_from_a_local_file() {
     let env = TestEnv::new();
@@ -94,7 +85,7 @@ fn provisioning_installs_a_package_from_a_local_file() {
         "[machine.app]\nbox = \"debian-12\"\nsync = [\".:/project\"]\nprovision = [\"dpkg -i /project/envy-hello.deb\"]\n",
     )
     .unwrap();
-    let _cleanup = Cleanup(&env);
+    let _cleanup = common::DestroyOnDrop(&env);
     env.envy().arg("up").assert().success();
     let out = env.envy().args(["exec", "--", "envy-hello"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -128,7 +119,7 @@ fn the_web_app_example_serves_its_page() {
     let env = TestEnv::new();
     add_debian_box(&env);
     copy_example("web-app", &env.project);
-    let _cleanup = Cleanup(&env);
+    let _cleanup = common::DestroyOnDrop(&env);
     env.envy().arg("up").assert().success();
     let page = http_get(&format!("http://127.0.0.1:{}/", host_port(&env, "web")));
     assert!(page.contains("<h1>It works</h1>"), "{page}");
@@ -139,7 +130,7 @@ fn the_staging_example_web_reads_db_by_name() {
     let env = TestEnv::new();
     add_debian_box(&env);
     copy_example("staging", &env.project);
-    let _cleanup = Cleanup(&env);
+    let _cleanup = common::DestroyOnDrop(&env);
     env.envy().arg("up").assert().success();
     let body = http_get(&format!("http://127.0.0.1:{}/", host_port(&env, "web")));
     let json: serde_json::Value = serde_json::from_str(&body).unwrap();

@@ -8,14 +8,6 @@ use std::time::Duration;
 
 use common::TestEnv;
 
-struct Cleanup<'a>(&'a TestEnv);
-
-impl Drop for Cleanup<'_> {
-    fn drop(&mut self) {
-        let _ = self.0.envy().args(["destroy", "--force"]).output();
-    }
-}
-
 fn out(env: &TestEnv, args: &[&str]) -> String {
     let out = env.envy().args(args).output().unwrap();
     assert!(out.status.success(), "envy {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -45,7 +37,7 @@ fn a_vm_through_the_cli_with_snapshots_share_and_destroy() {
         ),
     )
     .unwrap();
-    let _cleanup = Cleanup(&env);
+    let _cleanup = common::DestroyOnDrop(&env);
     env.envy().arg("up").assert().success();
     let vm = machine(&status(&env), "vm").clone();
     assert_eq!(vm["state"], "running");
@@ -114,7 +106,7 @@ fn one_envfile_mixes_a_container_and_a_vm() {
         ),
     )
     .unwrap();
-    let _cleanup = Cleanup(&env);
+    let _cleanup = common::DestroyOnDrop(&env);
     env.envy().arg("up").assert().success();
     let s = status(&env);
     assert_eq!(machine(&s, "web")["state"], "running");
@@ -155,7 +147,7 @@ fn a_disk_with_its_own_bootloader_boots_by_firmware_like_a_cloud_image() {
         "[machine.cloud]\nbox = \"cloudlike\"\nprovider = \"qemu\"\nmemory = \"256MiB\"\ncpus = 1\n",
     )
     .unwrap();
-    let _cleanup = Cleanup(&env);
+    let _cleanup = common::DestroyOnDrop(&env);
     env.envy().arg("up").assert().success();
     // GRUB, not QEMU's -kernel, started the kernel; the seed named the machine.
     let cmdline = out(&env, &["exec", "--", "cat", "/proc/cmdline"]);

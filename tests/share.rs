@@ -46,14 +46,6 @@ impl Drop for Sharing {
     }
 }
 
-struct Cleanup<'a>(&'a TestEnv);
-
-impl Drop for Cleanup<'_> {
-    fn drop(&mut self) {
-        let _ = self.0.envy().args(["destroy", "--force"]).output();
-    }
-}
-
 #[test]
 fn a_teammate_gets_the_shared_state_and_a_tampered_box_is_refused() {
     assert!(nix::unistd::geteuid().is_root(), "the share tests start containers: run them as root");
@@ -65,7 +57,7 @@ fn a_teammate_gets_the_shared_state_and_a_tampered_box_is_refused() {
         format!("[machine.web]\nbox = {{ path = \"{}\" }}\nforward = [{{ host = 18090, guest = 80, auto = true }}]\n", box_path.display()),
     )
     .unwrap();
-    let _mine = Cleanup(&me);
+    let _mine = common::DestroyOnDrop(&me);
     me.envy().arg("up").assert().success();
     me.envy().args(["exec", "--", "sh", "-c", "echo made-by-me > /root/shared.txt"]).assert().success();
 
@@ -84,7 +76,7 @@ fn a_teammate_gets_the_shared_state_and_a_tampered_box_is_refused() {
         format!("[machine.copy]\nbox = {{ url = \"{}\", sha256 = \"{}\" }}\n", sharing.url, sharing.sha256),
     )
     .unwrap();
-    let _theirs = Cleanup(&mate);
+    let _theirs = common::DestroyOnDrop(&mate);
     mate.envy().arg("up").assert().success();
     let out = mate.envy().args(["exec", "--", "cat", "/root/shared.txt"]).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "made-by-me\n");
@@ -114,7 +106,7 @@ fn share_without_serve_writes_a_box_that_box_add_accepts() {
     let env = TestEnv::new();
     let (box_path, _) = common::build_container_box(&env, "busybox");
     std::fs::write(env.project.join("Envfile"), format!("[defaults]\nbox = {{ path = \"{}\" }}\n", box_path.display())).unwrap();
-    let _cleanup = Cleanup(&env);
+    let _cleanup = common::DestroyOnDrop(&env);
     env.envy().arg("up").assert().success();
     env.envy().args(["halt"]).assert().success();
     let out = env.envy().args(["share", "--json", "-o"]).arg(env.path("mine.box")).output().unwrap();

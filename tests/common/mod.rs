@@ -65,6 +65,15 @@ impl TestEnv {
     }
 }
 
+/// Destroys the project's machines when the test ends, passed or not.
+pub struct DestroyOnDrop<'a>(pub &'a TestEnv);
+
+impl Drop for DestroyOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.envy().args(["destroy", "--force"]).output();
+    }
+}
+
 pub fn list_dir(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = match std::fs::read_dir(dir) {
         Ok(entries) => entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect(),
