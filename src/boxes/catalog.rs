@@ -243,7 +243,9 @@ mod tests {
             entries: BUILTIN.iter().flat_map(|(n, t)| parse(t, n).unwrap()).collect(),
         };
         let vm = catalog.resolve("debian-12", None, Some(ProviderKind::Qemu)).unwrap();
-        assert!(vm.url.ends_with(".qcow2") && matches!(vm.pin, Some(Pin::Sha512(_))));
+        assert!(vm.url.ends_with("generic-amd64-20250210-2019.qcow2") && vm.checksums.is_some());
+        let small = catalog.resolve("debian-12", Some("20250210-2019-genericcloud"), None).unwrap();
+        assert!(small.url.contains("genericcloud") && matches!(small.pin, Some(Pin::Sha512(_))));
         let ct = catalog.resolve("debian-12", None, Some(ProviderKind::Container)).unwrap();
         assert!(
             ct.url.ends_with("rootfs.tar.xz")
