@@ -144,6 +144,35 @@ impl Workspace {
         self.envfile.machines.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", ")
     }
 
+    /// Machines with a record in `.envy/` but no section in the Envfile any more (renamed
+    /// or removed): envy cannot act on them without their settings.
+    pub fn orphans(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(self.project.state_dir.join("machines")) else { return Vec::new() };
+        let mut names: Vec<String> = entries
+            .flatten()
+            .filter(|e| e.path().join("machine.json").exists())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|name| self.envfile.machine(name).is_none())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// A warning for machines left behind by the Envfile, if there are any.
+    pub fn orphan_warning(&self) -> Option<String> {
+        let orphans = self.orphans();
+        (!orphans.is_empty()).then(|| {
+            format!(
+                "{} in {} {} no section in the Envfile any more and may still be running; \
+                 put the section back and run `envy destroy {}` to remove it",
+                orphans.join(", "),
+                self.project.state_dir.display(),
+                if orphans.len() == 1 { "has" } else { "have" },
+                orphans.join(" ")
+            )
+        })
+    }
+
     pub fn plan(&self, home: &Home, spec: &MachineSpec) -> MachinePlan {
         MachinePlan::new(home, &self.project, &self.envfile, spec)
     }

@@ -371,3 +371,21 @@ fn two_runs_in_one_folder_at_once_do_not_meet() {
     }
     assert_no_throwaways(&env);
 }
+
+#[test]
+fn a_machine_dropped_from_the_envfile_is_named_not_forgotten() {
+    let p = Project::new("[defaults]\nbox = { path = \"BOX\" }\n[machine.web]\n[machine.db]\n");
+    p.envy().arg("up").assert().success();
+    let full = std::fs::read_to_string(p.env.project.join("Envfile")).unwrap();
+    std::fs::write(p.env.project.join("Envfile"), full.replace("[machine.db]\n", "")).unwrap();
+    let warned = |out: std::process::Output| {
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(err.contains("db in ") && err.contains("no section in the Envfile") && err.contains("envy destroy db"), "{err}");
+    };
+    warned(p.envy().arg("status").output().unwrap());
+    warned(p.envy().args(["destroy", "--force"]).output().unwrap());
+    // Put back, it is destroyed like any machine, and nothing is left.
+    std::fs::write(p.env.project.join("Envfile"), &full).unwrap();
+    p.envy().args(["destroy", "--force", "db"]).assert().success();
+    assert_eq!(p.host_traces(), Vec::<String>::new());
+}

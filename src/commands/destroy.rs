@@ -34,6 +34,9 @@ pub fn run(ctx: &Context, args: DestroyArgs) -> Result<i32> {
         ctx.ui.step(format!("{}: destroying", spec.name));
         lifecycle::destroy(ctx, &plan)?;
     }
+    if let Some(warning) = ws.orphan_warning() {
+        ctx.ui.warn(warning);
+    }
     // With no machine left the project's state folder goes too (the lock file inside
     // it is ours and held, so remove everything else first).
     let machines_dir = ws.project.state_dir.join("machines");

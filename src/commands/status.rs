@@ -15,6 +15,9 @@ pub fn run(ctx: &Context, args: MachinesArgs) -> Result<i32> {
     for spec in ws.select(&args.machines)? {
         rows.push(machine_json(&ws.plan(&ctx.home, spec))?);
     }
+    if let Some(warning) = ws.orphan_warning() {
+        ctx.ui.warn(warning);
+    }
     if ctx.ui.json {
         super::print_json(&json!({ "version": 1, "project": ws.project.dir, "machines": rows }))?;
     } else {
