@@ -166,19 +166,22 @@ pub struct DestroyArgs {
 #[derive(Debug, Subcommand)]
 pub enum SnapshotCommand {
     /// Save a snapshot (a running VM's memory too).
+    #[command(override_usage = "envy snapshot save [OPTIONS] [MACHINE] <NAME>")]
     Save(SnapshotArgs),
     /// Put a machine back to a snapshot.
+    #[command(override_usage = "envy snapshot restore [OPTIONS] [MACHINE] <NAME>")]
     Restore(SnapshotArgs),
     /// List a machine's snapshots.
     List(MachineArg),
     /// Delete a snapshot and free its space.
+    #[command(override_usage = "envy snapshot delete [OPTIONS] [MACHINE] <NAME>")]
     Delete(SnapshotArgs),
 }
 
 #[derive(Debug, Args)]
 pub struct SnapshotArgs {
     /// `[MACHINE] NAME`: the machine may be left out when the Envfile has one.
-    #[arg(num_args = 1..=2, required = true, value_name = "MACHINE] [NAME")]
+    #[arg(num_args = 1..=2, required = true, value_name = "[MACHINE] NAME")]
     pub words: Vec<String>,
     /// Overwrite a snapshot of the same name.
     #[arg(long)]
