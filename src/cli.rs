@@ -114,6 +114,10 @@ pub struct UpArgs {
     /// Skip provisioning, even on first start.
     #[arg(long)]
     pub no_provision: bool,
+    /// Accept box URLs the Envfile does not pin; the digest that arrives is pinned in
+    /// Envfile.lock and checked from then on.
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 #[derive(Debug, Args)]

@@ -3,6 +3,7 @@
 //! `destroy` and `run` are thin loops over these.
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _, Result};
@@ -36,7 +37,7 @@ pub fn up(ctx: &Context, plan: &mut MachinePlan, lock: &mut LockFile, opts: UpOp
             );
         }
     }
-    let stored = resolve_box(ctx, &plan.spec, lock, opts.insecure)?;
+    let stored = resolve_box(ctx, &plan.spec, &plan.project.dir, lock, opts.insecure)?;
     if !stored.manifest.providers.contains(&plan.spec.provider) {
         let providers: Vec<String> = stored.manifest.providers.iter().map(|p| p.to_string()).collect();
         return Err(crate::boxes::Error::WrongProvider {
@@ -133,7 +134,7 @@ pub fn destroy(ctx: &Context, plan: &MachinePlan) -> Result<()> {
 }
 
 /// The machine's box, verified, honouring and updating the Envfile.lock pin.
-pub fn resolve_box(ctx: &Context, spec: &MachineSpec, lock: &mut LockFile, insecure: bool) -> Result<StoredBox> {
+pub fn resolve_box(ctx: &Context, spec: &MachineSpec, project_dir: &Path, lock: &mut LockFile, insecure: bool) -> Result<StoredBox> {
     let store = Store::open(&ctx.home)?;
     let source_text = source_key(&spec.box_ref);
     let pinned = lock.machines.get(&spec.name).filter(|l| l.source == source_text).map(|l| l.sha256.clone());
@@ -154,26 +155,45 @@ pub fn resolve_box(ctx: &Context, spec: &MachineSpec, lock: &mut LockFile, insec
     let stored = match added {
         Some(stored) => store.get(&stored.digest)?,
         None => {
-            let mut source = BoxSource::from_ref(&spec.box_ref, None, Some(spec.provider));
+            // A URL or file the Envfile leaves unpinned is held to the lock's pin.
+            let reference = match (&spec.box_ref, &pinned) {
+                (BoxRef::Url { url, sha256: None }, Some(d)) => BoxRef::Url { url: url.clone(), sha256: Some(d.clone()) },
+                (BoxRef::Path { path, sha256: None }, Some(d)) => BoxRef::Path { path: path.clone(), sha256: Some(d.clone()) },
+                (other, _) => other.clone(),
+            };
+            let mut source = BoxSource::from_ref(&reference, None, Some(spec.provider));
             source.insecure = insecure;
-            store.ensure(&source, &ctx.ui)?
+            match store.ensure(&source, &ctx.ui) {
+                Err(e) => match (e.downcast_ref::<crate::boxes::Error>(), &pinned) {
+                    (Some(crate::boxes::Error::WrongDigest { got, .. }), Some(d)) => {
+                        return Err(pin_broken(spec, project_dir, &source_text, d, got))
+                    }
+                    _ => return Err(e),
+                },
+                Ok(stored) => stored,
+            }
         }
     };
     if let Some(digest) = pinned {
         if digest != stored.digest {
-            return Err(crate::envfile::Error::Lock {
-                path: LockFile::path_for(&ctx.cwd),
-                message: format!(
-                    "machine {} is pinned to box {digest} but {source_text} now gives {}; \
-                     if the new box is wanted, delete the [machine.{}] entry of Envfile.lock and run `envy up` again",
-                    spec.name, stored.digest, spec.name
-                ),
-            }
-            .into());
+            return Err(pin_broken(spec, project_dir, &source_text, &digest, &stored.digest));
         }
     }
     lock.machines.insert(spec.name.clone(), LockedBox { source: source_text, sha256: stored.digest.clone() });
     Ok(stored)
+}
+
+/// The error for a source that no longer gives the box Envfile.lock pins.
+fn pin_broken(spec: &MachineSpec, project_dir: &Path, source: &str, pinned: &str, got: &str) -> anyhow::Error {
+    crate::envfile::Error::Lock {
+        path: LockFile::path_for(project_dir),
+        message: format!(
+            "machine {} is pinned to box {pinned} but {source} now gives {got}; \
+             if the new box is wanted, delete the [machine.{}] entry of Envfile.lock and run `envy up` again",
+            spec.name, spec.name
+        ),
+    }
+    .into()
 }
 
 /// How a box reference is written in the lock (a changed reference re-pins).

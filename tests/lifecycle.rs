@@ -389,3 +389,40 @@ fn a_machine_dropped_from_the_envfile_is_named_not_forgotten() {
     p.envy().args(["destroy", "--force", "db"]).assert().success();
     assert_eq!(p.host_traces(), Vec::<String>::new());
 }
+
+#[test]
+fn an_unpinned_url_needs_insecure_once_and_is_held_to_the_lock_after() {
+    require_host();
+    let env = TestEnv::new();
+    let (box_path, digest) = common::build_container_box(&env, "busybox");
+    let server = common::Server::start();
+    let bytes = std::fs::read(&box_path).unwrap();
+    server.serve("/bb.box", bytes.clone());
+    std::fs::write(env.project.join("Envfile"), format!("[defaults]\nbox = \"{}\"\n", server.url("/bb.box"))).unwrap();
+    let _cleanup = common::DestroyOnDrop(&env);
+
+    let out = env.envy().arg("up").output().unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--insecure"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!env.project.join("Envfile.lock").exists());
+
+    env.envy().args(["up", "--insecure"]).assert().success();
+    let lock = std::fs::read_to_string(env.project.join("Envfile.lock")).unwrap();
+    assert!(lock.contains(&digest), "what arrived is pinned: {lock}");
+    env.envy().args(["destroy", "--force"]).assert().success();
+
+    // Without the box in the store, the URL is fetched again and must match the pin.
+    env.envy().args(["box", "remove", &digest[..12]]).assert().success();
+    env.envy().arg("up").assert().success();
+    env.envy().args(["destroy", "--force"]).assert().success();
+    env.envy().args(["box", "remove", &digest[..12]]).assert().success();
+    let mut tampered = bytes;
+    let middle = tampered.len() / 2;
+    tampered[middle] ^= 0xff;
+    server.serve("/bb.box", tampered);
+    let out = env.envy().arg("up").output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("is pinned to box {digest}")) && err.contains("Envfile.lock"), "{err}");
+    assert!(!env.project.join(".envy/machines/default/machine.json").exists());
+}

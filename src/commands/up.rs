@@ -20,7 +20,7 @@ pub fn run(ctx: &Context, args: UpArgs) -> Result<i32> {
     registry::add(&ctx.home, &ws.project.dir)?;
     let lock_path = LockFile::path_for(&ws.project.dir);
     let mut lock = LockFile::load(&lock_path)?;
-    let opts = UpOptions { no_provision: args.no_provision, insecure: false };
+    let opts = UpOptions { no_provision: args.no_provision, insecure: args.insecure };
     for spec in machines {
         let mut plan = ws.plan(&ctx.home, spec);
         let result = lifecycle::up(ctx, &mut plan, &mut lock, opts);
