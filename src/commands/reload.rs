@@ -13,6 +13,9 @@ use crate::state::ProjectLock;
 pub fn run(ctx: &Context, args: MachinesArgs) -> Result<i32> {
     let ws = Workspace::load(ctx)?;
     let machines = ws.select(&args.machines)?;
+    for spec in &machines {
+        crate::doctor::require(spec.provider)?;
+    }
     let _lock = ProjectLock::acquire(&ws.project.state_dir, ctx.no_wait, &ctx.ui)?;
     let lock_path = LockFile::path_for(&ws.project.dir);
     let mut lock = LockFile::load(&lock_path)?;
