@@ -79,6 +79,11 @@ pub fn require(kind: ProviderKind) -> Result<(), crate::provider::Error> {
     }
 }
 
+/// `require` for every provider the machines use, before any machine is touched.
+pub fn require_for(machines: &[&crate::envfile::MachineSpec]) -> Result<(), crate::provider::Error> {
+    machines.iter().try_for_each(|m| require(m.provider))
+}
+
 /// Where a binary is on PATH.
 pub fn which(binary: &str) -> Option<std::path::PathBuf> {
     let path = std::env::var_os("PATH")?;

@@ -13,9 +13,7 @@ use crate::state::ProjectLock;
 pub fn run(ctx: &Context, args: MachinesArgs) -> Result<i32> {
     let ws = Workspace::load(ctx)?;
     let machines = ws.select(&args.machines)?;
-    for spec in &machines {
-        crate::doctor::require(spec.provider)?;
-    }
+    crate::doctor::require_for(&machines)?;
     let _lock = ProjectLock::acquire(&ws.project.state_dir, ctx.no_wait, &ctx.ui)?;
     let lock_path = LockFile::path_for(&ws.project.dir);
     let mut lock = LockFile::load(&lock_path)?;

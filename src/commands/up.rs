@@ -12,10 +12,7 @@ use crate::state::{registry, ProjectLock};
 pub fn run(ctx: &Context, args: UpArgs) -> Result<i32> {
     let ws = Workspace::load(ctx)?;
     let machines = ws.select(&args.machines)?;
-    // Every provider the machines need is checked before any machine is touched.
-    for spec in &machines {
-        crate::doctor::require(spec.provider)?;
-    }
+    crate::doctor::require_for(&machines)?;
     let _lock = ProjectLock::acquire(&ws.project.state_dir, ctx.no_wait, &ctx.ui)?;
     registry::add(&ctx.home, &ws.project.dir)?;
     let lock_path = LockFile::path_for(&ws.project.dir);
