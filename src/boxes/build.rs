@@ -235,35 +235,9 @@ fn tree_size(dir: &Path) -> anyhow::Result<u64> {
     Ok(total)
 }
 
-/// Parses a size like `2GiB`, `512M`, `1G` or plain bytes.
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("`{text}` is not a size (try 2GiB or 512MiB)"))?;
-    let shift = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kib" | "kb" => 10,
-        "m" | "mib" | "mb" => 20,
-        "g" | "gib" | "gb" => 30,
-        "t" | "tib" | "tb" => 40,
-        _ => return Err(format!("`{text}` has an unknown unit (use KiB, MiB, GiB or TiB)")),
-    };
-    n.checked_shl(shift).filter(|v| v >> shift == n).ok_or_else(|| format!("`{text}` is too large"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
-        assert_eq!(parse_size("512M"), Ok(512 << 20));
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert!(parse_size("2 parsecs").is_err());
-        assert!(parse_size("99999999999T").is_err());
-    }
 
     #[test]
     fn kernel_links_resolve_inside_the_root() {

@@ -15,7 +15,7 @@ mod source;
 mod store;
 
 pub use archive::{pack_box, pack_rootfs_dir};
-pub use build::{build, parse_size, BuildRequest};
+pub use build::{build, BuildRequest};
 pub use digest::sha256_file;
 pub use error::Error;
 

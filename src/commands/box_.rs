@@ -157,12 +157,13 @@ fn build(ctx: &Context, store: &Store, args: BoxBuildArgs) -> Result<i32> {
         BoxKindArg::Container => ProviderKind::Container,
         BoxKindArg::Qemu => ProviderKind::Qemu,
     };
-    let disk_size = args
-        .disk_size
-        .as_deref()
-        .map(boxes::parse_size)
-        .transpose()
-        .map_err(|e| anyhow::anyhow!("--disk-size: {e}"))?;
+    // Sizes read exactly as the Envfile's `memory` and `disk` do.
+    let disk_size = match args.disk_size.as_deref() {
+        Some(text) => Some(crate::envfile::parse_size(text).ok_or_else(|| {
+            anyhow::anyhow!("--disk-size {text:?} is not a size: write a number and a unit, e.g. \"2GiB\"")
+        })?),
+        None => None,
+    };
     let output = args.output.clone().unwrap_or_else(|| format!("{}.box", args.name).into());
     let request = BuildRequest {
         rootfs: args.rootfs.clone(),
