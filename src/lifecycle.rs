@@ -92,6 +92,17 @@ pub fn up(ctx: &Context, plan: &mut MachinePlan, lock: &mut LockFile, opts: UpOp
     Ok(())
 }
 
+/// `up` for a project's machine, writing Envfile.lock at `lock_path` whenever the machine
+/// gained a pin: also when a later step then failed, so what arrived stays pinned.
+pub fn up_pinned(ctx: &Context, plan: &mut MachinePlan, lock: &mut LockFile, lock_path: &Path, opts: UpOptions) -> Result<()> {
+    let before = lock.clone();
+    let result = up(ctx, plan, lock, opts);
+    if *lock != before {
+        lock.save(lock_path)?;
+    }
+    result
+}
+
 /// Runs the machine's provisioning steps in order; the first failure stops them.
 pub fn provision(ctx: &Context, plan: &MachinePlan) -> Result<()> {
     let provider = provider::for_kind(plan.spec.provider);

@@ -9,7 +9,8 @@ use crate::context::Context;
 use crate::provider::{self, ExecRequest};
 
 pub fn run(ctx: &Context, args: ExecArgs) -> Result<i32> {
-    let plan = super::running_machine(ctx, args.machine.as_deref())?;
+    let ws = crate::plan::Workspace::load(ctx)?;
+    let plan = super::running_machine(ctx, &ws, args.machine.as_deref())?;
     let tty = args.tty || (!args.no_tty && std::io::stdin().is_terminal() && std::io::stdout().is_terminal());
     let request = ExecRequest { command: args.command, tty, workdir: args.workdir, env: Vec::new() };
     provider::for_kind(plan.spec.provider).exec(&plan, &request)

@@ -62,9 +62,8 @@ fn print_json(value: &serde_json::Value) -> Result<()> {
 }
 
 /// The plan of one running machine, or the error that says how to start it.
-fn running_machine(ctx: &Context, name: Option<&str>) -> Result<crate::plan::MachinePlan> {
+fn running_machine(ctx: &Context, ws: &crate::plan::Workspace, name: Option<&str>) -> Result<crate::plan::MachinePlan> {
     use crate::provider::MachineState;
-    let ws = crate::plan::Workspace::load(ctx)?;
     let spec = ws.select_one(name)?;
     let mut plan = ws.plan(&ctx.home, spec);
     if let Some(record) = crate::state::record::MachineRecord::load(&plan.dir)? {

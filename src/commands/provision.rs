@@ -11,14 +11,10 @@ use crate::state::ProjectLock;
 
 pub fn run(ctx: &Context, args: MachinesArgs) -> Result<i32> {
     let ws = Workspace::load(ctx)?;
-    let names: Vec<String> = if args.machines.is_empty() {
-        ws.envfile.machines.iter().map(|m| m.name.clone()).collect()
-    } else {
-        args.machines
-    };
+    let machines = ws.select(&args.machines)?;
     let _lock = ProjectLock::acquire(&ws.project.state_dir, ctx.no_wait, &ctx.ui)?;
-    for name in &names {
-        let plan = super::running_machine(ctx, Some(name))?;
+    for spec in machines {
+        let plan = super::running_machine(ctx, &ws, Some(&spec.name))?;
         lifecycle::provision(ctx, &plan)?;
         if let Some(mut record) = MachineRecord::load(&plan.dir)? {
             record.provisioned = true;

@@ -24,8 +24,7 @@ pub fn run(ctx: &Context, args: MachinesArgs) -> Result<i32> {
             ctx.ui.step(format!("{}: halting", spec.name));
             provider.halt(&plan, false, &ctx.ui)?;
         }
-        lifecycle::up(ctx, &mut plan, &mut lock, UpOptions::default())?;
+        lifecycle::up_pinned(ctx, &mut plan, &mut lock, &lock_path, UpOptions::default())?;
     }
-    lock.save(&lock_path)?;
     Ok(0)
 }

@@ -20,12 +20,7 @@ pub fn run(ctx: &Context, args: UpArgs) -> Result<i32> {
     let opts = UpOptions { no_provision: args.no_provision, insecure: args.insecure };
     for spec in machines {
         let mut plan = ws.plan(&ctx.home, spec);
-        let result = lifecycle::up(ctx, &mut plan, &mut lock, opts);
-        // The pin of every box that arrived is kept, even when a later step failed.
-        if lock != LockFile::load(&lock_path)? {
-            lock.save(&lock_path)?;
-        }
-        result?;
+        lifecycle::up_pinned(ctx, &mut plan, &mut lock, &lock_path, opts)?;
     }
     Ok(0)
 }
