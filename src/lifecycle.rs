@@ -298,7 +298,7 @@ fn holder_of(port: u16) -> Option<String> {
     None
 }
 
-pub fn short(digest: &str) -> &str {
+fn short(digest: &str) -> &str {
     &digest[..digest.len().min(12)]
 }
 

@@ -10,20 +10,11 @@ use anyhow::{Context as _, Result};
 /// Writes `data` to `path` atomically: a temp file in the same folder, fsync, rename.
 /// A reader sees the old or the new content, never a mix; a crash leaves the old one.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    write_with_mode(path, data, 0o644)
-}
-
-/// Like `write_atomic`, but the file is readable only by its owner (keys, tokens).
-pub fn write_private(path: &Path, data: &[u8]) -> Result<()> {
-    write_with_mode(path, data, 0o600)
-}
-
-fn write_with_mode(path: &Path, data: &[u8], mode: u32) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut tmp = tempfile::Builder::new()
         .prefix(".tmp-")
-        .permissions(fs::Permissions::from_mode(mode))
+        .permissions(fs::Permissions::from_mode(0o644))
         .tempfile_in(dir)
         .with_context(|| format!("cannot write in {}", dir.display()))?;
     tmp.write_all(data)

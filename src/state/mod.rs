@@ -8,7 +8,7 @@ mod pidfile;
 pub mod record;
 pub mod registry;
 
-pub use fsutil::{create_private, write_atomic, write_private};
+pub use fsutil::{create_private, write_atomic};
 pub use lock::ProjectLock;
 pub use pidfile::{boot_id, PidFile};
 
