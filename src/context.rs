@@ -45,6 +45,10 @@ impl Home {
     pub fn locks_dir(&self) -> PathBuf {
         self.root.join("locks")
     }
+    /// Each project's state (`projects/<key>/`): machine records, layers, disks, keys.
+    pub fn projects_dir(&self) -> PathBuf {
+        self.root.join("projects")
+    }
     /// Every project this user has brought up, for `envy list`.
     pub fn projects_file(&self) -> PathBuf {
         self.root.join("projects.json")

@@ -28,6 +28,7 @@ pub struct UpOptions {
 /// Safe from any state: absent, stopped, half-made by a killed `envy up`.
 pub fn up(ctx: &Context, plan: &mut MachinePlan, lock: &mut LockFile, opts: UpOptions) -> Result<()> {
     let name = plan.name().to_string();
+    plan.ensure_dir()?;
     let record = MachineRecord::load(&plan.dir)?;
     if let Some(r) = &record {
         if r.provider != plan.spec.provider {
@@ -59,6 +60,11 @@ pub fn up(ctx: &Context, plan: &mut MachinePlan, lock: &mut LockFile, opts: UpOp
     }
     let provider = provider::for_kind(plan.spec.provider);
     let state = provider.state(plan)?;
+    if state == MachineState::Stopped {
+        // A machine that died (not halted) may have left what it held: forwards on its
+        // host ports, mounts. They are its own; free them before the ports are checked.
+        provider.halt(plan, true, &ctx.ui)?;
+    }
     plan.forwards = match (&record, state) {
         (Some(r), MachineState::Running) => r.forwards.clone(),
         _ => resolve_forwards(ctx, &name, &plan.spec.forwards, record.as_ref())?,
@@ -79,8 +85,10 @@ pub fn up(ctx: &Context, plan: &mut MachinePlan, lock: &mut LockFile, opts: UpOp
         ctx.ui.step(format!("{name}: already running"));
     } else {
         ctx.ui.step(format!("{name}: starting ({}, box {})", plan.spec.provider, stored.manifest.name));
-        provider.up(plan, &stored, &ctx.ui)?;
     }
+    // Also for a running machine: the provider repairs what is broken around it (a
+    // killed slirp4netns, lost forwards) without restarting it.
+    provider.up(plan, &stored, &ctx.ui)?;
     if !record.provisioned && !opts.no_provision {
         provision(ctx, plan)?;
         record.provisioned = true;
@@ -110,10 +118,7 @@ pub fn provision(ctx: &Context, plan: &MachinePlan) -> Result<()> {
     for (i, step) in plan.spec.provision.iter().enumerate() {
         let (label, script) = match step {
             ProvisionStep::Shell(cmd) => (cmd.clone(), cmd.clone()),
-            ProvisionStep::Script(path) => (
-                path.display().to_string(),
-                std::fs::read_to_string(path).with_context(|| format!("cannot read provision script {}", path.display()))?,
-            ),
+            ProvisionStep::Script(path) => (path.display().to_string(), read_script(plan, path)?),
         };
         ctx.ui.step(format!("{}: provision {}/{total}: {label}", plan.name(), i + 1));
         let request = ExecRequest {
@@ -131,6 +136,35 @@ pub fn provision(ctx: &Context, plan: &MachinePlan) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The longest provision script: it is passed as one `sh -c` argument, and Linux
+/// caps a single argument at 128 KiB.
+const MAX_SCRIPT: u64 = 128 * 1024 - 1;
+
+/// A provision script's text, read through a path the kernel resolves below the
+/// project: a script (or a folder on its way) that a guest replaced with a symlink out
+/// of the project is refused, not read from the host.
+fn read_script(plan: &MachinePlan, path: &Path) -> Result<String> {
+    let refuse = |problem: String| crate::envfile::Error::HostPath {
+        envfile: plan.project.envfile.clone(),
+        machine: plan.name().into(),
+        key: "provision script",
+        path: path.to_path_buf(),
+        problem,
+    };
+    let fd = crate::state::open_below(&plan.project.dir, path, crate::state::Follow::BelowRoot).map_err(|errno| {
+        refuse(match errno {
+            nix::errno::Errno::EXDEV => format!(
+                "resolves outside the project {} (through a symlink); keep provision scripts in the project",
+                plan.project.dir.display()
+            ),
+            nix::errno::Errno::ENOENT => "does not exist".into(),
+            other => format!("cannot be opened ({other})"),
+        })
+    })?;
+    let bytes = crate::state::read_fd(&fd, path, MAX_SCRIPT).map_err(|e| refuse(format!("{e:#}")))?;
+    String::from_utf8(bytes).map_err(|_| refuse("is not UTF-8 text".into()).into())
 }
 
 /// Removes the machine and its record; the Envfile.lock and the box store stay.

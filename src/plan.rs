@@ -6,8 +6,11 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
 
+use std::os::fd::{AsRawFd, OwnedFd};
+
 use crate::context::Home;
-use crate::envfile::{Envfile, Forward, MachineSpec};
+use crate::envfile::{Envfile, Forward, MachineSpec, SyncFolder};
+use crate::state::{open_below, Follow};
 
 /// The project a command acts on.
 #[derive(Debug, Clone)]
@@ -16,34 +19,45 @@ pub struct Project {
     pub dir: PathBuf,
     /// The Envfile's path.
     pub envfile: PathBuf,
-    /// `.envy/` inside the project: records, keys, sockets.
+    /// envy's state for the project (`$ENVY_HOME/projects/<key>/`): records, keys,
+    /// sockets, layers, disks, snapshots. Outside the project on purpose: a machine
+    /// with the project synced in must not reach it (docs/security.md).
     pub state_dir: PathBuf,
     /// Short stable id of the project folder, used in host-wide names.
     pub id: String,
 }
 
 impl Project {
-    pub fn new(envfile: &Envfile) -> Project {
+    pub fn new(home: &Home, envfile: &Envfile) -> Project {
         let dir = envfile.project_dir.clone();
         Project {
             id: project_id(&dir),
-            state_dir: dir.join(".envy"),
+            state_dir: Project::state_dir_for(home, &dir),
             envfile: envfile.path.clone(),
             dir,
         }
     }
 
-    /// `.envy/machines/<name>/`.
+    /// Where the state of the project in `dir` lives: keyed by 16 hex digits of the
+    /// canonical path's sha256, so two projects cannot share it by accident.
+    pub fn state_dir_for(home: &Home, dir: &Path) -> PathBuf {
+        home.projects_dir().join(hex::encode(&path_digest(dir)[..8]))
+    }
+
+    /// `<state dir>/machines/<name>/`.
     pub fn machine_dir(&self, name: &str) -> PathBuf {
         self.state_dir.join("machines").join(name)
     }
 }
 
+fn path_digest(dir: &Path) -> [u8; 32] {
+    let canonical = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    Sha256::digest(canonical.as_os_str().as_encoded_bytes()).into()
+}
+
 /// Eight hex digits of the sha256 of the project's canonical path.
 pub fn project_id(dir: &Path) -> String {
-    let canonical = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
-    let digest = Sha256::digest(canonical.as_os_str().as_encoded_bytes());
-    hex::encode(&digest[..4])
+    hex::encode(&path_digest(dir)[..4])
 }
 
 /// Everything a provider needs to act on one machine.
@@ -54,7 +68,7 @@ pub struct MachinePlan {
     pub spec: MachineSpec,
     /// Position of the machine in the Envfile (stable addresses derive from it).
     pub index: usize,
-    /// `.envy/machines/<name>/`: the provider keeps its files here.
+    /// `<state dir>/machines/<name>/`: the provider keeps its files here.
     pub dir: PathBuf,
     /// Host-wide unique name: `envy-<project id>-<machine>`.
     pub runtime_id: String,
@@ -88,6 +102,89 @@ impl MachinePlan {
     pub fn name(&self) -> &str {
         &self.spec.name
     }
+
+    /// Resolves every sync folder on the host and opens it, for the provider to mount
+    /// from the fd: the path is resolved by the kernel below the project (a symlink
+    /// out of it is refused unless `allow_outside`), so a folder a guest swapped for a
+    /// symlink, before or after this call, never brings another host path in.
+    pub fn open_sync_folders(&self) -> Result<Vec<OpenedFolder>, crate::envfile::Error> {
+        self.spec.sync.iter().map(|folder| self.open_sync_folder(folder)).collect()
+    }
+
+    fn open_sync_folder(&self, folder: &SyncFolder) -> Result<OpenedFolder, crate::envfile::Error> {
+        let refuse = |problem: String| crate::envfile::Error::HostPath {
+            envfile: self.project.envfile.clone(),
+            machine: self.spec.name.clone(),
+            key: "sync folder",
+            path: folder.host.clone(),
+            problem,
+        };
+        let opened = if folder.allow_outside {
+            // The Envfile names this path on purpose: resolve it once, then open the
+            // result with no symlink at all, so a swap in between fails.
+            let real = folder.host.canonicalize().map_err(|e| refuse(format!("cannot be resolved ({e}); create it or fix `sync`")))?;
+            open_below(Path::new("/"), &real, Follow::Never)
+        } else {
+            open_below(&self.project.dir, &folder.host, Follow::BelowRoot)
+        };
+        let fd = opened.map_err(|errno| {
+            refuse(match errno {
+                nix::errno::Errno::EXDEV => format!(
+                    "resolves outside the project {} (through a symlink); move the folder into the project, \
+                     or use the table form with allow_outside = true if the machine may see it",
+                    self.project.dir.display()
+                ),
+                nix::errno::Errno::ENOENT => "does not exist; create it or fix `sync` in the Envfile".into(),
+                other => format!("cannot be opened ({other})"),
+            })
+        })?;
+        let meta = nix::sys::stat::fstat(fd.as_raw_fd()).map_err(|e| refuse(format!("cannot be read ({e})")))?;
+        let is_dir = meta.st_mode & libc::S_IFMT == libc::S_IFDIR;
+        if !is_dir && meta.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(refuse("is neither a folder nor a regular file".into()));
+        }
+        Ok(OpenedFolder { fd, is_dir, folder: folder.clone() })
+    }
+
+    /// Creates the machine dir (and the project's state dir), private to the user.
+    pub fn ensure_dir(&self) -> anyhow::Result<()> {
+        for dir in [&self.project.state_dir, &self.project.state_dir.join("machines"), &self.dir] {
+            crate::state::create_private_dir(dir)?;
+        }
+        check_state_path(&self.home, &self.dir)
+    }
+}
+
+/// envy never follows a symlink in its own state: a machine dir that exists must be
+/// reached from `$ENVY_HOME/projects` through real folders only, or nothing acts on it.
+fn check_state_path(home: &Home, dir: &Path) -> anyhow::Result<()> {
+    match crate::state::open_below(&home.projects_dir(), dir, crate::state::Follow::Never) {
+        Ok(_) => Ok(()),
+        Err(nix::errno::Errno::ENOENT) => Ok(()),
+        Err(e) => Err(crate::state::Error::BadRecord {
+            path: dir.to_path_buf(),
+            message: format!(
+                "cannot be opened without following a symlink ({e}); envy never follows a symlink in its state: \
+                 look at what stands there and remove it by hand"
+            ),
+        }
+        .into()),
+    }
+}
+
+/// A sync folder resolved and opened on the host; mount it through `proc_path`.
+#[derive(Debug)]
+pub struct OpenedFolder {
+    pub fd: OwnedFd,
+    pub is_dir: bool,
+    pub folder: SyncFolder,
+}
+
+impl OpenedFolder {
+    /// `/proc/self/fd/N`: the opened folder itself, for mount(2) or QEMU to open.
+    pub fn proc_path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
+    }
 }
 
 /// The project a command runs in: its Envfile, read and validated.
@@ -106,7 +203,7 @@ impl Workspace {
         for machine in &mut envfile.machines {
             machine.accel = machine.accel.or(ctx.config.accel);
         }
-        let project = Project::new(&envfile);
+        let project = Project::new(&ctx.home, &envfile);
         Ok(Workspace { envfile, project })
     }
 
@@ -144,7 +241,7 @@ impl Workspace {
         self.envfile.machines.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", ")
     }
 
-    /// Machines with a record in `.envy/` but no section in the Envfile any more (renamed
+    /// Machines with a record in the state dir but no section in the Envfile any more (renamed
     /// or removed): envy cannot act on them without their settings.
     pub fn orphans(&self) -> Vec<String> {
         let Ok(entries) = std::fs::read_dir(self.project.state_dir.join("machines")) else { return Vec::new() };
@@ -173,8 +270,11 @@ impl Workspace {
         })
     }
 
-    pub fn plan(&self, home: &Home, spec: &MachineSpec) -> MachinePlan {
-        MachinePlan::new(home, &self.project, &self.envfile, spec)
+    /// The plan for one machine; fails when its state dir is not what envy made.
+    pub fn plan(&self, home: &Home, spec: &MachineSpec) -> anyhow::Result<MachinePlan> {
+        let plan = MachinePlan::new(home, &self.project, &self.envfile, spec);
+        check_state_path(home, &plan.dir)?;
+        Ok(plan)
     }
 }
 
@@ -187,7 +287,7 @@ pub(crate) fn test_plan(project_dir: &str, home: &str, text: &str, machine: &str
     let project = Project {
         dir: project_dir.into(),
         envfile: envfile.path.clone(),
-        state_dir: Path::new(project_dir).join(".envy"),
+        state_dir: Path::new(home).join("projects/0badcafe"),
         id: "0badcafe".into(),
     };
     let spec = envfile.machine(machine).expect("the machine is in the test Envfile");

@@ -121,7 +121,6 @@ fn prune_keeps_what_a_lock_pins() {
     let env = TestEnv::new();
     let pinned = added_box(&env, "web");
     let loose = added_box(&env, "db");
-    std::fs::create_dir_all(env.project.join(".envy")).unwrap();
     std::fs::write(
         env.project.join("Envfile.lock"),
         format!("version = 1\n\n[machine.web]\nsource = \"web\"\nsha256 = \"{pinned}\"\n"),

@@ -125,7 +125,8 @@ fn a_second_command_fails_at_once_with_no_wait_and_waits_without_it() {
     let project = tempfile::tempdir().unwrap();
     std::fs::write(project.path().join("Envfile"), "[defaults]\nbox = \"not-in-any-catalog\"\n").unwrap();
     let ui = envy::ui::Ui { interactive: false, fancy: false, json: false, quiet: true };
-    let held = envy::state::ProjectLock::acquire(&project.path().join(".envy"), true, &ui).unwrap();
+    let state_dir = envy::plan::Project::state_dir_for(&envy::context::Home::at(home.path()), project.path());
+    let held = envy::state::ProjectLock::acquire(&state_dir, project.path(), true, &ui).unwrap();
 
     envy(home.path(), project.path())
         .args(["up", "--no-wait"])
@@ -217,8 +218,9 @@ fn up_without_qemu_on_path_fails_first_with_doctors_advice() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("qemu-system-x86_64 is not on PATH") || err.contains("qemu"), "{err}");
     assert!(err.contains("apt-get install qemu-system-x86") && err.contains("envy doctor"), "{err}");
-    assert!(!project.path().join(".envy/machines").exists(), "nothing was started");
-    assert!(std::fs::read_dir(home.path()).map(|d| d.count()).unwrap_or(0) <= 1, "nothing was fetched");
+    let state_dir = envy::plan::Project::state_dir_for(&envy::context::Home::at(home.path()), project.path());
+    assert!(!state_dir.join("machines").exists(), "nothing was started");
+    assert!(!home.path().join("boxes").exists() && !home.path().join("downloads").exists(), "nothing was fetched");
     // doctor says the same, and fails for this Envfile.
     let doctor = envy(home.path(), project.path()).arg("doctor").env("PATH", bin.path()).output().unwrap();
     assert_eq!(doctor.status.code(), Some(5));

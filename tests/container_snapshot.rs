@@ -13,12 +13,12 @@ fn restore_brings_back_the_saved_layer_and_delete_frees_it() {
     let plan = f.plan("web");
     f.up("web");
     assert_eq!(f.sh("web", "echo one > /root/state; rm /etc/box-release"), 0);
-    let saved = f.provider.snapshot_save(&plan, "before", &f.ui).unwrap();
+    let saved = f.provider.snapshot_save(&plan, "before", false, &f.ui).unwrap();
     assert_eq!(saved.name, "before");
     assert!(saved.size > 0);
     assert_eq!(f.state("web"), MachineState::Running, "saving resumes the machine");
 
-    let err = f.provider.snapshot_save(&plan, "before", &f.ui).unwrap_err();
+    let err = f.provider.snapshot_save(&plan, "before", false, &f.ui).unwrap_err();
     assert!(err.to_string().contains("already has a snapshot named before"), "{err}");
 
     // Change everything the snapshot covers: a file, a new file, a deleted box file back.
@@ -30,8 +30,13 @@ fn restore_brings_back_the_saved_layer_and_delete_frees_it() {
 
     let listed = f.provider.snapshot_list(&plan).unwrap();
     assert_eq!(listed.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["before"]);
-    let archive = plan.dir.join("snapshots/before.tar.zst");
-    assert!(archive.exists());
+    // The archive is named by its digest, private, in a private dir.
+    use std::os::unix::fs::PermissionsExt;
+    let snapshots = plan.dir.join("snapshots");
+    assert_eq!(std::fs::metadata(&snapshots).unwrap().permissions().mode() & 0o777, 0o700);
+    let archive = std::fs::read_dir(&snapshots).unwrap().map(|e| e.unwrap().path()).find(|p| p.to_string_lossy().ends_with(".tar.zst")).unwrap();
+    assert_eq!(std::fs::metadata(&archive).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(archive.file_name().unwrap().to_string_lossy(), format!("{}.tar.zst", support::common::sha256_hex(&std::fs::read(&archive).unwrap())));
     f.provider.snapshot_delete(&plan, "before").unwrap();
     assert!(!archive.exists(), "delete frees the space");
     assert!(f.provider.snapshot_list(&plan).unwrap().is_empty());
@@ -44,7 +49,7 @@ fn a_halted_machine_restores_and_stays_halted() {
     f.up("web");
     assert_eq!(f.sh("web", "echo saved > /root/state"), 0);
     f.provider.halt(&plan, false, &f.ui).unwrap();
-    f.provider.snapshot_save(&plan, "s1", &f.ui).unwrap();
+    f.provider.snapshot_save(&plan, "s1", false, &f.ui).unwrap();
     f.up("web");
     assert_eq!(f.sh("web", "echo later > /root/state"), 0);
     f.provider.halt(&plan, true, &f.ui).unwrap();
@@ -59,10 +64,10 @@ fn a_halted_machine_restores_and_stays_halted() {
 fn bad_snapshot_names_and_unknown_snapshots_are_clear_errors() {
     let f = Fixture::new(&[("web", vec![])]);
     let plan = f.plan("web");
-    let err = f.provider.snapshot_save(&plan, "s1", &f.ui).unwrap_err();
+    let err = f.provider.snapshot_save(&plan, "s1", false, &f.ui).unwrap_err();
     assert_eq!(err.to_string(), "machine web has not been created; run `envy up web` first");
     f.up("web");
-    let err = f.provider.snapshot_save(&plan, "../escape", &f.ui).unwrap_err();
+    let err = f.provider.snapshot_save(&plan, "../escape", false, &f.ui).unwrap_err();
     assert!(err.to_string().contains(r#"snapshot name "../escape" is not valid"#), "{err}");
     let err = f.provider.snapshot_restore(&plan, "nope", &f.ui).unwrap_err();
     assert_eq!(err.to_string(), "machine web has no snapshot named nope; it has none");

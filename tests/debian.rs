@@ -152,7 +152,6 @@ fn the_readme_quick_start_runs_as_written() {
     impl Drop for Restore<'_> {
         fn drop(&mut self) {
             let _ = self.0.envy().arg("-C").arg(self.1).args(["destroy", "--force"]).output();
-            let _ = std::fs::remove_dir_all(self.1.join(".envy"));
             let _ = std::fs::remove_file(self.1.join("Envfile.lock"));
         }
     }

@@ -86,7 +86,7 @@ impl Project {
 
 impl Drop for Project {
     fn drop(&mut self) {
-        if self.env.project.join(".envy").exists() {
+        if self.env.state_dir().exists() {
             let _ = self.envy().args(["destroy", "--force"]).output();
         }
     }
@@ -193,7 +193,7 @@ fn up_exec_forward_names_halt_up_crash_and_destroy() {
     let store_before = p.env.store_entries();
     p.envy().args(["destroy", "--force"]).assert().success();
     assert_eq!(p.host_traces(), Vec::<String>::new());
-    assert!(!p.env.project.join(".envy/machines").exists());
+    assert!(!p.env.state_dir().join("machines").exists());
     assert_eq!(std::fs::read_to_string(p.env.project.join("hello.txt")).unwrap(), "hello from the host\n");
     assert!(p.env.project.join("Envfile.lock").exists(), "the lock is the user's, destroy keeps it");
     assert_eq!(p.env.store_entries(), store_before);
@@ -239,7 +239,7 @@ fn a_taken_host_port_is_named_before_anything_starts_and_auto_moves_it() {
     assert!(err.contains(&format!("127.0.0.1:{port}/tcp")) && err.contains("machine default"), "{err}");
     assert!(err.contains(&format!("pid {}", std::process::id())), "names the holder: {err}");
     assert!(err.contains("auto = true"), "{err}");
-    assert!(!p.env.project.join(".envy/machines/default/machine.json").exists(), "nothing was created");
+    assert!(!p.env.machine_dir("default").join("machine.json").exists(), "nothing was created");
     assert_eq!(p.host_traces(), Vec::<String>::new());
 
     std::fs::write(
@@ -266,7 +266,7 @@ fn a_box_missing_from_the_store_and_unreachable_fails_with_code_4() {
     let out = env.envy().arg("up").output().unwrap();
     assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("127.0.0.1:{closed}/gone.box")));
-    assert!(!env.project.join(".envy/machines/default/machine.json").exists());
+    assert!(!env.machine_dir("default").join("machine.json").exists());
     assert!(!env.project.join("Envfile.lock").exists(), "nothing was pinned");
 }
 
@@ -288,7 +288,7 @@ fn a_box_that_changed_behind_its_lock_is_refused_with_the_way_out() {
     assert_eq!(out.status.code(), Some(3));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("is pinned to box") && err.contains("Envfile.lock"), "{err}");
-    assert!(!p.env.project.join(".envy/machines/default/machine.json").exists());
+    assert!(!p.env.machine_dir("default").join("machine.json").exists());
 }
 
 #[test]
@@ -424,5 +424,5 @@ fn an_unpinned_url_needs_insecure_once_and_is_held_to_the_lock_after() {
     assert_eq!(out.status.code(), Some(3));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("is pinned to box {digest}")) && err.contains("Envfile.lock"), "{err}");
-    assert!(!env.project.join(".envy/machines/default/machine.json").exists());
+    assert!(!env.machine_dir("default").join("machine.json").exists());
 }

@@ -79,7 +79,7 @@ fn a_vm_through_the_cli_with_snapshots_share_and_destroy() {
     other.envy().args(["box", "add"]).arg(env.path("vm.box")).args(["--sha256", shared["sha256"].as_str().unwrap()]).assert().success();
 
     env.envy().args(["destroy", "--force"]).assert().success();
-    assert!(!env.project.join(".envy/machines").exists());
+    assert!(!env.state_dir().join("machines").exists());
     for _ in 0..100 {
         if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err() {
             break;

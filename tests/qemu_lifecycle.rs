@@ -98,7 +98,7 @@ fn up_exec_sync_forward_halt_up_snapshot_destroy() {
 
     // Snapshot of a running machine with a 9p folder mounted: disk only (QEMU blocks
     // savevm then); restoring it stops the machine and rewinds the disk.
-    let snap = m.provider.snapshot_save(&m.plan, "before", &m.ui).unwrap();
+    let snap = m.provider.snapshot_save(&m.plan, "before", false, &m.ui).unwrap();
     assert!(!snap.memory, "9p blocks memory snapshots");
     assert_eq!(m.sh("rm /root/kept.txt && sync"), 0);
     m.provider.snapshot_restore(&m.plan, "before", &m.ui).unwrap();
@@ -107,7 +107,7 @@ fn up_exec_sync_forward_halt_up_snapshot_destroy() {
     assert_eq!(m.sh("grep -q kept /root/kept.txt"), 0);
     let names: Vec<String> = m.provider.snapshot_list(&m.plan).unwrap().into_iter().map(|s| s.name).collect();
     assert_eq!(names, ["before"]);
-    let err = m.provider.snapshot_save(&m.plan, "before", &m.ui).unwrap_err().to_string();
+    let err = m.provider.snapshot_save(&m.plan, "before", false, &m.ui).unwrap_err().to_string();
     assert!(err.contains("already has a snapshot named before"), "{err}");
     m.provider.snapshot_delete(&m.plan, "before").unwrap();
     assert!(m.provider.snapshot_list(&m.plan).unwrap().is_empty());
@@ -170,7 +170,7 @@ fn killed_qemu_reads_stopped_with_its_log_and_up_recovers_on_another_port() {
 
     // Without sync folders a running machine's snapshot holds memory and restores live.
     assert_eq!(m.sh("echo in-memory > /run/marker"), 0);
-    let snap = m.provider.snapshot_save(&m.plan, "live", &m.ui).unwrap();
+    let snap = m.provider.snapshot_save(&m.plan, "live", false, &m.ui).unwrap();
     assert!(snap.memory && snap.size > 0, "{snap:?}");
     assert_eq!(m.sh("rm /run/marker"), 0);
     m.provider.snapshot_restore(&m.plan, "live", &m.ui).unwrap();

@@ -97,7 +97,7 @@ fn a_teammate_gets_the_shared_state_and_a_tampered_box_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("wrong sha256 digest") && err.contains(&sharing.sha256), "{err}");
     assert!(other.store_entries().iter().all(|e| e.starts_with('.')) || other.store_entries().is_empty(), "{:?}", other.store_entries());
-    assert!(!other.project.join(".envy/machines/copy/machine.json").exists());
+    assert!(!other.machine_dir("copy").join("machine.json").exists());
 }
 
 #[test]

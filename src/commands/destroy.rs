@@ -24,9 +24,9 @@ pub fn run(ctx: &Context, args: DestroyArgs) -> Result<i32> {
             return Ok(crate::error::code::FAILURE);
         }
     }
-    let _lock = ProjectLock::acquire(&ws.project.state_dir, ctx.no_wait, &ctx.ui)?;
+    let _lock = ProjectLock::acquire(&ws.project.state_dir, &ws.project.dir, ctx.no_wait, &ctx.ui)?;
     for spec in machines {
-        let plan = ws.plan(&ctx.home, spec);
+        let plan = ws.plan(&ctx.home, spec)?;
         if provider::for_kind(spec.provider).state(&plan)? == MachineState::NotCreated && !plan.dir.exists() {
             ctx.ui.step(format!("{}: not created", spec.name));
             continue;

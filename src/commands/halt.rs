@@ -11,16 +11,21 @@ use crate::state::ProjectLock;
 pub fn run(ctx: &Context, args: HaltArgs) -> Result<i32> {
     let ws = Workspace::load(ctx)?;
     let machines = ws.select(&args.machines)?;
-    let _lock = ProjectLock::acquire(&ws.project.state_dir, ctx.no_wait, &ctx.ui)?;
+    let _lock = ProjectLock::acquire(&ws.project.state_dir, &ws.project.dir, ctx.no_wait, &ctx.ui)?;
     for spec in machines {
-        let plan = ws.plan(&ctx.home, spec);
+        let plan = ws.plan(&ctx.home, spec)?;
         let provider = provider::for_kind(spec.provider);
         match provider.state(&plan)? {
             MachineState::Running => {
                 ctx.ui.step(format!("{}: halting", spec.name));
                 provider.halt(&plan, args.force, &ctx.ui)?;
             }
-            state => ctx.ui.step(format!("{}: already {state}", spec.name)),
+            MachineState::Stopped => {
+                // Dead rather than halted, it may still hold forwards or mounts: free them.
+                provider.halt(&plan, true, &ctx.ui)?;
+                ctx.ui.step(format!("{}: already stopped", spec.name));
+            }
+            MachineState::NotCreated => ctx.ui.step(format!("{}: already not created", spec.name)),
         }
     }
     Ok(0)

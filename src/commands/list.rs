@@ -17,7 +17,7 @@ pub fn run(ctx: &Context) -> Result<i32> {
                     .envfile
                     .machines
                     .iter()
-                    .map(|spec| super::status::machine_json(&ws.plan(&ctx.home, spec)))
+                    .map(|spec| super::status::machine_json(&ws.plan(&ctx.home, spec)?))
                     .collect::<Result<Vec<_>>>()?;
                 json!({ "project": dir, "machines": machines })
             }

@@ -65,7 +65,7 @@ fn print_json(value: &serde_json::Value) -> Result<()> {
 fn running_machine(ctx: &Context, ws: &crate::plan::Workspace, name: Option<&str>) -> Result<crate::plan::MachinePlan> {
     use crate::provider::MachineState;
     let spec = ws.select_one(name)?;
-    let mut plan = ws.plan(&ctx.home, spec);
+    let mut plan = ws.plan(&ctx.home, spec)?;
     if let Some(record) = crate::state::record::MachineRecord::load(&plan.dir)? {
         plan.forwards = record.forwards;
     }

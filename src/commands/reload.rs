@@ -14,11 +14,11 @@ pub fn run(ctx: &Context, args: MachinesArgs) -> Result<i32> {
     let ws = Workspace::load(ctx)?;
     let machines = ws.select(&args.machines)?;
     crate::doctor::require_for(&machines)?;
-    let _lock = ProjectLock::acquire(&ws.project.state_dir, ctx.no_wait, &ctx.ui)?;
+    let _lock = ProjectLock::acquire(&ws.project.state_dir, &ws.project.dir, ctx.no_wait, &ctx.ui)?;
     let lock_path = LockFile::path_for(&ws.project.dir);
     let mut lock = LockFile::load(&lock_path)?;
     for spec in machines {
-        let mut plan = ws.plan(&ctx.home, spec);
+        let mut plan = ws.plan(&ctx.home, spec)?;
         let provider = provider::for_kind(spec.provider);
         if provider.state(&plan)? == MachineState::Running {
             ctx.ui.step(format!("{}: halting", spec.name));

@@ -42,7 +42,7 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<i32> {
     );
     crate::state::write_atomic(&dir.join(envfile::FILE_NAME), text.as_bytes())?;
     let envfile = envfile::load(&dir.join(envfile::FILE_NAME), provider_kind)?;
-    let project = Project::new(&envfile);
+    let project = Project::new(&ctx.home, &envfile);
     let mut plan = MachinePlan::new(&ctx.home, &project, &envfile, &envfile.machines[0]);
 
     // Ctrl-C reaches CMD through the terminal; envy itself only notes it and cleans up.
@@ -75,7 +75,9 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<i32> {
     } else {
         ctx.ui.step("run: removing the throwaway machine");
         lifecycle::destroy(ctx, &plan)?;
-        std::fs::remove_dir_all(&dir).with_context(|| format!("cannot remove {}", dir.display()))?;
+        for made in [&dir, &project.state_dir] {
+            std::fs::remove_dir_all(made).with_context(|| format!("cannot remove {}", made.display()))?;
+        }
     }
     outcome.map(|_| code)
 }

@@ -22,13 +22,13 @@ use crate::state::ProjectLock;
 pub fn run(ctx: &Context, args: ShareArgs) -> Result<i32> {
     let ws = Workspace::load(ctx)?;
     let spec = ws.select_one(args.machine.as_deref())?;
-    let plan = ws.plan(&ctx.home, spec);
+    let plan = ws.plan(&ctx.home, spec)?;
     let record = MachineRecord::load(&plan.dir)?
         .ok_or_else(|| crate::state::Error::NotCreated { machine: spec.name.clone() })?;
     let output = args.output.clone().unwrap_or_else(|| ws.project.dir.join(format!("{}.box", spec.name)));
     let (digest, size) = {
         // Held while packing: a halt or destroy must not pull the machine away mid-copy.
-        let _lock = ProjectLock::acquire(&ws.project.state_dir, ctx.no_wait, &ctx.ui)?;
+        let _lock = ProjectLock::acquire(&ws.project.state_dir, &ws.project.dir, ctx.no_wait, &ctx.ui)?;
         pack(ctx, &plan, &record, &output)?
     };
     let summary = json!({

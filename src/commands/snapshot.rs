@@ -34,22 +34,19 @@ pub fn run(ctx: &Context, cmd: SnapshotCommand) -> Result<i32> {
         }
         SnapshotCommand::Save(args) => {
             let (machine, name) = words(&args)?;
-            let _lock = ProjectLock::acquire(&ws.project.state_dir, ctx.no_wait, &ctx.ui)?;
+            let _lock = ProjectLock::acquire(&ws.project.state_dir, &ws.project.dir, ctx.no_wait, &ctx.ui)?;
             let plan = created(ctx, &ws, machine)?;
             let provider = provider::for_kind(plan.spec.provider);
-            if provider.snapshot_list(&plan)?.iter().any(|s| s.name == name) {
-                if !args.force {
-                    bail!("machine {} already has a snapshot named {name}; pass --force to replace it", plan.name());
-                }
-                provider.snapshot_delete(&plan, name)?;
+            if !args.force && provider.snapshot_list(&plan)?.iter().any(|s| s.name == name) {
+                bail!("machine {} already has a snapshot named {name}; pass --force to replace it", plan.name());
             }
-            let info = provider.snapshot_save(&plan, name, &ctx.ui)?;
+            let info = provider.snapshot_save(&plan, name, args.force, &ctx.ui)?;
             ctx.ui.step(format!("{}: saved snapshot {name} ({}{})", plan.name(), human(info.size), if info.memory { ", with memory" } else { "" }));
             Ok(0)
         }
         SnapshotCommand::Restore(args) => {
             let (machine, name) = words(&args)?;
-            let _lock = ProjectLock::acquire(&ws.project.state_dir, ctx.no_wait, &ctx.ui)?;
+            let _lock = ProjectLock::acquire(&ws.project.state_dir, &ws.project.dir, ctx.no_wait, &ctx.ui)?;
             let plan = created(ctx, &ws, machine)?;
             let provider = provider::for_kind(plan.spec.provider);
             let known = provider.snapshot_list(&plan)?;
@@ -71,7 +68,7 @@ pub fn run(ctx: &Context, cmd: SnapshotCommand) -> Result<i32> {
         }
         SnapshotCommand::Delete(args) => {
             let (machine, name) = words(&args)?;
-            let _lock = ProjectLock::acquire(&ws.project.state_dir, ctx.no_wait, &ctx.ui)?;
+            let _lock = ProjectLock::acquire(&ws.project.state_dir, &ws.project.dir, ctx.no_wait, &ctx.ui)?;
             let plan = created(ctx, &ws, machine)?;
             let provider = provider::for_kind(plan.spec.provider);
             if !provider.snapshot_list(&plan)?.iter().any(|s| s.name == name) {
@@ -98,7 +95,7 @@ fn words(args: &SnapshotArgs) -> Result<(Option<&str>, &str)> {
 /// The machine's plan, provided it exists.
 fn created(ctx: &Context, ws: &Workspace, name: Option<&str>) -> Result<MachinePlan> {
     let spec = ws.select_one(name)?;
-    let plan = ws.plan(&ctx.home, spec);
+    let plan = ws.plan(&ctx.home, spec)?;
     if provider::for_kind(spec.provider).state(&plan)? == MachineState::NotCreated {
         return Err(crate::state::Error::NotCreated { machine: spec.name.clone() }.into());
     }

@@ -13,7 +13,7 @@ pub fn run(ctx: &Context, args: MachinesArgs) -> Result<i32> {
     let ws = Workspace::load(ctx)?;
     let mut rows = Vec::new();
     for spec in ws.select(&args.machines)? {
-        rows.push(machine_json(&ws.plan(&ctx.home, spec))?);
+        rows.push(machine_json(&ws.plan(&ctx.home, spec)?)?);
     }
     if let Some(warning) = ws.orphan_warning() {
         ctx.ui.warn(warning);

@@ -13,13 +13,13 @@ pub fn run(ctx: &Context, args: UpArgs) -> Result<i32> {
     let ws = Workspace::load(ctx)?;
     let machines = ws.select(&args.machines)?;
     crate::doctor::require_for(&machines)?;
-    let _lock = ProjectLock::acquire(&ws.project.state_dir, ctx.no_wait, &ctx.ui)?;
+    let _lock = ProjectLock::acquire(&ws.project.state_dir, &ws.project.dir, ctx.no_wait, &ctx.ui)?;
     registry::add(&ctx.home, &ws.project.dir)?;
     let lock_path = LockFile::path_for(&ws.project.dir);
     let mut lock = LockFile::load(&lock_path)?;
     let opts = UpOptions { no_provision: args.no_provision, insecure: args.insecure };
     for spec in machines {
-        let mut plan = ws.plan(&ctx.home, spec);
+        let mut plan = ws.plan(&ctx.home, spec)?;
         lifecycle::up_pinned(ctx, &mut plan, &mut lock, &lock_path, opts)?;
     }
     Ok(0)

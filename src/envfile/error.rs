@@ -15,6 +15,10 @@ pub enum Error {
     /// A problem with the lock file.
     #[error("{}: {message}", .path.display())]
     Lock { path: PathBuf, message: String },
+    /// A host path the Envfile names (sync folder, provision script) resolved to
+    /// something envy refuses, checked when it is used, not only when it is parsed.
+    #[error("{}: machine {machine}: {key} {}: {problem}", .envfile.display(), .path.display())]
+    HostPath { envfile: PathBuf, machine: String, key: &'static str, path: PathBuf, problem: String },
     /// A machine named on the command line is not in the Envfile.
     #[error("no machine named {name:?} in {}; it has: {known}", .path.display())]
     UnknownMachine { path: PathBuf, name: String, known: String },

@@ -131,6 +131,9 @@ pub struct SyncFolder {
     /// Absolute guest path.
     pub guest: String,
     pub readonly: bool,
+    /// The host path may resolve outside the project (the Envfile says so).
+    #[serde(default)]
+    pub allow_outside: bool,
 }
 
 /// One provisioning step.

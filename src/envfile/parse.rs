@@ -374,7 +374,7 @@ impl Reader<'_> {
                 self.project_dir.display()
             )));
         }
-        Ok(SyncFolder { host: host_path, guest, readonly })
+        Ok(SyncFolder { host: host_path, guest, readonly, allow_outside })
     }
 
     fn provision(&self, value: &Spanned<toml::Value>) -> Result<ProvisionStep, Error> {
@@ -385,6 +385,12 @@ impl Reader<'_> {
                 Some((k, toml::Value::String(s))) if k == "shell" => Ok(ProvisionStep::Shell(s.clone())),
                 Some((k, toml::Value::String(s))) if k == "script" => {
                     let path = normalize(&self.project_dir.join(s));
+                    if !path.starts_with(self.project_dir) {
+                        return Err(self.error(span, format!(
+                            "provision script {s:?} is outside the project {}; keep provision scripts in the project",
+                            self.project_dir.display()
+                        )));
+                    }
                     if !path.is_file() {
                         return Err(self.error(span, format!("provision script {} does not exist", path.display())));
                     }

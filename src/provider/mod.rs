@@ -118,7 +118,8 @@ pub trait Provider {
     /// disks, keys) except its record dir, which the caller removes.
     fn destroy(&self, machine: &MachinePlan, ui: &Ui) -> Result<()>;
 
-    fn snapshot_save(&self, machine: &MachinePlan, name: &str, ui: &Ui) -> Result<SnapshotInfo>;
+    /// Saves a snapshot; with `replace` one of the same name is replaced.
+    fn snapshot_save(&self, machine: &MachinePlan, name: &str, replace: bool, ui: &Ui) -> Result<SnapshotInfo>;
     fn snapshot_restore(&self, machine: &MachinePlan, name: &str, ui: &Ui) -> Result<()>;
     fn snapshot_list(&self, machine: &MachinePlan) -> Result<Vec<SnapshotInfo>>;
     fn snapshot_delete(&self, machine: &MachinePlan, name: &str) -> Result<()>;

@@ -1,20 +1,28 @@
-//! Small file helpers every record writer uses: atomic replace and private files.
+//! Small file helpers for envy's own state and for host paths an Envfile names:
+//! atomic replace, private files and dirs, and opening paths without following
+//! symlinks a guest could have planted (openat2's RESOLVE_* flags).
 
 use std::fs;
 use std::io::Write;
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Component, Path};
 
 use anyhow::{Context as _, Result};
+use nix::errno::Errno;
+use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::Mode;
 
 /// Writes `data` to `path` atomically: a temp file in the same folder, fsync, rename.
 /// A reader sees the old or the new content, never a mix; a crash leaves the old one.
+/// The rename replaces a symlink at `path` rather than writing through it; the file
+/// is 0600, as everything in envy's state is private.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut tmp = tempfile::Builder::new()
         .prefix(".tmp-")
-        .permissions(fs::Permissions::from_mode(0o644))
+        .permissions(fs::Permissions::from_mode(0o600))
         .tempfile_in(dir)
         .with_context(|| format!("cannot write in {}", dir.display()))?;
     tmp.write_all(data)
@@ -25,13 +33,142 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Creates (or truncates) a file only its owner can read, for secrets written by tools.
+/// Creates (or truncates) a file only its owner can read, never through a symlink.
 pub fn create_private(path: &Path) -> Result<fs::File> {
     fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)
         .with_context(|| format!("cannot create {}", path.display()))
+}
+
+/// Reads a file of envy's state, refusing a symlink in its place. None when absent.
+pub fn read_private(path: &Path) -> Result<Option<Vec<u8>>> {
+    let opened = fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path);
+    match opened {
+        Ok(mut file) => {
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut file, &mut data).with_context(|| format!("cannot read {}", path.display()))?;
+            Ok(Some(data))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {} (envy never reads its state through a symlink)", path.display())),
+    }
+}
+
+/// Creates `dir` (and its parents) and makes it 0700. `dir` itself must not be a symlink.
+pub fn create_private_dir(dir: &Path) -> Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let meta = fs::symlink_metadata(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+    if !meta.is_dir() {
+        anyhow::bail!(
+            "{} is not a folder (a symlink or a file stands there); envy never follows a symlink in its state: remove it and try again",
+            dir.display()
+        );
+    }
+    if meta.permissions().mode() & 0o777 != 0o700 {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).with_context(|| format!("cannot make {} private", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// How a path below a root may be resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Follow {
+    /// Symlinks are followed as long as every step stays below the root (an absolute
+    /// link, or `..` past the root, fails with EXDEV).
+    BelowRoot,
+    /// No symlink anywhere below the root.
+    Never,
+}
+
+/// Opens `path`, which must lie below `root`, resolving it only below `root`: the
+/// kernel refuses any step (a symlink, `..`) that would leave it. The root itself is
+/// opened as named. The fd is O_PATH (good for mounting, fstat and reopening through
+/// /proc/self/fd) and close-on-exec.
+pub fn open_below(root: &Path, path: &Path, follow: Follow) -> Result<OwnedFd, Errno> {
+    let rel = path.strip_prefix(root).map_err(|_| Errno::EXDEV)?;
+    if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
+        return Err(Errno::EXDEV);
+    }
+    let root_fd = nix::fcntl::open(root, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())?;
+    // SAFETY: `open` just returned this fd and nothing else owns it.
+    let root_fd = unsafe { OwnedFd::from_raw_fd(root_fd) };
+    let rel = if rel.as_os_str().is_empty() { Path::new(".") } else { rel };
+    let resolve = match follow {
+        Follow::BelowRoot => ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+        Follow::Never => ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS,
+    };
+    let how = OpenHow::new().flags(OFlag::O_PATH | OFlag::O_CLOEXEC).resolve(resolve);
+    let fd = openat2(std::os::fd::AsRawFd::as_raw_fd(&root_fd), rel, how)?;
+    // SAFETY: `openat2` just returned this fd and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Reads a whole file through an fd from `open_below`, up to `limit` bytes.
+/// Only a regular file is opened: a FIFO or device planted in its place would block
+/// or read forever.
+pub fn read_fd(fd: &OwnedFd, path: &Path, limit: u64) -> Result<Vec<u8>> {
+    let meta = nix::sys::stat::fstat(std::os::fd::AsRawFd::as_raw_fd(fd)).with_context(|| format!("cannot read {}", path.display()))?;
+    match meta.st_mode & libc::S_IFMT {
+        libc::S_IFREG => {}
+        libc::S_IFDIR => anyhow::bail!("{} is a directory, not a file", path.display()),
+        _ => anyhow::bail!("{} is not a regular file (a FIFO, socket or device); envy reads only regular files", path.display()),
+    }
+    if meta.st_size as u64 > limit {
+        anyhow::bail!("{} is {} bytes; the limit is {limit}", path.display(), meta.st_size);
+    }
+    let proc_path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(fd));
+    let file = fs::File::open(&proc_path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut data = Vec::with_capacity(meta.st_size as usize);
+    std::io::Read::read_to_end(&mut std::io::Read::take(file, limit), &mut data).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn open_below_refuses_links_out_and_follows_links_within() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("project");
+        fs::create_dir_all(root.join("data")).unwrap();
+        fs::write(root.join("data/f"), "x").unwrap();
+        symlink("/etc", root.join("abs")).unwrap();
+        symlink("../..", root.join("data/up")).unwrap();
+        symlink("data", root.join("within")).unwrap();
+
+        assert!(open_below(&root, &root, Follow::Never).is_ok());
+        assert!(open_below(&root, &root.join("data/f"), Follow::Never).is_ok());
+        assert_eq!(open_below(&root, &root.join("abs"), Follow::BelowRoot).unwrap_err(), Errno::EXDEV);
+        assert_eq!(open_below(&root, &root.join("data/up"), Follow::BelowRoot).unwrap_err(), Errno::EXDEV);
+        assert_eq!(open_below(&root, &root.join("../etc"), Follow::BelowRoot).unwrap_err(), Errno::EXDEV);
+        assert!(open_below(&root, &root.join("within/f"), Follow::BelowRoot).is_ok());
+        assert_eq!(open_below(&root, &root.join("within/f"), Follow::Never).unwrap_err(), Errno::ELOOP);
+        assert_eq!(open_below(&root, &root.join("nothing"), Follow::Never).unwrap_err(), Errno::ENOENT);
+    }
+
+    #[test]
+    fn private_files_never_go_through_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target");
+        fs::write(&target, "keep").unwrap();
+        let link = dir.path().join("link");
+        symlink(&target, &link).unwrap();
+        assert!(create_private(&link).is_err());
+        assert!(read_private(&link).is_err());
+        assert_eq!(read_private(&dir.path().join("absent")).unwrap(), None);
+        write_atomic(&link, b"new").unwrap();
+        assert_eq!(fs::read_to_string(&target).unwrap(), "keep", "rename replaced the link, not its target");
+        assert_eq!(fs::symlink_metadata(&link).unwrap().permissions().mode() & 0o777, 0o600);
+
+        let dir_link = dir.path().join("dirlink");
+        symlink(dir.path(), &dir_link).unwrap();
+        assert!(create_private_dir(&dir_link).is_err());
+    }
 }

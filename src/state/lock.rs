@@ -3,6 +3,7 @@
 
 use std::fs::File;
 use std::io::{Read, Seek, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use anyhow::{Context as _, Result};
@@ -16,10 +17,9 @@ pub struct ProjectLock {
 }
 
 impl ProjectLock {
-    /// Takes `.envy/lock` in `state_dir`.
-    pub fn acquire(state_dir: &Path, no_wait: bool, ui: &Ui) -> Result<ProjectLock> {
-        std::fs::create_dir_all(state_dir)
-            .with_context(|| format!("cannot create {}", state_dir.display()))?;
+    /// Takes `lock` in `state_dir`, the state of the project in `project_dir`.
+    pub fn acquire(state_dir: &Path, project_dir: &Path, no_wait: bool, ui: &Ui) -> Result<ProjectLock> {
+        super::create_private_dir(state_dir)?;
         let path = state_dir.join("lock");
         let open = || {
             std::fs::OpenOptions::new()
@@ -27,6 +27,8 @@ impl ProjectLock {
                 .write(true)
                 .create(true)
                 .truncate(false)
+                .custom_flags(libc::O_NOFOLLOW)
+                .mode(0o600)
                 .open(&path)
                 .with_context(|| format!("cannot open {}", path.display()))
         };
@@ -34,7 +36,7 @@ impl ProjectLock {
             Ok(lock) => lock,
             Err((file, _)) => {
                 let holder = read_holder(file);
-                let project = state_dir.parent().unwrap_or(state_dir).to_path_buf();
+                let project = project_dir.to_path_buf();
                 if no_wait {
                     return Err(super::Error::Busy { project, holder }.into());
                 }

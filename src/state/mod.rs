@@ -1,5 +1,5 @@
-//! What envy remembers between commands, and how it stays honest: the project's
-//! `.envy/` records (versioned, written atomically), the per-project lock, and
+//! What envy remembers between commands, and how it stays honest: each project's
+//! records under `$ENVY_HOME/projects/` (versioned, written atomically), the per-project lock, and
 //! pid files tied to the boot id so a record from before a reboot reads as stale.
 
 mod fsutil;
@@ -8,7 +8,7 @@ mod pidfile;
 pub mod record;
 pub mod registry;
 
-pub use fsutil::{create_private, write_atomic};
+pub use fsutil::{create_private, create_private_dir, open_below, read_fd, read_private, write_atomic, Follow};
 pub use lock::ProjectLock;
 pub use pidfile::{boot_id, PidFile};
 

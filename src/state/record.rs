@@ -1,4 +1,4 @@
-//! A machine's record in `.envy/machines/<name>/machine.json`: what envy decided
+//! A machine's record in `<state dir>/machines/<name>/machine.json`: what envy decided
 //! for it (box digest, provider, final ports). Whether it runs is never read from
 //! here; providers ask the processes.
 
@@ -35,12 +35,8 @@ impl MachineRecord {
     /// The record, or None when the machine was never created.
     pub fn load(machine_dir: &Path) -> Result<Option<MachineRecord>> {
         let path = Self::path(machine_dir);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        let record: MachineRecord = serde_json::from_str(&text).map_err(|e| super::Error::BadRecord {
+        let Some(bytes) = super::read_private(&path)? else { return Ok(None) };
+        let record: MachineRecord = serde_json::from_slice(&bytes).map_err(|e| super::Error::BadRecord {
             path: path.clone(),
             message: format!("unreadable ({e}); `envy destroy` removes it"),
         })?;

@@ -16,9 +16,18 @@ fn with_locked<T>(home: &Home, f: impl FnOnce(&mut BTreeSet<PathBuf>) -> T) -> R
     let file = File::create(&lock_path).with_context(|| format!("cannot open {}", lock_path.display()))?;
     let _lock = Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| e)?;
     let path = home.projects_file();
+    // A registry that cannot be read is an error, never an empty list: `box prune`
+    // keeps what the listed projects pin, so reading it as empty would delete their boxes.
     let mut set: BTreeSet<PathBuf> = match std::fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
-        Err(_) => BTreeSet::new(),
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| super::Error::BadRecord {
+            path: path.clone(),
+            message: format!(
+                "is damaged ({e}); fix it by hand (a JSON list of project folders), or delete it \
+                 and run `envy up` in each of your projects to list them again"
+            ),
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeSet::new(),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
     let before = set.clone();
     let out = f(&mut set);
@@ -42,10 +51,8 @@ pub fn remove(home: &Home, project_dir: &Path) -> Result<()> {
     })
 }
 
-/// Every remembered project folder that still exists.
+/// Every remembered project folder. A folder deleted while its machines exist stays
+/// listed (its state lives in ENVY_HOME), until `envy destroy` forgets it.
 pub fn projects(home: &Home) -> Result<Vec<PathBuf>> {
-    with_locked(home, |set| {
-        set.retain(|p| p.join(".envy").is_dir());
-        set.iter().cloned().collect()
-    })
+    with_locked(home, |set| set.iter().cloned().collect())
 }

@@ -54,6 +54,16 @@ impl TestEnv {
         cmd
     }
 
+    /// envy's state for the project (under ENVY_HOME, out of every machine's reach).
+    pub fn state_dir(&self) -> PathBuf {
+        envy::plan::Project::state_dir_for(&envy::context::Home::at(&self.home), &self.project)
+    }
+
+    /// A machine's dir in the project's state.
+    pub fn machine_dir(&self, name: &str) -> PathBuf {
+        self.state_dir().join("machines").join(name)
+    }
+
     /// Directory names in `$ENVY_HOME/boxes` (stored boxes and any leftovers).
     pub fn store_entries(&self) -> Vec<String> {
         list_dir(&self.home.join("boxes"))

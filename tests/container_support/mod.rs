@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 #[path = "../common/mod.rs"]
-mod common;
+pub mod common;
 
 use std::collections::BTreeMap;
 use std::io::{Read as _, Write as _};
@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use envy::boxes::{ContainerPayload, Manifest, StoredBox};
+use envy::boxes::{BoxSource, Store, StoredBox};
 use envy::context::Home;
 use envy::envfile::{BoxRef, Envfile, Forward, MachineSpec, Protocol, ProviderKind, SyncFolder};
 use envy::plan::{MachinePlan, Project};
@@ -61,9 +61,8 @@ pub fn forward(host_port: u16, guest_port: u16) -> Forward {
 
 /// One test's world: home, box, project; destroys its machines when dropped.
 pub struct Fixture {
-    /// Owned by the test that made the world; `None` in the exec helper process,
-    /// which then leaves the machines alone when dropped.
-    pub tmp: Option<tempfile::TempDir>,
+    /// The test's temp dir: home, box, project.
+    pub tmp: tempfile::TempDir,
     pub home: Home,
     pub project_dir: PathBuf,
     pub envfile: Envfile,
@@ -79,44 +78,27 @@ impl Fixture {
     pub fn new(machines: &[(&str, Vec<Forward>)]) -> Fixture {
         require_host();
         let tmp = tempfile::Builder::new().prefix("envy-ct-").tempdir().unwrap();
-        let box_dir = tmp.path().join("box");
-        common::busybox_rootfs(&box_dir.join("rootfs"));
+        let home = Home::at(tmp.path().join("home"));
+        // A real box in the real store, as `envy up` would use it.
+        let rootfs = tmp.path().join("rootfs");
+        common::busybox_rootfs(&rootfs);
+        let tarball = tmp.path().join("busybox.tar");
+        envy::boxes::pack_rootfs_dir(&rootfs, &tarball).unwrap();
+        let source = BoxSource::from_ref(&BoxRef::Path { path: tarball, sha256: None }, None, Some(ProviderKind::Container));
+        let stored = Store::open(&home).unwrap().ensure(&source, &quiet_ui()).unwrap();
         let project_dir = tmp.path().join("project");
         std::fs::create_dir_all(&project_dir).unwrap();
-        let mut fixture = Fixture::at(tmp.path().join("home"), &project_dir, machines, box_dir);
-        fixture.tmp = Some(tmp);
-        fixture
-    }
-
-    /// The same world rebuilt from its paths (for the exec helper process).
-    fn at(home: PathBuf, project_dir: &Path, machines: &[(&str, Vec<Forward>)], box_dir: PathBuf) -> Fixture {
         let envfile = Envfile {
             path: project_dir.join("Envfile"),
-            project_dir: project_dir.to_path_buf(),
-            machines: machines.iter().map(|(name, forwards)| spec(name, project_dir, forwards.clone())).collect(),
-        };
-        let project = Project::new(&envfile);
-        let stored = StoredBox {
-            digest: "0".repeat(64),
-            dir: box_dir,
-            manifest: Manifest {
-                format: 1,
-                name: "busybox-test".into(),
-                version: "1".into(),
-                arch: "x86_64".into(),
-                providers: vec![ProviderKind::Container],
-                container: Some(ContainerPayload { rootfs: "rootfs.tar".into() }),
-                qemu: None,
-                files: BTreeMap::new(),
-                envfile: None,
-            },
+            project_dir: project_dir.clone(),
+            machines: machines.iter().map(|(name, forwards)| spec(name, &project_dir, forwards.clone())).collect(),
         };
         Fixture {
-            tmp: None,
-            home: Home::at(home),
-            project_dir: project_dir.to_path_buf(),
+            project: Project::new(&home, &envfile),
+            tmp,
+            home,
+            project_dir,
             envfile,
-            project,
             stored,
             provider: ContainerProvider::new(),
             ui: quiet_ui(),
@@ -124,7 +106,7 @@ impl Fixture {
     }
 
     pub fn root(&self) -> &Path {
-        self.tmp.as_ref().expect("the test's own fixture").path()
+        self.tmp.path()
     }
 
     pub fn plan(&self, name: &str) -> MachinePlan {
@@ -200,9 +182,6 @@ impl Fixture {
 
 impl Drop for Fixture {
     fn drop(&mut self) {
-        if self.tmp.is_none() {
-            return;
-        }
         for spec in &self.envfile.machines {
             if let Err(e) = self.provider.destroy(&MachinePlan::new(&self.home, &self.project, &self.envfile, spec), &self.ui) {
                 eprintln!("cleanup: destroying {} failed: {e:#}", spec.name);
@@ -222,7 +201,7 @@ fn spec(name: &str, project_dir: &Path, forwards: Vec<Forward>) -> MachineSpec {
         accel: None,
         env: BTreeMap::from([("ENVY_TEST".to_string(), "yes".to_string())]),
         forwards,
-        sync: vec![SyncFolder { host: project_dir.to_path_buf(), guest: "/project".into(), readonly: false }],
+        sync: vec![SyncFolder { host: project_dir.to_path_buf(), guest: "/project".into(), readonly: false, allow_outside: false }],
         provision: Vec::new(),
     }
 }

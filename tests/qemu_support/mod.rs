@@ -72,7 +72,7 @@ impl TestMachine {
         let id = project_id(&project_dir);
         let project = Project {
             envfile: project_dir.join("Envfile"),
-            state_dir: project_dir.join(".envy"),
+            state_dir: Project::state_dir_for(&home, &project_dir),
             id: id.clone(),
             dir: project_dir.clone(),
         };
@@ -87,7 +87,7 @@ impl TestMachine {
             env: BTreeMap::from([("ENVY_TEST".to_string(), "from the Envfile".to_string())]),
             forwards: forwards.clone(),
             sync: if sync {
-                vec![SyncFolder { host: project_dir.clone(), guest: "/project".into(), readonly: false }]
+                vec![SyncFolder { host: project_dir.clone(), guest: "/project".into(), readonly: false, allow_outside: false }]
             } else {
                 vec![]
             },

@@ -2,7 +2,7 @@
 //! defaults for mounts, masked paths and devices, plus envy's process, namespaces,
 //! sync folders, hosts/resolv.conf and limits), and the generated network files.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
 use oci_spec::runtime::{
@@ -12,6 +12,7 @@ use oci_spec::runtime::{
 
 use super::layout::Layout;
 use super::network::{self, MachineNet};
+use crate::envfile::SyncFolder;
 use crate::plan::MachinePlan;
 
 /// The init process: PID 1 of the container keeps it up, reaps orphans (the shell
@@ -62,11 +63,20 @@ pub fn hosts_file(plan: &MachinePlan, net: &MachineNet) -> Result<String> {
     Ok(text)
 }
 
+/// Where runc mounts the sync folders from: mount points in the machine dir that hold
+/// the folders as they were opened, and read-only files laid over their guest paths.
+#[derive(Debug, Default)]
+pub struct SyncSources {
+    pub folders: Vec<(PathBuf, SyncFolder)>,
+    /// (mount point, guest path) of project files a guest must not rewrite.
+    pub guarded: Vec<(PathBuf, String)>,
+}
+
 /// Writes hosts, resolv.conf and config.json into the machine dir.
-pub fn write(plan: &MachinePlan, layout: &Layout, net: &MachineNet) -> Result<()> {
+pub fn write(plan: &MachinePlan, layout: &Layout, net: &MachineNet, sync: &SyncSources) -> Result<()> {
     crate::state::write_atomic(&layout.hosts(), hosts_file(plan, net)?.as_bytes())?;
     crate::state::write_atomic(&layout.resolv_conf(), format!("nameserver {}\n", network::DNS).as_bytes())?;
-    let spec = spec(plan, layout, net)?;
+    let spec = spec(plan, layout, net, sync)?;
     let json = serde_json::to_vec_pretty(&spec)?;
     crate::state::write_atomic(&layout.config(), &json)
 }
@@ -84,7 +94,7 @@ fn bind(source: &Path, destination: &str, readonly: bool) -> Result<oci_spec::ru
         .build()?)
 }
 
-fn spec(plan: &MachinePlan, layout: &Layout, net: &MachineNet) -> Result<Spec> {
+fn spec(plan: &MachinePlan, layout: &Layout, net: &MachineNet, sync: &SyncSources) -> Result<Spec> {
     let caps: oci_spec::runtime::Capabilities = CAPABILITIES.into_iter().collect();
     let capabilities = LinuxCapabilitiesBuilder::default()
         .bounding(caps.clone())
@@ -101,8 +111,11 @@ fn spec(plan: &MachinePlan, layout: &Layout, net: &MachineNet) -> Result<Spec> {
         .build()?;
 
     let mut mounts = oci_spec::runtime::get_default_mounts();
-    for folder in &plan.spec.sync {
-        mounts.push(bind(&folder.host, &folder.guest, folder.readonly)?);
+    for (source, folder) in &sync.folders {
+        mounts.push(bind(source, &folder.guest, folder.readonly)?);
+    }
+    for (source, guest) in &sync.guarded {
+        mounts.push(bind(source, guest, true)?);
     }
     mounts.push(bind(&layout.hosts(), "/etc/hosts", true)?);
     mounts.push(bind(&layout.resolv_conf(), "/etc/resolv.conf", true)?);

@@ -1,4 +1,4 @@
-//! Where a container machine keeps its files inside `.envy/machines/<name>/`.
+//! Where a container machine keeps its files inside its machine dir.
 
 use std::path::{Path, PathBuf};
 
@@ -53,19 +53,24 @@ impl Layout {
     pub fn upper_old(&self) -> PathBuf {
         self.dir.join("upper.old")
     }
-    /// The box rootfs (lower layer) the machine was created on, so commands that get
-    /// no box (snapshot restore) can mount the overlay again.
-    pub fn lower_record(&self) -> PathBuf {
-        self.dir.join("lower")
+    /// The digest of the box the machine was created on: commands that get no box
+    /// (snapshot restore) find its rootfs in the store by it.
+    pub fn box_record(&self) -> PathBuf {
+        self.dir.join("box")
+    }
+    /// Mount points of the sync folders (bind mounts of the opened host folders).
+    pub fn sync_stage(&self) -> PathBuf {
+        self.dir.join("sync")
     }
 
     /// Every file and dir this provider creates, for removal on destroy.
-    pub fn owned(&self) -> [PathBuf; 11] {
+    pub fn owned(&self) -> [PathBuf; 12] {
         [
             self.upper(),
+            self.box_record(),
             self.restore_tmp(),
             self.upper_old(),
-            self.lower_record(),
+            self.sync_stage(),
             self.work(),
             self.rootfs(),
             self.config(),

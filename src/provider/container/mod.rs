@@ -70,12 +70,12 @@ impl<'a> Machine<'a> {
         self.plan.name()
     }
 
-    /// Running needs the container running, slirp4netns alive and the machine's
-    /// namespace present; cheap checks only (one runc call), as every command asks.
+    /// Running is the container running, as runc says (one runc call, as every command
+    /// asks). A broken network (slirp4netns killed) does not stop the machine: commands
+    /// still work in it, and `envy up` repairs the network without restarting it.
     fn state(&self) -> Result<MachineState> {
         let container = self.runc.state(self.id())?;
-        let running = container.as_ref().is_some_and(|c| c.status == Status::Running);
-        if running && self.project.is_up()? && self.net.exists()? {
+        if container.as_ref().is_some_and(|c| c.status == Status::Running) {
             return Ok(MachineState::Running);
         }
         if container.is_some() || self.layout.exists() {
@@ -94,25 +94,29 @@ impl<'a> Machine<'a> {
         }
     }
 
-    /// The lower layer recorded at the last `up`.
+    /// The box rootfs the machine was created on, found in the store by the digest
+    /// recorded at `up` (never from a path a file could name), for restore.
     fn recorded_lower(&self) -> Result<PathBuf> {
-        let path = self.layout.lower_record();
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("cannot read {}; run `envy up {}` to recreate it", path.display(), self.name()))?;
-        Ok(PathBuf::from(text.trim_end_matches('\n')))
+        let path = self.layout.box_record();
+        let digest = crate::state::read_private(&path)?
+            .ok_or_else(|| crate::state::Error::NotCreated { machine: self.name().into() })?;
+        let digest = crate::boxes::parse_sha256(String::from_utf8_lossy(&digest).trim())
+            .map_err(|e| crate::state::Error::BadRecord { path, message: format!("{e}; run `envy up {}` to write it again", self.name()) })?;
+        crate::boxes::Store::open(&self.plan.home)?.get(&digest)?.rootfs()
     }
 
-    /// Mounts the overlay (unless mounted), writes the bundle and runs the container.
+    /// Mounts the overlay (unless mounted) and the sync folders, writes the bundle and
+    /// runs the container.
     fn start_container(&self, lower: &Path) -> Result<()> {
         check_lower(lower)?;
         for dir in [self.layout.upper(), self.layout.work(), self.layout.rootfs()] {
-            std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            crate::state::create_private_dir(&dir)?;
         }
-        crate::state::write_atomic(&self.layout.lower_record(), format!("{}\n", lower.display()).as_bytes())?;
         if !overlay::is_mounted(&self.layout.rootfs())? {
             overlay::mount_overlay(lower, &self.layout.upper(), &self.layout.work(), &self.layout.rootfs())?;
         }
-        bundle::write(self.plan, &self.layout, &self.net)?;
+        let sources = self.stage_sync_folders()?;
+        bundle::write(self.plan, &self.layout, &self.net, &sources)?;
         self.runc.run_detached(self.id(), self.layout.dir(), &self.layout.log())?;
         match self.runc.state(self.id())? {
             Some(c) if c.status == Status::Running => Ok(()),
@@ -123,6 +127,49 @@ impl<'a> Machine<'a> {
             }
             .into()),
         }
+    }
+
+    /// Bind-mounts each sync folder, opened by fd (see `MachinePlan::open_sync_folders`),
+    /// onto a mount point in the machine dir, and the project's Envfile and
+    /// Envfile.lock read-only over their place in a writable sync: runc then mounts
+    /// these, which no guest can swap, and a guest cannot rewrite the Envfile that
+    /// decides what the host shares with it. Returns the bundle's mount sources.
+    fn stage_sync_folders(&self) -> Result<bundle::SyncSources> {
+        let staging = self.layout.sync_stage();
+        overlay::unmount_all(&staging)?;
+        if staging.exists() {
+            std::fs::remove_dir_all(&staging).with_context(|| format!("cannot clear {}", staging.display()))?;
+        }
+        crate::state::create_private_dir(&staging)?;
+        let mut sources = bundle::SyncSources::default();
+        for (i, opened) in self.plan.open_sync_folders()?.iter().enumerate() {
+            let point = staging.join(i.to_string());
+            overlay::bind_mount(&opened.proc_path(), &point, opened.is_dir)?;
+            sources.folders.push((point, opened.folder.clone()));
+        }
+        let project = &self.plan.project;
+        let guarded = [project.envfile.clone(), crate::envfile::lock::LockFile::path_for(&project.dir)];
+        for (i, file) in guarded.iter().enumerate() {
+            let Some((folder, rel)) = sources.folders.iter().find_map(|(_, f)| {
+                (!f.readonly).then(|| file.strip_prefix(&f.host).ok().map(|rel| (f, rel))).flatten()
+            }) else { continue };
+            let opened = match crate::state::open_below(&project.dir, file, crate::state::Follow::Never) {
+                Ok(fd) => fd,
+                Err(nix::errno::Errno::ENOENT) => continue,
+                Err(e) => bail!(crate::envfile::Error::HostPath {
+                    envfile: project.envfile.clone(),
+                    machine: self.name().into(),
+                    key: "project file",
+                    path: file.clone(),
+                    problem: format!("cannot be opened without following a symlink ({e}); put the real file back"),
+                }),
+            };
+            let point = staging.join(format!("guard-{i}"));
+            let proc_path = PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&opened)));
+            overlay::bind_mount(&proc_path, &point, false)?;
+            sources.guarded.push((point, format!("{}/{}", folder.guest.trim_end_matches('/'), rel.display())));
+        }
+        Ok(sources)
     }
 
     /// Stops and deletes the container (if any), then unmounts its root filesystem.
@@ -217,6 +264,8 @@ impl Provider for ContainerProvider {
         let m = Machine::of(plan)?;
         let lower = stored.rootfs()?;
         check_lower(&lower)?;
+        crate::state::create_private_dir(m.layout.dir())?;
+        crate::state::write_atomic(&m.layout.box_record(), stored.digest.as_bytes())?;
         let container = m.runc.state(m.id())?;
         m.project.ensure()?;
         let intact = m.net.is_intact(&m.project)?;
@@ -305,8 +354,8 @@ impl Provider for ContainerProvider {
         m.remove_files()
     }
 
-    fn snapshot_save(&self, plan: &MachinePlan, name: &str, ui: &Ui) -> Result<SnapshotInfo> {
-        snapshot::save(&Machine::of(plan)?, name, ui)
+    fn snapshot_save(&self, plan: &MachinePlan, name: &str, replace: bool, ui: &Ui) -> Result<SnapshotInfo> {
+        snapshot::save(&Machine::of(plan)?, name, replace, ui)
     }
 
     fn snapshot_restore(&self, plan: &MachinePlan, name: &str, ui: &Ui) -> Result<()> {

@@ -147,10 +147,6 @@ impl ProjectNet {
         self.slirp().alive()
     }
 
-    pub fn is_up(&self) -> Result<bool> {
-        Ok(netns_exists(&self.netns)? && self.slirp_pid().is_some())
-    }
-
     /// Creates whatever is missing: the namespace, the bridge, a live slirp4netns.
     pub fn ensure(&self) -> Result<()> {
         ensure_netns(&self.netns)?;
@@ -362,11 +358,6 @@ impl MachineNet {
     /// The namespace file the container joins.
     pub fn netns_path(&self) -> PathBuf {
         netns_path(&self.netns)
-    }
-
-    /// Whether the machine's namespace exists (not whether it is fully wired).
-    pub fn exists(&self) -> Result<bool> {
-        netns_exists(&self.netns)
     }
 
     /// Whether the namespace, its veth on the bridge and its address are all there.

@@ -75,6 +75,21 @@ pub fn mount_overlay(lower: &Path, upper: &Path, work: &Path, merged: &Path) -> 
     Ok(())
 }
 
+/// Bind-mounts `source` (a `/proc/self/fd/N` of an opened folder or file) onto a new
+/// mount point `point`, a dir or an empty file to match.
+pub fn bind_mount(source: &Path, point: &Path, is_dir: bool) -> Result<()> {
+    let made = if is_dir {
+        std::fs::create_dir(point)
+    } else {
+        std::fs::OpenOptions::new().write(true).create_new(true).open(point).map(drop)
+    };
+    made.with_context(|| format!("cannot create the mount point {}", point.display()))?;
+    mount(Some(source), point, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>).map_err(|e| {
+        Error::Other(format!("cannot bind-mount a sync folder at {}: {e}; check that envy runs as root", point.display()))
+    })?;
+    Ok(())
+}
+
 /// Unmounts every mount at or below `dir`, lazily when one is busy, and checks that
 /// none is left, so a following removal never reaches through a mount.
 pub fn unmount_all(dir: &Path) -> Result<()> {

@@ -1,6 +1,9 @@
 //! Container snapshots and export. A snapshot is the machine's upper layer, so its
 //! cost grows with what the machine changed, never with the box: a zstd tar of
-//! upper/ (overlay whiteouts and opaque-dir xattrs kept) plus a JSON sidecar.
+//! upper/ (overlay whiteouts and opaque-dir xattrs kept), named by its sha256, plus a
+//! JSON record that names it. The record is the commit point: a new snapshot is
+//! written whole before its record replaces the old one, and an archive is checked
+//! against the digest in its record before it is unpacked.
 //! Export flattens box + layer into the `rootfs.tar` a shared box carries.
 
 use std::path::{Path, PathBuf};
@@ -14,8 +17,8 @@ use crate::provider::tool;
 use crate::provider::{Error, MachineState, SnapshotInfo};
 use crate::ui::Ui;
 
-/// Sidecar format version.
-const FORMAT: u32 = 1;
+/// Record format version (2: archives named by digest, digest checked on restore).
+const FORMAT: u32 = 2;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Sidecar {
@@ -23,10 +26,14 @@ struct Sidecar {
     name: String,
     created: u64,
     size: u64,
+    /// sha256 of the archive, which is `<sha256>.tar.zst` beside the record.
+    sha256: String,
 }
 
-fn archive_path(layout: &Layout, name: &str) -> PathBuf {
-    layout.snapshots().join(format!("{name}.tar.zst"))
+impl Sidecar {
+    fn archive(&self, layout: &Layout) -> PathBuf {
+        layout.snapshots().join(format!("{}.tar.zst", self.sha256))
+    }
 }
 
 fn sidecar_path(layout: &Layout, name: &str) -> PathBuf {
@@ -59,40 +66,59 @@ fn frozen<T>(m: &Machine, work: impl FnOnce() -> Result<T>) -> Result<T> {
     result
 }
 
-pub fn save(m: &Machine, name: &str, ui: &Ui) -> Result<SnapshotInfo> {
+/// Saves a snapshot; with `replace` an existing one of that name is replaced only once
+/// the new one is whole (a full disk leaves the old one as it was).
+pub fn save(m: &Machine, name: &str, replace: bool, ui: &Ui) -> Result<SnapshotInfo> {
     crate::provider::check_snapshot_name(name)?;
     if !m.layout.exists() {
         return Err(missing_machine(m));
     }
-    let archive = archive_path(&m.layout, name);
-    if archive.exists() {
+    let old = read_sidecar(&m.layout, name)?;
+    if old.is_some() && !replace {
         bail!(Error::Other(format!(
             "machine {} already has a snapshot named {name}; delete it first (`envy snapshot delete {name}`) or save with --force",
             m.name()
         )));
     }
-    std::fs::create_dir_all(m.layout.snapshots())?;
+    crate::state::create_private_dir(&m.layout.snapshots())?;
     let partial = m.layout.snapshots().join(format!(".{name}.partial"));
     ui.step(format!("{}: saving snapshot {name}", m.name()));
     let saved = frozen(m, || {
+        let file = crate::state::create_private(&partial)?;
+        drop(file);
         tool::run(
             layer_tar().arg("--create").arg("--file").arg(&partial).arg("--directory").arg(m.layout.upper()).arg("."),
             &format!("saving snapshot {name} of machine {}", m.name()),
-        )
-        .map_err(anyhow::Error::from)
+        )?;
+        Ok(crate::boxes::sha256_file(&partial)?)
     });
-    if let Err(e) = saved {
-        let _ = std::fs::remove_file(&partial);
-        return Err(e);
-    }
-    std::fs::rename(&partial, &archive).with_context(|| format!("cannot move the snapshot into {}", archive.display()))?;
+    let sha256 = match saved {
+        Ok(digest) => digest,
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e);
+        }
+    };
     let sidecar = Sidecar {
         format: FORMAT,
         name: name.to_string(),
         created: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
-        size: std::fs::metadata(&archive)?.len(),
+        size: std::fs::metadata(&partial)?.len(),
+        sha256,
     };
-    crate::state::write_atomic(&sidecar_path(&m.layout, name), serde_json::to_string_pretty(&sidecar)?.as_bytes())?;
+    let committed = std::fs::rename(&partial, sidecar.archive(&m.layout))
+        .with_context(|| format!("cannot move the snapshot into {}", m.layout.snapshots().display()))
+        .and_then(|()| crate::state::write_atomic(&sidecar_path(&m.layout, name), serde_json::to_string_pretty(&sidecar)?.as_bytes()));
+    if let Err(e) = committed {
+        let _ = std::fs::remove_file(&partial);
+        if old.as_ref().is_none_or(|o| o.sha256 != sidecar.sha256) {
+            let _ = std::fs::remove_file(sidecar.archive(&m.layout));
+        }
+        return Err(e);
+    }
+    if let Some(old) = old.filter(|o| o.sha256 != sidecar.sha256) {
+        remove_archive_unless_used(&m.layout, &old)?;
+    }
     Ok(info(&sidecar))
 }
 
@@ -100,38 +126,69 @@ fn info(sidecar: &Sidecar) -> SnapshotInfo {
     SnapshotInfo { name: sidecar.name.clone(), created: sidecar.created, size: sidecar.size, memory: false }
 }
 
-fn read_sidecar(path: &Path) -> Result<Sidecar> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let sidecar: Sidecar = serde_json::from_str(&text).with_context(|| format!("{} is not a snapshot record", path.display()))?;
+/// The record of snapshot `name`, None when there is none.
+fn read_sidecar(layout: &Layout, name: &str) -> Result<Option<Sidecar>> {
+    let path = sidecar_path(layout, name);
+    let Some(bytes) = crate::state::read_private(&path)? else { return Ok(None) };
+    let bad = |message: String| crate::state::Error::BadRecord { path: path.clone(), message };
+    let sidecar: Sidecar = serde_json::from_slice(&bytes)
+        .map_err(|e| bad(format!("is not a snapshot record ({e}); delete the snapshot and save it again")))?;
     if sidecar.format != FORMAT {
-        bail!(crate::state::Error::BadRecord {
-            path: path.to_path_buf(),
-            message: format!("snapshot record format {} is not known to this envy (it reads {FORMAT}); upgrade envy", sidecar.format),
-        });
+        bail!(bad(format!("snapshot record format {} is not known to this envy (it reads {FORMAT}); upgrade envy", sidecar.format)));
     }
-    Ok(sidecar)
+    crate::boxes::parse_sha256(&sidecar.sha256).map_err(|_| bad("names no valid sha256".into()))?;
+    Ok(Some(sidecar))
 }
 
-fn require_snapshot(layout: &Layout, machine: &str, name: &str) -> Result<()> {
+fn require_snapshot(layout: &Layout, machine: &str, name: &str) -> Result<Sidecar> {
     crate::provider::check_snapshot_name(name)?;
-    if !archive_path(layout, name).exists() {
-        let known: Vec<String> = list(layout)?.into_iter().map(|s| s.name).collect();
-        let known = if known.is_empty() { "it has none".to_string() } else { format!("it has: {}", known.join(", ")) };
-        bail!(Error::Other(format!("machine {machine} has no snapshot named {name}; {known}")));
+    match read_sidecar(layout, name)? {
+        Some(sidecar) => Ok(sidecar),
+        None => {
+            let known: Vec<String> = list(layout)?.into_iter().map(|s| s.name).collect();
+            let known = if known.is_empty() { "it has none".to_string() } else { format!("it has: {}", known.join(", ")) };
+            bail!(Error::Other(format!("machine {machine} has no snapshot named {name}; {known}")))
+        }
+    }
+}
+
+/// Two snapshots of an unchanged machine share one archive; it goes with the last.
+fn remove_archive_unless_used(layout: &Layout, gone: &Sidecar) -> Result<()> {
+    let used = list_sidecars(layout)?.iter().any(|s| s.sha256 == gone.sha256);
+    if !used {
+        let archive = gone.archive(layout);
+        match std::fs::remove_file(&archive) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("cannot remove {}", archive.display()))
+            }
+            _ => {}
+        }
     }
     Ok(())
 }
 
 pub fn restore(m: &Machine, name: &str, ui: &Ui) -> Result<()> {
-    require_snapshot(&m.layout, m.name(), name)?;
+    let sidecar = require_snapshot(&m.layout, m.name(), name)?;
+    let archive = sidecar.archive(&m.layout);
+    // The archive must be the one that was saved, byte for byte.
+    let got = crate::boxes::sha256_file(&archive)?;
+    if got != sidecar.sha256 {
+        bail!(Error::Other(format!(
+            "snapshot {name} of machine {} is damaged: {} has sha256 {got}, its record says {}; it was not restored \
+             (delete it with `envy snapshot delete {name}`)",
+            m.name(),
+            archive.display(),
+            sidecar.sha256
+        )));
+    }
     let staging = m.layout.restore_tmp();
     if staging.exists() {
         std::fs::remove_dir_all(&staging)?;
     }
-    std::fs::create_dir_all(&staging)?;
+    crate::state::create_private_dir(&staging)?;
     // Unpack first: a bad archive fails here with the machine untouched.
     let unpacked = tool::run(
-        layer_tar().arg("--extract").arg("--file").arg(archive_path(&m.layout, name)).arg("--directory").arg(&staging),
+        layer_tar().arg("--extract").arg("--file").arg(&archive).arg("--directory").arg(&staging),
         &format!("unpacking snapshot {name} of machine {}", m.name()),
     );
     if let Err(e) = unpacked {
@@ -160,24 +217,29 @@ pub fn restore(m: &Machine, name: &str, ui: &Ui) -> Result<()> {
     Ok(())
 }
 
-pub fn list(layout: &Layout) -> Result<Vec<SnapshotInfo>> {
+fn list_sidecars(layout: &Layout) -> Result<Vec<Sidecar>> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir(layout.snapshots()).into_iter().flatten() {
         let path = entry?.path();
         if path.extension().is_some_and(|e| e == "json") {
-            found.push(info(&read_sidecar(&path)?));
+            let name = path.file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            found.extend(read_sidecar(layout, &name)?);
         }
     }
+    Ok(found)
+}
+
+pub fn list(layout: &Layout) -> Result<Vec<SnapshotInfo>> {
+    let mut found: Vec<SnapshotInfo> = list_sidecars(layout)?.iter().map(info).collect();
     found.sort_by(|a, b| (a.created, &a.name).cmp(&(b.created, &b.name)));
     Ok(found)
 }
 
 pub fn delete(layout: &Layout, name: &str) -> Result<()> {
     let machine = layout.dir().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    require_snapshot(layout, &machine, name)?;
-    std::fs::remove_file(archive_path(layout, name))?;
-    let _ = std::fs::remove_file(sidecar_path(layout, name));
-    Ok(())
+    let sidecar = require_snapshot(layout, &machine, name)?;
+    std::fs::remove_file(sidecar_path(layout, name))?;
+    remove_archive_unless_used(layout, &sidecar)
 }
 
 /// Writes `rootfs.tar` (box + the machine's changes) into `dir`.

@@ -1,5 +1,5 @@
 //! Where a QEMU machine keeps its files: one name per concern, all inside the
-//! machine dir (`.envy/machines/<name>/`), sockets moved to the runtime dir only when
+//! machine dir (in the project's state under ENVY_HOME), sockets moved to the runtime dir only when
 //! the project path is too long for a Unix socket address.
 
 use std::path::PathBuf;
@@ -118,20 +118,21 @@ impl MachineFiles {
 mod tests {
     use super::*;
 
-    fn plan_in(project_dir: &str) -> MachinePlan {
-        crate::plan::test_plan(project_dir, "/home/u/.local/share/envy", "[machine.web]\nbox = \"x\"\n", "web")
+    fn plan_with_home(home: &str) -> MachinePlan {
+        crate::plan::test_plan("/src/app", home, "[machine.web]\nbox = \"x\"\n", "web")
     }
 
     #[test]
     fn sockets_stay_in_the_machine_dir_unless_the_path_is_too_long() {
-        let files = MachineFiles::of(&plan_in("/src/app"));
-        assert_eq!(files.qmp_socket, PathBuf::from("/src/app/.envy/machines/web/qmp.sock"));
-        assert_eq!(files.dirs(), [PathBuf::from("/src/app/.envy/machines/web")]);
+        let files = MachineFiles::of(&plan_with_home("/h"));
+        assert_eq!(files.qmp_socket, PathBuf::from("/h/projects/0badcafe/machines/web/qmp.sock"));
+        assert_eq!(files.dirs(), [PathBuf::from("/h/projects/0badcafe/machines/web")]);
 
-        let deep = format!("/src/{}", "very-long-folder-name/".repeat(5));
-        let files = MachineFiles::of(&plan_in(deep.trim_end_matches('/')));
-        assert_eq!(files.qmp_socket, PathBuf::from("/home/u/.local/share/envy/run/envy-0badcafe-web-qmp.sock"));
-        assert_eq!(files.ssh_control, PathBuf::from("/home/u/.local/share/envy/run/envy-0badcafe-web-ssh.ctl"));
-        assert!(files.dirs().contains(&PathBuf::from("/home/u/.local/share/envy/run")));
+        let deep = format!("/home/{}", "very-long-folder-name/".repeat(4));
+        let deep = deep.trim_end_matches('/');
+        let files = MachineFiles::of(&plan_with_home(deep));
+        assert_eq!(files.qmp_socket, PathBuf::from(format!("{deep}/run/envy-0badcafe-web-qmp.sock")));
+        assert_eq!(files.ssh_control, PathBuf::from(format!("{deep}/run/envy-0badcafe-web-ssh.ctl")));
+        assert!(files.dirs().contains(&PathBuf::from(format!("{deep}/run"))));
     }
 }

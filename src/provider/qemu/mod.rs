@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::boxes::{BootMethod, QemuPayload, StoredBox};
 use crate::envfile::ProviderKind;
 use crate::guest::ssh::{self, SshTarget};
-use crate::plan::MachinePlan;
+use crate::plan::{MachinePlan, OpenedFolder};
 use crate::provider::{Error, ExecRequest, MachineInfo, MachineState, Provider, SnapshotInfo};
 use crate::ui::Ui;
 
@@ -69,6 +69,9 @@ impl RuntimeRecord {
 }
 
 pub struct QemuProvider;
+
+/// Free space kept beyond a snapshot's memory when one replaces another.
+const REPLACE_HEADROOM: u64 = 64 << 20;
 
 impl QemuProvider {
     pub fn new() -> QemuProvider {
@@ -155,6 +158,7 @@ fn qemu_command(
     accel: accel::Chosen,
     ssh_port: u16,
     net: Option<&ProjectNet>,
+    folders: &[OpenedFolder],
 ) -> Result<std::process::Command, Error> {
     let payload = qemu_payload(plan, stored)?;
     let mut qemu = QemuCommand::new(&plan.runtime_id);
@@ -179,8 +183,8 @@ fn qemu_command(
     if let Some(net) = net {
         qemu.nic(&net.netdev("net1"), "net1", &net.mac);
     }
-    for (i, folder) in plan.spec.sync.iter().enumerate() {
-        qemu.shared_folder(&folder.host, &seed::mount_tag(i), folder.readonly);
+    for (i, opened) in folders.iter().enumerate() {
+        qemu.shared_folder(&opened.proc_path(), &seed::mount_tag(i), opened.folder.readonly);
     }
     qemu.console_log(&files.console_log).qmp(&files.qmp_socket).daemonize(&files.qemu_pidfile);
     Ok(qemu.build())
@@ -281,12 +285,16 @@ impl Provider for QemuProvider {
         }
         // A QEMU that is alive but unusable (guest panicked) holds the disk: end it.
         process::stop_now(&files)?;
-        if let Some(folder) = plan.spec.sync.iter().find(|f| !f.host.is_dir()) {
-            return Err(Error::Other(format!(
-                "sync folder {} of machine {} does not exist (or is not a folder); create it or fix `sync` in the Envfile",
-                folder.host.display(),
-                plan.name()
-            ))
+        // Resolved and opened now; QEMU inherits the fds and shares what they hold.
+        let folders = plan.open_sync_folders()?;
+        if let Some(opened) = folders.iter().find(|f| !f.is_dir) {
+            return Err(crate::envfile::Error::HostPath {
+                envfile: plan.project.envfile.clone(),
+                machine: plan.name().into(),
+                key: "sync folder",
+                path: opened.folder.host.clone(),
+                problem: "is a file; a VM shares folders only (9p): sync its folder instead".into(),
+            }
             .into());
         }
         let accel = accel::choose(plan.spec.accel, ui)?;
@@ -299,9 +307,10 @@ impl Provider for QemuProvider {
             // Console and SSH logs hold the current boot only.
             crate::state::create_private(&files.console_log)?;
             let _ = std::fs::remove_file(&files.ssh_log);
-            let command = qemu_command(plan, stored, &files, accel, ssh_port, net.as_ref())?;
+            let command = qemu_command(plan, stored, &files, accel, ssh_port, net.as_ref(), &folders)?;
             ui.step(format!("{}: booting ({}, SSH on 127.0.0.1:{ssh_port})", plan.name(), accel.name()));
-            process::start(command, &files)?;
+            let inherited: Vec<_> = folders.iter().map(|f| std::os::fd::AsRawFd::as_raw_fd(&f.fd)).collect();
+            process::start(command, &files, &inherited)?;
             Ok(target)
         });
         let target = match started {
@@ -397,9 +406,28 @@ impl Provider for QemuProvider {
         Ok(())
     }
 
-    fn snapshot_save(&self, plan: &MachinePlan, name: &str, ui: &Ui) -> Result<SnapshotInfo> {
+    fn snapshot_save(&self, plan: &MachinePlan, name: &str, replace: bool, ui: &Ui) -> Result<SnapshotInfo> {
         let files = self.created(plan)?;
         let running = live_state(&files).is_some();
+        if replace && snapshot::get(&files, plan.name(), name).is_ok() {
+            // qcow2 cannot rename a snapshot, so the old one goes first: only when the
+            // disk can hold the new one (its memory, when running, is the most of it).
+            let need = if running { plan.spec.memory } else { 0 } + REPLACE_HEADROOM;
+            let free = nix::sys::statvfs::statvfs(&files.dir).map(|v| v.blocks_available() * v.fragment_size())
+                .with_context(|| format!("cannot read the free space of {}", files.dir.display()))?;
+            if free < need {
+                return Err(Error::Other(format!(
+                    "replacing snapshot {name} of machine {} needs about {} free in {} and {} are; \
+                     the old snapshot is kept: free space, or save under another name",
+                    plan.name(),
+                    indicatif::HumanBytes(need),
+                    files.dir.display(),
+                    indicatif::HumanBytes(free)
+                ))
+                .into());
+            }
+            snapshot::delete(&files, plan.name(), name, running)?;
+        }
         ui.step(format!("{}: saving snapshot {name}", plan.name()));
         if running {
             // Flush the guest's page cache so even a disk-only snapshot is complete.

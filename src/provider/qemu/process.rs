@@ -26,14 +26,21 @@ pub fn running_pid(files: &MachineFiles) -> Option<u32> {
 }
 
 /// Starts QEMU (which daemonizes once set up) and records its pid. Files QEMU creates
-/// (QMP socket, console log) are private to the user.
-pub fn start(mut command: std::process::Command, files: &MachineFiles) -> Result<u32, Error> {
+/// (QMP socket, console log) are private to the user. QEMU inherits the fds in
+/// `inherit` under their own numbers (sync folders it opens as /proc/self/fd/N).
+pub fn start(mut command: std::process::Command, files: &MachineFiles, inherit: &[std::os::fd::RawFd]) -> Result<u32, Error> {
     let _ = std::fs::remove_file(&files.qmp_socket);
     let _ = std::fs::remove_file(&files.qemu_pidfile);
-    // SAFETY: umask is async-signal-safe and touches only the child's own state.
+    let inherit = inherit.to_vec();
+    // SAFETY: umask and fcntl are async-signal-safe and touch only the child's own state.
     unsafe {
-        command.pre_exec(|| {
+        command.pre_exec(move || {
             libc::umask(0o077);
+            for &fd in &inherit {
+                if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             Ok(())
         });
     }
