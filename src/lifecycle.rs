@@ -26,7 +26,10 @@ pub struct UpOptions {
 
 /// Brings one machine to Running and provisions it on its first start.
 /// Safe from any state: absent, stopped, half-made by a killed `envy up`.
-pub fn up(ctx: &Context, plan: &mut MachinePlan, lock: &mut LockFile, opts: UpOptions) -> Result<()> {
+/// With `lock_path`, a new pin is written there as soon as the box is verified: also
+/// when a later step fails, so what arrived stays pinned, and before the machine
+/// starts, so the file exists to be shared read-only with it.
+pub fn up(ctx: &Context, plan: &mut MachinePlan, lock: &mut LockFile, lock_path: Option<&Path>, opts: UpOptions) -> Result<()> {
     let name = plan.name().to_string();
     plan.ensure_dir()?;
     let record = MachineRecord::load(&plan.dir)?;
@@ -38,7 +41,19 @@ pub fn up(ctx: &Context, plan: &mut MachinePlan, lock: &mut LockFile, opts: UpOp
             );
         }
     }
+    if !opts.no_provision && !record.as_ref().is_some_and(|r| r.provisioned) {
+        // A missing or swapped script fails now, before anything is fetched or started.
+        for step in &plan.spec.provision {
+            if let ProvisionStep::Script(path) = step {
+                read_script(plan, path)?;
+            }
+        }
+    }
+    let before = lock.clone();
     let stored = resolve_box(ctx, &plan.spec, &plan.project.dir, lock, opts.insecure)?;
+    if let Some(path) = lock_path.filter(|_| *lock != before) {
+        lock.save(path)?;
+    }
     if !stored.manifest.providers.contains(&plan.spec.provider) {
         let providers: Vec<String> = stored.manifest.providers.iter().map(|p| p.to_string()).collect();
         return Err(crate::boxes::Error::WrongProvider {
@@ -98,17 +113,6 @@ pub fn up(ctx: &Context, plan: &mut MachinePlan, lock: &mut LockFile, opts: UpOp
         ctx.ui.step(format!("{name}: {}:{} -> guest {} ({:?})", f.host_ip, f.host_port, f.guest_port, f.protocol).to_lowercase());
     }
     Ok(())
-}
-
-/// `up` for a project's machine, writing Envfile.lock at `lock_path` whenever the machine
-/// gained a pin: also when a later step then failed, so what arrived stays pinned.
-pub fn up_pinned(ctx: &Context, plan: &mut MachinePlan, lock: &mut LockFile, lock_path: &Path, opts: UpOptions) -> Result<()> {
-    let before = lock.clone();
-    let result = up(ctx, plan, lock, opts);
-    if *lock != before {
-        lock.save(lock_path)?;
-    }
-    result
 }
 
 /// Runs the machine's provisioning steps in order; the first failure stops them.

@@ -102,7 +102,7 @@ fn bad_values_point_at_the_value() {
         ("[defaults]\nbox = { url = \"http://x\", sha256 = \"abc\" }\n", "Envfile:2:7:", "not a sha256"),
         ("[machine.Web]\nbox = \"b\"\n", "Envfile:1:10:", "not valid"),
         ("[machine.web]\ncpus = 1\n", "Envfile:1:1:", "has no box"),
-        ("[defaults]\nbox = \"b\"\nprovision = [{ script = \"missing.sh\" }]\n", "Envfile:3:14:", "does not exist"),
+        ("[defaults]\nbox = \"b\"\nprovision = [{ script = \"../outside.sh\" }]\n", "Envfile:3:14:", "outside the project"),
         ("[defaults]\nbox = \"b\"\nmemory = \n", "Envfile:3:10:", ""),
     ];
     for (text, at, words) in cases {

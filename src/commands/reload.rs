@@ -24,7 +24,7 @@ pub fn run(ctx: &Context, args: MachinesArgs) -> Result<i32> {
             ctx.ui.step(format!("{}: halting", spec.name));
             provider.halt(&plan, false, &ctx.ui)?;
         }
-        lifecycle::up_pinned(ctx, &mut plan, &mut lock, &lock_path, UpOptions::default())?;
+        lifecycle::up(ctx, &mut plan, &mut lock, Some(&lock_path), UpOptions::default())?;
     }
     Ok(0)
 }

@@ -49,7 +49,7 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<i32> {
     signals::catch_interrupts()?;
 
     let mut lock = LockFile::default();
-    let outcome = lifecycle::up(ctx, &mut plan, &mut lock, UpOptions::default()).and_then(|()| {
+    let outcome = lifecycle::up(ctx, &mut plan, &mut lock, None, UpOptions::default()).and_then(|()| {
         if signals::interrupted() {
             return Ok(crate::error::code::INTERRUPTED);
         }

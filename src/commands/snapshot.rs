@@ -62,7 +62,7 @@ pub fn run(ctx: &Context, cmd: SnapshotCommand) -> Result<i32> {
                 let lock_path = LockFile::path_for(&ws.project.dir);
                 let mut lock = LockFile::load(&lock_path)?;
                 let mut plan = plan;
-                lifecycle::up_pinned(ctx, &mut plan, &mut lock, &lock_path, UpOptions::default())?;
+                lifecycle::up(ctx, &mut plan, &mut lock, Some(&lock_path), UpOptions::default())?;
             }
             Ok(0)
         }

@@ -20,7 +20,7 @@ pub fn run(ctx: &Context, args: UpArgs) -> Result<i32> {
     let opts = UpOptions { no_provision: args.no_provision, insecure: args.insecure };
     for spec in machines {
         let mut plan = ws.plan(&ctx.home, spec)?;
-        lifecycle::up_pinned(ctx, &mut plan, &mut lock, &lock_path, opts)?;
+        lifecycle::up(ctx, &mut plan, &mut lock, Some(&lock_path), opts)?;
     }
     Ok(0)
 }

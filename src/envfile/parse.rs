@@ -391,9 +391,9 @@ impl Reader<'_> {
                             self.project_dir.display()
                         )));
                     }
-                    if !path.is_file() {
-                        return Err(self.error(span, format!("provision script {} does not exist", path.display())));
-                    }
+                    // Whether the file is there is checked when it is used (envy up,
+                    // envy provision): a synced machine can change it at any time, and
+                    // must not be able to make the Envfile unreadable to `envy destroy`.
                     Ok(ProvisionStep::Script(path))
                 }
                 _ => Err(self.error(span, "a provision table is { shell = \"...\" } or { script = \"path\" }")),

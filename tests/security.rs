@@ -1,0 +1,280 @@
+//! The guest is untrusted: every way a machine could reach back into the host,
+//! played the way a guest would play it, through the real `envy` binary. Each attack
+//! ends with the same checks: a canary folder on the host is byte-for-byte as it was,
+//! and nothing of the test is left mounted. See docs/security.md.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use common::{DestroyOnDrop, TestEnv};
+
+fn require_host() {
+    assert!(nix::unistd::geteuid().is_root(), "the security tests start containers: run them as root");
+    for (tool, package) in [("runc", "runc"), ("slirp4netns", "slirp4netns"), ("ip", "iproute2")] {
+        common::require_tool(tool, package);
+    }
+}
+
+/// A host folder the guest must never reach: what it holds, to compare after an attack.
+struct Canary {
+    dir: PathBuf,
+}
+
+impl Canary {
+    fn new(env: &TestEnv) -> Canary {
+        let dir = env.path("canary");
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("secret"), "host secret\n").unwrap();
+        std::fs::write(dir.join("hosts"), "host file named like envy's\n").unwrap();
+        std::fs::write(dir.join("sub/data"), "more\n").unwrap();
+        Canary { dir }
+    }
+
+    /// Every entry below the folder: path -> (mode, size, content or link target).
+    fn contents(&self) -> BTreeMap<PathBuf, (u32, u64, Vec<u8>)> {
+        fn walk(dir: &Path, root: &Path, out: &mut BTreeMap<PathBuf, (u32, u64, Vec<u8>)>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                let meta = std::fs::symlink_metadata(&path).unwrap();
+                let content = if meta.is_file() {
+                    std::fs::read(&path).unwrap()
+                } else if meta.is_symlink() {
+                    std::fs::read_link(&path).unwrap().into_os_string().into_encoded_bytes()
+                } else {
+                    walk(&path, root, out);
+                    Vec::new()
+                };
+                out.insert(path.strip_prefix(root).unwrap().to_path_buf(), (meta.mode(), meta.size(), content));
+            }
+        }
+        let mut out = BTreeMap::new();
+        walk(&self.dir, &self.dir, &mut out);
+        out
+    }
+}
+
+/// A container project of one or more machines syncing the project, with a canary
+/// beside it; checks after each attack that the canary and the mount table are clean.
+struct Attack {
+    env: TestEnv,
+    canary: Canary,
+    before: BTreeMap<PathBuf, (u32, u64, Vec<u8>)>,
+}
+
+impl Attack {
+    fn new(envfile: &str) -> Attack {
+        require_host();
+        let env = TestEnv::new();
+        let (box_path, _) = common::build_container_box(&env, "busybox");
+        let canary = Canary::new(&env);
+        let envfile = envfile.replace("BOX", &box_path.display().to_string()).replace("CANARY", &canary.dir.display().to_string());
+        std::fs::write(env.project.join("Envfile"), envfile).unwrap();
+        let before = canary.contents();
+        Attack { env, canary, before }
+    }
+
+    fn envy(&self) -> assert_cmd::Command {
+        self.env.envy()
+    }
+
+    /// Runs `script` in machine `machine` (as the guest's root) and returns its stdout.
+    fn guest(&self, machine: &str, script: &str) -> String {
+        let out = self.envy().args(["exec", machine, "--", "sh", "-c", script]).output().unwrap();
+        assert!(out.status.success(), "guest script {script:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// envy's exit code and stderr for a command.
+    fn fails(&self, args: &[&str]) -> (Option<i32>, String) {
+        let out = self.envy().args(args).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+
+    /// Mount points below the test's temp dir (the canary, project, ENVY_HOME).
+    fn mounts(&self) -> Vec<String> {
+        let root = self.env.dir.path().to_string_lossy().into_owned();
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| m.starts_with(&root))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The canary is as it was, and after destroy nothing is mounted.
+    fn assert_host_untouched(&self) {
+        assert_eq!(self.canary.contents(), self.before, "the canary folder changed");
+        self.envy().args(["destroy", "--force"]).assert().success();
+        assert_eq!(self.mounts(), Vec::<String>::new(), "left mounted");
+        assert_eq!(self.canary.contents(), self.before, "the canary folder changed during destroy");
+    }
+}
+
+#[test]
+fn envys_state_is_out_of_the_guests_reach_and_a_planted_state_dir_does_nothing() {
+    let a = Attack::new("[defaults]\nbox = { path = \"BOX\" }\nsync = [\".:/project\"]\n[machine.a]\n[machine.b]\n");
+    let _cleanup = DestroyOnDrop(&a.env);
+    a.envy().args(["up", "a"]).assert().success();
+    // No state of envy's in what the guest sees of the project, nor anywhere in its root.
+    assert_eq!(a.guest("a", "ls -A /project"), "Envfile\nEnvfile.lock\n");
+    assert_eq!(a.guest("a", "find / -name machine.json 2>/dev/null | wc -l").trim(), "0");
+    // The old attack: a guest plants the state dir of machine b as a link to a host dir.
+    let canary = a.canary.dir.display().to_string();
+    a.guest("a", &format!("mkdir -p /project/.envy/machines && ln -s {canary} /project/.envy/machines/b"));
+    a.envy().args(["up", "b"]).assert().success();
+    assert!(a.env.machine_dir("b").join("machine.json").is_file(), "b's state lives in ENVY_HOME");
+    a.envy().args(["destroy", "b", "--force"]).assert().success();
+    // The state folders are private to the user.
+    for dir in [a.env.state_dir(), a.env.machine_dir("a")] {
+        assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700, "{}", dir.display());
+    }
+    a.assert_host_untouched();
+}
+
+#[test]
+fn a_symlink_in_envys_own_state_is_refused_not_followed() {
+    let a = Attack::new("[defaults]\nbox = { path = \"BOX\" }\n");
+    let _cleanup = DestroyOnDrop(&a.env);
+    a.envy().arg("up").assert().success();
+    a.envy().args(["destroy", "--force"]).assert().success();
+    // Whoever put it there, a link where a machine dir belongs is never followed.
+    let machine_dir = a.env.machine_dir("default");
+    std::fs::create_dir_all(machine_dir.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(&a.canary.dir, &machine_dir).unwrap();
+    for args in [&["up"][..], &["destroy", "--force"], &["status"]] {
+        let (code, err) = a.fails(args);
+        assert_eq!(code, Some(7), "envy {args:?}: {err}");
+        assert!(err.contains("without following a symlink"), "{err}");
+    }
+    std::fs::remove_file(&machine_dir).unwrap();
+    a.assert_host_untouched();
+}
+
+#[test]
+fn the_lower_layer_and_snapshots_come_from_records_the_guest_cannot_reach() {
+    let a = Attack::new("[defaults]\nbox = { path = \"BOX\" }\nsync = [\".:/project\"]\n");
+    let _cleanup = DestroyOnDrop(&a.env);
+    a.envy().arg("up").assert().success();
+    let canary = a.canary.dir.display().to_string();
+    // The old attack: name a host dir as the machine's lower layer, then restore.
+    a.guest("default", &format!("mkdir -p /project/.envy/machines/default && echo {canary} > /project/.envy/machines/default/lower"));
+    a.envy().args(["snapshot", "save", "s1"]).assert().success();
+    a.envy().args(["snapshot", "restore", "s1"]).assert().success();
+    assert_eq!(a.guest("default", "test -e /secret && echo exposed || echo safe"), "safe\n");
+    assert_eq!(a.guest("default", "cat /etc/box-release"), "busybox test box\n");
+
+    // A snapshot archive that changed after it was saved is refused before unpacking.
+    let snapshots = a.env.machine_dir("default").join("snapshots");
+    let archive = std::fs::read_dir(&snapshots).unwrap().map(|e| e.unwrap().path()).find(|p| p.to_string_lossy().ends_with(".tar.zst")).unwrap();
+    assert_eq!(std::fs::metadata(&archive).unwrap().permissions().mode() & 0o777, 0o600);
+    let mut bytes = std::fs::read(&archive).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&archive, bytes).unwrap();
+    a.guest("default", "echo after > /root/mark");
+    let (code, err) = a.fails(&["snapshot", "restore", "s1"]);
+    assert_eq!(code, Some(5), "{err}");
+    assert!(err.contains("is damaged") && err.contains("it was not restored"), "{err}");
+    assert_eq!(a.guest("default", "cat /root/mark"), "after\n", "the machine is untouched");
+    a.assert_host_untouched();
+}
+
+#[test]
+fn sync_folders_that_resolve_outside_the_project_are_refused() {
+    // A folder symlink and a file symlink in the project, both pointing out of it.
+    let a = Attack::new("[defaults]\nbox = { path = \"BOX\" }\nsync = [\"outlink:/x\"]\n");
+    std::os::unix::fs::symlink(&a.canary.dir, a.env.project.join("outlink")).unwrap();
+    let (code, err) = a.fails(&["up"]);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("sync folder") && err.contains("resolves outside the project") && err.contains("allow_outside"), "{err}");
+    assert_eq!(a.mounts(), Vec::<String>::new());
+
+    std::fs::write(a.env.project.join("Envfile"), "[defaults]\nbox = { path = \"BOX\" }\nsync = [\"secret:/x\"]\n".replace("BOX", &common_box(&a))).unwrap();
+    std::os::unix::fs::symlink(a.canary.dir.join("secret"), a.env.project.join("secret")).unwrap();
+    let (code, err) = a.fails(&["up"]);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("resolves outside the project"), "{err}");
+    a.assert_host_untouched();
+}
+
+/// The box path the Attack's Envfile was written with.
+fn common_box(a: &Attack) -> String {
+    a.env.path("busybox.box").display().to_string()
+}
+
+#[test]
+fn a_synced_folder_the_guest_swaps_for_a_symlink_is_refused_at_reload() {
+    let a = Attack::new("[defaults]\nbox = { path = \"BOX\" }\nsync = [\".:/project\", \"data:/data\"]\n");
+    let _cleanup = DestroyOnDrop(&a.env);
+    std::fs::create_dir(a.env.project.join("data")).unwrap();
+    a.envy().arg("up").assert().success();
+    let canary = a.canary.dir.display().to_string();
+    a.guest("default", &format!("rm -rf /project/data && ln -s {canary} /project/data"));
+    let (code, err) = a.fails(&["reload"]);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("data") && err.contains("resolves outside the project"), "{err}");
+    a.assert_host_untouched();
+}
+
+#[test]
+fn the_guest_cannot_rewrite_the_envfile_that_decides_what_it_sees() {
+    let a = Attack::new("[defaults]\nbox = { path = \"BOX\" }\nsync = [\".:/project\"]\n");
+    let _cleanup = DestroyOnDrop(&a.env);
+    a.envy().arg("up").assert().success();
+    let envfile = std::fs::read_to_string(a.env.project.join("Envfile")).unwrap();
+    let lock = std::fs::read_to_string(a.env.project.join("Envfile.lock")).unwrap();
+    let attempt = format!("echo 'sync = [{{ host = \"{}\", guest = \"/h\", allow_outside = true }}]' >> /project/Envfile", a.canary.dir.display());
+    let out = a.envy().args(["exec", "--", "sh", "-c", &attempt]).output().unwrap();
+    assert!(!out.status.success(), "the Envfile is read-only in the guest");
+    let out = a.envy().args(["exec", "--", "sh", "-c", "echo x > /project/Envfile.lock"]).output().unwrap();
+    assert!(!out.status.success(), "Envfile.lock is read-only in the guest");
+    // The rest of the project stays writable.
+    a.guest("default", "echo ok > /project/written");
+    assert_eq!(std::fs::read_to_string(a.env.project.join("Envfile")).unwrap(), envfile);
+    assert_eq!(std::fs::read_to_string(a.env.project.join("Envfile.lock")).unwrap(), lock);
+    assert_eq!(std::fs::read_to_string(a.env.project.join("written")).unwrap(), "ok\n");
+    a.assert_host_untouched();
+}
+
+#[test]
+fn provision_scripts_are_read_only_from_inside_the_project() {
+    // Named outside the project: refused when the Envfile is read.
+    let a = Attack::new("[defaults]\nbox = { path = \"BOX\" }\nprovision = [{ script = \"../canary/secret\" }]\n");
+    let (code, err) = a.fails(&["up"]);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("Envfile:") && err.contains("outside the project"), "{err}");
+
+    // A script the guest replaced with a symlink out of the project, or with a FIFO
+    // that would block envy: refused, never read from the host.
+    std::fs::write(a.env.project.join("setup.sh"), "echo provisioned > /root/done\n").unwrap();
+    std::fs::write(
+        a.env.project.join("Envfile"),
+        format!("[defaults]\nbox = {{ path = \"{}\" }}\nsync = [\".:/project\"]\nprovision = [{{ script = \"setup.sh\" }}]\n", common_box(&a)),
+    )
+    .unwrap();
+    let _cleanup = DestroyOnDrop(&a.env);
+    a.envy().arg("up").assert().success();
+    assert_eq!(a.guest("default", "cat /root/done"), "provisioned\n");
+    let canary = a.canary.dir.display().to_string();
+    a.guest("default", &format!("rm /project/setup.sh && ln -s {canary}/secret /project/setup.sh"));
+    let (code, err) = a.fails(&["provision"]);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("provision script") && err.contains("resolves outside the project"), "{err}");
+    a.guest("default", "rm /project/setup.sh && mkfifo /project/setup.sh");
+    let (code, err) = a.fails(&["provision"]);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("not a regular file"), "{err}");
+    // What the guest did to the script does not lock the user out: status and destroy work.
+    a.envy().arg("status").assert().success();
+    a.assert_host_untouched();
+    // A script that is missing stops `up` before anything is made.
+    std::fs::remove_file(a.env.project.join("setup.sh")).unwrap();
+    let (code, err) = a.fails(&["up"]);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("setup.sh") && err.contains("does not exist"), "{err}");
+    assert!(!a.env.machine_dir("default").join("upper").exists(), "nothing was created");
+}
