@@ -141,3 +141,16 @@ fn prune_keeps_what_a_lock_pins() {
     assert_eq!(v["kept"], serde_json::json!([pinned.clone()]));
     assert_eq!(env.store_entries(), vec![pinned]);
 }
+
+#[test]
+fn a_damaged_project_registry_stops_prune_and_deletes_nothing() {
+    let env = TestEnv::new();
+    added_box(&env, "web");
+    std::fs::write(env.home.join("projects.json"), b"[\"/some/project\", ").unwrap();
+    let before = env.store_entries();
+    let out = env.envy().args(["box", "prune"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("projects.json") && err.contains("is damaged"), "{err}");
+    assert_eq!(env.store_entries(), before, "nothing was pruned");
+}

@@ -1,5 +1,6 @@
 //! A full disk: adding a box to an ENVY_HOME that runs out of space fails with a clear
-//! error, leaves no half-stored box, and the boxes already there stay intact.
+//! error, leaves no half-stored box, and the boxes already there stay intact; a
+//! snapshot that does not fit leaves the one it was to replace.
 
 mod common;
 
@@ -50,10 +51,39 @@ fn a_box_that_does_not_fit_is_refused_and_the_store_stays_whole() {
     // Only the small box is stored, whole; nothing of the big one stays behind.
     assert_eq!(env.store_entries().iter().filter(|e| !e.starts_with('.')).collect::<Vec<_>>(), vec![&small_digest]);
     env.envy().args(["box", "verify"]).assert().success();
-    env.envy().args(["box", "prune"]).assert().success();
     let used: u64 = walk_size(&env.home.join("boxes"));
     let small_size: u64 = walk_size(&env.home.join("boxes").join(&small_digest));
+    assert!(small_size > 0);
     assert_eq!(used, small_size, "no leftovers of the failed add in the store");
+}
+
+#[test]
+fn replacing_a_snapshot_on_a_full_disk_keeps_the_old_one() {
+    assert!(nix::unistd::geteuid().is_root(), "this test starts a container: run it as root");
+    let env = TestEnv::new();
+    let (box_path, _) = common::build_container_box(&env, "busybox");
+    std::fs::write(env.project.join("Envfile"), format!("[defaults]\nbox = {{ path = \"{}\" }}\n", box_path.display())).unwrap();
+    let _disk = SmallDisk::mount(&env.home, "24m");
+    let _cleanup = common::DestroyOnDrop(&env);
+    let sh = |script: &str| env.envy().args(["exec", "--", "sh", "-c", script]).assert().success();
+    env.envy().arg("up").assert().success();
+    sh("echo saved > /root/mark");
+    env.envy().args(["snapshot", "save", "s1"]).assert().success();
+
+    // The machine's layer now holds more than the disk has left for a snapshot of it.
+    sh("echo changed > /root/mark; dd if=/dev/urandom of=/root/big bs=1M count=10 2>/dev/null");
+    let out = env.envy().args(["snapshot", "save", "s1", "--force"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("No space left on device"), "{err}");
+
+    // The old snapshot is still there, whole, and restores.
+    let list = env.envy().args(["snapshot", "list", "--json"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&list.stdout).contains("\"s1\""), "{}", String::from_utf8_lossy(&list.stdout));
+    sh("rm /root/big");
+    env.envy().args(["snapshot", "restore", "s1"]).assert().success();
+    let mark = env.envy().args(["exec", "--", "cat", "/root/mark"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&mark.stdout), "saved\n");
+    env.envy().args(["destroy", "--force"]).assert().success();
 }
 
 fn walk_size(dir: &std::path::Path) -> u64 {

@@ -426,3 +426,44 @@ fn an_unpinned_url_needs_insecure_once_and_is_held_to_the_lock_after() {
     assert!(err.contains(&format!("is pinned to box {digest}")) && err.contains("Envfile.lock"), "{err}");
     assert!(!env.machine_dir("default").join("machine.json").exists());
 }
+
+#[test]
+fn a_dead_machine_gets_its_own_port_back_and_a_dead_network_is_repaired_in_place() {
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let p = Project::new(&format!("[defaults]\nbox = {{ path = \"BOX\" }}\nforward = [\"{port}:80\"]\nsync = [\".:/project\"]\n"));
+    std::fs::write(p.env.project.join("index.html"), "page\n").unwrap();
+    let serve = || p.out(&["exec", "--", "httpd", "-p", "80", "-h", "/project"]);
+    p.envy().arg("up").assert().success();
+    serve();
+    assert_eq!(http_get(port.into()), "page\n");
+
+    // The init killed: the forward it had stays in the project's slirp4netns, but it is
+    // the machine's own, so `up` takes it back instead of calling the port taken.
+    let pid = Project::machine(&p.status(), "default")["pid"].as_u64().unwrap() as i32;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let mut state = String::new();
+    for _ in 0..100 {
+        state = Project::machine(&p.status(), "default")["state"].as_str().unwrap().to_string();
+        if state == "stopped" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(state, "stopped");
+    p.envy().arg("up").assert().success();
+    serve();
+    assert_eq!(http_get(port.into()), "page\n");
+
+    // slirp4netns killed: the machine still runs and takes commands; `up` restarts the
+    // network and its forward without restarting the machine (httpd is still there).
+    let slirp_record = p.env.home.join("run/net").join(p.project_id()).join("slirp.pid");
+    let slirp: serde_json::Value = serde_json::from_slice(&std::fs::read(&slirp_record).unwrap()).unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(slirp["pid"].as_i64().unwrap() as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(Project::machine(&p.status(), "default")["state"], "running");
+    assert_eq!(p.out(&["exec", "--", "cat", "/project/index.html"]), "page\n");
+    let up = p.envy().arg("up").output().unwrap();
+    let said = String::from_utf8_lossy(&up.stderr);
+    assert!(up.status.success() && said.contains("already running") && !said.contains("starting"), "{said}");
+    assert_eq!(http_get(port.into()), "page\n");
+}
