@@ -278,3 +278,38 @@ fn provision_scripts_are_read_only_from_inside_the_project() {
     assert!(err.contains("setup.sh") && err.contains("does not exist"), "{err}");
     assert!(!a.env.machine_dir("default").join("upper").exists(), "nothing was created");
 }
+
+#[test]
+fn a_vm_sees_no_state_of_envys_and_cannot_swap_a_synced_folder_out_of_the_project() {
+    let env = TestEnv::new();
+    let tiny = common::tiny_vm_box(&env);
+    let canary = Canary::new(&env);
+    let before = canary.contents();
+    std::fs::create_dir(env.project.join("data")).unwrap();
+    std::fs::write(
+        env.project.join("Envfile"),
+        format!(
+            "[machine.vm]\nbox = {{ path = \"{}\" }}\nprovider = \"qemu\"\nmemory = \"256MiB\"\ncpus = 1\nsync = [\".:/project\", \"data:/data\"]\n",
+            tiny.display()
+        ),
+    )
+    .unwrap();
+    let _cleanup = DestroyOnDrop(&env);
+    env.envy().arg("up").assert().success();
+    let guest = |script: &str| {
+        let out = env.envy().args(["exec", "--", "sh", "-c", script]).output().unwrap();
+        assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(guest("ls -A /project"), "Envfile\nEnvfile.lock\ndata\n");
+    // The guest replaces the synced folder with a link to a host folder and waits for
+    // the next start; through 9p (mapped-xattr) the link is not even a host symlink.
+    guest(&format!("rm -rf /project/data && ln -s {} /project/data", canary.dir.display()));
+    let out = env.envy().arg("reload").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("sync folder") && err.contains("data"), "{err}");
+    assert_eq!(canary.contents(), before);
+    env.envy().args(["destroy", "--force"]).assert().success();
+    assert_eq!(canary.contents(), before);
+}
