@@ -194,3 +194,30 @@ fn missing_tool_names_its_package_and_leaves_nothing() {
         common::list_dir(env.dir.path()).into_iter().filter(|n| n.starts_with(".envy-build")).collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+#[test]
+fn a_box_built_twice_with_source_date_epoch_has_one_digest() {
+    let env = TestEnv::new();
+    let rootfs = env.path("rootfs");
+    common::busybox_rootfs(&rootfs);
+    let build = |out: &str| {
+        env.envy()
+            .args(["box", "build", "--rootfs"])
+            .arg(&rootfs)
+            .args(["--name", "repro", "--version", "1", "-o"])
+            .arg(env.path(out))
+            .env("SOURCE_DATE_EPOCH", "1686355200")
+            .assert()
+            .success();
+        common::sha256_hex(&std::fs::read(env.path(out)).unwrap())
+    };
+    let first = build("first.box");
+    // Touched files (newer than the epoch) pack the same as before.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let touched = std::process::Command::new("touch").arg(rootfs.join("etc/box-release")).arg(rootfs.join("etc")).status().unwrap();
+    assert!(touched.success());
+    assert_eq!(build("second.box"), first);
+    // A real change is a new digest.
+    std::fs::write(rootfs.join("etc/box-release"), "changed\n").unwrap();
+    assert_ne!(build("third.box"), first);
+}

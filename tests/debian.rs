@@ -147,27 +147,51 @@ fn the_readme_quick_start_runs_as_written() {
     let env = TestEnv::new();
     add_debian_box(&env);
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let example = root.join("examples/web-app");
-    struct Restore<'a>(&'a TestEnv, &'a Path);
-    impl Drop for Restore<'_> {
-        fn drop(&mut self) {
-            let _ = self.0.envy().arg("-C").arg(self.1).args(["destroy", "--force"]).output();
-            let _ = std::fs::remove_file(self.1.join("Envfile.lock"));
-        }
-    }
-    let _restore = Restore(&env, &example);
     let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
     assert!(readme.contains("./scripts/try.sh") && readme.contains("./scripts/test.sh"));
+    // try.sh as written, in a copy of the checkout's scripts and example: the test
+    // never writes into the source tree (a developer's own Envfile.lock stays theirs).
+    let copy = env.path("checkout");
+    std::fs::create_dir_all(copy.join("examples")).unwrap();
+    for (from, to) in [("scripts", copy.clone()), ("examples/web-app", copy.join("examples"))] {
+        let status = Command::new("cp").arg("-a").arg(root.join(from)).arg(&to).status().unwrap();
+        assert!(status.success());
+    }
     let out = Command::new("bash")
-        .arg(root.join("scripts/try.sh"))
+        .arg(copy.join("scripts/try.sh"))
         .env("ENVY_HOME", &env.home)
         .env("ENVY_BIN", assert_cmd::cargo::cargo_bin("envy"))
         .env("ENVY_BOX_CACHE", cache_dir())
         .env("CI", "1")
         .output()
         .unwrap();
+    let _ = env.envy().arg("-C").arg(copy.join("examples/web-app")).args(["destroy", "--force"]).output();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "try.sh failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("hello from envy: Debian GNU/Linux 12 (bookworm)"), "{stdout}");
     assert!(stdout.contains("<h1>It works</h1>"), "{stdout}");
+}
+
+#[test]
+fn two_builds_of_the_debian_box_give_one_digest() {
+    assert!(nix::unistd::geteuid().is_root(), "mmdebstrap builds as root here: run as root");
+    common::require_tool("mmdebstrap", "mmdebstrap");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/debian-box.sh");
+    let digests: Vec<String> = (0..2)
+        .map(|_| {
+            let env = TestEnv::new();
+            let out = Command::new("bash")
+                .arg(&script)
+                .arg(assert_cmd::cargo::cargo_bin("envy"))
+                .arg(env.path("own-cache"))
+                .env("ENVY_HOME", &env.home)
+                .env("CI", "1")
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert!(out.status.success(), "debian-box.sh failed: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+            stdout.lines().find_map(|l| l.strip_prefix("debian-12 box: sha256 ")).expect("the script prints the digest").to_string()
+        })
+        .collect();
+    assert_eq!(digests[0], digests[1], "two builds from the same packages differ");
 }

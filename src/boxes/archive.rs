@@ -482,15 +482,16 @@ pub fn pack_box(
 }
 
 /// Packs a root filesystem directory as an uncompressed tar (owners, modes, symlinks
-/// kept; device nodes and sockets skipped: runc provides /dev). Returns its sha256.
+/// kept; device nodes and sockets skipped: runc provides /dev). Entries are in name
+/// order, and with SOURCE_DATE_EPOCH set no mtime is later than it, so the same tree
+/// packs to the same bytes. Returns its sha256.
 pub fn pack_rootfs_dir(dir: &Path, out: &Path) -> anyhow::Result<String> {
     let file = File::create(out).map_err(Error::io("cannot create", out))?;
     let hashing = HashingWriter::new(io::BufWriter::with_capacity(1 << 20, file), Hasher::new(false));
     let mut builder = tar::Builder::new(hashing);
-    builder.follow_symlinks(false);
-    builder.mode(tar::HeaderMode::Complete);
+    let epoch = std::env::var("SOURCE_DATE_EPOCH").ok().and_then(|v| v.trim().parse::<u64>().ok());
     let mut hardlinks: BTreeMap<(u64, u64), PathBuf> = BTreeMap::new();
-    append_tree(&mut builder, dir, Path::new(""), &mut hardlinks)?;
+    append_tree(&mut builder, dir, Path::new(""), epoch, &mut hardlinks)?;
     let hashing = builder.into_inner()?;
     let (buf, hashes) = hashing.finish();
     buf.into_inner().map_err(|e| e.into_error())?.sync_all()?;
@@ -501,6 +502,7 @@ fn append_tree<W: Write>(
     builder: &mut tar::Builder<W>,
     root: &Path,
     rel: &Path,
+    epoch: Option<u64>,
     hardlinks: &mut BTreeMap<(u64, u64), PathBuf>,
 ) -> anyhow::Result<()> {
     let dir = root.join(rel);
@@ -515,11 +517,17 @@ fn append_tree<W: Write>(
         let path = root.join(&entry_rel);
         let meta = std::fs::symlink_metadata(&path).map_err(Error::io("cannot read", &path))?;
         let ft = meta.file_type();
+        if !(ft.is_dir() || ft.is_file() || ft.is_symlink()) {
+            continue;
+        }
+        let mut header = tar::Header::new_gnu();
+        header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
+        if let Some(epoch) = epoch.filter(|e| meta.mtime().max(0) as u64 > *e) {
+            header.set_mtime(epoch);
+        }
         if ft.is_file() && meta.nlink() > 1 {
             // Second and later names of a file become hardlinks, as tar does.
             if let Some(first) = hardlinks.get(&(meta.dev(), meta.ino())) {
-                let mut header = tar::Header::new_gnu();
-                header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
                 header.set_entry_type(EntryType::Link);
                 header.set_size(0);
                 builder.append_link(&mut header, &entry_rel, first)?;
@@ -527,11 +535,15 @@ fn append_tree<W: Write>(
             }
             hardlinks.insert((meta.dev(), meta.ino()), entry_rel.clone());
         }
-        if ft.is_dir() || ft.is_file() || ft.is_symlink() {
-            builder.append_path_with_name(&path, &entry_rel)?;
-        }
-        if ft.is_dir() {
-            append_tree(builder, root, &entry_rel, hardlinks)?;
+        if ft.is_file() {
+            let file = File::open(&path).map_err(Error::io("cannot read", &path))?;
+            builder.append_data(&mut header, &entry_rel, file)?;
+        } else if ft.is_symlink() {
+            let target = std::fs::read_link(&path).map_err(Error::io("cannot read", &path))?;
+            builder.append_link(&mut header, &entry_rel, target)?;
+        } else {
+            builder.append_data(&mut header, &entry_rel, io::empty())?;
+            append_tree(builder, root, &entry_rel, epoch, hardlinks)?;
         }
     }
     Ok(())

@@ -63,8 +63,6 @@ pub struct TestMachine {
 impl TestMachine {
     /// A machine named `name`; with `sync`, the project folder is synced to /project.
     pub fn new(name: &str, forwards: Vec<Forward>, sync: bool) -> TestMachine {
-        // Tests run under TCG: KVM here is kvm-pvm, and CI hosts may lack it.
-        std::env::set_var("ENVY_ACCEL", "tcg");
         let tmp = tempfile::tempdir().unwrap();
         let project_dir = tmp.path().join("project");
         std::fs::create_dir_all(&project_dir).unwrap();
@@ -83,6 +81,8 @@ impl TestMachine {
             cpus: 1,
             memory: 256 << 20,
             disk: None,
+            // TCG: KVM here is kvm-pvm, and CI hosts may lack it (scripts/test.sh also
+            // sets ENVY_ACCEL=tcg, which would win over this).
             accel: Some(Accel::Tcg),
             env: BTreeMap::from([("ENVY_TEST".to_string(), "from the Envfile".to_string())]),
             forwards: forwards.clone(),
