@@ -16,7 +16,7 @@ mod store;
 
 pub use archive::{pack_box, pack_rootfs_dir};
 pub use build::{build, BuildRequest};
-pub use digest::sha256_file;
+pub use digest::{parse_sha256, sha256_file};
 pub use error::Error;
 
 pub use manifest::{BootMethod, ContainerPayload, Manifest, QemuPayload};

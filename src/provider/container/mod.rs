@@ -6,6 +6,7 @@
 
 mod bundle;
 mod layout;
+mod lookup;
 mod network;
 mod overlay;
 mod runc;
@@ -282,7 +283,21 @@ impl Provider for ContainerProvider {
         }
         let default_dir = plan.spec.sync.first().map_or("/", |s| s.guest.as_str());
         let cwd = request.workdir.as_deref().unwrap_or(default_dir);
-        m.runc.exec(m.id(), request, cwd)
+        let code = m.runc.exec(m.id(), request, cwd)?;
+        if code != runc::EXEC_FAILED {
+            return Ok(code);
+        }
+        // runc's 255 covers a command it could not start; tell those apart as a shell does.
+        let Some(init) = m.runc.state(m.id())? else { return Ok(code) };
+        let environment = bundle::environment(plan);
+        let path_var = request.env.iter().rev().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str())
+            .or_else(|| environment.iter().find_map(|e| e.strip_prefix("PATH=")))
+            .unwrap_or_default();
+        Ok(match lookup::find(init.pid, &request.command[0], path_var, cwd) {
+            lookup::Found::Nothing => crate::error::code::COMMAND_NOT_FOUND,
+            lookup::Found::NotExecutable => crate::error::code::COMMAND_NOT_EXECUTABLE,
+            lookup::Found::Executable => code,
+        })
     }
 
     fn shell(&self, plan: &MachinePlan) -> Result<i32> {

@@ -207,6 +207,7 @@ impl QemuProvider {
             disk::grow(&files.overlay, size)?;
         }
         ssh::ensure_key(&files.ssh_key, &format!("envy {}", plan.runtime_id))?;
+        ssh::ensure_known_hosts(&files.known_hosts)?;
 
         let net = ProjectNet::of(plan);
         let public_key = std::fs::read_to_string(files.ssh_public_key())
