@@ -23,7 +23,8 @@ use crate::plan::MachinePlan;
 use crate::provider::{Error, ExecRequest, MachineInfo, MachineState, Provider, SnapshotInfo};
 use crate::ui::Ui;
 use layout::Layout;
-use network::{MachineNet, ProjectNet};
+use crate::provider::network::ProjectNet;
+use network::MachineNet;
 use runc::{Runc, Status};
 
 /// How long a graceful halt waits for the init to exit before killing it.
@@ -166,14 +167,11 @@ impl<'a> Machine<'a> {
     }
 
     /// Removes the machine's forwards and namespace; the project network goes with
-    /// its last machine.
+    /// its last machine (container or VM).
     fn detach_network(&self) -> Result<()> {
         self.project.remove_forwards(self.net.ip)?;
         self.net.remove(&self.project)?;
-        if self.project.machine_namespaces()?.is_empty() {
-            self.project.teardown()?;
-        }
-        Ok(())
+        self.project.release()
     }
 
     /// Removes every file this provider made in the machine dir. Only after

@@ -1,6 +1,7 @@
 //! The QEMU process of a machine: started detached (it outlives the envy command),
 //! recorded in a pid file tied to the boot id, and stopped gracefully or at once.
 
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -26,14 +27,23 @@ pub fn running_pid(files: &MachineFiles) -> Option<u32> {
 }
 
 /// Starts QEMU (which daemonizes once set up) and records its pid. Files QEMU creates
-/// (QMP socket, console log) are private to the user.
-pub fn start(mut command: std::process::Command, files: &MachineFiles) -> Result<u32, Error> {
+/// (QMP socket, console log) are private to the user. `tap`, when given, is inherited
+/// by QEMU at the same descriptor number.
+pub fn start(mut command: std::process::Command, files: &MachineFiles, tap: Option<&OwnedFd>) -> Result<u32, Error> {
     let _ = std::fs::remove_file(&files.qmp_socket);
     let _ = std::fs::remove_file(&files.qemu_pidfile);
-    // SAFETY: umask is async-signal-safe and touches only the child's own state.
+    let tap = tap.map(|fd| fd.as_raw_fd());
+    // SAFETY: umask and fcntl are async-signal-safe and touch only the child's own state.
     unsafe {
-        command.pre_exec(|| {
+        command.pre_exec(move || {
             libc::umask(0o077);
+            if let Some(fd) = tap {
+                // Kept at its own number (QEMU's command line names it): only
+                // close-on-exec is cleared, in the child.
+                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             Ok(())
         });
     }
