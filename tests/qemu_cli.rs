@@ -1,6 +1,7 @@
 //! A QEMU machine through the real `envy` binary, from a box made by
 //! `envy box build --kind qemu`: up, exec, snapshots with memory, halt, share, destroy;
-//! and one Envfile mixing a container and a VM. Under TCG (ENVY_ACCEL=tcg).
+//! and one Envfile mixing a container and a VM, which reach each other by name. Under
+//! TCG (ENVY_ACCEL=tcg).
 
 mod common;
 
@@ -114,6 +115,11 @@ fn one_envfile_mixes_a_container_and_a_vm() {
     assert_eq!(out(&env, &["exec", "web", "--", "hostname"]).trim(), "web");
     assert_eq!(out(&env, &["exec", "db", "--", "hostname"]).trim(), "db");
     assert_eq!(out(&env, &["exec", "db", "--", "cat", "/project/hello.txt"]), "hello VM\n");
+    // One project network: the container and the VM reach each other by name, both ways.
+    out(&env, &["exec", "web", "--", "sh", "-c", "mkdir -p /www && echo from-the-container > /www/index.html && httpd -p 8000 -h /www"]);
+    out(&env, &["exec", "db", "--", "httpd", "-p", "8080", "-h", "/srv/www"]);
+    assert_eq!(out(&env, &["exec", "db", "--", "wget", "-q", "-O", "-", "http://web:8000/"]), "from-the-container\n");
+    assert!(out(&env, &["exec", "web", "--", "wget", "-q", "-O", "-", "http://db:8080/"]).contains("hello from the tiny vm"));
     // With a 9p folder mounted a VM's snapshot holds its disk only; restoring it rewinds
     // the disk and the machine runs again.
     out(&env, &["exec", "db", "--", "sh", "-c", "echo before > /root/state; sync"]);
