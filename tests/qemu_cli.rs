@@ -120,6 +120,13 @@ fn one_envfile_mixes_a_container_and_a_vm() {
     out(&env, &["exec", "db", "--", "httpd", "-p", "8080", "-h", "/srv/www"]);
     assert_eq!(out(&env, &["exec", "db", "--", "wget", "-q", "-O", "-", "http://web:8000/"]), "from-the-container\n");
     assert!(out(&env, &["exec", "web", "--", "wget", "-q", "-O", "-", "http://db:8080/"]).contains("hello from the tiny vm"));
+    // A command that is not there exits 127, one that cannot be executed 126, in either.
+    for machine in ["web", "db"] {
+        env.envy().args(["exec", machine, "--", "no-such-command"]).assert().code(127);
+        env.envy().args(["exec", machine, "--", "no-such-command", "with", "args"]).assert().code(127);
+        env.envy().args(["exec", machine, "--", "/etc"]).assert().code(126);
+        env.envy().args(["exec", machine, "--", "/etc/hosts"]).assert().code(126);
+    }
     // With a 9p folder mounted a VM's snapshot holds its disk only; restoring it rewinds
     // the disk and the machine runs again.
     out(&env, &["exec", "db", "--", "sh", "-c", "echo before > /root/state; sync"]);

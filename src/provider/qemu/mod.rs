@@ -157,6 +157,13 @@ fn leave_project_net(plan: &MachinePlan) -> Result<()> {
     Ok(())
 }
 
+/// `leave_project_net` on a failure path: the first error is the one to report.
+fn leave_project_net_after_failure(plan: &MachinePlan, ui: &Ui) {
+    if let Err(e) = leave_project_net(plan) {
+        ui.warn(format!("cleaning up the project network after machine {} failed to start failed too: {e:#}", plan.name()));
+    }
+}
+
 /// Builds the full QEMU command line for a machine.
 fn qemu_command(
     plan: &MachinePlan,
@@ -323,12 +330,12 @@ impl Provider for QemuProvider {
                 if creating {
                     remove_files(&files);
                 }
-                leave_project_net(plan)?;
+                leave_project_net_after_failure(plan, ui);
                 return Err(e);
             }
         };
         if let Err(e) = self.wait_ready(plan, &files, &target, true) {
-            leave_project_net(plan)?;
+            leave_project_net_after_failure(plan, ui);
             return Err(e.into());
         }
         Ok(())
