@@ -35,7 +35,6 @@ use crate::state::PidFile;
 /// The project segment, as slirp4netns's `--cidr`: not QEMU's user-mode 10.0.2.0/24,
 /// which VMs keep on their first NIC.
 const SUBNET: [u8; 3] = [10, 0, 4];
-const CIDR: &str = "10.0.4.0/24";
 /// slirp's gateway: the containers' default route.
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(SUBNET[0], SUBNET[1], SUBNET[2], 2);
 /// slirp's DNS forwarder, for the containers' resolv.conf.
@@ -225,8 +224,9 @@ impl ProjectNet {
         let write_fd = ready_write.as_raw_fd();
         // --enable-seccomp narrows slirp4netns's syscalls; --enable-sandbox is left out:
         // with it, `ip netns` could no longer enter the namespaces on this host (EINVAL).
+        let cidr = format!("{}/24", Ipv4Addr::new(SUBNET[0], SUBNET[1], SUBNET[2], 0));
         let mut cmd = Command::new("slirp4netns");
-        cmd.args([&format!("--mtu={MTU}"), "--disable-host-loopback", "--enable-seccomp", "--ready-fd=3", "--cidr", CIDR, "--api-socket"])
+        cmd.args([&format!("--mtu={MTU}"), "--disable-host-loopback", "--enable-seccomp", "--ready-fd=3", "--cidr", &cidr, "--api-socket"])
             .arg(&socket)
             .arg("--netns-type=path")
             .arg(netns_path(&self.netns))
