@@ -62,6 +62,20 @@ fn machines_of_a_project_reach_each_other_by_name_and_the_host_cannot_join() {
     assert_eq!(std::fs::metadata(&known_hosts).unwrap().permissions().mode() & 0o777, 0o600);
     let recorded = std::fs::read_to_string(&known_hosts).unwrap();
     assert_eq!(recorded.lines().count(), 1, "one key, whatever the SSH port: {recorded}");
+    // Another key on the machine's port (another process took it) is refused, not
+    // learnt: with the shared connection closed, exec fails and the record stays.
+    let other = web.tmp.path().join("other-key");
+    let made = std::process::Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&other).status().unwrap();
+    assert!(made.success());
+    let other_key = std::fs::read_to_string(other.with_extension("pub")).unwrap();
+    let planted = format!("envy-machine {}", other_key.split_whitespace().take(2).collect::<Vec<_>>().join(" "));
+    std::fs::write(&known_hosts, format!("{planted}\n")).unwrap();
+    let control = web.plan.dir.join("ssh.ctl");
+    std::process::Command::new("ssh").arg("-o").arg(format!("ControlPath={}", control.display())).args(["-O", "exit", "127.0.0.1"]).output().unwrap();
+    assert_ne!(web.sh("true"), 0, "exec went through to a machine whose host key changed");
+    assert_eq!(std::fs::read_to_string(&known_hosts).unwrap(), format!("{planted}\n"));
+    std::fs::write(&known_hosts, &recorded).unwrap();
+    assert_eq!(web.sh("true"), 0);
 
     // The project network goes with its last machine.
     let netns = format!("/run/netns/envy-{}", web.plan.project.id);
