@@ -53,7 +53,8 @@ fn examine(root: &OwnedFd, path: &str) -> Found {
     // SAFETY: open_how is plain data; zero is a valid value for each field.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
     how.flags = (libc::O_PATH | libc::O_CLOEXEC) as u64;
-    how.resolve = libc::RESOLVE_IN_ROOT;
+    // Absolute links resolve inside the root; /proc's magic links (a way out) not at all.
+    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
     // SAFETY: valid fd, path and open_how of the size passed.
     let fd = unsafe {
         libc::syscall(libc::SYS_openat2, root.as_raw_fd(), c_path.as_ptr(), &how as *const libc::open_how, std::mem::size_of::<libc::open_how>())
