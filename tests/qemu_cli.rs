@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::os::unix::process::CommandExt as _;
 use std::time::Duration;
 
 use common::TestEnv;
@@ -167,4 +168,22 @@ fn a_disk_with_its_own_bootloader_boots_by_firmware_like_a_cloud_image() {
     assert!(cmdline.starts_with("BOOT_IMAGE=/boot/vmlinuz-") && cmdline.contains("root=/dev/vda1"), "{cmdline}");
     assert_eq!(out(&env, &["exec", "--", "hostname"]).trim(), "cloud");
     env.envy().args(["destroy", "--force"]).assert().success();
+}
+
+#[test]
+fn several_vms_as_a_user_are_refused_before_anything_is_made() {
+    assert!(nix::unistd::geteuid().is_root(), "this test drops to user nobody: run it as root");
+    let env = TestEnv::new();
+    let tiny = common::tiny_vm_box(&env);
+    let machine = |name: &str| format!("[machine.{name}]\nbox = {{ path = \"{}\" }}\nprovider = \"qemu\"\nmemory = \"256MiB\"\ncpus = 1\n", tiny.display());
+    std::fs::write(env.project.join("Envfile"), machine("a") + &machine("b")).unwrap();
+    let nobody = nix::unistd::Uid::from_raw(65534);
+    let chown = std::process::Command::new("chown").args(["-R", "65534:65534"]).arg(env.dir.path()).status().unwrap();
+    assert!(chown.success());
+    let out = env.envy_std().uid(nobody.as_raw()).gid(65534).arg("up").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(err.contains("machine a shares the project network") && err.contains("only root can make"), "{err}");
+    let made = std::process::Command::new("find").arg(env.dir.path()).args(["-name", "overlay.qcow2", "-o", "-name", "seed.img", "-o", "-name", "id_ed25519"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&made.stdout), "", "nothing of the machine was made");
 }

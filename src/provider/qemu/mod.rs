@@ -307,6 +307,9 @@ impl Provider for QemuProvider {
             ))
             .into());
         }
+        if let Some(net) = Segment::of(plan)? {
+            net.check_host(plan)?;
+        }
         let accel = accel::choose(plan.spec.accel, ui)?;
 
         // A machine created by this call that fails before QEMU runs leaves nothing.

@@ -103,6 +103,18 @@ impl Segment {
         }))
     }
 
+    /// Fails before anything is made when this process cannot make the project network.
+    pub fn check_host(&self, plan: &MachinePlan) -> Result<(), Error> {
+        if nix::unistd::geteuid().is_root() {
+            return Ok(());
+        }
+        Err(Error::Other(format!(
+            "machine {} shares the project network with the project's other machines, and that network \
+             is a network namespace, which only root can make: run envy as root, or give the project one machine",
+            plan.name()
+        )))
+    }
+
     /// Brings the project network up and opens this VM's tap on it, for QEMU to inherit.
     pub fn attach(&self, plan: &MachinePlan) -> Result<OwnedFd> {
         let project = ProjectNet::of(plan);
