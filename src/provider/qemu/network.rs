@@ -15,7 +15,6 @@ use crate::plan::MachinePlan;
 use crate::provider::network::{machine_ip, ProjectNet};
 use crate::provider::Error;
 
-
 /// Whether `port` on `ip` can be bound right now.
 pub fn port_is_free(ip: IpAddr, port: u16, protocol: Protocol) -> bool {
     let addr = SocketAddr::new(ip, port);
