@@ -240,8 +240,8 @@ pub enum BoxCommand {
 pub struct BoxAddArgs {
     /// Catalog name (name or name@version), URL, or path of a .box/.qcow2/rootfs tarball.
     pub source: String,
-    /// Expected sha256 of the file (hex).
-    #[arg(long)]
+    /// Expected sha256 of the file (64 hex digits).
+    #[arg(long, value_parser = crate::boxes::parse_sha256)]
     pub sha256: Option<String>,
     /// Name to list the box under.
     #[arg(long)]
@@ -312,3 +312,4 @@ pub struct CompletionsArgs {
     /// Shell to generate for.
     pub shell: clap_complete::Shell,
 }
+

@@ -17,13 +17,21 @@ pub mod code {
     pub const BUSY: i32 = 6;
     /// The machine is not in a state that allows the command (e.g. exec on a halted machine).
     pub const STATE: i32 = 7;
+    /// exec/run: the command exists in the machine but cannot be executed (as shells say).
+    pub const COMMAND_NOT_EXECUTABLE: i32 = 126;
+    /// exec/run: no such command in the machine (as shells say).
+    pub const COMMAND_NOT_FOUND: i32 = 127;
     /// Interrupted by SIGINT (128 + 2, as shells report it).
     pub const INTERRUPTED: i32 = 130;
 }
 
-/// Picks the exit code for an error by the first typed error found in its chain.
+/// Picks the exit code for an error by the first typed error found in its chain;
+/// a failed provision step passes on its own code.
 pub fn exit_code(err: &anyhow::Error) -> i32 {
     for cause in err.chain() {
+        if let Some(failed) = cause.downcast_ref::<crate::lifecycle::ProvisionFailed>() {
+            return failed.code;
+        }
         if cause.is::<crate::envfile::Error>() {
             return code::ENVFILE;
         }

@@ -16,6 +16,18 @@ use crate::plan::MachinePlan;
 use crate::provider::{self, ExecRequest, MachineState};
 use crate::state::record::{MachineRecord, VERSION};
 
+/// A provision step exited non-zero. envy exits with the step's own code, so a CI
+/// job sees what the step said (docs/envfile.md).
+#[derive(Debug, thiserror::Error)]
+#[error("provision step {step}/{total} of machine {machine} failed with exit code {code}: {label}\nfix it, then run `envy provision {machine}`")]
+pub struct ProvisionFailed {
+    pub machine: String,
+    pub step: usize,
+    pub total: usize,
+    pub code: i32,
+    pub label: String,
+}
+
 /// Options of `envy up` that reach each machine.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct UpOptions {
@@ -133,10 +145,7 @@ pub fn provision(ctx: &Context, plan: &MachinePlan) -> Result<()> {
         };
         let code = provider.exec(plan, &request)?;
         if code != 0 {
-            bail!(
-                "provision step {}/{total} of machine {} failed with exit code {code}: {label}\nfix it, then run `envy provision {}`",
-                i + 1, plan.name(), plan.name()
-            );
+            bail!(ProvisionFailed { machine: plan.name().to_string(), step: i + 1, total, code, label });
         }
     }
     Ok(())

@@ -100,6 +100,22 @@ fn usage_errors_exit_2_and_help_reads() {
 }
 
 #[test]
+fn a_short_sha256_is_a_usage_error_and_nothing_is_stored() {
+    let home = tempfile::tempdir().unwrap();
+    let file = home.path().join("x.box");
+    std::fs::write(&file, "not a box").unwrap();
+    envy(home.path(), home.path())
+        .args(["box", "add"])
+        .arg(&file)
+        .args(["--sha256", "abc"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("`abc` is not a sha256 digest (64 hex digits expected)"));
+    let stored: Vec<_> = std::fs::read_dir(home.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(stored, [std::ffi::OsString::from("x.box")], "nothing but the file itself in ENVY_HOME");
+}
+
+#[test]
 fn completions_and_man_page_are_generated() {
     let home = tempfile::tempdir().unwrap();
     envy(home.path(), home.path()).args(["completions", "bash"]).assert().success().stdout(predicate::str::contains("envy"));

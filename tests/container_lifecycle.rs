@@ -45,7 +45,7 @@ fn up_syncs_the_project_passes_stdio_and_exit_codes_and_forwards_a_port() {
     eventually("the upload to land", || std::fs::metadata(f.project_dir.join("upload.txt")).is_ok_and(|m| m.len() == big.len() as u64));
 
     let info = f.provider.info(&f.plan("web")).unwrap();
-    assert_eq!(info.ip.as_deref(), Some("10.0.2.20"));
+    assert_eq!(info.ip.as_deref(), Some("10.0.4.20"));
     let pid = info.pid.unwrap();
     // The Envfile's memory and cpus become cgroup limits (cgroup v1 on this host).
     let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
@@ -69,7 +69,7 @@ fn machines_of_a_project_reach_each_other_by_name() {
     let (out, code) = f.exec_captured("web", &["sh", "-c", "for i in 1 2 3 4 5 6 7 8 9 10; do wget -qO- http://db:5432/ && exit 0; sleep 0.2; done; exit 1"]);
     assert_eq!((out.as_str(), code), ("rows from db\n", 0));
     let (hosts, _) = f.exec_captured("db", &["cat", "/etc/hosts"]);
-    assert!(hosts.contains("10.0.2.20\tdb") && hosts.contains("10.0.2.21\tweb"), "{hosts}");
+    assert!(hosts.contains("10.0.4.20\tdb") && hosts.contains("10.0.4.21\tweb"), "{hosts}");
 }
 
 #[test]

@@ -37,7 +37,7 @@ env = { MODE = "dev" }
 [machine.db]
 box = { url = "http://127.0.0.1:1/db.box", sha256 = "AB12AB12AB12AB12AB12AB12AB12AB12AB12AB12AB12AB12AB12AB12AB12AB12" }
 provider = "qemu"
-cpus = 4
+cpus = 1
 disk = "10GiB"
 accel = "tcg"
 "#,
@@ -93,6 +93,10 @@ fn bad_values_point_at_the_value() {
     let cases = [
         ("[defaults]\nbox = \"b\"\nmemory = \"lots\"\n", "Envfile:3:10:", "not a size"),
         ("[defaults]\nbox = \"b\"\nmemory = \"1MiB\"\n", "Envfile:3:10:", "too small"),
+        ("[defaults]\nbox = \"b\"\nmemory = \"0MiB\"\n", "Envfile:3:10:", "memory = \"0MiB\" is too small: at least 16 MiB"),
+        ("[defaults]\nbox = \"b\"\ndisk = \"0GiB\"\n", "Envfile:3:8:", "disk = \"0GiB\" is too small"),
+        ("[defaults]\nbox = \"b\"\nforward = [\"203.0.113.5:8080:80\"]\n", "Envfile:3:12:", "203.0.113.5 is not an address of this host"),
+        ("[defaults]\nbox = \"b\"\nforward = [{ host = 8080, guest = 80, host_ip = \"203.0.113.5\" }]\n", "Envfile:3:12:", "not an address of this host"),
         ("[defaults]\nbox = \"b\"\ncpus = 0\n", "Envfile:3:8:", "out of range"),
         ("[defaults]\nbox = \"b\"\nforward = [\"99999:80\"]\n", "Envfile:3:12:", "not a port"),
         ("[defaults]\nbox = \"b\"\nforward = [\"80\"]\n", "Envfile:3:12:", "not HOST:GUEST"),
@@ -112,6 +116,36 @@ fn bad_values_point_at_the_value() {
     }
 }
 
+/// MemTotal of /proc/meminfo, in bytes, read here as a user would read it.
+fn host_memory() -> u64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let kib: u64 = meminfo.lines().find_map(|l| l.strip_prefix("MemTotal:")).unwrap().trim().trim_end_matches("kB").trim().parse().unwrap();
+    kib << 10
+}
+
+#[test]
+fn memory_and_cpus_beyond_the_host_are_refused_naming_what_it_has() {
+    let err = error("[defaults]\nbox = \"b\"\nmemory = \"999999TiB\"\n");
+    assert!(err.starts_with("Envfile:3:10: memory = \"999999TiB\" is more than this host's memory"), "{err}");
+    assert!(err.contains(&format!("give at most {}MiB", host_memory() >> 20)), "{err}");
+
+    let online = String::from_utf8(std::process::Command::new("getconf").arg("_NPROCESSORS_ONLN").output().unwrap().stdout).unwrap();
+    let online: usize = online.trim().parse().unwrap();
+    let err = error(&format!("[machine.a]\nbox = \"b\"\ncpus = {}\n", online + 1));
+    assert!(err.starts_with("Envfile:3:8:"), "{err}");
+    assert!(err.contains(&format!("more than this host's {online} CPUs")), "{err}");
+
+    // Exactly what the host has is fine.
+    let envfile = parse(&format!("[defaults]\nbox = \"b\"\ncpus = {online}\nmemory = \"{}MiB\"\n", host_memory() >> 20)).unwrap();
+    assert_eq!(envfile.machines[0].cpus as usize, online);
+}
+
+#[test]
+fn forwards_may_listen_on_loopback_wildcard_or_a_host_address() {
+    let envfile = parse("[defaults]\nbox = \"b\"\nforward = [\"0.0.0.0:8080:80\", { host = 8081, guest = 81, host_ip = \"127.0.0.1\" }]\n").unwrap();
+    assert_eq!(envfile.machines[0].forwards[0].host_ip.to_string(), "0.0.0.0");
+}
+
 #[test]
 fn a_host_port_claimed_twice_is_refused_naming_both_machines() {
     let err = error("[defaults]\nbox = \"b\"\n[machine.a]\nforward = [\"8080:80\"]\n[machine.b]\nforward = [\"8080:81\"]\n");
@@ -124,6 +158,7 @@ fn sizes_parse_in_binary_and_decimal_units() {
     assert_eq!(envfile::parse_size("1GiB"), Some(1 << 30));
     assert_eq!(envfile::parse_size("1.5G"), Some(3 << 29));
     assert_eq!(envfile::parse_size("500MB"), Some(500_000_000));
+    assert_eq!(envfile::parse_size("0MiB"), Some(0), "zero is a size (the caller says it is too small)");
     assert_eq!(envfile::parse_size("12"), None);
     assert_eq!(envfile::parse_size("1 parsec"), None);
 }

@@ -310,6 +310,43 @@ fn run_passes_the_exit_code_and_leaves_nothing() {
 }
 
 #[test]
+fn a_failing_provision_step_makes_up_exit_with_its_code_naming_machine_and_step() {
+    let p = Project::new("[machine.web]\nbox = { path = \"BOX\" }\nprovider = \"container\"\nprovision = [\"true\", \"exit 42\", \"touch /never\"]\n");
+    let out = p.envy().arg("up").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(42), "{err}");
+    assert!(err.contains("provision step 2/3 of machine web failed with exit code 42: exit 42"), "{err}");
+    assert!(err.contains("`envy provision web`"), "{err}");
+    // `envy provision` says the same with the same code.
+    p.envy().arg("provision").assert().code(42);
+    p.envy().args(["exec", "--", "test", "-e", "/never"]).assert().code(1);
+}
+
+#[test]
+fn a_command_not_found_exits_127_and_one_not_executable_126() {
+    let p = Project::new("[machine.web]\nbox = { path = \"BOX\" }\nprovider = \"container\"\nsync = [\".:/project\"]\n");
+    std::fs::write(p.env.project.join("notexec.sh"), "echo never\n").unwrap();
+    std::fs::set_permissions(p.env.project.join("notexec.sh"), std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    p.envy().arg("up").assert().success();
+    p.envy().args(["exec", "--", "no-such-command"]).assert().code(127);
+    p.envy().args(["exec", "--", "/project/no-such-file"]).assert().code(127);
+    // A guest symlink to a host path is looked up in the machine's root, not the host's.
+    assert!(std::path::Path::new("/usr/bin/slirp4netns").is_file(), "the host has what the guest's link points at");
+    p.out(&["exec", "--", "ln", "-s", "/usr/bin/slirp4netns", "/bin/hostslirp"]);
+    p.envy().args(["exec", "--", "hostslirp"]).assert().code(127);
+    p.envy().args(["exec", "--", "./notexec.sh"]).assert().code(126);
+    p.envy().args(["exec", "--", "/project"]).assert().code(126);
+    p.envy().args(["exec", "--workdir", "/", "--", "project/notexec.sh"]).assert().code(126);
+    // A command that itself exits 255 keeps its code.
+    p.envy().args(["exec", "--", "sh", "-c", "exit 255"]).assert().code(255);
+    p.envy().args(["destroy", "--force"]).assert().success();
+
+    let out = p.envy().args(["run", "--box"]).arg(&p.box_path).args(["--", "no-such-command"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(127), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_no_throwaways(&p.env);
+}
+
+#[test]
 fn run_interrupted_by_ctrl_c_cleans_up_and_exits_130() {
     use std::os::unix::process::CommandExt;
     require_host();

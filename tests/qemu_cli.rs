@@ -1,9 +1,11 @@
 //! A QEMU machine through the real `envy` binary, from a box made by
 //! `envy box build --kind qemu`: up, exec, snapshots with memory, halt, share, destroy;
-//! and one Envfile mixing a container and a VM. Under TCG (ENVY_ACCEL=tcg).
+//! and one Envfile mixing a container and a VM, which reach each other by name. Under
+//! TCG (ENVY_ACCEL=tcg).
 
 mod common;
 
+use std::os::unix::process::CommandExt as _;
 use std::time::Duration;
 
 use common::TestEnv;
@@ -114,6 +116,18 @@ fn one_envfile_mixes_a_container_and_a_vm() {
     assert_eq!(out(&env, &["exec", "web", "--", "hostname"]).trim(), "web");
     assert_eq!(out(&env, &["exec", "db", "--", "hostname"]).trim(), "db");
     assert_eq!(out(&env, &["exec", "db", "--", "cat", "/project/hello.txt"]), "hello VM\n");
+    // One project network: the container and the VM reach each other by name, both ways.
+    out(&env, &["exec", "web", "--", "sh", "-c", "mkdir -p /www && echo from-the-container > /www/index.html && httpd -p 8000 -h /www"]);
+    out(&env, &["exec", "db", "--", "httpd", "-p", "8080", "-h", "/srv/www"]);
+    assert_eq!(out(&env, &["exec", "db", "--", "wget", "-q", "-O", "-", "http://web:8000/"]), "from-the-container\n");
+    assert!(out(&env, &["exec", "web", "--", "wget", "-q", "-O", "-", "http://db:8080/"]).contains("hello from the tiny vm"));
+    // A command that is not there exits 127, one that cannot be executed 126, in either.
+    for machine in ["web", "db"] {
+        env.envy().args(["exec", machine, "--", "no-such-command"]).assert().code(127);
+        env.envy().args(["exec", machine, "--", "no-such-command", "with", "args"]).assert().code(127);
+        env.envy().args(["exec", machine, "--", "/etc"]).assert().code(126);
+        env.envy().args(["exec", machine, "--", "/etc/hosts"]).assert().code(126);
+    }
     // With a 9p folder mounted a VM's snapshot holds its disk only; restoring it rewinds
     // the disk and the machine runs again.
     out(&env, &["exec", "db", "--", "sh", "-c", "echo before > /root/state; sync"]);
@@ -154,4 +168,22 @@ fn a_disk_with_its_own_bootloader_boots_by_firmware_like_a_cloud_image() {
     assert!(cmdline.starts_with("BOOT_IMAGE=/boot/vmlinuz-") && cmdline.contains("root=/dev/vda1"), "{cmdline}");
     assert_eq!(out(&env, &["exec", "--", "hostname"]).trim(), "cloud");
     env.envy().args(["destroy", "--force"]).assert().success();
+}
+
+#[test]
+fn several_vms_as_a_user_are_refused_before_anything_is_made() {
+    assert!(nix::unistd::geteuid().is_root(), "this test drops to user nobody: run it as root");
+    let env = TestEnv::new();
+    let tiny = common::tiny_vm_box(&env);
+    let machine = |name: &str| format!("[machine.{name}]\nbox = {{ path = \"{}\" }}\nprovider = \"qemu\"\nmemory = \"256MiB\"\ncpus = 1\n", tiny.display());
+    std::fs::write(env.project.join("Envfile"), machine("a") + &machine("b")).unwrap();
+    let nobody = nix::unistd::Uid::from_raw(65534);
+    let chown = std::process::Command::new("chown").args(["-R", "65534:65534"]).arg(env.dir.path()).status().unwrap();
+    assert!(chown.success());
+    let out = env.envy_std().uid(nobody.as_raw()).gid(65534).arg("up").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(err.contains("machine a shares the project network") && err.contains("only root can make"), "{err}");
+    let made = std::process::Command::new("find").arg(env.dir.path()).args(["-name", "overlay.qcow2", "-o", "-name", "seed.img", "-o", "-name", "id_ed25519"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&made.stdout), "", "nothing of the machine was made");
 }

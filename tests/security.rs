@@ -277,6 +277,11 @@ fn provision_scripts_are_read_only_from_inside_the_project() {
     assert_eq!(code, Some(3), "{err}");
     assert!(err.contains("setup.sh") && err.contains("does not exist"), "{err}");
     assert!(!a.env.machine_dir("default").join("upper").exists(), "nothing was created");
+    // A folder where the script should be is named as a folder.
+    std::fs::create_dir(a.env.project.join("setup.sh")).unwrap();
+    let (code, err) = a.fails(&["up"]);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("setup.sh is a directory, not a file"), "{err}");
 }
 
 #[test]

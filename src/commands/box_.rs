@@ -159,9 +159,13 @@ fn build(ctx: &Context, store: &Store, args: BoxBuildArgs) -> Result<i32> {
     };
     // Sizes read exactly as the Envfile's `memory` and `disk` do.
     let disk_size = match args.disk_size.as_deref() {
-        Some(text) => Some(crate::envfile::parse_size(text).ok_or_else(|| {
-            anyhow::anyhow!("--disk-size {text:?} is not a size: write a number and a unit, e.g. \"2GiB\"")
-        })?),
+        Some(text) => match crate::envfile::parse_size(text) {
+            None => anyhow::bail!("--disk-size {text:?} is not a size: write a number and a unit, e.g. \"2GiB\""),
+            Some(bytes) if bytes < crate::envfile::MIN_DISK => {
+                anyhow::bail!("--disk-size {text:?} is too small: at least {} MiB", crate::envfile::MIN_DISK >> 20)
+            }
+            Some(bytes) => Some(bytes),
+        },
         None => None,
     };
     let output = args.output.clone().unwrap_or_else(|| format!("{}.box", args.name).into());

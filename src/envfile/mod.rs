@@ -3,6 +3,7 @@
 //! pins each machine's box to a digest.
 
 mod error;
+mod host;
 pub mod lock;
 mod parse;
 mod render;
@@ -14,7 +15,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use error::Error;
-pub use parse::{find, load, parse_size, parse_str, DEFAULT_MACHINE};
+pub use parse::{find, load, parse_size, parse_str, DEFAULT_MACHINE, MIN_DISK};
 
 /// The file name envy looks for.
 pub const FILE_NAME: &str = "Envfile";

@@ -10,9 +10,12 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    Accel, BoxRef, Envfile, Error, Forward, MachineSpec, Protocol, ProviderKind, ProvisionStep,
+    host, Accel, BoxRef, Envfile, Error, Forward, MachineSpec, Protocol, ProviderKind, ProvisionStep,
     SyncFolder,
 };
+
+/// The smallest disk a machine (or `envy box build --disk-size`) may ask for.
+pub const MIN_DISK: u64 = 64 << 20;
 
 /// Name given to the machine of an Envfile that declares no `[machine.NAME]`.
 pub const DEFAULT_MACHINE: &str = "default";
@@ -157,16 +160,20 @@ impl Reader<'_> {
             },
             None => self.default_provider,
         };
+        let host_cpus = host::cpu_count();
         let cpus = match m.cpus.as_ref().or(defaults.cpus.as_ref()) {
+            Some(c) if *c.get_ref() > i64::from(host_cpus) && *c.get_ref() <= 1024 => {
+                return Err(self.error(c.span(), format!("cpus = {} is more than this host's {host_cpus} CPUs: give at most {host_cpus}", c.get_ref())))
+            }
             Some(c) if (1..=1024).contains(c.get_ref()) => *c.get_ref() as u32,
-            Some(c) => return Err(self.error(c.span(), format!("cpus = {} is out of range: give 1 to 1024", c.get_ref()))),
+            Some(c) => return Err(self.error(c.span(), format!("cpus = {} is out of range: give 1 to {host_cpus} (this host's CPUs)", c.get_ref()))),
             None => 2,
         };
         let memory = match m.memory.as_ref().or(defaults.memory.as_ref()) {
-            Some(s) => self.size(s, "memory", 16 << 20)?,
+            Some(s) => self.memory(s)?,
             None => 1 << 30,
         };
-        let disk = m.disk.as_ref().or(defaults.disk.as_ref()).map(|s| self.size(s, "disk", 64 << 20)).transpose()?;
+        let disk = m.disk.as_ref().or(defaults.disk.as_ref()).map(|s| self.size(s, "disk", MIN_DISK)).transpose()?;
         let accel = match m.accel.as_ref().or(defaults.accel.as_ref()) {
             Some(a) => Some(match a.get_ref().as_str() {
                 "auto" => Accel::Auto,
@@ -264,6 +271,20 @@ impl Reader<'_> {
         Ok(bytes)
     }
 
+    /// A machine's memory: a size no larger than the host's memory.
+    fn memory(&self, value: &Spanned<String>) -> Result<u64, Error> {
+        let bytes = self.size(value, "memory", 16 << 20)?;
+        match host::memory_total() {
+            Some(total) if bytes > total => Err(self.error(value.span(), format!(
+                "memory = {:?} is more than this host's memory ({}, MemTotal in /proc/meminfo): give at most {}MiB",
+                value.get_ref(),
+                host::human_size(total),
+                total >> 20
+            ))),
+            _ => Ok(bytes),
+        }
+    }
+
     fn forward(&self, value: &Spanned<toml::Value>) -> Result<Forward, Error> {
         let span = value.span();
         let bad = |msg: String| self.error(span.clone(), msg);
@@ -297,7 +318,7 @@ impl Reader<'_> {
                     ),
                     _ => return Err(bad(format!("forward {s:?} is not HOST:GUEST, e.g. \"8080:80\" or \"8080:80/udp\""))),
                 };
-                Ok(Forward { host_ip, host_port, guest_port, protocol: proto, auto: false })
+                Ok(Forward { host_ip: self.local(host_ip, &span)?, host_port, guest_port, protocol: proto, auto: false })
             }
             toml::Value::Table(t) => {
                 for key in t.keys() {
@@ -326,10 +347,21 @@ impl Reader<'_> {
                     Some(_) => return Err(bad("forward.host_ip must be a string".into())),
                     None => loopback,
                 };
-                Ok(Forward { host_ip, host_port: num("host")?, guest_port: num("guest")?, protocol: proto, auto })
+                Ok(Forward { host_ip: self.local(host_ip, &span)?, host_port: num("host")?, guest_port: num("guest")?, protocol: proto, auto })
             }
             _ => Err(bad("a forward is \"HOST:GUEST\" or a table { host, guest, protocol, auto }".into())),
         }
+    }
+
+    /// A forward's host address must be one this host can listen on.
+    fn local(&self, ip: IpAddr, span: &Range<usize>) -> Result<IpAddr, Error> {
+        if host::is_local_address(ip) {
+            return Ok(ip);
+        }
+        Err(self.error(span.clone(), format!(
+            "forward host address {ip} is not an address of this host, so nothing could listen on it: \
+             use 127.0.0.1 (the default), 0.0.0.0, or one of this host's addresses (`ip address` lists them)"
+        )))
     }
 
     fn sync(&self, value: &Spanned<toml::Value>) -> Result<SyncFolder, Error> {
@@ -442,7 +474,8 @@ pub fn parse_size(s: &str) -> Option<u64> {
         _ => return None,
     };
     let bytes = number * factor as f64;
-    (bytes.is_finite() && bytes >= 1.0).then_some(bytes as u64)
+    // Zero is a size (too small for any use, which the caller says); NaN and inf are not.
+    (bytes.is_finite() && bytes >= 0.0).then_some(bytes as u64)
 }
 
 /// Removes `.` and resolves `..` lexically (the path may not exist yet).

@@ -5,7 +5,7 @@
 use std::ffi::OsString;
 use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -39,6 +39,20 @@ pub struct SshTarget {
 }
 
 /// Creates the machine's ed25519 key pair at `key` (and `key.pub`) unless it exists.
+/// Creates the machine's known_hosts empty and 0600 (or makes an existing one 0600):
+/// ssh appends to the file it finds and keeps its mode.
+pub fn ensure_known_hosts(path: &Path) -> Result<()> {
+    let file = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot make {} private", path.display()))?;
+    Ok(())
+}
+
 pub fn ensure_key(key: &Path, comment: &str) -> Result<()> {
     if key.exists() && key.with_extension("pub").exists() {
         return Ok(());
@@ -119,9 +133,13 @@ impl SshTarget {
         opt(format!("IdentityFile={}", self.key.display()));
         opt("IdentitiesOnly=yes".into());
         opt("BatchMode=yes".into());
-        // Each machine gets a new host key at first boot; remember it per machine only.
-        opt("StrictHostKeyChecking=no".into());
+        // Each machine makes its host key at first boot: the first connection records
+        // it in the machine's own known_hosts, and from then on a different key (another
+        // process on the forwarded port) is refused. The alias keys the entry to the
+        // machine, not to its SSH port, which can change between boots.
+        opt("StrictHostKeyChecking=accept-new".into());
         opt(format!("UserKnownHostsFile={}", self.known_hosts.display()));
+        opt("HostKeyAlias=envy-machine".into());
         opt("LogLevel=ERROR".into());
         opt(format!("ControlPath={}", self.control.display()));
         opt(format!("Port={}", self.port));
@@ -224,6 +242,19 @@ impl SshTarget {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn known_hosts_is_private_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("known_hosts");
+        ensure_known_hosts(&path).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        std::fs::write(&path, "envy-machine ssh-ed25519 AAAA\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        ensure_known_hosts(&path).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "envy-machine ssh-ed25519 AAAA\n");
+    }
 
     #[test]
     fn quoting_survives_a_shell() {

@@ -2,6 +2,7 @@
 //! to `Provider`; `container` (runc) and `qemu` (QEMU/KVM) hide their differences.
 
 pub mod container;
+pub mod network;
 pub mod qemu;
 pub mod tool;
 

@@ -6,6 +6,7 @@
 
 mod bundle;
 mod layout;
+mod lookup;
 mod network;
 mod overlay;
 mod runc;
@@ -22,7 +23,8 @@ use crate::plan::MachinePlan;
 use crate::provider::{Error, ExecRequest, MachineInfo, MachineState, Provider, SnapshotInfo};
 use crate::ui::Ui;
 use layout::Layout;
-use network::{MachineNet, ProjectNet};
+use crate::provider::network::ProjectNet;
+use network::MachineNet;
 use runc::{Runc, Status};
 
 /// How long a graceful halt waits for the init to exit before killing it.
@@ -212,14 +214,11 @@ impl<'a> Machine<'a> {
     }
 
     /// Removes the machine's forwards and namespace; the project network goes with
-    /// its last machine.
+    /// its last machine (container or VM).
     fn detach_network(&self) -> Result<()> {
         self.project.remove_forwards(self.net.ip)?;
         self.net.remove(&self.project)?;
-        if self.project.machine_namespaces()?.is_empty() {
-            self.project.teardown()?;
-        }
-        Ok(())
+        self.project.release()
     }
 
     /// Removes every file this provider made in the machine dir. Only after
@@ -331,7 +330,21 @@ impl Provider for ContainerProvider {
         }
         let default_dir = plan.spec.sync.first().map_or("/", |s| s.guest.as_str());
         let cwd = request.workdir.as_deref().unwrap_or(default_dir);
-        m.runc.exec(m.id(), request, cwd)
+        let code = m.runc.exec(m.id(), request, cwd)?;
+        if code != runc::EXEC_FAILED {
+            return Ok(code);
+        }
+        // runc's 255 covers a command it could not start; tell those apart as a shell does.
+        let Some(init) = m.runc.state(m.id())? else { return Ok(code) };
+        let environment = bundle::environment(plan);
+        let path_var = request.env.iter().rev().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str())
+            .or_else(|| environment.iter().find_map(|e| e.strip_prefix("PATH=")))
+            .unwrap_or_default();
+        Ok(match lookup::find(init.pid, &request.command[0], path_var, cwd) {
+            lookup::Found::Nothing => crate::error::code::COMMAND_NOT_FOUND,
+            lookup::Found::NotExecutable => crate::error::code::COMMAND_NOT_EXECUTABLE,
+            lookup::Found::Executable => code,
+        })
     }
 
     fn shell(&self, plan: &MachinePlan) -> Result<i32> {

@@ -11,6 +11,10 @@ use serde::Deserialize;
 use crate::provider::tool;
 use crate::provider::ExecRequest;
 
+/// What `runc exec` exits with when it could not start the command (and what a
+/// command that exits 255 itself returns).
+pub const EXEC_FAILED: i32 = 255;
+
 /// A container's status as runc reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -13,6 +13,7 @@ mod qmp;
 mod seed;
 mod snapshot;
 
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -28,7 +29,7 @@ use crate::ui::Ui;
 
 use cmdline::QemuCommand;
 use files::MachineFiles;
-use network::ProjectNet;
+use network::Segment;
 
 /// Seconds `up` waits for SSH; override with this environment variable.
 pub const BOOT_TIMEOUT_ENV: &str = "ENVY_BOOT_TIMEOUT";
@@ -150,6 +151,22 @@ fn remove_files(files: &MachineFiles) -> Vec<PathBuf> {
         .collect()
 }
 
+/// After a VM's QEMU ended (and with it its tap): the project network goes once no
+/// machine is on it.
+fn leave_project_net(plan: &MachinePlan) -> Result<()> {
+    if Segment::of(plan)?.is_some() {
+        crate::provider::network::ProjectNet::of(plan).release()?;
+    }
+    Ok(())
+}
+
+/// `leave_project_net` on a failure path: the first error is the one to report.
+fn leave_project_net_after_failure(plan: &MachinePlan, ui: &Ui) {
+    if let Err(e) = leave_project_net(plan) {
+        ui.warn(format!("cleaning up the project network after machine {} failed to start failed too: {e:#}", plan.name()));
+    }
+}
+
 /// Builds the full QEMU command line for a machine.
 fn qemu_command(
     plan: &MachinePlan,
@@ -157,7 +174,7 @@ fn qemu_command(
     files: &MachineFiles,
     accel: accel::Chosen,
     ssh_port: u16,
-    net: Option<&ProjectNet>,
+    net: Option<(&Segment, &OwnedFd)>,
     folders: &[OpenedFolder],
 ) -> Result<std::process::Command, Error> {
     let payload = qemu_payload(plan, stored)?;
@@ -180,8 +197,8 @@ fn qemu_command(
     qemu.disk(&files.overlay, snapshot::OVERLAY_DEVICE, "qcow2", false, payload.boot == BootMethod::Firmware);
     qemu.disk(&files.seed, "seed", "raw", true, false);
     qemu.nic(&network::user_netdev("net0", ssh_port, &plan.forwards), "net0", "52:54:00:12:34:56");
-    if let Some(net) = net {
-        qemu.nic(&net.netdev("net1"), "net1", &net.mac);
+    if let Some((net, tap)) = net {
+        qemu.nic(&Segment::netdev("net1", tap), "net1", &net.mac);
     }
     for (i, opened) in folders.iter().enumerate() {
         qemu.shared_folder(&opened.proc_path(), &seed::mount_tag(i), opened.folder.readonly);
@@ -199,7 +216,7 @@ impl QemuProvider {
         stored: &StoredBox,
         files: &MachineFiles,
         ui: &Ui,
-    ) -> Result<(u16, Option<ProjectNet>)> {
+    ) -> Result<(u16, Option<Segment>)> {
         let payload = qemu_payload(plan, stored)?;
         for dir in files.dirs() {
             std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -211,8 +228,9 @@ impl QemuProvider {
             disk::grow(&files.overlay, size)?;
         }
         ssh::ensure_key(&files.ssh_key, &format!("envy {}", plan.runtime_id))?;
+        ssh::ensure_known_hosts(&files.known_hosts)?;
 
-        let net = ProjectNet::of(plan);
+        let net = Segment::of(plan)?;
         let public_key = std::fs::read_to_string(files.ssh_public_key())
             .with_context(|| format!("cannot read {}", files.ssh_public_key().display()))?;
         seed::write(&files.seed, &seed::meta_data(plan), &seed::user_data(plan, &public_key, net.as_ref()))?;
@@ -297,6 +315,9 @@ impl Provider for QemuProvider {
             }
             .into());
         }
+        if let Some(net) = Segment::of(plan)? {
+            net.check_host(plan)?;
+        }
         let accel = accel::choose(plan.spec.accel, ui)?;
 
         // A machine created by this call that fails before QEMU runs leaves nothing.
@@ -307,9 +328,11 @@ impl Provider for QemuProvider {
             // Console and SSH logs hold the current boot only.
             crate::state::create_private(&files.console_log)?;
             let _ = std::fs::remove_file(&files.ssh_log);
-            let command = qemu_command(plan, stored, &files, accel, ssh_port, net.as_ref(), &folders)?;
+            // envy's copy of the tap closes after the start; QEMU's keeps it alive.
+            let tap = net.as_ref().map(|n| n.attach(plan)).transpose()?;
+            let command = qemu_command(plan, stored, &files, accel, ssh_port, net.as_ref().zip(tap.as_ref()), &folders)?;
             ui.step(format!("{}: booting ({}, SSH on 127.0.0.1:{ssh_port})", plan.name(), accel.name()));
-            let inherited: Vec<_> = folders.iter().map(|f| std::os::fd::AsRawFd::as_raw_fd(&f.fd)).collect();
+            let inherited: Vec<RawFd> = folders.iter().map(|f| f.fd.as_raw_fd()).chain(tap.as_ref().map(|t| t.as_raw_fd())).collect();
             process::start(command, &files, &inherited)?;
             Ok(target)
         });
@@ -319,10 +342,14 @@ impl Provider for QemuProvider {
                 if creating {
                     remove_files(&files);
                 }
+                leave_project_net_after_failure(plan, ui);
                 return Err(e);
             }
         };
-        self.wait_ready(plan, &files, &target, true)?;
+        if let Err(e) = self.wait_ready(plan, &files, &target, true) {
+            leave_project_net_after_failure(plan, ui);
+            return Err(e.into());
+        }
         Ok(())
     }
 
@@ -343,7 +370,7 @@ impl Provider for QemuProvider {
         let record = RuntimeRecord::load(&files);
         let died = pid.is_none() && !record.halted && files.console_log.exists();
         Ok(MachineInfo {
-            ip: ProjectNet::of(plan).map(|n| n.address.to_string()),
+            ip: Segment::of(plan)?.map(|n| n.address.to_string()),
             ssh_port: record.ssh_port,
             pid,
             log_tail: died.then(|| files.console_tail(LOG_TAIL_LINES)),
@@ -362,35 +389,8 @@ impl Provider for QemuProvider {
     }
 
     fn halt(&self, plan: &MachinePlan, force: bool, ui: &Ui) -> Result<()> {
-        let files = MachineFiles::of(plan);
-        let mut record = RuntimeRecord::load(&files);
-        if let Some(port) = record.ssh_port {
-            ssh_target(&files, port).close_master();
-        }
-        if process::running_pid(&files).is_none() {
-            return Ok(process::finish(&files)?);
-        }
-        record.halted = true;
-        record.save(&files)?;
-        if force {
-            return Ok(process::stop_now(&files)?);
-        }
-        ui.step(format!("{}: powering off", plan.name()));
-        match process::power_down(&files, process::HALT_TIMEOUT) {
-            Ok(true) => Ok(process::finish(&files)?),
-            Ok(false) => {
-                ui.warn(format!(
-                    "machine {} did not power off within {} s; stopping QEMU",
-                    plan.name(),
-                    process::HALT_TIMEOUT.as_secs()
-                ));
-                Ok(process::stop_now(&files)?)
-            }
-            Err(e) => {
-                ui.warn(format!("cannot ask machine {} to power off ({e}); stopping QEMU", plan.name()));
-                Ok(process::stop_now(&files)?)
-            }
-        }
+        self.power_off(plan, force, ui)?;
+        leave_project_net(plan)
     }
 
     fn destroy(&self, plan: &MachinePlan, _ui: &Ui) -> Result<()> {
@@ -399,6 +399,7 @@ impl Provider for QemuProvider {
             ssh_target(&files, port).close_master();
         }
         process::stop_now(&files)?;
+        leave_project_net(plan)?;
         let left = remove_files(&files);
         if let Some(path) = left.first() {
             return Err(anyhow::anyhow!("cannot remove {}; remove it by hand", path.display()));
@@ -496,6 +497,39 @@ impl Provider for QemuProvider {
 }
 
 impl QemuProvider {
+    /// Stops QEMU: a graceful power-off unless `force`, QEMU's end if that fails.
+    fn power_off(&self, plan: &MachinePlan, force: bool, ui: &Ui) -> Result<()> {
+        let files = MachineFiles::of(plan);
+        let mut record = RuntimeRecord::load(&files);
+        if let Some(port) = record.ssh_port {
+            ssh_target(&files, port).close_master();
+        }
+        if process::running_pid(&files).is_none() {
+            return Ok(process::finish(&files)?);
+        }
+        record.halted = true;
+        record.save(&files)?;
+        if force {
+            return Ok(process::stop_now(&files)?);
+        }
+        ui.step(format!("{}: powering off", plan.name()));
+        match process::power_down(&files, process::HALT_TIMEOUT) {
+            Ok(true) => Ok(process::finish(&files)?),
+            Ok(false) => {
+                ui.warn(format!(
+                    "machine {} did not power off within {} s; stopping QEMU",
+                    plan.name(),
+                    process::HALT_TIMEOUT.as_secs()
+                ));
+                Ok(process::stop_now(&files)?)
+            }
+            Err(e) => {
+                ui.warn(format!("cannot ask machine {} to power off ({e}); stopping QEMU", plan.name()));
+                Ok(process::stop_now(&files)?)
+            }
+        }
+    }
+
     /// The machine's files, or the not-created error.
     fn created(&self, plan: &MachinePlan) -> Result<MachineFiles> {
         let files = MachineFiles::of(plan);

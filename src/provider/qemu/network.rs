@@ -1,19 +1,19 @@
 //! A machine's network: user-mode NAT with host forwards bound to 127.0.0.1 (SSH on a
 //! free port, plus the Envfile's forwards), and, when the project has several
-//! machines, a second NIC on a loopback multicast segment shared by the project's VMs
-//! with static addresses derived from each machine's index.
+//! machines, a second NIC on the project network (provider/network.rs): a tap on the
+//! project's bridge, opened by envy inside the project's namespace and inherited by
+//! QEMU as a file descriptor. Containers and VMs of a project share that segment.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use anyhow::Result;
+use sha2::{Digest as _, Sha256};
 
 use crate::envfile::{Forward, Protocol};
 use crate::plan::MachinePlan;
+use crate::provider::network::{machine_ip, ProjectNet};
 use crate::provider::Error;
-
-/// The project segment's prefix: machine N gets 192.168.76.(10+N).
-const PROJECT_SUBNET: [u8; 3] = [192, 168, 76];
-const FIRST_HOST: usize = 10;
-/// Multicast group the project's VMs meet on (only over loopback).
-const MCAST_GROUP: &str = "230.0.0.1";
 
 /// Whether `port` on `ip` can be bound right now.
 pub fn port_is_free(ip: IpAddr, port: u16, protocol: Protocol) -> bool {
@@ -76,45 +76,59 @@ pub fn user_netdev(id: &str, ssh_port: u16, forwards: &[Forward]) -> String {
     netdev
 }
 
-/// The project segment as one machine sees it.
+/// The project segment as one VM sees it.
 #[derive(Debug, Clone)]
-pub struct ProjectNet {
-    /// UDP port of the multicast group, derived from the project id.
-    pub mcast_port: u16,
+pub struct Segment {
+    /// The tap's name in the project namespace (15 bytes at most: from a hash).
+    pub tap: String,
     pub mac: String,
     pub address: Ipv4Addr,
-    /// Peers' names and addresses, for /etc/hosts.
+    /// Every other machine's name and address, for /etc/hosts.
     pub peers: Vec<(String, Ipv4Addr)>,
 }
 
-/// Address of the machine at `index` on the project segment.
-fn address_of(index: usize) -> Ipv4Addr {
-    let [a, b, c] = PROJECT_SUBNET;
-    Ipv4Addr::new(a, b, c, (FIRST_HOST + index).min(254) as u8)
-}
-
-impl ProjectNet {
+impl Segment {
     /// The segment for a machine, or None when it has no peers to talk to.
-    pub fn of(plan: &MachinePlan) -> Option<ProjectNet> {
+    pub fn of(plan: &MachinePlan) -> Result<Option<Segment>> {
         if plan.peers.is_empty() {
-            return None;
+            return Ok(None);
         }
-        let id = u32::from_str_radix(&plan.project.id, 16).unwrap_or(0);
-        Some(ProjectNet {
-            mcast_port: 20000 + (id % 20000) as u16,
+        let digest = Sha256::digest(plan.runtime_id.as_bytes());
+        Ok(Some(Segment {
+            tap: format!("vt{}", hex::encode(&digest[..4])),
             mac: format!("52:54:00:76:{:02x}:{:02x}", (plan.index >> 8) & 0xff, plan.index & 0xff),
-            address: address_of(plan.index),
-            peers: plan.peers.iter().map(|(name, i)| (name.clone(), address_of(*i))).collect(),
-        })
+            address: machine_ip(plan.index)?,
+            peers: plan.peers.iter().map(|(name, i)| Ok((name.clone(), machine_ip(*i)?))).collect::<Result<_>>()?,
+        }))
     }
 
-    /// The `-netdev socket` option string.
-    pub fn netdev(&self, id: &str) -> String {
-        format!("socket,id={id},mcast={MCAST_GROUP}:{},localaddr=127.0.0.1", self.mcast_port)
+    /// Fails before anything is made when this process cannot make the project network.
+    pub fn check_host(&self, plan: &MachinePlan) -> Result<(), Error> {
+        if nix::unistd::geteuid().is_root() {
+            return Ok(());
+        }
+        Err(Error::Other(format!(
+            "machine {} shares the project network with the project's other machines, and that network \
+             is a network namespace, which only root can make: run envy as root, or give the project one machine",
+            plan.name()
+        )))
+    }
+
+    /// Brings the project network up and opens this VM's tap on it, for QEMU to inherit.
+    pub fn attach(&self, plan: &MachinePlan) -> Result<OwnedFd> {
+        let project = ProjectNet::of(plan);
+        project.ensure()?;
+        project.open_tap(&self.tap)
+    }
+
+    /// The `-netdev tap` option string for the tap `attach` opened (QEMU inherits it).
+    pub fn netdev(id: &str, tap: &OwnedFd) -> String {
+        format!("tap,id={id},fd={}", tap.as_raw_fd())
     }
 
     /// Shell run by the guest at every boot: address the NIC found by its MAC and
-    /// name the peers in /etc/hosts (once).
+    /// name the peers in /etc/hosts (once). No route goes through it: the first NIC
+    /// keeps the default route.
     pub fn guest_script(&self) -> String {
         let mut script = format!(
             "nic=$(grep -l '{mac}' /sys/class/net/*/address | cut -d/ -f5)\n\

@@ -1,6 +1,7 @@
 //! The QEMU process of a machine: started detached (it outlives the envy command),
 //! recorded in a pid file tied to the boot id, and stopped gracefully or at once.
 
+use std::os::fd::RawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -27,8 +28,9 @@ pub fn running_pid(files: &MachineFiles) -> Option<u32> {
 
 /// Starts QEMU (which daemonizes once set up) and records its pid. Files QEMU creates
 /// (QMP socket, console log) are private to the user. QEMU inherits the fds in
-/// `inherit` under their own numbers (sync folders it opens as /proc/self/fd/N).
-pub fn start(mut command: std::process::Command, files: &MachineFiles, inherit: &[std::os::fd::RawFd]) -> Result<u32, Error> {
+/// `inherit` at their own numbers, which its command line names (sync folders it
+/// opens as /proc/self/fd/N, the project tap).
+pub fn start(mut command: std::process::Command, files: &MachineFiles, inherit: &[RawFd]) -> Result<u32, Error> {
     let _ = std::fs::remove_file(&files.qmp_socket);
     let _ = std::fs::remove_file(&files.qemu_pidfile);
     let inherit = inherit.to_vec();
@@ -37,7 +39,8 @@ pub fn start(mut command: std::process::Command, files: &MachineFiles, inherit: 
         command.pre_exec(move || {
             libc::umask(0o077);
             for &fd in &inherit {
-                if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                // Only close-on-exec is cleared, in the child.
+                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
             }

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use anyhow::{Context as _, Result};
 
-use super::network::ProjectNet;
+use super::network::Segment;
 use crate::plan::MachinePlan;
 
 /// The seed image size: FAT12 with room to spare for two small text files.
@@ -46,7 +46,7 @@ pub fn meta_data(plan: &MachinePlan) -> String {
 
 /// `user-data`, laid out one item per line so the minimal boxes' shell parser reads
 /// exactly what cloud-init reads.
-pub fn user_data(plan: &MachinePlan, public_key: &str, net: Option<&ProjectNet>) -> String {
+pub fn user_data(plan: &MachinePlan, public_key: &str, net: Option<&Segment>) -> String {
     let mut out = String::from("#cloud-config\n");
     out += &format!("hostname: {}\n", quote(plan.name()));
     // envy logs in as root (exec, provisioning); the default user gets the key too.
@@ -131,7 +131,7 @@ box = "x"
     #[test]
     fn user_data_is_the_documented_cloud_config() {
         let plan = plan();
-        let net = ProjectNet::of(&plan);
+        let net = Segment::of(&plan).unwrap();
         let text = user_data(&plan, "ssh-ed25519 AAAAkey envy\n", net.as_ref());
         assert_eq!(
             text,
@@ -149,8 +149,8 @@ mounts:
 bootcmd:
   - |
     nic=$(grep -l '52:54:00:76:00:00' /sys/class/net/*/address | cut -d/ -f5)
-    if [ -n "$nic" ]; then ip link set "$nic" up; ip addr add 192.168.76.10/24 dev "$nic" 2>/dev/null || true; fi
-    grep -q ' db$' /etc/hosts || echo '192.168.76.11 db' >> /etc/hosts
+    if [ -n "$nic" ]; then ip link set "$nic" up; ip addr add 10.0.4.20/24 dev "$nic" 2>/dev/null || true; fi
+    grep -q ' db$' /etc/hosts || echo '10.0.4.21 db' >> /etc/hosts
 "#
         );
         assert_eq!(meta_data(&plan), "instance-id: \"envy-0badcafe-web\"\nlocal-hostname: \"web\"\n");

@@ -1,0 +1,448 @@
+//! The project network, shared by every machine of a project whatever its provider,
+//! leaving the host's own network untouched: one network namespace per project holds
+//! a bridge `br0`; slirp4netns, attached to that namespace by its tap0 (enslaved to
+//! br0), gives outbound access and the host-side port forwards of containers.
+//! Containers join br0 by a veth pair (container/network.rs), VMs by a tap that envy
+//! opens inside the namespace and hands to QEMU as a file descriptor (qemu/network.rs),
+//! so QEMU itself stays in the host's namespace. Nothing outside the project can join
+//! the segment: it exists only inside the project's namespace, which only root can
+//! enter. Each machine has a static address on slirp's 10.0.4.0/24 segment, derived
+//! from its index in the Envfile; libslirp answers ARP and routes for its own
+//! addresses, so one slirp4netns serves all machines of a project. The subnet is not
+//! QEMU's user-mode 10.0.2.0/24, which a VM keeps on its first NIC for SSH and forwards.
+
+use std::io::{Read as _, Write as _};
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::provider::tool;
+use crate::envfile::{Forward, Protocol};
+use crate::plan::MachinePlan;
+use crate::provider::Error;
+use crate::state::PidFile;
+
+/// The project segment, as slirp4netns's `--cidr`: not QEMU's user-mode 10.0.2.0/24,
+/// which VMs keep on their first NIC.
+const SUBNET: [u8; 3] = [10, 0, 4];
+/// slirp's gateway: the containers' default route.
+pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(SUBNET[0], SUBNET[1], SUBNET[2], 2);
+/// slirp's DNS forwarder, for the containers' resolv.conf.
+pub const DNS: Ipv4Addr = Ipv4Addr::new(SUBNET[0], SUBNET[1], SUBNET[2], 3);
+/// Ethernet's MTU on every link. slirp4netns's large-MTU mode (65520) works on its own
+/// tap, but through veth + bridge the machines' outbound downloads stalled at 9000 and
+/// 65520 (the first full-size segment never arrived); 1500 works.
+pub const MTU: &str = "1500";
+/// First host number given to machines (below it: slirp's own addresses and DHCP range).
+const FIRST_HOST: usize = 20;
+pub const BRIDGE: &str = "br0";
+const TAP: &str = "tap0";
+const NETNS_DIR: &str = "/run/netns";
+
+/// A machine's address, derived from its position in the Envfile so it is stable,
+/// and so every machine knows every other's address whatever its provider.
+pub fn machine_ip(index: usize) -> Result<Ipv4Addr> {
+    match u8::try_from(FIRST_HOST + index) {
+        Ok(host) if host < 255 => Ok(Ipv4Addr::new(SUBNET[0], SUBNET[1], SUBNET[2], host)),
+        _ => bail!(Error::Other(format!(
+            "a project can hold at most {} machines on its network; this is machine number {}",
+            255 - FIRST_HOST,
+            index + 1
+        ))),
+    }
+}
+
+pub fn netns_path(name: &str) -> PathBuf {
+    Path::new(NETNS_DIR).join(name)
+}
+
+/// A named namespace exists when its file is a mounted namespace (nsfs); a bare file
+/// is a leftover.
+pub fn netns_exists(name: &str) -> Result<bool> {
+    const NSFS_MAGIC: libc::c_long = 0x6e73_6673;
+    match nix::sys::statfs::statfs(&netns_path(name)) {
+        Ok(fs) => Ok(fs.filesystem_type().0 as libc::c_long == NSFS_MAGIC),
+        Err(nix::errno::Errno::ENOENT) => Ok(false),
+        Err(e) => Err(anyhow::anyhow!("cannot look at network namespace {name}: {e}")),
+    }
+}
+
+pub fn ensure_netns(name: &str) -> Result<()> {
+    if netns_exists(name)? {
+        return Ok(());
+    }
+    let _ = std::fs::remove_file(netns_path(name));
+    tool::run(Command::new("ip").args(["netns", "add", name]), &format!("creating network namespace {name}"))?;
+    Ok(())
+}
+
+pub fn delete_netns(name: &str) -> Result<()> {
+    if netns_exists(name)? {
+        tool::run(Command::new("ip").args(["netns", "delete", name]), &format!("deleting network namespace {name}"))?;
+    }
+    let _ = std::fs::remove_file(netns_path(name));
+    Ok(())
+}
+
+/// `ip -n <netns> -batch -`: several commands in one process (each process costs a
+/// few milliseconds, and `up` needs a dozen of them).
+pub fn ip_in(netns: &str, commands: &[&[&str]]) -> Result<String> {
+    let script: String = commands.iter().map(|c| c.join(" ") + "\n").collect();
+    let doing = format!("running `{}` in network namespace {netns}", script.trim_end().replace('\n', "; "));
+    Ok(tool::run_with_input(Command::new("ip").args(["-n", netns, "-batch", "-"]), &script, &doing)?)
+}
+
+pub fn link_exists(netns: &str, link: &str) -> bool {
+    Command::new("ip")
+        .args(["-n", netns, "link", "show", "dev", link])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// One forward as slirp4netns lists it.
+#[derive(Debug, Deserialize)]
+struct HostForward {
+    id: u64,
+    proto: String,
+    host_addr: String,
+    host_port: u16,
+    guest_addr: String,
+    guest_port: u16,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ForwardsRecord {
+    machine: String,
+    forwards: Vec<Forward>,
+}
+
+fn proto_name(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+    }
+}
+
+/// The project's shared network: its namespace, bridge and slirp4netns.
+#[derive(Debug, Clone)]
+pub struct ProjectNet {
+    netns: String,
+    /// Runtime files: slirp's pid file, API socket and log.
+    dir: PathBuf,
+}
+
+impl ProjectNet {
+    pub fn of(plan: &MachinePlan) -> ProjectNet {
+        ProjectNet {
+            netns: format!("envy-{}", plan.project.id),
+            dir: plan.home.runtime_dir().join("net").join(&plan.project.id),
+        }
+    }
+
+    fn slirp(&self) -> PidFile {
+        PidFile::at(self.dir.join("slirp.pid"))
+    }
+
+    fn api_socket(&self) -> PathBuf {
+        self.dir.join("slirp.sock")
+    }
+
+    /// The project's namespace, which machines' links join.
+    pub fn netns(&self) -> &str {
+        &self.netns
+    }
+
+    pub fn slirp_pid(&self) -> Option<u32> {
+        self.slirp().alive()
+    }
+
+    /// Creates whatever is missing: the namespace, the bridge, a live slirp4netns.
+    pub fn ensure(&self) -> Result<()> {
+        ensure_netns(&self.netns)?;
+        if !link_exists(&self.netns, BRIDGE) {
+            ip_in(&self.netns, &[&["link", "set", "lo", "up"], &["link", "add", BRIDGE, "mtu", MTU, "type", "bridge"], &["link", "set", BRIDGE, "up"]])?;
+        }
+        let restarted = self.slirp_pid().is_none();
+        if restarted {
+            self.start_slirp()?;
+        }
+        // Every time: an `up` killed right after starting slirp4netns left tap0 loose.
+        ip_in(&self.netns, &[&["link", "set", TAP, "mtu", MTU, "master", BRIDGE, "up"]])?;
+        if restarted {
+            self.replay_forwards()?;
+        }
+        Ok(())
+    }
+
+    /// The forwards last set for a machine, kept so a restarted slirp4netns gets the
+    /// forwards of every machine still running, not only the one being brought up.
+    fn forwards_record(&self, ip: Ipv4Addr) -> PathBuf {
+        self.dir.join("forwards").join(format!("{ip}.json"))
+    }
+
+    fn replay_forwards(&self) -> Result<()> {
+        for entry in std::fs::read_dir(self.dir.join("forwards")).into_iter().flatten() {
+            let path = entry?.path();
+            let Some(ip) = path.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse::<Ipv4Addr>().ok()) else { continue };
+            let record: ForwardsRecord = serde_json::from_slice(&std::fs::read(&path)?)
+                .with_context(|| format!("cannot read the forwards record {}", path.display()))?;
+            // One machine's port now taken elsewhere must not block another machine's up.
+            if let Err(e) = self.sync_forwards(&record.machine, ip, &record.forwards) {
+                tracing::warn!("{e:#}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts slirp4netns in its own session (it outlives this command) and waits
+    /// until it reports its tap device ready.
+    fn start_slirp(&self) -> Result<()> {
+        std::fs::create_dir_all(&self.dir).with_context(|| format!("cannot create {}", self.dir.display()))?;
+        std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700))?;
+        let socket = self.api_socket();
+        let _ = std::fs::remove_file(&socket);
+        let log_path = self.dir.join("slirp.log");
+        let log = std::fs::File::create(&log_path).with_context(|| format!("cannot create {}", log_path.display()))?;
+        let (ready_read, ready_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| Error::Other(format!("cannot create a pipe for slirp4netns: {e}")))?;
+        let write_fd = ready_write.as_raw_fd();
+        // --enable-seccomp narrows slirp4netns's syscalls; --enable-sandbox is left out:
+        // with it, `ip netns` could no longer enter the namespaces on this host (EINVAL).
+        let cidr = format!("{}/24", Ipv4Addr::new(SUBNET[0], SUBNET[1], SUBNET[2], 0));
+        let mut cmd = Command::new("slirp4netns");
+        cmd.args([&format!("--mtu={MTU}"), "--disable-host-loopback", "--enable-seccomp", "--ready-fd=3", "--cidr", &cidr, "--api-socket"])
+            .arg(&socket)
+            .arg("--netns-type=path")
+            .arg(netns_path(&self.netns))
+            .arg(TAP)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                libc::setsid();
+                // fd 3 becomes the ready pipe, inherited across exec (dup2 clears CLOEXEC).
+                let ok = if write_fd == 3 { libc::fcntl(3, libc::F_SETFD, 0) } else { libc::dup2(write_fd, 3) };
+                if ok < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => anyhow::Error::from(tool::missing("slirp4netns")),
+            _ => anyhow::anyhow!("cannot start slirp4netns: {e}"),
+        })?;
+        drop(ready_write);
+        // Recorded at once, so an `up` killed while waiting leaves no unknown slirp4netns.
+        self.slirp().write(child.id())?;
+        let ready = wait_readable(ready_read.as_raw_fd(), Duration::from_secs(10)) && {
+            let mut byte = [0u8; 1];
+            std::fs::File::from(ready_read).read(&mut byte).is_ok_and(|n| n == 1)
+        };
+        if !ready {
+            stop_process(child.id());
+            self.slirp().remove();
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            return Err(tool::failed("slirp4netns", &format!("attaching to network namespace {}", self.netns), "not ready", &log).into());
+        }
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("cannot restrict the slirp4netns API socket {}", socket.display()))?;
+        Ok(())
+    }
+
+    /// Whether any machine is on the bridge (a container's veth or a VM's tap; slirp's
+    /// own tap0 does not count).
+    fn in_use(&self) -> Result<bool> {
+        if !netns_exists(&self.netns)? || !link_exists(&self.netns, BRIDGE) {
+            return Ok(false);
+        }
+        let links = tool::run(
+            Command::new("ip").args(["-o", "-n", &self.netns, "link", "show", "master", BRIDGE]),
+            &format!("listing the links on the bridge of network namespace {}", self.netns),
+        )?;
+        Ok(links.lines().any(|l| l.split(": ").nth(1).is_some_and(|name| name.split('@').next() != Some(TAP))))
+    }
+
+    /// Tears the project network down once no machine is on it.
+    pub fn release(&self) -> Result<()> {
+        if !self.in_use()? {
+            self.teardown()?;
+        }
+        Ok(())
+    }
+
+    /// Opens tap device `name` inside the project's namespace and puts it on the
+    /// bridge; the returned descriptor is the tap's only holder, so the device goes
+    /// away when its last holder (the VM's QEMU) exits. Opened from a thread that
+    /// entered the namespace: /dev/net/tun makes the device in the opener's namespace.
+    pub fn open_tap(&self, name: &str) -> Result<OwnedFd> {
+        let netns = netns_path(&self.netns);
+        let tap = std::thread::scope(|scope| {
+            scope.spawn(|| -> Result<OwnedFd> {
+                let ns = std::fs::File::open(&netns).with_context(|| format!("cannot open network namespace {}", netns.display()))?;
+                nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .with_context(|| format!("cannot enter network namespace {}", netns.display()))?;
+                tun_open(name)
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("the thread opening tap {name} panicked"))?
+        })?;
+        ip_in(&self.netns, &[&["link", "set", name, "mtu", MTU, "master", BRIDGE, "up"]])?;
+        Ok(tap)
+    }
+
+    /// Stops slirp4netns and removes the namespace (and with it the bridge).
+    fn teardown(&self) -> Result<()> {
+        if let Some(pid) = self.slirp_pid() {
+            stop_process(pid);
+        }
+        self.slirp().remove();
+        delete_netns(&self.netns)?;
+        if self.dir.exists() {
+            std::fs::remove_dir_all(&self.dir).with_context(|| format!("cannot remove {}", self.dir.display()))?;
+        }
+        Ok(())
+    }
+
+    /// One request to slirp4netns's JSON API; its `return` value (list_hostfwd answers
+    /// without one: then the whole reply), or its error as ours.
+    fn api(&self, request: serde_json::Value) -> Result<serde_json::Value> {
+        let socket = self.api_socket();
+        let mut stream = UnixStream::connect(&socket)
+            .with_context(|| format!("cannot reach slirp4netns at {}; run `envy up` to restart the project network", socket.display()))?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        stream.write_all(request.to_string().as_bytes())?;
+        stream.shutdown(std::net::Shutdown::Write)?;
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply)?;
+        let value: serde_json::Value =
+            serde_json::from_str(&reply).with_context(|| format!("slirp4netns sent a reply envy cannot read: {reply}"))?;
+        if let Some(error) = value.get("error") {
+            bail!("slirp4netns refused {}: {error}", request["execute"]);
+        }
+        Ok(value.get("return").cloned().unwrap_or(value))
+    }
+
+    fn forwards(&self) -> Result<Vec<HostForward>> {
+        let ret = self.api(json!({"execute": "list_hostfwd"}))?;
+        Ok(serde_json::from_value(ret.get("entries").cloned().unwrap_or_else(|| json!([])))?)
+    }
+
+    /// Makes slirp's forwards to `ip` exactly `wanted`.
+    pub fn sync_forwards(&self, machine: &str, ip: Ipv4Addr, wanted: &[Forward]) -> Result<()> {
+        let guest = ip.to_string();
+        let current: Vec<HostForward> = self.forwards()?.into_iter().filter(|f| f.guest_addr == guest).collect();
+        let same = |f: &HostForward, w: &Forward| {
+            f.proto == proto_name(w.protocol) && f.host_addr == w.host_ip.to_string() && f.host_port == w.host_port && f.guest_port == w.guest_port
+        };
+        for stale in current.iter().filter(|f| !wanted.iter().any(|w| same(f, w))) {
+            self.api(json!({"execute": "remove_hostfwd", "arguments": {"id": stale.id}}))?;
+        }
+        for forward in wanted.iter().filter(|w| !current.iter().any(|f| same(f, w))) {
+            let request = json!({"execute": "add_hostfwd", "arguments": {
+                "proto": proto_name(forward.protocol),
+                "host_addr": forward.host_ip.to_string(),
+                "host_port": forward.host_port,
+                "guest_addr": guest,
+                "guest_port": forward.guest_port,
+            }});
+            self.api(request).map_err(|e| {
+                Error::Other(format!(
+                    "cannot forward {}:{} to machine {machine} port {} ({}): {e:#}; another program may be using that host port: free it or change the forward in the Envfile",
+                    forward.host_ip, forward.host_port, forward.guest_port, proto_name(forward.protocol)
+                ))
+            })?;
+        }
+        let record = ForwardsRecord { machine: machine.to_string(), forwards: wanted.to_vec() };
+        crate::state::write_atomic(&self.forwards_record(ip), &serde_json::to_vec(&record)?)
+    }
+
+    /// Removes every forward to `ip` (nothing to do when slirp is gone).
+    pub fn remove_forwards(&self, ip: Ipv4Addr) -> Result<()> {
+        let _ = std::fs::remove_file(self.forwards_record(ip));
+        if self.slirp_pid().is_none() {
+            return Ok(());
+        }
+        let guest = ip.to_string();
+        for forward in self.forwards()?.into_iter().filter(|f| f.guest_addr == guest) {
+            self.api(json!({"execute": "remove_hostfwd", "arguments": {"id": forward.id}}))?;
+        }
+        Ok(())
+    }
+}
+
+/// `struct ifreq` as TUNSETIFF reads it: the name, then the flags (40 bytes in all).
+#[repr(C)]
+struct TunRequest {
+    name: [u8; libc::IFNAMSIZ],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+/// Opens (creating) tap device `name` in the calling thread's network namespace.
+fn tun_open(name: &str) -> Result<OwnedFd> {
+    let tun = std::fs::OpenOptions::new().read(true).write(true).custom_flags(libc::O_CLOEXEC).open("/dev/net/tun")
+        .context("cannot open /dev/net/tun to make the VM's tap device; load the tun module (`modprobe tun`)")?;
+    let mut request = TunRequest { name: [0; libc::IFNAMSIZ], flags: (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short, _pad: [0; 22] };
+    if name.len() >= libc::IFNAMSIZ {
+        bail!("tap name {name} is longer than {} bytes", libc::IFNAMSIZ - 1);
+    }
+    request.name[..name.len()].copy_from_slice(name.as_bytes());
+    // SAFETY: TUNSETIFF reads one ifreq-sized struct that lives for the call.
+    if unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETIFF, &request as *const TunRequest) } < 0 {
+        let e = std::io::Error::last_os_error();
+        bail!(Error::Other(format!(
+            "cannot make tap device {name} in the project network: {e}{}",
+            if e.raw_os_error() == Some(libc::EBUSY) { "; another QEMU of this machine still holds it: run `envy halt --force` first" } else { "" }
+        )));
+    }
+    Ok(OwnedFd::from(tun))
+}
+
+/// Waits until `fd` is readable (or its writer closed), at most `limit`.
+fn wait_readable(fd: i32, limit: Duration) -> bool {
+    let mut poll = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    let millis = limit.as_millis().min(i32::MAX as u128) as i32;
+    // SAFETY: one valid pollfd for the duration of the call.
+    unsafe { libc::poll(&mut poll, 1, millis) > 0 }
+}
+
+/// SIGTERM, a bounded wait, then SIGKILL; reaps the process when it is our child.
+pub fn stop_process(pid: u32) {
+    use nix::sys::signal::{kill, Signal};
+    use nix::sys::wait::{waitpid, WaitPidFlag};
+    use nix::unistd::Pid;
+    let pid = Pid::from_raw(pid as i32);
+    let gone = |deadline: Instant| loop {
+        // Reap it if it is ours; otherwise watch /proc until it is gone.
+        let reaped = matches!(waitpid(pid, Some(WaitPidFlag::WNOHANG)), Ok(s) if s.pid() == Some(pid));
+        if reaped || !Path::new(&format!("/proc/{pid}")).exists() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    if kill(pid, Signal::SIGTERM).is_err() {
+        return;
+    }
+    if !gone(Instant::now() + Duration::from_secs(3)) {
+        let _ = kill(pid, Signal::SIGKILL);
+        gone(Instant::now() + Duration::from_secs(3));
+    }
+}
