@@ -234,6 +234,6 @@ fn a_missing_sync_folder_is_a_clear_error_that_leaves_nothing() {
     let missing = m.project_dir().join("not-there");
     m.plan.spec.sync[0].host = missing.clone();
     let err = m.provider.up(&m.plan, &support::tiny_box(), &m.ui).unwrap_err().to_string();
-    assert!(err.contains(&format!("sync folder {} of machine nosync does not exist", missing.display())), "{err}");
+    assert!(err.contains(&format!("machine nosync: sync folder {}: does not exist", missing.display())), "{err}");
     assert_nothing_left(&m);
 }

@@ -79,7 +79,7 @@ fn list(ctx: &Context, store: &Store) -> Result<i32> {
             r.name,
             b.manifest.version,
             providers.join(","),
-            human_size(r.size()),
+            indicatif::HumanBytes(r.size()).to_string(),
             &b.digest[..12],
             ago(r.added)
         );
@@ -135,7 +135,7 @@ fn prune(ctx: &Context, store: &Store, args: BoxPruneArgs) -> Result<i32> {
             r.name,
             b.manifest.version,
             &b.digest[..12],
-            human_size(r.size())
+            indicatif::HumanBytes(r.size())
         ));
         removed.push(b.digest.clone());
     }
@@ -246,15 +246,6 @@ fn find_all(store: &Store, queries: &[String]) -> Result<Vec<(StoredBox, Record)
             Ok((b, r))
         })
         .collect()
-}
-
-fn human_size(bytes: u64) -> String {
-    match bytes {
-        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
-        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
-        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
-        b => format!("{b} B"),
-    }
 }
 
 fn ago(added: u64) -> String {

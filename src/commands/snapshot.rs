@@ -22,7 +22,7 @@ pub fn run(ctx: &Context, cmd: SnapshotCommand) -> Result<i32> {
             } else {
                 println!("{:<24} {:<20} {:>10} MEMORY", "NAME", "CREATED", "SIZE");
                 for s in &list {
-                    println!("{:<24} {:<20} {:>10} {}", s.name, age(s.created), human(s.size), if s.memory { "yes" } else { "no" });
+                    println!("{:<24} {:<20} {:>10} {}", s.name, age(s.created), indicatif::HumanBytes(s.size).to_string(), if s.memory { "yes" } else { "no" });
                 }
             }
             Ok(0)
@@ -41,7 +41,7 @@ pub fn run(ctx: &Context, cmd: SnapshotCommand) -> Result<i32> {
                 bail!("machine {} already has a snapshot named {name}; pass --force to replace it", plan.name());
             }
             let info = provider.snapshot_save(&plan, name, args.force, &ctx.ui)?;
-            ctx.ui.step(format!("{}: saved snapshot {name} ({}{})", plan.name(), human(info.size), if info.memory { ", with memory" } else { "" }));
+            ctx.ui.step(format!("{}: saved snapshot {name} ({}{})", plan.name(), indicatif::HumanBytes(info.size), if info.memory { ", with memory" } else { "" }));
             Ok(0)
         }
         SnapshotCommand::Restore(args) => {
@@ -100,18 +100,6 @@ fn created(ctx: &Context, ws: &Workspace, name: Option<&str>) -> Result<MachineP
         return Err(crate::state::Error::NotCreated { machine: spec.name.clone() }.into());
     }
     Ok(plan)
-}
-
-/// Bytes as a short human size.
-pub fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
 }
 
 /// How long ago a Unix time was, shortly ("5 min ago").

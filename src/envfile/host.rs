@@ -23,16 +23,6 @@ pub fn is_local_address(ip: IpAddr) -> bool {
     UdpSocket::bind((ip, 0)).is_ok()
 }
 
-/// Bytes as "1.5 GiB" for messages.
-pub fn human_size(bytes: u64) -> String {
-    let gib = bytes as f64 / (1u64 << 30) as f64;
-    if gib >= 1.0 {
-        format!("{gib:.1} GiB")
-    } else {
-        format!("{} MiB", bytes >> 20)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -45,11 +35,5 @@ mod tests {
         assert!(is_local_address("0.0.0.0".parse().unwrap()));
         // TEST-NET-3 (RFC 5737) is never a host's own address.
         assert!(!is_local_address("203.0.113.5".parse().unwrap()));
-    }
-
-    #[test]
-    fn sizes_read_in_gib_or_mib() {
-        assert_eq!(human_size(3 << 29), "1.5 GiB");
-        assert_eq!(human_size(512 << 20), "512 MiB");
     }
 }

@@ -278,7 +278,7 @@ impl Reader<'_> {
             Some(total) if bytes > total => Err(self.error(value.span(), format!(
                 "memory = {:?} is more than this host's memory ({}, MemTotal in /proc/meminfo): give at most {}MiB",
                 value.get_ref(),
-                host::human_size(total),
+                indicatif::HumanBytes(total),
                 total >> 20
             ))),
             _ => Ok(bytes),
