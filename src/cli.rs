@@ -94,8 +94,12 @@ pub enum ProviderArg {
 #[derive(Debug, Args)]
 pub struct InitArgs {
     /// Template to start from (minimal, rust, python, node, postgres-staging).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "from_vagrantfile")]
     pub template: Option<String>,
+    /// Convert a Vagrantfile (default: ./Vagrantfile) instead of using a template; what
+    /// cannot be converted is listed with its line and marked TODO in the Envfile.
+    #[arg(long, value_name = "PATH", num_args = 0..=1, default_missing_value = "Vagrantfile", conflicts_with_all = ["box_name", "provider"])]
+    pub from_vagrantfile: Option<PathBuf>,
     /// Box for the machines (catalog name, or a URL with #sha256=...).
     #[arg(long = "box", value_name = "BOX")]
     pub box_name: Option<String>,

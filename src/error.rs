@@ -7,7 +7,7 @@ pub mod code {
     pub const FAILURE: i32 = 1;
     /// The command line itself was wrong (clap).
     pub const USAGE: i32 = 2;
-    /// The Envfile or Envfile.lock is malformed or inconsistent.
+    /// The Envfile or Envfile.lock is malformed or inconsistent (or a Vagrantfile to convert is).
     pub const ENVFILE: i32 = 3;
     /// A box could not be fetched, verified or unpacked.
     pub const BOX: i32 = 4;
@@ -24,7 +24,7 @@ pub mod code {
 /// Picks the exit code for an error by the first typed error found in its chain.
 pub fn exit_code(err: &anyhow::Error) -> i32 {
     for cause in err.chain() {
-        if cause.is::<crate::envfile::Error>() {
+        if cause.is::<crate::envfile::Error>() || cause.is::<crate::vagrantfile::Error>() {
             return code::ENVFILE;
         }
         if cause.is::<crate::boxes::Error>() {

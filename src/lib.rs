@@ -16,6 +16,7 @@ pub mod provider;
 pub mod signals;
 pub mod state;
 pub mod ui;
+pub mod vagrantfile;
 
 /// Parses the command line, runs the command and returns the process exit code.
 pub fn run() -> i32 {

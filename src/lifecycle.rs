@@ -11,7 +11,7 @@ use anyhow::{bail, Context as _, Result};
 use crate::boxes::{BoxSource, Store, StoredBox};
 use crate::context::Context;
 use crate::envfile::lock::{LockFile, LockedBox};
-use crate::envfile::{BoxRef, Forward, MachineSpec, Protocol, ProvisionStep};
+use crate::envfile::{BoxRef, Forward, MachineSpec, Protocol, ProvisionAction};
 use crate::plan::MachinePlan;
 use crate::provider::{self, ExecRequest, MachineState};
 use crate::state::record::{MachineRecord, VERSION};
@@ -85,6 +85,9 @@ pub fn up(ctx: &Context, plan: &mut MachinePlan, lock: &mut LockFile, opts: UpOp
         provision(ctx, plan)?;
         record.provisioned = true;
         record.save(&plan.dir)?;
+    } else if state != MachineState::Running && !opts.no_provision {
+        // Vagrant's `run: "always"`: these steps run on every start, not just the first.
+        run_steps(ctx, plan, true)?;
     }
     for f in &plan.forwards {
         ctx.ui.step(format!("{name}: {}:{} -> guest {} ({:?})", f.host_ip, f.host_port, f.guest_port, f.protocol).to_lowercase());
@@ -105,12 +108,20 @@ pub fn up_pinned(ctx: &Context, plan: &mut MachinePlan, lock: &mut LockFile, loc
 
 /// Runs the machine's provisioning steps in order; the first failure stops them.
 pub fn provision(ctx: &Context, plan: &MachinePlan) -> Result<()> {
+    run_steps(ctx, plan, false)
+}
+
+/// Runs every provisioning step, or with `only_always` just the `run = "always"` ones.
+fn run_steps(ctx: &Context, plan: &MachinePlan, only_always: bool) -> Result<()> {
     let provider = provider::for_kind(plan.spec.provider);
     let total = plan.spec.provision.len();
     for (i, step) in plan.spec.provision.iter().enumerate() {
-        let (label, script) = match step {
-            ProvisionStep::Shell(cmd) => (cmd.clone(), cmd.clone()),
-            ProvisionStep::Script(path) => (
+        if only_always && !step.always {
+            continue;
+        }
+        let (label, script) = match &step.action {
+            ProvisionAction::Shell(cmd) => (cmd.clone(), cmd.clone()),
+            ProvisionAction::Script(path) => (
                 path.display().to_string(),
                 std::fs::read_to_string(path).with_context(|| format!("cannot read provision script {}", path.display()))?,
             ),

@@ -3,7 +3,7 @@
 
 
 
-use envy::envfile::{self, BoxRef, Protocol, ProviderKind, ProvisionStep};
+use envy::envfile::{self, BoxRef, Protocol, ProviderKind, ProvisionAction};
 
 fn parse(text: &str) -> Result<envfile::Envfile, envfile::Error> {
     let dir = tempfile::tempdir().unwrap();
@@ -58,7 +58,7 @@ accel = "tcg"
     assert_eq!(web.sync[0].host, envfile.project_dir);
     assert_eq!(web.sync[0].guest, "/project");
     assert!(web.sync[1].readonly);
-    assert!(matches!(&web.provision[1], ProvisionStep::Script(p) if p.ends_with("setup.sh")));
+    assert!(matches!(&web.provision[1].action, ProvisionAction::Script(p) if p.ends_with("setup.sh")));
     assert_eq!(web.env["MODE"], "dev");
     let db = &envfile.machines[1];
     assert_eq!(db.provider, ProviderKind::Qemu);

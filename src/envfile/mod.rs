@@ -133,9 +133,18 @@ pub struct SyncFolder {
     pub readonly: bool,
 }
 
-/// One provisioning step.
+/// One provisioning step and when it runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ProvisionStep {
+pub struct ProvisionStep {
+    pub action: ProvisionAction,
+    /// Also run on every `envy up` that starts the machine, not only the first
+    /// (`run = "always"`, Vagrant's `run: "always"`).
+    pub always: bool,
+}
+
+/// What a provisioning step runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProvisionAction {
     /// A shell command run with `sh -c`.
     Shell(String),
     /// A script file from the project (absolute host path), copied in and run.

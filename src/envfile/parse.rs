@@ -10,7 +10,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    Accel, BoxRef, Envfile, Error, Forward, MachineSpec, Protocol, ProviderKind, ProvisionStep,
+    Accel, BoxRef, Envfile, Error, Forward, MachineSpec, Protocol, ProviderKind, ProvisionAction, ProvisionStep,
     SyncFolder,
 };
 
@@ -379,21 +379,36 @@ impl Reader<'_> {
 
     fn provision(&self, value: &Spanned<toml::Value>) -> Result<ProvisionStep, Error> {
         let span = value.span();
-        match value.get_ref() {
-            toml::Value::String(cmd) if !cmd.trim().is_empty() => Ok(ProvisionStep::Shell(cmd.clone())),
-            toml::Value::Table(t) if t.len() == 1 => match t.iter().next() {
-                Some((k, toml::Value::String(s))) if k == "shell" => Ok(ProvisionStep::Shell(s.clone())),
-                Some((k, toml::Value::String(s))) if k == "script" => {
-                    let path = normalize(&self.project_dir.join(s));
-                    if !path.is_file() {
-                        return Err(self.error(span, format!("provision script {} does not exist", path.display())));
-                    }
-                    Ok(ProvisionStep::Script(path))
-                }
-                _ => Err(self.error(span, "a provision table is { shell = \"...\" } or { script = \"path\" }")),
-            },
-            _ => Err(self.error(span, "a provision step is a shell command string, { shell = \"...\" } or { script = \"path\" }")),
+        let usage = "a provision step is a shell command string, { shell = \"...\" } or { script = \"path\" }, \
+                     with run = \"always\" to run it on every `envy up`";
+        let table = match value.get_ref() {
+            toml::Value::String(cmd) if !cmd.trim().is_empty() => {
+                return Ok(ProvisionStep { action: ProvisionAction::Shell(cmd.clone()), always: false })
+            }
+            toml::Value::Table(t) => t,
+            _ => return Err(self.error(span, usage)),
+        };
+        if let Some(key) = table.keys().find(|k| !matches!(k.as_str(), "shell" | "script" | "run")) {
+            return Err(self.error(span, format!("unknown key `{key}` in provision step: {usage}")));
         }
+        let always = match table.get("run") {
+            None => false,
+            Some(toml::Value::String(s)) if s == "once" => false,
+            Some(toml::Value::String(s)) if s == "always" => true,
+            Some(other) => return Err(self.error(span, format!("provision run = {other} is not known: use \"once\" (the default) or \"always\""))),
+        };
+        let action = match (table.get("shell"), table.get("script")) {
+            (Some(toml::Value::String(cmd)), None) => ProvisionAction::Shell(cmd.clone()),
+            (None, Some(toml::Value::String(s))) => {
+                let path = normalize(&self.project_dir.join(s));
+                if !path.is_file() {
+                    return Err(self.error(span, format!("provision script {} does not exist", path.display())));
+                }
+                ProvisionAction::Script(path)
+            }
+            _ => return Err(self.error(span, usage)),
+        };
+        Ok(ProvisionStep { action, always })
     }
 
     /// Two forwards may not claim the same host address, port and protocol.
