@@ -87,6 +87,9 @@ pub fn convert(path: &Path, text: &str, base: &Path) -> Result<Conversion, Error
     }
     let mut converter = Converter { text, base, notes: Vec::new() };
     let mut top = Section::default();
+    // Vagrant syncs the Vagrantfile's folder to /vagrant unless told not to.
+    let vagrant_dir = if base.as_os_str().is_empty() { ".".to_string() } else { base.display().to_string() };
+    top.sync.push(("/vagrant".into(), sync_value(&vagrant_dir, "/vagrant", false, base.is_absolute())));
     let mut machines = Vec::new();
     let mut configured = false;
     for statement in statements(parsed.ast.as_deref()) {
@@ -388,24 +391,11 @@ impl Converter<'_> {
         let host_path = normalize(&self.base.join(&host));
         let outside = host_path.is_absolute() || host_path.starts_with("..");
         let host_text = if host_path.as_os_str().is_empty() { ".".to_string() } else { host_path.display().to_string() };
-        let value = if outside || host_text.contains(':') {
-            if outside {
-                let message = format!("synced folder {host:?} is outside the project: kept with allow_outside = true");
-                self.changed(section, node, message);
-            }
-            let mut table = toml::Table::new();
-            table.insert("host".into(), Value::String(host_text));
-            table.insert("guest".into(), Value::String(guest.clone()));
-            if readonly {
-                table.insert("readonly".into(), Value::Boolean(true));
-            }
-            if outside {
-                table.insert("allow_outside".into(), Value::Boolean(true));
-            }
-            Value::Table(table)
-        } else {
-            Value::String(format!("{host_text}:{guest}{}", if readonly { ":ro" } else { "" }))
-        };
+        if outside {
+            let message = format!("synced folder {host:?} is outside the project: kept with allow_outside = true");
+            self.changed(section, node, message);
+        }
+        let value = sync_value(&host_text, &guest, readonly, outside);
         section.sync.push((guest, value));
     }
 
@@ -441,7 +431,7 @@ impl Converter<'_> {
             match key.as_str() {
                 "inline" => match literal_string(value) {
                     Some(script) => action = Some(("shell", script)),
-                    None => return self.not_converted(section, node, "the inline script is built by Ruby (#{...}): write it out".into()),
+                    None => return self.not_converted(section, node, "the inline script is computed by Ruby (a variable or #{...}): write it out".into()),
                 },
                 "path" => match literal_string(value) {
                     Some(url) if url.contains("://") => {
@@ -540,9 +530,7 @@ fn render(top: &Section, machines: &[Section]) -> String {
          # Lines with TODO mark what was not converted. envy's machines are containers unless\n\
          # provider = \"qemu\" (a full VM, as Vagrant's were).\n",
     );
-    // Vagrant syncs the Vagrantfile's folder to /vagrant unless told not to.
-    let vagrant_default = (String::from("/vagrant"), Value::String(".:/vagrant".into()));
-    let top_sync: Vec<(String, Value)> = std::iter::once(vagrant_default).chain(top.sync.iter().cloned()).collect();
+    let top_sync = top.sync.clone();
     let without_disabled = |sync: Vec<(String, Value)>, disabled: &[&String]| -> Vec<Value> {
         sync.into_iter().filter(|(guest, _)| !disabled.contains(&guest)).map(|(_, v)| v).collect()
     };
@@ -626,6 +614,23 @@ fn box_line(out: &mut String, vagrant_box: &str) {
             out.push_str(&format!("box = {}\n", Value::String(format!("TODO-{}", machine_name(vagrant_box)))));
         }
     }
+}
+
+/// One `sync` entry: the short string form where it can say it all.
+fn sync_value(host: &str, guest: &str, readonly: bool, outside: bool) -> Value {
+    if !outside && !host.contains(':') {
+        return Value::String(format!("{host}:{guest}{}", if readonly { ":ro" } else { "" }));
+    }
+    let mut table = toml::Table::new();
+    table.insert("host".into(), Value::String(host.into()));
+    table.insert("guest".into(), Value::String(guest.into()));
+    if readonly {
+        table.insert("readonly".into(), Value::Boolean(true));
+    }
+    if outside {
+        table.insert("allow_outside".into(), Value::Boolean(true));
+    }
+    Value::Table(table)
 }
 
 /// `key = [ ... ]`, one element a line (nothing when the list is empty).
