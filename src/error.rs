@@ -15,7 +15,8 @@ pub mod code {
     pub const PROVIDER: i32 = 5;
     /// Another envy command holds this project's lock and `--no-wait` was given.
     pub const BUSY: i32 = 6;
-    /// The machine is not in a state that allows the command (e.g. exec on a halted machine).
+    /// The machine is not in a state that allows the command (e.g. exec on a halted machine),
+    /// or did not become ready (its Envfile `ready` check) in time.
     pub const STATE: i32 = 7;
     /// Interrupted by SIGINT (128 + 2, as shells report it).
     pub const INTERRUPTED: i32 = 130;
@@ -32,6 +33,9 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
         }
         if cause.is::<crate::provider::Error>() {
             return code::PROVIDER;
+        }
+        if cause.is::<crate::ready::Error>() {
+            return code::STATE;
         }
         if let Some(e) = cause.downcast_ref::<crate::state::Error>() {
             return match e {

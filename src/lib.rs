@@ -13,6 +13,7 @@ pub mod lifecycle;
 pub mod guest;
 pub mod plan;
 pub mod provider;
+pub mod ready;
 pub mod signals;
 pub mod state;
 pub mod ui;

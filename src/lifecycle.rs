@@ -22,6 +22,9 @@ pub struct UpOptions {
     pub no_provision: bool,
     /// Accept a box URL without a digest (what arrives is pinned in the lock).
     pub insecure: bool,
+    /// Return once the machine runs, without waiting for its `ready` check (the caller
+    /// waits itself, to report it apart).
+    pub skip_ready: bool,
 }
 
 /// Brings one machine to Running and provisions it on its first start.
@@ -91,6 +94,10 @@ pub fn up(ctx: &Context, plan: &mut MachinePlan, lock: &mut LockFile, opts: UpOp
     }
     for f in &plan.forwards {
         ctx.ui.step(format!("{name}: {}:{} -> guest {} ({:?})", f.host_ip, f.host_port, f.guest_port, f.protocol).to_lowercase());
+    }
+    // Without provisioning the services a check waits for may not be there at all.
+    if !opts.skip_ready && !opts.no_provision {
+        crate::ready::wait(ctx, plan)?;
     }
     Ok(())
 }

@@ -33,6 +33,17 @@ impl Project {
         }
     }
 
+    /// A copy of this project with an identity and state of its own (`envy run`): its
+    /// machines, network and runtime ids never meet the project's, nor another copy's.
+    pub fn throwaway(&self, home: &Home, id: &str) -> Project {
+        Project {
+            dir: self.dir.clone(),
+            envfile: self.envfile.clone(),
+            state_dir: home.root().join("throwaway").join(id),
+            id: id.to_string(),
+        }
+    }
+
     /// `.envy/machines/<name>/`.
     pub fn machine_dir(&self, name: &str) -> PathBuf {
         self.state_dir.join("machines").join(name)

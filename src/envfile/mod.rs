@@ -10,6 +10,7 @@ mod render;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -53,6 +54,8 @@ pub struct MachineSpec {
     pub forwards: Vec<Forward>,
     pub sync: Vec<SyncFolder>,
     pub provision: Vec<ProvisionStep>,
+    /// What must pass before the machine counts as up (`envy up`, `envy run` wait for it).
+    pub ready: Option<Ready>,
 }
 
 /// Where a machine's box comes from.
@@ -149,4 +152,23 @@ pub enum ProvisionAction {
     Shell(String),
     /// A script file from the project (absolute host path), copied in and run.
     Script(PathBuf),
+}
+
+/// When a machine counts as ready, as a compose healthcheck says when a service is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ready {
+    pub check: ReadyCheck,
+    /// How long `envy up` keeps probing before it gives up.
+    pub timeout: Duration,
+}
+
+/// A readiness probe, run inside the machine (127.0.0.1 is the machine itself).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReadyCheck {
+    /// A shell command that exits 0 once the machine is ready.
+    Command(String),
+    /// Something listens on this TCP port.
+    Tcp(u16),
+    /// This URL answers with a 2xx status.
+    Http(String),
 }

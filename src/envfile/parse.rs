@@ -5,12 +5,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::ops::Range;
 use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    Accel, BoxRef, Envfile, Error, Forward, MachineSpec, Protocol, ProviderKind, ProvisionAction, ProvisionStep,
+    Accel, BoxRef, Envfile, Error, Forward, MachineSpec, Protocol, ProviderKind, ProvisionAction, ProvisionStep, Ready,
+    ReadyCheck,
     SyncFolder,
 };
 
@@ -38,6 +40,7 @@ struct RawMachine {
     forward: Option<Vec<Spanned<toml::Value>>>,
     sync: Option<Vec<Spanned<toml::Value>>>,
     provision: Option<Vec<Spanned<toml::Value>>>,
+    ready: Option<Spanned<toml::Value>>,
 }
 
 /// Looks for an Envfile in `dir` and its parents.
@@ -104,6 +107,7 @@ fn defaults_as_machine(defaults: &RawMachine) -> RawMachine {
         forward: defaults.forward.clone(),
         sync: defaults.sync.clone(),
         provision: defaults.provision.clone(),
+        ready: defaults.ready.clone(),
     }
 }
 
@@ -195,7 +199,8 @@ impl Reader<'_> {
             .map(|list| list.iter().map(|p| self.provision(p)).collect::<Result<Vec<_>, _>>())
             .transpose()?
             .unwrap_or_default();
-        Ok(MachineSpec { name, box_ref, provider, cpus, memory, disk, accel, env, forwards, sync, provision })
+        let ready = m.ready.as_ref().or(defaults.ready.as_ref()).map(|r| self.ready(r)).transpose()?;
+        Ok(MachineSpec { name, box_ref, provider, cpus, memory, disk, accel, env, forwards, sync, provision, ready })
     }
 
     fn box_ref(&self, value: &Spanned<toml::Value>) -> Result<BoxRef, Error> {
@@ -411,6 +416,43 @@ impl Reader<'_> {
         Ok(ProvisionStep { action, always })
     }
 
+    fn ready(&self, value: &Spanned<toml::Value>) -> Result<Ready, Error> {
+        let span = value.span();
+        let bad = |msg: String| self.error(span.clone(), msg);
+        let usage = "ready is a command string, or a table with one of cmd = \"...\", tcp = PORT, \
+                     http = \"http://127.0.0.1:PORT/path\", and optionally timeout = \"60s\"";
+        let table = match value.get_ref() {
+            toml::Value::String(cmd) if !cmd.trim().is_empty() => {
+                return Ok(Ready { check: ReadyCheck::Command(cmd.clone()), timeout: DEFAULT_READY_TIMEOUT })
+            }
+            toml::Value::Table(t) => t,
+            _ => return Err(bad(usage.into())),
+        };
+        if let Some(key) = table.keys().find(|k| !matches!(k.as_str(), "cmd" | "tcp" | "http" | "timeout")) {
+            return Err(bad(format!("unknown key `{key}` in ready: {usage}")));
+        }
+        let check = match (table.get("cmd"), table.get("tcp"), table.get("http")) {
+            (Some(toml::Value::String(cmd)), None, None) if !cmd.trim().is_empty() => ReadyCheck::Command(cmd.clone()),
+            (None, Some(toml::Value::Integer(port)), None) => match u16::try_from(*port) {
+                Ok(port) if port > 0 => ReadyCheck::Tcp(port),
+                _ => return Err(bad(format!("ready tcp = {port} is not a port: give 1 to 65535"))),
+            },
+            (None, None, Some(toml::Value::String(url))) if url.starts_with("http://") || url.starts_with("https://") => {
+                ReadyCheck::Http(url.clone())
+            }
+            (None, None, Some(other)) => return Err(bad(format!("ready http = {other} is not an http:// or https:// URL"))),
+            _ => return Err(bad(usage.into())),
+        };
+        let timeout = match table.get("timeout") {
+            None => DEFAULT_READY_TIMEOUT,
+            Some(toml::Value::Integer(secs)) if *secs > 0 => Duration::from_secs(*secs as u64),
+            Some(toml::Value::String(text)) => parse_duration(text)
+                .ok_or_else(|| bad(format!("ready timeout {text:?} is not a duration: write e.g. \"90s\" or \"5m\"")))?,
+            Some(other) => return Err(bad(format!("ready timeout = {other} is not a duration: write e.g. \"90s\" or \"5m\""))),
+        };
+        Ok(Ready { check, timeout })
+    }
+
     /// Two forwards may not claim the same host address, port and protocol.
     fn check_host_ports(&self, machines: &[MachineSpec], text: &str) -> Result<(), Error> {
         let mut seen: HashMap<(IpAddr, u16, Protocol), &str> = HashMap::new();
@@ -452,6 +494,23 @@ pub fn parse_size(s: &str) -> Option<u64> {
     };
     let bytes = number * factor as f64;
     (bytes.is_finite() && bytes >= 1.0).then_some(bytes as u64)
+}
+
+/// How long a `ready` check is waited for when the Envfile does not say.
+pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Parses "90s", "5m", "1h" (a positive whole number and a unit).
+fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit())?);
+    let n: u64 = number.parse().ok().filter(|n| *n > 0)?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.checked_mul(60)?,
+        "h" => n.checked_mul(3600)?,
+        _ => return None,
+    };
+    Some(Duration::from_secs(secs))
 }
 
 /// Removes `.` and resolves `..` lexically (the path may not exist yet).

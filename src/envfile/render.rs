@@ -5,7 +5,7 @@ use std::path::Path;
 
 use toml::Value;
 
-use super::{MachineSpec, Protocol, ProvisionAction};
+use super::{MachineSpec, Protocol, ProvisionAction, ReadyCheck};
 
 impl MachineSpec {
     /// `[machine.NAME]` with this machine's settings and `box` set to `box_value`.
@@ -68,6 +68,15 @@ impl MachineSpec {
             });
             line("provision", Value::Array(steps.collect()));
         }
+        if let Some(ready) = &self.ready {
+            let check = match &ready.check {
+                ReadyCheck::Command(cmd) => ("cmd", Value::String(cmd.clone())),
+                ReadyCheck::Tcp(port) => ("tcp", Value::Integer((*port).into())),
+                ReadyCheck::Http(url) => ("http", Value::String(url.clone())),
+            };
+            let timeout = ("timeout".to_string(), Value::String(format!("{}s", ready.timeout.as_secs())));
+            line("ready", Value::Table(toml::Table::from_iter([(check.0.to_string(), check.1), timeout])));
+        }
         out
     }
 }
@@ -84,7 +93,7 @@ mod tests {
         let path = dir.path().join("Envfile");
         let text = "[defaults]\nmemory = \"512MiB\"\nsync = [\".:/project\", \"docs:/docs:ro\"]\n\
                     [machine.web]\nbox = \"b\"\nforward = [\"8080:80\", \"0.0.0.0:5353:53/udp\"]\n\
-                    env = { A = \"1\" }\nprovision = [\"echo 'hi'\", { shell = \"date\", run = \"always\" }]\n";
+                    env = { A = \"1\" }\nprovision = [\"echo 'hi'\", { shell = \"date\", run = \"always\" }]\nready = { tcp = 80, timeout = \"2m\" }\n";
         let original = parse_str(&path, text, ProviderKind::Container).unwrap();
         let section = original.machines[0].to_section(dir.path(), toml::Value::String("b".into()));
         let again = parse_str(&path, &section, ProviderKind::Qemu).unwrap();
