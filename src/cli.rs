@@ -46,7 +46,7 @@ pub struct GlobalArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Write an Envfile for this folder from a template.
+    /// Write an Envfile for this folder from a template or a Vagrantfile.
     Init(InitArgs),
     /// Create, start and provision the Envfile's machines.
     Up(UpArgs),
@@ -71,8 +71,7 @@ pub enum Command {
     Snapshot(SnapshotCommand),
     /// Pack a machine's current state into a verified box, optionally serving it.
     Share(ShareArgs),
-    /// Throwaway copies of the Envfile's machines (or one --box machine): up, wait until
-    /// ready, run CMD, destroy them all, exit with CMD's code (also on Ctrl-C/SIGTERM).
+    /// Throwaway copies of the machines: up, run CMD, destroy; exits with CMD's code
     #[command(long_about = "Throwaway copies of the Envfile's machines: each is brought up with its own state, \
 network and ports (never the machines `envy up` made, nor another run's), waited for until its `ready` check \
 passes, then CMD runs in --machine (default: the first), everything is destroyed and envy exits with CMD's \

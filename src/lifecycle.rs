@@ -279,7 +279,8 @@ fn port_free(f: &Forward, port: u16) -> bool {
     }
 }
 
-fn free_port(f: &Forward) -> Result<u16> {
+/// A host port the kernel says is free now, for the forward's address and protocol.
+pub(crate) fn free_port(f: &Forward) -> Result<u16> {
     let addr = SocketAddr::new(f.host_ip, 0);
     let port = match f.protocol {
         Protocol::Tcp => TcpListener::bind(addr)?.local_addr()?.port(),

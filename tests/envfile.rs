@@ -134,3 +134,49 @@ fn a_missing_envfile_says_how_to_make_one() {
     let err = envfile::find(dir.path()).unwrap_err().to_string();
     assert!(err.contains("envy init"), "{err}");
 }
+
+#[test]
+fn ready_takes_a_command_a_port_or_a_url_with_a_timeout() {
+    use envy::envfile::{Ready, ReadyCheck, DEFAULT_READY_TIMEOUT};
+    use std::time::Duration;
+    let envfile = parse(
+        "[defaults]\nbox = \"b\"\nready = \"pg_isready\"\n[machine.a]\n[machine.b]\nready = { tcp = 5432, timeout = \"2m\" }\n\
+         [machine.c]\nready = { http = \"http://127.0.0.1:8000/health\", timeout = 30 }\n[machine.d]\nready = { cmd = \"true\" }\n",
+    )
+    .unwrap();
+    let ready: Vec<Option<Ready>> = envfile.machines.iter().map(|m| m.ready.clone()).collect();
+    assert_eq!(
+        ready,
+        [
+            Some(Ready { check: ReadyCheck::Command("pg_isready".into()), timeout: DEFAULT_READY_TIMEOUT }),
+            Some(Ready { check: ReadyCheck::Tcp(5432), timeout: Duration::from_secs(120) }),
+            Some(Ready { check: ReadyCheck::Http("http://127.0.0.1:8000/health".into()), timeout: Duration::from_secs(30) }),
+            Some(Ready { check: ReadyCheck::Command("true".into()), timeout: DEFAULT_READY_TIMEOUT }),
+        ]
+    );
+}
+
+#[test]
+fn a_bad_ready_is_refused_with_its_place() {
+    let base = "[defaults]\nbox = \"b\"\n";
+    for (ready, message) in [
+        ("ready = { tcp = 70000 }", "Envfile:3:9: ready tcp = 70000 is not a port: give 1 to 65535"),
+        ("ready = { http = \"db:7000\" }", "Envfile:3:9: ready http = \"db:7000\" is not an http:// or https:// URL"),
+        ("ready = { tcp = 80, timeout = \"soon\" }", "Envfile:3:9: ready timeout \"soon\" is not a duration"),
+        ("ready = { tcp = 80, http = \"http://x/\" }", "Envfile:3:9: ready is a command string, or a table with one of"),
+        ("ready = { port = 80 }", "Envfile:3:9: unknown key `port` in ready"),
+        ("ready = 5", "Envfile:3:9: ready is a command string"),
+    ] {
+        let err = error(&format!("{base}{ready}\n"));
+        assert!(err.starts_with(message), "{ready}: {err}");
+    }
+}
+
+#[test]
+fn a_provision_step_runs_once_or_always() {
+    let envfile = parse("[defaults]\nbox = \"b\"\nprovision = [\"a\", { shell = \"b\", run = \"always\" }, { script = \"setup.sh\", run = \"once\" }]\n").unwrap();
+    let always: Vec<bool> = envfile.machines[0].provision.iter().map(|p| p.always).collect();
+    assert_eq!(always, [false, true, false]);
+    let err = error("[defaults]\nbox = \"b\"\nprovision = [{ shell = \"b\", run = \"sometimes\" }]\n");
+    assert!(err.starts_with("Envfile:3:14: provision run = \"sometimes\" is not known"), "{err}");
+}

@@ -38,8 +38,10 @@ fn replica(ctx: &Context, args: &RunArgs) -> Result<i32> {
     let mut envfile = ws.envfile.clone();
     for machine in &mut envfile.machines {
         machine.accel = machine.accel.or(ctx.config.accel);
-        // The developer's machines may hold these host ports: a copy moves to free ones.
+        // A copy never takes the Envfile's host ports: the developer's machines or another
+        // run may hold them, or check them at the same moment. The kernel picks each one.
         for forward in &mut machine.forwards {
+            forward.host_port = lifecycle::free_port(forward)?;
             forward.auto = true;
         }
     }

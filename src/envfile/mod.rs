@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use error::Error;
-pub use parse::{find, load, parse_size, parse_str, DEFAULT_MACHINE};
+pub use parse::{find, load, parse_size, parse_str, DEFAULT_MACHINE, DEFAULT_READY_TIMEOUT};
 
 /// The file name envy looks for.
 pub const FILE_NAME: &str = "Envfile";
