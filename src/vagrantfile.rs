@@ -234,7 +234,7 @@ impl Converter<'_> {
             ("box_check_update=", _) => self.changed(
                 section,
                 node,
-                "box_check_update is not kept: envy never moves a pinned box on its own; `envy box update` does when asked".into(),
+                "box_check_update is not kept: envy never moves a pinned box on its own; delete the machine's entry in Envfile.lock to take a newer one".into(),
             ),
             ("network", args) => self.network(section, node, args),
             ("synced_folder", args) => self.synced_folder(section, node, args),
