@@ -20,6 +20,7 @@ declare -A wanted=(
   [zstd]=zstd
   [sfdisk]=fdisk
   [grub-mkimage]=grub-common
+  [dpkg-shlibdeps]=dpkg-dev
 )
 missing=()
 for cmd in "${!wanted[@]}"; do
@@ -43,3 +44,5 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 command -v cargo >/dev/null 2>&1 || { echo "error: cargo is not installed; install Rust (rustup) first" >&2; exit 1; }
+# scripts/package-deb.sh (and its test) build the .deb with cargo-deb.
+command -v cargo-deb >/dev/null 2>&1 || { echo "==> installing cargo-deb"; cargo install --locked --quiet cargo-deb; }
