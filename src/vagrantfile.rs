@@ -109,17 +109,33 @@ pub fn convert(path: &Path, text: &str, base: &Path) -> Result<Conversion, Error
     if !configured {
         return Err(Error::NoConfigure { path: path.into() });
     }
+    // One machine is named after its hostname; with defines, each has its own name.
+    let hostname = top.hostname.clone();
+    if machines.is_empty() {
+        top.name = hostname
+            .as_ref()
+            .map(|(h, _)| machine_name(h.split('.').next().unwrap_or(h)))
+            .filter(|n| valid_machine_name(n))
+            .unwrap_or_else(|| crate::envfile::DEFAULT_MACHINE.to_string());
+        let name = top.name.clone();
+        converter.hostname_note(&mut top, hostname.as_ref(), &name);
+    } else if let Some((hostname, line)) = hostname {
+        let message = format!("hostname {hostname:?} is not kept: each machine's hostname is its own name");
+        converter.note(&mut top, line, NoteKind::Changed, message);
+    }
     let envfile = render(&top, &machines);
-    Ok(Conversion { envfile, notes: converter.notes })
+    let mut notes = converter.notes;
+    notes.sort_by_key(|n| n.line);
+    Ok(Conversion { envfile, notes })
 }
 
 /// What one scope of the Vagrantfile (the configure block or one define) sets.
 #[derive(Debug, Default)]
 struct Section {
-    /// Machine name (empty for the configure block's own settings).
+    /// Machine name; for the configure block, that of its one machine when nothing is defined.
     name: String,
-    /// Vagrant's name of the box, and its line, resolved when rendering.
-    box_name: Option<(String, usize)>,
+    /// The Envfile's box and Vagrant's name for it.
+    box_name: Option<(String, String)>,
     hostname: Option<(String, usize)>,
     provider: Option<&'static str>,
     cpus: Option<i64>,
@@ -131,8 +147,8 @@ struct Section {
     /// Guest paths of synced folders turned off here (`disabled: true`).
     disabled_sync: Vec<String>,
     provision: Vec<Value>,
-    /// Comments for this section of the Envfile, in Vagrantfile order.
-    comments: Vec<String>,
+    /// Comments for this section of the Envfile, by Vagrantfile line.
+    comments: Vec<(usize, String)>,
 }
 
 struct Converter<'a> {
@@ -158,22 +174,31 @@ impl Converter<'_> {
         }
     }
 
-    fn note(&mut self, section: &mut Section, node: &Node, kind: NoteKind, message: String) {
-        let line = self.line(node);
+    fn note(&mut self, section: &mut Section, line: usize, kind: NoteKind, message: String) {
         let prefix = match kind {
             NoteKind::NotConverted => format!("TODO (Vagrantfile line {line}, not converted)"),
             NoteKind::Changed => format!("Vagrantfile line {line}"),
         };
-        section.comments.push(format!("{prefix}: {message}"));
+        section.comments.push((line, format!("{prefix}: {message}")));
         self.notes.push(Note { line, kind, message });
     }
 
     fn not_converted(&mut self, section: &mut Section, node: &Node, message: String) {
-        self.note(section, node, NoteKind::NotConverted, message);
+        self.note(section, self.line(node), NoteKind::NotConverted, message);
     }
 
     fn changed(&mut self, section: &mut Section, node: &Node, message: String) {
-        self.note(section, node, NoteKind::Changed, message);
+        self.note(section, self.line(node), NoteKind::Changed, message);
+    }
+
+    /// A hostname Vagrant sets that envy does not (a machine's hostname is its name).
+    fn hostname_note(&mut self, section: &mut Section, hostname: Option<&(String, usize)>, name: &str) {
+        if let Some((hostname, line)) = hostname {
+            if hostname != name {
+                let message = format!("hostname {hostname:?} is not kept: a machine's hostname is its name, {name}");
+                self.note(section, *line, NoteKind::Changed, message);
+            }
+        }
     }
 
     /// One statement of the configure block (`defines` is Some) or of a define block.
@@ -219,7 +244,17 @@ impl Converter<'_> {
         };
         match (method, args) {
             ("box=", [value]) => match literal_string(value) {
-                Some(name) => section.box_name = Some((name, self.line(node))),
+                Some(vagrant_box) => match CATALOG_BOXES.iter().find(|(v, _)| *v == vagrant_box) {
+                    Some((_, name)) => section.box_name = Some((name.to_string(), vagrant_box)),
+                    None => {
+                        let message = format!(
+                            "envy's catalog has no box for Vagrant's {vagrant_box:?}: replace the TODO box with a catalog name \
+                             (such as debian-12) or a URL with its sha256"
+                        );
+                        self.not_converted(section, node, message);
+                        section.box_name = Some((format!("TODO-{}", machine_name(&vagrant_box)), vagrant_box));
+                    }
+                },
                 None => self.not_converted(section, node, "the box name is computed by Ruby: set `box` by hand".into()),
             },
             ("hostname=", [value]) => match literal_string(value) {
@@ -292,6 +327,8 @@ impl Converter<'_> {
                 self.machine_statement(statement, &var, &mut section, None);
             }
         }
+        let (hostname, name) = (section.hostname.clone(), section.name.clone());
+        self.hostname_note(&mut section, hostname.as_ref(), &name);
         defines.push(section);
     }
 
@@ -535,13 +572,7 @@ fn render(top: &Section, machines: &[Section]) -> String {
         sync.into_iter().filter(|(guest, _)| !disabled.contains(&guest)).map(|(_, v)| v).collect()
     };
     if machines.is_empty() {
-        let name = top
-            .hostname
-            .as_ref()
-            .map(|(h, _)| machine_name(h.split('.').next().unwrap_or(h)))
-            .filter(|n| valid_machine_name(n))
-            .unwrap_or_else(|| crate::envfile::DEFAULT_MACHINE.to_string());
-        out.push_str(&format!("\n[machine.{name}]\n"));
+        out.push_str(&format!("\n[machine.{}]\n", top.name));
         let disabled: Vec<&String> = top.disabled_sync.iter().collect();
         let lists = [top.forward.clone(), without_disabled(top_sync, &disabled), top.provision.clone()];
         section_body(&mut out, top, true, Some(lists));
@@ -551,14 +582,6 @@ fn render(top: &Section, machines: &[Section]) -> String {
     section_body(&mut out, top, false, None);
     for machine in machines {
         out.push_str(&format!("\n[machine.{}]\n", machine.name));
-        if let Some((hostname, line)) = machine.hostname.as_ref().or(top.hostname.as_ref()) {
-            if *hostname != machine.name {
-                out.push_str(&format!(
-                    "# Vagrantfile line {line}: hostname {hostname:?} is not kept: a machine's hostname is its name, {}\n",
-                    machine.name
-                ));
-            }
-        }
         let disabled: Vec<&String> = top.disabled_sync.iter().chain(&machine.disabled_sync).collect();
         let sync = top_sync.iter().cloned().chain(machine.sync.iter().cloned()).collect();
         let merged = |outer: &[Value], own: &[Value]| outer.iter().chain(own).cloned().collect::<Vec<_>>();
@@ -575,11 +598,15 @@ fn render(top: &Section, machines: &[Section]) -> String {
 /// The keys of one section. A box is a TODO when `box_needed` and the section sets
 /// none; `lists` (forward, sync, provision) are written in machines only.
 fn section_body(out: &mut String, section: &Section, box_needed: bool, lists: Option<[Vec<Value>; 3]>) {
-    for comment in &section.comments {
+    let mut comments = section.comments.clone();
+    comments.sort_by_key(|(line, _)| *line);
+    for (_, comment) in comments {
         out.push_str(&format!("# {comment}\n"));
     }
     match &section.box_name {
-        Some((vagrant_box, _)) => box_line(out, vagrant_box),
+        Some((value, vagrant_box)) => {
+            out.push_str(&format!("box = {}  # Vagrant's {vagrant_box}\n", Value::String(value.clone())))
+        }
         None if box_needed => {
             out.push_str("# TODO: the Vagrantfile sets no box: set one (a catalog name such as debian-12, or a URL with its sha256)\n");
             out.push_str("box = \"TODO-box\"\n");
@@ -600,19 +627,6 @@ fn section_body(out: &mut String, section: &Section, box_needed: bool, lists: Op
         list(out, "forward", &forward);
         list(out, "sync", &sync);
         list(out, "provision", &provision);
-    }
-}
-
-/// `box = ...` for a Vagrant box name: the catalog entry where one matches, else a TODO.
-fn box_line(out: &mut String, vagrant_box: &str) {
-    match CATALOG_BOXES.iter().find(|(v, _)| *v == vagrant_box) {
-        Some((_, name)) => out.push_str(&format!("box = {}  # Vagrant's {vagrant_box}\n", Value::String((*name).into()))),
-        None => {
-            out.push_str(&format!(
-                "# TODO: envy's catalog has no box for Vagrant's {vagrant_box:?}: set one (a catalog name such as debian-12, or a URL with its sha256)\n"
-            ));
-            out.push_str(&format!("box = {}\n", Value::String(format!("TODO-{}", machine_name(vagrant_box)))));
-        }
     }
 }
 
