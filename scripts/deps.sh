@@ -21,6 +21,7 @@ declare -A wanted=(
   [sfdisk]=fdisk
   [grub-mkimage]=grub-common
   [dpkg-shlibdeps]=dpkg-dev
+  [strip]=binutils
 )
 missing=()
 for cmd in "${!wanted[@]}"; do

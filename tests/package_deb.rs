@@ -1,6 +1,7 @@
-//! The Debian package: scripts/package-deb.sh builds it with cargo-deb from the debug
-//! build (the tests make no release build), dpkg installs it into a clean root in a
-//! temp dir, the installed envy runs from there, and dpkg removes it leaving nothing.
+//! The Debian package: scripts/package-deb.sh builds it with cargo-deb around the
+//! test's own envy binary (no release build in the tests), dpkg installs it into a
+//! clean root in a temp dir, the installed envy runs from there, and dpkg removes it
+//! leaving nothing.
 
 mod common;
 
@@ -42,7 +43,13 @@ fn the_deb_installs_into_a_clean_root_runs_and_removes_cleanly() {
     let tmp = tempfile::Builder::new().prefix("envy-deb-").tempdir().unwrap();
     let out_dir = tmp.path().join("out");
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let built = Command::new("bash").arg(repo.join("scripts/package-deb.sh")).arg("--dev").arg(&out_dir).output().unwrap();
+    let built = Command::new("bash")
+        .arg(repo.join("scripts/package-deb.sh"))
+        .arg("--fast")
+        .arg(&out_dir)
+        .env("ENVY_BIN", assert_cmd::cargo::cargo_bin("envy"))
+        .output()
+        .unwrap();
     ok(built, "scripts/package-deb.sh");
     let debs: Vec<PathBuf> = std::fs::read_dir(&out_dir).unwrap().flatten().map(|e| e.path()).collect();
     assert_eq!(debs.len(), 1, "one package: {debs:?}");
