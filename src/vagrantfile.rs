@@ -123,6 +123,7 @@ pub fn convert(path: &Path, text: &str, base: &Path) -> Result<Conversion, Error
         let message = format!("hostname {hostname:?} is not kept: each machine's hostname is its own name");
         converter.note(&mut top, line, NoteKind::Changed, message);
     }
+    converter.give_forwards_to_machines(&mut top, &mut machines);
     let envfile = render(&top, &machines);
     let mut notes = converter.notes;
     notes.sort_by_key(|n| n.line);
@@ -141,7 +142,8 @@ struct Section {
     cpus: Option<i64>,
     /// MiB, as Vagrant's providers take it.
     memory: Option<i64>,
-    forward: Vec<Value>,
+    /// Each forward with its Vagrantfile line.
+    forward: Vec<(usize, Value)>,
     /// Guest path and the Envfile value of each sync folder.
     sync: Vec<(String, Value)>,
     /// Guest paths of synced folders turned off here (`disabled: true`).
@@ -286,6 +288,34 @@ impl Converter<'_> {
         }
     }
 
+    /// Vagrant copies the configure block's forwards into every machine and moves a
+    /// clashing host port when `auto_correct` says so; an Envfile gives each host port
+    /// to one machine. Each machine gets the outer forwards first, and a host port
+    /// already given is left out with a note.
+    fn give_forwards_to_machines(&mut self, top: &mut Section, machines: &mut [Section]) {
+        if machines.is_empty() {
+            return;
+        }
+        let outer = std::mem::take(&mut top.forward);
+        let mut taken = std::collections::HashSet::new();
+        for machine in machines {
+            let own = std::mem::take(&mut machine.forward);
+            for (line, forward) in outer.iter().cloned().chain(own) {
+                let key = ["host_ip", "host", "protocol"].map(|k| forward.get(k).map(Value::to_string).unwrap_or_default());
+                if taken.insert(key) {
+                    machine.forward.push((line, forward));
+                } else {
+                    let host = forward.get("host").map(Value::to_string).unwrap_or_default();
+                    let message = format!(
+                        "host port {host} is forwarded to an earlier machine already: give machine {} a host port of its own",
+                        machine.name
+                    );
+                    self.note(machine, line, NoteKind::NotConverted, message);
+                }
+            }
+        }
+    }
+
     /// `config.vm.define "web" do |web| ... end`: one machine.
     fn define(&mut self, node: &Node, args: &[Node], block: Option<&lib_ruby_parser::nodes::Block>, defines: &mut Vec<Section>) {
         let mut section = Section::default();
@@ -379,7 +409,7 @@ impl Converter<'_> {
         if !table.contains_key("guest") || !table.contains_key("host") {
             return self.not_converted(section, node, "a forwarded_port needs literal `guest` and `host` ports".into());
         }
-        section.forward.push(Value::Table(table));
+        section.forward.push((self.line(node), Value::Table(table)));
     }
 
     /// `config.vm.synced_folder HOST, GUEST, options`.
@@ -574,7 +604,8 @@ fn render(top: &Section, machines: &[Section]) -> String {
     if machines.is_empty() {
         out.push_str(&format!("\n[machine.{}]\n", top.name));
         let disabled: Vec<&String> = top.disabled_sync.iter().collect();
-        let lists = [top.forward.clone(), without_disabled(top_sync, &disabled), top.provision.clone()];
+        let forward = top.forward.iter().map(|(_, f)| f.clone()).collect();
+        let lists = [forward, without_disabled(top_sync, &disabled), top.provision.clone()];
         section_body(&mut out, top, true, Some(lists));
         return out;
     }
@@ -586,7 +617,7 @@ fn render(top: &Section, machines: &[Section]) -> String {
         let sync = top_sync.iter().cloned().chain(machine.sync.iter().cloned()).collect();
         let merged = |outer: &[Value], own: &[Value]| outer.iter().chain(own).cloned().collect::<Vec<_>>();
         let lists = [
-            merged(&top.forward, &machine.forward),
+            machine.forward.iter().map(|(_, f)| f.clone()).collect(),
             without_disabled(sync, &disabled),
             merged(&top.provision, &machine.provision),
         ];

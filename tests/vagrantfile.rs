@@ -127,6 +127,7 @@ fn defines_become_machines_with_the_outer_lists_merged_in() {
         r#"Vagrant.configure("2") do |config|
   config.vm.box = "generic/debian12"
   config.vm.provision "shell", inline: "apt-get update"
+  config.vm.network "forwarded_port", guest: 22, host: 2222, auto_correct: true
 
   config.vm.define "web", primary: true do |web|
     web.vm.hostname = "web"
@@ -147,14 +148,19 @@ end
     assert_eq!(c.names(), ["web", "db-server"]);
     let web = c.machine("web");
     assert_eq!(web.box_ref, catalog("debian-12"));
-    assert_eq!(forwards(web), [("127.0.0.1".into(), 8080, 80, Protocol::Tcp, false)]);
+    assert_eq!(
+        forwards(web),
+        [("127.0.0.1".into(), 2222, 22, Protocol::Tcp, true), ("127.0.0.1".into(), 8080, 80, Protocol::Tcp, false)],
+        "the outer forward first"
+    );
     let steps: Vec<_> = web.provision.iter().map(|p| (p.action.clone(), p.always)).collect();
     assert_eq!(steps, [(shell("apt-get update"), false), (shell("apt-get install -y nginx"), false)]);
     assert_eq!(guest_paths(web), ["/vagrant"]);
     let db = c.machine("db-server");
     assert_eq!(db.box_ref, catalog("debian-12"));
     assert_eq!(db.memory, 2048 << 20);
-    assert!(db.forwards.is_empty());
+    assert!(db.forwards.is_empty(), "host port 2222 is web's");
+    c.not_converted("host: 2222", "host port 2222 is forwarded to an earlier machine already: give machine db-server a host port of its own");
     assert_eq!(db.provision.len(), 1, "the outer provisioner runs in every machine");
     c.changed("define \"web\"", "primary");
     c.changed(":db_server", "named db-server");
