@@ -589,8 +589,8 @@ impl Converter<'_> {
 
 /// Writes the Envfile: the configure block's settings in [defaults] (or in the one
 /// machine when there is no define), and each define as [machine.NAME]. Vagrant merges
-/// lists (ports, folders, provisioners) from the outside in; the Envfile replaces them,
-/// so each machine gets the merged list.
+/// lists (folders, provisioners) from the outside in; the Envfile replaces them, so each
+/// machine gets the merged list (forwards were handed out by `give_forwards_to_machines`).
 fn render(top: &Section, machines: &[Section]) -> String {
     let mut out = String::from(
         "# Converted from a Vagrantfile by `envy init --from-vagrantfile`; docs/envfile.md has every key.\n\
