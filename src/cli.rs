@@ -15,7 +15,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 base image (a box), boots it as a QEMU/KVM virtual machine or an OCI container, syncs the \
 project in and provisions it.\n\nStart with `envy init`, then `envy up` and `envy exec -- CMD`.",
     after_help = "Exit codes: 0 ok, 1 error, 2 usage, 3 Envfile, 4 box, 5 provider, 6 busy, \
-7 wrong machine state; exec and run pass the guest command's code through."
+7 wrong machine state or not ready in time; exec and run pass the guest command's code through."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -46,7 +46,7 @@ pub struct GlobalArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Write an Envfile for this folder from a template.
+    /// Write an Envfile for this folder from a template or a Vagrantfile.
     Init(InitArgs),
     /// Create, start and provision the Envfile's machines.
     Up(UpArgs),
@@ -71,7 +71,13 @@ pub enum Command {
     Snapshot(SnapshotCommand),
     /// Pack a machine's current state into a verified box, optionally serving it.
     Share(ShareArgs),
-    /// Throwaway: bring up a fresh machine, run CMD with the project synced in, destroy it.
+    /// Throwaway copies of the machines: up, run CMD, destroy; exits with CMD's code
+    #[command(long_about = "Throwaway copies of the Envfile's machines: each is brought up with its own state, \
+network and ports (never the machines `envy up` made, nor another run's), waited for until its `ready` check \
+passes, then CMD runs in --machine (default: the first), everything is destroyed and envy exits with CMD's \
+code, also on Ctrl-C and SIGTERM. The Envfile.lock's pins are used and left unchanged. With --json, one JSON \
+event a line on stdout: up, ready, exit, destroyed.\n\nWith --box, one bare machine of that box with this \
+folder at /project instead.")]
     Run(RunArgs),
     /// Manage the box store: add, list, remove, prune, build, verify.
     #[command(name = "box", subcommand)]
@@ -94,8 +100,12 @@ pub enum ProviderArg {
 #[derive(Debug, Args)]
 pub struct InitArgs {
     /// Template to start from (minimal, rust, python, node, postgres-staging).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "from_vagrantfile")]
     pub template: Option<String>,
+    /// Convert a Vagrantfile (default: ./Vagrantfile) instead of using a template; what
+    /// cannot be converted is listed with its line and marked TODO in the Envfile.
+    #[arg(long, value_name = "PATH", num_args = 0..=1, default_missing_value = "Vagrantfile", conflicts_with_all = ["box_name", "provider"])]
+    pub from_vagrantfile: Option<PathBuf>,
     /// Box for the machines (catalog name, or a URL with #sha256=...).
     #[arg(long = "box", value_name = "BOX")]
     pub box_name: Option<String>,
@@ -206,15 +216,19 @@ pub struct ShareArgs {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Box to run (catalog name, URL#sha256=..., or a path).
+    /// Run one bare machine of this box, with this folder at /project, instead of the
+    /// Envfile's machines (catalog name, URL#sha256=..., or a path).
     #[arg(long = "box", value_name = "BOX")]
-    pub box_name: String,
-    /// Provider to run it on.
-    #[arg(long, value_enum, default_value = "container")]
-    pub provider: ProviderArg,
-    /// Keep the machine when CMD fails, to look around.
-    #[arg(long)]
+    pub box_name: Option<String>,
+    /// Provider of the --box machine [default: container].
+    #[arg(long, value_enum, requires = "box_name")]
+    pub provider: Option<ProviderArg>,
+    /// Keep the --box machine when CMD fails, to look around.
+    #[arg(long, requires = "box_name")]
     pub keep_on_failure: bool,
+    /// The Envfile's machine to run CMD in (default: the first).
+    #[arg(long, short, value_name = "MACHINE", conflicts_with = "box_name")]
+    pub machine: Option<String>,
     /// The command and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,

@@ -7,7 +7,7 @@ pub mod code {
     pub const FAILURE: i32 = 1;
     /// The command line itself was wrong (clap).
     pub const USAGE: i32 = 2;
-    /// The Envfile or Envfile.lock is malformed or inconsistent.
+    /// The Envfile or Envfile.lock is malformed or inconsistent (or a Vagrantfile to convert is).
     pub const ENVFILE: i32 = 3;
     /// A box could not be fetched, verified or unpacked.
     pub const BOX: i32 = 4;
@@ -15,7 +15,8 @@ pub mod code {
     pub const PROVIDER: i32 = 5;
     /// Another envy command holds this project's lock and `--no-wait` was given.
     pub const BUSY: i32 = 6;
-    /// The machine is not in a state that allows the command (e.g. exec on a halted machine).
+    /// The machine is not in a state that allows the command (e.g. exec on a halted machine),
+    /// or did not become ready (its Envfile `ready` check) in time.
     pub const STATE: i32 = 7;
     /// exec/run: the command exists in the machine but cannot be executed (as shells say).
     pub const COMMAND_NOT_EXECUTABLE: i32 = 126;
@@ -32,7 +33,7 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
         if let Some(failed) = cause.downcast_ref::<crate::lifecycle::ProvisionFailed>() {
             return failed.code;
         }
-        if cause.is::<crate::envfile::Error>() {
+        if cause.is::<crate::envfile::Error>() || cause.is::<crate::vagrantfile::Error>() {
             return code::ENVFILE;
         }
         if cause.is::<crate::boxes::Error>() {
@@ -40,6 +41,9 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
         }
         if cause.is::<crate::provider::Error>() {
             return code::PROVIDER;
+        }
+        if cause.is::<crate::ready::Error>() {
+            return code::STATE;
         }
         if let Some(e) = cause.downcast_ref::<crate::state::Error>() {
             return match e {

@@ -13,9 +13,11 @@ pub mod lifecycle;
 pub mod guest;
 pub mod plan;
 pub mod provider;
+pub mod ready;
 pub mod signals;
 pub mod state;
 pub mod ui;
+pub mod vagrantfile;
 
 /// Parses the command line, runs the command and returns the process exit code.
 pub fn run() -> i32 {

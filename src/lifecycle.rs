@@ -11,7 +11,7 @@ use anyhow::{bail, Context as _, Result};
 use crate::boxes::{BoxSource, Store, StoredBox};
 use crate::context::Context;
 use crate::envfile::lock::{LockFile, LockedBox};
-use crate::envfile::{BoxRef, Forward, MachineSpec, Protocol, ProvisionStep};
+use crate::envfile::{BoxRef, Forward, MachineSpec, Protocol, ProvisionAction};
 use crate::plan::MachinePlan;
 use crate::provider::{self, ExecRequest, MachineState};
 use crate::state::record::{MachineRecord, VERSION};
@@ -34,6 +34,9 @@ pub struct UpOptions {
     pub no_provision: bool,
     /// Accept a box URL without a digest (what arrives is pinned in the lock).
     pub insecure: bool,
+    /// Return once the machine runs, without waiting for its `ready` check (the caller
+    /// waits itself, to report it apart).
+    pub skip_ready: bool,
 }
 
 /// Brings one machine to Running and provisions it on its first start.
@@ -56,7 +59,7 @@ pub fn up(ctx: &Context, plan: &mut MachinePlan, lock: &mut LockFile, lock_path:
     if !opts.no_provision && !record.as_ref().is_some_and(|r| r.provisioned) {
         // A missing or swapped script fails now, before anything is fetched or started.
         for step in &plan.spec.provision {
-            if let ProvisionStep::Script(path) = step {
+            if let ProvisionAction::Script(path) = &step.action {
                 read_script(plan, path)?;
             }
         }
@@ -120,21 +123,36 @@ pub fn up(ctx: &Context, plan: &mut MachinePlan, lock: &mut LockFile, lock_path:
         provision(ctx, plan)?;
         record.provisioned = true;
         record.save(&plan.dir)?;
+    } else if state != MachineState::Running && !opts.no_provision {
+        // Vagrant's `run: "always"`: these steps run on every start, not just the first.
+        run_steps(ctx, plan, true)?;
     }
     for f in &plan.forwards {
         ctx.ui.step(format!("{name}: {}:{} -> guest {} ({:?})", f.host_ip, f.host_port, f.guest_port, f.protocol).to_lowercase());
+    }
+    // Without provisioning the services a check waits for may not be there at all.
+    if !opts.skip_ready && !opts.no_provision {
+        crate::ready::wait(ctx, plan)?;
     }
     Ok(())
 }
 
 /// Runs the machine's provisioning steps in order; the first failure stops them.
 pub fn provision(ctx: &Context, plan: &MachinePlan) -> Result<()> {
+    run_steps(ctx, plan, false)
+}
+
+/// Runs every provisioning step, or with `only_always` just the `run = "always"` ones.
+fn run_steps(ctx: &Context, plan: &MachinePlan, only_always: bool) -> Result<()> {
     let provider = provider::for_kind(plan.spec.provider);
     let total = plan.spec.provision.len();
     for (i, step) in plan.spec.provision.iter().enumerate() {
-        let (label, script) = match step {
-            ProvisionStep::Shell(cmd) => (cmd.clone(), cmd.clone()),
-            ProvisionStep::Script(path) => (path.display().to_string(), read_script(plan, path)?),
+        if only_always && !step.always {
+            continue;
+        }
+        let (label, script) = match &step.action {
+            ProvisionAction::Shell(cmd) => (cmd.clone(), cmd.clone()),
+            ProvisionAction::Script(path) => (path.display().to_string(), read_script(plan, path)?),
         };
         ctx.ui.step(format!("{}: provision {}/{total}: {label}", plan.name(), i + 1));
         let request = ExecRequest {
@@ -308,7 +326,8 @@ fn port_free(f: &Forward, port: u16) -> bool {
     }
 }
 
-fn free_port(f: &Forward) -> Result<u16> {
+/// A host port the kernel says is free now, for the forward's address and protocol.
+pub(crate) fn free_port(f: &Forward) -> Result<u16> {
     let addr = SocketAddr::new(f.host_ip, 0);
     let port = match f.protocol {
         Protocol::Tcp => TcpListener::bind(addr)?.local_addr()?.port(),

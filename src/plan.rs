@@ -44,6 +44,18 @@ impl Project {
         home.projects_dir().join(hex::encode(&path_digest(dir)[..8]))
     }
 
+
+    /// A copy of this project with an identity and state of its own (`envy run`): its
+    /// machines, network and runtime ids never meet the project's, nor another copy's.
+    pub fn throwaway(&self, home: &Home, id: &str) -> Project {
+        Project {
+            dir: self.dir.clone(),
+            envfile: self.envfile.clone(),
+            state_dir: home.projects_dir().join(format!("run-{id}")),
+            id: id.to_string(),
+        }
+    }
+
     /// `<state dir>/machines/<name>/`.
     pub fn machine_dir(&self, name: &str) -> PathBuf {
         self.state_dir.join("machines").join(name)

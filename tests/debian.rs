@@ -143,6 +143,25 @@ fn the_staging_example_web_reads_db_by_name() {
 }
 
 #[test]
+fn the_staging_example_runs_as_a_throwaway_replica_for_ci() {
+    let env = TestEnv::new();
+    add_debian_box(&env);
+    copy_example("staging", &env.project);
+    let out = env.envy().args(["--json", "run", "--machine", "web", "--", "python3", "/project/web/check.py"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("db says: [{\"id\": 1, \"name\": \"seed\"}]"), "web reached db by name: {stdout}");
+    let events: Vec<serde_json::Value> = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).filter(|e: &serde_json::Value| e.get("event").is_some()).collect();
+    let names: Vec<String> = events.iter().map(|e| format!("{} {}", e["event"].as_str().unwrap(), e["machine"].as_str().unwrap())).collect();
+    assert_eq!(names, ["up db", "ready db", "up web", "ready web", "exit web", "destroyed web", "destroyed db"]);
+    // CMD's exit code is envy's.
+    let out = env.envy().args(["run", "--machine", "web", "--", "python3", "-c", "import sys; sys.exit(3)"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(env.run_leftovers(), Vec::<String>::new());
+    assert!(!env.project.join("Envfile.lock").exists(), "a run leaves the project's files alone");
+}
+
+#[test]
 fn the_readme_quick_start_runs_as_written() {
     let env = TestEnv::new();
     add_debian_box(&env);

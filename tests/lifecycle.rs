@@ -376,7 +376,7 @@ fn run_interrupted_by_ctrl_c_cleans_up_and_exits_130() {
 }
 
 fn assert_no_throwaways(env: &TestEnv) {
-    assert_eq!(common::list_dir(&env.home.join("throwaway")), Vec::<String>::new());
+    assert_eq!(env.run_leftovers(), Vec::<String>::new());
     let runc = Command::new("runc").arg("--root").arg(env.home.join("run/runc")).args(["list", "-q"]).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&runc.stdout), "");
     let root = env.dir.path().to_string_lossy().into_owned();

@@ -1,10 +1,14 @@
-//! `envy init`: write an Envfile from a template (asks on a terminal, flags otherwise).
+//! `envy init`: write an Envfile from a template (asks on a terminal, flags otherwise)
+//! or converted from a Vagrantfile.
+
+use std::path::Path;
 
 use anyhow::{bail, Context as _, Result};
 
 use crate::cli::{InitArgs, ProviderArg};
 use crate::context::Context;
 use crate::envfile::{self, ProviderKind};
+use crate::vagrantfile::{self, NoteKind};
 
 /// The templates shipped in templates/, by name.
 pub const TEMPLATES: &[(&str, &str)] = &[
@@ -21,6 +25,9 @@ pub fn run(ctx: &Context, args: InitArgs) -> Result<i32> {
     let path = ctx.cwd.join(envfile::FILE_NAME);
     if path.exists() && !args.force {
         bail!("{} already exists; pass --force to overwrite it", path.display());
+    }
+    if let Some(vagrantfile) = &args.from_vagrantfile {
+        return from_vagrantfile(ctx, &ctx.cwd.join(vagrantfile), &path);
     }
     let ask = ctx.ui.interactive && args.template.is_none();
     let template = match args.template {
@@ -60,5 +67,29 @@ pub fn run(ctx: &Context, args: InitArgs) -> Result<i32> {
     envfile::parse_str(&path, &text, provider)?;
     crate::state::write_atomic(&path, text.as_bytes())?;
     ctx.ui.step(format!("wrote {} from template {template}; next: envy up", path.display()));
+    Ok(0)
+}
+
+/// Converts the Vagrantfile and writes the Envfile; what was changed or not converted
+/// is listed on stdout, last, where it is seen.
+fn from_vagrantfile(ctx: &Context, vagrantfile: &Path, path: &Path) -> Result<i32> {
+    let conversion = vagrantfile::convert_file(vagrantfile, &ctx.cwd)?;
+    let provider = ctx.config.provider.unwrap_or(ProviderKind::Container);
+    envfile::parse_str(path, &conversion.envfile, provider).with_context(|| {
+        format!("the Envfile converted from {} does not read back; please report this with the Vagrantfile", vagrantfile.display())
+    })?;
+    crate::state::write_atomic(path, conversion.envfile.as_bytes())?;
+    ctx.ui.step(format!("wrote {} from {}", path.display(), vagrantfile.display()));
+    for (kind, title) in [(NoteKind::Changed, "converted with a difference"), (NoteKind::NotConverted, "not converted (marked TODO in the Envfile)")] {
+        let notes: Vec<_> = conversion.notes.iter().filter(|n| n.kind == kind).collect();
+        if notes.is_empty() {
+            continue;
+        }
+        println!("{title}:");
+        for note in notes {
+            println!("  {}:{}: {}", vagrantfile.display(), note.line, note.message);
+        }
+    }
+    ctx.ui.step("next: read the Envfile, then envy up");
     Ok(0)
 }

@@ -1,29 +1,139 @@
-//! `envy run --box B -- CMD`: a throwaway machine. Up, run CMD with the project at
-//! /project, destroy, exit with CMD's code. Each run has its own state folder and
-//! project id, so parallel runs in one folder never meet.
+//! `envy run -- CMD`: throwaway copies of the Envfile's machines (a staging replica for
+//! one CI job), or with `--box B` one bare machine. Up, wait until ready, run CMD,
+//! destroy, exit with CMD's code. Each run has its own state folder and project id, so
+//! the developer's machines and parallel runs in one folder never meet.
+
+use std::time::Duration;
 
 use anyhow::{Context as _, Result};
+use serde_json::json;
 
 use crate::cli::{ProviderArg, RunArgs};
 use crate::context::Context;
 use crate::envfile::lock::LockFile;
 use crate::envfile::{self, BoxRef, ProviderKind};
 use crate::lifecycle::{self, UpOptions};
-use crate::plan::{MachinePlan, Project};
-
+use crate::plan::{MachinePlan, Project, Workspace};
 use crate::provider::{self, ExecRequest};
 use crate::signals;
 
 pub fn run(ctx: &Context, args: RunArgs) -> Result<i32> {
+    match &args.box_name {
+        Some(box_name) => bare(ctx, box_name, &args),
+        None => replica(ctx, &args),
+    }
+}
+
+/// The Envfile's machines as throwaway copies; CMD runs in `--machine`.
+fn replica(ctx: &Context, args: &RunArgs) -> Result<i32> {
+    let ws = Workspace::load(ctx)?;
+    let target = match &args.machine {
+        Some(name) => ws.select_one(Some(name))?.name.clone(),
+        None => ws.envfile.machines[0].name.clone(),
+    };
+    crate::doctor::require_for(&ws.select(&[])?)?;
+    // The pins are honoured; a pin the run adds stays with the run (the file is not written).
+    let mut lock = LockFile::load(&LockFile::path_for(&ws.project.dir))?;
+    let project = ws.project.throwaway(&ctx.home, &throwaway_id());
+    let mut envfile = ws.envfile.clone();
+    for machine in &mut envfile.machines {
+        machine.accel = machine.accel.or(ctx.config.accel);
+        // A copy never takes the Envfile's host ports: the developer's machines or another
+        // run may hold them, or check them at the same moment. The kernel picks each one.
+        for forward in &mut machine.forwards {
+            forward.host_port = lifecycle::free_port(forward)?;
+            forward.auto = true;
+        }
+    }
+    let mut plans: Vec<MachinePlan> = envfile.machines.iter().map(|spec| MachinePlan::new(&ctx.home, &project, &envfile, spec)).collect();
+    let events = Events { json: ctx.ui.json };
+
+    // Ctrl-C and SIGTERM (a CI cancel) are only noted: the run stops at the next step and cleans up.
+    signals::catch_interrupts()?;
+    let mut created = 0;
+    let outcome = (|| -> Result<i32> {
+        for plan in &mut plans {
+            if signals::interrupted() {
+                return Ok(crate::error::code::INTERRUPTED);
+            }
+            created += 1;
+            lifecycle::up(ctx, plan, &mut lock, None, UpOptions { skip_ready: true, ..UpOptions::default() })?;
+            events.emit(json!({ "event": "up", "machine": plan.name(), "forwards": plan.forwards }));
+            crate::ready::wait(ctx, plan)?;
+            events.emit(json!({ "event": "ready", "machine": plan.name() }));
+        }
+        let plan = plans.iter().find(|p| p.name() == target).expect("the target machine is one of the Envfile's");
+        let code = exec_until_interrupted(ctx, plan, &args.command)?;
+        events.emit(json!({ "event": "exit", "machine": plan.name(), "code": code }));
+        Ok(code)
+    })();
+    ctx.ui.step("run: removing the throwaway machines");
+    let mut cleanup = Ok(());
+    for plan in plans[..created].iter().rev() {
+        match lifecycle::destroy(ctx, plan) {
+            Ok(()) => events.emit(json!({ "event": "destroyed", "machine": plan.name() })),
+            Err(e) if cleanup.is_ok() => cleanup = Err(e),
+            Err(e) => ctx.ui.warn(format!("{e:#}")),
+        }
+    }
+    if let Err(e) = std::fs::remove_dir_all(&project.state_dir) {
+        if e.kind() != std::io::ErrorKind::NotFound && cleanup.is_ok() {
+            cleanup = Err(e).with_context(|| format!("cannot remove {}", project.state_dir.display()));
+        }
+    }
+    if signals::interrupted() {
+        cleanup?;
+        return Ok(crate::error::code::INTERRUPTED);
+    }
+    let code = outcome?;
+    cleanup?;
+    Ok(code)
+}
+
+/// Runs CMD in the machine. A SIGTERM goes to envy alone, not to CMD: the machine is
+/// then destroyed under CMD, which ends it, so a cancelled run does not wait for CMD.
+fn exec_until_interrupted(ctx: &Context, plan: &MachinePlan, command: &[String]) -> Result<i32> {
+    let request = ExecRequest { command: command.to_vec(), tty: false, workdir: None, env: Vec::new() };
+    std::thread::scope(|scope| {
+        let running = scope.spawn(|| provider::for_kind(plan.spec.provider).exec(plan, &request));
+        let mut stopped = false;
+        while !running.is_finished() {
+            if signals::interrupted() && !stopped {
+                stopped = true;
+                ctx.ui.step(format!("run: interrupted; stopping {}", plan.name()));
+                provider::for_kind(plan.spec.provider).halt(plan, true, &ctx.ui)?;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        running.join().map_err(|_| anyhow::anyhow!("the thread running the command in {} panicked", plan.name()))?
+    })
+}
+
+/// `--json`: one event a line on stdout, as it happens, for CI logs.
+struct Events {
+    json: bool,
+}
+
+impl Events {
+    fn emit(&self, mut event: serde_json::Value) {
+        if self.json {
+            event["version"] = json!(1);
+            println!("{event}");
+        }
+    }
+}
+
+/// `envy run --box B -- CMD`: one bare machine with this folder at /project.
+fn bare(ctx: &Context, box_name: &str, args: &RunArgs) -> Result<i32> {
     let provider_kind = match args.provider {
-        ProviderArg::Container => ProviderKind::Container,
-        ProviderArg::Qemu => ProviderKind::Qemu,
+        Some(ProviderArg::Qemu) => ProviderKind::Qemu,
+        Some(ProviderArg::Container) | None => ProviderKind::Container,
     };
     crate::doctor::require(provider_kind)?;
     // --box reads exactly like `box =` in an Envfile in this folder.
     let here = envfile::parse_str(
         &ctx.cwd.join(envfile::FILE_NAME),
-        &format!("[defaults]\nbox = {}\n", toml::Value::String(args.box_name.clone())),
+        &format!("[defaults]\nbox = {}\n", toml::Value::String(box_name.to_string())),
         provider_kind,
     )?;
     let box_ref = here.machines[0].box_ref.clone();

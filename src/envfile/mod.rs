@@ -11,11 +11,12 @@ mod render;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 pub use error::Error;
-pub use parse::{find, load, parse_size, parse_str, DEFAULT_MACHINE, MIN_DISK};
+pub use parse::{find, load, parse_size, parse_str, DEFAULT_MACHINE, DEFAULT_READY_TIMEOUT, MIN_DISK};
 
 /// The file name envy looks for.
 pub const FILE_NAME: &str = "Envfile";
@@ -54,6 +55,8 @@ pub struct MachineSpec {
     pub forwards: Vec<Forward>,
     pub sync: Vec<SyncFolder>,
     pub provision: Vec<ProvisionStep>,
+    /// What must pass before the machine counts as up (`envy up`, `envy run` wait for it).
+    pub ready: Option<Ready>,
 }
 
 /// Where a machine's box comes from.
@@ -137,11 +140,39 @@ pub struct SyncFolder {
     pub allow_outside: bool,
 }
 
-/// One provisioning step.
+/// One provisioning step and when it runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ProvisionStep {
+pub struct ProvisionStep {
+    pub action: ProvisionAction,
+    /// Also run on every `envy up` that starts the machine, not only the first
+    /// (`run = "always"`, Vagrant's `run: "always"`).
+    pub always: bool,
+}
+
+/// What a provisioning step runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProvisionAction {
     /// A shell command run with `sh -c`.
     Shell(String),
     /// A script file from the project (absolute host path), copied in and run.
     Script(PathBuf),
+}
+
+/// When a machine counts as ready, as a compose healthcheck says when a service is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ready {
+    pub check: ReadyCheck,
+    /// How long `envy up` keeps probing before it gives up.
+    pub timeout: Duration,
+}
+
+/// A readiness probe, run inside the machine (127.0.0.1 is the machine itself).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReadyCheck {
+    /// A shell command that exits 0 once the machine is ready.
+    Command(String),
+    /// Something listens on this TCP port.
+    Tcp(u16),
+    /// This URL answers with a 2xx status.
+    Http(String),
 }

@@ -5,12 +5,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::ops::Range;
 use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    host, Accel, BoxRef, Envfile, Error, Forward, MachineSpec, Protocol, ProviderKind, ProvisionStep,
+    host, Accel, BoxRef, Envfile, Error, Forward, MachineSpec, Protocol, ProviderKind, ProvisionAction, ProvisionStep,
+    Ready, ReadyCheck,
     SyncFolder,
 };
 
@@ -41,6 +43,7 @@ struct RawMachine {
     forward: Option<Vec<Spanned<toml::Value>>>,
     sync: Option<Vec<Spanned<toml::Value>>>,
     provision: Option<Vec<Spanned<toml::Value>>>,
+    ready: Option<Spanned<toml::Value>>,
 }
 
 /// Looks for an Envfile in `dir` and its parents.
@@ -107,6 +110,7 @@ fn defaults_as_machine(defaults: &RawMachine) -> RawMachine {
         forward: defaults.forward.clone(),
         sync: defaults.sync.clone(),
         provision: defaults.provision.clone(),
+        ready: defaults.ready.clone(),
     }
 }
 
@@ -160,13 +164,11 @@ impl Reader<'_> {
             },
             None => self.default_provider,
         };
-        let host_cpus = host::cpu_count();
+        // More CPUs than the host has is allowed: a team's Envfile says what the machine
+        // should see, and QEMU and cgroups both take more than the host has (they share).
         let cpus = match m.cpus.as_ref().or(defaults.cpus.as_ref()) {
-            Some(c) if *c.get_ref() > i64::from(host_cpus) && *c.get_ref() <= 1024 => {
-                return Err(self.error(c.span(), format!("cpus = {} is more than this host's {host_cpus} CPUs: give at most {host_cpus}", c.get_ref())))
-            }
             Some(c) if (1..=1024).contains(c.get_ref()) => *c.get_ref() as u32,
-            Some(c) => return Err(self.error(c.span(), format!("cpus = {} is out of range: give 1 to {host_cpus} (this host's CPUs)", c.get_ref()))),
+            Some(c) => return Err(self.error(c.span(), format!("cpus = {} is out of range: give 1 to 1024", c.get_ref()))),
             None => 2,
         };
         let memory = match m.memory.as_ref().or(defaults.memory.as_ref()) {
@@ -202,7 +204,8 @@ impl Reader<'_> {
             .map(|list| list.iter().map(|p| self.provision(p)).collect::<Result<Vec<_>, _>>())
             .transpose()?
             .unwrap_or_default();
-        Ok(MachineSpec { name, box_ref, provider, cpus, memory, disk, accel, env, forwards, sync, provision })
+        let ready = m.ready.as_ref().or(defaults.ready.as_ref()).map(|r| self.ready(r)).transpose()?;
+        Ok(MachineSpec { name, box_ref, provider, cpus, memory, disk, accel, env, forwards, sync, provision, ready })
     }
 
     fn box_ref(&self, value: &Spanned<toml::Value>) -> Result<BoxRef, Error> {
@@ -411,27 +414,79 @@ impl Reader<'_> {
 
     fn provision(&self, value: &Spanned<toml::Value>) -> Result<ProvisionStep, Error> {
         let span = value.span();
-        match value.get_ref() {
-            toml::Value::String(cmd) if !cmd.trim().is_empty() => Ok(ProvisionStep::Shell(cmd.clone())),
-            toml::Value::Table(t) if t.len() == 1 => match t.iter().next() {
-                Some((k, toml::Value::String(s))) if k == "shell" => Ok(ProvisionStep::Shell(s.clone())),
-                Some((k, toml::Value::String(s))) if k == "script" => {
-                    let path = normalize(&self.project_dir.join(s));
-                    if !path.starts_with(self.project_dir) {
-                        return Err(self.error(span, format!(
-                            "provision script {s:?} is outside the project {}; keep provision scripts in the project",
-                            self.project_dir.display()
-                        )));
-                    }
-                    // Whether the file is there is checked when it is used (envy up,
-                    // envy provision): a synced machine can change it at any time, and
-                    // must not be able to make the Envfile unreadable to `envy destroy`.
-                    Ok(ProvisionStep::Script(path))
-                }
-                _ => Err(self.error(span, "a provision table is { shell = \"...\" } or { script = \"path\" }")),
-            },
-            _ => Err(self.error(span, "a provision step is a shell command string, { shell = \"...\" } or { script = \"path\" }")),
+        let usage = "a provision step is a shell command string, { shell = \"...\" } or { script = \"path\" }, \
+                     with run = \"always\" to run it on every `envy up`";
+        let table = match value.get_ref() {
+            toml::Value::String(cmd) if !cmd.trim().is_empty() => {
+                return Ok(ProvisionStep { action: ProvisionAction::Shell(cmd.clone()), always: false })
+            }
+            toml::Value::Table(t) => t,
+            _ => return Err(self.error(span, usage)),
+        };
+        if let Some(key) = table.keys().find(|k| !matches!(k.as_str(), "shell" | "script" | "run")) {
+            return Err(self.error(span, format!("unknown key `{key}` in provision step: {usage}")));
         }
+        let always = match table.get("run") {
+            None => false,
+            Some(toml::Value::String(s)) if s == "once" => false,
+            Some(toml::Value::String(s)) if s == "always" => true,
+            Some(other) => return Err(self.error(span, format!("provision run = {other} is not known: use \"once\" (the default) or \"always\""))),
+        };
+        let action = match (table.get("shell"), table.get("script")) {
+            (Some(toml::Value::String(cmd)), None) => ProvisionAction::Shell(cmd.clone()),
+            (None, Some(toml::Value::String(s))) => {
+                let path = normalize(&self.project_dir.join(s));
+                if !path.starts_with(self.project_dir) {
+                    return Err(self.error(span, format!(
+                        "provision script {s:?} is outside the project {}; keep provision scripts in the project",
+                        self.project_dir.display()
+                    )));
+                }
+                // Whether the file is there is checked when it is used (envy up,
+                // envy provision): a synced machine can change it at any time, and
+                // must not be able to make the Envfile unreadable to `envy destroy`.
+                ProvisionAction::Script(path)
+            }
+            _ => return Err(self.error(span, usage)),
+        };
+        Ok(ProvisionStep { action, always })
+    }
+
+    fn ready(&self, value: &Spanned<toml::Value>) -> Result<Ready, Error> {
+        let span = value.span();
+        let bad = |msg: String| self.error(span.clone(), msg);
+        let usage = "ready is a command string, or a table with one of cmd = \"...\", tcp = PORT, \
+                     http = \"http://127.0.0.1:PORT/path\", and optionally timeout = \"60s\"";
+        let table = match value.get_ref() {
+            toml::Value::String(cmd) if !cmd.trim().is_empty() => {
+                return Ok(Ready { check: ReadyCheck::Command(cmd.clone()), timeout: DEFAULT_READY_TIMEOUT })
+            }
+            toml::Value::Table(t) => t,
+            _ => return Err(bad(usage.into())),
+        };
+        if let Some(key) = table.keys().find(|k| !matches!(k.as_str(), "cmd" | "tcp" | "http" | "timeout")) {
+            return Err(bad(format!("unknown key `{key}` in ready: {usage}")));
+        }
+        let check = match (table.get("cmd"), table.get("tcp"), table.get("http")) {
+            (Some(toml::Value::String(cmd)), None, None) if !cmd.trim().is_empty() => ReadyCheck::Command(cmd.clone()),
+            (None, Some(toml::Value::Integer(port)), None) => match u16::try_from(*port) {
+                Ok(port) if port > 0 => ReadyCheck::Tcp(port),
+                _ => return Err(bad(format!("ready tcp = {port} is not a port: give 1 to 65535"))),
+            },
+            (None, None, Some(toml::Value::String(url))) if url.starts_with("http://") || url.starts_with("https://") => {
+                ReadyCheck::Http(url.clone())
+            }
+            (None, None, Some(other)) => return Err(bad(format!("ready http = {other} is not an http:// or https:// URL"))),
+            _ => return Err(bad(usage.into())),
+        };
+        let timeout = match table.get("timeout") {
+            None => DEFAULT_READY_TIMEOUT,
+            Some(toml::Value::Integer(secs)) if *secs > 0 => Duration::from_secs(*secs as u64),
+            Some(toml::Value::String(text)) => parse_duration(text)
+                .ok_or_else(|| bad(format!("ready timeout {text:?} is not a duration: write e.g. \"90s\" or \"5m\"")))?,
+            Some(other) => return Err(bad(format!("ready timeout = {other} is not a duration: write e.g. \"90s\" or \"5m\""))),
+        };
+        Ok(Ready { check, timeout })
     }
 
     /// Two forwards may not claim the same host address, port and protocol.
@@ -476,6 +531,23 @@ pub fn parse_size(s: &str) -> Option<u64> {
     let bytes = number * factor as f64;
     // Zero is a size (too small for any use, which the caller says); NaN and inf are not.
     (bytes.is_finite() && bytes >= 0.0).then_some(bytes as u64)
+}
+
+/// How long a `ready` check is waited for when the Envfile does not say.
+pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Parses "90s", "5m", "1h" (a positive whole number and a unit).
+fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit())?);
+    let n: u64 = number.parse().ok().filter(|n| *n > 0)?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.checked_mul(60)?,
+        "h" => n.checked_mul(3600)?,
+        _ => return None,
+    };
+    Some(Duration::from_secs(secs))
 }
 
 /// Removes `.` and resolves `..` lexically (the path may not exist yet).

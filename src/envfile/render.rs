@@ -5,7 +5,7 @@ use std::path::Path;
 
 use toml::Value;
 
-use super::{MachineSpec, Protocol, ProvisionStep};
+use super::{MachineSpec, Protocol, ProvisionAction, ReadyCheck};
 
 impl MachineSpec {
     /// `[machine.NAME]` with this machine's settings and `box` set to `box_value`.
@@ -54,14 +54,28 @@ impl MachineSpec {
             line("sync", Value::Array(sync.collect()));
         }
         if !self.provision.is_empty() {
-            let steps = self.provision.iter().map(|p| match p {
-                ProvisionStep::Shell(cmd) => Value::String(cmd.clone()),
-                ProvisionStep::Script(path) => Value::Table(toml::Table::from_iter([(
-                    "script".to_string(),
-                    Value::String(relative(path)),
-                )])),
+            let steps = self.provision.iter().map(|p| {
+                let mut table = toml::Table::new();
+                match &p.action {
+                    ProvisionAction::Shell(cmd) if !p.always => return Value::String(cmd.clone()),
+                    ProvisionAction::Shell(cmd) => table.insert("shell".into(), Value::String(cmd.clone())),
+                    ProvisionAction::Script(path) => table.insert("script".into(), Value::String(relative(path))),
+                };
+                if p.always {
+                    table.insert("run".into(), Value::String("always".into()));
+                }
+                Value::Table(table)
             });
             line("provision", Value::Array(steps.collect()));
+        }
+        if let Some(ready) = &self.ready {
+            let check = match &ready.check {
+                ReadyCheck::Command(cmd) => ("cmd", Value::String(cmd.clone())),
+                ReadyCheck::Tcp(port) => ("tcp", Value::Integer((*port).into())),
+                ReadyCheck::Http(url) => ("http", Value::String(url.clone())),
+            };
+            let timeout = ("timeout".to_string(), Value::String(format!("{}s", ready.timeout.as_secs())));
+            line("ready", Value::Table(toml::Table::from_iter([(check.0.to_string(), check.1), timeout])));
         }
         out
     }
@@ -79,7 +93,7 @@ mod tests {
         let path = dir.path().join("Envfile");
         let text = "[defaults]\nmemory = \"512MiB\"\nsync = [\".:/project\", \"docs:/docs:ro\"]\n\
                     [machine.web]\nbox = \"b\"\nforward = [\"8080:80\", \"0.0.0.0:5353:53/udp\"]\n\
-                    env = { A = \"1\" }\nprovision = [\"echo 'hi'\"]\n";
+                    env = { A = \"1\" }\nprovision = [\"echo 'hi'\", { shell = \"date\", run = \"always\" }]\nready = { tcp = 80, timeout = \"2m\" }\n";
         let original = parse_str(&path, text, ProviderKind::Container).unwrap();
         let section = original.machines[0].to_section(dir.path(), toml::Value::String("b".into()));
         let again = parse_str(&path, &section, ProviderKind::Qemu).unwrap();

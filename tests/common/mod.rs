@@ -64,6 +64,15 @@ impl TestEnv {
         self.state_dir().join("machines").join(name)
     }
 
+    /// What `envy run` may have left in ENVY_HOME: throwaway project folders, and the
+    /// state of any project other than this one (each run has a state dir of its own).
+    pub fn run_leftovers(&self) -> Vec<String> {
+        let own = self.state_dir().file_name().unwrap().to_string_lossy().into_owned();
+        let mut left: Vec<String> = list_dir(&self.home.join("throwaway")).into_iter().map(|n| format!("throwaway/{n}")).collect();
+        left.extend(list_dir(&self.home.join("projects")).into_iter().filter(|n| *n != own).map(|n| format!("projects/{n}")));
+        left
+    }
+
     /// Directory names in `$ENVY_HOME/boxes` (stored boxes and any leftovers).
     pub fn store_entries(&self) -> Vec<String> {
         list_dir(&self.home.join("boxes"))

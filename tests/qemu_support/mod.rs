@@ -92,6 +92,7 @@ impl TestMachine {
                 vec![]
             },
             provision: vec![],
+            ready: None,
         };
         let plan = MachinePlan {
             home,

@@ -1,0 +1,188 @@
+//! `envy run -- CMD` without `--box`: throwaway copies of the Envfile's machines on the
+//! container provider (busybox boxes, real runc and slirp4netns), waited for until
+//! ready, CMD's exit code passed through, and nothing left behind — also on SIGTERM,
+//! and with two runs in one folder at once. Also the `ready` check of `envy up`.
+
+mod common;
+
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::TestEnv;
+
+/// db serves /project/db over HTTP once provisioned; web finds it by name.
+const ENVFILE: &str = r#"[defaults]
+box = { path = "BOX" }
+sync = [".:/project"]
+
+[machine.db]
+provision = ["httpd -p 7000 -h /project/db"]
+ready = { tcp = 7000, timeout = "30s" }
+
+[machine.web]
+env = { DB_URL = "http://db:7000" }
+forward = [{ host = PORT, guest = 8000 }]
+"#;
+
+struct Project {
+    env: TestEnv,
+}
+
+impl Project {
+    fn new(envfile: &str) -> Project {
+        assert!(nix::unistd::geteuid().is_root(), "these tests start containers: run them as root");
+        for (tool, package) in [("runc", "runc"), ("slirp4netns", "slirp4netns"), ("ip", "iproute2")] {
+            common::require_tool(tool, package);
+        }
+        let env = TestEnv::new();
+        let (box_path, _) = common::build_container_box(&env, "busybox");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let envfile = envfile.replace("BOX", &box_path.display().to_string()).replace("PORT", &port.to_string());
+        std::fs::write(env.project.join("Envfile"), envfile).unwrap();
+        std::fs::create_dir_all(env.project.join("db")).unwrap();
+        std::fs::write(env.project.join("db/hello.txt"), "hello from db\n").unwrap();
+        Project { env }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.env.envy().args(args).output().unwrap()
+    }
+
+    /// Nothing of any run is left: throwaway state, runc containers, mounts, networks
+    /// (the developer's own machines, if up, stay). `run_ids` are runs seen while running.
+    fn assert_nothing_left(&self, run_ids: &[String]) {
+        let env = &self.env;
+        let dev = format!("envy-{}", envy::plan::project_id(&env.project));
+        assert_eq!(env.run_leftovers(), Vec::<String>::new(), "a run's state is left");
+        let runc = Command::new("runc").arg("--root").arg(env.home.join("run/runc")).args(["list", "-q"]).output().unwrap();
+        let containers = String::from_utf8_lossy(&runc.stdout).into_owned();
+        assert!(containers.lines().all(|c| c.starts_with(&dev)), "a run's container is left: {containers}");
+        let own = env.state_dir().to_string_lossy().into_owned();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let home = env.home.to_string_lossy().into_owned();
+        let left: Vec<&str> = mounts.lines().filter_map(|l| l.split(' ').nth(4)).filter(|m| m.starts_with(&home) && !m.starts_with(&own)).collect();
+        assert!(left.is_empty(), "a run's mount is left: {left:?}");
+        let networks = common::list_dir(&env.home.join("run/net"));
+        assert!(networks.iter().all(|n| dev.ends_with(n.as_str())), "a run's network is left: {networks:?}");
+        let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
+        let netns = String::from_utf8_lossy(&netns.stdout).into_owned();
+        for id in run_ids {
+            assert!(!netns.contains(&format!("envy-{id}")), "the network namespace of run {id} is left: {netns}");
+        }
+    }
+}
+
+/// The JSON events among a run's stdout lines, as (event, machine).
+fn events(stdout: &[u8]) -> Vec<(String, String)> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e.get("event").is_some())
+        .map(|e| (e["event"].as_str().unwrap().to_string(), e["machine"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+}
+
+#[test]
+fn a_replica_runs_cmd_in_the_named_machine_and_leaves_the_developers_machines_alone() {
+    let p = Project::new(ENVFILE);
+    let _cleanup = common::DestroyOnDrop(&p.env);
+    // The developer's own machines are up, holding web's host port.
+    p.env.envy().arg("up").assert().success();
+    p.env.envy().args(["exec", "web", "--", "sh", "-c", "echo mine > /root/dev"]).assert().success();
+
+    let out = p.run(&["--json", "run", "--machine", "web", "--", "sh", "-c", "wget -q -O- \"$DB_URL/hello.txt\"; hostname; exit 5"]);
+    assert_eq!(out.status.code(), Some(5), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("hello from db\nweb\n"), "{stdout}");
+    assert_eq!(
+        events(&out.stdout),
+        pairs(&[("up", "db"), ("ready", "db"), ("up", "web"), ("ready", "web"), ("exit", "web"), ("destroyed", "web"), ("destroyed", "db")])
+    );
+    let exit = stdout.lines().find(|l| l.contains("\"exit\"")).unwrap();
+    assert!(exit.contains("\"code\":5"), "{exit}");
+
+    // Without --machine, CMD runs in the first machine.
+    let out = p.run(&["run", "--", "hostname"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "db\n");
+
+    // The developer's machines still run, as they were, and Envfile.lock is as `up` left it.
+    let status: serde_json::Value = serde_json::from_slice(&p.run(&["status", "--json"]).stdout).unwrap();
+    for m in status["machines"].as_array().unwrap() {
+        assert_eq!(m["state"], "running", "{status}");
+    }
+    let kept = p.run(&["exec", "web", "--", "cat", "/root/dev"]);
+    assert_eq!(String::from_utf8_lossy(&kept.stdout), "mine\n");
+    p.assert_nothing_left(&[]);
+}
+
+#[test]
+fn sigterm_mid_run_destroys_every_machine_of_the_run() {
+    let p = Project::new(ENVFILE);
+    // SIGTERM to envy alone, as a CI runner cancelling a job sends it.
+    let mut child = p.env.envy_std().args(["run", "--", "sleep", "300"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let runc_root = p.env.home.join("run/runc");
+    let mut id = None;
+    for _ in 0..600 {
+        let out = Command::new("runc").arg("--root").arg(&runc_root).args(["list", "-q"]).output().unwrap();
+        let list = String::from_utf8_lossy(&out.stdout).into_owned();
+        // Both machines run: CMD is about to start or running.
+        if list.lines().count() == 2 {
+            id = common::list_dir(&p.env.home.join("projects")).into_iter().find_map(|n| n.strip_prefix("run-").map(str::to_string));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let id = id.expect("the run never brought both machines up");
+    std::thread::sleep(Duration::from_secs(1));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("removing the throwaway machines"), "{stderr}");
+    p.assert_nothing_left(&[id]);
+}
+
+#[test]
+fn a_ready_check_that_never_passes_fails_with_its_own_message() {
+    let p = Project::new(&ENVFILE.replace("ready = { tcp = 7000, timeout = \"30s\" }", "ready = { cmd = \"test -e /never\", timeout = \"3s\" }"));
+    let _cleanup = common::DestroyOnDrop(&p.env);
+    let expected = "machine db is not ready after 3s: its ready check (`test -e /never`) still fails (last exit code 1)";
+    let out = p.run(&["up"]);
+    assert_eq!(out.status.code(), Some(7));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(expected), "{}", String::from_utf8_lossy(&out.stderr));
+    p.env.envy().args(["destroy", "--force"]).assert().success();
+
+    let out = p.run(&["--json", "run", "--", "true"]);
+    assert_eq!(out.status.code(), Some(7));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(expected), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(events(&out.stdout), pairs(&[("up", "db"), ("destroyed", "db")]), "web never started");
+    p.assert_nothing_left(&[]);
+}
+
+#[test]
+fn two_runs_at_once_in_one_folder_do_not_meet() {
+    let p = Project::new(ENVFILE);
+    let start = |marker: &str| {
+        p.env
+            .envy_std()
+            .args(["run", "--machine", "web", "--"])
+            .args(["sh", "-c", &format!("echo {marker} > /root/mine; wget -q -O- \"$DB_URL/hello.txt\"; sleep 1; cat /root/mine")])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (first, second) = (start("first"), start("second"));
+    for (child, marker) in [(first, "first"), (second, "second")] {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), format!("hello from db\n{marker}\n"));
+    }
+    p.assert_nothing_left(&[]);
+}
