@@ -299,13 +299,30 @@ pub fn unpack_rootfs(
     progress: &mut Progress,
 ) -> Result<RootfsReport, Error> {
     let archive = open_tar(path, compression, progress)?;
-    unpack_rootfs_stream(archive, dest, label)
+    unpack_rootfs_stream(archive, dest, label, false)
 }
+
+/// Applies one OCI image layer (an uncompressed tar stream) onto `dest`, which holds
+/// the layers below it, under the rules of `unpack_rootfs`. In addition, as the OCI
+/// image spec says: `.wh.NAME` deletes NAME from the layers below, `.wh..wh..opq`
+/// empties its directory of what the layers below put there, and an entry replaces
+/// whatever non-directory (or, for a non-directory entry, directory) lies at its path.
+/// Whiteout files themselves are never written. The caller reads `reader` to its end
+/// afterwards if it hashes the whole stream (tar stops at its end-of-archive marker).
+pub fn unpack_layer(reader: impl Read, dest: &Path, label: &str) -> Result<RootfsReport, Error> {
+    unpack_rootfs_stream(tar::Archive::new(reader), dest, label, true)
+}
+
+/// The prefix of OCI whiteout file names.
+const WHITEOUT: &str = ".wh.";
+/// The name of an opaque-directory marker.
+const OPAQUE: &str = ".wh..wh..opq";
 
 fn unpack_rootfs_stream<R: Read>(
     mut archive: tar::Archive<R>,
     dest: &Path,
     label: &str,
+    layer: bool,
 ) -> Result<RootfsReport, Error> {
     let hostile = |entry: &str, reason: String| Error::HostileEntry {
         archive: label.to_string(),
@@ -324,6 +341,8 @@ fn unpack_rootfs_stream<R: Read>(
     let mut report = RootfsReport::default();
     // Directories known to be real directories (not symlinks) inside `dest`.
     let mut real_dirs: HashSet<PathBuf> = HashSet::new();
+    // Paths this layer wrote: an opaque marker hides only what lies below the layer.
+    let mut written: HashSet<PathBuf> = HashSet::new();
     for entry in archive.entries().map_err(read_err)? {
         let mut entry = entry.map_err(read_err)?;
         let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
@@ -346,6 +365,29 @@ fn unpack_rootfs_stream<R: Read>(
                     entry.size()
                 ),
             ));
+        }
+        let file_name = rel.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if layer && file_name.starts_with(WHITEOUT) {
+            check_no_symlink_parents(dest, &rel, &mut real_dirs).map_err(|via| {
+                hostile(&raw, format!("is a whiteout under symlink `{via}`, which may point outside the tree"))
+            })?;
+            let dir = rel.parent().unwrap_or(Path::new("")).to_path_buf();
+            if file_name == OPAQUE {
+                let children = match std::fs::read_dir(dest.join(&dir)) {
+                    Ok(entries) => entries.filter_map(|e| e.ok().map(|e| dir.join(e.file_name()))).collect(),
+                    Err(_) => Vec::new(),
+                };
+                for child in children.into_iter().filter(|c| !written.contains(c)) {
+                    remove_below(dest, &child, &mut real_dirs)?;
+                }
+            } else {
+                let target = dir.join(&file_name[WHITEOUT.len()..]);
+                if target.file_name().is_none_or(|n| n == "." || n == "..") {
+                    return Err(hostile(&raw, "is a whiteout of no file".into()));
+                }
+                remove_below(dest, &target, &mut real_dirs)?;
+            }
+            continue;
         }
         match kind {
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
@@ -386,6 +428,15 @@ fn unpack_rootfs_stream<R: Read>(
                 format!("would be written through symlink `{via}`, which may point outside the tree"),
             )
         })?;
+        if layer {
+            // A layer's entry replaces what the layers below had at its path, except
+            // that a directory merges into a directory.
+            let existing = std::fs::symlink_metadata(dest.join(&rel));
+            if existing.is_ok_and(|m| !(m.is_dir() && kind == EntryType::Directory)) {
+                remove_below(dest, &rel, &mut real_dirs)?;
+            }
+            written.insert(rel.clone());
+        }
         // Files and links replace an existing symlink; a directory entry would instead
         // chmod/chown whatever the symlink points to.
         if kind == EntryType::Directory
@@ -407,6 +458,21 @@ fn unpack_rootfs_stream<R: Read>(
         })?;
     }
     Ok(report)
+}
+
+/// Removes `rel` under `root` without following a symlink at it (its parents were
+/// checked by the caller), and forgets what the removal invalidates.
+fn remove_below(root: &Path, rel: &Path, real_dirs: &mut HashSet<PathBuf>) -> Result<(), Error> {
+    let path = root.join(rel);
+    let removed = match std::fs::symlink_metadata(&path) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(&path),
+        Ok(_) => std::fs::remove_file(&path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    };
+    removed.map_err(Error::io("cannot remove", &path))?;
+    real_dirs.retain(|d| !d.starts_with(rel));
+    Ok(())
 }
 
 /// The entry's path relative to the tree root, or why it is refused.

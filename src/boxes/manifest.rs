@@ -37,12 +37,30 @@ pub struct Manifest {
     pub envfile: Option<String>,
 }
 
-/// What a container needs: a root filesystem tarball.
+/// What a container needs: a root filesystem tarball, or an OCI image's layers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ContainerPayload {
     /// File name of the rootfs tarball (tar, optionally gzip/zstd/xz).
-    pub rootfs: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rootfs: Option<String>,
+    /// A box pulled from an OCI registry: its blobs, as stored payload files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImagePayload>,
+}
+
+/// The blobs of an OCI image (docs/box-format.md, "Boxes from OCI registries"). The
+/// box digest is the sha256 of `manifest`, so every payload file's digest is also the
+/// registry's name for that blob.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImagePayload {
+    /// The image manifest, byte for byte as the registry served it.
+    pub manifest: String,
+    /// The image config (Env, WorkingDir, User, rootfs.diff_ids).
+    pub config: String,
+    /// The layer blobs as downloaded (compressed), bottom first.
+    pub layers: Vec<String>,
 }
 
 /// What a VM needs: a disk and how to boot it.
@@ -123,7 +141,17 @@ impl Manifest {
             }
         }
         if let Some(c) = &self.container {
-            listed("container.rootfs", &c.rootfs)?;
+            match (&c.rootfs, &c.image) {
+                (Some(rootfs), None) => listed("container.rootfs", rootfs)?,
+                (None, Some(image)) => {
+                    listed("container.image.manifest", &image.manifest)?;
+                    listed("container.image.config", &image.config)?;
+                    for layer in &image.layers {
+                        listed("container.image.layers", layer)?;
+                    }
+                }
+                _ => return Err(bad("[container] needs exactly one of rootfs and image".into())),
+            }
         }
         if let Some(q) = &self.qemu {
             listed("qemu.disk", &q.disk)?;
@@ -169,7 +197,7 @@ impl Manifest {
             version: version.to_string(),
             arch: std::env::consts::ARCH.to_string(),
             providers: vec![ProviderKind::Container],
-            container: Some(ContainerPayload { rootfs: file.to_string() }),
+            container: Some(ContainerPayload { rootfs: Some(file.to_string()), image: None }),
             qemu: None,
             files: BTreeMap::from([(file.to_string(), sha256.to_string())]),
             envfile: None,

@@ -1,7 +1,7 @@
 //! Boxes: base images fetched, verified and kept content-addressed. Each concern has
 //! its file: where a box comes from (source, catalog), getting its bytes (download,
-//! digest), reading and writing archives (archive, manifest), keeping it (store) and
-//! making one (build). docs/box-format.md describes the formats and rules.
+//! digest), reading and writing archives (archive, manifest), keeping it (store),
+//! making one (build) and OCI registries (oci). docs/box-format.md describes the formats and rules.
 
 mod archive;
 mod build;
@@ -10,6 +10,7 @@ mod digest;
 mod download;
 mod error;
 mod manifest;
+mod oci;
 mod serve;
 mod source;
 mod store;
@@ -19,7 +20,8 @@ pub use build::{build, BuildRequest};
 pub use digest::sha256_file;
 pub use error::Error;
 
-pub use manifest::{BootMethod, ContainerPayload, Manifest, QemuPayload};
+pub use manifest::{BootMethod, ContainerPayload, ImagePayload, Manifest, QemuPayload};
+pub use oci::{pull, Pulled};
 pub use serve::BoxServer;
-pub use source::{parse_box_ref, BoxSource};
+pub use source::{parse_box_ref, BoxSource, OCI_SCHEME};
 pub use store::{Corruption, Record, Stamp, Store, StoredBox};

@@ -105,7 +105,7 @@ impl Fixture {
                 version: "1".into(),
                 arch: "x86_64".into(),
                 providers: vec![ProviderKind::Container],
-                container: Some(ContainerPayload { rootfs: "rootfs.tar".into() }),
+                container: Some(ContainerPayload { rootfs: Some("rootfs.tar".into()), image: None }),
                 qemu: None,
                 files: BTreeMap::new(),
                 envfile: None,
