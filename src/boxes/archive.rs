@@ -453,7 +453,7 @@ fn unpack_rootfs_stream<R: Read>(
             if super::error::is_disk_full(&e) {
                 Error::io("cannot write", dest.join(&rel))(e)
             } else {
-                hostile(&raw, format!("cannot be unpacked: {e}"))
+                hostile(&raw, format!("cannot be unpacked: {}", super::download::error_chain(&e)))
             }
         })?;
     }

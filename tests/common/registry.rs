@@ -1,0 +1,195 @@
+//! A real OCI registry for tests (Debian's docker-registry, the CNCF distribution
+//! registry) on a free 127.0.0.1 port with its own storage, optionally behind htpasswd;
+//! and images made by the real tools: umoci builds OCI layouts, skopeo pushes them.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::require_tool;
+
+/// A running registry; killed when dropped.
+pub struct Registry {
+    child: Child,
+    pub port: u16,
+    /// The registry's storage root (blobs under docker/registry/v2/blobs).
+    pub storage: PathBuf,
+    /// `user:password` when the registry wants them.
+    pub creds: Option<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    /// Starts a registry; with `creds` (`user:password`) it asks for Basic auth
+    /// checked against an htpasswd file (bcrypt, made by `htpasswd -B`).
+    pub fn start(creds: Option<&str>) -> Registry {
+        require_tool("docker-registry", "docker-registry");
+        let dir = tempfile::Builder::new().prefix("envy-registry-").tempdir().unwrap();
+        let storage = dir.path().join("storage");
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut config = format!(
+            "version: 0.1\nlog: {{level: error}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\n  delete: {{enabled: true}}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            storage.display()
+        );
+        if let Some(creds) = creds {
+            require_tool("htpasswd", "apache2-utils");
+            let (user, password) = creds.split_once(':').unwrap();
+            let out = Command::new("htpasswd").args(["-Bbn", user, password]).output().unwrap();
+            assert!(out.status.success());
+            std::fs::write(dir.path().join("htpasswd"), out.stdout).unwrap();
+            config.push_str(&format!("auth:\n  htpasswd: {{realm: envy-test, path: {}}}\n", dir.path().join("htpasswd").display()));
+        }
+        std::fs::write(dir.path().join("config.yml"), config).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(dir.path().join("config.yml"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start docker-registry");
+        let started = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(started.elapsed() < Duration::from_secs(30), "docker-registry did not listen on 127.0.0.1:{port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Registry { child, port, storage, creds: creds.map(String::from), _dir: dir }
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Pushes `layout:tag` (an OCI layout) to `repo:dest_tag` with skopeo; `extra` are
+    /// more skopeo flags (`--all`, `--dest-compress-format zstd`).
+    pub fn push(&self, layout: &Path, tag: &str, repo_tag: &str, extra: &[&str]) {
+        require_tool("skopeo", "skopeo");
+        let mut cmd = Command::new("skopeo");
+        cmd.args(["copy", "--quiet", "--dest-tls-verify=false"]).args(extra);
+        if let Some(c) = &self.creds {
+            cmd.args(["--dest-creds", c]);
+        }
+        let out = cmd
+            .arg(format!("oci:{}:{tag}", layout.display()))
+            .arg(format!("docker://{}/{repo_tag}", self.host()))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "skopeo copy failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// The file holding a blob in the registry's storage.
+    pub fn blob_path(&self, hex: &str) -> PathBuf {
+        self.storage.join(format!("docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2]))
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs umoci with `args`, panicking with its stderr on failure.
+pub fn umoci(args: &[&str]) {
+    require_tool("umoci", "umoci");
+    let out = Command::new("umoci").args(args).output().unwrap();
+    assert!(out.status.success(), "umoci {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// An OCI layout at `layout` whose `tag` is one layer holding the busybox test rootfs
+/// (made with `umoci new` + `umoci raw add-layer`), with `config` umoci config flags.
+pub fn busybox_image(layout: &Path, tag: &str, config: &[&str]) {
+    let work = layout.with_extension("work");
+    std::fs::create_dir_all(&work).unwrap();
+    if !layout.join("index.json").exists() {
+        umoci(&["init", "--layout", &layout.display().to_string()]);
+    }
+    let image = format!("{}:{tag}", layout.display());
+    umoci(&["new", "--image", &image]);
+    let rootfs = work.join(format!("{tag}-rootfs"));
+    super::busybox_rootfs(&rootfs);
+    let tar = work.join(format!("{tag}-base.tar"));
+    let out = Command::new("tar").arg("-C").arg(&rootfs).arg("-cf").arg(&tar).arg(".").output().unwrap();
+    assert!(out.status.success(), "tar: {}", String::from_utf8_lossy(&out.stderr));
+    umoci(&["raw", "add-layer", "--image", &image, &tar.display().to_string()]);
+    if !config.is_empty() {
+        let mut args = vec!["config", "--image", &image];
+        args.extend_from_slice(config);
+        umoci(&args);
+    }
+}
+
+/// Appends a layer made from `entries` (built with the tar crate, so a test can write
+/// whiteouts and hostile names) to `layout:tag`, as `new_tag`.
+pub fn add_layer(layout: &Path, tag: &str, new_tag: &str, tar_bytes: &[u8]) {
+    let tar = layout.with_extension(format!("{new_tag}.layer.tar"));
+    std::fs::write(&tar, tar_bytes).unwrap();
+    umoci(&[
+        "raw",
+        "add-layer",
+        "--image",
+        &format!("{}:{tag}", layout.display()),
+        "--tag",
+        new_tag,
+        &tar.display().to_string(),
+    ]);
+}
+
+fn owned_by_root(h: &mut tar::Header) {
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+}
+
+/// A tar stream builder for hand-made layers.
+pub struct LayerTar(tar::Builder<Vec<u8>>);
+
+impl LayerTar {
+    pub fn new() -> LayerTar {
+        LayerTar(tar::Builder::new(Vec::new()))
+    }
+    pub fn file(mut self, path: &str, body: &[u8]) -> LayerTar {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(body.len() as u64);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        owned_by_root(&mut h);
+        self.0.append_data(&mut h, path, body).unwrap();
+        self
+    }
+    pub fn dir(mut self, path: &str) -> LayerTar {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(0);
+        h.set_mode(0o755);
+        h.set_entry_type(tar::EntryType::Directory);
+        owned_by_root(&mut h);
+        self.0.append_data(&mut h, path, std::io::empty()).unwrap();
+        self
+    }
+    pub fn symlink(mut self, path: &str, target: &str) -> LayerTar {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(0);
+        h.set_mode(0o777);
+        h.set_entry_type(tar::EntryType::Symlink);
+        owned_by_root(&mut h);
+        self.0.append_link(&mut h, path, target).unwrap();
+        self
+    }
+    /// A file whose name is written into the header as is (the tar crate refuses `..`).
+    pub fn raw_file(mut self, name: &str, body: &[u8]) -> LayerTar {
+        let mut h = tar::Header::new_old();
+        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        h.set_size(body.len() as u64);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        owned_by_root(&mut h);
+        h.set_cksum();
+        self.0.append(&h, body).unwrap();
+        self
+    }
+    pub fn finish(self) -> Vec<u8> {
+        self.0.into_inner().unwrap()
+    }
+}
