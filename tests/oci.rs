@@ -331,3 +331,28 @@ fn hostile_layer_paths_are_refused_and_nothing_is_stored() {
     assert!(!outside.join("pwned").exists() && !env.path("escape").exists());
     assert_eq!(std::fs::read_to_string(outside.join("victim")).unwrap(), "keep me");
 }
+
+#[test]
+fn the_image_config_gives_env_workdir_and_user_and_the_envfile_env_wins() {
+    require_root();
+    let registry = Registry::start(None);
+    let env = TestEnv::new();
+    let layout = env.path("layout");
+    busybox_image(
+        &layout,
+        "base",
+        &["--config.env", "FROM_IMAGE=yes", "--config.env", "BOTH=image", "--config.workingdir", "/srv/app", "--config.user", "nobody", "--config.cmd", "false"],
+    );
+    registry.push(&layout, "base", "team/app:1", &[]);
+    std::fs::write(
+        env.project.join("Envfile"),
+        format!("[machine.m]\nbox = \"oci://{}/team/app:1\"\nenv = {{ BOTH = \"envfile\" }}\n", registry.host()),
+    )
+    .unwrap();
+    let _destroy = DestroyOnDrop(&env);
+    env.envy().arg("up").assert().success();
+    let out = env.envy().args(["exec", "--", "sh", "-c", "echo $FROM_IMAGE $BOTH $HOME $(pwd) $(id -u):$(id -g)"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "yes envfile / /srv/app 65534:65534\n", "{}", stderr(&out));
+    let out = env.envy().args(["exec", "--workdir", "/tmp", "--", "pwd"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "/tmp\n");
+}

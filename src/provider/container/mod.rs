@@ -112,7 +112,12 @@ impl<'a> Machine<'a> {
         if !overlay::is_mounted(&self.layout.rootfs())? {
             overlay::mount_overlay(lower, &self.layout.upper(), &self.layout.work(), &self.layout.rootfs())?;
         }
-        bundle::write(self.plan, &self.layout, &self.net)?;
+        // An image box's config (Env, WorkingDir, User) sits beside its rootfs.
+        let image = match lower.parent() {
+            Some(box_dir) => crate::boxes::ImageRun::load(box_dir)?,
+            None => None,
+        };
+        bundle::write(self.plan, &self.layout, &self.net, image.as_ref())?;
         self.runc.run_detached(self.id(), self.layout.dir(), &self.layout.log())?;
         match self.runc.state(self.id())? {
             Some(c) if c.status == Status::Running => Ok(()),
@@ -280,9 +285,7 @@ impl Provider for ContainerProvider {
         if request.command.is_empty() {
             bail!(Error::Other("no command given to run in the machine; put it after `--`".into()));
         }
-        let default_dir = plan.spec.sync.first().map_or("/", |s| s.guest.as_str());
-        let cwd = request.workdir.as_deref().unwrap_or(default_dir);
-        m.runc.exec(m.id(), request, cwd)
+        m.runc.exec(m.id(), request)
     }
 
     fn shell(&self, plan: &MachinePlan) -> Result<i32> {

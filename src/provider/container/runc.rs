@@ -111,10 +111,15 @@ impl Runc {
         Ok(())
     }
 
-    /// `runc exec` with the caller's stdio; returns the command's exit code.
-    pub fn exec(&self, id: &str, request: &ExecRequest, cwd: &str) -> Result<i32> {
+    /// `runc exec` with the caller's stdio; returns the command's exit code. The
+    /// command runs as the init's user and (unless the request names a directory)
+    /// in the init's directory.
+    pub fn exec(&self, id: &str, request: &ExecRequest) -> Result<i32> {
         let mut cmd = self.command();
-        cmd.args(["exec", "--cwd", cwd]);
+        cmd.arg("exec");
+        if let Some(dir) = &request.workdir {
+            cmd.arg("--cwd").arg(dir);
+        }
         for (key, value) in &request.env {
             cmd.arg("--env").arg(format!("{key}={value}"));
         }
