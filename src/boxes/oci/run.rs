@@ -7,8 +7,7 @@ use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use crate::boxes::manifest::{self, Manifest};
-use crate::boxes::store::ROOTFS_DIR;
+use crate::boxes::store::{StoredBox, ROOTFS_DIR};
 use crate::boxes::Error;
 
 use super::image::ImageConfig;
@@ -34,13 +33,11 @@ pub struct ImageUser {
 const MAX_DB_BYTES: u64 = 4 << 20;
 
 impl ImageRun {
-    /// The run settings of the box stored in `box_dir`; None for a box that is not an
-    /// image (a rootfs tarball or a `.box`).
-    pub fn load(box_dir: &Path) -> Result<Option<ImageRun>, Error> {
-        let manifest_path = box_dir.join(manifest::FILE_NAME);
-        let text = std::fs::read_to_string(&manifest_path).map_err(Error::io("cannot read", &manifest_path))?;
-        let manifest = Manifest::parse(&text, &box_dir.display().to_string())?;
-        let Some(image) = manifest.container.and_then(|c| c.image) else { return Ok(None) };
+    /// The run settings of a stored box; None for a box that is not an image (a
+    /// rootfs tarball or a `.box`).
+    pub fn of(stored: &StoredBox) -> Result<Option<ImageRun>, Error> {
+        let Some(image) = stored.manifest.container.as_ref().and_then(|c| c.image.as_ref()) else { return Ok(None) };
+        let box_dir = &stored.dir;
         let config_path = box_dir.join(&image.config);
         let bytes = std::fs::read(&config_path).map_err(Error::io("cannot read", &config_path))?;
         let config: ImageConfig = serde_json::from_slice(&bytes).map_err(|e| Error::BadImage {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::boxes::StoredBox;
+use crate::boxes::{ImageRun, StoredBox};
 use crate::envfile::ProviderKind;
 use crate::plan::MachinePlan;
 use crate::provider::{Error, ExecRequest, MachineInfo, MachineState, Provider, SnapshotInfo};
@@ -102,8 +102,22 @@ impl<'a> Machine<'a> {
         Ok(PathBuf::from(text.trim_end_matches('\n')))
     }
 
-    /// Mounts the overlay (unless mounted), writes the bundle and runs the container.
-    fn start_container(&self, lower: &Path) -> Result<()> {
+    /// Mounts the overlay (unless mounted), writes the bundle (with an image box's
+    /// Env, WorkingDir and User) and runs the container.
+    fn start_container(&self, lower: &Path, image: Option<&ImageRun>) -> Result<()> {
+        self.mount_rootfs(lower)?;
+        bundle::write(self.plan, &self.layout, &self.net, image)?;
+        self.run_container()
+    }
+
+    /// Starts the container again with the bundle of its last start (same box, same
+    /// settings), after its upper layer was swapped for a snapshot's.
+    fn restart_container(&self, lower: &Path) -> Result<()> {
+        self.mount_rootfs(lower)?;
+        self.run_container()
+    }
+
+    fn mount_rootfs(&self, lower: &Path) -> Result<()> {
         check_lower(lower)?;
         for dir in [self.layout.upper(), self.layout.work(), self.layout.rootfs()] {
             std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -112,12 +126,10 @@ impl<'a> Machine<'a> {
         if !overlay::is_mounted(&self.layout.rootfs())? {
             overlay::mount_overlay(lower, &self.layout.upper(), &self.layout.work(), &self.layout.rootfs())?;
         }
-        // An image box's config (Env, WorkingDir, User) sits beside its rootfs.
-        let image = match lower.parent() {
-            Some(box_dir) => crate::boxes::ImageRun::load(box_dir)?,
-            None => None,
-        };
-        bundle::write(self.plan, &self.layout, &self.net, image.as_ref())?;
+        Ok(())
+    }
+
+    fn run_container(&self) -> Result<()> {
         self.runc.run_detached(self.id(), self.layout.dir(), &self.layout.log())?;
         match self.runc.state(self.id())? {
             Some(c) if c.status == Status::Running => Ok(()),
@@ -222,6 +234,7 @@ impl Provider for ContainerProvider {
         let m = Machine::of(plan)?;
         let lower = stored.rootfs()?;
         check_lower(&lower)?;
+        let image = ImageRun::of(stored)?;
         let container = m.runc.state(m.id())?;
         m.project.ensure()?;
         let intact = m.net.is_intact(&m.project)?;
@@ -246,7 +259,7 @@ impl Provider for ContainerProvider {
         if !running {
             ui.step(format!("{}: starting container", m.name()));
             let created = m.layout.exists();
-            let started = if intact { Ok(()) } else { m.net.rebuild(&m.project) }.and_then(|_| m.start_container(&lower));
+            let started = if intact { Ok(()) } else { m.net.rebuild(&m.project) }.and_then(|_| m.start_container(&lower, image.as_ref()));
             if let Err(e) = started {
                 // Leave the machine as before: stopped, or not created at all.
                 let undone = m.stop_container(true, ui).and_then(|_| m.detach_network());

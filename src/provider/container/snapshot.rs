@@ -155,7 +155,7 @@ pub fn restore(m: &Machine, name: &str, ui: &Ui) -> Result<()> {
         std::fs::remove_dir_all(m.layout.work())?;
     }
     if was_running {
-        m.start_container(&m.recorded_lower()?)?;
+        m.restart_container(&m.recorded_lower()?)?;
     }
     Ok(())
 }
