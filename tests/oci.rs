@@ -356,3 +356,58 @@ fn the_image_config_gives_env_workdir_and_user_and_the_envfile_env_wins() {
     let out = env.envy().args(["exec", "--workdir", "/tmp", "--", "pwd"]).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "/tmp\n");
 }
+
+#[test]
+fn a_pushed_machine_reaches_a_teammate_who_downloads_only_its_delta() {
+    require_root();
+    let registry = Registry::start(None);
+    let me = TestEnv::new();
+    let layout = me.path("layout");
+    busybox_image(&layout, "plain", &["--config.env", "FROM_IMAGE=yes"]);
+    add_layer(&layout, "plain", "base", &LayerTar::new().dir("var/www/").file("var/www/old.html", b"old").finish());
+    registry.push(&layout, "base", "team/base:1", &[]);
+    let (_, base_manifest) = layout_manifest(&layout, "base");
+    let base_layers: Vec<String> = base_manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap()["sha256:".len()..][..12].to_string())
+        .collect();
+
+    std::fs::write(me.project.join("Envfile"), format!("[machine.web]\nbox = \"oci://{}/team/base:1\"\n", registry.host())).unwrap();
+    let _mine = DestroyOnDrop(&me);
+    me.envy().arg("up").assert().success();
+    me.envy()
+        .args(["exec", "--", "sh", "-c", "echo made-by-me > /root/state.txt; rm /etc/box-release; rm -r /var/www; mkdir /var/www; echo fresh > /var/www/new.html"])
+        .assert()
+        .success();
+    let out = me.envy().args(["share", "--push", &format!("oci://{}/team/app:dev", registry.host())]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let line = stdout.lines().find(|l| l.starts_with("box = ")).unwrap_or_else(|| panic!("no Envfile line in {stdout}"));
+    let digest = stdout.split_whitespace().next().unwrap().strip_prefix("sha256:").unwrap().to_string();
+    assert!(line.contains(&format!("/team/app:dev@sha256:{digest}\"")), "{line}");
+
+    // The teammate has the base already; only the line is passed on.
+    let mate = TestEnv::new();
+    mate.envy().args(["box", "add", &format!("oci://{}/team/base:1", registry.host())]).assert().success();
+    std::fs::write(mate.project.join("Envfile"), format!("[machine.copy]\n{line}\n")).unwrap();
+    let _theirs = DestroyOnDrop(&mate);
+    let out = mate.envy().arg("up").output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let log = stderr(&out);
+    let downloads: Vec<&str> = log.lines().filter(|l| l.contains("downloading") && l.ends_with(": 0%")).collect();
+    for base in &base_layers {
+        assert!(!downloads.iter().any(|l| l.contains(base.as_str())), "base layer {base} was downloaded again:\n{log}");
+    }
+    // The config and the delta layer, nothing else.
+    assert_eq!(downloads.len(), 2, "{log}");
+    let state = mate
+        .envy()
+        .args(["exec", "--", "sh", "-c", "cat /root/state.txt; ls /var/www; test -e /etc/box-release || echo gone; echo $FROM_IMAGE"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&state.stdout), "made-by-me\nnew.html\ngone\nyes\n", "{}", stderr(&state));
+    let lock = std::fs::read_to_string(mate.project.join("Envfile.lock")).unwrap();
+    assert!(lock.contains(&format!("sha256 = \"{digest}\"")), "{lock}");
+}

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
 
 use tar::EntryType;
@@ -556,11 +556,51 @@ pub fn pack_rootfs_dir(dir: &Path, out: &Path) -> anyhow::Result<String> {
     builder.follow_symlinks(false);
     builder.mode(tar::HeaderMode::Complete);
     let mut hardlinks: BTreeMap<(u64, u64), PathBuf> = BTreeMap::new();
-    append_tree(&mut builder, dir, Path::new(""), &mut hardlinks)?;
+    append_tree(&mut builder, dir, Path::new(""), &mut hardlinks, false)?;
     let hashing = builder.into_inner()?;
     let (buf, hashes) = hashing.finish();
     buf.into_inner().map_err(|e| e.into_error())?.sync_all()?;
     Ok(hashes.sha256)
+}
+
+/// Packs an overlayfs upper directory (a container machine's own changes) as an OCI
+/// image layer, uncompressed: what `pack_rootfs_dir` writes, except that overlayfs's
+/// whiteouts (0/0 character devices) become `.wh.NAME` files and opaque directories
+/// (xattr `trusted.overlay.opaque=y`) get a `.wh..wh..opq` entry.
+pub fn pack_layer_dir(upper: &Path, out: &Path) -> anyhow::Result<()> {
+    let file = File::create(out).map_err(Error::io("cannot create", out))?;
+    let mut builder = tar::Builder::new(io::BufWriter::with_capacity(1 << 20, file));
+    builder.follow_symlinks(false);
+    builder.mode(tar::HeaderMode::Complete);
+    let mut hardlinks: BTreeMap<(u64, u64), PathBuf> = BTreeMap::new();
+    append_tree(&mut builder, upper, Path::new(""), &mut hardlinks, true)?;
+    builder.into_inner()?.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    Ok(())
+}
+
+/// An empty, root-owned marker file in a layer (a whiteout).
+fn append_marker<W: Write>(builder: &mut tar::Builder<W>, path: &Path) -> anyhow::Result<()> {
+    let mut header = tar::Header::new_gnu();
+    header.set_size(0);
+    header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(0);
+    header.set_entry_type(EntryType::Regular);
+    builder.append_data(&mut header, path, io::empty())?;
+    Ok(())
+}
+
+/// Whether overlayfs marked this upper directory opaque (it hides the lower one).
+fn is_opaque_dir(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else { return false };
+    let mut value = [0u8; 2];
+    // SAFETY: both strings are NUL-terminated and `value` is as long as we say.
+    let n = unsafe {
+        libc::lgetxattr(c_path.as_ptr(), c"trusted.overlay.opaque".as_ptr(), value.as_mut_ptr().cast(), value.len())
+    };
+    n == 1 && value[0] == b'y'
 }
 
 fn append_tree<W: Write>(
@@ -568,6 +608,7 @@ fn append_tree<W: Write>(
     root: &Path,
     rel: &Path,
     hardlinks: &mut BTreeMap<(u64, u64), PathBuf>,
+    overlay_upper: bool,
 ) -> anyhow::Result<()> {
     let dir = root.join(rel);
     let mut names: Vec<_> = std::fs::read_dir(&dir)
@@ -593,11 +634,19 @@ fn append_tree<W: Write>(
             }
             hardlinks.insert((meta.dev(), meta.ino()), entry_rel.clone());
         }
+        if overlay_upper && ft.is_char_device() && meta.rdev() == 0 {
+            let name = format!("{WHITEOUT}{}", name.to_string_lossy());
+            append_marker(builder, &rel.join(name))?;
+            continue;
+        }
         if ft.is_dir() || ft.is_file() || ft.is_symlink() {
             builder.append_path_with_name(&path, &entry_rel)?;
         }
         if ft.is_dir() {
-            append_tree(builder, root, &entry_rel, hardlinks)?;
+            if overlay_upper && is_opaque_dir(&path) {
+                append_marker(builder, &entry_rel.join(OPAQUE))?;
+            }
+            append_tree(builder, root, &entry_rel, hardlinks, overlay_upper)?;
         }
     }
     Ok(())

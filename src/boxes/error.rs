@@ -64,6 +64,9 @@ pub enum Error {
     /// A registry answer envy cannot use (unknown media type, malformed JSON, …).
     #[error("{reference}: {reason}; nothing was stored")]
     BadImage { reference: String, reason: String },
+    /// The registry did not take part of a push.
+    #[error("pushing {reference}: the registry refused {what} (HTTP {status}: {body}); check the repository name and your push rights")]
+    PushRefused { reference: String, what: String, status: u16, body: String },
     /// An index with no manifest for the host's platform.
     #[error("{reference} has no image for {wanted}; it has {available}. Pick an image built for {wanted}")]
     NoPlatform { reference: String, wanted: String, available: String },

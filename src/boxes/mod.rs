@@ -15,13 +15,13 @@ mod serve;
 mod source;
 mod store;
 
-pub use archive::{pack_box, pack_rootfs_dir};
+pub use archive::{pack_box, pack_layer_dir, pack_rootfs_dir};
 pub use build::{build, BuildRequest};
 pub use digest::sha256_file;
 pub use error::Error;
 
 pub use manifest::{BootMethod, ContainerPayload, ImagePayload, Manifest, QemuPayload};
-pub use oci::{pull, ImageRun, ImageUser, Pulled};
+pub use oci::{pull, push, ImageRun, ImageUser, Pulled};
 pub use serve::BoxServer;
 pub use source::{parse_box_ref, BoxSource, OCI_SCHEME};
 pub use store::{Corruption, Record, Stamp, Store, StoredBox};

@@ -1,6 +1,7 @@
 //! `envy share`: pack a machine's current state into a verified box (manifest with
 //! per-file digests) and, with `--serve`, serve it over HTTP so a teammate gets
-//! exactly that state, digest-checked.
+//! exactly that state, digest-checked; or, with `--push`, push a container machine to
+//! an OCI registry as its box's layers plus one layer of its own changes.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -12,7 +13,7 @@ use serde_json::json;
 use crate::boxes::{self, BoxServer, ContainerPayload, Manifest, QemuPayload, Store};
 use crate::cli::ShareArgs;
 use crate::context::Context;
-use crate::envfile::ProviderKind;
+use crate::envfile::{BoxRef, ProviderKind};
 use crate::plan::Workspace;
 use crate::provider;
 use crate::signals;
@@ -25,6 +26,9 @@ pub fn run(ctx: &Context, args: ShareArgs) -> Result<i32> {
     let plan = ws.plan(&ctx.home, spec);
     let record = MachineRecord::load(&plan.dir)?
         .ok_or_else(|| crate::state::Error::NotCreated { machine: spec.name.clone() })?;
+    if let Some(target) = &args.push {
+        return push(ctx, &ws, &plan, &record, target);
+    }
     let output = args.output.clone().unwrap_or_else(|| ws.project.dir.join(format!("{}.box", spec.name)));
     let (digest, size) = {
         // Held while packing: a halt or destroy must not pull the machine away mid-copy.
@@ -71,6 +75,42 @@ pub fn run(ctx: &Context, args: ShareArgs) -> Result<i32> {
     signals::catch_interrupts()?;
     server.serve_until(signals::interrupted)?;
     ctx.ui.step("share: stopped serving");
+    Ok(0)
+}
+
+/// `--push`: the machine's changes as one layer over its box's layers, pushed to a
+/// registry; prints the digest and the Envfile line that pins it.
+fn push(ctx: &Context, ws: &Workspace, plan: &crate::plan::MachinePlan, record: &MachineRecord, target: &str) -> Result<i32> {
+    let mut image = match boxes::parse_box_ref(target, None)? {
+        BoxRef::Oci { image, .. } if image.digest.is_none() => image,
+        _ => {
+            return Err(boxes::Error::BadReference {
+                reference: target.to_string(),
+                reason: "--push takes a registry reference with a tag and no digest (the digest is what the push makes)".into(),
+            }
+            .into())
+        }
+    };
+    let store = Store::open(&ctx.home)?;
+    let stored = store.get(&record.box_digest)?;
+    let staging = tempfile::Builder::new()
+        .prefix(".push-")
+        .tempdir_in(&plan.project.state_dir)
+        .context("cannot make a staging folder in the project's state dir")?;
+    let digest = {
+        // Held while packing: a halt or destroy must not pull the machine away mid-copy.
+        let _lock = ProjectLock::acquire(&ws.project.state_dir, ctx.no_wait, &ctx.ui)?;
+        let delta = provider::for_kind(plan.spec.provider).export_layer(plan, staging.path(), &ctx.ui)?;
+        ctx.ui.step(format!("{}: pushing to {image}", plan.name()));
+        boxes::push(&store, &stored, &delta, &image, staging.path(), &ctx.ui)?
+    };
+    image.digest = Some(digest.clone());
+    if ctx.ui.json {
+        super::print_json(&json!({ "version": 1, "machine": plan.name(), "image": image.to_string(), "digest": format!("sha256:{digest}") }))?;
+    } else {
+        println!("sha256:{digest}  {image}");
+        println!("box = {}", toml::Value::String(image.to_string()));
+    }
     Ok(0)
 }
 

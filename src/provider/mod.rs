@@ -126,6 +126,17 @@ pub trait Provider {
     /// Writes the machine's current state as box payload files into `dir`
     /// (a flattened disk, or a rootfs tarball) and returns their names.
     fn export(&self, machine: &MachinePlan, stored: &StoredBox, dir: &std::path::Path, ui: &Ui) -> Result<Vec<PathBuf>>;
+
+    /// Writes the machine's own changes over its box as one uncompressed OCI image
+    /// layer in `dir` and returns its path (`envy share --push`).
+    fn export_layer(&self, machine: &MachinePlan, _dir: &std::path::Path, _ui: &Ui) -> Result<PathBuf> {
+        Err(Error::Other(format!(
+            "machine {} uses the {} provider, whose machines cannot be pushed to a registry yet; use `envy share` (a box file) instead",
+            machine.name(),
+            self.kind()
+        ))
+        .into())
+    }
 }
 
 /// Snapshot names become file names, QMP job ids and qemu-img arguments: 1-64 of

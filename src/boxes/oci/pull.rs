@@ -200,7 +200,7 @@ fn fetch_blob(store: &Store, registry: &Registry, desc: &Descriptor, dest: &Path
         &part,
         Some(&pin),
         ui,
-        &format!("{} {short}", label.rsplit('/').next().unwrap_or(label)),
+        &format!("{} {short}", label.rsplit('/').next().and_then(|n| n.split('@').next()).unwrap_or(label)),
     )?;
     let size = std::fs::metadata(&part).map_err(Error::io("cannot read", &part))?.len();
     let checked = pin.check(&what, &hashes).and_then(|()| {

@@ -170,6 +170,21 @@ impl<'a> Registry<'a> {
         format!("{}/v2/{}/{kind}/{reference}", self.base, self.repository)
     }
 
+    /// An upload's `Location`, relative or absolute; an absolute one must stay on
+    /// this registry (its credentials go with the request).
+    pub fn resolve(&self, location: &str) -> Result<String, Error> {
+        if location.starts_with('/') {
+            return Ok(format!("{}{location}", self.base));
+        }
+        if location.starts_with(&format!("{}/", self.base)) {
+            return Ok(location.to_string());
+        }
+        Err(Error::BadImage {
+            reference: self.name.clone(),
+            reason: format!("the registry sent an upload to `{location}`, which is not on {}", self.base),
+        })
+    }
+
     /// The client, for requests built by the caller.
     pub fn client(&self) -> &reqwest::blocking::Client {
         self.downloader.client()

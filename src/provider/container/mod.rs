@@ -340,4 +340,8 @@ impl Provider for ContainerProvider {
     fn export(&self, plan: &MachinePlan, stored: &StoredBox, dir: &Path, ui: &Ui) -> Result<Vec<PathBuf>> {
         snapshot::export(&Machine::of(plan)?, &stored.rootfs()?, dir, ui)
     }
+
+    fn export_layer(&self, plan: &MachinePlan, dir: &Path, ui: &Ui) -> Result<PathBuf> {
+        snapshot::export_layer(&Machine::of(plan)?, dir, ui)
+    }
 }

@@ -180,6 +180,18 @@ pub fn delete(layout: &Layout, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Writes `layer.tar`, the machine's upper layer as an OCI image layer, into `dir`
+/// (the container paused meanwhile, so the layer is one moment's state).
+pub fn export_layer(m: &Machine, dir: &Path, ui: &Ui) -> Result<PathBuf> {
+    if !m.layout.exists() {
+        return Err(missing_machine(m));
+    }
+    let target = dir.join("layer.tar");
+    ui.step(format!("{}: packing its changes as an image layer", m.name()));
+    frozen(m, || crate::boxes::pack_layer_dir(&m.layout.upper(), &target))?;
+    Ok(target)
+}
+
 /// Writes `rootfs.tar` (box + the machine's changes) into `dir`.
 pub fn export(m: &Machine, lower: &Path, dir: &Path, ui: &Ui) -> Result<Vec<PathBuf>> {
     if !m.layout.exists() {
