@@ -226,7 +226,8 @@ pub struct RunArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum BoxCommand {
-    /// Fetch a box into the store, verified: a catalog name, a URL or a local file.
+    /// Fetch a box into the store, verified: a catalog name, a URL, a local file or an
+    /// image in an OCI registry.
     Add(BoxAddArgs),
     /// List the boxes in the store.
     List,
@@ -242,7 +243,9 @@ pub enum BoxCommand {
 
 #[derive(Debug, Args)]
 pub struct BoxAddArgs {
-    /// Catalog name (name or name@version), URL, or path of a .box/.qcow2/rootfs tarball.
+    /// Catalog name (name or name@version), URL, path of a .box/.qcow2/rootfs tarball,
+    /// or image oci://REGISTRY/REPO[:TAG][@sha256:DIGEST] (Docker Hub names work too:
+    /// oci://debian:12).
     pub source: String,
     /// Expected sha256 of the file (hex).
     #[arg(long)]

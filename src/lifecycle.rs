@@ -121,6 +121,7 @@ pub fn provision(ctx: &Context, plan: &MachinePlan) -> Result<()> {
             tty: false,
             workdir: None,
             env: Vec::new(),
+            as_root: true,
         };
         let code = provider.exec(plan, &request)?;
         if code != 0 {

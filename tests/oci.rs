@@ -346,15 +346,15 @@ fn the_image_config_gives_env_workdir_and_user_and_the_envfile_env_wins() {
     registry.push(&layout, "base", "team/app:1", &[]);
     std::fs::write(
         env.project.join("Envfile"),
-        format!("[machine.m]\nbox = \"oci://{}/team/app:1\"\nenv = {{ BOTH = \"envfile\" }}\n", registry.host()),
+        format!("[machine.m]\nbox = \"oci://{}/team/app:1\"\nenv = {{ BOTH = \"envfile\" }}\nprovision = [\"id -u > /tmp/provisioned-as\"]\n", registry.host()),
     )
     .unwrap();
     let _destroy = DestroyOnDrop(&env);
     env.envy().arg("up").assert().success();
     let out = env.envy().args(["exec", "--", "sh", "-c", "echo $FROM_IMAGE $BOTH $HOME $(pwd) $(id -u):$(id -g)"]).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "yes envfile / /srv/app 65534:65534\n", "{}", stderr(&out));
-    let out = env.envy().args(["exec", "--workdir", "/tmp", "--", "pwd"]).output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "/tmp\n");
+    let out = env.envy().args(["exec", "--workdir", "/tmp", "--", "cat", "provisioned-as"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "0\n", "provisioning runs as root, in any directory asked for: {}", stderr(&out));
 }
 
 #[test]

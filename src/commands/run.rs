@@ -58,6 +58,7 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<i32> {
             tty: false,
             workdir: Some("/project".into()),
             env: Vec::new(),
+            as_root: false,
         };
         provider::for_kind(provider_kind).exec(&plan, &request)
     });

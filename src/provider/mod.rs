@@ -60,10 +60,14 @@ pub struct ExecRequest {
     pub command: Vec<String>,
     /// Give the command a terminal (stdin/stdout are the user's terminal).
     pub tty: bool,
-    /// Working directory inside the machine (default: the first sync folder, else /).
+    /// Working directory inside the machine (default: an image box's WorkingDir, else
+    /// the first sync folder, else /).
     pub workdir: Option<String>,
     /// Extra environment on top of the machine's own.
     pub env: Vec<(String, String)>,
+    /// Run as root even when the box's image config names another user
+    /// (provisioning is root's, as documented in docs/envfile.md).
+    pub as_root: bool,
 }
 
 /// One saved snapshot of a machine.

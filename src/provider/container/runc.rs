@@ -112,13 +112,16 @@ impl Runc {
     }
 
     /// `runc exec` with the caller's stdio; returns the command's exit code. The
-    /// command runs as the init's user and (unless the request names a directory)
-    /// in the init's directory.
+    /// command runs as the init's user (unless the request asks for root) and in the
+    /// init's directory (unless the request names one).
     pub fn exec(&self, id: &str, request: &ExecRequest) -> Result<i32> {
         let mut cmd = self.command();
         cmd.arg("exec");
         if let Some(dir) = &request.workdir {
             cmd.arg("--cwd").arg(dir);
+        }
+        if request.as_root {
+            cmd.args(["--user", "0:0"]);
         }
         for (key, value) in &request.env {
             cmd.arg("--env").arg(format!("{key}={value}"));
