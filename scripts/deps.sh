@@ -20,6 +20,10 @@ declare -A wanted=(
   [zstd]=zstd
   [sfdisk]=fdisk
   [grub-mkimage]=grub-common
+  [docker-registry]=docker-registry
+  [skopeo]=skopeo
+  [umoci]=umoci
+  [htpasswd]=apache2-utils
 )
 missing=()
 for cmd in "${!wanted[@]}"; do

@@ -226,8 +226,7 @@ pub struct RunArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum BoxCommand {
-    /// Fetch a box into the store, verified: a catalog name, a URL, a local file or an
-    /// image in an OCI registry.
+    /// Fetch a box into the store, verified: a catalog name, URL, file or oci:// image.
     Add(BoxAddArgs),
     /// List the boxes in the store.
     List,
