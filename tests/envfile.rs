@@ -134,3 +134,15 @@ fn a_missing_envfile_says_how_to_make_one() {
     let err = envfile::find(dir.path()).unwrap_err().to_string();
     assert!(err.contains("envy init"), "{err}");
 }
+
+#[test]
+fn registry_images_read_like_the_command_line_and_bad_ones_point_at_the_value() {
+    let envfile = parse("[machine.m]\nbox = \"oci://127.0.0.1:5000/team/app:dev\"\n").unwrap();
+    assert_eq!(envfile.machines[0].box_ref, envy::boxes::parse_box_ref("oci://127.0.0.1:5000/team/app:dev", None).unwrap());
+    assert_eq!(
+        parse("[defaults]\nbox = \"oci://debian\"\n").unwrap().machines[0].box_ref.to_string(),
+        "oci://docker.io/library/debian:latest"
+    );
+    let err = error("[machine.m]\nbox = \"oci://ghcr.io/Team/app\"\n");
+    assert!(err.starts_with("Envfile:2:7:") && err.contains("is not an image reference"), "{err}");
+}

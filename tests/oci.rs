@@ -411,3 +411,30 @@ fn a_pushed_machine_reaches_a_teammate_who_downloads_only_its_delta() {
     let lock = std::fs::read_to_string(mate.project.join("Envfile.lock")).unwrap();
     assert!(lock.contains(&format!("sha256 = \"{digest}\"")), "{lock}");
 }
+
+#[test]
+fn a_machine_from_a_box_file_is_pushed_as_its_tree_plus_its_changes() {
+    require_root();
+    let registry = Registry::start(None);
+    let me = TestEnv::new();
+    let (box_path, _) = common::build_container_box(&me, "busybox");
+    std::fs::write(me.project.join("Envfile"), format!("[machine.web]\nbox = {{ path = \"{}\" }}\n", box_path.display())).unwrap();
+    let _mine = DestroyOnDrop(&me);
+    me.envy().arg("up").assert().success();
+    me.envy().args(["exec", "--", "sh", "-c", "echo from-a-box-file > /root/state.txt"]).assert().success();
+    me.envy().args(["halt"]).assert().success();
+    let out = me.envy().args(["--json", "share", "--push", &format!("oci://{}/team/frombox:1", registry.host())]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let pushed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let image = pushed["image"].as_str().unwrap();
+    assert!(image.ends_with(pushed["digest"].as_str().unwrap()), "{pushed}");
+
+    let mate = TestEnv::new();
+    std::fs::write(mate.project.join("Envfile"), format!("[machine.copy]\nbox = \"{image}\"\n")).unwrap();
+    let _theirs = DestroyOnDrop(&mate);
+    let out = mate.envy().arg("up").output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stderr(&out).matches("applying layer").count(), 2, "the box's tree, then the machine's changes: {}", stderr(&out));
+    let state = mate.envy().args(["exec", "--", "cat", "/root/state.txt", "/etc/box-release"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&state.stdout), "from-a-box-file\nbusybox test box\n", "{}", stderr(&state));
+}
