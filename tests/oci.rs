@@ -438,3 +438,56 @@ fn a_machine_from_a_box_file_is_pushed_as_its_tree_plus_its_changes() {
     let state = mate.envy().args(["exec", "--", "cat", "/root/state.txt", "/etc/box-release"]).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&state.stdout), "from-a-box-file\nbusybox test box\n", "{}", stderr(&state));
 }
+
+#[test]
+fn a_container_disk_image_boots_as_a_vm_by_firmware() {
+    require_root();
+    let registry = Registry::start(None);
+    let env = TestEnv::new();
+    common::tiny_vm_box(&env);
+    for (tool, package) in [("sfdisk", "fdisk"), ("grub-mkimage", "grub-common")] {
+        common::require_tool(tool, package);
+    }
+    // KubeVirt's layout: one disk image under /disk/, owned by qemu's uid 107.
+    let tree = env.path("containerdisk");
+    std::fs::create_dir_all(tree.join("disk")).unwrap();
+    let recipe = Path::new(env!("CARGO_MANIFEST_DIR")).join("boxes/recipes/tiny-vm-bios.sh");
+    let built = std::process::Command::new(&recipe).arg(tree.join("disk/vm.qcow2")).output().unwrap();
+    assert!(built.status.success(), "tiny-vm-bios.sh failed: {}", String::from_utf8_lossy(&built.stderr));
+    let tar = env.path("disk-layer.tar");
+    let packed = std::process::Command::new("tar")
+        .args(["--owner=107", "--group=107", "-C"])
+        .arg(&tree)
+        .arg("-cf")
+        .arg(&tar)
+        .arg("disk")
+        .output()
+        .unwrap();
+    assert!(packed.status.success(), "{}", String::from_utf8_lossy(&packed.stderr));
+    let layout = env.path("layout");
+    common::registry::umoci(&["init", "--layout", &layout.display().to_string()]);
+    common::registry::umoci(&["new", "--image", &format!("{}:empty", layout.display())]);
+    common::registry::add_layer_tar(&layout, "empty", "disk", &tar);
+    registry.push(&layout, "disk", "vm/tiny:1", &[]);
+
+    std::fs::write(
+        env.project.join("Envfile"),
+        format!("[machine.vm]\nbox = \"oci://{}/vm/tiny:1\"\nprovider = \"qemu\"\nmemory = \"256MiB\"\ncpus = 1\n", registry.host()),
+    )
+    .unwrap();
+    let _destroy = DestroyOnDrop(&env);
+    let out = env.envy().arg("up").output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("is a containerDisk"), "{}", stderr(&out));
+    let cmdline = env.envy().args(["exec", "--", "cat", "/proc/cmdline"]).output().unwrap();
+    let cmdline = String::from_utf8_lossy(&cmdline.stdout);
+    assert!(cmdline.starts_with("BOOT_IMAGE=/boot/vmlinuz-"), "GRUB on the disk booted it: {cmdline}");
+    let hostname = env.envy().args(["exec", "--", "hostname"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&hostname.stdout).trim(), "vm");
+    env.envy().args(["destroy", "--force"]).assert().success();
+    // The same image for a container is refused by provider, naming what it serves.
+    std::fs::write(env.project.join("Envfile"), format!("[machine.c]\nbox = \"oci://{}/vm/tiny:1\"\n", registry.host())).unwrap();
+    let out = env.envy().arg("up").output().unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(stderr(&out).contains("is made for qemu, not for the container provider"), "{}", stderr(&out));
+}

@@ -31,22 +31,23 @@ pub struct Manifest {
     pub qemu: Option<QemuPayload>,
     /// sha256 (hex) of every payload file, by file name.
     pub files: BTreeMap<String, String>,
+    /// A box pulled from an OCI registry: its blobs, as stored payload files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImagePayload>,
     /// The Envfile section of the machine a shared box was made from (`envy share`),
     /// so a teammate gets its forwards, sync folders and settings too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub envfile: Option<String>,
 }
 
-/// What a container needs: a root filesystem tarball, or an OCI image's layers.
+/// What a container needs: a root filesystem tarball, or (left out) the layers of
+/// the box's `[image]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ContainerPayload {
     /// File name of the rootfs tarball (tar, optionally gzip/zstd/xz).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rootfs: Option<String>,
-    /// A box pulled from an OCI registry: its blobs, as stored payload files.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub image: Option<ImagePayload>,
 }
 
 /// The blobs of an OCI image (docs/box-format.md, "Boxes from OCI registries"). The
@@ -141,16 +142,17 @@ impl Manifest {
             }
         }
         if let Some(c) = &self.container {
-            match (&c.rootfs, &c.image) {
+            match (&c.rootfs, &self.image) {
                 (Some(rootfs), None) => listed("container.rootfs", rootfs)?,
-                (None, Some(image)) => {
-                    listed("container.image.manifest", &image.manifest)?;
-                    listed("container.image.config", &image.config)?;
-                    for layer in &image.layers {
-                        listed("container.image.layers", layer)?;
-                    }
-                }
-                _ => return Err(bad("[container] needs exactly one of rootfs and image".into())),
+                (None, Some(_)) => {}
+                _ => return Err(bad("a container box needs exactly one of container.rootfs and [image]".into())),
+            }
+        }
+        if let Some(image) = &self.image {
+            listed("image.manifest", &image.manifest)?;
+            listed("image.config", &image.config)?;
+            for layer in &image.layers {
+                listed("image.layers", layer)?;
             }
         }
         if let Some(q) = &self.qemu {
@@ -185,6 +187,7 @@ impl Manifest {
                 cmdline: None,
             }),
             files: BTreeMap::from([(file.to_string(), sha256.to_string())]),
+            image: None,
             envfile: None,
         }
     }
@@ -197,9 +200,10 @@ impl Manifest {
             version: version.to_string(),
             arch: std::env::consts::ARCH.to_string(),
             providers: vec![ProviderKind::Container],
-            container: Some(ContainerPayload { rootfs: Some(file.to_string()), image: None }),
+            container: Some(ContainerPayload { rootfs: Some(file.to_string()) }),
             qemu: None,
             files: BTreeMap::from([(file.to_string(), sha256.to_string())]),
+            image: None,
             envfile: None,
         }
     }

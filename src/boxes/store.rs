@@ -382,10 +382,10 @@ impl Store {
                 let mut progress = ui.progress(&format!("unpacking {}", hint.name), file_size(file));
                 let manifest = archive::unpack_box(file, compression, tmp.path(), label, &mut progress)?;
                 drop(progress);
-                if manifest.container.as_ref().is_some_and(|c| c.image.is_some()) {
+                if manifest.image.is_some() {
                     return Err(Error::BadManifest {
                         archive: label.into(),
-                        reason: "container.image is for boxes pulled from a registry (oci://…), not for box files".into(),
+                        reason: "[image] is for boxes pulled from a registry (oci://…), not for box files".into(),
                     }
                     .into());
                 }

@@ -133,7 +133,7 @@ fn pack(ctx: &Context, plan: &crate::plan::MachinePlan, record: &MachineRecord, 
         digests.insert(name.clone(), boxes::sha256_file(path)?);
     }
     let (container, qemu) = match plan.spec.provider {
-        ProviderKind::Container => (Some(ContainerPayload { rootfs: Some("rootfs.tar".into()), image: None }), None),
+        ProviderKind::Container => (Some(ContainerPayload { rootfs: Some("rootfs.tar".into()) }), None),
         ProviderKind::Qemu => {
             let base = stored.manifest.qemu.clone().context("the machine's box has no qemu payload")?;
             (None, Some(QemuPayload { disk: "disk.qcow2".into(), ..base }))
@@ -150,6 +150,7 @@ fn pack(ctx: &Context, plan: &crate::plan::MachinePlan, record: &MachineRecord, 
         container,
         qemu,
         files: digests,
+        image: None,
         envfile: Some(plan.spec.to_section(&plan.project.dir, toml::Value::String(name))),
     };
     manifest.validate(&output.display().to_string())?;

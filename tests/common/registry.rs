@@ -126,6 +126,11 @@ pub fn busybox_image(layout: &Path, tag: &str, config: &[&str]) {
 pub fn add_layer(layout: &Path, tag: &str, new_tag: &str, tar_bytes: &[u8]) {
     let tar = layout.with_extension(format!("{new_tag}.layer.tar"));
     std::fs::write(&tar, tar_bytes).unwrap();
+    add_layer_tar(layout, tag, new_tag, &tar);
+}
+
+/// Appends the uncompressed layer tar at `tar` to `layout:tag`, as `new_tag`.
+pub fn add_layer_tar(layout: &Path, tag: &str, new_tag: &str, tar: &Path) {
     umoci(&[
         "raw",
         "add-layer",

@@ -105,9 +105,10 @@ impl Fixture {
                 version: "1".into(),
                 arch: "x86_64".into(),
                 providers: vec![ProviderKind::Container],
-                container: Some(ContainerPayload { rootfs: Some("rootfs.tar".into()), image: None }),
+                container: Some(ContainerPayload { rootfs: Some("rootfs.tar".into()) }),
                 qemu: None,
                 files: BTreeMap::new(),
+                image: None,
                 envfile: None,
             },
         };

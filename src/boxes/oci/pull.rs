@@ -1,18 +1,22 @@
 //! Pulling an image into the store: tag → (index →) platform manifest, config and
 //! layers fetched by digest and checked against their descriptors, each layer checked
 //! against the config's diff_id while it is applied, and the whole stored as a
-//! container box named by the manifest's digest.
+//! container box (or, for a KubeVirt containerDisk, a VM box) named by the manifest's
+//! digest.
 
 use std::fs::File;
-use std::path::Path;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use crate::boxes::archive;
-use crate::boxes::digest::{HashingReader, Pin};
+use crate::boxes::digest::{sha256_file, HashingReader, Pin};
 use crate::boxes::download::remove_part;
-use crate::boxes::manifest::{self, ContainerPayload, ImagePayload, Manifest, FORMAT};
+use crate::boxes::manifest::{self, BootMethod, ContainerPayload, ImagePayload, Manifest, QemuPayload, FORMAT};
 use crate::boxes::store::{Origin, Store, StoredBox, ROOTFS_DIR};
 use crate::boxes::Error;
 use crate::envfile::{OciRef, ProviderKind};
+use crate::provider::tool;
 use crate::ui::Ui;
 
 use super::image::{self, Descriptor, ImageConfig, ImageManifest, Index, LayerCompression};
@@ -21,6 +25,8 @@ use super::registry::{Fetched, Registry};
 /// Payload file names of a pulled image in its box directory.
 pub const MANIFEST_FILE: &str = "manifest.json";
 pub const CONFIG_FILE: &str = "config.json";
+/// The VM disk of a containerDisk image.
+pub const DISK_FILE: &str = "disk.qcow2";
 
 /// A pulled (or already stored) image, and the index its reference resolved through.
 pub struct Pulled {
@@ -157,25 +163,74 @@ fn install(
         apply_layer(&tmp.path().join(file), *compression, diff_id, &rootfs, &format!("layer {} of {label}", i + 1))?;
     }
 
+    // A KubeVirt containerDisk (one disk image under /disk/) is a VM box; any other
+    // image is a container's root filesystem.
+    let (providers, container, qemu) = match container_disk(&rootfs)? {
+        Some(disk) => {
+            ui.step(format!("{label} is a containerDisk: {} becomes the VM's disk", disk.display()));
+            let stored_disk = tmp.path().join(DISK_FILE);
+            as_qcow2(&disk, &stored_disk, &label)?;
+            std::fs::remove_dir_all(&rootfs).map_err(Error::io("cannot remove", &rootfs))?;
+            files.insert(DISK_FILE.to_string(), sha256_file(&stored_disk)?);
+            let boot = QemuPayload { disk: DISK_FILE.into(), boot: BootMethod::Firmware, kernel: None, initrd: None, cmdline: None };
+            (vec![ProviderKind::Qemu], None, Some(boot))
+        }
+        None => (vec![ProviderKind::Container], Some(ContainerPayload { rootfs: None }), None),
+    };
     let version = image.tag.clone().unwrap_or_else(|| fetched.digest[..12].to_string());
     let manifest = Manifest {
         format: FORMAT,
         name: name.clone(),
         version,
         arch: std::env::consts::ARCH.to_string(),
-        providers: vec![ProviderKind::Container],
-        container: Some(ContainerPayload {
-            rootfs: None,
-            image: Some(ImagePayload { manifest: MANIFEST_FILE.into(), config: CONFIG_FILE.into(), layers }),
-        }),
-        qemu: None,
+        providers,
+        container,
+        qemu,
         files,
+        image: Some(ImagePayload { manifest: MANIFEST_FILE.into(), config: CONFIG_FILE.into(), layers }),
         envfile: None,
     };
     manifest.validate(&label)?;
     crate::state::write_atomic(&tmp.path().join(manifest::FILE_NAME), manifest.to_toml().as_bytes())?;
     let origin = Origin { source: label, pin: Some(Pin::Sha256(fetched.digest.clone()).to_string()) };
     store.commit(tmp, &fetched.digest, &manifest, name, &origin, ui)
+}
+
+/// The disk of a KubeVirt containerDisk: a tree holding only `disk/` with exactly one
+/// regular file in it (never followed through a symlink).
+fn container_disk(rootfs: &Path) -> Result<Option<PathBuf>, Error> {
+    let names = |dir: &Path| -> Result<Vec<std::ffi::OsString>, Error> {
+        std::fs::read_dir(dir)
+            .map_err(Error::io("cannot read", dir))?
+            .map(|e| e.map(|e| e.file_name()).map_err(Error::io("cannot read", dir)))
+            .collect()
+    };
+    let disk_dir = rootfs.join("disk");
+    if names(rootfs)? != ["disk"] || !std::fs::symlink_metadata(&disk_dir).is_ok_and(|m| m.is_dir()) {
+        return Ok(None);
+    }
+    match names(&disk_dir)?.as_slice() {
+        [one] => {
+            let path = disk_dir.join(one);
+            Ok(std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()).then_some(path))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Moves a qcow2 disk to `dest`, or converts a raw one (`qemu-img convert`).
+fn as_qcow2(disk: &Path, dest: &Path, label: &str) -> anyhow::Result<()> {
+    let mut magic = [0u8; 4];
+    let n = File::open(disk).and_then(|mut f| f.read(&mut magic)).map_err(Error::io("cannot read", disk))?;
+    if magic[..n] == *b"QFI\xfb" {
+        std::fs::rename(disk, dest).map_err(Error::io("cannot move into the store", disk))?;
+        return Ok(());
+    }
+    tool::run(
+        Command::new("qemu-img").args(["convert", "-f", "raw", "-O", "qcow2"]).arg(disk).arg(dest),
+        &format!("converting the raw disk of {label} to qcow2"),
+    )?;
+    Ok(())
 }
 
 /// Puts the blob at `dest`: linked from a stored box that has it, else downloaded

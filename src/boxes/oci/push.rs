@@ -91,8 +91,7 @@ pub fn push(store: &Store, stored: &StoredBox, delta: &Path, target: &OciRef, wo
 /// The box's layers and config: an image box's own, or its rootfs as one new layer
 /// under a fresh config.
 fn base_layers(stored: &StoredBox, work: &Path) -> anyhow::Result<(Vec<Blob>, Value)> {
-    let container = stored.manifest.container.as_ref();
-    let Some(image) = container.and_then(|c| c.image.as_ref()) else {
+    let Some(image) = &stored.manifest.image else {
         let tar = work.join("base.tar");
         pack_rootfs_dir(&stored.rootfs()?, &tar)?;
         let (blob, diff_id) = gzip_layer(&tar, &work.join("base.tar.gz"))?;

@@ -36,7 +36,7 @@ impl ImageRun {
     /// The run settings of a stored box; None for a box that is not an image (a
     /// rootfs tarball or a `.box`).
     pub fn of(stored: &StoredBox) -> Result<Option<ImageRun>, Error> {
-        let Some(image) = stored.manifest.container.as_ref().and_then(|c| c.image.as_ref()) else { return Ok(None) };
+        let Some(image) = &stored.manifest.image else { return Ok(None) };
         let box_dir = &stored.dir;
         let config_path = box_dir.join(&image.config);
         let bytes = std::fs::read(&config_path).map_err(Error::io("cannot read", &config_path))?;
