@@ -89,7 +89,21 @@ fn upper_layers_delete_and_make_opaque_and_a_second_machine_unpacks_nothing() {
     let layout = env.path("layout");
     busybox_image(&layout, "base", &[]);
     // Layer 2 adds files the top layer then hides.
-    add_layer(&layout, "base", "mid", &LayerTar::new().dir("var/www/").file("var/www/old.html", b"old").file("etc/keep", b"kept\n").finish());
+    add_layer(
+        &layout,
+        "base",
+        "mid",
+        &LayerTar::new()
+            .dir("var/www/")
+            .file("var/www/old.html", b"old")
+            .file("etc/keep", b"kept\n")
+            .dir("etc/swap/")
+            .file("etc/swap/inner", b"x")
+            .symlink("etc/link", "/")
+            .finish(),
+    );
+    // The top layer hides, empties, and replaces a directory by a file and a symlink
+    // by a directory (written inside the tree, not where the symlink pointed).
     add_layer(
         &layout,
         "mid",
@@ -97,8 +111,11 @@ fn upper_layers_delete_and_make_opaque_and_a_second_machine_unpacks_nothing() {
         &LayerTar::new()
             .file("etc/.wh.box-release", b"")
             .dir("var/www/")
-            .file("var/www/.wh..wh..opq", b"")
             .file("var/www/new.html", b"new")
+            .file("var/www/.wh..wh..opq", b"")
+            .file("etc/swap", b"now a file\n")
+            .dir("etc/link/")
+            .file("etc/link/envy-layer-test", b"inside\n")
             .finish(),
     );
     registry.push(&layout, "top", "team/app:1", &[]);
@@ -114,8 +131,10 @@ fn upper_layers_delete_and_make_opaque_and_a_second_machine_unpacks_nothing() {
     let out = env.envy().args(["up", "a"]).output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stderr(&out).matches("applying layer").count(), 3, "{}", stderr(&out));
-    let listing = env.envy().args(["exec", "a", "--", "sh", "-c", "ls /var/www; cat /etc/keep; test -e /etc/box-release || echo gone"]).output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&listing.stdout), "new.html\nkept\ngone\n", "{}", stderr(&listing));
+    let script = "ls /var/www; cat /etc/keep; test -e /etc/box-release || echo gone; cat /etc/swap /etc/link/envy-layer-test; test -L /etc/link || echo real-dir";
+    let listing = env.envy().args(["exec", "a", "--", "sh", "-c", script]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&listing.stdout), "new.html\nkept\ngone\nnow a file\ninside\nreal-dir\n", "{}", stderr(&listing));
+    assert!(!Path::new("/envy-layer-test").exists(), "nothing was written through the old symlink");
     // No whiteout file is ever written.
     let box_dir = env.home.join("boxes").join(&manifest_hex);
     assert!(box_dir.join("rootfs/etc").is_dir());
