@@ -202,8 +202,9 @@ pub struct ShareArgs {
     /// Serve the box over HTTP after packing it (default 127.0.0.1:0, a free port).
     #[arg(long, value_name = "ADDR:PORT", num_args = 0..=1, default_missing_value = "127.0.0.1:0")]
     pub serve: Option<String>,
-    /// Push a container machine to an OCI registry instead of writing a box: its box's
-    /// layers plus its own changes as one layer. Prints the Envfile line pinning it.
+    /// Push the machine to an OCI registry instead of writing a box: a container as its
+    /// box's layers plus its own changes as one layer, a halted VM as a containerDisk.
+    /// Prints the Envfile line pinning it.
     #[arg(long, value_name = "oci://REGISTRY/REPO:TAG", conflicts_with_all = ["output", "serve"])]
     pub push: Option<String>,
 }

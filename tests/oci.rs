@@ -459,7 +459,7 @@ fn a_machine_from_a_box_file_is_pushed_as_its_tree_plus_its_changes() {
 }
 
 #[test]
-fn a_container_disk_image_boots_as_a_vm_by_firmware() {
+fn a_container_disk_boots_by_firmware_and_a_halted_vm_is_pushed_as_one() {
     require_root();
     let registry = Registry::start(None);
     let env = TestEnv::new();
@@ -503,7 +503,27 @@ fn a_container_disk_image_boots_as_a_vm_by_firmware() {
     assert!(cmdline.starts_with("BOOT_IMAGE=/boot/vmlinuz-"), "GRUB on the disk booted it: {cmdline}");
     let hostname = env.envy().args(["exec", "--", "hostname"]).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&hostname.stdout).trim(), "vm");
+
+    // The halted VM pushed back as a containerDisk, and booted by a teammate.
+    env.envy().args(["exec", "--", "sh", "-c", "echo vm-state > /root/note; sync"]).assert().success();
+    let out = env.envy().args(["share", "--push", &format!("oci://{}/vm/shared:1", registry.host())]).output().unwrap();
+    assert_eq!(out.status.code(), Some(5), "a running VM is not pushed: {}", stderr(&out));
+    assert!(stderr(&out).contains("run `envy halt vm` first"), "{}", stderr(&out));
+    env.envy().arg("halt").assert().success();
+    let out = env.envy().args(["share", "--push", &format!("oci://{}/vm/shared:1", registry.host())]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let line = stdout.lines().find(|l| l.starts_with("box = ")).unwrap_or_else(|| panic!("no Envfile line in {stdout}"));
     env.envy().args(["destroy", "--force"]).assert().success();
+    let mate = TestEnv::new();
+    std::fs::write(mate.project.join("Envfile"), format!("[machine.copy]\n{line}\nprovider = \"qemu\"\nmemory = \"256MiB\"\ncpus = 1\n")).unwrap();
+    let _theirs = DestroyOnDrop(&mate);
+    let out = mate.envy().arg("up").output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let note = mate.envy().args(["exec", "--", "cat", "/root/note"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&note.stdout), "vm-state\n", "{}", stderr(&note));
+    mate.envy().args(["destroy", "--force"]).assert().success();
+
     // The same image for a container is refused by provider, naming what it serves.
     std::fs::write(env.project.join("Envfile"), format!("[machine.c]\nbox = \"oci://{}/vm/tiny:1\"\n", registry.host())).unwrap();
     let out = env.envy().arg("up").output().unwrap();

@@ -21,7 +21,7 @@ pub use digest::sha256_file;
 pub use error::Error;
 
 pub use manifest::{BootMethod, ContainerPayload, ImagePayload, Manifest, QemuPayload};
-pub use oci::{pull, push, ImageRun, ImageUser, Pulled};
+pub use oci::{pull, push, push_disk, ImageRun, ImageUser, Pulled};
 pub use serve::BoxServer;
 pub use source::{parse_box_ref, BoxSource, OCI_SCHEME};
 pub use store::{Corruption, Record, Stamp, Store, StoredBox};

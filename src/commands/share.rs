@@ -15,7 +15,7 @@ use crate::cli::ShareArgs;
 use crate::context::Context;
 use crate::envfile::{BoxRef, ProviderKind};
 use crate::plan::Workspace;
-use crate::provider;
+use crate::provider::{self, ImageExport};
 use crate::signals;
 use crate::state::record::MachineRecord;
 use crate::state::ProjectLock;
@@ -78,8 +78,9 @@ pub fn run(ctx: &Context, args: ShareArgs) -> Result<i32> {
     Ok(0)
 }
 
-/// `--push`: the machine's changes as one layer over its box's layers, pushed to a
-/// registry; prints the digest and the Envfile line that pins it.
+/// `--push`: a container's changes as one layer over its box's layers, or a halted
+/// VM's disk as a containerDisk, pushed to a registry; prints the digest and the
+/// Envfile line that pins it.
 fn push(ctx: &Context, ws: &Workspace, plan: &crate::plan::MachinePlan, record: &MachineRecord, target: &str) -> Result<i32> {
     let mut image = match boxes::parse_box_ref(target, None)? {
         BoxRef::Oci { image, .. } if image.digest.is_none() => image,
@@ -100,9 +101,16 @@ fn push(ctx: &Context, ws: &Workspace, plan: &crate::plan::MachinePlan, record: 
     let digest = {
         // Held while packing: a halt or destroy must not pull the machine away mid-copy.
         let _lock = ProjectLock::acquire(&ws.project.state_dir, ctx.no_wait, &ctx.ui)?;
-        let delta = provider::for_kind(plan.spec.provider).export_layer(plan, staging.path(), &ctx.ui)?;
-        ctx.ui.step(format!("{}: pushing to {image}", plan.name()));
-        boxes::push(&store, &stored, &delta, &image, staging.path(), &ctx.ui)?
+        match provider::for_kind(plan.spec.provider).export_image(plan, &stored, staging.path(), &ctx.ui)? {
+            ImageExport::Layer(delta) => {
+                ctx.ui.step(format!("{}: pushing to {image}", plan.name()));
+                boxes::push(&store, &stored, &delta, &image, staging.path(), &ctx.ui)?
+            }
+            ImageExport::Disk(disk) => {
+                ctx.ui.step(format!("{}: pushing its disk to {image} as a containerDisk", plan.name()));
+                boxes::push_disk(&store, &disk, &image, staging.path(), &ctx.ui)?
+            }
+        }
     };
     image.digest = Some(digest.clone());
     if ctx.ui.json {

@@ -131,16 +131,17 @@ pub trait Provider {
     /// (a flattened disk, or a rootfs tarball) and returns their names.
     fn export(&self, machine: &MachinePlan, stored: &StoredBox, dir: &std::path::Path, ui: &Ui) -> Result<Vec<PathBuf>>;
 
-    /// Writes the machine's own changes over its box as one uncompressed OCI image
-    /// layer in `dir` and returns its path (`envy share --push`).
-    fn export_layer(&self, machine: &MachinePlan, _dir: &std::path::Path, _ui: &Ui) -> Result<PathBuf> {
-        Err(Error::Other(format!(
-            "machine {} uses the {} provider, whose machines cannot be pushed to a registry yet; use `envy share` (a box file) instead",
-            machine.name(),
-            self.kind()
-        ))
-        .into())
-    }
+    /// Writes what `envy share --push` makes an OCI image of into `dir`.
+    fn export_image(&self, machine: &MachinePlan, stored: &StoredBox, dir: &std::path::Path, ui: &Ui) -> Result<ImageExport>;
+}
+
+/// A machine's state as an OCI image's content.
+#[derive(Debug)]
+pub enum ImageExport {
+    /// The machine's own changes over its box, as one uncompressed layer tar.
+    Layer(PathBuf),
+    /// The machine's whole disk (qcow2), for a KubeVirt containerDisk.
+    Disk(PathBuf),
 }
 
 /// Snapshot names become file names, QMP job ids and qemu-img arguments: 1-64 of

@@ -10,5 +10,5 @@ mod registry;
 mod run;
 
 pub use pull::{pull, Pulled};
-pub use push::push;
+pub use push::{push, push_disk};
 pub use run::{ImageRun, ImageUser};

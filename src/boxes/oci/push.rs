@@ -1,7 +1,7 @@
-//! Pushing a container machine to a registry as an OCI image: the layers of its box
-//! as they are (an image box's blobs byte for byte, or a rootfs box packed as one
+//! Pushing a machine to a registry as an OCI image. A container: the layers of its
+//! box as they are (an image box's blobs byte for byte, or a rootfs box packed as one
 //! layer) plus the machine's own changes as one more layer, so a teammate who has the
-//! base pulls only that delta.
+//! base pulls only that delta. A VM: its flattened disk as a KubeVirt containerDisk.
 
 use std::fs::File;
 use std::io::{self, BufReader};
@@ -41,7 +41,6 @@ impl Blob {
 /// `target` (which names a tag); `work` is a scratch directory. Returns the sha256 of
 /// the pushed manifest.
 pub fn push(store: &Store, stored: &StoredBox, delta: &Path, target: &OciRef, work: &Path, ui: &Ui) -> anyhow::Result<String> {
-    let label = target.to_string();
     let (mut layers, mut config) = base_layers(stored, work)?;
     let (delta_blob, delta_diff) = gzip_layer(delta, &work.join("delta.tar.gz"))?;
     layers.push(delta_blob);
@@ -54,7 +53,51 @@ pub fn push(store: &Store, stored: &StoredBox, delta: &Path, target: &OciRef, wo
     if let Some(history) = config.get_mut("history").and_then(Value::as_array_mut) {
         history.push(json!({ "created_by": "envy share --push", "comment": "the machine's own changes" }));
     }
-    let config_bytes = serde_json::to_vec(&config)?;
+    upload_image(store, layers, &config, target, work, ui)
+}
+
+/// Pushes a VM disk (qcow2) as a KubeVirt containerDisk: one layer holding
+/// `disk/disk.qcow2`, owned by uid/gid 107 as KubeVirt expects.
+pub fn push_disk(store: &Store, disk: &Path, target: &OciRef, work: &Path, ui: &Ui) -> anyhow::Result<String> {
+    let tar = work.join("disk-layer.tar");
+    {
+        let out = File::create(&tar).map_err(Error::io("cannot create", &tar))?;
+        let mut builder = tar::Builder::new(io::BufWriter::with_capacity(1 << 20, out));
+        let header = |kind: tar::EntryType, size: u64, mode: u32| {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(kind);
+            h.set_size(size);
+            h.set_mode(mode);
+            h.set_uid(107);
+            h.set_gid(107);
+            h.set_mtime(0);
+            h
+        };
+        builder.append_data(&mut header(tar::EntryType::Directory, 0, 0o555), "disk/", io::empty())?;
+        let file = File::open(disk).map_err(Error::io("cannot read", disk))?;
+        let size = file.metadata().map_err(Error::io("cannot read", disk))?.len();
+        builder.append_data(&mut header(tar::EntryType::Regular, size, 0o444), "disk/disk.qcow2", file)?;
+        builder.into_inner()?.into_inner().map_err(|e| e.into_error())?.sync_all().map_err(Error::io("cannot write", &tar))?;
+    }
+    let (layer, diff_id) = gzip_layer(&tar, &work.join("disk-layer.tar.gz"))?;
+    upload_image(store, vec![layer], &fresh_config(&diff_id), target, work, ui)
+}
+
+/// The config of an image envy makes from scratch: this host's platform, one layer.
+fn fresh_config(diff_id: &str) -> Value {
+    let platform = host_platform();
+    json!({
+        "architecture": platform.architecture,
+        "os": platform.os,
+        "config": {},
+        "rootfs": { "type": "layers", "diff_ids": [format!("sha256:{diff_id}")] },
+    })
+}
+
+/// Uploads the layers and the config, then puts the manifest under the target's tag.
+fn upload_image(store: &Store, layers: Vec<Blob>, config: &Value, target: &OciRef, work: &Path, ui: &Ui) -> anyhow::Result<String> {
+    let label = target.to_string();
+    let config_bytes = serde_json::to_vec(config)?;
     let config_path = work.join("config.json");
     std::fs::write(&config_path, &config_bytes).map_err(Error::io("cannot write", &config_path))?;
     let config_blob = Blob {
@@ -95,14 +138,7 @@ fn base_layers(stored: &StoredBox, work: &Path) -> anyhow::Result<(Vec<Blob>, Va
         let tar = work.join("base.tar");
         pack_rootfs_dir(&stored.rootfs()?, &tar)?;
         let (blob, diff_id) = gzip_layer(&tar, &work.join("base.tar.gz"))?;
-        let platform = host_platform();
-        let config = json!({
-            "architecture": platform.architecture,
-            "os": platform.os,
-            "config": {},
-            "rootfs": { "type": "layers", "diff_ids": [format!("sha256:{diff_id}")] },
-        });
-        return Ok((vec![blob], config));
+        return Ok((vec![blob], fresh_config(&diff_id)));
     };
     let read = |name: &str| -> Result<Vec<u8>, Error> {
         let path = stored.file(name);

@@ -19,7 +19,7 @@ use anyhow::{bail, Context as _, Result};
 use crate::boxes::{ImageRun, StoredBox};
 use crate::envfile::ProviderKind;
 use crate::plan::MachinePlan;
-use crate::provider::{Error, ExecRequest, MachineInfo, MachineState, Provider, SnapshotInfo};
+use crate::provider::{Error, ExecRequest, ImageExport, MachineInfo, MachineState, Provider, SnapshotInfo};
 use crate::ui::Ui;
 use layout::Layout;
 use network::{MachineNet, ProjectNet};
@@ -341,7 +341,7 @@ impl Provider for ContainerProvider {
         snapshot::export(&Machine::of(plan)?, &stored.rootfs()?, dir, ui)
     }
 
-    fn export_layer(&self, plan: &MachinePlan, dir: &Path, ui: &Ui) -> Result<PathBuf> {
-        snapshot::export_layer(&Machine::of(plan)?, dir, ui)
+    fn export_image(&self, plan: &MachinePlan, _stored: &StoredBox, dir: &Path, ui: &Ui) -> Result<ImageExport> {
+        snapshot::export_layer(&Machine::of(plan)?, dir, ui).map(ImageExport::Layer)
     }
 }
