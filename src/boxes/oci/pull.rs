@@ -40,11 +40,10 @@ pub struct Pulled {
 /// lock pins: a reference that now resolves elsewhere fails with `WrongDigest` before
 /// a blob is fetched. `name` lists the box under another name than the repository's.
 pub fn pull(store: &Store, image: &OciRef, expect: Option<&str>, name: Option<String>, ui: &Ui) -> anyhow::Result<Pulled> {
-    // Pinned by a manifest digest that is stored: nothing to ask the registry.
-    for pinned in [expect, image.digest.as_deref()].into_iter().flatten() {
-        if store.box_dir(pinned).is_dir() && expect.is_none_or(|e| e == pinned) {
-            return Ok(Pulled { stored: store.get(pinned)?, index: None });
-        }
+    // Pinned (by the lock, else by the reference) to a manifest that is stored:
+    // nothing to ask the registry. (A reference's digest may name an index instead.)
+    if let Some(pinned) = expect.or(image.digest.as_deref()).filter(|d| store.box_dir(d).is_dir()) {
+        return Ok(Pulled { stored: store.get(pinned)?, index: None });
     }
     let label = image.to_string();
     let downloader = store.downloader()?;
