@@ -175,6 +175,17 @@ fn an_index_gives_this_hosts_platform_or_names_the_platforms_it_has() {
     retag(&layout, "multi", "application/vnd.oci.image.index.v1+json", &index(entries.clone()));
     // zstd layers on the way, so both compressions are read.
     registry.push(&layout, "multi", "team/multi:1", &["--all", "--dest-compress-format", "zstd"]);
+    let get = |reference: &str, accept: &str| -> serde_json::Value {
+        let url = format!("http://{}/v2/team/multi/manifests/{reference}", registry.host());
+        reqwest::blocking::Client::new().get(url).header("Accept", accept).send().unwrap().bytes().map(|b| serde_json::from_slice(&b).unwrap()).unwrap()
+    };
+    let pushed_index = get("1", "application/vnd.oci.image.index.v1+json");
+    let amd64 = pushed_index["manifests"].as_array().unwrap().iter().find(|m| m["platform"]["architecture"] == "amd64").unwrap();
+    let pushed = get(amd64["digest"].as_str().unwrap(), OCI_MANIFEST);
+    assert!(
+        pushed["layers"].as_array().unwrap().iter().all(|l| l["mediaType"] == "application/vnd.oci.image.layer.v1.tar+zstd"),
+        "skopeo pushed zstd layers: {pushed}"
+    );
     let not_here = vec![entries[0].clone(), entries[2].clone()];
     retag(&layout, "foreign", "application/vnd.oci.image.index.v1+json", &index(not_here));
     registry.push(&layout, "foreign", "team/multi:foreign", &["--all"]);
