@@ -541,3 +541,36 @@ fn a_container_disk_boots_by_firmware_and_a_halted_vm_is_pushed_as_one() {
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     assert!(stderr(&out).contains("is made for qemu, not for the container provider"), "{}", stderr(&out));
 }
+
+#[test]
+fn a_bearer_challenge_gets_a_token_anonymously_or_with_the_docker_config_credentials() {
+    require_root();
+    let registry = Registry::start_with_tokens();
+    let env = TestEnv::new();
+    let layout = env.path("layout");
+    busybox_image(&layout, "base", &[]);
+    registry.push(&layout, "base", "team/app:1", &[]);
+    let tokens = registry.tokens.as_ref().unwrap();
+    let image = format!("oci://{}/team/app:1", registry.host());
+    let docker = env.path("docker");
+    std::fs::create_dir_all(&docker).unwrap();
+
+    std::fs::write(docker.join("config.json"), r#"{"auths":{}}"#).unwrap();
+    tokens.seen.lock().unwrap().clear();
+    env.envy().env("DOCKER_CONFIG", &docker).args(["box", "add", &image]).assert().success();
+    let seen = tokens.seen.lock().unwrap().clone();
+    assert!(
+        seen.iter().any(|(line, auth)| line.contains("scope=repository%3Ateam%2Fapp%3Apull") && line.contains("service=envy-test") && auth.is_empty()),
+        "an anonymous token for pulling team/app was asked for: {seen:?}"
+    );
+
+    use base64::Engine as _;
+    let auth = base64::engine::general_purpose::STANDARD.encode("bob:tok3n-pw");
+    std::fs::write(docker.join("config.json"), format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, registry.host())).unwrap();
+    let other = TestEnv::new();
+    tokens.seen.lock().unwrap().clear();
+    other.envy().env("DOCKER_CONFIG", &docker).args(["box", "add", &image]).assert().success();
+    let seen = tokens.seen.lock().unwrap().clone();
+    assert!(seen.iter().any(|(_, a)| *a == format!("Basic {auth}")), "the credentials went to the token service: {seen:?}");
+    assert_eq!(other.store_entries(), env.store_entries(), "the same image, the same box");
+}

@@ -17,6 +17,8 @@ pub struct Registry {
     pub storage: PathBuf,
     /// `user:password` when the registry wants them.
     pub creds: Option<String>,
+    /// The token service of a registry behind Bearer auth.
+    pub tokens: Option<TokenServer>,
     _dir: tempfile::TempDir,
 }
 
@@ -24,6 +26,17 @@ impl Registry {
     /// Starts a registry; with `creds` (`user:password`) it asks for Basic auth
     /// checked against an htpasswd file (bcrypt, made by `htpasswd -B`).
     pub fn start(creds: Option<&str>) -> Registry {
+        Registry::launch(creds, false)
+    }
+
+    /// Starts a registry behind Bearer auth: its challenge names a token service (a
+    /// small server here) that gives anyone a token for `team/app`, an RS256 JWT made
+    /// with openssl under a self-signed certificate the registry trusts.
+    pub fn start_with_tokens() -> Registry {
+        Registry::launch(None, true)
+    }
+
+    fn launch(creds: Option<&str>, tokens: bool) -> Registry {
         require_tool("docker-registry", "docker-registry");
         let dir = tempfile::Builder::new().prefix("envy-registry-").tempdir().unwrap();
         let storage = dir.path().join("storage");
@@ -32,6 +45,15 @@ impl Registry {
             "version: 0.1\nlog: {{level: error}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\n  delete: {{enabled: true}}\nhttp:\n  addr: 127.0.0.1:{port}\n",
             storage.display()
         );
+        let tokens = tokens.then(|| {
+            let server = TokenServer::start(dir.path());
+            config.push_str(&format!(
+                "auth:\n  token: {{realm: \"http://127.0.0.1:{}/token\", service: envy-test, issuer: envy-test-issuer, rootcertbundle: {}}}\n",
+                server.port,
+                dir.path().join("cert.pem").display()
+            ));
+            server
+        });
         if let Some(creds) = creds {
             require_tool("htpasswd", "apache2-utils");
             let (user, password) = creds.split_once(':').unwrap();
@@ -53,7 +75,7 @@ impl Registry {
             assert!(started.elapsed() < Duration::from_secs(30), "docker-registry did not listen on 127.0.0.1:{port}");
             std::thread::sleep(Duration::from_millis(50));
         }
-        Registry { child, port, storage, creds: creds.map(String::from), _dir: dir }
+        Registry { child, port, storage, creds: creds.map(String::from), tokens, _dir: dir }
     }
 
     /// `127.0.0.1:PORT`.
@@ -196,5 +218,81 @@ impl LayerTar {
     }
     pub fn finish(self) -> Vec<u8> {
         self.0.into_inner().unwrap()
+    }
+}
+
+/// A token service for Bearer auth: answers every GET with the same token and records
+/// what each request carried (its query and Authorization header).
+pub struct TokenServer {
+    pub port: u16,
+    /// (request line, Authorization header or "") of every request.
+    pub seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+}
+
+impl TokenServer {
+    fn start(dir: &Path) -> TokenServer {
+        use base64::Engine as _;
+        use std::io::{BufRead, BufReader, Write};
+        require_tool("openssl", "openssl");
+        let (key, cert) = (dir.join("key.pem"), dir.join("cert.pem"));
+        let made = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=envy-test-tokens", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "openssl req: {}", String::from_utf8_lossy(&made.stderr));
+        let der = Command::new("openssl").args(["x509", "-outform", "DER", "-in"]).arg(&cert).output().unwrap().stdout;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let url = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let header = serde_json::json!({ "alg": "RS256", "typ": "JWT", "x5c": [b64.encode(&der)] });
+        let claims = serde_json::json!({
+            "iss": "envy-test-issuer", "sub": "", "aud": "envy-test", "jti": "envy-test",
+            "exp": now + 3600, "nbf": now - 60, "iat": now - 60,
+            "access": [{ "type": "repository", "name": "team/app", "actions": ["pull", "push"] }],
+        });
+        let signing_input = format!("{}.{}", url.encode(header.to_string()), url.encode(claims.to_string()));
+        let mut sign = Command::new("openssl")
+            .args(["dgst", "-sha256", "-sign"])
+            .arg(&key)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        sign.stdin.take().unwrap().write_all(signing_input.as_bytes()).unwrap();
+        let signature = sign.wait_with_output().unwrap().stdout;
+        let token = format!("{signing_input}.{}", url.encode(signature));
+
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = seen.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut reader = BufReader::new(&stream);
+                let (mut first, mut auth) = (String::new(), String::new());
+                reader.read_line(&mut first).unwrap_or(0);
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+                        break;
+                    }
+                    if let Some((name, value)) = line.split_once(':') {
+                        if name.eq_ignore_ascii_case("authorization") {
+                            auth = value.trim().to_string();
+                        }
+                    }
+                }
+                record.lock().unwrap().push((first.trim().to_string(), auth));
+                let body = serde_json::json!({ "token": token, "expires_in": 3600 }).to_string();
+                let _ = (&stream).write_all(
+                    format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+                        .as_bytes(),
+                );
+            }
+        });
+        TokenServer { port, seen }
     }
 }
