@@ -24,6 +24,7 @@ declare -A wanted=(
   [skopeo]=skopeo
   [umoci]=umoci
   [htpasswd]=apache2-utils
+  [openssl]=openssl
 )
 missing=()
 for cmd in "${!wanted[@]}"; do
