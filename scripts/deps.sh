@@ -22,6 +22,11 @@ declare -A wanted=(
   [grub-mkimage]=grub-common
   [dpkg-shlibdeps]=dpkg-dev
   [strip]=binutils
+  [docker-registry]=docker-registry
+  [skopeo]=skopeo
+  [umoci]=umoci
+  [htpasswd]=apache2-utils
+  [openssl]=openssl
 )
 missing=()
 for cmd in "${!wanted[@]}"; do

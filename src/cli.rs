@@ -212,6 +212,11 @@ pub struct ShareArgs {
     /// Serve the box over HTTP after packing it (default 127.0.0.1:0, a free port).
     #[arg(long, value_name = "ADDR:PORT", num_args = 0..=1, default_missing_value = "127.0.0.1:0")]
     pub serve: Option<String>,
+    /// Push the machine to an OCI registry instead of writing a box: a container as its
+    /// box's layers plus its own changes as one layer, a halted VM as a containerDisk.
+    /// Prints the Envfile line pinning it.
+    #[arg(long, value_name = "oci://REGISTRY/REPO:TAG", conflicts_with_all = ["output", "serve"])]
+    pub push: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -236,7 +241,7 @@ pub struct RunArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum BoxCommand {
-    /// Fetch a box into the store, verified: a catalog name, a URL or a local file.
+    /// Fetch a box into the store, verified: a catalog name, URL, file or oci:// image.
     Add(BoxAddArgs),
     /// List the boxes in the store.
     List,
@@ -252,7 +257,9 @@ pub enum BoxCommand {
 
 #[derive(Debug, Args)]
 pub struct BoxAddArgs {
-    /// Catalog name (name or name@version), URL, or path of a .box/.qcow2/rootfs tarball.
+    /// Catalog name (name or name@version), URL, path of a .box/.qcow2/rootfs tarball,
+    /// or image oci://REGISTRY/REPO[:TAG][@sha256:DIGEST] (Docker Hub names work too:
+    /// oci://debian:12).
     pub source: String,
     /// Expected sha256 of the file (64 hex digits).
     #[arg(long, value_parser = crate::boxes::parse_sha256)]

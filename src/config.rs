@@ -1,4 +1,5 @@
-//! The user's global defaults (`config.toml`): provider, acceleration, catalog, proxy.
+//! The user's global defaults (`config.toml`): provider, acceleration, catalog, proxy,
+//! registries allowed over plain HTTP.
 //! The Envfile and the command line win over these.
 
 use std::path::Path;
@@ -19,6 +20,10 @@ pub struct Config {
     pub catalog: Option<String>,
     /// HTTP(S) proxy for box downloads.
     pub proxy: Option<String>,
+    /// OCI registries (`host[:port]`) reached over plain HTTP although they are not on
+    /// a loopback address (those always are, as Docker does).
+    #[serde(default)]
+    pub insecure_registries: Vec<String>,
 }
 
 impl Config {

@@ -160,6 +160,7 @@ fn run_steps(ctx: &Context, plan: &MachinePlan, only_always: bool) -> Result<()>
             tty: false,
             workdir: None,
             env: Vec::new(),
+            as_root: true,
         };
         let code = provider.exec(plan, &request)?;
         if code != 0 {
@@ -228,6 +229,7 @@ pub fn resolve_box(ctx: &Context, spec: &MachineSpec, project_dir: &Path, lock: 
         },
         _ => None,
     };
+    let mut index = None;
     let stored = match added {
         Some(stored) => store.get(&stored.digest)?,
         None => {
@@ -235,11 +237,20 @@ pub fn resolve_box(ctx: &Context, spec: &MachineSpec, project_dir: &Path, lock: 
             let reference = match (&spec.box_ref, &pinned) {
                 (BoxRef::Url { url, sha256: None }, Some(d)) => BoxRef::Url { url: url.clone(), sha256: Some(d.clone()) },
                 (BoxRef::Path { path, sha256: None }, Some(d)) => BoxRef::Path { path: path.clone(), sha256: Some(d.clone()) },
+                (BoxRef::Oci { image, sha256: None }, Some(d)) => BoxRef::Oci { image: image.clone(), sha256: Some(d.clone()) },
                 (other, _) => other.clone(),
             };
             let mut source = BoxSource::from_ref(&reference, None, Some(spec.provider));
             source.insecure = insecure;
-            match store.ensure(&source, &ctx.ui) {
+            let ensured = match &reference {
+                // An image also tells which index it was picked from, for the lock.
+                BoxRef::Oci { image, sha256 } => crate::boxes::pull(&store, image, sha256.as_deref(), None, &ctx.ui).map(|p| {
+                    index = p.index;
+                    p.stored
+                }),
+                _ => store.ensure(&source, &ctx.ui),
+            };
+            match ensured {
                 Err(e) => match (e.downcast_ref::<crate::boxes::Error>(), &pinned) {
                     (Some(crate::boxes::Error::WrongDigest { got, .. }), Some(d)) => {
                         return Err(pin_broken(spec, project_dir, &source_text, d, got))
@@ -255,7 +266,7 @@ pub fn resolve_box(ctx: &Context, spec: &MachineSpec, project_dir: &Path, lock: 
             return Err(pin_broken(spec, project_dir, &source_text, &digest, &stored.digest));
         }
     }
-    lock.machines.insert(spec.name.clone(), LockedBox { source: source_text, sha256: stored.digest.clone() });
+    lock.machines.insert(spec.name.clone(), LockedBox { source: source_text, sha256: stored.digest.clone(), index });
     Ok(stored)
 }
 

@@ -209,3 +209,15 @@ fn a_provision_step_runs_once_or_always() {
     let err = error("[defaults]\nbox = \"b\"\nprovision = [{ shell = \"b\", run = \"sometimes\" }]\n");
     assert!(err.starts_with("Envfile:3:14: provision run = \"sometimes\" is not known"), "{err}");
 }
+
+#[test]
+fn registry_images_read_like_the_command_line_and_bad_ones_point_at_the_value() {
+    let envfile = parse("[machine.m]\nbox = \"oci://127.0.0.1:5000/team/app:dev\"\n").unwrap();
+    assert_eq!(envfile.machines[0].box_ref, envy::boxes::parse_box_ref("oci://127.0.0.1:5000/team/app:dev", None).unwrap());
+    assert_eq!(
+        parse("[defaults]\nbox = \"oci://debian\"\n").unwrap().machines[0].box_ref.to_string(),
+        "oci://docker.io/library/debian:latest"
+    );
+    let err = error("[machine.m]\nbox = \"oci://ghcr.io/Team/app\"\n");
+    assert!(err.starts_with("Envfile:2:7:") && err.contains("is not an image reference"), "{err}");
+}

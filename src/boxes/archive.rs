@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
 
 use tar::EntryType;
@@ -299,13 +299,30 @@ pub fn unpack_rootfs(
     progress: &mut Progress,
 ) -> Result<RootfsReport, Error> {
     let archive = open_tar(path, compression, progress)?;
-    unpack_rootfs_stream(archive, dest, label)
+    unpack_rootfs_stream(archive, dest, label, false)
 }
+
+/// Applies one OCI image layer (an uncompressed tar stream) onto `dest`, which holds
+/// the layers below it, under the rules of `unpack_rootfs`. In addition, as the OCI
+/// image spec says: `.wh.NAME` deletes NAME from the layers below, `.wh..wh..opq`
+/// empties its directory of what the layers below put there, and an entry replaces
+/// whatever non-directory (or, for a non-directory entry, directory) lies at its path.
+/// Whiteout files themselves are never written. The caller reads `reader` to its end
+/// afterwards if it hashes the whole stream (tar stops at its end-of-archive marker).
+pub fn unpack_layer(reader: impl Read, dest: &Path, label: &str) -> Result<RootfsReport, Error> {
+    unpack_rootfs_stream(tar::Archive::new(reader), dest, label, true)
+}
+
+/// The prefix of OCI whiteout file names.
+const WHITEOUT: &str = ".wh.";
+/// The name of an opaque-directory marker.
+const OPAQUE: &str = ".wh..wh..opq";
 
 fn unpack_rootfs_stream<R: Read>(
     mut archive: tar::Archive<R>,
     dest: &Path,
     label: &str,
+    layer: bool,
 ) -> Result<RootfsReport, Error> {
     let hostile = |entry: &str, reason: String| Error::HostileEntry {
         archive: label.to_string(),
@@ -324,6 +341,8 @@ fn unpack_rootfs_stream<R: Read>(
     let mut report = RootfsReport::default();
     // Directories known to be real directories (not symlinks) inside `dest`.
     let mut real_dirs: HashSet<PathBuf> = HashSet::new();
+    // Paths this layer wrote: an opaque marker hides only what lies below the layer.
+    let mut written: HashSet<PathBuf> = HashSet::new();
     for entry in archive.entries().map_err(read_err)? {
         let mut entry = entry.map_err(read_err)?;
         let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
@@ -346,6 +365,29 @@ fn unpack_rootfs_stream<R: Read>(
                     entry.size()
                 ),
             ));
+        }
+        let file_name = rel.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if layer && file_name.starts_with(WHITEOUT) {
+            check_no_symlink_parents(dest, &rel, &mut real_dirs).map_err(|via| {
+                hostile(&raw, format!("is a whiteout under symlink `{via}`, which may point outside the tree"))
+            })?;
+            let dir = rel.parent().unwrap_or(Path::new("")).to_path_buf();
+            if file_name == OPAQUE {
+                let children = match std::fs::read_dir(dest.join(&dir)) {
+                    Ok(entries) => entries.filter_map(|e| e.ok().map(|e| dir.join(e.file_name()))).collect(),
+                    Err(_) => Vec::new(),
+                };
+                for child in children.into_iter().filter(|c| !written.contains(c)) {
+                    remove_below(dest, &child, &mut real_dirs)?;
+                }
+            } else {
+                let target = dir.join(&file_name[WHITEOUT.len()..]);
+                if target.file_name().is_none_or(|n| n == "." || n == "..") {
+                    return Err(hostile(&raw, "is a whiteout of no file".into()));
+                }
+                remove_below(dest, &target, &mut real_dirs)?;
+            }
+            continue;
         }
         match kind {
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
@@ -386,6 +428,15 @@ fn unpack_rootfs_stream<R: Read>(
                 format!("would be written through symlink `{via}`, which may point outside the tree"),
             )
         })?;
+        if layer {
+            // A layer's entry replaces what the layers below had at its path, except
+            // that a directory merges into a directory.
+            let existing = std::fs::symlink_metadata(dest.join(&rel));
+            if existing.is_ok_and(|m| !(m.is_dir() && kind == EntryType::Directory)) {
+                remove_below(dest, &rel, &mut real_dirs)?;
+            }
+            written.insert(rel.clone());
+        }
         // Files and links replace an existing symlink; a directory entry would instead
         // chmod/chown whatever the symlink points to.
         if kind == EntryType::Directory
@@ -402,11 +453,26 @@ fn unpack_rootfs_stream<R: Read>(
             if super::error::is_disk_full(&e) {
                 Error::io("cannot write", dest.join(&rel))(e)
             } else {
-                hostile(&raw, format!("cannot be unpacked: {e}"))
+                hostile(&raw, format!("cannot be unpacked: {}", super::download::error_chain(&e)))
             }
         })?;
     }
     Ok(report)
+}
+
+/// Removes `rel` under `root` without following a symlink at it (its parents were
+/// checked by the caller), and forgets what the removal invalidates.
+fn remove_below(root: &Path, rel: &Path, real_dirs: &mut HashSet<PathBuf>) -> Result<(), Error> {
+    let path = root.join(rel);
+    let removed = match std::fs::symlink_metadata(&path) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(&path),
+        Ok(_) => std::fs::remove_file(&path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    };
+    removed.map_err(Error::io("cannot remove", &path))?;
+    real_dirs.retain(|d| !d.starts_with(rel));
+    Ok(())
 }
 
 /// The entry's path relative to the tree root, or why it is refused.
@@ -491,18 +557,65 @@ pub fn pack_rootfs_dir(dir: &Path, out: &Path) -> anyhow::Result<String> {
     let mut builder = tar::Builder::new(hashing);
     let epoch = std::env::var("SOURCE_DATE_EPOCH").ok().and_then(|v| v.trim().parse::<u64>().ok());
     let mut hardlinks: BTreeMap<(u64, u64), PathBuf> = BTreeMap::new();
-    append_tree(&mut builder, dir, Path::new(""), epoch, &mut hardlinks)?;
+    append_tree(&mut builder, dir, Path::new(""), Packing { epoch, overlay_upper: false }, &mut hardlinks)?;
     let hashing = builder.into_inner()?;
     let (buf, hashes) = hashing.finish();
     buf.into_inner().map_err(|e| e.into_error())?.sync_all()?;
     Ok(hashes.sha256)
 }
 
+/// Packs an overlayfs upper directory (a container machine's own changes) as an OCI
+/// image layer, uncompressed: what `pack_rootfs_dir` writes, except that overlayfs's
+/// whiteouts (0/0 character devices) become `.wh.NAME` files and opaque directories
+/// (xattr `trusted.overlay.opaque=y`) get a `.wh..wh..opq` entry.
+pub fn pack_layer_dir(upper: &Path, out: &Path) -> anyhow::Result<()> {
+    let file = File::create(out).map_err(Error::io("cannot create", out))?;
+    let mut builder = tar::Builder::new(io::BufWriter::with_capacity(1 << 20, file));
+    let mut hardlinks: BTreeMap<(u64, u64), PathBuf> = BTreeMap::new();
+    append_tree(&mut builder, upper, Path::new(""), Packing { epoch: None, overlay_upper: true }, &mut hardlinks)?;
+    builder.into_inner()?.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    Ok(())
+}
+
+/// An empty, root-owned marker file in a layer (a whiteout).
+fn append_marker<W: Write>(builder: &mut tar::Builder<W>, path: &Path) -> anyhow::Result<()> {
+    let mut header = tar::Header::new_gnu();
+    header.set_size(0);
+    header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(0);
+    header.set_entry_type(EntryType::Regular);
+    builder.append_data(&mut header, path, io::empty())?;
+    Ok(())
+}
+
+/// Whether overlayfs marked this upper directory opaque (it hides the lower one).
+fn is_opaque_dir(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else { return false };
+    let mut value = [0u8; 2];
+    // SAFETY: both strings are NUL-terminated and `value` is as long as we say.
+    let n = unsafe {
+        libc::lgetxattr(c_path.as_ptr(), c"trusted.overlay.opaque".as_ptr(), value.as_mut_ptr().cast(), value.len())
+    };
+    n == 1 && value[0] == b'y'
+}
+
+/// How `append_tree` writes a tree.
+#[derive(Clone, Copy)]
+struct Packing {
+    /// SOURCE_DATE_EPOCH: no mtime is written later than it.
+    epoch: Option<u64>,
+    /// The tree is an overlayfs upper dir: its whiteouts and opaque dirs become OCI markers.
+    overlay_upper: bool,
+}
+
 fn append_tree<W: Write>(
     builder: &mut tar::Builder<W>,
     root: &Path,
     rel: &Path,
-    epoch: Option<u64>,
+    packing: Packing,
     hardlinks: &mut BTreeMap<(u64, u64), PathBuf>,
 ) -> anyhow::Result<()> {
     let dir = root.join(rel);
@@ -517,12 +630,17 @@ fn append_tree<W: Write>(
         let path = root.join(&entry_rel);
         let meta = std::fs::symlink_metadata(&path).map_err(Error::io("cannot read", &path))?;
         let ft = meta.file_type();
+        if packing.overlay_upper && ft.is_char_device() && meta.rdev() == 0 {
+            let name = format!("{WHITEOUT}{}", name.to_string_lossy());
+            append_marker(builder, &rel.join(name))?;
+            continue;
+        }
         if !(ft.is_dir() || ft.is_file() || ft.is_symlink()) {
             continue;
         }
         let mut header = tar::Header::new_gnu();
         header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
-        if let Some(epoch) = epoch.filter(|e| meta.mtime().max(0) as u64 > *e) {
+        if let Some(epoch) = packing.epoch.filter(|e| meta.mtime().max(0) as u64 > *e) {
             header.set_mtime(epoch);
         }
         if ft.is_file() && meta.nlink() > 1 {
@@ -543,7 +661,10 @@ fn append_tree<W: Write>(
             builder.append_link(&mut header, &entry_rel, target)?;
         } else {
             builder.append_data(&mut header, &entry_rel, io::empty())?;
-            append_tree(builder, root, &entry_rel, epoch, hardlinks)?;
+            if packing.overlay_upper && is_opaque_dir(&path) {
+                append_marker(builder, &entry_rel.join(OPAQUE))?;
+            }
+            append_tree(builder, root, &entry_rel, packing, hardlinks)?;
         }
     }
     Ok(())

@@ -156,6 +156,7 @@ fn qemu_payload(
         container: None,
         qemu: Some(QemuPayload { disk: "disk.qcow2".into(), boot, kernel, initrd, cmdline }),
         files: digests,
+        image: None,
         envfile: None,
     };
     Ok((manifest, files))

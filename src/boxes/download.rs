@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use reqwest::blocking::Client;
-use reqwest::header::{CONTENT_RANGE, RANGE};
+use reqwest::header::{HeaderMap, CONTENT_RANGE, RANGE};
 use reqwest::StatusCode;
 
 use super::digest::{Hasher, Hashes, Pin};
@@ -81,12 +81,19 @@ impl Downloader {
         }
     }
 
+    /// The HTTP client (registry requests share its proxy and timeouts).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// Downloads `url` into `part`, resuming from what `part` already holds, and
     /// returns the hashes of the whole file (sha512 too when `pin` is one). The caller
-    /// checks them against the pin; nothing here trusts the bytes.
+    /// checks them against the pin; nothing here trusts the bytes. `headers` go with
+    /// every request (a registry's Authorization).
     pub fn fetch(
         &self,
         url: &str,
+        headers: &HeaderMap,
         part: &Path,
         pin: Option<&Pin>,
         ui: &Ui,
@@ -103,7 +110,7 @@ impl Downloader {
                 None => rehash_part(part, pin)?,
             };
             let have = hasher.bytes();
-            let mut request = self.client.get(url);
+            let mut request = self.client.get(url).headers(headers.clone());
             if have > 0 {
                 tracing::debug!("resuming {url} from byte {have}");
                 request = request.header(RANGE, format!("bytes={have}-"));
@@ -248,13 +255,13 @@ fn range_start(resp: &reqwest::blocking::Response) -> Option<u64> {
     value.strip_prefix("bytes ")?.split('-').next()?.trim().parse().ok()
 }
 
-fn backoff(attempt: u32) {
+pub(super) fn backoff(attempt: u32) {
     let ms = (250u64 << (attempt - 1).min(4)).min(4000);
     std::thread::sleep(Duration::from_millis(ms));
 }
 
 /// reqwest's error with its causes (the top level alone says little).
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {

@@ -46,6 +46,30 @@ pub enum Error {
     /// A digest string that is not hex of the right length.
     #[error("`{value}` is not a {algorithm} digest ({len} hex digits expected)")]
     BadDigest { value: String, algorithm: &'static str, len: usize },
+    /// An `oci://` reference that does not parse.
+    #[error("`{reference}` is not an image reference: {reason}; write oci://REGISTRY/REPOSITORY[:TAG][@sha256:DIGEST]")]
+    BadReference { reference: String, reason: String },
+    /// A blob whose length is not its descriptor's.
+    #[error("{what} has {got} bytes but its descriptor says {expected}; nothing was stored")]
+    WrongSize { what: String, expected: u64, got: u64 },
+    /// The registry cannot be reached at all.
+    #[error("registry {registry} does not answer at {url}: {message}; check that it runs and the reference's host and port")]
+    RegistryDown { registry: String, url: String, message: String },
+    /// The registry refused the request (401/403) with the credentials envy had.
+    #[error("registry {registry} refused {what} (HTTP {status}); envy tried {tried}. Log in with `docker login {registry}` (envy reads the `auth` entries of the Docker config) or check the repository's permissions")]
+    Unauthorized { registry: String, what: String, status: u16, tried: String },
+    /// A tag, manifest or blob the registry does not have.
+    #[error("{reference}: {what} was not found in the registry (HTTP 404); check the repository and tag (`skopeo list-tags docker://…` lists the tags)")]
+    NotInRegistry { reference: String, what: String },
+    /// A registry answer envy cannot use (unknown media type, malformed JSON, …).
+    #[error("{reference}: {reason}; nothing was stored")]
+    BadImage { reference: String, reason: String },
+    /// The registry did not take part of a push.
+    #[error("pushing {reference}: the registry refused {what} (HTTP {status}: {body}); check the repository name and your push rights")]
+    PushRefused { reference: String, what: String, status: u16, body: String },
+    /// An index with no manifest for the host's platform.
+    #[error("{reference} has no image for {wanted}; it has {available}. Pick an image built for {wanted}")]
+    NoPlatform { reference: String, wanted: String, available: String },
     /// A catalog could not be read or has no such entry.
     #[error("catalog {location}: {message}")]
     Catalog { location: String, message: String },

@@ -31,18 +31,37 @@ pub struct Manifest {
     pub qemu: Option<QemuPayload>,
     /// sha256 (hex) of every payload file, by file name.
     pub files: BTreeMap<String, String>,
+    /// A box pulled from an OCI registry: its blobs, as stored payload files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImagePayload>,
     /// The Envfile section of the machine a shared box was made from (`envy share`),
     /// so a teammate gets its forwards, sync folders and settings too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub envfile: Option<String>,
 }
 
-/// What a container needs: a root filesystem tarball.
+/// What a container needs: a root filesystem tarball, or (left out) the layers of
+/// the box's `[image]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ContainerPayload {
     /// File name of the rootfs tarball (tar, optionally gzip/zstd/xz).
-    pub rootfs: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rootfs: Option<String>,
+}
+
+/// The blobs of an OCI image (docs/box-format.md, "Boxes from OCI registries"). The
+/// box digest is the sha256 of `manifest`, so every payload file's digest is also the
+/// registry's name for that blob.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImagePayload {
+    /// The image manifest, byte for byte as the registry served it.
+    pub manifest: String,
+    /// The image config (Env, WorkingDir, User, rootfs.diff_ids).
+    pub config: String,
+    /// The layer blobs as downloaded (compressed), bottom first.
+    pub layers: Vec<String>,
 }
 
 /// What a VM needs: a disk and how to boot it.
@@ -123,7 +142,18 @@ impl Manifest {
             }
         }
         if let Some(c) = &self.container {
-            listed("container.rootfs", &c.rootfs)?;
+            match (&c.rootfs, &self.image) {
+                (Some(rootfs), None) => listed("container.rootfs", rootfs)?,
+                (None, Some(_)) => {}
+                _ => return Err(bad("a container box needs exactly one of container.rootfs and [image]".into())),
+            }
+        }
+        if let Some(image) = &self.image {
+            listed("image.manifest", &image.manifest)?;
+            listed("image.config", &image.config)?;
+            for layer in &image.layers {
+                listed("image.layers", layer)?;
+            }
         }
         if let Some(q) = &self.qemu {
             listed("qemu.disk", &q.disk)?;
@@ -157,6 +187,7 @@ impl Manifest {
                 cmdline: None,
             }),
             files: BTreeMap::from([(file.to_string(), sha256.to_string())]),
+            image: None,
             envfile: None,
         }
     }
@@ -169,9 +200,10 @@ impl Manifest {
             version: version.to_string(),
             arch: std::env::consts::ARCH.to_string(),
             providers: vec![ProviderKind::Container],
-            container: Some(ContainerPayload { rootfs: file.to_string() }),
+            container: Some(ContainerPayload { rootfs: Some(file.to_string()) }),
             qemu: None,
             files: BTreeMap::from([(file.to_string(), sha256.to_string())]),
+            image: None,
             envfile: None,
         }
     }

@@ -1,7 +1,7 @@
 //! Boxes: base images fetched, verified and kept content-addressed. Each concern has
 //! its file: where a box comes from (source, catalog), getting its bytes (download,
-//! digest), reading and writing archives (archive, manifest), keeping it (store) and
-//! making one (build). docs/box-format.md describes the formats and rules.
+//! digest), reading and writing archives (archive, manifest), keeping it (store),
+//! making one (build) and OCI registries (oci). docs/box-format.md describes the formats and rules.
 
 mod archive;
 mod build;
@@ -10,16 +10,18 @@ mod digest;
 mod download;
 mod error;
 mod manifest;
+mod oci;
 mod serve;
 mod source;
 mod store;
 
-pub use archive::{pack_box, pack_rootfs_dir};
+pub use archive::{pack_box, pack_layer_dir, pack_rootfs_dir};
 pub use build::{build, BuildRequest};
 pub use digest::{parse_sha256, sha256_file};
 pub use error::Error;
 
-pub use manifest::{BootMethod, ContainerPayload, Manifest, QemuPayload};
+pub use manifest::{BootMethod, ContainerPayload, ImagePayload, Manifest, QemuPayload};
+pub use oci::{pull, push, push_disk, ImageRun, ImageUser, Pulled};
 pub use serve::BoxServer;
-pub use source::{parse_box_ref, BoxSource};
+pub use source::{parse_box_ref, BoxSource, OCI_SCHEME};
 pub use store::{Corruption, Record, Stamp, Store, StoredBox};

@@ -1,11 +1,11 @@
 //! Where a box comes from, as the user or an Envfile names it: a catalog name, a URL
-//! pinned by digest, or a local file.
+//! pinned by digest, a local file, or an image in an OCI registry (`oci://`).
 
 use std::path::{Path, PathBuf};
 
 use super::digest::parse_sha256;
 use super::Error;
-use crate::envfile::{BoxRef, ProviderKind};
+use crate::envfile::{BoxRef, OciRef, ProviderKind};
 
 /// Where to get a box, and how strictly.
 #[derive(Debug, Clone)]
@@ -32,10 +32,20 @@ impl BoxSource {
     }
 }
 
-/// Reads a box as a user types it: `http(s)://...` (optionally `#sha256=HEX`) is a URL,
-/// an existing path or anything with a `/` or a box-like extension is a file, the rest
-/// is a catalog `name` or `name@version`. `sha256` is the --sha256 flag.
+/// Reads a box as a user types it: `oci://...` is a registry image, `http(s)://...`
+/// (optionally `#sha256=HEX`) is a URL, an existing path or anything with a `/` or a
+/// box-like extension is a file, the rest is a catalog `name` or `name@version`.
+/// `sha256` is the --sha256 flag.
 pub fn parse_box_ref(text: &str, sha256: Option<&str>) -> Result<BoxRef, Error> {
+    if let Some(image) = text.strip_prefix(OCI_SCHEME) {
+        if sha256.is_some() {
+            return Err(Error::BadReference {
+                reference: text.to_string(),
+                reason: "--sha256 names a box file; pin an image with `@sha256:DIGEST` instead".into(),
+            });
+        }
+        return Ok(BoxRef::Oci { image: parse_oci_ref(image)?, sha256: None });
+    }
     let flag = sha256.map(parse_sha256).transpose()?;
     if text.starts_with("http://") || text.starts_with("https://") {
         let (url, fragment) = match text.split_once('#') {
@@ -77,6 +87,57 @@ pub fn parse_box_ref(text: &str, sha256: Option<&str>) -> Result<BoxRef, Error> 
         None => (text.to_string(), None),
     };
     Ok(BoxRef::Catalog { name, version })
+}
+
+/// The scheme of registry references.
+pub const OCI_SCHEME: &str = "oci://";
+
+/// Reads `REGISTRY/REPOSITORY[:TAG][@sha256:DIGEST]` (the part after `oci://`) as
+/// Docker does: a first component without `.`, `:` or `localhost` is a Docker Hub
+/// repository (`debian` is `docker.io/library/debian`), and with neither tag nor
+/// digest the tag is `latest`.
+pub fn parse_oci_ref(text: &str) -> Result<OciRef, Error> {
+    let bad = |reason: &str| Error::BadReference { reference: format!("{OCI_SCHEME}{text}"), reason: reason.to_string() };
+    let (rest, digest) = match text.split_once('@') {
+        Some((rest, d)) => {
+            let hex = d.strip_prefix("sha256:").ok_or_else(|| bad("the digest must be written `@sha256:HEX`"))?;
+            (rest, Some(parse_sha256(hex)?))
+        }
+        None => (text, None),
+    };
+    // A `:` after the last `/` starts the tag; one before it is the registry's port.
+    let (name, tag) = match rest.rfind(':') {
+        Some(i) if !rest[i..].contains('/') => (&rest[..i], Some(rest[i + 1..].to_string())),
+        _ => (rest, None),
+    };
+    if let Some(t) = &tag {
+        let valid = !t.is_empty()
+            && t.len() <= 128
+            && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+            && !t.starts_with(['.', '-']);
+        if !valid {
+            return Err(bad("a tag is 1-128 letters, digits, `_`, `.` or `-`, not starting with `.` or `-`"));
+        }
+    }
+    let (registry, repository) = match name.split_once('/') {
+        Some((first, path)) if first.contains(['.', ':']) || first == "localhost" => (first.to_string(), path.to_string()),
+        _ => ("docker.io".to_string(), name.to_string()),
+    };
+    let repository =
+        if registry == "docker.io" && !repository.contains('/') { format!("library/{repository}") } else { repository };
+    let component_ok = |c: &str| {
+        !c.is_empty()
+            && c.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+            && c.as_bytes()[0].is_ascii_alphanumeric()
+    };
+    if !repository.split('/').all(component_ok) {
+        return Err(bad("a repository is `/`-separated lower-case names (letters, digits, `.`, `_`, `-`)"));
+    }
+    if registry.is_empty() || registry.contains(['@', '?', '#']) {
+        return Err(bad("the registry must be a host name, optionally with :PORT"));
+    }
+    let tag = if tag.is_none() && digest.is_none() { Some("latest".to_string()) } else { tag };
+    Ok(OciRef { registry, repository, tag, digest })
 }
 
 fn agree(text: &str, flag: Option<String>, fragment: Option<String>) -> Result<Option<String>, Error> {
@@ -127,6 +188,27 @@ mod tests {
             BoxRef::Catalog { name: "debian-12".into(), version: Some("20250210".into()) }
         );
         assert!(parse_box_ref("debian-12", Some(&hex)).is_err(), "--sha256 goes with URLs and files only");
+    }
+
+    #[test]
+    fn registry_references_with_dockers_defaults() {
+        let r = |t: &str| match parse_box_ref(t, None).unwrap() {
+            BoxRef::Oci { image, sha256: None } => image,
+            other => panic!("{other:?}"),
+        };
+        let hex = "ab".repeat(32);
+        assert_eq!(r("oci://debian").to_string(), "oci://docker.io/library/debian:latest");
+        assert_eq!(r("oci://docker.io/debian:12").to_string(), "oci://docker.io/library/debian:12");
+        assert_eq!(r("oci://ghcr.io/o/r/x:1.0").repository, "o/r/x");
+        let local = r(&format!("oci://127.0.0.1:5000/team/web@sha256:{hex}"));
+        assert_eq!((local.registry.as_str(), local.tag, local.digest), ("127.0.0.1:5000", None, Some(hex.clone())));
+        let both = r(&format!("oci://localhost:5000/web:v2@sha256:{hex}"));
+        assert_eq!((both.tag.as_deref(), both.digest.is_some()), (Some("v2"), true));
+        for bad in ["oci://x.io/Upper:1", "oci://x.io/web:", "oci://x.io/web@md5:00", "oci://x.io/web:-x"] {
+            assert!(matches!(parse_box_ref(bad, None), Err(Error::BadReference { .. })), "{bad}");
+        }
+        assert!(parse_box_ref("oci://x.io/web@sha256:12", None).is_err());
+        assert!(parse_box_ref("oci://x.io/web", Some(&hex)).is_err(), "--sha256 is for box files");
     }
 
     #[test]

@@ -134,7 +134,12 @@ impl Store {
         Ok(Store { home: home.clone(), config })
     }
 
-    fn box_dir(&self, digest: &str) -> PathBuf {
+    /// The user's config (proxy, insecure registries).
+    pub(super) fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub(super) fn box_dir(&self, digest: &str) -> PathBuf {
         self.home.boxes_dir().join(digest)
     }
 
@@ -174,6 +179,9 @@ impl Store {
                 };
                 self.fetch_url(&self.downloader()?, url, pin, hint, ui)
             }
+            BoxRef::Oci { image, sha256 } => {
+                Ok(super::oci::pull(self, image, sha256.as_deref(), source.name.clone(), ui)?.stored)
+            }
             BoxRef::Path { path, sha256 } => {
                 let hint = Hint {
                     name: source.name.clone().unwrap_or_else(|| name_from_file(&path.to_string_lossy())),
@@ -185,7 +193,7 @@ impl Store {
         }
     }
 
-    fn downloader(&self) -> anyhow::Result<Downloader> {
+    pub(super) fn downloader(&self) -> anyhow::Result<Downloader> {
         Downloader::new(self.config.proxy.as_deref())
     }
 
@@ -212,7 +220,7 @@ impl Store {
         let part = downloads.join(format!("{key}.part"));
         ui.step(format!("fetching {url}"));
         // On failure the part file stays, so the next run resumes it.
-        let hashes = downloader.fetch(url, &part, pin.as_ref(), ui, &hint.name)?;
+        let hashes = downloader.fetch(url, &Default::default(), &part, pin.as_ref(), ui, &hint.name)?;
         match &pin {
             Some(p) => {
                 if let Err(e) = p.check(url, &hashes) {
@@ -284,6 +292,20 @@ impl Store {
         }
     }
 
+    /// A stored payload file with this sha256 (an image layer another box holds), its
+    /// box re-checked against its stamps first; a corrupt box offers nothing.
+    pub(super) fn find_payload(&self, sha256: &str) -> anyhow::Result<Option<PathBuf>> {
+        for (stored, _) in self.list()? {
+            let Some(name) = stored.manifest.files.iter().find(|(_, d)| *d == sha256).map(|(n, _)| n.clone()) else {
+                continue;
+            };
+            if let Ok(checked) = self.get(&stored.digest) {
+                return Ok(Some(checked.file(&name)));
+            }
+        }
+        Ok(None)
+    }
+
     /// A stored box fetched from `source` and verified against a pin (never one that
     /// was added with --insecure).
     fn find_pinned_source(&self, source: &str) -> anyhow::Result<Option<String>> {
@@ -291,7 +313,7 @@ impl Store {
     }
 
     /// Takes `locks/<key>.lock`, waiting (and saying so) while another process holds it.
-    fn lock(&self, key: &str, ui: &Ui, doing: &str) -> anyhow::Result<Flock<File>> {
+    pub(super) fn lock(&self, key: &str, ui: &Ui, doing: &str) -> anyhow::Result<Flock<File>> {
         let path = self.lock_path(key)?;
         let open = || File::create(&path).map_err(Error::io("cannot open lock file", &path));
         match Flock::lock(open()?, FlockArg::LockExclusiveNonblock) {
@@ -360,8 +382,15 @@ impl Store {
                 let mut progress = ui.progress(&format!("unpacking {}", hint.name), file_size(file));
                 let manifest = archive::unpack_box(file, compression, tmp.path(), label, &mut progress)?;
                 drop(progress);
-                if let Some(container) = &manifest.container {
-                    unpack_rootfs_into(&tmp.path().join(&container.rootfs), tmp.path(), label, ui)?;
+                if manifest.image.is_some() {
+                    return Err(Error::BadManifest {
+                        archive: label.into(),
+                        reason: "[image] is for boxes pulled from a registry (oci://…), not for box files".into(),
+                    }
+                    .into());
+                }
+                if let Some(rootfs) = manifest.container.as_ref().and_then(|c| c.rootfs.as_ref()) {
+                    unpack_rootfs_into(&tmp.path().join(rootfs), tmp.path(), label, ui)?;
                 }
                 manifest
             }
@@ -374,16 +403,32 @@ impl Store {
         // A box's own manifest names it, unless the user chose a name.
         let listed_name =
             if from_archive && !hint.explicit { manifest.name.clone() } else { hint.name.clone() };
+        self.commit(tmp, digest, &manifest, listed_name, origin, ui)
+    }
+
+    /// Records a box assembled in `tmp` (its box.toml written) and renames it into
+    /// place as `boxes/<digest>/`. The caller holds the box lock.
+    pub(super) fn commit(
+        &self,
+        tmp: tempfile::TempDir,
+        digest: &str,
+        manifest: &Manifest,
+        name: String,
+        origin: &Origin,
+        ui: &Ui,
+    ) -> anyhow::Result<StoredBox> {
+        let manifest_path = tmp.path().join(manifest::FILE_NAME);
+        let final_dir = self.box_dir(digest);
         let record = Record {
             version: RECORD_VERSION,
-            name: listed_name,
+            name,
             source: origin.source.clone(),
             added: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
             pin: origin.pin.clone(),
             manifest_sha256: sha256_file(&manifest_path)?,
-            stamps: stamps(tmp.path(), &manifest)?,
+            stamps: stamps(tmp.path(), manifest)?,
         };
         write_record(tmp.path(), &record)?;
         let tmp_path = tmp.keep();
@@ -600,9 +645,9 @@ struct Hint {
 }
 
 /// Where a box file came from.
-struct Origin {
-    source: String,
-    pin: Option<String>,
+pub(super) struct Origin {
+    pub(super) source: String,
+    pub(super) pin: Option<String>,
 }
 
 fn unpack_rootfs_into(tarball: &Path, box_dir: &Path, label: &str, ui: &Ui) -> Result<(), Error> {

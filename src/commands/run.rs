@@ -141,7 +141,7 @@ fn bare(ctx: &Context, box_name: &str, args: &RunArgs) -> Result<i32> {
     // so a machine kept with --keep-on-failure is reachable with `envy -C DIR ...`.
     let dir = ctx.home.root().join("throwaway").join(throwaway_id());
     let box_value = match &box_ref {
-        BoxRef::Catalog { .. } => toml::Value::String(box_ref.to_string()),
+        BoxRef::Catalog { .. } | BoxRef::Oci { .. } => toml::Value::String(box_ref.to_string()),
         BoxRef::Url { url, sha256 } => table(&[("url", Some(url.clone())), ("sha256", sha256.clone())]),
         BoxRef::Path { path, sha256 } => table(&[("path", Some(path.display().to_string())), ("sha256", sha256.clone())]),
     };
@@ -168,6 +168,7 @@ fn bare(ctx: &Context, box_name: &str, args: &RunArgs) -> Result<i32> {
             tty: false,
             workdir: Some("/project".into()),
             env: Vec::new(),
+            as_root: false,
         };
         provider::for_kind(provider_kind).exec(&plan, &request)
     });

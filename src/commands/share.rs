@@ -1,6 +1,7 @@
 //! `envy share`: pack a machine's current state into a verified box (manifest with
 //! per-file digests) and, with `--serve`, serve it over HTTP so a teammate gets
-//! exactly that state, digest-checked.
+//! exactly that state, digest-checked; or, with `--push`, push a container machine to
+//! an OCI registry as its box's layers plus one layer of its own changes.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -12,9 +13,9 @@ use serde_json::json;
 use crate::boxes::{self, BoxServer, ContainerPayload, Manifest, QemuPayload, Store};
 use crate::cli::ShareArgs;
 use crate::context::Context;
-use crate::envfile::ProviderKind;
+use crate::envfile::{BoxRef, ProviderKind};
 use crate::plan::Workspace;
-use crate::provider;
+use crate::provider::{self, ImageExport};
 use crate::signals;
 use crate::state::record::MachineRecord;
 use crate::state::ProjectLock;
@@ -25,6 +26,9 @@ pub fn run(ctx: &Context, args: ShareArgs) -> Result<i32> {
     let plan = ws.plan(&ctx.home, spec)?;
     let record = MachineRecord::load(&plan.dir)?
         .ok_or_else(|| crate::state::Error::NotCreated { machine: spec.name.clone() })?;
+    if let Some(target) = &args.push {
+        return push(ctx, &ws, &plan, &record, target);
+    }
     let output = args.output.clone().unwrap_or_else(|| ws.project.dir.join(format!("{}.box", spec.name)));
     let (digest, size) = {
         // Held while packing: a halt or destroy must not pull the machine away mid-copy.
@@ -74,6 +78,50 @@ pub fn run(ctx: &Context, args: ShareArgs) -> Result<i32> {
     Ok(0)
 }
 
+/// `--push`: a container's changes as one layer over its box's layers, or a halted
+/// VM's disk as a containerDisk, pushed to a registry; prints the digest and the
+/// Envfile line that pins it.
+fn push(ctx: &Context, ws: &Workspace, plan: &crate::plan::MachinePlan, record: &MachineRecord, target: &str) -> Result<i32> {
+    let mut image = match boxes::parse_box_ref(target, None)? {
+        BoxRef::Oci { image, .. } if image.digest.is_none() => image,
+        _ => {
+            return Err(boxes::Error::BadReference {
+                reference: target.to_string(),
+                reason: "--push takes a registry reference with a tag and no digest (the digest is what the push makes)".into(),
+            }
+            .into())
+        }
+    };
+    let store = Store::open(&ctx.home)?;
+    let stored = store.get(&record.box_digest)?;
+    let staging = tempfile::Builder::new()
+        .prefix(".push-")
+        .tempdir_in(&plan.project.state_dir)
+        .context("cannot make a staging folder in the project's state dir")?;
+    let digest = {
+        // Held while packing: a halt or destroy must not pull the machine away mid-copy.
+        let _lock = ProjectLock::acquire(&ws.project.state_dir, ctx.no_wait, &ctx.ui)?;
+        match provider::for_kind(plan.spec.provider).export_image(plan, &stored, staging.path(), &ctx.ui)? {
+            ImageExport::Layer(delta) => {
+                ctx.ui.step(format!("{}: pushing to {image}", plan.name()));
+                boxes::push(&store, &stored, &delta, &image, staging.path(), &ctx.ui)?
+            }
+            ImageExport::Disk(disk) => {
+                ctx.ui.step(format!("{}: pushing its disk to {image} as a containerDisk", plan.name()));
+                boxes::push_disk(&store, &disk, &image, staging.path(), &ctx.ui)?
+            }
+        }
+    };
+    image.digest = Some(digest.clone());
+    if ctx.ui.json {
+        super::print_json(&json!({ "version": 1, "machine": plan.name(), "image": image.to_string(), "digest": format!("sha256:{digest}") }))?;
+    } else {
+        println!("sha256:{digest}  {image}");
+        println!("box = {}", toml::Value::String(image.to_string()));
+    }
+    Ok(0)
+}
+
 /// Exports the machine's payload and packs it with a manifest into `output`.
 fn pack(ctx: &Context, plan: &crate::plan::MachinePlan, record: &MachineRecord, output: &std::path::Path) -> Result<(String, u64)> {
     let store = Store::open(&ctx.home)?;
@@ -93,7 +141,7 @@ fn pack(ctx: &Context, plan: &crate::plan::MachinePlan, record: &MachineRecord, 
         digests.insert(name.clone(), boxes::sha256_file(path)?);
     }
     let (container, qemu) = match plan.spec.provider {
-        ProviderKind::Container => (Some(ContainerPayload { rootfs: "rootfs.tar".into() }), None),
+        ProviderKind::Container => (Some(ContainerPayload { rootfs: Some("rootfs.tar".into()) }), None),
         ProviderKind::Qemu => {
             let base = stored.manifest.qemu.clone().context("the machine's box has no qemu payload")?;
             (None, Some(QemuPayload { disk: "disk.qcow2".into(), ..base }))
@@ -110,6 +158,7 @@ fn pack(ctx: &Context, plan: &crate::plan::MachinePlan, record: &MachineRecord, 
         container,
         qemu,
         files: digests,
+        image: None,
         envfile: Some(plan.spec.to_section(&plan.project.dir, toml::Value::String(name))),
     };
     manifest.validate(&output.display().to_string())?;

@@ -19,8 +19,13 @@ pub const VERSION: u32 = 1;
 pub struct LockedBox {
     /// The box as the Envfile names it (catalog name, URL or path).
     pub source: String,
-    /// sha256 (hex) of the box file that was verified.
+    /// sha256 (hex) of the box file that was verified (for an `oci://` image: of the
+    /// platform manifest that was picked).
     pub sha256: String,
+    /// For an `oci://` image whose reference named an index (multi-platform): the
+    /// index's sha256 at the time of pinning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -69,6 +69,35 @@ pub enum BoxRef {
     Url { url: String, sha256: Option<String> },
     /// A local file, absolute (resolved against the project).
     Path { path: PathBuf, sha256: Option<String> },
+    /// An image in an OCI registry. `sha256` is the platform manifest the lock pins
+    /// (the image's own `@sha256:` is in `image`).
+    Oci { image: OciRef, sha256: Option<String> },
+}
+
+/// `oci://REGISTRY/REPOSITORY[:TAG][@sha256:DIGEST]`, with Docker's defaults applied
+/// (`docker.io`, `library/`, tag `latest` when neither tag nor digest is given).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OciRef {
+    /// Host and optional port (`docker.io` for Docker Hub, whose API answers at
+    /// registry-1.docker.io).
+    pub registry: String,
+    pub repository: String,
+    pub tag: Option<String>,
+    /// Hex sha256 of an index or manifest the reference pins.
+    pub digest: Option<String>,
+}
+
+impl std::fmt::Display for OciRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "oci://{}/{}", self.registry, self.repository)?;
+        if let Some(t) = &self.tag {
+            write!(f, ":{t}")?;
+        }
+        if let Some(d) = &self.digest {
+            write!(f, "@sha256:{d}")?;
+        }
+        Ok(())
+    }
 }
 
 impl std::fmt::Display for BoxRef {
@@ -78,6 +107,7 @@ impl std::fmt::Display for BoxRef {
             BoxRef::Catalog { name, version: None } => f.write_str(name),
             BoxRef::Url { url, .. } => f.write_str(url),
             BoxRef::Path { path, .. } => write!(f, "{}", path.display()),
+            BoxRef::Oci { image, .. } => image.fmt(f),
         }
     }
 }

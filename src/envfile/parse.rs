@@ -211,6 +211,12 @@ impl Reader<'_> {
     fn box_ref(&self, value: &Spanned<toml::Value>) -> Result<BoxRef, Error> {
         let span = value.span();
         match value.get_ref() {
+            toml::Value::String(s) if s.starts_with(crate::boxes::OCI_SCHEME) => {
+                match crate::boxes::parse_box_ref(s, None) {
+                    Ok(reference) => Ok(reference),
+                    Err(e) => Err(self.error(span, e.to_string())),
+                }
+            }
             toml::Value::String(s) if s.starts_with("http://") || s.starts_with("https://") => {
                 let (url, sha256) = match s.split_once("#sha256=") {
                     Some((u, d)) => (u.to_string(), Some(self.digest(d, span.clone())?)),
@@ -251,7 +257,7 @@ impl Reader<'_> {
                     _ => Err(self.error(span, "a box table needs exactly one of url or path, e.g. { url = \"https://…/x.box\", sha256 = \"…\" }")),
                 }
             }
-            _ => Err(self.error(span, "box must be a catalog name, a URL, or a table { url|path, sha256 }")),
+            _ => Err(self.error(span, "box must be a catalog name, a URL, an oci:// image, or a table { url|path, sha256 }")),
         }
     }
 

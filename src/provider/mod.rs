@@ -61,10 +61,14 @@ pub struct ExecRequest {
     pub command: Vec<String>,
     /// Give the command a terminal (stdin/stdout are the user's terminal).
     pub tty: bool,
-    /// Working directory inside the machine (default: the first sync folder, else /).
+    /// Working directory inside the machine (default: an image box's WorkingDir, else
+    /// the first sync folder, else /).
     pub workdir: Option<String>,
     /// Extra environment on top of the machine's own.
     pub env: Vec<(String, String)>,
+    /// Run as root even when the box's image config names another user
+    /// (provisioning is root's, as documented in docs/envfile.md).
+    pub as_root: bool,
 }
 
 /// One saved snapshot of a machine.
@@ -128,6 +132,18 @@ pub trait Provider {
     /// Writes the machine's current state as box payload files into `dir`
     /// (a flattened disk, or a rootfs tarball) and returns their names.
     fn export(&self, machine: &MachinePlan, stored: &StoredBox, dir: &std::path::Path, ui: &Ui) -> Result<Vec<PathBuf>>;
+
+    /// Writes what `envy share --push` makes an OCI image of into `dir`.
+    fn export_image(&self, machine: &MachinePlan, stored: &StoredBox, dir: &std::path::Path, ui: &Ui) -> Result<ImageExport>;
+}
+
+/// A machine's state as an OCI image's content.
+#[derive(Debug)]
+pub enum ImageExport {
+    /// The machine's own changes over its box, as one uncompressed layer tar.
+    Layer(PathBuf),
+    /// The machine's whole disk (qcow2), for a KubeVirt containerDisk.
+    Disk(PathBuf),
 }
 
 /// Snapshot names become file names, QMP job ids and qemu-img arguments: 1-64 of

@@ -7,12 +7,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result};
 use oci_spec::runtime::{
     Capability, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder,
-    LinuxNamespaceType, LinuxResourcesBuilder, MountBuilder, ProcessBuilder, RootBuilder, Spec,
+    LinuxNamespaceType, LinuxResourcesBuilder, MountBuilder, ProcessBuilder, RootBuilder, Spec, UserBuilder,
 };
 
 use super::layout::Layout;
 use super::network::{self, MachineNet};
 use crate::envfile::SyncFolder;
+use crate::boxes::ImageRun;
 use crate::plan::MachinePlan;
 
 /// The init process: PID 1 of the container keeps it up, reaps orphans (the shell
@@ -40,14 +41,17 @@ const CAPABILITIES: [Capability; 14] = [
 /// cgroup cpu period; the quota is `cpus` times this.
 const CPU_PERIOD: u64 = 100_000;
 
-/// The environment every process of the machine starts with.
-pub fn environment(plan: &MachinePlan) -> Vec<String> {
+/// The environment every process of the machine starts with: envy's defaults, then
+/// an image box's `Env`, then the Envfile's `env` (each overriding the one before).
+pub fn environment(plan: &MachinePlan, image: Option<&ImageRun>) -> Vec<String> {
+    let home = image.and_then(|i| i.user.as_ref()).map_or(Some("/root".to_string()), |u| u.home.clone());
     let mut env: Vec<(String, String)> = vec![
         ("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()),
-        ("HOME".into(), "/root".into()),
         ("TERM".into(), std::env::var("TERM").unwrap_or_else(|_| "xterm".into())),
     ];
-    for (key, value) in &plan.spec.env {
+    env.extend(home.map(|h| ("HOME".to_string(), h)));
+    let image_env = image.map(|i| i.env.as_slice()).unwrap_or_default();
+    for (key, value) in image_env.iter().map(|(k, v)| (k, v)).chain(&plan.spec.env) {
         env.retain(|(k, _)| k != key);
         env.push((key.clone(), value.clone()));
     }
@@ -73,12 +77,20 @@ pub struct SyncSources {
 }
 
 /// Writes hosts, resolv.conf and config.json into the machine dir.
-pub fn write(plan: &MachinePlan, layout: &Layout, net: &MachineNet, sync: &SyncSources) -> Result<()> {
+pub fn write(plan: &MachinePlan, layout: &Layout, net: &MachineNet, sync: &SyncSources, image: Option<&ImageRun>) -> Result<()> {
     crate::state::write_atomic(&layout.hosts(), hosts_file(plan, net)?.as_bytes())?;
     crate::state::write_atomic(&layout.resolv_conf(), format!("nameserver {}\n", network::DNS).as_bytes())?;
-    let spec = spec(plan, layout, net, sync)?;
+    let spec = spec(plan, layout, net, sync, image)?;
     let json = serde_json::to_vec_pretty(&spec)?;
     crate::state::write_atomic(&layout.config(), &json)
+}
+
+/// Where commands start: the image's WorkingDir, else the first sync folder, else /.
+pub fn default_dir(plan: &MachinePlan, image: Option<&ImageRun>) -> String {
+    image
+        .and_then(|i| i.working_dir.clone())
+        .or_else(|| plan.spec.sync.first().map(|s| s.guest.clone()))
+        .unwrap_or_else(|| "/".into())
 }
 
 fn bind(source: &Path, destination: &str, readonly: bool) -> Result<oci_spec::runtime::Mount> {
@@ -94,18 +106,22 @@ fn bind(source: &Path, destination: &str, readonly: bool) -> Result<oci_spec::ru
         .build()?)
 }
 
-fn spec(plan: &MachinePlan, layout: &Layout, net: &MachineNet, sync: &SyncSources) -> Result<Spec> {
+fn spec(plan: &MachinePlan, layout: &Layout, net: &MachineNet, sync: &SyncSources, image: Option<&ImageRun>) -> Result<Spec> {
     let caps: oci_spec::runtime::Capabilities = CAPABILITIES.into_iter().collect();
     let capabilities = LinuxCapabilitiesBuilder::default()
         .bounding(caps.clone())
         .effective(caps.clone())
         .permitted(caps)
         .build()?;
+    // `runc exec` starts commands with the init's user and directory unless told otherwise.
+    let cwd = default_dir(plan, image);
+    let user = image.and_then(|i| i.user.as_ref()).map_or((0, 0), |u| (u.uid, u.gid));
     let process = ProcessBuilder::default()
         .terminal(false)
         .args(vec!["/bin/sh".to_string(), "-c".to_string(), INIT.to_string()])
-        .env(environment(plan))
-        .cwd("/")
+        .env(environment(plan, image))
+        .cwd(cwd)
+        .user(UserBuilder::default().uid(user.0).gid(user.1).build()?)
         .capabilities(capabilities)
         .no_new_privileges(false)
         .build()?;

@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::boxes::StoredBox;
+use crate::boxes::{ImageRun, StoredBox};
 use crate::envfile::ProviderKind;
 use crate::plan::MachinePlan;
-use crate::provider::{Error, ExecRequest, MachineInfo, MachineState, Provider, SnapshotInfo};
+use crate::provider::{Error, ExecRequest, ImageExport, MachineInfo, MachineState, Provider, SnapshotInfo};
 use crate::ui::Ui;
 use layout::Layout;
 use crate::provider::network::ProjectNet;
@@ -96,20 +96,22 @@ impl<'a> Machine<'a> {
         }
     }
 
-    /// The box rootfs the machine was created on, found in the store by the digest
-    /// recorded at `up` (never from a path a file could name), for restore.
-    fn recorded_lower(&self) -> Result<PathBuf> {
+    /// The box the machine was created on, found in the store by the digest recorded
+    /// at `up` (never from a path a file could name), for restore.
+    fn recorded_box(&self) -> Result<StoredBox> {
         let path = self.layout.box_record();
         let digest = crate::state::read_private(&path)?
             .ok_or_else(|| crate::state::Error::NotCreated { machine: self.name().into() })?;
         let digest = crate::boxes::parse_sha256(String::from_utf8_lossy(&digest).trim())
             .map_err(|e| crate::state::Error::BadRecord { path, message: format!("{e}; run `envy up {}` to write it again", self.name()) })?;
-        crate::boxes::Store::open(&self.plan.home)?.get(&digest)?.rootfs()
+        crate::boxes::Store::open(&self.plan.home)?.get(&digest)
     }
 
-    /// Mounts the overlay (unless mounted) and the sync folders, writes the bundle and
-    /// runs the container.
-    fn start_container(&self, lower: &Path) -> Result<()> {
+    /// Mounts the overlay (unless mounted) and the sync folders, writes the bundle
+    /// (with an image box's Env, WorkingDir and User) and runs the container.
+    fn start_container(&self, stored: &StoredBox) -> Result<()> {
+        let lower = stored.rootfs()?;
+        let lower = lower.as_path();
         check_lower(lower)?;
         for dir in [self.layout.upper(), self.layout.work(), self.layout.rootfs()] {
             crate::state::create_private_dir(&dir)?;
@@ -118,7 +120,7 @@ impl<'a> Machine<'a> {
             overlay::mount_overlay(lower, &self.layout.upper(), &self.layout.work(), &self.layout.rootfs())?;
         }
         let sources = self.stage_sync_folders()?;
-        bundle::write(self.plan, &self.layout, &self.net, &sources)?;
+        bundle::write(self.plan, &self.layout, &self.net, &sources, ImageRun::of(stored)?.as_ref())?;
         self.runc.run_detached(self.id(), self.layout.dir(), &self.layout.log())?;
         match self.runc.state(self.id())? {
             Some(c) if c.status == Status::Running => Ok(()),
@@ -289,7 +291,7 @@ impl Provider for ContainerProvider {
         if !running {
             ui.step(format!("{}: starting container", m.name()));
             let created = m.layout.exists();
-            let started = if intact { Ok(()) } else { m.net.rebuild(&m.project) }.and_then(|_| m.start_container(&lower));
+            let started = if intact { Ok(()) } else { m.net.rebuild(&m.project) }.and_then(|_| m.start_container(stored));
             if let Err(e) = started {
                 // Leave the machine as before: stopped, or not created at all.
                 let undone = m.stop_container(true, ui).and_then(|_| m.detach_network());
@@ -328,19 +330,20 @@ impl Provider for ContainerProvider {
         if request.command.is_empty() {
             bail!(Error::Other("no command given to run in the machine; put it after `--`".into()));
         }
-        let default_dir = plan.spec.sync.first().map_or("/", |s| s.guest.as_str());
-        let cwd = request.workdir.as_deref().unwrap_or(default_dir);
-        let code = m.runc.exec(m.id(), request, cwd)?;
+        let code = m.runc.exec(m.id(), request)?;
         if code != runc::EXEC_FAILED {
             return Ok(code);
         }
-        // runc's 255 covers a command it could not start; tell those apart as a shell does.
+        // runc's 255 covers a command it could not start; tell those apart as a shell does,
+        // with the directory and PATH the command ran with.
         let Some(init) = m.runc.state(m.id())? else { return Ok(code) };
-        let environment = bundle::environment(plan);
+        let image = m.recorded_box().ok().and_then(|b| ImageRun::of(&b).ok().flatten());
+        let cwd = request.workdir.clone().unwrap_or_else(|| bundle::default_dir(plan, image.as_ref()));
+        let environment = bundle::environment(plan, image.as_ref());
         let path_var = request.env.iter().rev().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str())
             .or_else(|| environment.iter().find_map(|e| e.strip_prefix("PATH=")))
             .unwrap_or_default();
-        Ok(match lookup::find(init.pid, &request.command[0], path_var, cwd) {
+        Ok(match lookup::find(init.pid, &request.command[0], path_var, &cwd) {
             lookup::Found::Nothing => crate::error::code::COMMAND_NOT_FOUND,
             lookup::Found::NotExecutable => crate::error::code::COMMAND_NOT_EXECUTABLE,
             lookup::Found::Executable => code,
@@ -385,5 +388,9 @@ impl Provider for ContainerProvider {
 
     fn export(&self, plan: &MachinePlan, stored: &StoredBox, dir: &Path, ui: &Ui) -> Result<Vec<PathBuf>> {
         snapshot::export(&Machine::of(plan)?, &stored.rootfs()?, dir, ui)
+    }
+
+    fn export_image(&self, plan: &MachinePlan, _stored: &StoredBox, dir: &Path, ui: &Ui) -> Result<ImageExport> {
+        snapshot::export_layer(&Machine::of(plan)?, dir, ui).map(ImageExport::Layer)
     }
 }

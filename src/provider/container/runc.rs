@@ -115,10 +115,18 @@ impl Runc {
         Ok(())
     }
 
-    /// `runc exec` with the caller's stdio; returns the command's exit code.
-    pub fn exec(&self, id: &str, request: &ExecRequest, cwd: &str) -> Result<i32> {
+    /// `runc exec` with the caller's stdio; returns the command's exit code. The
+    /// command runs as the init's user (unless the request asks for root) and in the
+    /// init's directory (unless the request names one).
+    pub fn exec(&self, id: &str, request: &ExecRequest) -> Result<i32> {
         let mut cmd = self.command();
-        cmd.args(["exec", "--cwd", cwd]);
+        cmd.arg("exec");
+        if let Some(dir) = &request.workdir {
+            cmd.arg("--cwd").arg(dir);
+        }
+        if request.as_root {
+            cmd.args(["--user", "0:0"]);
+        }
         for (key, value) in &request.env {
             cmd.arg("--env").arg(format!("{key}={value}"));
         }

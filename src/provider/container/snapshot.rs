@@ -212,7 +212,7 @@ pub fn restore(m: &Machine, name: &str, ui: &Ui) -> Result<()> {
         std::fs::remove_dir_all(m.layout.work())?;
     }
     if was_running {
-        m.start_container(&m.recorded_lower()?)?;
+        m.start_container(&m.recorded_box()?)?;
     }
     Ok(())
 }
@@ -240,6 +240,18 @@ pub fn delete(layout: &Layout, name: &str) -> Result<()> {
     let sidecar = require_snapshot(layout, &machine, name)?;
     std::fs::remove_file(sidecar_path(layout, name))?;
     remove_archive_unless_used(layout, &sidecar)
+}
+
+/// Writes `layer.tar`, the machine's upper layer as an OCI image layer, into `dir`
+/// (the container paused meanwhile, so the layer is one moment's state).
+pub fn export_layer(m: &Machine, dir: &Path, ui: &Ui) -> Result<PathBuf> {
+    if !m.layout.exists() {
+        return Err(missing_machine(m));
+    }
+    let target = dir.join("layer.tar");
+    ui.step(format!("{}: packing its changes as an image layer", m.name()));
+    frozen(m, || crate::boxes::pack_layer_dir(&m.layout.upper(), &target))?;
+    Ok(target)
 }
 
 /// Writes `rootfs.tar` (box + the machine's changes) into `dir`.

@@ -24,7 +24,7 @@ use crate::boxes::{BootMethod, QemuPayload, StoredBox};
 use crate::envfile::ProviderKind;
 use crate::guest::ssh::{self, SshTarget};
 use crate::plan::{MachinePlan, OpenedFolder};
-use crate::provider::{Error, ExecRequest, MachineInfo, MachineState, Provider, SnapshotInfo};
+use crate::provider::{Error, ExecRequest, ImageExport, MachineInfo, MachineState, Provider, SnapshotInfo};
 use crate::ui::Ui;
 
 use cmdline::QemuCommand;
@@ -493,6 +493,21 @@ impl Provider for QemuProvider {
             names.push(PathBuf::from(file));
         }
         Ok(names)
+    }
+
+    fn export_image(&self, plan: &MachinePlan, stored: &StoredBox, dir: &Path, ui: &Ui) -> Result<ImageExport> {
+        // A containerDisk boots by firmware: a kernel beside the disk has no place in it.
+        if qemu_payload(plan, stored)?.boot != BootMethod::Firmware {
+            return Err(Error::Other(format!(
+                "machine {} boots by kernel (box {}), and a containerDisk image boots by firmware; share it as a box file with `envy share`",
+                plan.name(),
+                stored.manifest.name
+            ))
+            .into());
+        }
+        let exported = self.export(plan, stored, dir, ui)?;
+        let disk = exported.first().context("the machine's export gave no disk")?;
+        Ok(ImageExport::Disk(dir.join(disk)))
     }
 }
 
