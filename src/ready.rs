@@ -36,7 +36,8 @@ pub fn wait(ctx: &Context, plan: &MachinePlan) -> Result<()> {
     let Some(ready) = &plan.spec.ready else { return Ok(()) };
     let name = plan.name().to_string();
     let check = describe(&ready.check);
-    let request = ExecRequest { command: probe(&ready.check), tty: false, workdir: None, env: Vec::new() };
+    // As root, like provisioning: the check reads what any user of the machine may not.
+    let request = ExecRequest { command: probe(&ready.check), as_root: true, ..ExecRequest::default() };
     let provider = provider::for_kind(plan.spec.provider);
     ctx.ui.step(format!("{name}: waiting until ready ({check}), at most {}s", ready.timeout.as_secs()));
     let start = Instant::now();

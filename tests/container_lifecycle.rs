@@ -42,8 +42,9 @@ fn up_syncs_the_project_passes_stdio_and_exit_codes_and_forwards_a_port() {
         ..Default::default()
     }).unwrap();
     // slirp4netns accepts on the host at once and drops the data if nothing listens in
-    // the machine yet: send only once nc listens (port 9000 is 2328, LISTEN is 0A).
-    let listening = "for i in $(seq 100); do grep -q ':2328 00000000:0000 0A' /proc/net/tcp && exit 0; sleep 0.1; done; exit 1";
+    // the machine yet: send only once nc listens, on IPv4 or IPv6 (port 9000 is 2328,
+    // LISTEN is 0A).
+    let listening = "for i in $(seq 100); do grep -q ':2328 [0-9A-F]*:0000 0A' /proc/net/tcp /proc/net/tcp6 && exit 0; sleep 0.1; done; exit 1";
     assert_eq!(f.sh("web", listening), 0, "nc never listened in the machine");
     support::send_all(upload_port, big.as_bytes());
     eventually("the upload to land", || std::fs::metadata(f.project_dir.join("upload.txt")).is_ok_and(|m| m.len() == big.len() as u64));
