@@ -10,13 +10,6 @@ use std::time::Duration;
 
 use common::TestEnv;
 
-fn require_host() {
-    assert!(nix::unistd::geteuid().is_root(), "the life-cycle tests start containers: run them as root");
-    for (tool, package) in [("runc", "runc"), ("slirp4netns", "slirp4netns"), ("ip", "iproute2")] {
-        common::require_tool(tool, package);
-    }
-}
-
 /// A project with a busybox box built by `envy box build`, and a guard that destroys
 /// whatever the test left running.
 struct Project {
@@ -26,7 +19,7 @@ struct Project {
 
 impl Project {
     fn new(envfile: &str) -> Project {
-        require_host();
+        common::require_container_host();
         let env = TestEnv::new();
         let (box_path, _) = common::build_container_box(&env, "busybox");
         let envfile = envfile.replace("BOX", &box_path.display().to_string());
@@ -54,6 +47,21 @@ impl Project {
         status["machines"].as_array().unwrap().iter().find(|m| m["name"] == name).unwrap()
     }
 
+    /// Kills a machine's init behind envy's back and waits until status reads it stopped.
+    fn kill_init(&self, machine: &str) {
+        let pid = Project::machine(&self.status(), machine)["pid"].as_u64().expect("a running machine has a pid") as i32;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+        let mut state = String::new();
+        for _ in 0..100 {
+            state = Project::machine(&self.status(), machine)["state"].as_str().unwrap().to_string();
+            if state == "stopped" {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(state, "stopped");
+    }
+
     fn project_id(&self) -> String {
         envy::plan::project_id(&self.env.project)
     }
@@ -71,15 +79,7 @@ impl Project {
                 .filter(|l| l.contains(&id))
                 .map(|l| format!("netns {l}")),
         );
-        let root = self.env.dir.path().to_string_lossy().into_owned();
-        traces.extend(
-            std::fs::read_to_string("/proc/self/mountinfo")
-                .unwrap()
-                .lines()
-                .filter_map(|l| l.split(' ').nth(4))
-                .filter(|m| m.starts_with(&root))
-                .map(|m| format!("mount {m}")),
-        );
+        traces.extend(common::mounts_below(self.env.dir.path()).into_iter().map(|m| format!("mount {m}")));
         traces
     }
 }
@@ -171,17 +171,7 @@ fn up_exec_forward_names_halt_up_crash_and_destroy() {
     assert_eq!(p.out(&["exec", "web", "--", "cat", "/root/provision-count"]), "provisioned\n");
 
     // The container's init killed behind envy's back: status tells the truth, up recovers.
-    let pid = Project::machine(&p.status(), "db")["pid"].as_u64().expect("db has a pid") as i32;
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
-    let mut state = String::new();
-    for _ in 0..100 {
-        state = Project::machine(&p.status(), "db")["state"].as_str().unwrap().to_string();
-        if state == "stopped" {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert_eq!(state, "stopped");
+    p.kill_init("db");
     p.envy().arg("up").assert().success();
     assert_eq!(Project::machine(&p.status(), "db")["state"], "running");
 
@@ -255,7 +245,7 @@ fn a_taken_host_port_is_named_before_anything_starts_and_auto_moves_it() {
 
 #[test]
 fn a_box_missing_from_the_store_and_unreachable_fails_with_code_4() {
-    require_host();
+    common::require_container_host();
     let env = TestEnv::new();
     let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     std::fs::write(
@@ -293,7 +283,7 @@ fn a_box_that_changed_behind_its_lock_is_refused_with_the_way_out() {
 
 #[test]
 fn run_passes_the_exit_code_and_leaves_nothing() {
-    require_host();
+    common::require_container_host();
     let env = TestEnv::new();
     let (box_path, _) = common::build_container_box(&env, "busybox");
     std::fs::write(env.project.join("input.txt"), "synced\n").unwrap();
@@ -349,7 +339,7 @@ fn a_command_not_found_exits_127_and_one_not_executable_126() {
 #[test]
 fn run_interrupted_by_ctrl_c_cleans_up_and_exits_130() {
     use std::os::unix::process::CommandExt;
-    require_host();
+    common::require_container_host();
     let env = TestEnv::new();
     let (box_path, _) = common::build_container_box(&env, "busybox");
     let mut run = env.envy_std();
@@ -379,14 +369,12 @@ fn assert_no_throwaways(env: &TestEnv) {
     assert_eq!(env.run_leftovers(), Vec::<String>::new());
     let runc = Command::new("runc").arg("--root").arg(env.home.join("run/runc")).args(["list", "-q"]).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&runc.stdout), "");
-    let root = env.dir.path().to_string_lossy().into_owned();
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(!mounts.lines().any(|l| l.split(' ').nth(4).is_some_and(|m| m.starts_with(&root))), "a mount is left");
+    assert_eq!(common::mounts_below(env.dir.path()), Vec::<String>::new(), "a mount is left");
 }
 
 #[test]
 fn two_runs_in_one_folder_at_once_do_not_meet() {
-    require_host();
+    common::require_container_host();
     let env = TestEnv::new();
     let (box_path, _) = common::build_container_box(&env, "busybox");
     std::fs::write(env.project.join("input.txt"), "shared input\n").unwrap();
@@ -429,7 +417,7 @@ fn a_machine_dropped_from_the_envfile_is_named_not_forgotten() {
 
 #[test]
 fn an_unpinned_url_needs_insecure_once_and_is_held_to_the_lock_after() {
-    require_host();
+    common::require_container_host();
     let env = TestEnv::new();
     let (box_path, digest) = common::build_container_box(&env, "busybox");
     let server = common::Server::start();
@@ -476,17 +464,7 @@ fn a_dead_machine_gets_its_own_port_back_and_a_dead_network_is_repaired_in_place
 
     // The init killed: the forward it had stays in the project's slirp4netns, but it is
     // the machine's own, so `up` takes it back instead of calling the port taken.
-    let pid = Project::machine(&p.status(), "default")["pid"].as_u64().unwrap() as i32;
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
-    let mut state = String::new();
-    for _ in 0..100 {
-        state = Project::machine(&p.status(), "default")["state"].as_str().unwrap().to_string();
-        if state == "stopped" {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert_eq!(state, "stopped");
+    p.kill_init("default");
     p.envy().arg("up").assert().success();
     serve();
     assert_eq!(http_get(port.into()), "page\n");

@@ -58,9 +58,7 @@ impl Project {
         let containers = String::from_utf8_lossy(&runc.stdout).into_owned();
         assert!(containers.lines().all(|c| c.starts_with(&dev)), "a run's container is left: {containers}");
         let own = env.state_dir().to_string_lossy().into_owned();
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-        let home = env.home.to_string_lossy().into_owned();
-        let left: Vec<&str> = mounts.lines().filter_map(|l| l.split(' ').nth(4)).filter(|m| m.starts_with(&home) && !m.starts_with(&own)).collect();
+        let left: Vec<String> = common::mounts_below(&env.home).into_iter().filter(|m| !m.starts_with(&own)).collect();
         assert!(left.is_empty(), "a run's mount is left: {left:?}");
         let networks = common::list_dir(&env.home.join("run/net"));
         assert!(networks.iter().all(|n| dev.ends_with(n.as_str())), "a run's network is left: {networks:?}");

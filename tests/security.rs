@@ -11,13 +11,6 @@ use std::path::{Path, PathBuf};
 
 use common::{DestroyOnDrop, TestEnv};
 
-fn require_host() {
-    assert!(nix::unistd::geteuid().is_root(), "the security tests start containers: run them as root");
-    for (tool, package) in [("runc", "runc"), ("slirp4netns", "slirp4netns"), ("ip", "iproute2")] {
-        common::require_tool(tool, package);
-    }
-}
-
 /// A host folder the guest must never reach: what it holds, to compare after an attack.
 struct Canary {
     dir: PathBuf,
@@ -66,7 +59,7 @@ struct Attack {
 
 impl Attack {
     fn new(envfile: &str) -> Attack {
-        require_host();
+        common::require_container_host();
         let env = TestEnv::new();
         let (box_path, _) = common::build_container_box(&env, "busybox");
         let canary = Canary::new(&env);
@@ -95,14 +88,7 @@ impl Attack {
 
     /// Mount points below the test's temp dir (the canary, project, ENVY_HOME).
     fn mounts(&self) -> Vec<String> {
-        let root = self.env.dir.path().to_string_lossy().into_owned();
-        std::fs::read_to_string("/proc/self/mountinfo")
-            .unwrap()
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .filter(|m| m.starts_with(&root))
-            .map(str::to_string)
-            .collect()
+        common::mounts_below(self.env.dir.path())
     }
 
     /// The canary is as it was, and after destroy nothing is mounted.

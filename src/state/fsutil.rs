@@ -108,6 +108,18 @@ pub fn open_below(root: &Path, path: &Path, follow: Follow) -> Result<OwnedFd, E
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Opens `path` inside the tree whose root is the open dir `root` (a container's
+/// `/proc/PID/root`), as a process chrooted there would: absolute links and `..` stay
+/// inside it, and /proc's magic links (a way out) are refused. O_PATH, close-on-exec.
+pub fn open_in_root(root: &OwnedFd, path: &Path) -> Result<OwnedFd, Errno> {
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let fd = openat2(std::os::fd::AsRawFd::as_raw_fd(root), path, how)?;
+    // SAFETY: `openat2` just returned this fd and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// Reads a whole file through an fd from `open_below`, up to `limit` bytes.
 /// Only a regular file is opened: a FIFO or device planted in its place would block
 /// or read forever.

@@ -107,6 +107,27 @@ pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
 
+/// Mount points at or below `root` in this process's mount table.
+pub fn mounts_below(root: &Path) -> Vec<String> {
+    let root = root.to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.starts_with(&root))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Root, runc, slirp4netns and ip: what every test that starts a container needs;
+/// panics with install advice when one is missing (tests never skip silently).
+pub fn require_container_host() {
+    assert!(nix::unistd::geteuid().is_root(), "this test starts containers and network namespaces: run it as root");
+    for (tool, package) in [("runc", "runc"), ("slirp4netns", "slirp4netns"), ("ip", "iproute2")] {
+        require_tool(tool, package);
+    }
+}
+
 /// Panics with install advice when a host tool is missing (tests never skip silently).
 pub fn require_tool(tool: &str, package: &str) {
     let found = std::env::var_os("PATH")

@@ -157,14 +157,7 @@ impl Fixture {
 
     /// Mount points below this test's temp dir.
     pub fn mounts(&self) -> Vec<String> {
-        let root = self.root().to_string_lossy().into_owned();
-        std::fs::read_to_string("/proc/self/mountinfo")
-            .unwrap()
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .filter(|m| m.starts_with(&root))
-            .map(str::to_string)
-            .collect()
+        common::mounts_below(self.root())
     }
 
     /// Network namespaces of this project.

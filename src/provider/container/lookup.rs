@@ -5,8 +5,7 @@
 //! path resolved inside that root (openat2 with RESOLVE_IN_ROOT), so a guest's
 //! symlink never leads the lookup onto the host's files.
 
-use std::ffi::CString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 
 /// What the container's root holds under a command's name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,29 +40,11 @@ pub fn find(init_pid: u32, command: &str, path_var: &str, cwd: &str) -> Found {
 /// When it cannot be opened (the container just ended), `find` answers Executable,
 /// so runc's 255 is passed on unchanged.
 fn open_root(init_pid: u32) -> Option<OwnedFd> {
-    let path = CString::new(format!("/proc/{init_pid}/root")).ok()?;
-    // SAFETY: a valid NUL-terminated path; the result is checked before use.
-    let fd = unsafe { libc::open(path.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) };
-    // SAFETY: a new descriptor that nothing else owns.
-    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+    std::fs::File::open(format!("/proc/{init_pid}/root")).ok().map(OwnedFd::from)
 }
 
 fn examine(root: &OwnedFd, path: &str) -> Found {
-    let Ok(c_path) = CString::new(path) else { return Found::Nothing };
-    // SAFETY: open_how is plain data; zero is a valid value for each field.
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (libc::O_PATH | libc::O_CLOEXEC) as u64;
-    // Absolute links resolve inside the root; /proc's magic links (a way out) not at all.
-    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
-    // SAFETY: valid fd, path and open_how of the size passed.
-    let fd = unsafe {
-        libc::syscall(libc::SYS_openat2, root.as_raw_fd(), c_path.as_ptr(), &how as *const libc::open_how, std::mem::size_of::<libc::open_how>())
-    };
-    if fd < 0 {
-        return Found::Nothing;
-    }
-    // SAFETY: a new descriptor that nothing else owns.
-    let file = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let Ok(file) = crate::state::open_in_root(root, std::path::Path::new(path)) else { return Found::Nothing };
     match nix::sys::stat::fstat(file.as_raw_fd()) {
         Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_mode & 0o111 != 0 => Found::Executable,
         Ok(_) => Found::NotExecutable,
