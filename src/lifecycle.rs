@@ -222,7 +222,7 @@ pub fn resolve_box(ctx: &Context, spec: &MachineSpec, project_dir: &Path, lock: 
     }
     // A catalog name matches a box added under that name first, as in Vagrant.
     let added = match &spec.box_ref {
-        BoxRef::Catalog { .. } => match store.find(&spec.box_ref.to_string()) {
+        BoxRef::Catalog { .. } => match store.find_for(&spec.box_ref.to_string(), Some(spec.provider)) {
             Ok(stored) => Some(stored),
             Err(e) if matches!(e.downcast_ref(), Some(crate::boxes::Error::Missing { .. })) => None,
             Err(e) => return Err(e),

@@ -98,14 +98,15 @@ fn one_envfile_mixes_a_container_and_a_vm() {
     let tiny = common::tiny_vm_box(&env);
     let (busybox, _) = common::build_container_box(&env, "busybox");
     std::fs::write(env.project.join("hello.txt"), "hello VM\n").unwrap();
+    // One box name for both, as in the README: it resolves per provider, as a Vagrant
+    // box has one name and several providers.
+    for path in [&busybox, &tiny] {
+        env.envy().args(["box", "add"]).arg(path).args(["--name", "base"]).assert().success();
+    }
     std::fs::write(
         env.project.join("Envfile"),
-        format!(
-            "[machine.web]\nbox = {{ path = \"{}\" }}\nprovider = \"container\"\n\n\
-             [machine.db]\nbox = {{ path = \"{}\" }}\nprovider = \"qemu\"\nmemory = \"256MiB\"\ncpus = 1\nsync = [\".:/project\"]\n",
-            busybox.display(),
-            tiny.display()
-        ),
+        "[defaults]\nbox = \"base\"\n\n[machine.web]\nprovider = \"container\"\n\n\
+         [machine.db]\nprovider = \"qemu\"\nmemory = \"256MiB\"\ncpus = 1\nsync = [\".:/project\"]\n",
     )
     .unwrap();
     let _cleanup = common::DestroyOnDrop(&env);

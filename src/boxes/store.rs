@@ -20,7 +20,7 @@ use super::source::{name_from_file, BoxSource};
 use super::Error;
 use crate::config::Config;
 use crate::context::Home;
-use crate::envfile::BoxRef;
+use crate::envfile::{BoxRef, ProviderKind};
 use crate::ui::Ui;
 
 /// Per-box record beside `box.toml`: where it came from and the stamps of its files.
@@ -554,7 +554,16 @@ impl Store {
 
     /// Finds one stored box by name, `name@version`, or digest prefix (8+ hex digits).
     pub fn find(&self, query: &str) -> anyhow::Result<StoredBox> {
-        let all = self.list()?;
+        self.find_for(query, None)
+    }
+
+    /// `find` among the boxes for `provider`: one box name may stand for a container
+    /// box and a VM box, as a Vagrant box has one name and several providers.
+    pub fn find_for(&self, query: &str, provider: Option<ProviderKind>) -> anyhow::Result<StoredBox> {
+        let mut all = self.list()?;
+        if let Some(provider) = provider {
+            all.retain(|(b, _)| b.manifest.providers.contains(&provider));
+        }
         let is_prefix = query.len() >= 8 && query.bytes().all(|b| b.is_ascii_hexdigit());
         let (name, version) = match query.split_once('@') {
             Some((n, v)) => (n, Some(v)),
@@ -570,7 +579,14 @@ impl Store {
             .collect();
         match matches.as_slice() {
             [(one, _)] => Ok(one.clone()),
-            [] => Err(Error::Missing { what: format!("`{query}`"), store: self.home.boxes_dir() }.into()),
+            [] => Err(Error::Missing {
+                what: match provider {
+                    Some(p) => format!("`{query}` for the {p} provider"),
+                    None => format!("`{query}`"),
+                },
+                store: self.home.boxes_dir(),
+            }
+            .into()),
             many => Err(Error::Ambiguous {
                 what: query.to_string(),
                 candidates: many
