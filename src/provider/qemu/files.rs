@@ -102,6 +102,27 @@ impl MachineFiles {
     }
 
     /// The last `n` lines of the console log, or a sentence saying there is none.
+    /// A boot that can never reach SSH, as its console shows it: a kernel panic, a root
+    /// filesystem without an init, an initramfs rescue shell. Reads the log's last 8 KiB
+    /// (what a guest prints is only matched, never trusted further).
+    pub fn console_dead_end(&self) -> Option<&'static str> {
+        const DEAD_ENDS: [(&str, &str); 5] = [
+            ("Kernel panic - not syncing", "the guest kernel panicked"),
+            ("doesn't have requested /sbin/init", "the root filesystem has no /sbin/init"),
+            ("can't execute '/sbin/init'", "the root filesystem has no /sbin/init"),
+            ("No working init found", "the guest kernel found no init to run"),
+            ("(initramfs) ", "the guest dropped to an initramfs shell"),
+        ];
+        use std::io::{Read, Seek, SeekFrom};
+        let mut file = std::fs::File::open(&self.console_log).ok()?;
+        let len = file.metadata().ok()?.len();
+        file.seek(SeekFrom::Start(len.saturating_sub(8192))).ok()?;
+        let mut tail = Vec::new();
+        file.take(8192).read_to_end(&mut tail).ok()?;
+        let text = String::from_utf8_lossy(&tail);
+        DEAD_ENDS.iter().find(|(seen, _)| text.contains(seen)).map(|(_, why)| *why)
+    }
+
     pub fn console_tail(&self, n: usize) -> String {
         match std::fs::read(&self.console_log) {
             Ok(bytes) => {

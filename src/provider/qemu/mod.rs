@@ -249,9 +249,14 @@ impl QemuProvider {
     /// when `booting` (a machine that was already up is left as it is, for inspection).
     fn wait_ready(&self, plan: &MachinePlan, files: &MachineFiles, target: &SshTarget, booting: bool) -> Result<(), Error> {
         let timeout = boot_timeout()?;
+        let started = std::time::Instant::now();
         let waited = target.wait_ready(timeout, || match process::running_pid(files) {
-            Some(_) => Ok(()),
             None => Err("QEMU exited during boot".to_string()),
+            // A boot that cannot reach SSH fails now, not after the whole timeout.
+            Some(_) => match files.console_dead_end().filter(|_| booting) {
+                Some(dead_end) => Err(format!("its console shows a boot that cannot go on: {dead_end}")),
+                None => Ok(()),
+            },
         });
         let Err(why) = waited else { return Ok(()) };
         target.close_master();
@@ -263,7 +268,7 @@ impl QemuProvider {
         };
         Err(Error::NotReady {
             machine: plan.name().to_string(),
-            seconds: timeout.as_secs(),
+            seconds: started.elapsed().as_secs().max(1),
             detail: format!(
                 "{why}; {outcome}. Last lines of its console ({}):\n{}\n\
                  (raise {BOOT_TIMEOUT_ENV} for slow boxes)",
