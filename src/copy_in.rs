@@ -39,28 +39,24 @@ pub fn pack(plan: &MachinePlan, from: &Path, to: &str, mode: Option<u32>) -> Res
         .tempfile_in(&plan.dir)
         .with_context(|| format!("cannot write a tar in {}", plan.dir.display()))?;
     let mut builder = tar::Builder::new(tar.as_file().try_clone()?);
-    let (into, is_dir) = match stat.st_mode & libc::S_IFMT {
+    let into = match stat.st_mode & libc::S_IFMT {
         libc::S_IFDIR => {
             if mode.is_some() {
                 return Err(plan.project_path_error(from, KEY, "is a folder; `mode` applies to a file (a folder's files keep their own modes)".into()).into());
             }
             add_dir(&mut builder, &fd, Path::new(""), from)?;
-            (to.to_string(), true)
+            to.to_string()
         }
         libc::S_IFREG => {
             let (parent, name) = to.rsplit_once('/').expect("the Envfile checked `to` is absolute");
             add_file(&mut builder, &fd, &stat, Path::new(name), mode, from)?;
-            (if parent.is_empty() { "/".to_string() } else { parent.to_string() }, false)
+            if parent.is_empty() { "/".to_string() } else { parent.to_string() }
         }
         _ => return Err(plan.project_path_error(from, KEY, "is neither a regular file nor a folder".into()).into()),
     };
     builder.into_inner()?.sync_all()?;
     // A folder's contents land in `to`; a file lands as `to` (replacing what is there).
-    let target = if is_dir { "folder" } else { "file's folder" };
-    let command = format!(
-        "mkdir -p {dir} || {{ echo 'envy: cannot create the {target} {dir}' >&2; exit 1; }}; exec tar -x -f - -C {dir}",
-        dir = shell_quote(&into)
-    );
+    let command = format!("mkdir -p {dir} && exec tar -x -f - -C {dir}", dir = shell_quote(&into));
     Ok(Packed { tar, command })
 }
 
