@@ -63,6 +63,16 @@ fn a_file_with_its_mode_and_a_folder_land_in_a_container() {
     std::fs::write(env.project.join("app.conf"), "key = \"new\"\n").unwrap();
     env.envy().arg("provision").assert().success();
     assert_eq!(guest_of(&env)("cat /etc/app/app.conf"), "key = \"new\"\n");
+    // `mode` is a file's: on a folder it is an error naming the folder.
+    std::fs::write(
+        env.project.join("Envfile"),
+        format!("[defaults]\nbox = {{ path = \"{}\" }}\nprovision = [{{ file = \"site\", to = \"/srv/site\", mode = \"0600\" }}]\n", box_path.display()),
+    )
+    .unwrap();
+    let out = env.envy().arg("provision").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("provision file") && err.contains("site: is a folder; `mode` applies to a file"), "{err}");
 }
 
 #[test]

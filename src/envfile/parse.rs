@@ -510,7 +510,7 @@ impl Reader<'_> {
         };
         let from = self.project_path(from, "provision file", &span)?;
         let to = match table.get("to") {
-            Some(toml::Value::String(to)) if to.starts_with('/') && to.trim_end_matches('/') != "" && !to.split('/').any(|c| c == "..") => {
+            Some(toml::Value::String(to)) if to.starts_with('/') && !to.trim_end_matches('/').is_empty() && !to.split('/').any(|c| c == "..") => {
                 to.trim_end_matches('/').to_string()
             }
             Some(toml::Value::String(to)) => return Err(bad(format!(
