@@ -9,7 +9,7 @@ use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 use nix::fcntl::{openat, OFlag};
 use nix::sys::stat::{fstat, FileStat, Mode};
 
@@ -44,7 +44,7 @@ pub fn pack(plan: &MachinePlan, from: &Path, to: &str, mode: Option<u32>) -> Res
             if mode.is_some() {
                 return Err(plan.project_path_error(from, KEY, "is a folder; `mode` applies to a file (a folder's files keep their own modes)".into()).into());
             }
-            add_dir(&mut builder, &fd, Path::new(""), from)?;
+            add_dir(plan, &mut builder, &fd, Path::new(""), from)?;
             to.to_string()
         }
         libc::S_IFREG => {
@@ -63,7 +63,7 @@ pub fn pack(plan: &MachinePlan, from: &Path, to: &str, mode: Option<u32>) -> Res
 /// Adds a folder's entries (not the folder itself) below `name`, recursively. Every
 /// entry is opened relative to its folder's fd without following a symlink, so a
 /// folder swapped for a symlink while envy walks never leads out of the project.
-fn add_dir(builder: &mut tar::Builder<File>, dir: &OwnedFd, name: &Path, shown: &Path) -> Result<()> {
+fn add_dir(plan: &MachinePlan, builder: &mut tar::Builder<File>, dir: &OwnedFd, name: &Path, shown: &Path) -> Result<()> {
     let listing = std::fs::read_dir(proc_path(dir)).with_context(|| format!("cannot list {}", shown.display()))?;
     let mut names: Vec<_> = listing.map(|e| e.map(|e| e.file_name())).collect::<Result<_, _>>()
         .with_context(|| format!("cannot list {}", shown.display()))?;
@@ -81,7 +81,7 @@ fn add_dir(builder: &mut tar::Builder<File>, dir: &OwnedFd, name: &Path, shown: 
             libc::S_IFDIR => {
                 let mut header = header(&stat, tar::EntryType::Directory, stat.st_mode & 0o7777);
                 builder.append_data(&mut header, &path, std::io::empty())?;
-                add_dir(builder, &child, &path, &shown)?;
+                add_dir(plan, builder, &child, &path, &shown)?;
             }
             libc::S_IFREG => add_file(builder, &child, &stat, &path, None, &shown)?,
             libc::S_IFLNK => {
@@ -91,7 +91,10 @@ fn add_dir(builder: &mut tar::Builder<File>, dir: &OwnedFd, name: &Path, shown: 
                 let mut header = header(&stat, tar::EntryType::Symlink, 0o777);
                 builder.append_link(&mut header, &path, PathBuf::from(target))?;
             }
-            _ => bail!("{} is a FIFO, socket or device; a provision file copies only files, folders and symlinks", shown.display()),
+            _ => {
+                let problem = "is a FIFO, socket or device; a provision file copies only files, folders and symlinks".into();
+                return Err(plan.project_path_error(&shown, KEY, problem).into());
+            }
         }
     }
     Ok(())

@@ -357,5 +357,10 @@ fn provision_files_come_only_from_the_project_and_land_only_in_the_guest() {
     a.guest("default", &format!("rm -rf /etc/app && ln -s {canary} /etc/app && mkdir -p {canary}"));
     a.envy().arg("provision").assert().success();
     assert_eq!(a.guest("default", &format!("cat {canary}/app.conf")), "mine\n");
+    // A FIFO the guest plants in a copied folder (through the sync) is named, not read.
+    a.guest("default", "mkfifo /project/conf/pipe");
+    let (code, err) = a.fails(&["provision"]);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("conf/pipe: is a FIFO, socket or device"), "{err}");
     a.assert_host_untouched();
 }
