@@ -6,6 +6,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod context;
+pub mod copy_in;
 pub mod doctor;
 pub mod envfile;
 pub mod error;

@@ -57,13 +57,17 @@ pub fn up(ctx: &Context, plan: &mut MachinePlan, lock: &mut LockFile, lock_path:
         }
     }
     if !opts.no_provision && !record.as_ref().is_some_and(|r| r.provisioned) {
-        // A missing or swapped script fails now, before anything is fetched or started.
+        // A missing or swapped script or file fails now, before anything is fetched or started.
         for step in &plan.spec.provision {
-            if let ProvisionAction::Script(path) = &step.action {
-                read_script(plan, path)?;
+            match &step.action {
+                ProvisionAction::Script(path) => drop(read_script(plan, path)?),
+                ProvisionAction::File { from, .. } => drop(plan.open_project_path(from, "provision file")?),
+                ProvisionAction::Shell(_) => {}
             }
         }
     }
+    // So does a user_data file that is missing or sets a key envy manages.
+    plan.user_cloud_config()?;
     let before = lock.clone();
     let stored = resolve_box(ctx, &plan.spec, &plan.project.dir, lock, opts.insecure)?;
     if let Some(path) = lock_path.filter(|_| *lock != before) {
@@ -150,9 +154,17 @@ fn run_steps(ctx: &Context, plan: &MachinePlan, only_always: bool) -> Result<()>
         if only_always && !step.always {
             continue;
         }
+        // A file step's tar lives until its exec has streamed it.
+        let mut packed = None;
         let (label, script) = match &step.action {
             ProvisionAction::Shell(cmd) => (cmd.clone(), cmd.clone()),
             ProvisionAction::Script(path) => (path.display().to_string(), read_script(plan, path)?),
+            ProvisionAction::File { from, to, mode } => {
+                let copy = crate::copy_in::pack(plan, from, to, *mode)?;
+                let command = copy.command.clone();
+                packed = Some(copy);
+                (format!("copy {} to {to}", from.display()), command)
+            }
         };
         ctx.ui.step(format!("{}: provision {}/{total}: {label}", plan.name(), i + 1));
         let request = ExecRequest {
@@ -161,6 +173,7 @@ fn run_steps(ctx: &Context, plan: &MachinePlan, only_always: bool) -> Result<()>
             workdir: None,
             env: Vec::new(),
             as_root: true,
+            stdin: packed.as_ref().map(|p| p.tar.path().to_path_buf()),
         };
         let code = provider.exec(plan, &request)?;
         if code != 0 {
@@ -178,25 +191,8 @@ const MAX_SCRIPT: u64 = 128 * 1024 - 1;
 /// project: a script (or a folder on its way) that a guest replaced with a symlink out
 /// of the project is refused, not read from the host.
 fn read_script(plan: &MachinePlan, path: &Path) -> Result<String> {
-    let refuse = |problem: String| crate::envfile::Error::HostPath {
-        envfile: plan.project.envfile.clone(),
-        machine: plan.name().into(),
-        key: "provision script",
-        path: path.to_path_buf(),
-        problem,
-    };
-    let fd = crate::state::open_below(&plan.project.dir, path, crate::state::Follow::BelowRoot).map_err(|errno| {
-        refuse(match errno {
-            nix::errno::Errno::EXDEV => format!(
-                "resolves outside the project {} (through a symlink); keep provision scripts in the project",
-                plan.project.dir.display()
-            ),
-            nix::errno::Errno::ENOENT => "does not exist".into(),
-            other => format!("cannot be opened ({other})"),
-        })
-    })?;
-    let bytes = crate::state::read_fd(&fd, path, MAX_SCRIPT).map_err(|e| refuse(format!("{e:#}")))?;
-    String::from_utf8(bytes).map_err(|_| refuse("is not UTF-8 text".into()).into())
+    let bytes = plan.read_project_file(path, "provision script", MAX_SCRIPT)?;
+    String::from_utf8(bytes).map_err(|_| plan.project_path_error(path, "provision script", "is not UTF-8 text".into()).into())
 }
 
 /// Removes the machine and its record; the Envfile.lock and the box store stay.

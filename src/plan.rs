@@ -9,7 +9,7 @@ use sha2::{Digest as _, Sha256};
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use crate::context::Home;
-use crate::envfile::{Envfile, Forward, MachineSpec, SyncFolder};
+use crate::envfile::{Envfile, Forward, MachineSpec, SyncFolder, UserData};
 use crate::state::{open_below, Follow};
 
 /// The project a command acts on.
@@ -156,6 +156,65 @@ impl MachinePlan {
             return Err(refuse("is neither a folder nor a regular file".into()));
         }
         Ok(OpenedFolder { fd, is_dir, folder: folder.clone() })
+    }
+
+    /// Opens a file or folder the Envfile names in the project (`key` says which: a
+    /// provision script, `user_data`, a provision file), resolved by the kernel below
+    /// the project: one a guest replaced with a symlink out of it is refused.
+    pub fn open_project_path(&self, path: &Path, key: &'static str) -> Result<OwnedFd, crate::envfile::Error> {
+        open_below(&self.project.dir, path, Follow::BelowRoot).map_err(|errno| {
+            self.project_path_error(path, key, match errno {
+                nix::errno::Errno::EXDEV => format!(
+                    "resolves outside the project {} (through a symlink); keep it in the project",
+                    self.project.dir.display()
+                ),
+                nix::errno::Errno::ENOENT => "does not exist".into(),
+                other => format!("cannot be opened ({other})"),
+            })
+        })
+    }
+
+    /// The error for a project path the Envfile names that envy refuses.
+    pub fn project_path_error(&self, path: &Path, key: &'static str, problem: String) -> crate::envfile::Error {
+        crate::envfile::Error::HostPath {
+            envfile: self.project.envfile.clone(),
+            machine: self.spec.name.clone(),
+            key,
+            path: path.to_path_buf(),
+            problem,
+        }
+    }
+
+    /// Reads a project file the Envfile names (see `open_project_path`): a regular
+    /// file of at most `limit` bytes.
+    pub fn read_project_file(&self, path: &Path, key: &'static str, limit: u64) -> Result<Vec<u8>, crate::envfile::Error> {
+        let fd = self.open_project_path(path, key)?;
+        crate::state::read_fd(&fd, path, limit).map_err(|e| self.project_path_error(path, key, format!("{e:#}")))
+    }
+
+    /// The machine's own cloud-config (`user_data`), read and checked: a file in the
+    /// project is read now (a guest may have changed it since the Envfile was loaded).
+    pub fn user_cloud_config(&self) -> Result<Option<serde_yaml::Mapping>, crate::envfile::Error> {
+        use crate::envfile::cloud_config;
+        let (text, path) = match &self.spec.user_data {
+            None => return Ok(None),
+            Some(UserData::Inline(text)) => (text.clone(), None),
+            Some(UserData::File(path)) => {
+                let bytes = self.read_project_file(path, "user_data", cloud_config::MAX_USER_DATA)?;
+                let text = String::from_utf8(bytes).map_err(|_| self.project_path_error(path, "user_data", "is not UTF-8 text".into()))?;
+                (text, Some(path))
+            }
+        };
+        cloud_config::parse(&text).map(Some).map_err(|problem| match path {
+            Some(path) => self.project_path_error(path, "user_data", problem),
+            None => crate::envfile::Error::HostPath {
+                envfile: self.project.envfile.clone(),
+                machine: self.spec.name.clone(),
+                key: "user_data",
+                path: PathBuf::from("(inline)"),
+                problem,
+            },
+        })
     }
 
     /// Creates the machine dir (and the project's state dir), private to the user.

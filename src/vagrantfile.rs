@@ -469,11 +469,14 @@ impl Converter<'_> {
     /// `config.vm.provision KIND, options` or its block form.
     fn provision(&mut self, section: &mut Section, node: &Node, args: &[Node], block: Option<&lib_ruby_parser::nodes::Block>) {
         let kind = args.first().and_then(literal_string).unwrap_or_default();
+        if kind == "file" && block.is_none() {
+            return self.file_provision(section, node, &args[1..]);
+        }
         if kind != "shell" {
             let hint = match kind.as_str() {
                 "ansible" | "ansible_local" => ": run ansible-playbook from a shell step instead",
-                "file" => ": sync the folder, or copy the file in a shell step",
-                _ => ": envy provisions with shell steps only",
+                "file" => ": write it as config.vm.provision \"file\", source: ..., destination: ...",
+                _ => ": envy provisions with shell and file steps only",
             };
             return self.not_converted(section, node, format!("the {kind:?} provisioner is not converted{hint}"));
         }
@@ -542,6 +545,35 @@ impl Converter<'_> {
             }
         };
         section.provision.push(step);
+    }
+
+    /// `config.vm.provision "file", source:, destination:` as a `{ file, to }` step.
+    fn file_provision(&mut self, section: &mut Section, node: &Node, args: &[Node]) {
+        let (mut source, mut destination) = (None, None);
+        for (key, value) in options(args) {
+            match (key.as_str(), literal_string(value)) {
+                ("source", Some(s)) => source = Some(s),
+                ("destination", Some(d)) => destination = Some(d),
+                ("source" | "destination", None) => return self.not_converted(section, node, format!("the file provisioner's {key} is computed by Ruby")),
+                ("run", _) => return self.not_converted(section, node, "run: on a file provisioner is not converted".into()),
+                (other, _) => {
+                    let message = format!("file provisioner option `{other}` is not kept");
+                    self.changed(section, value, message);
+                }
+            }
+        }
+        let (Some(source), Some(destination)) = (source, destination) else {
+            return self.not_converted(section, node, "a file provisioner needs `source` and `destination`".into());
+        };
+        if !destination.starts_with('/') {
+            let message = format!("file destination {destination:?} is relative to the SSH user's home: write it as an absolute path");
+            return self.not_converted(section, node, message);
+        }
+        self.changed(section, node, "the file provisioner's copy is made as root and owned by root:root (Vagrant's by the SSH user)".into());
+        let mut table = toml::Table::new();
+        table.insert("file".into(), Value::String(normalize(&self.base.join(&source)).display().to_string()));
+        table.insert("to".into(), Value::String(destination));
+        section.provision.push(Value::Table(table));
     }
 
     /// `config.vm.provider NAME do |p, override| ... end`.

@@ -221,3 +221,48 @@ fn registry_images_read_like_the_command_line_and_bad_ones_point_at_the_value() 
     let err = error("[machine.m]\nbox = \"oci://ghcr.io/Team/app\"\n");
     assert!(err.starts_with("Envfile:2:7:") && err.contains("is not an image reference"), "{err}");
 }
+
+#[test]
+fn a_file_step_copies_a_project_path_to_an_absolute_guest_path() {
+    let envfile = parse("[defaults]\nbox = \"b\"\nprovision = [{ file = \"conf/app.conf\", to = \"/etc/app.conf\", mode = \"0640\" }, { file = \"site\", to = \"/srv/site/\" }]\n").unwrap();
+    let steps: Vec<_> = envfile.machines[0].provision.iter().map(|p| p.action.clone()).collect();
+    let dir = &envfile.project_dir;
+    assert_eq!(steps, [
+        ProvisionAction::File { from: dir.join("conf/app.conf"), to: "/etc/app.conf".into(), mode: Some(0o640) },
+        ProvisionAction::File { from: dir.join("site"), to: "/srv/site".into(), mode: None },
+    ]);
+    let base = "[defaults]\nbox = \"b\"\nprovision = [";
+    for (step, message) in [
+        ("{ file = \"a\", to = \"etc/a\" }", "Envfile:3:14: provision file `to = \"etc/a\"` must be an absolute path in the machine"),
+        ("{ file = \"a\", to = \"/\" }", "Envfile:3:14: provision file `to = \"/\"` must be an absolute path in the machine, not /"),
+        ("{ file = \"a\", to = \"/x/../etc\" }", "Envfile:3:14: provision file `to = \"/x/../etc\"` must be"),
+        ("{ file = \"a\" }", "Envfile:3:14: provision file needs `to`"),
+        ("{ file = \"a\", to = \"/a\", mode = \"0999\" }", "Envfile:3:14: provision file mode \"0999\" is not an octal mode"),
+        ("{ file = \"a\", to = \"/a\", mode = 644 }", "Envfile:3:14: provision file mode = 644 is not an octal mode: write it as a string"),
+        ("{ file = \"../a\", to = \"/a\" }", "Envfile:3:14: provision file \"../a\" is outside the project"),
+        ("{ file = \"a\", to = \"/a\", shell = \"true\" }", "Envfile:3:14: a provision step is one of shell, script or file"),
+        ("{ shell = \"true\", to = \"/a\" }", "Envfile:3:14: `to` belongs to a file step"),
+    ] {
+        let err = error(&format!("{base}{step}]\n"));
+        assert!(err.starts_with(message), "{step}: {err}");
+    }
+}
+
+#[test]
+fn user_data_is_a_project_file_or_inline_cloud_config_for_vms_only() {
+    let envfile = parse("[machine.a]\nbox = \"b\"\nprovider = \"qemu\"\nuser_data = \"cloud/init.yaml\"\n\
+                         [machine.b]\nbox = \"b\"\nprovider = \"qemu\"\nuser_data = \"\"\"#cloud-config\nruncmd: [[touch, /x]]\n\"\"\"\n").unwrap();
+    assert_eq!(envfile.machines[0].user_data, Some(envfile::UserData::File(envfile.project_dir.join("cloud/init.yaml"))));
+    assert_eq!(envfile.machines[1].user_data, Some(envfile::UserData::Inline("#cloud-config\nruncmd: [[touch, /x]]\n".into())));
+    let qemu = "[defaults]\nbox = \"b\"\nprovider = \"qemu\"\n";
+    for (value, message) in [
+        ("\"../init.yaml\"", "Envfile:4:13: user_data \"../init.yaml\" is neither a file in the project"),
+        ("\"#cloud-config\\nusers: []\\n\"", "Envfile:4:13: user_data sets `users`, which envy manages for every VM"),
+        ("\"#cloud-config\\nruncmd: [\\n\"", "Envfile:4:13: user_data is not valid YAML"),
+    ] {
+        let err = error(&format!("{qemu}user_data = {value}\n"));
+        assert!(err.starts_with(message), "{value}: {err}");
+    }
+    let err = error("[defaults]\nbox = \"b\"\nuser_data = \"init.yaml\"\n");
+    assert!(err.starts_with("Envfile:3:13: user_data is cloud-init's") && err.contains("a container machine has no cloud-init"), "{err}");
+}

@@ -304,3 +304,49 @@ fn a_vm_sees_no_state_of_envys_and_cannot_swap_a_synced_folder_out_of_the_projec
     env.envy().args(["destroy", "--force"]).assert().success();
     assert_eq!(canary.contents(), before);
 }
+
+#[test]
+fn provision_files_come_only_from_the_project_and_land_only_in_the_guest() {
+    // A source named outside the project: refused when the Envfile is read.
+    let a = Attack::new("[defaults]\nbox = { path = \"BOX\" }\nprovision = [{ file = \"../canary/secret\", to = \"/root/secret\" }]\n");
+    let (code, err) = a.fails(&["up"]);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("provision file") && err.contains("outside the project"), "{err}");
+    // A source that is a symlink out of the project: refused at `envy up`, nothing made.
+    let canary = a.canary.dir.display().to_string();
+    std::os::unix::fs::symlink(&a.canary.dir, a.env.project.join("out")).unwrap();
+    let envfile = |from: &str, to: &str| {
+        std::fs::write(
+            a.env.project.join("Envfile"),
+            format!("[defaults]\nbox = {{ path = \"{}\" }}\nsync = [\".:/project\"]\nprovision = [{{ file = \"{from}\", to = \"{to}\" }}]\n", common_box(&a)),
+        )
+        .unwrap()
+    };
+    envfile("out/secret", "/root/secret");
+    let (code, err) = a.fails(&["up"]);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("provision file") && err.contains("resolves outside the project"), "{err}");
+    assert!(!a.env.machine_dir("default").join("upper").exists(), "nothing was created");
+    // A link out of the project inside a copied folder is copied as a link, and the
+    // host file it names is not read.
+    std::fs::create_dir(a.env.project.join("conf")).unwrap();
+    std::fs::write(a.env.project.join("conf/app.conf"), "mine\n").unwrap();
+    std::os::unix::fs::symlink(a.canary.dir.join("secret"), a.env.project.join("conf/leak")).unwrap();
+    envfile("conf", "/etc/app");
+    let _cleanup = DestroyOnDrop(&a.env);
+    a.envy().arg("up").assert().success();
+    assert_eq!(a.guest("default", "cat /etc/app/app.conf; readlink /etc/app/leak; cat /etc/app/leak 2>&1 || true"),
+        format!("mine\n{canary}/secret\ncat: can't open '/etc/app/leak': No such file or directory\n"));
+    // The guest plants links at the destination that name the host's canary folder: the
+    // copy is unpacked inside the machine, so it lands in the guest's own tree, and the
+    // host's canary is as it was.
+    a.guest("default", &format!("rm -rf /etc/app && ln -s {canary} /etc/app && mkdir -p {canary}"));
+    a.envy().arg("provision").assert().success();
+    assert_eq!(a.guest("default", &format!("cat {canary}/app.conf")), "mine\n");
+    // A FIFO the guest plants in a copied folder (through the sync) is named, not read.
+    a.guest("default", "mkfifo /project/conf/pipe");
+    let (code, err) = a.fails(&["provision"]);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("conf/pipe: is a FIFO, socket or device"), "{err}");
+    a.assert_host_untouched();
+}

@@ -376,10 +376,14 @@ end
     c.changed("private_network", "reach each other by name");
     c.not_converted("public_network", "never bridges");
     c.not_converted("ansible_local", "ansible-playbook");
-    c.not_converted("\"file\"", "\"file\" provisioner");
+    c.changed("\"file\"", "owned by root:root");
     c.not_converted("(1..NODES).each", "a loop");
     c.not_converted("config.hostmanager", "no Envfile equivalent");
-    assert!(m.provision.is_empty() && m.forwards.is_empty());
+    assert!(m.forwards.is_empty());
+    assert_eq!(
+        m.provision.iter().map(|p| p.action.clone()).collect::<Vec<_>>(),
+        [ProvisionAction::File { from: c.envfile.project_dir.join("a"), to: "/tmp/a".into(), mode: None }]
+    );
 }
 
 #[test]

@@ -168,7 +168,7 @@ fn bare(ctx: &Context, box_name: &str, args: &RunArgs) -> Result<i32> {
             tty: false,
             workdir: Some("/project".into()),
             env: Vec::new(),
-            as_root: false,
+            ..ExecRequest::default()
         };
         provider::for_kind(provider_kind).exec(&plan, &request)
     });

@@ -2,6 +2,7 @@
 //! every error points at file:line:column and the key — and the Envfile.lock that
 //! pins each machine's box to a digest.
 
+pub mod cloud_config;
 mod error;
 mod host;
 pub mod lock;
@@ -57,6 +58,17 @@ pub struct MachineSpec {
     pub provision: Vec<ProvisionStep>,
     /// What must pass before the machine counts as up (`envy up`, `envy run` wait for it).
     pub ready: Option<Ready>,
+    /// The user's cloud-config, merged into envy's NoCloud user-data (qemu only).
+    pub user_data: Option<UserData>,
+}
+
+/// A machine's own cloud-config (`user_data`), from a project file or inline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UserData {
+    /// A file in the project (absolute host path), read when the seed is written.
+    File(PathBuf),
+    /// Text given in the Envfile, starting with `#cloud-config`.
+    Inline(String),
 }
 
 /// Where a machine's box comes from.
@@ -186,6 +198,9 @@ pub enum ProvisionAction {
     Shell(String),
     /// A script file from the project (absolute host path), copied in and run.
     Script(PathBuf),
+    /// A file or folder from the project (absolute host path), copied to `to` in the
+    /// machine, owned by root; `mode` sets a file's permission bits.
+    File { from: PathBuf, to: String, mode: Option<u32> },
 }
 
 /// When a machine counts as ready, as a compose healthcheck says when a service is.

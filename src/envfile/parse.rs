@@ -13,7 +13,7 @@ use toml::Spanned;
 use super::{
     host, Accel, BoxRef, Envfile, Error, Forward, MachineSpec, Protocol, ProviderKind, ProvisionAction, ProvisionStep,
     Ready, ReadyCheck,
-    SyncFolder,
+    SyncFolder, UserData,
 };
 
 /// The smallest disk a machine (or `envy box build --disk-size`) may ask for.
@@ -44,6 +44,7 @@ struct RawMachine {
     sync: Option<Vec<Spanned<toml::Value>>>,
     provision: Option<Vec<Spanned<toml::Value>>>,
     ready: Option<Spanned<toml::Value>>,
+    user_data: Option<Spanned<String>>,
 }
 
 /// Looks for an Envfile in `dir` and its parents.
@@ -111,6 +112,7 @@ fn defaults_as_machine(defaults: &RawMachine) -> RawMachine {
         sync: defaults.sync.clone(),
         provision: defaults.provision.clone(),
         ready: defaults.ready.clone(),
+        user_data: defaults.user_data.clone(),
     }
 }
 
@@ -205,7 +207,32 @@ impl Reader<'_> {
             .transpose()?
             .unwrap_or_default();
         let ready = m.ready.as_ref().or(defaults.ready.as_ref()).map(|r| self.ready(r)).transpose()?;
-        Ok(MachineSpec { name, box_ref, provider, cpus, memory, disk, accel, env, forwards, sync, provision, ready })
+        let user_data = m.user_data.as_ref().or(defaults.user_data.as_ref()).map(|u| self.user_data(u, provider)).transpose()?;
+        Ok(MachineSpec { name, box_ref, provider, cpus, memory, disk, accel, env, forwards, sync, provision, ready, user_data })
+    }
+
+    /// `user_data`: inline text starting with `#cloud-config`, checked now, or a file
+    /// in the project, checked when the seed is written (a guest can change it).
+    fn user_data(&self, value: &Spanned<String>, provider: ProviderKind) -> Result<UserData, Error> {
+        let span = value.span();
+        if provider == ProviderKind::Container {
+            return Err(self.error(span, "user_data is cloud-init's, which reads it from a VM's NoCloud seed; \
+                a container machine has no cloud-init: use provision steps (shell, script, file) instead, \
+                or set provider = \"qemu\""));
+        }
+        let text = value.get_ref();
+        if text.starts_with(super::cloud_config::HEADER) {
+            super::cloud_config::parse(text).map_err(|problem| self.error(span, format!("user_data {problem}")))?;
+            return Ok(UserData::Inline(text.clone()));
+        }
+        let path = normalize(&self.project_dir.join(text));
+        if text.trim().is_empty() || !path.starts_with(self.project_dir) || path == self.project_dir {
+            return Err(self.error(span, format!(
+                "user_data {text:?} is neither a file in the project {} nor inline text starting with `#cloud-config`",
+                self.project_dir.display()
+            )));
+        }
+        Ok(UserData::File(path))
     }
 
     fn box_ref(&self, value: &Spanned<toml::Value>) -> Result<BoxRef, Error> {
@@ -420,8 +447,8 @@ impl Reader<'_> {
 
     fn provision(&self, value: &Spanned<toml::Value>) -> Result<ProvisionStep, Error> {
         let span = value.span();
-        let usage = "a provision step is a shell command string, { shell = \"...\" } or { script = \"path\" }, \
-                     with run = \"always\" to run it on every `envy up`";
+        let usage = "a provision step is a shell command string, { shell = \"...\" }, { script = \"path\" } \
+                     or { file = \"path\", to = \"/guest/path\", mode = \"0644\" }, with run = \"always\" to run it on every `envy up`";
         let table = match value.get_ref() {
             toml::Value::String(cmd) if !cmd.trim().is_empty() => {
                 return Ok(ProvisionStep { action: ProvisionAction::Shell(cmd.clone()), always: false })
@@ -429,7 +456,7 @@ impl Reader<'_> {
             toml::Value::Table(t) => t,
             _ => return Err(self.error(span, usage)),
         };
-        if let Some(key) = table.keys().find(|k| !matches!(k.as_str(), "shell" | "script" | "run")) {
+        if let Some(key) = table.keys().find(|k| !matches!(k.as_str(), "shell" | "script" | "file" | "to" | "mode" | "run")) {
             return Err(self.error(span, format!("unknown key `{key}` in provision step: {usage}")));
         }
         let always = match table.get("run") {
@@ -438,16 +465,16 @@ impl Reader<'_> {
             Some(toml::Value::String(s)) if s == "always" => true,
             Some(other) => return Err(self.error(span, format!("provision run = {other} is not known: use \"once\" (the default) or \"always\""))),
         };
+        if table.contains_key("file") {
+            return Ok(ProvisionStep { action: self.provision_file(table, span)?, always });
+        }
+        if let Some(key) = ["to", "mode"].iter().find(|k| table.contains_key(**k)) {
+            return Err(self.error(span, format!("`{key}` belongs to a file step ({{ file = \"path\", to = \"/guest/path\" }}): {usage}")));
+        }
         let action = match (table.get("shell"), table.get("script")) {
             (Some(toml::Value::String(cmd)), None) => ProvisionAction::Shell(cmd.clone()),
             (None, Some(toml::Value::String(s))) => {
-                let path = normalize(&self.project_dir.join(s));
-                if !path.starts_with(self.project_dir) {
-                    return Err(self.error(span, format!(
-                        "provision script {s:?} is outside the project {}; keep provision scripts in the project",
-                        self.project_dir.display()
-                    )));
-                }
+                let path = self.project_path(s, "provision script", &span)?;
                 // Whether the file is there is checked when it is used (envy up,
                 // envy provision): a synced machine can change it at any time, and
                 // must not be able to make the Envfile unreadable to `envy destroy`.
@@ -456,6 +483,51 @@ impl Reader<'_> {
             _ => return Err(self.error(span, usage)),
         };
         Ok(ProvisionStep { action, always })
+    }
+
+    /// A path the Envfile names in the project, resolved lexically; the file itself is
+    /// opened (below the project, symlinks checked) when it is used.
+    fn project_path(&self, text: &str, key: &str, span: &Range<usize>) -> Result<PathBuf, Error> {
+        let path = normalize(&self.project_dir.join(text));
+        if !path.starts_with(self.project_dir) {
+            return Err(self.error(span.clone(), format!(
+                "{key} {text:?} is outside the project {}; keep it in the project",
+                self.project_dir.display()
+            )));
+        }
+        Ok(path)
+    }
+
+    /// `{ file = "src", to = "/dst", mode = "0644" }`: `to` is the copy's own path in
+    /// the machine (a folder's contents land in it).
+    fn provision_file(&self, table: &toml::map::Map<String, toml::Value>, span: Range<usize>) -> Result<ProvisionAction, Error> {
+        let bad = |msg: String| self.error(span.clone(), msg);
+        if table.contains_key("shell") || table.contains_key("script") {
+            return Err(bad("a provision step is one of shell, script or file, not several".into()));
+        }
+        let Some(toml::Value::String(from)) = table.get("file") else {
+            return Err(bad("provision file must be a path in the project, as a string".into()));
+        };
+        let from = self.project_path(from, "provision file", &span)?;
+        let to = match table.get("to") {
+            Some(toml::Value::String(to)) if to.starts_with('/') && !to.trim_end_matches('/').is_empty() && !to.split('/').any(|c| c == "..") => {
+                to.trim_end_matches('/').to_string()
+            }
+            Some(toml::Value::String(to)) => return Err(bad(format!(
+                "provision file `to = {to:?}` must be an absolute path in the machine, not / and without `..`"
+            ))),
+            Some(_) => return Err(bad("provision file `to` must be a string".into())),
+            None => return Err(bad("provision file needs `to`, the path of the copy in the machine".into())),
+        };
+        let mode = match table.get("mode") {
+            None => None,
+            Some(toml::Value::String(m)) => match u32::from_str_radix(m, 8) {
+                Ok(mode) if mode <= 0o7777 && !m.is_empty() => Some(mode),
+                _ => return Err(bad(format!("provision file mode {m:?} is not an octal mode: write e.g. \"0644\" or \"0755\""))),
+            },
+            Some(other) => return Err(bad(format!("provision file mode = {other} is not an octal mode: write it as a string, e.g. \"0644\""))),
+        };
+        Ok(ProvisionAction::File { from, to, mode })
     }
 
     fn ready(&self, value: &Spanned<toml::Value>) -> Result<Ready, Error> {

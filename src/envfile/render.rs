@@ -5,7 +5,7 @@ use std::path::Path;
 
 use toml::Value;
 
-use super::{MachineSpec, Protocol, ProvisionAction, ReadyCheck};
+use super::{MachineSpec, Protocol, ProvisionAction, ReadyCheck, UserData};
 
 impl MachineSpec {
     /// `[machine.NAME]` with this machine's settings and `box` set to `box_value`.
@@ -60,6 +60,13 @@ impl MachineSpec {
                     ProvisionAction::Shell(cmd) if !p.always => return Value::String(cmd.clone()),
                     ProvisionAction::Shell(cmd) => table.insert("shell".into(), Value::String(cmd.clone())),
                     ProvisionAction::Script(path) => table.insert("script".into(), Value::String(relative(path))),
+                    ProvisionAction::File { from, to, mode } => {
+                        table.insert("file".into(), Value::String(relative(from)));
+                        if let Some(mode) = mode {
+                            table.insert("mode".into(), Value::String(format!("{mode:04o}")));
+                        }
+                        table.insert("to".into(), Value::String(to.clone()))
+                    }
                 };
                 if p.always {
                     table.insert("run".into(), Value::String("always".into()));
@@ -77,6 +84,11 @@ impl MachineSpec {
             let timeout = ("timeout".to_string(), Value::String(format!("{}s", ready.timeout.as_secs())));
             line("ready", Value::Table(toml::Table::from_iter([(check.0.to_string(), check.1), timeout])));
         }
+        match &self.user_data {
+            Some(UserData::File(path)) => line("user_data", Value::String(relative(path))),
+            Some(UserData::Inline(text)) => line("user_data", Value::String(text.clone())),
+            None => {}
+        }
         out
     }
 }
@@ -93,7 +105,7 @@ mod tests {
         let path = dir.path().join("Envfile");
         let text = "[defaults]\nmemory = \"512MiB\"\nsync = [\".:/project\", \"docs:/docs:ro\"]\n\
                     [machine.web]\nbox = \"b\"\nforward = [\"8080:80\", \"0.0.0.0:5353:53/udp\"]\n\
-                    env = { A = \"1\" }\nprovision = [\"echo 'hi'\", { shell = \"date\", run = \"always\" }]\nready = { tcp = 80, timeout = \"2m\" }\n";
+                    env = { A = \"1\" }\nprovision = [\"echo 'hi'\", { shell = \"date\", run = \"always\" }, { file = \"etc/app.conf\", to = \"/etc/app.conf\", mode = \"0640\" }]\nready = { tcp = 80, timeout = \"2m\" }\n";
         let original = parse_str(&path, text, ProviderKind::Container).unwrap();
         let section = original.machines[0].to_section(dir.path(), toml::Value::String("b".into()));
         let again = parse_str(&path, &section, ProviderKind::Qemu).unwrap();

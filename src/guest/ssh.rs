@@ -202,9 +202,9 @@ impl SshTarget {
             && &banner == b"SSH-"
     }
 
-    /// Runs a remote command line with the caller's stdio; returns its exit code
-    /// (255 when ssh itself failed).
-    pub fn run(&self, remote: &str, tty: bool) -> Result<i32> {
+    /// Runs a remote command line with the caller's stdio (stdin from the file `stdin`
+    /// when given); returns its exit code (255 when ssh itself failed).
+    pub fn run(&self, remote: &str, tty: bool, stdin: Option<&Path>) -> Result<i32> {
         if !self.master_exists() {
             // Make the master first, detached, so it never holds the caller's stdio.
             self.probe();
@@ -213,6 +213,9 @@ impl SshTarget {
         command.args(["-o", "ControlMaster=no"]);
         command.arg(if tty { "-tt" } else { "-T" });
         command.args(["127.0.0.1", "--", remote]);
+        if let Some(path) = stdin {
+            command.stdin(std::fs::File::open(path).with_context(|| format!("cannot open {} to send it over ssh", path.display()))?);
+        }
         tracing::debug!("ssh command: {:?}", command);
         let status = command.status().map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => anyhow::Error::from(Error::MissingTool {

@@ -69,6 +69,10 @@ pub struct ExecRequest {
     /// Run as root even when the box's image config names another user
     /// (provisioning is root's, as documented in docs/envfile.md).
     pub as_root: bool,
+    /// A host file streamed to the command's stdin instead of the caller's (a tar that
+    /// `tar -x` unpacks inside the machine: envy never writes into a guest's files from
+    /// the host).
+    pub stdin: Option<PathBuf>,
 }
 
 /// One saved snapshot of a machine.

@@ -93,6 +93,7 @@ impl TestMachine {
             },
             provision: vec![],
             ready: None,
+            user_data: None,
         };
         let plan = MachinePlan {
             home,

@@ -134,6 +134,9 @@ impl Runc {
             cmd.arg("--tty");
         }
         cmd.arg(id).args(&request.command);
+        if let Some(path) = &request.stdin {
+            cmd.stdin(File::open(path).with_context(|| format!("cannot open {} to send it into container {id}", path.display()))?);
+        }
         tracing::debug!(?cmd, "running");
         let status = cmd.status().map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => anyhow::Error::from(tool::missing("runc")),

@@ -233,7 +233,9 @@ impl QemuProvider {
         let net = Segment::of(plan)?;
         let public_key = std::fs::read_to_string(files.ssh_public_key())
             .with_context(|| format!("cannot read {}", files.ssh_public_key().display()))?;
-        seed::write(&files.seed, &seed::meta_data(plan), &seed::user_data(plan, &public_key, net.as_ref()))?;
+        let user = plan.user_cloud_config()?.unwrap_or_default();
+        let user_data = crate::envfile::cloud_config::merge(&seed::user_data(plan, &public_key, net.as_ref()), &user);
+        seed::write(&files.seed, &seed::meta_data(plan), &user_data)?;
 
         let mut record = RuntimeRecord::load(files);
         let ssh_port = network::pick_ssh_port(record.ssh_port)?;
@@ -386,7 +388,7 @@ impl Provider for QemuProvider {
         let (_, target) = self.running_target(plan)?;
         let default_workdir = plan.spec.sync.first().map(|s| s.guest.as_str()).unwrap_or("/");
         let env: Vec<(String, String)> = plan.spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        target.run(&ssh::remote_command(request, default_workdir, &env)?, request.tty)
+        target.run(&ssh::remote_command(request, default_workdir, &env)?, request.tty, request.stdin.as_deref())
     }
 
     fn shell(&self, plan: &MachinePlan) -> Result<i32> {

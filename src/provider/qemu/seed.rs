@@ -157,6 +157,41 @@ bootcmd:
     }
 
     #[test]
+    fn the_users_cloud_config_follows_envys_exactly() {
+        let plan = crate::plan::test_plan("/p", "/h", "[machine.vm]\nbox = \"x\"\nprovider = \"qemu\"\n", "vm");
+        let user = crate::envfile::cloud_config::parse(
+            "#cloud-config\nwrite_files:\n- path: /etc/motd\n  content: |\n    hostname: not envy's\n  permissions: '0644'\nruncmd: [[touch, /x]]\n",
+        )
+        .unwrap();
+        let text = crate::envfile::cloud_config::merge(&user_data(&plan, "ssh-ed25519 AAAAkey envy", None), &user);
+        assert_eq!(
+            text,
+            r#"#cloud-config
+hostname: "vm"
+disable_root: false
+ssh_pwauth: false
+users:
+  - default
+ssh_authorized_keys:
+  - "ssh-ed25519 AAAAkey envy"
+# from the Envfile's user_data
+write_files:
+- path: /etc/motd
+  content: |
+    hostname: not envy's
+  permissions: '0644'
+runcmd:
+- - touch
+  - /x
+"#
+        );
+        // What a line reader of envy's layout (the minimal boxes' init) takes as the
+        // hostname is still envy's: the user's text is indented below its own keys.
+        let hostnames: Vec<&str> = text.lines().filter(|l| l.starts_with("hostname:")).collect();
+        assert_eq!(hostnames, ["hostname: \"vm\""]);
+    }
+
+    #[test]
     fn seed_image_holds_both_files_under_the_cidata_label() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("seed.img");
