@@ -77,6 +77,11 @@ impl MachineSpec {
             let timeout = ("timeout".to_string(), Value::String(format!("{}s", ready.timeout.as_secs())));
             line("ready", Value::Table(toml::Table::from_iter([(check.0.to_string(), check.1), timeout])));
         }
+        match self.forward_auto {
+            Some(auto) if auto.min_port == super::AUTO_FORWARD_MIN_PORT => line("forward_auto", Value::Boolean(true)),
+            Some(auto) => line("forward_auto", Value::Table(toml::Table::from_iter([("min_port".to_string(), Value::Integer(auto.min_port.into()))]))),
+            None => {}
+        }
         out
     }
 }

@@ -204,6 +204,7 @@ fn spec(name: &str, project_dir: &Path, forwards: Vec<Forward>) -> MachineSpec {
         sync: vec![SyncFolder { host: project_dir.to_path_buf(), guest: "/project".into(), readonly: false, allow_outside: false }],
         provision: Vec::new(),
         ready: None,
+        forward_auto: None,
     }
 }
 

@@ -93,6 +93,7 @@ impl TestMachine {
             },
             provision: vec![],
             ready: None,
+            forward_auto: None,
         };
         let plan = MachinePlan {
             home,
