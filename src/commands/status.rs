@@ -43,6 +43,7 @@ pub fn machine_json(plan: &MachinePlan) -> Result<serde_json::Value> {
         "ssh_port": info.ssh_port,
         "pid": info.pid,
         "forwards": forwards,
+        "auto_forwards": crate::autoforward::live(plan),
         "provisioned": record.as_ref().is_some_and(|r| r.provisioned),
         "log_tail": if state == MachineState::Stopped { info.log_tail } else { None },
     }))
