@@ -221,3 +221,30 @@ fn registry_images_read_like_the_command_line_and_bad_ones_point_at_the_value() 
     let err = error("[machine.m]\nbox = \"oci://ghcr.io/Team/app\"\n");
     assert!(err.starts_with("Envfile:2:7:") && err.contains("is not an image reference"), "{err}");
 }
+
+#[test]
+fn forward_auto_is_off_by_default_and_taken_from_defaults_or_a_machine() {
+    let envfile = parse(
+        "[defaults]\nbox = \"b\"\nforward_auto = true\n\n[machine.web]\n\n[machine.api]\nforward_auto = { min_port = 80 }\n\n\
+         [machine.db]\nforward_auto = false\n\n[machine.vm]\nprovider = \"qemu\"\nforward_auto = { enabled = false }\n",
+    )
+    .unwrap();
+    let auto = |name: &str| envfile.machine(name).unwrap().forward_auto.map(|a| a.min_port);
+    assert_eq!((auto("web"), auto("api"), auto("db"), auto("vm")), (Some(1025), Some(80), None, None));
+    assert_eq!(parse("[defaults]\nbox = \"b\"\n").unwrap().machines[0].forward_auto, None);
+}
+
+#[test]
+fn a_bad_forward_auto_is_refused_with_its_place() {
+    for (text, want) in [
+        ("[defaults]\nbox = \"b\"\nforward_auto = \"yes\"\n", "Envfile:3:16: forward_auto is true, false, or a table"),
+        ("[defaults]\nbox = \"b\"\nforward_auto = { min = 80 }\n", "Envfile:3:16: unknown key `min` in forward_auto"),
+        ("[defaults]\nbox = \"b\"\nforward_auto = { min_port = 0 }\n", "Envfile:3:16: forward_auto.min_port = 0 is not a port"),
+        ("[defaults]\nbox = \"b\"\nforward_auto = { min_port = 70000 }\n", "forward_auto.min_port = 70000 is not a port"),
+        ("[defaults]\nbox = \"b\"\nforward_auto = { enabled = 1 }\n", "forward_auto.enabled = 1 must be true or false"),
+        ("[defaults]\nbox = \"b\"\nprovider = \"qemu\"\nforward_auto = true\n", "Envfile:4:16: forward_auto is not available for qemu machines yet (machine default)"),
+    ] {
+        let err = error(text);
+        assert!(err.contains(want), "{text:?}: {err}");
+    }
+}
