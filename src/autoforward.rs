@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 use std::net::{IpAddr, Ipv4Addr};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -93,6 +94,8 @@ pub fn restart(ctx: &Context, plan: &MachinePlan) -> Result<()> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&log_path)
         .with_context(|| format!("cannot open the forward_auto log {}", log_path.display()))?;
     let exe = std::env::current_exe().context("cannot find envy's own executable to start the forward_auto watcher")?;

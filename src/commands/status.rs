@@ -58,6 +58,9 @@ pub fn print_table(rows: &[serde_json::Value]) {
             .into_iter()
             .flatten()
             .map(|f| format!("{}:{}->{}", f["host_ip"].as_str().unwrap_or(""), f["host_port"], f["guest_port"]))
+            .chain(row["auto_forwards"].as_array().into_iter().flatten().map(|f| {
+                format!("{}:{}->{} (auto)", f["host_ip"].as_str().unwrap_or(""), f["host_port"], f["guest_port"])
+            }))
             .collect();
         println!(
             "{:<16} {:<10} {:<12} {}",
