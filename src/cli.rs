@@ -89,6 +89,9 @@ folder at /project instead.")]
     /// Print envy's man page (roff).
     #[command(hide = true)]
     Man,
+    /// The forward_auto watcher of one machine, started detached by `envy up`.
+    #[command(name = "__forward-watch", hide = true)]
+    ForwardWatch(MachineArg),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

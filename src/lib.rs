@@ -1,6 +1,7 @@
 //! envy: reproducible dev environments from verified boxes, booted as QEMU/KVM
 //! machines or OCI containers. `run` is the whole program; `main.rs` only calls it.
 
+pub mod autoforward;
 pub mod boxes;
 pub mod cli;
 pub mod commands;

@@ -197,6 +197,7 @@ fn read_script(plan: &MachinePlan, path: &Path) -> Result<String> {
 
 /// Removes the machine and its record; the Envfile.lock and the box store stay.
 pub fn destroy(ctx: &Context, plan: &MachinePlan) -> Result<()> {
+    crate::autoforward::stop(plan);
     let provider = provider::for_kind(plan.spec.provider);
     provider.destroy(plan, &ctx.ui)?;
     match std::fs::remove_dir_all(&plan.dir) {
@@ -325,7 +326,7 @@ fn proto_name(p: Protocol) -> &'static str {
     }
 }
 
-fn port_free(f: &Forward, port: u16) -> bool {
+pub(crate) fn port_free(f: &Forward, port: u16) -> bool {
     let addr = SocketAddr::new(f.host_ip, port);
     match f.protocol {
         Protocol::Tcp => TcpListener::bind(addr).is_ok(),

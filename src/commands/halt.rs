@@ -15,6 +15,7 @@ pub fn run(ctx: &Context, args: HaltArgs) -> Result<i32> {
     for spec in machines {
         let plan = ws.plan(&ctx.home, spec)?;
         let provider = provider::for_kind(spec.provider);
+        crate::autoforward::stop(&plan);
         match provider.state(&plan)? {
             MachineState::Running => {
                 ctx.ui.step(format!("{}: halting", spec.name));

@@ -49,6 +49,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Command::Box(cmd) => box_::run(&ctx, cmd),
         Command::Share(args) => share::run(&ctx, args),
         Command::Doctor => doctor::run(&ctx),
+        Command::ForwardWatch(args) => crate::autoforward::watch(&ctx, args.machine.as_deref().unwrap_or_default()),
     }
 }
 

@@ -20,11 +20,13 @@ pub fn run(ctx: &Context, args: MachinesArgs) -> Result<i32> {
     for spec in machines {
         let mut plan = ws.plan(&ctx.home, spec)?;
         let provider = provider::for_kind(spec.provider);
+        crate::autoforward::stop(&plan);
         if provider.state(&plan)? == MachineState::Running {
             ctx.ui.step(format!("{}: halting", spec.name));
             provider.halt(&plan, false, &ctx.ui)?;
         }
         lifecycle::up(ctx, &mut plan, &mut lock, Some(&lock_path), UpOptions::default())?;
+        crate::autoforward::restart(ctx, &plan)?;
     }
     Ok(0)
 }

@@ -43,6 +43,7 @@ pub fn machine_json(plan: &MachinePlan) -> Result<serde_json::Value> {
         "ssh_port": info.ssh_port,
         "pid": info.pid,
         "forwards": forwards,
+        "auto_forwards": crate::autoforward::live(plan),
         "provisioned": record.as_ref().is_some_and(|r| r.provisioned),
         "log_tail": if state == MachineState::Stopped { info.log_tail } else { None },
     }))
@@ -57,6 +58,9 @@ pub fn print_table(rows: &[serde_json::Value]) {
             .into_iter()
             .flatten()
             .map(|f| format!("{}:{}->{}", f["host_ip"].as_str().unwrap_or(""), f["host_port"], f["guest_port"]))
+            .chain(row["auto_forwards"].as_array().into_iter().flatten().map(|f| {
+                format!("{}:{}->{} (auto)", f["host_ip"].as_str().unwrap_or(""), f["host_port"], f["guest_port"])
+            }))
             .collect();
         println!(
             "{:<16} {:<10} {:<12} {}",

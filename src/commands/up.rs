@@ -21,6 +21,7 @@ pub fn run(ctx: &Context, args: UpArgs) -> Result<i32> {
     for spec in machines {
         let mut plan = ws.plan(&ctx.home, spec)?;
         lifecycle::up(ctx, &mut plan, &mut lock, Some(&lock_path), opts)?;
+        crate::autoforward::restart(ctx, &plan)?;
     }
     Ok(0)
 }

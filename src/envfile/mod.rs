@@ -58,6 +58,8 @@ pub struct MachineSpec {
     pub provision: Vec<ProvisionStep>,
     /// What must pass before the machine counts as up (`envy up`, `envy run` wait for it).
     pub ready: Option<Ready>,
+    /// Forward each TCP port that starts listening in the machine (`forward_auto`).
+    pub forward_auto: Option<AutoForward>,
     /// The user's cloud-config, merged into envy's NoCloud user-data (qemu only).
     pub user_data: Option<UserData>,
 }
@@ -70,6 +72,16 @@ pub enum UserData {
     /// Text given in the Envfile, starting with `#cloud-config`.
     Inline(String),
 }
+
+/// `forward_auto`: guest ports that start listening are forwarded to the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AutoForward {
+    /// The lowest guest port forwarded (1025 unless the Envfile allows lower).
+    pub min_port: u16,
+}
+
+/// The lowest guest port `forward_auto` forwards when the Envfile does not say.
+pub const AUTO_FORWARD_MIN_PORT: u16 = 1025;
 
 /// Where a machine's box comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    host, Accel, BoxRef, Envfile, Error, Forward, MachineSpec, Protocol, ProviderKind, ProvisionAction, ProvisionStep,
+    host, Accel, AutoForward, BoxRef, Envfile, Error, Forward, MachineSpec, Protocol, ProviderKind, ProvisionAction, ProvisionStep,
     Ready, ReadyCheck,
     SyncFolder, UserData,
 };
@@ -45,6 +45,7 @@ struct RawMachine {
     provision: Option<Vec<Spanned<toml::Value>>>,
     ready: Option<Spanned<toml::Value>>,
     user_data: Option<Spanned<String>>,
+    forward_auto: Option<Spanned<toml::Value>>,
 }
 
 /// Looks for an Envfile in `dir` and its parents.
@@ -113,6 +114,7 @@ fn defaults_as_machine(defaults: &RawMachine) -> RawMachine {
         provision: defaults.provision.clone(),
         ready: defaults.ready.clone(),
         user_data: defaults.user_data.clone(),
+        forward_auto: defaults.forward_auto.clone(),
     }
 }
 
@@ -208,7 +210,11 @@ impl Reader<'_> {
             .unwrap_or_default();
         let ready = m.ready.as_ref().or(defaults.ready.as_ref()).map(|r| self.ready(r)).transpose()?;
         let user_data = m.user_data.as_ref().or(defaults.user_data.as_ref()).map(|u| self.user_data(u, provider)).transpose()?;
-        Ok(MachineSpec { name, box_ref, provider, cpus, memory, disk, accel, env, forwards, sync, provision, ready, user_data })
+        let forward_auto = match m.forward_auto.as_ref().or(defaults.forward_auto.as_ref()) {
+            Some(value) => self.forward_auto(value, &name, provider)?,
+            None => None,
+        };
+        Ok(MachineSpec { name, box_ref, provider, cpus, memory, disk, accel, env, forwards, sync, provision, ready, user_data, forward_auto })
     }
 
     /// `user_data`: inline text starting with `#cloud-config`, checked now, or a file
@@ -565,6 +571,43 @@ impl Reader<'_> {
             Some(other) => return Err(bad(format!("ready timeout = {other} is not a duration: write e.g. \"90s\" or \"5m\""))),
         };
         Ok(Ready { check, timeout })
+    }
+
+    /// `forward_auto = true`, or `{ enabled = true, min_port = 80 }` to forward ports
+    /// below 1025 too.
+    fn forward_auto(&self, value: &Spanned<toml::Value>, machine: &str, provider: ProviderKind) -> Result<Option<AutoForward>, Error> {
+        let bad = |msg: String| self.error(value.span(), msg);
+        let usage = "forward_auto is true, false, or a table { enabled = true, min_port = 1025 }";
+        let (enabled, min_port) = match value.get_ref() {
+            toml::Value::Boolean(b) => (*b, super::AUTO_FORWARD_MIN_PORT),
+            toml::Value::Table(t) => {
+                if let Some(key) = t.keys().find(|k| !matches!(k.as_str(), "enabled" | "min_port")) {
+                    return Err(bad(format!("unknown key `{key}` in forward_auto: {usage}")));
+                }
+                let enabled = match t.get("enabled") {
+                    None => true,
+                    Some(toml::Value::Boolean(b)) => *b,
+                    Some(other) => return Err(bad(format!("forward_auto.enabled = {other} must be true or false"))),
+                };
+                let min_port = match t.get("min_port") {
+                    None => super::AUTO_FORWARD_MIN_PORT,
+                    Some(toml::Value::Integer(n)) => match u16::try_from(*n) {
+                        Ok(p) if p > 0 => p,
+                        _ => return Err(bad(format!("forward_auto.min_port = {n} is not a port: give 1 to 65535"))),
+                    },
+                    Some(other) => return Err(bad(format!("forward_auto.min_port = {other} is not a port: give 1 to 65535"))),
+                };
+                (enabled, min_port)
+            }
+            _ => return Err(bad(usage.into())),
+        };
+        if enabled && provider == ProviderKind::Qemu {
+            return Err(bad(format!(
+                "forward_auto is not available for qemu machines yet (machine {machine}); declare the VM's ports with `forward`, \
+                 or set forward_auto = false for it"
+            )));
+        }
+        Ok(enabled.then_some(AutoForward { min_port }))
     }
 
     /// Two forwards may not claim the same host address, port and protocol.

@@ -89,6 +89,11 @@ impl MachineSpec {
             Some(UserData::Inline(text)) => line("user_data", Value::String(text.clone())),
             None => {}
         }
+        match self.forward_auto {
+            Some(auto) if auto.min_port == super::AUTO_FORWARD_MIN_PORT => line("forward_auto", Value::Boolean(true)),
+            Some(auto) => line("forward_auto", Value::Table(toml::Table::from_iter([("min_port".to_string(), Value::Integer(auto.min_port.into()))]))),
+            None => {}
+        }
         out
     }
 }

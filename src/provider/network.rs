@@ -353,22 +353,41 @@ impl ProjectNet {
             self.api(json!({"execute": "remove_hostfwd", "arguments": {"id": stale.id}}))?;
         }
         for forward in wanted.iter().filter(|w| !current.iter().any(|f| same(f, w))) {
-            let request = json!({"execute": "add_hostfwd", "arguments": {
-                "proto": proto_name(forward.protocol),
-                "host_addr": forward.host_ip.to_string(),
-                "host_port": forward.host_port,
-                "guest_addr": guest,
-                "guest_port": forward.guest_port,
-            }});
-            self.api(request).map_err(|e| {
-                Error::Other(format!(
-                    "cannot forward {}:{} to machine {machine} port {} ({}): {e:#}; another program may be using that host port: free it or change the forward in the Envfile",
-                    forward.host_ip, forward.host_port, forward.guest_port, proto_name(forward.protocol)
-                ))
-            })?;
+            self.add_forward(machine, ip, forward)?;
         }
         let record = ForwardsRecord { machine: machine.to_string(), forwards: wanted.to_vec() };
         crate::state::write_atomic(&self.forwards_record(ip), &serde_json::to_vec(&record)?)
+    }
+
+    /// Adds one forward to `ip` beside the others (`forward_auto`'s watcher). Not kept in
+    /// the forwards record: the watcher that added it owns it.
+    pub fn add_forward(&self, machine: &str, ip: Ipv4Addr, forward: &Forward) -> Result<()> {
+        let request = json!({"execute": "add_hostfwd", "arguments": {
+            "proto": proto_name(forward.protocol),
+            "host_addr": forward.host_ip.to_string(),
+            "host_port": forward.host_port,
+            "guest_addr": ip.to_string(),
+            "guest_port": forward.guest_port,
+        }});
+        self.api(request).map(drop).map_err(|e| {
+            Error::Other(format!(
+                "cannot forward {}:{} to machine {machine} port {} ({}): {e:#}; another program may be using that host port: free it or change the forward in the Envfile",
+                forward.host_ip, forward.host_port, forward.guest_port, proto_name(forward.protocol)
+            ))
+            .into()
+        })
+    }
+
+    /// Removes the one forward to `ip` that `add_forward` made (none left is no error).
+    pub fn remove_forward(&self, ip: Ipv4Addr, forward: &Forward) -> Result<()> {
+        let guest = ip.to_string();
+        let matching = self.forwards()?.into_iter().filter(|f| {
+            f.guest_addr == guest && f.proto == proto_name(forward.protocol) && f.host_port == forward.host_port && f.guest_port == forward.guest_port
+        });
+        for f in matching {
+            self.api(json!({"execute": "remove_hostfwd", "arguments": {"id": f.id}}))?;
+        }
+        Ok(())
     }
 
     /// Removes every forward to `ip` (nothing to do when slirp is gone).

@@ -10,7 +10,7 @@ pub mod registry;
 
 pub use fsutil::{create_private, create_private_dir, open_below, open_in_root, read_fd, read_private, write_atomic, Follow};
 pub use lock::ProjectLock;
-pub use pidfile::{boot_id, PidFile};
+pub use pidfile::{boot_id, start_time, PidFile};
 
 use std::path::PathBuf;
 

@@ -15,7 +15,7 @@ pub fn boot_id() -> String {
 }
 
 /// A process's start time in clock ticks since boot (field 22 of /proc/PID/stat).
-fn start_time(pid: u32) -> Option<u64> {
+pub fn start_time(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces and parens; fields resume after the last ')'.
     let rest = &stat[stat.rfind(')')? + 1..];

@@ -198,6 +198,7 @@ fn spec(name: &str, project_dir: &Path, forwards: Vec<Forward>) -> MachineSpec {
         provision: Vec::new(),
         ready: None,
         user_data: None,
+        forward_auto: None,
     }
 }
 

@@ -94,6 +94,7 @@ impl TestMachine {
             provision: vec![],
             ready: None,
             user_data: None,
+            forward_auto: None,
         };
         let plan = MachinePlan {
             home,
