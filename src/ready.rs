@@ -36,7 +36,7 @@ pub fn wait(ctx: &Context, plan: &MachinePlan) -> Result<()> {
     let Some(ready) = &plan.spec.ready else { return Ok(()) };
     let name = plan.name().to_string();
     let check = describe(&ready.check);
-    let request = ExecRequest { command: probe(&ready.check), tty: false, workdir: None, env: Vec::new() };
+    let request = ExecRequest { command: probe(&ready.check), tty: false, workdir: None, env: Vec::new(), as_root: false };
     let provider = provider::for_kind(plan.spec.provider);
     ctx.ui.step(format!("{name}: waiting until ready ({check}), at most {}s", ready.timeout.as_secs()));
     let start = Instant::now();

@@ -93,7 +93,7 @@ fn replica(ctx: &Context, args: &RunArgs) -> Result<i32> {
 /// Runs CMD in the machine. A SIGTERM goes to envy alone, not to CMD: the machine is
 /// then destroyed under CMD, which ends it, so a cancelled run does not wait for CMD.
 fn exec_until_interrupted(ctx: &Context, plan: &MachinePlan, command: &[String]) -> Result<i32> {
-    let request = ExecRequest { command: command.to_vec(), tty: false, workdir: None, env: Vec::new() };
+    let request = ExecRequest { command: command.to_vec(), tty: false, workdir: None, env: Vec::new(), as_root: false };
     std::thread::scope(|scope| {
         let running = scope.spawn(|| provider::for_kind(plan.spec.provider).exec(plan, &request));
         let mut stopped = false;

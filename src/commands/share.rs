@@ -100,7 +100,7 @@ fn push(ctx: &Context, ws: &Workspace, plan: &crate::plan::MachinePlan, record: 
         .context("cannot make a staging folder in the project's state dir")?;
     let digest = {
         // Held while packing: a halt or destroy must not pull the machine away mid-copy.
-        let _lock = ProjectLock::acquire(&ws.project.state_dir, ctx.no_wait, &ctx.ui)?;
+        let _lock = ProjectLock::acquire(&ws.project.state_dir, &ws.project.dir, ctx.no_wait, &ctx.ui)?;
         match provider::for_kind(plan.spec.provider).export_image(plan, &stored, staging.path(), &ctx.ui)? {
             ImageExport::Layer(delta) => {
                 ctx.ui.step(format!("{}: pushing to {image}", plan.name()));

@@ -1,7 +1,7 @@
 //! The qemu provider: each machine is a QEMU process over a qcow2 overlay of the box's
 //! disk, configured through a NoCloud seed, controlled over QMP and entered over SSH.
 //! One concern per file: accel (KVM or TCG), cmdline, disk, seed, network, process,
-//! qmp, snapshot, files (where everything lives).
+//! qmp, snapshot, virtiofs (fast sync folders), files (where everything lives).
 
 pub mod accel;
 mod cmdline;
@@ -12,6 +12,7 @@ mod process;
 mod qmp;
 mod seed;
 mod snapshot;
+pub mod virtiofs;
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
@@ -30,6 +31,7 @@ use crate::ui::Ui;
 use cmdline::QemuCommand;
 use files::MachineFiles;
 use network::Segment;
+use virtiofs::Transport;
 
 /// Seconds `up` waits for SSH; override with this environment variable.
 pub const BOOT_TIMEOUT_ENV: &str = "ENVY_BOOT_TIMEOUT";
@@ -51,6 +53,9 @@ struct RuntimeRecord {
     /// envy stopped the machine on purpose (halt), so its console tail is no news.
     #[serde(default)]
     halted: bool,
+    /// How each sync folder was shared at the last start, in Envfile order.
+    #[serde(default)]
+    sync: Vec<Transport>,
 }
 
 const RUNTIME_RECORD_VERSION: u32 = 1;
@@ -144,6 +149,7 @@ fn remove_files(files: &MachineFiles) -> Vec<PathBuf> {
     files
         .all()
         .into_iter()
+        .chain(virtiofs::all_files(files))
         .filter(|path| match std::fs::remove_file(path) {
             Ok(()) => false,
             Err(e) => e.kind() != std::io::ErrorKind::NotFound,
@@ -176,10 +182,11 @@ fn qemu_command(
     ssh_port: u16,
     net: Option<(&Segment, &OwnedFd)>,
     folders: &[OpenedFolder],
+    transports: &[Transport],
 ) -> Result<std::process::Command, Error> {
     let payload = qemu_payload(plan, stored)?;
     let mut qemu = QemuCommand::new(&plan.runtime_id);
-    qemu.machine(accel).cpus(plan.spec.cpus).memory(plan.spec.memory);
+    qemu.machine(accel).cpus(plan.spec.cpus).memory(plan.spec.memory, transports.contains(&Transport::Virtiofs));
     if payload.boot == BootMethod::Kernel {
         let kernel = payload.kernel.as_deref().ok_or_else(|| {
             Error::Other(format!(
@@ -200,8 +207,11 @@ fn qemu_command(
     if let Some((net, tap)) = net {
         qemu.nic(&Segment::netdev("net1", tap), "net1", &net.mac);
     }
-    for (i, opened) in folders.iter().enumerate() {
-        qemu.shared_folder(&opened.proc_path(), &seed::mount_tag(i), opened.folder.readonly);
+    for (i, (opened, transport)) in folders.iter().zip(transports).enumerate() {
+        match transport {
+            Transport::Virtiofs => qemu.virtiofs(&virtiofs::socket(files, i), &seed::mount_tag(i)),
+            Transport::NineP => qemu.shared_folder(&opened.proc_path(), &seed::mount_tag(i), opened.folder.readonly),
+        };
     }
     qemu.console_log(&files.console_log).qmp(&files.qmp_socket).daemonize(&files.qemu_pidfile);
     Ok(qemu.build())
@@ -215,6 +225,7 @@ impl QemuProvider {
         plan: &MachinePlan,
         stored: &StoredBox,
         files: &MachineFiles,
+        transports: &[Transport],
         ui: &Ui,
     ) -> Result<(u16, Option<Segment>)> {
         let payload = qemu_payload(plan, stored)?;
@@ -233,7 +244,7 @@ impl QemuProvider {
         let net = Segment::of(plan)?;
         let public_key = std::fs::read_to_string(files.ssh_public_key())
             .with_context(|| format!("cannot read {}", files.ssh_public_key().display()))?;
-        seed::write(&files.seed, &seed::meta_data(plan), &seed::user_data(plan, &public_key, net.as_ref()))?;
+        seed::write(&files.seed, &seed::meta_data(plan), &seed::user_data(plan, &public_key, net.as_ref(), transports))?;
 
         let mut record = RuntimeRecord::load(files);
         let ssh_port = network::pick_ssh_port(record.ssh_port)?;
@@ -241,6 +252,7 @@ impl QemuProvider {
         record.version = RUNTIME_RECORD_VERSION;
         record.ssh_port = Some(ssh_port);
         record.halted = false;
+        record.sync = transports.to_vec();
         record.save(files)?;
         Ok((ssh_port, net))
     }
@@ -311,7 +323,7 @@ impl Provider for QemuProvider {
                 machine: plan.name().into(),
                 key: "sync folder",
                 path: opened.folder.host.clone(),
-                problem: "is a file; a VM shares folders only (9p): sync its folder instead".into(),
+                problem: "is a file; a VM shares folders only (virtiofs or 9p): sync its folder instead".into(),
             }
             .into());
         }
@@ -319,10 +331,11 @@ impl Provider for QemuProvider {
             net.check_host(plan)?;
         }
         let accel = accel::choose(plan.spec.accel, ui)?;
+        let (virtiofsd, transports) = virtiofs::choose(&folders);
 
         // A machine created by this call that fails before QEMU runs leaves nothing.
         let creating = !files.overlay.exists();
-        let started = self.prepare(plan, stored, &files, ui).and_then(|(ssh_port, net)| {
+        let started = self.prepare(plan, stored, &files, &transports, ui).and_then(|(ssh_port, net)| {
             let target = ssh_target(&files, ssh_port);
             target.close_master();
             // Console and SSH logs hold the current boot only.
@@ -330,7 +343,11 @@ impl Provider for QemuProvider {
             let _ = std::fs::remove_file(&files.ssh_log);
             // envy's copy of the tap closes after the start; QEMU's keeps it alive.
             let tap = net.as_ref().map(|n| n.attach(plan)).transpose()?;
-            let command = qemu_command(plan, stored, &files, accel, ssh_port, net.as_ref().zip(tap.as_ref()), &folders)?;
+            let command = qemu_command(plan, stored, &files, accel, ssh_port, net.as_ref().zip(tap.as_ref()), &folders, &transports)?;
+            for (i, opened) in folders.iter().enumerate().filter(|(i, _)| transports[*i] == Transport::Virtiofs) {
+                let binary = virtiofsd.as_deref().context("virtiofs was chosen without a virtiofsd")?;
+                virtiofs::start(binary, &files, i, opened)?;
+            }
             ui.step(format!("{}: booting ({}, SSH on 127.0.0.1:{ssh_port})", plan.name(), accel.name()));
             let inherited: Vec<RawFd> = folders.iter().map(|f| f.fd.as_raw_fd()).chain(tap.as_ref().map(|t| t.as_raw_fd())).collect();
             process::start(command, &files, &inherited)?;
@@ -339,6 +356,7 @@ impl Provider for QemuProvider {
         let target = match started {
             Ok(target) => target,
             Err(e) => {
+                virtiofs::stop_all(&files);
                 if creating {
                     remove_files(&files);
                 }
@@ -374,6 +392,7 @@ impl Provider for QemuProvider {
             ssh_port: record.ssh_port,
             pid,
             log_tail: died.then(|| files.console_tail(LOG_TAIL_LINES)),
+            sync_transport: record.sync.iter().map(|t| t.name().to_string()).collect(),
         })
     }
 
@@ -438,7 +457,7 @@ impl Provider for QemuProvider {
         if running && !info.memory {
             ui.warn(format!(
                 "snapshot {name} of machine {} holds its disk only: QEMU cannot save memory while \
-                 sync folders (9p) are mounted; restoring it halts the machine",
+                 sync folders (9p or virtiofs) are attached; restoring it halts the machine",
                 plan.name()
             ));
         }
