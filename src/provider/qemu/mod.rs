@@ -351,6 +351,12 @@ impl Provider for QemuProvider {
             ui.step(format!("{}: booting ({}, SSH on 127.0.0.1:{ssh_port})", plan.name(), accel.name()));
             let inherited: Vec<RawFd> = folders.iter().map(|f| f.fd.as_raw_fd()).chain(tap.as_ref().map(|t| t.as_raw_fd())).collect();
             process::start(command, &files, &inherited)?;
+            for (i, opened) in folders.iter().enumerate().filter(|(i, _)| transports[*i] == Transport::Virtiofs) {
+                if let Err(e) = virtiofs::verify(&files, i, opened) {
+                    let _ = process::stop_now(&files);
+                    return Err(e.into());
+                }
+            }
             Ok(target)
         });
         let target = match started {
@@ -453,7 +459,9 @@ impl Provider for QemuProvider {
             // Flush the guest's page cache so even a disk-only snapshot is complete.
             let _ = self.exec(plan, &ExecRequest { command: vec!["sync".into()], ..Default::default() });
         }
-        let info = snapshot::save(&files, plan.name(), name, running)?;
+        // Sync folders attached at the last start block saving memory (9p and vhost-user-fs alike).
+        let with_memory = RuntimeRecord::load(&files).sync.is_empty();
+        let info = snapshot::save(&files, plan.name(), name, running, with_memory)?;
         if running && !info.memory {
             ui.warn(format!(
                 "snapshot {name} of machine {} holds its disk only: QEMU cannot save memory while \

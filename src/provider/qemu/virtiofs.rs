@@ -112,9 +112,12 @@ pub fn all_files(files: &MachineFiles) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Starts virtiofsd for the folder at `index` and waits for its socket. It runs in
-/// the opened folder (fchdir to the fd) and shares `.`, so what it serves is what envy
-/// opened and checked, whatever happens to the path afterwards.
+/// Starts virtiofsd for the folder at `index` and waits for its socket. virtiofsd
+/// closes inherited fds and moves to `/` before it opens its source, so neither
+/// /proc/self/fd/N nor a cwd can name the opened folder: it gets the path the fd
+/// resolves to now, and `verify` checks, once QEMU connected and virtiofsd sandboxed
+/// itself there, that its root is that very folder (a guest could otherwise swap a
+/// folder synced inside another for a symlink in between).
 pub fn start(binary: &Path, files: &MachineFiles, index: usize, opened: &OpenedFolder) -> Result<u32, Error> {
     let socket = socket(files, index);
     let _ = std::fs::remove_file(&socket);
@@ -123,24 +126,24 @@ pub fn start(binary: &Path, files: &MachineFiles, index: usize, opened: &OpenedF
     }
     let log_path = log(files, index);
     let log = crate::state::create_private(&log_path).map_err(|e| Error::Other(format!("{e:#}")))?;
+    let source = std::fs::read_link(opened.proc_path())
+        .map_err(|e| Error::Other(format!("cannot resolve sync folder {}: {e}", opened.folder.host.display())))?;
     let mut command = std::process::Command::new(binary);
     command
         .arg(format!("--socket-path={}", socket.display()))
+        .arg("-o")
+        .arg(format!("source={}", source.display()))
         // cache=auto: the guest caches for a second, like 9p's default, so host edits show quickly.
-        .args(["-o", "source=.", "-o", "cache=auto"])
+        .args(["-o", "cache=auto"])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(log);
-    let dir = opened.fd.as_raw_fd();
-    // SAFETY: fchdir, setsid and umask are async-signal-safe and touch only the child.
+    // SAFETY: setsid and umask are async-signal-safe and touch only the child.
     unsafe {
-        command.pre_exec(move || {
+        command.pre_exec(|| {
             // Its own session: it outlives this envy command, like QEMU.
             libc::setsid();
             libc::umask(0o077);
-            if libc::fchdir(dir) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
             Ok(())
         });
     }
@@ -167,6 +170,31 @@ pub fn start(binary: &Path, files: &MachineFiles, index: usize, opened: &OpenedF
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(pid)
+}
+
+/// Waits until the folder's virtiofsd has its sandbox root (after QEMU connected) and
+/// checks it is the folder envy opened, by device and inode.
+pub fn verify(files: &MachineFiles, index: usize, opened: &OpenedFolder) -> Result<(), Error> {
+    let want = nix::sys::stat::fstat(opened.fd.as_raw_fd()).map(|m| (m.st_dev, m.st_ino));
+    let deadline = Instant::now() + SOCKET_TIMEOUT;
+    loop {
+        let root = pid_record(files, index)
+            .alive()
+            .and_then(|pid| nix::sys::stat::stat(format!("/proc/{pid}/root").as_str()).ok())
+            .map(|m| (m.st_dev, m.st_ino));
+        if root.is_some() && root == want.ok() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::Other(format!(
+                "virtiofsd for sync folder {} does not serve the folder envy opened (it was replaced while the \
+                 machine started, or virtiofsd stopped; see {}); the machine was stopped: check the folder and run `envy up` again",
+                opened.folder.host.display(),
+                log(files, index).display()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Stops the folder's virtiofsd, if it runs (it also exits by itself when QEMU goes).
