@@ -181,12 +181,11 @@ fn qemu_command(
     accel: accel::Chosen,
     ssh_port: u16,
     net: Option<(&Segment, &OwnedFd)>,
-    folders: &[OpenedFolder],
-    transports: &[Transport],
+    sync: &[(&OpenedFolder, Transport)],
 ) -> Result<std::process::Command, Error> {
     let payload = qemu_payload(plan, stored)?;
     let mut qemu = QemuCommand::new(&plan.runtime_id);
-    qemu.machine(accel).cpus(plan.spec.cpus).memory(plan.spec.memory, transports.contains(&Transport::Virtiofs));
+    qemu.machine(accel).cpus(plan.spec.cpus).memory(plan.spec.memory, sync.iter().any(|(_, t)| *t == Transport::Virtiofs));
     if payload.boot == BootMethod::Kernel {
         let kernel = payload.kernel.as_deref().ok_or_else(|| {
             Error::Other(format!(
@@ -207,7 +206,7 @@ fn qemu_command(
     if let Some((net, tap)) = net {
         qemu.nic(&Segment::netdev("net1", tap), "net1", &net.mac);
     }
-    for (i, (opened, transport)) in folders.iter().zip(transports).enumerate() {
+    for (i, (opened, transport)) in sync.iter().enumerate() {
         match transport {
             Transport::Virtiofs => qemu.virtiofs(&virtiofs::socket(files, i), &seed::mount_tag(i)),
             Transport::NineP => qemu.shared_folder(&opened.proc_path(), &seed::mount_tag(i), opened.folder.readonly),
@@ -343,7 +342,7 @@ impl Provider for QemuProvider {
             let _ = std::fs::remove_file(&files.ssh_log);
             // envy's copy of the tap closes after the start; QEMU's keeps it alive.
             let tap = net.as_ref().map(|n| n.attach(plan)).transpose()?;
-            let command = qemu_command(plan, stored, &files, accel, ssh_port, net.as_ref().zip(tap.as_ref()), &folders, &transports)?;
+            let command = qemu_command(plan, stored, &files, accel, ssh_port, net.as_ref().zip(tap.as_ref()), &folders.iter().zip(transports.iter().copied()).collect::<Vec<_>>())?;
             for (i, opened) in folders.iter().enumerate().filter(|(i, _)| transports[*i] == Transport::Virtiofs) {
                 let binary = virtiofsd.as_deref().context("virtiofs was chosen without a virtiofsd")?;
                 virtiofs::start(binary, &files, i, opened)?;
