@@ -36,6 +36,9 @@ done
 if command -v busybox >/dev/null 2>&1 && ldd "$(command -v busybox)" >/dev/null 2>&1; then
   missing+=(busybox-static)
 fi
+# virtiofsd for fast VM sync folders: Debian 12 ships QEMU 7.2's in qemu-system-common
+# (not on PATH), so nothing is compiled; envy finds it there.
+[ -x /usr/lib/qemu/virtiofsd ] || command -v virtiofsd >/dev/null 2>&1 || missing+=(qemu-system-common)
 # GRUB's BIOS images, for the test disk that boots by firmware like a cloud image.
 [ -f /usr/lib/grub/i386-pc/boot.img ] || missing+=(grub-pc-bin)
 if [ ${#missing[@]} -gt 0 ]; then

@@ -58,6 +58,7 @@ pub fn all(home: &Path) -> Vec<Check> {
     let mut checks: Vec<Check> = TOOLS.iter().map(tool).collect();
     checks.push(overlayfs());
     checks.push(kvm());
+    checks.push(virtiofsd());
     checks.push(disk_space(home));
     checks
 }
@@ -138,6 +139,32 @@ fn kvm() -> Check {
         }),
         needed_by: Vec::new(),
     }
+}
+
+/// virtiofsd makes VM sync folders fast; without it they use 9p, which works.
+fn virtiofsd() -> Check {
+    use crate::provider::qemu::virtiofs;
+    let found = virtiofs::find();
+    let root = nix::unistd::geteuid().is_root();
+    let (status, detail, advice) = match &found {
+        Ok(path) if root => (Status::Ok, format!("VM sync folders use virtiofs ({})", path.display()), None),
+        Ok(path) => (
+            Status::Warn,
+            format!("{} is here, but virtiofsd's sandbox needs root, so VM sync folders use 9p", path.display()),
+            Some("run envy as root for virtiofs sync folders".to_string()),
+        ),
+        Err(why) => (
+            Status::Warn,
+            format!("{why}, so VM sync folders use 9p (about half as fast)"),
+            Some(format!(
+                "install it: apt-get install qemu-system-common (Debian 12 ships it as /usr/lib/qemu/virtiofsd), \
+                 or `cargo install --locked virtiofsd` (needs libcap-ng-dev and libseccomp-dev); \
+                 {} names another one, or none for 9p",
+                virtiofs::ENV
+            )),
+        ),
+    };
+    Check { name: "virtiofsd", status, detail, advice, needed_by: Vec::new() }
 }
 
 fn disk_space(home: &Path) -> Check {

@@ -222,6 +222,24 @@ fn doctor_reports_this_host_and_its_json_parses() {
 }
 
 #[test]
+fn doctor_says_which_sync_transport_vms_get() {
+    let home = tempfile::tempdir().unwrap();
+    let check = |virtiofsd: &str| {
+        let out = envy(home.path(), home.path()).env("ENVY_VIRTIOFSD", virtiofsd).args(["doctor", "--json"]).output().unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["checks"].as_array().unwrap().iter().find(|c| c["name"] == "virtiofsd").expect("a virtiofsd check").clone()
+    };
+    // scripts/deps.sh installs Debian 12's virtiofsd (qemu-system-common); tests run as root.
+    let found = check("/usr/lib/qemu/virtiofsd");
+    assert_eq!(found["status"], "ok", "{found}");
+    assert!(found["detail"].as_str().unwrap().contains("use virtiofs"), "{found}");
+    let missing = check("none");
+    assert_eq!(missing["status"], "warn", "{missing}");
+    assert!(missing["detail"].as_str().unwrap().contains("use 9p"), "{missing}");
+    assert!(missing["advice"].as_str().unwrap().contains("apt-get install qemu-system-common"), "{missing}");
+}
+
+#[test]
 fn up_without_qemu_on_path_fails_first_with_doctors_advice() {
     let home = tempfile::tempdir().unwrap();
     let project = tempfile::tempdir().unwrap();

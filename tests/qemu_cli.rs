@@ -28,7 +28,7 @@ fn machine<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Val
 fn a_vm_through_the_cli_with_snapshots_share_and_destroy() {
     let env = TestEnv::new();
     let tiny = common::tiny_vm_box(&env);
-    // No sync folder: QEMU cannot save a VM's memory while 9p is mounted (the mixed
+    // No sync folder: QEMU cannot save a VM's memory while a sync folder (virtiofs or 9p) is attached (the mixed
     // test below reads a synced file).
     std::fs::write(
         env.project.join("Envfile"),
@@ -129,7 +129,7 @@ fn one_envfile_mixes_a_container_and_a_vm() {
         env.envy().args(["exec", machine, "--", "/etc"]).assert().code(126);
         env.envy().args(["exec", machine, "--", "/etc/hosts"]).assert().code(126);
     }
-    // With a 9p folder mounted a VM's snapshot holds its disk only; restoring it rewinds
+    // With a sync folder attached (virtiofs here) a VM's snapshot holds its disk only; restoring it rewinds
     // the disk and the machine runs again.
     out(&env, &["exec", "db", "--", "sh", "-c", "echo before > /root/state; sync"]);
     env.envy().args(["snapshot", "save", "db", "disk-only"]).assert().success().stderr(predicates::str::contains("disk only"));

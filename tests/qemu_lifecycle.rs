@@ -96,10 +96,10 @@ fn up_exec_sync_forward_halt_up_snapshot_destroy() {
     let err = m.provider.export(&m.plan, &stored, &out, &m.ui).unwrap_err().to_string();
     assert!(err.contains("machine web is running"), "{err}");
 
-    // Snapshot of a running machine with a 9p folder mounted: disk only (QEMU blocks
+    // Snapshot of a running machine with a sync folder attached (virtiofs or 9p): disk only (QEMU blocks
     // savevm then); restoring it stops the machine and rewinds the disk.
     let snap = m.provider.snapshot_save(&m.plan, "before", false, &m.ui).unwrap();
-    assert!(!snap.memory, "9p blocks memory snapshots");
+    assert!(!snap.memory, "sync folders block memory snapshots");
     assert_eq!(m.sh("rm /root/kept.txt && sync"), 0);
     m.provider.snapshot_restore(&m.plan, "before", &m.ui).unwrap();
     assert_eq!(m.provider.state(&m.plan).unwrap(), MachineState::Stopped);

@@ -120,7 +120,7 @@ chmod 600 /root/.ssh/authorized_keys
 ip link set lo up
 ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2
 
-# mounts: - ["tag", "/guest/path", "9p", "options", "0", "0"]
+# mounts: - ["tag", "/guest/path", "9p" or "virtiofs", "options", "0", "0"]
 sed -n '/^mounts:/,/^[^ ]/ s/^  - \[\(.*\)\]$/\1/p' "$ud" | while IFS= read -r entry; do
     tag=$(echo "$entry" | awk -F'", "' '{gsub(/^"/, "", $1); print $1}')
     dir=$(echo "$entry" | awk -F'", "' '{print $2}')
@@ -143,9 +143,9 @@ while true; do wait; sleep 60; done
 P
 chmod 755 "$r/sbin/init"
 
-# Kernel + modules the initramfs loads (virtio disk/net, ext4, vfat, 9p, ACPI power
-# button and evdev, through which acpid sees it).
-kernel_modules="evdev virtio_pci virtio_blk virtio_net ext4 vfat nls_cp437 nls_iso8859-1 nls_ascii nls_utf8 9p 9pnet_virtio button"
+# Kernel + modules the initramfs loads (virtio disk/net, ext4, vfat, 9p and virtiofs
+# for sync folders, ACPI power button and evdev, through which acpid sees it).
+kernel_modules="evdev virtio_pci virtio_blk virtio_net ext4 vfat nls_cp437 nls_iso8859-1 nls_ascii nls_utf8 9p 9pnet_virtio virtiofs button"
 cp "$out.tmp/kernel/boot/vmlinuz-$kver" "$r/boot/vmlinuz-$kver"
 i=$out.tmp/initramfs
 mkdir -p "$i"/{bin,dev,proc,sys,newroot,lib/modules}

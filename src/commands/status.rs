@@ -42,6 +42,7 @@ pub fn machine_json(plan: &MachinePlan) -> Result<serde_json::Value> {
         "ip": info.ip,
         "ssh_port": info.ssh_port,
         "pid": info.pid,
+        "sync_transport": info.sync_transport,
         "forwards": forwards,
         "auto_forwards": crate::autoforward::live(plan),
         "provisioned": record.as_ref().is_some_and(|r| r.provisioned),
@@ -69,6 +70,10 @@ pub fn print_table(rows: &[serde_json::Value]) {
             row["state"].as_str().unwrap_or(""),
             forwards.join(" ")
         );
+        let transports: Vec<&str> = row["sync_transport"].as_array().into_iter().flatten().filter_map(|t| t.as_str()).collect();
+        if !transports.is_empty() {
+            println!("  sync folders over {}", transports.join(", "));
+        }
         if let Some(tail) = row["log_tail"].as_str() {
             println!("  last console lines of {}:", row["name"].as_str().unwrap_or(""));
             for line in tail.lines() {

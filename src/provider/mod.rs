@@ -98,6 +98,9 @@ pub struct MachineInfo {
     pub pid: Option<u32>,
     /// Last lines of the machine's console or log, shown when it died.
     pub log_tail: Option<String>,
+    /// How each sync folder reached the guest at the last start ("virtiofs" or "9p"),
+    /// in Envfile order; empty for containers (bind mounts).
+    pub sync_transport: Vec<String>,
 }
 
 /// Runs machines of one kind. Every method re-reads the truth from the host first.

@@ -321,6 +321,7 @@ impl Provider for ContainerProvider {
             ssh_port: None,
             pid,
             log_tail: Some(m.log_tail()).filter(|t| !t.is_empty()),
+            sync_transport: Vec::new(),
         })
     }
 

@@ -51,8 +51,15 @@ impl QemuCommand {
         self
     }
 
-    pub fn memory(&mut self, bytes: u64) -> &mut Self {
-        self.push(["-m".to_string(), format!("{}M", (bytes >> 20).max(64))]);
+    /// The guest's memory; `shared` backs it with a memfd that other processes may map,
+    /// which vhost-user devices (virtiofsd) need to reach the guest's buffers.
+    pub fn memory(&mut self, bytes: u64, shared: bool) -> &mut Self {
+        let size = format!("{}M", (bytes >> 20).max(64));
+        if shared {
+            self.push(["-object".to_string(), format!("memory-backend-memfd,id=mem,size={size},share=on")]);
+            self.push(["-numa", "node,memdev=mem"]);
+        }
+        self.push(["-m".to_string(), size]);
         self
     }
 
@@ -124,6 +131,15 @@ impl QemuCommand {
         self
     }
 
+    /// A host folder shared over virtiofs, served by the virtiofsd listening on `socket`
+    /// (needs `memory(.., true)`).
+    pub fn virtiofs(&mut self, socket: &Path, tag: &str) -> &mut Self {
+        let id = self.next_id("vfs");
+        self.push(["-chardev".to_string(), format!("socket,id={id},path={}", opt_path(socket))]);
+        self.push(["-device".to_string(), format!("vhost-user-fs-pci,chardev={id},tag={tag}")]);
+        self
+    }
+
     /// Detaches into its own session once the machine is set up (errors still reach our
     /// stderr before that) and writes its pid.
     pub fn daemonize(&mut self, pidfile: &Path) -> &mut Self {
@@ -171,6 +187,21 @@ mod tests {
         assert!(args.contains(&"file=/p,,format=raw/overlay.qcow2,if=none,id=overlay,node-name=overlay-node,format=qcow2,discard=unmap".into()), "{args:?}");
         assert!(args.contains(&"virtio-blk-pci,drive=overlay,bootindex=0".into()));
         assert!(!args.contains(&"-kernel".into()));
+    }
+
+    #[test]
+    fn virtiofs_gets_shared_memory_and_a_socket_device() {
+        let mut cmd = QemuCommand::new("m");
+        cmd.memory(512 << 20, true).virtiofs(Path::new("/m/virtiofs0.sock"), "envy0");
+        let shared = args(&cmd);
+        assert!(shared.windows(2).any(|w| w == ["-object", "memory-backend-memfd,id=mem,size=512M,share=on"]), "{shared:?}");
+        assert!(shared.windows(2).any(|w| w == ["-numa", "node,memdev=mem"]));
+        assert!(shared.windows(2).any(|w| w == ["-m", "512M"]));
+        assert!(shared.windows(2).any(|w| w == ["-chardev", "socket,id=vfs1,path=/m/virtiofs0.sock"]));
+        assert!(shared.windows(2).any(|w| w == ["-device", "vhost-user-fs-pci,chardev=vfs1,tag=envy0"]));
+        let mut plain = QemuCommand::new("m");
+        plain.memory(512 << 20, false);
+        assert!(!args(&plain).contains(&"-object".to_string()));
     }
 
     #[test]

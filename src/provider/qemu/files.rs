@@ -34,32 +34,43 @@ pub struct MachineFiles {
     pub ssh_control: PathBuf,
     /// stderr of background SSH connections (readiness probes, the master).
     pub ssh_log: PathBuf,
+    /// Where sockets go when the machine dir's path is too long for one.
+    long_path_sockets: PathBuf,
 }
 
 impl MachineFiles {
     pub fn of(plan: &MachinePlan) -> MachineFiles {
         let dir = plan.dir.clone();
-        let socket = |name: &str| {
-            let path = dir.join(name);
-            if path.as_os_str().len() <= MAX_SOCKET_PATH {
-                path
-            } else {
-                plan.home.runtime_dir().join(format!("{}-{name}", plan.runtime_id))
-            }
-        };
-        MachineFiles {
+        let mut files = MachineFiles {
             overlay: dir.join("overlay.qcow2"),
             seed: dir.join("seed.img"),
             console_log: dir.join("console.log"),
-            qmp_socket: socket("qmp.sock"),
+            qmp_socket: PathBuf::new(),
             qemu_pidfile: dir.join("qemu.pid"),
             pid_record: dir.join("pid.json"),
             runtime_record: dir.join("qemu.json"),
             ssh_key: dir.join("id_ed25519"),
             known_hosts: dir.join("known_hosts"),
-            ssh_control: socket("ssh.ctl"),
+            ssh_control: PathBuf::new(),
             ssh_log: dir.join("ssh.log"),
+            long_path_sockets: plan.home.runtime_dir().join(&plan.runtime_id),
             dir,
+        };
+        files.qmp_socket = files.socket("qmp.sock");
+        files.ssh_control = files.socket("ssh.ctl");
+        files
+    }
+
+    /// The socket `name`: in the machine dir, or in the runtime dir (prefixed with the
+    /// machine's runtime id) when the path would be too long for a socket address.
+    pub fn socket(&self, name: &str) -> PathBuf {
+        let path = self.dir.join(name);
+        if path.as_os_str().len() <= MAX_SOCKET_PATH {
+            path
+        } else {
+            let mut moved = self.long_path_sockets.clone().into_os_string();
+            moved.push(format!("-{name}"));
+            PathBuf::from(moved)
         }
     }
 

@@ -1,7 +1,7 @@
 //! The qemu provider: each machine is a QEMU process over a qcow2 overlay of the box's
 //! disk, configured through a NoCloud seed, controlled over QMP and entered over SSH.
 //! One concern per file: accel (KVM or TCG), cmdline, disk, seed, network, process,
-//! qmp, snapshot, files (where everything lives).
+//! qmp, snapshot, virtiofs (fast sync folders), files (where everything lives).
 
 pub mod accel;
 mod cmdline;
@@ -12,6 +12,7 @@ mod process;
 mod qmp;
 mod seed;
 mod snapshot;
+pub mod virtiofs;
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
@@ -30,6 +31,7 @@ use crate::ui::Ui;
 use cmdline::QemuCommand;
 use files::MachineFiles;
 use network::Segment;
+use virtiofs::Transport;
 
 /// Seconds `up` waits for SSH; override with this environment variable.
 pub const BOOT_TIMEOUT_ENV: &str = "ENVY_BOOT_TIMEOUT";
@@ -51,6 +53,9 @@ struct RuntimeRecord {
     /// envy stopped the machine on purpose (halt), so its console tail is no news.
     #[serde(default)]
     halted: bool,
+    /// How each sync folder was shared at the last start, in Envfile order.
+    #[serde(default)]
+    sync: Vec<Transport>,
 }
 
 const RUNTIME_RECORD_VERSION: u32 = 1;
@@ -144,6 +149,7 @@ fn remove_files(files: &MachineFiles) -> Vec<PathBuf> {
     files
         .all()
         .into_iter()
+        .chain(virtiofs::all_files(files))
         .filter(|path| match std::fs::remove_file(path) {
             Ok(()) => false,
             Err(e) => e.kind() != std::io::ErrorKind::NotFound,
@@ -175,11 +181,11 @@ fn qemu_command(
     accel: accel::Chosen,
     ssh_port: u16,
     net: Option<(&Segment, &OwnedFd)>,
-    folders: &[OpenedFolder],
+    sync: &[(&OpenedFolder, Transport)],
 ) -> Result<std::process::Command, Error> {
     let payload = qemu_payload(plan, stored)?;
     let mut qemu = QemuCommand::new(&plan.runtime_id);
-    qemu.machine(accel).cpus(plan.spec.cpus).memory(plan.spec.memory);
+    qemu.machine(accel).cpus(plan.spec.cpus).memory(plan.spec.memory, sync.iter().any(|(_, t)| *t == Transport::Virtiofs));
     if payload.boot == BootMethod::Kernel {
         let kernel = payload.kernel.as_deref().ok_or_else(|| {
             Error::Other(format!(
@@ -200,8 +206,11 @@ fn qemu_command(
     if let Some((net, tap)) = net {
         qemu.nic(&Segment::netdev("net1", tap), "net1", &net.mac);
     }
-    for (i, opened) in folders.iter().enumerate() {
-        qemu.shared_folder(&opened.proc_path(), &seed::mount_tag(i), opened.folder.readonly);
+    for (i, (opened, transport)) in sync.iter().enumerate() {
+        match transport {
+            Transport::Virtiofs => qemu.virtiofs(&virtiofs::socket(files, i), &seed::mount_tag(i)),
+            Transport::NineP => qemu.shared_folder(&opened.proc_path(), &seed::mount_tag(i), opened.folder.readonly),
+        };
     }
     qemu.console_log(&files.console_log).qmp(&files.qmp_socket).daemonize(&files.qemu_pidfile);
     Ok(qemu.build())
@@ -215,6 +224,7 @@ impl QemuProvider {
         plan: &MachinePlan,
         stored: &StoredBox,
         files: &MachineFiles,
+        transports: &[Transport],
         ui: &Ui,
     ) -> Result<(u16, Option<Segment>)> {
         let payload = qemu_payload(plan, stored)?;
@@ -234,7 +244,7 @@ impl QemuProvider {
         let public_key = std::fs::read_to_string(files.ssh_public_key())
             .with_context(|| format!("cannot read {}", files.ssh_public_key().display()))?;
         let user = plan.user_cloud_config()?.unwrap_or_default();
-        let user_data = crate::envfile::cloud_config::merge(&seed::user_data(plan, &public_key, net.as_ref()), &user);
+        let user_data = crate::envfile::cloud_config::merge(&seed::user_data(plan, &public_key, net.as_ref(), transports), &user);
         seed::write(&files.seed, &seed::meta_data(plan), &user_data)?;
 
         let mut record = RuntimeRecord::load(files);
@@ -243,6 +253,7 @@ impl QemuProvider {
         record.version = RUNTIME_RECORD_VERSION;
         record.ssh_port = Some(ssh_port);
         record.halted = false;
+        record.sync = transports.to_vec();
         record.save(files)?;
         Ok((ssh_port, net))
     }
@@ -318,7 +329,7 @@ impl Provider for QemuProvider {
                 machine: plan.name().into(),
                 key: "sync folder",
                 path: opened.folder.host.clone(),
-                problem: "is a file; a VM shares folders only (9p): sync its folder instead".into(),
+                problem: "is a file; a VM shares folders only (virtiofs or 9p): sync its folder instead".into(),
             }
             .into());
         }
@@ -326,10 +337,11 @@ impl Provider for QemuProvider {
             net.check_host(plan)?;
         }
         let accel = accel::choose(plan.spec.accel, ui)?;
+        let (virtiofsd, transports) = virtiofs::choose(&folders);
 
         // A machine created by this call that fails before QEMU runs leaves nothing.
         let creating = !files.overlay.exists();
-        let started = self.prepare(plan, stored, &files, ui).and_then(|(ssh_port, net)| {
+        let started = self.prepare(plan, stored, &files, &transports, ui).and_then(|(ssh_port, net)| {
             let target = ssh_target(&files, ssh_port);
             target.close_master();
             // Console and SSH logs hold the current boot only.
@@ -337,15 +349,26 @@ impl Provider for QemuProvider {
             let _ = std::fs::remove_file(&files.ssh_log);
             // envy's copy of the tap closes after the start; QEMU's keeps it alive.
             let tap = net.as_ref().map(|n| n.attach(plan)).transpose()?;
-            let command = qemu_command(plan, stored, &files, accel, ssh_port, net.as_ref().zip(tap.as_ref()), &folders)?;
+            let command = qemu_command(plan, stored, &files, accel, ssh_port, net.as_ref().zip(tap.as_ref()), &folders.iter().zip(transports.iter().copied()).collect::<Vec<_>>())?;
+            for (i, opened) in folders.iter().enumerate().filter(|(i, _)| transports[*i] == Transport::Virtiofs) {
+                let binary = virtiofsd.as_deref().context("virtiofs was chosen without a virtiofsd")?;
+                virtiofs::start(binary, &files, i, opened)?;
+            }
             ui.step(format!("{}: booting ({}, SSH on 127.0.0.1:{ssh_port})", plan.name(), accel.name()));
             let inherited: Vec<RawFd> = folders.iter().map(|f| f.fd.as_raw_fd()).chain(tap.as_ref().map(|t| t.as_raw_fd())).collect();
             process::start(command, &files, &inherited)?;
+            for (i, opened) in folders.iter().enumerate().filter(|(i, _)| transports[*i] == Transport::Virtiofs) {
+                if let Err(e) = virtiofs::verify(&files, i, opened) {
+                    let _ = process::stop_now(&files);
+                    return Err(e.into());
+                }
+            }
             Ok(target)
         });
         let target = match started {
             Ok(target) => target,
             Err(e) => {
+                virtiofs::stop_all(&files);
                 if creating {
                     remove_files(&files);
                 }
@@ -381,6 +404,7 @@ impl Provider for QemuProvider {
             ssh_port: record.ssh_port,
             pid,
             log_tail: died.then(|| files.console_tail(LOG_TAIL_LINES)),
+            sync_transport: record.sync.iter().map(|t| t.name().to_string()).collect(),
         })
     }
 
@@ -441,11 +465,13 @@ impl Provider for QemuProvider {
             // Flush the guest's page cache so even a disk-only snapshot is complete.
             let _ = self.exec(plan, &ExecRequest { command: vec!["sync".into()], ..Default::default() });
         }
-        let info = snapshot::save(&files, plan.name(), name, running)?;
+        // Sync folders attached at the last start block saving memory (9p and vhost-user-fs alike).
+        let with_memory = RuntimeRecord::load(&files).sync.is_empty();
+        let info = snapshot::save(&files, plan.name(), name, running, with_memory)?;
         if running && !info.memory {
             ui.warn(format!(
                 "snapshot {name} of machine {} holds its disk only: QEMU cannot save memory while \
-                 sync folders (9p) are mounted; restoring it halts the machine",
+                 sync folders (9p or virtiofs) are attached; restoring it halts the machine",
                 plan.name()
             ));
         }

@@ -108,8 +108,9 @@ pub fn stop_now(files: &MachineFiles) -> Result<(), Error> {
     finish(files)
 }
 
-/// Clears what a stopped QEMU leaves behind.
+/// Clears what a stopped QEMU leaves behind, and stops its virtiofsds.
 pub fn finish(files: &MachineFiles) -> Result<(), Error> {
+    super::virtiofs::stop_all(files);
     PidFile::at(&files.pid_record).remove();
     let _ = std::fs::remove_file(&files.qmp_socket);
     let _ = std::fs::remove_file(&files.qemu_pidfile);

@@ -9,18 +9,22 @@ use std::path::Path;
 use anyhow::{Context as _, Result};
 
 use super::network::Segment;
+use super::virtiofs::Transport;
 use crate::plan::MachinePlan;
 
 /// The seed image size: FAT12 with room to spare for two small text files.
 const SEED_BYTES: u64 = 2 << 20;
 
-/// The 9p mount tag of the sync folder at `index`.
+/// The mount tag (9p or virtiofs) of the sync folder at `index`.
 pub fn mount_tag(index: usize) -> String {
     format!("envy{index}")
 }
 
-/// Options the guest mounts a 9p sync folder with.
-fn mount_options(readonly: bool) -> String {
+/// Options the guest mounts a sync folder with (read-only folders are always 9p).
+fn mount_options(transport: Transport, readonly: bool) -> String {
+    if transport == Transport::Virtiofs {
+        return "nofail".to_string();
+    }
     let mut opts = "trans=virtio,version=9p2000.L,msize=262144,nofail".to_string();
     if readonly {
         opts.push_str(",ro");
@@ -45,8 +49,8 @@ pub fn meta_data(plan: &MachinePlan) -> String {
 }
 
 /// `user-data`, laid out one item per line so the minimal boxes' shell parser reads
-/// exactly what cloud-init reads.
-pub fn user_data(plan: &MachinePlan, public_key: &str, net: Option<&Segment>) -> String {
+/// exactly what cloud-init reads. `transports` says how each sync folder is shared.
+pub fn user_data(plan: &MachinePlan, public_key: &str, net: Option<&Segment>, transports: &[Transport]) -> String {
     let mut out = String::from("#cloud-config\n");
     out += &format!("hostname: {}\n", quote(plan.name()));
     // envy logs in as root (exec, provisioning); the default user gets the key too.
@@ -54,12 +58,13 @@ pub fn user_data(plan: &MachinePlan, public_key: &str, net: Option<&Segment>) ->
     out += &format!("ssh_authorized_keys:\n  - {}\n", quote(public_key.trim()));
     if !plan.spec.sync.is_empty() {
         out += "mounts:\n";
-        for (i, folder) in plan.spec.sync.iter().enumerate() {
+        for (i, (folder, &transport)) in plan.spec.sync.iter().zip(transports).enumerate() {
             out += &format!(
-                "  - [{}, {}, \"9p\", {}, \"0\", \"0\"]\n",
+                "  - [{}, {}, {}, {}, \"0\", \"0\"]\n",
                 quote(&mount_tag(i)),
                 quote(&folder.guest),
-                quote(&mount_options(folder.readonly))
+                quote(transport.name()),
+                quote(&mount_options(transport, folder.readonly))
             );
         }
     }
@@ -132,7 +137,7 @@ box = "x"
     fn user_data_is_the_documented_cloud_config() {
         let plan = plan();
         let net = Segment::of(&plan).unwrap();
-        let text = user_data(&plan, "ssh-ed25519 AAAAkey envy\n", net.as_ref());
+        let text = user_data(&plan, "ssh-ed25519 AAAAkey envy\n", net.as_ref(), &[Transport::Virtiofs, Transport::NineP]);
         assert_eq!(
             text,
             r#"#cloud-config
@@ -144,7 +149,7 @@ users:
 ssh_authorized_keys:
   - "ssh-ed25519 AAAAkey envy"
 mounts:
-  - ["envy0", "/project", "9p", "trans=virtio,version=9p2000.L,msize=262144,nofail", "0", "0"]
+  - ["envy0", "/project", "virtiofs", "nofail", "0", "0"]
   - ["envy1", "/srv/my \"docs\"", "9p", "trans=virtio,version=9p2000.L,msize=262144,nofail,ro", "0", "0"]
 bootcmd:
   - |
@@ -163,7 +168,7 @@ bootcmd:
             "#cloud-config\nwrite_files:\n- path: /etc/motd\n  content: |\n    hostname: not envy's\n  permissions: '0644'\nruncmd: [[touch, /x]]\n",
         )
         .unwrap();
-        let text = crate::envfile::cloud_config::merge(&user_data(&plan, "ssh-ed25519 AAAAkey envy", None), &user);
+        let text = crate::envfile::cloud_config::merge(&user_data(&plan, "ssh-ed25519 AAAAkey envy", None, &[]), &user);
         assert_eq!(
             text,
             r#"#cloud-config

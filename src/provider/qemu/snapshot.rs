@@ -1,7 +1,8 @@
 //! Machine snapshots as qcow2 internal snapshots of the overlay: a running machine's
-//! include memory and device state (QMP snapshot-save/-load jobs), except while a 9p sync
-//! folder is mounted (QEMU blocks migration then) when they are disk-only (QMP
-//! blockdev-snapshot-internal-sync); a halted machine's are disk-only (qemu-img).
+//! include memory and device state (QMP snapshot-save/-load jobs), except when sync
+//! folders are attached (QEMU 7.2 blocks migration for both 9p and vhost-user-fs) when
+//! they are disk-only (QMP blockdev-snapshot-internal-sync); a halted machine's are
+//! disk-only (qemu-img).
 
 use std::process::Command;
 
@@ -52,7 +53,9 @@ fn qemu_img_snapshot(files: &MachineFiles, flag: &str, name: &str, doing: &str) 
     .map(drop)
 }
 
-pub fn save(files: &MachineFiles, machine: &str, name: &str, running: bool) -> Result<SnapshotInfo, Error> {
+/// Saves snapshot `name`; a running machine's holds its memory when `with_memory` (no
+/// sync folder is attached, which QEMU would refuse to migrate).
+pub fn save(files: &MachineFiles, machine: &str, name: &str, running: bool, with_memory: bool) -> Result<SnapshotInfo, Error> {
     crate::provider::check_snapshot_name(name)?;
     if find(files, name)?.is_some() {
         return Err(Error::Other(format!(
@@ -60,16 +63,10 @@ pub fn save(files: &MachineFiles, machine: &str, name: &str, running: bool) -> R
              (`envy snapshot delete {machine} {name}`) or pick another name"
         )));
     }
-    if running {
-        match job(files, SnapshotJob::Save, name) {
-            Ok(()) => {}
-            // A mounted 9p folder blocks migration, and so saving memory: keep the disk.
-            Err(Error::Other(why)) if why.contains("Migration is disabled") => {
-                tracing::debug!("snapshot-save refused ({why}); taking a disk-only snapshot");
-                Qmp::connect(&files.qmp_socket, qmp::SLOW)?.snapshot_disk(OVERLAY_DEVICE, name)?;
-            }
-            Err(e) => return Err(e),
-        }
+    if running && with_memory {
+        job(files, SnapshotJob::Save, name)?;
+    } else if running {
+        Qmp::connect(&files.qmp_socket, qmp::SLOW)?.snapshot_disk(OVERLAY_DEVICE, name)?;
     } else {
         qemu_img_snapshot(files, "-c", name, &format!("saving snapshot {name} of machine {machine}"))?;
     }
