@@ -202,7 +202,8 @@ fn find_in_checksums(text: &str, file: &str) -> Option<Pin> {
         let line = line.trim();
         let (hex, name) =
             if let Some(rest) = line.strip_prefix("SHA256 (").or_else(|| line.strip_prefix("SHA512 (")) {
-                let (name, hex) = rest.split_once(") = ")?;
+                // A malformed line is skipped, not the end of the search.
+                let Some((name, hex)) = rest.split_once(") = ") else { continue };
                 (hex, name)
             } else {
                 let Some((hex, name)) = line.split_once(char::is_whitespace) else { continue };
@@ -231,9 +232,14 @@ mod tests {
         let a = "a".repeat(64);
         let b = "b".repeat(128);
         let text = format!("{a}  other.img\n{a} *disk.qcow2\nSHA512 (rootfs.tar.xz) = {b}\n");
-        assert_eq!(find_in_checksums(&text, "disk.qcow2"), Some(Pin::Sha256(a)));
+        assert_eq!(find_in_checksums(&text, "disk.qcow2"), Some(Pin::Sha256(a.clone())));
         assert_eq!(find_in_checksums(&text, "rootfs.tar.xz"), Some(Pin::Sha512(b)));
         assert_eq!(find_in_checksums(&text, "missing"), None);
+        // A damaged line before the wanted one does not end the search.
+        let text = format!("SHA256 (broken.img) {a}
+{a}  disk.qcow2
+");
+        assert_eq!(find_in_checksums(&text, "disk.qcow2"), Some(Pin::Sha256(a)));
     }
 
     #[test]
