@@ -124,13 +124,7 @@ impl MachinePlan {
     }
 
     fn open_sync_folder(&self, folder: &SyncFolder) -> Result<OpenedFolder, crate::envfile::Error> {
-        let refuse = |problem: String| crate::envfile::Error::HostPath {
-            envfile: self.project.envfile.clone(),
-            machine: self.spec.name.clone(),
-            key: "sync folder",
-            path: folder.host.clone(),
-            problem,
-        };
+        let refuse = |problem: String| self.project_path_error(&folder.host, "sync folder", problem);
         let opened = if folder.allow_outside {
             // The Envfile names this path on purpose: resolve it once, then open the
             // result with no symlink at all, so a swap in between fails.
@@ -140,15 +134,11 @@ impl MachinePlan {
             open_below(&self.project.dir, &folder.host, Follow::BelowRoot)
         };
         let fd = opened.map_err(|errno| {
-            refuse(match errno {
-                nix::errno::Errno::EXDEV => format!(
-                    "resolves outside the project {} (through a symlink); move the folder into the project, \
-                     or use the table form with allow_outside = true if the machine may see it",
-                    self.project.dir.display()
-                ),
-                nix::errno::Errno::ENOENT => "does not exist; create it or fix `sync` in the Envfile".into(),
-                other => format!("cannot be opened ({other})"),
-            })
+            refuse(self.open_problem(
+                errno,
+                "move the folder into the project, or use the table form with allow_outside = true if the machine may see it",
+                "; create it or fix `sync` in the Envfile",
+            ))
         })?;
         let meta = nix::sys::stat::fstat(fd.as_raw_fd()).map_err(|e| refuse(format!("cannot be read ({e})")))?;
         let is_dir = meta.st_mode & libc::S_IFMT == libc::S_IFDIR;
@@ -162,16 +152,21 @@ impl MachinePlan {
     /// provision script, `user_data`, a provision file), resolved by the kernel below
     /// the project: one a guest replaced with a symlink out of it is refused.
     pub fn open_project_path(&self, path: &Path, key: &'static str) -> Result<OwnedFd, crate::envfile::Error> {
-        open_below(&self.project.dir, path, Follow::BelowRoot).map_err(|errno| {
-            self.project_path_error(path, key, match errno {
-                nix::errno::Errno::EXDEV => format!(
-                    "resolves outside the project {} (through a symlink); keep it in the project",
-                    self.project.dir.display()
-                ),
-                nix::errno::Errno::ENOENT => "does not exist".into(),
-                other => format!("cannot be opened ({other})"),
-            })
-        })
+        open_below(&self.project.dir, path, Follow::BelowRoot)
+            .map_err(|errno| self.project_path_error(path, key, self.open_problem(errno, "keep it in the project", "")))
+    }
+
+    /// Why a project path could not be opened below the project: `outside` is the way
+    /// out when it leads out of the project, `missing` is added when it does not exist.
+    fn open_problem(&self, errno: nix::errno::Errno, outside: &str, missing: &str) -> String {
+        match errno {
+            nix::errno::Errno::EXDEV => format!(
+                "resolves outside the project {} (through a symlink); {outside}",
+                self.project.dir.display()
+            ),
+            nix::errno::Errno::ENOENT => format!("does not exist{missing}"),
+            other => format!("cannot be opened ({other})"),
+        }
     }
 
     /// The error for a project path the Envfile names that envy refuses.
@@ -205,16 +200,9 @@ impl MachinePlan {
                 (text, Some(path))
             }
         };
-        cloud_config::parse(&text).map(Some).map_err(|problem| match path {
-            Some(path) => self.project_path_error(path, "user_data", problem),
-            None => crate::envfile::Error::HostPath {
-                envfile: self.project.envfile.clone(),
-                machine: self.spec.name.clone(),
-                key: "user_data",
-                path: PathBuf::from("(inline)"),
-                problem,
-            },
-        })
+        cloud_config::parse(&text)
+            .map(Some)
+            .map_err(|problem| self.project_path_error(path.map_or(Path::new("(inline)"), |p| p.as_path()), "user_data", problem))
     }
 
     /// Creates the machine dir (and the project's state dir), private to the user.
@@ -254,7 +242,7 @@ pub struct OpenedFolder {
 impl OpenedFolder {
     /// `/proc/self/fd/N`: the opened folder itself, for mount(2) or QEMU to open.
     pub fn proc_path(&self) -> PathBuf {
-        PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
+        crate::state::fd_path(&self.fd)
     }
 }
 

@@ -120,6 +120,11 @@ pub fn open_in_root(root: &OwnedFd, path: &Path) -> Result<OwnedFd, Errno> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// `/proc/self/fd/N`: the opened file itself, for mount(2), QEMU or a reopen to use.
+pub fn fd_path(fd: &OwnedFd) -> std::path::PathBuf {
+    std::path::PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(fd)))
+}
+
 /// Reads a whole file through an fd from `open_below`, up to `limit` bytes.
 /// Only a regular file is opened: a FIFO or device planted in its place would block
 /// or read forever.
@@ -133,8 +138,7 @@ pub fn read_fd(fd: &OwnedFd, path: &Path, limit: u64) -> Result<Vec<u8>> {
     if meta.st_size as u64 > limit {
         anyhow::bail!("{} is {} bytes; the limit is {limit}", path.display(), meta.st_size);
     }
-    let proc_path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(fd));
-    let file = fs::File::open(&proc_path).with_context(|| format!("cannot read {}", path.display()))?;
+    let file = fs::File::open(fd_path(fd)).with_context(|| format!("cannot read {}", path.display()))?;
     let mut data = Vec::with_capacity(meta.st_size as usize);
     std::io::Read::read_to_end(&mut std::io::Read::take(file, limit), &mut data).with_context(|| format!("cannot read {}", path.display()))?;
     Ok(data)

@@ -8,7 +8,7 @@ mod pidfile;
 pub mod record;
 pub mod registry;
 
-pub use fsutil::{create_private, create_private_dir, open_below, open_in_root, read_fd, read_private, write_atomic, Follow};
+pub use fsutil::{create_private, create_private_dir, fd_path, open_below, open_in_root, read_fd, read_private, write_atomic, Follow};
 pub use lock::ProjectLock;
 pub use pidfile::{boot_id, start_time, PidFile};
 

@@ -160,17 +160,14 @@ impl<'a> Machine<'a> {
             let opened = match crate::state::open_below(&project.dir, file, crate::state::Follow::Never) {
                 Ok(fd) => fd,
                 Err(nix::errno::Errno::ENOENT) => continue,
-                Err(e) => bail!(crate::envfile::Error::HostPath {
-                    envfile: project.envfile.clone(),
-                    machine: self.name().into(),
-                    key: "project file",
-                    path: file.clone(),
-                    problem: format!("cannot be opened without following a symlink ({e}); put the real file back"),
-                }),
+                Err(e) => bail!(self.plan.project_path_error(
+                    file,
+                    "project file",
+                    format!("cannot be opened without following a symlink ({e}); put the real file back"),
+                )),
             };
             let point = staging.join(format!("guard-{i}"));
-            let proc_path = PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&opened)));
-            overlay::bind_mount(&proc_path, &point, false)?;
+            overlay::bind_mount(&crate::state::fd_path(&opened), &point, false)?;
             sources.guarded.push((point, format!("{}/{}", folder.guest.trim_end_matches('/'), rel.display())));
         }
         Ok(sources)

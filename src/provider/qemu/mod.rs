@@ -324,14 +324,9 @@ impl Provider for QemuProvider {
         // Resolved and opened now; QEMU inherits the fds and shares what they hold.
         let folders = plan.open_sync_folders()?;
         if let Some(opened) = folders.iter().find(|f| !f.is_dir) {
-            return Err(crate::envfile::Error::HostPath {
-                envfile: plan.project.envfile.clone(),
-                machine: plan.name().into(),
-                key: "sync folder",
-                path: opened.folder.host.clone(),
-                problem: "is a file; a VM shares folders only (virtiofs or 9p): sync its folder instead".into(),
-            }
-            .into());
+            return Err(plan
+                .project_path_error(&opened.folder.host, "sync folder", "is a file; a VM shares folders only (virtiofs or 9p): sync its folder instead".into())
+                .into());
         }
         if let Some(net) = Segment::of(plan)? {
             net.check_host(plan)?;
