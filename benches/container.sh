@@ -8,14 +8,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-for tool in runc slirp4netns ip busybox hyperfine; do
-  command -v "$tool" >/dev/null || { echo "error: $tool is missing (apt-get install ${tool/ip/iproute2})" >&2; exit 1; }
-done
-[ "$(id -u)" -eq 0 ] || { echo "error: run as root (containers, mounts, namespaces)" >&2; exit 1; }
-
-ENVY=${1:-target/release/envy}
-if [ ! -x "$ENVY" ]; then cargo build --release --bin envy; fi
-ENVY=$(realpath "$ENVY")
+. benches/lib.sh
+bench_require_tools runc:runc slirp4netns:slirp4netns ip:iproute2 busybox:busybox-static hyperfine:hyperfine
+bench_require_root
+ENVY=$(bench_envy "${1:-}")
 
 work=$(mktemp -d /tmp/envy-bench.XXXXXX)
 export ENVY_HOME=$work/home CI=1
@@ -33,6 +29,8 @@ raw_down() {
   runc --root "$raw/runc" delete --force rawbench >/dev/null 2>&1
   [ -s "$raw/slirp.pid" ] && kill "$(cat "$raw/slirp.pid")" 2>/dev/null && rm -f "$raw/slirp.pid"
   mountpoint -q "$raw/rootfs" && umount "$raw/rootfs"
+  for point in "$raw"/sync/*; do mountpoint -q "$point" && umount "$point"; done
+  rm -rf "$raw/sync"
   rm -rf "$raw/upper" "$raw/work"
   ip netns delete envyrawbench 2>/dev/null
   ip netns delete envyrawproj 2>/dev/null
@@ -41,6 +39,12 @@ raw_down() {
 raw_up() {
   mkdir -p "$raw/upper" "$raw/work" "$raw/rootfs"
   mount -t overlay overlay -o "lowerdir=$lower,upperdir=$raw/upper,workdir=$raw/work" "$raw/rootfs"
+  # envy's bundle mounts the project, and its Envfile and lock read-only over it, from
+  # bind mounts in the machine dir: the raw side makes the same three.
+  mkdir -p "$raw/sync/0" && touch "$raw/sync/guard-0" "$raw/sync/guard-1"
+  mount --bind "$work/project" "$raw/sync/0"
+  mount --bind "$work/project/Envfile" "$raw/sync/guard-0"
+  mount --bind "$work/project/Envfile.lock" "$raw/sync/guard-1"
   ip netns add envyrawproj
   printf 'link set lo up\nlink add br0 type bridge\nlink set br0 up\n' | ip -n envyrawproj -batch -
   slirp4netns --disable-host-loopback --netns-type=path /run/netns/envyrawproj tap0 >/dev/null 2>&1 &
@@ -54,13 +58,8 @@ raw_up() {
 trap cleanup EXIT
 
 # A busybox root filesystem, built into a box and fetched once (not timed).
-rootfs=$work/rootfs
-mkdir -p "$rootfs"/{bin,etc,root,tmp,proc,sys,dev}
-cp "$(command -v busybox)" "$rootfs/bin/busybox"
-for applet in $(busybox --list); do [ "$applet" = busybox ] || ln -s busybox "$rootfs/bin/$applet"; done
-echo 'root:x:0:0:root:/root:/bin/sh' >"$rootfs/etc/passwd"
 mkdir -p "$work/project"
-"$ENVY" -q box build --rootfs "$rootfs" --name bench --output "$work/project/bench.box"
+bench_busybox_box "$ENVY" "$work/rootfs" "$work/project/bench.box" bench
 cat >"$work/project/Envfile" <<'TOML'
 [machine.m]
 box = { path = "bench.box" }
@@ -70,8 +69,9 @@ TOML
 cd "$work/project"
 "$ENVY" -q up --no-provision   # fetches (unpacks) the box: not part of the timing
 id=$(runc --root "$ENVY_HOME/run/runc" list -q | head -1)
-machine_dir=$work/project/.envy/machines/m
-lower=$(cat "$machine_dir/lower")
+machine_dir=$(bench_machine_dir m)
+# The box's unpacked rootfs, found by the digest envy recorded for the machine.
+lower=$ENVY_HOME/boxes/$(cat "$machine_dir/box")/rootfs
 
 # The raw bundle: envy's own config.json, pointed at the raw dir, netns and cgroup.
 mkdir -p "$raw"
@@ -106,7 +106,7 @@ start=$(date +%s.%N)
 end=$(date +%s.%N)
 echo "20 machines up in $(echo "$end - $start" | bc 2>/dev/null || python3 -c "print($end - $start)") s"
 box_kib=$(du -sk "$lower" | cut -f1)
-layers_kib=$(du -sck .envy/machines/*/upper .envy/machines/*/work | tail -1 | cut -f1)
+layers_kib=$(du -sck "$ENVY_HOME"/projects/*/machines/*/upper "$ENVY_HOME"/projects/*/machines/*/work | tail -1 | cut -f1)
 echo "box rootfs: ${box_kib} KiB; 20 machines' own layers: ${layers_kib} KiB (a copy each would be $((box_kib * 20)) KiB)"
 
 python3 - "$work/up.json" "$work/exec.json" <<'PY'

@@ -58,7 +58,8 @@ for _ in $(seq "$boots"); do
     envy_again=$(echo "$envy_again + $(elapsed "$t0" "$t1") / $boots" | bc -l)
 done
 
-machine=$work/project/.envy/machines/bench
+. "$(dirname "$0")/lib.sh"
+machine=$(bench_machine_dir bench)
 port=$(sed -n 's/.*"ssh_port": *\([0-9]*\).*/\1/p' "$machine/qemu.json")
 ssh_opts=(-i "$machine/id_ed25519" -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyChecking=no
           -o "UserKnownHostsFile=$machine/known_hosts" -o LogLevel=ERROR -p "$port")

@@ -8,14 +8,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-for tool in runc slirp4netns ip busybox hyperfine; do
-  command -v "$tool" >/dev/null || { echo "error: $tool is missing (apt-get install ${tool/ip/iproute2})" >&2; exit 1; }
-done
-[ "$(id -u)" -eq 0 ] || { echo "error: run as root (containers, mounts, namespaces)" >&2; exit 1; }
-
-ENVY=${1:-target/release/envy}
-if [ ! -x "$ENVY" ]; then cargo build --release --bin envy; fi
-ENVY=$(realpath "$ENVY")
+. benches/lib.sh
+bench_require_tools runc:runc slirp4netns:slirp4netns ip:iproute2 busybox:busybox-static hyperfine:hyperfine
+bench_require_root
+ENVY=$(bench_envy "${1:-}")
 
 work=$(mktemp -d /tmp/envy-bench.XXXXXX)
 export ENVY_HOME=$work/home CI=1
@@ -27,12 +23,7 @@ cleanup() {
 trap cleanup EXIT
 
 # A busybox box, fetched once (not timed).
-rootfs=$work/rootfs
-mkdir -p "$rootfs"/{bin,etc,root,tmp,proc,sys,dev}
-cp "$(command -v busybox)" "$rootfs/bin/busybox"
-for applet in $(busybox --list); do [ "$applet" = busybox ] || ln -s busybox "$rootfs/bin/$applet"; done
-echo 'root:x:0:0:root:/root:/bin/sh' >"$rootfs/etc/passwd"
-"$ENVY" -q box build --rootfs "$rootfs" --name bench --version 1 -o "$work/bench.box" >/dev/null
+bench_busybox_box "$ENVY" "$work/rootfs" "$work/bench.box" bench
 mkdir -p "$work/project/db"
 echo hello >"$work/project/db/hello.txt"
 cat >"$work/project/Envfile" <<ENVFILE

@@ -11,17 +11,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
-[ "$(id -u)" -eq 0 ] || { echo "error: run as root (containers, mounts, namespaces)" >&2; exit 1; }
-ENVY=${1:-target/release/envy}
-[ -x "$ENVY" ] || cargo build --release --bin envy
-ENVY=$(realpath "$ENVY")
+. benches/lib.sh
+bench_require_root
+ENVY=$(bench_envy "${1:-}")
 
 work=$(mktemp -d /tmp/envy-snapbench.XXXXXX)
 export ENVY_HOME=$work/home CI=1 ENVY_ACCEL=tcg
 cleanup() {
   set +e
   for p in "$work"/ct "$work"/vm1 "$work"/vm10; do
-    [ -d "$p/.envy" ] && (cd "$p" && "$ENVY" destroy --force >/dev/null 2>&1)
+    [ -f "$p/Envfile" ] && (cd "$p" && "$ENVY" destroy --force >/dev/null 2>&1)
   done
   rm -rf "$work"
 }
@@ -32,12 +31,7 @@ secs() { echo "$2 - $1" | bc -l | xargs printf '%.3f'; }
 ratio() { echo "$1 / $2" | bc -l | xargs printf '%.2f'; }
 
 # A busybox container box.
-rootfs=$work/busybox-rootfs
-mkdir -p "$rootfs"/{bin,etc,root,tmp,proc,sys,dev}
-cp "$(command -v busybox)" "$rootfs/bin/busybox"
-for a in $(busybox --list); do [ "$a" = busybox ] || ln -sf busybox "$rootfs/bin/$a"; done
-echo 'root:x:0:0:root:/root:/bin/sh' > "$rootfs/etc/passwd"
-"$ENVY" -q box build --rootfs "$rootfs" --name busybox -o "$work/busybox.box" >/dev/null
+bench_busybox_box "$ENVY" "$work/busybox-rootfs" "$work/busybox.box" busybox
 
 echo "== container snapshots (changed data in the machine's own layer)"
 mkdir -p "$work/ct"
@@ -52,7 +46,7 @@ for mib in 1 100; do
   "$ENVY" exec -- sh -c "head -c $((mib << 20)) /dev/urandom > /root/data-$mib"
   t0=$(now); "$ENVY" -q snapshot save "s$mib"; t1=$(now)
   "$ENVY" -q snapshot restore "s$mib"; t2=$(now)
-  upper=$(find "$work/ct/.envy/machines/ct" -maxdepth 2 -type d -name upper | head -1)
+  upper=$(bench_machine_dir ct)/upper
   r0=$(now); tar --zstd -cf "$work/raw-$mib.tar.zst" -C "$upper" .; r1=$(now)
   printf '%-10s %9ss %9ss %13ss %8s\n' "${mib} MiB" "$(secs "$t0" "$t1")" "$(secs "$t1" "$t2")" "$(secs "$r0" "$r1")" "$(ratio "$(secs "$t0" "$t1")" "$(secs "$r0" "$r1")")"
 done
@@ -88,7 +82,8 @@ memory = "256MiB"
 disk = "${gib}GiB"
 EOT
   (cd "$p" && "$ENVY" -q up && "$ENVY" exec -- sh -c 'head -c 8388608 /dev/urandom > /root/data; sync' && "$ENVY" -q halt)
-  overlay=$(find "$p/.envy" -name overlay.qcow2 | head -1)
+  # This project's disk: the only overlay written since its Envfile (state is in ENVY_HOME).
+  overlay=$(find "$ENVY_HOME/projects" -name overlay.qcow2 -newer "$p/Envfile" | head -1)
   cp --sparse=always "$overlay" "$work/raw-$gib.qcow2"
   t0=$(now); (cd "$p" && "$ENVY" -q snapshot save disk); t1=$(now)
   r0=$(now); qemu-img snapshot -c raw -U "$work/raw-$gib.qcow2" 2>/dev/null || qemu-img snapshot -c raw "$work/raw-$gib.qcow2"; r1=$(now)
