@@ -263,7 +263,10 @@ impl Provider for ContainerProvider {
         let lower = stored.rootfs()?;
         check_lower(&lower)?;
         crate::state::create_private_dir(m.layout.dir())?;
-        crate::state::write_atomic(&m.layout.box_record(), stored.digest.as_bytes())?;
+        // Written (and fsynced) only when it changes: every `up` of a running machine passes here.
+        if crate::state::read_private(&m.layout.box_record())?.as_deref() != Some(stored.digest.as_bytes()) {
+            crate::state::write_atomic(&m.layout.box_record(), stored.digest.as_bytes())?;
+        }
         let container = m.runc.state(m.id())?;
         m.project.ensure()?;
         let intact = m.net.is_intact(&m.project)?;
