@@ -49,8 +49,17 @@ fn cache_dir() -> PathBuf {
 
 /// A copy of an examples/ folder in the test's project dir.
 fn copy_example(name: &str, to: &Path) {
-    let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(name);
-    let status = Command::new("cp").arg("-a").arg(format!("{}/.", from.display())).arg(to).status().unwrap();
+    copy_as_cloned(&Path::new("examples").join(name).join("."), to);
+}
+
+/// Copies `rel` of the checkout to `to` as a fresh clone has it: without the
+/// Envfile.lock files that the developer's own `scripts/try.sh` pins (git ignores them),
+/// which would hold the copy to the developer's box instead of the test's.
+fn copy_as_cloned(rel: &Path, to: &Path) {
+    let from = Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);
+    let status = Command::new("cp").arg("-a").arg(&from).arg(to).status().unwrap();
+    assert!(status.success());
+    let status = Command::new("find").arg(to).args(["-name", "Envfile.lock", "-delete"]).status().unwrap();
     assert!(status.success());
 }
 
@@ -173,8 +182,7 @@ fn the_readme_quick_start_runs_as_written() {
     let copy = env.path("checkout");
     std::fs::create_dir_all(copy.join("examples")).unwrap();
     for (from, to) in [("scripts", copy.clone()), ("examples/web-app", copy.join("examples"))] {
-        let status = Command::new("cp").arg("-a").arg(root.join(from)).arg(&to).status().unwrap();
-        assert!(status.success());
+        copy_as_cloned(Path::new(from), &to);
     }
     let out = Command::new("bash")
         .arg(copy.join("scripts/try.sh"))
