@@ -18,8 +18,9 @@ use anyhow::{bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::context::Context;
-use crate::envfile::{Forward, Protocol};
-use crate::plan::{MachinePlan, Workspace};
+use crate::model::{Forward, Protocol};
+use crate::plan::MachinePlan;
+use crate::workspace::Workspace;
 use crate::provider::network::{machine_ip, stop_process, ProjectNet};
 use crate::state::PidFile;
 
@@ -139,7 +140,7 @@ pub fn watch(ctx: &Context, machine: &str) -> Result<i32> {
     let plan = ws.plan(&ctx.home, spec)?;
     let Some(auto) = plan.spec.forward_auto else { return Ok(0) };
     let declared = declared_ports(&ws, &plan)?;
-    let info = crate::provider::for_kind(plan.spec.provider).info(&plan)?;
+    let info = crate::provider::for_kind(plan.spec.provider)?.info(&plan)?;
     let Some(init) = info.pid else {
         say(machine, "is not running; nothing to watch");
         return Ok(0);
@@ -207,7 +208,7 @@ fn forward_for(net: &ProjectNet, machine: &str, ip: Ipv4Addr, port: u16, reserve
     let taken = |p: u16| reserved.contains(&p) || held.values().any(|f| f.host_port == p);
     for host_port in (0..NEXT_FREE_TRIES).filter_map(|i| port.checked_add(i)) {
         let forward = Forward { host_ip, host_port, guest_port: port, protocol: Protocol::Tcp, auto: true };
-        if taken(host_port) || !crate::lifecycle::port_free(&forward, host_port) {
+        if taken(host_port) || !forward.host_port_free(host_port) {
             continue;
         }
         match net.add_forward(machine, ip, &forward) {

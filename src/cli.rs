@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::model::ProviderKind;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "envy",
@@ -94,12 +96,6 @@ folder at /project instead.")]
     ForwardWatch(MachineArg),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ProviderArg {
-    Container,
-    Qemu,
-}
-
 #[derive(Debug, Args)]
 pub struct InitArgs {
     /// Template to start from (minimal, rust, python, node, postgres-staging).
@@ -113,8 +109,8 @@ pub struct InitArgs {
     #[arg(long = "box", value_name = "BOX")]
     pub box_name: Option<String>,
     /// Provider for the machines.
-    #[arg(long, value_enum)]
-    pub provider: Option<ProviderArg>,
+    #[arg(long, value_parser = crate::provider::name_parser())]
+    pub provider: Option<ProviderKind>,
     /// Overwrite an existing Envfile.
     #[arg(long)]
     pub force: bool,
@@ -229,8 +225,8 @@ pub struct RunArgs {
     #[arg(long = "box", value_name = "BOX")]
     pub box_name: Option<String>,
     /// Provider of the --box machine [default: container].
-    #[arg(long, value_enum, requires = "box_name")]
-    pub provider: Option<ProviderArg>,
+    #[arg(long, value_parser = crate::provider::name_parser(), requires = "box_name")]
+    pub provider: Option<ProviderKind>,
     /// Keep the --box machine when CMD fails, to look around.
     #[arg(long, requires = "box_name")]
     pub keep_on_failure: bool,

@@ -1,194 +1,103 @@
-//! Host checks: what each provider needs, whether it is here, and what to do when
-//! it is not. `envy doctor` prints them all; `envy up` runs the ones its machines
-//! need first, so a missing tool fails with advice instead of a runc or QEMU error.
+//! Host checks: each provider's own (`Provider::host_checks`) and the host-wide ones,
+//! with what to do about each. `envy doctor` prints them all; `envy up` runs those of
+//! the providers its machines use first, so a missing tool fails with advice instead
+//! of a runc or QEMU error.
 
 use std::path::Path;
-use std::process::Command;
 
 use serde::Serialize;
 
-use crate::envfile::ProviderKind;
+use crate::model::{CheckStatus, HostCheck, ProviderKind};
+use crate::provider;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    Ok,
-    /// Works, but not as well as it could (e.g. TCG instead of KVM).
-    Warn,
-    /// Missing or broken: what needs it will not work.
-    Fail,
-}
-
-/// One check's result.
+/// One check as doctor reports it.
 #[derive(Debug, Clone, Serialize)]
-pub struct Check {
-    pub name: &'static str,
-    pub status: Status,
-    /// What was found (a version, a path, a number).
-    pub detail: String,
-    /// What to do when the status is not ok.
-    pub advice: Option<String>,
-    /// Providers that cannot work without this check passing.
+pub struct Finding {
+    #[serde(flatten)]
+    pub check: HostCheck,
+    /// Providers that cannot work while this check fails.
     pub needed_by: Vec<ProviderKind>,
 }
 
-/// A tool that must be on PATH, the Debian package that has it, and who needs it.
-struct Tool {
-    name: &'static str,
-    binary: &'static str,
-    /// Flag that prints the version; None for tools without one.
-    version_arg: Option<&'static str>,
-    package: &'static str,
-    needed_by: &'static [ProviderKind],
-}
-
-const TOOLS: &[Tool] = &[
-    Tool { name: "runc", binary: "runc", version_arg: Some("--version"), package: "runc", needed_by: &[ProviderKind::Container] },
-    Tool { name: "slirp4netns", binary: "slirp4netns", version_arg: Some("--version"), package: "slirp4netns", needed_by: &[ProviderKind::Container] },
-    Tool { name: "iproute2", binary: "ip", version_arg: Some("-V"), package: "iproute2", needed_by: &[ProviderKind::Container] },
-    Tool { name: "qemu", binary: "qemu-system-x86_64", version_arg: Some("--version"), package: "qemu-system-x86", needed_by: &[ProviderKind::Qemu] },
-    Tool { name: "qemu-img", binary: "qemu-img", version_arg: Some("--version"), package: "qemu-utils", needed_by: &[ProviderKind::Qemu] },
-    Tool { name: "ssh", binary: "ssh", version_arg: Some("-V"), package: "openssh-client", needed_by: &[ProviderKind::Qemu] },
-    Tool { name: "ssh-keygen", binary: "ssh-keygen", version_arg: None, package: "openssh-client", needed_by: &[ProviderKind::Qemu] },
-    Tool { name: "mkfs.ext4", binary: "mkfs.ext4", version_arg: Some("-V"), package: "e2fsprogs", needed_by: &[] },
-];
-
-/// Every check, for `envy doctor`.
-pub fn all(home: &Path) -> Vec<Check> {
-    let mut checks: Vec<Check> = TOOLS.iter().map(tool).collect();
-    checks.push(overlayfs());
-    checks.push(kvm());
-    checks.push(virtiofsd());
-    checks.push(disk_space(home));
-    checks
-}
-
-/// The checks a provider needs, failing ones first; `envy up` calls this.
-pub fn require(kind: ProviderKind) -> Result<(), crate::provider::Error> {
-    let failed = TOOLS
-        .iter()
-        .filter(|t| t.needed_by.contains(&kind))
-        .map(tool)
-        .chain((kind == ProviderKind::Container).then(overlayfs))
-        .find(|c| c.status == Status::Fail);
-    match failed {
-        Some(c) => Err(crate::provider::Error::MissingTool {
-            tool: c.name.to_string(),
-            advice: format!("{} (the {kind} provider needs it; `envy doctor` checks everything)", c.advice.unwrap_or_default()),
-        }),
-        None => Ok(()),
+/// Every check, for `envy doctor`: each registered provider's, a check that several
+/// providers share listed once, then the host-wide ones.
+pub fn all(home: &Path) -> Vec<Finding> {
+    let mut findings: Vec<Finding> = Vec::new();
+    for registration in provider::registered() {
+        for check in (registration.make)().host_checks() {
+            match findings.iter_mut().find(|f| f.check.name == check.name) {
+                Some(found) => found.needed_by.push(registration.kind),
+                None => findings.push(Finding { check, needed_by: vec![registration.kind] }),
+            }
+        }
     }
+    let everyone: Vec<ProviderKind> = provider::registered().iter().map(|r| r.kind).collect();
+    findings.push(Finding { check: box_build_tool(), needed_by: Vec::new() });
+    let space = disk_space(home);
+    let needed_by = if space.status == CheckStatus::Fail { everyone } else { Vec::new() };
+    findings.push(Finding { check: space, needed_by });
+    findings
 }
 
-/// `require` for every provider the machines use, before any machine is touched.
-pub fn require_for(machines: &[&crate::envfile::MachineSpec]) -> Result<(), crate::provider::Error> {
-    machines.iter().try_for_each(|m| require(m.provider))
-}
-
-/// Where a binary is on PATH.
-pub fn which(binary: &str) -> Option<std::path::PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join(binary)).find(|p| {
-        use std::os::unix::fs::PermissionsExt;
-        p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    })
-}
-
-fn tool(t: &Tool) -> Check {
-    let needed_by = t.needed_by.to_vec();
-    let Some(path) = which(t.binary) else {
-        return Check {
-            name: t.name,
-            status: if needed_by.is_empty() { Status::Warn } else { Status::Fail },
-            detail: format!("{} is not on PATH", t.binary),
-            advice: Some(format!("install it: apt-get install {}", t.package)),
-            needed_by,
-        };
-    };
-    let version = t.version_arg.and_then(|arg| Command::new(&path).arg(arg).output().ok()).map(|o| {
-        let text = if o.stdout.is_empty() { o.stderr } else { o.stdout };
-        String::from_utf8_lossy(&text).lines().next().unwrap_or("").trim().to_string()
-    });
-    let detail = match version {
-        Some(v) => format!("{v} ({})", path.display()),
-        None => path.display().to_string(),
-    };
-    Check { name: t.name, status: Status::Ok, detail, advice: None, needed_by }
-}
-
-fn overlayfs() -> Check {
-    let present = std::fs::read_to_string("/proc/filesystems").is_ok_and(|s| s.lines().any(|l| l.ends_with("\toverlay")));
-    Check {
-        name: "overlayfs",
-        status: if present { Status::Ok } else { Status::Fail },
-        detail: if present { "overlay is in /proc/filesystems".into() } else { "the kernel lists no overlay filesystem".into() },
-        advice: (!present).then(|| "load it: modprobe overlay".to_string()),
-        needed_by: vec![ProviderKind::Container],
+/// Fails with the first failed check of a provider the machines use, before any
+/// machine is touched (`envy up`, `envy run`).
+pub fn require(kinds: &[ProviderKind]) -> anyhow::Result<()> {
+    let mut seen = Vec::new();
+    for &kind in kinds {
+        if seen.contains(&kind) {
+            continue;
+        }
+        seen.push(kind);
+        let failed = provider::for_kind(kind)?.host_checks().into_iter().find(|c| c.status == CheckStatus::Fail);
+        if let Some(c) = failed {
+            return Err(provider::Error::MissingTool {
+                tool: c.name,
+                advice: format!("{} (the {kind} provider needs it; `envy doctor` checks everything)", c.advice.unwrap_or_default()),
+            }
+            .into());
+        }
     }
+    Ok(())
 }
 
-fn kvm() -> Check {
-    let report = crate::provider::qemu::accel::probe();
-    let usable = report.auto_choice() == crate::provider::qemu::accel::Chosen::Kvm;
-    Check {
-        name: "kvm",
-        status: if usable { Status::Ok } else { Status::Warn },
-        detail: report.detail,
-        advice: (!usable).then(|| {
-            format!("VMs run under TCG (slower); set {}=kvm to force KVM", crate::provider::qemu::accel::ENV)
-        }),
-        needed_by: Vec::new(),
+/// `envy box build --kind qemu` makes the disk's filesystem with mkfs.ext4; machines
+/// do not need it.
+fn box_build_tool() -> HostCheck {
+    let mut check = provider::host::tool("mkfs.ext4", "mkfs.ext4", Some("-V"));
+    if check.status == CheckStatus::Fail {
+        check.status = CheckStatus::Warn;
+        check.detail += " (only `envy box build --kind qemu` needs it)";
     }
+    check
 }
 
-/// virtiofsd makes VM sync folders fast; without it they use 9p, which works.
-fn virtiofsd() -> Check {
-    use crate::provider::qemu::virtiofs;
-    let found = virtiofs::find();
-    let root = nix::unistd::geteuid().is_root();
-    let (status, detail, advice) = match &found {
-        Ok(path) if root => (Status::Ok, format!("VM sync folders use virtiofs ({})", path.display()), None),
-        Ok(path) => (
-            Status::Warn,
-            format!("{} is here, but virtiofsd's sandbox needs root, so VM sync folders use 9p", path.display()),
-            Some("run envy as root for virtiofs sync folders".to_string()),
-        ),
-        Err(why) => (
-            Status::Warn,
-            format!("{why}, so VM sync folders use 9p (about half as fast)"),
-            Some(format!(
-                "install it: apt-get install qemu-system-common (Debian 12 ships it as /usr/lib/qemu/virtiofsd), \
-                 or `cargo install --locked virtiofsd` (needs libcap-ng-dev and libseccomp-dev); \
-                 {} names another one, or none for 9p",
-                virtiofs::ENV
-            )),
-        ),
-    };
-    Check { name: "virtiofsd", status, detail, advice, needed_by: Vec::new() }
-}
-
-fn disk_space(home: &Path) -> Check {
+fn disk_space(home: &Path) -> HostCheck {
     // The home may not exist yet: measure the nearest folder that does.
     let existing = home.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
     let free = nix::sys::statvfs::statvfs(existing).map(|s| s.blocks_available() * s.fragment_size());
     match free {
         Ok(bytes) => {
             let gib = bytes as f64 / (1u64 << 30) as f64;
-            let status = if bytes < 1 << 30 { Status::Fail } else if bytes < 5 << 30 { Status::Warn } else { Status::Ok };
-            Check {
-                name: "disk space",
+            let status = if bytes < 1 << 30 {
+                CheckStatus::Fail
+            } else if bytes < 5 << 30 {
+                CheckStatus::Warn
+            } else {
+                CheckStatus::Ok
+            };
+            HostCheck {
+                name: "disk space".into(),
                 status,
                 detail: format!("{gib:.1} GiB free for {}", home.display()),
-                advice: (status != Status::Ok).then(|| "free space, or point ENVY_HOME at a larger disk; `envy box prune` removes unused boxes".to_string()),
-                needed_by: if status == Status::Fail { vec![ProviderKind::Container, ProviderKind::Qemu] } else { Vec::new() },
+                advice: (status != CheckStatus::Ok)
+                    .then(|| "free space, or point ENVY_HOME at a larger disk; `envy box prune` removes unused boxes".to_string()),
             }
         }
-        Err(e) => Check {
-            name: "disk space",
-            status: Status::Warn,
+        Err(e) => HostCheck {
+            name: "disk space".into(),
+            status: CheckStatus::Warn,
             detail: format!("cannot measure free space at {}: {e}", existing.display()),
             advice: None,
-            needed_by: Vec::new(),
         },
     }
 }

@@ -11,8 +11,9 @@ pub mod copy_in;
 pub mod doctor;
 pub mod envfile;
 pub mod error;
-pub mod lifecycle;
 pub mod guest;
+pub mod lifecycle;
+pub mod model;
 pub mod plan;
 pub mod provider;
 pub mod ready;
@@ -20,6 +21,7 @@ pub mod signals;
 pub mod state;
 pub mod ui;
 pub mod vagrantfile;
+pub mod workspace;
 
 /// Parses the command line, runs the command and returns the process exit code.
 pub fn run() -> i32 {

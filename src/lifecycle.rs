@@ -2,7 +2,6 @@
 //! provisioning), provision it, and destroy it. `up`, `reload`, `provision`,
 //! `destroy` and `run` are thin loops over these.
 
-use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -11,7 +10,8 @@ use anyhow::{bail, Context as _, Result};
 use crate::boxes::{BoxSource, Store, StoredBox};
 use crate::context::Context;
 use crate::envfile::lock::{LockFile, LockedBox};
-use crate::envfile::{BoxRef, Forward, MachineSpec, Protocol, ProvisionAction};
+use crate::envfile::{MachineSpec, ProvisionAction};
+use crate::model::{BoxFormat, BoxRef, Forward};
 use crate::plan::MachinePlan;
 use crate::provider::{self, ExecRequest, MachineState};
 use crate::state::record::{MachineRecord, VERSION};
@@ -69,11 +69,13 @@ pub fn up(ctx: &Context, plan: &mut MachinePlan, lock: &mut LockFile, lock_path:
     // So does a user_data file that is missing or sets a key envy manages.
     plan.user_cloud_config()?;
     let before = lock.clone();
-    let stored = resolve_box(ctx, &plan.spec, &plan.project.dir, lock, opts.insecure)?;
+    let provider = provider::for_kind(plan.spec.provider)?;
+    let format = provider.box_format();
+    let stored = resolve_box(ctx, &plan.spec, format, &plan.project.dir, lock, opts.insecure)?;
     if let Some(path) = lock_path.filter(|_| *lock != before) {
         lock.save(path)?;
     }
-    if !stored.manifest.providers.contains(&plan.spec.provider) {
+    if !stored.manifest.providers.contains(&format) {
         let providers: Vec<String> = stored.manifest.providers.iter().map(|p| p.to_string()).collect();
         return Err(crate::boxes::Error::WrongProvider {
             name: stored.manifest.name.clone(),
@@ -92,7 +94,6 @@ pub fn up(ctx: &Context, plan: &mut MachinePlan, lock: &mut LockFile, lock_path:
             ));
         }
     }
-    let provider = provider::for_kind(plan.spec.provider);
     let state = provider.state(plan)?;
     if state == MachineState::Stopped {
         // A machine that died (not halted) may have left what it held: forwards on its
@@ -101,7 +102,8 @@ pub fn up(ctx: &Context, plan: &mut MachinePlan, lock: &mut LockFile, lock_path:
     }
     plan.forwards = match (&record, state) {
         (Some(r), MachineState::Running) => r.forwards.clone(),
-        _ => resolve_forwards(ctx, &name, &plan.spec.forwards, record.as_ref())?,
+        _ if provider.forwards_on_host() => resolve_forwards(ctx, &name, &plan.spec.forwards, record.as_ref())?,
+        _ => plan.spec.forwards.clone(),
     };
     let mut record = record.unwrap_or_else(|| MachineRecord {
         version: VERSION,
@@ -132,7 +134,7 @@ pub fn up(ctx: &Context, plan: &mut MachinePlan, lock: &mut LockFile, lock_path:
         run_steps(ctx, plan, true)?;
     }
     for f in &plan.forwards {
-        ctx.ui.step(format!("{name}: {}:{} -> guest {} ({:?})", f.host_ip, f.host_port, f.guest_port, f.protocol).to_lowercase());
+        ctx.ui.step(format!("{name}: {f}"));
     }
     // Without provisioning the services a check waits for may not be there at all.
     if !opts.skip_ready && !opts.no_provision {
@@ -148,7 +150,7 @@ pub fn provision(ctx: &Context, plan: &MachinePlan) -> Result<()> {
 
 /// Runs every provisioning step, or with `only_always` just the `run = "always"` ones.
 fn run_steps(ctx: &Context, plan: &MachinePlan, only_always: bool) -> Result<()> {
-    let provider = provider::for_kind(plan.spec.provider);
+    let provider = provider::for_kind(plan.spec.provider)?;
     let total = plan.spec.provision.len();
     for (i, step) in plan.spec.provision.iter().enumerate() {
         if only_always && !step.always {
@@ -198,7 +200,7 @@ fn read_script(plan: &MachinePlan, path: &Path) -> Result<String> {
 /// Removes the machine and its record; the Envfile.lock and the box store stay.
 pub fn destroy(ctx: &Context, plan: &MachinePlan) -> Result<()> {
     crate::autoforward::stop(plan);
-    let provider = provider::for_kind(plan.spec.provider);
+    let provider = provider::for_kind(plan.spec.provider)?;
     provider.destroy(plan, &ctx.ui)?;
     match std::fs::remove_dir_all(&plan.dir) {
         Ok(()) => Ok(()),
@@ -208,7 +210,7 @@ pub fn destroy(ctx: &Context, plan: &MachinePlan) -> Result<()> {
 }
 
 /// The machine's box, verified, honouring and updating the Envfile.lock pin.
-pub fn resolve_box(ctx: &Context, spec: &MachineSpec, project_dir: &Path, lock: &mut LockFile, insecure: bool) -> Result<StoredBox> {
+pub fn resolve_box(ctx: &Context, spec: &MachineSpec, format: BoxFormat, project_dir: &Path, lock: &mut LockFile, insecure: bool) -> Result<StoredBox> {
     let store = Store::open(&ctx.home)?;
     let source_text = source_key(&spec.box_ref);
     let pinned = lock.machines.get(&spec.name).filter(|l| l.source == source_text).map(|l| l.sha256.clone());
@@ -219,7 +221,7 @@ pub fn resolve_box(ctx: &Context, spec: &MachineSpec, project_dir: &Path, lock: 
     }
     // A catalog name matches a box added under that name first, as in Vagrant.
     let added = match &spec.box_ref {
-        BoxRef::Catalog { .. } => match store.find_for(&spec.box_ref.to_string(), Some(spec.provider)) {
+        BoxRef::Catalog { .. } => match store.find_for(&spec.box_ref.to_string(), Some(format)) {
             Ok(stored) => Some(stored),
             Err(e) if matches!(e.downcast_ref(), Some(crate::boxes::Error::Missing { .. })) => None,
             Err(e) => return Err(e),
@@ -237,7 +239,7 @@ pub fn resolve_box(ctx: &Context, spec: &MachineSpec, project_dir: &Path, lock: 
                 (BoxRef::Oci { image, sha256: None }, Some(d)) => BoxRef::Oci { image: image.clone(), sha256: Some(d.clone()) },
                 (other, _) => other.clone(),
             };
-            let mut source = BoxSource::from_ref(&reference, None, Some(spec.provider));
+            let mut source = BoxSource::from_ref(&reference, None, Some(format));
             source.insecure = insecure;
             let ensured = match &reference {
                 // An image also tells which index it was picked from, for the lock.
@@ -298,50 +300,25 @@ fn resolve_forwards(ctx: &Context, machine: &str, wanted: &[Forward], record: Op
             .filter(|_| f.auto)
             .map(|p| p.host_port);
         let mut port = previous.unwrap_or(f.host_port);
-        if !port_free(f, port) && previous.is_some() {
+        if !f.host_port_free(port) && previous.is_some() {
             port = f.host_port;
         }
-        if !port_free(f, port) {
+        if !f.host_port_free(port) {
             if !f.auto {
                 return Err(provider::Error::Other(format!(
                     "host port {}:{port}/{} wanted by machine {machine} is taken{}; free it, change the forward, or add `auto = true` to it",
                     f.host_ip,
-                    proto_name(f.protocol),
+                    f.protocol,
                     holder_of(port).map(|h| format!(" by {h}")).unwrap_or_default()
                 ))
                 .into());
             }
-            port = free_port(f)?;
+            port = f.protocol.free_port(f.host_ip)?;
             ctx.ui.step(format!("{machine}: host port {} is taken; forwarding {} -> guest {} instead", f.host_port, port, f.guest_port));
         }
         out.push(Forward { host_port: port, ..f.clone() });
     }
     Ok(out)
-}
-
-fn proto_name(p: Protocol) -> &'static str {
-    match p {
-        Protocol::Tcp => "tcp",
-        Protocol::Udp => "udp",
-    }
-}
-
-pub(crate) fn port_free(f: &Forward, port: u16) -> bool {
-    let addr = SocketAddr::new(f.host_ip, port);
-    match f.protocol {
-        Protocol::Tcp => TcpListener::bind(addr).is_ok(),
-        Protocol::Udp => UdpSocket::bind(addr).is_ok(),
-    }
-}
-
-/// A host port the kernel says is free now, for the forward's address and protocol.
-pub(crate) fn free_port(f: &Forward) -> Result<u16> {
-    let addr = SocketAddr::new(f.host_ip, 0);
-    let port = match f.protocol {
-        Protocol::Tcp => TcpListener::bind(addr)?.local_addr()?.port(),
-        Protocol::Udp => UdpSocket::bind(addr)?.local_addr()?.port(),
-    };
-    Ok(port)
 }
 
 /// "process NAME (pid N)" holding a TCP port, found through /proc (best effort).

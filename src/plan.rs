@@ -8,8 +8,9 @@ use sha2::{Digest as _, Sha256};
 
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use crate::context::Home;
-use crate::envfile::{Envfile, Forward, MachineSpec, SyncFolder, UserData};
+use crate::state::Home;
+use crate::envfile::{Envfile, MachineSpec, SyncFolder, UserData};
+use crate::model::Forward;
 use crate::state::{open_below, Follow};
 
 /// The project a command acts on.
@@ -216,7 +217,7 @@ impl MachinePlan {
 
 /// envy never follows a symlink in its own state: a machine dir that exists must be
 /// reached from `$ENVY_HOME/projects` through real folders only, or nothing acts on it.
-fn check_state_path(home: &Home, dir: &Path) -> anyhow::Result<()> {
+pub(crate) fn check_state_path(home: &Home, dir: &Path) -> anyhow::Result<()> {
     match crate::state::open_below(&home.projects_dir(), dir, crate::state::Follow::Never) {
         Ok(_) => Ok(()),
         Err(nix::errno::Errno::ENOENT) => Ok(()),
@@ -246,102 +247,11 @@ impl OpenedFolder {
     }
 }
 
-/// The project a command runs in: its Envfile, read and validated.
-pub struct Workspace {
-    pub envfile: Envfile,
-    pub project: Project,
-}
-
-impl Workspace {
-    /// Finds the Envfile from the command's directory upwards and reads it.
-    pub fn load(ctx: &crate::context::Context) -> anyhow::Result<Workspace> {
-        let path = crate::envfile::find(&ctx.cwd)?;
-        let default_provider = ctx.config.provider.unwrap_or(crate::envfile::ProviderKind::Container);
-        let mut envfile = crate::envfile::load(&path, default_provider)?;
-        // The user's config fills in what the Envfile leaves open (ENVY_ACCEL beats both).
-        for machine in &mut envfile.machines {
-            machine.accel = machine.accel.or(ctx.config.accel);
-        }
-        let project = Project::new(&ctx.home, &envfile);
-        Ok(Workspace { envfile, project })
-    }
-
-    /// The named machines, or all of them when `names` is empty.
-    pub fn select(&self, names: &[String]) -> Result<Vec<&MachineSpec>, crate::envfile::Error> {
-        if names.is_empty() {
-            return Ok(self.envfile.machines.iter().collect());
-        }
-        names.iter().map(|n| self.find(n)).collect()
-    }
-
-    /// One machine: the named one, or the only one when no name is given.
-    pub fn select_one(&self, name: Option<&str>) -> Result<&MachineSpec, crate::envfile::Error> {
-        match (name, self.envfile.machines.as_slice()) {
-            (Some(n), _) => self.find(n),
-            (None, [only]) => Ok(only),
-            (None, _) => Err(crate::envfile::Error::At {
-                path: self.envfile.path.clone(),
-                line: 1,
-                column: 1,
-                message: format!("this Envfile has several machines ({}); name the one you mean", self.machine_names()),
-            }),
-        }
-    }
-
-    fn find(&self, name: &str) -> Result<&MachineSpec, crate::envfile::Error> {
-        self.envfile.machine(name).ok_or_else(|| crate::envfile::Error::UnknownMachine {
-            path: self.envfile.path.clone(),
-            name: name.to_string(),
-            known: self.machine_names(),
-        })
-    }
-
-    fn machine_names(&self) -> String {
-        self.envfile.machines.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", ")
-    }
-
-    /// Machines with a record in the state dir but no section in the Envfile any more (renamed
-    /// or removed): envy cannot act on them without their settings.
-    pub fn orphans(&self) -> Vec<String> {
-        let Ok(entries) = std::fs::read_dir(self.project.state_dir.join("machines")) else { return Vec::new() };
-        let mut names: Vec<String> = entries
-            .flatten()
-            .filter(|e| e.path().join("machine.json").exists())
-            .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|name| self.envfile.machine(name).is_none())
-            .collect();
-        names.sort();
-        names
-    }
-
-    /// A warning for machines left behind by the Envfile, if there are any.
-    pub fn orphan_warning(&self) -> Option<String> {
-        let orphans = self.orphans();
-        (!orphans.is_empty()).then(|| {
-            format!(
-                "{} in {} {} no section in the Envfile any more and may still be running; \
-                 put the section back and run `envy destroy {}` to remove it",
-                orphans.join(", "),
-                self.project.state_dir.display(),
-                if orphans.len() == 1 { "has" } else { "have" },
-                orphans.join(" ")
-            )
-        })
-    }
-
-    /// The plan for one machine; fails when its state dir is not what envy made.
-    pub fn plan(&self, home: &Home, spec: &MachineSpec) -> anyhow::Result<MachinePlan> {
-        let plan = MachinePlan::new(home, &self.project, &self.envfile, spec);
-        check_state_path(home, &plan.dir)?;
-        Ok(plan)
-    }
-}
-
 /// A plan for unit tests: `machine` of the Envfile `text` in `project_dir` (which need
 /// not exist), with the fixed project id `0badcafe`.
 #[cfg(test)]
 pub(crate) fn test_plan(project_dir: &str, home: &str, text: &str, machine: &str) -> MachinePlan {
-    let envfile = crate::envfile::parse_str(&Path::new(project_dir).join("Envfile"), text, crate::envfile::ProviderKind::Qemu)
+    let envfile = crate::envfile::parse_str(&Path::new(project_dir).join("Envfile"), text, crate::model::ProviderKind::new("qemu"))
         .expect("a valid test Envfile");
     let project = Project {
         dir: project_dir.into(),

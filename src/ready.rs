@@ -38,7 +38,7 @@ pub fn wait(ctx: &Context, plan: &MachinePlan) -> Result<()> {
     let check = describe(&ready.check);
     // As root, like provisioning: the check reads what any user of the machine may not.
     let request = ExecRequest { command: probe(&ready.check), as_root: true, ..ExecRequest::default() };
-    let provider = provider::for_kind(plan.spec.provider);
+    let provider = provider::for_kind(plan.spec.provider)?;
     ctx.ui.step(format!("{name}: waiting until ready ({check}), at most {}s", ready.timeout.as_secs()));
     let start = Instant::now();
     loop {

@@ -141,7 +141,7 @@ fn a_second_command_fails_at_once_with_no_wait_and_waits_without_it() {
     let project = tempfile::tempdir().unwrap();
     std::fs::write(project.path().join("Envfile"), "[defaults]\nbox = \"not-in-any-catalog\"\n").unwrap();
     let ui = envy::ui::Ui { interactive: false, fancy: false, json: false, quiet: true };
-    let state_dir = envy::plan::Project::state_dir_for(&envy::context::Home::at(home.path()), project.path());
+    let state_dir = envy::plan::Project::state_dir_for(&envy::state::Home::at(home.path()), project.path());
     let held = envy::state::ProjectLock::acquire(&state_dir, project.path(), true, &ui).unwrap();
 
     envy(home.path(), project.path())
@@ -247,7 +247,7 @@ fn up_without_qemu_on_path_fails_first_with_doctors_advice() {
     // A PATH with the basics but no QEMU.
     let bin = tempfile::tempdir().unwrap();
     for tool in ["sh", "ssh", "ssh-keygen", "qemu-img"] {
-        if let Some(path) = envy::doctor::which(tool) {
+        if let Some(path) = envy::provider::host::which(tool) {
             std::os::unix::fs::symlink(path, bin.path().join(tool)).unwrap();
         }
     }
@@ -256,7 +256,7 @@ fn up_without_qemu_on_path_fails_first_with_doctors_advice() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("qemu is not installed or not on PATH"), "{err}");
     assert!(err.contains("apt-get install qemu-system-x86") && err.contains("envy doctor"), "{err}");
-    let state_dir = envy::plan::Project::state_dir_for(&envy::context::Home::at(home.path()), project.path());
+    let state_dir = envy::plan::Project::state_dir_for(&envy::state::Home::at(home.path()), project.path());
     assert!(!state_dir.join("machines").exists(), "nothing was started");
     assert!(!home.path().join("boxes").exists() && !home.path().join("downloads").exists(), "nothing was fetched");
     // doctor says the same, and fails for this Envfile.
@@ -269,7 +269,7 @@ fn up_without_qemu_on_path_fails_first_with_doctors_advice() {
 /// time, with CI unset: the interactive case.
 fn on_a_terminal(home: &std::path::Path, cwd: &std::path::Path, args: &str, keys: &[&str]) -> (String, std::process::ExitStatus) {
     use std::io::Write;
-    assert!(envy::doctor::which("script").is_some(), "this test needs `script`; apt-get install bsdutils");
+    assert!(envy::provider::host::which("script").is_some(), "this test needs `script`; apt-get install bsdutils");
     let mut child = std::process::Command::new("script")
         .args(["-qec", &format!("{} {args}", env!("CARGO_BIN_EXE_envy")), "/dev/null"])
         .env_remove("CI")

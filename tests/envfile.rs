@@ -1,16 +1,18 @@
 //! The Envfile parser against real files: what it accepts, and the file:line:col
 //! of everything it refuses.
 
-
-
-use envy::envfile::{self, BoxRef, Protocol, ProviderKind, ProvisionAction};
+use envy::envfile::{self, ProvisionAction};
+use envy::model::{BoxRef, Protocol};
 
 fn parse(text: &str) -> Result<envfile::Envfile, envfile::Error> {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("setup.sh"), "echo hi\n").unwrap();
     let path = dir.path().join("Envfile");
     std::fs::write(&path, text).unwrap();
-    envfile::load(&path, ProviderKind::Container)
+    // As `envy` reads it: parsed, then checked by each machine's provider.
+    let envfile = envfile::load(&path, envy::provider::container::KIND)?;
+    envy::provider::validate(&envfile)?;
+    Ok(envfile)
 }
 
 fn error(text: &str) -> String {
@@ -49,7 +51,7 @@ accel = "tcg"
     assert_eq!(web.box_ref, BoxRef::Catalog { name: "debian-12".into(), version: None });
     assert_eq!(web.memory, 512 << 20);
     assert_eq!(web.cpus, 2);
-    assert_eq!(web.provider, ProviderKind::Container);
+    assert_eq!(web.provider, envy::provider::container::KIND);
     assert_eq!(web.forwards.len(), 3);
     assert_eq!((web.forwards[0].host_port, web.forwards[0].guest_port), (8080, 80));
     assert_eq!(web.forwards[0].host_ip.to_string(), "127.0.0.1");
@@ -61,7 +63,7 @@ accel = "tcg"
     assert!(matches!(&web.provision[1].action, ProvisionAction::Script(p) if p.ends_with("setup.sh")));
     assert_eq!(web.env["MODE"], "dev");
     let db = &envfile.machines[1];
-    assert_eq!(db.provider, ProviderKind::Qemu);
+    assert_eq!(db.provider, envy::provider::qemu::KIND);
     assert_eq!(db.disk, Some(10 << 30));
     assert!(matches!(&db.box_ref, BoxRef::Url { sha256: Some(d), .. } if d.starts_with("ab12")));
     assert_eq!(db.memory, 512 << 20, "defaults apply to every machine");
@@ -100,7 +102,7 @@ fn bad_values_point_at_the_value() {
         ("[defaults]\nbox = \"b\"\ncpus = 0\n", "Envfile:3:8:", "out of range"),
         ("[defaults]\nbox = \"b\"\nforward = [\"99999:80\"]\n", "Envfile:3:12:", "not a port"),
         ("[defaults]\nbox = \"b\"\nforward = [\"80\"]\n", "Envfile:3:12:", "not HOST:GUEST"),
-        ("[defaults]\nbox = \"b\"\nprovider = \"docker\"\n", "Envfile:3:12:", "\"docker\" is not known"),
+        ("[defaults]\nbox = \"b\"\nprovider = \"docker\"\n", "Envfile:3:12:", "machine default: provider \"docker\" is not known: this envy has container, qemu"),
         ("[defaults]\nbox = \"b\"\nsync = [\"../elsewhere:/x\"]\n", "Envfile:3:9:", "outside the project"),
         ("[defaults]\nbox = \"b\"\nsync = [\".:relative\"]\n", "Envfile:3:9:", "must be absolute"),
         ("[defaults]\nbox = { url = \"http://x\", sha256 = \"abc\" }\n", "Envfile:2:7:", "not a sha256"),
@@ -108,6 +110,7 @@ fn bad_values_point_at_the_value() {
         ("[machine.web]\ncpus = 1\n", "Envfile:1:1:", "has no box"),
         ("[defaults]\nbox = \"b\"\nprovision = [{ script = \"../outside.sh\" }]\n", "Envfile:3:14:", "outside the project"),
         ("[defaults]\nbox = \"b\"\nmemory = \n", "Envfile:3:10:", ""),
+        ("[defaults]\nbox = \"b\"\nenv = { MY-VAR = \"x\" }\n", "Envfile:3:", "env key \"MY-VAR\" is not a valid variable name"),
     ];
     for (text, at, words) in cases {
         let err = error(text);
@@ -149,12 +152,12 @@ fn a_host_port_claimed_twice_is_refused_naming_both_machines() {
 
 #[test]
 fn sizes_parse_in_binary_and_decimal_units() {
-    assert_eq!(envfile::parse_size("1GiB"), Some(1 << 30));
-    assert_eq!(envfile::parse_size("1.5G"), Some(3 << 29));
-    assert_eq!(envfile::parse_size("500MB"), Some(500_000_000));
-    assert_eq!(envfile::parse_size("0MiB"), Some(0), "zero is a size (the caller says it is too small)");
-    assert_eq!(envfile::parse_size("12"), None);
-    assert_eq!(envfile::parse_size("1 parsec"), None);
+    assert_eq!(envy::model::parse_size("1GiB"), Some(1 << 30));
+    assert_eq!(envy::model::parse_size("1.5G"), Some(3 << 29));
+    assert_eq!(envy::model::parse_size("500MB"), Some(500_000_000));
+    assert_eq!(envy::model::parse_size("0MiB"), Some(0), "zero is a size (the caller says it is too small)");
+    assert_eq!(envy::model::parse_size("12"), None);
+    assert_eq!(envy::model::parse_size("1 parsec"), None);
 }
 
 #[test]
@@ -264,7 +267,7 @@ fn user_data_is_a_project_file_or_inline_cloud_config_for_vms_only() {
         assert!(err.starts_with(message), "{value}: {err}");
     }
     let err = error("[defaults]\nbox = \"b\"\nuser_data = \"init.yaml\"\n");
-    assert!(err.starts_with("Envfile:3:13: user_data is cloud-init's") && err.contains("a container machine has no cloud-init"), "{err}");
+    assert!(err.starts_with("Envfile:3:13: machine default: user_data is cloud-init's") && err.contains("a container machine has no cloud-init"), "{err}");
 }
 
 #[test]
@@ -287,7 +290,7 @@ fn a_bad_forward_auto_is_refused_with_its_place() {
         ("[defaults]\nbox = \"b\"\nforward_auto = { min_port = 0 }\n", "Envfile:3:16: forward_auto.min_port = 0 is not a port"),
         ("[defaults]\nbox = \"b\"\nforward_auto = { min_port = 70000 }\n", "forward_auto.min_port = 70000 is not a port"),
         ("[defaults]\nbox = \"b\"\nforward_auto = { enabled = 1 }\n", "forward_auto.enabled = 1 must be true or false"),
-        ("[defaults]\nbox = \"b\"\nprovider = \"qemu\"\nforward_auto = true\n", "Envfile:4:16: forward_auto is not available for qemu machines yet (machine default)"),
+        ("[defaults]\nbox = \"b\"\nprovider = \"qemu\"\nforward_auto = true\n", "Envfile:4:16: machine default: forward_auto is not available for qemu machines yet"),
     ] {
         let err = error(text);
         assert!(err.contains(want), "{text:?}: {err}");

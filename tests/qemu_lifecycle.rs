@@ -7,7 +7,7 @@ mod support;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 
-use envy::envfile::{Forward, Protocol};
+use envy::model::{Forward, Protocol};
 use envy::provider::{MachineState, Provider};
 use support::TestMachine;
 

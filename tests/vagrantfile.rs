@@ -5,7 +5,8 @@
 mod common;
 
 use common::TestEnv;
-use envy::envfile::{self, BoxRef, Envfile, MachineSpec, Protocol, ProviderKind, ProvisionAction};
+use envy::envfile::{self, Envfile, MachineSpec, ProvisionAction};
+use envy::model::{BoxRef, Protocol};
 
 /// A project holding `vagrantfile` (and empty `files`), converted by the real binary.
 struct Converted {
@@ -30,7 +31,7 @@ fn convert(vagrantfile: &str, files: &[&str]) -> Converted {
     assert!(out.status.success(), "envy init failed: {}", String::from_utf8_lossy(&out.stderr));
     let path = env.project.join("Envfile");
     let text = std::fs::read_to_string(&path).unwrap();
-    let envfile = envfile::load(&path, ProviderKind::Container).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let envfile = envfile::load(&path, envy::provider::container::KIND).unwrap_or_else(|e| panic!("{e}\n{text}"));
     Converted { env, vagrantfile: vagrantfile.to_string(), text, envfile, stdout: String::from_utf8(out.stdout).unwrap() }
 }
 
@@ -112,7 +113,7 @@ end
     assert_eq!(c.names(), ["blog"]);
     let m = c.machine("blog");
     assert_eq!(m.box_ref, catalog("debian-12"));
-    assert_eq!(m.provider, ProviderKind::Container);
+    assert_eq!(m.provider, envy::provider::container::KIND);
     assert_eq!((m.cpus, m.memory), (2, 1 << 30), "envy's defaults where the Vagrantfile sets none");
     assert_eq!(forwards(m), [("127.0.0.1".into(), 4000, 4000, Protocol::Tcp, false)]);
     // Vagrant's default synced folder.
@@ -325,7 +326,7 @@ end
 fn the_docker_provider_becomes_the_container_provider() {
     let c = convert(DOCKER_VAGRANTFILE, &["site/index.html"]);
     let m = c.machine("default");
-    assert_eq!(m.provider, ProviderKind::Container);
+    assert_eq!(m.provider, envy::provider::container::KIND);
     assert_eq!(m.box_ref, catalog("debian-12"));
     assert_eq!(guest_paths(m), ["/vagrant", "/srv/site"]);
     assert_eq!(m.provision.iter().map(|p| p.always).collect::<Vec<_>>(), [false, true]);
@@ -398,7 +399,7 @@ fn a_vagrantfile_in_another_folder_keeps_its_paths() {
     )
     .unwrap();
     env.envy().args(["init", "--from-vagrantfile", "vagrant/Vagrantfile"]).assert().success();
-    let envfile = envfile::load(&env.project.join("Envfile"), ProviderKind::Container).unwrap();
+    let envfile = envfile::load(&env.project.join("Envfile"), envy::provider::container::KIND).unwrap();
     let m = &envfile.machines[0];
     assert_eq!(m.sync[0].host, env.project.join("vagrant"), "/vagrant is the Vagrantfile's folder");
     assert_eq!(m.provision[0].action, ProvisionAction::Script(env.project.join("vagrant/scripts/setup.sh")));

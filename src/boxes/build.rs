@@ -13,7 +13,7 @@ use super::manifest::{BootMethod, Manifest, QemuPayload, DEFAULT_CMDLINE};
 use super::store::file_size;
 use crate::provider::tool;
 use super::Error;
-use crate::envfile::ProviderKind;
+use crate::model::BoxFormat;
 use crate::ui::Ui;
 
 /// What to build.
@@ -23,7 +23,7 @@ pub struct BuildRequest {
     pub rootfs: PathBuf,
     pub name: String,
     pub version: String,
-    pub kind: ProviderKind,
+    pub kind: BoxFormat,
     /// VM disk size in bytes (default: the rootfs plus room).
     pub disk_size: Option<u64>,
     /// Appended to the default kernel command line (direct boot).
@@ -40,8 +40,8 @@ pub fn build(req: &BuildRequest, ui: &Ui) -> anyhow::Result<String> {
         .tempdir_in(out_dir)
         .map_err(Error::io("cannot create a temp dir in", out_dir))?;
     let (manifest, files) = match req.kind {
-        ProviderKind::Container => container_payload(req, work.path())?,
-        ProviderKind::Qemu => qemu_payload(req, work.path(), ui)?,
+        BoxFormat::Container => container_payload(req, work.path())?,
+        BoxFormat::Qemu => qemu_payload(req, work.path(), ui)?,
     };
     manifest.validate(&req.output.display().to_string())?;
     let partial = work.path().join("out.box");
@@ -152,7 +152,7 @@ fn qemu_payload(
         name: req.name.clone(),
         version: req.version.clone(),
         arch: std::env::consts::ARCH.to_string(),
-        providers: vec![ProviderKind::Qemu],
+        providers: vec![BoxFormat::Qemu],
         container: None,
         qemu: Some(QemuPayload { disk: "disk.qcow2".into(), boot, kernel, initrd, cmdline }),
         files: digests,

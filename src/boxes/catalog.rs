@@ -9,7 +9,7 @@ use serde::Deserialize;
 use super::digest::{parse_sha256, parse_sha512, Pin};
 use super::download::Downloader;
 use super::Error;
-use crate::envfile::ProviderKind;
+use crate::model::BoxFormat;
 
 /// The catalog shipped in the binary (the repository's `boxes/*.toml`).
 const BUILTIN: &[(&str, &str)] = &[("debian-12.toml", include_str!("../../boxes/debian-12.toml"))];
@@ -38,7 +38,7 @@ struct Entry {
 struct Version {
     version: String,
     /// The provider this artifact serves (a version may list one artifact per provider).
-    provider: Option<ProviderKind>,
+    provider: Option<BoxFormat>,
     url: String,
     sha256: Option<String>,
     sha512: Option<String>,
@@ -120,7 +120,7 @@ impl Catalog {
         &self,
         name: &str,
         version: Option<&str>,
-        provider: Option<ProviderKind>,
+        provider: Option<BoxFormat>,
     ) -> Result<Resolved, Error> {
         let not_found = |message: String| Error::Catalog { location: self.location.clone(), message };
         let entry = self.entries.iter().find(|e| e.name == name).ok_or_else(|| {
@@ -248,11 +248,11 @@ mod tests {
             location: "built-in".into(),
             entries: BUILTIN.iter().flat_map(|(n, t)| parse(t, n).unwrap()).collect(),
         };
-        let vm = catalog.resolve("debian-12", None, Some(ProviderKind::Qemu)).unwrap();
+        let vm = catalog.resolve("debian-12", None, Some(BoxFormat::Qemu)).unwrap();
         assert!(vm.url.ends_with("generic-amd64-20250210-2019.qcow2") && vm.checksums.is_some());
         let small = catalog.resolve("debian-12", Some("20250210-2019-genericcloud"), None).unwrap();
         assert!(small.url.contains("genericcloud") && matches!(small.pin, Some(Pin::Sha512(_))));
-        let ct = catalog.resolve("debian-12", None, Some(ProviderKind::Container)).unwrap();
+        let ct = catalog.resolve("debian-12", None, Some(BoxFormat::Container)).unwrap();
         assert!(
             ct.url.ends_with("rootfs.tar.xz")
                 && ct.checksums.as_ref().is_some_and(|(_, f)| f == "rootfs.tar.xz")

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::Error;
-use crate::envfile::ProviderKind;
+use crate::model::BoxFormat;
 
 /// The manifest's file name, first entry of every `.box` archive.
 pub const FILE_NAME: &str = "box.toml";
@@ -26,7 +26,7 @@ pub struct Manifest {
     /// CPU architecture, as `uname -m` says (x86_64).
     pub arch: String,
     /// Providers the box can be run on.
-    pub providers: Vec<ProviderKind>,
+    pub providers: Vec<BoxFormat>,
     pub container: Option<ContainerPayload>,
     pub qemu: Option<QemuPayload>,
     /// sha256 (hex) of every payload file, by file name.
@@ -132,10 +132,10 @@ impl Manifest {
         };
         for kind in &self.providers {
             match kind {
-                ProviderKind::Container if self.container.is_none() => {
+                BoxFormat::Container if self.container.is_none() => {
                     return Err(bad("providers lists container but there is no [container] section".into()))
                 }
-                ProviderKind::Qemu if self.qemu.is_none() => {
+                BoxFormat::Qemu if self.qemu.is_none() => {
                     return Err(bad("providers lists qemu but there is no [qemu] section".into()))
                 }
                 _ => {}
@@ -177,7 +177,7 @@ impl Manifest {
             name: name.to_string(),
             version: version.to_string(),
             arch: std::env::consts::ARCH.to_string(),
-            providers: vec![ProviderKind::Qemu],
+            providers: vec![BoxFormat::Qemu],
             container: None,
             qemu: Some(QemuPayload {
                 disk: file.to_string(),
@@ -199,7 +199,7 @@ impl Manifest {
             name: name.to_string(),
             version: version.to_string(),
             arch: std::env::consts::ARCH.to_string(),
-            providers: vec![ProviderKind::Container],
+            providers: vec![BoxFormat::Container],
             container: Some(ContainerPayload { rootfs: Some(file.to_string()) }),
             qemu: None,
             files: BTreeMap::from([(file.to_string(), sha256.to_string())]),

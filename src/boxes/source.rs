@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use super::digest::parse_sha256;
 use super::Error;
-use crate::envfile::{BoxRef, OciRef, ProviderKind};
+use crate::model::{BoxFormat, BoxRef, OciRef};
 
 /// Where to get a box, and how strictly.
 #[derive(Debug, Clone)]
@@ -17,8 +17,8 @@ pub struct BoxSource {
     pub catalog: Option<String>,
     /// Name to list the box under (default: its manifest's or the file's name).
     pub name: Option<String>,
-    /// Provider the box is wanted for, to pick between a catalog version's artifacts.
-    pub provider: Option<ProviderKind>,
+    /// Payload the box is wanted with, to pick between a catalog version's artifacts.
+    pub format: Option<BoxFormat>,
 }
 
 impl BoxSource {
@@ -26,9 +26,9 @@ impl BoxSource {
     pub fn from_ref(
         reference: &BoxRef,
         catalog: Option<String>,
-        provider: Option<ProviderKind>,
+        format: Option<BoxFormat>,
     ) -> BoxSource {
-        BoxSource { reference: reference.clone(), insecure: false, catalog, name: None, provider }
+        BoxSource { reference: reference.clone(), insecure: false, catalog, name: None, format }
     }
 }
 

@@ -19,8 +19,8 @@ use super::manifest::{self, Manifest};
 use super::source::{name_from_file, BoxSource};
 use super::Error;
 use crate::config::Config;
-use crate::context::Home;
-use crate::envfile::{BoxRef, ProviderKind};
+use crate::state::Home;
+use crate::model::{BoxFormat, BoxRef};
 use crate::ui::Ui;
 
 /// Per-box record beside `box.toml`: where it came from and the stamps of its files.
@@ -152,7 +152,7 @@ impl Store {
                     source.catalog.as_deref().or(from_env.as_deref()).or(self.config.catalog.as_deref());
                 let downloader = self.downloader()?;
                 let catalog = Catalog::load(location, &downloader)?;
-                let entry = catalog.resolve(name, version.as_deref(), source.provider)?;
+                let entry = catalog.resolve(name, version.as_deref(), source.format)?;
                 // Catalog URLs name immutable builds: a box verified from it before is the
                 // one, and needs no fetch of the checksum list.
                 if let Some(found) = self.find_pinned_source(&entry.url)? {
@@ -557,12 +557,12 @@ impl Store {
         self.find_for(query, None)
     }
 
-    /// `find` among the boxes for `provider`: one box name may stand for a container
+    /// `find` among the boxes with `format`: one box name may stand for a container
     /// box and a VM box, as a Vagrant box has one name and several providers.
-    pub fn find_for(&self, query: &str, provider: Option<ProviderKind>) -> anyhow::Result<StoredBox> {
+    pub fn find_for(&self, query: &str, format: Option<BoxFormat>) -> anyhow::Result<StoredBox> {
         let mut all = self.list()?;
-        if let Some(provider) = provider {
-            all.retain(|(b, _)| b.manifest.providers.contains(&provider));
+        if let Some(format) = format {
+            all.retain(|(b, _)| b.manifest.providers.contains(&format));
         }
         let is_prefix = query.len() >= 8 && query.bytes().all(|b| b.is_ascii_hexdigit());
         let (name, version) = match query.split_once('@') {
@@ -580,8 +580,8 @@ impl Store {
         match matches.as_slice() {
             [(one, _)] => Ok(one.clone()),
             [] => Err(Error::Missing {
-                what: match provider {
-                    Some(p) => format!("`{query}` for the {p} provider"),
+                what: match format {
+                    Some(f) => format!("`{query}` for the {f} provider"),
                     None => format!("`{query}`"),
                 },
                 store: self.home.boxes_dir(),

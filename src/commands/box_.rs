@@ -11,7 +11,7 @@ use crate::cli::{
 };
 use crate::context::Context;
 use crate::envfile::lock::LockFile;
-use crate::envfile::{BoxRef, ProviderKind};
+use crate::model::{BoxFormat, BoxRef};
 
 pub fn run(ctx: &Context, cmd: BoxCommand) -> Result<i32> {
     let store = Store::open(&ctx.home)?;
@@ -32,7 +32,7 @@ fn add(ctx: &Context, store: &Store, args: BoxAddArgs) -> Result<i32> {
         insecure: args.insecure,
         catalog: args.catalog,
         name: args.name,
-        provider: None,
+        format: None,
     };
     let stored = store.ensure(&source, &ctx.ui)?;
     let record = stored.record()?;
@@ -154,12 +154,12 @@ fn prune(ctx: &Context, store: &Store, args: BoxPruneArgs) -> Result<i32> {
 
 fn build(ctx: &Context, store: &Store, args: BoxBuildArgs) -> Result<i32> {
     let kind = match args.kind {
-        BoxKindArg::Container => ProviderKind::Container,
-        BoxKindArg::Qemu => ProviderKind::Qemu,
+        BoxKindArg::Container => BoxFormat::Container,
+        BoxKindArg::Qemu => BoxFormat::Qemu,
     };
     // Sizes read exactly as the Envfile's `memory` and `disk` do.
     let disk_size = match args.disk_size.as_deref() {
-        Some(text) => match crate::envfile::parse_size(text) {
+        Some(text) => match crate::model::parse_size(text) {
             None => anyhow::bail!("--disk-size {text:?} is not a size: write a number and a unit, e.g. \"2GiB\""),
             Some(bytes) if bytes < crate::envfile::MIN_DISK => {
                 anyhow::bail!("--disk-size {text:?} is too small: at least {} MiB", crate::envfile::MIN_DISK >> 20)

@@ -6,7 +6,7 @@ use anyhow::Result;
 use crate::cli::DestroyArgs;
 use crate::context::Context;
 use crate::lifecycle;
-use crate::plan::Workspace;
+use crate::workspace::Workspace;
 use crate::provider::{self, MachineState};
 use crate::state::{registry, ProjectLock};
 
@@ -27,7 +27,7 @@ pub fn run(ctx: &Context, args: DestroyArgs) -> Result<i32> {
     let _lock = ProjectLock::acquire(&ws.project.state_dir, &ws.project.dir, ctx.no_wait, &ctx.ui)?;
     for spec in machines {
         let plan = ws.plan(&ctx.home, spec)?;
-        if provider::for_kind(spec.provider).state(&plan)? == MachineState::NotCreated && !plan.dir.exists() {
+        if provider::for_kind(spec.provider)?.state(&plan)? == MachineState::NotCreated && !plan.dir.exists() {
             ctx.ui.step(format!("{}: not created", spec.name));
             continue;
         }

@@ -4,9 +4,9 @@ use anyhow::Result;
 use serde_json::json;
 
 use crate::context::Context;
-use crate::doctor::{self, Status};
-use crate::envfile::ProviderKind;
-use crate::plan::Workspace;
+use crate::doctor::{self, Finding};
+use crate::model::{CheckStatus, HostCheck, ProviderKind};
+use crate::workspace::Workspace;
 
 pub fn run(ctx: &Context) -> Result<i32> {
     let mut checks = doctor::all(ctx.home.root());
@@ -18,31 +18,33 @@ pub fn run(ctx: &Context) -> Result<i32> {
             (json!({ "path": ws.envfile.path, "valid": true, "error": null }), kinds)
         }
         Err(e) if e.downcast_ref::<crate::envfile::Error>().is_some_and(|e| matches!(e, crate::envfile::Error::NotFound { .. })) => {
-            (serde_json::Value::Null, vec![ProviderKind::Container, ProviderKind::Qemu])
+            (serde_json::Value::Null, every_provider())
         }
         Err(e) => {
-            checks.push(doctor::Check {
-                name: "Envfile",
-                status: Status::Fail,
-                detail: format!("{e:#}"),
-                advice: Some("fix the Envfile at the position shown (docs/envfile.md)".into()),
-                needed_by: vec![ProviderKind::Container, ProviderKind::Qemu],
+            checks.push(Finding {
+                check: HostCheck {
+                    name: "Envfile".into(),
+                    status: CheckStatus::Fail,
+                    detail: format!("{e:#}"),
+                    advice: Some("fix the Envfile at the position shown (docs/envfile.md)".into()),
+                },
+                needed_by: every_provider(),
             });
-            (json!({ "valid": false, "error": format!("{e:#}") }), vec![ProviderKind::Container, ProviderKind::Qemu])
+            (json!({ "valid": false, "error": format!("{e:#}") }), every_provider())
         }
     };
     let blocking = checks
         .iter()
-        .filter(|c| c.status == Status::Fail && c.needed_by.iter().any(|k| needed.contains(k)))
+        .filter(|c| c.check.status == CheckStatus::Fail && c.needed_by.iter().any(|k| needed.contains(k)))
         .count();
     if ctx.ui.json {
         super::print_json(&json!({ "version": 1, "ok": blocking == 0, "envfile": envfile, "checks": checks }))?;
     } else {
-        for c in &checks {
+        for Finding { check: c, .. } in &checks {
             let mark = match c.status {
-                Status::Ok => "ok  ",
-                Status::Warn => "warn",
-                Status::Fail => "FAIL",
+                CheckStatus::Ok => "ok  ",
+                CheckStatus::Warn => "warn",
+                CheckStatus::Fail => "FAIL",
             };
             println!("[{mark}] {:<12} {}", c.name, c.detail);
             if let Some(advice) = &c.advice {
@@ -51,4 +53,8 @@ pub fn run(ctx: &Context) -> Result<i32> {
         }
     }
     Ok(if blocking == 0 { 0 } else { crate::error::code::PROVIDER })
+}
+
+fn every_provider() -> Vec<ProviderKind> {
+    crate::provider::registered().iter().map(|r| r.kind).collect()
 }

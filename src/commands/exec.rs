@@ -9,9 +9,9 @@ use crate::context::Context;
 use crate::provider::{self, ExecRequest};
 
 pub fn run(ctx: &Context, args: ExecArgs) -> Result<i32> {
-    let ws = crate::plan::Workspace::load(ctx)?;
+    let ws = crate::workspace::Workspace::load(ctx)?;
     let plan = super::running_machine(ctx, &ws, args.machine.as_deref())?;
     let tty = args.tty || (!args.no_tty && std::io::stdin().is_terminal() && std::io::stdout().is_terminal());
     let request = ExecRequest { command: args.command, tty, workdir: args.workdir, env: Vec::new(), ..ExecRequest::default() };
-    provider::for_kind(plan.spec.provider).exec(&plan, &request)
+    provider::for_kind(plan.spec.provider)?.exec(&plan, &request)
 }

@@ -4,7 +4,7 @@ use anyhow::Result;
 
 use crate::cli::HaltArgs;
 use crate::context::Context;
-use crate::plan::Workspace;
+use crate::workspace::Workspace;
 use crate::provider::{self, MachineState};
 use crate::state::ProjectLock;
 
@@ -14,7 +14,7 @@ pub fn run(ctx: &Context, args: HaltArgs) -> Result<i32> {
     let _lock = ProjectLock::acquire(&ws.project.state_dir, &ws.project.dir, ctx.no_wait, &ctx.ui)?;
     for spec in machines {
         let plan = ws.plan(&ctx.home, spec)?;
-        let provider = provider::for_kind(spec.provider);
+        let provider = provider::for_kind(spec.provider)?;
         crate::autoforward::stop(&plan);
         match provider.state(&plan)? {
             MachineState::Running => {

@@ -5,9 +5,9 @@ use std::path::Path;
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::cli::{InitArgs, ProviderArg};
+use crate::cli::InitArgs;
 use crate::context::Context;
-use crate::envfile::{self, ProviderKind};
+use crate::envfile;
 use crate::vagrantfile::{self, NoteKind};
 
 /// The templates shipped in templates/, by name.
@@ -53,14 +53,13 @@ pub fn run(ctx: &Context, args: InitArgs) -> Result<i32> {
         None => DEFAULT_BOX.to_string(),
     };
     let provider = match args.provider {
-        Some(ProviderArg::Container) => ProviderKind::Container,
-        Some(ProviderArg::Qemu) => ProviderKind::Qemu,
+        Some(kind) => kind,
         None if ask => {
-            let kinds = [ProviderKind::Container, ProviderKind::Qemu];
-            let names = ["container (runc: starts in milliseconds)", "qemu (a full virtual machine)"];
-            kinds[dialoguer::Select::new().with_prompt("Provider").items(&names).default(0).interact()?]
+            let providers = crate::provider::registered();
+            let names: Vec<String> = providers.iter().map(|r| format!("{} ({})", r.kind, r.summary)).collect();
+            providers[dialoguer::Select::new().with_prompt("Provider").items(&names).default(0).interact()?].kind
         }
-        None => ctx.config.provider.unwrap_or(ProviderKind::Container),
+        None => ctx.config.provider.unwrap_or_else(crate::provider::default_kind),
     };
     let text = text.replace("{{box}}", &box_name.replace('\\', "\\\\").replace('"', "\\\"")).replace("{{provider}}", &provider.to_string());
     // What we write must read back: a box name that breaks the file is caught here.
@@ -74,7 +73,7 @@ pub fn run(ctx: &Context, args: InitArgs) -> Result<i32> {
 /// is listed on stdout, last, where it is seen.
 fn from_vagrantfile(ctx: &Context, vagrantfile: &Path, path: &Path) -> Result<i32> {
     let conversion = vagrantfile::convert_file(vagrantfile, &ctx.cwd)?;
-    let provider = ctx.config.provider.unwrap_or(ProviderKind::Container);
+    let provider = ctx.config.provider.unwrap_or_else(crate::provider::default_kind);
     envfile::parse_str(path, &conversion.envfile, provider).with_context(|| {
         format!("the Envfile converted from {} does not read back; please report this with the Vagrantfile", vagrantfile.display())
     })?;

@@ -4,7 +4,7 @@ use anyhow::Result;
 use serde_json::json;
 
 use crate::context::Context;
-use crate::plan::Workspace;
+use crate::workspace::Workspace;
 use crate::state::registry;
 
 pub fn run(ctx: &Context) -> Result<i32> {

@@ -63,14 +63,14 @@ fn print_json(value: &serde_json::Value) -> Result<()> {
 }
 
 /// The plan of one running machine, or the error that says how to start it.
-fn running_machine(ctx: &Context, ws: &crate::plan::Workspace, name: Option<&str>) -> Result<crate::plan::MachinePlan> {
+fn running_machine(ctx: &Context, ws: &crate::workspace::Workspace, name: Option<&str>) -> Result<crate::plan::MachinePlan> {
     use crate::provider::MachineState;
     let spec = ws.select_one(name)?;
     let mut plan = ws.plan(&ctx.home, spec)?;
     if let Some(record) = crate::state::record::MachineRecord::load(&plan.dir)? {
         plan.forwards = record.forwards;
     }
-    match crate::provider::for_kind(spec.provider).state(&plan)? {
+    match crate::provider::for_kind(spec.provider)?.state(&plan)? {
         MachineState::Running => Ok(plan),
         MachineState::NotCreated => Err(crate::state::Error::NotCreated { machine: spec.name.clone() }.into()),
         state => Err(crate::state::Error::NotRunning { machine: spec.name.clone(), state: state.to_string() }.into()),

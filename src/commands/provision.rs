@@ -5,7 +5,7 @@ use anyhow::Result;
 use crate::cli::MachinesArgs;
 use crate::context::Context;
 use crate::lifecycle;
-use crate::plan::Workspace;
+use crate::workspace::Workspace;
 use crate::state::record::MachineRecord;
 use crate::state::ProjectLock;
 

@@ -8,12 +8,14 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use serde_json::json;
 
-use crate::cli::{ProviderArg, RunArgs};
+use crate::cli::RunArgs;
 use crate::context::Context;
 use crate::envfile::lock::LockFile;
-use crate::envfile::{self, BoxRef, ProviderKind};
+use crate::envfile;
+use crate::model::BoxRef;
 use crate::lifecycle::{self, UpOptions};
-use crate::plan::{MachinePlan, Project, Workspace};
+use crate::plan::{MachinePlan, Project};
+use crate::workspace::Workspace;
 use crate::provider::{self, ExecRequest};
 use crate::signals;
 
@@ -31,7 +33,7 @@ fn replica(ctx: &Context, args: &RunArgs) -> Result<i32> {
         Some(name) => ws.select_one(Some(name))?.name.clone(),
         None => ws.envfile.machines[0].name.clone(),
     };
-    crate::doctor::require_for(&ws.select(&[])?)?;
+    crate::doctor::require(&ws.envfile.machines.iter().map(|m| m.provider).collect::<Vec<_>>())?;
     // The pins are honoured; a pin the run adds stays with the run (the file is not written).
     let mut lock = LockFile::load(&LockFile::path_for(&ws.project.dir))?;
     let project = ws.project.throwaway(&ctx.home, &throwaway_id());
@@ -41,7 +43,7 @@ fn replica(ctx: &Context, args: &RunArgs) -> Result<i32> {
         // A copy never takes the Envfile's host ports: the developer's machines or another
         // run may hold them, or check them at the same moment. The kernel picks each one.
         for forward in &mut machine.forwards {
-            forward.host_port = lifecycle::free_port(forward)?;
+            forward.host_port = forward.protocol.free_port(forward.host_ip)?;
             forward.auto = true;
         }
     }
@@ -95,13 +97,13 @@ fn replica(ctx: &Context, args: &RunArgs) -> Result<i32> {
 fn exec_until_interrupted(ctx: &Context, plan: &MachinePlan, command: &[String]) -> Result<i32> {
     let request = ExecRequest { command: command.to_vec(), ..ExecRequest::default() };
     std::thread::scope(|scope| {
-        let running = scope.spawn(|| provider::for_kind(plan.spec.provider).exec(plan, &request));
+        let running = scope.spawn(|| provider::for_kind(plan.spec.provider)?.exec(plan, &request));
         let mut stopped = false;
         while !running.is_finished() {
             if signals::interrupted() && !stopped {
                 stopped = true;
                 ctx.ui.step(format!("run: interrupted; stopping {}", plan.name()));
-                provider::for_kind(plan.spec.provider).halt(plan, true, &ctx.ui)?;
+                provider::for_kind(plan.spec.provider)?.halt(plan, true, &ctx.ui)?;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -125,11 +127,8 @@ impl Events {
 
 /// `envy run --box B -- CMD`: one bare machine with this folder at /project.
 fn bare(ctx: &Context, box_name: &str, args: &RunArgs) -> Result<i32> {
-    let provider_kind = match args.provider {
-        Some(ProviderArg::Qemu) => ProviderKind::Qemu,
-        Some(ProviderArg::Container) | None => ProviderKind::Container,
-    };
-    crate::doctor::require(provider_kind)?;
+    let provider_kind = args.provider.unwrap_or_else(crate::provider::default_kind);
+    crate::doctor::require(&[provider_kind])?;
     // --box reads exactly like `box =` in an Envfile in this folder.
     let here = envfile::parse_str(
         &ctx.cwd.join(envfile::FILE_NAME),
@@ -170,7 +169,7 @@ fn bare(ctx: &Context, box_name: &str, args: &RunArgs) -> Result<i32> {
             env: Vec::new(),
             ..ExecRequest::default()
         };
-        provider::for_kind(provider_kind).exec(&plan, &request)
+        provider::for_kind(provider_kind)?.exec(&plan, &request)
     });
     let code = match &outcome {
         _ if signals::interrupted() => crate::error::code::INTERRUPTED,

@@ -13,8 +13,8 @@ use serde_json::json;
 use crate::boxes::{self, BoxServer, ContainerPayload, Manifest, QemuPayload, Store};
 use crate::cli::ShareArgs;
 use crate::context::Context;
-use crate::envfile::{BoxRef, ProviderKind};
-use crate::plan::Workspace;
+use crate::model::{BoxFormat, BoxRef};
+use crate::workspace::Workspace;
 use crate::provider::{self, ImageExport};
 use crate::signals;
 use crate::state::record::MachineRecord;
@@ -101,7 +101,7 @@ fn push(ctx: &Context, ws: &Workspace, plan: &crate::plan::MachinePlan, record: 
     let digest = {
         // Held while packing: a halt or destroy must not pull the machine away mid-copy.
         let _lock = ProjectLock::acquire(&ws.project.state_dir, &ws.project.dir, ctx.no_wait, &ctx.ui)?;
-        match provider::for_kind(plan.spec.provider).export_image(plan, &stored, staging.path(), &ctx.ui)? {
+        match provider::for_kind(plan.spec.provider)?.export_image(plan, &stored, staging.path(), &ctx.ui)? {
             ImageExport::Layer(delta) => {
                 ctx.ui.step(format!("{}: pushing to {image}", plan.name()));
                 boxes::push(&store, &stored, &delta, &image, staging.path(), &ctx.ui)?
@@ -130,7 +130,7 @@ fn pack(ctx: &Context, plan: &crate::plan::MachinePlan, record: &MachineRecord, 
         .prefix(".share-")
         .tempdir_in(&plan.project.state_dir)
         .context("cannot make a staging folder in the project's state dir")?;
-    let exported = provider::for_kind(plan.spec.provider).export(plan, &stored, staging.path(), &ctx.ui)?;
+    let exported = provider::for_kind(plan.spec.provider)?.export(plan, &stored, staging.path(), &ctx.ui)?;
     let mut files: BTreeMap<String, PathBuf> = BTreeMap::new();
     for path in exported {
         let name = path.file_name().context("an exported file has no name")?.to_string_lossy().into_owned();
@@ -140,9 +140,10 @@ fn pack(ctx: &Context, plan: &crate::plan::MachinePlan, record: &MachineRecord, 
     for (name, path) in &files {
         digests.insert(name.clone(), boxes::sha256_file(path)?);
     }
-    let (container, qemu) = match plan.spec.provider {
-        ProviderKind::Container => (Some(ContainerPayload { rootfs: Some("rootfs.tar".into()) }), None),
-        ProviderKind::Qemu => {
+    let format = provider::for_kind(plan.spec.provider)?.box_format();
+    let (container, qemu) = match format {
+        BoxFormat::Container => (Some(ContainerPayload { rootfs: Some("rootfs.tar".into()) }), None),
+        BoxFormat::Qemu => {
             let base = stored.manifest.qemu.clone().context("the machine's box has no qemu payload")?;
             (None, Some(QemuPayload { disk: "disk.qcow2".into(), ..base }))
         }
@@ -154,7 +155,7 @@ fn pack(ctx: &Context, plan: &crate::plan::MachinePlan, record: &MachineRecord, 
         name: name.clone(),
         version: format!("shared-{}", chrono_stamp()),
         arch: stored.manifest.arch.clone(),
-        providers: vec![plan.spec.provider],
+        providers: vec![format],
         container,
         qemu,
         files: digests,

@@ -7,7 +7,8 @@ use crate::cli::{MachineArg, SnapshotArgs, SnapshotCommand};
 use crate::context::Context;
 use crate::envfile::lock::LockFile;
 use crate::lifecycle::{self, UpOptions};
-use crate::plan::{MachinePlan, Workspace};
+use crate::plan::MachinePlan;
+use crate::workspace::Workspace;
 use crate::provider::{self, MachineState};
 use crate::state::ProjectLock;
 
@@ -16,7 +17,7 @@ pub fn run(ctx: &Context, cmd: SnapshotCommand) -> Result<i32> {
     match cmd {
         SnapshotCommand::List(MachineArg { machine }) => {
             let plan = created(ctx, &ws, machine.as_deref())?;
-            let list = provider::for_kind(plan.spec.provider).snapshot_list(&plan)?;
+            let list = provider::for_kind(plan.spec.provider)?.snapshot_list(&plan)?;
             if ctx.ui.json {
                 super::print_json(&json!({ "version": 1, "machine": plan.name(), "snapshots": list }))?;
             } else {
@@ -36,7 +37,7 @@ pub fn run(ctx: &Context, cmd: SnapshotCommand) -> Result<i32> {
             let (machine, name) = words(&args)?;
             let _lock = ProjectLock::acquire(&ws.project.state_dir, &ws.project.dir, ctx.no_wait, &ctx.ui)?;
             let plan = created(ctx, &ws, machine)?;
-            let provider = provider::for_kind(plan.spec.provider);
+            let provider = provider::for_kind(plan.spec.provider)?;
             if !args.force && provider.snapshot_list(&plan)?.iter().any(|s| s.name == name) {
                 bail!("machine {} already has a snapshot named {name}; pass --force to replace it", plan.name());
             }
@@ -48,7 +49,7 @@ pub fn run(ctx: &Context, cmd: SnapshotCommand) -> Result<i32> {
             let (machine, name) = words(&args)?;
             let _lock = ProjectLock::acquire(&ws.project.state_dir, &ws.project.dir, ctx.no_wait, &ctx.ui)?;
             let plan = created(ctx, &ws, machine)?;
-            let provider = provider::for_kind(plan.spec.provider);
+            let provider = provider::for_kind(plan.spec.provider)?;
             let known = provider.snapshot_list(&plan)?;
             if !known.iter().any(|s| s.name == name) {
                 let names: Vec<&str> = known.iter().map(|s| s.name.as_str()).collect();
@@ -70,7 +71,7 @@ pub fn run(ctx: &Context, cmd: SnapshotCommand) -> Result<i32> {
             let (machine, name) = words(&args)?;
             let _lock = ProjectLock::acquire(&ws.project.state_dir, &ws.project.dir, ctx.no_wait, &ctx.ui)?;
             let plan = created(ctx, &ws, machine)?;
-            let provider = provider::for_kind(plan.spec.provider);
+            let provider = provider::for_kind(plan.spec.provider)?;
             if !provider.snapshot_list(&plan)?.iter().any(|s| s.name == name) {
                 bail!("machine {} has no snapshot named {name}", plan.name());
             }
@@ -96,7 +97,7 @@ fn words(args: &SnapshotArgs) -> Result<(Option<&str>, &str)> {
 fn created(ctx: &Context, ws: &Workspace, name: Option<&str>) -> Result<MachinePlan> {
     let spec = ws.select_one(name)?;
     let plan = ws.plan(&ctx.home, spec)?;
-    if provider::for_kind(spec.provider).state(&plan)? == MachineState::NotCreated {
+    if provider::for_kind(spec.provider)?.state(&plan)? == MachineState::NotCreated {
         return Err(crate::state::Error::NotCreated { machine: spec.name.clone() }.into());
     }
     Ok(plan)

@@ -7,7 +7,7 @@ use crate::context::Context;
 use crate::provider;
 
 pub fn run(ctx: &Context, args: MachineArg) -> Result<i32> {
-    let ws = crate::plan::Workspace::load(ctx)?;
+    let ws = crate::workspace::Workspace::load(ctx)?;
     let plan = super::running_machine(ctx, &ws, args.machine.as_deref())?;
-    provider::for_kind(plan.spec.provider).shell(&plan)
+    provider::for_kind(plan.spec.provider)?.shell(&plan)
 }

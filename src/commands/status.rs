@@ -5,7 +5,8 @@ use serde_json::json;
 
 use crate::cli::MachinesArgs;
 use crate::context::Context;
-use crate::plan::{MachinePlan, Workspace};
+use crate::plan::MachinePlan;
+use crate::workspace::Workspace;
 use crate::provider::{self, MachineState};
 use crate::state::record::MachineRecord;
 
@@ -28,7 +29,7 @@ pub fn run(ctx: &Context, args: MachinesArgs) -> Result<i32> {
 
 /// One machine's status as JSON (also used by `envy list`).
 pub fn machine_json(plan: &MachinePlan) -> Result<serde_json::Value> {
-    let provider = provider::for_kind(plan.spec.provider);
+    let provider = provider::for_kind(plan.spec.provider)?;
     let state = provider.state(plan)?;
     let record = MachineRecord::load(&plan.dir)?;
     let info = if state == MachineState::NotCreated { Default::default() } else { provider.info(plan)? };

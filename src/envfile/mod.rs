@@ -10,14 +10,14 @@ mod parse;
 mod render;
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 pub use error::Error;
-pub use parse::{find, load, parse_size, parse_str, DEFAULT_MACHINE, DEFAULT_READY_TIMEOUT, MIN_DISK};
+use crate::model::{Accel, BoxRef, Forward, ProviderKind};
+pub use parse::{find, load, parse_str, DEFAULT_MACHINE, DEFAULT_READY_TIMEOUT, MIN_DISK};
 
 /// The file name envy looks for.
 pub const FILE_NAME: &str = "Envfile";
@@ -31,11 +31,41 @@ pub struct Envfile {
     pub project_dir: PathBuf,
     /// Machines in the order the file declares them.
     pub machines: Vec<MachineSpec>,
+    /// Line and column of each (machine, key) that decided a setting; the key ""
+    /// is the machine's own table.
+    keys: BTreeMap<(String, &'static str), (usize, usize)>,
 }
 
 impl Envfile {
+    /// An Envfile made in code rather than read (no key has a place in a file).
+    pub fn new(path: PathBuf, project_dir: PathBuf, machines: Vec<MachineSpec>) -> Envfile {
+        Envfile { path, project_dir, machines, keys: BTreeMap::new() }
+    }
+
     pub fn machine(&self, name: &str) -> Option<&MachineSpec> {
         self.machines.iter().find(|m| m.name == name)
+    }
+
+    /// The error for a setting found invalid after parsing (a provider's
+    /// `validate`), at the place in the file where the key is written.
+    pub fn invalid(&self, machine: &str, invalid: Invalid) -> Error {
+        let place = |key: &'static str| self.keys.get(&(machine.to_string(), key)).copied();
+        let (line, column) = place(invalid.key).or_else(|| place("")).unwrap_or((1, 1));
+        Error::At { path: self.path.clone(), line, column, message: format!("machine {machine}: {}", invalid.message) }
+    }
+}
+
+/// A machine setting its provider cannot honour: the Envfile key and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    /// The Envfile key (`user_data`, `forward_auto`, `provider`, …).
+    pub key: &'static str,
+    pub message: String,
+}
+
+impl Invalid {
+    pub fn new(key: &'static str, message: impl Into<String>) -> Invalid {
+        Invalid { key, message: message.into() }
     }
 }
 
@@ -82,104 +112,6 @@ pub struct AutoForward {
 
 /// The lowest guest port `forward_auto` forwards when the Envfile does not say.
 pub const AUTO_FORWARD_MIN_PORT: u16 = 1025;
-
-/// Where a machine's box comes from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum BoxRef {
-    /// A catalog entry: `name` or `name@version`.
-    Catalog { name: String, version: Option<String> },
-    /// A URL, pinned by digest (hex sha256) unless the user accepts an unpinned one.
-    Url { url: String, sha256: Option<String> },
-    /// A local file, absolute (resolved against the project).
-    Path { path: PathBuf, sha256: Option<String> },
-    /// An image in an OCI registry. `sha256` is the platform manifest the lock pins
-    /// (the image's own `@sha256:` is in `image`).
-    Oci { image: OciRef, sha256: Option<String> },
-}
-
-/// `oci://REGISTRY/REPOSITORY[:TAG][@sha256:DIGEST]`, with Docker's defaults applied
-/// (`docker.io`, `library/`, tag `latest` when neither tag nor digest is given).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OciRef {
-    /// Host and optional port (`docker.io` for Docker Hub, whose API answers at
-    /// registry-1.docker.io).
-    pub registry: String,
-    pub repository: String,
-    pub tag: Option<String>,
-    /// Hex sha256 of an index or manifest the reference pins.
-    pub digest: Option<String>,
-}
-
-impl std::fmt::Display for OciRef {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "oci://{}/{}", self.registry, self.repository)?;
-        if let Some(t) = &self.tag {
-            write!(f, ":{t}")?;
-        }
-        if let Some(d) = &self.digest {
-            write!(f, "@sha256:{d}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::fmt::Display for BoxRef {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            BoxRef::Catalog { name, version: Some(v) } => write!(f, "{name}@{v}"),
-            BoxRef::Catalog { name, version: None } => f.write_str(name),
-            BoxRef::Url { url, .. } => f.write_str(url),
-            BoxRef::Path { path, .. } => write!(f, "{}", path.display()),
-            BoxRef::Oci { image, .. } => image.fmt(f),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ProviderKind {
-    Container,
-    Qemu,
-}
-
-impl std::fmt::Display for ProviderKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            ProviderKind::Container => "container",
-            ProviderKind::Qemu => "qemu",
-        })
-    }
-}
-
-/// QEMU acceleration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Accel {
-    /// KVM when a probe shows it works, TCG otherwise.
-    Auto,
-    Kvm,
-    Tcg,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    Tcp,
-    Udp,
-}
-
-/// A port forward from the host into the machine.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Forward {
-    /// Host address to listen on; 127.0.0.1 unless the Envfile says otherwise.
-    pub host_ip: IpAddr,
-    pub host_port: u16,
-    pub guest_port: u16,
-    pub protocol: Protocol,
-    /// Pick another host port when this one is taken.
-    pub auto: bool,
-}
 
 /// A project folder made visible inside the machine.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

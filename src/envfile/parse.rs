@@ -10,11 +10,10 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{
-    host, Accel, AutoForward, BoxRef, Envfile, Error, Forward, MachineSpec, Protocol, ProviderKind, ProvisionAction, ProvisionStep,
-    Ready, ReadyCheck,
-    SyncFolder, UserData,
-};
+use crate::model::parse_size;
+
+use super::{host, AutoForward, Envfile, Error, MachineSpec, ProvisionAction, ProvisionStep, Ready, ReadyCheck, SyncFolder, UserData};
+use crate::model::{Accel, BoxRef, Forward, Protocol, ProviderKind};
 
 /// The smallest disk a machine (or `envy box build --disk-size`) may ask for.
 pub const MIN_DISK: u64 = 64 << 20;
@@ -83,6 +82,7 @@ pub fn parse_str(path: &Path, text: &str, default_provider: ProviderKind) -> Res
 
     let defaults = raw.defaults.unwrap_or_default();
     let mut machines = Vec::new();
+    let mut keys = BTreeMap::new();
     match raw.machine {
         Some(table) if !table.is_empty() => {
             let mut entries: Vec<_> = table.into_iter().collect();
@@ -90,13 +90,19 @@ pub fn parse_str(path: &Path, text: &str, default_provider: ProviderKind) -> Res
             for (name, machine) in entries {
                 reader.check_machine_name(&name)?;
                 let span = machine.span();
-                machines.push(reader.machine(name.into_inner(), &defaults, machine.into_inner(), span)?);
+                let machine = machine.into_inner();
+                keys.extend(reader.key_places(name.get_ref(), &defaults, &machine, span.clone()));
+                machines.push(reader.machine(name.into_inner(), &defaults, machine, span)?);
             }
         }
-        _ => machines.push(reader.machine(DEFAULT_MACHINE.into(), &RawMachine::default(), defaults_as_machine(&defaults), 0..0)?),
+        _ => {
+            let machine = defaults_as_machine(&defaults);
+            keys.extend(reader.key_places(DEFAULT_MACHINE, &RawMachine::default(), &machine, 0..0));
+            machines.push(reader.machine(DEFAULT_MACHINE.into(), &RawMachine::default(), machine, 0..0)?)
+        }
     }
     reader.check_host_ports(&machines, text)?;
-    Ok(Envfile { path: path.to_path_buf(), project_dir, machines })
+    Ok(Envfile { path: path.to_path_buf(), project_dir, machines, keys })
 }
 
 /// With no `[machine.*]`, `[defaults]` describes the one machine.
@@ -126,6 +132,9 @@ pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
+/// A (machine, key) and the line and column where it is written.
+type KeyPlace = ((String, &'static str), (usize, usize));
+
 struct Reader<'a> {
     path: &'a Path,
     text: &'a str,
@@ -137,6 +146,35 @@ impl Reader<'_> {
     fn error(&self, span: Range<usize>, message: impl Into<String>) -> Error {
         let (line, column) = line_col(self.text, span.start);
         Error::At { path: self.path.to_path_buf(), line, column, message: message.into() }
+    }
+
+    /// Where each key that decides a machine's settings is written (in its table or
+    /// in `[defaults]`), for errors found after parsing (`Envfile::invalid`). The
+    /// machine's own header stands for keys it does not set.
+    fn key_places(&self, machine: &str, defaults: &RawMachine, m: &RawMachine, table: Range<usize>) -> Vec<KeyPlace> {
+        fn first<T>(list: Option<&Vec<Spanned<T>>>) -> Option<Range<usize>> {
+            list.and_then(|l| l.first()).map(|v| v.span())
+        }
+        let either = |own: Option<Range<usize>>, default: Option<Range<usize>>| own.or(default);
+        let places: [(&'static str, Option<Range<usize>>); 13] = [
+            ("", Some(table)),
+            ("box", either(m.box_ref.as_ref().map(|v| v.span()), defaults.box_ref.as_ref().map(|v| v.span()))),
+            ("provider", either(m.provider.as_ref().map(|v| v.span()), defaults.provider.as_ref().map(|v| v.span()))),
+            ("cpus", either(m.cpus.as_ref().map(|v| v.span()), defaults.cpus.as_ref().map(|v| v.span()))),
+            ("memory", either(m.memory.as_ref().map(|v| v.span()), defaults.memory.as_ref().map(|v| v.span()))),
+            ("disk", either(m.disk.as_ref().map(|v| v.span()), defaults.disk.as_ref().map(|v| v.span()))),
+            ("accel", either(m.accel.as_ref().map(|v| v.span()), defaults.accel.as_ref().map(|v| v.span()))),
+            ("forward", either(first(m.forward.as_ref()), first(defaults.forward.as_ref()))),
+            ("sync", either(first(m.sync.as_ref()), first(defaults.sync.as_ref()))),
+            ("provision", either(first(m.provision.as_ref()), first(defaults.provision.as_ref()))),
+            ("ready", either(m.ready.as_ref().map(|v| v.span()), defaults.ready.as_ref().map(|v| v.span()))),
+            ("user_data", either(m.user_data.as_ref().map(|v| v.span()), defaults.user_data.as_ref().map(|v| v.span()))),
+            ("forward_auto", either(m.forward_auto.as_ref().map(|v| v.span()), defaults.forward_auto.as_ref().map(|v| v.span()))),
+        ];
+        places
+            .into_iter()
+            .filter_map(|(key, span)| Some(((machine.to_string(), key), line_col(self.text, span?.start))))
+            .collect()
     }
 
     fn check_machine_name(&self, name: &Spanned<String>) -> Result<(), Error> {
@@ -160,12 +198,10 @@ impl Reader<'_> {
             self.error(span.clone(), format!("machine {name} has no box: set `box` in [machine.{name}] or [defaults]"))
         })?;
         let box_ref = self.box_ref(box_value)?;
+        // Whether a provider of this name exists is the registry's to say
+        // (`provider::validate`), as are the settings each provider refuses.
         let provider = match m.provider.as_ref().or(defaults.provider.as_ref()) {
-            Some(p) => match p.get_ref().as_str() {
-                "container" => ProviderKind::Container,
-                "qemu" => ProviderKind::Qemu,
-                other => return Err(self.error(p.span(), format!("provider {other:?} is not known: use \"container\" or \"qemu\""))),
-            },
+            Some(p) => ProviderKind::named(p.get_ref()),
             None => self.default_provider,
         };
         // More CPUs than the host has is allowed: a team's Envfile says what the machine
@@ -191,8 +227,11 @@ impl Reader<'_> {
         };
         let mut env = BTreeMap::new();
         for (key, value) in defaults.env.iter().flatten().chain(m.env.iter().flatten()) {
-            if key.is_empty() || key.contains('=') || key.contains('\0') {
-                return Err(self.error(value.span(), format!("env key {key:?} is not a valid variable name")));
+            if !crate::model::is_env_name(key) {
+                return Err(self.error(
+                    value.span(),
+                    format!("env key {key:?} is not a valid variable name: use letters, digits and _, not starting with a digit"),
+                ));
             }
             env.insert(key.clone(), value.get_ref().clone());
         }
@@ -209,9 +248,9 @@ impl Reader<'_> {
             .transpose()?
             .unwrap_or_default();
         let ready = m.ready.as_ref().or(defaults.ready.as_ref()).map(|r| self.ready(r)).transpose()?;
-        let user_data = m.user_data.as_ref().or(defaults.user_data.as_ref()).map(|u| self.user_data(u, provider)).transpose()?;
+        let user_data = m.user_data.as_ref().or(defaults.user_data.as_ref()).map(|u| self.user_data(u)).transpose()?;
         let forward_auto = match m.forward_auto.as_ref().or(defaults.forward_auto.as_ref()) {
-            Some(value) => self.forward_auto(value, &name, provider)?,
+            Some(value) => self.forward_auto(value)?,
             None => None,
         };
         Ok(MachineSpec { name, box_ref, provider, cpus, memory, disk, accel, env, forwards, sync, provision, ready, user_data, forward_auto })
@@ -219,13 +258,8 @@ impl Reader<'_> {
 
     /// `user_data`: inline text starting with `#cloud-config`, checked now, or a file
     /// in the project, checked when the seed is written (a guest can change it).
-    fn user_data(&self, value: &Spanned<String>, provider: ProviderKind) -> Result<UserData, Error> {
+    fn user_data(&self, value: &Spanned<String>) -> Result<UserData, Error> {
         let span = value.span();
-        if provider == ProviderKind::Container {
-            return Err(self.error(span, "user_data is cloud-init's, which reads it from a VM's NoCloud seed; \
-                a container machine has no cloud-init: use provision steps (shell, script, file) instead, \
-                or set provider = \"qemu\""));
-        }
         let text = value.get_ref();
         if text.starts_with(super::cloud_config::HEADER) {
             super::cloud_config::parse(text).map_err(|problem| self.error(span, format!("user_data {problem}")))?;
@@ -575,7 +609,7 @@ impl Reader<'_> {
 
     /// `forward_auto = true`, or `{ enabled = true, min_port = 80 }` to forward ports
     /// below 1025 too.
-    fn forward_auto(&self, value: &Spanned<toml::Value>, machine: &str, provider: ProviderKind) -> Result<Option<AutoForward>, Error> {
+    fn forward_auto(&self, value: &Spanned<toml::Value>) -> Result<Option<AutoForward>, Error> {
         let bad = |msg: String| self.error(value.span(), msg);
         let usage = "forward_auto is true, false, or a table { enabled = true, min_port = 1025 }";
         let (enabled, min_port) = match value.get_ref() {
@@ -601,12 +635,6 @@ impl Reader<'_> {
             }
             _ => return Err(bad(usage.into())),
         };
-        if enabled && provider == ProviderKind::Qemu {
-            return Err(bad(format!(
-                "forward_auto is not available for qemu machines yet (machine {machine}); declare the VM's ports with `forward`, \
-                 or set forward_auto = false for it"
-            )));
-        }
         Ok(enabled.then_some(AutoForward { min_port }))
     }
 
@@ -629,29 +657,6 @@ impl Reader<'_> {
         }
         Ok(())
     }
-}
-
-/// Parses "512MiB", "2GiB", "1G" (binary units), "500MB" (decimal) into bytes.
-pub fn parse_size(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.')?;
-    let (number, unit) = s.split_at(split);
-    let number: f64 = number.parse().ok()?;
-    let factor: u64 = match unit.trim() {
-        "B" => 1,
-        "K" | "KiB" => 1 << 10,
-        "M" | "MiB" => 1 << 20,
-        "G" | "GiB" => 1 << 30,
-        "T" | "TiB" => 1 << 40,
-        "KB" => 1_000,
-        "MB" => 1_000_000,
-        "GB" => 1_000_000_000,
-        "TB" => 1_000_000_000_000,
-        _ => return None,
-    };
-    let bytes = number * factor as f64;
-    // Zero is a size (too small for any use, which the caller says); NaN and inf are not.
-    (bytes.is_finite() && bytes >= 0.0).then_some(bytes as u64)
 }
 
 /// How long a `ready` check is waited for when the Envfile does not say.

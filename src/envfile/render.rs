@@ -5,7 +5,7 @@ use std::path::Path;
 
 use toml::Value;
 
-use super::{MachineSpec, Protocol, ProvisionAction, ReadyCheck, UserData};
+use super::{MachineSpec, ProvisionAction, ReadyCheck, UserData};
 
 impl MachineSpec {
     /// `[machine.NAME]` with this machine's settings and `box` set to `box_value`.
@@ -32,14 +32,10 @@ impl MachineSpec {
         }
         if !self.forwards.is_empty() {
             let forwards = self.forwards.iter().map(|f| {
-                let proto = match f.protocol {
-                    Protocol::Tcp => "tcp",
-                    Protocol::Udp => "udp",
-                };
                 Value::Table(toml::Table::from_iter([
                     ("host".to_string(), Value::Integer(f.host_port.into())),
                     ("guest".to_string(), Value::Integer(f.guest_port.into())),
-                    ("protocol".to_string(), Value::String(proto.into())),
+                    ("protocol".to_string(), Value::String(f.protocol.to_string())),
                     ("host_ip".to_string(), Value::String(f.host_ip.to_string())),
                     ("auto".to_string(), Value::Boolean(f.auto)),
                 ]))
@@ -102,7 +98,7 @@ impl MachineSpec {
 mod tests {
 
 
-    use crate::envfile::{parse_str, ProviderKind};
+    use crate::envfile::parse_str;
 
     #[test]
     fn a_rendered_section_reads_back_as_the_same_machine() {
@@ -111,9 +107,9 @@ mod tests {
         let text = "[defaults]\nmemory = \"512MiB\"\nsync = [\".:/project\", \"docs:/docs:ro\"]\n\
                     [machine.web]\nbox = \"b\"\nforward = [\"8080:80\", \"0.0.0.0:5353:53/udp\"]\n\
                     env = { A = \"1\" }\nprovision = [\"echo 'hi'\", { shell = \"date\", run = \"always\" }, { file = \"etc/app.conf\", to = \"/etc/app.conf\", mode = \"0640\" }]\nready = { tcp = 80, timeout = \"2m\" }\n";
-        let original = parse_str(&path, text, ProviderKind::Container).unwrap();
+        let original = parse_str(&path, text, crate::model::ProviderKind::new("container")).unwrap();
         let section = original.machines[0].to_section(dir.path(), toml::Value::String("b".into()));
-        let again = parse_str(&path, &section, ProviderKind::Qemu).unwrap();
+        let again = parse_str(&path, &section, crate::model::ProviderKind::new("qemu")).unwrap();
         assert_eq!(again.machines[0], original.machines[0], "{section}");
     }
 }

@@ -93,20 +93,14 @@ pub fn shell_quote(arg: &str) -> String {
     format!("'{}'", arg.replace('\'', "'\\''"))
 }
 
-/// Whether `key` can be a shell variable name (it is pasted unquoted into `export`).
-fn is_variable_name(key: &str) -> bool {
-    let mut bytes = key.bytes();
-    bytes.next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
-        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
-}
-
 /// The remote command line for a request: a single argument is a shell command line,
 /// several are an argv (each quoted).
 pub fn remote_command(request: &ExecRequest, default_workdir: &str, env: &[(String, String)]) -> Result<String, Error> {
     let workdir = request.workdir.as_deref().unwrap_or(default_workdir);
     let mut line = format!("cd {} && ", shell_quote(workdir));
     for (key, value) in env.iter().chain(&request.env) {
-        if !is_variable_name(key) {
+        // The name is pasted unquoted into `export`.
+        if !crate::model::is_env_name(key) {
             return Err(Error::Other(format!(
                 "environment variable name {key:?} is not valid; use letters, digits and _ (not first a digit)"
             )));

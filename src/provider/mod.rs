@@ -1,18 +1,24 @@
-//! The one interface every way of running a machine implements. Commands talk only
-//! to `Provider`; `container` (runc) and `qemu` (QEMU/KVM) hide their differences.
+//! The one interface every way of running a machine implements, and the registry
+//! that maps a provider's name to it. Commands talk only to `Provider`; `container`
+//! (runc) and `qemu` (QEMU/KVM) hide their differences. A new provider is a module
+//! implementing the trait plus one line in `BUILT_IN` (docs/architecture.md, "Adding
+//! a provider").
 
 pub mod container;
+pub mod host;
 pub mod network;
 pub mod qemu;
 pub mod tool;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
 
 use anyhow::Result;
 use serde::Serialize;
 
 use crate::boxes::StoredBox;
-use crate::envfile::ProviderKind;
+use crate::envfile::{Invalid, MachineSpec};
+use crate::model::{BoxFormat, HostCheck, ProviderKind};
 use crate::plan::MachinePlan;
 use crate::ui::Ui;
 
@@ -28,6 +34,12 @@ pub enum Error {
     /// The machine did not become ready in time; `detail` holds what was seen (console tail).
     #[error("machine {machine} did not become ready within {seconds} s: {detail}")]
     NotReady { machine: String, seconds: u64, detail: String },
+    /// The provider cannot do this at all (snapshots on a provider without them).
+    #[error("the {provider} provider cannot {what}")]
+    Unsupported { provider: ProviderKind, what: &'static str },
+    /// A machine or record names a provider this envy does not have.
+    #[error("provider {name:?} is not known: this envy has {known}")]
+    UnknownProvider { name: String, known: String },
     /// Anything else, as a full sentence saying what to do.
     #[error("{0}")]
     Other(String),
@@ -104,8 +116,31 @@ pub struct MachineInfo {
 }
 
 /// Runs machines of one kind. Every method re-reads the truth from the host first.
-pub trait Provider {
+/// What a provider cannot do has a default that says so (`Error::Unsupported`).
+pub trait Provider: Send + Sync {
     fn kind(&self) -> ProviderKind;
+
+    /// The box payload this provider boots.
+    fn box_format(&self) -> BoxFormat;
+
+    /// Checks a machine's Envfile settings against what this provider can do, when
+    /// the Envfile loads (not when the setting is first used). The error names the
+    /// key, which the caller turns into file:line:column.
+    fn validate(&self, _spec: &MachineSpec) -> Result<(), Invalid> {
+        Ok(())
+    }
+
+    /// What the host must have for this provider (tools, kernel features), for
+    /// `envy doctor`; `envy up` stops at the first failed one.
+    fn host_checks(&self) -> Vec<HostCheck> {
+        Vec::new()
+    }
+
+    /// Whether the machine's forwards listen on this host, so `envy up` checks their
+    /// ports first and moves an `auto` one (a remote provider's do not).
+    fn forwards_on_host(&self) -> bool {
+        true
+    }
 
     /// Creates the machine if it does not exist and starts it; returns once it accepts
     /// `exec`. Safe to call in any state, including after a crash or a killed `envy up`.
@@ -115,13 +150,18 @@ pub trait Provider {
     fn state(&self, machine: &MachinePlan) -> Result<MachineState>;
 
     /// Extra facts for status output.
-    fn info(&self, machine: &MachinePlan) -> Result<MachineInfo>;
+    fn info(&self, _machine: &MachinePlan) -> Result<MachineInfo> {
+        Ok(MachineInfo::default())
+    }
 
     /// Runs a command and returns its exit code; stdio is passed through.
     fn exec(&self, machine: &MachinePlan, request: &ExecRequest) -> Result<i32>;
 
     /// An interactive login shell; returns its exit code.
-    fn shell(&self, machine: &MachinePlan) -> Result<i32>;
+    fn shell(&self, machine: &MachinePlan) -> Result<i32> {
+        let request = ExecRequest { command: vec!["/bin/sh".into(), "-l".into()], tty: true, ..ExecRequest::default() };
+        self.exec(machine, &request)
+    }
 
     /// Stops the machine, keeping its disk or layer. Graceful unless `force`.
     fn halt(&self, machine: &MachinePlan, force: bool, ui: &Ui) -> Result<()>;
@@ -131,17 +171,99 @@ pub trait Provider {
     fn destroy(&self, machine: &MachinePlan, ui: &Ui) -> Result<()>;
 
     /// Saves a snapshot; with `replace` one of the same name is replaced.
-    fn snapshot_save(&self, machine: &MachinePlan, name: &str, replace: bool, ui: &Ui) -> Result<SnapshotInfo>;
-    fn snapshot_restore(&self, machine: &MachinePlan, name: &str, ui: &Ui) -> Result<()>;
-    fn snapshot_list(&self, machine: &MachinePlan) -> Result<Vec<SnapshotInfo>>;
-    fn snapshot_delete(&self, machine: &MachinePlan, name: &str) -> Result<()>;
+    fn snapshot_save(&self, _machine: &MachinePlan, _name: &str, _replace: bool, _ui: &Ui) -> Result<SnapshotInfo> {
+        Err(self.unsupported("take snapshots"))
+    }
+    fn snapshot_restore(&self, _machine: &MachinePlan, _name: &str, _ui: &Ui) -> Result<()> {
+        Err(self.unsupported("restore snapshots"))
+    }
+    fn snapshot_list(&self, _machine: &MachinePlan) -> Result<Vec<SnapshotInfo>> {
+        Err(self.unsupported("list snapshots"))
+    }
+    fn snapshot_delete(&self, _machine: &MachinePlan, _name: &str) -> Result<()> {
+        Err(self.unsupported("delete snapshots"))
+    }
 
     /// Writes the machine's current state as box payload files into `dir`
-    /// (a flattened disk, or a rootfs tarball) and returns their names.
-    fn export(&self, machine: &MachinePlan, stored: &StoredBox, dir: &std::path::Path, ui: &Ui) -> Result<Vec<PathBuf>>;
+    /// (a flattened disk, or a rootfs tarball) and returns their names
+    /// (`envy share`).
+    fn export(&self, _machine: &MachinePlan, _stored: &StoredBox, _dir: &Path, _ui: &Ui) -> Result<Vec<PathBuf>> {
+        Err(self.unsupported("export a machine as a box"))
+    }
 
     /// Writes what `envy share --push` makes an OCI image of into `dir`.
-    fn export_image(&self, machine: &MachinePlan, stored: &StoredBox, dir: &std::path::Path, ui: &Ui) -> Result<ImageExport>;
+    fn export_image(&self, _machine: &MachinePlan, _stored: &StoredBox, _dir: &Path, _ui: &Ui) -> Result<ImageExport> {
+        Err(self.unsupported("export a machine as an OCI image"))
+    }
+
+    /// The error for something this provider does not do.
+    fn unsupported(&self, what: &'static str) -> anyhow::Error {
+        Error::Unsupported { provider: self.kind(), what }.into()
+    }
+}
+
+/// A provider's entry in the registry: its name and how to make one.
+#[derive(Clone, Copy)]
+pub struct Registration {
+    pub kind: ProviderKind,
+    /// A few words for `envy init`'s choice ("runc: starts in milliseconds").
+    pub summary: &'static str,
+    pub make: fn() -> Box<dyn Provider>,
+}
+
+/// The providers envy ships, the first being the default for machines that name
+/// none (and that the user's config does not set).
+const BUILT_IN: &[Registration] = &[container::REGISTRATION, qemu::REGISTRATION];
+
+/// Providers registered at run time by code that links envy as a library (the test
+/// suite's own provider).
+static REGISTERED: RwLock<Vec<Registration>> = RwLock::new(Vec::new());
+
+/// Adds a provider; a later registration of a name replaces an earlier one.
+pub fn register(registration: Registration) {
+    let mut added = REGISTERED.write().unwrap_or_else(|e| e.into_inner());
+    added.retain(|r| r.kind != registration.kind);
+    added.push(registration);
+}
+
+/// Every provider this envy has, built-in ones first.
+pub fn registered() -> Vec<Registration> {
+    let added = REGISTERED.read().unwrap_or_else(|e| e.into_inner());
+    BUILT_IN.iter().filter(|b| !added.iter().any(|a| a.kind == b.kind)).chain(added.iter()).copied().collect()
+}
+
+/// `--provider NAME` on the command line: one of the registered names.
+pub fn name_parser() -> impl clap::builder::TypedValueParser<Value = ProviderKind> {
+    use clap::builder::TypedValueParser as _;
+    let names: Vec<&'static str> = registered().iter().map(|r| r.kind.as_str()).collect();
+    clap::builder::PossibleValuesParser::new(names).map(|name| ProviderKind::named(&name))
+}
+
+/// The provider for machines whose Envfile and config name none.
+pub fn default_kind() -> ProviderKind {
+    BUILT_IN[0].kind
+}
+
+/// The provider for a kind.
+pub fn for_kind(kind: ProviderKind) -> Result<Box<dyn Provider>, Error> {
+    match registered().into_iter().find(|r| r.kind == kind) {
+        Some(r) => Ok((r.make)()),
+        None => Err(Error::UnknownProvider {
+            name: kind.to_string(),
+            known: registered().iter().map(|r| r.kind.as_str()).collect::<Vec<_>>().join(", "),
+        }),
+    }
+}
+
+/// Checks every machine of an Envfile against its provider, as Lima's validate
+/// does at load: an unknown provider or a setting the provider cannot honour is an
+/// error at the key that asks for it.
+pub fn validate(envfile: &crate::envfile::Envfile) -> Result<(), crate::envfile::Error> {
+    for spec in &envfile.machines {
+        let provider = for_kind(spec.provider).map_err(|e| envfile.invalid(&spec.name, Invalid::new("provider", e.to_string())))?;
+        provider.validate(spec).map_err(|invalid| envfile.invalid(&spec.name, invalid))?;
+    }
+    Ok(())
 }
 
 /// A machine's state as an OCI image's content.
@@ -168,14 +290,6 @@ pub fn check_snapshot_name(name: &str) -> Result<(), Error> {
             "snapshot name {name:?} is not valid: use 1-64 letters, digits, '.', '_' or '-', \
              not starting with '.' and not only digits"
         )))
-    }
-}
-
-/// The provider for a kind.
-pub fn for_kind(kind: ProviderKind) -> Box<dyn Provider> {
-    match kind {
-        ProviderKind::Container => Box::new(container::ContainerProvider::new()),
-        ProviderKind::Qemu => Box::new(qemu::QemuProvider::new()),
     }
 }
 

@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::provider::tool;
-use crate::envfile::{Forward, Protocol};
+use crate::model::Forward;
 use crate::plan::MachinePlan;
 use crate::provider::Error;
 use crate::state::PidFile;
@@ -126,13 +126,6 @@ struct HostForward {
 struct ForwardsRecord {
     machine: String,
     forwards: Vec<Forward>,
-}
-
-fn proto_name(protocol: Protocol) -> &'static str {
-    match protocol {
-        Protocol::Tcp => "tcp",
-        Protocol::Udp => "udp",
-    }
 }
 
 /// The project's shared network: its namespace, bridge and slirp4netns.
@@ -347,7 +340,7 @@ impl ProjectNet {
         let guest = ip.to_string();
         let current: Vec<HostForward> = self.forwards()?.into_iter().filter(|f| f.guest_addr == guest).collect();
         let same = |f: &HostForward, w: &Forward| {
-            f.proto == proto_name(w.protocol) && f.host_addr == w.host_ip.to_string() && f.host_port == w.host_port && f.guest_port == w.guest_port
+            f.proto == w.protocol.as_str() && f.host_addr == w.host_ip.to_string() && f.host_port == w.host_port && f.guest_port == w.guest_port
         };
         for stale in current.iter().filter(|f| !wanted.iter().any(|w| same(f, w))) {
             self.api(json!({"execute": "remove_hostfwd", "arguments": {"id": stale.id}}))?;
@@ -363,7 +356,7 @@ impl ProjectNet {
     /// the forwards record: the watcher that added it owns it.
     pub fn add_forward(&self, machine: &str, ip: Ipv4Addr, forward: &Forward) -> Result<()> {
         let request = json!({"execute": "add_hostfwd", "arguments": {
-            "proto": proto_name(forward.protocol),
+            "proto": forward.protocol.as_str(),
             "host_addr": forward.host_ip.to_string(),
             "host_port": forward.host_port,
             "guest_addr": ip.to_string(),
@@ -372,7 +365,7 @@ impl ProjectNet {
         self.api(request).map(drop).map_err(|e| {
             Error::Other(format!(
                 "cannot forward {}:{} to machine {machine} port {} ({}): {e:#}; another program may be using that host port: free it or change the forward in the Envfile",
-                forward.host_ip, forward.host_port, forward.guest_port, proto_name(forward.protocol)
+                forward.host_ip, forward.host_port, forward.guest_port, forward.protocol.as_str()
             ))
             .into()
         })
@@ -382,7 +375,7 @@ impl ProjectNet {
     pub fn remove_forward(&self, ip: Ipv4Addr, forward: &Forward) -> Result<()> {
         let guest = ip.to_string();
         let matching = self.forwards()?.into_iter().filter(|f| {
-            f.guest_addr == guest && f.proto == proto_name(forward.protocol) && f.host_port == forward.host_port && f.guest_port == forward.guest_port
+            f.guest_addr == guest && f.proto == forward.protocol.as_str() && f.host_port == forward.host_port && f.guest_port == forward.guest_port
         });
         for f in matching {
             self.api(json!({"execute": "remove_hostfwd", "arguments": {"id": f.id}}))?;

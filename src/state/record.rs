@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
-use crate::envfile::{Forward, ProviderKind};
+use crate::model::{Forward, ProviderKind};
 
 /// Format version of the record; bumped on incompatible change.
 pub const VERSION: u32 = 1;

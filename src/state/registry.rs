@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result};
 use nix::fcntl::{Flock, FlockArg};
 
-use crate::context::Home;
+use crate::state::Home;
 
 fn with_locked<T>(home: &Home, f: impl FnOnce(&mut BTreeSet<PathBuf>) -> T) -> Result<T> {
     std::fs::create_dir_all(home.locks_dir())?;

@@ -57,7 +57,7 @@ impl TestEnv {
 
     /// envy's state for the project (under ENVY_HOME, out of every machine's reach).
     pub fn state_dir(&self) -> PathBuf {
-        envy::plan::Project::state_dir_for(&envy::context::Home::at(&self.home), &self.project)
+        envy::plan::Project::state_dir_for(&envy::state::Home::at(&self.home), &self.project)
     }
 
     /// A machine's dir in the project's state.

@@ -15,8 +15,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use envy::boxes::{BoxSource, Store, StoredBox};
-use envy::context::Home;
-use envy::envfile::{BoxRef, Envfile, Forward, MachineSpec, Protocol, ProviderKind, SyncFolder};
+use envy::state::Home;
+use envy::envfile::{Envfile, MachineSpec, SyncFolder};
+use envy::model::{BoxRef, Forward, Protocol};
 use envy::plan::{MachinePlan, Project};
 use envy::provider::container::ContainerProvider;
 use envy::provider::{ExecRequest, MachineState, Provider};
@@ -84,15 +85,15 @@ impl Fixture {
         common::busybox_rootfs(&rootfs);
         let tarball = tmp.path().join("busybox.tar");
         envy::boxes::pack_rootfs_dir(&rootfs, &tarball).unwrap();
-        let source = BoxSource::from_ref(&BoxRef::Path { path: tarball, sha256: None }, None, Some(ProviderKind::Container));
+        let source = BoxSource::from_ref(&BoxRef::Path { path: tarball, sha256: None }, None, Some(envy::model::BoxFormat::Container));
         let stored = Store::open(&home).unwrap().ensure(&source, &quiet_ui()).unwrap();
         let project_dir = tmp.path().join("project");
         std::fs::create_dir_all(&project_dir).unwrap();
-        let envfile = Envfile {
-            path: project_dir.join("Envfile"),
-            project_dir: project_dir.clone(),
-            machines: machines.iter().map(|(name, forwards)| spec(name, &project_dir, forwards.clone())).collect(),
-        };
+        let envfile = Envfile::new(
+            project_dir.join("Envfile"),
+            project_dir.clone(),
+            machines.iter().map(|(name, forwards)| spec(name, &project_dir, forwards.clone())).collect(),
+        );
         Fixture {
             project: Project::new(&home, &envfile),
             tmp,
@@ -187,7 +188,7 @@ fn spec(name: &str, project_dir: &Path, forwards: Vec<Forward>) -> MachineSpec {
     MachineSpec {
         name: name.into(),
         box_ref: BoxRef::Path { path: "/nonexistent/test.box".into(), sha256: None },
-        provider: ProviderKind::Container,
+        provider: envy::provider::container::KIND,
         cpus: 1,
         memory: 256 << 20,
         disk: None,

@@ -14,8 +14,9 @@ use std::sync::{Arc, OnceLock};
 mod common;
 
 use envy::boxes::{BoxSource, Store, StoredBox};
-use envy::context::Home;
-use envy::envfile::{Accel, BoxRef, Forward, MachineSpec, ProviderKind, SyncFolder};
+use envy::state::Home;
+use envy::envfile::{MachineSpec, SyncFolder};
+use envy::model::{Accel, BoxRef, Forward};
 use envy::plan::{project_id, MachinePlan, Project};
 use envy::provider::qemu::QemuProvider;
 use envy::provider::Provider;
@@ -77,7 +78,7 @@ impl TestMachine {
         let spec = MachineSpec {
             name: name.into(),
             box_ref: BoxRef::Path { path: "/dev/null".into(), sha256: None },
-            provider: ProviderKind::Qemu,
+            provider: envy::provider::qemu::KIND,
             cpus: 1,
             memory: 256 << 20,
             disk: None,

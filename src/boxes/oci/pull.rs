@@ -15,7 +15,7 @@ use crate::boxes::download::remove_part;
 use crate::boxes::manifest::{self, BootMethod, ContainerPayload, ImagePayload, Manifest, QemuPayload, FORMAT};
 use crate::boxes::store::{Origin, Store, StoredBox, ROOTFS_DIR};
 use crate::boxes::Error;
-use crate::envfile::{OciRef, ProviderKind};
+use crate::model::{BoxFormat, OciRef};
 use crate::provider::tool;
 use crate::ui::Ui;
 
@@ -172,9 +172,9 @@ fn install(
             std::fs::remove_dir_all(&rootfs).map_err(Error::io("cannot remove", &rootfs))?;
             files.insert(DISK_FILE.to_string(), sha256_file(&stored_disk)?);
             let boot = QemuPayload { disk: DISK_FILE.into(), boot: BootMethod::Firmware, kernel: None, initrd: None, cmdline: None };
-            (vec![ProviderKind::Qemu], None, Some(boot))
+            (vec![BoxFormat::Qemu], None, Some(boot))
         }
-        None => (vec![ProviderKind::Container], Some(ContainerPayload { rootfs: None }), None),
+        None => (vec![BoxFormat::Container], Some(ContainerPayload { rootfs: None }), None),
     };
     let version = image.tag.clone().unwrap_or_else(|| fetched.digest[..12].to_string());
     let manifest = Manifest {

@@ -14,7 +14,7 @@ use crate::boxes::archive::pack_rootfs_dir;
 use crate::boxes::digest::{sha256_bytes, Hasher, HashingReader, HashingWriter};
 use crate::boxes::store::{Store, StoredBox};
 use crate::boxes::Error;
-use crate::envfile::OciRef;
+use crate::model::OciRef;
 use crate::ui::Ui;
 
 use super::image::{self, host_platform, ImageManifest};

@@ -15,7 +15,7 @@ use reqwest::StatusCode;
 use crate::boxes::digest::sha256_bytes;
 use crate::boxes::download::{error_chain, Downloader};
 use crate::boxes::Error;
-use crate::envfile::OciRef;
+use crate::model::OciRef;
 
 /// Largest manifest or image config read into memory.
 pub const MAX_JSON_BYTES: u64 = 4 << 20;

@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 
 use crate::boxes::{ImageRun, StoredBox};
-use crate::envfile::ProviderKind;
+use crate::envfile::{Invalid, MachineSpec};
+use crate::model::{BoxFormat, HostCheck, ProviderKind};
 use crate::plan::MachinePlan;
 use crate::provider::{Error, ExecRequest, ImageExport, MachineInfo, MachineState, Provider, SnapshotInfo};
 use crate::ui::Ui;
@@ -31,6 +32,16 @@ use runc::{Runc, Status};
 const HALT_GRACE: Duration = Duration::from_secs(10);
 
 pub struct ContainerProvider;
+
+/// This provider's name in an Envfile (`provider = "container"`).
+pub const KIND: ProviderKind = ProviderKind::new("container");
+
+/// Its line in the provider registry.
+pub const REGISTRATION: super::Registration = super::Registration {
+    kind: KIND,
+    summary: "runc: starts in milliseconds",
+    make: || Box::new(ContainerProvider),
+};
 
 impl ContainerProvider {
     pub fn new() -> ContainerProvider {
@@ -255,7 +266,31 @@ fn check_lower(lower: &Path) -> Result<()> {
 
 impl Provider for ContainerProvider {
     fn kind(&self) -> ProviderKind {
-        ProviderKind::Container
+        KIND
+    }
+
+    fn box_format(&self) -> BoxFormat {
+        BoxFormat::Container
+    }
+
+    fn validate(&self, spec: &MachineSpec) -> Result<(), Invalid> {
+        if spec.user_data.is_some() {
+            return Err(Invalid::new(
+                "user_data",
+                "user_data is cloud-init's, which reads it from a VM's NoCloud seed; a container machine has no \
+                 cloud-init: use provision steps (shell, script, file) instead, or set provider = \"qemu\"",
+            ));
+        }
+        Ok(())
+    }
+
+    fn host_checks(&self) -> Vec<HostCheck> {
+        vec![
+            super::host::tool("runc", "runc", Some("--version")),
+            super::host::tool("slirp4netns", "slirp4netns", Some("--version")),
+            super::host::tool("iproute2", "ip", Some("-V")),
+            super::host::filesystem("overlayfs", "overlay"),
+        ]
     }
 
     fn up(&self, plan: &MachinePlan, stored: &StoredBox, ui: &Ui) -> Result<()> {

@@ -6,7 +6,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use serde::Serialize;
 
-use crate::envfile::Accel;
+use crate::model::Accel;
 use crate::provider::Error;
 use crate::ui::Ui;
 
@@ -147,6 +147,19 @@ pub fn choose(spec: Option<Accel>, ui: &Ui) -> Result<Chosen, Error> {
             }
             Ok(chosen)
         }
+    }
+}
+
+/// For `envy doctor`: whether VMs get KVM here, or run under TCG (slower).
+pub fn host_check() -> crate::model::HostCheck {
+    use crate::model::{CheckStatus, HostCheck};
+    let report = probe();
+    let usable = report.auto_choice() == Chosen::Kvm;
+    HostCheck {
+        name: "kvm".into(),
+        status: if usable { CheckStatus::Ok } else { CheckStatus::Warn },
+        detail: report.detail,
+        advice: (!usable).then(|| format!("VMs run under TCG (slower); set {ENV}=kvm to force KVM")),
     }
 }
 

@@ -22,7 +22,8 @@ use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::boxes::{BootMethod, QemuPayload, StoredBox};
-use crate::envfile::ProviderKind;
+use crate::envfile::{Invalid, MachineSpec};
+use crate::model::{BoxFormat, HostCheck, ProviderKind};
 use crate::guest::ssh::{self, SshTarget};
 use crate::plan::{MachinePlan, OpenedFolder};
 use crate::provider::{Error, ExecRequest, ImageExport, MachineInfo, MachineState, Provider, SnapshotInfo};
@@ -75,6 +76,16 @@ impl RuntimeRecord {
 }
 
 pub struct QemuProvider;
+
+/// This provider's name in an Envfile (`provider = "qemu"`).
+pub const KIND: ProviderKind = ProviderKind::new("qemu");
+
+/// Its line in the provider registry.
+pub const REGISTRATION: super::Registration = super::Registration {
+    kind: KIND,
+    summary: "a full virtual machine",
+    make: || Box::new(QemuProvider),
+};
 
 /// Free space kept beyond a snapshot's memory when one replaces another.
 const REPLACE_HEADROOM: u64 = 64 << 20;
@@ -309,7 +320,35 @@ impl QemuProvider {
 
 impl Provider for QemuProvider {
     fn kind(&self) -> ProviderKind {
-        ProviderKind::Qemu
+        KIND
+    }
+
+    fn box_format(&self) -> BoxFormat {
+        BoxFormat::Qemu
+    }
+
+    fn validate(&self, spec: &MachineSpec) -> Result<(), Invalid> {
+        if spec.forward_auto.is_some() {
+            return Err(Invalid::new(
+                "forward_auto",
+                "forward_auto is not available for qemu machines yet; declare the VM's ports with `forward`, \
+                 or set forward_auto = false for it",
+            ));
+        }
+        Ok(())
+    }
+
+    fn host_checks(&self) -> Vec<HostCheck> {
+        vec![
+            super::host::tool("qemu", "qemu-system-x86_64", Some("--version")),
+            super::host::tool("qemu-img", "qemu-img", Some("--version")),
+            super::host::tool("ssh", "ssh", Some("-V")),
+            super::host::tool("ssh-keygen", "ssh-keygen", None),
+            // Several machines of a project share a network namespace and bridge.
+            super::host::tool("iproute2", "ip", Some("-V")),
+            accel::host_check(),
+            virtiofs::host_check(),
+        ]
     }
 
     fn up(&self, plan: &MachinePlan, stored: &StoredBox, ui: &Ui) -> Result<()> {

@@ -4,38 +4,28 @@
 //! project's bridge, opened by envy inside the project's namespace and inherited by
 //! QEMU as a file descriptor. Containers and VMs of a project share that segment.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use anyhow::Result;
 use sha2::{Digest as _, Sha256};
 
-use crate::envfile::{Forward, Protocol};
+use crate::model::{Forward, Protocol};
 use crate::plan::MachinePlan;
 use crate::provider::network::{machine_ip, ProjectNet};
 use crate::provider::Error;
 
-/// Whether `port` on `ip` can be bound right now.
-pub fn port_is_free(ip: IpAddr, port: u16, protocol: Protocol) -> bool {
-    let addr = SocketAddr::new(ip, port);
-    match protocol {
-        Protocol::Tcp => TcpListener::bind(addr).is_ok(),
-        Protocol::Udp => UdpSocket::bind(addr).is_ok(),
-    }
-}
-
 /// A TCP port on 127.0.0.1 that nobody uses now (the kernel picks it).
 pub fn free_local_port() -> Result<u16, Error> {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
+    Protocol::Tcp
+        .free_port(IpAddr::V4(Ipv4Addr::LOCALHOST))
         .map_err(|e| Error::Other(format!("cannot find a free port on 127.0.0.1: {e}")))
 }
 
 /// The SSH port for this boot: the recorded one when still free, else a new one.
 pub fn pick_ssh_port(recorded: Option<u16>) -> Result<u16, Error> {
     match recorded {
-        Some(port) if port_is_free(IpAddr::V4(Ipv4Addr::LOCALHOST), port, Protocol::Tcp) => Ok(port),
+        Some(port) if Protocol::Tcp.is_free(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)) => Ok(port),
         Some(port) => {
             let new = free_local_port()?;
             tracing::debug!("recorded SSH port {port} is taken; using {new}");
@@ -49,7 +39,7 @@ pub fn pick_ssh_port(recorded: Option<u16>) -> Result<u16, Error> {
 /// would fail with a terse one.
 pub fn check_forwards(plan: &MachinePlan) -> Result<(), Error> {
     for fwd in &plan.forwards {
-        if !port_is_free(fwd.host_ip, fwd.host_port, fwd.protocol) {
+        if !fwd.host_port_free(fwd.host_port) {
             return Err(Error::Other(format!(
                 "host port {}:{} (forward to port {} of machine {}) is in use; free it, \
                  pick another host port in the Envfile, or mark the forward auto",
@@ -67,11 +57,7 @@ pub fn check_forwards(plan: &MachinePlan) -> Result<(), Error> {
 pub fn user_netdev(id: &str, ssh_port: u16, forwards: &[Forward]) -> String {
     let mut netdev = format!("user,id={id},hostfwd=tcp:127.0.0.1:{ssh_port}-:22");
     for fwd in forwards {
-        let proto = match fwd.protocol {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-        };
-        netdev += &format!(",hostfwd={proto}:{}:{}-:{}", fwd.host_ip, fwd.host_port, fwd.guest_port);
+        netdev += &format!(",hostfwd={}:{}:{}-:{}", fwd.protocol, fwd.host_ip, fwd.host_port, fwd.guest_port);
     }
     netdev
 }

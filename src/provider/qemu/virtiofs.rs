@@ -55,7 +55,7 @@ pub fn find() -> Result<PathBuf, String> {
         }
         _ => {}
     }
-    crate::doctor::which("virtiofsd")
+    crate::provider::host::which("virtiofsd")
         .or_else(|| KNOWN_PATHS.iter().map(PathBuf::from).find(|p| p.is_file()))
         .ok_or_else(|| {
             format!("virtiofsd is neither on PATH nor in {}", KNOWN_PATHS.join(" or "))
@@ -219,3 +219,29 @@ fn stop(files: &MachineFiles, index: usize) {
 pub fn stop_all(files: &MachineFiles) {
     recorded(files).into_iter().for_each(|i| stop(files, i));
 }
+
+/// For `envy doctor`: virtiofsd makes VM sync folders fast; without it they use 9p,
+/// which works.
+pub fn host_check() -> crate::model::HostCheck {
+    use crate::model::{CheckStatus, HostCheck};
+    let root = nix::unistd::geteuid().is_root();
+    let (status, detail, advice) = match find() {
+        Ok(path) if root => (CheckStatus::Ok, format!("VM sync folders use virtiofs ({})", path.display()), None),
+        Ok(path) => (
+            CheckStatus::Warn,
+            format!("{} is here, but virtiofsd's sandbox needs root, so VM sync folders use 9p", path.display()),
+            Some("run envy as root for virtiofs sync folders".to_string()),
+        ),
+        Err(why) => (
+            CheckStatus::Warn,
+            format!("{why}, so VM sync folders use 9p (about half as fast)"),
+            Some(format!(
+                "install it: apt-get install qemu-system-common (Debian 12 ships it as /usr/lib/qemu/virtiofsd), \
+                 or `cargo install --locked virtiofsd` (needs libcap-ng-dev and libseccomp-dev); \
+                 {ENV} names another one, or none for 9p"
+            )),
+        ),
+    };
+    HostCheck { name: "virtiofsd".into(), status, detail, advice }
+}
+
