@@ -66,7 +66,7 @@ pub fn live(plan: &MachinePlan) -> Vec<AutoForwarded> {
     if pid_file(plan).alive().is_none() {
         return Vec::new();
     }
-    crate::state::read_private(&record_path(plan))
+    crate::fsutil::read_private(&record_path(plan))
         .ok()
         .flatten()
         .and_then(|bytes| serde_json::from_slice::<Record>(&bytes).ok())
@@ -249,7 +249,7 @@ fn declared_ports(ws: &Workspace, plan: &MachinePlan) -> Result<Declared> {
 
 fn write_record(plan: &MachinePlan, forwards: &[AutoForwarded]) -> Result<()> {
     let record = Record { version: 1, forwards: forwards.to_vec() };
-    crate::state::write_atomic(&record_path(plan), &serde_json::to_vec(&record)?)
+    crate::fsutil::write_atomic(&record_path(plan), &serde_json::to_vec(&record)?)
 }
 
 /// A sock_diag netlink socket inside the network namespace of process `pid`: made by a

@@ -13,7 +13,7 @@ use anyhow::{Context as _, Result};
 use nix::fcntl::{openat, OFlag};
 use nix::sys::stat::{fstat, FileStat, Mode};
 
-use crate::guest::ssh::shell_quote;
+use crate::model::shell_quote;
 use crate::plan::MachinePlan;
 
 /// What the Envfile calls these paths in its errors.
@@ -64,7 +64,7 @@ pub fn pack(plan: &MachinePlan, from: &Path, to: &str, mode: Option<u32>) -> Res
 /// entry is opened relative to its folder's fd without following a symlink, so a
 /// folder swapped for a symlink while envy walks never leads out of the project.
 fn add_dir(plan: &MachinePlan, builder: &mut tar::Builder<File>, dir: &OwnedFd, name: &Path, shown: &Path) -> Result<()> {
-    let listing = std::fs::read_dir(crate::state::fd_path(dir)).with_context(|| format!("cannot list {}", shown.display()))?;
+    let listing = std::fs::read_dir(crate::fsutil::fd_path(dir)).with_context(|| format!("cannot list {}", shown.display()))?;
     let mut names: Vec<_> = listing.map(|e| e.map(|e| e.file_name())).collect::<Result<_, _>>()
         .with_context(|| format!("cannot list {}", shown.display()))?;
     // A stable order: the same folder gives the same tar.
@@ -102,7 +102,7 @@ fn add_dir(plan: &MachinePlan, builder: &mut tar::Builder<File>, dir: &OwnedFd, 
 
 /// Adds one regular file, read through its fd (the file fstat saw, not a path).
 fn add_file(builder: &mut tar::Builder<File>, fd: &OwnedFd, stat: &FileStat, name: &Path, mode: Option<u32>, shown: &Path) -> Result<()> {
-    let file = File::open(crate::state::fd_path(fd)).with_context(|| format!("cannot read {}", shown.display()))?;
+    let file = File::open(crate::fsutil::fd_path(fd)).with_context(|| format!("cannot read {}", shown.display()))?;
     let mut header = header(stat, tar::EntryType::Regular, mode.unwrap_or(stat.st_mode & 0o7777));
     header.set_size(stat.st_size as u64);
     // A file that shrinks while it is read would leave a tar shorter than its header

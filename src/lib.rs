@@ -11,7 +11,7 @@ pub mod copy_in;
 pub mod doctor;
 pub mod envfile;
 pub mod error;
-pub mod guest;
+pub mod fsutil;
 pub mod lifecycle;
 pub mod model;
 pub mod plan;

@@ -211,7 +211,7 @@ pub fn destroy(ctx: &Context, plan: &MachinePlan) -> Result<()> {
 
 /// The machine's box, verified, honouring and updating the Envfile.lock pin.
 pub fn resolve_box(ctx: &Context, spec: &MachineSpec, format: BoxFormat, project_dir: &Path, lock: &mut LockFile, insecure: bool) -> Result<StoredBox> {
-    let store = Store::open(&ctx.home)?;
+    let store = Store::open(&ctx.home, &ctx.config)?;
     let source_text = source_key(&spec.box_ref);
     let pinned = lock.machines.get(&spec.name).filter(|l| l.source == source_text).map(|l| l.sha256.clone());
     if let Some(digest) = &pinned {

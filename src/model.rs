@@ -262,6 +262,15 @@ pub fn is_env_name(name: &str) -> bool {
     bytes.next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_') && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
+/// Quotes `word` for a POSIX shell, leaving plain words as they are (command lines
+/// that run in a machine: ssh's remote command, `sh -c` scripts, hints to users).
+pub fn shell_quote(word: &str) -> String {
+    if !word.is_empty() && word.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b)) {
+        return word.to_string();
+    }
+    format!("'{}'", word.replace('\'', "'\\''"))
+}
+
 /// One finding of a host check (`envy doctor`, and `envy up` before it starts a
 /// machine): what was checked, how it went, and what to do about it.
 #[derive(Debug, Clone, Serialize)]

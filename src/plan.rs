@@ -11,7 +11,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use crate::state::Home;
 use crate::envfile::{Envfile, MachineSpec, SyncFolder, UserData};
 use crate::model::Forward;
-use crate::state::{open_below, Follow};
+use crate::fsutil::{open_below, Follow};
 
 /// The project a command acts on.
 #[derive(Debug, Clone)]
@@ -185,7 +185,7 @@ impl MachinePlan {
     /// file of at most `limit` bytes.
     pub fn read_project_file(&self, path: &Path, key: &'static str, limit: u64) -> Result<Vec<u8>, crate::envfile::Error> {
         let fd = self.open_project_path(path, key)?;
-        crate::state::read_fd(&fd, path, limit).map_err(|e| self.project_path_error(path, key, format!("{e:#}")))
+        crate::fsutil::read_fd(&fd, path, limit).map_err(|e| self.project_path_error(path, key, format!("{e:#}")))
     }
 
     /// The machine's own cloud-config (`user_data`), read and checked: a file in the
@@ -209,7 +209,7 @@ impl MachinePlan {
     /// Creates the machine dir (and the project's state dir), private to the user.
     pub fn ensure_dir(&self) -> anyhow::Result<()> {
         for dir in [&self.project.state_dir, &self.project.state_dir.join("machines"), &self.dir] {
-            crate::state::create_private_dir(dir)?;
+            crate::fsutil::create_private_dir(dir)?;
         }
         check_state_path(&self.home, &self.dir)
     }
@@ -218,7 +218,7 @@ impl MachinePlan {
 /// envy never follows a symlink in its own state: a machine dir that exists must be
 /// reached from `$ENVY_HOME/projects` through real folders only, or nothing acts on it.
 pub(crate) fn check_state_path(home: &Home, dir: &Path) -> anyhow::Result<()> {
-    match crate::state::open_below(&home.projects_dir(), dir, crate::state::Follow::Never) {
+    match crate::fsutil::open_below(&home.projects_dir(), dir, crate::fsutil::Follow::Never) {
         Ok(_) => Ok(()),
         Err(nix::errno::Errno::ENOENT) => Ok(()),
         Err(e) => Err(crate::state::Error::BadRecord {
@@ -243,7 +243,7 @@ pub struct OpenedFolder {
 impl OpenedFolder {
     /// `/proc/self/fd/N`: the opened folder itself, for mount(2) or QEMU to open.
     pub fn proc_path(&self) -> PathBuf {
-        crate::state::fd_path(&self.fd)
+        crate::fsutil::fd_path(&self.fd)
     }
 }
 

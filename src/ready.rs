@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 
 use crate::context::Context;
+use crate::model::shell_quote;
 use crate::envfile::ReadyCheck;
 use crate::plan::MachinePlan;
 use crate::provider::{self, ExecRequest};
@@ -102,8 +103,4 @@ fn probe_for_humans(check: &ReadyCheck) -> String {
         ReadyCheck::Tcp(port) => format!("cat /proc/net/tcp` (what listens; port {port} is {port:04X}, listening is state 0A)"),
         ReadyCheck::Http(url) => format!("wget -O- {}`", shell_quote(url)),
     }
-}
-
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
 }

@@ -90,6 +90,14 @@ impl Workspace {
         })
     }
 
+    /// Takes the project lock for a command that changes machines: it waits, saying
+    /// for whom, or with `--no-wait` fails at once.
+    pub fn lock(&self, ctx: &crate::context::Context) -> anyhow::Result<crate::state::ProjectLock> {
+        crate::state::ProjectLock::acquire(&self.project.state_dir, &self.project.dir, ctx.no_wait, |holder| {
+            ctx.ui.step(format!("waiting for another envy command (pid {holder}) to finish"))
+        })
+    }
+
     /// The plan for one machine; fails when its state dir is not what envy made.
     pub fn plan(&self, home: &Home, spec: &MachineSpec) -> anyhow::Result<MachinePlan> {
         let plan = MachinePlan::new(home, &self.project, &self.envfile, spec);

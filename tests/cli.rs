@@ -140,9 +140,8 @@ fn a_second_command_fails_at_once_with_no_wait_and_waits_without_it() {
     let home = tempfile::tempdir().unwrap();
     let project = tempfile::tempdir().unwrap();
     std::fs::write(project.path().join("Envfile"), "[defaults]\nbox = \"not-in-any-catalog\"\n").unwrap();
-    let ui = envy::ui::Ui { interactive: false, fancy: false, json: false, quiet: true };
     let state_dir = envy::plan::Project::state_dir_for(&envy::state::Home::at(home.path()), project.path());
-    let held = envy::state::ProjectLock::acquire(&state_dir, project.path(), true, &ui).unwrap();
+    let held = envy::state::ProjectLock::acquire(&state_dir, project.path(), true, |_| ()).unwrap();
 
     envy(home.path(), project.path())
         .args(["up", "--no-wait"])

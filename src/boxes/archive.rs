@@ -211,7 +211,7 @@ pub fn unpack_box(
             let mut text = String::new();
             entry.read_to_string(&mut text).map_err(read_err)?;
             let parsed = Manifest::parse(&text, label)?;
-            crate::state::write_atomic(&dest.join(manifest::FILE_NAME), text.as_bytes())
+            crate::fsutil::write_atomic(&dest.join(manifest::FILE_NAME), text.as_bytes())
                 .map_err(|e| Error::io("cannot write in", dest)(io::Error::other(e)))?;
             manifest = Some(parsed);
             continue;

@@ -7,8 +7,7 @@ use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use anyhow::Context as _;
-use nix::fcntl::{Flock, FlockArg};
+use crate::fsutil::FileLock;
 use serde::{Deserialize, Serialize};
 
 use super::archive::{self, Artifact};
@@ -128,10 +127,10 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens the store in `home` (reading the user's config for proxy and catalog).
-    pub fn open(home: &Home) -> anyhow::Result<Store> {
-        let config = Config::load(&home.config_file())?;
-        Ok(Store { home: home.clone(), config })
+    /// Opens the store in `home`; `config` gives the proxy, catalog and registries
+    /// that fetching uses.
+    pub fn open(home: &Home, config: &Config) -> anyhow::Result<Store> {
+        Ok(Store { home: home.clone(), config: config.clone() })
     }
 
     /// The user's config (proxy, insecure registries).
@@ -313,18 +312,8 @@ impl Store {
     }
 
     /// Takes `locks/<key>.lock`, waiting (and saying so) while another process holds it.
-    pub(super) fn lock(&self, key: &str, ui: &Ui, doing: &str) -> anyhow::Result<Flock<File>> {
-        let path = self.lock_path(key)?;
-        let open = || File::create(&path).map_err(Error::io("cannot open lock file", &path));
-        match Flock::lock(open()?, FlockArg::LockExclusiveNonblock) {
-            Ok(lock) => Ok(lock),
-            Err(_) => {
-                ui.step(format!("waiting for another envy process {doing}"));
-                Flock::lock(open()?, FlockArg::LockExclusive)
-                    .map_err(|(_, e)| e)
-                    .with_context(|| format!("cannot lock {}", path.display()))
-            }
-        }
+    pub(super) fn lock(&self, key: &str, ui: &Ui, doing: &str) -> anyhow::Result<FileLock> {
+        FileLock::acquire(&self.lock_path(key), |holder| ui.step(format!("waiting for another envy process (pid {holder}) {doing}")))
     }
 
     /// Unpacks a verified box file (in `downloads/`, ours to move) into a temp dir inside
@@ -398,7 +387,7 @@ impl Store {
         let manifest_path = tmp.path().join(manifest::FILE_NAME);
         let from_archive = matches!(artifact, Artifact::BoxArchive(_));
         if !from_archive {
-            crate::state::write_atomic(&manifest_path, manifest.to_toml().as_bytes())?;
+            crate::fsutil::write_atomic(&manifest_path, manifest.to_toml().as_bytes())?;
         }
         // A box's own manifest names it, unless the user chose a name.
         let listed_name =
@@ -630,16 +619,12 @@ impl Store {
     }
 
     /// Takes a lock only if it is free.
-    fn try_lock(&self, key: &str) -> anyhow::Result<Option<Flock<File>>> {
-        let path = self.lock_path(key)?;
-        let file = File::create(&path).map_err(Error::io("cannot open lock file", &path))?;
-        Ok(Flock::lock(file, FlockArg::LockExclusiveNonblock).ok())
+    fn try_lock(&self, key: &str) -> anyhow::Result<Option<FileLock>> {
+        Ok(FileLock::try_acquire(&self.lock_path(key))?.ok())
     }
 
-    fn lock_path(&self, key: &str) -> Result<PathBuf, Error> {
-        let dir = self.home.locks_dir();
-        std::fs::create_dir_all(&dir).map_err(Error::io("cannot create", &dir))?;
-        Ok(dir.join(format!("{key}.lock")))
+    fn lock_path(&self, key: &str) -> PathBuf {
+        self.home.locks_dir().join(format!("{key}.lock"))
     }
 
     /// Removes a box: renamed out of sight first, so no reader sees it half-deleted.
@@ -724,7 +709,7 @@ fn expected_digests(stored: &StoredBox, record: &Record) -> Vec<(String, String)
 }
 
 fn write_record(dir: &Path, record: &Record) -> anyhow::Result<()> {
-    crate::state::write_atomic(&dir.join(RECORD_FILE), &serde_json::to_vec_pretty(record)?)
+    crate::fsutil::write_atomic(&dir.join(RECORD_FILE), &serde_json::to_vec_pretty(record)?)
 }
 
 fn read_record(dir: &Path) -> anyhow::Result<Record> {

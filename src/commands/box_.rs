@@ -14,7 +14,7 @@ use crate::envfile::lock::LockFile;
 use crate::model::{BoxFormat, BoxRef};
 
 pub fn run(ctx: &Context, cmd: BoxCommand) -> Result<i32> {
-    let store = Store::open(&ctx.home)?;
+    let store = Store::open(&ctx.home, &ctx.config)?;
     match cmd {
         BoxCommand::Add(args) => add(ctx, &store, args),
         BoxCommand::List => list(ctx, &store),

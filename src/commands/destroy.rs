@@ -8,7 +8,7 @@ use crate::context::Context;
 use crate::lifecycle;
 use crate::workspace::Workspace;
 use crate::provider::{self, MachineState};
-use crate::state::{registry, ProjectLock};
+use crate::state::registry;
 
 pub fn run(ctx: &Context, args: DestroyArgs) -> Result<i32> {
     let ws = Workspace::load(ctx)?;
@@ -24,7 +24,7 @@ pub fn run(ctx: &Context, args: DestroyArgs) -> Result<i32> {
             return Ok(crate::error::code::FAILURE);
         }
     }
-    let _lock = ProjectLock::acquire(&ws.project.state_dir, &ws.project.dir, ctx.no_wait, &ctx.ui)?;
+    let _lock = ws.lock(ctx)?;
     for spec in machines {
         let plan = ws.plan(&ctx.home, spec)?;
         if provider::for_kind(spec.provider)?.state(&plan)? == MachineState::NotCreated && !plan.dir.exists() {

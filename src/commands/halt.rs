@@ -6,12 +6,11 @@ use crate::cli::HaltArgs;
 use crate::context::Context;
 use crate::workspace::Workspace;
 use crate::provider::{self, MachineState};
-use crate::state::ProjectLock;
 
 pub fn run(ctx: &Context, args: HaltArgs) -> Result<i32> {
     let ws = Workspace::load(ctx)?;
     let machines = ws.select(&args.machines)?;
-    let _lock = ProjectLock::acquire(&ws.project.state_dir, &ws.project.dir, ctx.no_wait, &ctx.ui)?;
+    let _lock = ws.lock(ctx)?;
     for spec in machines {
         let plan = ws.plan(&ctx.home, spec)?;
         let provider = provider::for_kind(spec.provider)?;

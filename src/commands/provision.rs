@@ -7,12 +7,11 @@ use crate::context::Context;
 use crate::lifecycle;
 use crate::workspace::Workspace;
 use crate::state::record::MachineRecord;
-use crate::state::ProjectLock;
 
 pub fn run(ctx: &Context, args: MachinesArgs) -> Result<i32> {
     let ws = Workspace::load(ctx)?;
     let machines = ws.select(&args.machines)?;
-    let _lock = ProjectLock::acquire(&ws.project.state_dir, &ws.project.dir, ctx.no_wait, &ctx.ui)?;
+    let _lock = ws.lock(ctx)?;
     for spec in machines {
         let plan = super::running_machine(ctx, &ws, Some(&spec.name))?;
         lifecycle::provision(ctx, &plan)?;

@@ -8,13 +8,12 @@ use crate::envfile::lock::LockFile;
 use crate::lifecycle::{self, UpOptions};
 use crate::workspace::Workspace;
 use crate::provider::{self, MachineState};
-use crate::state::ProjectLock;
 
 pub fn run(ctx: &Context, args: MachinesArgs) -> Result<i32> {
     let ws = Workspace::load(ctx)?;
     let machines = ws.select(&args.machines)?;
     crate::doctor::require(&machines.iter().map(|m| m.provider).collect::<Vec<_>>())?;
-    let _lock = ProjectLock::acquire(&ws.project.state_dir, &ws.project.dir, ctx.no_wait, &ctx.ui)?;
+    let _lock = ws.lock(ctx)?;
     let lock_path = LockFile::path_for(&ws.project.dir);
     let mut lock = LockFile::load(&lock_path)?;
     for spec in machines {

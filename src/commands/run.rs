@@ -149,7 +149,7 @@ fn bare(ctx: &Context, box_name: &str, args: &RunArgs) -> Result<i32> {
         ctx.cwd.display(),
         toml::Value::String(ctx.cwd.display().to_string()),
     );
-    crate::state::write_atomic(&dir.join(envfile::FILE_NAME), text.as_bytes())?;
+    crate::fsutil::write_atomic(&dir.join(envfile::FILE_NAME), text.as_bytes())?;
     let envfile = envfile::load(&dir.join(envfile::FILE_NAME), provider_kind)?;
     let project = Project::new(&ctx.home, &envfile);
     let mut plan = MachinePlan::new(&ctx.home, &project, &envfile, &envfile.machines[0]);

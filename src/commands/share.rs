@@ -18,7 +18,6 @@ use crate::workspace::Workspace;
 use crate::provider::{self, ImageExport};
 use crate::signals;
 use crate::state::record::MachineRecord;
-use crate::state::ProjectLock;
 
 pub fn run(ctx: &Context, args: ShareArgs) -> Result<i32> {
     let ws = Workspace::load(ctx)?;
@@ -32,7 +31,7 @@ pub fn run(ctx: &Context, args: ShareArgs) -> Result<i32> {
     let output = args.output.clone().unwrap_or_else(|| ws.project.dir.join(format!("{}.box", spec.name)));
     let (digest, size) = {
         // Held while packing: a halt or destroy must not pull the machine away mid-copy.
-        let _lock = ProjectLock::acquire(&ws.project.state_dir, &ws.project.dir, ctx.no_wait, &ctx.ui)?;
+        let _lock = ws.lock(ctx)?;
         pack(ctx, &plan, &record, &output)?
     };
     let summary = json!({
@@ -92,7 +91,7 @@ fn push(ctx: &Context, ws: &Workspace, plan: &crate::plan::MachinePlan, record: 
             .into())
         }
     };
-    let store = Store::open(&ctx.home)?;
+    let store = Store::open(&ctx.home, &ctx.config)?;
     let stored = store.get(&record.box_digest)?;
     let staging = tempfile::Builder::new()
         .prefix(".push-")
@@ -100,7 +99,7 @@ fn push(ctx: &Context, ws: &Workspace, plan: &crate::plan::MachinePlan, record: 
         .context("cannot make a staging folder in the project's state dir")?;
     let digest = {
         // Held while packing: a halt or destroy must not pull the machine away mid-copy.
-        let _lock = ProjectLock::acquire(&ws.project.state_dir, &ws.project.dir, ctx.no_wait, &ctx.ui)?;
+        let _lock = ws.lock(ctx)?;
         match provider::for_kind(plan.spec.provider)?.export_image(plan, &stored, staging.path(), &ctx.ui)? {
             ImageExport::Layer(delta) => {
                 ctx.ui.step(format!("{}: pushing to {image}", plan.name()));
@@ -124,7 +123,7 @@ fn push(ctx: &Context, ws: &Workspace, plan: &crate::plan::MachinePlan, record: 
 
 /// Exports the machine's payload and packs it with a manifest into `output`.
 fn pack(ctx: &Context, plan: &crate::plan::MachinePlan, record: &MachineRecord, output: &std::path::Path) -> Result<(String, u64)> {
-    let store = Store::open(&ctx.home)?;
+    let store = Store::open(&ctx.home, &ctx.config)?;
     let stored = store.get(&record.box_digest)?;
     let staging = tempfile::Builder::new()
         .prefix(".share-")

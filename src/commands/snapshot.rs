@@ -10,7 +10,6 @@ use crate::lifecycle::{self, UpOptions};
 use crate::plan::MachinePlan;
 use crate::workspace::Workspace;
 use crate::provider::{self, MachineState};
-use crate::state::ProjectLock;
 
 pub fn run(ctx: &Context, cmd: SnapshotCommand) -> Result<i32> {
     let ws = Workspace::load(ctx)?;
@@ -35,7 +34,7 @@ pub fn run(ctx: &Context, cmd: SnapshotCommand) -> Result<i32> {
         }
         SnapshotCommand::Save(args) => {
             let (machine, name) = words(&args)?;
-            let _lock = ProjectLock::acquire(&ws.project.state_dir, &ws.project.dir, ctx.no_wait, &ctx.ui)?;
+            let _lock = ws.lock(ctx)?;
             let plan = created(ctx, &ws, machine)?;
             let provider = provider::for_kind(plan.spec.provider)?;
             if !args.force && provider.snapshot_list(&plan)?.iter().any(|s| s.name == name) {
@@ -47,7 +46,7 @@ pub fn run(ctx: &Context, cmd: SnapshotCommand) -> Result<i32> {
         }
         SnapshotCommand::Restore(args) => {
             let (machine, name) = words(&args)?;
-            let _lock = ProjectLock::acquire(&ws.project.state_dir, &ws.project.dir, ctx.no_wait, &ctx.ui)?;
+            let _lock = ws.lock(ctx)?;
             let plan = created(ctx, &ws, machine)?;
             let provider = provider::for_kind(plan.spec.provider)?;
             let known = provider.snapshot_list(&plan)?;
@@ -69,7 +68,7 @@ pub fn run(ctx: &Context, cmd: SnapshotCommand) -> Result<i32> {
         }
         SnapshotCommand::Delete(args) => {
             let (machine, name) = words(&args)?;
-            let _lock = ProjectLock::acquire(&ws.project.state_dir, &ws.project.dir, ctx.no_wait, &ctx.ui)?;
+            let _lock = ws.lock(ctx)?;
             let plan = created(ctx, &ws, machine)?;
             let provider = provider::for_kind(plan.spec.provider)?;
             if !provider.snapshot_list(&plan)?.iter().any(|s| s.name == name) {

@@ -7,13 +7,13 @@ use crate::context::Context;
 use crate::envfile::lock::LockFile;
 use crate::lifecycle::{self, UpOptions};
 use crate::workspace::Workspace;
-use crate::state::{registry, ProjectLock};
+use crate::state::registry;
 
 pub fn run(ctx: &Context, args: UpArgs) -> Result<i32> {
     let ws = Workspace::load(ctx)?;
     let machines = ws.select(&args.machines)?;
     crate::doctor::require(&machines.iter().map(|m| m.provider).collect::<Vec<_>>())?;
-    let _lock = ProjectLock::acquire(&ws.project.state_dir, &ws.project.dir, ctx.no_wait, &ctx.ui)?;
+    let _lock = ws.lock(ctx)?;
     registry::add(&ctx.home, &ws.project.dir)?;
     let lock_path = LockFile::path_for(&ws.project.dir);
     let mut lock = LockFile::load(&lock_path)?;

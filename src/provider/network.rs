@@ -349,7 +349,7 @@ impl ProjectNet {
             self.add_forward(machine, ip, forward)?;
         }
         let record = ForwardsRecord { machine: machine.to_string(), forwards: wanted.to_vec() };
-        crate::state::write_atomic(&self.forwards_record(ip), &serde_json::to_vec(&record)?)
+        crate::fsutil::write_atomic(&self.forwards_record(ip), &serde_json::to_vec(&record)?)
     }
 
     /// Adds one forward to `ip` beside the others (`forward_auto`'s watcher). Not kept in

@@ -2,14 +2,12 @@
 //! records under `$ENVY_HOME/projects/` (versioned, written atomically), the per-project lock, and
 //! pid files tied to the boot id so a record from before a reboot reads as stale.
 
-mod fsutil;
 mod home;
 mod lock;
 mod pidfile;
 pub mod record;
 pub mod registry;
 
-pub use fsutil::{create_private, create_private_dir, fd_path, open_below, open_in_root, read_fd, read_private, write_atomic, Follow};
 pub use home::Home;
 pub use lock::ProjectLock;
 pub use pidfile::{boot_id, start_time, PidFile};

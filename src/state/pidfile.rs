@@ -51,7 +51,7 @@ impl PidFile {
             boot_id: boot_id(),
             start_time: start_time(pid).unwrap_or(0),
         };
-        super::write_atomic(&self.path, serde_json::to_string(&content)?.as_bytes())
+        crate::fsutil::write_atomic(&self.path, serde_json::to_string(&content)?.as_bytes())
     }
 
     /// The pid, if the file exists and names a process of this boot that is still

@@ -35,7 +35,7 @@ impl MachineRecord {
     /// The record, or None when the machine was never created.
     pub fn load(machine_dir: &Path) -> Result<Option<MachineRecord>> {
         let path = Self::path(machine_dir);
-        let Some(bytes) = super::read_private(&path)? else { return Ok(None) };
+        let Some(bytes) = crate::fsutil::read_private(&path)? else { return Ok(None) };
         let record: MachineRecord = serde_json::from_slice(&bytes).map_err(|e| super::Error::BadRecord {
             path: path.clone(),
             message: format!("unreadable ({e}); `envy destroy` removes it"),
@@ -54,6 +54,6 @@ impl MachineRecord {
     }
 
     pub fn save(&self, machine_dir: &Path) -> Result<()> {
-        super::write_atomic(&Self::path(machine_dir), &serde_json::to_vec_pretty(self)?)
+        crate::fsutil::write_atomic(&Self::path(machine_dir), &serde_json::to_vec_pretty(self)?)
     }
 }

@@ -2,19 +2,15 @@
 //! show every environment and `envy box prune` can find every lock file.
 
 use std::collections::BTreeSet;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
-use nix::fcntl::{Flock, FlockArg};
 
 use crate::state::Home;
 
 fn with_locked<T>(home: &Home, f: impl FnOnce(&mut BTreeSet<PathBuf>) -> T) -> Result<T> {
-    std::fs::create_dir_all(home.locks_dir())?;
-    let lock_path = home.locks_dir().join("projects.lock");
-    let file = File::create(&lock_path).with_context(|| format!("cannot open {}", lock_path.display()))?;
-    let _lock = Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| e)?;
+    // Held for a moment by whoever writes the list: no need to say whom we wait for.
+    let _lock = crate::fsutil::FileLock::acquire(&home.locks_dir().join("projects.lock"), |_| ())?;
     let path = home.projects_file();
     // A registry that cannot be read is an error, never an empty list: `box prune`
     // keeps what the listed projects pin, so reading it as empty would delete their boxes.
@@ -32,7 +28,7 @@ fn with_locked<T>(home: &Home, f: impl FnOnce(&mut BTreeSet<PathBuf>) -> T) -> R
     let before = set.clone();
     let out = f(&mut set);
     if set != before {
-        super::write_atomic(&path, &serde_json::to_vec_pretty(&set)?)?;
+        crate::fsutil::write_atomic(&path, &serde_json::to_vec_pretty(&set)?)?;
     }
     Ok(out)
 }

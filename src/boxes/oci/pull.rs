@@ -190,7 +190,7 @@ fn install(
         envfile: None,
     };
     manifest.validate(&label)?;
-    crate::state::write_atomic(&tmp.path().join(manifest::FILE_NAME), manifest.to_toml().as_bytes())?;
+    crate::fsutil::write_atomic(&tmp.path().join(manifest::FILE_NAME), manifest.to_toml().as_bytes())?;
     let origin = Origin { source: label, pin: Some(Pin::Sha256(fetched.digest.clone()).to_string()) };
     store.commit(tmp, &fetched.digest, &manifest, name, &origin, ui)
 }

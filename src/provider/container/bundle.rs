@@ -78,11 +78,11 @@ pub struct SyncSources {
 
 /// Writes hosts, resolv.conf and config.json into the machine dir.
 pub fn write(plan: &MachinePlan, layout: &Layout, net: &MachineNet, sync: &SyncSources, image: Option<&ImageRun>) -> Result<()> {
-    crate::state::write_atomic(&layout.hosts(), hosts_file(plan, net)?.as_bytes())?;
-    crate::state::write_atomic(&layout.resolv_conf(), format!("nameserver {}\n", network::DNS).as_bytes())?;
+    crate::fsutil::write_atomic(&layout.hosts(), hosts_file(plan, net)?.as_bytes())?;
+    crate::fsutil::write_atomic(&layout.resolv_conf(), format!("nameserver {}\n", network::DNS).as_bytes())?;
     let spec = spec(plan, layout, net, sync, image)?;
     let json = serde_json::to_vec_pretty(&spec)?;
-    crate::state::write_atomic(&layout.config(), &json)
+    crate::fsutil::write_atomic(&layout.config(), &json)
 }
 
 /// Where commands start: the image's WorkingDir, else the first sync folder, else /.

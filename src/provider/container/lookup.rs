@@ -44,7 +44,7 @@ fn open_root(init_pid: u32) -> Option<OwnedFd> {
 }
 
 fn examine(root: &OwnedFd, path: &str) -> Found {
-    let Ok(file) = crate::state::open_in_root(root, std::path::Path::new(path)) else { return Found::Nothing };
+    let Ok(file) = crate::fsutil::open_in_root(root, std::path::Path::new(path)) else { return Found::Nothing };
     match nix::sys::stat::fstat(file.as_raw_fd()) {
         Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_mode & 0o111 != 0 => Found::Executable,
         Ok(_) => Found::NotExecutable,

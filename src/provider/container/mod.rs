@@ -111,11 +111,12 @@ impl<'a> Machine<'a> {
     /// at `up` (never from a path a file could name), for restore.
     fn recorded_box(&self) -> Result<StoredBox> {
         let path = self.layout.box_record();
-        let digest = crate::state::read_private(&path)?
+        let digest = crate::fsutil::read_private(&path)?
             .ok_or_else(|| crate::state::Error::NotCreated { machine: self.name().into() })?;
         let digest = crate::boxes::parse_sha256(String::from_utf8_lossy(&digest).trim())
             .map_err(|e| crate::state::Error::BadRecord { path, message: format!("{e}; run `envy up {}` to write it again", self.name()) })?;
-        crate::boxes::Store::open(&self.plan.home)?.get(&digest)
+        // Only reads a stored box: no fetch, so no proxy or catalog settings.
+        crate::boxes::Store::open(&self.plan.home, &Default::default())?.get(&digest)
     }
 
     /// Mounts the overlay (unless mounted) and the sync folders, writes the bundle
@@ -125,7 +126,7 @@ impl<'a> Machine<'a> {
         let lower = lower.as_path();
         check_lower(lower)?;
         for dir in [self.layout.upper(), self.layout.work(), self.layout.rootfs()] {
-            crate::state::create_private_dir(&dir)?;
+            crate::fsutil::create_private_dir(&dir)?;
         }
         if !overlay::is_mounted(&self.layout.rootfs())? {
             overlay::mount_overlay(lower, &self.layout.upper(), &self.layout.work(), &self.layout.rootfs())?;
@@ -155,7 +156,7 @@ impl<'a> Machine<'a> {
         if staging.exists() {
             std::fs::remove_dir_all(&staging).with_context(|| format!("cannot clear {}", staging.display()))?;
         }
-        crate::state::create_private_dir(&staging)?;
+        crate::fsutil::create_private_dir(&staging)?;
         let mut sources = bundle::SyncSources::default();
         for (i, opened) in self.plan.open_sync_folders()?.iter().enumerate() {
             let point = staging.join(i.to_string());
@@ -168,7 +169,7 @@ impl<'a> Machine<'a> {
             let Some((folder, rel)) = sources.folders.iter().find_map(|(_, f)| {
                 (!f.readonly).then(|| file.strip_prefix(&f.host).ok().map(|rel| (f, rel))).flatten()
             }) else { continue };
-            let opened = match crate::state::open_below(&project.dir, file, crate::state::Follow::Never) {
+            let opened = match crate::fsutil::open_below(&project.dir, file, crate::fsutil::Follow::Never) {
                 Ok(fd) => fd,
                 Err(nix::errno::Errno::ENOENT) => continue,
                 Err(e) => bail!(self.plan.project_path_error(
@@ -178,7 +179,7 @@ impl<'a> Machine<'a> {
                 )),
             };
             let point = staging.join(format!("guard-{i}"));
-            overlay::bind_mount(&crate::state::fd_path(&opened), &point, false)?;
+            overlay::bind_mount(&crate::fsutil::fd_path(&opened), &point, false)?;
             sources.guarded.push((point, format!("{}/{}", folder.guest.trim_end_matches('/'), rel.display())));
         }
         Ok(sources)
@@ -297,10 +298,10 @@ impl Provider for ContainerProvider {
         let m = Machine::of(plan)?;
         let lower = stored.rootfs()?;
         check_lower(&lower)?;
-        crate::state::create_private_dir(m.layout.dir())?;
+        crate::fsutil::create_private_dir(m.layout.dir())?;
         // Written (and fsynced) only when it changes: every `up` of a running machine passes here.
-        if crate::state::read_private(&m.layout.box_record())?.as_deref() != Some(stored.digest.as_bytes()) {
-            crate::state::write_atomic(&m.layout.box_record(), stored.digest.as_bytes())?;
+        if crate::fsutil::read_private(&m.layout.box_record())?.as_deref() != Some(stored.digest.as_bytes()) {
+            crate::fsutil::write_atomic(&m.layout.box_record(), stored.digest.as_bytes())?;
         }
         let container = m.runc.state(m.id())?;
         m.project.ensure()?;

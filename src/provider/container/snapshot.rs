@@ -80,11 +80,11 @@ pub fn save(m: &Machine, name: &str, replace: bool, ui: &Ui) -> Result<SnapshotI
             m.name()
         )));
     }
-    crate::state::create_private_dir(&m.layout.snapshots())?;
+    crate::fsutil::create_private_dir(&m.layout.snapshots())?;
     let partial = m.layout.snapshots().join(format!(".{name}.partial"));
     ui.step(format!("{}: saving snapshot {name}", m.name()));
     let saved = frozen(m, || {
-        let file = crate::state::create_private(&partial)?;
+        let file = crate::fsutil::create_private(&partial)?;
         drop(file);
         tool::run(
             layer_tar().arg("--create").arg("--file").arg(&partial).arg("--directory").arg(m.layout.upper()).arg("."),
@@ -108,7 +108,7 @@ pub fn save(m: &Machine, name: &str, replace: bool, ui: &Ui) -> Result<SnapshotI
     };
     let committed = std::fs::rename(&partial, sidecar.archive(&m.layout))
         .with_context(|| format!("cannot move the snapshot into {}", m.layout.snapshots().display()))
-        .and_then(|()| crate::state::write_atomic(&sidecar_path(&m.layout, name), serde_json::to_string_pretty(&sidecar)?.as_bytes()));
+        .and_then(|()| crate::fsutil::write_atomic(&sidecar_path(&m.layout, name), serde_json::to_string_pretty(&sidecar)?.as_bytes()));
     if let Err(e) = committed {
         let _ = std::fs::remove_file(&partial);
         if old.as_ref().is_none_or(|o| o.sha256 != sidecar.sha256) {
@@ -129,7 +129,7 @@ fn info(sidecar: &Sidecar) -> SnapshotInfo {
 /// The record of snapshot `name`, None when there is none.
 fn read_sidecar(layout: &Layout, name: &str) -> Result<Option<Sidecar>> {
     let path = sidecar_path(layout, name);
-    let Some(bytes) = crate::state::read_private(&path)? else { return Ok(None) };
+    let Some(bytes) = crate::fsutil::read_private(&path)? else { return Ok(None) };
     let bad = |message: String| crate::state::Error::BadRecord { path: path.clone(), message };
     let sidecar: Sidecar = serde_json::from_slice(&bytes)
         .map_err(|e| bad(format!("is not a snapshot record ({e}); delete the snapshot and save it again")))?;
@@ -185,7 +185,7 @@ pub fn restore(m: &Machine, name: &str, ui: &Ui) -> Result<()> {
     if staging.exists() {
         std::fs::remove_dir_all(&staging)?;
     }
-    crate::state::create_private_dir(&staging)?;
+    crate::fsutil::create_private_dir(&staging)?;
     // Unpack first: a bad archive fails here with the machine untouched.
     let unpacked = tool::run(
         layer_tar().arg("--extract").arg("--file").arg(&archive).arg("--directory").arg(&staging),

@@ -12,6 +12,7 @@ mod process;
 mod qmp;
 mod seed;
 mod snapshot;
+pub mod ssh;
 pub mod virtiofs;
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -24,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::boxes::{BootMethod, QemuPayload, StoredBox};
 use crate::envfile::{Invalid, MachineSpec};
 use crate::model::{BoxFormat, HostCheck, ProviderKind};
-use crate::guest::ssh::{self, SshTarget};
+use ssh::SshTarget;
 use crate::plan::{MachinePlan, OpenedFolder};
 use crate::provider::{Error, ExecRequest, ImageExport, MachineInfo, MachineState, Provider, SnapshotInfo};
 use crate::ui::Ui;
@@ -71,7 +72,7 @@ impl RuntimeRecord {
     }
 
     fn save(&self, files: &MachineFiles) -> Result<()> {
-        crate::state::write_atomic(&files.runtime_record, &serde_json::to_vec_pretty(self)?)
+        crate::fsutil::write_atomic(&files.runtime_record, &serde_json::to_vec_pretty(self)?)
     }
 }
 
@@ -379,7 +380,7 @@ impl Provider for QemuProvider {
             let target = ssh_target(&files, ssh_port);
             target.close_master();
             // Console and SSH logs hold the current boot only.
-            crate::state::create_private(&files.console_log)?;
+            crate::fsutil::create_private(&files.console_log)?;
             let _ = std::fs::remove_file(&files.ssh_log);
             // envy's copy of the tap closes after the start; QEMU's keeps it alive.
             let tap = net.as_ref().map(|n| n.attach(plan)).transpose()?;

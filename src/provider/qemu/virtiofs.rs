@@ -122,10 +122,10 @@ pub fn start(binary: &Path, files: &MachineFiles, index: usize, opened: &OpenedF
     let socket = socket(files, index);
     let _ = std::fs::remove_file(&socket);
     if let Some(dir) = socket.parent() {
-        crate::state::create_private_dir(dir).map_err(|e| Error::Other(format!("{e:#}")))?;
+        crate::fsutil::create_private_dir(dir).map_err(|e| Error::Other(format!("{e:#}")))?;
     }
     let log_path = log(files, index);
-    let log = crate::state::create_private(&log_path).map_err(|e| Error::Other(format!("{e:#}")))?;
+    let log = crate::fsutil::create_private(&log_path).map_err(|e| Error::Other(format!("{e:#}")))?;
     let source = std::fs::read_link(opened.proc_path())
         .map_err(|e| Error::Other(format!("cannot resolve sync folder {}: {e}", opened.folder.host.display())))?;
     let mut command = std::process::Command::new(binary);

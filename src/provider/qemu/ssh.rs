@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 
+use crate::model::shell_quote;
 use crate::provider::{Error, ExecRequest};
 
 /// How long the shared connection outlives its last user.
@@ -85,13 +86,6 @@ pub fn ensure_key(key: &Path, comment: &str) -> Result<()> {
     Ok(())
 }
 
-/// Quotes `arg` for a POSIX shell (the remote login shell joins ssh's arguments).
-pub fn shell_quote(arg: &str) -> String {
-    if !arg.is_empty() && arg.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b)) {
-        return arg.to_string();
-    }
-    format!("'{}'", arg.replace('\'', "'\\''"))
-}
 
 /// The remote command line for a request: a single argument is a shell command line,
 /// several are an argv (each quoted).

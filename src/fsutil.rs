@@ -144,6 +144,71 @@ pub fn read_fd(fd: &OwnedFd, path: &Path, limit: u64) -> Result<Vec<u8>> {
     Ok(data)
 }
 
+/// An exclusive lock on a file: held while the value lives, dropped by the kernel if
+/// the process dies. The holder writes its pid into the file, so a process that
+/// finds it taken can say whom it waits for. The project lock, the store's locks and
+/// the project list all take this one.
+#[derive(Debug)]
+pub struct FileLock {
+    _file: nix::fcntl::Flock<fs::File>,
+}
+
+impl FileLock {
+    /// Takes the lock at `path` (made 0600, never through a symlink) if it is free;
+    /// otherwise returns the pid written by its holder ("unknown" if none is).
+    pub fn try_acquire(path: &Path) -> Result<Result<FileLock, String>> {
+        use nix::fcntl::{Flock, FlockArg};
+        match Flock::lock(Self::open(path)?, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => Ok(Ok(Self::mark(lock, path)?)),
+            Err((mut file, _)) => {
+                let mut holder = String::new();
+                let _ = std::io::Read::read_to_string(&mut file, &mut holder);
+                Ok(Err(if holder.trim().is_empty() { "unknown".into() } else { holder.trim().to_string() }))
+            }
+        }
+    }
+
+    /// Takes the lock at `path`, waiting for it; `waiting` is told the holder's pid
+    /// once, before the wait, so the user knows why nothing happens.
+    pub fn acquire(path: &Path, waiting: impl FnOnce(&str)) -> Result<FileLock> {
+        use nix::fcntl::{Flock, FlockArg};
+        match Self::try_acquire(path)? {
+            Ok(lock) => Ok(lock),
+            Err(holder) => {
+                waiting(&holder);
+                let lock = Flock::lock(Self::open(path)?, FlockArg::LockExclusive)
+                    .map_err(|(_, e)| e)
+                    .with_context(|| format!("cannot lock {}", path.display()))?;
+                Self::mark(lock, path)
+            }
+        }
+    }
+
+    fn open(path: &Path) -> Result<fs::File> {
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .custom_flags(libc::O_NOFOLLOW)
+            .mode(0o600)
+            .open(path)
+            .with_context(|| format!("cannot open lock file {}", path.display()))
+    }
+
+    fn mark(mut lock: nix::fcntl::Flock<fs::File>, path: &Path) -> Result<FileLock> {
+        use std::io::Seek;
+        lock.set_len(0)
+            .and_then(|_| lock.rewind())
+            .and_then(|_| write!(lock, "{}", std::process::id()))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(FileLock { _file: lock })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,5 +251,22 @@ mod tests {
         let dir_link = dir.path().join("dirlink");
         symlink(dir.path(), &dir_link).unwrap();
         assert!(create_private_dir(&dir_link).is_err());
+    }
+
+    #[test]
+    fn a_file_lock_names_its_holder_and_is_free_again_once_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("locks/x.lock");
+        let held = FileLock::try_acquire(&path).unwrap().expect("free at first");
+        // flock belongs to the open file, so a second open in this process contends.
+        assert_eq!(FileLock::try_acquire(&path).unwrap().unwrap_err(), std::process::id().to_string());
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        drop(held);
+        let mut told = None;
+        let _again = FileLock::acquire(&path, |holder| told = Some(holder.to_string())).unwrap();
+        assert_eq!(told, None, "a free lock is taken without a wait");
+        let link = dir.path().join("link.lock");
+        symlink(&path, &link).unwrap();
+        assert!(FileLock::try_acquire(&link).is_err(), "a lock file is never opened through a symlink");
     }
 }
