@@ -45,6 +45,9 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
         if cause.is::<crate::ready::Error>() {
             return code::STATE;
         }
+        if cause.is::<crate::fsutil::BadRecord>() {
+            return code::STATE;
+        }
         if let Some(e) = cause.downcast_ref::<crate::state::Error>() {
             return match e {
                 crate::state::Error::Busy { .. } => code::BUSY,

@@ -144,6 +144,47 @@ pub fn read_fd(fd: &OwnedFd, path: &Path, limit: u64) -> Result<Vec<u8>> {
     Ok(data)
 }
 
+/// A JSON record envy keeps in its own state (a machine's, a stored box's, a VM's
+/// runtime facts), with a format `version`. All of them are read and written one way
+/// (`read_record`, `write_record`): no symlink followed, 0600, replaced atomically,
+/// and refused (never guessed at) when damaged or of another format.
+pub trait Record: serde::Serialize + serde::de::DeserializeOwned {
+    /// The format this envy writes, and the only one it reads.
+    const VERSION: u32;
+    /// What the user can do about a record this envy cannot read.
+    const REMEDY: &'static str;
+}
+
+/// A record that is damaged or of another envy's format.
+#[derive(Debug, thiserror::Error)]
+#[error("{} {problem}; {remedy}", .path.display())]
+pub struct BadRecord {
+    pub path: std::path::PathBuf,
+    pub problem: String,
+    pub remedy: &'static str,
+}
+
+/// The record at `path`, or None when there is none.
+pub fn read_record<T: Record>(path: &Path) -> Result<Option<T>> {
+    let Some(bytes) = read_private(path)? else { return Ok(None) };
+    let bad = |problem: String| BadRecord { path: path.to_path_buf(), problem, remedy: T::REMEDY };
+    let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| bad(format!("is damaged ({e})")))?;
+    match value.get("version").and_then(|v| v.as_u64()) {
+        Some(v) if v == u64::from(T::VERSION) => {}
+        Some(v) => {
+            let who = if v > u64::from(T::VERSION) { "a newer" } else { "an older" };
+            return Err(bad(format!("was written by {who} envy (format {v}; this envy reads {})", T::VERSION)).into());
+        }
+        None => return Err(bad("is damaged (it has no format version)".into()).into()),
+    }
+    Ok(Some(serde_json::from_value(value).map_err(|e| bad(format!("is damaged ({e})")))?))
+}
+
+/// Writes `record` to `path` atomically, 0600.
+pub fn write_record<T: Record>(path: &Path, record: &T) -> Result<()> {
+    write_atomic(path, &serde_json::to_vec_pretty(record)?)
+}
+
 /// An exclusive lock on a file: held while the value lives, dropped by the kernel if
 /// the process dies. The holder writes its pid into the file, so a process that
 /// finds it taken can say whom it waits for. The project lock, the store's locks and

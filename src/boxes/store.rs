@@ -708,16 +708,16 @@ fn expected_digests(stored: &StoredBox, record: &Record) -> Vec<(String, String)
         .collect()
 }
 
+impl crate::fsutil::Record for Record {
+    const VERSION: u32 = RECORD_VERSION;
+    const REMEDY: &'static str = "remove the box with `envy box remove` and add it again";
+}
+
 fn write_record(dir: &Path, record: &Record) -> anyhow::Result<()> {
-    crate::fsutil::write_atomic(&dir.join(RECORD_FILE), &serde_json::to_vec_pretty(record)?)
+    crate::fsutil::write_record(&dir.join(RECORD_FILE), record)
 }
 
 fn read_record(dir: &Path) -> anyhow::Result<Record> {
     let path = dir.join(RECORD_FILE);
-    let bytes = std::fs::read(&path).map_err(Error::io("cannot read", &path))?;
-    let record: Record = serde_json::from_slice(&bytes).map_err(|e| Error::BadManifest {
-        archive: path.display().to_string(),
-        reason: format!("{e}; remove the box with `envy box remove` and add it again"),
-    })?;
-    Ok(record)
+    crate::fsutil::read_record(&path)?.ok_or_else(|| Error::io("cannot read", &path)(std::io::ErrorKind::NotFound.into()).into())
 }

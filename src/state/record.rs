@@ -34,26 +34,49 @@ impl MachineRecord {
 
     /// The record, or None when the machine was never created.
     pub fn load(machine_dir: &Path) -> Result<Option<MachineRecord>> {
-        let path = Self::path(machine_dir);
-        let Some(bytes) = crate::fsutil::read_private(&path)? else { return Ok(None) };
-        let record: MachineRecord = serde_json::from_slice(&bytes).map_err(|e| super::Error::BadRecord {
-            path: path.clone(),
-            message: format!("unreadable ({e}); `envy destroy` removes it"),
-        })?;
-        if record.version != VERSION {
-            return Err(super::Error::BadRecord {
-                path,
-                message: format!(
-                    "written by another envy (record version {}, this envy reads {VERSION})",
-                    record.version
-                ),
-            }
-            .into());
-        }
-        Ok(Some(record))
+        crate::fsutil::read_record(&Self::path(machine_dir))
     }
 
     pub fn save(&self, machine_dir: &Path) -> Result<()> {
-        crate::fsutil::write_atomic(&Self::path(machine_dir), &serde_json::to_vec_pretty(self)?)
+        crate::fsutil::write_record(&Self::path(machine_dir), self)
+    }
+}
+
+impl crate::fsutil::Record for MachineRecord {
+    const VERSION: u32 = VERSION;
+    const REMEDY: &'static str = "`envy destroy` removes the machine and its record";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_damaged_or_foreign_record_is_refused_with_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(MachineRecord::load(dir.path()).unwrap().is_none());
+        let record = MachineRecord {
+            version: VERSION,
+            name: "web".into(),
+            provider: crate::model::ProviderKind::new("container"),
+            box_digest: "0".repeat(64),
+            created: 1,
+            forwards: Vec::new(),
+            provisioned: true,
+        };
+        record.save(dir.path()).unwrap();
+        assert_eq!(MachineRecord::load(dir.path()).unwrap().unwrap().name, "web");
+        let path = MachineRecord::path(dir.path());
+        for (bytes, problem) in [
+            ("{\"version\": 1, \"name\": ", "is damaged"),
+            ("{\"version\": 9}", "was written by a newer envy (format 9; this envy reads 1)"),
+            ("{\"name\": \"web\"}", "has no format version"),
+        ] {
+            std::fs::write(&path, bytes).unwrap();
+            let err = MachineRecord::load(dir.path()).unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains(problem) && text.ends_with("`envy destroy` removes the machine and its record"), "{text}");
+            assert_eq!(crate::error::exit_code(&err), crate::error::code::STATE);
+        }
     }
 }

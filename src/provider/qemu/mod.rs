@@ -60,19 +60,21 @@ struct RuntimeRecord {
     sync: Vec<Transport>,
 }
 
-const RUNTIME_RECORD_VERSION: u32 = 1;
+impl crate::fsutil::Record for RuntimeRecord {
+    const VERSION: u32 = 1;
+    const REMEDY: &'static str = "stop the machine with `envy halt --force` and remove the file; `envy up` writes it again";
+}
 
 impl RuntimeRecord {
-    fn load(files: &MachineFiles) -> RuntimeRecord {
-        std::fs::read(&files.runtime_record)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<RuntimeRecord>(&b).ok())
-            .filter(|r| r.version == RUNTIME_RECORD_VERSION)
-            .unwrap_or_default()
+    /// The record, or a fresh one before the machine's first start.
+    fn load(files: &MachineFiles) -> Result<RuntimeRecord> {
+        use crate::fsutil::Record as _;
+        Ok(crate::fsutil::read_record(&files.runtime_record)?
+            .unwrap_or(RuntimeRecord { version: RuntimeRecord::VERSION, ..RuntimeRecord::default() }))
     }
 
     fn save(&self, files: &MachineFiles) -> Result<()> {
-        crate::fsutil::write_atomic(&files.runtime_record, &serde_json::to_vec_pretty(self)?)
+        crate::fsutil::write_record(&files.runtime_record, self)
     }
 }
 
@@ -137,7 +139,7 @@ fn qemu_payload<'a>(plan: &MachinePlan, stored: &'a StoredBox) -> Result<&'a Qem
 
 /// The SSH port of a running machine, from its runtime record.
 fn recorded_ssh_port(plan: &MachinePlan, files: &MachineFiles) -> Result<u16> {
-    RuntimeRecord::load(files).ssh_port.with_context(|| {
+    RuntimeRecord::load(files)?.ssh_port.with_context(|| {
         format!(
             "machine {} runs but its SSH port is not recorded in {}; run `envy halt {0}` and `envy up {0}`",
             plan.name(),
@@ -259,10 +261,9 @@ impl QemuProvider {
         let user_data = crate::envfile::cloud_config::merge(&seed::user_data(plan, &public_key, net.as_ref(), transports), &user);
         seed::write(&files.seed, &seed::meta_data(plan), &user_data)?;
 
-        let mut record = RuntimeRecord::load(files);
+        let mut record = RuntimeRecord::load(files)?;
         let ssh_port = network::pick_ssh_port(record.ssh_port)?;
         network::check_forwards(plan)?;
-        record.version = RUNTIME_RECORD_VERSION;
         record.ssh_port = Some(ssh_port);
         record.halted = false;
         record.sync = transports.to_vec();
@@ -432,7 +433,7 @@ impl Provider for QemuProvider {
     fn info(&self, plan: &MachinePlan) -> Result<MachineInfo> {
         let files = MachineFiles::of(plan);
         let pid = live_state(&files);
-        let record = RuntimeRecord::load(&files);
+        let record = RuntimeRecord::load(&files)?;
         let died = pid.is_none() && !record.halted && files.console_log.exists();
         Ok(MachineInfo {
             ip: Segment::of(plan)?.map(|n| n.address.to_string()),
@@ -461,7 +462,7 @@ impl Provider for QemuProvider {
 
     fn destroy(&self, plan: &MachinePlan, _ui: &Ui) -> Result<()> {
         let files = MachineFiles::of(plan);
-        if let Some(port) = RuntimeRecord::load(&files).ssh_port {
+        if let Some(port) = RuntimeRecord::load(&files)?.ssh_port {
             ssh_target(&files, port).close_master();
         }
         process::stop_now(&files)?;
@@ -501,7 +502,7 @@ impl Provider for QemuProvider {
             let _ = self.exec(plan, &ExecRequest { command: vec!["sync".into()], ..Default::default() });
         }
         // Sync folders attached at the last start block saving memory (9p and vhost-user-fs alike).
-        let with_memory = RuntimeRecord::load(&files).sync.is_empty();
+        let with_memory = RuntimeRecord::load(&files)?.sync.is_empty();
         let info = snapshot::save(&files, plan.name(), name, running, with_memory)?;
         if running && !info.memory {
             ui.warn(format!(
@@ -517,7 +518,7 @@ impl Provider for QemuProvider {
         let files = self.created(plan)?;
         let snapshot = snapshot::get(&files, plan.name(), name)?;
         let mut running = live_state(&files).is_some();
-        if let Some(port) = RuntimeRecord::load(&files).ssh_port {
+        if let Some(port) = RuntimeRecord::load(&files)?.ssh_port {
             // The guest's side of the shared connection is about to be rewound or stopped.
             ssh_target(&files, port).close_master();
         }
@@ -583,7 +584,7 @@ impl QemuProvider {
     /// Stops QEMU: a graceful power-off unless `force`, QEMU's end if that fails.
     fn power_off(&self, plan: &MachinePlan, force: bool, ui: &Ui) -> Result<()> {
         let files = MachineFiles::of(plan);
-        let mut record = RuntimeRecord::load(&files);
+        let mut record = RuntimeRecord::load(&files)?;
         if let Some(port) = record.ssh_port {
             ssh_target(&files, port).close_master();
         }
