@@ -30,6 +30,11 @@ pub mod code {
 /// a failed provision step passes on its own code.
 pub fn exit_code(err: &anyhow::Error) -> i32 {
     for cause in err.chain() {
+        if cause.is::<crate::signals::Interrupted>()
+            || matches!(cause.downcast_ref::<crate::boxes::Error>(), Some(crate::boxes::Error::Interrupted { .. }))
+        {
+            return code::INTERRUPTED;
+        }
         if let Some(failed) = cause.downcast_ref::<crate::lifecycle::ProvisionFailed>() {
             return failed.code;
         }

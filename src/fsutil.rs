@@ -144,6 +144,19 @@ pub fn read_fd(fd: &OwnedFd, path: &Path, limit: u64) -> Result<Vec<u8>> {
     Ok(data)
 }
 
+/// The last `n` lines of a log file a machine writes (a console, a container's
+/// output): only its last 64 KiB are read, never through a symlink, so a guest that
+/// floods its log cannot make envy read gigabytes. None when there is no file.
+pub fn tail_lines(path: &Path, n: usize) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path).ok()?;
+    let len = file.metadata().ok()?.len();
+    file.seek(SeekFrom::Start(len.saturating_sub(64 << 10))).ok()?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).ok()?;
+    Some(crate::model::last_lines(&String::from_utf8_lossy(&bytes), n))
+}
+
 /// A JSON record envy keeps in its own state (a machine's, a stored box's, a VM's
 /// runtime facts), with a format `version`. All of them are read and written one way
 /// (`read_record`, `write_record`): no symlink followed, 0600, replaced atomically,

@@ -262,6 +262,12 @@ pub fn is_env_name(name: &str) -> bool {
     bytes.next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_') && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
+/// The last `n` lines of `text` (a tool's stderr, a console log's end).
+pub fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.trim_end().lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
 /// Quotes `word` for a POSIX shell, leaving plain words as they are (command lines
 /// that run in a machine: ssh's remote command, `sh -c` scripts, hints to users).
 pub fn shell_quote(word: &str) -> String {

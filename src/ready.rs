@@ -28,8 +28,6 @@ pub enum Error {
          or check the port with ready = {{ tcp = PORT }}"
     )]
     NoHttpClient { machine: String, check: String },
-    #[error("interrupted while waiting for machine {machine} to be ready")]
-    Interrupted { machine: String },
 }
 
 /// Waits until the machine's `ready` check passes; at once when it has none.
@@ -52,7 +50,9 @@ pub fn wait(ctx: &Context, plan: &MachinePlan) -> Result<()> {
             NO_HTTP_CLIENT if matches!(ready.check, ReadyCheck::Http(_)) => {
                 return Err(Error::NoHttpClient { machine: name, check }.into())
             }
-            _ if crate::signals::interrupted() => return Err(Error::Interrupted { machine: name }.into()),
+            _ if crate::signals::interrupted() => {
+                return Err(crate::signals::Interrupted { doing: format!("waiting for machine {name} to be ready") }.into())
+            }
             _ if start.elapsed() >= ready.timeout => {
                 let probe = probe_for_humans(&ready.check);
                 return Err(Error::Timeout { machine: name, check, secs: ready.timeout.as_secs(), code, probe }.into());

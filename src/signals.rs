@@ -27,3 +27,19 @@ pub fn catch_interrupts() -> Result<()> {
 pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
 }
+
+/// A long step (a download, a boot, a ready check) stopped because the user or CI
+/// asked; envy exits 130, as shells do after Ctrl-C.
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted while {doing}")]
+pub struct Interrupted {
+    pub doing: String,
+}
+
+/// `Interrupted` when a signal arrived; long loops call this between steps.
+pub fn check(doing: impl FnOnce() -> String) -> Result<(), Interrupted> {
+    match interrupted() {
+        true => Err(Interrupted { doing: doing() }),
+        false => Ok(()),
+    }
+}

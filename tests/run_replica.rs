@@ -184,3 +184,36 @@ fn two_runs_at_once_in_one_folder_do_not_meet() {
     }
     p.assert_nothing_left(&[]);
 }
+
+#[test]
+fn ctrl_c_during_a_box_download_stops_the_run_at_once_and_keeps_what_arrived() {
+    let p = Project::new("[defaults]\nbox = { url = \"URL\", sha256 = \"SHA\" }\n");
+    let (box_path, digest) = common::build_container_box(&p.env, "slow");
+    let server = common::http::Server::start();
+    server.serve("/slow.box", std::fs::read(&box_path).unwrap());
+    // Long enough that the run would otherwise wait for the whole box, then start it.
+    server.throttle("/slow.box", 16 << 10, Duration::from_millis(200));
+    let envfile = std::fs::read_to_string(p.env.project.join("Envfile")).unwrap();
+    std::fs::write(p.env.project.join("Envfile"), envfile.replace("URL", &server.url("/slow.box")).replace("SHA", &digest)).unwrap();
+
+    let mut child = p.env.envy_std().args(["run", "--", "true"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let part_has_bytes = || {
+        p.env.download_entries().iter().any(|n| std::fs::metadata(p.env.home.join("downloads").join(n)).is_ok_and(|m| m.len() > 0))
+    };
+    for _ in 0..300 {
+        if part_has_bytes() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(part_has_bytes(), "the download never started");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted while downloading"), "{stderr}");
+    assert!(!stderr.contains("starting"), "the run went on to start the machine: {stderr}");
+    assert!(part_has_bytes(), "what arrived was not kept for a resume");
+    p.assert_nothing_left(&[]);
+}

@@ -163,6 +163,7 @@ impl Downloader {
                                 _ => return Ok(hasher.finish()),
                             },
                             Err(ReceiveError::Local(e)) => return Err(e),
+                            Err(ReceiveError::Interrupted) => return Err(Error::Interrupted { url: url.into() }),
                             Err(ReceiveError::Remote(message)) => match total {
                                 Some(t) => Error::Truncated {
                                     url: url.into(),
@@ -189,6 +190,8 @@ impl Downloader {
 enum ReceiveError {
     /// Writing the part file failed: retrying will not help.
     Local(Error),
+    /// Ctrl-C or SIGTERM (`envy run`): stop, keeping what arrived for a resume.
+    Interrupted,
     /// The connection broke: resume from what arrived.
     Remote(String),
 }
@@ -215,6 +218,9 @@ fn receive(
     progress.set(hasher.bytes());
     let mut buf = vec![0u8; 1 << 20];
     let outcome = loop {
+        if crate::signals::interrupted() {
+            break Err(ReceiveError::Interrupted);
+        }
         match resp.read(&mut buf) {
             Ok(0) => break Ok(()),
             Ok(n) => {

@@ -13,6 +13,9 @@ pub enum Error {
         "{url} is pinned twice with different digests: --sha256 {flag} and #sha256={fragment}; keep one"
     )]
     PinConflict { url: String, flag: String, fragment: String },
+    /// Ctrl-C or SIGTERM arrived during the download (exit code 130).
+    #[error("interrupted while downloading {url}; what arrived is kept, and the next command that needs the box resumes it")]
+    Interrupted { url: String },
     /// The server closed the body before the announced length, even after retries.
     #[error("download of {url} stopped after {got} of {expected} bytes ({attempts} attempts); run the command again to resume from the partial file")]
     Truncated { url: String, got: u64, expected: u64, attempts: u32 },

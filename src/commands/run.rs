@@ -83,13 +83,28 @@ fn replica(ctx: &Context, args: &RunArgs) -> Result<i32> {
             cleanup = Err(e).with_context(|| format!("cannot remove {}", project.state_dir.display()));
         }
     }
-    if signals::interrupted() {
-        cleanup?;
-        return Ok(crate::error::code::INTERRUPTED);
+    finish(ctx, outcome, cleanup)
+}
+
+/// The run's result from the command's and the teardown's. After Ctrl-C it is 130
+/// (with the step it stopped, when one says so).
+/// A clean success needs a clean teardown, so then the teardown's failure is the
+/// result; otherwise the command's own result is what CI reads, and the teardown's
+/// failure is said beside it, never instead of it.
+fn finish(ctx: &Context, outcome: Result<i32>, cleanup: Result<()>) -> Result<i32> {
+    let result = match outcome {
+        Err(e) if crate::error::exit_code(&e) == crate::error::code::INTERRUPTED => Err(e),
+        _ if signals::interrupted() => Ok(crate::error::code::INTERRUPTED),
+        outcome => outcome,
+    };
+    match (result, cleanup) {
+        (result, Ok(())) => result,
+        (Ok(0), Err(e)) => Err(e),
+        (result, Err(e)) => {
+            ctx.ui.warn(format!("run: the throwaway machines were not all removed: {e:#}"));
+            result
+        }
     }
-    let code = outcome?;
-    cleanup?;
-    Ok(code)
 }
 
 /// Runs CMD in the machine. A SIGTERM goes to envy alone, not to CMD: the machine is
@@ -171,25 +186,22 @@ fn bare(ctx: &Context, box_name: &str, args: &RunArgs) -> Result<i32> {
         };
         provider::for_kind(provider_kind)?.exec(&plan, &request)
     });
-    let code = match &outcome {
-        _ if signals::interrupted() => crate::error::code::INTERRUPTED,
-        Ok(code) => *code,
-        Err(_) => crate::error::code::FAILURE,
-    };
-    if code != 0 && args.keep_on_failure {
+    let failed = !matches!(outcome, Ok(0)) || signals::interrupted();
+    if failed && args.keep_on_failure {
         crate::state::registry::add(&ctx.home, &dir)?;
         ctx.ui.warn(format!(
             "kept the machine for a look: `envy -C {0} ssh` gets in, `envy -C {0} destroy --force` removes it",
             dir.display()
         ));
-    } else {
-        ctx.ui.step("run: removing the throwaway machine");
-        lifecycle::destroy(ctx, &plan)?;
-        for made in [&dir, &project.state_dir] {
-            std::fs::remove_dir_all(made).with_context(|| format!("cannot remove {}", made.display()))?;
-        }
+        return finish(ctx, outcome, Ok(()));
     }
-    outcome.map(|_| code)
+    ctx.ui.step("run: removing the throwaway machine");
+    let cleanup = lifecycle::destroy(ctx, &plan).and_then(|()| {
+        [&dir, &project.state_dir]
+            .into_iter()
+            .try_for_each(|made| std::fs::remove_dir_all(made).with_context(|| format!("cannot remove {}", made.display())))
+    });
+    finish(ctx, outcome, cleanup)
 }
 
 /// A short id unique to this run: pid and time, hashed.

@@ -33,13 +33,11 @@ pub fn missing(tool: &str) -> Error {
 
 /// The error for a tool that ran and failed; the last 20 lines of its stderr are framed.
 pub fn failed(tool: &str, doing: &str, status: &str, stderr: &str) -> Error {
-    let lines: Vec<&str> = stderr.trim_end().lines().collect();
-    let tail = &lines[lines.len().saturating_sub(20)..];
     Error::ToolFailed {
         tool: tool.to_string(),
         doing: doing.to_string(),
         status: status.to_string(),
-        stderr: tail.iter().map(|l| format!("  | {l}")).collect::<Vec<_>>().join("\n"),
+        stderr: crate::model::last_lines(stderr, 20).lines().map(|l| format!("  | {l}")).collect::<Vec<_>>().join("\n"),
     }
 }
 

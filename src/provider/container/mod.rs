@@ -248,9 +248,7 @@ impl<'a> Machine<'a> {
     }
 
     fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(self.layout.log()).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
+        crate::fsutil::tail_lines(&self.layout.log(), 20).unwrap_or_default()
     }
 }
 

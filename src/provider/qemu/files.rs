@@ -135,14 +135,8 @@ impl MachineFiles {
     }
 
     pub fn console_tail(&self, n: usize) -> String {
-        match std::fs::read(&self.console_log) {
-            Ok(bytes) => {
-                let text = String::from_utf8_lossy(&bytes);
-                let lines: Vec<&str> = text.lines().collect();
-                lines[lines.len().saturating_sub(n)..].join("\n")
-            }
-            Err(_) => format!("(no console log at {})", self.console_log.display()),
-        }
+        crate::fsutil::tail_lines(&self.console_log, n)
+            .unwrap_or_else(|| format!("(no console log at {})", self.console_log.display()))
     }
 }
 

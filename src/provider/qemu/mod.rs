@@ -273,10 +273,11 @@ impl QemuProvider {
 
     /// Waits for SSH; on failure returns `NotReady` with the console tail, and stops QEMU
     /// when `booting` (a machine that was already up is left as it is, for inspection).
-    fn wait_ready(&self, plan: &MachinePlan, files: &MachineFiles, target: &SshTarget, booting: bool) -> Result<(), Error> {
+    fn wait_ready(&self, plan: &MachinePlan, files: &MachineFiles, target: &SshTarget, booting: bool) -> Result<()> {
         let timeout = boot_timeout()?;
         let started = std::time::Instant::now();
         let waited = target.wait_ready(timeout, || match process::running_pid(files) {
+            _ if crate::signals::interrupted() => Err("interrupted".to_string()),
             None => Err("QEMU exited during boot".to_string()),
             // A boot that cannot reach SSH fails now, not after the whole timeout.
             Some(_) => match files.console_dead_end().filter(|_| booting) {
@@ -292,6 +293,7 @@ impl QemuProvider {
         } else {
             "the machine is left running; `envy halt` stops it"
         };
+        crate::signals::check(|| format!("machine {} was booting; {outcome}", plan.name()))?;
         Err(Error::NotReady {
             machine: plan.name().to_string(),
             seconds: started.elapsed().as_secs().max(1),
@@ -301,7 +303,8 @@ impl QemuProvider {
                 files.console_log.display(),
                 files.console_tail(LOG_TAIL_LINES)
             ),
-        })
+        }
+        .into())
     }
 
     fn running_target(&self, plan: &MachinePlan) -> Result<(MachineFiles, SshTarget)> {
