@@ -361,7 +361,7 @@ impl Provider for QemuProvider {
         qemu_payload(plan, stored)?;
         if live_state(&files).is_some() {
             let port = recorded_ssh_port(plan, &files)?;
-            return Ok(self.wait_ready(plan, &files, &ssh_target(&files, port), false)?);
+            return self.wait_ready(plan, &files, &ssh_target(&files, port), false);
         }
         // A QEMU that is alive but unusable (guest panicked) holds the disk: end it.
         process::stop_now(&files)?;
@@ -417,7 +417,7 @@ impl Provider for QemuProvider {
         };
         if let Err(e) = self.wait_ready(plan, &files, &target, true) {
             leave_project_net_after_failure(plan, ui);
-            return Err(e.into());
+            return Err(e);
         }
         Ok(())
     }
