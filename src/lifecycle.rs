@@ -156,26 +156,33 @@ fn run_steps(ctx: &Context, plan: &MachinePlan, only_always: bool) -> Result<()>
         if only_always && !step.always {
             continue;
         }
-        // A file step's tar lives until its exec has streamed it.
-        let mut packed = None;
-        let (label, script) = match &step.action {
-            ProvisionAction::Shell(cmd) => (cmd.clone(), cmd.clone()),
-            ProvisionAction::Script(path) => (path.display().to_string(), read_script(plan, path)?),
+        // What a step streams to the shell's stdin (a script, a file step's tar) lives
+        // until its exec is done.
+        let mut input = None;
+        let (label, command) = match &step.action {
+            ProvisionAction::Shell(cmd) => (cmd.clone(), vec!["-c".to_string(), cmd.clone()]),
+            ProvisionAction::Script(path) => {
+                // Streamed to `sh -s`, not passed as an argument: a script of any size runs.
+                let mut file = tempfile::Builder::new().prefix(".script-").tempfile_in(&plan.dir)?;
+                std::io::Write::write_all(&mut file, read_script(plan, path)?.as_bytes())?;
+                input = Some(file.into_temp_path());
+                (path.display().to_string(), vec!["-s".to_string()])
+            }
             ProvisionAction::File { from, to, mode } => {
                 let copy = crate::copy_in::pack(plan, from, to, *mode)?;
-                let command = copy.command.clone();
-                packed = Some(copy);
+                let command = vec!["-c".to_string(), copy.command];
+                input = Some(copy.tar.into_temp_path());
                 (format!("copy {} to {to}", from.display()), command)
             }
         };
         ctx.ui.step(format!("{}: provision {}/{total}: {label}", plan.name(), i + 1));
         let request = ExecRequest {
-            command: vec!["/bin/sh".into(), "-c".into(), script],
+            command: std::iter::once("/bin/sh".to_string()).chain(command).collect(),
             tty: false,
             workdir: None,
             env: Vec::new(),
             as_root: true,
-            stdin: packed.as_ref().map(|p| p.tar.path().to_path_buf()),
+            stdin: input.as_ref().map(|p| p.to_path_buf()),
         };
         let code = provider.exec(plan, &request)?;
         if code != 0 {
@@ -185,9 +192,9 @@ fn run_steps(ctx: &Context, plan: &MachinePlan, only_always: bool) -> Result<()>
     Ok(())
 }
 
-/// The longest provision script: it is passed as one `sh -c` argument, and Linux
-/// caps a single argument at 128 KiB.
-const MAX_SCRIPT: u64 = 128 * 1024 - 1;
+/// The longest provision script envy reads (it is streamed to the shell, so this only
+/// bounds what a mistaken path, such as a disk image, would make envy read).
+const MAX_SCRIPT: u64 = 16 << 20;
 
 /// A provision script's text, read through a path the kernel resolves below the
 /// project: a script (or a folder on its way) that a guest replaced with a symlink out

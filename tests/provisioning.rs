@@ -142,3 +142,26 @@ fn user_data_that_sets_a_key_envy_manages_is_refused_by_name() {
     assert_eq!(out.status.code(), Some(3), "{err}");
     assert!(err.contains("a container machine has no cloud-init"), "{err}");
 }
+
+/// A script step is streamed to the machine's shell, so one larger than Linux's 128 KiB
+/// limit on a single argument runs (it used to be passed as `sh -c SCRIPT`).
+#[test]
+fn a_script_of_any_size_runs_in_a_container() {
+    require_container_host();
+    let env = TestEnv::new();
+    let (box_path, _) = common::build_container_box(&env, "busybox");
+    let mut script = String::from("#!/bin/sh\nset -e\n");
+    while script.len() < 300 << 10 {
+        script += "# padding that makes the script larger than one argument may be\n";
+    }
+    script += "echo \"ran as $(id -u) from $0\" > /root/big\n";
+    std::fs::write(env.project.join("setup.sh"), &script).unwrap();
+    std::fs::write(
+        env.project.join("Envfile"),
+        format!("[defaults]\nbox = {{ path = \"{}\" }}\nprovision = [{{ script = \"setup.sh\" }}]\n", box_path.display()),
+    )
+    .unwrap();
+    let _cleanup = DestroyOnDrop(&env);
+    env.envy().arg("up").assert().success();
+    assert_eq!(guest_of(&env)("cat /root/big"), "ran as 0 from /bin/sh\n");
+}
