@@ -216,7 +216,7 @@ fn a_provision_step_runs_once_or_always() {
 #[test]
 fn registry_images_read_like_the_command_line_and_bad_ones_point_at_the_value() {
     let envfile = parse("[machine.m]\nbox = \"oci://127.0.0.1:5000/team/app:dev\"\n").unwrap();
-    assert_eq!(envfile.machines[0].box_ref, envy::boxes::parse_box_ref("oci://127.0.0.1:5000/team/app:dev", None).unwrap());
+    assert_eq!(envfile.machines[0].box_ref, envy::boxes::parse_box_ref("oci://127.0.0.1:5000/team/app:dev", None, std::path::Path::new("/")).unwrap());
     assert_eq!(
         parse("[defaults]\nbox = \"oci://debian\"\n").unwrap().machines[0].box_ref.to_string(),
         "oci://docker.io/library/debian:latest"

@@ -1,7 +1,7 @@
 //! Where a box comes from, as the user or an Envfile names it: a catalog name, a URL
 //! pinned by digest, a local file, or an image in an OCI registry (`oci://`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::digest::parse_sha256;
 use super::Error;
@@ -32,11 +32,15 @@ impl BoxSource {
     }
 }
 
-/// Reads a box as a user types it: `oci://...` is a registry image, `http(s)://...`
-/// (optionally `#sha256=HEX`) is a URL, an existing path or anything with a `/` or a
-/// box-like extension is a file, the rest is a catalog `name` or `name@version`.
-/// `sha256` is the --sha256 flag.
-pub fn parse_box_ref(text: &str, sha256: Option<&str>) -> Result<BoxRef, Error> {
+/// The file extensions that make a box reference a file, not a catalog name.
+const FILE_EXTENSIONS: [&str; 8] = [".box", ".qcow2", ".img", ".tar", ".gz", ".zst", ".xz", ".tgz"];
+
+/// Reads a box as a user types it, on the command line or as an Envfile's `box =`
+/// string (one rule for both): `oci://...` is a registry image, `http(s)://...`
+/// (optionally `#sha256=HEX`) is a URL, anything with a `/` or a box-like extension
+/// is a file (relative to `base`: the working folder, or the project), the rest is a
+/// catalog `name` or `name@version`. `sha256` is the --sha256 flag.
+pub fn parse_box_ref(text: &str, sha256: Option<&str>, base: &Path) -> Result<BoxRef, Error> {
     if let Some(image) = text.strip_prefix(OCI_SCHEME) {
         if sha256.is_some() {
             return Err(Error::BadReference {
@@ -68,12 +72,9 @@ pub fn parse_box_ref(text: &str, sha256: Option<&str>) -> Result<BoxRef, Error> 
         let sha256 = agree(text, flag, from_url)?;
         return Ok(BoxRef::Url { url: url.to_string(), sha256 });
     }
-    let path = Path::new(text);
-    let looks_like_file = path.exists()
-        || text.contains('/')
-        || [".box", ".qcow2", ".img", ".tar", ".gz", ".zst", ".xz", ".tgz"].iter().any(|e| text.ends_with(e));
-    if looks_like_file {
-        let abs = std::path::absolute(path).unwrap_or_else(|_| PathBuf::from(path));
+    if text.contains('/') || FILE_EXTENSIONS.iter().any(|e| text.ends_with(e)) {
+        let path = base.join(text);
+        let abs = std::path::absolute(&path).unwrap_or(path);
         return Ok(BoxRef::Path { path: abs, sha256: flag });
     }
     if flag.is_some() {
@@ -86,6 +87,12 @@ pub fn parse_box_ref(text: &str, sha256: Option<&str>) -> Result<BoxRef, Error> 
         Some((n, v)) => (n.to_string(), Some(v.to_string())),
         None => (text.to_string(), None),
     };
+    if name.is_empty() || version.as_deref() == Some("") {
+        return Err(Error::BadReference {
+            reference: text.to_string(),
+            reason: "a catalog box is written NAME or NAME@VERSION; a file needs a `/` or a box extension (./NAME)".into(),
+        });
+    }
     Ok(BoxRef::Catalog { name, version })
 }
 
@@ -170,29 +177,32 @@ mod tests {
     #[test]
     fn urls_paths_and_catalog_names() {
         let hex = "AB".repeat(32);
-        let r = parse_box_ref(&format!("https://example.org/x.box#sha256={hex}"), None).unwrap();
+        let r = parse_box_ref(&format!("https://example.org/x.box#sha256={hex}"), None, Path::new("/b")).unwrap();
         assert_eq!(
             r,
             BoxRef::Url { url: "https://example.org/x.box".into(), sha256: Some(hex.to_lowercase()) }
         );
-        assert!(matches!(parse_box_ref("https://e.org/x.box#sha256=12", None), Err(Error::BadDigest { .. })));
+        assert!(matches!(parse_box_ref("https://e.org/x.box#sha256=12", None, Path::new("/b")), Err(Error::BadDigest { .. })));
         assert!(matches!(
-            parse_box_ref(&format!("https://e.org/x#sha256={hex}"), Some(&"0".repeat(64))),
+            parse_box_ref(&format!("https://e.org/x#sha256={hex}"), Some(&"0".repeat(64)), Path::new("/b")),
             Err(Error::PinConflict { .. })
         ));
-        assert!(
-            matches!(parse_box_ref("./web.box", None).unwrap(), BoxRef::Path { path, .. } if path.is_absolute())
-        );
+        assert_eq!(parse_box_ref("./web.box", None, Path::new("/b")).unwrap(), BoxRef::Path { path: "/b/web.box".into(), sha256: None });
+        // The Envfile and the command line read a disk image the same way: a file.
+        assert_eq!(parse_box_ref("disk.qcow2", None, Path::new("/b")).unwrap(), BoxRef::Path { path: "/b/disk.qcow2".into(), sha256: None });
+        for bad in ["@1", "debian-12@"] {
+            assert!(matches!(parse_box_ref(bad, None, Path::new("/b")), Err(Error::BadReference { .. })), "{bad}");
+        }
         assert_eq!(
-            parse_box_ref("debian-12@20250210", None).unwrap(),
+            parse_box_ref("debian-12@20250210", None, Path::new("/b")).unwrap(),
             BoxRef::Catalog { name: "debian-12".into(), version: Some("20250210".into()) }
         );
-        assert!(parse_box_ref("debian-12", Some(&hex)).is_err(), "--sha256 goes with URLs and files only");
+        assert!(parse_box_ref("debian-12", Some(&hex), Path::new("/b")).is_err(), "--sha256 goes with URLs and files only");
     }
 
     #[test]
     fn registry_references_with_dockers_defaults() {
-        let r = |t: &str| match parse_box_ref(t, None).unwrap() {
+        let r = |t: &str| match parse_box_ref(t, None, Path::new("/b")).unwrap() {
             BoxRef::Oci { image, sha256: None } => image,
             other => panic!("{other:?}"),
         };
@@ -205,10 +215,10 @@ mod tests {
         let both = r(&format!("oci://localhost:5000/web:v2@sha256:{hex}"));
         assert_eq!((both.tag.as_deref(), both.digest.is_some()), (Some("v2"), true));
         for bad in ["oci://x.io/Upper:1", "oci://x.io/web:", "oci://x.io/web@md5:00", "oci://x.io/web:-x"] {
-            assert!(matches!(parse_box_ref(bad, None), Err(Error::BadReference { .. })), "{bad}");
+            assert!(matches!(parse_box_ref(bad, None, Path::new("/b")), Err(Error::BadReference { .. })), "{bad}");
         }
-        assert!(parse_box_ref("oci://x.io/web@sha256:12", None).is_err());
-        assert!(parse_box_ref("oci://x.io/web", Some(&hex)).is_err(), "--sha256 is for box files");
+        assert!(parse_box_ref("oci://x.io/web@sha256:12", None, Path::new("/b")).is_err());
+        assert!(parse_box_ref("oci://x.io/web", Some(&hex), Path::new("/b")).is_err(), "--sha256 is for box files");
     }
 
     #[test]

@@ -26,7 +26,7 @@ pub fn run(ctx: &Context, cmd: BoxCommand) -> Result<i32> {
 }
 
 fn add(ctx: &Context, store: &Store, args: BoxAddArgs) -> Result<i32> {
-    let reference = boxes::parse_box_ref(&args.source, args.sha256.as_deref())?;
+    let reference = boxes::parse_box_ref(&args.source, args.sha256.as_deref(), &ctx.cwd)?;
     let source = BoxSource {
         reference,
         insecure: args.insecure,

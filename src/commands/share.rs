@@ -81,7 +81,7 @@ pub fn run(ctx: &Context, args: ShareArgs) -> Result<i32> {
 /// VM's disk as a containerDisk, pushed to a registry; prints the digest and the
 /// Envfile line that pins it.
 fn push(ctx: &Context, ws: &Workspace, plan: &crate::plan::MachinePlan, record: &MachineRecord, target: &str) -> Result<i32> {
-    let mut image = match boxes::parse_box_ref(target, None)? {
+    let mut image = match boxes::parse_box_ref(target, None, &ctx.cwd)? {
         BoxRef::Oci { image, .. } if image.digest.is_none() => image,
         _ => {
             return Err(boxes::Error::BadReference {

@@ -22,7 +22,7 @@ pub fn run(ctx: &Context, cmd: SnapshotCommand) -> Result<i32> {
             } else {
                 println!("{:<24} {:<20} {:>10} MEMORY", "NAME", "CREATED", "SIZE");
                 for s in &list {
-                    println!("{:<24} {:<20} {:>10} {}", s.name, age(s.created), indicatif::HumanBytes(s.size).to_string(), if s.memory { "yes" } else { "no" });
+                    println!("{:<24} {:<20} {:>10} {}", s.name, crate::model::human_age(s.created), indicatif::HumanBytes(s.size).to_string(), if s.memory { "yes" } else { "no" });
                 }
             }
             Ok(0)
@@ -100,16 +100,4 @@ fn created(ctx: &Context, ws: &Workspace, name: Option<&str>) -> Result<MachineP
         return Err(crate::state::Error::NotCreated { machine: spec.name.clone() }.into());
     }
     Ok(plan)
-}
-
-/// How long ago a Unix time was, shortly ("5 min ago").
-fn age(created: u64) -> String {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let seconds = now.saturating_sub(created);
-    match seconds {
-        0..=59 => format!("{seconds} s ago"),
-        60..=3599 => format!("{} min ago", seconds / 60),
-        3600..=86_399 => format!("{} h ago", seconds / 3600),
-        _ => format!("{} days ago", seconds / 86_400),
-    }
 }

@@ -278,32 +278,13 @@ impl Reader<'_> {
     fn box_ref(&self, value: &Spanned<toml::Value>) -> Result<BoxRef, Error> {
         let span = value.span();
         match value.get_ref() {
-            toml::Value::String(s) if s.starts_with(crate::boxes::OCI_SCHEME) => {
-                match crate::boxes::parse_box_ref(s, None) {
-                    Ok(reference) => Ok(reference),
-                    Err(e) => Err(self.error(span, e.to_string())),
-                }
-            }
-            toml::Value::String(s) if s.starts_with("http://") || s.starts_with("https://") => {
-                let (url, sha256) = match s.split_once("#sha256=") {
-                    Some((u, d)) => (u.to_string(), Some(self.digest(d, span.clone())?)),
-                    None => (s.clone(), None),
-                };
-                Ok(BoxRef::Url { url, sha256 })
-            }
-            toml::Value::String(s) if s.contains('/') || s.ends_with(".box") => {
-                Ok(BoxRef::Path { path: self.project_dir.join(s), sha256: None })
-            }
-            toml::Value::String(s) => {
-                let (name, version) = match s.split_once('@') {
-                    Some((n, v)) => (n.to_string(), Some(v.to_string())),
-                    None => (s.clone(), None),
-                };
-                if name.is_empty() || version.as_deref() == Some("") {
-                    return Err(self.error(span, format!("box {s:?} is not a catalog name: write NAME or NAME@VERSION")));
-                }
-                Ok(BoxRef::Catalog { name, version })
-            }
+            // The command line's rule (`envy box add`), with paths relative to the project.
+            toml::Value::String(s) => crate::boxes::parse_box_ref(s, None, self.project_dir)
+                .map(|reference| match reference {
+                    BoxRef::Path { path, sha256 } => BoxRef::Path { path: normalize(&path), sha256 },
+                    other => other,
+                })
+                .map_err(|e| self.error(span, format!("box {s:?}: {e}"))),
             toml::Value::Table(t) => {
                 for key in t.keys() {
                     if !matches!(key.as_str(), "url" | "path" | "sha256") {

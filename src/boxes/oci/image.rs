@@ -50,7 +50,7 @@ pub struct Descriptor {
 impl Descriptor {
     /// The hex of a `sha256:` digest; other algorithms are refused by the caller.
     pub fn sha256(&self) -> Option<&str> {
-        self.digest.strip_prefix("sha256:").filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        self.digest.strip_prefix("sha256:").filter(|h| crate::model::is_sha256_hex(h))
     }
 }
 
