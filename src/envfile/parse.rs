@@ -211,7 +211,7 @@ impl Reader<'_> {
         let ready = m.ready.as_ref().or(defaults.ready.as_ref()).map(|r| self.ready(r)).transpose()?;
         let user_data = m.user_data.as_ref().or(defaults.user_data.as_ref()).map(|u| self.user_data(u, provider)).transpose()?;
         let forward_auto = match m.forward_auto.as_ref().or(defaults.forward_auto.as_ref()) {
-            Some(value) => self.forward_auto(value, &name, provider)?,
+            Some(value) => self.forward_auto(value)?,
             None => None,
         };
         Ok(MachineSpec { name, box_ref, provider, cpus, memory, disk, accel, env, forwards, sync, provision, ready, user_data, forward_auto })
@@ -575,7 +575,7 @@ impl Reader<'_> {
 
     /// `forward_auto = true`, or `{ enabled = true, min_port = 80 }` to forward ports
     /// below 1025 too.
-    fn forward_auto(&self, value: &Spanned<toml::Value>, machine: &str, provider: ProviderKind) -> Result<Option<AutoForward>, Error> {
+    fn forward_auto(&self, value: &Spanned<toml::Value>) -> Result<Option<AutoForward>, Error> {
         let bad = |msg: String| self.error(value.span(), msg);
         let usage = "forward_auto is true, false, or a table { enabled = true, min_port = 1025 }";
         let (enabled, min_port) = match value.get_ref() {
@@ -601,12 +601,6 @@ impl Reader<'_> {
             }
             _ => return Err(bad(usage.into())),
         };
-        if enabled && provider == ProviderKind::Qemu {
-            return Err(bad(format!(
-                "forward_auto is not available for qemu machines yet (machine {machine}); declare the VM's ports with `forward`, \
-                 or set forward_auto = false for it"
-            )));
-        }
         Ok(enabled.then_some(AutoForward { min_port }))
     }
 

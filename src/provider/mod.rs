@@ -6,13 +6,15 @@ pub mod network;
 pub mod qemu;
 pub mod tool;
 
+use std::collections::BTreeSet;
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use anyhow::Result;
 use serde::Serialize;
 
 use crate::boxes::StoredBox;
-use crate::envfile::ProviderKind;
+use crate::envfile::{Forward, ProviderKind};
 use crate::plan::MachinePlan;
 use crate::ui::Ui;
 
@@ -28,6 +30,9 @@ pub enum Error {
     /// The machine did not become ready in time; `detail` holds what was seen (console tail).
     #[error("machine {machine} did not become ready within {seconds} s: {detail}")]
     NotReady { machine: String, seconds: u64, detail: String },
+    /// The provider cannot do what the Envfile or command asks for.
+    #[error("machine {machine} runs on the {provider} provider, which does not support {what}; {advice}")]
+    Unsupported { machine: String, provider: ProviderKind, what: &'static str, advice: &'static str },
     /// Anything else, as a full sentence saying what to do.
     #[error("{0}")]
     Other(String),
@@ -142,6 +147,45 @@ pub trait Provider {
 
     /// Writes what `envy share --push` makes an OCI image of into `dir`.
     fn export_image(&self, machine: &MachinePlan, stored: &StoredBox, dir: &std::path::Path, ui: &Ui) -> Result<ImageExport>;
+
+    /// What `forward_auto`'s watcher (autoforward.rs) needs of a running machine: its
+    /// listening ports, and host forwards to them. Made once per watcher, so whatever
+    /// finding the machine costs is paid once, not at every look.
+    fn guest_ports(&self, machine: &MachinePlan) -> Result<Box<dyn GuestPorts>> {
+        Err(Error::Unsupported {
+            machine: machine.name().to_string(),
+            provider: self.kind(),
+            what: "forward_auto",
+            advice: "declare the machine's ports with `forward` in the Envfile",
+        }
+        .into())
+    }
+}
+
+/// A running machine's ports as `forward_auto` sees them. Everything read from the
+/// machine is the guest's doing: bounded, parsed strictly, an error rather than a panic.
+pub trait GuestPorts {
+    /// The TCP ports listening in the machine on an address a host forward reaches
+    /// (see `forwardable`).
+    fn listening(&mut self) -> Result<BTreeSet<u16>>;
+
+    /// Forwards `forward.host_ip:host_port` on the host to `guest_port` in the machine,
+    /// beside the declared forwards.
+    fn add_forward(&mut self, forward: &Forward) -> Result<()>;
+
+    /// Removes a forward `add_forward` made.
+    fn remove_forward(&mut self, forward: &Forward) -> Result<()>;
+}
+
+/// Whether a socket listening on `addr` in a machine takes connections a host forward
+/// brings: forwards arrive on the machine's own IPv4 address (slirp4netns and QEMU's
+/// user-mode network alike), so a wildcard or a non-loopback IPv4 address (or its
+/// IPv4-mapped form) does, and 127.0.0.1, ::1 and other IPv6 addresses do not.
+pub fn forwardable(addr: IpAddr) -> bool {
+    match addr {
+        IpAddr::V4(v4) => !v4.is_loopback(),
+        IpAddr::V6(v6) => v6.is_unspecified() || v6.to_ipv4_mapped().is_some_and(|v4| !v4.is_loopback()),
+    }
 }
 
 /// A machine's state as an OCI image's content.

@@ -1,13 +1,15 @@
 //! The qemu provider: each machine is a QEMU process over a qcow2 overlay of the box's
 //! disk, configured through a NoCloud seed, controlled over QMP and entered over SSH.
 //! One concern per file: accel (KVM or TCG), cmdline, disk, seed, network, process,
-//! qmp, snapshot, virtiofs (fast sync folders), files (where everything lives).
+//! qmp, snapshot, virtiofs (fast sync folders), ports (forward_auto), files (where
+//! everything lives).
 
 pub mod accel;
 mod cmdline;
 mod disk;
 mod files;
 mod network;
+mod ports;
 mod process;
 mod qmp;
 mod seed;
@@ -25,7 +27,7 @@ use crate::boxes::{BootMethod, QemuPayload, StoredBox};
 use crate::envfile::ProviderKind;
 use crate::guest::ssh::{self, SshTarget};
 use crate::plan::{MachinePlan, OpenedFolder};
-use crate::provider::{Error, ExecRequest, ImageExport, MachineInfo, MachineState, Provider, SnapshotInfo};
+use crate::provider::{Error, ExecRequest, GuestPorts, ImageExport, MachineInfo, MachineState, Provider, SnapshotInfo};
 use crate::ui::Ui;
 
 use cmdline::QemuCommand;
@@ -202,7 +204,7 @@ fn qemu_command(
     }
     qemu.disk(&files.overlay, snapshot::OVERLAY_DEVICE, "qcow2", false, payload.boot == BootMethod::Firmware);
     qemu.disk(&files.seed, "seed", "raw", true, false);
-    qemu.nic(&network::user_netdev("net0", ssh_port, &plan.forwards), "net0", "52:54:00:12:34:56");
+    qemu.nic(&network::user_netdev(network::USER_NETDEV, ssh_port, &plan.forwards), network::USER_NETDEV, "52:54:00:12:34:56");
     if let Some((net, tap)) = net {
         qemu.nic(&Segment::netdev("net1", tap), "net1", &net.mac);
     }
@@ -536,6 +538,11 @@ impl Provider for QemuProvider {
         let exported = self.export(plan, stored, dir, ui)?;
         let disk = exported.first().context("the machine's export gave no disk")?;
         Ok(ImageExport::Disk(dir.join(disk)))
+    }
+
+    fn guest_ports(&self, plan: &MachinePlan) -> Result<Box<dyn GuestPorts>> {
+        let (files, target) = self.running_target(plan)?;
+        Ok(Box::new(ports::QemuPorts::new(target, files.qmp_socket, plan.name())))
     }
 }
 

@@ -15,6 +15,10 @@ use crate::plan::MachinePlan;
 use crate::provider::network::{machine_ip, ProjectNet};
 use crate::provider::Error;
 
+/// The id of the user-mode NIC's netdev: its host forwards (SSH, the Envfile's, and
+/// `forward_auto`'s, added live) belong to it.
+pub const USER_NETDEV: &str = "net0";
+
 /// Whether `port` on `ip` can be bound right now.
 pub fn port_is_free(ip: IpAddr, port: u16, protocol: Protocol) -> bool {
     let addr = SocketAddr::new(ip, port);
