@@ -89,3 +89,78 @@ impl GuestPorts for QemuPorts {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{IpAddr, Ipv4Addr, TcpListener};
+
+    /// A paused QEMU with nothing but the user-mode NIC and QMP: enough for hostfwd.
+    struct PausedQemu {
+        child: std::process::Child,
+        _dir: tempfile::TempDir,
+        ports: QemuPorts,
+    }
+
+    impl PausedQemu {
+        fn start() -> PausedQemu {
+            let dir = tempfile::tempdir().unwrap();
+            let socket = dir.path().join("qmp.sock");
+            let child = std::process::Command::new(super::super::cmdline::QEMU_BINARY)
+                .args(["-nodefaults", "-no-user-config", "-display", "none", "-S", "-netdev"])
+                .arg(format!("user,id={USER_NETDEV}"))
+                .args(["-device", &format!("virtio-net-pci,netdev={USER_NETDEV}"), "-qmp"])
+                .arg(format!("unix:{},server=on,wait=off", socket.display()))
+                .spawn()
+                .expect("qemu-system-x86_64 is needed by this test: apt-get install qemu-system-x86");
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while Qmp::connect(&socket, QUICK).is_err() {
+                assert!(std::time::Instant::now() < deadline, "QEMU's QMP socket never answered");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let target = SshTarget {
+                port: 1,
+                user: "root".into(),
+                key: dir.path().join("key"),
+                known_hosts: dir.path().join("known_hosts"),
+                control: dir.path().join("ssh.ctl"),
+                log: dir.path().join("ssh.log"),
+            };
+            PausedQemu { child, ports: QemuPorts::new(target, socket, "web"), _dir: dir }
+        }
+    }
+
+    impl Drop for PausedQemu {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    fn forward(host_port: u16) -> Forward {
+        Forward { host_ip: IpAddr::V4(Ipv4Addr::LOCALHOST), host_port, guest_port: 80, protocol: Protocol::Tcp, auto: true }
+    }
+
+    fn free_port() -> u16 {
+        TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap().local_addr().unwrap().port()
+    }
+
+    #[test]
+    fn hostfwd_is_added_and_removed_live_and_its_text_errors_are_errors() {
+        let mut qemu = PausedQemu::start();
+        let port = free_port();
+        qemu.ports.add_forward(&forward(port)).unwrap();
+        assert!(TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_err(), "QEMU holds 127.0.0.1:{port}");
+        qemu.ports.remove_forward(&forward(port)).unwrap();
+        assert!(TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok(), "QEMU released 127.0.0.1:{port}");
+        qemu.ports.remove_forward(&forward(port)).unwrap();
+
+        let holder = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let taken = holder.local_addr().unwrap().port();
+        let err = qemu.ports.add_forward(&forward(taken)).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("QEMU could not forward 127.0.0.1:{taken} to port 80 of machine web: Could not set up host forwarding rule")),
+            "{err}"
+        );
+    }
+}
