@@ -53,6 +53,12 @@ fn record_path(plan: &MachinePlan) -> PathBuf {
     plan.dir.join("forward-auto.json")
 }
 
+/// The record of a watcher that ended without releasing its forwards (killed): the
+/// next watcher of the machine releases them.
+fn left_path(plan: &MachinePlan) -> PathBuf {
+    plan.dir.join("forward-auto.left.json")
+}
+
 /// The watcher's log: every forward made and released, one line each.
 pub fn log_path(plan: &MachinePlan) -> PathBuf {
     plan.dir.join("forward-auto.log")
@@ -77,7 +83,10 @@ pub fn stop(plan: &MachinePlan) {
         stop_process(pid);
     }
     pid_file(plan).remove();
-    let _ = std::fs::remove_file(record_path(plan));
+    // A watcher that exits releases its forwards and removes its record; one that had
+    // to be killed leaves them (a VM's QEMU keeps them while it runs): its successor
+    // releases them.
+    let _ = std::fs::rename(record_path(plan), left_path(plan));
 }
 
 /// Starts a fresh watcher for a running machine whose Envfile asks for one (an old one
@@ -144,6 +153,7 @@ pub fn watch(ctx: &Context, machine: &str) -> Result<i32> {
     };
     let main_start = crate::state::start_time(main);
     let mut ports = provider.guest_ports(&plan)?;
+    release_left(&plan, ports.as_mut());
     let mut held: BTreeMap<u16, Forward> = BTreeMap::new();
     // The last failure said for each guest port, so a failing port is not logged every look.
     let mut failed: BTreeMap<u16, String> = BTreeMap::new();
@@ -231,6 +241,20 @@ fn forward_for(ports: &mut dyn GuestPorts, port: u16, reserved: &BTreeSet<u16>, 
         }
     }
     Err(format!("guest {port} is not forwarded: host ports {port} to {} are all taken", port.saturating_add(NEXT_FREE_TRIES - 1)))
+}
+
+/// Releases what a killed predecessor held (see `stop`); whatever is gone already
+/// (the machine restarted since) is no error.
+fn release_left(plan: &MachinePlan, ports: &mut dyn GuestPorts) {
+    let path = left_path(plan);
+    let left = crate::state::read_private(&path).ok().flatten().and_then(|bytes| serde_json::from_slice::<Record>(&bytes).ok());
+    for f in left.map(|r| r.forwards).unwrap_or_default() {
+        let forward = Forward { host_ip: f.host_ip, host_port: f.host_port, guest_port: f.guest_port, protocol: Protocol::Tcp, auto: true };
+        if let Err(e) = ports.remove_forward(&forward) {
+            say(plan.name(), &format!("cannot release {}:{}, left by a watcher that was killed: {e:#}", f.host_ip, f.host_port));
+        }
+    }
+    let _ = std::fs::remove_file(&path);
 }
 
 /// One line of the watcher's log (its stderr is the log file).

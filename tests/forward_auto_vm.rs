@@ -2,7 +2,8 @@
 //! VM under TCG): a server started in the guest after `up` is forwarded to the same
 //! port on the host's 127.0.0.1 (read from /proc/net/tcp over SSH, added with QEMU's
 //! hostfwd), `envy status --json` lists it, and the host port is released when the
-//! server stops; the watcher goes with halt.
+//! server stops; a killed watcher's forward is released by the next one; the watcher
+//! goes with halt.
 
 mod common;
 
@@ -87,6 +88,16 @@ fn a_vm_port_is_forwarded_as_it_opens_and_released_as_it_closes() {
     eprintln!("the host got the guest's page {} ms after the server started", took.as_millis());
     assert_eq!(auto_forwards(&env), vec![(5173, 5173)]);
     assert!(log().contains("==> web: guest 5173 -> 127.0.0.1:5173"), "{}", log());
+
+    // A watcher killed outright cannot release what it holds (QEMU keeps the forward):
+    // the one the next `up` starts does, and takes the same host port again.
+    let killed = watcher_pid(&env).unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(killed as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    eventually("the killed watcher is gone", || !std::path::Path::new(&format!("/proc/{killed}/stat")).exists()
+        || std::fs::read_to_string(format!("/proc/{killed}/stat")).is_ok_and(|s| s.contains(") Z ")));
+    envy_ok(&env, &["up"]);
+    eventually("the new watcher forwards guest 5173 to host 5173 again", || auto_forwards(&env) == vec![(5173, 5173)]);
+    assert!(get(5173).is_some_and(|b| b.contains("page-5173")));
 
     envy_ok(&env, &["exec", "--", "killall", "httpd"]);
     eventually("host port 5173 is released", || free(5173));
