@@ -274,11 +274,13 @@ fn user_data_is_a_project_file_or_inline_cloud_config_for_vms_only() {
 fn forward_auto_is_off_by_default_and_taken_from_defaults_or_a_machine() {
     let envfile = parse(
         "[defaults]\nbox = \"b\"\nforward_auto = true\n\n[machine.web]\n\n[machine.api]\nforward_auto = { min_port = 80 }\n\n\
-         [machine.db]\nforward_auto = false\n\n[machine.vm]\nprovider = \"qemu\"\nforward_auto = { enabled = false }\n",
+         [machine.db]\nforward_auto = false\n\n[machine.vm]\nprovider = \"qemu\"\nforward_auto = { enabled = false }\n\n\
+         [machine.vm2]\nprovider = \"qemu\"\n",
     )
     .unwrap();
     let auto = |name: &str| envfile.machine(name).unwrap().forward_auto.map(|a| a.min_port);
     assert_eq!((auto("web"), auto("api"), auto("db"), auto("vm")), (Some(1025), Some(80), None, None));
+    assert_eq!(auto("vm2"), Some(1025), "VMs take forward_auto too");
     assert_eq!(parse("[defaults]\nbox = \"b\"\n").unwrap().machines[0].forward_auto, None);
 }
 
@@ -290,7 +292,6 @@ fn a_bad_forward_auto_is_refused_with_its_place() {
         ("[defaults]\nbox = \"b\"\nforward_auto = { min_port = 0 }\n", "Envfile:3:16: forward_auto.min_port = 0 is not a port"),
         ("[defaults]\nbox = \"b\"\nforward_auto = { min_port = 70000 }\n", "forward_auto.min_port = 70000 is not a port"),
         ("[defaults]\nbox = \"b\"\nforward_auto = { enabled = 1 }\n", "forward_auto.enabled = 1 must be true or false"),
-        ("[defaults]\nbox = \"b\"\nprovider = \"qemu\"\nforward_auto = true\n", "Envfile:4:16: machine default: forward_auto is not available for qemu machines yet"),
     ] {
         let err = error(text);
         assert!(err.contains(want), "{text:?}: {err}");

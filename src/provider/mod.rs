@@ -10,6 +10,8 @@ pub mod network;
 pub mod qemu;
 pub mod tool;
 
+use std::collections::BTreeSet;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
@@ -18,7 +20,7 @@ use serde::Serialize;
 
 use crate::boxes::StoredBox;
 use crate::envfile::{Invalid, MachineSpec};
-use crate::model::{BoxFormat, HostCheck, ProviderKind};
+use crate::model::{BoxFormat, Forward, HostCheck, ProviderKind};
 use crate::plan::MachinePlan;
 use crate::ui::Ui;
 
@@ -196,9 +198,42 @@ pub trait Provider: Send + Sync {
         Err(self.unsupported("export a machine as an OCI image"))
     }
 
+    /// What `forward_auto`'s watcher (autoforward.rs) needs of a running machine: its
+    /// listening ports, and host forwards to them. Made once per watcher, so whatever
+    /// finding the machine costs is paid once, not at every look.
+    fn guest_ports(&self, _machine: &MachinePlan) -> Result<Box<dyn GuestPorts>> {
+        Err(self.unsupported("forward ports automatically (forward_auto); declare the machine's ports with `forward`"))
+    }
+
     /// The error for something this provider does not do.
     fn unsupported(&self, what: &'static str) -> anyhow::Error {
         Error::Unsupported { provider: self.kind(), what }.into()
+    }
+}
+
+/// A running machine's ports as `forward_auto` sees them. Everything read from the
+/// machine is the guest's doing: bounded, parsed strictly, an error rather than a panic.
+pub trait GuestPorts {
+    /// The TCP ports listening in the machine on an address a host forward reaches
+    /// (see `forwardable`).
+    fn listening(&mut self) -> Result<BTreeSet<u16>>;
+
+    /// Forwards `forward.host_ip:host_port` on the host to `guest_port` in the machine,
+    /// beside the declared forwards.
+    fn add_forward(&mut self, forward: &Forward) -> Result<()>;
+
+    /// Removes a forward `add_forward` made.
+    fn remove_forward(&mut self, forward: &Forward) -> Result<()>;
+}
+
+/// Whether a socket listening on `addr` in a machine takes connections a host forward
+/// brings: forwards arrive on the machine's own IPv4 address (slirp4netns and QEMU's
+/// user-mode network alike), so a wildcard or a non-loopback IPv4 address (or its
+/// IPv4-mapped form) does, and 127.0.0.1, ::1 and other IPv6 addresses do not.
+pub fn forwardable(addr: IpAddr) -> bool {
+    match addr {
+        IpAddr::V4(v4) => !v4.is_loopback(),
+        IpAddr::V6(v6) => v6.is_unspecified() || v6.to_ipv4_mapped().is_some_and(|v4| !v4.is_loopback()),
     }
 }
 

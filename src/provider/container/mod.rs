@@ -9,6 +9,7 @@ mod layout;
 mod lookup;
 mod network;
 mod overlay;
+mod ports;
 mod runc;
 mod snapshot;
 
@@ -21,7 +22,7 @@ use crate::boxes::{ImageRun, StoredBox};
 use crate::envfile::{Invalid, MachineSpec};
 use crate::model::{BoxFormat, HostCheck, ProviderKind};
 use crate::plan::MachinePlan;
-use crate::provider::{Error, ExecRequest, ImageExport, MachineInfo, MachineState, Provider, SnapshotInfo};
+use crate::provider::{Error, ExecRequest, GuestPorts, ImageExport, MachineInfo, MachineState, Provider, SnapshotInfo};
 use crate::ui::Ui;
 use layout::Layout;
 use crate::provider::network::ProjectNet;
@@ -427,5 +428,11 @@ impl Provider for ContainerProvider {
 
     fn export_image(&self, plan: &MachinePlan, _stored: &StoredBox, dir: &Path, ui: &Ui) -> Result<ImageExport> {
         snapshot::export_layer(&Machine::of(plan)?, dir, ui).map(ImageExport::Layer)
+    }
+
+    fn guest_ports(&self, plan: &MachinePlan) -> Result<Box<dyn GuestPorts>> {
+        let m = Machine::of(plan)?;
+        m.require_container()?;
+        Ok(Box::new(ports::ContainerPorts::open(&m.net.netns_path(), m.project.clone(), m.net.ip, plan.name())?))
     }
 }

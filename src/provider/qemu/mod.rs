@@ -1,14 +1,17 @@
 //! The qemu provider: each machine is a QEMU process over a qcow2 overlay of the box's
 //! disk, configured through a NoCloud seed, controlled over QMP and entered over SSH.
 //! One concern per file: accel (KVM or TCG), cmdline, disk, seed, network, process,
-//! qmp, snapshot, virtiofs (fast sync folders), files (where everything lives).
+//! qmp, snapshot, virtiofs (fast sync folders), ports (forward_auto), files (where
+//! everything lives).
 
 pub mod accel;
 mod cmdline;
 mod disk;
 mod files;
 mod network;
+mod ports;
 mod process;
+mod proc_net;
 mod qmp;
 mod seed;
 mod snapshot;
@@ -23,11 +26,10 @@ use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::boxes::{BootMethod, QemuPayload, StoredBox};
-use crate::envfile::{Invalid, MachineSpec};
 use crate::model::{BoxFormat, HostCheck, ProviderKind};
 use ssh::SshTarget;
 use crate::plan::{MachinePlan, OpenedFolder};
-use crate::provider::{Error, ExecRequest, ImageExport, MachineInfo, MachineState, Provider, SnapshotInfo};
+use crate::provider::{Error, ExecRequest, GuestPorts, ImageExport, MachineInfo, MachineState, Provider, SnapshotInfo};
 use crate::ui::Ui;
 
 use cmdline::QemuCommand;
@@ -216,7 +218,7 @@ fn qemu_command(
     }
     qemu.disk(&files.overlay, snapshot::OVERLAY_DEVICE, "qcow2", false, payload.boot == BootMethod::Firmware);
     qemu.disk(&files.seed, "seed", "raw", true, false);
-    qemu.nic(&network::user_netdev("net0", ssh_port, &plan.forwards), "net0", "52:54:00:12:34:56");
+    qemu.nic(&network::user_netdev(network::USER_NETDEV, ssh_port, &plan.forwards), network::USER_NETDEV, "52:54:00:12:34:56");
     if let Some((net, tap)) = net {
         qemu.nic(&Segment::netdev("net1", tap), "net1", &net.mac);
     }
@@ -330,17 +332,6 @@ impl Provider for QemuProvider {
 
     fn box_format(&self) -> BoxFormat {
         BoxFormat::Qemu
-    }
-
-    fn validate(&self, spec: &MachineSpec) -> Result<(), Invalid> {
-        if spec.forward_auto.is_some() {
-            return Err(Invalid::new(
-                "forward_auto",
-                "forward_auto is not available for qemu machines yet; declare the VM's ports with `forward`, \
-                 or set forward_auto = false for it",
-            ));
-        }
-        Ok(())
     }
 
     fn host_checks(&self) -> Vec<HostCheck> {
@@ -580,6 +571,11 @@ impl Provider for QemuProvider {
         let exported = self.export(plan, stored, dir, ui)?;
         let disk = exported.first().context("the machine's export gave no disk")?;
         Ok(ImageExport::Disk(dir.join(disk)))
+    }
+
+    fn guest_ports(&self, plan: &MachinePlan) -> Result<Box<dyn GuestPorts>> {
+        let (files, target) = self.running_target(plan)?;
+        Ok(Box::new(ports::QemuPorts::new(target, files.qmp_socket, plan.name())))
     }
 }
 

@@ -15,6 +15,10 @@ use crate::plan::MachinePlan;
 use crate::provider::network::{machine_ip, ProjectNet};
 use crate::provider::Error;
 
+/// The id of the user-mode NIC's netdev: its host forwards (SSH, the Envfile's, and
+/// `forward_auto`'s, added live) belong to it.
+pub const USER_NETDEV: &str = "net0";
+
 /// A TCP port on 127.0.0.1 that nobody uses now (the kernel picks it).
 pub fn free_local_port() -> Result<u16, Error> {
     Protocol::Tcp

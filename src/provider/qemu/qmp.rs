@@ -1,6 +1,6 @@
 //! Talking to a running QEMU over its QMP socket with the qapi crate: handshake,
-//! status, power-down, quit, and the snapshot commands (jobs, and disk-only internal
-//! snapshots).
+//! status, power-down, quit, the snapshot commands (jobs, and disk-only internal
+//! snapshots), and human monitor commands (host forwards).
 
 use std::io::BufReader;
 use std::os::unix::net::UnixStream;
@@ -65,6 +65,12 @@ impl Qmp {
             Err(qapi::ExecuteError::Io(_)) => Ok(()),
             Err(e) => Err(Error::Other(format!("QEMU refused quit (QMP socket {}): {e}", self.socket))),
         }
+    }
+
+    /// Runs a human monitor (HMP) command and returns the text it printed: HMP commands
+    /// that have no QMP form (hostfwd_add) report their errors only there.
+    pub fn hmp(&mut self, command_line: &str) -> Result<String, Error> {
+        self.execute(&qmp::human_monitor_command { command_line: command_line.to_string(), cpu_index: None })
     }
 
     /// A disk-only internal snapshot of a running drive (works while 9p blocks snapshot-save).

@@ -215,6 +215,62 @@ impl SshTarget {
         Ok(status.code().unwrap_or(255))
     }
 
+    /// Runs a remote command line through the shared connection and returns its stdout.
+    /// What it prints is the guest's doing: more than `max` bytes, or no end within
+    /// `limit`, is an error and ssh is ended. Its stderr goes to the SSH log.
+    pub fn output(&self, remote: &str, max: usize, limit: Duration) -> Result<Vec<u8>> {
+        if !self.master_exists() {
+            self.probe();
+        }
+        let log = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&self.log);
+        let mut command = self.ssh();
+        command.args(["-o", "ControlMaster=no", "-T", "127.0.0.1", "--", remote]);
+        command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(log.map(Stdio::from).unwrap_or_else(|_| Stdio::null()));
+        let mut child = command.spawn().map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => anyhow::Error::from(Error::MissingTool {
+                tool: "ssh".into(),
+                advice: "install it with `apt-get install openssh-client`".into(),
+            }),
+            _ => anyhow::anyhow!("cannot run ssh: {e}"),
+        })?;
+        let mut stdout = child.stdout.take().expect("piped stdout");
+        let deadline = Instant::now() + limit;
+        let mut out = Vec::new();
+        let mut chunk = [0u8; 64 << 10];
+        let read = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut poll = libc::pollfd { fd: std::os::fd::AsRawFd::as_raw_fd(&stdout), events: libc::POLLIN, revents: 0 };
+            // SAFETY: one valid pollfd for the duration of the call.
+            if unsafe { libc::poll(&mut poll, 1, left.as_millis().min(i32::MAX as u128) as i32) } <= 0 {
+                break Err(format!("`{remote}` gave no end within {} s", limit.as_secs()));
+            }
+            match stdout.read(&mut chunk) {
+                Ok(0) => break Ok(()),
+                Ok(n) if out.len() + n > max => break Err(format!("`{remote}` printed more than {max} bytes")),
+                Ok(n) => out.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(format!("cannot read what `{remote}` printed: {e}")),
+            }
+        };
+        if read.is_err() {
+            let _ = child.kill();
+        }
+        let status = child.wait().context("cannot wait for ssh")?;
+        if let Err(why) = read {
+            return Err(Error::Other(format!("{why} in the machine on SSH port {}; see {}", self.port, self.log.display())).into());
+        }
+        if !status.success() {
+            return Err(Error::ToolFailed {
+                tool: "ssh".into(),
+                doing: format!("running `{remote}` in the machine on SSH port {}", self.port),
+                status: status.to_string(),
+                stderr: format!("(its stderr is in {})", self.log.display()),
+            }
+            .into());
+        }
+        Ok(out)
+    }
+
     /// Closes the shared connection (before the machine stops or is destroyed).
     pub fn close_master(&self) {
         if self.master_exists() {
