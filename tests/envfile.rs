@@ -1,8 +1,6 @@
 //! The Envfile parser against real files: what it accepts, and the file:line:col
 //! of everything it refuses.
 
-
-
 use envy::envfile::{self, BoxRef, Protocol, ProviderKind, ProvisionAction};
 
 fn parse(text: &str) -> Result<envfile::Envfile, envfile::Error> {

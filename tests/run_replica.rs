@@ -3,12 +3,10 @@
 //! ready, CMD's exit code passed through, and nothing left behind — also on SIGTERM,
 //! and with two runs in one folder at once. Also the `ready` check of `envy up`.
 
-mod common;
-
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::TestEnv;
+use crate::common::{self, free_port, need, require, TestEnv};
 
 /// db serves /project/db over HTTP once provisioned; web finds it by name.
 const ENVFILE: &str = r#"[defaults]
@@ -29,14 +27,11 @@ struct Project {
 }
 
 impl Project {
+    /// A project of `envfile`; its tests require `need::CONTAINERS`.
     fn new(envfile: &str) -> Project {
-        assert!(nix::unistd::geteuid().is_root(), "these tests start containers: run them as root");
-        for (tool, package) in [("runc", "runc"), ("slirp4netns", "slirp4netns"), ("ip", "iproute2")] {
-            common::require_tool(tool, package);
-        }
         let env = TestEnv::new();
         let (box_path, _) = common::build_container_box(&env, "busybox");
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = free_port();
         let envfile = envfile.replace("BOX", &box_path.display().to_string()).replace("PORT", &port.to_string());
         std::fs::write(env.project.join("Envfile"), envfile).unwrap();
         std::fs::create_dir_all(env.project.join("db")).unwrap();
@@ -86,6 +81,7 @@ fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
 
 #[test]
 fn a_replica_runs_cmd_in_the_named_machine_and_leaves_the_developers_machines_alone() {
+    require!(need::CONTAINERS);
     let p = Project::new(ENVFILE);
     let _cleanup = common::DestroyOnDrop(&p.env);
     // The developer's own machines are up, holding web's host port.
@@ -120,6 +116,7 @@ fn a_replica_runs_cmd_in_the_named_machine_and_leaves_the_developers_machines_al
 
 #[test]
 fn sigterm_mid_run_destroys_every_machine_of_the_run() {
+    require!(need::CONTAINERS);
     let p = Project::new(ENVFILE);
     // SIGTERM to envy alone, as a CI runner cancelling a job sends it.
     let mut child = p.env.envy_std().args(["run", "--", "sleep", "300"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
@@ -148,6 +145,7 @@ fn sigterm_mid_run_destroys_every_machine_of_the_run() {
 
 #[test]
 fn a_ready_check_that_never_passes_fails_with_its_own_message() {
+    require!(need::CONTAINERS);
     let p = Project::new(&ENVFILE.replace("ready = { tcp = 7000, timeout = \"30s\" }", "ready = { cmd = \"test -e /never\", timeout = \"3s\" }"));
     let _cleanup = common::DestroyOnDrop(&p.env);
     let expected = "machine db is not ready after 3s: its ready check (`test -e /never`) still fails (last exit code 1)";
@@ -165,6 +163,7 @@ fn a_ready_check_that_never_passes_fails_with_its_own_message() {
 
 #[test]
 fn two_runs_at_once_in_one_folder_do_not_meet() {
+    require!(need::CONTAINERS);
     let p = Project::new(ENVFILE);
     let start = |marker: &str| {
         p.env
