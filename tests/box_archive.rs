@@ -10,6 +10,8 @@ use crate::common::{require, sha256_hex, Need, TestEnv};
 use predicates::str::contains;
 
 /// A tar written header by header, so tests can say things `tar::Builder` refuses to.
+/// Entries belong to the user running the test (root in the full tier): unpacking a
+/// rootfs owned by someone else takes root, and these tests are about what is refused.
 #[derive(Default)]
 struct RawTar {
     data: Vec<u8>,
@@ -20,8 +22,8 @@ impl RawTar {
         let mut h = tar::Header::new_gnu();
         h.set_size(size);
         h.set_mode(mode);
-        h.set_uid(0);
-        h.set_gid(0);
+        h.set_uid(nix::unistd::geteuid().as_raw().into());
+        h.set_gid(nix::unistd::getegid().as_raw().into());
         h.set_mtime(1_700_000_000);
         h.set_entry_type(tar::EntryType::new(kind));
         let old = h.as_old_mut();

@@ -12,7 +12,7 @@ use std::sync::{Mutex, Once};
 pub enum Need {
     /// root: containers, network namespaces, mounts, dpkg.
     Root,
-    /// A tool on PATH, with the Debian package that has it.
+    /// A tool on PATH (or at an absolute path), with the Debian package that has it.
     Tool(&'static str, &'static str),
     /// Booting QEMU machines (under TCG, minutes of CPU): the full tier only.
     VmBoot,
