@@ -61,7 +61,7 @@ impl Need {
         match self {
             Need::Root => (!nix::unistd::geteuid().is_root()).then(|| "root (run it as root)".to_string()),
             Need::Tool(tool, package) => {
-                (envy::doctor::which(tool).is_none()).then(|| format!("`{tool}` (apt-get install {package})"))
+                (envy::doctor::which(tool).is_none()).then(|| format!("`{tool}` on PATH (apt-get install {package})"))
             }
             Need::VmBoot => (!full_tier()).then(|| "QEMU boots (full tier only)".to_string()),
             Need::Network => (!full_tier()).then(|| "the network (full tier only)".to_string()),
