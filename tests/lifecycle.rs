@@ -3,10 +3,10 @@
 //! recovery → destroy, plus the failure paths of `envy up` and the throwaway `envy run`.
 
 use std::net::TcpListener;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
-use crate::common::{self, free_port, http_get, machine, need, require, TestEnv};
+use crate::common::{self, free_port, http_get, machine, need, netns_names, require, runc_containers, TestEnv};
 
 /// A project with a busybox box built by `envy box build`, and a guard that destroys
 /// whatever the test left running. Its tests require `need::CONTAINERS`.
@@ -52,15 +52,8 @@ impl Project {
     fn host_traces(&self) -> Vec<String> {
         let id = self.project_id();
         let mut traces = Vec::new();
-        let runc = Command::new("runc").arg("--root").arg(self.env.home.join("run/runc")).args(["list", "-q"]).output().unwrap();
-        traces.extend(String::from_utf8_lossy(&runc.stdout).lines().map(|l| format!("runc container {l}")));
-        let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
-        traces.extend(
-            String::from_utf8_lossy(&netns.stdout)
-                .lines()
-                .filter(|l| l.contains(&id))
-                .map(|l| format!("netns {l}")),
-        );
+        traces.extend(runc_containers(&self.env.home).into_iter().map(|c| format!("runc container {c}")));
+        traces.extend(netns_names().into_iter().filter(|n| n.contains(&id)).map(|n| format!("netns {n}")));
         traces.extend(common::mounts_below(self.env.dir.path()).into_iter().map(|m| format!("mount {m}")));
         traces
     }
@@ -321,11 +314,9 @@ fn run_interrupted_by_ctrl_c_cleans_up_and_exits_130() {
     // Its own process group, as a terminal's foreground job: Ctrl-C reaches all of it.
     run.process_group(0);
     let mut child = run.spawn().unwrap();
-    let runc_root = env.home.join("run/runc");
     let mut started = false;
     for _ in 0..200 {
-        let out = Command::new("runc").arg("--root").arg(&runc_root).args(["list", "-q"]).output().unwrap();
-        if !out.stdout.is_empty() {
+        if !runc_containers(&env.home).is_empty() {
             started = true;
             break;
         }
@@ -341,8 +332,7 @@ fn run_interrupted_by_ctrl_c_cleans_up_and_exits_130() {
 
 fn assert_no_throwaways(env: &TestEnv) {
     assert_eq!(env.run_leftovers(), Vec::<String>::new());
-    let runc = Command::new("runc").arg("--root").arg(env.home.join("run/runc")).args(["list", "-q"]).output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&runc.stdout), "");
+    assert_eq!(runc_containers(&env.home), Vec::<String>::new());
     assert_eq!(common::mounts_below(env.dir.path()), Vec::<String>::new(), "a mount is left");
 }
 

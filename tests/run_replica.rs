@@ -3,10 +3,10 @@
 //! ready, CMD's exit code passed through, and nothing left behind — also on SIGTERM,
 //! and with two runs in one folder at once. Also the `ready` check of `envy up`.
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use crate::common::{self, free_port, need, require, TestEnv};
+use crate::common::{self, free_port, need, netns_names, require, runc_containers, TestEnv};
 
 /// db serves /project/db over HTTP once provisioned; web finds it by name.
 const ENVFILE: &str = r#"[defaults]
@@ -49,18 +49,16 @@ impl Project {
         let env = &self.env;
         let dev = format!("envy-{}", envy::plan::project_id(&env.project));
         assert_eq!(env.run_leftovers(), Vec::<String>::new(), "a run's state is left");
-        let runc = Command::new("runc").arg("--root").arg(env.home.join("run/runc")).args(["list", "-q"]).output().unwrap();
-        let containers = String::from_utf8_lossy(&runc.stdout).into_owned();
-        assert!(containers.lines().all(|c| c.starts_with(&dev)), "a run's container is left: {containers}");
+        let containers = runc_containers(&env.home);
+        assert!(containers.iter().all(|c| c.starts_with(&dev)), "a run's container is left: {containers:?}");
         let own = env.state_dir().to_string_lossy().into_owned();
         let left: Vec<String> = common::mounts_below(&env.home).into_iter().filter(|m| !m.starts_with(&own)).collect();
         assert!(left.is_empty(), "a run's mount is left: {left:?}");
         let networks = common::list_dir(&env.home.join("run/net"));
         assert!(networks.iter().all(|n| dev.ends_with(n.as_str())), "a run's network is left: {networks:?}");
-        let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
-        let netns = String::from_utf8_lossy(&netns.stdout).into_owned();
+        let netns = netns_names();
         for id in run_ids {
-            assert!(!netns.contains(&format!("envy-{id}")), "the network namespace of run {id} is left: {netns}");
+            assert!(!netns.iter().any(|n| n.contains(&format!("envy-{id}"))), "the network namespace of run {id} is left: {netns:?}");
         }
     }
 }
@@ -120,13 +118,10 @@ fn sigterm_mid_run_destroys_every_machine_of_the_run() {
     let p = Project::new(ENVFILE);
     // SIGTERM to envy alone, as a CI runner cancelling a job sends it.
     let mut child = p.env.envy_std().args(["run", "--", "sleep", "300"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-    let runc_root = p.env.home.join("run/runc");
     let mut id = None;
     for _ in 0..600 {
-        let out = Command::new("runc").arg("--root").arg(&runc_root).args(["list", "-q"]).output().unwrap();
-        let list = String::from_utf8_lossy(&out.stdout).into_owned();
         // Both machines run: CMD is about to start or running.
-        if list.lines().count() == 2 {
+        if runc_containers(&p.env.home).len() == 2 {
             id = common::list_dir(&p.env.home.join("projects")).into_iter().find_map(|n| n.strip_prefix("run-").map(str::to_string));
             break;
         }

@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use envy::boxes::{BoxSource, Store, StoredBox};
@@ -18,7 +17,7 @@ use envy::provider::container::ContainerProvider;
 use envy::provider::{ExecRequest, MachineState, Provider};
 use envy::ui::Ui;
 
-use super::{busybox_rootfs, mounts_below, quiet_ui};
+use super::{busybox_rootfs, mounts_below, netns_names, quiet_ui, runc_containers};
 
 pub fn forward(host_port: u16, guest_port: u16) -> Forward {
     Forward {
@@ -121,8 +120,7 @@ impl Fixture {
 
     /// Ids runc still knows in this home.
     pub fn runc_containers(&self) -> Vec<String> {
-        let out = Command::new("runc").arg("--root").arg(self.home.runtime_dir().join("runc")).args(["list", "-q"]).output().unwrap();
-        String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+        runc_containers(self.home.root())
     }
 
     /// Mount points below this test's temp dir.
@@ -132,14 +130,8 @@ impl Fixture {
 
     /// Network namespaces of this project.
     pub fn namespaces(&self) -> Vec<String> {
-        let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
         let prefix = format!("envy-{}", self.project.id);
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.split_whitespace().next())
-            .filter(|n| n.starts_with(&prefix))
-            .map(str::to_string)
-            .collect()
+        netns_names().into_iter().filter(|n| n.starts_with(&prefix)).collect()
     }
 }
 

@@ -140,6 +140,19 @@ pub fn mounts_below(root: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Container ids runc knows under the ENVY_HOME `home` (whoever started them).
+pub fn runc_containers(home: &Path) -> Vec<String> {
+    let root = envy::context::Home::at(home).runtime_dir().join("runc");
+    let out = StdCommand::new("runc").arg("--root").arg(root).args(["list", "-q"]).output().expect("run runc list");
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+}
+
+/// Names of the host's network namespaces (`ip netns list`).
+pub fn netns_names() -> Vec<String> {
+    let out = StdCommand::new("ip").args(["netns", "list"]).output().expect("run ip netns list");
+    String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.split_whitespace().next()).map(str::to_string).collect()
+}
+
 /// A machine's entry in `envy status --json`.
 pub fn machine<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
     status["machines"].as_array().unwrap().iter().find(|m| m["name"] == name).unwrap_or_else(|| panic!("no machine {name} in {status}"))
