@@ -13,5 +13,8 @@ fi
 # KVM boot crawls. Users get KVM by default where it works.
 export ENVY_ACCEL=tcg
 export CI="${CI:-1}"
+# The full tier: a test whose needs (root, a tool, QEMU boots, the network) are not met
+# fails instead of being skipped as a plain `cargo test` does (docs/testing.md).
+export ENVY_TEST_FULL=1
 cargo build --locked --all-targets
 cargo test --locked --no-fail-fast -- --test-threads=2

@@ -1,12 +1,10 @@
 //! `envy box build`: container boxes carry the rootfs tarball; qemu boxes an ext4
 //! qcow2 disk (valid per qemu-img) plus the rootfs's kernel and initrd for direct boot.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 
-use common::{busybox_rootfs, require_tool, sha256_hex, TestEnv};
+use crate::common::{self, busybox_rootfs, need, require, sha256_hex, Need, TestEnv};
 use predicates::str::contains;
 
 /// Reads the entries (name, bytes) of a zstd `.box`.
@@ -28,6 +26,7 @@ fn box_entries(path: &Path) -> Vec<(String, Vec<u8>)> {
 
 #[test]
 fn container_box_from_a_directory_and_a_tarball() {
+    require!(need::BUSYBOX);
     let env = TestEnv::new();
     let rootfs = env.path("rootfs");
     busybox_rootfs(&rootfs);
@@ -83,9 +82,7 @@ fn container_box_from_a_directory_and_a_tarball() {
 
 #[test]
 fn qemu_box_with_kernel_for_direct_boot() {
-    require_tool("qemu-img", "qemu-utils");
-    require_tool("mkfs.ext4", "e2fsprogs");
-    require_tool("debugfs", "e2fsprogs");
+    require!(need::QEMU_BOX, [Need::Tool("debugfs", "e2fsprogs")]);
     let env = TestEnv::new();
     let rootfs = env.path("rootfs");
     busybox_rootfs(&rootfs);
@@ -140,8 +137,7 @@ fn qemu_box_with_kernel_for_direct_boot() {
 
 #[test]
 fn qemu_box_without_kernel_boots_by_firmware() {
-    require_tool("qemu-img", "qemu-utils");
-    require_tool("mkfs.ext4", "e2fsprogs");
+    require!(need::QEMU_BOX);
     let env = TestEnv::new();
     let rootfs = env.path("rootfs");
     busybox_rootfs(&rootfs);
@@ -172,6 +168,7 @@ fn qemu_box_without_kernel_boots_by_firmware() {
 
 #[test]
 fn missing_tool_names_its_package_and_leaves_nothing() {
+    require!(need::BUSYBOX);
     let env = TestEnv::new();
     let rootfs = env.path("rootfs");
     busybox_rootfs(&rootfs);
@@ -197,6 +194,7 @@ fn missing_tool_names_its_package_and_leaves_nothing() {
 
 #[test]
 fn a_box_built_twice_with_source_date_epoch_has_one_digest() {
+    require!(need::BUSYBOX);
     let env = TestEnv::new();
     let rootfs = env.path("rootfs");
     common::busybox_rootfs(&rootfs);

@@ -1,11 +1,10 @@
 //! `envy box add` over HTTP against a real server on 127.0.0.1: pinned digests,
 //! resume after a cut connection, retries, error statuses, catalogs, two at once.
 
-mod common;
 
 use std::time::Duration;
 
-use common::{build_container_box, Fault, Server, TestEnv};
+use crate::common::{build_container_box, free_port, need, require, Fault, Server, TestEnv};
 use predicates::prelude::PredicateBooleanExt;
 use predicates::str::contains;
 use sha2::{Digest, Sha512};
@@ -20,6 +19,7 @@ fn served_box(env: &TestEnv, server: &Server, name: &str) -> (String, String, Ve
 
 #[test]
 fn add_by_url_with_digest_stores_verified_box() {
+    require!(need::BUSYBOX);
     let env = TestEnv::new();
     let server = Server::start();
     let (file, digest, _) = served_box(&env, &server, "web");
@@ -41,6 +41,7 @@ fn add_by_url_with_digest_stores_verified_box() {
 
 #[test]
 fn wrong_digest_is_refused_and_nothing_is_stored() {
+    require!(need::BUSYBOX);
     let env = TestEnv::new();
     let server = Server::start();
     let (file, digest, _) = served_box(&env, &server, "web");
@@ -56,6 +57,7 @@ fn wrong_digest_is_refused_and_nothing_is_stored() {
 
 #[test]
 fn cut_download_resumes_with_range_and_verifies() {
+    require!(need::BUSYBOX);
     let env = TestEnv::new();
     let server = Server::start();
     let (file, digest, bytes) = served_box(&env, &server, "web");
@@ -71,6 +73,7 @@ fn cut_download_resumes_with_range_and_verifies() {
 
 #[test]
 fn server_ignoring_range_gets_a_fresh_download() {
+    require!(need::BUSYBOX);
     let env = TestEnv::new();
     let server = Server::start();
     let (file, digest, bytes) = served_box(&env, &server, "web");
@@ -84,6 +87,7 @@ fn server_ignoring_range_gets_a_fresh_download() {
 
 #[test]
 fn interrupted_download_resumes_in_the_next_run() {
+    require!(need::BUSYBOX);
     let env = TestEnv::new();
     let server = Server::start();
     let (file, digest, bytes) = served_box(&env, &server, "web");
@@ -108,6 +112,7 @@ fn interrupted_download_resumes_in_the_next_run() {
 
 #[test]
 fn server_errors_are_retried_then_reported() {
+    require!(need::BUSYBOX);
     let env = TestEnv::new();
     let server = Server::start();
     let (file, digest, _) = served_box(&env, &server, "web");
@@ -142,6 +147,7 @@ fn not_found_is_a_clear_error_without_retries() {
 
 #[test]
 fn unpinned_url_needs_insecure() {
+    require!(need::BUSYBOX);
     let env = TestEnv::new();
     let server = Server::start();
     let (file, digest, _) = served_box(&env, &server, "web");
@@ -161,6 +167,7 @@ fn unpinned_url_needs_insecure() {
 
 #[test]
 fn catalog_entry_pinned_by_upstream_checksum_lists() {
+    require!(need::BUSYBOX);
     let env = TestEnv::new();
     let server = Server::start();
     let (file, digest, bytes) = served_box(&env, &server, "tiny");
@@ -236,6 +243,7 @@ fn catalog_entry_pinned_by_upstream_checksum_lists() {
 
 #[test]
 fn two_adds_at_once_download_once() {
+    require!(need::BUSYBOX);
     let env = TestEnv::new();
     let server = Server::start();
     let (file, digest, _) = served_box(&env, &server, "web");
@@ -265,6 +273,7 @@ fn two_adds_at_once_download_once() {
 
 #[test]
 fn downloads_go_through_the_configured_proxy() {
+    require!(need::BUSYBOX);
     let env = TestEnv::new();
     let proxy = Server::start();
     let (path, digest) = build_container_box(&env, "web");
@@ -280,7 +289,7 @@ fn downloads_go_through_the_configured_proxy() {
 fn connection_refused_is_retried_then_reported() {
     let env = TestEnv::new();
     // A port that was free a moment ago: nothing listens there.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = free_port();
     let url = format!("http://127.0.0.1:{port}/web.box");
     env.envy()
         .args(["box", "add", &url, "--sha256", &"a".repeat(64)])

@@ -1,12 +1,11 @@
 //! The store after boxes are in: corruption caught by `box verify` and before use,
 //! listing as JSON, removing by name or digest prefix, pruning what no lock pins.
 
-mod common;
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
-use common::{build_container_box, TestEnv};
+use crate::common::{build_container_box, need, require, TestEnv};
 use predicates::prelude::PredicateBooleanExt;
 use predicates::str::contains;
 
@@ -29,6 +28,7 @@ fn added_box(env: &TestEnv, name: &str) -> String {
 
 #[test]
 fn verify_reports_a_flipped_byte() {
+    require!(need::BUSYBOX);
     let env = TestEnv::new();
     let digest = added_box(&env, "web");
     env.envy().args(["box", "verify"]).assert().success().stderr(contains("ok web@1"));
@@ -46,6 +46,7 @@ fn verify_reports_a_flipped_byte() {
 
 #[test]
 fn a_flipped_byte_is_caught_before_use() {
+    require!(need::BUSYBOX);
     let env = TestEnv::new();
     let (path, digest) = build_container_box(&env, "web");
     env.envy().args(["box", "add"]).arg(&path).assert().success();
@@ -71,6 +72,7 @@ fn a_flipped_byte_is_caught_before_use() {
 
 #[test]
 fn list_json_remove_and_ambiguity() {
+    require!(need::BUSYBOX);
     let env = TestEnv::new();
     let web = added_box(&env, "web");
     let db = added_box(&env, "db");
@@ -118,6 +120,7 @@ fn list_json_remove_and_ambiguity() {
 
 #[test]
 fn prune_keeps_what_a_lock_pins() {
+    require!(need::BUSYBOX);
     let env = TestEnv::new();
     let pinned = added_box(&env, "web");
     let loose = added_box(&env, "db");
@@ -144,6 +147,7 @@ fn prune_keeps_what_a_lock_pins() {
 
 #[test]
 fn a_damaged_project_registry_stops_prune_and_deletes_nothing() {
+    require!(need::BUSYBOX);
     let env = TestEnv::new();
     added_box(&env, "web");
     std::fs::write(env.home.join("projects.json"), b"[\"/some/project\", ").unwrap();

@@ -4,6 +4,8 @@
 use assert_cmd::Command;
 use predicates::prelude::*;
 
+use crate::common::{require, Need};
+
 fn envy(home: &std::path::Path, cwd: &std::path::Path) -> Command {
     let mut cmd = Command::cargo_bin("envy").unwrap();
     cmd.env("ENVY_HOME", home).env("CI", "1").current_dir(cwd);
@@ -194,6 +196,7 @@ fn docs_cli_md_matches_the_help_text() {
 
 #[test]
 fn doctor_reports_this_host_and_its_json_parses() {
+    require!([Need::Tool("runc", "runc"), Need::Tool("qemu-system-x86_64", "qemu-system-x86")]);
     let home = tempfile::tempdir().unwrap();
     let out = envy(home.path(), home.path()).args(["doctor", "--json"]).output().unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -222,13 +225,14 @@ fn doctor_reports_this_host_and_its_json_parses() {
 
 #[test]
 fn doctor_says_which_sync_transport_vms_get() {
+    // virtiofsd's sandbox needs root: as another user doctor rightly says 9p.
+    require!([Need::Root, Need::Tool("/usr/lib/qemu/virtiofsd", "qemu-system-common")]);
     let home = tempfile::tempdir().unwrap();
     let check = |virtiofsd: &str| {
         let out = envy(home.path(), home.path()).env("ENVY_VIRTIOFSD", virtiofsd).args(["doctor", "--json"]).output().unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         v["checks"].as_array().unwrap().iter().find(|c| c["name"] == "virtiofsd").expect("a virtiofsd check").clone()
     };
-    // scripts/deps.sh installs Debian 12's virtiofsd (qemu-system-common); tests run as root.
     let found = check("/usr/lib/qemu/virtiofsd");
     assert_eq!(found["status"], "ok", "{found}");
     assert!(found["detail"].as_str().unwrap().contains("use virtiofs"), "{found}");
@@ -264,11 +268,10 @@ fn up_without_qemu_on_path_fails_first_with_doctors_advice() {
     assert!(String::from_utf8_lossy(&doctor.stdout).contains("apt-get install qemu-system-x86"));
 }
 
-/// Runs envy on a pseudo-terminal (util-linux `script`), typing `keys` one chunk at a
-/// time, with CI unset: the interactive case.
+/// Runs envy on a pseudo-terminal (util-linux `script`, which its callers require),
+/// typing `keys` one chunk at a time, with CI unset: the interactive case.
 fn on_a_terminal(home: &std::path::Path, cwd: &std::path::Path, args: &str, keys: &[&str]) -> (String, std::process::ExitStatus) {
     use std::io::Write;
-    assert!(envy::provider::host::which("script").is_some(), "this test needs `script`; apt-get install bsdutils");
     let mut child = std::process::Command::new("script")
         .args(["-qec", &format!("{} {args}", env!("CARGO_BIN_EXE_envy")), "/dev/null"])
         .env_remove("CI")
@@ -292,6 +295,7 @@ fn on_a_terminal(home: &std::path::Path, cwd: &std::path::Path, args: &str, keys
 
 #[test]
 fn on_a_terminal_init_asks_for_template_box_and_provider() {
+    require!([Need::Tool("script", "bsdutils")]);
     let home = tempfile::tempdir().unwrap();
     let project = tempfile::tempdir().unwrap();
     // Down once (rust), accept the default box, down once (qemu).
@@ -304,6 +308,7 @@ fn on_a_terminal_init_asks_for_template_box_and_provider() {
 
 #[test]
 fn on_a_terminal_destroy_asks_and_a_no_keeps_everything() {
+    require!([Need::Tool("script", "bsdutils")]);
     let home = tempfile::tempdir().unwrap();
     let project = tempfile::tempdir().unwrap();
     std::fs::write(project.path().join("Envfile"), "[defaults]\nbox = \"busybox\"\n").unwrap();

@@ -2,14 +2,14 @@
 //! forwards, machines by name, halt, a killed init, destroy, and recovery from a
 //! killed `envy up`. Run as root.
 
-#[path = "container_support/mod.rs"]
-mod support;
-
 use envy::provider::{ExecRequest, MachineState, Provider};
-use support::{eventually, forward, free_port, http_get, Fixture};
+
+use crate::common::container::{forward, send_all, Fixture};
+use crate::common::{eventually, free_port, http_get, need, require};
 
 #[test]
 fn up_syncs_the_project_passes_stdio_and_exit_codes_and_forwards_a_port() {
+    require!(need::CONTAINERS);
     let (port, upload_port) = (free_port(), free_port());
     let f = Fixture::new(&[("web", vec![forward(port, 8080), forward(upload_port, 9000)])]);
     std::fs::write(f.project_dir.join("hello.txt"), "hello from the host\n").unwrap();
@@ -28,13 +28,13 @@ fn up_syncs_the_project_passes_stdio_and_exit_codes_and_forwards_a_port() {
     assert_eq!(std::fs::read_to_string(f.project_dir.join("guest.txt")).unwrap(), "from-guest\n");
 
     assert_eq!(f.sh("web", "httpd -p 8080 -h /project/www"), 0);
-    let reply = http_get(port);
+    let reply = http_get(port, "/");
     assert!(reply.ends_with("served from web\n"), "{reply}");
     // Full-size segments from the machine through the bridge and slirp4netns (an MTU
     // slirp's tap cannot take would stall here, as it stalls outbound downloads).
     let big: String = (0..200_000).map(|i| format!("{i:09}\n")).collect();
     std::fs::write(f.project_dir.join("www/big.txt"), &big).unwrap();
-    let reply = support::http_get_path(port, "/big.txt");
+    let reply = http_get(port, "/big.txt");
     assert!(reply.ends_with(&big), "a 2 MB reply arrives whole ({} bytes came)", reply.len());
     // And full-size segments from slirp4netns into the machine (the way downloads come in).
     f.provider.exec(&f.plan("web"), &envy::provider::ExecRequest {
@@ -46,7 +46,7 @@ fn up_syncs_the_project_passes_stdio_and_exit_codes_and_forwards_a_port() {
     // LISTEN is 0A).
     let listening = "for i in $(seq 100); do grep -q ':2328 [0-9A-F]*:0000 0A' /proc/net/tcp /proc/net/tcp6 && exit 0; sleep 0.1; done; exit 1";
     assert_eq!(f.sh("web", listening), 0, "nc never listened in the machine");
-    support::send_all(upload_port, big.as_bytes());
+    send_all(upload_port, big.as_bytes());
     eventually("the upload to land", || std::fs::metadata(f.project_dir.join("upload.txt")).is_ok_and(|m| m.len() == big.len() as u64));
 
     let info = f.provider.info(&f.plan("web")).unwrap();
@@ -65,6 +65,7 @@ fn up_syncs_the_project_passes_stdio_and_exit_codes_and_forwards_a_port() {
 
 #[test]
 fn machines_of_a_project_reach_each_other_by_name() {
+    require!(need::CONTAINERS);
     let f = Fixture::new(&[("db", vec![]), ("web", vec![])]);
     std::fs::create_dir_all(f.project_dir.join("dbroot")).unwrap();
     std::fs::write(f.project_dir.join("dbroot/index.html"), "rows from db\n").unwrap();
@@ -79,6 +80,7 @@ fn machines_of_a_project_reach_each_other_by_name() {
 
 #[test]
 fn halt_keeps_the_machine_layer_and_up_brings_it_back() {
+    require!(need::CONTAINERS);
     let f = Fixture::new(&[("web", vec![])]);
     f.up("web");
     assert_eq!(f.sh("web", "echo kept > /root/note"), 0);
@@ -97,6 +99,7 @@ fn halt_keeps_the_machine_layer_and_up_brings_it_back() {
 
 #[test]
 fn a_killed_init_reads_as_stopped_and_up_restarts_it() {
+    require!(need::CONTAINERS);
     let port = free_port();
     let f = Fixture::new(&[("web", vec![forward(port, 8080)])]);
     std::fs::write(f.project_dir.join("index.html"), "back again\n").unwrap();
@@ -107,11 +110,12 @@ fn a_killed_init_reads_as_stopped_and_up_restarts_it() {
 
     f.up("web");
     assert_eq!(f.sh("web", "httpd -p 8080 -h /project"), 0);
-    assert!(http_get(port).ends_with("back again\n"));
+    assert!(http_get(port, "/").ends_with("back again\n"));
 }
 
 #[test]
 fn a_dead_slirp_leaves_the_machine_running_and_up_restores_the_forwards() {
+    require!(need::CONTAINERS);
     let (port, db_port) = (free_port(), free_port());
     let f = Fixture::new(&[("web", vec![forward(port, 8080)]), ("db", vec![forward(db_port, 8080)])]);
     std::fs::write(f.project_dir.join("index.html"), "still here\n").unwrap();
@@ -131,20 +135,21 @@ fn a_dead_slirp_leaves_the_machine_running_and_up_restores_the_forwards() {
 
     f.up("web");
     assert_ne!(f.slirp_pid(), Some(slirp));
-    assert!(http_get(port).ends_with("still here\n"), "the running httpd is reachable again");
+    assert!(http_get(port, "/").ends_with("still here\n"), "the running httpd is reachable again");
     assert_eq!(f.state("db"), MachineState::Running);
-    assert!(http_get(db_port).ends_with("still here\n"), "the other machine's forwards come back too");
+    assert!(http_get(db_port, "/").ends_with("still here\n"), "the other machine's forwards come back too");
 
     // An up killed right after starting slirp4netns leaves its tap off the bridge.
     let project_netns = format!("envy-{}", f.project.id);
     let loose = std::process::Command::new("ip").args(["-n", &project_netns, "link", "set", "tap0", "nomaster"]).status().unwrap();
     assert!(loose.success());
     f.up("web");
-    assert!(http_get(port).ends_with("still here\n"));
+    assert!(http_get(port, "/").ends_with("still here\n"));
 }
 
 #[test]
 fn destroy_leaves_no_process_mount_namespace_or_file() {
+    require!(need::CONTAINERS);
     let f = Fixture::new(&[("web", vec![forward(free_port(), 80)]), ("db", vec![])]);
     std::fs::write(f.project_dir.join("keep.txt"), "project data\n").unwrap();
     f.up("web");
@@ -182,6 +187,7 @@ fn destroy_leaves_no_process_mount_namespace_or_file() {
 
 #[test]
 fn up_recovers_from_an_up_killed_halfway() {
+    require!(need::CONTAINERS);
     let f = Fixture::new(&[("web", vec![])]);
     let plan = f.plan("web");
     // What a killed `envy up` may leave: the overlay mounted, the machine's namespace
@@ -207,6 +213,7 @@ fn up_recovers_from_an_up_killed_halfway() {
 
 #[test]
 fn a_missing_box_rootfs_is_a_clear_error_and_creates_nothing() {
+    require!(need::CONTAINERS);
     let f = Fixture::new(&[("web", vec![])]);
     let mut stored = f.stored.clone();
     stored.dir = f.root().join("no-such-box");
@@ -222,6 +229,7 @@ fn a_missing_box_rootfs_is_a_clear_error_and_creates_nothing() {
 
 #[test]
 fn a_taken_host_port_names_the_port() {
+    require!(need::CONTAINERS);
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
     let f = Fixture::new(&[("web", vec![forward(port, 80)])]);
@@ -231,6 +239,7 @@ fn a_taken_host_port_names_the_port() {
 
 #[test]
 fn a_box_without_a_shell_fails_with_runcs_reason_and_leaves_nothing() {
+    require!(need::CONTAINERS);
     let f = Fixture::new(&[("web", vec![forward(free_port(), 80)])]);
     std::fs::remove_file(f.stored.dir.join("rootfs/bin/sh")).unwrap();
     let err = f.provider.up(&f.plan("web"), &f.stored, &f.ui).unwrap_err();

@@ -1,14 +1,17 @@
 //! Container snapshots (the machine's upper layer as a zstd tar) and export (the
 //! flattened rootfs for `envy share`), against real runc and overlayfs. Run as root.
 
-#[path = "container_support/mod.rs"]
-mod support;
-
 use envy::provider::{MachineState, Provider};
-use support::Fixture;
+
+use crate::common::container::Fixture;
+use crate::common::{need, require, sha256_hex, Need};
+
+/// Snapshots and exports are tar streams compressed with zstd, by the tools.
+const SNAPSHOTS: &[Need] = &[Need::Tool("tar", "tar"), Need::Tool("zstd", "zstd")];
 
 #[test]
 fn restore_brings_back_the_saved_layer_and_delete_frees_it() {
+    require!(need::CONTAINERS, SNAPSHOTS);
     let f = Fixture::new(&[("web", vec![])]);
     let plan = f.plan("web");
     f.up("web");
@@ -36,7 +39,7 @@ fn restore_brings_back_the_saved_layer_and_delete_frees_it() {
     assert_eq!(std::fs::metadata(&snapshots).unwrap().permissions().mode() & 0o777, 0o700);
     let archive = std::fs::read_dir(&snapshots).unwrap().map(|e| e.unwrap().path()).find(|p| p.to_string_lossy().ends_with(".tar.zst")).unwrap();
     assert_eq!(std::fs::metadata(&archive).unwrap().permissions().mode() & 0o777, 0o600);
-    assert_eq!(archive.file_name().unwrap().to_string_lossy(), format!("{}.tar.zst", support::common::sha256_hex(&std::fs::read(&archive).unwrap())));
+    assert_eq!(archive.file_name().unwrap().to_string_lossy(), format!("{}.tar.zst", sha256_hex(&std::fs::read(&archive).unwrap())));
     f.provider.snapshot_delete(&plan, "before").unwrap();
     assert!(!archive.exists(), "delete frees the space");
     assert!(f.provider.snapshot_list(&plan).unwrap().is_empty());
@@ -44,6 +47,7 @@ fn restore_brings_back_the_saved_layer_and_delete_frees_it() {
 
 #[test]
 fn a_halted_machine_restores_and_stays_halted() {
+    require!(need::CONTAINERS, SNAPSHOTS);
     let f = Fixture::new(&[("web", vec![])]);
     let plan = f.plan("web");
     f.up("web");
@@ -62,6 +66,7 @@ fn a_halted_machine_restores_and_stays_halted() {
 
 #[test]
 fn bad_snapshot_names_and_unknown_snapshots_are_clear_errors() {
+    require!(need::CONTAINERS, SNAPSHOTS);
     let f = Fixture::new(&[("web", vec![])]);
     let plan = f.plan("web");
     let err = f.provider.snapshot_save(&plan, "s1", false, &f.ui).unwrap_err();
@@ -79,6 +84,7 @@ fn bad_snapshot_names_and_unknown_snapshots_are_clear_errors() {
 
 #[test]
 fn export_writes_the_box_and_the_machine_changes_as_one_rootfs() {
+    require!(need::CONTAINERS, SNAPSHOTS);
     let f = Fixture::new(&[("web", vec![])]);
     let plan = f.plan("web");
     f.up("web");

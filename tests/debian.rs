@@ -2,23 +2,20 @@
 //! (the quick start's own script), provisioning that installs a package from a local
 //! file, and the examples/ projects brought up as the docs describe them.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
-use std::time::Duration;
 
-use common::TestEnv;
+use crate::common::{self, http_get, machine, need, require, Need, TestEnv};
+
+/// The Debian box: mmdebstrap fetches Debian's packages; its machines are containers.
+const DEBIAN: &[Need] = &[Need::Network, Need::Tool("mmdebstrap", "mmdebstrap")];
 
 /// Runs scripts/debian-box.sh once per test binary: the box is cached under target/,
-/// and each test's ENVY_HOME gets it added as `debian-12`.
+/// and each test's ENVY_HOME gets it added as `debian-12`. Its callers require `DEBIAN`
+/// and `need::CONTAINERS`.
 fn add_debian_box(env: &TestEnv) {
     static BUILT: OnceLock<()> = OnceLock::new();
-    assert!(nix::unistd::geteuid().is_root(), "these tests start containers: run them as root");
-    for (tool, package) in [("mmdebstrap", "mmdebstrap"), ("runc", "runc"), ("slirp4netns", "slirp4netns")] {
-        common::require_tool(tool, package);
-    }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/debian-box.sh");
     let run = || {
         let status = Command::new("bash")
@@ -63,28 +60,13 @@ fn copy_as_cloned(rel: &Path, to: &Path) {
     assert!(status.success());
 }
 
-fn http_get(url: &str) -> String {
-    let mut last = String::new();
-    for _ in 0..150 {
-        let out = Command::new("curl").args(["-fsS", "--max-time", "5", url]).output().unwrap();
-        if out.status.success() {
-            return String::from_utf8_lossy(&out.stdout).into_owned();
-        }
-        last = String::from_utf8_lossy(&out.stderr).into_owned();
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("no answer from {url}: {last}");
-}
-
-fn host_port(env: &TestEnv, machine: &str) -> u64 {
-    let out = env.envy().args(["status", "--json"]).output().unwrap();
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let m = status["machines"].as_array().unwrap().iter().find(|m| m["name"] == machine).unwrap().clone();
-    m["forwards"][0]["host_port"].as_u64().unwrap()
+fn host_port(env: &TestEnv, name: &str) -> u16 {
+    machine(&env.status(), name)["forwards"][0]["host_port"].as_u64().unwrap() as u16
 }
 
 #[test]
 fn provisioning_installs_a_package_from_a_local_file() {
+    require!(DEBIAN, need::CONTAINERS);
     let env = TestEnv::new();
     add_debian_box(&env);
     let deb = build_deb(&env.path("pkg"));
@@ -125,34 +107,34 @@ fn build_deb(dir: &Path) -> PathBuf {
 
 #[test]
 fn the_web_app_example_serves_its_page() {
+    require!(DEBIAN, need::CONTAINERS);
     let env = TestEnv::new();
     add_debian_box(&env);
     copy_example("web-app", &env.project);
     let _cleanup = common::DestroyOnDrop(&env);
     env.envy().arg("up").assert().success();
-    let page = http_get(&format!("http://127.0.0.1:{}/", host_port(&env, "web")));
+    let page = http_get(host_port(&env, "web"), "/");
     assert!(page.contains("<h1>It works</h1>"), "{page}");
 }
 
 #[test]
 fn the_staging_example_web_reads_db_by_name() {
+    require!(DEBIAN, need::CONTAINERS);
     let env = TestEnv::new();
     add_debian_box(&env);
     copy_example("staging", &env.project);
     let _cleanup = common::DestroyOnDrop(&env);
     env.envy().arg("up").assert().success();
-    let body = http_get(&format!("http://127.0.0.1:{}/", host_port(&env, "web")));
+    let body = http_get(host_port(&env, "web"), "/");
     let json: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(json["from_db"][0]["name"], "seed", "{body}");
     // db has no forward: it is reachable from web only.
-    let status = env.envy().args(["status", "--json"]).output().unwrap();
-    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
-    let db = status["machines"].as_array().unwrap().iter().find(|m| m["name"] == "db").unwrap().clone();
-    assert_eq!(db["forwards"], serde_json::json!([]));
+    assert_eq!(machine(&env.status(), "db")["forwards"], serde_json::json!([]));
 }
 
 #[test]
 fn the_staging_example_runs_as_a_throwaway_replica_for_ci() {
+    require!(DEBIAN, need::CONTAINERS);
     let env = TestEnv::new();
     add_debian_box(&env);
     copy_example("staging", &env.project);
@@ -172,6 +154,7 @@ fn the_staging_example_runs_as_a_throwaway_replica_for_ci() {
 
 #[test]
 fn the_readme_quick_start_runs_as_written() {
+    require!(DEBIAN, need::CONTAINERS);
     let env = TestEnv::new();
     add_debian_box(&env);
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -201,8 +184,8 @@ fn the_readme_quick_start_runs_as_written() {
 
 #[test]
 fn two_builds_of_the_debian_box_give_one_digest() {
-    assert!(nix::unistd::geteuid().is_root(), "mmdebstrap builds as root here: run as root");
-    common::require_tool("mmdebstrap", "mmdebstrap");
+    // mmdebstrap builds as root here.
+    require!(DEBIAN, [Need::Root]);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/debian-box.sh");
     let digests: Vec<String> = (0..2)
         .map(|_| {

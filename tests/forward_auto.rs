@@ -3,41 +3,18 @@
 //! to the host and released when it closes; declared forwards keep their ports; a
 //! taken host port moves to the next free one; the watcher goes with halt and destroy.
 
-mod common;
-
 use std::net::TcpListener;
-use std::process::Command;
-use std::time::{Duration, Instant};
 
-use common::TestEnv;
-
-fn require_host() {
-    assert!(nix::unistd::geteuid().is_root(), "the forward_auto tests start containers: run them as root");
-    for (tool, package) in [("runc", "runc"), ("slirp4netns", "slirp4netns"), ("ip", "iproute2"), ("curl", "curl")] {
-        common::require_tool(tool, package);
-    }
-}
+use crate::common::{self, eventually, http_get, http_try, need, require, DestroyOnDrop, TestEnv};
 
 struct Project {
     env: TestEnv,
 }
 
-impl Drop for Project {
-    fn drop(&mut self) {
-        let _ = self.env.envy().args(["destroy", "--force"]).output();
-    }
-}
-
 impl Project {
-    fn envy_ok(&self, args: &[&str]) -> String {
-        let out = self.env.envy().args(args).output().unwrap();
-        assert!(out.status.success(), "envy {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap()
-    }
-
     /// `envy status --json`'s auto_forwards of machine web, as (guest, host) ports.
     fn auto_forwards(&self) -> Vec<(u64, u64)> {
-        let status: serde_json::Value = serde_json::from_str(&self.envy_ok(&["status", "--json"])).unwrap();
+        let status = self.env.status();
         let web = &status["machines"][0];
         web["auto_forwards"]
             .as_array()
@@ -61,27 +38,13 @@ impl Project {
     }
 }
 
-/// Waits (bounded, generously) until `done` holds; panics with `what` otherwise.
-fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn get(port: u16) -> Option<String> {
-    let out = Command::new("curl").args(["-fsS", "--max-time", "5"]).arg(format!("http://127.0.0.1:{port}/")).output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 fn free(port: u16) -> bool {
     TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
 
 #[test]
 fn guest_ports_are_forwarded_as_they_open_and_released_as_they_close() {
-    require_host();
+    require!(need::CONTAINERS);
     for port in [5173, 5174, 5175, 5176, 5177] {
         assert!(free(port), "this test needs host port {port} free");
     }
@@ -97,6 +60,7 @@ fn guest_ports_are_forwarded_as_they_open_and_released_as_they_close() {
     )
     .unwrap();
     let p = Project { env };
+    let _cleanup = DestroyOnDrop(&p.env);
     let up = p.env.envy().arg("up").output().unwrap();
     assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
     assert!(p.watcher_pid().is_some(), "up starts the watcher");
@@ -105,15 +69,15 @@ fn guest_ports_are_forwarded_as_they_open_and_released_as_they_close() {
     // A server started after up is forwarded to the same host port.
     let serve = |port: u16, page: &str| {
         let script = format!("mkdir -p /www{port} && echo {page} > /www{port}/index.html && httpd -p {port} -h /www{port}");
-        p.envy_ok(&["exec", "web", "--", "sh", "-c", &script]);
+        p.env.out(&["exec", "web", "--", "sh", "-c", &script]);
     };
     serve(5173, "page-5173");
-    eventually("127.0.0.1:5173 serves the guest's page", || get(5173).is_some_and(|b| b.contains("page-5173")));
+    eventually("127.0.0.1:5173 serves the guest's page", || http_try(5173, "/").is_ok_and(|b| b.contains("page-5173")));
     assert_eq!(p.auto_forwards(), vec![(5173, 5173)]);
     assert!(p.log().contains("==> web: guest 5173 -> 127.0.0.1:5173"), "{}", p.log());
 
     // Stopped in the guest, released on the host.
-    p.envy_ok(&["exec", "web", "--", "sh", "-c", "killall httpd"]);
+    p.env.out(&["exec", "web", "--", "sh", "-c", "killall httpd"]);
     eventually("host port 5173 is released", || free(5173));
     assert_eq!(p.auto_forwards(), vec![]);
     assert!(p.log().contains("guest 5173 closed; released 127.0.0.1:5173"), "{}", p.log());
@@ -122,24 +86,76 @@ fn guest_ports_are_forwarded_as_they_open_and_released_as_they_close() {
     serve(80, "declared-80");
     serve(5174, "page-5174");
     eventually("guest 5174 is forwarded", || p.auto_forwards().contains(&(5174, 5175)));
-    assert!(get(5174).unwrap().contains("declared-80"), "the declared forward still serves guest 80");
-    assert!(get(5175).unwrap().contains("page-5174"));
+    assert!(http_get(5174, "/").contains("declared-80"), "the declared forward still serves guest 80");
+    assert!(http_get(5175, "/").contains("page-5174"));
 
     // A host port another program holds: the next free one, and the log says why.
     let holder = TcpListener::bind(("127.0.0.1", 5176)).unwrap();
     serve(5176, "page-5176");
     eventually("guest 5176 is forwarded", || p.auto_forwards().contains(&(5176, 5177)));
-    assert!(get(5177).unwrap().contains("page-5176"));
+    assert!(http_get(5177, "/").contains("page-5176"));
     assert!(p.log().contains("guest 5176 -> 127.0.0.1:5177 (host port 5176 is taken)"), "{}", p.log());
     drop(holder);
 
     // The watcher goes with halt, comes back with up, and goes with destroy.
     let watcher = p.watcher_pid().unwrap();
-    p.envy_ok(&["halt"]);
+    p.env.out(&["halt"]);
     assert!(!std::path::Path::new(&format!("/proc/{watcher}")).exists(), "halt stops the watcher");
     assert!(free(5175) && free(5177), "halt releases the automatic forwards");
-    p.envy_ok(&["up"]);
+    p.env.out(&["up"]);
     let watcher = p.watcher_pid().expect("up restarts the watcher");
-    p.envy_ok(&["destroy", "--force"]);
+    p.env.out(&["destroy", "--force"]);
     assert!(!std::path::Path::new(&format!("/proc/{watcher}")).exists(), "destroy stops the watcher");
+}
+
+/// The same on the qemu provider (the tiny busybox VM under TCG): the watcher reads
+/// /proc/net/tcp over SSH and adds QEMU hostfwd; a killed watcher's forward is
+/// released by the next one.
+#[test]
+fn a_vm_port_is_forwarded_as_it_opens_and_released_as_it_closes() {
+    require!(need::VMS);
+    assert!(free(5173), "this test needs host port 5173 free");
+    let env = TestEnv::new();
+    let tiny = common::tiny_vm_box(&env);
+    std::fs::write(
+        env.project.join("Envfile"),
+        format!(
+            "[machine.web]\nbox = {{ path = \"{}\" }}\nprovider = \"qemu\"\nmemory = \"256MiB\"\ncpus = 1\nforward_auto = true\n",
+            tiny.display()
+        ),
+    )
+    .unwrap();
+    let p = Project { env };
+    let _cleanup = DestroyOnDrop(&p.env);
+    p.env.out(&["up"]);
+    assert!(p.watcher_pid().is_some(), "up starts the watcher");
+    assert_eq!(p.auto_forwards(), vec![], "nothing listens above 1024 after boot (SSH's 22 is below)");
+
+    p.env.out(&["exec", "--", "sh", "-c", "mkdir -p /www && echo page-5173 > /www/index.html && httpd -f -p 5173 -h /www </dev/null >/dev/null 2>&1 &"]);
+    let serves = || http_try(5173, "/").is_ok_and(|b| b.contains("page-5173"));
+    let started = std::time::Instant::now();
+    eventually("127.0.0.1:5173 serves the guest's page", serves);
+    eprintln!("the host got the guest's page {} ms after the server started", started.elapsed().as_millis());
+    assert_eq!(p.auto_forwards(), vec![(5173, 5173)]);
+    assert!(p.log().contains("==> web: guest 5173 -> 127.0.0.1:5173"), "{}", p.log());
+
+    // A watcher killed outright cannot release what it holds (QEMU keeps the forward):
+    // the one the next `up` starts does, and takes the same host port again.
+    let killed = p.watcher_pid().unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(killed as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    eventually("the killed watcher is gone", || {
+        std::fs::read_to_string(format!("/proc/{killed}/stat")).map_or(true, |s| s.contains(") Z "))
+    });
+    p.env.out(&["up"]);
+    eventually("the new watcher forwards guest 5173 to host 5173 again", || p.auto_forwards() == vec![(5173, 5173)]);
+    assert!(serves());
+
+    p.env.out(&["exec", "--", "killall", "httpd"]);
+    eventually("host port 5173 is released", || free(5173));
+    assert_eq!(p.auto_forwards(), vec![]);
+    assert!(p.log().contains("guest 5173 closed; released 127.0.0.1:5173"), "{}", p.log());
+
+    let watcher = p.watcher_pid().unwrap();
+    p.env.out(&["halt"]);
+    assert!(!std::path::Path::new(&format!("/proc/{watcher}")).exists(), "halt stops the watcher");
 }

@@ -2,18 +2,15 @@
 //! error, leaves no half-stored box, and the boxes already there stay intact; a
 //! snapshot that does not fit leaves the one it was to replace.
 
-mod common;
-
 use std::process::Command;
 
-use common::TestEnv;
+use crate::common::{self, need, require, Need, TestEnv};
 
-/// A small tmpfs mounted over a folder for the test's lifetime.
+/// A small tmpfs mounted over a folder for the test's lifetime (its tests require root).
 struct SmallDisk(std::path::PathBuf);
 
 impl SmallDisk {
     fn mount(at: &std::path::Path, size: &str) -> SmallDisk {
-        assert!(nix::unistd::geteuid().is_root(), "this test mounts a small tmpfs: run it as root");
         std::fs::create_dir_all(at).unwrap();
         let status = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(at).status().unwrap();
         assert!(status.success(), "cannot mount a tmpfs at {}", at.display());
@@ -29,6 +26,7 @@ impl Drop for SmallDisk {
 
 #[test]
 fn a_box_that_does_not_fit_is_refused_and_the_store_stays_whole() {
+    require!(need::BUSYBOX, [Need::Root]);
     let env = TestEnv::new();
     let (small_box, small_digest) = common::build_container_box(&env, "small");
     // A box whose rootfs holds 12 MiB of incompressible data.
@@ -59,7 +57,7 @@ fn a_box_that_does_not_fit_is_refused_and_the_store_stays_whole() {
 
 #[test]
 fn replacing_a_snapshot_on_a_full_disk_keeps_the_old_one() {
-    assert!(nix::unistd::geteuid().is_root(), "this test starts a container: run it as root");
+    require!(need::CONTAINERS, [Need::Tool("zstd", "zstd")]);
     let env = TestEnv::new();
     let (box_path, _) = common::build_container_box(&env, "busybox");
     std::fs::write(env.project.join("Envfile"), format!("[defaults]\nbox = {{ path = \"{}\" }}\n", box_path.display())).unwrap();

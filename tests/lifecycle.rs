@@ -2,16 +2,14 @@
 //! box build → up (lock, provisioning, forwards, names) → exec → halt → up → crash
 //! recovery → destroy, plus the failure paths of `envy up` and the throwaway `envy run`.
 
-mod common;
-
 use std::net::TcpListener;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
-use common::TestEnv;
+use crate::common::{self, free_port, http_get, machine, need, netns_names, require, runc_containers, TestEnv};
 
 /// A project with a busybox box built by `envy box build`, and a guard that destroys
-/// whatever the test left running.
+/// whatever the test left running. Its tests require `need::CONTAINERS`.
 struct Project {
     env: TestEnv,
     box_path: std::path::PathBuf,
@@ -19,7 +17,6 @@ struct Project {
 
 impl Project {
     fn new(envfile: &str) -> Project {
-        common::require_container_host();
         let env = TestEnv::new();
         let (box_path, _) = common::build_container_box(&env, "busybox");
         let envfile = envfile.replace("BOX", &box_path.display().to_string());
@@ -32,28 +29,13 @@ impl Project {
         self.env.envy()
     }
 
-    /// stdout of a successful envy command.
-    fn out(&self, args: &[&str]) -> String {
-        let out = self.envy().args(args).output().unwrap();
-        assert!(out.status.success(), "envy {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn status(&self) -> serde_json::Value {
-        serde_json::from_str(&self.out(&["status", "--json"])).unwrap()
-    }
-
-    fn machine<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-        status["machines"].as_array().unwrap().iter().find(|m| m["name"] == name).unwrap()
-    }
-
     /// Kills a machine's init behind envy's back and waits until status reads it stopped.
-    fn kill_init(&self, machine: &str) {
-        let pid = Project::machine(&self.status(), machine)["pid"].as_u64().expect("a running machine has a pid") as i32;
+    fn kill_init(&self, name: &str) {
+        let pid = machine(&self.env.status(), name)["pid"].as_u64().expect("a running machine has a pid") as i32;
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
         let mut state = String::new();
         for _ in 0..100 {
-            state = Project::machine(&self.status(), machine)["state"].as_str().unwrap().to_string();
+            state = machine(&self.env.status(), name)["state"].as_str().unwrap().to_string();
             if state == "stopped" {
                 break;
             }
@@ -70,15 +52,8 @@ impl Project {
     fn host_traces(&self) -> Vec<String> {
         let id = self.project_id();
         let mut traces = Vec::new();
-        let runc = Command::new("runc").arg("--root").arg(self.env.home.join("run/runc")).args(["list", "-q"]).output().unwrap();
-        traces.extend(String::from_utf8_lossy(&runc.stdout).lines().map(|l| format!("runc container {l}")));
-        let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
-        traces.extend(
-            String::from_utf8_lossy(&netns.stdout)
-                .lines()
-                .filter(|l| l.contains(&id))
-                .map(|l| format!("netns {l}")),
-        );
+        traces.extend(runc_containers(&self.env.home).into_iter().map(|c| format!("runc container {c}")));
+        traces.extend(netns_names().into_iter().filter(|n| n.contains(&id)).map(|n| format!("netns {n}")));
         traces.extend(common::mounts_below(self.env.dir.path()).into_iter().map(|m| format!("mount {m}")));
         traces
     }
@@ -90,20 +65,6 @@ impl Drop for Project {
             let _ = self.envy().args(["destroy", "--force"]).output();
         }
     }
-}
-
-/// GET / from 127.0.0.1:port, retried while the server inside starts (bounded).
-fn http_get(port: u64) -> String {
-    let mut last = String::new();
-    for _ in 0..100 {
-        match Command::new("curl").args(["-fsS", "--max-time", "5"]).arg(format!("http://127.0.0.1:{port}/")).output() {
-            Ok(out) if out.status.success() => return String::from_utf8_lossy(&out.stdout).into_owned(),
-            Ok(out) => last = String::from_utf8_lossy(&out.stderr).into_owned(),
-            Err(e) => last = e.to_string(),
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("no HTTP answer on 127.0.0.1:{port}: {last}");
 }
 
 const TWO_MACHINES: &str = r#"
@@ -123,6 +84,7 @@ env = { GREETING = "hi" }
 
 #[test]
 fn up_exec_forward_names_halt_up_crash_and_destroy() {
+    require!(need::CONTAINERS);
     let p = Project::new(TWO_MACHINES);
     p.envy().arg("up").assert().success();
 
@@ -132,24 +94,24 @@ fn up_exec_forward_names_halt_up_crash_and_destroy() {
     assert!(lock.contains(&digest) && lock.contains("[machine.web]") && lock.contains("[machine.db]"), "{lock}");
 
     // exec sees the synced project, the Envfile's env, and passes the exit code through.
-    assert_eq!(p.out(&["exec", "web", "--", "cat", "/project/hello.txt"]), "hello from the host\n");
-    assert_eq!(p.out(&["exec", "web", "--", "sh", "-c", "echo $GREETING"]), "hi\n");
+    assert_eq!(p.env.out(&["exec", "web", "--", "cat", "/project/hello.txt"]), "hello from the host\n");
+    assert_eq!(p.env.out(&["exec", "web", "--", "sh", "-c", "echo $GREETING"]), "hi\n");
     p.envy().args(["exec", "web", "--", "sh", "-c", "exit 7"]).assert().code(7);
     // Writes through the sync folder reach the host.
-    p.out(&["exec", "web", "--", "sh", "-c", "echo from-guest > /project/written.txt"]);
+    p.env.out(&["exec", "web", "--", "sh", "-c", "echo from-guest > /project/written.txt"]);
     assert_eq!(std::fs::read_to_string(p.env.project.join("written.txt")).unwrap(), "from-guest\n");
 
     // A forwarded port answers on the host.
-    p.out(&["exec", "web", "--", "sh", "-c", "mkdir -p /www && echo web-page > /www/index.html && httpd -p 80 -h /www"]);
-    let status = p.status();
-    let web = Project::machine(&status, "web");
+    p.env.out(&["exec", "web", "--", "sh", "-c", "mkdir -p /www && echo web-page > /www/index.html && httpd -p 80 -h /www"]);
+    let status = p.env.status();
+    let web = machine(&status, "web");
     assert_eq!(web["state"], "running");
-    let port = web["forwards"][0]["host_port"].as_u64().unwrap();
+    let port = web["forwards"][0]["host_port"].as_u64().unwrap() as u16;
     assert_eq!(web["forwards"][0]["host_ip"], "127.0.0.1");
-    assert_eq!(http_get(port), "web-page\n");
+    assert_eq!(http_get(port, "/"), "web-page\n");
 
     // web reaches db by name.
-    p.out(&["exec", "db", "--", "sh", "-c", "mkdir -p /www && echo db-page > /www/index.html && httpd -p 8000 -h /www"]);
+    p.env.out(&["exec", "db", "--", "sh", "-c", "mkdir -p /www && echo db-page > /www/index.html && httpd -p 8000 -h /www"]);
     let mut reached = String::new();
     for _ in 0..50 {
         let out = p.envy().args(["exec", "web", "--", "wget", "-qO-", "http://db:8000/"]).output().unwrap();
@@ -162,21 +124,21 @@ fn up_exec_forward_names_halt_up_crash_and_destroy() {
     assert_eq!(reached, "db-page\n");
 
     // halt → stopped; up → the machine kept its own changes and was not provisioned again.
-    p.out(&["exec", "web", "--", "sh", "-c", "echo kept > /root/mark"]);
+    p.env.out(&["exec", "web", "--", "sh", "-c", "echo kept > /root/mark"]);
     p.envy().args(["halt", "web"]).assert().success();
-    assert_eq!(Project::machine(&p.status(), "web")["state"], "stopped");
+    assert_eq!(machine(&p.env.status(), "web")["state"], "stopped");
     p.envy().args(["exec", "web", "--", "true"]).assert().code(7);
     p.envy().args(["up", "web"]).assert().success();
-    assert_eq!(p.out(&["exec", "web", "--", "cat", "/root/mark"]), "kept\n");
-    assert_eq!(p.out(&["exec", "web", "--", "cat", "/root/provision-count"]), "provisioned\n");
+    assert_eq!(p.env.out(&["exec", "web", "--", "cat", "/root/mark"]), "kept\n");
+    assert_eq!(p.env.out(&["exec", "web", "--", "cat", "/root/provision-count"]), "provisioned\n");
 
     // The container's init killed behind envy's back: status tells the truth, up recovers.
     p.kill_init("db");
     p.envy().arg("up").assert().success();
-    assert_eq!(Project::machine(&p.status(), "db")["state"], "running");
+    assert_eq!(machine(&p.env.status(), "db")["state"], "running");
 
     // `envy list` sees the project.
-    let list: serde_json::Value = serde_json::from_str(&p.out(&["list", "--json"])).unwrap();
+    let list: serde_json::Value = serde_json::from_str(&p.env.out(&["list", "--json"])).unwrap();
     assert!(list["projects"].as_array().unwrap().iter().any(|e| e["project"] == p.env.project.to_str().unwrap()));
 
     // destroy leaves nothing behind but the project's files and the box store.
@@ -187,11 +149,12 @@ fn up_exec_forward_names_halt_up_crash_and_destroy() {
     assert_eq!(std::fs::read_to_string(p.env.project.join("hello.txt")).unwrap(), "hello from the host\n");
     assert!(p.env.project.join("Envfile.lock").exists(), "the lock is the user's, destroy keeps it");
     assert_eq!(p.env.store_entries(), store_before);
-    assert_eq!(Project::machine(&p.status(), "web")["state"], "not-created");
+    assert_eq!(machine(&p.env.status(), "web")["state"], "not-created");
 }
 
 #[test]
 fn an_up_killed_halfway_is_finished_by_the_next_up() {
+    require!(need::CONTAINERS);
     let p = Project::new(
         "[defaults]\nbox = { path = \"BOX\" }\nsync = [\".:/project\"]\n\
          provision = [\"test -f /project/go || sleep 60\", \"echo done > /root/provisioned\"]\n",
@@ -200,7 +163,7 @@ fn an_up_killed_halfway_is_finished_by_the_next_up() {
     // Wait until the container runs and provisioning is under way, then kill envy.
     let mut running = false;
     for _ in 0..200 {
-        if p.status()["machines"][0]["state"] == "running" {
+        if p.env.status()["machines"][0]["state"] == "running" {
             running = true;
             break;
         }
@@ -213,13 +176,14 @@ fn an_up_killed_halfway_is_finished_by_the_next_up() {
 
     std::fs::write(p.env.project.join("go"), "").unwrap();
     p.envy().arg("up").assert().success();
-    assert_eq!(p.out(&["exec", "--", "cat", "/root/provisioned"]), "done\n");
+    assert_eq!(p.env.out(&["exec", "--", "cat", "/root/provisioned"]), "done\n");
     p.envy().args(["destroy", "--force"]).assert().success();
     assert_eq!(p.host_traces(), Vec::<String>::new());
 }
 
 #[test]
 fn a_taken_host_port_is_named_before_anything_starts_and_auto_moves_it() {
+    require!(need::CONTAINERS);
     let holder = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = holder.local_addr().unwrap().port();
     let p = Project::new(&format!("[defaults]\nbox = {{ path = \"BOX\" }}\nforward = [\"{port}:80\"]\n"));
@@ -238,14 +202,14 @@ fn a_taken_host_port_is_named_before_anything_starts_and_auto_moves_it() {
     )
     .unwrap();
     p.envy().arg("up").assert().success();
-    let moved = p.status()["machines"][0]["forwards"][0]["host_port"].as_u64().unwrap();
+    let moved = p.env.status()["machines"][0]["forwards"][0]["host_port"].as_u64().unwrap();
     assert_ne!(moved, port as u64);
     drop(holder);
 }
 
 #[test]
 fn a_box_missing_from_the_store_and_unreachable_fails_with_code_4() {
-    common::require_container_host();
+    require!(need::CONTAINERS);
     let env = TestEnv::new();
     let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     std::fs::write(
@@ -262,6 +226,7 @@ fn a_box_missing_from_the_store_and_unreachable_fails_with_code_4() {
 
 #[test]
 fn a_box_that_changed_behind_its_lock_is_refused_with_the_way_out() {
+    require!(need::CONTAINERS);
     let p = Project::new("[defaults]\nbox = { path = \"BOX\" }\n");
     p.envy().arg("up").assert().success();
     p.envy().args(["destroy", "--force"]).assert().success();
@@ -283,7 +248,7 @@ fn a_box_that_changed_behind_its_lock_is_refused_with_the_way_out() {
 
 #[test]
 fn run_passes_the_exit_code_and_leaves_nothing() {
-    common::require_container_host();
+    require!(need::CONTAINERS);
     let env = TestEnv::new();
     let (box_path, _) = common::build_container_box(&env, "busybox");
     std::fs::write(env.project.join("input.txt"), "synced\n").unwrap();
@@ -301,6 +266,7 @@ fn run_passes_the_exit_code_and_leaves_nothing() {
 
 #[test]
 fn a_failing_provision_step_makes_up_exit_with_its_code_naming_machine_and_step() {
+    require!(need::CONTAINERS);
     let p = Project::new("[machine.web]\nbox = { path = \"BOX\" }\nprovider = \"container\"\nprovision = [\"true\", \"exit 42\", \"touch /never\"]\n");
     let out = p.envy().arg("up").output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -314,6 +280,7 @@ fn a_failing_provision_step_makes_up_exit_with_its_code_naming_machine_and_step(
 
 #[test]
 fn a_command_not_found_exits_127_and_one_not_executable_126() {
+    require!(need::CONTAINERS);
     let p = Project::new("[machine.web]\nbox = { path = \"BOX\" }\nprovider = \"container\"\nsync = [\".:/project\"]\n");
     std::fs::write(p.env.project.join("notexec.sh"), "echo never\n").unwrap();
     std::fs::set_permissions(p.env.project.join("notexec.sh"), std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
@@ -322,7 +289,7 @@ fn a_command_not_found_exits_127_and_one_not_executable_126() {
     p.envy().args(["exec", "--", "/project/no-such-file"]).assert().code(127);
     // A guest symlink to a host path is looked up in the machine's root, not the host's.
     assert!(std::path::Path::new("/usr/bin/slirp4netns").is_file(), "the host has what the guest's link points at");
-    p.out(&["exec", "--", "ln", "-s", "/usr/bin/slirp4netns", "/bin/hostslirp"]);
+    p.env.out(&["exec", "--", "ln", "-s", "/usr/bin/slirp4netns", "/bin/hostslirp"]);
     p.envy().args(["exec", "--", "hostslirp"]).assert().code(127);
     p.envy().args(["exec", "--", "./notexec.sh"]).assert().code(126);
     p.envy().args(["exec", "--", "/project"]).assert().code(126);
@@ -338,8 +305,8 @@ fn a_command_not_found_exits_127_and_one_not_executable_126() {
 
 #[test]
 fn run_interrupted_by_ctrl_c_cleans_up_and_exits_130() {
+    require!(need::CONTAINERS);
     use std::os::unix::process::CommandExt;
-    common::require_container_host();
     let env = TestEnv::new();
     let (box_path, _) = common::build_container_box(&env, "busybox");
     let mut run = env.envy_std();
@@ -347,11 +314,9 @@ fn run_interrupted_by_ctrl_c_cleans_up_and_exits_130() {
     // Its own process group, as a terminal's foreground job: Ctrl-C reaches all of it.
     run.process_group(0);
     let mut child = run.spawn().unwrap();
-    let runc_root = env.home.join("run/runc");
     let mut started = false;
     for _ in 0..200 {
-        let out = Command::new("runc").arg("--root").arg(&runc_root).args(["list", "-q"]).output().unwrap();
-        if !out.stdout.is_empty() {
+        if !runc_containers(&env.home).is_empty() {
             started = true;
             break;
         }
@@ -367,14 +332,13 @@ fn run_interrupted_by_ctrl_c_cleans_up_and_exits_130() {
 
 fn assert_no_throwaways(env: &TestEnv) {
     assert_eq!(env.run_leftovers(), Vec::<String>::new());
-    let runc = Command::new("runc").arg("--root").arg(env.home.join("run/runc")).args(["list", "-q"]).output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&runc.stdout), "");
+    assert_eq!(runc_containers(&env.home), Vec::<String>::new());
     assert_eq!(common::mounts_below(env.dir.path()), Vec::<String>::new(), "a mount is left");
 }
 
 #[test]
 fn two_runs_in_one_folder_at_once_do_not_meet() {
-    common::require_container_host();
+    require!(need::CONTAINERS);
     let env = TestEnv::new();
     let (box_path, _) = common::build_container_box(&env, "busybox");
     std::fs::write(env.project.join("input.txt"), "shared input\n").unwrap();
@@ -399,6 +363,7 @@ fn two_runs_in_one_folder_at_once_do_not_meet() {
 
 #[test]
 fn a_machine_dropped_from_the_envfile_is_named_not_forgotten() {
+    require!(need::CONTAINERS);
     let p = Project::new("[defaults]\nbox = { path = \"BOX\" }\n[machine.web]\n[machine.db]\n");
     p.envy().arg("up").assert().success();
     let full = std::fs::read_to_string(p.env.project.join("Envfile")).unwrap();
@@ -417,7 +382,7 @@ fn a_machine_dropped_from_the_envfile_is_named_not_forgotten() {
 
 #[test]
 fn an_unpinned_url_needs_insecure_once_and_is_held_to_the_lock_after() {
-    common::require_container_host();
+    require!(need::CONTAINERS);
     let env = TestEnv::new();
     let (box_path, digest) = common::build_container_box(&env, "busybox");
     let server = common::Server::start();
@@ -454,20 +419,21 @@ fn an_unpinned_url_needs_insecure_once_and_is_held_to_the_lock_after() {
 
 #[test]
 fn a_dead_machine_gets_its_own_port_back_and_a_dead_network_is_repaired_in_place() {
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    require!(need::CONTAINERS);
+    let port = free_port();
     let p = Project::new(&format!("[defaults]\nbox = {{ path = \"BOX\" }}\nforward = [\"{port}:80\"]\nsync = [\".:/project\"]\n"));
     std::fs::write(p.env.project.join("index.html"), "page\n").unwrap();
-    let serve = || p.out(&["exec", "--", "httpd", "-p", "80", "-h", "/project"]);
+    let serve = || p.env.out(&["exec", "--", "httpd", "-p", "80", "-h", "/project"]);
     p.envy().arg("up").assert().success();
     serve();
-    assert_eq!(http_get(port.into()), "page\n");
+    assert_eq!(http_get(port, "/"), "page\n");
 
     // The init killed: the forward it had stays in the project's slirp4netns, but it is
     // the machine's own, so `up` takes it back instead of calling the port taken.
     p.kill_init("default");
     p.envy().arg("up").assert().success();
     serve();
-    assert_eq!(http_get(port.into()), "page\n");
+    assert_eq!(http_get(port, "/"), "page\n");
 
     // slirp4netns killed: the machine still runs and takes commands; `up` restarts the
     // network and its forward without restarting the machine (httpd is still there).
@@ -475,10 +441,10 @@ fn a_dead_machine_gets_its_own_port_back_and_a_dead_network_is_repaired_in_place
     let slirp: serde_json::Value = serde_json::from_slice(&std::fs::read(&slirp_record).unwrap()).unwrap();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(slirp["pid"].as_i64().unwrap() as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
     std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(Project::machine(&p.status(), "default")["state"], "running");
-    assert_eq!(p.out(&["exec", "--", "cat", "/project/index.html"]), "page\n");
+    assert_eq!(machine(&p.env.status(), "default")["state"], "running");
+    assert_eq!(p.env.out(&["exec", "--", "cat", "/project/index.html"]), "page\n");
     let up = p.envy().arg("up").output().unwrap();
     let said = String::from_utf8_lossy(&up.stderr);
     assert!(up.status.success() && said.contains("already running") && !said.contains("starting"), "{said}");
-    assert_eq!(http_get(port.into()), "page\n");
+    assert_eq!(http_get(port, "/"), "page\n");
 }

@@ -3,17 +3,10 @@
 //! platform choice, credentials, tampering, a moved tag, and every refusal leaving
 //! nothing stored. Run as root (machines are runc containers).
 
-mod common;
-
 use std::path::Path;
 
-use common::registry::{add_layer, busybox_image, LayerTar, Registry};
-use common::{sha256_hex, DestroyOnDrop, TestEnv};
-
-fn require_root() {
-    assert!(nix::unistd::geteuid().is_root(), "the OCI tests start containers and a registry: run them as root");
-    common::require_tool("runc", "runc");
-}
+use crate::common::registry::{add_layer, busybox_image, LayerTar, Registry, REGISTRY, WITH_PASSWORDS, WITH_TOKENS};
+use crate::common::{self, free_port, need, require, sha256_hex, DestroyOnDrop, Need, TestEnv};
 
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -83,7 +76,7 @@ const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
 #[test]
 fn upper_layers_delete_and_make_opaque_and_a_second_machine_unpacks_nothing() {
-    require_root();
+    require!(need::CONTAINERS, REGISTRY);
     let registry = Registry::start(None);
     let env = TestEnv::new();
     let layout = env.path("layout");
@@ -154,7 +147,7 @@ fn upper_layers_delete_and_make_opaque_and_a_second_machine_unpacks_nothing() {
 
 #[test]
 fn an_index_gives_this_hosts_platform_or_names_the_platforms_it_has() {
-    require_root();
+    require!(need::CONTAINERS, REGISTRY);
     let registry = Registry::start(None);
     let env = TestEnv::new();
     let layout = env.path("layout");
@@ -207,7 +200,7 @@ fn an_index_gives_this_hosts_platform_or_names_the_platforms_it_has() {
 
 #[test]
 fn credentials_come_from_the_docker_config_and_a_401_says_which_were_tried() {
-    require_root();
+    require!(need::CONTAINERS, REGISTRY, WITH_PASSWORDS);
     let registry = Registry::start(Some("alice:s3cret-pw"));
     let env = TestEnv::new();
     let layout = env.path("layout");
@@ -246,7 +239,7 @@ fn credentials_come_from_the_docker_config_and_a_401_says_which_were_tried() {
 
 #[test]
 fn a_tampered_blob_or_a_wrong_diff_id_is_refused_and_nothing_is_stored() {
-    require_root();
+    require!(need::CONTAINERS, REGISTRY);
     let registry = Registry::start(None);
     let env = TestEnv::new();
     let layout = env.path("layout");
@@ -277,7 +270,7 @@ fn a_tampered_blob_or_a_wrong_diff_id_is_refused_and_nothing_is_stored() {
 
 #[test]
 fn a_tag_moved_after_pinning_is_the_lock_error() {
-    require_root();
+    require!(need::CONTAINERS, REGISTRY);
     let registry = Registry::start(None);
     let env = TestEnv::new();
     let layout = env.path("layout");
@@ -306,7 +299,7 @@ fn a_tag_moved_after_pinning_is_the_lock_error() {
 
 #[test]
 fn unknown_media_types_missing_tags_and_a_registry_that_is_down() {
-    require_root();
+    require!(need::CONTAINERS, REGISTRY);
     let registry = Registry::start(None);
     let env = TestEnv::new();
     let layout = env.path("layout");
@@ -328,7 +321,7 @@ fn unknown_media_types_missing_tags_and_a_registry_that_is_down() {
     let err = add_fails(&env, &format!("oci://{}/team/app:nope", registry.host()));
     assert!(err.contains("manifest `nope` was not found in the registry (HTTP 404)"), "{err}");
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = free_port();
     let err = add_fails(&env, &format!("oci://127.0.0.1:{port}/team/app:1"));
     assert!(err.contains(&format!("registry 127.0.0.1:{port} does not answer")), "{err}");
     assert!(stored(&env).is_empty(), "{:?}", stored(&env));
@@ -336,7 +329,7 @@ fn unknown_media_types_missing_tags_and_a_registry_that_is_down() {
 
 #[test]
 fn hostile_layer_paths_are_refused_and_nothing_is_stored() {
-    require_root();
+    require!(need::CONTAINERS, REGISTRY);
     let registry = Registry::start(None);
     let env = TestEnv::new();
     let layout = env.path("layout");
@@ -364,7 +357,7 @@ fn hostile_layer_paths_are_refused_and_nothing_is_stored() {
 
 #[test]
 fn the_image_config_gives_env_workdir_and_user_and_the_envfile_env_wins() {
-    require_root();
+    require!(need::CONTAINERS, REGISTRY);
     let registry = Registry::start(None);
     let env = TestEnv::new();
     let layout = env.path("layout");
@@ -389,7 +382,7 @@ fn the_image_config_gives_env_workdir_and_user_and_the_envfile_env_wins() {
 
 #[test]
 fn a_pushed_machine_reaches_a_teammate_who_downloads_only_its_delta() {
-    require_root();
+    require!(need::CONTAINERS, REGISTRY);
     let registry = Registry::start(None);
     let me = TestEnv::new();
     let layout = me.path("layout");
@@ -444,7 +437,7 @@ fn a_pushed_machine_reaches_a_teammate_who_downloads_only_its_delta() {
 
 #[test]
 fn a_machine_from_a_box_file_is_pushed_as_its_tree_plus_its_changes() {
-    require_root();
+    require!(need::CONTAINERS, REGISTRY);
     let registry = Registry::start(None);
     let me = TestEnv::new();
     let (box_path, _) = common::build_container_box(&me, "busybox");
@@ -471,13 +464,10 @@ fn a_machine_from_a_box_file_is_pushed_as_its_tree_plus_its_changes() {
 
 #[test]
 fn a_container_disk_boots_by_firmware_and_a_halted_vm_is_pushed_as_one() {
-    require_root();
+    require!(need::CONTAINERS, REGISTRY, need::VMS, [Need::Tool("sfdisk", "fdisk"), Need::Tool("grub-mkimage", "grub-common")]);
     let registry = Registry::start(None);
     let env = TestEnv::new();
     common::tiny_vm_box(&env);
-    for (tool, package) in [("sfdisk", "fdisk"), ("grub-mkimage", "grub-common")] {
-        common::require_tool(tool, package);
-    }
     // KubeVirt's layout: one disk image under /disk/, owned by qemu's uid 107.
     let tree = env.path("containerdisk");
     std::fs::create_dir_all(tree.join("disk")).unwrap();
@@ -544,7 +534,7 @@ fn a_container_disk_boots_by_firmware_and_a_halted_vm_is_pushed_as_one() {
 
 #[test]
 fn a_bearer_challenge_gets_a_token_anonymously_or_with_the_docker_config_credentials() {
-    require_root();
+    require!(need::CONTAINERS, REGISTRY, WITH_TOKENS);
     let registry = Registry::start_with_tokens();
     let env = TestEnv::new();
     let layout = env.path("layout");

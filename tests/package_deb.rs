@@ -3,10 +3,10 @@
 //! clean root in a temp dir, the installed envy runs from there, and dpkg removes it
 //! leaving nothing.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+use crate::common::{require, Need};
 
 fn ok(out: Output, what: &str) -> String {
     assert!(out.status.success(), "{what} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -33,10 +33,8 @@ fn files_under(dir: &Path) -> Vec<String> {
 
 #[test]
 fn the_deb_installs_into_a_clean_root_runs_and_removes_cleanly() {
-    assert!(nix::unistd::geteuid().is_root(), "dpkg installs files owned by root: run this test as root");
-    for (tool, package) in [("dpkg", "dpkg"), ("dpkg-deb", "dpkg"), ("gzip", "gzip")] {
-        common::require_tool(tool, package);
-    }
+    // dpkg installs files owned by root.
+    require!([Need::Root, Need::Tool("dpkg", "dpkg"), Need::Tool("dpkg-deb", "dpkg"), Need::Tool("gzip", "gzip")]);
     let has_cargo_deb = Command::new("cargo").args(["deb", "--version"]).output().is_ok_and(|o| o.status.success());
     assert!(has_cargo_deb, "this test needs cargo-deb: cargo install --locked cargo-deb (scripts/deps.sh does)");
 

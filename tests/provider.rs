@@ -3,8 +3,6 @@
 //! docs/architecture.md's "Adding a provider" honest. Its machines are folders on the
 //! host and its commands run there: nothing here needs root, a VM or a network.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 
@@ -20,6 +18,8 @@ use envy::provider::{self, ExecRequest, MachineState, Provider, Registration};
 use envy::state::Home;
 use envy::ui::Ui;
 use envy::workspace::Workspace;
+
+use crate::common::{self, need, require};
 
 const KIND: ProviderKind = ProviderKind::new("hostdir");
 
@@ -104,6 +104,7 @@ fn context(home: &Path, project: &Path) -> Context {
 
 #[test]
 fn a_provider_from_outside_envy_runs_the_whole_life_cycle() {
+    require!(need::BUSYBOX);
     register();
     assert!(provider::registered().iter().any(|r| r.kind == KIND));
     let env = common::TestEnv::new();

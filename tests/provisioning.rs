@@ -2,18 +2,9 @@
 //! steps in a container (runc) and a VM (QEMU, TCG, the tiny box), and `user_data`
 //! merged into the VM's NoCloud seed, with its refusals.
 
-mod common;
-
 use std::path::Path;
 
-use common::{DestroyOnDrop, TestEnv};
-
-fn require_container_host() {
-    assert!(nix::unistd::geteuid().is_root(), "this test starts containers: run it as root");
-    for (tool, package) in [("runc", "runc"), ("slirp4netns", "slirp4netns"), ("ip", "iproute2")] {
-        common::require_tool(tool, package);
-    }
-}
+use crate::common::{self, need, require, DestroyOnDrop, TestEnv};
 
 /// A project file, a folder with a subfolder, an executable and a link inside it.
 fn project_files(project: &Path) {
@@ -51,7 +42,7 @@ fn guest_of(env: &TestEnv) -> impl Fn(&str) -> String + '_ {
 
 #[test]
 fn a_file_with_its_mode_and_a_folder_land_in_a_container() {
-    require_container_host();
+    require!(need::CONTAINERS);
     let env = TestEnv::new();
     let (box_path, _) = common::build_container_box(&env, "busybox");
     project_files(&env.project);
@@ -77,6 +68,7 @@ fn a_file_with_its_mode_and_a_folder_land_in_a_container() {
 
 #[test]
 fn files_and_user_data_reach_a_vm() {
+    require!(need::VMS);
     let env = TestEnv::new();
     let tiny = common::tiny_vm_box(&env);
     project_files(&env.project);
@@ -147,7 +139,7 @@ fn user_data_that_sets_a_key_envy_manages_is_refused_by_name() {
 /// limit on a single argument runs (it used to be passed as `sh -c SCRIPT`).
 #[test]
 fn a_script_of_any_size_runs_in_a_container() {
-    require_container_host();
+    require!(need::CONTAINERS);
     let env = TestEnv::new();
     let (box_path, _) = common::build_container_box(&env, "busybox");
     let mut script = String::from("#!/bin/sh\nset -e\n");

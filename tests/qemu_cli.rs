@@ -3,29 +3,14 @@
 //! and one Envfile mixing a container and a VM, which reach each other by name. Under
 //! TCG (ENVY_ACCEL=tcg).
 
-mod common;
-
 use std::os::unix::process::CommandExt as _;
 use std::time::Duration;
 
-use common::TestEnv;
-
-fn out(env: &TestEnv, args: &[&str]) -> String {
-    let out = env.envy().args(args).output().unwrap();
-    assert!(out.status.success(), "envy {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn status(env: &TestEnv) -> serde_json::Value {
-    serde_json::from_str(&out(env, &["status", "--json"])).unwrap()
-}
-
-fn machine<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-    status["machines"].as_array().unwrap().iter().find(|m| m["name"] == name).unwrap()
-}
+use crate::common::{self, machine, need, require, Need, TestEnv};
 
 #[test]
 fn a_vm_through_the_cli_with_snapshots_share_and_destroy() {
+    require!(need::VMS);
     let env = TestEnv::new();
     let tiny = common::tiny_vm_box(&env);
     // No sync folder: QEMU cannot save a VM's memory while a sync folder (virtiofs or 9p) is attached (the mixed
@@ -41,26 +26,26 @@ fn a_vm_through_the_cli_with_snapshots_share_and_destroy() {
     .unwrap();
     let _cleanup = common::DestroyOnDrop(&env);
     env.envy().arg("up").assert().success();
-    let vm = machine(&status(&env), "vm").clone();
+    let vm = machine(&env.status(), "vm").clone();
     assert_eq!(vm["state"], "running");
     assert_eq!(vm["provider"], "qemu");
     let pid = vm["pid"].as_u64().expect("QEMU's pid") as i32;
     assert!(vm["ssh_port"].as_u64().is_some());
 
-    assert!(out(&env, &["exec", "--", "uname", "-a"]).starts_with("Linux vm "));
+    assert!(env.out(&["exec", "--", "uname", "-a"]).starts_with("Linux vm "));
     env.envy().args(["exec", "--", "sh", "-c", "exit 5"]).assert().code(5);
-    assert_eq!(out(&env, &["exec", "--", "cat", "/root/count"]), "provisioned\n");
+    assert_eq!(env.out(&["exec", "--", "cat", "/root/count"]), "provisioned\n");
 
     // A running VM's snapshot holds its memory: a process started before it runs again after.
-    out(&env, &["exec", "--", "sh", "-c", "echo before > /root/state; (sleep 100000 > /dev/null 2>&1 & echo $! > /root/sleep.pid)"]);
+    env.out(&["exec", "--", "sh", "-c", "echo before > /root/state; (sleep 100000 > /dev/null 2>&1 & echo $! > /root/sleep.pid)"]);
     env.envy().args(["snapshot", "save", "clean"]).assert().success();
     env.envy().args(["snapshot", "save", "clean"]).assert().failure().stderr(predicates::str::contains("--force"));
-    out(&env, &["exec", "--", "sh", "-c", "echo after > /root/state; kill $(cat /root/sleep.pid)"]);
-    assert!(!out(&env, &["exec", "--", "ps"]).contains("sleep 100000"));
+    env.out(&["exec", "--", "sh", "-c", "echo after > /root/state; kill $(cat /root/sleep.pid)"]);
+    assert!(!env.out(&["exec", "--", "ps"]).contains("sleep 100000"));
     env.envy().args(["snapshot", "restore", "clean"]).assert().success();
-    assert_eq!(out(&env, &["exec", "--", "cat", "/root/state"]), "before\n");
-    assert!(out(&env, &["exec", "--", "ps"]).contains("sleep 100000"), "the process is back after restore");
-    let list: serde_json::Value = serde_json::from_str(&out(&env, &["snapshot", "list", "--json"])).unwrap();
+    assert_eq!(env.out(&["exec", "--", "cat", "/root/state"]), "before\n");
+    assert!(env.out(&["exec", "--", "ps"]).contains("sleep 100000"), "the process is back after restore");
+    let list: serde_json::Value = serde_json::from_str(&env.out(&["snapshot", "list", "--json"])).unwrap();
     assert_eq!(list["version"], 1);
     assert_eq!(list["snapshots"][0]["name"], "clean");
     assert_eq!(list["snapshots"][0]["memory"], true);
@@ -69,14 +54,14 @@ fn a_vm_through_the_cli_with_snapshots_share_and_destroy() {
 
     // halt is graceful through QMP; up brings back the machine with its changes.
     env.envy().arg("halt").assert().success();
-    assert_eq!(machine(&status(&env), "vm")["state"], "stopped");
+    assert_eq!(machine(&env.status(), "vm")["state"], "stopped");
     env.envy().arg("up").assert().success();
-    assert_eq!(out(&env, &["exec", "--", "cat", "/root/state"]), "before\n");
-    assert_eq!(out(&env, &["exec", "--", "cat", "/root/count"]), "provisioned\n", "provisioned once");
+    assert_eq!(env.out(&["exec", "--", "cat", "/root/state"]), "before\n");
+    assert_eq!(env.out(&["exec", "--", "cat", "/root/count"]), "provisioned\n", "provisioned once");
 
     // A halted VM packs into a verified box that another store accepts.
     env.envy().arg("halt").assert().success();
-    let shared: serde_json::Value = serde_json::from_str(&out(&env, &["share", "--json", "-o", env.path("vm.box").to_str().unwrap()])).unwrap();
+    let shared: serde_json::Value = serde_json::from_str(&env.out(&["share", "--json", "-o", env.path("vm.box").to_str().unwrap()])).unwrap();
     let other = TestEnv::new();
     other.envy().args(["box", "add"]).arg(env.path("vm.box")).args(["--sha256", shared["sha256"].as_str().unwrap()]).assert().success();
 
@@ -93,7 +78,7 @@ fn a_vm_through_the_cli_with_snapshots_share_and_destroy() {
 
 #[test]
 fn one_envfile_mixes_a_container_and_a_vm() {
-    assert!(nix::unistd::geteuid().is_root(), "this test starts containers: run it as root");
+    require!(need::VMS, need::CONTAINERS);
     let env = TestEnv::new();
     let tiny = common::tiny_vm_box(&env);
     let (busybox, _) = common::build_container_box(&env, "busybox");
@@ -111,17 +96,17 @@ fn one_envfile_mixes_a_container_and_a_vm() {
     .unwrap();
     let _cleanup = common::DestroyOnDrop(&env);
     env.envy().arg("up").assert().success();
-    let s = status(&env);
+    let s = env.status();
     assert_eq!(machine(&s, "web")["state"], "running");
     assert_eq!(machine(&s, "db")["state"], "running");
-    assert_eq!(out(&env, &["exec", "web", "--", "hostname"]).trim(), "web");
-    assert_eq!(out(&env, &["exec", "db", "--", "hostname"]).trim(), "db");
-    assert_eq!(out(&env, &["exec", "db", "--", "cat", "/project/hello.txt"]), "hello VM\n");
+    assert_eq!(env.out(&["exec", "web", "--", "hostname"]).trim(), "web");
+    assert_eq!(env.out(&["exec", "db", "--", "hostname"]).trim(), "db");
+    assert_eq!(env.out(&["exec", "db", "--", "cat", "/project/hello.txt"]), "hello VM\n");
     // One project network: the container and the VM reach each other by name, both ways.
-    out(&env, &["exec", "web", "--", "sh", "-c", "mkdir -p /www && echo from-the-container > /www/index.html && httpd -p 8000 -h /www"]);
-    out(&env, &["exec", "db", "--", "httpd", "-p", "8080", "-h", "/srv/www"]);
-    assert_eq!(out(&env, &["exec", "db", "--", "wget", "-q", "-O", "-", "http://web:8000/"]), "from-the-container\n");
-    assert!(out(&env, &["exec", "web", "--", "wget", "-q", "-O", "-", "http://db:8080/"]).contains("hello from the tiny vm"));
+    env.out(&["exec", "web", "--", "sh", "-c", "mkdir -p /www && echo from-the-container > /www/index.html && httpd -p 8000 -h /www"]);
+    env.out(&["exec", "db", "--", "httpd", "-p", "8080", "-h", "/srv/www"]);
+    assert_eq!(env.out(&["exec", "db", "--", "wget", "-q", "-O", "-", "http://web:8000/"]), "from-the-container\n");
+    assert!(env.out(&["exec", "web", "--", "wget", "-q", "-O", "-", "http://db:8080/"]).contains("hello from the tiny vm"));
     // A command that is not there exits 127, one that cannot be executed 126, in either.
     for machine in ["web", "db"] {
         env.envy().args(["exec", machine, "--", "no-such-command"]).assert().code(127);
@@ -131,30 +116,28 @@ fn one_envfile_mixes_a_container_and_a_vm() {
     }
     // With a sync folder attached (virtiofs here) a VM's snapshot holds its disk only; restoring it rewinds
     // the disk and the machine runs again.
-    out(&env, &["exec", "db", "--", "sh", "-c", "echo before > /root/state; sync"]);
+    env.out(&["exec", "db", "--", "sh", "-c", "echo before > /root/state; sync"]);
     env.envy().args(["snapshot", "save", "db", "disk-only"]).assert().success().stderr(predicates::str::contains("disk only"));
-    out(&env, &["exec", "db", "--", "sh", "-c", "echo after > /root/state; sync"]);
+    env.out(&["exec", "db", "--", "sh", "-c", "echo after > /root/state; sync"]);
     env.envy().args(["snapshot", "restore", "db", "disk-only"]).assert().success();
-    assert_eq!(machine(&status(&env), "db")["state"], "running");
-    assert_eq!(out(&env, &["exec", "db", "--", "cat", "/root/state"]), "before\n");
+    assert_eq!(machine(&env.status(), "db")["state"], "running");
+    assert_eq!(env.out(&["exec", "db", "--", "cat", "/root/state"]), "before\n");
     env.envy().args(["destroy", "--force"]).assert().success();
-    assert_eq!(machine(&status(&env), "db")["state"], "not-created");
+    assert_eq!(machine(&env.status(), "db")["state"], "not-created");
 }
 
 #[test]
 fn a_disk_with_its_own_bootloader_boots_by_firmware_like_a_cloud_image() {
+    require!(need::VMS, [Need::Tool("sfdisk", "fdisk"), Need::Tool("grub-mkimage", "grub-common")]);
     let env = TestEnv::new();
     common::tiny_vm_box(&env);
-    for (tool, package) in [("sfdisk", "fdisk"), ("grub-mkimage", "grub-common")] {
-        common::require_tool(tool, package);
-    }
     // A bare qcow2 with GRUB in its MBR: no kernel beside it, as with a stock cloud image.
     let disk = env.path("cloudlike.qcow2");
     let recipe = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("boxes/recipes/tiny-vm-bios.sh");
     let built = std::process::Command::new(&recipe).arg(&disk).output().unwrap();
     assert!(built.status.success(), "tiny-vm-bios.sh failed: {}", String::from_utf8_lossy(&built.stderr));
     env.envy().args(["box", "add"]).arg(&disk).args(["--name", "cloudlike"]).assert().success();
-    let boxes: serde_json::Value = serde_json::from_str(&out(&env, &["box", "list", "--json"])).unwrap();
+    let boxes: serde_json::Value = serde_json::from_str(&env.out(&["box", "list", "--json"])).unwrap();
     assert!(boxes.to_string().contains("cloudlike"), "{boxes}");
 
     std::fs::write(
@@ -165,15 +148,16 @@ fn a_disk_with_its_own_bootloader_boots_by_firmware_like_a_cloud_image() {
     let _cleanup = common::DestroyOnDrop(&env);
     env.envy().arg("up").assert().success();
     // GRUB, not QEMU's -kernel, started the kernel; the seed named the machine.
-    let cmdline = out(&env, &["exec", "--", "cat", "/proc/cmdline"]);
+    let cmdline = env.out(&["exec", "--", "cat", "/proc/cmdline"]);
     assert!(cmdline.starts_with("BOOT_IMAGE=/boot/vmlinuz-") && cmdline.contains("root=/dev/vda1"), "{cmdline}");
-    assert_eq!(out(&env, &["exec", "--", "hostname"]).trim(), "cloud");
+    assert_eq!(env.out(&["exec", "--", "hostname"]).trim(), "cloud");
     env.envy().args(["destroy", "--force"]).assert().success();
 }
 
 #[test]
 fn several_vms_as_a_user_are_refused_before_anything_is_made() {
-    assert!(nix::unistd::geteuid().is_root(), "this test drops to user nobody: run it as root");
+    // It drops to user nobody.
+    require!(need::VMS, [Need::Root]);
     let env = TestEnv::new();
     let tiny = common::tiny_vm_box(&env);
     let machine = |name: &str| format!("[machine.{name}]\nbox = {{ path = \"{}\" }}\nprovider = \"qemu\"\nmemory = \"256MiB\"\ncpus = 1\n", tiny.display());

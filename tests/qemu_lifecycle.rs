@@ -1,30 +1,17 @@
 //! The qemu provider against real QEMU (TCG) and the tiny test box: the full life
 //! cycle on one machine, then the faults (killed QEMU, taken port, corrupt disk).
 
-#[path = "qemu_support/mod.rs"]
-mod support;
-
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, TcpListener};
 
 use envy::model::{Forward, Protocol};
 use envy::provider::{MachineState, Provider};
-use support::TestMachine;
 
-fn http_get(port: u16) -> String {
-    let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
-    stream.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
-    answer
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap().local_addr().unwrap().port()
-}
+use crate::common::qemu::{tiny_box, TestMachine};
+use crate::common::{free_port, http_get, need, require};
 
 #[test]
 fn up_exec_sync_forward_halt_up_snapshot_destroy() {
+    require!(need::VMS);
     let web_port = free_port();
     let forward = Forward {
         host_ip: Ipv4Addr::LOCALHOST.into(),
@@ -35,7 +22,7 @@ fn up_exec_sync_forward_halt_up_snapshot_destroy() {
     };
     let m = TestMachine::new("web", vec![forward], true);
     std::fs::write(m.project_dir().join("hello.txt"), "a synced project file\n").unwrap();
-    let stored = support::tiny_box();
+    let stored = tiny_box();
 
     assert_eq!(m.provider.state(&m.plan).unwrap(), MachineState::NotCreated);
     m.provider.up(&m.plan, &stored, &m.ui).unwrap();
@@ -64,7 +51,7 @@ fn up_exec_sync_forward_halt_up_snapshot_destroy() {
 
     // A forwarded port answers from the host.
     assert_eq!(m.sh("httpd -p 80 -h /srv/www"), 0);
-    let page = http_get(web_port);
+    let page = http_get(web_port, "/");
     assert!(page.contains("hello from the tiny vm"), "the forward answered {page:?}");
 
     // Graceful halt: the guest powers itself off (its own shutdown message), QEMU exits.
@@ -123,8 +110,9 @@ fn up_exec_sync_forward_halt_up_snapshot_destroy() {
 
 #[test]
 fn killed_qemu_reads_stopped_with_its_log_and_up_recovers_on_another_port() {
+    require!(need::VMS);
     let m = TestMachine::new("crash", vec![], false);
-    let stored = support::tiny_box();
+    let stored = tiny_box();
     m.provider.up(&m.plan, &stored, &m.ui).unwrap();
     let info = m.provider.info(&m.plan).unwrap();
     let (pid, old_port) = (info.pid.unwrap(), info.ssh_port.unwrap());
@@ -180,8 +168,9 @@ fn killed_qemu_reads_stopped_with_its_log_and_up_recovers_on_another_port() {
 
 #[test]
 fn a_corrupt_box_disk_is_a_clear_error_that_leaves_nothing() {
+    require!(need::VMS);
     let m = TestMachine::new("corrupt", vec![], false);
-    let good = support::tiny_box();
+    let good = tiny_box();
     let bad_dir = m.tmp.path().join("bad-box");
     std::fs::create_dir_all(&bad_dir).unwrap();
     for file in good.manifest.files.keys() {
@@ -213,6 +202,7 @@ fn assert_nothing_left(m: &TestMachine) {
 
 #[test]
 fn a_taken_forward_port_is_a_clear_error_that_leaves_nothing() {
+    require!(need::VMS);
     let squatter = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
     let port = squatter.local_addr().unwrap().port();
     let forward = Forward {
@@ -223,17 +213,18 @@ fn a_taken_forward_port_is_a_clear_error_that_leaves_nothing() {
         auto: false,
     };
     let m = TestMachine::new("busy", vec![forward], false);
-    let err = m.provider.up(&m.plan, &support::tiny_box(), &m.ui).unwrap_err().to_string();
+    let err = m.provider.up(&m.plan, &tiny_box(), &m.ui).unwrap_err().to_string();
     assert!(err.contains(&format!("host port 127.0.0.1:{port} (forward to port 80 of machine busy) is in use")), "{err}");
     assert_nothing_left(&m);
 }
 
 #[test]
 fn a_missing_sync_folder_is_a_clear_error_that_leaves_nothing() {
+    require!(need::VMS);
     let mut m = TestMachine::new("nosync", vec![], true);
     let missing = m.project_dir().join("not-there");
     m.plan.spec.sync[0].host = missing.clone();
-    let err = m.provider.up(&m.plan, &support::tiny_box(), &m.ui).unwrap_err().to_string();
+    let err = m.provider.up(&m.plan, &tiny_box(), &m.ui).unwrap_err().to_string();
     assert!(err.contains(&format!("machine nosync: sync folder {}: does not exist", missing.display())), "{err}");
     assert_nothing_left(&m);
 }

@@ -2,23 +2,23 @@
 //! the project's bridge, inside the project's network namespace), while each keeps its
 //! own NAT and SSH; and nothing on the host can join that segment.
 
-#[path = "qemu_support/mod.rs"]
-mod support;
-
 use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, TcpStream, UdpSocket};
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use envy::provider::Provider;
-use support::TestMachine;
+
+use crate::common::qemu::{tiny_box, TestMachine};
+use crate::common::{need, require, Need};
 
 #[test]
 fn machines_of_a_project_reach_each_other_by_name_and_the_host_cannot_join() {
-    assert!(nix::unistd::geteuid().is_root(), "the project network is a network namespace: run this test as root");
+    // The project network is a network namespace.
+    require!(need::VMS, [Need::Root, Need::Tool("ip", "iproute2"), Need::Tool("ssh-keygen", "openssh-client")]);
     let mut web = TestMachine::new("web", vec![], false);
     let db = web.peer("db");
-    let stored = support::tiny_box();
+    let stored = tiny_box();
 
     // Where the old design met: a loopback multicast group any local process could join.
     let id = u32::from_str_radix(&web.plan.project.id, 16).unwrap();

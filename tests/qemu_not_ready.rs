@@ -1,21 +1,21 @@
 //! A guest that never answers SSH: `up` gives up with a NotReady error carrying the
 //! console's last lines, and leaves no QEMU running. A boot that visibly cannot go on
 //! (a kernel panic) fails as soon as the console shows it; one that just stays silent
-//! fails after ENVY_BOOT_TIMEOUT. (Its own test binary, one test: it sets
-//! ENVY_BOOT_TIMEOUT for the whole process, between its two cases.)
-
-#[path = "qemu_support/mod.rs"]
-mod support;
+//! fails after ENVY_BOOT_TIMEOUT (given to the `envy` process it runs: the test
+//! threads share this process's environment, so no test sets a variable in it).
 
 use envy::provider::{MachineState, Provider};
-use support::TestMachine;
+
+use crate::common::qemu::{qemu_processes, tiny_box, with_cmdline, TestMachine, GOOD_CMDLINE};
+use crate::common::{need, require, tiny_vm_box_with_cmdline, DestroyOnDrop, TestEnv};
 
 #[test]
-fn a_guest_without_ssh_is_not_ready_and_shows_its_console() {
+fn a_guest_whose_kernel_panics_is_not_ready_at_once_and_shows_its_console() {
+    require!(need::VMS);
     // The initramfs hands over to /bin/false: the kernel panics, SSH never comes. The
     // default boot timeout (300 s) applies: the failure comes from the console.
     let m = TestMachine::new("mute", vec![], false);
-    let stored = support::with_cmdline(support::tiny_box(), &format!("{} init=/bin/false", support::GOOD_CMDLINE));
+    let stored = with_cmdline(tiny_box(), &format!("{GOOD_CMDLINE} init=/bin/false"));
     let err = m.provider.up(&m.plan, &stored, &m.ui).unwrap_err();
     let text = format!("{err:#}");
     assert!(text.contains("machine mute did not become ready within"), "{text}");
@@ -24,15 +24,27 @@ fn a_guest_without_ssh_is_not_ready_and_shows_its_console() {
     assert!(matches!(err.downcast_ref::<envy::provider::Error>(), Some(envy::provider::Error::NotReady { .. })));
     assert_eq!(m.qemu_processes(), 0, "QEMU was left running");
     assert_eq!(m.provider.state(&m.plan).unwrap(), MachineState::Stopped);
+}
 
+#[test]
+fn a_silent_guest_is_not_ready_after_the_boot_timeout() {
+    require!(need::VMS);
     // A shell on the console instead of an SSH server: nothing says it is stuck, so
     // the wait ends at the boot timeout.
-    std::env::set_var("ENVY_BOOT_TIMEOUT", "20");
-    let m = TestMachine::new("silent", vec![], false);
-    let stored = support::with_cmdline(support::tiny_box(), &format!("{} init=/bin/sh", support::GOOD_CMDLINE));
-    let err = m.provider.up(&m.plan, &stored, &m.ui).unwrap_err();
-    let text = format!("{err:#}");
-    assert!(text.contains("machine silent did not become ready within 2"), "{text}");
-    assert!(text.contains("SSH on 127.0.0.1") && text.contains("never answered"), "{text}");
-    assert_eq!(m.qemu_processes(), 0, "QEMU was left running");
+    let env = TestEnv::new();
+    let _cleanup = DestroyOnDrop(&env);
+    let silent = tiny_vm_box_with_cmdline(&env, "init=/bin/sh");
+    std::fs::write(
+        env.project.join("Envfile"),
+        format!("[machine.silent]\nbox = {{ path = \"{}\" }}\nprovider = \"qemu\"\nmemory = \"256MiB\"\ncpus = 1\n", silent.display()),
+    )
+    .unwrap();
+    let out = env.envy().env("ENVY_BOOT_TIMEOUT", "20").arg("up").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(err.contains("machine silent did not become ready within 2"), "{err}");
+    assert!(err.contains("SSH on 127.0.0.1") && err.contains("never answered"), "{err}");
+    let runtime_id = format!("envy-{}-silent", envy::plan::project_id(&env.project));
+    assert_eq!(qemu_processes(&runtime_id), 0, "QEMU was left running");
+    assert_eq!(env.status()["machines"][0]["state"], "stopped");
 }

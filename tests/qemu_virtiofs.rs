@@ -3,19 +3,10 @@
 //! guest and guest writes on the host, `envy status` says which is used, and halt stops
 //! the virtiofsd. Under TCG (ENVY_ACCEL=tcg), with the tiny VM box.
 
-mod common;
-
-use common::TestEnv;
-
-fn out(env: &TestEnv, args: &[&str]) -> String {
-    let out = env.envy().args(args).output().unwrap();
-    assert!(out.status.success(), "envy {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
+use crate::common::{self, need, require, Need, TestEnv};
 
 fn vm_status(env: &TestEnv) -> serde_json::Value {
-    let status: serde_json::Value = serde_json::from_str(&out(env, &["status", "--json"])).unwrap();
-    status["machines"][0].clone()
+    env.status()["machines"][0].clone()
 }
 
 /// Virtiofsd processes serving this test's machine (by their socket in its state).
@@ -47,27 +38,24 @@ fn sync_both_ways(env: &TestEnv, virtiofsd: &str, transport: &str) {
     env.envy().env("ENVY_VIRTIOFSD", virtiofsd).arg("up").assert().success();
     let vm = vm_status(env);
     assert_eq!(vm["sync_transport"], serde_json::json!([transport]), "{vm}");
-    assert!(out(env, &["status"]).contains(&format!("sync folders over {transport}")));
-    let mounts = out(env, &["exec", "--", "cat", "/proc/mounts"]);
+    assert!(env.out(&["status"]).contains(&format!("sync folders over {transport}")));
+    let mounts = env.out(&["exec", "--", "cat", "/proc/mounts"]);
     let fstype = if transport == "9p" { "9p" } else { "virtiofs" };
     assert!(mounts.lines().any(|l| l.contains(" /project ") && l.contains(&format!(" {fstype} "))), "{mounts}");
 
     std::fs::write(env.project.join("from-host.txt"), "written on the host\n").unwrap();
-    assert_eq!(out(env, &["exec", "--", "cat", "/project/from-host.txt"]), "written on the host\n");
-    out(env, &["exec", "--", "sh", "-c", "mkdir -p /project/sub && echo written in the guest > /project/sub/from-guest.txt"]);
+    assert_eq!(env.out(&["exec", "--", "cat", "/project/from-host.txt"]), "written on the host\n");
+    env.out(&["exec", "--", "sh", "-c", "mkdir -p /project/sub && echo written in the guest > /project/sub/from-guest.txt"]);
     assert_eq!(std::fs::read_to_string(env.project.join("sub/from-guest.txt")).unwrap(), "written in the guest\n");
     std::fs::write(env.project.join("from-host.txt"), "changed on the host\n").unwrap();
     // cache=auto lets the guest keep attributes for a second.
     std::thread::sleep(std::time::Duration::from_millis(1500));
-    assert_eq!(out(env, &["exec", "--", "cat", "/project/from-host.txt"]), "changed on the host\n");
+    assert_eq!(env.out(&["exec", "--", "cat", "/project/from-host.txt"]), "changed on the host\n");
 }
 
 #[test]
 fn a_virtiofs_sync_folder_works_both_ways_and_its_virtiofsd_stops_with_the_machine() {
-    assert!(
-        std::path::Path::new("/usr/lib/qemu/virtiofsd").exists(),
-        "this test needs virtiofsd: apt-get install qemu-system-common (scripts/deps.sh does)"
-    );
+    require!(need::VMS, [Need::Tool("/usr/lib/qemu/virtiofsd", "qemu-system-common")]);
     let env = TestEnv::new();
     let _cleanup = common::DestroyOnDrop(&env);
     sync_both_ways(&env, "/usr/lib/qemu/virtiofsd", "virtiofs");
@@ -78,9 +66,9 @@ fn a_virtiofs_sync_folder_works_both_ways_and_its_virtiofsd_stops_with_the_machi
     let saved = env.envy().args(["snapshot", "save", "s1"]).output().unwrap();
     assert!(saved.status.success(), "{}", String::from_utf8_lossy(&saved.stderr));
     assert!(String::from_utf8_lossy(&saved.stderr).contains("holds its disk only"), "{}", String::from_utf8_lossy(&saved.stderr));
-    let list: serde_json::Value = serde_json::from_str(&out(&env, &["snapshot", "list", "--json"])).unwrap();
+    let list: serde_json::Value = serde_json::from_str(&env.out(&["snapshot", "list", "--json"])).unwrap();
     assert_eq!(list["snapshots"][0]["memory"], false);
-    assert_eq!(out(&env, &["exec", "--", "cat", "/project/from-host.txt"]), "changed on the host\n", "the machine runs on");
+    assert_eq!(env.out(&["exec", "--", "cat", "/project/from-host.txt"]), "changed on the host\n", "the machine runs on");
 
     env.envy().arg("halt").assert().success();
     assert!(virtiofsd_pids(&env).is_empty(), "halt stops virtiofsd");
@@ -89,6 +77,7 @@ fn a_virtiofs_sync_folder_works_both_ways_and_its_virtiofsd_stops_with_the_machi
 
 #[test]
 fn without_virtiofsd_the_sync_folder_uses_9p_and_status_says_so() {
+    require!(need::VMS);
     let env = TestEnv::new();
     let _cleanup = common::DestroyOnDrop(&env);
     sync_both_ways(&env, "none", "9p");

@@ -3,12 +3,10 @@
 //! ready, CMD's exit code passed through, and nothing left behind — also on SIGTERM,
 //! and with two runs in one folder at once. Also the `ready` check of `envy up`.
 
-mod common;
-
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use common::TestEnv;
+use crate::common::{self, free_port, need, netns_names, require, runc_containers, TestEnv};
 
 /// db serves /project/db over HTTP once provisioned; web finds it by name.
 const ENVFILE: &str = r#"[defaults]
@@ -29,14 +27,11 @@ struct Project {
 }
 
 impl Project {
+    /// A project of `envfile`; its tests require `need::CONTAINERS`.
     fn new(envfile: &str) -> Project {
-        assert!(nix::unistd::geteuid().is_root(), "these tests start containers: run them as root");
-        for (tool, package) in [("runc", "runc"), ("slirp4netns", "slirp4netns"), ("ip", "iproute2")] {
-            common::require_tool(tool, package);
-        }
         let env = TestEnv::new();
         let (box_path, _) = common::build_container_box(&env, "busybox");
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = free_port();
         let envfile = envfile.replace("BOX", &box_path.display().to_string()).replace("PORT", &port.to_string());
         std::fs::write(env.project.join("Envfile"), envfile).unwrap();
         std::fs::create_dir_all(env.project.join("db")).unwrap();
@@ -54,18 +49,16 @@ impl Project {
         let env = &self.env;
         let dev = format!("envy-{}", envy::plan::project_id(&env.project));
         assert_eq!(env.run_leftovers(), Vec::<String>::new(), "a run's state is left");
-        let runc = Command::new("runc").arg("--root").arg(env.home.join("run/runc")).args(["list", "-q"]).output().unwrap();
-        let containers = String::from_utf8_lossy(&runc.stdout).into_owned();
-        assert!(containers.lines().all(|c| c.starts_with(&dev)), "a run's container is left: {containers}");
+        let containers = runc_containers(&env.home);
+        assert!(containers.iter().all(|c| c.starts_with(&dev)), "a run's container is left: {containers:?}");
         let own = env.state_dir().to_string_lossy().into_owned();
         let left: Vec<String> = common::mounts_below(&env.home).into_iter().filter(|m| !m.starts_with(&own)).collect();
         assert!(left.is_empty(), "a run's mount is left: {left:?}");
         let networks = common::list_dir(&env.home.join("run/net"));
         assert!(networks.iter().all(|n| dev.ends_with(n.as_str())), "a run's network is left: {networks:?}");
-        let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
-        let netns = String::from_utf8_lossy(&netns.stdout).into_owned();
+        let netns = netns_names();
         for id in run_ids {
-            assert!(!netns.contains(&format!("envy-{id}")), "the network namespace of run {id} is left: {netns}");
+            assert!(!netns.iter().any(|n| n.contains(&format!("envy-{id}"))), "the network namespace of run {id} is left: {netns:?}");
         }
     }
 }
@@ -86,6 +79,7 @@ fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
 
 #[test]
 fn a_replica_runs_cmd_in_the_named_machine_and_leaves_the_developers_machines_alone() {
+    require!(need::CONTAINERS);
     let p = Project::new(ENVFILE);
     let _cleanup = common::DestroyOnDrop(&p.env);
     // The developer's own machines are up, holding web's host port.
@@ -120,16 +114,14 @@ fn a_replica_runs_cmd_in_the_named_machine_and_leaves_the_developers_machines_al
 
 #[test]
 fn sigterm_mid_run_destroys_every_machine_of_the_run() {
+    require!(need::CONTAINERS);
     let p = Project::new(ENVFILE);
     // SIGTERM to envy alone, as a CI runner cancelling a job sends it.
     let mut child = p.env.envy_std().args(["run", "--", "sleep", "300"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-    let runc_root = p.env.home.join("run/runc");
     let mut id = None;
     for _ in 0..600 {
-        let out = Command::new("runc").arg("--root").arg(&runc_root).args(["list", "-q"]).output().unwrap();
-        let list = String::from_utf8_lossy(&out.stdout).into_owned();
         // Both machines run: CMD is about to start or running.
-        if list.lines().count() == 2 {
+        if runc_containers(&p.env.home).len() == 2 {
             id = common::list_dir(&p.env.home.join("projects")).into_iter().find_map(|n| n.strip_prefix("run-").map(str::to_string));
             break;
         }
@@ -148,6 +140,7 @@ fn sigterm_mid_run_destroys_every_machine_of_the_run() {
 
 #[test]
 fn a_ready_check_that_never_passes_fails_with_its_own_message() {
+    require!(need::CONTAINERS);
     let p = Project::new(&ENVFILE.replace("ready = { tcp = 7000, timeout = \"30s\" }", "ready = { cmd = \"test -e /never\", timeout = \"3s\" }"));
     let _cleanup = common::DestroyOnDrop(&p.env);
     let expected = "machine db is not ready after 3s: its ready check (`test -e /never`) still fails (last exit code 1)";
@@ -165,6 +158,7 @@ fn a_ready_check_that_never_passes_fails_with_its_own_message() {
 
 #[test]
 fn two_runs_at_once_in_one_folder_do_not_meet() {
+    require!(need::CONTAINERS);
     let p = Project::new(ENVFILE);
     let start = |marker: &str| {
         p.env
@@ -187,6 +181,7 @@ fn two_runs_at_once_in_one_folder_do_not_meet() {
 
 #[test]
 fn ctrl_c_during_a_box_download_stops_the_run_at_once_and_keeps_what_arrived() {
+    require!(need::CONTAINERS);
     let p = Project::new("[defaults]\nbox = { url = \"URL\", sha256 = \"SHA\" }\n");
     let (box_path, digest) = common::build_container_box(&p.env, "slow");
     let server = common::http::Server::start();

@@ -3,13 +3,11 @@
 //! ends with the same checks: a canary folder on the host is byte-for-byte as it was,
 //! and nothing of the test is left mounted. See docs/security.md.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use common::{DestroyOnDrop, TestEnv};
+use crate::common::{self, need, require, DestroyOnDrop, TestEnv};
 
 /// A host folder the guest must never reach: what it holds, to compare after an attack.
 struct Canary {
@@ -58,8 +56,8 @@ struct Attack {
 }
 
 impl Attack {
+    /// An attack on a project of `envfile`; its tests require `need::CONTAINERS`.
     fn new(envfile: &str) -> Attack {
-        common::require_container_host();
         let env = TestEnv::new();
         let (box_path, _) = common::build_container_box(&env, "busybox");
         let canary = Canary::new(&env);
@@ -102,6 +100,7 @@ impl Attack {
 
 #[test]
 fn envys_state_is_out_of_the_guests_reach_and_a_planted_state_dir_does_nothing() {
+    require!(need::CONTAINERS);
     let a = Attack::new("[defaults]\nbox = { path = \"BOX\" }\nsync = [\".:/project\"]\n[machine.a]\n[machine.b]\n");
     let _cleanup = DestroyOnDrop(&a.env);
     a.envy().args(["up", "a"]).assert().success();
@@ -123,6 +122,7 @@ fn envys_state_is_out_of_the_guests_reach_and_a_planted_state_dir_does_nothing()
 
 #[test]
 fn a_symlink_in_envys_own_state_is_refused_not_followed() {
+    require!(need::CONTAINERS);
     let a = Attack::new("[defaults]\nbox = { path = \"BOX\" }\n");
     let _cleanup = DestroyOnDrop(&a.env);
     a.envy().arg("up").assert().success();
@@ -142,6 +142,7 @@ fn a_symlink_in_envys_own_state_is_refused_not_followed() {
 
 #[test]
 fn the_lower_layer_and_snapshots_come_from_records_the_guest_cannot_reach() {
+    require!(need::CONTAINERS);
     let a = Attack::new("[defaults]\nbox = { path = \"BOX\" }\nsync = [\".:/project\"]\n");
     let _cleanup = DestroyOnDrop(&a.env);
     a.envy().arg("up").assert().success();
@@ -171,6 +172,7 @@ fn the_lower_layer_and_snapshots_come_from_records_the_guest_cannot_reach() {
 
 #[test]
 fn sync_folders_that_resolve_outside_the_project_are_refused() {
+    require!(need::CONTAINERS);
     // A folder symlink and a file symlink in the project, both pointing out of it.
     let a = Attack::new("[defaults]\nbox = { path = \"BOX\" }\nsync = [\"outlink:/x\"]\n");
     std::os::unix::fs::symlink(&a.canary.dir, a.env.project.join("outlink")).unwrap();
@@ -194,6 +196,7 @@ fn common_box(a: &Attack) -> String {
 
 #[test]
 fn a_synced_folder_the_guest_swaps_for_a_symlink_is_refused_at_reload() {
+    require!(need::CONTAINERS);
     let a = Attack::new("[defaults]\nbox = { path = \"BOX\" }\nsync = [\".:/project\", \"data:/data\"]\n");
     let _cleanup = DestroyOnDrop(&a.env);
     std::fs::create_dir(a.env.project.join("data")).unwrap();
@@ -208,6 +211,7 @@ fn a_synced_folder_the_guest_swaps_for_a_symlink_is_refused_at_reload() {
 
 #[test]
 fn the_guest_cannot_rewrite_the_envfile_that_decides_what_it_sees() {
+    require!(need::CONTAINERS);
     let a = Attack::new("[defaults]\nbox = { path = \"BOX\" }\nsync = [\".:/project\"]\n");
     let _cleanup = DestroyOnDrop(&a.env);
     a.envy().arg("up").assert().success();
@@ -228,6 +232,7 @@ fn the_guest_cannot_rewrite_the_envfile_that_decides_what_it_sees() {
 
 #[test]
 fn provision_scripts_are_read_only_from_inside_the_project() {
+    require!(need::CONTAINERS);
     // Named outside the project: refused when the Envfile is read.
     let a = Attack::new("[defaults]\nbox = { path = \"BOX\" }\nprovision = [{ script = \"../canary/secret\" }]\n");
     let (code, err) = a.fails(&["up"]);
@@ -272,6 +277,7 @@ fn provision_scripts_are_read_only_from_inside_the_project() {
 
 #[test]
 fn a_vm_sees_no_state_of_envys_and_cannot_swap_a_synced_folder_out_of_the_project() {
+    require!(need::VMS);
     let env = TestEnv::new();
     let tiny = common::tiny_vm_box(&env);
     let canary = Canary::new(&env);
@@ -307,6 +313,7 @@ fn a_vm_sees_no_state_of_envys_and_cannot_swap_a_synced_folder_out_of_the_projec
 
 #[test]
 fn provision_files_come_only_from_the_project_and_land_only_in_the_guest() {
+    require!(need::CONTAINERS);
     // A source named outside the project: refused when the Envfile is read.
     let a = Attack::new("[defaults]\nbox = { path = \"BOX\" }\nprovision = [{ file = \"../canary/secret\", to = \"/root/secret\" }]\n");
     let (code, err) = a.fails(&["up"]);

@@ -2,12 +2,10 @@
 //! ENVY_HOME), and a tampered box refused by digest. Container provider; the VM case
 //! lives with the QEMU tests.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
-use common::TestEnv;
+use crate::common::{self, need, require, TestEnv};
 
 /// A running `envy share --serve` whose server stops (Ctrl-C) when dropped.
 struct Sharing {
@@ -48,8 +46,7 @@ impl Drop for Sharing {
 
 #[test]
 fn a_teammate_gets_the_shared_state_and_a_tampered_box_is_refused() {
-    assert!(nix::unistd::geteuid().is_root(), "the share tests start containers: run them as root");
-    common::require_tool("runc", "runc");
+    require!(need::CONTAINERS);
     let me = TestEnv::new();
     let (box_path, _) = common::build_container_box(&me, "busybox");
     std::fs::write(
@@ -102,7 +99,7 @@ fn a_teammate_gets_the_shared_state_and_a_tampered_box_is_refused() {
 
 #[test]
 fn share_without_serve_writes_a_box_that_box_add_accepts() {
-    assert!(nix::unistd::geteuid().is_root(), "the share tests start containers: run them as root");
+    require!(need::CONTAINERS);
     let env = TestEnv::new();
     let (box_path, _) = common::build_container_box(&env, "busybox");
     std::fs::write(env.project.join("Envfile"), format!("[defaults]\nbox = {{ path = \"{}\" }}\n", box_path.display())).unwrap();

@@ -2,11 +2,10 @@
 //! Envfile is read back with envy's own parser and checked key by key, what was not
 //! converted is reported with its Vagrantfile line, and one result is brought up.
 
-mod common;
-
-use common::TestEnv;
 use envy::envfile::{self, Envfile, MachineSpec, ProvisionAction};
 use envy::model::{BoxRef, Protocol};
+
+use crate::common::{self, need, require, TestEnv};
 
 /// A project holding `vagrantfile` (and empty `files`), converted by the real binary.
 struct Converted {
@@ -437,10 +436,7 @@ fn a_vagrantfile_without_configure_or_at_all_is_refused_and_nothing_is_written()
 
 #[test]
 fn a_converted_docker_project_comes_up_as_a_container() {
-    assert!(nix::unistd::geteuid().is_root(), "this test starts a container: run it as root");
-    for (tool, package) in [("runc", "runc"), ("slirp4netns", "slirp4netns"), ("ip", "iproute2")] {
-        common::require_tool(tool, package);
-    }
+    require!(need::CONTAINERS);
     let c = convert(DOCKER_VAGRANTFILE, &["site/index.html"]);
     let env = &c.env;
     // The catalog name the conversion chose is served by a busybox box added under it.

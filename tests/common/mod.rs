@@ -1,18 +1,27 @@
-//! Shared fixtures for envy's integration tests: a temp ENVY_HOME and project, the
-//! real `envy` binary, a small real HTTP/1.1 server on 127.0.0.1 that can inject
-//! faults, and boxes built from busybox.
-// Each test binary uses a different subset of these helpers.
-#![allow(dead_code, unused_imports)]
+//! Shared fixtures for envy's integration tests (one copy of each, for the one test
+//! binary): a temp ENVY_HOME and project, the real `envy` binary, a small real HTTP/1.1
+//! server on 127.0.0.1 that can inject faults, boxes built from busybox, and what a test
+//! needs from the host (`need`, the two tiers).
 
+pub mod container;
 pub mod http;
+pub mod need;
+pub mod qemu;
 pub mod registry;
 
+use std::io::{Read as _, Write as _};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command as StdCommand;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
+use envy::ui::Ui;
 use sha2::{Digest, Sha256};
 
 pub use http::{Fault, Server};
+pub(crate) use need::require;
+pub use need::Need;
 
 /// A temp dir holding an ENVY_HOME and a project folder; removed on drop.
 pub struct TestEnv {
@@ -53,6 +62,18 @@ impl TestEnv {
             .env("ENVY_ACCEL", "tcg")
             .current_dir(&self.project);
         cmd
+    }
+
+    /// stdout of an envy command that must succeed (its stderr in the panic otherwise).
+    pub fn out(&self, args: &[&str]) -> String {
+        let out = self.envy().args(args).output().unwrap();
+        assert!(out.status.success(), "envy {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// `envy status --json`.
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::from_str(&self.out(&["status", "--json"])).unwrap()
     }
 
     /// envy's state for the project (under ENVY_HOME, out of every machine's reach).
@@ -119,28 +140,76 @@ pub fn mounts_below(root: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Root, runc, slirp4netns and ip: what every test that starts a container needs;
-/// panics with install advice when one is missing (tests never skip silently).
-pub fn require_container_host() {
-    assert!(nix::unistd::geteuid().is_root(), "this test starts containers and network namespaces: run it as root");
-    for (tool, package) in [("runc", "runc"), ("slirp4netns", "slirp4netns"), ("ip", "iproute2")] {
-        require_tool(tool, package);
+/// Container ids runc knows under the ENVY_HOME `home` (whoever started them).
+pub fn runc_containers(home: &Path) -> Vec<String> {
+    let root = envy::state::Home::at(home).runtime_dir().join("runc");
+    let out = StdCommand::new("runc").arg("--root").arg(root).args(["list", "-q"]).output().expect("run runc list");
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+}
+
+/// Names of the host's network namespaces (`ip netns list`).
+pub fn netns_names() -> Vec<String> {
+    let out = StdCommand::new("ip").args(["netns", "list"]).output().expect("run ip netns list");
+    String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.split_whitespace().next()).map(str::to_string).collect()
+}
+
+/// A machine's entry in `envy status --json`.
+pub fn machine<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    status["machines"].as_array().unwrap().iter().find(|m| m["name"] == name).unwrap_or_else(|| panic!("no machine {name} in {status}"))
+}
+
+/// A UI that prints nothing and never asks, for calling envy's library directly.
+pub fn quiet_ui() -> Ui {
+    Ui { interactive: false, fancy: false, json: false, quiet: true }
+}
+
+/// A TCP port free on 127.0.0.1 right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// One GET of `path` from 127.0.0.1:`port`: the body of a 200 answer, or why not.
+pub fn http_try(port: u16, path: &str) -> Result<String, String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes()).map_err(|e| e.to_string())?;
+    let mut reply = Vec::new();
+    stream.read_to_end(&mut reply).map_err(|e| e.to_string())?;
+    let reply = String::from_utf8_lossy(&reply).into_owned();
+    match reply.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200") => Ok(body.to_string()),
+        _ => Err(format!("reply: {reply:?}")),
     }
 }
 
-/// Panics with install advice when a host tool is missing (tests never skip silently).
-pub fn require_tool(tool: &str, package: &str) {
-    let found = std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).any(|p| p.join(tool).is_file()))
-        .unwrap_or(false);
-    assert!(found, "this test needs `{tool}`; install it with `apt-get install {package}`");
+/// The body of GET `path` from 127.0.0.1:`port`, retried while the server behind it
+/// starts (bounded, generously); panics with the last failure when no 200 comes.
+pub fn http_get(port: u16, path: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match http_try(port, path) {
+            Ok(body) => return body,
+            Err(why) => assert!(Instant::now() < deadline, "no 200 for GET {path} on 127.0.0.1:{port}: {why}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Polls `check` until it holds, for state that settles asynchronously; panics after a
+/// minute (generous: a failing test is the only one that waits that long).
+pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Makes a minimal root filesystem in `dir` from /bin/busybox (busybox-static): every
-/// applet linked, root in /etc/passwd, and /etc/box-release to recognise it by.
+/// applet linked, root in /etc/passwd, and /etc/box-release to recognise it by. Tests
+/// that call it require `need::BUSYBOX`.
 pub fn busybox_rootfs(dir: &Path) {
     let busybox = Path::new("/bin/busybox");
-    assert!(busybox.is_file(), "this test needs /bin/busybox; install it with `apt-get install busybox-static`");
     for sub in ["bin", "sbin", "usr/bin", "usr/sbin", "etc", "root", "tmp", "proc", "sys", "dev", "var/www"] {
         std::fs::create_dir_all(dir.join(sub)).unwrap();
     }
@@ -178,33 +247,46 @@ pub fn build_container_box(env: &TestEnv, name: &str) -> (PathBuf, String) {
 
 /// The tiny VM box (busybox + dropbear + a Debian kernel, boots to SSH in seconds under
 /// TCG): its root filesystem from boxes/recipes/tiny-vm.sh, made into a box by
-/// `envy box build --kind qemu`. Cached under target/ by the recipe's content.
+/// `envy box build --kind qemu`. Cached under target/ by the recipe's content. Tests
+/// that call it require `need::VMS`.
 pub fn tiny_vm_box(env: &TestEnv) -> PathBuf {
-    for (tool, package) in [
-        ("qemu-system-x86_64", "qemu-system-x86"),
-        ("qemu-img", "qemu-utils"),
-        ("mkfs.ext4", "e2fsprogs"),
-        ("dropbear", "dropbear-bin"),
-        ("ssh", "openssh-client"),
-    ] {
-        require_tool(tool, package);
-    }
-    let recipe = Path::new(env!("CARGO_MANIFEST_DIR")).join("boxes/recipes/tiny-vm.sh");
-    let out = StdCommand::new(&recipe).output().expect("run boxes/recipes/tiny-vm.sh");
-    assert!(out.status.success(), "tiny-vm.sh failed: {}", String::from_utf8_lossy(&out.stderr));
-    let rootfs = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+    let rootfs = tiny_vm_rootfs();
     let built = rootfs.with_file_name("tiny-vm.box");
+    // One build at a time in this process (its test threads share the box); other
+    // processes may race, so it is built under a unique name and renamed.
+    static BUILDING: Mutex<()> = Mutex::new(());
+    let _one = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
     if !built.exists() {
-        // Built beside the rootfs under a unique name, then renamed: parallel tests may race.
         let partial = rootfs.with_file_name(format!("tiny-vm.box.{}", std::process::id()));
-        env.envy()
-            .args(["box", "build", "--kind", "qemu", "--name", "tiny-vm", "--version", "1", "--rootfs"])
-            .arg(&rootfs)
-            .arg("-o")
-            .arg(&partial)
-            .assert()
-            .success();
+        build_vm_box(env, &rootfs, &partial, None);
         std::fs::rename(&partial, &built).unwrap();
     }
     built
+}
+
+/// The tiny VM box with `extra` appended to its kernel command line, built in the
+/// test's temp dir. Tests that call it require `need::VMS`.
+pub fn tiny_vm_box_with_cmdline(env: &TestEnv, extra: &str) -> PathBuf {
+    let out = env.path("tiny-vm-cmdline.box");
+    build_vm_box(env, &tiny_vm_rootfs(), &out, Some(extra));
+    out
+}
+
+/// The tiny VM's root filesystem, from boxes/recipes/tiny-vm.sh (which caches it).
+fn tiny_vm_rootfs() -> PathBuf {
+    let recipe = Path::new(env!("CARGO_MANIFEST_DIR")).join("boxes/recipes/tiny-vm.sh");
+    let out = StdCommand::new(&recipe).output().expect("run boxes/recipes/tiny-vm.sh");
+    assert!(out.status.success(), "tiny-vm.sh failed: {}", String::from_utf8_lossy(&out.stderr));
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+/// `envy box build --kind qemu` of `rootfs` into `out`, with `cmdline` added to the
+/// kernel's.
+fn build_vm_box(env: &TestEnv, rootfs: &Path, out: &Path, cmdline: Option<&str>) {
+    let mut build = env.envy();
+    build.args(["box", "build", "--kind", "qemu", "--name", "tiny-vm", "--version", "1", "--rootfs"]).arg(rootfs).arg("-o").arg(out);
+    if let Some(extra) = cmdline {
+        build.args(["--cmdline", extra]);
+    }
+    build.assert().success();
 }

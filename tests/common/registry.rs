@@ -1,13 +1,26 @@
 //! A real OCI registry for tests (Debian's docker-registry, the CNCF distribution
 //! registry) on a free 127.0.0.1 port with its own storage, optionally behind htpasswd;
 //! and images made by the real tools: umoci builds OCI layouts, skopeo pushes them.
+//! Tests using it require `REGISTRY` (and `WITH_PASSWORDS` or `WITH_TOKENS`).
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::require_tool;
+use super::{free_port, Need};
+
+/// The registry, and the tools that make and push images, with busybox for their rootfs.
+pub const REGISTRY: &[Need] = &[
+    Need::Tool("docker-registry", "docker-registry"),
+    Need::Tool("umoci", "umoci"),
+    Need::Tool("skopeo", "skopeo"),
+    Need::Tool("busybox", "busybox-static"),
+];
+/// A registry behind htpasswd (`Registry::start` with credentials).
+pub const WITH_PASSWORDS: &[Need] = &[Need::Tool("htpasswd", "apache2-utils")];
+/// A registry behind Bearer tokens (`Registry::start_with_tokens`).
+pub const WITH_TOKENS: &[Need] = &[Need::Tool("openssl", "openssl")];
 
 /// A running registry; killed when dropped.
 pub struct Registry {
@@ -37,10 +50,9 @@ impl Registry {
     }
 
     fn launch(creds: Option<&str>, tokens: bool) -> Registry {
-        require_tool("docker-registry", "docker-registry");
         let dir = tempfile::Builder::new().prefix("envy-registry-").tempdir().unwrap();
         let storage = dir.path().join("storage");
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = free_port();
         let mut config = format!(
             "version: 0.1\nlog: {{level: error}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\n  delete: {{enabled: true}}\nhttp:\n  addr: 127.0.0.1:{port}\n",
             storage.display()
@@ -55,7 +67,6 @@ impl Registry {
             server
         });
         if let Some(creds) = creds {
-            require_tool("htpasswd", "apache2-utils");
             let (user, password) = creds.split_once(':').unwrap();
             let out = Command::new("htpasswd").args(["-Bbn", user, password]).output().unwrap();
             assert!(out.status.success());
@@ -86,7 +97,6 @@ impl Registry {
     /// Pushes `layout:tag` (an OCI layout) to `repo:dest_tag` with skopeo; `extra` are
     /// more skopeo flags (`--all`, `--dest-compress-format zstd`).
     pub fn push(&self, layout: &Path, tag: &str, repo_tag: &str, extra: &[&str]) {
-        require_tool("skopeo", "skopeo");
         let mut cmd = Command::new("skopeo");
         cmd.args(["copy", "--quiet", "--dest-tls-verify=false"]).args(extra);
         if let Some(c) = &self.creds {
@@ -115,7 +125,6 @@ impl Drop for Registry {
 
 /// Runs umoci with `args`, panicking with its stderr on failure.
 pub fn umoci(args: &[&str]) {
-    require_tool("umoci", "umoci");
     let out = Command::new("umoci").args(args).output().unwrap();
     assert!(out.status.success(), "umoci {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
 }
@@ -233,7 +242,6 @@ impl TokenServer {
     fn start(dir: &Path) -> TokenServer {
         use base64::Engine as _;
         use std::io::{BufRead, BufReader, Write};
-        require_tool("openssl", "openssl");
         let (key, cert) = (dir.join("key.pem"), dir.join("cert.pem"));
         let made = Command::new("openssl")
             .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=envy-test-tokens", "-keyout"])

@@ -1,17 +1,12 @@
-//! Test support for the qemu provider: the tiny test box (built by
-//! boxes/recipes/tiny-vm.sh, made a box by `envy box build --kind qemu` and added to a
-//! store under target/), and a
-//! machine fixture with its own project dir and ENVY_HOME that destroys the machine
-//! (and so its QEMU) when dropped, even when the test fails.
-
-#![allow(dead_code)]
+//! Test support for the qemu provider, driven through envy's library: the tiny test box
+//! (built by boxes/recipes/tiny-vm.sh, made a box by `envy box build --kind qemu` and
+//! added to a store under target/), and a machine fixture with its own project dir and
+//! ENVY_HOME that destroys the machine (and so its QEMU) when dropped, even when the
+//! test fails. Tests using it require `need::VMS`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
-
-#[path = "../common/mod.rs"]
-mod common;
 
 use envy::boxes::{BoxSource, Store, StoredBox};
 use envy::state::Home;
@@ -22,18 +17,20 @@ use envy::provider::qemu::QemuProvider;
 use envy::provider::Provider;
 use envy::ui::Ui;
 
+use super::{quiet_ui, tiny_vm_box, TestEnv};
+
 /// The kernel command line of the working test box.
 pub const GOOD_CMDLINE: &str = "console=ttyS0 root=/dev/vda rw";
 
 /// The tiny test box as the store hands it over: built by `envy box build --kind qemu`
 /// from boxes/recipes/tiny-vm.sh's root filesystem and added to a store under target/
-/// shared by the qemu test binaries (the store serializes concurrent adds).
+/// shared by the qemu tests (the store serializes concurrent adds).
 pub fn tiny_box() -> StoredBox {
     static STORED: OnceLock<StoredBox> = OnceLock::new();
     STORED
         .get_or_init(|| {
-            let env = common::TestEnv::new();
-            let built = common::tiny_vm_box(&env);
+            let env = TestEnv::new();
+            let built = tiny_vm_box(&env);
             let home = Home::at(Path::new(env!("CARGO_TARGET_TMPDIR")).join("qemu-test-store"));
             let source = BoxSource::from_ref(&BoxRef::Path { path: built, sha256: None }, None, None);
             Store::open(&home, &Default::default()).unwrap().ensure(&source, &quiet_ui()).unwrap()
@@ -46,10 +43,6 @@ pub fn with_cmdline(stored: StoredBox, cmdline: &str) -> StoredBox {
     let mut stored = stored;
     stored.manifest.qemu.as_mut().expect("a qemu box").cmdline = Some(cmdline.into());
     stored
-}
-
-fn quiet_ui() -> Ui {
-    Ui { interactive: false, fancy: false, json: false, quiet: true }
 }
 
 /// One machine in a temp project, destroyed on drop (the project folder goes with the
@@ -140,18 +133,9 @@ impl TestMachine {
             .unwrap()
     }
 
-    /// Whether any process has this machine's runtime id on its command line.
+    /// QEMU processes with this machine's runtime id on their command line.
     pub fn qemu_processes(&self) -> usize {
-        let mut count = 0;
-        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-            if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
-                let cmdline = String::from_utf8_lossy(&cmdline);
-                if cmdline.starts_with("qemu-system") && cmdline.contains(&self.plan.runtime_id) {
-                    count += 1;
-                }
-            }
-        }
-        count
+        qemu_processes(&self.plan.runtime_id)
     }
 }
 
@@ -159,4 +143,18 @@ impl Drop for TestMachine {
     fn drop(&mut self) {
         let _ = self.provider.destroy(&self.plan, &self.ui);
     }
+}
+
+/// QEMU processes with `runtime_id` (`envy-PROJECT-MACHINE`) on their command line.
+pub fn qemu_processes(runtime_id: &str) -> usize {
+    let mut count = 0;
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            if cmdline.starts_with("qemu-system") && cmdline.contains(runtime_id) {
+                count += 1;
+            }
+        }
+    }
+    count
 }

@@ -1,17 +1,12 @@
-//! Fixture for the container provider's tests: a busybox box built on the spot, a
-//! project with an Envfile model, its own ENVY_HOME, and a guard that destroys every
-//! machine (processes, mounts, namespaces) even when the test fails.
-
-#![allow(dead_code)]
-
-#[path = "../common/mod.rs"]
-pub mod common;
+//! Fixture for the container provider's tests, which drive the provider through envy's
+//! library: a busybox box built on the spot, a project with an Envfile model, its own
+//! ENVY_HOME, and a guard that destroys every machine (processes, mounts, namespaces)
+//! even when the test fails. Tests using it require `need::CONTAINERS`.
 
 use std::collections::BTreeMap;
-use std::io::{Read as _, Write as _};
-use std::net::{IpAddr, Ipv4Addr, TcpListener, TcpStream};
+use std::io::Write as _;
+use std::net::{IpAddr, Ipv4Addr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use envy::boxes::{BoxSource, Store, StoredBox};
@@ -23,32 +18,7 @@ use envy::provider::container::ContainerProvider;
 use envy::provider::{ExecRequest, MachineState, Provider};
 use envy::ui::Ui;
 
-/// Tools the tests drive, with the Debian package of each.
-const TOOLS: [(&str, &str); 6] = [
-    ("runc", "runc"),
-    ("slirp4netns", "slirp4netns"),
-    ("ip", "iproute2"),
-    ("busybox", "busybox-static"),
-    ("tar", "tar"),
-    ("zstd", "zstd"),
-];
-
-pub fn require_host() {
-    assert!(nix::unistd::geteuid().is_root(), "the container tests run runc and create namespaces: run them as root");
-    for (tool, package) in TOOLS {
-        let found = Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().is_ok_and(|o| o.status.success());
-        assert!(found, "{tool} is needed by the container tests: apt-get install {package}");
-    }
-}
-
-pub fn quiet_ui() -> Ui {
-    Ui { interactive: false, fancy: false, json: false, quiet: true }
-}
-
-/// A TCP port free on 127.0.0.1 right now.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use super::{busybox_rootfs, mounts_below, netns_names, quiet_ui, runc_containers};
 
 pub fn forward(host_port: u16, guest_port: u16) -> Forward {
     Forward {
@@ -77,12 +47,11 @@ impl Fixture {
     /// A project whose machines (by name, with their forwards) all sync the project
     /// folder to /project.
     pub fn new(machines: &[(&str, Vec<Forward>)]) -> Fixture {
-        require_host();
         let tmp = tempfile::Builder::new().prefix("envy-ct-").tempdir().unwrap();
         let home = Home::at(tmp.path().join("home"));
         // A real box in the real store, as `envy up` would use it.
         let rootfs = tmp.path().join("rootfs");
-        common::busybox_rootfs(&rootfs);
+        busybox_rootfs(&rootfs);
         let tarball = tmp.path().join("busybox.tar");
         envy::boxes::pack_rootfs_dir(&rootfs, &tarball).unwrap();
         let source = BoxSource::from_ref(&BoxRef::Path { path: tarball, sha256: None }, None, Some(envy::model::BoxFormat::Container));
@@ -152,25 +121,18 @@ impl Fixture {
 
     /// Ids runc still knows in this home.
     pub fn runc_containers(&self) -> Vec<String> {
-        let out = Command::new("runc").arg("--root").arg(self.home.runtime_dir().join("runc")).args(["list", "-q"]).output().unwrap();
-        String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+        runc_containers(self.home.root())
     }
 
     /// Mount points below this test's temp dir.
     pub fn mounts(&self) -> Vec<String> {
-        common::mounts_below(self.root())
+        mounts_below(self.root())
     }
 
     /// Network namespaces of this project.
     pub fn namespaces(&self) -> Vec<String> {
-        let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
         let prefix = format!("envy-{}", self.project.id);
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.split_whitespace().next())
-            .filter(|n| n.starts_with(&prefix))
-            .map(str::to_string)
-            .collect()
+        netns_names().into_iter().filter(|n| n.starts_with(&prefix)).collect()
     }
 }
 
@@ -203,32 +165,6 @@ fn spec(name: &str, project_dir: &Path, forwards: Vec<Forward>) -> MachineSpec {
     }
 }
 
-/// GET / from 127.0.0.1:port; retried while the server inside starts (bounded).
-pub fn http_get(port: u16) -> String {
-    http_get_path(port, "/")
-}
-
-pub fn http_get_path(port: u16, path: &str) -> String {
-    let mut last = String::new();
-    for _ in 0..50 {
-        match TcpStream::connect(("127.0.0.1", port)) {
-            Ok(mut stream) => {
-                stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-                stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes()).unwrap();
-                let mut reply = String::new();
-                let _ = stream.read_to_string(&mut reply);
-                if reply.starts_with("HTTP/") {
-                    return reply;
-                }
-                last = format!("reply: {reply:?}");
-            }
-            Err(e) => last = e.to_string(),
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("no HTTP answer on 127.0.0.1:{port}: {last}");
-}
-
 /// Connects to 127.0.0.1:port (retried while the listener inside starts) and sends `data`.
 pub fn send_all(port: u16, data: &[u8]) {
     for _ in 0..50 {
@@ -240,15 +176,4 @@ pub fn send_all(port: u16, data: &[u8]) {
         std::thread::sleep(Duration::from_millis(100));
     }
     panic!("nothing listens on 127.0.0.1:{port}");
-}
-
-/// Polls `check` until it holds (bounded), for state that settles asynchronously.
-pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..200 {
-        if check() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("{what} did not happen");
 }
