@@ -159,16 +159,29 @@ pub fn watch(ctx: &Context, machine: &str) -> Result<i32> {
     // The last failure said for each guest port, so a failing port is not logged every look.
     let mut failed: BTreeMap<u16, String> = BTreeMap::new();
     let mut written = None;
+    let mut look_failed: Option<String> = None;
     loop {
         let alive = main_start.is_some() && crate::state::start_time(main) == main_start;
         if crate::signals::interrupted() || !alive {
             break;
         }
+        // A look can fail for a while (a VM too busy to answer over SSH in time): the
+        // forwards held stay, the failure is said once, and the next look tries again.
         let listening = match ports.listening() {
-            Ok(ports) => ports,
+            Ok(ports) => {
+                if look_failed.take().is_some() {
+                    say(machine, "its ports can be read again");
+                }
+                ports
+            }
             Err(e) => {
-                say(machine, &format!("{e:#}; stopping"));
-                break;
+                let why = format!("{e:#}");
+                if look_failed.as_ref() != Some(&why) {
+                    say(machine, &format!("cannot read its listening ports: {why}; trying again"));
+                }
+                look_failed = Some(why);
+                pause();
+                continue;
             }
         };
         let wanted: BTreeSet<u16> = listening
@@ -208,10 +221,7 @@ pub fn watch(ctx: &Context, machine: &str) -> Result<i32> {
             write_record(&plan, &now)?;
             written = Some(now);
         }
-        let next = Instant::now() + POLL;
-        while Instant::now() < next && !crate::signals::interrupted() {
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        pause();
     }
     for forward in held.values() {
         // The machine's network may be gone with it: then so is the forward.
@@ -256,6 +266,14 @@ fn release_left(plan: &MachinePlan, ports: &mut dyn GuestPorts) {
         }
     }
     let _ = std::fs::remove_file(&path);
+}
+
+/// Waits for the next look (SIGTERM ends the wait).
+fn pause() {
+    let next = Instant::now() + POLL;
+    while Instant::now() < next && !crate::signals::interrupted() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// One line of the watcher's log (its stderr is the log file).
