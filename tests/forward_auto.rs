@@ -110,11 +110,12 @@ fn guest_ports_are_forwarded_as_they_open_and_released_as_they_close() {
 
 /// The same on the qemu provider (the tiny busybox VM under TCG): the watcher reads
 /// /proc/net/tcp over SSH and adds QEMU hostfwd; a killed watcher's forward is
-/// released by the next one.
+/// released by the next one. Its port is not the container test's, which may run at
+/// the same time.
 #[test]
 fn a_vm_port_is_forwarded_as_it_opens_and_released_as_it_closes() {
     require!(need::VMS);
-    assert!(free(5173), "this test needs host port 5173 free");
+    assert!(free(5178), "this test needs host port 5178 free");
     let env = TestEnv::new();
     let tiny = common::tiny_vm_box(&env);
     std::fs::write(
@@ -131,13 +132,13 @@ fn a_vm_port_is_forwarded_as_it_opens_and_released_as_it_closes() {
     assert!(p.watcher_pid().is_some(), "up starts the watcher");
     assert_eq!(p.auto_forwards(), vec![], "nothing listens above 1024 after boot (SSH's 22 is below)");
 
-    p.env.out(&["exec", "--", "sh", "-c", "mkdir -p /www && echo page-5173 > /www/index.html && httpd -f -p 5173 -h /www </dev/null >/dev/null 2>&1 &"]);
-    let serves = || http_try(5173, "/").is_ok_and(|b| b.contains("page-5173"));
+    p.env.out(&["exec", "--", "sh", "-c", "mkdir -p /www && echo page-5178 > /www/index.html && httpd -f -p 5178 -h /www </dev/null >/dev/null 2>&1 &"]);
+    let serves = || http_try(5178, "/").is_ok_and(|b| b.contains("page-5178"));
     let started = std::time::Instant::now();
-    eventually("127.0.0.1:5173 serves the guest's page", serves);
+    eventually("127.0.0.1:5178 serves the guest's page", serves);
     eprintln!("the host got the guest's page {} ms after the server started", started.elapsed().as_millis());
-    assert_eq!(p.auto_forwards(), vec![(5173, 5173)]);
-    assert!(p.log().contains("==> web: guest 5173 -> 127.0.0.1:5173"), "{}", p.log());
+    assert_eq!(p.auto_forwards(), vec![(5178, 5178)]);
+    assert!(p.log().contains("==> web: guest 5178 -> 127.0.0.1:5178"), "{}", p.log());
 
     // A watcher killed outright cannot release what it holds (QEMU keeps the forward):
     // the one the next `up` starts does, and takes the same host port again.
@@ -147,13 +148,13 @@ fn a_vm_port_is_forwarded_as_it_opens_and_released_as_it_closes() {
         std::fs::read_to_string(format!("/proc/{killed}/stat")).map_or(true, |s| s.contains(") Z "))
     });
     p.env.out(&["up"]);
-    eventually("the new watcher forwards guest 5173 to host 5173 again", || p.auto_forwards() == vec![(5173, 5173)]);
+    eventually("the new watcher forwards guest 5178 to host 5178 again", || p.auto_forwards() == vec![(5178, 5178)]);
     assert!(serves());
 
     p.env.out(&["exec", "--", "killall", "httpd"]);
-    eventually("host port 5173 is released", || free(5173));
+    eventually("host port 5178 is released", || free(5178));
     assert_eq!(p.auto_forwards(), vec![]);
-    assert!(p.log().contains("guest 5173 closed; released 127.0.0.1:5173"), "{}", p.log());
+    assert!(p.log().contains("guest 5178 closed; released 127.0.0.1:5178"), "{}", p.log());
 
     let watcher = p.watcher_pid().unwrap();
     p.env.out(&["halt"]);
