@@ -52,6 +52,13 @@ loop_ticks() {
 }
 percent() { awk -v t="$1" -v s="$SECONDS_WATCHED" -v hz="$hz" 'BEGIN { printf "%.3f%%", 100 * t / hz / s }'; }
 
+# Three servers listening in machine $1, for the watcher to find.
+start_servers() {
+    for port in 15173 15174 15175; do
+        "$ENVY" -q exec "$1" -- sh -c "mkdir -p /w && httpd -p $port -h /w"
+    done
+}
+
 bench_container() {
     mkdir -p "$work/project"
     bench_busybox_box "$ENVY" "$work/rootfs" "$work/project/bench.box" bench
@@ -63,9 +70,7 @@ forward_auto = true
 TOML
     cd "$work/project"
     "$ENVY" -q up
-    for port in 15173 15174 15175; do
-        "$ENVY" -q exec m -- sh -c "mkdir -p /w && httpd -p $port -h /w"
-    done
+    start_servers m
     sleep 3
 
     watcher=$(watcher_pid m)
@@ -99,9 +104,7 @@ forward_auto = true
 TOML
     cd "$work/project-vm"
     "$ENVY" -q up
-    for port in 15173 15174 15175; do
-        "$ENVY" -q exec vm -- sh -c "mkdir -p /w && httpd -p $port -h /w"
-    done
+    start_servers vm
     sleep 5
     "$ENVY" status --json | grep -q '"guest_port": 15175' || { echo "forward_auto.sh: the VM's ports were not forwarded" >&2; exit 1; }
 

@@ -63,6 +63,17 @@ impl Project {
     }
 }
 
+/// Sends `signal` to a running `envy run` alone (as a CI runner cancelling a job, or
+/// Ctrl-C), checks it exits 130, and returns its stderr.
+fn interrupt(mut child: std::process::Child, signal: nix::sys::signal::Signal) -> String {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    stderr
+}
+
 /// The JSON events among a run's stdout lines, as (event, machine).
 fn events(stdout: &[u8]) -> Vec<(String, String)> {
     String::from_utf8_lossy(stdout)
@@ -117,7 +128,7 @@ fn sigterm_mid_run_destroys_every_machine_of_the_run() {
     require!(need::CONTAINERS);
     let p = Project::new(ENVFILE);
     // SIGTERM to envy alone, as a CI runner cancelling a job sends it.
-    let mut child = p.env.envy_std().args(["run", "--", "sleep", "300"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let child = p.env.envy_std().args(["run", "--", "sleep", "300"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     let mut id = None;
     for _ in 0..600 {
         // Both machines run: CMD is about to start or running.
@@ -129,11 +140,7 @@ fn sigterm_mid_run_destroys_every_machine_of_the_run() {
     }
     let id = id.expect("the run never brought both machines up");
     std::thread::sleep(Duration::from_secs(1));
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
-    let status = child.wait().unwrap();
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
-    assert_eq!(status.code(), Some(130), "{stderr}");
+    let stderr = interrupt(child, nix::sys::signal::Signal::SIGTERM);
     assert!(stderr.contains("removing the throwaway machines"), "{stderr}");
     p.assert_nothing_left(&[id]);
 }
@@ -191,7 +198,7 @@ fn ctrl_c_during_a_box_download_stops_the_run_at_once_and_keeps_what_arrived() {
     let envfile = std::fs::read_to_string(p.env.project.join("Envfile")).unwrap();
     std::fs::write(p.env.project.join("Envfile"), envfile.replace("URL", &server.url("/slow.box")).replace("SHA", &digest)).unwrap();
 
-    let mut child = p.env.envy_std().args(["run", "--", "true"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let child = p.env.envy_std().args(["run", "--", "true"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     let part_has_bytes = || {
         p.env.download_entries().iter().any(|n| std::fs::metadata(p.env.home.join("downloads").join(n)).is_ok_and(|m| m.len() > 0))
     };
@@ -202,11 +209,7 @@ fn ctrl_c_during_a_box_download_stops_the_run_at_once_and_keeps_what_arrived() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(part_has_bytes(), "the download never started");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
-    let status = child.wait().unwrap();
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
-    assert_eq!(status.code(), Some(130), "{stderr}");
+    let stderr = interrupt(child, nix::sys::signal::Signal::SIGINT);
     assert!(stderr.contains("interrupted while downloading"), "{stderr}");
     assert!(!stderr.contains("starting"), "the run went on to start the machine: {stderr}");
     assert!(part_has_bytes(), "what arrived was not kept for a resume");
