@@ -9,9 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::fs::OpenOptionsExt as _;
-use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
@@ -20,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::context::Context;
 use crate::envfile::{Forward, Protocol};
 use crate::plan::{MachinePlan, Workspace};
+use crate::process::Process;
 use crate::provider::network::{machine_ip, stop_process, ProjectNet};
 use crate::state::PidFile;
 
@@ -99,17 +98,20 @@ pub fn restart(ctx: &Context, plan: &MachinePlan) -> Result<()> {
         .open(&log_path)
         .with_context(|| format!("cannot open the forward_auto log {}", log_path.display()))?;
     let exe = std::env::current_exe().context("cannot find envy's own executable to start the forward_auto watcher")?;
-    let mut cmd = Command::new(exe);
-    cmd.arg("-C").arg(&plan.project.dir).args(["__forward-watch", plan.name()]);
-    cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+    let watcher = Process::new(exe)
+        .arg("-C")
+        .arg(&plan.project.dir)
+        .args(["__forward-watch", plan.name()])
+        .doing(format!("watching machine {} for ports to forward", plan.name()))
+        .output_to(&log)?;
     // SAFETY: setsid is async-signal-safe; the watcher outlives this command and its terminal.
-    unsafe {
-        cmd.pre_exec(|| {
+    let watcher = unsafe {
+        watcher.pre_exec(|| {
             libc::setsid();
             Ok(())
-        });
-    }
-    let child = cmd.spawn().context("cannot start the forward_auto watcher")?;
+        })
+    };
+    let child = watcher.spawn()?;
     pid_file(plan).write(child.id())?;
     // The first look is quick; a watcher that never writes its record is reported.
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -3,11 +3,11 @@
 //! need first, so a missing tool fails with advice instead of a runc or QEMU error.
 
 use std::path::Path;
-use std::process::Command;
 
 use serde::Serialize;
 
 use crate::envfile::ProviderKind;
+use crate::process::{self, Process};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -32,25 +32,25 @@ pub struct Check {
     pub needed_by: Vec<ProviderKind>,
 }
 
-/// A tool that must be on PATH, the Debian package that has it, and who needs it.
+/// A tool that must be on PATH and who needs it; the package that has it comes from
+/// the runner's one table (`process::PACKAGES`).
 struct Tool {
     name: &'static str,
     binary: &'static str,
     /// Flag that prints the version; None for tools without one.
     version_arg: Option<&'static str>,
-    package: &'static str,
     needed_by: &'static [ProviderKind],
 }
 
 const TOOLS: &[Tool] = &[
-    Tool { name: "runc", binary: "runc", version_arg: Some("--version"), package: "runc", needed_by: &[ProviderKind::Container] },
-    Tool { name: "slirp4netns", binary: "slirp4netns", version_arg: Some("--version"), package: "slirp4netns", needed_by: &[ProviderKind::Container] },
-    Tool { name: "iproute2", binary: "ip", version_arg: Some("-V"), package: "iproute2", needed_by: &[ProviderKind::Container] },
-    Tool { name: "qemu", binary: "qemu-system-x86_64", version_arg: Some("--version"), package: "qemu-system-x86", needed_by: &[ProviderKind::Qemu] },
-    Tool { name: "qemu-img", binary: "qemu-img", version_arg: Some("--version"), package: "qemu-utils", needed_by: &[ProviderKind::Qemu] },
-    Tool { name: "ssh", binary: "ssh", version_arg: Some("-V"), package: "openssh-client", needed_by: &[ProviderKind::Qemu] },
-    Tool { name: "ssh-keygen", binary: "ssh-keygen", version_arg: None, package: "openssh-client", needed_by: &[ProviderKind::Qemu] },
-    Tool { name: "mkfs.ext4", binary: "mkfs.ext4", version_arg: Some("-V"), package: "e2fsprogs", needed_by: &[] },
+    Tool { name: "runc", binary: "runc", version_arg: Some("--version"), needed_by: &[ProviderKind::Container] },
+    Tool { name: "slirp4netns", binary: "slirp4netns", version_arg: Some("--version"), needed_by: &[ProviderKind::Container] },
+    Tool { name: "iproute2", binary: "ip", version_arg: Some("-V"), needed_by: &[ProviderKind::Container] },
+    Tool { name: "qemu", binary: "qemu-system-x86_64", version_arg: Some("--version"), needed_by: &[ProviderKind::Qemu] },
+    Tool { name: "qemu-img", binary: "qemu-img", version_arg: Some("--version"), needed_by: &[ProviderKind::Qemu] },
+    Tool { name: "ssh", binary: "ssh", version_arg: Some("-V"), needed_by: &[ProviderKind::Qemu] },
+    Tool { name: "ssh-keygen", binary: "ssh-keygen", version_arg: None, needed_by: &[ProviderKind::Qemu] },
+    Tool { name: "mkfs.ext4", binary: "mkfs.ext4", version_arg: Some("-V"), needed_by: &[] },
 ];
 
 /// Every check, for `envy doctor`.
@@ -72,9 +72,11 @@ pub fn require(kind: ProviderKind) -> Result<(), crate::provider::Error> {
         .chain((kind == ProviderKind::Container).then(overlayfs))
         .find(|c| c.status == Status::Fail);
     match failed {
-        Some(c) => Err(crate::provider::Error::MissingTool {
-            tool: c.name.to_string(),
-            advice: format!("{} (the {kind} provider needs it; `envy doctor` checks everything)", c.advice.unwrap_or_default()),
+        Some(c) => Err(crate::provider::Error::HostCheck {
+            check: c.name.to_string(),
+            detail: c.detail,
+            advice: c.advice.unwrap_or_default(),
+            provider: kind.to_string(),
         }),
         None => Ok(()),
     }
@@ -100,12 +102,12 @@ fn tool(t: &Tool) -> Check {
         return Check {
             name: t.name,
             status: if needed_by.is_empty() { Status::Warn } else { Status::Fail },
-            detail: format!("{} is not on PATH", t.binary),
-            advice: Some(format!("install it: apt-get install {}", t.package)),
+            detail: format!("{} is not installed or not on PATH", t.binary),
+            advice: Some(process::install_advice(t.binary)),
             needed_by,
         };
     };
-    let version = t.version_arg.and_then(|arg| Command::new(&path).arg(arg).output().ok()).map(|o| {
+    let version = t.version_arg.and_then(|arg| Process::new(&path).arg(arg).doing("printing its version").output().ok()).map(|o| {
         let text = if o.stdout.is_empty() { o.stderr } else { o.stdout };
         String::from_utf8_lossy(&text).lines().next().unwrap_or("").trim().to_string()
     });

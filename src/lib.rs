@@ -14,6 +14,7 @@ pub mod error;
 pub mod lifecycle;
 pub mod guest;
 pub mod plan;
+pub mod process;
 pub mod provider;
 pub mod ready;
 pub mod signals;

@@ -303,12 +303,13 @@ fn resolve_forwards(ctx: &Context, machine: &str, wanted: &[Forward], record: Op
         }
         if !port_free(f, port) {
             if !f.auto {
-                return Err(provider::Error::Other(format!(
-                    "host port {}:{port}/{} wanted by machine {machine} is taken{}; free it, change the forward, or add `auto = true` to it",
-                    f.host_ip,
-                    proto_name(f.protocol),
-                    holder_of(port).map(|h| format!(" by {h}")).unwrap_or_default()
-                ))
+                return Err(provider::Error::PortTaken {
+                    host_ip: f.host_ip,
+                    host_port: port,
+                    protocol: proto_name(f.protocol),
+                    machine: machine.to_string(),
+                    holder: holder_of(port),
+                }
                 .into());
             }
             port = free_port(f)?;

@@ -7,11 +7,11 @@ use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 
+use crate::process::Process;
 use crate::provider::{Error, ExecRequest};
 
 /// How long the shared connection outlives its last user.
@@ -59,27 +59,11 @@ pub fn ensure_key(key: &Path, comment: &str) -> Result<()> {
     }
     let _ = std::fs::remove_file(key);
     let _ = std::fs::remove_file(key.with_extension("pub"));
-    let out = Command::new("ssh-keygen")
+    Process::new("ssh-keygen")
         .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
         .arg(key)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => Error::MissingTool {
-                tool: "ssh-keygen".into(),
-                advice: "install it with `apt-get install openssh-client`".into(),
-            },
-            _ => Error::Other(format!("cannot run ssh-keygen: {e}")),
-        })?;
-    if !out.status.success() {
-        return Err(Error::ToolFailed {
-            tool: "ssh-keygen".into(),
-            doing: format!("creating the machine key {}", key.display()),
-            status: out.status.to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-        .into());
-    }
+        .doing(format!("creating the machine key {}", key.display()))
+        .run()?;
     std::fs::set_permissions(key, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("cannot make {} private", key.display()))?;
     Ok(())
@@ -107,9 +91,7 @@ pub fn remote_command(request: &ExecRequest, default_workdir: &str, env: &[(Stri
     let mut line = format!("cd {} && ", shell_quote(workdir));
     for (key, value) in env.iter().chain(&request.env) {
         if !is_variable_name(key) {
-            return Err(Error::Other(format!(
-                "environment variable name {key:?} is not valid; use letters, digits and _ (not first a digit)"
-            )));
+            return Err(Error::BadEnvName { key: key.clone() });
         }
         line += &format!("export {}={}; ", key, shell_quote(value));
     }
@@ -147,10 +129,8 @@ impl SshTarget {
         args
     }
 
-    fn ssh(&self) -> Command {
-        let mut command = Command::new("ssh");
-        command.args(self.options());
-        command
+    fn ssh(&self) -> Process {
+        Process::new("ssh").args(self.options())
     }
 
     /// Whether the shared connection's socket is there (a stale one only costs a
@@ -162,18 +142,20 @@ impl SshTarget {
     /// Opens the shared connection and runs `true` through it. All stdio is detached so
     /// the backgrounded master holds no pipe of ours open.
     pub fn probe(&self) -> bool {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log);
-        let mut command = self.ssh();
-        command
+        let probe = self
+            .ssh()
             .args(["-o", "ControlMaster=auto", "-o"])
             .arg(format!("ControlPersist={CONTROL_PERSIST}"))
             .args(["-o"])
             .arg(format!("ConnectTimeout={PROBE_CONNECT_TIMEOUT}"))
             .args(["127.0.0.1", "true"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log.map(Stdio::from).unwrap_or_else(|_| Stdio::null()));
-        command.status().map(|s| s.success()).unwrap_or(false)
+            .doing("waiting for the machine's SSH server")
+            .quiet();
+        let probe = match std::fs::OpenOptions::new().create(true).append(true).open(&self.log) {
+            Ok(log) => probe.stderr_to(log),
+            Err(_) => probe,
+        };
+        probe.stdin_null().status().is_ok_and(|s| s.success())
     }
 
     /// Waits until the guest answers `true` over SSH, at most `timeout`. `alive` is asked
@@ -209,34 +191,23 @@ impl SshTarget {
             // Make the master first, detached, so it never holds the caller's stdio.
             self.probe();
         }
-        let mut command = self.ssh();
-        command.args(["-o", "ControlMaster=no"]);
-        command.arg(if tty { "-tt" } else { "-T" });
-        command.args(["127.0.0.1", "--", remote]);
+        let mut ssh = self
+            .ssh()
+            .args(["-o", "ControlMaster=no"])
+            .arg(if tty { "-tt" } else { "-T" })
+            .args(["127.0.0.1", "--", remote])
+            .doing("running a command in the machine");
         if let Some(path) = stdin {
-            command.stdin(std::fs::File::open(path).with_context(|| format!("cannot open {} to send it over ssh", path.display()))?);
+            ssh = ssh.stdin_file(std::fs::File::open(path).with_context(|| format!("cannot open {} to send it over ssh", path.display()))?);
         }
-        tracing::debug!("ssh command: {:?}", command);
-        let status = command.status().map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => anyhow::Error::from(Error::MissingTool {
-                tool: "ssh".into(),
-                advice: "install it with `apt-get install openssh-client`".into(),
-            }),
-            _ => anyhow::anyhow!("cannot run ssh: {e}"),
-        })?;
+        let status = ssh.status()?;
         Ok(status.code().unwrap_or(255))
     }
 
     /// Closes the shared connection (before the machine stops or is destroyed).
     pub fn close_master(&self) {
         if self.master_exists() {
-            let _ = self
-                .ssh()
-                .args(["-O", "exit", "127.0.0.1"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
+            let _ = self.ssh().args(["-O", "exit", "127.0.0.1"]).doing("closing the shared SSH connection").quiet().stdin_null().status();
             let _ = std::fs::remove_file(&self.control);
         }
     }

@@ -29,7 +29,7 @@ pub fn free_local_port() -> Result<u16, Error> {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .map_err(|e| Error::Other(format!("cannot find a free port on 127.0.0.1: {e}")))
+        .map_err(|cause| Error::Host { doing: "find a free port on 127.0.0.1".into(), cause })
 }
 
 /// The SSH port for this boot: the recorded one when still free, else a new one.
@@ -50,14 +50,13 @@ pub fn pick_ssh_port(recorded: Option<u16>) -> Result<u16, Error> {
 pub fn check_forwards(plan: &MachinePlan) -> Result<(), Error> {
     for fwd in &plan.forwards {
         if !port_is_free(fwd.host_ip, fwd.host_port, fwd.protocol) {
-            return Err(Error::Other(format!(
-                "host port {}:{} (forward to port {} of machine {}) is in use; free it, \
-                 pick another host port in the Envfile, or mark the forward auto",
-                fwd.host_ip,
-                fwd.host_port,
-                fwd.guest_port,
-                plan.name()
-            )));
+            return Err(Error::PortTaken {
+                host_ip: fwd.host_ip,
+                host_port: fwd.host_port,
+                protocol: crate::provider::network::proto_name(fwd.protocol),
+                machine: plan.name().to_string(),
+                holder: None,
+            });
         }
     }
     Ok(())
@@ -67,10 +66,7 @@ pub fn check_forwards(plan: &MachinePlan) -> Result<(), Error> {
 pub fn user_netdev(id: &str, ssh_port: u16, forwards: &[Forward]) -> String {
     let mut netdev = format!("user,id={id},hostfwd=tcp:127.0.0.1:{ssh_port}-:22");
     for fwd in forwards {
-        let proto = match fwd.protocol {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-        };
+        let proto = crate::provider::network::proto_name(fwd.protocol);
         netdev += &format!(",hostfwd={proto}:{}:{}-:{}", fwd.host_ip, fwd.host_port, fwd.guest_port);
     }
     netdev
@@ -107,11 +103,7 @@ impl Segment {
         if nix::unistd::geteuid().is_root() {
             return Ok(());
         }
-        Err(Error::Other(format!(
-            "machine {} shares the project network with the project's other machines, and that network \
-             is a network namespace, which only root can make: run envy as root, or give the project one machine",
-            plan.name()
-        )))
+        Err(Error::ProjectNetNeedsRoot { machine: plan.name().to_string() })
     }
 
     /// Brings the project network up and opens this VM's tap on it, for QEMU to inherit.
