@@ -68,16 +68,6 @@ pub enum ProcessError {
     Failed { tool: String, doing: String, status: ExitStatus, stderr: String },
 }
 
-impl ProcessError {
-    /// The failed tool's exit code (None when it was killed by a signal, or never ran).
-    pub fn exit_code(&self) -> Option<i32> {
-        match self {
-            ProcessError::Failed { status, .. } => status.code(),
-            _ => None,
-        }
-    }
-}
-
 /// "exit status 2" or "killed by signal 9", for messages.
 fn describe(status: ExitStatus) -> String {
     match (status.code(), status.signal()) {
@@ -177,13 +167,6 @@ impl Process {
         self
     }
 
-    /// The tool's stdout and stderr go to the caller's (`status` does this by default).
-    pub fn inherit_output(mut self) -> Process {
-        self.stdout = Some(Sink::Inherit);
-        self.stderr = Some(Sink::Inherit);
-        self
-    }
-
     /// The tool's stdout and stderr are appended to `log`, which must be open for
     /// reading too: a failure's error frames what the tool wrote there.
     pub fn output_to(mut self, log: &File) -> std::io::Result<Process> {
@@ -208,8 +191,8 @@ impl Process {
         self
     }
 
-    /// The configured `std::process::Command`, for what needs the raw child; stdio not
-    /// chosen falls back to the given defaults. Logged at debug level.
+    /// The `std::process::Command` every way of running goes through; stdio not chosen
+    /// falls back to the given defaults. Logged at debug level.
     fn build(&mut self, stdin: Input, stdout: Sink, stderr: Sink) -> Command {
         let mut command = Command::new(&self.program);
         command.args(&self.args);
@@ -237,7 +220,8 @@ impl Process {
         command
     }
 
-    /// The command as `status` would run it, for callers that inspect its arguments.
+    /// The configured `std::process::Command` as `status` would run it, for callers that
+    /// read its arguments (a detached tool needs none: `pre_exec` and `spawn` cover it).
     pub fn command(mut self) -> Command {
         self.build(Input::Inherit, Sink::Inherit, Sink::Inherit)
     }
@@ -350,7 +334,7 @@ mod tests {
     fn a_failure_frames_the_stderr_tail_and_names_the_status() {
         let script = "for i in $(seq 1 30); do echo line$i >&2; done; echo out; exit 3";
         let err = Process::new("sh").args(["-c", script]).doing("counting").run().unwrap_err();
-        assert_eq!(err.exit_code(), Some(3));
+        assert!(matches!(&err, ProcessError::Failed { status, .. } if status.code() == Some(3)), "{err:?}");
         let text = err.to_string();
         assert!(text.starts_with("sh failed (exit status 3) while counting:\n  | line11\n"), "{text}");
         assert!(text.ends_with("  | line30"), "{text}");
@@ -360,7 +344,7 @@ mod tests {
         assert_eq!(err.to_string(), "false failed (exit status 1) while running false");
 
         let err = Process::new("sh").args(["-c", "kill -9 $$"]).run().unwrap_err();
-        assert_eq!(err.exit_code(), None);
+        assert!(matches!(&err, ProcessError::Failed { status, .. } if status.signal() == Some(9)), "{err:?}");
         assert!(err.to_string().starts_with("sh failed (killed by signal 9)"), "{err}");
     }
 
@@ -401,7 +385,7 @@ mod tests {
     #[test]
     fn a_spawned_tool_runs_the_pre_exec_hook() {
         // SAFETY: setsid is async-signal-safe.
-        let child = unsafe {
+        let mut child = unsafe {
             Process::new("sleep").arg("5").pre_exec(|| {
                 libc::setsid();
                 Ok(())
@@ -411,8 +395,8 @@ mod tests {
         .unwrap();
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
         assert_eq!(nix::unistd::getsid(Some(pid)).unwrap(), pid, "the child leads its own session");
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
-        nix::sys::wait::waitpid(pid, None).unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 
     #[test]
