@@ -142,7 +142,7 @@ impl Process {
         self
     }
 
-    /// Writes `bytes` to the tool's stdin (then closes it).
+    /// Writes `bytes` to the tool's stdin (then closes it); for `run` and `output`.
     pub fn stdin_bytes(mut self, bytes: impl Into<Vec<u8>>) -> Process {
         self.stdin = Some(Input::Bytes(bytes.into()));
         self
