@@ -3,7 +3,8 @@
 # something is missing (so a second run is instant and needs no network).
 set -euo pipefail
 
-# command -> package that provides it
+# command -> package that provides it; every tool envy itself runs is here with the
+# package src/process.rs names in its install advice (a test checks they agree).
 declare -A wanted=(
   [qemu-system-x86_64]=qemu-system-x86
   [qemu-img]=qemu-utils
@@ -18,6 +19,8 @@ declare -A wanted=(
   [dropbear]=dropbear-bin
   [curl]=curl
   [zstd]=zstd
+  [tar]=tar
+  [dmesg]=util-linux
   [sfdisk]=fdisk
   [grub-mkimage]=grub-common
   [dpkg-shlibdeps]=dpkg-dev

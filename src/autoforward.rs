@@ -9,9 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::fs::OpenOptionsExt as _;
-use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
@@ -23,6 +21,7 @@ use crate::plan::MachinePlan;
 use crate::provider::network::stop_process;
 use crate::provider::GuestPorts;
 use crate::workspace::Workspace;
+use crate::process::Process;
 use crate::state::PidFile;
 
 /// How often the machine's sockets are read.
@@ -107,17 +106,20 @@ pub fn restart(ctx: &Context, plan: &MachinePlan) -> Result<()> {
         .open(&log_path)
         .with_context(|| format!("cannot open the forward_auto log {}", log_path.display()))?;
     let exe = std::env::current_exe().context("cannot find envy's own executable to start the forward_auto watcher")?;
-    let mut cmd = Command::new(exe);
-    cmd.arg("-C").arg(&plan.project.dir).args(["__forward-watch", plan.name()]);
-    cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+    let watcher = Process::new(exe)
+        .arg("-C")
+        .arg(&plan.project.dir)
+        .args(["__forward-watch", plan.name()])
+        .doing(format!("watching machine {} for ports to forward", plan.name()))
+        .output_to(&log)?;
     // SAFETY: setsid is async-signal-safe; the watcher outlives this command and its terminal.
-    unsafe {
-        cmd.pre_exec(|| {
+    let watcher = unsafe {
+        watcher.pre_exec(|| {
             libc::setsid();
             Ok(())
-        });
-    }
-    let child = cmd.spawn().context("cannot start the forward_auto watcher")?;
+        })
+    };
+    let child = watcher.spawn()?;
     pid_file(plan).write(child.id())?;
     // The first look is quick; a watcher that never writes its record is reported.
     let deadline = Instant::now() + Duration::from_secs(10);

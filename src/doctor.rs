@@ -50,9 +50,11 @@ pub fn require(kinds: &[ProviderKind]) -> anyhow::Result<()> {
         seen.push(kind);
         let failed = provider::for_kind(kind)?.host_checks().into_iter().find(|c| c.status == CheckStatus::Fail);
         if let Some(c) = failed {
-            return Err(provider::Error::MissingTool {
-                tool: c.name,
-                advice: format!("{} (the {kind} provider needs it; `envy doctor` checks everything)", c.advice.unwrap_or_default()),
+            return Err(provider::Error::HostCheck {
+                check: c.name,
+                detail: c.detail,
+                advice: c.advice.unwrap_or_default(),
+                provider: kind.to_string(),
             }
             .into());
         }

@@ -44,7 +44,10 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
         if cause.is::<crate::boxes::Error>() {
             return code::BOX;
         }
-        if cause.is::<crate::provider::Error>() {
+        if let Some(e) = cause.downcast_ref::<crate::provider::Error>() {
+            return provider_code(e);
+        }
+        if cause.is::<crate::process::ProcessError>() {
             return code::PROVIDER;
         }
         if cause.is::<crate::ready::Error>() {
@@ -61,6 +64,58 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
         }
     }
     code::FAILURE
+}
+
+/// Each provider error's one code: a machine in the wrong state is STATE, whatever
+/// provider says so; everything else is the provider's (or the host's) failure.
+fn provider_code(e: &crate::provider::Error) -> i32 {
+    use crate::provider::Error as E;
+    match e {
+        E::MustBeHalted { .. } => code::STATE,
+        E::Process(_)
+        | E::Unsupported { .. }
+        | E::UnknownProvider { .. }
+        | E::GuestOutput { .. }
+        | E::GuestPorts { .. }
+        | E::HostForward { .. }
+        | E::HostCheck { .. }
+        | E::BadEnvVar { .. }
+        | E::KvmUnusable { .. }
+        | E::NotReady { .. }
+        | E::NoCommand
+        | E::BadEnvName { .. }
+        | E::KernelBootImage { .. }
+        | E::InvalidSnapshotName { .. }
+        | E::NoSnapshot { .. }
+        | E::SnapshotExists { .. }
+        | E::SnapshotNotRecorded { .. }
+        | E::SnapshotDamaged { .. }
+        | E::NoRoomToReplace { .. }
+        | E::QmpUnreachable { .. }
+        | E::QmpRefused { .. }
+        | E::QmpJob { .. }
+        | E::QemuNoPid { .. }
+        | E::RecordPid { .. }
+        | E::Unkillable { .. }
+        | E::DiskInfo { .. }
+        | E::BadBoxDisk { .. }
+        | E::DiskBelowBox { .. }
+        | E::DiskShrink { .. }
+        | E::TooManyMachines { .. }
+        | E::ProjectNetNeedsRoot { .. }
+        | E::PortTaken { .. }
+        | E::ForwardFailed { .. }
+        | E::SlirpNotReady { .. }
+        | E::TapDevice { .. }
+        | E::Host { .. }
+        | E::OverlayPath { .. }
+        | E::OverlayMount { .. }
+        | E::BindMount { .. }
+        | E::Unmount { .. }
+        | E::StillMounted { .. }
+        | E::VirtiofsdNotStarted { .. }
+        | E::VirtiofsdWrongRoot { .. } => code::PROVIDER,
+    }
 }
 
 /// Prints the error and its causes to stderr, one per line.

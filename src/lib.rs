@@ -15,6 +15,7 @@ pub mod fsutil;
 pub mod lifecycle;
 pub mod model;
 pub mod plan;
+pub mod process;
 pub mod provider;
 pub mod ready;
 pub mod signals;

@@ -312,12 +312,13 @@ fn resolve_forwards(ctx: &Context, machine: &str, wanted: &[Forward], record: Op
         }
         if !f.host_port_free(port) {
             if !f.auto {
-                return Err(provider::Error::Other(format!(
-                    "host port {}:{port}/{} wanted by machine {machine} is taken{}; free it, change the forward, or add `auto = true` to it",
-                    f.host_ip,
-                    f.protocol,
-                    holder_of(port).map(|h| format!(" by {h}")).unwrap_or_default()
-                ))
+                return Err(provider::Error::PortTaken {
+                    host_ip: f.host_ip,
+                    host_port: port,
+                    protocol: f.protocol.as_str(),
+                    machine: machine.to_string(),
+                    holder: holder_of(port),
+                }
                 .into());
             }
             port = f.protocol.free_port(f.host_ip)?;

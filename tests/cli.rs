@@ -257,7 +257,7 @@ fn up_without_qemu_on_path_fails_first_with_doctors_advice() {
     let out = envy(home.path(), project.path()).arg("up").env("PATH", bin.path()).output().unwrap();
     assert_eq!(out.status.code(), Some(5));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("qemu is not installed or not on PATH"), "{err}");
+    assert!(err.contains("qemu-system-x86_64 is not installed or not on PATH"), "{err}");
     assert!(err.contains("apt-get install qemu-system-x86") && err.contains("envy doctor"), "{err}");
     let state_dir = envy::plan::Project::state_dir_for(&envy::state::Home::at(home.path()), project.path());
     assert!(!state_dir.join("machines").exists(), "nothing was started");

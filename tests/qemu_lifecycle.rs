@@ -214,7 +214,7 @@ fn a_taken_forward_port_is_a_clear_error_that_leaves_nothing() {
     };
     let m = TestMachine::new("busy", vec![forward], false);
     let err = m.provider.up(&m.plan, &tiny_box(), &m.ui).unwrap_err().to_string();
-    assert!(err.contains(&format!("host port 127.0.0.1:{port} (forward to port 80 of machine busy) is in use")), "{err}");
+    assert!(err.contains(&format!("host port 127.0.0.1:{port}/tcp wanted by machine busy is taken")), "{err}");
     assert_nothing_left(&m);
 }
 

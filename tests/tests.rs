@@ -16,6 +16,7 @@ mod container_lifecycle;
 mod container_snapshot;
 mod debian;
 mod envfile;
+mod error_codes;
 mod forward_auto;
 mod full_disk;
 mod layout;

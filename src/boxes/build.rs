@@ -5,13 +5,12 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use super::archive::{self, Artifact};
 use super::digest::sha256_file;
 use super::manifest::{BootMethod, Manifest, QemuPayload, DEFAULT_CMDLINE};
 use super::store::file_size;
-use crate::provider::tool;
+use crate::process::Process;
 use super::Error;
 use crate::model::BoxFormat;
 use crate::ui::Ui;
@@ -110,15 +109,19 @@ fn qemu_payload(
     let raw = work.join("disk.raw");
     std::fs::File::create(&raw).and_then(|f| f.set_len(size)).map_err(Error::io("cannot create", &raw))?;
     ui.step(format!("making a {} MiB ext4 disk from {}", size >> 20, root.display()));
-    tool::run(
-        Command::new("mkfs.ext4").args(["-q", "-F", "-L", "envy-root", "-d"]).arg(&root).arg(&raw),
-        "making the ext4 disk image",
-    )?;
+    Process::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", "envy-root", "-d"])
+        .arg(&root)
+        .arg(&raw)
+        .doing("making the ext4 disk image")
+        .run()?;
     let disk = work.join("disk.qcow2");
-    tool::run(
-        Command::new("qemu-img").args(["convert", "-f", "raw", "-O", "qcow2"]).arg(&raw).arg(&disk),
-        "converting the disk to qcow2",
-    )?;
+    Process::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2"])
+        .arg(&raw)
+        .arg(&disk)
+        .doing("converting the disk to qcow2")
+        .run()?;
     std::fs::remove_file(&raw).map_err(Error::io("cannot remove", &raw))?;
 
     let mut files = BTreeMap::from([("disk.qcow2".to_string(), disk)]);

@@ -43,6 +43,9 @@ pub enum Error {
     /// A stored file no longer matches its verified digest.
     #[error("stored box {digest} is corrupt: {file} should have sha256 {expected} but has {got}; run `envy box remove {short}` and add the box again", short = &.digest[..12])]
     Corrupt { digest: String, file: String, expected: String, got: String },
+    /// A part of a stored box that unpacking made (its root filesystem) is gone.
+    #[error("{} is missing; run `envy box verify {short}`, or remove the box and add it again", .path.display(), short = &.digest[..12])]
+    Incomplete { path: PathBuf, digest: String },
     /// A URL without a pinned digest, and no --insecure.
     #[error("{url} has no digest to check; pin it with --sha256 HEX or a `#sha256=HEX` URL fragment, or pass --insecure to accept whatever arrives")]
     Unpinned { url: String },

@@ -91,11 +91,7 @@ impl StoredBox {
             );
         }
         if !dir.is_dir() {
-            anyhow::bail!(
-                "{} is missing; run `envy box verify {}`, or remove the box and add it again",
-                dir.display(),
-                &self.digest[..12]
-            );
+            return Err(Error::Incomplete { path: dir, digest: self.digest.clone() }.into());
         }
         Ok(dir)
     }

@@ -2,7 +2,6 @@
 //! version and the Debian package that has it, and a filesystem the kernel knows.
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use crate::model::{CheckStatus, HostCheck};
 
@@ -22,11 +21,11 @@ pub fn tool(name: &str, binary: &str, version_arg: Option<&str>) -> HostCheck {
         return HostCheck {
             name: name.to_string(),
             status: CheckStatus::Fail,
-            detail: format!("{binary} is not on PATH"),
-            advice: Some(format!("install it: apt-get install {}", super::tool::package_of(binary))),
+            detail: format!("{binary} is not installed or not on PATH"),
+            advice: Some(crate::process::install_advice(binary)),
         };
     };
-    let version = version_arg.and_then(|arg| Command::new(&path).arg(arg).output().ok()).map(|o| {
+    let version = version_arg.and_then(|arg| crate::process::Process::new(&path).arg(arg).output().ok()).map(|o| {
         let text = if o.stdout.is_empty() { o.stderr } else { o.stdout };
         String::from_utf8_lossy(&text).lines().next().unwrap_or("").trim().to_string()
     });

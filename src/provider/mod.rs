@@ -5,10 +5,10 @@
 //! a provider").
 
 pub mod container;
+mod error;
 pub mod host;
 pub mod network;
 pub mod qemu;
-pub mod tool;
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -24,28 +24,7 @@ use crate::model::{BoxFormat, Forward, HostCheck, ProviderKind};
 use crate::plan::MachinePlan;
 use crate::ui::Ui;
 
-/// A provider failed, or the host lacks something it needs.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// A host tool is missing; `advice` says how to install it.
-    #[error("{tool} is not installed or not on PATH: {advice}")]
-    MissingTool { tool: String, advice: String },
-    /// A host tool ran and failed; its stderr tail is framed in the message.
-    #[error("{tool} failed ({status}) while {doing}:\n{stderr}")]
-    ToolFailed { tool: String, doing: String, status: String, stderr: String },
-    /// The machine did not become ready in time; `detail` holds what was seen (console tail).
-    #[error("machine {machine} did not become ready within {seconds} s: {detail}")]
-    NotReady { machine: String, seconds: u64, detail: String },
-    /// The provider cannot do this at all (snapshots on a provider without them).
-    #[error("the {provider} provider cannot {what}")]
-    Unsupported { provider: ProviderKind, what: &'static str },
-    /// A machine or record names a provider this envy does not have.
-    #[error("provider {name:?} is not known: this envy has {known}")]
-    UnknownProvider { name: String, known: String },
-    /// Anything else, as a full sentence saying what to do.
-    #[error("{0}")]
-    Other(String),
-}
+pub use error::Error;
 
 /// What the provider sees of a machine right now (from its processes, not a record).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -321,10 +300,7 @@ pub fn check_snapshot_name(name: &str) -> Result<(), Error> {
     if ok {
         Ok(())
     } else {
-        Err(Error::Other(format!(
-            "snapshot name {name:?} is not valid: use 1-64 letters, digits, '.', '_' or '-', \
-             not starting with '.' and not only digits"
-        )))
+        Err(Error::InvalidSnapshotName { name: name.to_string() })
     }
 }
 

@@ -17,18 +17,16 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::provider::tool;
 use crate::model::Forward;
 use crate::plan::MachinePlan;
+use crate::process::Process;
 use crate::provider::Error;
 use crate::state::PidFile;
 
@@ -54,11 +52,7 @@ const NETNS_DIR: &str = "/run/netns";
 pub fn machine_ip(index: usize) -> Result<Ipv4Addr> {
     match u8::try_from(FIRST_HOST + index) {
         Ok(host) if host < 255 => Ok(Ipv4Addr::new(SUBNET[0], SUBNET[1], SUBNET[2], host)),
-        _ => bail!(Error::Other(format!(
-            "a project can hold at most {} machines on its network; this is machine number {}",
-            255 - FIRST_HOST,
-            index + 1
-        ))),
+        _ => bail!(Error::TooManyMachines { limit: 255 - FIRST_HOST, number: index + 1 }),
     }
 }
 
@@ -82,13 +76,13 @@ pub fn ensure_netns(name: &str) -> Result<()> {
         return Ok(());
     }
     let _ = std::fs::remove_file(netns_path(name));
-    tool::run(Command::new("ip").args(["netns", "add", name]), &format!("creating network namespace {name}"))?;
+    Process::new("ip").args(["netns", "add", name]).doing(format!("creating network namespace {name}")).run()?;
     Ok(())
 }
 
 pub fn delete_netns(name: &str) -> Result<()> {
     if netns_exists(name)? {
-        tool::run(Command::new("ip").args(["netns", "delete", name]), &format!("deleting network namespace {name}"))?;
+        Process::new("ip").args(["netns", "delete", name]).doing(format!("deleting network namespace {name}")).run()?;
     }
     let _ = std::fs::remove_file(netns_path(name));
     Ok(())
@@ -99,16 +93,11 @@ pub fn delete_netns(name: &str) -> Result<()> {
 pub fn ip_in(netns: &str, commands: &[&[&str]]) -> Result<String> {
     let script: String = commands.iter().map(|c| c.join(" ") + "\n").collect();
     let doing = format!("running `{}` in network namespace {netns}", script.trim_end().replace('\n', "; "));
-    Ok(tool::run_with_input(Command::new("ip").args(["-n", netns, "-batch", "-"]), &script, &doing)?)
+    Ok(Process::new("ip").args(["-n", netns, "-batch", "-"]).doing(doing).stdin_bytes(script).run()?)
 }
 
 pub fn link_exists(netns: &str, link: &str) -> bool {
-    Command::new("ip")
-        .args(["-n", netns, "link", "show", "dev", link])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    Process::new("ip").args(["-n", netns, "link", "show", "dev", link]).quiet().status().is_ok_and(|s| s.success())
 }
 
 /// One forward as slirp4netns lists it.
@@ -209,23 +198,22 @@ impl ProjectNet {
         let log_path = self.dir.join("slirp.log");
         let log = std::fs::File::create(&log_path).with_context(|| format!("cannot create {}", log_path.display()))?;
         let (ready_read, ready_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(|e| Error::Other(format!("cannot create a pipe for slirp4netns: {e}")))?;
+            .map_err(|e| Error::Host { doing: "create a pipe for slirp4netns".into(), cause: e.into() })?;
         let write_fd = ready_write.as_raw_fd();
         // --enable-seccomp narrows slirp4netns's syscalls; --enable-sandbox is left out:
         // with it, `ip netns` could no longer enter the namespaces on this host (EINVAL).
         let cidr = format!("{}/24", Ipv4Addr::new(SUBNET[0], SUBNET[1], SUBNET[2], 0));
-        let mut cmd = Command::new("slirp4netns");
-        cmd.args([&format!("--mtu={MTU}"), "--disable-host-loopback", "--enable-seccomp", "--ready-fd=3", "--cidr", &cidr, "--api-socket"])
+        let slirp = Process::new("slirp4netns")
+            .args([&format!("--mtu={MTU}"), "--disable-host-loopback", "--enable-seccomp", "--ready-fd=3", "--cidr", &cidr, "--api-socket"])
             .arg(&socket)
             .arg("--netns-type=path")
             .arg(netns_path(&self.netns))
             .arg(TAP)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
+            .doing(format!("attaching to network namespace {}", self.netns))
+            .output_to(&log)?;
         // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
+        let slirp = unsafe {
+            slirp.pre_exec(move || {
                 libc::setsid();
                 // fd 3 becomes the ready pipe, inherited across exec (dup2 clears CLOEXEC).
                 let ok = if write_fd == 3 { libc::fcntl(3, libc::F_SETFD, 0) } else { libc::dup2(write_fd, 3) };
@@ -233,12 +221,9 @@ impl ProjectNet {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
-            });
-        }
-        let child = cmd.spawn().map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => anyhow::Error::from(tool::missing("slirp4netns")),
-            _ => anyhow::anyhow!("cannot start slirp4netns: {e}"),
-        })?;
+            })
+        };
+        let child = slirp.spawn()?;
         drop(ready_write);
         // Recorded at once, so an `up` killed while waiting leaves no unknown slirp4netns.
         self.slirp().write(child.id())?;
@@ -250,7 +235,7 @@ impl ProjectNet {
             stop_process(child.id());
             self.slirp().remove();
             let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-            return Err(tool::failed("slirp4netns", &format!("attaching to network namespace {}", self.netns), "not ready", &log).into());
+            return Err(Error::SlirpNotReady { netns: self.netns.clone(), log: crate::process::frame(&log) }.into());
         }
         std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
             .with_context(|| format!("cannot restrict the slirp4netns API socket {}", socket.display()))?;
@@ -263,10 +248,10 @@ impl ProjectNet {
         if !netns_exists(&self.netns)? || !link_exists(&self.netns, BRIDGE) {
             return Ok(false);
         }
-        let links = tool::run(
-            Command::new("ip").args(["-o", "-n", &self.netns, "link", "show", "master", BRIDGE]),
-            &format!("listing the links on the bridge of network namespace {}", self.netns),
-        )?;
+        let links = Process::new("ip")
+            .args(["-o", "-n", &self.netns, "link", "show", "master", BRIDGE])
+            .doing(format!("listing the links on the bridge of network namespace {}", self.netns))
+            .run()?;
         Ok(links.lines().any(|l| l.split(": ").nth(1).is_some_and(|name| name.split('@').next() != Some(TAP))))
     }
 
@@ -363,10 +348,14 @@ impl ProjectNet {
             "guest_port": forward.guest_port,
         }});
         self.api(request).map(drop).map_err(|e| {
-            Error::Other(format!(
-                "cannot forward {}:{} to machine {machine} port {} ({}): {e:#}; another program may be using that host port: free it or change the forward in the Envfile",
-                forward.host_ip, forward.host_port, forward.guest_port, forward.protocol.as_str()
-            ))
+            Error::ForwardFailed {
+                host_ip: forward.host_ip,
+                host_port: forward.host_port,
+                machine: machine.to_string(),
+                guest_port: forward.guest_port,
+                protocol: forward.protocol.as_str(),
+                cause: format!("{e:#}"),
+            }
             .into()
         })
     }
@@ -416,11 +405,7 @@ fn tun_open(name: &str) -> Result<OwnedFd> {
     request.name[..name.len()].copy_from_slice(name.as_bytes());
     // SAFETY: TUNSETIFF reads one ifreq-sized struct that lives for the call.
     if unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETIFF, &request as *const TunRequest) } < 0 {
-        let e = std::io::Error::last_os_error();
-        bail!(Error::Other(format!(
-            "cannot make tap device {name} in the project network: {e}{}",
-            if e.raw_os_error() == Some(libc::EBUSY) { "; another QEMU of this machine still holds it: run `envy halt --force` first" } else { "" }
-        )));
+        bail!(Error::TapDevice { name: name.to_string(), cause: std::io::Error::last_os_error() });
     }
     Ok(OwnedFd::from(tun))
 }

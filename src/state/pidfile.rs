@@ -95,7 +95,7 @@ mod tests {
         file.write(std::process::id()).unwrap();
         assert_eq!(file.alive(), Some(std::process::id()));
 
-        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let mut child = crate::process::Process::new("true").spawn().unwrap();
         let pid = child.id();
         file.write(pid).unwrap();
         child.wait().unwrap();

@@ -7,7 +7,6 @@
 use std::fs::File;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use crate::boxes::archive;
 use crate::boxes::digest::{sha256_file, HashingReader, Pin};
@@ -16,7 +15,7 @@ use crate::boxes::manifest::{self, BootMethod, ContainerPayload, ImagePayload, M
 use crate::boxes::store::{Origin, Store, StoredBox, ROOTFS_DIR};
 use crate::boxes::Error;
 use crate::model::{BoxFormat, OciRef};
-use crate::provider::tool;
+use crate::process::Process;
 use crate::ui::Ui;
 
 use super::image::{self, Descriptor, ImageConfig, ImageManifest, Index, LayerCompression};
@@ -225,10 +224,12 @@ fn as_qcow2(disk: &Path, dest: &Path, label: &str) -> anyhow::Result<()> {
         std::fs::rename(disk, dest).map_err(Error::io("cannot move into the store", disk))?;
         return Ok(());
     }
-    tool::run(
-        Command::new("qemu-img").args(["convert", "-f", "raw", "-O", "qcow2"]).arg(disk).arg(dest),
-        &format!("converting the raw disk of {label} to qcow2"),
-    )?;
+    Process::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2"])
+        .arg(disk)
+        .arg(dest)
+        .doing(format!("converting the raw disk of {label} to qcow2"))
+        .run()?;
     Ok(())
 }
 

@@ -123,9 +123,9 @@ impl<'a> Machine<'a> {
     /// Mounts the overlay (unless mounted) and the sync folders, writes the bundle
     /// (with an image box's Env, WorkingDir and User) and runs the container.
     fn start_container(&self, stored: &StoredBox) -> Result<()> {
+        // rootfs() checks the box's unpacked root is there before anything is made for it.
         let lower = stored.rootfs()?;
         let lower = lower.as_path();
-        check_lower(lower)?;
         for dir in [self.layout.upper(), self.layout.work(), self.layout.rootfs()] {
             crate::fsutil::create_private_dir(&dir)?;
         }
@@ -253,17 +253,6 @@ impl<'a> Machine<'a> {
     }
 }
 
-/// The box's unpacked rootfs must be there before anything is created for it.
-fn check_lower(lower: &Path) -> Result<()> {
-    if !lower.is_dir() {
-        bail!(Error::Other(format!(
-            "the box's root filesystem {} is missing; run `envy box verify` to repair the box store, then `envy up` again",
-            lower.display()
-        )));
-    }
-    Ok(())
-}
-
 impl Provider for ContainerProvider {
     fn kind(&self) -> ProviderKind {
         KIND
@@ -295,8 +284,8 @@ impl Provider for ContainerProvider {
 
     fn up(&self, plan: &MachinePlan, stored: &StoredBox, ui: &Ui) -> Result<()> {
         let m = Machine::of(plan)?;
-        let lower = stored.rootfs()?;
-        check_lower(&lower)?;
+        // rootfs() checks the box's unpacked root is there before anything is made for it.
+        stored.rootfs()?;
         crate::fsutil::create_private_dir(m.layout.dir())?;
         // Written (and fsynced) only when it changes: every `up` of a running machine passes here.
         if crate::fsutil::read_private(&m.layout.box_record())?.as_deref() != Some(stored.digest.as_bytes()) {
@@ -364,7 +353,7 @@ impl Provider for ContainerProvider {
         let m = Machine::of(plan)?;
         m.require_container()?;
         if request.command.is_empty() {
-            bail!(Error::Other("no command given to run in the machine; put it after `--`".into()));
+            bail!(Error::NoCommand);
         }
         let code = m.runc.exec(m.id(), request)?;
         if code != runc::EXEC_FAILED {

@@ -4,14 +4,13 @@
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::process::Command;
 
 use anyhow::Result;
 use sha2::{Digest as _, Sha256};
 
 use crate::plan::MachinePlan;
+use crate::process::Process;
 use crate::provider::network::{delete_netns, ensure_netns, ip_in, link_exists, netns_exists, netns_path, ProjectNet, BRIDGE, GATEWAY, MTU};
-use crate::provider::tool;
 
 pub use crate::provider::network::{machine_ip, DNS};
 
@@ -45,11 +44,11 @@ impl MachineNet {
         if !netns_exists(&self.netns)? || !link_exists(project.netns(), &self.veth) {
             return Ok(false);
         }
-        let addresses = tool::run(
-            Command::new("ip").args(["-o", "-n", &self.netns, "address", "show", "dev", "eth0"]),
-            &format!("reading the address of machine namespace {}", self.netns),
-        )
-        .unwrap_or_default();
+        let addresses = Process::new("ip")
+            .args(["-o", "-n", &self.netns, "address", "show", "dev", "eth0"])
+            .doing(format!("reading the address of machine namespace {}", self.netns))
+            .run()
+            .unwrap_or_default();
         Ok(addresses.contains(&format!("inet {}/24", self.ip)))
     }
 

@@ -58,20 +58,12 @@ pub fn mount_overlay(lower: &Path, upper: &Path, work: &Path, merged: &Path) -> 
     for path in [lower, upper, work, merged] {
         let text = path.to_string_lossy();
         if text.contains(',') || text.contains(':') {
-            bail!(Error::Other(format!(
-                "cannot mount the machine's root filesystem: the path {} holds ',' or ':', which overlayfs cannot take; move the project or ENVY_HOME to a path without them",
-                path.display()
-            )));
+            bail!(Error::OverlayPath { path: path.to_path_buf() });
         }
     }
     let options = format!("lowerdir={},upperdir={},workdir={}", lower.display(), upper.display(), work.display());
-    mount(Some("overlay"), merged, Some("overlay"), MsFlags::empty(), Some(options.as_str())).map_err(|e| {
-        Error::Other(format!(
-            "cannot mount the overlay root filesystem at {} (lower {}): {e}; check that the kernel has overlayfs and that envy runs as root",
-            merged.display(),
-            lower.display()
-        ))
-    })?;
+    mount(Some("overlay"), merged, Some("overlay"), MsFlags::empty(), Some(options.as_str()))
+        .map_err(|cause| Error::OverlayMount { merged: merged.to_path_buf(), lower: lower.to_path_buf(), cause })?;
     Ok(())
 }
 
@@ -84,9 +76,8 @@ pub fn bind_mount(source: &Path, point: &Path, is_dir: bool) -> Result<()> {
         std::fs::OpenOptions::new().write(true).create_new(true).open(point).map(drop)
     };
     made.with_context(|| format!("cannot create the mount point {}", point.display()))?;
-    mount(Some(source), point, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>).map_err(|e| {
-        Error::Other(format!("cannot bind-mount a sync folder at {}: {e}; check that envy runs as root", point.display()))
-    })?;
+    mount(Some(source), point, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+        .map_err(|cause| Error::BindMount { point: point.to_path_buf(), cause })?;
     Ok(())
 }
 
@@ -95,12 +86,11 @@ pub fn bind_mount(source: &Path, point: &Path, is_dir: bool) -> Result<()> {
 pub fn unmount_all(dir: &Path) -> Result<()> {
     for point in mounts_under(dir)? {
         if umount2(&point, MntFlags::empty()).is_err() {
-            umount2(&point, MntFlags::MNT_DETACH)
-                .map_err(|e| Error::Other(format!("cannot unmount {}: {e}; unmount it by hand (umount -l) and try again", point.display())))?;
+            umount2(&point, MntFlags::MNT_DETACH).map_err(|cause| Error::Unmount { point: point.clone(), cause })?;
         }
     }
     if let Some(left) = mounts_under(dir)?.first() {
-        bail!(Error::Other(format!("{} is still mounted after unmounting; unmount it by hand (umount -l) and try again", left.display())));
+        bail!(Error::StillMounted { point: left.clone() });
     }
     Ok(())
 }

@@ -3,12 +3,11 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, Result};
 use serde::Deserialize;
 
-use crate::provider::tool;
+use crate::process::{Process, ProcessError};
 use crate::provider::ExecRequest;
 
 /// What `runc exec` exits with when it could not start the command (and what a
@@ -45,73 +44,65 @@ impl Runc {
         Runc { root }
     }
 
-    fn command(&self) -> Command {
-        let mut cmd = Command::new("runc");
-        cmd.arg("--root").arg(&self.root);
-        cmd
+    fn command(&self) -> Process {
+        Process::new("runc").arg("--root").arg(&self.root)
     }
 
     /// The container's state, or `None` when runc knows no container by that id.
     pub fn state(&self, id: &str) -> Result<Option<ContainerState>> {
-        let out = tool::output(self.command().args(["state", id]), &format!("reading the state of container {id}"))?;
-        if !out.status.success() {
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            if stderr.contains("does not exist") {
-                return Ok(None);
-            }
-            return Err(tool::failed("runc", &format!("reading the state of container {id}"), &out.status.to_string(), &stderr).into());
-        }
-        let state = serde_json::from_slice(&out.stdout)
+        let out = match self.command().args(["state", id]).doing(format!("reading the state of container {id}")).run() {
+            Ok(out) => out,
+            // runc exits 1 for every error; one for a container it does not know is told
+            // by the container's state dir under runc's root, which runc makes at create.
+            Err(ProcessError::Failed { .. }) if !self.knows(id) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let state = serde_json::from_str(&out)
             .with_context(|| format!("runc printed a state for container {id} that envy cannot read"))?;
         Ok(Some(state))
+    }
+
+    /// Whether runc holds state for container `id` (its dir under the root; not followed).
+    fn knows(&self, id: &str) -> bool {
+        std::fs::symlink_metadata(self.root.join(id)).is_ok()
     }
 
     /// `runc run -d`: starts the container detached; its stdio (and runc's own
     /// messages) go to `log`, whose new part is framed in the error if runc fails.
     pub fn run_detached(&self, id: &str, bundle: &Path, log: &Path) -> Result<()> {
         std::fs::create_dir_all(&self.root).with_context(|| format!("cannot create runc's state root {}", self.root.display()))?;
-        let file = File::options().create(true).append(true).open(log)
+        let file = File::options().create(true).read(true).append(true).open(log)
             .with_context(|| format!("cannot open the container log {}", log.display()))?;
-        let start = file.metadata().map(|m| m.len()).unwrap_or(0);
-        let doing = format!("starting container {id}");
-        let out = tool::output(
-            self.command()
-                .args(["run", "--detach", "--bundle"])
-                .arg(bundle)
-                .arg(id)
-                .stdin(Stdio::null())
-                .stdout(file.try_clone()?)
-                .stderr(file),
-            &doing,
-        )?;
-        if !out.status.success() {
-            let text = std::fs::read(log).unwrap_or_default();
-            let new = String::from_utf8_lossy(text.get(start as usize..).unwrap_or_default());
-            return Err(tool::failed("runc", &doing, &out.status.to_string(), &new).into());
-        }
+        self.command()
+            .args(["run", "--detach", "--bundle"])
+            .arg(bundle)
+            .arg(id)
+            .doing(format!("starting container {id}"))
+            .output_to(&file)?
+            .run()?;
         Ok(())
     }
 
     /// Sends `signal` (a name such as TERM or KILL) to the container's init.
     pub fn kill(&self, id: &str, signal: &str) -> Result<()> {
-        tool::run(self.command().args(["kill", id, signal]), &format!("sending SIG{signal} to container {id}"))?;
+        self.command().args(["kill", id, signal]).doing(format!("sending SIG{signal} to container {id}")).run()?;
         Ok(())
     }
 
     /// Removes the container, killing it first if it still runs.
     pub fn delete(&self, id: &str) -> Result<()> {
-        tool::run(self.command().args(["delete", "--force", id]), &format!("deleting container {id}"))?;
+        self.command().args(["delete", "--force", id]).doing(format!("deleting container {id}")).run()?;
         Ok(())
     }
 
     /// Freezes every process of the container (for a consistent copy of its layer).
     pub fn pause(&self, id: &str) -> Result<()> {
-        tool::run(self.command().args(["pause", id]), &format!("pausing container {id}"))?;
+        self.command().args(["pause", id]).doing(format!("pausing container {id}")).run()?;
         Ok(())
     }
 
     pub fn resume(&self, id: &str) -> Result<()> {
-        tool::run(self.command().args(["resume", id]), &format!("resuming container {id}"))?;
+        self.command().args(["resume", id]).doing(format!("resuming container {id}")).run()?;
         Ok(())
     }
 
@@ -119,29 +110,24 @@ impl Runc {
     /// command runs as the init's user (unless the request asks for root) and in the
     /// init's directory (unless the request names one).
     pub fn exec(&self, id: &str, request: &ExecRequest) -> Result<i32> {
-        let mut cmd = self.command();
-        cmd.arg("exec");
+        let mut runc = self.command().arg("exec");
         if let Some(dir) = &request.workdir {
-            cmd.arg("--cwd").arg(dir);
+            runc = runc.arg("--cwd").arg(dir);
         }
         if request.as_root {
-            cmd.args(["--user", "0:0"]);
+            runc = runc.args(["--user", "0:0"]);
         }
         for (key, value) in &request.env {
-            cmd.arg("--env").arg(format!("{key}={value}"));
+            runc = runc.arg("--env").arg(format!("{key}={value}"));
         }
         if request.tty {
-            cmd.arg("--tty");
+            runc = runc.arg("--tty");
         }
-        cmd.arg(id).args(&request.command);
+        runc = runc.arg(id).args(&request.command).doing(format!("running a command in container {id}"));
         if let Some(path) = &request.stdin {
-            cmd.stdin(File::open(path).with_context(|| format!("cannot open {} to send it into container {id}", path.display()))?);
+            runc = runc.stdin_file(File::open(path).with_context(|| format!("cannot open {} to send it into container {id}", path.display()))?);
         }
-        tracing::debug!(?cmd, "running");
-        let status = cmd.status().map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => anyhow::Error::from(tool::missing("runc")),
-            _ => anyhow::anyhow!("cannot start runc to run a command in container {id}: {e}"),
-        })?;
+        let status = runc.status()?;
         // A command killed by a signal reports 128 + signal, as shells do.
         Ok(status.code().unwrap_or_else(|| 128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)))
     }

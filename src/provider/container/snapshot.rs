@@ -7,13 +7,12 @@
 //! Export flattens box + layer into the `rootfs.tar` a shared box carries.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
 
 use super::{overlay, Layout, Machine};
-use crate::provider::tool;
+use crate::process::Process;
 use crate::provider::{Error, MachineState, SnapshotInfo};
 use crate::ui::Ui;
 
@@ -42,10 +41,8 @@ fn sidecar_path(layout: &Layout, name: &str) -> PathBuf {
 
 /// GNU tar with what an overlay layer needs: numeric owners, and the trusted.overlay
 /// xattrs that mark opaque dirs (whiteouts are char devices, which tar keeps anyway).
-fn layer_tar() -> Command {
-    let mut cmd = Command::new("tar");
-    cmd.args(["--numeric-owner", "--xattrs", "--xattrs-include=trusted.overlay.*", "--zstd"]);
-    cmd
+fn layer_tar() -> Process {
+    Process::new("tar").args(["--numeric-owner", "--xattrs", "--xattrs-include=trusted.overlay.*", "--zstd"])
 }
 
 fn missing_machine(m: &Machine) -> anyhow::Error {
@@ -75,10 +72,7 @@ pub fn save(m: &Machine, name: &str, replace: bool, ui: &Ui) -> Result<SnapshotI
     }
     let old = read_sidecar(&m.layout, name)?;
     if old.is_some() && !replace {
-        bail!(Error::Other(format!(
-            "machine {} already has a snapshot named {name}; delete it first (`envy snapshot delete {name}`) or save with --force",
-            m.name()
-        )));
+        bail!(Error::SnapshotExists { machine: m.name().to_string(), name: name.to_string() });
     }
     crate::fsutil::create_private_dir(&m.layout.snapshots())?;
     let partial = m.layout.snapshots().join(format!(".{name}.partial"));
@@ -86,10 +80,15 @@ pub fn save(m: &Machine, name: &str, replace: bool, ui: &Ui) -> Result<SnapshotI
     let saved = frozen(m, || {
         let file = crate::fsutil::create_private(&partial)?;
         drop(file);
-        tool::run(
-            layer_tar().arg("--create").arg("--file").arg(&partial).arg("--directory").arg(m.layout.upper()).arg("."),
-            &format!("saving snapshot {name} of machine {}", m.name()),
-        )?;
+        layer_tar()
+            .arg("--create")
+            .arg("--file")
+            .arg(&partial)
+            .arg("--directory")
+            .arg(m.layout.upper())
+            .arg(".")
+            .doing(format!("saving snapshot {name} of machine {}", m.name()))
+            .run()?;
         Ok(crate::boxes::sha256_file(&partial)?)
     });
     let sha256 = match saved {
@@ -145,9 +144,8 @@ fn require_snapshot(layout: &Layout, machine: &str, name: &str) -> Result<Sideca
     match read_sidecar(layout, name)? {
         Some(sidecar) => Ok(sidecar),
         None => {
-            let known: Vec<String> = list(layout)?.into_iter().map(|s| s.name).collect();
-            let known = if known.is_empty() { "it has none".to_string() } else { format!("it has: {}", known.join(", ")) };
-            bail!(Error::Other(format!("machine {machine} has no snapshot named {name}; {known}")))
+            let known = list(layout)?.into_iter().map(|s| s.name).collect();
+            bail!(Error::NoSnapshot { machine: machine.to_string(), name: name.to_string(), known })
         }
     }
 }
@@ -173,13 +171,7 @@ pub fn restore(m: &Machine, name: &str, ui: &Ui) -> Result<()> {
     // The archive must be the one that was saved, byte for byte.
     let got = crate::boxes::sha256_file(&archive)?;
     if got != sidecar.sha256 {
-        bail!(Error::Other(format!(
-            "snapshot {name} of machine {} is damaged: {} has sha256 {got}, its record says {}; it was not restored \
-             (delete it with `envy snapshot delete {name}`)",
-            m.name(),
-            archive.display(),
-            sidecar.sha256
-        )));
+        bail!(Error::SnapshotDamaged { machine: m.name().to_string(), name: name.to_string(), archive, got, want: sidecar.sha256 });
     }
     let staging = m.layout.restore_tmp();
     if staging.exists() {
@@ -187,10 +179,14 @@ pub fn restore(m: &Machine, name: &str, ui: &Ui) -> Result<()> {
     }
     crate::fsutil::create_private_dir(&staging)?;
     // Unpack first: a bad archive fails here with the machine untouched.
-    let unpacked = tool::run(
-        layer_tar().arg("--extract").arg("--file").arg(&archive).arg("--directory").arg(&staging),
-        &format!("unpacking snapshot {name} of machine {}", m.name()),
-    );
+    let unpacked = layer_tar()
+        .arg("--extract")
+        .arg("--file")
+        .arg(&archive)
+        .arg("--directory")
+        .arg(&staging)
+        .doing(format!("unpacking snapshot {name} of machine {}", m.name()))
+        .run();
     if let Err(e) = unpacked {
         let _ = std::fs::remove_dir_all(&staging);
         return Err(e.into());
@@ -268,11 +264,15 @@ pub fn export(m: &Machine, lower: &Path, dir: &Path, ui: &Ui) -> Result<Vec<Path
     let target = dir.join("rootfs.tar");
     ui.step(format!("{}: exporting its root filesystem", m.name()));
     let written = frozen(m, || {
-        tool::run(
-            Command::new("tar").args(["--create", "--numeric-owner", "--file"]).arg(&target).arg("--directory").arg(&rootfs).arg("."),
-            &format!("exporting the root filesystem of machine {}", m.name()),
-        )
-        .map_err(anyhow::Error::from)
+        Process::new("tar")
+            .args(["--create", "--numeric-owner", "--file"])
+            .arg(&target)
+            .arg("--directory")
+            .arg(&rootfs)
+            .arg(".")
+            .doing(format!("exporting the root filesystem of machine {}", m.name()))
+            .run()
+            .map_err(anyhow::Error::from)
     });
     if mounted_here {
         overlay::unmount_all(m.layout.dir())?;

@@ -98,11 +98,10 @@ fn kvm_pvm_loaded() -> bool {
     if std::path::Path::new("/sys/module/kvm_pvm").exists() {
         return true;
     }
-    std::process::Command::new("dmesg")
-        .stderr(std::process::Stdio::null())
+    crate::process::Process::new("dmesg")
+        .doing("looking for kvm-pvm in the kernel log")
         .output()
-        .map(|out| String::from_utf8_lossy(&out.stdout).contains("kvm-pvm: loaded"))
-        .unwrap_or(false)
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("kvm-pvm: loaded"))
 }
 
 /// The accelerator for a machine: `ENVY_ACCEL`, then the Envfile's `accel`, then auto.
@@ -113,11 +112,7 @@ pub fn choose(spec: Option<Accel>, ui: &Ui) -> Result<Chosen, Error> {
             "kvm" => Accel::Kvm,
             "tcg" => Accel::Tcg,
             "auto" => Accel::Auto,
-            other => {
-                return Err(Error::Other(format!(
-                    "{ENV}={other} is not an accelerator; use kvm, tcg or auto"
-                )))
-            }
+            _ => return Err(Error::BadEnvVar { name: ENV, value: v.clone(), expected: "an accelerator; use kvm, tcg or auto" }),
         },
         _ => spec.unwrap_or(Accel::Auto),
     };
@@ -128,10 +123,7 @@ pub fn choose(spec: Option<Accel>, ui: &Ui) -> Result<Chosen, Error> {
             if report.kvm_works {
                 Ok(Chosen::Kvm)
             } else {
-                Err(Error::Other(format!(
-                    "KVM was asked for but {}; use accel = \"tcg\" (or {ENV}=tcg), or fix /dev/kvm access",
-                    report.detail
-                )))
+                Err(Error::KvmUnusable { detail: report.detail })
             }
         }
         Accel::Auto => {

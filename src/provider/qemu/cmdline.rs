@@ -3,9 +3,9 @@
 
 use std::ffi::OsString;
 use std::path::Path;
-use std::process::Command;
 
 use super::accel::Chosen;
+use crate::process::Process;
 
 /// The emulator envy drives.
 pub const QEMU_BINARY: &str = "qemu-system-x86_64";
@@ -152,12 +152,9 @@ impl QemuCommand {
         format!("{prefix}{}", self.devices)
     }
 
-    /// The finished command (logged at debug level).
-    pub fn build(&self) -> Command {
-        let mut command = Command::new(QEMU_BINARY);
-        command.args(&self.args);
-        tracing::debug!("qemu command: {QEMU_BINARY} {}", self.args.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" "));
-        command
+    /// The finished command (the runner logs it at debug level).
+    pub fn build(&self) -> Process {
+        Process::new(QEMU_BINARY).args(&self.args)
     }
 }
 
@@ -166,7 +163,7 @@ mod tests {
     use super::*;
 
     fn args(cmd: &QemuCommand) -> Vec<String> {
-        cmd.build().get_args().map(|a| a.to_string_lossy().into_owned()).collect()
+        cmd.build().command().get_args().map(|a| a.to_string_lossy().into_owned()).collect()
     }
 
     #[test]

@@ -2,11 +2,10 @@
 //! creating a machine copies nothing; `disk = "..."` in the Envfile grows it.
 
 use std::path::Path;
-use std::process::Command;
 
 use serde::Deserialize;
 
-use crate::provider::tool;
+use crate::process::{Process, ProcessError};
 use crate::provider::Error;
 
 /// What `qemu-img info` says about an image (the parts envy uses).
@@ -31,41 +30,34 @@ pub struct ImageSnapshot {
 /// Reads a qcow2 image's header (`-f qcow2`: a damaged header must not pass as raw).
 /// `-U` (force share) lets it read a disk a running QEMU holds.
 pub fn info(image: &Path) -> Result<ImageInfo, Error> {
-    let out = tool::run(
-        Command::new("qemu-img").args(["info", "-U", "-f", "qcow2", "--output=json"]).arg(image),
-        &format!("reading the disk image {}", image.display()),
-    )?;
-    serde_json::from_str(&out).map_err(|e| {
-        Error::Other(format!("qemu-img info printed unreadable JSON for {}: {e}", image.display()))
-    })
+    let out = Process::new("qemu-img")
+        .args(["info", "-U", "-f", "qcow2", "--output=json"])
+        .arg(image)
+        .doing(format!("reading the disk image {}", image.display()))
+        .run()?;
+    serde_json::from_str(&out).map_err(|cause| Error::DiskInfo { image: image.to_path_buf(), cause })
 }
 
 /// Creates `overlay` over `backing` (both qcow2), of `size` bytes when given (it must
 /// not be smaller than the backing disk). Nothing is left behind on failure.
 pub fn create_overlay(backing: &Path, overlay: &Path, size: Option<u64>) -> Result<(), Error> {
     let base = info(backing).map_err(|e| match e {
-        Error::ToolFailed { stderr, .. } => Error::Other(format!(
-            "the box disk {} is not a readable qcow2 image; the box may be corrupt: \
-             remove it with `envy box remove` and add it again.\n{stderr}",
-            backing.display()
-        )),
+        Error::Process(ProcessError::Failed { stderr, .. }) => Error::BadBoxDisk { disk: backing.to_path_buf(), stderr },
         other => other,
     })?;
     if let Some(size) = size.filter(|&s| s < base.virtual_size) {
-        return Err(Error::Other(format!(
-            "disk = {size} bytes is smaller than the box's disk ({} bytes); \
-             set disk to at least that or remove it from the Envfile",
-            base.virtual_size
-        )));
+        return Err(Error::DiskBelowBox { size, minimum: base.virtual_size });
     }
-    let mut command = Command::new("qemu-img");
-    command.args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"]).arg(backing).arg(overlay);
-    if let Some(size) = size {
-        command.arg(size.to_string());
-    }
-    tool::run(&mut command, &format!("creating the machine disk {}", overlay.display())).inspect_err(|_| {
-        let _ = std::fs::remove_file(overlay);
-    })?;
+    Process::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(backing)
+        .arg(overlay)
+        .args(size.map(|s| s.to_string()))
+        .doing(format!("creating the machine disk {}", overlay.display()))
+        .run()
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(overlay);
+        })?;
     Ok(())
 }
 
@@ -73,30 +65,32 @@ pub fn create_overlay(backing: &Path, overlay: &Path, size: Option<u64>) -> Resu
 pub fn grow(overlay: &Path, size: u64) -> Result<(), Error> {
     let current = info(overlay)?.virtual_size;
     if size < current {
-        return Err(Error::Other(format!(
-            "disk = {size} bytes is smaller than the machine's disk ({current} bytes); \
-             disks only grow: raise disk in the Envfile, or `envy destroy` and `envy up` to start smaller"
-        )));
+        return Err(Error::DiskShrink { size, current });
     }
     if size > current {
-        tool::run(
-            Command::new("qemu-img").args(["resize", "-q"]).arg(overlay).arg(size.to_string()),
-            &format!("growing {} to {size} bytes", overlay.display()),
-        )?;
+        Process::new("qemu-img")
+            .args(["resize", "-q"])
+            .arg(overlay)
+            .arg(size.to_string())
+            .doing(format!("growing {} to {size} bytes", overlay.display()))
+            .run()?;
     }
     Ok(())
 }
 
 /// Writes a standalone copy of `overlay` (its backing chain flattened) to `target`.
 pub fn flatten(overlay: &Path, target: &Path) -> Result<(), Error> {
-    tool::run(
-        Command::new("qemu-img").args(["convert", "-O", "qcow2"]).arg(overlay).arg(target),
-        &format!("flattening {} into {}", overlay.display(), target.display()),
-    )
-    .map(drop)
-    .inspect_err(|_| {
-        let _ = std::fs::remove_file(target);
-    })
+    Process::new("qemu-img")
+        .args(["convert", "-O", "qcow2"])
+        .arg(overlay)
+        .arg(target)
+        .doing(format!("flattening {} into {}", overlay.display(), target.display()))
+        .run()
+        .map(drop)
+        .map_err(Error::from)
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(target);
+        })
 }
 
 #[cfg(test)]
@@ -105,13 +99,7 @@ mod tests {
 
     fn base(dir: &Path, size: &str) -> std::path::PathBuf {
         let path = dir.join("base.qcow2");
-        let status = Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2"])
-            .arg(&path)
-            .arg(size)
-            .status()
-            .expect("qemu-img is needed by these tests: apt-get install qemu-utils");
-        assert!(status.success());
+        Process::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&path).arg(size).run().unwrap();
         path
     }
 

@@ -29,6 +29,7 @@ use crate::boxes::{BootMethod, QemuPayload, StoredBox};
 use crate::model::{BoxFormat, HostCheck, ProviderKind};
 use ssh::SshTarget;
 use crate::plan::{MachinePlan, OpenedFolder};
+use crate::process::Process;
 use crate::provider::{Error, ExecRequest, GuestPorts, ImageExport, MachineInfo, MachineState, Provider, SnapshotInfo};
 use crate::ui::Ui;
 
@@ -109,9 +110,10 @@ impl Default for QemuProvider {
 
 fn boot_timeout() -> Result<Duration, Error> {
     match std::env::var(BOOT_TIMEOUT_ENV) {
-        Ok(v) if !v.is_empty() => v.parse::<u64>().map(Duration::from_secs).map_err(|_| {
-            Error::Other(format!("{BOOT_TIMEOUT_ENV}={v} is not a number of seconds"))
-        }),
+        Ok(v) if !v.is_empty() => v
+            .parse::<u64>()
+            .map(Duration::from_secs)
+            .map_err(|_| Error::BadEnvVar { name: BOOT_TIMEOUT_ENV, value: v, expected: "a number of seconds" }),
         _ => Ok(Duration::from_secs(DEFAULT_BOOT_TIMEOUT)),
     }
 }
@@ -127,15 +129,14 @@ fn ssh_target(files: &MachineFiles, port: u16) -> SshTarget {
     }
 }
 
-fn qemu_payload<'a>(plan: &MachinePlan, stored: &'a StoredBox) -> Result<&'a QemuPayload, Error> {
-    stored.manifest.qemu.as_ref().ok_or_else(|| {
-        Error::Other(format!(
-            "box {} ({}) has no VM disk, so machine {} cannot run on qemu; \
-             use provider = \"container\" or a box built for qemu",
-            stored.manifest.name,
-            stored.digest,
-            plan.name()
-        ))
+/// The box's VM payload; a box without one is the wrong box for a qemu machine.
+fn qemu_payload<'a>(plan: &MachinePlan, stored: &'a StoredBox) -> Result<&'a QemuPayload, crate::boxes::Error> {
+    stored.manifest.qemu.as_ref().ok_or_else(|| crate::boxes::Error::WrongProvider {
+        name: stored.manifest.name.clone(),
+        digest: stored.digest.clone(),
+        providers: stored.manifest.providers.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", "),
+        wanted: KIND.to_string(),
+        machine: plan.name().to_string(),
     })
 }
 
@@ -198,16 +199,14 @@ fn qemu_command(
     ssh_port: u16,
     net: Option<(&Segment, &OwnedFd)>,
     sync: &[(&OpenedFolder, Transport)],
-) -> Result<std::process::Command, Error> {
+) -> Result<Process> {
     let payload = qemu_payload(plan, stored)?;
     let mut qemu = QemuCommand::new(&plan.runtime_id);
     qemu.machine(accel).cpus(plan.spec.cpus).memory(plan.spec.memory, sync.iter().any(|(_, t)| *t == Transport::Virtiofs));
     if payload.boot == BootMethod::Kernel {
-        let kernel = payload.kernel.as_deref().ok_or_else(|| {
-            Error::Other(format!(
-                "box {} boots by kernel but names no kernel file in box.toml; rebuild the box",
-                stored.manifest.name
-            ))
+        let kernel = payload.kernel.as_deref().ok_or_else(|| crate::boxes::Error::BadManifest {
+            archive: format!("box {}", stored.manifest.name),
+            reason: "it boots by kernel but names no kernel file; rebuild the box".into(),
         })?;
         let initrd = payload.initrd.as_deref().map(|f| stored.file(f));
         qemu.kernel(
@@ -471,22 +470,18 @@ impl Provider for QemuProvider {
     fn snapshot_save(&self, plan: &MachinePlan, name: &str, replace: bool, ui: &Ui) -> Result<SnapshotInfo> {
         let files = self.created(plan)?;
         let running = live_state(&files).is_some();
-        if replace && snapshot::get(&files, plan.name(), name).is_ok() {
+        let exists = snapshot::get(&files, plan.name(), name).is_ok();
+        if exists && !replace {
+            return Err(Error::SnapshotExists { machine: plan.name().to_string(), name: name.to_string() }.into());
+        }
+        if exists {
             // qcow2 cannot rename a snapshot, so the old one goes first: only when the
             // disk can hold the new one (its memory, when running, is the most of it).
             let need = if running { plan.spec.memory } else { 0 } + REPLACE_HEADROOM;
             let free = nix::sys::statvfs::statvfs(&files.dir).map(|v| v.blocks_available() * v.fragment_size())
                 .with_context(|| format!("cannot read the free space of {}", files.dir.display()))?;
             if free < need {
-                return Err(Error::Other(format!(
-                    "replacing snapshot {name} of machine {} needs about {} free in {} and {} are; \
-                     the old snapshot is kept: free space, or save under another name",
-                    plan.name(),
-                    indicatif::HumanBytes(need),
-                    files.dir.display(),
-                    indicatif::HumanBytes(free)
-                ))
-                .into());
+                return Err(Error::NoRoomToReplace { machine: plan.name().to_string(), name: name.to_string(), dir: files.dir.clone(), need, free }.into());
             }
             snapshot::delete(&files, plan.name(), name, running)?;
         }
@@ -538,11 +533,10 @@ impl Provider for QemuProvider {
     fn export(&self, plan: &MachinePlan, stored: &StoredBox, dir: &Path, ui: &Ui) -> Result<Vec<PathBuf>> {
         let files = self.created(plan)?;
         if live_state(&files).is_some() {
-            return Err(Error::Other(format!(
-                "machine {0} is running; its disk is exported only halted, so the copy is consistent: \
-                 run `envy halt {0}` first",
-                plan.name()
-            ))
+            return Err(Error::MustBeHalted {
+                machine: plan.name().to_string(),
+                reason: format!("machine {} is running; its disk is exported only halted, so the copy is consistent", plan.name()),
+            }
             .into());
         }
         let payload = qemu_payload(plan, stored)?;
@@ -561,12 +555,7 @@ impl Provider for QemuProvider {
     fn export_image(&self, plan: &MachinePlan, stored: &StoredBox, dir: &Path, ui: &Ui) -> Result<ImageExport> {
         // A containerDisk boots by firmware: a kernel beside the disk has no place in it.
         if qemu_payload(plan, stored)?.boot != BootMethod::Firmware {
-            return Err(Error::Other(format!(
-                "machine {} boots by kernel (box {}), and a containerDisk image boots by firmware; share it as a box file with `envy share`",
-                plan.name(),
-                stored.manifest.name
-            ))
-            .into());
+            return Err(Error::KernelBootImage { machine: plan.name().to_string(), box_name: stored.manifest.name.clone() }.into());
         }
         let exported = self.export(plan, stored, dir, ui)?;
         let disk = exported.first().context("the machine's export gave no disk")?;

@@ -23,7 +23,7 @@ pub const USER_NETDEV: &str = "net0";
 pub fn free_local_port() -> Result<u16, Error> {
     Protocol::Tcp
         .free_port(IpAddr::V4(Ipv4Addr::LOCALHOST))
-        .map_err(|e| Error::Other(format!("cannot find a free port on 127.0.0.1: {e}")))
+        .map_err(|cause| Error::Host { doing: "find a free port on 127.0.0.1".into(), cause })
 }
 
 /// The SSH port for this boot: the recorded one when still free, else a new one.
@@ -44,14 +44,13 @@ pub fn pick_ssh_port(recorded: Option<u16>) -> Result<u16, Error> {
 pub fn check_forwards(plan: &MachinePlan) -> Result<(), Error> {
     for fwd in &plan.forwards {
         if !fwd.host_port_free(fwd.host_port) {
-            return Err(Error::Other(format!(
-                "host port {}:{} (forward to port {} of machine {}) is in use; free it, \
-                 pick another host port in the Envfile, or mark the forward auto",
-                fwd.host_ip,
-                fwd.host_port,
-                fwd.guest_port,
-                plan.name()
-            )));
+            return Err(Error::PortTaken {
+                host_ip: fwd.host_ip,
+                host_port: fwd.host_port,
+                protocol: fwd.protocol.as_str(),
+                machine: plan.name().to_string(),
+                holder: None,
+            });
         }
     }
     Ok(())
@@ -97,11 +96,7 @@ impl Segment {
         if nix::unistd::geteuid().is_root() {
             return Ok(());
         }
-        Err(Error::Other(format!(
-            "machine {} shares the project network with the project's other machines, and that network \
-             is a network namespace, which only root can make: run envy as root, or give the project one machine",
-            plan.name()
-        )))
+        Err(Error::ProjectNetNeedsRoot { machine: plan.name().to_string() })
     }
 
     /// Brings the project network up and opens this VM's tap on it, for QEMU to inherit.

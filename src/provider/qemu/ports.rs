@@ -54,7 +54,7 @@ fn host_side(forward: &Forward) -> String {
 impl GuestPorts for QemuPorts {
     fn listening(&mut self) -> Result<BTreeSet<u16>> {
         let text = self.target.output(READ_TABLES, proc_net::MAX_TEXT, LOOK_LIMIT)?;
-        let sockets = proc_net::listening(&text).map_err(|e| Error::Other(format!("machine {}: {e}", self.machine)))?;
+        let sockets = proc_net::listening(&text).map_err(|e| Error::GuestPorts { machine: self.machine.clone(), problem: e.to_string() })?;
         Ok(sockets.into_iter().filter(|(ip, _)| forwardable(*ip)).map(|(_, port)| port).collect())
     }
 
@@ -64,14 +64,11 @@ impl GuestPorts for QemuPorts {
         let reply = self.hmp(&format!("hostfwd_add {USER_NETDEV} {rule}"))?;
         // HMP says nothing when it worked; its errors are text.
         if !reply.trim().is_empty() {
-            return Err(Error::Other(format!(
-                "QEMU could not forward {}:{} to port {} of machine {}: {}",
-                forward.host_ip,
-                forward.host_port,
-                forward.guest_port,
-                self.machine,
-                reply.trim()
-            ))
+            return Err(Error::HostForward {
+                machine: self.machine.clone(),
+                doing: format!("forward {}:{} to port {}", forward.host_ip, forward.host_port, forward.guest_port),
+                said: reply.trim().to_string(),
+            }
             .into());
         }
         Ok(())
@@ -85,7 +82,7 @@ impl GuestPorts for QemuPorts {
         let said = reply.trim();
         match said.strip_prefix(&format!("host forwarding rule for {rule} ")) {
             Some("removed" | "not found") => Ok(()),
-            _ => Err(Error::Other(format!("QEMU could not remove its forward of {} for machine {}: {said}", rule, self.machine)).into()),
+            _ => Err(Error::HostForward { machine: self.machine.clone(), doing: format!("remove its forward of {rule}"), said: said.to_string() }.into()),
         }
     }
 }

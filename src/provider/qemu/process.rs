@@ -3,7 +3,6 @@
 
 use std::os::fd::RawFd;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -12,7 +11,7 @@ use nix::unistd::Pid;
 
 use super::files::MachineFiles;
 use super::qmp::{self, Qmp};
-use crate::provider::tool;
+use crate::process::Process;
 use crate::provider::Error;
 use crate::state::PidFile;
 
@@ -30,13 +29,13 @@ pub fn running_pid(files: &MachineFiles) -> Option<u32> {
 /// (QMP socket, console log) are private to the user. QEMU inherits the fds in
 /// `inherit` at their own numbers, which its command line names (sync folders it
 /// opens as /proc/self/fd/N, the project tap).
-pub fn start(mut command: std::process::Command, files: &MachineFiles, inherit: &[RawFd]) -> Result<u32, Error> {
+pub fn start(qemu: Process, files: &MachineFiles, inherit: &[RawFd]) -> Result<u32, Error> {
     let _ = std::fs::remove_file(&files.qmp_socket);
     let _ = std::fs::remove_file(&files.qemu_pidfile);
     let inherit = inherit.to_vec();
     // SAFETY: umask and fcntl are async-signal-safe and touch only the child's own state.
-    unsafe {
-        command.pre_exec(move || {
+    let qemu = unsafe {
+        qemu.pre_exec(move || {
             libc::umask(0o077);
             for &fd in &inherit {
                 // Only close-on-exec is cleared, in the child.
@@ -45,23 +44,16 @@ pub fn start(mut command: std::process::Command, files: &MachineFiles, inherit: 
                 }
             }
             Ok(())
-        });
-    }
-    command.stdin(std::process::Stdio::null());
-    tool::run(&mut command, "starting the machine")?;
+        })
+    };
+    qemu.doing("starting the machine").run()?;
     let pid = std::fs::read_to_string(&files.qemu_pidfile)
         .ok()
         .and_then(|s| s.trim().parse::<u32>().ok())
-        .ok_or_else(|| {
-            Error::Other(format!(
-                "QEMU started but wrote no pid to {}; see {}",
-                files.qemu_pidfile.display(),
-                files.console_log.display()
-            ))
-        })?;
+        .ok_or_else(|| Error::QemuNoPid { pidfile: files.qemu_pidfile.clone(), log: files.console_log.clone() })?;
     PidFile::at(&files.pid_record)
         .write(pid)
-        .map_err(|e| Error::Other(format!("cannot record QEMU's pid {pid}: {e:#}")))?;
+        .map_err(|e| Error::RecordPid { program: "QEMU", pid, cause: format!("{e:#}") })?;
     private(&files.qmp_socket);
     Ok(pid)
 }
@@ -101,9 +93,7 @@ pub fn stop_now(files: &MachineFiles) -> Result<(), Error> {
     }
     let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
     if !wait_exit(files, EXIT_TIMEOUT) {
-        return Err(Error::Other(format!(
-            "QEMU (pid {pid}) did not exit after SIGKILL; check `ps -p {pid}` and kill it by hand"
-        )));
+        return Err(Error::Unkillable { pid });
     }
     finish(files)
 }

@@ -30,9 +30,7 @@ impl Qmp {
     /// Connects and negotiates; every reply must then arrive within `timeout`.
     pub fn connect(socket: &Path, timeout: Duration) -> Result<Qmp, Error> {
         let name = socket.display().to_string();
-        let fail = |e: &dyn std::fmt::Display| {
-            Error::Other(format!("cannot talk to QEMU over its QMP socket {name}: {e}"))
-        };
+        let fail = |e: &dyn std::fmt::Display| Error::QmpUnreachable { socket: name.clone(), problem: e.to_string() };
         let stream = UnixStream::connect(socket).map_err(|e| fail(&e))?;
         stream.set_read_timeout(Some(timeout)).map_err(|e| fail(&e))?;
         let reader = stream.try_clone().map_err(|e| fail(&e))?;
@@ -42,9 +40,7 @@ impl Qmp {
     }
 
     fn execute<C: qapi::Command>(&mut self, command: &C) -> Result<C::Ok, Error> {
-        self.inner.execute(command).map_err(|e| {
-            Error::Other(format!("QEMU refused {} (QMP socket {}): {e}", C::NAME, self.socket))
-        })
+        self.inner.execute(command).map_err(|e| Error::QmpRefused { command: C::NAME, socket: self.socket.clone(), problem: e.to_string() })
     }
 
     /// QEMU's run state (`running`, `paused`, `shutdown`, ...).
@@ -63,7 +59,7 @@ impl Qmp {
         match self.inner.execute(&qmp::quit {}) {
             Ok(_) => Ok(()),
             Err(qapi::ExecuteError::Io(_)) => Ok(()),
-            Err(e) => Err(Error::Other(format!("QEMU refused quit (QMP socket {}): {e}", self.socket))),
+            Err(e) => Err(Error::QmpRefused { command: <qmp::quit as qapi::Command>::NAME, socket: self.socket.clone(), problem: e.to_string() }),
         }
     }
 
@@ -94,20 +90,20 @@ impl Qmp {
         loop {
             let jobs = self.execute(&qmp::query_jobs {})?;
             let Some(info) = jobs.into_iter().find(|j| j.id == job_id) else {
-                return Err(Error::Other(format!("QEMU lost track of its job {job_id}")));
+                return Err(Error::QmpJob { job: job_id, problem: "is gone from its job list".into() });
             };
             if matches!(info.status, qmp::JobStatus::concluded) {
-                self.execute(&qmp::job_dismiss { id: job_id })?;
+                self.execute(&qmp::job_dismiss { id: job_id.clone() })?;
                 return match info.error {
                     None => Ok(()),
-                    Some(why) => Err(Error::Other(format!("QEMU could not {} snapshot: {why}", job.verb()))),
+                    Some(why) => Err(Error::QmpJob { job: job_id, problem: format!("could not {} the snapshot: {why}", job.verb()) }),
                 };
             }
             if Instant::now() >= deadline {
-                return Err(Error::Other(format!(
-                    "QEMU's job {job_id} did not finish within {} s; check the machine with `envy status`",
-                    SLOW.as_secs()
-                )));
+                return Err(Error::QmpJob {
+                    job: job_id,
+                    problem: format!("did not finish within {} s; check the machine with `envy status`", SLOW.as_secs()),
+                });
             }
             std::thread::sleep(Duration::from_millis(50));
         }

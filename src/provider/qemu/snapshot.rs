@@ -4,12 +4,10 @@
 //! they are disk-only (QMP blockdev-snapshot-internal-sync); a halted machine's are
 //! disk-only (qemu-img).
 
-use std::process::Command;
-
 use super::disk;
 use super::files::MachineFiles;
 use super::qmp::{self, Qmp, SnapshotJob};
-use crate::provider::tool;
+use crate::process::Process;
 use crate::provider::{Error, SnapshotInfo};
 
 /// QMP name of the machine's disk drive (the overlay), and of its block node.
@@ -28,16 +26,14 @@ fn find(files: &MachineFiles, name: &str) -> Result<Option<SnapshotInfo>, Error>
     Ok(list(files)?.into_iter().find(|s| s.name == name))
 }
 
-/// The snapshot named `name`, or an error saying how to list them.
+/// The snapshot named `name`, or an error naming the ones there are.
 pub fn get(files: &MachineFiles, machine: &str, name: &str) -> Result<SnapshotInfo, Error> {
     crate::provider::check_snapshot_name(name)?;
-    find(files, name)?.ok_or_else(|| missing(machine, name))
-}
-
-fn missing(machine: &str, name: &str) -> Error {
-    Error::Other(format!(
-        "machine {machine} has no snapshot named {name}; `envy snapshot list {machine}` shows its snapshots"
-    ))
+    let all = list(files)?;
+    let known = all.iter().map(|s| s.name.clone()).collect();
+    all.into_iter()
+        .find(|s| s.name == name)
+        .ok_or_else(|| Error::NoSnapshot { machine: machine.to_string(), name: name.to_string(), known })
 }
 
 /// Runs a snapshot job on the running machine's overlay (which also holds the VM state).
@@ -46,11 +42,8 @@ fn job(files: &MachineFiles, job: SnapshotJob, name: &str) -> Result<(), Error> 
 }
 
 fn qemu_img_snapshot(files: &MachineFiles, flag: &str, name: &str, doing: &str) -> Result<(), Error> {
-    tool::run(
-        Command::new("qemu-img").args(["snapshot", flag, name]).arg(&files.overlay),
-        doing,
-    )
-    .map(drop)
+    Process::new("qemu-img").args(["snapshot", flag, name]).arg(&files.overlay).doing(doing).run()?;
+    Ok(())
 }
 
 /// Saves snapshot `name`; a running machine's holds its memory when `with_memory` (no
@@ -58,10 +51,7 @@ fn qemu_img_snapshot(files: &MachineFiles, flag: &str, name: &str, doing: &str) 
 pub fn save(files: &MachineFiles, machine: &str, name: &str, running: bool, with_memory: bool) -> Result<SnapshotInfo, Error> {
     crate::provider::check_snapshot_name(name)?;
     if find(files, name)?.is_some() {
-        return Err(Error::Other(format!(
-            "machine {machine} already has a snapshot named {name}; delete it first \
-             (`envy snapshot delete {machine} {name}`) or pick another name"
-        )));
+        return Err(Error::SnapshotExists { machine: machine.to_string(), name: name.to_string() });
     }
     if running && with_memory {
         job(files, SnapshotJob::Save, name)?;
@@ -70,7 +60,7 @@ pub fn save(files: &MachineFiles, machine: &str, name: &str, running: bool, with
     } else {
         qemu_img_snapshot(files, "-c", name, &format!("saving snapshot {name} of machine {machine}"))?;
     }
-    find(files, name)?.ok_or_else(|| Error::Other(format!("snapshot {name} of machine {machine} was not recorded in its disk")))
+    find(files, name)?.ok_or_else(|| Error::SnapshotNotRecorded { machine: machine.to_string(), name: name.to_string() })
 }
 
 /// Restores a snapshot: live (memory and disk) on a running machine when the snapshot
@@ -81,10 +71,10 @@ pub fn restore(files: &MachineFiles, machine: &str, snapshot: &SnapshotInfo, run
         return job(files, SnapshotJob::Load, name);
     }
     if running {
-        return Err(Error::Other(format!(
-            "snapshot {name} of machine {machine} holds no memory, so it is restored halted; \
-             run `envy halt {machine}` first"
-        )));
+        return Err(Error::MustBeHalted {
+            machine: machine.to_string(),
+            reason: format!("snapshot {name} of machine {machine} holds no memory, so it is restored halted"),
+        });
     }
     qemu_img_snapshot(files, "-a", name, &format!("restoring snapshot {name} of machine {machine}"))
 }

@@ -7,12 +7,12 @@ use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 
 use crate::model::shell_quote;
+use crate::process::Process;
 use crate::provider::{Error, ExecRequest};
 
 /// How long the shared connection outlives its last user.
@@ -60,27 +60,11 @@ pub fn ensure_key(key: &Path, comment: &str) -> Result<()> {
     }
     let _ = std::fs::remove_file(key);
     let _ = std::fs::remove_file(key.with_extension("pub"));
-    let out = Command::new("ssh-keygen")
+    Process::new("ssh-keygen")
         .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
         .arg(key)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => Error::MissingTool {
-                tool: "ssh-keygen".into(),
-                advice: "install it with `apt-get install openssh-client`".into(),
-            },
-            _ => Error::Other(format!("cannot run ssh-keygen: {e}")),
-        })?;
-    if !out.status.success() {
-        return Err(Error::ToolFailed {
-            tool: "ssh-keygen".into(),
-            doing: format!("creating the machine key {}", key.display()),
-            status: out.status.to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-        .into());
-    }
+        .doing(format!("creating the machine key {}", key.display()))
+        .run()?;
     std::fs::set_permissions(key, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("cannot make {} private", key.display()))?;
     Ok(())
@@ -95,9 +79,7 @@ pub fn remote_command(request: &ExecRequest, default_workdir: &str, env: &[(Stri
     for (key, value) in env.iter().chain(&request.env) {
         // The name is pasted unquoted into `export`.
         if !crate::model::is_env_name(key) {
-            return Err(Error::Other(format!(
-                "environment variable name {key:?} is not valid; use letters, digits and _ (not first a digit)"
-            )));
+            return Err(Error::BadEnvName { key: key.clone() });
         }
         line += &format!("export {}={}; ", key, shell_quote(value));
     }
@@ -135,10 +117,8 @@ impl SshTarget {
         args
     }
 
-    fn ssh(&self) -> Command {
-        let mut command = Command::new("ssh");
-        command.args(self.options());
-        command
+    fn ssh(&self) -> Process {
+        Process::new("ssh").args(self.options())
     }
 
     /// Whether the shared connection's socket is there (a stale one only costs a
@@ -150,18 +130,20 @@ impl SshTarget {
     /// Opens the shared connection and runs `true` through it. All stdio is detached so
     /// the backgrounded master holds no pipe of ours open.
     pub fn probe(&self) -> bool {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log);
-        let mut command = self.ssh();
-        command
+        let probe = self
+            .ssh()
             .args(["-o", "ControlMaster=auto", "-o"])
             .arg(format!("ControlPersist={CONTROL_PERSIST}"))
             .args(["-o"])
             .arg(format!("ConnectTimeout={PROBE_CONNECT_TIMEOUT}"))
             .args(["127.0.0.1", "true"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log.map(Stdio::from).unwrap_or_else(|_| Stdio::null()));
-        command.status().map(|s| s.success()).unwrap_or(false)
+            .doing("waiting for the machine's SSH server")
+            .quiet();
+        let probe = match std::fs::OpenOptions::new().create(true).append(true).open(&self.log) {
+            Ok(log) => probe.stderr_to(log),
+            Err(_) => probe,
+        };
+        probe.stdin_null().status().is_ok_and(|s| s.success())
     }
 
     /// Waits until the guest answers `true` over SSH, at most `timeout`. `alive` is asked
@@ -197,21 +179,16 @@ impl SshTarget {
             // Make the master first, detached, so it never holds the caller's stdio.
             self.probe();
         }
-        let mut command = self.ssh();
-        command.args(["-o", "ControlMaster=no"]);
-        command.arg(if tty { "-tt" } else { "-T" });
-        command.args(["127.0.0.1", "--", remote]);
+        let mut ssh = self
+            .ssh()
+            .args(["-o", "ControlMaster=no"])
+            .arg(if tty { "-tt" } else { "-T" })
+            .args(["127.0.0.1", "--", remote])
+            .doing("running a command in the machine");
         if let Some(path) = stdin {
-            command.stdin(std::fs::File::open(path).with_context(|| format!("cannot open {} to send it over ssh", path.display()))?);
+            ssh = ssh.stdin_file(std::fs::File::open(path).with_context(|| format!("cannot open {} to send it over ssh", path.display()))?);
         }
-        tracing::debug!("ssh command: {:?}", command);
-        let status = command.status().map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => anyhow::Error::from(Error::MissingTool {
-                tool: "ssh".into(),
-                advice: "install it with `apt-get install openssh-client`".into(),
-            }),
-            _ => anyhow::anyhow!("cannot run ssh: {e}"),
-        })?;
+        let status = ssh.status()?;
         Ok(status.code().unwrap_or(255))
     }
 
@@ -222,17 +199,17 @@ impl SshTarget {
         if !self.master_exists() {
             self.probe();
         }
-        let log = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&self.log);
-        let mut command = self.ssh();
-        command.args(["-o", "ControlMaster=no", "-T", "127.0.0.1", "--", remote]);
-        command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(log.map(Stdio::from).unwrap_or_else(|_| Stdio::null()));
-        let mut child = command.spawn().map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => anyhow::Error::from(Error::MissingTool {
-                tool: "ssh".into(),
-                advice: "install it with `apt-get install openssh-client`".into(),
-            }),
-            _ => anyhow::anyhow!("cannot run ssh: {e}"),
-        })?;
+        let doing = format!("running `{remote}` in the machine on SSH port {}", self.port);
+        let mut ssh = self
+            .ssh()
+            .args(["-o", "ControlMaster=no", "-T", "127.0.0.1", "--", remote])
+            .doing(doing.clone())
+            .stdin_null()
+            .stdout_piped();
+        if let Ok(log) = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&self.log) {
+            ssh = ssh.stderr_to(log);
+        }
+        let mut child = ssh.spawn().map_err(Error::from)?;
         let mut stdout = child.stdout.take().expect("piped stdout");
         let deadline = Instant::now() + limit;
         let mut out = Vec::new();
@@ -256,17 +233,12 @@ impl SshTarget {
             let _ = child.kill();
         }
         let status = child.wait().context("cannot wait for ssh")?;
-        if let Err(why) = read {
-            return Err(Error::Other(format!("{why} in the machine on SSH port {}; see {}", self.port, self.log.display())).into());
+        if let Err(problem) = read {
+            return Err(Error::GuestOutput { port: self.port, problem, log: self.log.clone() }.into());
         }
         if !status.success() {
-            return Err(Error::ToolFailed {
-                tool: "ssh".into(),
-                doing: format!("running `{remote}` in the machine on SSH port {}", self.port),
-                status: status.to_string(),
-                stderr: format!("(its stderr is in {})", self.log.display()),
-            }
-            .into());
+            let stderr = format!("  | (ssh's stderr is in {})", self.log.display());
+            return Err(Error::Process(crate::process::ProcessError::Failed { tool: "ssh".into(), doing, status, stderr }).into());
         }
         Ok(out)
     }
@@ -274,13 +246,7 @@ impl SshTarget {
     /// Closes the shared connection (before the machine stops or is destroyed).
     pub fn close_master(&self) {
         if self.master_exists() {
-            let _ = self
-                .ssh()
-                .args(["-O", "exit", "127.0.0.1"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
+            let _ = self.ssh().args(["-O", "exit", "127.0.0.1"]).doing("closing the shared SSH connection").quiet().stdin_null().status();
             let _ = std::fs::remove_file(&self.control);
         }
     }

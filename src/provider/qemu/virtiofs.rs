@@ -5,7 +5,6 @@
 //! cannot enforce that; QEMU's 9p can), the folder goes over 9p instead.
 
 use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -15,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::files::MachineFiles;
 use crate::plan::OpenedFolder;
+use crate::process::Process;
 use crate::provider::Error;
 use crate::state::PidFile;
 
@@ -118,54 +118,48 @@ pub fn all_files(files: &MachineFiles) -> Vec<PathBuf> {
 /// resolves to now, and `verify` checks, once QEMU connected and virtiofsd sandboxed
 /// itself there, that its root is that very folder (a guest could otherwise swap a
 /// folder synced inside another for a symlink in between).
-pub fn start(binary: &Path, files: &MachineFiles, index: usize, opened: &OpenedFolder) -> Result<u32, Error> {
+pub fn start(binary: &Path, files: &MachineFiles, index: usize, opened: &OpenedFolder) -> anyhow::Result<u32> {
     let socket = socket(files, index);
     let _ = std::fs::remove_file(&socket);
     if let Some(dir) = socket.parent() {
-        crate::fsutil::create_private_dir(dir).map_err(|e| Error::Other(format!("{e:#}")))?;
+        crate::fsutil::create_private_dir(dir)?;
     }
     let log_path = log(files, index);
-    let log = crate::fsutil::create_private(&log_path).map_err(|e| Error::Other(format!("{e:#}")))?;
+    let log = crate::fsutil::create_private(&log_path)?;
     let source = std::fs::read_link(opened.proc_path())
-        .map_err(|e| Error::Other(format!("cannot resolve sync folder {}: {e}", opened.folder.host.display())))?;
-    let mut command = std::process::Command::new(binary);
-    command
+        .map_err(|cause| Error::Host { doing: format!("resolve sync folder {}", opened.folder.host.display()), cause })?;
+    let virtiofsd = Process::new(binary)
         .arg(format!("--socket-path={}", socket.display()))
         .arg("-o")
         .arg(format!("source={}", source.display()))
         // cache=auto: the guest caches for a second, like 9p's default, so host edits show quickly.
         .args(["-o", "cache=auto"])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(log);
+        .doing(format!("serving sync folder {}", opened.folder.host.display()))
+        .stderr_to(log);
     // SAFETY: setsid and umask are async-signal-safe and touch only the child.
-    unsafe {
-        command.pre_exec(|| {
+    let virtiofsd = unsafe {
+        virtiofsd.pre_exec(|| {
             // Its own session: it outlives this envy command, like QEMU.
             libc::setsid();
             libc::umask(0o077);
             Ok(())
-        });
-    }
-    let child = command.spawn().map_err(|e| {
-        Error::Other(format!("cannot start {} for sync folder {}: {e}", binary.display(), opened.folder.host.display()))
-    })?;
-    let pid = child.id();
+        })
+    };
+    let pid = virtiofsd.spawn()?.id();
     pid_record(files, index)
         .write(pid)
-        .map_err(|e| Error::Other(format!("cannot record virtiofsd's pid {pid}: {e:#}")))?;
+        .map_err(|e| Error::RecordPid { program: "virtiofsd", pid, cause: format!("{e:#}") })?;
     let deadline = Instant::now() + SOCKET_TIMEOUT;
     while !socket.exists() {
         if pid_record(files, index).alive().is_none() || Instant::now() >= deadline {
             stop(files, index);
-            return Err(Error::Other(format!(
-                "virtiofsd for sync folder {} did not start (no socket {} within {} s); see {}, \
-                 or set {ENV}=none to share folders over 9p",
-                opened.folder.host.display(),
-                socket.display(),
-                SOCKET_TIMEOUT.as_secs(),
-                log_path.display()
-            )));
+            return Err(Error::VirtiofsdNotStarted {
+                folder: opened.folder.host.clone(),
+                socket,
+                seconds: SOCKET_TIMEOUT.as_secs(),
+                log: log_path,
+            }
+            .into());
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -186,12 +180,7 @@ pub fn verify(files: &MachineFiles, index: usize, opened: &OpenedFolder) -> Resu
             return Ok(());
         }
         if Instant::now() >= deadline {
-            return Err(Error::Other(format!(
-                "virtiofsd for sync folder {} does not serve the folder envy opened (it was replaced while the \
-                 machine started, or virtiofsd stopped; see {}); the machine was stopped: check the folder and run `envy up` again",
-                opened.folder.host.display(),
-                log(files, index).display()
-            )));
+            return Err(Error::VirtiofsdWrongRoot { folder: opened.folder.host.clone(), log: log(files, index) });
         }
         std::thread::sleep(Duration::from_millis(20));
     }
