@@ -39,7 +39,7 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
         if cause.is::<crate::boxes::Error>() {
             return code::BOX;
         }
-        if cause.is::<crate::provider::Error>() {
+        if cause.is::<crate::provider::Error>() || cause.is::<crate::provider::lxd::Error>() {
             return code::PROVIDER;
         }
         if cause.is::<crate::ready::Error>() {

@@ -73,13 +73,13 @@ pub fn up(ctx: &Context, plan: &mut MachinePlan, lock: &mut LockFile, lock_path:
     if let Some(path) = lock_path.filter(|_| *lock != before) {
         lock.save(path)?;
     }
-    if !stored.manifest.providers.contains(&plan.spec.provider) {
+    if !stored.manifest.providers.contains(&plan.spec.provider.box_kind()) {
         let providers: Vec<String> = stored.manifest.providers.iter().map(|p| p.to_string()).collect();
         return Err(crate::boxes::Error::WrongProvider {
             name: stored.manifest.name.clone(),
             digest: stored.digest.clone(),
             providers: providers.join(", "),
-            wanted: plan.spec.provider.to_string(),
+            wanted: plan.spec.provider.box_kind().to_string(),
             machine: name,
         }
         .into());
@@ -219,7 +219,7 @@ pub fn resolve_box(ctx: &Context, spec: &MachineSpec, project_dir: &Path, lock: 
     }
     // A catalog name matches a box added under that name first, as in Vagrant.
     let added = match &spec.box_ref {
-        BoxRef::Catalog { .. } => match store.find_for(&spec.box_ref.to_string(), Some(spec.provider)) {
+        BoxRef::Catalog { .. } => match store.find_for(&spec.box_ref.to_string(), Some(spec.provider.box_kind())) {
             Ok(stored) => Some(stored),
             Err(e) if matches!(e.downcast_ref(), Some(crate::boxes::Error::Missing { .. })) => None,
             Err(e) => return Err(e),
@@ -237,7 +237,7 @@ pub fn resolve_box(ctx: &Context, spec: &MachineSpec, project_dir: &Path, lock: 
                 (BoxRef::Oci { image, sha256: None }, Some(d)) => BoxRef::Oci { image: image.clone(), sha256: Some(d.clone()) },
                 (other, _) => other.clone(),
             };
-            let mut source = BoxSource::from_ref(&reference, None, Some(spec.provider));
+            let mut source = BoxSource::from_ref(&reference, None, Some(spec.provider.box_kind()));
             source.insecure = insecure;
             let ensured = match &reference {
                 // An image also tells which index it was picked from, for the lock.

@@ -40,7 +40,7 @@ pub fn build(req: &BuildRequest, ui: &Ui) -> anyhow::Result<String> {
         .tempdir_in(out_dir)
         .map_err(Error::io("cannot create a temp dir in", out_dir))?;
     let (manifest, files) = match req.kind {
-        ProviderKind::Container => container_payload(req, work.path())?,
+        ProviderKind::Container | ProviderKind::Lxd => container_payload(req, work.path())?,
         ProviderKind::Qemu => qemu_payload(req, work.path(), ui)?,
     };
     manifest.validate(&req.output.display().to_string())?;

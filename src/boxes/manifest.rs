@@ -138,6 +138,9 @@ impl Manifest {
                 ProviderKind::Qemu if self.qemu.is_none() => {
                     return Err(bad("providers lists qemu but there is no [qemu] section".into()))
                 }
+                ProviderKind::Lxd => {
+                    return Err(bad("providers lists lxd, which is not a kind of box: lxd machines run container boxes".into()))
+                }
                 _ => {}
             }
         }

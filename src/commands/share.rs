@@ -141,7 +141,7 @@ fn pack(ctx: &Context, plan: &crate::plan::MachinePlan, record: &MachineRecord, 
         digests.insert(name.clone(), boxes::sha256_file(path)?);
     }
     let (container, qemu) = match plan.spec.provider {
-        ProviderKind::Container => (Some(ContainerPayload { rootfs: Some("rootfs.tar".into()) }), None),
+        ProviderKind::Container | ProviderKind::Lxd => (Some(ContainerPayload { rootfs: Some("rootfs.tar".into()) }), None),
         ProviderKind::Qemu => {
             let base = stored.manifest.qemu.clone().context("the machine's box has no qemu payload")?;
             (None, Some(QemuPayload { disk: "disk.qcow2".into(), ..base }))

@@ -62,6 +62,17 @@ pub struct MachineSpec {
     pub forward_auto: Option<AutoForward>,
     /// The user's cloud-config, merged into envy's NoCloud user-data (qemu only).
     pub user_data: Option<UserData>,
+    /// Where an lxd machine runs (`remote`, `target`); empty for the other providers.
+    pub placement: Placement,
+}
+
+/// `remote = "NAME"` and `target = "MEMBER"` of an lxd machine.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    /// A remote added with `envy remote add`; None is the local daemon's unix socket.
+    pub remote: Option<String>,
+    /// The cluster member to create the machine on; None lets the cluster choose.
+    pub target: Option<String>,
 }
 
 /// A machine's own cloud-config (`user_data`), from a project file or inline.
@@ -141,6 +152,19 @@ impl std::fmt::Display for BoxRef {
 pub enum ProviderKind {
     Container,
     Qemu,
+    /// An LXD or Incus daemon, local or a remote cluster; runs container boxes.
+    Lxd,
+}
+
+impl ProviderKind {
+    /// The kind of box a machine of this provider runs: an lxd machine is made from a
+    /// container box, uploaded to the daemon as an image.
+    pub fn box_kind(self) -> ProviderKind {
+        match self {
+            ProviderKind::Lxd => ProviderKind::Container,
+            other => other,
+        }
+    }
 }
 
 impl std::fmt::Display for ProviderKind {
@@ -148,6 +172,7 @@ impl std::fmt::Display for ProviderKind {
         f.write_str(match self {
             ProviderKind::Container => "container",
             ProviderKind::Qemu => "qemu",
+            ProviderKind::Lxd => "lxd",
         })
     }
 }

@@ -13,7 +13,7 @@ use toml::Spanned;
 use super::{
     host, Accel, AutoForward, BoxRef, Envfile, Error, Forward, MachineSpec, Protocol, ProviderKind, ProvisionAction, ProvisionStep,
     Ready, ReadyCheck,
-    SyncFolder, UserData,
+    Placement, SyncFolder, UserData,
 };
 
 /// The smallest disk a machine (or `envy box build --disk-size`) may ask for.
@@ -46,6 +46,8 @@ struct RawMachine {
     ready: Option<Spanned<toml::Value>>,
     user_data: Option<Spanned<String>>,
     forward_auto: Option<Spanned<toml::Value>>,
+    remote: Option<Spanned<String>>,
+    target: Option<Spanned<String>>,
 }
 
 /// Looks for an Envfile in `dir` and its parents.
@@ -115,6 +117,8 @@ fn defaults_as_machine(defaults: &RawMachine) -> RawMachine {
         ready: defaults.ready.clone(),
         user_data: defaults.user_data.clone(),
         forward_auto: defaults.forward_auto.clone(),
+        remote: defaults.remote.clone(),
+        target: defaults.target.clone(),
     }
 }
 
@@ -164,7 +168,8 @@ impl Reader<'_> {
             Some(p) => match p.get_ref().as_str() {
                 "container" => ProviderKind::Container,
                 "qemu" => ProviderKind::Qemu,
-                other => return Err(self.error(p.span(), format!("provider {other:?} is not known: use \"container\" or \"qemu\""))),
+                "lxd" => ProviderKind::Lxd,
+                other => return Err(self.error(p.span(), format!("provider {other:?} is not known: use \"container\", \"qemu\" or \"lxd\""))),
             },
             None => self.default_provider,
         };
@@ -214,7 +219,29 @@ impl Reader<'_> {
             Some(value) => self.forward_auto(value, &name, provider)?,
             None => None,
         };
-        Ok(MachineSpec { name, box_ref, provider, cpus, memory, disk, accel, env, forwards, sync, provision, ready, user_data, forward_auto })
+        let placement = Placement {
+            remote: m.remote.as_ref().or(defaults.remote.as_ref()).map(|r| self.placement_name(r, "remote", provider)).transpose()?,
+            target: m.target.as_ref().or(defaults.target.as_ref()).map(|t| self.placement_name(t, "target", provider)).transpose()?,
+        };
+        Ok(MachineSpec { name, box_ref, provider, cpus, memory, disk, accel, env, forwards, sync, provision, ready, user_data, forward_auto, placement })
+    }
+
+    /// `remote` and `target` name an LXD remote and a cluster member: only lxd machines
+    /// have them, and a name is what `envy remote add` and LXD accept (it becomes a file
+    /// name and a URL query).
+    fn placement_name(&self, value: &Spanned<String>, key: &str, provider: ProviderKind) -> Result<String, Error> {
+        let name = value.get_ref();
+        if provider != ProviderKind::Lxd {
+            return Err(self.error(value.span(), format!(
+                "{key} = {name:?} places an lxd machine, but this machine's provider is {provider}; set provider = \"lxd\" or remove `{key}`"
+            )));
+        }
+        if !crate::provider::lxd::valid_name(name) {
+            return Err(self.error(value.span(), format!(
+                "{key} {name:?} is not a valid name: use 1-63 letters, digits and '-', starting with a letter"
+            )));
+        }
+        Ok(name.clone())
     }
 
     /// `user_data`: inline text starting with `#cloud-config`, checked now, or a file

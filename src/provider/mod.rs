@@ -2,6 +2,7 @@
 //! to `Provider`; `container` (runc) and `qemu` (QEMU/KVM) hide their differences.
 
 pub mod container;
+pub mod lxd;
 pub mod network;
 pub mod qemu;
 pub mod tool;
@@ -101,6 +102,9 @@ pub struct MachineInfo {
     /// How each sync folder reached the guest at the last start ("virtiofs" or "9p"),
     /// in Envfile order; empty for containers (bind mounts).
     pub sync_transport: Vec<String>,
+    /// The cluster member an lxd machine runs on, with its state when it is not online
+    /// ("node2 (evacuated)").
+    pub location: Option<String>,
 }
 
 /// Runs machines of one kind. Every method re-reads the truth from the host first.
@@ -176,6 +180,7 @@ pub fn for_kind(kind: ProviderKind) -> Box<dyn Provider> {
     match kind {
         ProviderKind::Container => Box::new(container::ContainerProvider::new()),
         ProviderKind::Qemu => Box::new(qemu::QemuProvider::new()),
+        ProviderKind::Lxd => Box::new(lxd::LxdProvider::new()),
     }
 }
 

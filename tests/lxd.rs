@@ -1,0 +1,161 @@
+//! The lxd provider against a real LXD daemon (Debian's `lxd`), started by the test
+//! in a temp dir: the life cycle through the unix socket, images keyed by box digest,
+//! sync folders and forwards as devices, snapshots, and instances envy did not make.
+
+mod common;
+mod lxd_support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::{build_container_box, TestEnv};
+use lxd_support::Lxd;
+
+fn envy(env: &TestEnv, lxd: &Lxd) -> assert_cmd::Command {
+    let mut cmd = env.envy();
+    cmd.env("LXD_DIR", lxd.path());
+    cmd
+}
+
+/// `instance name` of the machine `name` of the test project.
+fn instance(env: &TestEnv, name: &str) -> String {
+    format!("envy-{}-{name}", envy::plan::project_id(&env.project))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// GET / on 127.0.0.1:port, retried while the server in the machine starts.
+fn http_get(port: u16) -> String {
+    for _ in 0..50 {
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            if s.write_all(b"GET / HTTP/1.0\r\n\r\n").is_ok() {
+                let mut out = String::new();
+                if s.read_to_string(&mut out).is_ok() && !out.is_empty() {
+                    return out;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("nothing answered on 127.0.0.1:{port}");
+}
+
+fn write_envfile(env: &TestEnv, box_path: &std::path::Path, port: u16) {
+    std::fs::create_dir_all(env.project.join("www")).unwrap();
+    std::fs::write(env.project.join("www/index.html"), "served from the project\n").unwrap();
+    std::fs::write(
+        env.project.join("Envfile"),
+        format!(
+            "[machine.web]\nbox = {box_path:?}\nprovider = \"lxd\"\nmemory = \"256MiB\"\nsync = [\".:/project\"]\n\
+             forward = [{{ host = {port}, guest = 8080 }}]\nprovision = [\"echo provisioned > /root/provisioned\"]\n\
+             env = {{ GREETING = \"hello from the Envfile\" }}\n"
+        ),
+    )
+    .unwrap();
+}
+
+#[test]
+fn lxd_machine_lives_through_the_unix_socket() {
+    let lxd = Lxd::start();
+    let env = TestEnv::new();
+    let (box_path, digest) = build_container_box(&env, "lxd-busybox");
+    let port = free_port();
+    write_envfile(&env, &box_path, port);
+    let name = instance(&env, "web");
+
+    let up = envy(&env, &lxd).arg("up").assert().success();
+    let out = String::from_utf8_lossy(&up.get_output().stderr).into_owned();
+    assert!(out.contains("uploading box"), "{out}");
+    assert_eq!(lxd.instances(), vec![name.clone()]);
+    assert_eq!(lxd.image_aliases(), vec![format!("envy-box-{digest}")]);
+    assert_eq!(lxd.lxc(&["config", "get", &name, "user.envy.box"]).trim(), digest);
+
+    // exec: stdout, stderr and the exit code pass through; the Envfile's env is set;
+    // stdin reaches the command and its end is seen.
+    let exec = envy(&env, &lxd)
+        .args(["exec", "web", "--", "sh", "-c", "echo \"$GREETING\"; cat; echo to-stderr >&2; cat /root/provisioned; exit 3"])
+        .write_stdin("from stdin\n")
+        .assert()
+        .code(3);
+    assert_eq!(String::from_utf8_lossy(&exec.get_output().stdout), "hello from the Envfile\nfrom stdin\nprovisioned\n");
+    assert!(String::from_utf8_lossy(&exec.get_output().stderr).contains("to-stderr"));
+    envy(&env, &lxd).args(["exec", "web", "--", "no-such-command"]).assert().code(127);
+
+    // The sync folder is the project, writable by root in the machine; the forward
+    // reaches a server in it from the host's 127.0.0.1.
+    envy(&env, &lxd).args(["exec", "web", "--", "sh", "-c", "echo written-inside > /project/from-guest"]).assert().success();
+    assert_eq!(std::fs::read_to_string(env.project.join("from-guest")).unwrap(), "written-inside\n");
+    envy(&env, &lxd).args(["exec", "web", "--", "sh", "-c", "httpd -p 8080 -h /project/www"]).assert().success();
+    assert!(http_get(port).contains("served from the project"));
+
+    // Snapshot round trip.
+    envy(&env, &lxd).args(["snapshot", "save", "web", "clean"]).assert().success();
+    envy(&env, &lxd).args(["exec", "web", "--", "sh", "-c", "echo changed > /root/state"]).assert().success();
+    let list = envy(&env, &lxd).args(["snapshot", "list", "web"]).assert().success();
+    assert!(String::from_utf8_lossy(&list.get_output().stdout).contains("clean"));
+    envy(&env, &lxd).args(["snapshot", "restore", "web", "clean"]).assert().success();
+    envy(&env, &lxd).args(["exec", "web", "--", "test", "!", "-e", "/root/state"]).assert().success();
+    let missing = envy(&env, &lxd).args(["snapshot", "restore", "web", "nope"]).assert().failure();
+    assert!(String::from_utf8_lossy(&missing.get_output().stderr).contains("has no snapshot named nope; it has: clean"));
+    envy(&env, &lxd).args(["snapshot", "delete", "web", "clean"]).assert().success();
+    assert_eq!(lxd.lxc(&["list", &name, "--format", "csv", "-c", "S"]).trim(), "0");
+
+    // halt, status, and up again: the image is found by its alias, nothing is uploaded.
+    envy(&env, &lxd).args(["halt", "web"]).assert().success();
+    let status = envy(&env, &lxd).args(["--json", "status"]).assert().success();
+    let json: serde_json::Value = serde_json::from_slice(&status.get_output().stdout).unwrap();
+    assert_eq!(json["machines"][0]["state"], "stopped");
+    envy(&env, &lxd).args(["exec", "web", "--", "true"]).assert().code(7);
+    let again = envy(&env, &lxd).arg("up").assert().success();
+    let out = String::from_utf8_lossy(&again.get_output().stderr).into_owned();
+    assert!(!out.contains("uploading") && !out.contains("packing"), "{out}");
+    assert_eq!(lxd.image_count(), 1);
+    // The sync folder and the forward come back with the restart.
+    envy(&env, &lxd).args(["exec", "web", "--", "sh", "-c", "httpd -p 8080 -h /project/www"]).assert().success();
+    assert!(http_get(port).contains("served from the project"));
+
+    // destroy removes the instance; the image stays cached like a box in the store.
+    envy(&env, &lxd).args(["destroy", "--force"]).assert().success();
+    assert!(lxd.instances().is_empty());
+    assert_eq!(lxd.image_count(), 1);
+    assert!(!env.machine_dir("web").exists());
+}
+
+#[test]
+fn lxd_refuses_an_instance_envy_did_not_make() {
+    let lxd = Lxd::start();
+    let env = TestEnv::new();
+    let (box_path, _) = build_container_box(&env, "lxd-busybox");
+    write_envfile(&env, &box_path, free_port());
+    let name = instance(&env, "web");
+    // Someone else's instance under the name envy would use (an empty one will do).
+    lxd.lxc(&["init", "--empty", &name]);
+
+    let up = envy(&env, &lxd).arg("up").assert().code(5);
+    let err = String::from_utf8_lossy(&up.get_output().stderr).into_owned();
+    assert!(err.contains(&format!("already has an instance {name} that envy did not make")), "{err}");
+    let destroy = envy(&env, &lxd).args(["destroy", "--force"]).assert().code(5);
+    assert!(String::from_utf8_lossy(&destroy.get_output().stderr).contains("envy neither reuses nor deletes it"));
+    assert_eq!(lxd.instances(), vec![name]);
+}
+
+#[test]
+fn lxd_placement_keys_are_checked_when_the_envfile_loads() {
+    let path = std::path::Path::new("/p/Envfile");
+    let parse = |text: &str| envy::envfile::parse_str(path, text, envy::envfile::ProviderKind::Container);
+    let ok = parse("[machine.a]\nbox = \"b\"\nprovider = \"lxd\"\nremote = \"staging\"\ntarget = \"node2\"\n").unwrap();
+    assert_eq!(ok.machines[0].placement.remote.as_deref(), Some("staging"));
+    assert_eq!(ok.machines[0].placement.target.as_deref(), Some("node2"));
+    for (text, wanted) in [
+        ("[machine.a]\nbox = \"b\"\nremote = \"staging\"\n", "Envfile:3:10: remote = \"staging\" places an lxd machine, but this machine's provider is container"),
+        ("[machine.a]\nbox = \"b\"\nprovider = \"lxd\"\ntarget = \"no/de\"\n", "target \"no/de\" is not a valid name"),
+        ("[machine.a]\nbox = \"b\"\nprovider = \"lxc\"\n", "provider \"lxc\" is not known: use \"container\", \"qemu\" or \"lxd\""),
+    ] {
+        let err = parse(text).unwrap_err().to_string();
+        assert!(err.contains(wanted), "{err}");
+    }
+}
