@@ -6,10 +6,12 @@ mod common;
 mod lxd_support;
 
 use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::net::TcpStream;
 use std::time::Duration;
 
 use common::{build_container_box, TestEnv};
+use serde_json::json;
 use lxd_support::Lxd;
 
 fn envy(env: &TestEnv, lxd: &Lxd) -> assert_cmd::Command {
@@ -158,4 +160,105 @@ fn lxd_placement_keys_are_checked_when_the_envfile_loads() {
         let err = parse(text).unwrap_err().to_string();
         assert!(err.contains(wanted), "{err}");
     }
+}
+
+/// The Envfile of two machines placed on the two members of a remote cluster.
+fn cluster_envfile(env: &TestEnv, box_path: &std::path::Path) {
+    std::fs::write(
+        env.project.join("Envfile"),
+        format!(
+            "[defaults]\nbox = {box_path:?}\nprovider = \"lxd\"\nremote = \"staging\"\nmemory = \"256MiB\"\n\
+             [machine.one]\ntarget = \"node1\"\n[machine.two]\ntarget = \"node2\"\nprovision = [\"echo made > /root/made\"]\n"
+        ),
+    )
+    .unwrap();
+}
+
+fn status(env: &TestEnv) -> serde_json::Value {
+    let out = env.envy().args(["--json", "status"]).assert().success();
+    serde_json::from_slice(&out.get_output().stdout).unwrap()
+}
+
+#[test]
+fn lxd_cluster_over_https_places_machines_by_target() {
+    let cluster = lxd_support::Cluster::start();
+    let env = TestEnv::new();
+    let (box_path, digest) = build_container_box(&env, "lxd-busybox");
+    cluster_envfile(&env, &box_path);
+
+    // A bad token is refused and nothing is kept.
+    let refused = env.envy().args(["remote", "add", "staging", &cluster.url, "--token", "bm90IGEgdG9rZW4="]).assert().code(5);
+    assert!(String::from_utf8_lossy(&refused.get_output().stderr).contains("refused trading the token for trust"));
+    assert!(env.envy().args(["remote", "list"]).assert().success().get_output().stdout.ends_with(b"SHA256\n"));
+
+    let token = cluster.trust_token();
+    env.envy().args(["remote", "add", "staging", &cluster.url, "--token", &token]).assert().success();
+    let key = env.home.join("lxd/client.key");
+    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    let listed = env.envy().args(["--json", "remote", "list"]).assert().success();
+    let listed: serde_json::Value = serde_json::from_slice(&listed.get_output().stdout).unwrap();
+    let pinned = cluster.node1.lxc(&["info"]);
+    assert!(pinned.contains(listed["remotes"]["staging"]["fingerprint"].as_str().unwrap()), "the pin is node1's certificate");
+
+    env.envy().arg("up").assert().success();
+    let s = status(&env);
+    assert_eq!(s["machines"][0]["state"], "running");
+    assert_eq!(s["machines"][0]["location"], "node1");
+    assert_eq!(s["machines"][1]["location"], "node2");
+    let one = instance(&env, "one");
+    let two = instance(&env, "two");
+    assert_eq!(cluster.node1.lxc(&["list", &two, "--format", "csv", "-c", "L"]).trim(), "node2");
+    // One image for both machines, whichever member they run on.
+    assert_eq!(cluster.node1.image_aliases(), vec![format!("envy-box-{digest}")]);
+
+    // exec through the API on the other member: output and exit code.
+    let exec = env.envy().args(["exec", "two", "--", "sh", "-c", "cat /root/made; exit 4"]).assert().code(4);
+    assert_eq!(String::from_utf8_lossy(&exec.get_output().stdout), "made\n");
+
+    // Snapshot round trip on node2.
+    env.envy().args(["snapshot", "save", "two", "base"]).assert().success();
+    env.envy().args(["exec", "two", "--", "rm", "/root/made"]).assert().success();
+    env.envy().args(["snapshot", "restore", "two", "base"]).assert().success();
+    env.envy().args(["exec", "two", "--", "cat", "/root/made"]).assert().success();
+
+    // Evacuating node2 moves its machine (LXD's default for a container): status says where it went.
+    cluster.node1.lxc(&["cluster", "evacuate", "node2", "--force"]);
+    let s = status(&env);
+    assert_eq!((&s["machines"][1]["state"], &s["machines"][1]["location"]), (&json!("running"), &json!("node1")));
+    cluster.node1.lxc(&["cluster", "restore", "node2", "--force"]);
+    assert_eq!(status(&env)["machines"][1]["location"], "node2");
+    // A machine the cluster may only stop stays on the evacuated member: status says so.
+    cluster.node1.lxc(&["config", "set", &two, "cluster.evacuate=stop"]);
+    cluster.node1.lxc(&["cluster", "evacuate", "node2", "--force"]);
+    let s = status(&env);
+    assert_eq!((&s["machines"][1]["state"], &s["machines"][1]["location"]), (&json!("stopped"), &json!("node2 (evacuated)")));
+    assert_eq!(s["machines"][0]["state"], "running");
+    let down = env.envy().args(["exec", "two", "--", "true"]).assert().code(7);
+    assert!(String::from_utf8_lossy(&down.get_output().stderr).contains("machine two is stopped"));
+    cluster.node1.lxc(&["cluster", "restore", "node2", "--force"]);
+
+    // A server that shows another certificate than the pinned one is refused.
+    let remotes = env.home.join("lxd/remotes.json");
+    let saved = std::fs::read_to_string(&remotes).unwrap();
+    let fp = listed["remotes"]["staging"]["fingerprint"].as_str().unwrap();
+    std::fs::write(&remotes, saved.replace(fp, &"0".repeat(64))).unwrap();
+    let changed = env.envy().args(["status"]).assert().code(5);
+    assert!(String::from_utf8_lossy(&changed.get_output().stderr).contains(&format!("showed a server certificate with sha256 {fp}")));
+    std::fs::write(&remotes, saved).unwrap();
+
+    // destroy leaves no instance and no profile envy made; the image stays cached.
+    env.envy().args(["destroy", "--force"]).assert().success();
+    assert!(cluster.node1.instances().is_empty(), "{one} and {two} are gone");
+    assert_eq!(cluster.node1.lxc(&["profile", "list", "--format", "csv"]).lines().count(), 1);
+    assert_eq!(cluster.node1.image_count(), 1);
+
+    // A remote cluster cannot mount this host's folders: said at up, nothing made.
+    std::fs::write(
+        env.project.join("Envfile"),
+        format!("[machine.one]\nbox = {box_path:?}\nprovider = \"lxd\"\nremote = \"staging\"\nsync = [\".:/project\"]\n"),
+    )
+    .unwrap();
+    let up = env.envy().arg("up").assert().code(5);
+    assert!(String::from_utf8_lossy(&up.get_output().stderr).contains("cannot mount this host's folders"));
+    assert!(cluster.node1.instances().is_empty());
 }

@@ -29,9 +29,55 @@ profiles:
       type: disk
 ";
 
+/// A free TCP port on `ip`.
+pub fn free_port(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port()
+}
+
+/// Two daemons on this host made one cluster: node1 on 127.0.0.1, node2 on 127.0.0.2
+/// (one network namespace, so no managed network: a bridge breaks the join).
+pub struct Cluster {
+    /// Dropped in reverse: node2 leaves first.
+    pub node2: Lxd,
+    pub node1: Lxd,
+    /// `https://127.0.0.1:PORT`, node1's API.
+    pub url: String,
+}
+
+impl Cluster {
+    pub fn start() -> Cluster {
+        let port1 = free_port("127.0.0.1");
+        let node1 = Lxd::start_with(&format!(
+            "config:\n  core.https_address: 127.0.0.1:{port1}\ncluster:\n  server_name: node1\n  enabled: true\n{PRESEED}"
+        ));
+        let out = node1.lxc(&["cluster", "add", "node2"]);
+        let token = last_line(&out);
+        let port2 = free_port("127.0.0.2");
+        let node2 = Lxd::start_with(&format!(
+            "cluster:\n  enabled: true\n  server_name: node2\n  server_address: 127.0.0.2:{port2}\n  cluster_token: {token}\n  \
+             member_config:\n  - entity: storage-pool\n    name: default\n    key: source\n    value: \"\"\n"
+        ));
+        Cluster { node1, node2, url: format!("https://127.0.0.1:{port1}") }
+    }
+
+    /// A token that makes a client trusted (`lxc config trust add`).
+    pub fn trust_token(&self) -> String {
+        last_line(&self.node1.lxc(&["config", "trust", "add", "--name", "envy"]))
+    }
+}
+
+fn last_line(text: &str) -> String {
+    text.lines().map(str::trim).rfind(|l| !l.is_empty()).expect("a token line").to_string()
+}
+
 impl Lxd {
     /// Starts a daemon and initialises it; panics with install advice when lxd is missing.
     pub fn start() -> Lxd {
+        Lxd::start_with(PRESEED)
+    }
+
+    /// Starts a daemon initialised with `preseed`.
+    pub fn start_with(preseed: &str) -> Lxd {
         assert!(nix::unistd::geteuid().is_root(), "the lxd tests start an LXD daemon: run them as root");
         require_tool("lxd", "lxd");
         require_tool("lxc", "lxd-client");
@@ -52,7 +98,7 @@ impl Lxd {
         let ready = lxd.command("lxd", &["waitready", "--timeout", "60"]).status().unwrap();
         assert!(ready.success(), "lxd did not become ready: {}", lxd.log());
         let mut init = lxd.command("lxd", &["init", "--preseed"]).stdin(Stdio::piped()).spawn().unwrap();
-        init.stdin.take().unwrap().write_all(PRESEED.as_bytes()).unwrap();
+        init.stdin.take().unwrap().write_all(preseed.as_bytes()).unwrap();
         assert!(init.wait().unwrap().success(), "lxd init --preseed failed: {}", lxd.log());
         lxd
     }

@@ -3,14 +3,19 @@
 //! typed `Error` naming the server and what envy was doing.
 
 use std::io::{self, Read, Write};
+use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use super::http::{self, Body};
+use super::remotes::{Pinned, Remotes};
 use super::Error;
+use crate::context::Home;
+use crate::envfile::Placement;
 
 /// How long a request may wait for the daemon's next byte; operations are awaited in
 /// steps shorter than this.
@@ -18,21 +23,28 @@ const IO_TIMEOUT: Duration = Duration::from_secs(120);
 /// One `/wait` call asks for at most this many seconds.
 const WAIT_STEP: u64 = 60;
 
+/// How long a member that just joined a cluster may refuse a trusted certificate (403).
+const TRUST_SETTLE: Duration = Duration::from_secs(15);
+
 /// Where the daemon answers.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 enum Endpoint {
     Unix(PathBuf),
+    /// A remote over TLS, its certificate pinned.
+    Https { remote: String, address: String, config: Arc<rustls::ClientConfig>, verifier: Arc<Pinned> },
 }
 
 /// A byte stream to the daemon.
 pub enum Stream {
     Unix(UnixStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
 }
 
 impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Stream::Unix(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
         }
     }
 }
@@ -41,11 +53,13 @@ impl Write for Stream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Stream::Unix(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
         }
     }
     fn flush(&mut self) -> io::Result<()> {
         match self {
             Stream::Unix(s) => s.flush(),
+            Stream::Tls(s) => s.flush(),
         }
     }
 }
@@ -55,12 +69,13 @@ impl Stream {
     pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
         match self {
             Stream::Unix(s) => s.set_read_timeout(timeout),
+            Stream::Tls(s) => s.sock.set_read_timeout(timeout),
         }
     }
 }
 
 /// A client of one daemon (or cluster).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Client {
     endpoint: Endpoint,
     /// How errors name the daemon: "LXD at /var/lib/lxd/unix.socket".
@@ -93,10 +108,55 @@ impl Client {
         Ok(Client { server: format!("the daemon at {}", socket.display()), endpoint: Endpoint::Unix(socket.clone()) })
     }
 
+    /// The daemon a machine's `remote` names, or the local one.
+    pub fn for_placement(home: &Home, placement: &Placement) -> anyhow::Result<Client> {
+        match &placement.remote {
+            None => Ok(Client::local()?),
+            Some(name) => {
+                let remotes = Remotes::load(home)?;
+                let remote = remotes.get(name)?;
+                let (config, verifier) = remotes.tls(Some(&remote.fingerprint))?;
+                Ok(Client::https(name, &remote.address, config, verifier))
+            }
+        }
+    }
+
+    /// A remote at `address` (`HOST:PORT`) through `config`, whose verifier pins its certificate.
+    pub fn https(name: &str, address: &str, config: Arc<rustls::ClientConfig>, verifier: Arc<Pinned>) -> Client {
+        Client {
+            server: format!("remote {name} ({address})"),
+            endpoint: Endpoint::Https { remote: name.to_string(), address: address.to_string(), config, verifier },
+        }
+    }
+
+    /// Whether the daemon runs on this host (sync folders and forwards need that).
+    pub fn is_local(&self) -> bool {
+        matches!(self.endpoint, Endpoint::Unix(_))
+    }
+
     /// A fresh connection to the daemon.
     pub fn connect(&self, doing: &str) -> Result<Stream, Error> {
         let stream = match &self.endpoint {
             Endpoint::Unix(path) => Stream::Unix(UnixStream::connect(path).map_err(|e| self.unreachable(doing, e))?),
+            Endpoint::Https { remote, address, config, verifier } => {
+                let mut tls = super::remotes::connect(address, config.clone()).map_err(|e| self.unreachable(doing, e))?;
+                tls.sock.set_read_timeout(Some(IO_TIMEOUT)).map_err(|e| self.unreachable(doing, e))?;
+                // The handshake now, so a changed certificate is told apart from a broken network.
+                while tls.conn.is_handshaking() {
+                    if let Err(e) = tls.conn.complete_io(&mut tls.sock) {
+                        if verifier.changed() {
+                            return Err(Error::CertificateChanged {
+                                remote: remote.clone(),
+                                address: address.clone(),
+                                pinned: verifier.pinned().unwrap_or_default(),
+                                seen: verifier.seen().unwrap_or_default(),
+                            });
+                        }
+                        return Err(self.unreachable(doing, e));
+                    }
+                }
+                Stream::Tls(Box::new(tls))
+            }
         };
         stream.set_read_timeout(Some(IO_TIMEOUT)).map_err(|e| self.unreachable(doing, e))?;
         Ok(stream)
@@ -125,14 +185,20 @@ impl Client {
         Ok(envelope)
     }
 
+    /// A request with a JSON body (or none). A remote member that answers 403 is asked
+    /// again for a while: right after it joined a cluster it refuses certificates the
+    /// cluster trusts.
     fn json_request(&self, method: &str, path: &str, body: Option<&Value>, doing: &str) -> Result<Value, Error> {
-        match body {
-            None => self.request(method, path, None, doing),
-            Some(value) => {
-                let bytes = serde_json::to_vec(value).expect("a JSON value serializes");
-                let mut reader: &[u8] = &bytes;
-                let body = Body { content_type: "application/json".into(), len: bytes.len() as u64, reader: &mut reader };
-                self.request(method, path, Some(body), doing)
+        let bytes = body.map(|v| serde_json::to_vec(v).expect("a JSON value serializes"));
+        let started = Instant::now();
+        loop {
+            let mut reader: &[u8] = bytes.as_deref().unwrap_or_default();
+            let body = bytes.as_ref().map(|b| Body { content_type: "application/json".into(), len: b.len() as u64, reader: &mut reader });
+            match self.request(method, path, body, doing) {
+                Err(Error::Api { status: 403, .. }) if !self.is_local() && started.elapsed() < TRUST_SETTLE => {
+                    std::thread::sleep(Duration::from_millis(500))
+                }
+                other => return other,
             }
         }
     }

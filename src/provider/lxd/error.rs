@@ -22,6 +22,11 @@ pub enum Error {
     /// The instance name envy would use is taken by something envy did not make.
     #[error("{server} already has an instance {name} that envy did not make (it has no user.envy.project key); envy neither reuses nor deletes it: rename or remove it with `lxc`, or rename the machine in the Envfile")]
     NotEnvys { server: String, name: String },
+    /// A remote showed another certificate than the one pinned when it was added.
+    #[error("remote {remote} ({address}) showed a server certificate with sha256 {seen}, but envy pinned {pinned} when the remote was added; \
+             envy refuses to talk to it. If the server's certificate was replaced on purpose, check the new fingerprint with its administrator, \
+             then run `envy remote remove {remote}` and add it again")]
+    CertificateChanged { remote: String, address: String, pinned: String, seen: String },
     /// Something envy does not do on LXD (yet), with the way around it.
     #[error("{0}")]
     Unsupported(String),

@@ -8,6 +8,7 @@ mod exec;
 mod http;
 mod images;
 mod instances;
+pub mod remotes;
 
 use std::path::{Path, PathBuf};
 
@@ -16,6 +17,7 @@ use serde_json::Value;
 
 pub use client::Client;
 pub use error::Error;
+pub use remotes::Remotes;
 
 use crate::boxes::StoredBox;
 use crate::envfile::ProviderKind;
@@ -47,8 +49,8 @@ impl Default for LxdProvider {
 }
 
 /// The daemon a machine lives on.
-fn client(_plan: &MachinePlan) -> Result<Client, Error> {
-    Client::local()
+fn client(plan: &MachinePlan) -> Result<Client> {
+    Client::for_placement(&plan.home, &plan.spec.placement)
 }
 
 /// The instance, which must exist (exec, snapshots).
@@ -67,6 +69,18 @@ impl Provider for LxdProvider {
 
     fn up(&self, plan: &MachinePlan, stored: &StoredBox, ui: &Ui) -> Result<()> {
         let client = client(plan)?;
+        let attaches_host = !plan.spec.sync.is_empty() || !plan.forwards.is_empty();
+        if !client.is_local() && attaches_host {
+            // A remote daemon cannot bind-mount this host's folders, and its proxy
+            // devices would listen on its own host, not on this one's 127.0.0.1.
+            return Err(Error::Unsupported(format!(
+                "machine {} runs on {}, which cannot mount this host's folders nor forward this host's ports: \
+                 remove its `sync` and `forward` entries (copy files in with `provision` file steps), or run it on the local LXD",
+                plan.name(),
+                client.server
+            ))
+            .into());
+        }
         let instance = instances::get(&client, plan)?;
         if instance.as_ref().is_some_and(is_running) {
             return Ok(());
