@@ -262,3 +262,28 @@ fn lxd_cluster_over_https_places_machines_by_target() {
     assert!(String::from_utf8_lossy(&up.get_output().stderr).contains("cannot mount this host's folders"));
     assert!(cluster.node1.instances().is_empty());
 }
+
+#[test]
+fn lxd_without_a_daemon_or_remote_says_so_and_makes_nothing() {
+    let env = TestEnv::new();
+    let (box_path, _) = build_container_box(&env, "lxd-busybox");
+    let empty = env.path("no-daemon");
+    std::fs::create_dir_all(&empty).unwrap();
+    std::fs::write(env.project.join("Envfile"), format!("[machine.web]\nbox = {box_path:?}\nprovider = \"lxd\"\n")).unwrap();
+    let up = env.envy().env("LXD_DIR", &empty).arg("up").assert().code(5);
+    let err = String::from_utf8_lossy(&up.get_output().stderr).into_owned();
+    assert!(err.contains(&format!("no LXD or Incus daemon answers on {}/unix.socket", empty.display())), "{err}");
+    assert!(!env.machine_dir("web").join("machine.json").exists());
+
+    std::fs::write(env.project.join("Envfile"), format!("[machine.web]\nbox = {box_path:?}\nprovider = \"lxd\"\nremote = \"nope\"\n")).unwrap();
+    let up = env.envy().arg("up").assert().code(5);
+    let err = String::from_utf8_lossy(&up.get_output().stderr).into_owned();
+    assert!(err.contains("no LXD remote named nope; add it with `envy remote add nope https://HOST:8443 --token TOKEN`"), "{err}");
+    assert!(!env.machine_dir("web").join("machine.json").exists());
+    assert!(!env.home.join("lxd/remotes.json").exists());
+
+    let add = env.envy().args(["remote", "add", "staging", "http://10.0.0.5:8443", "--token", "x"]).assert().code(5);
+    assert!(String::from_utf8_lossy(&add.get_output().stderr).contains("is not an LXD remote address: give https://HOST:PORT"));
+    let remove = env.envy().args(["remote", "remove", "staging"]).assert().code(5);
+    assert!(String::from_utf8_lossy(&remove.get_output().stderr).contains("there is no remote named staging"));
+}
