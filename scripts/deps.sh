@@ -30,6 +30,9 @@ declare -A wanted=(
   [umoci]=umoci
   [htpasswd]=apache2-utils
   [openssl]=openssl
+  [lxd]=lxd
+  [lxc]=lxd-client
+  [nft]=nftables
 )
 missing=()
 for cmd in "${!wanted[@]}"; do

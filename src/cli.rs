@@ -84,6 +84,9 @@ folder at /project instead.")]
     /// Manage the box store: add, list, remove, prune, build, verify.
     #[command(name = "box", subcommand)]
     Box(BoxCommand),
+    /// LXD/Incus servers and clusters that lxd machines can run on (`remote = "NAME"`).
+    #[command(subcommand)]
+    Remote(RemoteCommand),
     /// Check this host for what envy needs, and say what to do about each problem.
     Doctor,
     /// Print a shell completion script.
@@ -236,6 +239,36 @@ pub struct RunArgs {
     /// The command and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RemoteCommand {
+    /// Trust envy's client certificate on a server with a token and pin the server's certificate.
+    #[command(long_about = "Makes envy's client certificate (once, 0600 in envy's config dir), trades TOKEN for \
+the server's trust (make one on the server with `lxc config trust add --name envy`), and pins the sha256 of the \
+server's certificate: the one the token names, or the one it shows now. A server that later shows another \
+certificate is refused.")]
+    Add(RemoteAddArgs),
+    /// List the remotes envy knows.
+    List,
+    /// Forget a remote (the server keeps trusting envy's certificate until its admin removes it).
+    Remove(RemoteRemoveArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RemoteAddArgs {
+    /// The name Envfiles use (`remote = "NAME"`).
+    pub name: String,
+    /// The server's API address: https://HOST[:PORT] (port 8443 by default).
+    pub url: String,
+    /// A trust token from the server (`lxc config trust add --name envy`).
+    #[arg(long, env = "ENVY_LXD_TOKEN", hide_env_values = true)]
+    pub token: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RemoteRemoveArgs {
+    pub name: String,
 }
 
 #[derive(Debug, Subcommand)]

@@ -47,6 +47,9 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
         if let Some(e) = cause.downcast_ref::<crate::provider::Error>() {
             return provider_code(e);
         }
+        if cause.is::<crate::provider::lxd::Error>() {
+            return code::PROVIDER;
+        }
         if cause.is::<crate::process::ProcessError>() {
             return code::PROVIDER;
         }

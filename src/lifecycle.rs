@@ -81,7 +81,7 @@ pub fn up(ctx: &Context, plan: &mut MachinePlan, lock: &mut LockFile, lock_path:
             name: stored.manifest.name.clone(),
             digest: stored.digest.clone(),
             providers: providers.join(", "),
-            wanted: plan.spec.provider.to_string(),
+            wanted: format.to_string(),
             machine: name,
         }
         .into());

@@ -255,6 +255,15 @@ pub fn human_age(unix_seconds: u64) -> String {
     }
 }
 
+/// Whether `name` may name a remote or a cluster member (`remote`, `target`, `envy
+/// remote add`): 1-63 letters, digits and '-', starting with a letter, as LXD takes
+/// them (it becomes a file name and a URL query).
+pub fn is_placement_name(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_alphabetic())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
 /// Whether `name` may be an environment variable's name: what POSIX shells accept
 /// (letters, digits, `_`, not starting with a digit), so every provider can set it.
 pub fn is_env_name(name: &str) -> bool {

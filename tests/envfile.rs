@@ -297,3 +297,21 @@ fn a_bad_forward_auto_is_refused_with_its_place() {
         assert!(err.contains(want), "{text:?}: {err}");
     }
 }
+
+#[test]
+fn placement_keys_are_for_providers_that_place_machines() {
+    let ok = parse("[machine.a]\nbox = \"b\"\nprovider = \"lxd\"\nremote = \"staging\"\ntarget = \"node2\"\n").unwrap();
+    assert_eq!(ok.machines[0].placement.remote.as_deref(), Some("staging"));
+    assert_eq!(ok.machines[0].placement.target.as_deref(), Some("node2"));
+    for (text, wanted) in [
+        (
+            "[machine.a]\nbox = \"b\"\nremote = \"staging\"\n",
+            "Envfile:3:10: machine a: remote = \"staging\" places a machine on another host, but the container provider runs machines on this one",
+        ),
+        ("[machine.a]\nbox = \"b\"\nprovider = \"lxd\"\ntarget = \"no/de\"\n", "Envfile:4:10: target \"no/de\" is not a valid name"),
+        ("[machine.a]\nbox = \"b\"\nprovider = \"lxc\"\n", "Envfile:3:12: machine a: provider \"lxc\" is not known: this envy has container, qemu, lxd"),
+    ] {
+        let err = error(text);
+        assert!(err.starts_with(wanted), "{err}");
+    }
+}

@@ -21,6 +21,7 @@ mod forward_auto;
 mod full_disk;
 mod layout;
 mod lifecycle;
+mod lxd;
 mod oci;
 mod package_deb;
 mod provider;

@@ -11,6 +11,7 @@ mod list;
 mod man;
 mod provision;
 mod reload;
+mod remote;
 mod run;
 mod share;
 mod snapshot;
@@ -47,6 +48,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Command::Run(args) => run::run(&ctx, args),
         Command::Completions(_) | Command::Man => unreachable!("handled above"),
         Command::Box(cmd) => box_::run(&ctx, cmd),
+        Command::Remote(cmd) => remote::run(&ctx, cmd),
         Command::Share(args) => share::run(&ctx, args),
         Command::Doctor => doctor::run(&ctx),
         Command::ForwardWatch(args) => crate::autoforward::watch(&ctx, args.machine.as_deref().unwrap_or_default()),

@@ -44,6 +44,7 @@ pub fn machine_json(plan: &MachinePlan) -> Result<serde_json::Value> {
         "ssh_port": info.ssh_port,
         "pid": info.pid,
         "sync_transport": info.sync_transport,
+        "location": info.location,
         "forwards": forwards,
         "auto_forwards": crate::autoforward::live(plan),
         "provisioned": record.as_ref().is_some_and(|r| r.provisioned),
@@ -74,6 +75,9 @@ pub fn print_table(rows: &[serde_json::Value]) {
         let transports: Vec<&str> = row["sync_transport"].as_array().into_iter().flatten().filter_map(|t| t.as_str()).collect();
         if !transports.is_empty() {
             println!("  sync folders over {}", transports.join(", "));
+        }
+        if let Some(member) = row["location"].as_str() {
+            println!("  runs on cluster member {member}");
         }
         if let Some(tail) = row["log_tail"].as_str() {
             println!("  last console lines of {}:", row["name"].as_str().unwrap_or(""));

@@ -92,6 +92,17 @@ pub struct MachineSpec {
     pub forward_auto: Option<AutoForward>,
     /// The user's cloud-config, merged into envy's NoCloud user-data (qemu only).
     pub user_data: Option<UserData>,
+    /// Where an lxd machine runs (`remote`, `target`); empty for the other providers.
+    pub placement: Placement,
+}
+
+/// `remote = "NAME"` and `target = "MEMBER"` of an lxd machine.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    /// A remote added with `envy remote add`; None is the local daemon's unix socket.
+    pub remote: Option<String>,
+    /// The cluster member to create the machine on; None lets the cluster choose.
+    pub target: Option<String>,
 }
 
 /// A machine's own cloud-config (`user_data`), from a project file or inline.

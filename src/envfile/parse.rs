@@ -12,7 +12,7 @@ use toml::Spanned;
 
 use crate::model::parse_size;
 
-use super::{host, AutoForward, Envfile, Error, MachineSpec, ProvisionAction, ProvisionStep, Ready, ReadyCheck, SyncFolder, UserData};
+use super::{host, AutoForward, Envfile, Error, MachineSpec, Placement, ProvisionAction, ProvisionStep, Ready, ReadyCheck, SyncFolder, UserData};
 use crate::model::{Accel, BoxRef, Forward, Protocol, ProviderKind};
 
 /// The smallest disk a machine (or `envy box build --disk-size`) may ask for.
@@ -45,6 +45,8 @@ struct RawMachine {
     ready: Option<Spanned<toml::Value>>,
     user_data: Option<Spanned<String>>,
     forward_auto: Option<Spanned<toml::Value>>,
+    remote: Option<Spanned<String>>,
+    target: Option<Spanned<String>>,
 }
 
 /// Looks for an Envfile in `dir` and its parents.
@@ -121,6 +123,8 @@ fn defaults_as_machine(defaults: &RawMachine) -> RawMachine {
         ready: defaults.ready.clone(),
         user_data: defaults.user_data.clone(),
         forward_auto: defaults.forward_auto.clone(),
+        remote: defaults.remote.clone(),
+        target: defaults.target.clone(),
     }
 }
 
@@ -156,7 +160,7 @@ impl Reader<'_> {
             list.and_then(|l| l.first()).map(|v| v.span())
         }
         let either = |own: Option<Range<usize>>, default: Option<Range<usize>>| own.or(default);
-        let places: [(&'static str, Option<Range<usize>>); 13] = [
+        let places: [(&'static str, Option<Range<usize>>); 15] = [
             ("", Some(table)),
             ("box", either(m.box_ref.as_ref().map(|v| v.span()), defaults.box_ref.as_ref().map(|v| v.span()))),
             ("provider", either(m.provider.as_ref().map(|v| v.span()), defaults.provider.as_ref().map(|v| v.span()))),
@@ -170,6 +174,8 @@ impl Reader<'_> {
             ("ready", either(m.ready.as_ref().map(|v| v.span()), defaults.ready.as_ref().map(|v| v.span()))),
             ("user_data", either(m.user_data.as_ref().map(|v| v.span()), defaults.user_data.as_ref().map(|v| v.span()))),
             ("forward_auto", either(m.forward_auto.as_ref().map(|v| v.span()), defaults.forward_auto.as_ref().map(|v| v.span()))),
+            ("remote", either(m.remote.as_ref().map(|v| v.span()), defaults.remote.as_ref().map(|v| v.span()))),
+            ("target", either(m.target.as_ref().map(|v| v.span()), defaults.target.as_ref().map(|v| v.span()))),
         ];
         places
             .into_iter()
@@ -253,7 +259,24 @@ impl Reader<'_> {
             Some(value) => self.forward_auto(value)?,
             None => None,
         };
-        Ok(MachineSpec { name, box_ref, provider, cpus, memory, disk, accel, env, forwards, sync, provision, ready, user_data, forward_auto })
+        let placement = Placement {
+            remote: m.remote.as_ref().or(defaults.remote.as_ref()).map(|r| self.placement_name(r, "remote")).transpose()?,
+            target: m.target.as_ref().or(defaults.target.as_ref()).map(|t| self.placement_name(t, "target")).transpose()?,
+        };
+        Ok(MachineSpec { name, box_ref, provider, cpus, memory, disk, accel, env, forwards, sync, provision, ready, user_data, forward_auto, placement })
+    }
+
+    /// `remote` and `target` name a remote and a cluster member (which providers take
+    /// them is `provider::validate`'s to say); a name is what `envy remote add` and LXD
+    /// accept (it becomes a file name and a URL query).
+    fn placement_name(&self, value: &Spanned<String>, key: &str) -> Result<String, Error> {
+        let name = value.get_ref();
+        if !crate::model::is_placement_name(name) {
+            return Err(self.error(value.span(), format!(
+                "{key} {name:?} is not a valid name: use 1-63 letters, digits and '-', starting with a letter"
+            )));
+        }
+        Ok(name.clone())
     }
 
     /// `user_data`: inline text starting with `#cloud-config`, checked now, or a file

@@ -22,6 +22,12 @@ impl MachineSpec {
         let mut line = |key: &str, value: Value| out.push_str(&format!("{key} = {value}\n"));
         line("box", box_value);
         line("provider", Value::String(self.provider.to_string()));
+        if let Some(remote) = &self.placement.remote {
+            line("remote", Value::String(remote.clone()));
+        }
+        if let Some(target) = &self.placement.target {
+            line("target", Value::String(target.clone()));
+        }
         line("cpus", Value::Integer(self.cpus.into()));
         line("memory", Value::String(format!("{}MiB", self.memory >> 20)));
         if let Some(disk) = self.disk {

@@ -7,6 +7,7 @@
 pub mod container;
 mod error;
 pub mod host;
+pub mod lxd;
 pub mod network;
 pub mod qemu;
 
@@ -94,6 +95,9 @@ pub struct MachineInfo {
     /// How each sync folder reached the guest at the last start ("virtiofs" or "9p"),
     /// in Envfile order; empty for containers (bind mounts).
     pub sync_transport: Vec<String>,
+    /// The cluster member an lxd machine runs on, with its state when it is not online
+    /// ("node2 (evacuated)").
+    pub location: Option<String>,
 }
 
 /// Runs machines of one kind. Every method re-reads the truth from the host first.
@@ -115,6 +119,13 @@ pub trait Provider: Send + Sync {
     /// `envy doctor`; `envy up` stops at the first failed one.
     fn host_checks(&self) -> Vec<HostCheck> {
         Vec::new()
+    }
+
+    /// Whether a machine may name where it runs (`remote`, `target`): a provider that
+    /// reaches other hosts (an LXD/Incus cluster) says yes; one that runs machines on
+    /// this host is refused them when the Envfile loads.
+    fn accepts_placement(&self) -> bool {
+        false
     }
 
     /// Whether the machine's forwards listen on this host, so `envy up` checks their
@@ -227,7 +238,7 @@ pub struct Registration {
 
 /// The providers envy ships, the first being the default for machines that name
 /// none (and that the user's config does not set).
-const BUILT_IN: &[Registration] = &[container::REGISTRATION, qemu::REGISTRATION];
+const BUILT_IN: &[Registration] = &[container::REGISTRATION, qemu::REGISTRATION, lxd::REGISTRATION];
 
 /// Providers registered at run time by code that links envy as a library (the test
 /// suite's own provider).
@@ -275,6 +286,18 @@ pub fn for_kind(kind: ProviderKind) -> Result<Box<dyn Provider>, Error> {
 pub fn validate(envfile: &crate::envfile::Envfile) -> Result<(), crate::envfile::Error> {
     for spec in &envfile.machines {
         let provider = for_kind(spec.provider).map_err(|e| envfile.invalid(&spec.name, Invalid::new("provider", e.to_string())))?;
+        if !provider.accepts_placement() {
+            for (key, value) in [("remote", &spec.placement.remote), ("target", &spec.placement.target)] {
+                if let Some(name) = value {
+                    let message = format!(
+                        "{key} = {name:?} places a machine on another host, but the {} provider runs machines on this one; \
+                         set a provider that places machines (lxd) or remove `{key}`",
+                        spec.provider
+                    );
+                    return Err(envfile.invalid(&spec.name, Invalid::new(key, message)));
+                }
+            }
+        }
         provider.validate(spec).map_err(|invalid| envfile.invalid(&spec.name, invalid))?;
     }
     Ok(())

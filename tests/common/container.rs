@@ -162,6 +162,7 @@ fn spec(name: &str, project_dir: &Path, forwards: Vec<Forward>) -> MachineSpec {
         ready: None,
         user_data: None,
         forward_auto: None,
+        placement: Default::default(),
     }
 }
 

@@ -5,6 +5,7 @@
 
 pub mod container;
 pub mod http;
+pub mod lxd;
 pub mod need;
 pub mod qemu;
 pub mod registry;

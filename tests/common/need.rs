@@ -50,6 +50,16 @@ pub const VMS: &[Need] = &[
     Need::Tool("ssh", "openssh-client"),
 ];
 
+/// An LXD daemon started by the test (common::lxd): root, Debian's lxd and lxc, and
+/// nft for its firewall; the busybox box it runs.
+pub const LXD: &[Need] = &[
+    Need::Root,
+    Need::Tool("lxd", "lxd"),
+    Need::Tool("lxc", "lxd-client"),
+    Need::Tool("nft", "nftables"),
+    Need::Tool("busybox", "busybox-static"),
+];
+
 /// Whether this run is the full tier (ENVY_TEST_FULL=1).
 pub fn full_tier() -> bool {
     std::env::var_os("ENVY_TEST_FULL").is_some_and(|v| v == "1")

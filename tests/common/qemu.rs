@@ -89,6 +89,7 @@ impl TestMachine {
             ready: None,
             user_data: None,
             forward_auto: None,
+            placement: Default::default(),
         };
         let plan = MachinePlan {
             home,

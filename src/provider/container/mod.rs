@@ -4,7 +4,7 @@
 //! the namespaces, so any partial state (a killed `envy up`, a reboot) is repaired.
 //! No user namespace: envy runs containers as root, like the rest of this provider.
 
-mod bundle;
+pub(crate) mod bundle;
 mod layout;
 mod lookup;
 mod network;
@@ -346,6 +346,7 @@ impl Provider for ContainerProvider {
             pid,
             log_tail: Some(m.log_tail()).filter(|t| !t.is_empty()),
             sync_transport: Vec::new(),
+            location: None,
         })
     }
 

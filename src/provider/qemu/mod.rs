@@ -434,6 +434,7 @@ impl Provider for QemuProvider {
             pid,
             log_tail: died.then(|| files.console_tail(LOG_TAIL_LINES)),
             sync_transport: record.sync.iter().map(|t| t.name().to_string()).collect(),
+            location: None,
         })
     }
 

@@ -1,0 +1,245 @@
+//! The lxd provider against a real LXD daemon (Debian's `lxd`), started by the test
+//! in a temp dir: the life cycle through the unix socket, images keyed by box digest,
+//! sync folders and forwards as devices, snapshots, and instances envy did not make.
+
+use std::os::unix::fs::PermissionsExt;
+
+use serde_json::json;
+
+use crate::common::lxd::{self as lxd_support, Lxd};
+use crate::common::{build_container_box, free_port, http_get, need, require, TestEnv};
+
+fn envy(env: &TestEnv, lxd: &Lxd) -> assert_cmd::Command {
+    let mut cmd = env.envy();
+    cmd.env("LXD_DIR", lxd.path());
+    cmd
+}
+
+/// `instance name` of the machine `name` of the test project.
+fn instance(env: &TestEnv, name: &str) -> String {
+    format!("envy-{}-{name}", envy::plan::project_id(&env.project))
+}
+
+fn write_envfile(env: &TestEnv, box_path: &std::path::Path, port: u16) {
+    std::fs::create_dir_all(env.project.join("www")).unwrap();
+    std::fs::write(env.project.join("www/index.html"), "served from the project\n").unwrap();
+    std::fs::write(
+        env.project.join("Envfile"),
+        format!(
+            "[machine.web]\nbox = {box_path:?}\nprovider = \"lxd\"\nmemory = \"256MiB\"\nsync = [\".:/project\"]\n\
+             forward = [{{ host = {port}, guest = 8080 }}]\nprovision = [\"echo provisioned > /root/provisioned\"]\n\
+             env = {{ GREETING = \"hello from the Envfile\" }}\n"
+        ),
+    )
+    .unwrap();
+}
+
+#[test]
+fn lxd_machine_lives_through_the_unix_socket() {
+    require!(need::LXD);
+    let lxd = Lxd::start();
+    let env = TestEnv::new();
+    let (box_path, digest) = build_container_box(&env, "lxd-busybox");
+    let port = free_port();
+    write_envfile(&env, &box_path, port);
+    let name = instance(&env, "web");
+
+    let up = envy(&env, &lxd).arg("up").assert().success();
+    let out = String::from_utf8_lossy(&up.get_output().stderr).into_owned();
+    assert!(out.contains("uploading box"), "{out}");
+    assert_eq!(lxd.instances(), vec![name.clone()]);
+    assert_eq!(lxd.image_aliases(), vec![format!("envy-box-{digest}")]);
+    assert_eq!(lxd.lxc(&["config", "get", &name, "user.envy.box"]).trim(), digest);
+
+    // exec: stdout, stderr and the exit code pass through; the Envfile's env is set;
+    // stdin reaches the command and its end is seen.
+    let exec = envy(&env, &lxd)
+        .args(["exec", "web", "--", "sh", "-c", "echo \"$GREETING\"; cat; echo to-stderr >&2; cat /root/provisioned; exit 3"])
+        .write_stdin("from stdin\n")
+        .assert()
+        .code(3);
+    assert_eq!(String::from_utf8_lossy(&exec.get_output().stdout), "hello from the Envfile\nfrom stdin\nprovisioned\n");
+    assert!(String::from_utf8_lossy(&exec.get_output().stderr).contains("to-stderr"));
+    envy(&env, &lxd).args(["exec", "web", "--", "no-such-command"]).assert().code(127);
+
+    // The sync folder is the project, writable by root in the machine; the forward
+    // reaches a server in it from the host's 127.0.0.1.
+    envy(&env, &lxd).args(["exec", "web", "--", "sh", "-c", "echo written-inside > /project/from-guest"]).assert().success();
+    assert_eq!(std::fs::read_to_string(env.project.join("from-guest")).unwrap(), "written-inside\n");
+    envy(&env, &lxd).args(["exec", "web", "--", "sh", "-c", "httpd -p 8080 -h /project/www"]).assert().success();
+    assert!(http_get(port, "/").contains("served from the project"));
+
+    // Snapshot round trip.
+    envy(&env, &lxd).args(["snapshot", "save", "web", "clean"]).assert().success();
+    envy(&env, &lxd).args(["exec", "web", "--", "sh", "-c", "echo changed > /root/state"]).assert().success();
+    let list = envy(&env, &lxd).args(["snapshot", "list", "web"]).assert().success();
+    assert!(String::from_utf8_lossy(&list.get_output().stdout).contains("clean"));
+    envy(&env, &lxd).args(["snapshot", "restore", "web", "clean"]).assert().success();
+    envy(&env, &lxd).args(["exec", "web", "--", "test", "!", "-e", "/root/state"]).assert().success();
+    let missing = envy(&env, &lxd).args(["snapshot", "restore", "web", "nope"]).assert().failure();
+    assert!(String::from_utf8_lossy(&missing.get_output().stderr).contains("has no snapshot named nope; it has: clean"));
+    envy(&env, &lxd).args(["snapshot", "delete", "web", "clean"]).assert().success();
+    assert_eq!(lxd.lxc(&["list", &name, "--format", "csv", "-c", "S"]).trim(), "0");
+
+    // halt, status, and up again: the image is found by its alias, nothing is uploaded.
+    envy(&env, &lxd).args(["halt", "web"]).assert().success();
+    let status = envy(&env, &lxd).args(["--json", "status"]).assert().success();
+    let json: serde_json::Value = serde_json::from_slice(&status.get_output().stdout).unwrap();
+    assert_eq!(json["machines"][0]["state"], "stopped");
+    envy(&env, &lxd).args(["exec", "web", "--", "true"]).assert().code(7);
+    let again = envy(&env, &lxd).arg("up").assert().success();
+    let out = String::from_utf8_lossy(&again.get_output().stderr).into_owned();
+    assert!(!out.contains("uploading") && !out.contains("packing"), "{out}");
+    assert_eq!(lxd.image_count(), 1);
+    // The sync folder and the forward come back with the restart.
+    envy(&env, &lxd).args(["exec", "web", "--", "sh", "-c", "httpd -p 8080 -h /project/www"]).assert().success();
+    assert!(http_get(port, "/").contains("served from the project"));
+
+    // destroy removes the instance; the image stays cached like a box in the store.
+    envy(&env, &lxd).args(["destroy", "--force"]).assert().success();
+    assert!(lxd.instances().is_empty());
+    assert_eq!(lxd.image_count(), 1);
+    assert!(!env.machine_dir("web").exists());
+}
+
+#[test]
+fn lxd_refuses_an_instance_envy_did_not_make() {
+    require!(need::LXD);
+    let lxd = Lxd::start();
+    let env = TestEnv::new();
+    let (box_path, _) = build_container_box(&env, "lxd-busybox");
+    write_envfile(&env, &box_path, free_port());
+    let name = instance(&env, "web");
+    // Someone else's instance under the name envy would use (an empty one will do).
+    lxd.lxc(&["init", "--empty", &name]);
+
+    let up = envy(&env, &lxd).arg("up").assert().code(5);
+    let err = String::from_utf8_lossy(&up.get_output().stderr).into_owned();
+    assert!(err.contains(&format!("already has an instance {name} that envy did not make")), "{err}");
+    let destroy = envy(&env, &lxd).args(["destroy", "--force"]).assert().code(5);
+    assert!(String::from_utf8_lossy(&destroy.get_output().stderr).contains("envy neither reuses nor deletes it"));
+    assert_eq!(lxd.instances(), vec![name]);
+}
+
+/// The Envfile of two machines placed on the two members of a remote cluster.
+fn cluster_envfile(env: &TestEnv, box_path: &std::path::Path) {
+    std::fs::write(
+        env.project.join("Envfile"),
+        format!(
+            "[defaults]\nbox = {box_path:?}\nprovider = \"lxd\"\nremote = \"staging\"\nmemory = \"256MiB\"\n\
+             [machine.one]\ntarget = \"node1\"\n[machine.two]\ntarget = \"node2\"\nprovision = [\"echo made > /root/made\"]\n"
+        ),
+    )
+    .unwrap();
+}
+
+#[test]
+fn lxd_cluster_over_https_places_machines_by_target() {
+    require!(need::LXD);
+    let cluster = lxd_support::Cluster::start();
+    let env = TestEnv::new();
+    let (box_path, digest) = build_container_box(&env, "lxd-busybox");
+    cluster_envfile(&env, &box_path);
+
+    // A bad token is refused and nothing is kept.
+    let refused = env.envy().args(["remote", "add", "staging", &cluster.url, "--token", "bm90IGEgdG9rZW4="]).assert().code(5);
+    assert!(String::from_utf8_lossy(&refused.get_output().stderr).contains("refused trading the token for trust"));
+    assert!(env.envy().args(["remote", "list"]).assert().success().get_output().stdout.ends_with(b"SHA256\n"));
+
+    let token = cluster.trust_token();
+    env.envy().args(["remote", "add", "staging", &cluster.url, "--token", &token]).assert().success();
+    let key = env.home.join("lxd/client.key");
+    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    let listed = env.envy().args(["--json", "remote", "list"]).assert().success();
+    let listed: serde_json::Value = serde_json::from_slice(&listed.get_output().stdout).unwrap();
+    let pinned = cluster.node1.lxc(&["info"]);
+    assert!(pinned.contains(listed["remotes"]["staging"]["fingerprint"].as_str().unwrap()), "the pin is node1's certificate");
+
+    env.envy().arg("up").assert().success();
+    let s = env.status();
+    assert_eq!(s["machines"][0]["state"], "running");
+    assert_eq!(s["machines"][0]["location"], "node1");
+    assert_eq!(s["machines"][1]["location"], "node2");
+    let one = instance(&env, "one");
+    let two = instance(&env, "two");
+    assert_eq!(cluster.node1.lxc(&["list", &two, "--format", "csv", "-c", "L"]).trim(), "node2");
+    // One image for both machines, whichever member they run on.
+    assert_eq!(cluster.node1.image_aliases(), vec![format!("envy-box-{digest}")]);
+
+    // exec through the API on the other member: output and exit code.
+    let exec = env.envy().args(["exec", "two", "--", "sh", "-c", "cat /root/made; exit 4"]).assert().code(4);
+    assert_eq!(String::from_utf8_lossy(&exec.get_output().stdout), "made\n");
+
+    // Snapshot round trip on node2.
+    env.envy().args(["snapshot", "save", "two", "base"]).assert().success();
+    env.envy().args(["exec", "two", "--", "rm", "/root/made"]).assert().success();
+    env.envy().args(["snapshot", "restore", "two", "base"]).assert().success();
+    env.envy().args(["exec", "two", "--", "cat", "/root/made"]).assert().success();
+
+    // Evacuating node2 moves its machine (LXD's default for a container): status says where it went.
+    cluster.node1.lxc(&["cluster", "evacuate", "node2", "--force"]);
+    let s = env.status();
+    assert_eq!((&s["machines"][1]["state"], &s["machines"][1]["location"]), (&json!("running"), &json!("node1")));
+    cluster.node1.lxc(&["cluster", "restore", "node2", "--force"]);
+    assert_eq!(env.status()["machines"][1]["location"], "node2");
+    // A machine the cluster may only stop stays on the evacuated member: status says so.
+    cluster.node1.lxc(&["config", "set", &two, "cluster.evacuate=stop"]);
+    cluster.node1.lxc(&["cluster", "evacuate", "node2", "--force"]);
+    let s = env.status();
+    assert_eq!((&s["machines"][1]["state"], &s["machines"][1]["location"]), (&json!("stopped"), &json!("node2 (evacuated)")));
+    assert_eq!(s["machines"][0]["state"], "running");
+    let down = env.envy().args(["exec", "two", "--", "true"]).assert().code(7);
+    assert!(String::from_utf8_lossy(&down.get_output().stderr).contains("machine two is stopped"));
+    cluster.node1.lxc(&["cluster", "restore", "node2", "--force"]);
+
+    // A server that shows another certificate than the pinned one is refused.
+    let remotes = env.home.join("lxd/remotes.json");
+    let saved = std::fs::read_to_string(&remotes).unwrap();
+    let fp = listed["remotes"]["staging"]["fingerprint"].as_str().unwrap();
+    std::fs::write(&remotes, saved.replace(fp, &"0".repeat(64))).unwrap();
+    let changed = env.envy().args(["status"]).assert().code(5);
+    assert!(String::from_utf8_lossy(&changed.get_output().stderr).contains(&format!("showed a server certificate with sha256 {fp}")));
+    std::fs::write(&remotes, saved).unwrap();
+
+    // destroy leaves no instance and no profile envy made; the image stays cached.
+    env.envy().args(["destroy", "--force"]).assert().success();
+    assert!(cluster.node1.instances().is_empty(), "{one} and {two} are gone");
+    assert_eq!(cluster.node1.lxc(&["profile", "list", "--format", "csv"]).lines().count(), 1);
+    assert_eq!(cluster.node1.image_count(), 1);
+
+    // A remote cluster cannot mount this host's folders: said at up, nothing made.
+    std::fs::write(
+        env.project.join("Envfile"),
+        format!("[machine.one]\nbox = {box_path:?}\nprovider = \"lxd\"\nremote = \"staging\"\nsync = [\".:/project\"]\n"),
+    )
+    .unwrap();
+    let up = env.envy().arg("up").assert().code(5);
+    assert!(String::from_utf8_lossy(&up.get_output().stderr).contains("cannot mount this host's folders"));
+    assert!(cluster.node1.instances().is_empty());
+}
+
+#[test]
+fn lxd_without_a_daemon_or_remote_says_so_and_makes_nothing() {
+    require!(need::LXD);
+    let env = TestEnv::new();
+    let (box_path, _) = build_container_box(&env, "lxd-busybox");
+    let empty = env.path("no-daemon");
+    std::fs::create_dir_all(&empty).unwrap();
+    std::fs::write(env.project.join("Envfile"), format!("[machine.web]\nbox = {box_path:?}\nprovider = \"lxd\"\n")).unwrap();
+    let up = env.envy().env("LXD_DIR", &empty).arg("up").assert().code(5);
+    let err = String::from_utf8_lossy(&up.get_output().stderr).into_owned();
+    assert!(err.contains(&format!("no LXD or Incus daemon answers on {}/unix.socket", empty.display())), "{err}");
+    assert!(!env.machine_dir("web").join("machine.json").exists());
+
+    std::fs::write(env.project.join("Envfile"), format!("[machine.web]\nbox = {box_path:?}\nprovider = \"lxd\"\nremote = \"nope\"\n")).unwrap();
+    let up = env.envy().arg("up").assert().code(5);
+    let err = String::from_utf8_lossy(&up.get_output().stderr).into_owned();
+    assert!(err.contains("no LXD remote named nope; add it with `envy remote add nope https://HOST:8443 --token TOKEN`"), "{err}");
+    assert!(!env.machine_dir("web").join("machine.json").exists());
+    assert!(!env.home.join("lxd/remotes.json").exists());
+
+    let add = env.envy().args(["remote", "add", "staging", "http://10.0.0.5:8443", "--token", "x"]).assert().code(5);
+    assert!(String::from_utf8_lossy(&add.get_output().stderr).contains("is not an LXD remote address: give https://HOST:PORT"));
+    let remove = env.envy().args(["remote", "remove", "staging"]).assert().code(5);
+    assert!(String::from_utf8_lossy(&remove.get_output().stderr).contains("there is no remote named staging"));
+}
