@@ -63,7 +63,7 @@ impl Compression {
             Compression::None => Box::new(inner),
             Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(inner)),
             Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(inner)?),
-            Compression::Xz => Box::new(xz2::read::XzDecoder::new_multi_decoder(inner)),
+            Compression::Xz => Box::new(liblzma::read::XzDecoder::new_multi_decoder(inner)),
         })
     }
 }
