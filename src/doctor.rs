@@ -49,7 +49,6 @@ const TOOLS: &[Tool] = &[
     Tool { name: "qemu", binary: "qemu-system-x86_64", version_arg: Some("--version"), package: "qemu-system-x86", needed_by: &[ProviderKind::Qemu] },
     Tool { name: "qemu-img", binary: "qemu-img", version_arg: Some("--version"), package: "qemu-utils", needed_by: &[ProviderKind::Qemu] },
     Tool { name: "ssh", binary: "ssh", version_arg: Some("-V"), package: "openssh-client", needed_by: &[ProviderKind::Qemu] },
-    Tool { name: "ssh-keygen", binary: "ssh-keygen", version_arg: None, package: "openssh-client", needed_by: &[ProviderKind::Qemu] },
     Tool { name: "mkfs.ext4", binary: "mkfs.ext4", version_arg: Some("-V"), package: "e2fsprogs", needed_by: &[] },
 ];
 

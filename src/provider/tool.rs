@@ -17,7 +17,7 @@ pub fn package_of(tool: &str) -> &'static str {
         "zstd" => "zstd",
         "qemu-img" => "qemu-utils",
         "qemu-system-x86_64" => "qemu-system-x86",
-        "ssh" | "ssh-keygen" => "openssh-client",
+        "ssh" => "openssh-client",
         "mkfs.ext4" => "e2fsprogs",
         _ => "the package that provides it",
     }
