@@ -89,8 +89,8 @@ fn export_writes_the_box_and_the_machine_changes_as_one_rootfs() {
     assert_eq!(files, [out.join("rootfs.tar")]);
     let mut archive = tar::Archive::new(std::fs::File::open(&files[0]).unwrap());
     let names: Vec<String> = archive.entries().unwrap().map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned()).collect();
-    assert!(names.iter().any(|n| n == "./bin/busybox"), "box files are in: {names:?}");
-    assert!(names.iter().any(|n| n == "./root/made-here"), "machine files are in");
+    assert!(names.iter().any(|n| n == "bin/busybox"), "box files are in: {names:?}");
+    assert!(names.iter().any(|n| n == "root/made-here"), "machine files are in");
 
     // A halted machine exports too, and is left unmounted.
     f.provider.halt(&plan, false, &f.ui).unwrap();

@@ -1,5 +1,5 @@
 //! Running the host tools envy drives (runc, ip, slirp4netns, qemu-img, qemu-system,
-//! ssh, tar, mkfs.ext4): a missing tool names the Debian package that installs it, a
+//! ssh, mkfs.ext4): a missing tool names the Debian package that installs it, a
 //! failed one shows the tail of its stderr, framed.
 
 use std::io::{ErrorKind, Write};
@@ -13,8 +13,6 @@ pub fn package_of(tool: &str) -> &'static str {
         "runc" => "runc",
         "ip" => "iproute2",
         "slirp4netns" => "slirp4netns",
-        "tar" => "tar",
-        "zstd" => "zstd",
         "qemu-img" => "qemu-utils",
         "qemu-system-x86_64" => "qemu-system-x86",
         "ssh" => "openssh-client",
