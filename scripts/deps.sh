@@ -15,7 +15,6 @@ declare -A wanted=(
   [mkfs.ext4]=e2fsprogs
   [ip]=iproute2
   [ssh]=openssh-client
-  [ssh-keygen]=openssh-client
   [dropbear]=dropbear-bin
   [curl]=curl
   [zstd]=zstd

@@ -28,7 +28,6 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("qemu-img", "qemu-utils"),
     ("qemu-system-x86_64", "qemu-system-x86"),
     ("ssh", "openssh-client"),
-    ("ssh-keygen", "openssh-client"),
     ("mkfs.ext4", "e2fsprogs"),
     ("dmesg", "util-linux"),
 ];

@@ -215,7 +215,7 @@ fn box_archives_in_every_compression() {
         e.finish().unwrap()
     };
     let xz = {
-        let mut e = xz2::write::XzEncoder::new(Vec::new(), 6);
+        let mut e = liblzma::write::XzEncoder::new(Vec::new(), 6);
         std::io::Write::write_all(&mut e, &tar).unwrap();
         e.finish().unwrap()
     };

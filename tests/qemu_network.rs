@@ -65,8 +65,7 @@ fn machines_of_a_project_reach_each_other_by_name_and_the_host_cannot_join() {
     // Another key on the machine's port (another process took it) is refused, not
     // learnt: with the shared connection closed, exec fails and the record stays.
     let other = web.tmp.path().join("other-key");
-    let made = std::process::Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&other).status().unwrap();
-    assert!(made.success());
+    envy::provider::qemu::ssh::ensure_key(&other, "other").unwrap();
     let other_key = std::fs::read_to_string(other.with_extension("pub")).unwrap();
     let planted = format!("envy-machine {}", other_key.split_whitespace().take(2).collect::<Vec<_>>().join(" "));
     std::fs::write(&known_hosts, format!("{planted}\n")).unwrap();

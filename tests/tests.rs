@@ -34,4 +34,5 @@ mod qemu_virtiofs;
 mod run_replica;
 mod security;
 mod share;
+mod snapshot_archive;
 mod vagrantfile;

@@ -63,7 +63,7 @@ impl Compression {
             Compression::None => Box::new(inner),
             Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(inner)),
             Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(inner)?),
-            Compression::Xz => Box::new(xz2::read::XzDecoder::new_multi_decoder(inner)),
+            Compression::Xz => Box::new(liblzma::read::XzDecoder::new_multi_decoder(inner)),
         })
     }
 }
@@ -299,7 +299,7 @@ pub fn unpack_rootfs(
     progress: &mut Progress,
 ) -> Result<RootfsReport, Error> {
     let archive = open_tar(path, compression, progress)?;
-    unpack_rootfs_stream(archive, dest, label, false)
+    unpack_rootfs_stream(archive, dest, label, Tree::Rootfs)
 }
 
 /// Applies one OCI image layer (an uncompressed tar stream) onto `dest`, which holds
@@ -310,7 +310,30 @@ pub fn unpack_rootfs(
 /// Whiteout files themselves are never written. The caller reads `reader` to its end
 /// afterwards if it hashes the whole stream (tar stops at its end-of-archive marker).
 pub fn unpack_layer(reader: impl Read, dest: &Path, label: &str) -> Result<RootfsReport, Error> {
-    unpack_rootfs_stream(tar::Archive::new(reader), dest, label, true)
+    unpack_rootfs_stream(tar::Archive::new(reader), dest, label, Tree::Layer)
+}
+
+/// Unpacks what `pack_upper` wrote (or GNU tar with `--numeric-owner --xattrs
+/// --xattrs-include=trusted.overlay.*`, as envy did before) into `dest`, an empty private
+/// dir that becomes a machine's upper layer, under the rules of `unpack_rootfs`. In
+/// addition 0/0 character devices (overlayfs whiteouts) are made wherever they are, the
+/// `trusted.overlay.*` xattrs of entries are set (no other xattr is), and the root entry
+/// gives `dest` its mode and owner.
+pub fn unpack_upper(path: &Path, dest: &Path, label: &str) -> Result<(), Error> {
+    let file = File::open(path).map_err(Error::io("cannot read", path))?;
+    let reader = Compression::Zstd.reader(file).map_err(Error::io("cannot read", path))?;
+    unpack_rootfs_stream(tar::Archive::new(reader), dest, label, Tree::Upper).map(drop)
+}
+
+/// What a tar stream unpacks as.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tree {
+    /// A whole root filesystem.
+    Rootfs,
+    /// An OCI layer over the layers already in the destination.
+    Layer,
+    /// An overlayfs upper dir, with its whiteouts and xattrs.
+    Upper,
 }
 
 /// The prefix of OCI whiteout file names.
@@ -322,8 +345,9 @@ fn unpack_rootfs_stream<R: Read>(
     mut archive: tar::Archive<R>,
     dest: &Path,
     label: &str,
-    layer: bool,
+    tree: Tree,
 ) -> Result<RootfsReport, Error> {
+    let layer = tree == Tree::Layer;
     let hostile = |entry: &str, reason: String| Error::HostileEntry {
         archive: label.to_string(),
         entry: entry.to_string(),
@@ -355,7 +379,12 @@ fn unpack_rootfs_stream<R: Read>(
         }
         let rel = relative_path(&raw).map_err(|reason| hostile(&raw, reason.into()))?;
         if rel.as_os_str().is_empty() {
-            continue; // the tree's root itself (`./`)
+            // The tree's root itself (`./`): an upper dir's mode and owner are the
+            // merged root's; another tree's root is the caller's.
+            if tree == Tree::Upper && kind == EntryType::Directory {
+                set_owner_and_mode(dest, entry.header()).map_err(|e| hostile(&raw, format!("cannot be applied to {}: {e}", dest.display())))?;
+            }
+            continue;
         }
         if entry.size() > MAX_ROOTFS_ENTRY_BYTES {
             return Err(hostile(
@@ -390,6 +419,15 @@ fn unpack_rootfs_stream<R: Read>(
             continue;
         }
         match kind {
+            EntryType::Char if tree == Tree::Upper && is_whiteout(entry.header()) => {
+                check_no_symlink_parents(dest, &rel, &mut real_dirs).map_err(|via| {
+                    hostile(&raw, format!("is a whiteout under symlink `{via}`, which may point outside the tree"))
+                })?;
+                remove_below(dest, &rel, &mut real_dirs)?;
+                make_whiteout(&dest.join(&rel), entry.header())
+                    .map_err(|e| hostile(&raw, format!("cannot be made as a whiteout: {e}")))?;
+                continue;
+            }
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
                 if rel.starts_with("dev") {
                     report.skipped_devices += 1;
@@ -449,6 +487,7 @@ fn unpack_rootfs_stream<R: Read>(
             // unpack fail instead), so only that path leaves the cache.
             real_dirs.remove(&rel);
         }
+        let xattrs = if tree == Tree::Upper { overlay_xattrs(&mut entry).map_err(read_err)? } else { Vec::new() };
         entry.unpack_in(dest).map_err(|e| {
             if super::error::is_disk_full(&e) {
                 Error::io("cannot write", dest.join(&rel))(e)
@@ -456,8 +495,51 @@ fn unpack_rootfs_stream<R: Read>(
                 hostile(&raw, format!("cannot be unpacked: {}", super::download::error_chain(&e)))
             }
         })?;
+        for (name, value) in xattrs {
+            // No-follow: set on the entry itself, a symlink included.
+            xattr::set(dest.join(&rel), &name, &value)
+                .map_err(|e| hostile(&raw, format!("cannot be given its xattr {name} ({e}); restoring a snapshot needs root")))?;
+        }
     }
     Ok(report)
+}
+
+/// An entry's `trusted.overlay.*` xattrs from its PAX records; the others are ignored.
+fn overlay_xattrs<R: Read>(entry: &mut tar::Entry<R>) -> io::Result<Vec<(String, Vec<u8>)>> {
+    let mut found = Vec::new();
+    if let Some(records) = entry.pax_extensions()? {
+        for record in records {
+            let record = record?;
+            let Some(name) = record.key().ok().and_then(|k| k.strip_prefix(PAX_XATTR)) else { continue };
+            if name.starts_with(OVERLAY_XATTR) {
+                found.push((name.to_string(), record.value_bytes().to_vec()));
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Whether a character device entry is an overlayfs whiteout (device 0/0).
+fn is_whiteout(header: &tar::Header) -> bool {
+    matches!((header.device_major(), header.device_minor()), (Ok(Some(0)), Ok(Some(0))))
+}
+
+/// Makes a 0/0 character device (an overlayfs whiteout) with the entry's mode and owner.
+fn make_whiteout(path: &Path, header: &tar::Header) -> io::Result<()> {
+    let mode = header.mode()? & 0o777;
+    nix::sys::stat::mknod(path, nix::sys::stat::SFlag::S_IFCHR, nix::sys::stat::Mode::from_bits_truncate(mode), 0)?;
+    set_owner_and_mode(path, header)
+}
+
+/// Gives `path` (never followed) the entry's numeric owner, then its mode: chown clears
+/// setuid bits, so the mode comes last.
+fn set_owner_and_mode(path: &Path, header: &tar::Header) -> io::Result<()> {
+    let uid = u32::try_from(header.uid()?).map_err(|_| io::Error::other("its owner is out of range"))?;
+    let gid = u32::try_from(header.gid()?).map_err(|_| io::Error::other("its group is out of range"))?;
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
+    let mode = header.mode()? & 0o7777;
+    nix::sys::stat::fchmodat(None, path, nix::sys::stat::Mode::from_bits_truncate(mode), nix::sys::stat::FchmodatFlags::NoFollowSymlink)
+        .map_err(io::Error::from)
 }
 
 /// Removes `rel` under `root` without following a symlink at it (its parents were
@@ -557,7 +639,7 @@ pub fn pack_rootfs_dir(dir: &Path, out: &Path) -> anyhow::Result<String> {
     let mut builder = tar::Builder::new(hashing);
     let epoch = std::env::var("SOURCE_DATE_EPOCH").ok().and_then(|v| v.trim().parse::<u64>().ok());
     let mut hardlinks: BTreeMap<(u64, u64), PathBuf> = BTreeMap::new();
-    append_tree(&mut builder, dir, Path::new(""), Packing { epoch, overlay_upper: false }, &mut hardlinks)?;
+    append_tree(&mut builder, dir, Path::new(""), Packing { epoch, upper: Upper::No }, &mut hardlinks)?;
     let hashing = builder.into_inner()?;
     let (buf, hashes) = hashing.finish();
     buf.into_inner().map_err(|e| e.into_error())?.sync_all()?;
@@ -572,8 +654,53 @@ pub fn pack_layer_dir(upper: &Path, out: &Path) -> anyhow::Result<()> {
     let file = File::create(out).map_err(Error::io("cannot create", out))?;
     let mut builder = tar::Builder::new(io::BufWriter::with_capacity(1 << 20, file));
     let mut hardlinks: BTreeMap<(u64, u64), PathBuf> = BTreeMap::new();
-    append_tree(&mut builder, upper, Path::new(""), Packing { epoch: None, overlay_upper: true }, &mut hardlinks)?;
+    append_tree(&mut builder, upper, Path::new(""), Packing { epoch: None, upper: Upper::AsOciLayer }, &mut hardlinks)?;
     builder.into_inner()?.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    Ok(())
+}
+
+/// Packs an overlayfs upper directory as a zstd tar that unpacks into the same upper
+/// directory (`unpack_upper`): a container snapshot. Owners stay numeric; whiteouts stay
+/// 0/0 character devices and the `trusted.overlay.*` xattrs (opaque dirs, redirects)
+/// travel as PAX `SCHILY.xattr.` records, as GNU tar's `--xattrs` writes them. The root
+/// entry `./` carries the upper dir's own mode and owner. Writes into `out` (the caller
+/// made it private); returns the archive's sha256.
+pub fn pack_upper(upper: &Path, out: File) -> anyhow::Result<String> {
+    let hashing = HashingWriter::new(io::BufWriter::with_capacity(1 << 20, out), Hasher::new(false));
+    let mut builder = tar::Builder::new(zstd::stream::write::Encoder::new(hashing, 3)?);
+    let meta = std::fs::symlink_metadata(upper).map_err(Error::io("cannot read", upper))?;
+    let mut header = tar::Header::new_gnu();
+    header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
+    append_overlay_xattrs(&mut builder, upper)?;
+    builder.append_data(&mut header, "./", io::empty())?;
+    let mut hardlinks: BTreeMap<(u64, u64), PathBuf> = BTreeMap::new();
+    append_tree(&mut builder, upper, Path::new(""), Packing { epoch: None, upper: Upper::AsIs }, &mut hardlinks)?;
+    let (buf, hashes) = builder.into_inner()?.finish()?.finish();
+    buf.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    Ok(hashes.sha256)
+}
+
+/// The prefix of the xattrs overlayfs keeps its own state in.
+const OVERLAY_XATTR: &str = "trusted.overlay.";
+/// How tar's PAX records name an xattr.
+const PAX_XATTR: &str = "SCHILY.xattr.";
+
+/// A PAX record with `path`'s overlayfs xattrs, for the entry appended next (none
+/// when it has none).
+fn append_overlay_xattrs<W: Write>(builder: &mut tar::Builder<W>, path: &Path) -> anyhow::Result<()> {
+    let mut records = Vec::new();
+    for name in xattr::list(path).map_err(Error::io("cannot read the xattrs of", path))? {
+        let name = name.to_string_lossy().into_owned();
+        if !name.starts_with(OVERLAY_XATTR) {
+            continue;
+        }
+        if let Some(value) = xattr::get(path, &name).map_err(Error::io("cannot read the xattrs of", path))? {
+            records.push((format!("{PAX_XATTR}{name}"), value));
+        }
+    }
+    if !records.is_empty() {
+        builder.append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), v.as_slice())))?;
+    }
     Ok(())
 }
 
@@ -592,14 +719,7 @@ fn append_marker<W: Write>(builder: &mut tar::Builder<W>, path: &Path) -> anyhow
 
 /// Whether overlayfs marked this upper directory opaque (it hides the lower one).
 fn is_opaque_dir(path: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else { return false };
-    let mut value = [0u8; 2];
-    // SAFETY: both strings are NUL-terminated and `value` is as long as we say.
-    let n = unsafe {
-        libc::lgetxattr(c_path.as_ptr(), c"trusted.overlay.opaque".as_ptr(), value.as_mut_ptr().cast(), value.len())
-    };
-    n == 1 && value[0] == b'y'
+    xattr::get(path, "trusted.overlay.opaque").is_ok_and(|v| v.as_deref() == Some(b"y"))
 }
 
 /// How `append_tree` writes a tree.
@@ -607,8 +727,19 @@ fn is_opaque_dir(path: &Path) -> bool {
 struct Packing {
     /// SOURCE_DATE_EPOCH: no mtime is written later than it.
     epoch: Option<u64>,
-    /// The tree is an overlayfs upper dir: its whiteouts and opaque dirs become OCI markers.
-    overlay_upper: bool,
+    /// Whether the tree is an overlayfs upper dir, and what its whiteouts become.
+    upper: Upper,
+}
+
+/// What `append_tree` makes of an overlayfs upper dir's whiteouts and opaque dirs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Upper {
+    /// Not an upper dir: device nodes are skipped, xattrs not read.
+    No,
+    /// An OCI layer: `.wh.NAME` files and `.wh..wh..opq` markers.
+    AsOciLayer,
+    /// As overlayfs keeps them: 0/0 character devices and `trusted.overlay.*` xattrs.
+    AsIs,
 }
 
 fn append_tree<W: Write>(
@@ -630,9 +761,17 @@ fn append_tree<W: Write>(
         let path = root.join(&entry_rel);
         let meta = std::fs::symlink_metadata(&path).map_err(Error::io("cannot read", &path))?;
         let ft = meta.file_type();
-        if packing.overlay_upper && ft.is_char_device() && meta.rdev() == 0 {
+        let whiteout = ft.is_char_device() && meta.rdev() == 0;
+        if packing.upper == Upper::AsOciLayer && whiteout {
             let name = format!("{WHITEOUT}{}", name.to_string_lossy());
             append_marker(builder, &rel.join(name))?;
+            continue;
+        }
+        if packing.upper == Upper::AsIs && whiteout {
+            let mut header = tar::Header::new_gnu();
+            header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
+            header.set_entry_type(EntryType::Char);
+            builder.append_data(&mut header, &entry_rel, io::empty())?;
             continue;
         }
         if !(ft.is_dir() || ft.is_file() || ft.is_symlink()) {
@@ -653,6 +792,9 @@ fn append_tree<W: Write>(
             }
             hardlinks.insert((meta.dev(), meta.ino()), entry_rel.clone());
         }
+        if packing.upper == Upper::AsIs {
+            append_overlay_xattrs(builder, &path)?;
+        }
         if ft.is_file() {
             let file = File::open(&path).map_err(Error::io("cannot read", &path))?;
             builder.append_data(&mut header, &entry_rel, file)?;
@@ -661,7 +803,7 @@ fn append_tree<W: Write>(
             builder.append_link(&mut header, &entry_rel, target)?;
         } else {
             builder.append_data(&mut header, &entry_rel, io::empty())?;
-            if packing.overlay_upper && is_opaque_dir(&path) {
+            if packing.upper == Upper::AsOciLayer && is_opaque_dir(&path) {
                 append_marker(builder, &entry_rel.join(OPAQUE))?;
             }
             append_tree(builder, root, &entry_rel, packing, hardlinks)?;

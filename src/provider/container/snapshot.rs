@@ -1,6 +1,6 @@
 //! Container snapshots and export. A snapshot is the machine's upper layer, so its
 //! cost grows with what the machine changed, never with the box: a zstd tar of
-//! upper/ (overlay whiteouts and opaque-dir xattrs kept), named by its sha256, plus a
+//! upper/ (boxes::pack_upper: overlay whiteouts and xattrs kept), named by its sha256, plus a
 //! JSON record that names it. The record is the commit point: a new snapshot is
 //! written whole before its record replaces the old one, and an archive is checked
 //! against the digest in its record before it is unpacked.
@@ -12,7 +12,6 @@ use anyhow::{bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
 
 use super::{overlay, Layout, Machine};
-use crate::process::Process;
 use crate::provider::{Error, MachineState, SnapshotInfo};
 use crate::ui::Ui;
 
@@ -37,12 +36,6 @@ impl Sidecar {
 
 fn sidecar_path(layout: &Layout, name: &str) -> PathBuf {
     layout.snapshots().join(format!("{name}.json"))
-}
-
-/// GNU tar with what an overlay layer needs: numeric owners, and the trusted.overlay
-/// xattrs that mark opaque dirs (whiteouts are char devices, which tar keeps anyway).
-fn layer_tar() -> Process {
-    Process::new("tar").args(["--numeric-owner", "--xattrs", "--xattrs-include=trusted.overlay.*", "--zstd"])
 }
 
 fn missing_machine(m: &Machine) -> anyhow::Error {
@@ -79,17 +72,8 @@ pub fn save(m: &Machine, name: &str, replace: bool, ui: &Ui) -> Result<SnapshotI
     ui.step(format!("{}: saving snapshot {name}", m.name()));
     let saved = frozen(m, || {
         let file = crate::fsutil::create_private(&partial)?;
-        drop(file);
-        layer_tar()
-            .arg("--create")
-            .arg("--file")
-            .arg(&partial)
-            .arg("--directory")
-            .arg(m.layout.upper())
-            .arg(".")
-            .doing(format!("saving snapshot {name} of machine {}", m.name()))
-            .run()?;
-        Ok(crate::boxes::sha256_file(&partial)?)
+        crate::boxes::pack_upper(&m.layout.upper(), file)
+            .with_context(|| format!("cannot save snapshot {name} of machine {}", m.name()))
     });
     let sha256 = match saved {
         Ok(digest) => digest,
@@ -179,14 +163,7 @@ pub fn restore(m: &Machine, name: &str, ui: &Ui) -> Result<()> {
     }
     crate::fsutil::create_private_dir(&staging)?;
     // Unpack first: a bad archive fails here with the machine untouched.
-    let unpacked = layer_tar()
-        .arg("--extract")
-        .arg("--file")
-        .arg(&archive)
-        .arg("--directory")
-        .arg(&staging)
-        .doing(format!("unpacking snapshot {name} of machine {}", m.name()))
-        .run();
+    let unpacked = crate::boxes::unpack_upper(&archive, &staging, &format!("snapshot {name} of machine {}", m.name()));
     if let Err(e) = unpacked {
         let _ = std::fs::remove_dir_all(&staging);
         return Err(e.into());
@@ -264,15 +241,9 @@ pub fn export(m: &Machine, lower: &Path, dir: &Path, ui: &Ui) -> Result<Vec<Path
     let target = dir.join("rootfs.tar");
     ui.step(format!("{}: exporting its root filesystem", m.name()));
     let written = frozen(m, || {
-        Process::new("tar")
-            .args(["--create", "--numeric-owner", "--file"])
-            .arg(&target)
-            .arg("--directory")
-            .arg(&rootfs)
-            .arg(".")
-            .doing(format!("exporting the root filesystem of machine {}", m.name()))
-            .run()
-            .map_err(anyhow::Error::from)
+        crate::boxes::pack_rootfs_dir(&rootfs, &target)
+            .map(drop)
+            .with_context(|| format!("cannot export the root filesystem of machine {}", m.name()))
     });
     if mounted_here {
         overlay::unmount_all(m.layout.dir())?;

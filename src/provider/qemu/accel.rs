@@ -2,8 +2,6 @@
 //! not the kvm-pvm software hypervisor (a stock kernel crawls under it), TCG otherwise.
 //! `ENVY_ACCEL` wins over the Envfile, which wins over the probe.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-
 use serde::Serialize;
 
 use crate::model::Accel;
@@ -52,10 +50,8 @@ impl AccelReport {
     }
 }
 
-// ioctl numbers from <linux/kvm.h>: _IO(KVMIO = 0xAE, nr).
-const KVM_GET_API_VERSION: libc::c_ulong = 0xAE00;
-const KVM_CREATE_VM: libc::c_ulong = 0xAE01;
-const KVM_API_VERSION: libc::c_int = 12;
+/// The only KVM API version there has ever been (<linux/kvm.h>).
+const KVM_API_VERSION: i32 = 12;
 
 /// Probes /dev/kvm for real (open read-write, API version, create a VM) rather than
 /// trusting that the file exists, and looks for kvm-pvm.
@@ -74,22 +70,13 @@ pub fn probe() -> AccelReport {
 }
 
 fn probe_kvm() -> Result<(), String> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .map_err(|e| format!("cannot open /dev/kvm read-write ({e})"))?;
-    // SAFETY: both ioctls take no argument and only return an int (or a new fd we own).
-    let version = unsafe { libc::ioctl(file.as_raw_fd(), KVM_GET_API_VERSION, 0) };
+    let kvm = kvm_ioctls::Kvm::new().map_err(|e| format!("cannot open /dev/kvm read-write ({e})"))?;
+    let version = kvm.get_api_version();
     if version != KVM_API_VERSION {
         return Err(format!("/dev/kvm answers API version {version}, expected {KVM_API_VERSION}"));
     }
-    let vm = unsafe { libc::ioctl(file.as_raw_fd(), KVM_CREATE_VM, 0) };
-    if vm < 0 {
-        return Err(format!("/dev/kvm cannot create a VM ({})", std::io::Error::last_os_error()));
-    }
-    // SAFETY: KVM_CREATE_VM returned a fresh descriptor nobody else owns; dropping closes it.
-    drop(unsafe { OwnedFd::from_raw_fd(vm) });
+    // The VM (and its descriptor) is dropped at once: only whether it can be made counts.
+    kvm.create_vm().map_err(|e| format!("/dev/kvm cannot create a VM ({e})"))?;
     Ok(())
 }
 

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
+use ssh_key::rand_core::OsRng;
+use ssh_key::{Algorithm, LineEnding, PrivateKey};
 
 use crate::model::shell_quote;
 use crate::process::Process;
@@ -39,7 +41,6 @@ pub struct SshTarget {
     pub log: PathBuf,
 }
 
-/// Creates the machine's ed25519 key pair at `key` (and `key.pub`) unless it exists.
 /// Creates the machine's known_hosts empty and 0600 (or makes an existing one 0600):
 /// ssh appends to the file it finds and keeps its mode.
 pub fn ensure_known_hosts(path: &Path) -> Result<()> {
@@ -54,19 +55,24 @@ pub fn ensure_known_hosts(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Creates the machine's ed25519 key pair unless both halves exist: `key` in OpenSSH's
+/// private key format (unencrypted, as `ssh -i` reads it) and `key.pub` as an
+/// authorized_keys line, both 0600. Made in-process (ssh-key crate, OS randomness), so
+/// bringing up a VM needs no ssh-keygen. The public half is written last: when it is
+/// there, the private half was written whole before it.
 pub fn ensure_key(key: &Path, comment: &str) -> Result<()> {
-    if key.exists() && key.with_extension("pub").exists() {
+    let public_path = key.with_extension("pub");
+    if key.exists() && public_path.exists() {
         return Ok(());
     }
-    let _ = std::fs::remove_file(key);
-    let _ = std::fs::remove_file(key.with_extension("pub"));
-    Process::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
-        .arg(key)
-        .doing(format!("creating the machine key {}", key.display()))
-        .run()?;
-    std::fs::set_permissions(key, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("cannot make {} private", key.display()))?;
+    let mut private = PrivateKey::random(&mut OsRng, Algorithm::Ed25519)
+        .with_context(|| format!("cannot make an ed25519 key pair for {}", key.display()))?;
+    private.set_comment(comment);
+    let encode = |e: ssh_key::Error| anyhow::anyhow!("cannot encode the machine key {}: {e}", key.display());
+    let private_text = private.to_openssh(LineEnding::LF).map_err(encode)?;
+    let public_line = private.public_key().to_openssh().map_err(encode)?;
+    crate::fsutil::write_atomic(key, private_text.as_bytes())?;
+    crate::fsutil::write_atomic(&public_path, format!("{public_line}\n").as_bytes())?;
     Ok(())
 }
 
@@ -267,6 +273,29 @@ mod tests {
         ensure_known_hosts(&path).unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "envy-machine ssh-ed25519 AAAA\n");
+    }
+
+    #[test]
+    fn the_key_pair_is_private_matching_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("id_ed25519");
+        ensure_key(&key, "envy test").unwrap();
+        let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+        for path in [&key, &key.with_extension("pub")] {
+            assert_eq!(std::fs::metadata(path).unwrap().permissions().mode() & 0o777, 0o600, "{}", path.display());
+        }
+        let private = PrivateKey::from_openssh(std::fs::read_to_string(&key).unwrap()).unwrap();
+        assert!(!private.is_encrypted());
+        assert_eq!(format!("{}\n", private.public_key().to_openssh().unwrap()), public);
+        assert!(public.starts_with("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5") && public.ends_with(" envy test\n"), "{public}");
+        // Both halves there: kept. The public half lost: a new pair replaces the old.
+        ensure_key(&key, "envy test").unwrap();
+        assert_eq!(std::fs::read_to_string(key.with_extension("pub")).unwrap(), public);
+        std::fs::remove_file(key.with_extension("pub")).unwrap();
+        ensure_key(&key, "envy test").unwrap();
+        let renewed = PrivateKey::from_openssh(std::fs::read_to_string(&key).unwrap()).unwrap();
+        assert_ne!(renewed.public_key(), private.public_key());
+        assert_eq!(format!("{}\n", renewed.public_key().to_openssh().unwrap()), std::fs::read_to_string(key.with_extension("pub")).unwrap());
     }
 
     #[test]
