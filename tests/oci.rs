@@ -508,7 +508,7 @@ fn a_container_disk_boots_by_firmware_and_a_halted_vm_is_pushed_as_one() {
     // The halted VM pushed back as a containerDisk, and booted by a teammate.
     env.envy().args(["exec", "--", "sh", "-c", "echo vm-state > /root/note; sync"]).assert().success();
     let out = env.envy().args(["share", "--push", &format!("oci://{}/vm/shared:1", registry.host())]).output().unwrap();
-    assert_eq!(out.status.code(), Some(5), "a running VM is not pushed: {}", stderr(&out));
+    assert_eq!(out.status.code(), Some(7), "a running VM is not pushed (the machine is in the wrong state: 7): {}", stderr(&out));
     assert!(stderr(&out).contains("run `envy halt vm` first"), "{}", stderr(&out));
     env.envy().arg("halt").assert().success();
     let out = env.envy().args(["share", "--push", &format!("oci://{}/vm/shared:1", registry.host())]).output().unwrap();

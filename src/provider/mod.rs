@@ -8,6 +8,7 @@ pub mod container;
 mod error;
 pub mod host;
 pub mod lxd;
+pub mod netlink;
 pub mod network;
 pub mod qemu;
 

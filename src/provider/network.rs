@@ -97,7 +97,7 @@ pub fn ip_in(netns: &str, commands: &[&[&str]]) -> Result<String> {
 }
 
 pub fn link_exists(netns: &str, link: &str) -> bool {
-    Process::new("ip").args(["-n", netns, "link", "show", "dev", link]).quiet().status().is_ok_and(|s| s.success())
+    super::netlink::links(&netns_path(netns)).is_ok_and(|links| links.iter().any(|l| l.name == link))
 }
 
 /// One forward as slirp4netns lists it.
@@ -248,11 +248,9 @@ impl ProjectNet {
         if !netns_exists(&self.netns)? || !link_exists(&self.netns, BRIDGE) {
             return Ok(false);
         }
-        let links = Process::new("ip")
-            .args(["-o", "-n", &self.netns, "link", "show", "master", BRIDGE])
-            .doing(format!("listing the links on the bridge of network namespace {}", self.netns))
-            .run()?;
-        Ok(links.lines().any(|l| l.split(": ").nth(1).is_some_and(|name| name.split('@').next() != Some(TAP))))
+        let links = super::netlink::links(&netns_path(&self.netns))?;
+        let Some(bridge) = links.iter().find(|l| l.name == BRIDGE) else { return Ok(false) };
+        Ok(links.iter().any(|l| l.master == Some(bridge.index) && l.name != TAP))
     }
 
     /// Tears the project network down once no machine is on it.

@@ -9,7 +9,6 @@ use anyhow::Result;
 use sha2::{Digest as _, Sha256};
 
 use crate::plan::MachinePlan;
-use crate::process::Process;
 use crate::provider::network::{delete_netns, ensure_netns, ip_in, link_exists, netns_exists, netns_path, ProjectNet, BRIDGE, GATEWAY, MTU};
 
 pub use crate::provider::network::{machine_ip, DNS};
@@ -44,12 +43,8 @@ impl MachineNet {
         if !netns_exists(&self.netns)? || !link_exists(project.netns(), &self.veth) {
             return Ok(false);
         }
-        let addresses = Process::new("ip")
-            .args(["-o", "-n", &self.netns, "address", "show", "dev", "eth0"])
-            .doing(format!("reading the address of machine namespace {}", self.netns))
-            .run()
-            .unwrap_or_default();
-        Ok(addresses.contains(&format!("inet {}/24", self.ip)))
+        let addresses = crate::provider::netlink::ipv4_addresses(&self.netns_path(), "eth0").unwrap_or_default();
+        Ok(addresses.contains(&(self.ip, 24)))
     }
 
     /// Builds the namespace and its link from scratch, replacing any partial leftover.

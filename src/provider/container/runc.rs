@@ -53,7 +53,9 @@ impl Runc {
         let out = match self.command().args(["state", id]).doing(format!("reading the state of container {id}")).run() {
             Ok(out) => out,
             // runc exits 1 for every error; one for a container it does not know is told
-            // by the container's state dir under runc's root, which runc makes at create.
+            // by the container's state file under runc's root, which runc reads for every
+            // command and writes once the container is made (its dir comes first, so a
+            // container being made, or one whose create was killed, has the dir alone).
             Err(ProcessError::Failed { .. }) if !self.knows(id) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
@@ -62,9 +64,10 @@ impl Runc {
         Ok(Some(state))
     }
 
-    /// Whether runc holds state for container `id` (its dir under the root; not followed).
+    /// Whether runc holds state for container `id` (its state.json under the root; not
+    /// followed).
     fn knows(&self, id: &str) -> bool {
-        std::fs::symlink_metadata(self.root.join(id)).is_ok()
+        std::fs::symlink_metadata(self.root.join(id).join("state.json")).is_ok()
     }
 
     /// `runc run -d`: starts the container detached; its stdio (and runc's own
