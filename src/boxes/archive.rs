@@ -504,14 +504,18 @@ fn unpack_rootfs_stream<R: Read>(
     Ok(report)
 }
 
-/// An entry's `trusted.overlay.*` xattrs from its PAX records; the others are ignored.
+/// An entry's overlayfs xattrs envy restores (`KEPT_XATTRS`) from its PAX records;
+/// the others are ignored. The tar crate reads PAX records line by line, so a binary
+/// value with a newline in it (overlayfs's `origin` file handle, which GNU tar saved
+/// for older envys) reads as malformed: such records are skipped, and the records
+/// after them still read.
 fn overlay_xattrs<R: Read>(entry: &mut tar::Entry<R>) -> io::Result<Vec<(String, Vec<u8>)>> {
     let mut found = Vec::new();
     if let Some(records) = entry.pax_extensions()? {
         for record in records {
-            let record = record?;
+            let Ok(record) = record else { continue };
             let Some(name) = record.key().ok().and_then(|k| k.strip_prefix(PAX_XATTR)) else { continue };
-            if name.starts_with(OVERLAY_XATTR) {
+            if KEPT_XATTRS.contains(&name) {
                 found.push((name.to_string(), record.value_bytes().to_vec()));
             }
         }
@@ -661,7 +665,8 @@ pub fn pack_layer_dir(upper: &Path, out: &Path) -> anyhow::Result<()> {
 
 /// Packs an overlayfs upper directory as a zstd tar that unpacks into the same upper
 /// directory (`unpack_upper`): a container snapshot. Owners stay numeric; whiteouts stay
-/// 0/0 character devices and the `trusted.overlay.*` xattrs (opaque dirs, redirects)
+/// 0/0 character devices and the overlayfs xattrs that say what the layer means (opaque
+/// dirs, redirects: `KEPT_XATTRS`)
 /// travel as PAX `SCHILY.xattr.` records, as GNU tar's `--xattrs` writes them. The root
 /// entry `./` carries the upper dir's own mode and owner. Writes into `out` (the caller
 /// made it private); returns the archive's sha256.
@@ -680,8 +685,10 @@ pub fn pack_upper(upper: &Path, out: File) -> anyhow::Result<String> {
     Ok(hashes.sha256)
 }
 
-/// The prefix of the xattrs overlayfs keeps its own state in.
-const OVERLAY_XATTR: &str = "trusted.overlay.";
+/// The overlayfs xattrs a snapshot keeps: what the layer means (an opaque dir, a
+/// renamed dir). The others are overlayfs's bookkeeping about inodes of this mount
+/// (`origin`, `impure`, `nlink`), binary, and rebuilt by overlayfs as it needs them.
+const KEPT_XATTRS: [&str; 2] = ["trusted.overlay.opaque", "trusted.overlay.redirect"];
 /// How tar's PAX records name an xattr.
 const PAX_XATTR: &str = "SCHILY.xattr.";
 
@@ -689,12 +696,12 @@ const PAX_XATTR: &str = "SCHILY.xattr.";
 /// when it has none).
 fn append_overlay_xattrs<W: Write>(builder: &mut tar::Builder<W>, path: &Path) -> anyhow::Result<()> {
     let mut records = Vec::new();
-    for name in xattr::list(path).map_err(Error::io("cannot read the xattrs of", path))? {
-        let name = name.to_string_lossy().into_owned();
-        if !name.starts_with(OVERLAY_XATTR) {
-            continue;
-        }
-        if let Some(value) = xattr::get(path, &name).map_err(Error::io("cannot read the xattrs of", path))? {
+    for name in KEPT_XATTRS {
+        if let Some(value) = xattr::get(path, name).map_err(Error::io("cannot read the xattrs of", path))? {
+            // A PAX record is read back line by line (see overlay_xattrs).
+            if value.contains(&b'\n') {
+                return Err(Error::LayerXattr { path: path.to_path_buf(), name }.into());
+            }
             records.push((format!("{PAX_XATTR}{name}"), value));
         }
     }
