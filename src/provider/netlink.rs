@@ -32,17 +32,22 @@ pub fn socket_in(netns: &Path, protocol: libc::c_int) -> Result<OwnedFd> {
             .spawn(|| -> Result<OwnedFd> {
                 let ns = std::fs::File::open(netns).with_context(|| format!("cannot open {ns_path}"))?;
                 nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).with_context(|| format!("cannot enter {ns_path}"))?;
-                // SAFETY: a plain socket(2) call; the fd is owned at once.
-                let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, protocol) };
-                if fd < 0 {
-                    bail!("cannot open a netlink socket in {ns_path}: {}", std::io::Error::last_os_error());
-                }
-                // SAFETY: fd was just returned by socket(2) and nothing else owns it.
-                Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+                socket(protocol).with_context(|| format!("cannot open a netlink socket in {ns_path}"))
             })
             .join()
             .map_err(|_| anyhow::anyhow!("the thread entering {ns_path} panicked"))?
     })
+}
+
+/// A netlink socket in the calling thread's network namespace.
+fn socket(protocol: libc::c_int) -> std::io::Result<OwnedFd> {
+    // SAFETY: a plain socket(2) call; the fd is owned at once.
+    let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, protocol) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd was just returned by socket(2) and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// A dump request: the header (`kind`, request and dump flags), then `body`.
@@ -131,11 +136,15 @@ pub struct Link {
 
 /// Every link of the namespace `netns`.
 pub fn links(netns: &Path) -> Result<Vec<Link>> {
-    let sock = socket_in(netns, libc::NETLINK_ROUTE)?;
+    links_on(&socket_in(netns, libc::NETLINK_ROUTE)?, &netns.display().to_string())
+}
+
+/// Every link of the namespace a route socket is in; `netns` names it in errors.
+fn links_on(sock: &OwnedFd, netns: &str) -> Result<Vec<Link>> {
     // struct ifinfomsg, all zero: every family, every link.
     let request = dump_request(RTM_GETLINK, &[0u8; 16]);
     let mut links = Vec::new();
-    dump(&sock, &request, MAX_ROUTE_DUMP, &format!("the links of {}", netns.display()), |_, body| {
+    dump(sock, &request, MAX_ROUTE_DUMP, &format!("the links of {netns}"), |_, body| {
         if let Some(link) = parse_link(body) {
             links.push(link);
         }
@@ -159,14 +168,18 @@ fn parse_link(body: &[u8]) -> Option<Link> {
 
 /// The IPv4 addresses (with their prefix length) of link `name` in the namespace.
 pub fn ipv4_addresses(netns: &Path, name: &str) -> Result<Vec<(Ipv4Addr, u8)>> {
-    let Some(link) = links(netns)?.into_iter().find(|l| l.name == name) else { return Ok(Vec::new()) };
-    let sock = socket_in(netns, libc::NETLINK_ROUTE)?;
+    addresses_on(&socket_in(netns, libc::NETLINK_ROUTE)?, &netns.display().to_string(), name)
+}
+
+/// The IPv4 addresses of link `name` in the namespace a route socket is in.
+fn addresses_on(sock: &OwnedFd, netns: &str, name: &str) -> Result<Vec<(Ipv4Addr, u8)>> {
+    let Some(link) = links_on(sock, netns)?.into_iter().find(|l| l.name == name) else { return Ok(Vec::new()) };
     // struct ifaddrmsg: AF_INET, then zeros.
     let mut ifaddrmsg = [0u8; 8];
     ifaddrmsg[0] = libc::AF_INET as u8;
     let request = dump_request(RTM_GETADDR, &ifaddrmsg);
     let mut addresses = Vec::new();
-    dump(&sock, &request, MAX_ROUTE_DUMP, &format!("the addresses of {}", netns.display()), |_, body| {
+    dump(sock, &request, MAX_ROUTE_DUMP, &format!("the addresses of {netns}"), |_, body| {
         if let Some((index, address)) = parse_ipv4_address(body) {
             if index == link.index {
                 addresses.push(address);
@@ -201,14 +214,15 @@ mod tests {
         out
     }
 
+    /// The test's own namespace: entering one (setns) needs root, reading it does not.
     #[test]
     fn this_namespace_has_its_loopback_link_and_address() {
-        let own = Path::new("/proc/self/ns/net");
-        let links = links(own).unwrap();
+        let sock = socket(libc::NETLINK_ROUTE).unwrap();
+        let links = links_on(&sock, "this namespace").unwrap();
         let lo = links.iter().find(|l| l.name == "lo").expect("a loopback link");
         assert_eq!(lo.master, None);
-        assert!(ipv4_addresses(own, "lo").unwrap().contains(&(Ipv4Addr::LOCALHOST, 8)));
-        assert!(ipv4_addresses(own, "no-such-link").unwrap().is_empty());
+        assert!(addresses_on(&sock, "this namespace", "lo").unwrap().contains(&(Ipv4Addr::LOCALHOST, 8)));
+        assert!(addresses_on(&sock, "this namespace", "no-such-link").unwrap().is_empty());
     }
 
     #[test]
