@@ -131,3 +131,20 @@ fn a_snapshot_with_an_escaping_entry_is_refused_and_changes_nothing() {
     let (out, code) = f.exec_captured("web", &["cat", "/root/state"]);
     assert_eq!((out.as_str(), code), ("kept\n", 0), "the machine runs untouched");
 }
+
+#[test]
+fn a_layer_xattr_a_snapshot_cannot_carry_is_refused_and_nothing_is_saved() {
+    require!(need::CONTAINERS);
+    let f = Fixture::new(&[("web", vec![])]);
+    let plan = f.plan("web");
+    f.up("web");
+    assert_eq!(f.sh("web", "mkdir -p /root/moved"), 0);
+    f.provider.halt(&plan, false, &f.ui).unwrap();
+    // A redirect naming a folder with a newline in its name: its PAX record could not be read back.
+    xattr::set(upper(&plan).join("root/moved"), "trusted.overlay.redirect", b"/old\nname").unwrap();
+    let err = format!("{:#}", f.provider.snapshot_save(&plan, "before", false, &f.ui).unwrap_err());
+    assert!(err.contains("trusted.overlay.redirect holds a newline"), "{err}");
+    assert!(f.provider.snapshot_list(&plan).unwrap().is_empty(), "nothing was saved");
+    let left = std::fs::read_dir(plan.dir.join("snapshots")).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(left, 0, "no partial archive is left");
+}

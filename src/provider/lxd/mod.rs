@@ -37,17 +37,6 @@ pub const REGISTRATION: super::Registration = super::Registration {
     make: || Box::new(LxdProvider),
 };
 
-impl LxdProvider {
-    pub fn new() -> LxdProvider {
-        LxdProvider
-    }
-}
-
-impl Default for LxdProvider {
-    fn default() -> Self {
-        LxdProvider::new()
-    }
-}
 
 /// The daemon a machine lives on.
 fn client(plan: &MachinePlan) -> Result<Client> {
