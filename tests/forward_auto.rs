@@ -78,8 +78,8 @@ fn guest_ports_are_forwarded_as_they_open_and_released_as_they_close() {
 
     // Stopped in the guest, released on the host.
     p.env.out(&["exec", "web", "--", "sh", "-c", "killall httpd"]);
-    eventually("host port 5173 is released", || free(5173));
-    assert_eq!(p.auto_forwards(), vec![]);
+    // The watcher releases the port, then rewrites its record: wait for both.
+    eventually("host port 5173 is released and the record says so", || free(5173) && p.auto_forwards().is_empty());
     assert!(p.log().contains("guest 5173 closed; released 127.0.0.1:5173"), "{}", p.log());
 
     // The declared forward keeps host port 5174: guest 5174 moves to the next free one.
@@ -152,8 +152,8 @@ fn a_vm_port_is_forwarded_as_it_opens_and_released_as_it_closes() {
     assert!(serves());
 
     p.env.out(&["exec", "--", "killall", "httpd"]);
-    eventually("host port 5178 is released", || free(5178));
-    assert_eq!(p.auto_forwards(), vec![]);
+    // The watcher releases the port, then rewrites its record: wait for both.
+    eventually("host port 5178 is released and the record says so", || free(5178) && p.auto_forwards().is_empty());
     assert!(p.log().contains("guest 5178 closed; released 127.0.0.1:5178"), "{}", p.log());
 
     let watcher = p.watcher_pid().unwrap();
