@@ -21,6 +21,7 @@ pub mod ready;
 pub mod signals;
 pub mod state;
 pub mod ui;
+pub mod userns;
 pub mod vagrantfile;
 pub mod workspace;
 
