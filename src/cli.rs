@@ -97,6 +97,9 @@ folder at /project instead.")]
     /// The forward_auto watcher of one machine, started detached by `envy up`.
     #[command(name = "__forward-watch", hide = true)]
     ForwardWatch(MachineArg),
+    /// Holds a normal user's envy namespaces between commands (started by the first that needs them).
+    #[command(name = "__userns-holder", hide = true)]
+    UsernsHolder,
 }
 
 #[derive(Debug, Args)]

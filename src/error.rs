@@ -50,6 +50,9 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
         if cause.is::<crate::provider::lxd::Error>() {
             return code::PROVIDER;
         }
+        if cause.is::<crate::userns::Error>() {
+            return code::PROVIDER;
+        }
         if cause.is::<crate::process::ProcessError>() {
             return code::PROVIDER;
         }
@@ -105,7 +108,6 @@ fn provider_code(e: &crate::provider::Error) -> i32 {
         | E::DiskBelowBox { .. }
         | E::DiskShrink { .. }
         | E::TooManyMachines { .. }
-        | E::ProjectNetNeedsRoot { .. }
         | E::PortTaken { .. }
         | E::ForwardFailed { .. }
         | E::SlirpNotReady { .. }

@@ -84,6 +84,12 @@ pub fn is_rootless() -> bool {
     matches!(mode(), Mode::Rootless(_))
 }
 
+/// Whether root is the only id in this namespace (a normal user without subordinate
+/// ids): files a box gives other owners become root's.
+pub fn only_root_inside() -> bool {
+    matches!(mode(), Mode::Rootless(m) if !m.has_ranges())
+}
+
 static MODE: OnceLock<Mode> = OnceLock::new();
 
 /// The ranges `/etc/subuid` or `/etc/subgid` (`file`) gives a user, by name or uid, in
@@ -300,6 +306,26 @@ pub fn hold() -> Result<i32> {
     loop {
         nix::unistd::pause();
     }
+}
+
+/// The cgroup v2 subtree this process may write, with the memory and cpu controllers:
+/// where a normal user's container limits can go (a systemd user session gives one,
+/// with Delegate=yes). None on cgroup v1 or hybrid hosts, or without delegation: then
+/// those limits are not applied, and `up` says so.
+pub fn delegated_cgroup() -> Option<PathBuf> {
+    const CGROUP2_MAGIC: libc::c_long = 0x6367_7270;
+    let root = Path::new("/sys/fs/cgroup");
+    let unified = nix::sys::statfs::statfs(root).is_ok_and(|fs| fs.filesystem_type().0 as libc::c_long == CGROUP2_MAGIC);
+    if !unified {
+        return None;
+    }
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let relative = own.lines().find_map(|l| l.strip_prefix("0::"))?.trim_start_matches('/').to_string();
+    let dir = root.join(relative);
+    let controllers = std::fs::read_to_string(dir.join("cgroup.controllers")).ok()?;
+    let has = |c: &str| controllers.split_whitespace().any(|x| x == c);
+    let writable = nix::unistd::access(&dir.join("cgroup.subtree_control"), nix::unistd::AccessFlags::W_OK).is_ok();
+    (has("memory") && has("cpu") && writable).then_some(dir)
 }
 
 #[derive(Debug, thiserror::Error)]

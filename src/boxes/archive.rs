@@ -358,7 +358,7 @@ fn unpack_rootfs_stream<R: Read>(
         reason: format!("the tar stream is damaged ({e})"),
     };
     archive.set_preserve_permissions(true);
-    archive.set_preserve_ownerships(true);
+    archive.set_preserve_ownerships(!crate::userns::only_root_inside());
     archive.set_preserve_mtime(true);
     archive.set_unpack_xattrs(false);
     archive.set_overwrite(true);
@@ -498,7 +498,7 @@ fn unpack_rootfs_stream<R: Read>(
         for (name, value) in xattrs {
             // No-follow: set on the entry itself, a symlink included.
             xattr::set(dest.join(&rel), &name, &value)
-                .map_err(|e| hostile(&raw, format!("cannot be given its xattr {name} ({e}); restoring a snapshot needs root")))?;
+                .map_err(|e| hostile(&raw, format!("cannot be given its xattr {name} ({e})")))?;
         }
     }
     Ok(report)
@@ -514,9 +514,9 @@ fn overlay_xattrs<R: Read>(entry: &mut tar::Entry<R>) -> io::Result<Vec<(String,
     if let Some(records) = entry.pax_extensions()? {
         for record in records {
             let Ok(record) = record else { continue };
-            let Some(name) = record.key().ok().and_then(|k| k.strip_prefix(PAX_XATTR)) else { continue };
-            if KEPT_XATTRS.contains(&name) {
-                found.push((name.to_string(), record.value_bytes().to_vec()));
+            let Some(suffix) = record.key().ok().and_then(|k| k.strip_prefix(PAX_XATTR)?.strip_prefix(ARCHIVE_XATTR_PREFIX)) else { continue };
+            if KEPT_XATTRS.contains(&suffix) {
+                found.push((overlay_xattr(suffix), record.value_bytes().to_vec()));
             }
         }
     }
@@ -540,6 +540,8 @@ fn make_whiteout(path: &Path, header: &tar::Header) -> io::Result<()> {
 fn set_owner_and_mode(path: &Path, header: &tar::Header) -> io::Result<()> {
     let uid = u32::try_from(header.uid()?).map_err(|_| io::Error::other("its owner is out of range"))?;
     let gid = u32::try_from(header.gid()?).map_err(|_| io::Error::other("its group is out of range"))?;
+    // A normal user's namespace without subordinate ids has root alone: all is root's.
+    let (uid, gid) = if crate::userns::only_root_inside() { (0, 0) } else { (uid, gid) };
     std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
     let mode = header.mode()? & 0o7777;
     nix::sys::stat::fchmodat(None, path, nix::sys::stat::Mode::from_bits_truncate(mode), nix::sys::stat::FchmodatFlags::NoFollowSymlink)
@@ -688,7 +690,16 @@ pub fn pack_upper(upper: &Path, out: File) -> anyhow::Result<String> {
 /// The overlayfs xattrs a snapshot keeps: what the layer means (an opaque dir, a
 /// renamed dir). The others are overlayfs's bookkeeping about inodes of this mount
 /// (`origin`, `impure`, `nlink`), binary, and rebuilt by overlayfs as it needs them.
-const KEPT_XATTRS: [&str; 2] = ["trusted.overlay.opaque", "trusted.overlay.redirect"];
+const KEPT_XATTRS: [&str; 2] = ["opaque", "redirect"];
+/// Archives name them as root's overlay (and GNU tar) does. A normal user's overlay is
+/// mounted with `userxattr` and keeps them under `user.overlay.`; they are read and
+/// written under the name the overlay in use reads.
+const ARCHIVE_XATTR_PREFIX: &str = "trusted.overlay.";
+
+fn overlay_xattr(suffix: &str) -> String {
+    let prefix = if crate::userns::is_rootless() { "user.overlay." } else { ARCHIVE_XATTR_PREFIX };
+    format!("{prefix}{suffix}")
+}
 /// How tar's PAX records name an xattr.
 const PAX_XATTR: &str = "SCHILY.xattr.";
 
@@ -696,13 +707,14 @@ const PAX_XATTR: &str = "SCHILY.xattr.";
 /// when it has none).
 fn append_overlay_xattrs<W: Write>(builder: &mut tar::Builder<W>, path: &Path) -> anyhow::Result<()> {
     let mut records = Vec::new();
-    for name in KEPT_XATTRS {
-        if let Some(value) = xattr::get(path, name).map_err(Error::io("cannot read the xattrs of", path))? {
+    for suffix in KEPT_XATTRS {
+        let name = overlay_xattr(suffix);
+        if let Some(value) = xattr::get(path, &name).map_err(Error::io("cannot read the xattrs of", path))? {
             // A PAX record is read back line by line (see overlay_xattrs).
             if value.contains(&b'\n') {
                 return Err(Error::LayerXattr { path: path.to_path_buf(), name }.into());
             }
-            records.push((format!("{PAX_XATTR}{name}"), value));
+            records.push((format!("{PAX_XATTR}{ARCHIVE_XATTR_PREFIX}{suffix}"), value));
         }
     }
     if !records.is_empty() {
@@ -726,7 +738,7 @@ fn append_marker<W: Write>(builder: &mut tar::Builder<W>, path: &Path) -> anyhow
 
 /// Whether overlayfs marked this upper directory opaque (it hides the lower one).
 fn is_opaque_dir(path: &Path) -> bool {
-    xattr::get(path, "trusted.overlay.opaque").is_ok_and(|v| v.as_deref() == Some(b"y"))
+    xattr::get(path, overlay_xattr("opaque")).is_ok_and(|v| v.as_deref() == Some(b"y"))
 }
 
 /// How `append_tree` writes a tree.

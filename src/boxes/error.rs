@@ -30,7 +30,7 @@ pub enum Error {
     HostileEntry { archive: String, entry: String, reason: String },
     /// A layer's overlayfs xattr that a tar's PAX record cannot carry back.
     #[error("cannot pack {}: its {name} holds a newline, which a layer archive cannot carry; rename that folder in the machine", .path.display())]
-    LayerXattr { path: PathBuf, name: &'static str },
+    LayerXattr { path: PathBuf, name: String },
     /// The archive is not one envy can read.
     #[error("{archive} is not a box: {reason}")]
     NotABox { archive: String, reason: String },

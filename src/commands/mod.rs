@@ -30,9 +30,14 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
     match &cli.command {
         Command::Completions(args) => return completions::run(args),
         Command::Man => return man::run(),
+        Command::UsernsHolder => return crate::userns::hold(),
         _ => {}
     }
     let ctx = Context::new(&cli.global)?;
+    // doctor reports what this user may do, so it looks from outside the namespace.
+    if !matches!(cli.command, Command::Doctor) {
+        crate::userns::enter(&ctx.home.runtime_dir(), &ctx.ui)?;
+    }
     match cli.command {
         Command::Init(args) => init::run(&ctx, args),
         Command::Up(args) => up::run(&ctx, args),
@@ -46,7 +51,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Command::Destroy(args) => destroy::run(&ctx, args),
         Command::Snapshot(cmd) => snapshot::run(&ctx, cmd),
         Command::Run(args) => run::run(&ctx, args),
-        Command::Completions(_) | Command::Man => unreachable!("handled above"),
+        Command::Completions(_) | Command::Man | Command::UsernsHolder => unreachable!("handled above"),
         Command::Box(cmd) => box_::run(&ctx, cmd),
         Command::Remote(cmd) => remote::run(&ctx, cmd),
         Command::Share(args) => share::run(&ctx, args),

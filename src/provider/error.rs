@@ -125,11 +125,6 @@ pub enum Error {
     #[error("a project can hold at most {limit} machines on its network; this is machine number {number}")]
     TooManyMachines { limit: usize, number: usize },
     /// Only root can make the project network's namespace.
-    #[error(
-        "machine {machine} shares the project network with the project's other machines, and that network \
-         is a network namespace, which only root can make: run envy as root, or give the project one machine"
-    )]
-    ProjectNetNeedsRoot { machine: String },
     /// A forward's host port is taken; `holder` names the process when it is known.
     #[error(
         "host port {host_ip}:{host_port}/{protocol} wanted by machine {machine} is taken{}; free it, change the forward, or add `auto = true` to it",

@@ -5,8 +5,8 @@
 //! Containers join br0 by a veth pair (container/network.rs), VMs by a tap that envy
 //! opens inside the namespace and hands to QEMU as a file descriptor (qemu/network.rs),
 //! so QEMU itself stays in the host's namespace. Nothing outside the project can join
-//! the segment: it exists only inside the project's namespace, which only root can
-//! enter. Each machine has a static address on slirp's 10.0.4.0/24 segment, derived
+//! the segment: it exists only inside the project's namespace, which only its owner can
+//! enter: root, or for a normal user's envy (userns.rs) that user's own processes. Each machine has a static address on slirp's 10.0.4.0/24 segment, derived
 //! from its index in the Envfile; libslirp answers ARP and routes for its own
 //! addresses, so one slirp4netns serves all machines of a project. The subnet is not
 //! QEMU's user-mode 10.0.2.0/24, which a VM keeps on its first NIC for SSH and forwards.
@@ -14,7 +14,7 @@
 use std::io::{Read as _, Write as _};
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -45,7 +45,6 @@ pub const MTU: &str = "1500";
 const FIRST_HOST: usize = 20;
 pub const BRIDGE: &str = "br0";
 const TAP: &str = "tap0";
-const NETNS_DIR: &str = "/run/netns";
 
 /// A machine's address, derived from its position in the Envfile so it is stable,
 /// and so every machine knows every other's address whatever its provider.
@@ -56,48 +55,110 @@ pub fn machine_ip(index: usize) -> Result<Ipv4Addr> {
     }
 }
 
-pub fn netns_path(name: &str) -> PathBuf {
-    Path::new(NETNS_DIR).join(name)
+/// A network namespace envy made: its nsfs file bind-mounted on `path` (in the runtime
+/// dir, which a normal user's envy can write, where /run/netns is root's) keeps it alive
+/// with nothing running in it. `ip netns` does the same, but only under /run/netns.
+#[derive(Debug, Clone)]
+pub struct Netns {
+    path: PathBuf,
 }
 
-/// A named namespace exists when its file is a mounted namespace (nsfs); a bare file
-/// is a leftover.
-pub fn netns_exists(name: &str) -> Result<bool> {
-    const NSFS_MAGIC: libc::c_long = 0x6e73_6673;
-    match nix::sys::statfs::statfs(&netns_path(name)) {
-        Ok(fs) => Ok(fs.filesystem_type().0 as libc::c_long == NSFS_MAGIC),
-        Err(nix::errno::Errno::ENOENT) => Ok(false),
-        Err(e) => Err(anyhow::anyhow!("cannot look at network namespace {name}: {e}")),
+impl Netns {
+    /// The namespace `name` of envy's home (`envy-<project>`, or a machine's runtime id).
+    pub fn named(home: &crate::state::Home, name: &str) -> Netns {
+        Netns { path: home.runtime_dir().join("netns").join(name) }
     }
-}
 
-pub fn ensure_netns(name: &str) -> Result<()> {
-    if netns_exists(name)? {
-        return Ok(());
+    /// The namespace file, which runc, slirp4netns and netlink sockets join.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
-    let _ = std::fs::remove_file(netns_path(name));
-    Process::new("ip").args(["netns", "add", name]).doing(format!("creating network namespace {name}")).run()?;
-    Ok(())
-}
 
-pub fn delete_netns(name: &str) -> Result<()> {
-    if netns_exists(name)? {
-        Process::new("ip").args(["netns", "delete", name]).doing(format!("deleting network namespace {name}")).run()?;
+    fn name(&self) -> String {
+        self.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
     }
-    let _ = std::fs::remove_file(netns_path(name));
-    Ok(())
-}
 
-/// `ip -n <netns> -batch -`: several commands in one process (each process costs a
-/// few milliseconds, and `up` needs a dozen of them).
-pub fn ip_in(netns: &str, commands: &[&[&str]]) -> Result<String> {
-    let script: String = commands.iter().map(|c| c.join(" ") + "\n").collect();
-    let doing = format!("running `{}` in network namespace {netns}", script.trim_end().replace('\n', "; "));
-    Ok(Process::new("ip").args(["-n", netns, "-batch", "-"]).doing(doing).stdin_bytes(script).run()?)
-}
+    /// The namespace exists when its file is a mounted namespace (nsfs); a bare file
+    /// is a leftover (a reboot, or an `up` killed between the two steps).
+    pub fn exists(&self) -> Result<bool> {
+        const NSFS_MAGIC: libc::c_long = 0x6e73_6673;
+        match nix::sys::statfs::statfs(&self.path) {
+            Ok(fs) => Ok(fs.filesystem_type().0 as libc::c_long == NSFS_MAGIC),
+            Err(nix::errno::Errno::ENOENT) => Ok(false),
+            Err(e) => Err(anyhow::anyhow!("cannot look at network namespace {}: {e}", self.path.display())),
+        }
+    }
 
-pub fn link_exists(netns: &str, link: &str) -> bool {
-    super::netlink::links(&netns_path(netns)).is_ok_and(|links| links.iter().any(|l| l.name == link))
+    /// Makes the namespace unless it exists: a thread unshares a new one and mounts
+    /// it on the file, then ends; the mount keeps it.
+    pub fn ensure(&self) -> Result<()> {
+        if self.exists()? {
+            return Ok(());
+        }
+        let dir = self.path.parent().expect("a namespace file is in the netns dir");
+        crate::fsutil::create_private_dir(dir)?;
+        let _ = std::fs::remove_file(&self.path);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&self.path)
+            .with_context(|| format!("cannot create the network namespace file {}", self.path.display()))?;
+        let made = std::thread::scope(|scope| {
+            scope
+                .spawn(|| -> nix::Result<()> {
+                    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)?;
+                    nix::mount::mount(Some("/proc/thread-self/ns/net"), &self.path, None::<&str>, nix::mount::MsFlags::MS_BIND, None::<&str>)
+                })
+                .join()
+                .unwrap_or(Err(nix::errno::Errno::EINTR))
+        });
+        made.map_err(|cause| {
+            let _ = std::fs::remove_file(&self.path);
+            Error::Host { doing: format!("make network namespace {}", self.name()), cause: cause.into() }.into()
+        })
+    }
+
+    /// Unmounts the namespace file (the namespace goes with its last user) and removes it.
+    pub fn delete(&self) -> Result<()> {
+        if self.exists()? {
+            nix::mount::umount2(&self.path, nix::mount::MntFlags::MNT_DETACH)
+                .map_err(|cause| Error::Host { doing: format!("unmount network namespace {}", self.path.display()), cause: cause.into() })?;
+        }
+        match std::fs::remove_file(&self.path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("cannot remove the network namespace file {}", self.path.display()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// `ip -batch -` inside the namespace: several commands in one process (each process
+    /// costs a few milliseconds, and `up` needs a dozen of them).
+    pub fn ip(&self, commands: &[&[&str]]) -> Result<String> {
+        let script: String = commands.iter().map(|c| c.join(" ") + "\n").collect();
+        let doing = format!("running `{}` in network namespace {}", script.trim_end().replace('\n', "; "), self.name());
+        let ns = std::fs::File::open(&self.path).with_context(|| format!("cannot open network namespace {}", self.path.display()))?;
+        let ns_fd = ns.as_raw_fd();
+        let ip = Process::new("ip").args(["-batch", "-"]).doing(doing).stdin_bytes(script);
+        // SAFETY: setns is async-signal-safe; `ns` outlives the spawn, which `run` waits for.
+        let ip = unsafe {
+            ip.pre_exec(move || {
+                if libc::setns(ns_fd, libc::CLONE_NEWNET) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            })
+        };
+        let out = ip.run()?;
+        drop(ns);
+        Ok(out)
+    }
+
+    pub fn has_link(&self, link: &str) -> bool {
+        super::netlink::links(&self.path).is_ok_and(|links| links.iter().any(|l| l.name == link))
+    }
 }
 
 /// One forward as slirp4netns lists it.
@@ -120,7 +181,7 @@ struct ForwardsRecord {
 /// The project's shared network: its namespace, bridge and slirp4netns.
 #[derive(Debug, Clone)]
 pub struct ProjectNet {
-    netns: String,
+    netns: Netns,
     /// Runtime files: slirp's pid file, API socket and log.
     dir: PathBuf,
 }
@@ -128,7 +189,7 @@ pub struct ProjectNet {
 impl ProjectNet {
     pub fn of(plan: &MachinePlan) -> ProjectNet {
         ProjectNet {
-            netns: format!("envy-{}", plan.project.id),
+            netns: Netns::named(&plan.home, &format!("envy-{}", plan.project.id)),
             dir: plan.home.runtime_dir().join("net").join(&plan.project.id),
         }
     }
@@ -142,7 +203,7 @@ impl ProjectNet {
     }
 
     /// The project's namespace, which machines' links join.
-    pub fn netns(&self) -> &str {
+    pub fn netns(&self) -> &Netns {
         &self.netns
     }
 
@@ -152,16 +213,16 @@ impl ProjectNet {
 
     /// Creates whatever is missing: the namespace, the bridge, a live slirp4netns.
     pub fn ensure(&self) -> Result<()> {
-        ensure_netns(&self.netns)?;
-        if !link_exists(&self.netns, BRIDGE) {
-            ip_in(&self.netns, &[&["link", "set", "lo", "up"], &["link", "add", BRIDGE, "mtu", MTU, "type", "bridge"], &["link", "set", BRIDGE, "up"]])?;
+        self.netns.ensure()?;
+        if !self.netns.has_link(BRIDGE) {
+            self.netns.ip(&[&["link", "set", "lo", "up"], &["link", "add", BRIDGE, "mtu", MTU, "type", "bridge"], &["link", "set", BRIDGE, "up"]])?;
         }
         let restarted = self.slirp_pid().is_none();
         if restarted {
             self.start_slirp()?;
         }
         // Every time: an `up` killed right after starting slirp4netns left tap0 loose.
-        ip_in(&self.netns, &[&["link", "set", TAP, "mtu", MTU, "master", BRIDGE, "up"]])?;
+        self.netns.ip(&[&["link", "set", TAP, "mtu", MTU, "master", BRIDGE, "up"]])?;
         if restarted {
             self.replay_forwards()?;
         }
@@ -201,15 +262,16 @@ impl ProjectNet {
             .map_err(|e| Error::Host { doing: "create a pipe for slirp4netns".into(), cause: e.into() })?;
         let write_fd = ready_write.as_raw_fd();
         // --enable-seccomp narrows slirp4netns's syscalls; --enable-sandbox is left out:
-        // with it, `ip netns` could no longer enter the namespaces on this host (EINVAL).
+        // with it, the namespaces could no longer be entered on this host (EINVAL, seen
+        // when they were `ip netns`'s).
         let cidr = format!("{}/24", Ipv4Addr::new(SUBNET[0], SUBNET[1], SUBNET[2], 0));
         let slirp = Process::new("slirp4netns")
             .args([&format!("--mtu={MTU}"), "--disable-host-loopback", "--enable-seccomp", "--ready-fd=3", "--cidr", &cidr, "--api-socket"])
             .arg(&socket)
             .arg("--netns-type=path")
-            .arg(netns_path(&self.netns))
+            .arg(self.netns.path())
             .arg(TAP)
-            .doing(format!("attaching to network namespace {}", self.netns))
+            .doing(format!("attaching to network namespace {}", self.netns.path().display()))
             .output_to(&log)?;
         // SAFETY: only async-signal-safe calls between fork and exec.
         let slirp = unsafe {
@@ -235,7 +297,7 @@ impl ProjectNet {
             stop_process(child.id());
             self.slirp().remove();
             let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-            return Err(Error::SlirpNotReady { netns: self.netns.clone(), log: crate::process::frame(&log) }.into());
+            return Err(Error::SlirpNotReady { netns: self.netns.path().display().to_string(), log: crate::process::frame(&log) }.into());
         }
         std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
             .with_context(|| format!("cannot restrict the slirp4netns API socket {}", socket.display()))?;
@@ -245,10 +307,10 @@ impl ProjectNet {
     /// Whether any machine is on the bridge (a container's veth or a VM's tap; slirp's
     /// own tap0 does not count).
     fn in_use(&self) -> Result<bool> {
-        if !netns_exists(&self.netns)? || !link_exists(&self.netns, BRIDGE) {
+        if !self.netns.exists()? || !self.netns.has_link(BRIDGE) {
             return Ok(false);
         }
-        let links = super::netlink::links(&netns_path(&self.netns))?;
+        let links = super::netlink::links(self.netns.path())?;
         let Some(bridge) = links.iter().find(|l| l.name == BRIDGE) else { return Ok(false) };
         Ok(links.iter().any(|l| l.master == Some(bridge.index) && l.name != TAP))
     }
@@ -266,7 +328,7 @@ impl ProjectNet {
     /// away when its last holder (the VM's QEMU) exits. Opened from a thread that
     /// entered the namespace: /dev/net/tun makes the device in the opener's namespace.
     pub fn open_tap(&self, name: &str) -> Result<OwnedFd> {
-        let netns = netns_path(&self.netns);
+        let netns = self.netns.path();
         let tap = std::thread::scope(|scope| {
             scope.spawn(|| -> Result<OwnedFd> {
                 let ns = std::fs::File::open(&netns).with_context(|| format!("cannot open network namespace {}", netns.display()))?;
@@ -277,7 +339,7 @@ impl ProjectNet {
             .join()
             .map_err(|_| anyhow::anyhow!("the thread opening tap {name} panicked"))?
         })?;
-        ip_in(&self.netns, &[&["link", "set", name, "mtu", MTU, "master", BRIDGE, "up"]])?;
+        self.netns.ip(&[&["link", "set", name, "mtu", MTU, "master", BRIDGE, "up"]])?;
         Ok(tap)
     }
 
@@ -287,7 +349,7 @@ impl ProjectNet {
             stop_process(pid);
         }
         self.slirp().remove();
-        delete_netns(&self.netns)?;
+        self.netns.delete()?;
         if self.dir.exists() {
             std::fs::remove_dir_all(&self.dir).with_context(|| format!("cannot remove {}", self.dir.display()))?;
         }

@@ -148,8 +148,17 @@ fn spec(plan: &MachinePlan, layout: &Layout, net: &MachineNet, sync: &SyncSource
     namespaces.retain(|ns| ns.typ() != LinuxNamespaceType::Network);
     namespaces.push(LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Network).path(net.netns_path()).build()?);
     linux.set_namespaces(Some(namespaces));
-    linux.set_cgroups_path(Some(format!("/envy/{}", plan.runtime_id).into()));
+    let limits = Limits::for_this_user();
+    let cgroups_path = match &limits {
+        Limits::Delegated(dir) => dir.strip_prefix("/sys/fs/cgroup").unwrap_or(dir).join(format!("envy-{}", plan.runtime_id)),
+        _ => format!("/envy/{}", plan.runtime_id).into(),
+    };
+    linux.set_cgroups_path(Some(cgroups_path));
     let mut resources = LinuxResourcesBuilder::default();
+    if matches!(limits, Limits::NotApplied) {
+        linux.set_resources(Some(resources.build()?));
+        return Ok(spec);
+    }
     if plan.spec.cpus > 0 {
         resources = resources.cpu(LinuxCpuBuilder::default().quota(i64::from(plan.spec.cpus) * CPU_PERIOD as i64).period(CPU_PERIOD).build()?);
     }
@@ -158,4 +167,28 @@ fn spec(plan: &MachinePlan, layout: &Layout, net: &MachineNet, sync: &SyncSource
     }
     linux.set_resources(Some(resources.build()?));
     Ok(spec)
+}
+
+/// Where a machine's memory and cpu limits go.
+#[derive(Debug)]
+pub enum Limits {
+    /// Root's cgroups, under /envy.
+    Root,
+    /// A normal user's delegated cgroup v2 subtree (`userns::delegated_cgroup`).
+    Delegated(std::path::PathBuf),
+    /// A normal user without one: the limits cannot be applied, and `up` says so
+    /// (runc, rootless, then leaves cgroups alone).
+    NotApplied,
+}
+
+impl Limits {
+    pub fn for_this_user() -> Limits {
+        if !crate::userns::is_rootless() {
+            return Limits::Root;
+        }
+        match crate::userns::delegated_cgroup() {
+            Some(dir) => Limits::Delegated(dir),
+            None => Limits::NotApplied,
+        }
+    }
 }

@@ -314,6 +314,13 @@ impl Provider for ContainerProvider {
         };
         if !running {
             ui.step(format!("{}: starting container", m.name()));
+            if matches!(bundle::Limits::for_this_user(), bundle::Limits::NotApplied) && (plan.spec.cpus > 0 || plan.spec.memory > 0) {
+                ui.warn(format!(
+                    "{}: its cpus and memory limits are not applied: this user has no cgroup v2 subtree of its own \
+                     (cgroup v1 or hybrid, or no delegation); `envy doctor` says what would give it one",
+                    m.name()
+                ));
+            }
             let created = m.layout.exists();
             let started = if intact { Ok(()) } else { m.net.rebuild(&m.project) }.and_then(|_| m.start_container(stored));
             if let Err(e) = started {

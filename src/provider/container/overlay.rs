@@ -61,7 +61,12 @@ pub fn mount_overlay(lower: &Path, upper: &Path, work: &Path, merged: &Path) -> 
             bail!(Error::OverlayPath { path: path.to_path_buf() });
         }
     }
-    let options = format!("lowerdir={},upperdir={},workdir={}", lower.display(), upper.display(), work.display());
+    let mut options = format!("lowerdir={},upperdir={},workdir={}", lower.display(), upper.display(), work.display());
+    // Inside a normal user's namespace overlayfs may not write trusted.* xattrs: it keeps
+    // what makes a dir opaque or renamed under user.overlay.* (boxes/archive.rs reads both).
+    if crate::userns::is_rootless() {
+        options.push_str(",userxattr");
+    }
     mount(Some("overlay"), merged, Some("overlay"), MsFlags::empty(), Some(options.as_str()))
         .map_err(|cause| Error::OverlayMount { merged: merged.to_path_buf(), lower: lower.to_path_buf(), cause })?;
     Ok(())

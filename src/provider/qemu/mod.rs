@@ -361,9 +361,6 @@ impl Provider for QemuProvider {
                 .project_path_error(&opened.folder.host, "sync folder", "is a file; a VM shares folders only (virtiofs or 9p): sync its folder instead".into())
                 .into());
         }
-        if let Some(net) = Segment::of(plan)? {
-            net.check_host(plan)?;
-        }
         let accel = accel::choose(plan.spec.accel, ui)?;
         let (virtiofsd, transports) = virtiofs::choose(&folders);
 

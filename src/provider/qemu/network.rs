@@ -91,14 +91,6 @@ impl Segment {
         }))
     }
 
-    /// Fails before anything is made when this process cannot make the project network.
-    pub fn check_host(&self, plan: &MachinePlan) -> Result<(), Error> {
-        if nix::unistd::geteuid().is_root() {
-            return Ok(());
-        }
-        Err(Error::ProjectNetNeedsRoot { machine: plan.name().to_string() })
-    }
-
     /// Brings the project network up and opens this VM's tap on it, for QEMU to inherit.
     pub fn attach(&self, plan: &MachinePlan) -> Result<OwnedFd> {
         let project = ProjectNet::of(plan);
