@@ -149,16 +149,17 @@ fn spec(plan: &MachinePlan, layout: &Layout, net: &MachineNet, sync: &SyncSource
     namespaces.push(LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Network).path(net.netns_path()).build()?);
     linux.set_namespaces(Some(namespaces));
     let limits = Limits::for_this_user();
+    let mut resources = LinuxResourcesBuilder::default();
     let cgroups_path = match &limits {
+        Limits::Root => format!("/envy/{}", plan.runtime_id).into(),
         Limits::Delegated(dir) => dir.strip_prefix("/sys/fs/cgroup").unwrap_or(dir).join(format!("envy-{}", plan.runtime_id)),
-        _ => format!("/envy/{}", plan.runtime_id).into(),
+        // runc, rootless, skips the cgroups it may not make only when no path is given.
+        Limits::NotApplied => {
+            linux.set_resources(Some(resources.build()?));
+            return Ok(spec);
+        }
     };
     linux.set_cgroups_path(Some(cgroups_path));
-    let mut resources = LinuxResourcesBuilder::default();
-    if matches!(limits, Limits::NotApplied) {
-        linux.set_resources(Some(resources.build()?));
-        return Ok(spec);
-    }
     if plan.spec.cpus > 0 {
         resources = resources.cpu(LinuxCpuBuilder::default().quota(i64::from(plan.spec.cpus) * CPU_PERIOD as i64).period(CPU_PERIOD).build()?);
     }

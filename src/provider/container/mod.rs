@@ -5,6 +5,7 @@
 //! No user namespace: envy runs containers as root, like the rest of this provider.
 
 pub(crate) mod bundle;
+mod freeze;
 mod layout;
 mod lookup;
 mod network;

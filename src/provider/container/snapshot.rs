@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
 
-use super::{overlay, Layout, Machine};
+use super::runc::Status;
+use super::{freeze, overlay, Layout, Machine};
 use crate::provider::{Error, MachineState, SnapshotInfo};
 use crate::ui::Ui;
 
@@ -45,13 +46,14 @@ fn missing_machine(m: &Machine) -> anyhow::Error {
 /// Runs `work` with the container frozen when it is running, so files are copied
 /// in one consistent state; it is resumed whatever `work` returns.
 fn frozen<T>(m: &Machine, work: impl FnOnce() -> Result<T>) -> Result<T> {
-    let running = m.state()? == MachineState::Running;
-    if running {
-        m.runc.pause(m.id())?;
-    }
+    let init = match m.runc.state(m.id())? {
+        Some(c) if c.status == Status::Running => Some(c.pid),
+        _ => None,
+    };
+    let frozen = init.map(|pid| freeze::freeze(&m.runc, m.id(), pid)).transpose()?;
     let result = work();
-    if running {
-        m.runc.resume(m.id())?;
+    if let Some(frozen) = frozen {
+        freeze::thaw(&m.runc, m.id(), &frozen)?;
     }
     result
 }

@@ -1,0 +1,86 @@
+//! Holding a running container still while its files are copied (snapshots, share):
+//! runc's freezer where the container has a cgroup; otherwise (a normal user's
+//! container on a host that delegates no cgroup, bundle::Limits::NotApplied) every
+//! process in its pid namespace is stopped with SIGSTOP and continued after. A
+//! process the guest had stopped itself is continued too.
+
+use std::os::unix::fs::MetadataExt as _;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use super::bundle::Limits;
+use super::runc::Runc;
+
+/// How a container was held.
+pub enum Frozen {
+    Runc,
+    Signals { init: u32 },
+}
+
+/// Freezes the running container `id` whose init is `init`.
+pub fn freeze(runc: &Runc, id: &str, init: u32) -> Result<Frozen> {
+    if !matches!(Limits::for_this_user(), Limits::NotApplied) {
+        runc.pause(id)?;
+        return Ok(Frozen::Runc);
+    }
+    // A fork between two passes is caught by the next; a pass that stops nothing new
+    // and finds every process stopped ends it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut settled = true;
+        for pid in processes_of(init) {
+            match state_of(pid) {
+                Some('T') | Some('t') | Some('Z') | Some('X') | None => {}
+                Some(_) => {
+                    settled = false;
+                    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGSTOP);
+                }
+            }
+        }
+        if settled {
+            return Ok(Frozen::Signals { init });
+        }
+        if Instant::now() >= deadline {
+            thaw(runc, id, &Frozen::Signals { init })?;
+            anyhow::bail!(crate::provider::Error::Host {
+                doing: format!("stop the processes of container {id} to copy its files"),
+                cause: std::io::Error::other("they kept starting new ones for 10 seconds"),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Undoes `freeze`.
+pub fn thaw(runc: &Runc, id: &str, frozen: &Frozen) -> Result<()> {
+    match frozen {
+        Frozen::Runc => runc.resume(id),
+        Frozen::Signals { init } => {
+            for pid in processes_of(*init) {
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGCONT);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The processes in `init`'s pid namespace (init included), as /proc lists them.
+fn processes_of(init: u32) -> Vec<u32> {
+    let ns = |pid: u32| std::fs::metadata(format!("/proc/{pid}/ns/pid")).ok().map(|m| (m.dev(), m.ino()));
+    let Some(target) = ns(init) else { return Vec::new() };
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| ns(*pid) == Some(target))
+        .collect()
+}
+
+/// A process's state letter (field 3 of /proc/PID/stat).
+fn state_of(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
+}
