@@ -331,7 +331,7 @@ impl ProjectNet {
         let netns = self.netns.path();
         let tap = std::thread::scope(|scope| {
             scope.spawn(|| -> Result<OwnedFd> {
-                let ns = std::fs::File::open(&netns).with_context(|| format!("cannot open network namespace {}", netns.display()))?;
+                let ns = std::fs::File::open(netns).with_context(|| format!("cannot open network namespace {}", netns.display()))?;
                 nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
                     .with_context(|| format!("cannot enter network namespace {}", netns.display()))?;
                 tun_open(name)

@@ -431,6 +431,6 @@ impl Provider for ContainerProvider {
     fn guest_ports(&self, plan: &MachinePlan) -> Result<Box<dyn GuestPorts>> {
         let m = Machine::of(plan)?;
         m.require_container()?;
-        Ok(Box::new(ports::ContainerPorts::open(&m.net.netns_path(), m.project.clone(), m.net.ip, plan.name())?))
+        Ok(Box::new(ports::ContainerPorts::open(m.net.netns_path(), m.project.clone(), m.net.ip, plan.name())?))
     }
 }

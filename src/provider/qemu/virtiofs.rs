@@ -63,9 +63,10 @@ pub fn find() -> Result<PathBuf, String> {
 }
 
 /// The transport of each folder: virtiofs for writable folders when virtiofsd is here
-/// and envy runs as root (virtiofsd's namespace sandbox needs it), 9p otherwise.
+/// and envy runs as root (virtiofsd's namespace sandbox and pid file under /run need
+/// it; inside a normal user's namespace it cannot write them), 9p otherwise.
 pub fn choose(folders: &[OpenedFolder]) -> (Option<PathBuf>, Vec<Transport>) {
-    let binary = find().ok().filter(|_| nix::unistd::geteuid().is_root());
+    let binary = find().ok().filter(|_| !crate::userns::is_rootless());
     let transports = folders
         .iter()
         .map(|f| if binary.is_some() && !f.folder.readonly { Transport::Virtiofs } else { Transport::NineP })
@@ -213,7 +214,7 @@ pub fn stop_all(files: &MachineFiles) {
 /// which works.
 pub fn host_check() -> crate::model::HostCheck {
     use crate::model::{CheckStatus, HostCheck};
-    let root = nix::unistd::geteuid().is_root();
+    let root = !crate::userns::is_rootless();
     let (status, detail, advice) = match find() {
         Ok(path) if root => (CheckStatus::Ok, format!("VM sync folders use virtiofs ({})", path.display()), None),
         Ok(path) => (
