@@ -140,8 +140,12 @@ fn a_dead_slirp_leaves_the_machine_running_and_up_restores_the_forwards() {
     assert!(http_get(db_port, "/").ends_with("still here\n"), "the other machine's forwards come back too");
 
     // An up killed right after starting slirp4netns leaves its tap off the bridge.
-    let project_netns = format!("envy-{}", f.project.id);
-    let loose = std::process::Command::new("ip").args(["-n", &project_netns, "link", "set", "tap0", "nomaster"]).status().unwrap();
+    let project_netns = f.home.runtime_dir().join("netns").join(format!("envy-{}", f.project.id));
+    let loose = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", project_netns.display()))
+        .args(["ip", "link", "set", "tap0", "nomaster"])
+        .status()
+        .unwrap();
     assert!(loose.success());
     f.up("web");
     assert!(http_get(port, "/").ends_with("still here\n"));

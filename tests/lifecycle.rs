@@ -17,7 +17,10 @@ struct Project {
 
 impl Project {
     fn new(envfile: &str) -> Project {
-        let env = TestEnv::new();
+        Project::in_env(TestEnv::new(), envfile)
+    }
+
+    fn in_env(env: TestEnv, envfile: &str) -> Project {
         let (box_path, _) = common::build_container_box(&env, "busybox");
         let envfile = envfile.replace("BOX", &box_path.display().to_string());
         std::fs::write(env.project.join("Envfile"), envfile).unwrap();
@@ -53,8 +56,8 @@ impl Project {
         let id = self.project_id();
         let mut traces = Vec::new();
         traces.extend(runc_containers(&self.env.home).into_iter().map(|c| format!("runc container {c}")));
-        traces.extend(netns_names().into_iter().filter(|n| n.contains(&id)).map(|n| format!("netns {n}")));
-        traces.extend(common::mounts_below(self.env.dir.path()).into_iter().map(|m| format!("mount {m}")));
+        traces.extend(netns_names(&self.env.home).into_iter().filter(|n| n.contains(&id)).map(|n| format!("netns {n}")));
+        traces.extend(self.env.mounts_below(self.env.dir.path()).into_iter().map(|m| format!("mount {m}")));
         traces
     }
 }
@@ -85,7 +88,18 @@ env = { GREETING = "hi" }
 #[test]
 fn up_exec_forward_names_halt_up_crash_and_destroy() {
     require!(need::CONTAINERS);
-    let p = Project::new(TWO_MACHINES);
+    whole_life_cycle(Project::new(TWO_MACHINES));
+}
+
+/// The same, with envy run by a normal user (common::normal_user): containers in the
+/// user's own namespace, files on the host the user's.
+#[test]
+fn the_same_life_cycle_as_a_normal_user() {
+    require!(need::CONTAINERS, need::ROOTLESS);
+    whole_life_cycle(Project::in_env(TestEnv::as_normal_user(), TWO_MACHINES));
+}
+
+fn whole_life_cycle(p: Project) {
     p.envy().arg("up").assert().success();
 
     // The lock pins the box that arrived.
@@ -100,6 +114,11 @@ fn up_exec_forward_names_halt_up_crash_and_destroy() {
     // Writes through the sync folder reach the host.
     p.env.out(&["exec", "web", "--", "sh", "-c", "echo from-guest > /project/written.txt"]);
     assert_eq!(std::fs::read_to_string(p.env.project.join("written.txt")).unwrap(), "from-guest\n");
+    use std::os::unix::fs::MetadataExt as _;
+    for file in ["written.txt", "Envfile.lock"] {
+        let owner = std::fs::metadata(p.env.project.join(file)).unwrap().uid();
+        assert_eq!(owner, p.env.uid(), "{file} belongs to the user who ran envy");
+    }
 
     // A forwarded port answers on the host.
     p.env.out(&["exec", "web", "--", "sh", "-c", "mkdir -p /www && echo web-page > /www/index.html && httpd -p 80 -h /www"]);

@@ -77,9 +77,9 @@ fn machines_of_a_project_reach_each_other_by_name_and_the_host_cannot_join() {
     assert_eq!(web.sh("true"), 0);
 
     // The project network goes with its last machine.
-    let netns = format!("/run/netns/envy-{}", web.plan.project.id);
+    let netns = web.plan.home.runtime_dir().join("netns").join(format!("envy-{}", web.plan.project.id));
     web.provider.halt(&web.plan, true, &web.ui).unwrap();
-    assert!(std::path::Path::new(&netns).exists(), "db still uses the project network");
+    assert!(netns.exists(), "db still uses the project network");
     db.provider.halt(&db.plan, true, &db.ui).unwrap();
-    assert!(!std::path::Path::new(&netns).exists(), "the project network is gone with its last machine");
+    assert!(!netns.exists(), "the project network is gone with its last machine");
 }

@@ -56,7 +56,7 @@ impl Project {
         assert!(left.is_empty(), "a run's mount is left: {left:?}");
         let networks = common::list_dir(&env.home.join("run/net"));
         assert!(networks.iter().all(|n| dev.ends_with(n.as_str())), "a run's network is left: {networks:?}");
-        let netns = netns_names();
+        let netns = netns_names(&env.home);
         for id in run_ids {
             assert!(!netns.iter().any(|n| n.contains(&format!("envy-{id}"))), "the network namespace of run {id} is left: {netns:?}");
         }

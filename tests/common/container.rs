@@ -132,7 +132,7 @@ impl Fixture {
     /// Network namespaces of this project.
     pub fn namespaces(&self) -> Vec<String> {
         let prefix = format!("envy-{}", self.project.id);
-        netns_names().into_iter().filter(|n| n.starts_with(&prefix)).collect()
+        netns_names(self.home.root()).into_iter().filter(|n| n.starts_with(&prefix)).collect()
     }
 }
 

@@ -24,11 +24,13 @@ pub use http::{Fault, Server};
 pub(crate) use need::require;
 pub use need::Need;
 
-/// A temp dir holding an ENVY_HOME and a project folder; removed on drop.
+/// A temp dir holding an ENVY_HOME and a project folder; removed on drop. `envy` runs
+/// as root, or as the normal user of `as_normal_user`.
 pub struct TestEnv {
     pub dir: tempfile::TempDir,
     pub home: PathBuf,
     pub project: PathBuf,
+    pub user: Option<&'static Account>,
 }
 
 impl TestEnv {
@@ -38,7 +40,40 @@ impl TestEnv {
         let project = dir.path().join("project");
         std::fs::create_dir_all(&home).unwrap();
         std::fs::create_dir_all(&project).unwrap();
-        TestEnv { dir, home, project }
+        TestEnv { dir, home, project, user: None }
+    }
+
+    /// A test env whose `envy` runs as `normal_user()` (the test itself stays root):
+    /// the temp dir, ENVY_HOME and project are that user's. Tests that call it require
+    /// `need::ROOTLESS`.
+    pub fn as_normal_user() -> TestEnv {
+        let mut env = TestEnv::new();
+        let user = normal_user();
+        env.give(env.dir.path());
+        env.user = Some(user);
+        env
+    }
+
+    /// Gives `path` (recursively) to this env's normal user, if it has one: files the
+    /// test writes as root for envy to use.
+    pub fn give(&self, path: &Path) {
+        let user = self.user.unwrap_or_else(normal_user);
+        let chown = StdCommand::new("chown").arg("-R").arg(format!("{}:{}", user.uid, user.gid)).arg(path).status().unwrap();
+        assert!(chown.success(), "chown -R {} {}", user.name, path.display());
+    }
+
+    /// Mount points at or below `root` where this env's envy mounts: the host's mount
+    /// table, or the normal user's namespace (its holder's).
+    pub fn mounts_below(&self, root: &Path) -> Vec<String> {
+        match envy::userns::holder(&envy::state::Home::at(&self.home).runtime_dir()) {
+            Some(pid) => mounts_in(&format!("/proc/{pid}/mountinfo"), root),
+            None => mounts_below(root),
+        }
+    }
+
+    /// The uid that owns what envy writes on the host: the normal user's, or root's.
+    pub fn uid(&self) -> u32 {
+        self.user.map_or(0, |u| u.uid)
     }
 
     /// A path inside the temp dir.
@@ -62,6 +97,11 @@ impl TestEnv {
             // A KVM boot crawls on hosts whose /dev/kvm is kvm-pvm; tests run VMs under TCG.
             .env("ENVY_ACCEL", "tcg")
             .current_dir(&self.project);
+        if let Some(user) = self.user {
+            use std::os::unix::process::CommandExt as _;
+            // std drops root's supplementary groups when it switches uid.
+            cmd.uid(user.uid).gid(user.gid).env("HOME", &user.home).env("USER", user.name).env_remove("XDG_RUNTIME_DIR");
+        }
         cmd
     }
 
@@ -107,6 +147,41 @@ impl TestEnv {
     }
 }
 
+impl Drop for TestEnv {
+    /// A normal user's envy leaves its namespace holder running between commands; the
+    /// test's ends with the test.
+    fn drop(&mut self) {
+        if let Some(pid) = envy::userns::holder(&envy::state::Home::at(&self.home).runtime_dir()) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+/// The normal user tests run envy as: `envy-rootless`, made once with `useradd -m`, which
+/// gives it a home and a subordinate id range (Debian's login.defs).
+pub struct Account {
+    pub name: &'static str,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: PathBuf,
+}
+
+pub fn normal_user() -> &'static Account {
+    static ACCOUNT: std::sync::OnceLock<Account> = std::sync::OnceLock::new();
+    ACCOUNT.get_or_init(|| {
+        const NAME: &str = "envy-rootless";
+        // Other test processes may make it at the same time: one at a time, by lock.
+        let lock = std::fs::File::create("/tmp/envy-rootless-user.lock").unwrap();
+        let _held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).unwrap();
+        if nix::unistd::User::from_name(NAME).unwrap().is_none() {
+            let out = StdCommand::new("useradd").args(["-m", "-s", "/bin/sh", NAME]).output().expect("run useradd");
+            assert!(out.status.success(), "useradd {NAME}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let user = nix::unistd::User::from_name(NAME).unwrap().expect("the user useradd made");
+        Account { name: NAME, uid: user.uid.as_raw(), gid: user.gid.as_raw(), home: user.dir }
+    })
+}
+
 /// Destroys the project's machines when the test ends, passed or not.
 pub struct DestroyOnDrop<'a>(pub &'a TestEnv);
 
@@ -131,8 +206,12 @@ pub fn sha256_hex(data: &[u8]) -> String {
 
 /// Mount points at or below `root` in this process's mount table.
 pub fn mounts_below(root: &Path) -> Vec<String> {
+    mounts_in("/proc/self/mountinfo", root)
+}
+
+fn mounts_in(mountinfo: &str, root: &Path) -> Vec<String> {
     let root = root.to_string_lossy().into_owned();
-    std::fs::read_to_string("/proc/self/mountinfo")
+    std::fs::read_to_string(mountinfo)
         .unwrap()
         .lines()
         .filter_map(|l| l.split(' ').nth(4))
@@ -148,10 +227,9 @@ pub fn runc_containers(home: &Path) -> Vec<String> {
     String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
 }
 
-/// Names of the host's network namespaces (`ip netns list`).
-pub fn netns_names() -> Vec<String> {
-    let out = StdCommand::new("ip").args(["netns", "list"]).output().expect("run ip netns list");
-    String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.split_whitespace().next()).map(str::to_string).collect()
+/// Names of the network namespaces envy keeps under the ENVY_HOME `home`.
+pub fn netns_names(home: &Path) -> Vec<String> {
+    list_dir(&envy::state::Home::at(home).runtime_dir().join("netns"))
 }
 
 /// A machine's entry in `envy status --json`.
@@ -234,6 +312,10 @@ pub fn busybox_rootfs(dir: &Path) {
 pub fn build_container_box(env: &TestEnv, name: &str) -> (PathBuf, String) {
     let rootfs = env.path(&format!("{name}-rootfs"));
     busybox_rootfs(&rootfs);
+    if env.user.is_some() {
+        // The user's files are root's inside their namespace, as a rootfs they made would be.
+        env.give(&rootfs);
+    }
     let out = env.path(&format!("{name}.box"));
     env.envy()
         .args(["box", "build", "--rootfs"])
@@ -251,6 +333,14 @@ pub fn build_container_box(env: &TestEnv, name: &str) -> (PathBuf, String) {
 /// `envy box build --kind qemu`. Cached under target/ by the recipe's content. Tests
 /// that call it require `need::VMS`.
 pub fn tiny_vm_box(env: &TestEnv) -> PathBuf {
+    if env.user.is_some() {
+        // Built and cached by root; the normal user gets a copy of their own.
+        let built = tiny_vm_box(&TestEnv::new());
+        let copy = env.path("tiny-vm.box");
+        std::fs::copy(built, &copy).unwrap();
+        env.give(&copy);
+        return copy;
+    }
     let rootfs = tiny_vm_rootfs();
     let built = rootfs.with_file_name("tiny-vm.box");
     // One build at a time in this process (its test threads share the box); other

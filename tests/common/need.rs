@@ -33,6 +33,15 @@ pub const CONTAINERS: &[Need] = &[
     Need::Tool("busybox", "busybox-static"),
 ];
 
+/// Running envy as a normal user (common::normal_user): root to make that user and
+/// switch to it, and the setuid id-mappers from uidmap.
+pub const ROOTLESS: &[Need] = &[
+    Need::Root,
+    Need::Tool("useradd", "passwd"),
+    Need::Tool("newuidmap", "uidmap"),
+    Need::Tool("newgidmap", "uidmap"),
+];
+
 /// Building a qemu box (`envy box build --kind qemu`): an ext4 image in a qcow2.
 pub const QEMU_BOX: &[Need] =
     &[Need::Tool("qemu-img", "qemu-utils"), Need::Tool("mkfs.ext4", "e2fsprogs"), Need::Tool("busybox", "busybox-static")];
