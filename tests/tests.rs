@@ -31,6 +31,7 @@ mod qemu_lifecycle;
 mod qemu_network;
 mod qemu_not_ready;
 mod qemu_virtiofs;
+mod rootless;
 mod run_replica;
 mod security;
 mod share;

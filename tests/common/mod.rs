@@ -47,10 +47,14 @@ impl TestEnv {
     /// the temp dir, ENVY_HOME and project are that user's. Tests that call it require
     /// `need::ROOTLESS`.
     pub fn as_normal_user() -> TestEnv {
+        TestEnv::as_user(normal_user())
+    }
+
+    /// A test env whose `envy` runs as `user`.
+    pub fn as_user(user: &'static Account) -> TestEnv {
         let mut env = TestEnv::new();
-        let user = normal_user();
-        env.give(env.dir.path());
         env.user = Some(user);
+        env.give(env.dir.path());
         env
     }
 
@@ -168,18 +172,26 @@ pub struct Account {
 
 pub fn normal_user() -> &'static Account {
     static ACCOUNT: std::sync::OnceLock<Account> = std::sync::OnceLock::new();
-    ACCOUNT.get_or_init(|| {
-        const NAME: &str = "envy-rootless";
-        // Other test processes may make it at the same time: one at a time, by lock.
-        let lock = std::fs::File::create("/tmp/envy-rootless-user.lock").unwrap();
-        let _held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).unwrap();
-        if nix::unistd::User::from_name(NAME).unwrap().is_none() {
-            let out = StdCommand::new("useradd").args(["-m", "-s", "/bin/sh", NAME]).output().expect("run useradd");
-            assert!(out.status.success(), "useradd {NAME}: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        let user = nix::unistd::User::from_name(NAME).unwrap().expect("the user useradd made");
-        Account { name: NAME, uid: user.uid.as_raw(), gid: user.gid.as_raw(), home: user.dir }
-    })
+    ACCOUNT.get_or_init(|| account("envy-rootless", &[]))
+}
+
+/// A normal user with no subordinate id range: inside its namespace root is the only id.
+pub fn user_without_subordinate_ids() -> &'static Account {
+    static ACCOUNT: std::sync::OnceLock<Account> = std::sync::OnceLock::new();
+    ACCOUNT.get_or_init(|| account("envy-nosubids", &["-K", "SUB_UID_COUNT=0", "-K", "SUB_GID_COUNT=0"]))
+}
+
+/// User `name`, made with `useradd -m` and `options` unless it exists.
+fn account(name: &'static str, options: &[&str]) -> Account {
+    // Other test processes may make it at the same time: one at a time, by lock.
+    let lock = std::fs::File::create("/tmp/envy-test-users.lock").unwrap();
+    let _held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).unwrap();
+    if nix::unistd::User::from_name(name).unwrap().is_none() {
+        let out = StdCommand::new("useradd").args(["-m", "-s", "/bin/sh"]).args(options).arg(name).output().expect("run useradd");
+        assert!(out.status.success(), "useradd {name}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let user = nix::unistd::User::from_name(name).unwrap().expect("the user useradd made");
+    Account { name, uid: user.uid.as_raw(), gid: user.gid.as_raw(), home: user.dir }
 }
 
 /// Destroys the project's machines when the test ends, passed or not.

@@ -127,6 +127,13 @@ fn spec(plan: &MachinePlan, layout: &Layout, net: &MachineNet, sync: &SyncSource
         .build()?;
 
     let mut mounts = oci_spec::runtime::get_default_mounts();
+    if crate::userns::only_root_inside() {
+        // devpts's gid=5 (tty) names a group that a namespace holding root alone lacks.
+        for mount in mounts.iter_mut().filter(|m| m.typ().as_deref() == Some("devpts")) {
+            let options = mount.options().clone().unwrap_or_default().into_iter().filter(|o| !o.starts_with("gid=")).collect();
+            mount.set_options(Some(options));
+        }
+    }
     for (source, folder) in &sync.folders {
         mounts.push(bind(source, &folder.guest, folder.readonly)?);
     }
