@@ -33,6 +33,23 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Moves the file `from` to `to`: a rename, or where the two are on different
+/// filesystems (downloads in the cache dir, the store in the data dir) a copy, synced,
+/// then the original removed. `to` must not exist yet.
+pub fn move_file(from: &Path, to: &Path) -> std::io::Result<()> {
+    match fs::rename(from, to) {
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+            let mut src = fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(from)?;
+            let mut dest = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(to)?;
+            std::io::copy(&mut src, &mut dest).and_then(|_| dest.sync_all()).inspect_err(|_| {
+                let _ = fs::remove_file(to);
+            })?;
+            fs::remove_file(from)
+        }
+        done => done,
+    }
+}
+
 /// Creates (or truncates) a file only its owner can read, never through a symlink.
 pub fn create_private(path: &Path) -> Result<fs::File> {
     fs::OpenOptions::new()
@@ -305,6 +322,25 @@ mod tests {
         let dir_link = dir.path().join("dirlink");
         symlink(dir.path(), &dir_link).unwrap();
         assert!(create_private_dir(&dir_link).is_err());
+    }
+
+    #[test]
+    fn a_file_moves_across_filesystems() {
+        // /dev/shm is a tmpfs on Linux and /var/tmp is on a disk: different
+        // filesystems (asserted), so the copy is what runs.
+        let shm = tempfile::tempdir_in("/dev/shm").expect("/dev/shm, a tmpfs, is there on Linux");
+        let disk = tempfile::tempdir_in("/var/tmp").unwrap();
+        use std::os::unix::fs::MetadataExt as _;
+        assert_ne!(fs::metadata(shm.path()).unwrap().dev(), fs::metadata(disk.path()).unwrap().dev());
+        let from = shm.path().join("part");
+        fs::write(&from, b"verified bytes").unwrap();
+        let to = disk.path().join("stored");
+        move_file(&from, &to).unwrap();
+        assert_eq!(fs::read(&to).unwrap(), b"verified bytes");
+        assert!(!from.exists(), "the original is gone once the copy is synced");
+        fs::write(&from, b"again").unwrap();
+        assert!(move_file(&from, &to).is_err(), "an existing destination is never overwritten across filesystems");
+        assert!(from.exists(), "and the original stays");
     }
 
     #[test]
