@@ -50,6 +50,60 @@ pub fn move_file(from: &Path, to: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Gives `path`, just made by envy, to the user who ran `sudo envy …` (SUDO_UID,
+/// SUDO_GID): under sudo envy is the host's root, and a root-owned Envfile.lock, Envfile
+/// or shared box in someone's checkout is one they cannot change or delete. Only when
+/// the folder it was made in belongs to that user (a folder of root's or of someone
+/// else's keeps its owner's rules), and never through a symlink: the folder is opened
+/// and the name changed with AT_SYMLINK_NOFOLLOW. Without sudo, and in rootless mode
+/// (where everything is the user's already), nothing happens.
+pub fn give_to_invoking_user(path: &Path) -> Result<()> {
+    let euid = nix::unistd::geteuid().as_raw();
+    let var = |name| std::env::var(name).ok();
+    let Some((uid, gid)) = invoking_user(euid, var("SUDO_UID"), var("SUDO_GID")) else { return Ok(()) };
+    if crate::userns::is_rootless() {
+        return Ok(());
+    }
+    let cannot = |e: Errno| anyhow::anyhow!("cannot give {} to uid {uid} (SUDO_UID), who ran envy through sudo: {e}; run `sudo chown {uid}:{gid} {}`", path.display(), path.display());
+    let name = path.file_name().ok_or_else(|| cannot(Errno::EINVAL))?;
+    let folder = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let dir = nix::fcntl::open(folder, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty()).map_err(cannot)?;
+    // SAFETY: `open` just returned this fd and nothing else owns it.
+    let dir = unsafe { OwnedFd::from_raw_fd(dir) };
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&dir);
+    if nix::sys::stat::fstat(raw).map_err(cannot)?.st_uid != uid {
+        return Ok(());
+    }
+    nix::unistd::fchownat(
+        Some(raw),
+        name,
+        Some(nix::unistd::Uid::from_raw(uid)),
+        Some(nix::unistd::Gid::from_raw(gid)),
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .map_err(cannot)
+}
+
+/// SUDO_UID and SUDO_GID when this process is root through sudo for a user other than
+/// root; None otherwise (or when either does not read as an id).
+fn invoking_user(euid: u32, sudo_uid: Option<String>, sudo_gid: Option<String>) -> Option<(u32, u32)> {
+    let uid: u32 = sudo_uid?.parse().ok()?;
+    let gid: u32 = sudo_gid?.parse().ok()?;
+    (euid == 0 && uid != 0).then_some((uid, gid))
+}
+
+/// Creates `dir` and its missing parents, each given to the user who ran `sudo envy …`
+/// as it is made (`give_to_invoking_user`), so an output folder envy makes in their
+/// checkout is theirs too.
+pub fn create_dir_all_given(dir: &Path) -> Result<()> {
+    let missing: Vec<&Path> = dir.ancestors().take_while(|p| !p.as_os_str().is_empty() && fs::symlink_metadata(p).is_err()).collect();
+    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    missing.iter().rev().try_for_each(|made| give_to_invoking_user(made))
+}
+
 /// Creates (or truncates) a file only its owner can read, never through a symlink.
 pub fn create_private(path: &Path) -> Result<fs::File> {
     fs::OpenOptions::new()
@@ -322,6 +376,17 @@ mod tests {
         let dir_link = dir.path().join("dirlink");
         symlink(dir.path(), &dir_link).unwrap();
         assert!(create_private_dir(&dir_link).is_err());
+    }
+
+    #[test]
+    fn only_root_through_sudo_for_another_user_gives_files_away() {
+        let some = |s: &str| Some(s.to_string());
+        assert_eq!(invoking_user(0, some("1000"), some("1001")), Some((1000, 1001)));
+        assert_eq!(invoking_user(1000, some("1000"), some("1000")), None, "a normal user's files are theirs already");
+        assert_eq!(invoking_user(0, some("0"), some("0")), None, "sudo from root changes nothing");
+        assert_eq!(invoking_user(0, None, None), None, "root without sudo");
+        assert_eq!(invoking_user(0, some("1000"), None), None);
+        assert_eq!(invoking_user(0, some("x"), some("1000")), None);
     }
 
     #[test]
