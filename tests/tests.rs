@@ -23,6 +23,7 @@ mod layout;
 mod lifecycle;
 mod lxd;
 mod oci;
+mod ownership;
 mod package_deb;
 mod provider;
 mod provisioning;
