@@ -27,7 +27,8 @@ pub(crate) struct Inputs {
     pub(crate) envy_home: Option<OsString>,
     /// `XDG_RUNTIME_DIR`; empty counts as unset.
     pub(crate) xdg_runtime_dir: Option<OsString>,
-    /// The effective uid: the runtime dir's fallback depends on it.
+    /// The effective uid as the host sees it (inside envy's user namespace a normal
+    /// user is root): the runtime dir's fallback depends on it.
     pub(crate) uid: u32,
     /// The platform's data, config and cache dirs for envy (`directories`), None when
     /// the user has no home directory.
@@ -48,7 +49,7 @@ impl Inputs {
         Inputs {
             envy_home: std::env::var_os("ENVY_HOME"),
             xdg_runtime_dir: std::env::var_os("XDG_RUNTIME_DIR"),
-            uid: nix::unistd::geteuid().as_raw(),
+            uid: host_uid(nix::unistd::geteuid().as_raw()),
             user_dirs: directories::ProjectDirs::from("dev", "envy", "envy").map(|d| UserDirs {
                 data: d.data_dir().to_path_buf(),
                 config: d.config_dir().to_path_buf(),
@@ -56,6 +57,21 @@ impl Inputs {
             }),
         }
     }
+}
+
+/// `euid` as the host's first user namespace knows it, through /proc/self/uid_map
+/// (the identity outside any user namespace).
+fn host_uid(euid: u32) -> u32 {
+    std::fs::read_to_string("/proc/self/uid_map").ok().and_then(|map| outside_uid(&map, euid)).unwrap_or(euid)
+}
+
+fn outside_uid(uid_map: &str, uid: u32) -> Option<u32> {
+    uid_map.lines().find_map(|line| {
+        let fields: Vec<u64> = line.split_whitespace().filter_map(|f| f.parse().ok()).collect();
+        let [inside, outside, count] = fields[..] else { return None };
+        let uid = u64::from(uid);
+        (inside <= uid && uid < inside + count).then(|| u32::try_from(outside + uid - inside).ok())?
+    })
 }
 
 fn non_empty(value: &Option<OsString>) -> Option<PathBuf> {
@@ -69,7 +85,8 @@ impl Home {
         let inputs = Inputs::from_process();
         let home = Home::choose(&inputs)?;
         if non_empty(&inputs.envy_home).is_none() {
-            secure_runtime_dir(&home.runtime, inputs.uid)?;
+            // Owners are compared as this process sees them (in its namespace, if any).
+            secure_runtime_dir(&home.runtime, nix::unistd::geteuid().as_raw())?;
         }
         Ok(home)
     }
@@ -202,6 +219,16 @@ mod tests {
         assert_eq!(Home::choose(&user).unwrap().runtime_dir(), Path::new("/tmp/envy-1000"));
         let homeless = Inputs { uid: 1000, ..Inputs::default() };
         assert!(format!("{:#}", Home::choose(&homeless).unwrap_err()).contains("set HOME, or ENVY_HOME"));
+    }
+
+    #[test]
+    fn inside_a_user_namespace_the_host_uid_names_the_runtime_dir() {
+        let identity = "         0          0 4294967295\n";
+        assert_eq!(outside_uid(identity, 1000), Some(1000));
+        let envys = "         0       1000          1\n         1     100000      65536\n";
+        assert_eq!(outside_uid(envys, 0), Some(1000));
+        assert_eq!(outside_uid(envys, 5), Some(100004));
+        assert_eq!(outside_uid(envys, 70000), None);
     }
 
     #[test]
