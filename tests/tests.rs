@@ -15,6 +15,7 @@ mod cli;
 mod container_lifecycle;
 mod container_snapshot;
 mod debian;
+mod dirs;
 mod envfile;
 mod error_codes;
 mod forward_auto;
