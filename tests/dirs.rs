@@ -32,7 +32,7 @@ fn the_store_goes_to_the_data_dir_downloads_to_the_cache_and_sockets_to_the_runt
     envy_without_home(&env, &runtime).args(["box", "add"]).arg(&box_path).assert().success().stdout(contains(&digest));
 
     let user = env.path("user");
-    assert_eq!(common::list_dir(&user.join(".local/share/envy/boxes")), [digest.clone()], "the store is in the data dir");
+    assert_eq!(common::list_dir(&user.join(".local/share/envy/boxes")), [digest], "the store is in the data dir");
     assert!(user.join(".cache/envy/downloads").is_dir(), "the box was staged in the cache dir");
     assert!(common::list_dir(&user.join(".cache/envy/downloads")).is_empty(), "and moved out of it into the store");
     let mode = std::fs::metadata(runtime.join("envy")).unwrap().permissions().mode();
