@@ -25,10 +25,13 @@ pub const GROUP: &str = "rootless";
 pub fn checks(mode: &Mode) -> Vec<Finding> {
     let local: Vec<ProviderKind> = ["container", "qemu"].into_iter().map(ProviderKind::new).collect();
     let container = vec![ProviderKind::new("container")];
+    let Mode::Rootless(mapping) = mode else {
+        // Root's machines need neither: what these say is for the users of the host.
+        return vec![finding(user_namespaces(), Vec::new()), finding(overlay_in_user_namespace(), Vec::new())];
+    };
     // Every command of a normal user's envy joins its user namespace first (userns.rs).
     let everyone: Vec<ProviderKind> = crate::provider::registered().iter().map(|r| r.kind).collect();
     let mut found = vec![finding(user_namespaces(), everyone), finding(overlay_in_user_namespace(), container.clone())];
-    let Mode::Rootless(mapping) = mode else { return found };
     let user = user_name(mapping.uid);
     found.push(finding(subordinate_ids(&user, mapping), Vec::new()));
     found.push(finding(id_map_tools(mapping.has_ranges()), container));
