@@ -86,7 +86,7 @@ impl Home {
         let home = Home::choose(&inputs)?;
         if non_empty(&inputs.envy_home).is_none() {
             // Owners are compared as this process sees them (in its namespace, if any).
-            secure_runtime_dir(&home.runtime, nix::unistd::geteuid().as_raw())?;
+            secure_runtime_dir(&home.runtime, nix::unistd::geteuid().as_raw(), inputs.uid == 0)?;
         }
         Ok(home)
     }
@@ -154,8 +154,19 @@ impl Home {
 /// when what stands there could be someone else's. `/tmp` is everyone's to write, so
 /// another user could have made `/tmp/envy-<uid>` first (or a symlink by that name) to
 /// read or redirect envy's sockets; /tmp's sticky bit keeps a dir the user owns theirs.
-fn secure_runtime_dir(dir: &Path, uid: u32) -> Result<()> {
+///
+/// The host's root (`host_root`) also refuses a runtime dir in a folder root does not
+/// own: `sudo -E` keeps the user's XDG_RUNTIME_DIR, whose owner could swap root's
+/// runc state and sockets for their own.
+fn secure_runtime_dir(dir: &Path, uid: u32, host_root: bool) -> Result<()> {
     let refuse = |problem: String| crate::state::Error::RuntimeDir { path: dir.to_path_buf(), problem };
+    if host_root {
+        let parent = dir.parent().unwrap_or(Path::new("/"));
+        let owner = std::fs::metadata(parent).map_err(|e| refuse(format!("cannot be made: {} cannot be read ({e})", parent.display())))?.uid();
+        if owner != 0 {
+            return Err(refuse(format!("is in {}, which belongs to uid {owner}, not to root (under sudo -E, unset XDG_RUNTIME_DIR)", parent.display())).into());
+        }
+    }
     match std::fs::DirBuilder::new().mode(0o700).create(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
@@ -236,11 +247,11 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let uid = nix::unistd::geteuid().as_raw();
         let dir = tmp.path().join("envy-run");
-        secure_runtime_dir(&dir, uid).unwrap();
+        secure_runtime_dir(&dir, uid, false).unwrap();
         assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
-        secure_runtime_dir(&dir, uid).expect("an existing private dir of this user is used");
+        secure_runtime_dir(&dir, uid, false).expect("an existing private dir of this user is used");
 
-        let message = |dir: &Path, uid| format!("{:#}", secure_runtime_dir(dir, uid).unwrap_err());
+        let message = |dir: &Path, uid| format!("{:#}", secure_runtime_dir(dir, uid, false).unwrap_err());
         assert!(message(&dir, uid + 1).contains(&format!("belongs to uid {uid}, not to this user")));
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         assert!(message(&dir, uid).contains("is open to other users (mode 755)"));
@@ -252,5 +263,19 @@ mod tests {
         let file = tmp.path().join("file");
         std::fs::write(&file, "").unwrap();
         assert!(message(&file, uid).contains("is not a folder"));
+    }
+
+    #[test]
+    fn roots_runtime_dir_is_refused_in_a_folder_root_does_not_own() {
+        let tmp = tempfile::tempdir().unwrap();
+        let user_owned = tmp.path().join("user-runtime");
+        std::fs::create_dir(&user_owned).unwrap();
+        if nix::unistd::geteuid().is_root() {
+            std::os::unix::fs::chown(&user_owned, Some(1), None).unwrap();
+        }
+        let owner = std::fs::metadata(&user_owned).unwrap().uid();
+        let said = format!("{:#}", secure_runtime_dir(&user_owned.join("envy"), 0, true).unwrap_err());
+        assert!(said.contains(&format!("which belongs to uid {owner}, not to root")), "{said}");
+        assert!(!user_owned.join("envy").exists(), "nothing is made there");
     }
 }
