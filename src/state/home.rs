@@ -59,8 +59,8 @@ impl Inputs {
     }
 }
 
-/// `euid` as the host's first user namespace knows it, through /proc/self/uid_map
-/// (the identity outside any user namespace).
+/// `euid` as the parent user namespace knows it, through /proc/self/uid_map: the
+/// host's uid inside envy's own (one level deep) namespace, the identity outside any.
 fn host_uid(euid: u32) -> u32 {
     std::fs::read_to_string("/proc/self/uid_map").ok().and_then(|map| outside_uid(&map, euid)).unwrap_or(euid)
 }
