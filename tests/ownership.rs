@@ -1,5 +1,5 @@
 //! Under `sudo envy …` the files envy writes into the user's project (Envfile.lock,
-//! `envy init`'s Envfile, a built box and the folders made for it) belong to the user
+//! `envy init`'s Envfile, a shared box, a built box and the folders made for it) belong to the user
 //! who ran sudo, not to root; a folder that is not theirs keeps its owner. And
 //! `envy doctor` run as a normal user reports each rootless check.
 
@@ -58,7 +58,7 @@ fn a_folder_that_is_not_the_sudo_users_keeps_its_owner() {
 }
 
 #[test]
-fn under_sudo_the_lock_envy_up_writes_belongs_to_the_user() {
+fn under_sudo_the_lock_envy_up_writes_and_the_shared_box_belong_to_the_user() {
     require!(need::TEST_USER, need::CONTAINERS);
     let user = user::rootless();
     let env = TestEnv::new();
@@ -68,6 +68,8 @@ fn under_sudo_the_lock_envy_up_writes_belongs_to_the_user() {
     let _destroy = common::DestroyOnDrop(&env);
     sudo_envy(&env, user).arg("up").assert().success();
     assert_eq!(owner(&env.project.join("Envfile.lock")), (user.uid, user.gid));
+    sudo_envy(&env, user).arg("share").assert().success();
+    assert_eq!(owner(&env.project.join("default.box")), (user.uid, user.gid), "envy share's box is the user's");
 }
 
 #[test]
