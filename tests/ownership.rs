@@ -77,6 +77,7 @@ fn doctor_as_a_normal_user_reports_each_rootless_check() {
     require!(need::TEST_USER, need::USERNS_TOOLS);
     let user = user::rootless();
     let home = user::owned_dir(user, "envy-doctor-home-");
+    let tmp = user::owned_dir(user, "envy-doctor-tmp-");
     let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("envy"))
         .args(["doctor", "--json"])
         .uid(user.uid)
@@ -86,6 +87,7 @@ fn doctor_as_a_normal_user_reports_each_rootless_check() {
         .env("USER", user::NAME)
         .env("ENVY_HOME", home.path())
         .env("CI", "1")
+        .env("TMPDIR", tmp.path())
         .env_remove("XDG_RUNTIME_DIR")
         .env_remove("SUDO_UID")
         .env_remove("SUDO_GID")
@@ -108,4 +110,5 @@ fn doctor_as_a_normal_user_reports_each_rootless_check() {
         assert!(["ok", "warn"].contains(&status(name)), "{name} is never a failure: {rootless:#?}");
     }
     assert_eq!(rootless.len(), 7, "{rootless:#?}");
+    assert!(common::list_dir(tmp.path()).is_empty(), "doctor's overlay try leaves nothing in TMPDIR");
 }

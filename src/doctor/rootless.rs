@@ -91,13 +91,16 @@ fn overlay_in_user_namespace() -> HostCheck {
         };
         let (lower, upper, work, merged) = (dir("lower")?, dir("upper")?, dir("work")?, dir("merged")?);
         let options = format!("lowerdir={},upperdir={},workdir={}", lower.display(), upper.display(), work.display());
-        Process::new("unshare")
+        let tried = Process::new("unshare")
             .args(["--user", "--map-root-user", "--mount", "mount", "-t", "overlay", "overlay", "-o", &options])
             .arg(&merged)
             .doing("trying an overlay mount in a user namespace")
             .run()
             .map(drop)
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string());
+        // overlayfs leaves work/work mode 000, which a normal user could not remove.
+        let _ = std::fs::set_permissions(work.join("work"), std::os::unix::fs::PermissionsExt::from_mode(0o700));
+        tried
     });
     match tried {
         Ok(()) => check(name, CheckStatus::Ok, "an overlay mounts inside `unshare --user --map-root-user --mount`".into(), None),

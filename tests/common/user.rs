@@ -22,7 +22,7 @@ pub struct User {
 pub fn rootless() -> &'static User {
     static USER: OnceLock<User> = OnceLock::new();
     USER.get_or_init(|| {
-        let _lock = envy::fsutil::FileLock::acquire(std::path::Path::new("/tmp/envy-test-user.lock"), |_| {}).expect("the lock on making the test user");
+        let _lock = envy::fsutil::FileLock::acquire(std::path::Path::new("/tmp/envy-rootless-user.lock"), |_| {}).expect("the lock on making the test user");
         if lookup().is_none() {
             let out = Command::new("useradd").args(["-m", "-s", "/bin/sh", NAME]).output().expect("useradd runs");
             assert!(out.status.success(), "useradd -m -s /bin/sh {NAME} failed: {}", String::from_utf8_lossy(&out.stderr));
