@@ -32,6 +32,13 @@ declare -A wanted=(
   [lxd]=lxd
   [lxc]=lxd-client
   [nft]=nftables
+  # A normal user's envy: its user namespace (newuidmap/newgidmap map the subordinate
+  # ids), and what doctor tries in one; the tests make that user with useradd.
+  [newuidmap]=uidmap
+  [newgidmap]=uidmap
+  [unshare]=util-linux
+  [mount]=mount
+  [useradd]=passwd
 )
 missing=()
 for cmd in "${!wanted[@]}"; do
@@ -56,6 +63,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# slirp4netns and VM taps open /dev/net/tun as the user who runs envy. Debian's udev
+# makes it 0666; this machine has no udev, so it is left 0600 root: open it as Debian does.
+if [ "$(id -u)" -eq 0 ] && [ -c /dev/net/tun ]; then
+  chmod 0666 /dev/net/tun
 fi
 command -v cargo >/dev/null 2>&1 || { echo "error: cargo is not installed; install Rust (rustup) first" >&2; exit 1; }
 # scripts/package-deb.sh (and its test) build the .deb with cargo-deb. `cargo install`

@@ -33,6 +33,77 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Moves the file `from` to `to`: a rename, or where the two are on different
+/// filesystems (downloads in the cache dir, the store in the data dir) a copy, synced,
+/// then the original removed. `to` must not exist yet.
+pub fn move_file(from: &Path, to: &Path) -> std::io::Result<()> {
+    match fs::rename(from, to) {
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+            let mut src = fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(from)?;
+            let mut dest = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(to)?;
+            std::io::copy(&mut src, &mut dest).and_then(|_| dest.sync_all()).inspect_err(|_| {
+                let _ = fs::remove_file(to);
+            })?;
+            fs::remove_file(from)
+        }
+        done => done,
+    }
+}
+
+/// Gives `path`, just made by envy, to the user who ran `sudo envy …` (SUDO_UID,
+/// SUDO_GID): under sudo envy is the host's root, and a root-owned Envfile.lock, Envfile
+/// or shared box in someone's checkout is one they cannot change or delete. Only when
+/// the folder it was made in belongs to that user (a folder of root's or of someone
+/// else's keeps its owner's rules), and never through a symlink: the folder is opened
+/// and the name changed with AT_SYMLINK_NOFOLLOW. Without sudo, and in rootless mode
+/// (where everything is the user's already), nothing happens.
+pub fn give_to_invoking_user(path: &Path) -> Result<()> {
+    let euid = nix::unistd::geteuid().as_raw();
+    let var = |name| std::env::var(name).ok();
+    let Some((uid, gid)) = invoking_user(euid, var("SUDO_UID"), var("SUDO_GID")) else { return Ok(()) };
+    if crate::userns::is_rootless() {
+        return Ok(());
+    }
+    let cannot = |e: Errno| anyhow::anyhow!("cannot give {} to uid {uid} (SUDO_UID), who ran envy through sudo: {e}; run `sudo chown {uid}:{gid} {}`", path.display(), path.display());
+    let name = path.file_name().ok_or_else(|| cannot(Errno::EINVAL))?;
+    let folder = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let dir = nix::fcntl::open(folder, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty()).map_err(cannot)?;
+    // SAFETY: `open` just returned this fd and nothing else owns it.
+    let dir = unsafe { OwnedFd::from_raw_fd(dir) };
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&dir);
+    if nix::sys::stat::fstat(raw).map_err(cannot)?.st_uid != uid {
+        return Ok(());
+    }
+    nix::unistd::fchownat(
+        Some(raw),
+        name,
+        Some(nix::unistd::Uid::from_raw(uid)),
+        Some(nix::unistd::Gid::from_raw(gid)),
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .map_err(cannot)
+}
+
+/// SUDO_UID and SUDO_GID when this process is root through sudo for a user other than
+/// root; None otherwise (or when either does not read as an id).
+fn invoking_user(euid: u32, sudo_uid: Option<String>, sudo_gid: Option<String>) -> Option<(u32, u32)> {
+    let uid: u32 = sudo_uid?.parse().ok()?;
+    let gid: u32 = sudo_gid?.parse().ok()?;
+    (euid == 0 && uid != 0).then_some((uid, gid))
+}
+
+/// Creates `dir` and its missing parents, each given to the user who ran `sudo envy …`
+/// as it is made (`give_to_invoking_user`), so an output folder envy makes in their
+/// checkout is theirs too.
+pub fn create_dir_all_given(dir: &Path) -> Result<()> {
+    let missing: Vec<&Path> = dir.ancestors().take_while(|p| !p.as_os_str().is_empty() && fs::symlink_metadata(p).is_err()).collect();
+    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    missing.iter().rev().try_for_each(|made| give_to_invoking_user(made))
+}
+
 /// Creates (or truncates) a file only its owner can read, never through a symlink.
 pub fn create_private(path: &Path) -> Result<fs::File> {
     fs::OpenOptions::new()
@@ -305,6 +376,36 @@ mod tests {
         let dir_link = dir.path().join("dirlink");
         symlink(dir.path(), &dir_link).unwrap();
         assert!(create_private_dir(&dir_link).is_err());
+    }
+
+    #[test]
+    fn only_root_through_sudo_for_another_user_gives_files_away() {
+        let some = |s: &str| Some(s.to_string());
+        assert_eq!(invoking_user(0, some("1000"), some("1001")), Some((1000, 1001)));
+        assert_eq!(invoking_user(1000, some("1000"), some("1000")), None, "a normal user's files are theirs already");
+        assert_eq!(invoking_user(0, some("0"), some("0")), None, "sudo from root changes nothing");
+        assert_eq!(invoking_user(0, None, None), None, "root without sudo");
+        assert_eq!(invoking_user(0, some("1000"), None), None);
+        assert_eq!(invoking_user(0, some("x"), some("1000")), None);
+    }
+
+    #[test]
+    fn a_file_moves_across_filesystems() {
+        // /dev/shm is a tmpfs on Linux and /var/tmp is on a disk: different
+        // filesystems (asserted), so the copy is what runs.
+        let shm = tempfile::tempdir_in("/dev/shm").expect("/dev/shm, a tmpfs, is there on Linux");
+        let disk = tempfile::tempdir_in("/var/tmp").unwrap();
+        use std::os::unix::fs::MetadataExt as _;
+        assert_ne!(fs::metadata(shm.path()).unwrap().dev(), fs::metadata(disk.path()).unwrap().dev());
+        let from = shm.path().join("part");
+        fs::write(&from, b"verified bytes").unwrap();
+        let to = disk.path().join("stored");
+        move_file(&from, &to).unwrap();
+        assert_eq!(fs::read(&to).unwrap(), b"verified bytes");
+        assert!(!from.exists(), "the original is gone once the copy is synced");
+        fs::write(&from, b"again").unwrap();
+        assert!(move_file(&from, &to).is_err(), "an existing destination is never overwritten across filesystems");
+        assert!(from.exists(), "and the original stays");
     }
 
     #[test]

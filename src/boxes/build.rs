@@ -33,7 +33,7 @@ pub struct BuildRequest {
 /// Builds the box at `req.output` (written whole or not at all) and returns its sha256.
 pub fn build(req: &BuildRequest, ui: &Ui) -> anyhow::Result<String> {
     let out_dir = req.output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(out_dir).map_err(Error::io("cannot create", out_dir))?;
+    crate::fsutil::create_dir_all_given(out_dir)?;
     let work = tempfile::Builder::new()
         .prefix(".envy-build-")
         .tempdir_in(out_dir)
@@ -47,6 +47,7 @@ pub fn build(req: &BuildRequest, ui: &Ui) -> anyhow::Result<String> {
     ui.step(format!("packing {}", req.output.display()));
     let digest = archive::pack_box(&partial, &manifest, &files)?;
     std::fs::rename(&partial, &req.output).map_err(Error::io("cannot write", &req.output))?;
+    crate::fsutil::give_to_invoking_user(&req.output)?;
     Ok(digest)
 }
 

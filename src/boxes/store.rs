@@ -344,10 +344,11 @@ impl Store {
             .map_err(Error::io("cannot create a temp dir in", &boxes))?;
         let label = origin.source.as_str();
         let artifact = archive::sniff(file, label)?;
-        // The verified file is ours (a download or a staged copy): move it, never copy.
+        // The verified file is ours (a download or a staged copy): move it (copied only
+        // when the cache dir is on another filesystem than the store).
         let place = |name: &str| -> Result<PathBuf, Error> {
             let dest = tmp.path().join(name);
-            std::fs::rename(file, &dest).map_err(Error::io("cannot move into the store", file))?;
+            crate::fsutil::move_file(file, &dest).map_err(Error::io("cannot move into the store", file))?;
             Ok(dest)
         };
         let manifest = match artifact {

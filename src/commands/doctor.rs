@@ -29,6 +29,7 @@ pub fn run(ctx: &Context) -> Result<i32> {
                     advice: Some("fix the Envfile at the position shown (docs/envfile.md)".into()),
                 },
                 needed_by: every_provider(),
+                group: None,
             });
             (json!({ "valid": false, "error": format!("{e:#}") }), every_provider())
         }
@@ -40,7 +41,14 @@ pub fn run(ctx: &Context) -> Result<i32> {
     if ctx.ui.json {
         super::print_json(&json!({ "version": 1, "ok": blocking == 0, "envfile": envfile, "checks": checks }))?;
     } else {
-        for Finding { check: c, .. } in &checks {
+        let mut heading = None;
+        for Finding { check: c, group, .. } in &checks {
+            if *group != heading {
+                heading = *group;
+                if let Some(group) = group {
+                    println!("{group}:");
+                }
+            }
             let mark = match c.status {
                 CheckStatus::Ok => "ok  ",
                 CheckStatus::Warn => "warn",

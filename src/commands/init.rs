@@ -65,6 +65,7 @@ pub fn run(ctx: &Context, args: InitArgs) -> Result<i32> {
     // What we write must read back: a box name that breaks the file is caught here.
     envfile::parse_str(&path, &text, provider)?;
     crate::fsutil::write_atomic(&path, text.as_bytes())?;
+    crate::fsutil::give_to_invoking_user(&path)?;
     ctx.ui.step(format!("wrote {} from template {template}; next: envy up", path.display()));
     Ok(0)
 }
@@ -78,6 +79,7 @@ fn from_vagrantfile(ctx: &Context, vagrantfile: &Path, path: &Path) -> Result<i3
         format!("the Envfile converted from {} does not read back; please report this with the Vagrantfile", vagrantfile.display())
     })?;
     crate::fsutil::write_atomic(path, conversion.envfile.as_bytes())?;
+    crate::fsutil::give_to_invoking_user(path)?;
     ctx.ui.step(format!("wrote {} from {}", path.display(), vagrantfile.display()));
     for (kind, title) in [(NoteKind::Changed, "converted with a difference"), (NoteKind::NotConverted, "not converted (marked TODO in the Envfile)")] {
         let notes: Vec<_> = conversion.notes.iter().filter(|n| n.kind == kind).collect();

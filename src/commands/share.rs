@@ -168,6 +168,7 @@ fn pack(ctx: &Context, plan: &crate::plan::MachinePlan, record: &MachineRecord, 
         let _ = std::fs::remove_file(&partial);
     })?;
     std::fs::rename(&partial, output).with_context(|| format!("cannot write {}", output.display()))?;
+    crate::fsutil::give_to_invoking_user(output)?;
     let size = std::fs::metadata(output)?.len();
     Ok((digest, size))
 }

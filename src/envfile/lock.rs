@@ -74,7 +74,8 @@ impl LockFile {
             "# Written by envy: each machine's box pinned to the digest that was verified.\n\
              # Commit this file; `envy up` on any host then gets byte-identical boxes.\n{body}"
         );
-        crate::fsutil::write_atomic(path, text.as_bytes())
+        crate::fsutil::write_atomic(path, text.as_bytes())?;
+        crate::fsutil::give_to_invoking_user(path)
     }
 
     /// Every digest the lock pins.

@@ -28,4 +28,7 @@ pub enum Error {
     /// A record is unreadable or from an unknown format version.
     #[error("{}: {message}", .path.display())]
     BadRecord { path: PathBuf, message: String },
+    /// envy's runtime dir (sockets, pid files) is not safely the user's own.
+    #[error("envy's runtime folder {} {problem}; envy keeps its sockets there and uses only a folder this user owns and no one else can open: remove it, or set XDG_RUNTIME_DIR (or ENVY_HOME) to a private folder", .path.display())]
+    RuntimeDir { path: PathBuf, problem: String },
 }

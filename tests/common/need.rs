@@ -69,6 +69,18 @@ pub const LXD: &[Need] = &[
     Need::Tool("busybox", "busybox-static"),
 ];
 
+/// The normal user the tests make (common::user): root and useradd.
+pub const TEST_USER: &[Need] = &[Need::Root, Need::Tool("useradd", "passwd")];
+
+/// What a normal user's envy runs to make its user namespace and try one (doctor):
+/// unshare and mount, newuidmap and newgidmap.
+pub const USERNS_TOOLS: &[Need] = &[
+    Need::Tool("unshare", "util-linux"),
+    Need::Tool("mount", "mount"),
+    Need::Tool("newuidmap", "uidmap"),
+    Need::Tool("newgidmap", "uidmap"),
+];
+
 /// Whether this run is the full tier (ENVY_TEST_FULL=1).
 pub fn full_tier() -> bool {
     std::env::var_os("ENVY_TEST_FULL").is_some_and(|v| v == "1")

@@ -265,7 +265,7 @@ fn fetch_blob(store: &Store, registry: &Registry, desc: &Descriptor, dest: &Path
         remove_part(&part)?;
         return Err(e.into());
     }
-    std::fs::rename(&part, dest).map_err(Error::io("cannot move into the store", &part))?;
+    crate::fsutil::move_file(&part, dest).map_err(Error::io("cannot move into the store", &part))?;
     File::open(dest).and_then(|f| f.sync_all()).map_err(Error::io("cannot write", dest))?;
     Ok(sha)
 }

@@ -1,7 +1,7 @@
 //! Where a QEMU machine keeps its files: one name per concern, all inside the
-//! machine dir (in the project's state under ENVY_HOME), sockets moved to the runtime
-//! dir only when the machine dir's path is too long for a Unix socket address (a deep
-//! ENVY_HOME).
+//! machine dir (in the project's state, in envy's data dir), sockets moved to the
+//! runtime dir only when the machine dir's path is too long for a Unix socket address
+//! (a deep ENVY_HOME or home folder).
 
 use std::path::PathBuf;
 

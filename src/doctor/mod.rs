@@ -10,6 +10,8 @@ use serde::Serialize;
 use crate::model::{CheckStatus, HostCheck, ProviderKind};
 use crate::provider;
 
+mod rootless;
+
 /// One check as doctor reports it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Finding {
@@ -17,25 +19,31 @@ pub struct Finding {
     pub check: HostCheck,
     /// Providers that cannot work while this check fails.
     pub needed_by: Vec<ProviderKind>,
+    /// The heading doctor shows it under ("rootless"); None for the provider and
+    /// host-wide checks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<&'static str>,
 }
 
 /// Every check, for `envy doctor`: each registered provider's, a check that several
-/// providers share listed once, then the host-wide ones.
+/// providers share listed once, the host-wide ones, then whether a normal user can run
+/// machines here (`rootless`).
 pub fn all(home: &Path) -> Vec<Finding> {
     let mut findings: Vec<Finding> = Vec::new();
     for registration in provider::registered() {
         for check in (registration.make)().host_checks() {
             match findings.iter_mut().find(|f| f.check.name == check.name) {
                 Some(found) => found.needed_by.push(registration.kind),
-                None => findings.push(Finding { check, needed_by: vec![registration.kind] }),
+                None => findings.push(Finding { check, needed_by: vec![registration.kind], group: None }),
             }
         }
     }
     let everyone: Vec<ProviderKind> = provider::registered().iter().map(|r| r.kind).collect();
-    findings.push(Finding { check: box_build_tool(), needed_by: Vec::new() });
+    findings.push(Finding { check: box_build_tool(), needed_by: Vec::new(), group: None });
     let space = disk_space(home);
     let needed_by = if space.status == CheckStatus::Fail { everyone } else { Vec::new() };
-    findings.push(Finding { check: space, needed_by });
+    findings.push(Finding { check: space, needed_by, group: None });
+    findings.extend(rootless::checks(&crate::userns::mode()));
     findings
 }
 
