@@ -4,15 +4,14 @@
 //! `envy doctor` run as a normal user reports each rootless check.
 
 use std::os::unix::fs::MetadataExt as _;
-use std::os::unix::process::CommandExt as _;
 use std::path::Path;
 
-use crate::common::{self, need, require, user, TestEnv};
+use crate::common::{self, need, normal_user, require, Account, TestEnv};
 
 /// `envy` as root through sudo for the test user (the variables sudo sets).
-fn sudo_envy(env: &TestEnv, user: &user::User) -> assert_cmd::Command {
+fn sudo_envy(env: &TestEnv, user: &Account) -> assert_cmd::Command {
     let mut cmd = env.envy();
-    cmd.env("SUDO_UID", user.uid.to_string()).env("SUDO_GID", user.gid.to_string()).env("SUDO_USER", user::NAME);
+    cmd.env("SUDO_UID", user.uid.to_string()).env("SUDO_GID", user.gid.to_string()).env("SUDO_USER", user.name);
     cmd
 }
 
@@ -21,14 +20,14 @@ fn owner(path: &Path) -> (u32, u32) {
     (meta.uid(), meta.gid())
 }
 
-fn give_project_to(env: &TestEnv, user: &user::User) {
+fn give_project_to(env: &TestEnv, user: &Account) {
     std::os::unix::fs::chown(&env.project, Some(user.uid), Some(user.gid)).unwrap();
 }
 
 #[test]
 fn under_sudo_init_and_box_build_give_what_they_write_to_the_user() {
-    require!(need::TEST_USER, need::BUSYBOX);
-    let user = user::rootless();
+    require!(need::ROOTLESS, need::BUSYBOX);
+    let user = normal_user();
     let env = TestEnv::new();
     give_project_to(&env, user);
     let ids = (user.uid, user.gid);
@@ -50,8 +49,8 @@ fn under_sudo_init_and_box_build_give_what_they_write_to_the_user() {
 
 #[test]
 fn a_folder_that_is_not_the_sudo_users_keeps_its_owner() {
-    require!(need::TEST_USER);
-    let user = user::rootless();
+    require!(need::ROOTLESS);
+    let user = normal_user();
     let env = TestEnv::new();
     sudo_envy(&env, user).args(["init", "--template", "minimal"]).assert().success();
     assert_eq!(owner(&env.project.join("Envfile")), (0, 0), "root's folder, root's file");
@@ -59,8 +58,8 @@ fn a_folder_that_is_not_the_sudo_users_keeps_its_owner() {
 
 #[test]
 fn under_sudo_the_lock_envy_up_writes_and_the_shared_box_belong_to_the_user() {
-    require!(need::TEST_USER, need::CONTAINERS);
-    let user = user::rootless();
+    require!(need::ROOTLESS, need::CONTAINERS);
+    let user = normal_user();
     let env = TestEnv::new();
     let (box_path, _) = common::build_container_box(&env, "busybox");
     std::fs::write(env.project.join("Envfile"), format!("[defaults]\nbox = {{ path = \"{}\" }}\nprovider = \"container\"\n", box_path.display())).unwrap();
@@ -74,28 +73,16 @@ fn under_sudo_the_lock_envy_up_writes_and_the_shared_box_belong_to_the_user() {
 
 #[test]
 fn doctor_as_a_normal_user_reports_each_rootless_check() {
-    require!(need::TEST_USER, need::USERNS_TOOLS);
-    let user = user::rootless();
-    let home = user::owned_dir(user, "envy-doctor-home-");
-    let tmp = user::owned_dir(user, "envy-doctor-tmp-");
-    let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("envy"))
-        .args(["doctor", "--json"])
-        .uid(user.uid)
-        .gid(user.gid)
-        .current_dir(home.path())
-        .env("HOME", &user.home)
-        .env("USER", user::NAME)
-        .env("ENVY_HOME", home.path())
-        .env("CI", "1")
-        .env("TMPDIR", tmp.path())
-        .env_remove("XDG_RUNTIME_DIR")
-        .env_remove("SUDO_UID")
-        .env_remove("SUDO_GID")
-        .output()
-        .unwrap();
+    require!(need::ROOTLESS);
+    let user = normal_user();
+    let env = TestEnv::as_user(user);
+    let tmp = env.path("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    env.give(&tmp);
+    let out = env.envy_std().args(["doctor", "--json"]).env("TMPDIR", &tmp).env_remove("SUDO_UID").env_remove("SUDO_GID").output().unwrap();
     // A failed check this host has (none is expected here) would only change the exit code.
     let report: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("doctor --json as {} printed no JSON ({e}): {}", user::NAME, String::from_utf8_lossy(&out.stderr)));
+        .unwrap_or_else(|e| panic!("doctor --json as {} printed no JSON ({e}): {}", user.name, String::from_utf8_lossy(&out.stderr)));
     let rootless: Vec<&serde_json::Value> = report["checks"].as_array().unwrap().iter().filter(|c| c["group"] == "rootless").collect();
     let status = |name: &str| -> &str {
         let check = rootless.iter().find(|c| c["name"] == name).unwrap_or_else(|| panic!("no rootless check {name:?} in {rootless:#?}"));
@@ -110,5 +97,5 @@ fn doctor_as_a_normal_user_reports_each_rootless_check() {
         assert!(["ok", "warn"].contains(&status(name)), "{name} is never a failure: {rootless:#?}");
     }
     assert_eq!(rootless.len(), 7, "{rootless:#?}");
-    assert!(common::list_dir(tmp.path()).is_empty(), "doctor's overlay try leaves nothing in TMPDIR");
+    assert!(common::list_dir(&tmp).is_empty(), "doctor's overlay try leaves nothing in TMPDIR");
 }

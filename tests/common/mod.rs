@@ -9,7 +9,6 @@ pub mod lxd;
 pub mod need;
 pub mod qemu;
 pub mod registry;
-pub mod user;
 
 use std::io::{Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};

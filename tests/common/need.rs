@@ -34,12 +34,15 @@ pub const CONTAINERS: &[Need] = &[
 ];
 
 /// Running envy as a normal user (common::normal_user): root to make that user and
-/// switch to it, and the setuid id-mappers from uidmap.
+/// switch to it, the setuid id-mappers from uidmap, and unshare and mount, which
+/// doctor's rootless checks try.
 pub const ROOTLESS: &[Need] = &[
     Need::Root,
     Need::Tool("useradd", "passwd"),
     Need::Tool("newuidmap", "uidmap"),
     Need::Tool("newgidmap", "uidmap"),
+    Need::Tool("unshare", "util-linux"),
+    Need::Tool("mount", "mount"),
 ];
 
 /// Building a qemu box (`envy box build --kind qemu`): an ext4 image in a qcow2.
@@ -67,18 +70,6 @@ pub const LXD: &[Need] = &[
     Need::Tool("lxc", "lxd-client"),
     Need::Tool("nft", "nftables"),
     Need::Tool("busybox", "busybox-static"),
-];
-
-/// The normal user the tests make (common::user): root and useradd.
-pub const TEST_USER: &[Need] = &[Need::Root, Need::Tool("useradd", "passwd")];
-
-/// What a normal user's envy runs to make its user namespace and try one (doctor):
-/// unshare and mount, newuidmap and newgidmap.
-pub const USERNS_TOOLS: &[Need] = &[
-    Need::Tool("unshare", "util-linux"),
-    Need::Tool("mount", "mount"),
-    Need::Tool("newuidmap", "uidmap"),
-    Need::Tool("newgidmap", "uidmap"),
 ];
 
 /// Whether this run is the full tier (ENVY_TEST_FULL=1).
