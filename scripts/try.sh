@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # The quick start: builds envy and a Debian 12 box, brings up examples/web-app in a
 # container, runs a command in it and fetches its page through the forwarded port.
+# As root or as a normal user (who then runs machines in a user namespace of their own);
+# only installing missing packages needs root, and scripts/deps.sh says so.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh
 envy=${ENVY_BIN:-}
 if [ -z "$envy" ]; then
+  command -v cargo >/dev/null 2>&1 || { echo "error: cargo is not installed; install Rust (rustup) first" >&2; exit 1; }
   cargo build -q --locked
   envy=$PWD/target/debug/envy
 fi

@@ -36,7 +36,7 @@ fn the_deb_installs_into_a_clean_root_runs_and_removes_cleanly() {
     // dpkg installs files owned by root.
     require!([Need::Root, Need::Tool("dpkg", "dpkg"), Need::Tool("dpkg-deb", "dpkg"), Need::Tool("gzip", "gzip")]);
     let has_cargo_deb = Command::new("cargo").args(["deb", "--version"]).output().is_ok_and(|o| o.status.success());
-    assert!(has_cargo_deb, "this test needs cargo-deb: cargo install --locked cargo-deb (scripts/deps.sh does)");
+    assert!(has_cargo_deb, "this test needs cargo-deb: cargo install --locked cargo-deb (scripts/test.sh does)");
 
     let tmp = tempfile::Builder::new().prefix("envy-deb-").tempdir().unwrap();
     let out_dir = tmp.path().join("out");
