@@ -129,7 +129,7 @@ pub fn enter(runtime_dir: &Path, ui: &crate::ui::Ui) -> Result<()> {
     let euid = nix::unistd::geteuid().as_raw();
     if euid == 0 {
         let mode = match std::env::var(INSIDE).ok().and_then(|pid| pid.parse::<u32>().ok()) {
-            Some(holder) if same_user_namespace(holder) => Mode::Rootless(read_mapping(holder)?),
+            Some(holder) if is_ours(holder) => Mode::Rootless(read_mapping(holder)?),
             _ => Mode::Root,
         };
         let _ = MODE.set(mode);
@@ -169,7 +169,11 @@ fn is_holder(pid: u32) -> bool {
 /// The hidden command the holder runs.
 pub const HOLDER_COMMAND: &str = "__userns-holder";
 
-fn same_user_namespace(pid: u32) -> bool {
+/// Whether process `pid` is in this process's user namespace. A normal user's container
+/// started under an earlier holder (killed since) is not: its mounts and network
+/// namespaces went with that holder, and nothing can enter it from this one, so it
+/// reads stopped and `envy up` starts it again.
+pub fn is_ours(pid: u32) -> bool {
     let ino = |path: String| std::fs::metadata(path).map(|m| (m.dev(), m.ino())).ok();
     let ours = ino("/proc/self/ns/user".into());
     ours.is_some() && ours == ino(format!("/proc/{pid}/ns/user"))
@@ -310,22 +314,40 @@ pub fn hold() -> Result<i32> {
 
 /// The cgroup v2 subtree this process may write, with the memory and cpu controllers:
 /// where a normal user's container limits can go (a systemd user session gives one,
-/// with Delegate=yes). None on cgroup v1 or hybrid hosts, or without delegation: then
-/// those limits are not applied, and `up` says so.
-pub fn delegated_cgroup() -> Option<PathBuf> {
-    const CGROUP2_MAGIC: libc::c_long = 0x6367_7270;
-    let root = Path::new("/sys/fs/cgroup");
-    let unified = nix::sys::statfs::statfs(root).is_ok_and(|fs| fs.filesystem_type().0 as libc::c_long == CGROUP2_MAGIC);
-    if !unified {
-        return None;
+/// with Delegate=yes). Otherwise why not (cgroup v1 or hybrid hosts bind those
+/// controllers to v1, where a normal user writes nothing): then the limits are not
+/// applied, `up` says so and doctor says why.
+pub fn delegated_cgroup() -> Result<PathBuf, String> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok().and_then(|t| t.lines().find_map(|l| l.strip_prefix("0::").map(str::to_string)));
+    let own = own.ok_or("this process is in no cgroup v2 (/proc/self/cgroup has no 0:: line)")?;
+    let mount = cgroup2_mount().ok_or("no cgroup2 filesystem is mounted")?;
+    if mount != Path::new("/sys/fs/cgroup") {
+        return Err(format!("cgroup2 is mounted at {} beside cgroup v1 (a hybrid host), whose controllers hold the limits", mount.display()));
     }
-    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-    let relative = own.lines().find_map(|l| l.strip_prefix("0::"))?.trim_start_matches('/').to_string();
-    let dir = root.join(relative);
-    let controllers = std::fs::read_to_string(dir.join("cgroup.controllers")).ok()?;
-    let has = |c: &str| controllers.split_whitespace().any(|x| x == c);
-    let writable = nix::unistd::access(&dir.join("cgroup.subtree_control"), nix::unistd::AccessFlags::W_OK).is_ok();
-    (has("memory") && has("cpu") && writable).then_some(dir)
+    let dir = match own.trim_start_matches('/') {
+        "" => mount,
+        below => mount.join(below),
+    };
+    let controllers = std::fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
+    let missing: Vec<&str> = ["memory", "cpu"].into_iter().filter(|c| !controllers.split_whitespace().any(|have| have == *c)).collect();
+    if !missing.is_empty() {
+        return Err(format!("{} has no {} controller (cgroup.controllers: {:?})", dir.display(), missing.join(" or "), controllers.trim()));
+    }
+    let writable = |p: &Path| nix::unistd::access(p, nix::unistd::AccessFlags::W_OK).is_ok();
+    if !writable(&dir) || !writable(&dir.join("cgroup.subtree_control")) {
+        return Err(format!("this user may not write {} (not delegated)", dir.join("cgroup.subtree_control").display()));
+    }
+    Ok(dir)
+}
+
+/// Where the cgroup2 filesystem is mounted (/sys/fs/cgroup, or /sys/fs/cgroup/unified
+/// on a hybrid host), from /proc/self/mountinfo.
+fn cgroup2_mount() -> Option<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    text.lines().find_map(|line| {
+        let (before, after) = line.split_once(" - ")?;
+        (after.split_whitespace().next() == Some("cgroup2")).then(|| before.split_whitespace().nth(4).map(PathBuf::from))?
+    })
 }
 
 #[derive(Debug, thiserror::Error)]

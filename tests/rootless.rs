@@ -48,7 +48,7 @@ fn a_normal_users_container_keeps_box_owners_snapshots_shares_and_runs() {
     let up = env.envy().arg("up").output().unwrap();
     let err = String::from_utf8_lossy(&up.stderr);
     assert!(up.status.success(), "{err}");
-    if envy::userns::delegated_cgroup().is_none() {
+    if envy::userns::delegated_cgroup().is_err() {
         assert!(err.contains("its cpus and memory limits are not applied"), "limits left out are said: {err}");
     }
 
@@ -124,6 +124,31 @@ fn a_user_without_subordinate_ids_gets_root_alone_and_is_told() {
     assert_eq!(env.out(&["exec", "--", "stat", "-c", "%u", "/home/app"]), "0\n");
     env.out(&["exec", "--", "sh", "-c", "echo ok > /project/out.txt"]);
     assert_eq!(std::fs::metadata(env.project.join("out.txt")).unwrap().uid(), user.uid);
+    env.envy().args(["destroy", "--force"]).assert().success();
+    assert_eq!(host_traces(&env), Vec::<String>::new());
+}
+
+#[test]
+fn a_killed_namespace_holder_is_replaced_and_up_restarts_its_machines() {
+    require!(need::CONTAINERS, need::ROOTLESS);
+    let env = TestEnv::as_normal_user();
+    let (box_path, _) = common::build_container_box(&env, "busybox");
+    write_envfile(&env, &box_path);
+    let _cleanup = common::DestroyOnDrop(&env);
+    env.envy().arg("up").assert().success();
+    let old_init = common::machine(&env.status(), "web")["pid"].as_u64().unwrap();
+    let runtime = envy::state::Home::at(&env.home).runtime_dir();
+    let holder = envy::userns::holder(&runtime).expect("a normal user's envy leaves its holder running");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(holder as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    common::eventually("the holder is gone", || envy::userns::holder(&runtime).is_none());
+    // Its mounts and namespaces went with it: the container, still alive, cannot be
+    // entered from the next holder's namespace, and reads stopped.
+    assert_eq!(common::machine(&env.status(), "web")["state"], "stopped");
+    env.envy().args(["exec", "--", "true"]).assert().code(7);
+    env.envy().arg("up").assert().success();
+    assert_ne!(envy::userns::holder(&runtime), Some(holder));
+    common::eventually("the old container's init is gone", || !std::path::Path::new(&format!("/proc/{old_init}")).exists());
+    assert_eq!(env.out(&["exec", "--", "cat", "/project/Envfile"]).lines().next(), Some("[machine.web]"));
     env.envy().args(["destroy", "--force"]).assert().success();
     assert_eq!(host_traces(&env), Vec::<String>::new());
 }

@@ -161,45 +161,23 @@ fn has_file_capabilities(path: &Path) -> bool {
     size > 0
 }
 
-/// Limits of a rootless container go through a cgroup v2 subtree the user may write,
-/// with the memory and cpu controllers in it (systemd delegates one to a user session
-/// with Delegate=yes). Hybrid hosts bind those controllers to cgroup v1, where a normal
-/// user writes nothing.
+/// Limits of a rootless container go through a cgroup v2 subtree the user may write
+/// (`userns::delegated_cgroup`).
 fn cgroup_delegation() -> HostCheck {
     let name = "cgroup delegation";
-    let advice = Some(
-        "boot with cgroup v2 only (systemd.unified_cgroup_hierarchy=1) and log in through a systemd user session, \
-         whose user@.service has Delegate=yes (add `Delegate=memory cpu pids` in a drop-in for user@.service)"
-            .to_string(),
-    );
-    let warn = |why: String| check(name, CheckStatus::Warn, format!("{why}: memory and cpu limits of rootless containers are not applied"), advice.clone());
-    let own = std::fs::read_to_string("/proc/self/cgroup").ok().and_then(|t| t.lines().find_map(|l| l.strip_prefix("0::").map(str::to_string)));
-    let Some(own) = own else { return warn("this process is in no cgroup v2 (/proc/self/cgroup has no 0:: line)".into()) };
-    let Some(mount) = cgroup2_mount() else { return warn("no cgroup2 filesystem is mounted".into()) };
-    let dir = match own.trim_start_matches('/') {
-        "" => mount,
-        below => mount.join(below),
-    };
-    let controllers = std::fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
-    let missing: Vec<&str> = ["memory", "cpu"].into_iter().filter(|c| !controllers.split_whitespace().any(|have| have == *c)).collect();
-    if !missing.is_empty() {
-        return warn(format!("{} has no {} controller (cgroup.controllers: {:?})", dir.display(), missing.join(" or "), controllers.trim()));
+    match crate::userns::delegated_cgroup() {
+        Ok(dir) => check(name, CheckStatus::Ok, format!("{} is this user's, with memory and cpu", dir.display()), None),
+        Err(why) => check(
+            name,
+            CheckStatus::Warn,
+            format!("{why}: memory and cpu limits of rootless containers are not applied"),
+            Some(
+                "boot with cgroup v2 only (systemd.unified_cgroup_hierarchy=1) and log in through a systemd user session, \
+                 whose user@.service has Delegate=yes (add `Delegate=memory cpu pids` in a drop-in for user@.service)"
+                    .to_string(),
+            ),
+        ),
     }
-    let writable = |p: &Path| nix::unistd::access(p, nix::unistd::AccessFlags::W_OK).is_ok();
-    if !writable(&dir) || !writable(&dir.join("cgroup.subtree_control")) {
-        return warn(format!("this user may not write {} (not delegated)", dir.join("cgroup.subtree_control").display()));
-    }
-    check(name, CheckStatus::Ok, format!("{} is this user's, with memory and cpu", dir.display()), None)
-}
-
-/// Where the cgroup2 filesystem is mounted (/sys/fs/cgroup, or /sys/fs/cgroup/unified
-/// on a hybrid host), from /proc/self/mountinfo.
-fn cgroup2_mount() -> Option<PathBuf> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    text.lines().find_map(|line| {
-        let (before, after) = line.split_once(" - ")?;
-        (after.split_whitespace().next() == Some("cgroup2")).then(|| before.split_whitespace().nth(4).map(PathBuf::from))?
-    })
 }
 
 fn kvm_access(user: &str) -> HostCheck {

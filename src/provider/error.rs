@@ -159,12 +159,12 @@ pub enum Error {
     OverlayPath { path: PathBuf },
     /// The machine's overlay root could not be mounted.
     #[error(
-        "cannot mount the overlay root filesystem at {} (lower {}): {cause}; check that the kernel has overlayfs and that envy runs as root",
+        "cannot mount the overlay root filesystem at {} (lower {}): {cause}; check that the kernel has overlayfs; `envy doctor` says whether a normal user may mount it here",
         .merged.display(), .lower.display()
     )]
     OverlayMount { merged: PathBuf, lower: PathBuf, cause: nix::errno::Errno },
     /// A sync folder could not be bind-mounted into a container.
-    #[error("cannot bind-mount a sync folder at {}: {cause}; check that envy runs as root", .point.display())]
+    #[error("cannot bind-mount a sync folder at {}: {cause}; `envy doctor` says what this host allows", .point.display())]
     BindMount { point: PathBuf, cause: nix::errno::Errno },
     /// A mount under the machine's dir stays, so nothing below it may be removed.
     #[error("cannot unmount {}: {cause}; unmount it by hand (umount -l) and try again", .point.display())]

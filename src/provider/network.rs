@@ -217,6 +217,12 @@ impl ProjectNet {
         if !self.netns.has_link(BRIDGE) {
             self.netns.ip(&[&["link", "set", "lo", "up"], &["link", "add", BRIDGE, "mtu", MTU, "type", "bridge"], &["link", "set", BRIDGE, "up"]])?;
         }
+        // A slirp4netns whose tap is not in the namespace serves one that is gone (its
+        // holder, userns.rs, was killed, and the namespace file with it): replaced.
+        if let Some(stale) = self.slirp_pid().filter(|_| !self.netns.has_link(TAP)) {
+            stop_process(stale);
+            self.slirp().remove();
+        }
         let restarted = self.slirp_pid().is_none();
         if restarted {
             self.start_slirp()?;

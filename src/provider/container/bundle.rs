@@ -195,8 +195,8 @@ impl Limits {
             return Limits::Root;
         }
         match crate::userns::delegated_cgroup() {
-            Some(dir) => Limits::Delegated(dir),
-            None => Limits::NotApplied,
+            Ok(dir) => Limits::Delegated(dir),
+            Err(_) => Limits::NotApplied,
         }
     }
 }

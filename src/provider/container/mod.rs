@@ -2,7 +2,9 @@
 //! overlay of the box's rootfs, its network a namespace on the project's bridge
 //! (see network.rs). Every method reads the truth from runc, the mount table and
 //! the namespaces, so any partial state (a killed `envy up`, a reboot) is repaired.
-//! No user namespace: envy runs containers as root, like the rest of this provider.
+//! As a normal user all of it happens inside envy's user namespace (userns.rs): runc
+//! is rootless there, limits need a delegated cgroup (bundle::Limits), and a running
+//! container without a cgroup is held still by signals (freeze.rs).
 
 pub(crate) mod bundle;
 mod freeze;
@@ -90,7 +92,7 @@ impl<'a> Machine<'a> {
     /// still work in it, and `envy up` repairs the network without restarting it.
     fn state(&self) -> Result<MachineState> {
         let container = self.runc.state(self.id())?;
-        if container.as_ref().is_some_and(|c| c.status == Status::Running) {
+        if container.as_ref().is_some_and(|c| c.status == Status::Running && crate::userns::is_ours(c.pid)) {
             return Ok(MachineState::Running);
         }
         if container.is_some() || self.layout.exists() {
@@ -103,7 +105,7 @@ impl<'a> Machine<'a> {
     /// Fails with the state errors commands map to exit code 7.
     fn require_container(&self) -> Result<()> {
         match self.runc.state(self.id())? {
-            Some(c) if c.status == Status::Running => Ok(()),
+            Some(c) if c.status == Status::Running && crate::userns::is_ours(c.pid) => Ok(()),
             None if !self.layout.exists() => Err(crate::state::Error::NotCreated { machine: self.name().into() }.into()),
             _ => Err(crate::state::Error::NotRunning { machine: self.name().into(), state: MachineState::Stopped.to_string() }.into()),
         }
