@@ -3,6 +3,7 @@
 //! ready, CMD's exit code passed through, and nothing left behind — also on SIGTERM,
 //! and with two runs in one folder at once. Also the `ready` check of `envy up`.
 
+use std::path::Path;
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
@@ -52,7 +53,11 @@ impl Project {
         let containers = runc_containers(&env.home);
         assert!(containers.iter().all(|c| c.starts_with(&dev)), "a run's container is left: {containers:?}");
         let own = env.state_dir().to_string_lossy().into_owned();
-        let left: Vec<String> = common::mounts_below(&env.home).into_iter().filter(|m| !m.starts_with(&own)).collect();
+        // The developer's own machines keep their mounts: their state and network namespaces.
+        let left: Vec<String> = common::mounts_below(&env.home)
+            .into_iter()
+            .filter(|m| !m.starts_with(&own) && !Path::new(m).file_name().is_some_and(|n| n.to_string_lossy().starts_with(&dev)))
+            .collect();
         assert!(left.is_empty(), "a run's mount is left: {left:?}");
         let networks = common::list_dir(&env.home.join("run/net"));
         assert!(networks.iter().all(|n| dev.ends_with(n.as_str())), "a run's network is left: {networks:?}");

@@ -50,12 +50,17 @@ impl Runc {
 
     /// The container's state, or `None` when runc knows no container by that id.
     pub fn state(&self, id: &str) -> Result<Option<ContainerState>> {
+        // runc exits 1 for every error; one for a container it does not know is told by
+        // the container's state file under runc's root, which runc reads for every command
+        // and writes once the container is made (its dir comes first, so a container being
+        // made, or one whose create was killed, has the dir alone). Looked at before runc
+        // too: a container made while runc looked (another command's `up`) has the file
+        // after runc found none.
+        if !self.knows(id) {
+            return Ok(None);
+        }
         let out = match self.command().args(["state", id]).doing(format!("reading the state of container {id}")).run() {
             Ok(out) => out,
-            // runc exits 1 for every error; one for a container it does not know is told
-            // by the container's state file under runc's root, which runc reads for every
-            // command and writes once the container is made (its dir comes first, so a
-            // container being made, or one whose create was killed, has the dir alone).
             Err(ProcessError::Failed { .. }) if !self.knows(id) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
