@@ -34,8 +34,10 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         _ => {}
     }
     let ctx = Context::new(&cli.global)?;
-    // doctor reports what this user may do, so it looks from outside the namespace.
-    if !matches!(cli.command, Command::Doctor) {
+    // A normal user's envy touches machines and the store from inside its namespace
+    // (userns.rs). Commands that touch neither work without one: doctor reports what
+    // this user may do, so it looks from outside.
+    if !matches!(cli.command, Command::Doctor | Command::Init(_) | Command::List | Command::Remote(_)) {
         crate::userns::enter(&ctx.home.runtime_dir(), &ctx.ui)?;
     }
     match cli.command {
