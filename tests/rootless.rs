@@ -29,6 +29,17 @@ fn write_envfile(env: &TestEnv, box_path: &std::path::Path) {
     env.give(&envfile);
 }
 
+/// A normal user's project with one machine `web` on the busybox box.
+fn busybox_project() -> TestEnv {
+    let env = busybox_project();
+    env
+}
+
+fn destroy_leaves_nothing(env: &TestEnv) {
+    env.envy().args(["destroy", "--force"]).assert().success();
+    assert_eq!(host_traces(env), Vec::<String>::new());
+}
+
 /// What envy still has on the host for `env`: runc containers, network namespaces and
 /// mounts (in the user's namespace).
 fn host_traces(env: &TestEnv) -> Vec<String> {
@@ -78,16 +89,13 @@ fn a_normal_users_container_keeps_box_owners_snapshots_shares_and_runs() {
     env.envy().args(["run", "--", "sh", "-c", "exit 4"]).assert().code(4);
     assert_eq!(env.run_leftovers(), Vec::<String>::new());
 
-    env.envy().args(["destroy", "--force"]).assert().success();
-    assert_eq!(host_traces(&env), Vec::<String>::new());
+    destroy_leaves_nothing(&env);
 }
 
 #[test]
 fn a_guests_root_is_the_user_and_cannot_write_the_hosts_root_files() {
     require!(need::CONTAINERS, need::ROOTLESS);
-    let env = TestEnv::as_normal_user();
-    let (box_path, _) = common::build_container_box(&env, "busybox");
-    write_envfile(&env, &box_path);
+    let env = busybox_project();
     // Root's file in the user's project: the user may not write it, so neither may the guest.
     std::fs::write(env.project.join("roots.txt"), "root's\n").unwrap();
     std::fs::create_dir(env.project.join("roots-dir")).unwrap();
@@ -124,16 +132,13 @@ fn a_user_without_subordinate_ids_gets_root_alone_and_is_told() {
     assert_eq!(env.out(&["exec", "--", "stat", "-c", "%u", "/home/app"]), "0\n");
     env.out(&["exec", "--", "sh", "-c", "echo ok > /project/out.txt"]);
     assert_eq!(std::fs::metadata(env.project.join("out.txt")).unwrap().uid(), user.uid);
-    env.envy().args(["destroy", "--force"]).assert().success();
-    assert_eq!(host_traces(&env), Vec::<String>::new());
+    destroy_leaves_nothing(&env);
 }
 
 #[test]
 fn a_killed_namespace_holder_is_replaced_and_up_restarts_its_machines() {
     require!(need::CONTAINERS, need::ROOTLESS);
-    let env = TestEnv::as_normal_user();
-    let (box_path, _) = common::build_container_box(&env, "busybox");
-    write_envfile(&env, &box_path);
+    let env = busybox_project();
     let _cleanup = common::DestroyOnDrop(&env);
     env.envy().arg("up").assert().success();
     let old_init = common::machine(&env.status(), "web")["pid"].as_u64().unwrap();
@@ -149,6 +154,5 @@ fn a_killed_namespace_holder_is_replaced_and_up_restarts_its_machines() {
     assert_ne!(envy::userns::holder(&runtime), Some(holder));
     common::eventually("the old container's init is gone", || !std::path::Path::new(&format!("/proc/{old_init}")).exists());
     assert_eq!(env.out(&["exec", "--", "cat", "/project/Envfile"]).lines().next(), Some("[machine.web]"));
-    env.envy().args(["destroy", "--force"]).assert().success();
-    assert_eq!(host_traces(&env), Vec::<String>::new());
+    destroy_leaves_nothing(&env);
 }
