@@ -31,7 +31,9 @@ fn write_envfile(env: &TestEnv, box_path: &std::path::Path) {
 
 /// A normal user's project with one machine `web` on the busybox box.
 fn busybox_project() -> TestEnv {
-    let env = busybox_project();
+    let env = TestEnv::as_normal_user();
+    let (box_path, _) = common::build_container_box(&env, "busybox");
+    write_envfile(&env, &box_path);
     env
 }
 
