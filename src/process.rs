@@ -30,6 +30,8 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("ssh", "openssh-client"),
     ("mkfs.ext4", "e2fsprogs"),
     ("dmesg", "util-linux"),
+    ("newuidmap", "uidmap"),
+    ("newgidmap", "uidmap"),
 ];
 
 /// The Debian package that ships `tool` (a name or a path), if envy knows it.

@@ -84,10 +84,16 @@ pub fn is_rootless() -> bool {
     matches!(mode(), Mode::Rootless(_))
 }
 
-/// Whether root is the only id in this namespace (a normal user without subordinate
-/// ids): files a box gives other owners become root's.
+/// Whether this process can give files no owner but its own: a normal user's envy
+/// whose namespace holds root alone (no subordinate ids), or a normal user's process
+/// outside envy's namespace (a program linking envy, a test). Files a box gives other
+/// owners are then the process's own.
 pub fn only_root_inside() -> bool {
-    matches!(mode(), Mode::Rootless(m) if !m.has_ranges())
+    match MODE.get() {
+        Some(Mode::Root) => false,
+        Some(Mode::Rootless(m)) => !m.has_ranges(),
+        None => !nix::unistd::geteuid().is_root(),
+    }
 }
 
 static MODE: OnceLock<Mode> = OnceLock::new();
@@ -148,6 +154,9 @@ pub fn enter(runtime_dir: &Path, ui: &crate::ui::Ui) -> Result<()> {
         }
     };
     drop(lock);
+    // What the namespace maps is the kernel's word (a holder started without newuidmap
+    // has root alone, whatever /etc/subuid says).
+    let mapping = read_mapping(holder)?;
     join(holder)?;
     std::env::set_var(INSIDE, holder.to_string());
     let _ = MODE.set(Mode::Rootless(mapping));
@@ -251,22 +260,33 @@ fn start_holder(mapping: &Mapping, ui: &crate::ui::Ui) -> Result<u32> {
     Ok(pid)
 }
 
-/// Maps the holder's namespace: through newuidmap/newgidmap when the user has ranges,
-/// otherwise (or without those tools) root alone, written directly.
+/// Maps the holder's namespace: through newuidmap/newgidmap when the user has ranges
+/// and those tools are here, otherwise root alone, written directly (and said).
 fn write_maps(pid: u32, mapping: &Mapping, ui: &crate::ui::Ui) -> Result<()> {
+    let user = user_name(mapping.uid);
     let (Some(subuids), Some(subgids)) = (mapping.subuids, mapping.subgids) else {
-        let user = user_name(mapping.uid);
         ui.warn(format!(
             "user {user} has no subordinate id range in /etc/subuid and /etc/subgid: machines see one user only (root), and files a box gives other users become root's; add one with `sudo usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {user}`"
         ));
         return write_single_maps(pid, mapping);
     };
     for (tool, own, range) in [("newuidmap", mapping.uid, subuids), ("newgidmap", mapping.gid, subgids)] {
-        Process::new(tool)
+        let mapped = Process::new(tool)
             .arg(pid.to_string())
             .args(["0", &own.to_string(), "1", "1", &range.start.to_string(), &range.count.to_string()])
-            .doing(format!("mapping user {}'s subordinate ids into envy's user namespace", user_name(mapping.uid)))
-            .run()?;
+            .doing(format!("mapping user {user}'s subordinate ids into envy's user namespace"))
+            .run();
+        match mapped {
+            Ok(_) => {}
+            // Both come from one package: the first missing means both are.
+            Err(crate::process::ProcessError::Missing { advice, .. }) if tool == "newuidmap" => {
+                ui.warn(format!(
+                    "newuidmap is not installed ({advice}): machines of user {user} see one user only (root), and files a box gives other users become root's"
+                ));
+                return write_single_maps(pid, mapping);
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
     Ok(())
 }

@@ -540,9 +540,10 @@ fn make_whiteout(path: &Path, header: &tar::Header) -> io::Result<()> {
 fn set_owner_and_mode(path: &Path, header: &tar::Header) -> io::Result<()> {
     let uid = u32::try_from(header.uid()?).map_err(|_| io::Error::other("its owner is out of range"))?;
     let gid = u32::try_from(header.gid()?).map_err(|_| io::Error::other("its group is out of range"))?;
-    // A normal user's namespace without subordinate ids has root alone: all is root's.
-    let (uid, gid) = if crate::userns::only_root_inside() { (0, 0) } else { (uid, gid) };
-    std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
+    // Where no other owner can be given (userns::only_root_inside) all stays the unpacker's.
+    if !crate::userns::only_root_inside() {
+        std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
+    }
     let mode = header.mode()? & 0o7777;
     nix::sys::stat::fchmodat(None, path, nix::sys::stat::Mode::from_bits_truncate(mode), nix::sys::stat::FchmodatFlags::NoFollowSymlink)
         .map_err(io::Error::from)
