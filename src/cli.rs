@@ -99,7 +99,7 @@ folder at /project instead.")]
     ForwardWatch(MachineArg),
     /// Holds a normal user's envy namespaces between commands (started by the first that needs them).
     #[command(name = "__userns-holder", hide = true)]
-    UsernsHolder,
+    UsernsHolder(UsernsHolderArgs),
 }
 
 #[derive(Debug, Args)]
@@ -139,6 +139,13 @@ pub struct UpArgs {
 pub struct MachinesArgs {
     /// Machines to act on (default: all in the Envfile).
     pub machines: Vec<String>,
+}
+
+/// `envy __userns-holder RUNTIME_DIR`.
+#[derive(Debug, Args)]
+pub struct UsernsHolderArgs {
+    /// The runtime dir whose pid file names this holder; it exits once the file is gone.
+    pub runtime_dir: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -148,7 +148,7 @@ pub fn enter(runtime_dir: &Path, ui: &crate::ui::Ui) -> Result<()> {
     let holder = match pid_file.alive() {
         Some(pid) if is_holder(pid) => pid,
         _ => {
-            let pid = start_holder(&mapping, ui)?;
+            let pid = start_holder(runtime_dir, &mapping, ui)?;
             pid_file.write(pid)?;
             pid
         }
@@ -230,10 +230,11 @@ fn join(holder: u32) -> Result<()> {
 /// Starts `envy __userns-holder`, maps its new user namespace and waits until it holds
 /// a mount namespace too. The child says each step on its stdout; its stdin tells it
 /// the map is written.
-fn start_holder(mapping: &Mapping, ui: &crate::ui::Ui) -> Result<u32> {
+fn start_holder(runtime_dir: &Path, mapping: &Mapping, ui: &crate::ui::Ui) -> Result<u32> {
     let exe = std::env::current_exe().context("cannot find envy's own executable to start its user namespace")?;
     let mut child = std::process::Command::new(exe)
         .arg(HOLDER_COMMAND)
+        .arg(runtime_dir)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -305,9 +306,11 @@ fn user_name(uid: u32) -> String {
     nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok().flatten().map_or_else(|| uid.to_string(), |u| u.name)
 }
 
-/// `envy __userns-holder`: unshares a user namespace, waits for its map, unshares a
-/// mount namespace whose mounts stay private to it, then holds both until killed.
-pub fn hold() -> Result<i32> {
+/// `envy __userns-holder RUNTIME_DIR`: unshares a user namespace, waits for its map,
+/// unshares a mount namespace whose mounts stay private to it, then holds both until
+/// killed, or until RUNTIME_DIR's pid file no longer names it (the envy home was
+/// removed, or another holder replaced it): then nothing is left to hold for.
+pub fn hold(runtime_dir: &Path) -> Result<i32> {
     use nix::sched::{unshare, CloneFlags};
     let mut stdout = std::io::stdout().lock();
     unshare(CloneFlags::CLONE_NEWUSER).map_err(|e| Error::Unshare { ns: "user", cause: e })?;
@@ -327,8 +330,13 @@ pub fn hold() -> Result<i32> {
         nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), fd)?;
     }
     let _ = nix::unistd::setsid();
+    let me = std::process::id();
+    let pid_file = PidFile::at(pid_file(runtime_dir));
     loop {
-        nix::unistd::pause();
+        std::thread::sleep(std::time::Duration::from_secs(5));
+        if pid_file.alive() != Some(me) {
+            return Ok(0);
+        }
     }
 }
 

@@ -158,3 +158,16 @@ fn a_killed_namespace_holder_is_replaced_and_up_restarts_its_machines() {
     assert_eq!(env.out(&["exec", "--", "cat", "/project/Envfile"]).lines().next(), Some("[machine.web]"));
     destroy_leaves_nothing(&env);
 }
+
+#[test]
+fn a_holder_whose_envy_home_is_gone_exits() {
+    require!(need::ROOTLESS);
+    let env = TestEnv::as_normal_user();
+    env.out(&["box", "list"]);
+    let runtime = envy::state::Home::at(&env.home).runtime_dir();
+    let holder = envy::userns::holder(&runtime).expect("a command that touches the store starts the holder");
+    std::fs::remove_dir_all(&env.home).unwrap();
+    common::eventually("the holder exits", || {
+        std::fs::read_to_string(format!("/proc/{holder}/stat")).map_or(true, |s| s.contains(") Z "))
+    });
+}
