@@ -33,6 +33,35 @@ pub struct ContainerState {
     pub status: Status,
 }
 
+/// The part of runc's own state file (`<root>/<id>/state.json`) envy reads.
+#[derive(Debug, Deserialize)]
+struct StateFile {
+    init_process_pid: u32,
+    /// The init's start time in clock ticks since boot, as /proc/PID/stat has it.
+    init_process_start: u64,
+    /// Each cgroup controller's path; "freezer" on cgroup v1, "" on v2.
+    #[serde(default)]
+    cgroup_paths: std::collections::BTreeMap<String, PathBuf>,
+}
+
+impl StateFile {
+    /// Whether the container's cgroup is frozen (`runc pause`), as runc tells it.
+    fn is_frozen(&self) -> bool {
+        if let Some(v1) = self.cgroup_paths.get("freezer") {
+            return std::fs::read_to_string(v1.join("freezer.state")).is_ok_and(|s| s.trim() == "FROZEN");
+        }
+        self.cgroup_paths.get("").is_some_and(|v2| std::fs::read_to_string(v2.join("cgroup.freeze")).is_ok_and(|s| s.trim() == "1"))
+    }
+}
+
+/// A process's state letter and start time (fields 3 and 22 of /proc/PID/stat).
+fn process_stat(pid: u32) -> Option<(char, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    Some((state, fields.nth(18)?.parse().ok()?))
+}
+
 /// runc with envy's state root.
 #[derive(Debug, Clone)]
 pub struct Runc {
@@ -48,31 +77,50 @@ impl Runc {
         Process::new("runc").arg("--root").arg(&self.root)
     }
 
-    /// The container's state, or `None` when runc knows no container by that id.
+    /// The container's state, or `None` when runc knows no container by that id. Read
+    /// the way runc reads it, without starting runc (a Go binary's start is most of a
+    /// `runc state`, and every command asks): runc's state file under envy's runc root,
+    /// written (by rename) once the container is made, then the init process it names
+    /// (alive, with the start time recorded: running; gone, a zombie, or another
+    /// process since: stopped), runc's exec fifo (still there: created, not started),
+    /// and the freezer of its cgroup (frozen: paused). A state file envy cannot read (a
+    /// runc of another format) is asked of `runc state` instead.
     pub fn state(&self, id: &str) -> Result<Option<ContainerState>> {
-        // runc exits 1 for every error; one for a container it does not know is told by
-        // the container's state file under runc's root, which runc reads for every command
-        // and writes once the container is made (its dir comes first, so a container being
-        // made, or one whose create was killed, has the dir alone). Looked at before runc
-        // too: a container made while runc looked (another command's `up`) has the file
-        // after runc found none.
-        if !self.knows(id) {
-            return Ok(None);
-        }
+        let dir = self.root.join(id);
+        let text = match crate::fsutil::read_private(&dir.join("state.json"))? {
+            Some(text) => text,
+            None => return Ok(None),
+        };
+        let Ok(recorded) = serde_json::from_slice::<StateFile>(&text) else {
+            return self.state_from_runc(id);
+        };
+        let pid = recorded.init_process_pid;
+        let status = match process_stat(pid) {
+            Some((state, start)) if start == recorded.init_process_start && state != 'Z' && state != 'X' => {
+                if dir.join("exec.fifo").exists() {
+                    Status::Created
+                } else if recorded.is_frozen() {
+                    Status::Paused
+                } else {
+                    Status::Running
+                }
+            }
+            _ => Status::Stopped,
+        };
+        Ok(Some(ContainerState { pid, status }))
+    }
+
+    /// `runc state`, for a state file of a format envy does not know.
+    fn state_from_runc(&self, id: &str) -> Result<Option<ContainerState>> {
         let out = match self.command().args(["state", id]).doing(format!("reading the state of container {id}")).run() {
             Ok(out) => out,
-            Err(ProcessError::Failed { .. }) if !self.knows(id) => return Ok(None),
+            // runc exits 1 for every error; a container gone meanwhile has no state file.
+            Err(ProcessError::Failed { .. }) if !self.root.join(id).join("state.json").exists() => return Ok(None),
             Err(e) => return Err(e.into()),
         };
         let state = serde_json::from_str(&out)
             .with_context(|| format!("runc printed a state for container {id} that envy cannot read"))?;
         Ok(Some(state))
-    }
-
-    /// Whether runc holds state for container `id` (its state.json under the root; not
-    /// followed).
-    fn knows(&self, id: &str) -> bool {
-        std::fs::symlink_metadata(self.root.join(id).join("state.json")).is_ok()
     }
 
     /// `runc run -d`: starts the container detached; its stdio (and runc's own
