@@ -4,9 +4,9 @@
 //! the host every file it writes is the user's and every process runs as the user.
 //!
 //! One small process per envy home (`envy __userns-holder`, "the holder") keeps that
-//! user namespace and a mount namespace alive between commands: each command joins
-//! both first (`enter`), so the overlays and network namespaces one command mounts are
-//! there for the next. The namespace maps root to the user and, through newuidmap and
+//! user namespace and a mount namespace alive between commands: each command that
+//! touches machines or the box store joins both first (`enter`), so the overlays and
+//! network namespaces one command mounts are there for the next. The namespace maps root to the user and, through newuidmap and
 //! newgidmap, uids and gids 1..N to the user's subordinate range in /etc/subuid and
 //! /etc/subgid; a user without a range gets root alone, which is said.
 
@@ -27,7 +27,7 @@ use crate::state::PidFile;
 const INSIDE: &str = "ENVY_USERNS";
 
 /// One range of subordinate ids: `start` on the host is `first` inside.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IdRange {
     pub start: u32,
     pub count: u32,
@@ -175,8 +175,8 @@ fn is_holder(pid: u32) -> bool {
     std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.split(|b| *b == 0).any(|arg| arg == HOLDER_COMMAND.as_bytes()))
 }
 
-/// The hidden command the holder runs.
-pub const HOLDER_COMMAND: &str = "__userns-holder";
+/// The hidden command the holder runs (cli.rs names it the same).
+const HOLDER_COMMAND: &str = "__userns-holder";
 
 /// Whether process `pid` is in this process's user namespace. A normal user's container
 /// started under an earlier holder (killed since) is not: its mounts and network
