@@ -113,7 +113,6 @@ impl MachineFiles {
         self.ssh_key.with_extension("pub")
     }
 
-    /// The last `n` lines of the console log, or a sentence saying there is none.
     /// A boot that can never reach SSH, as its console shows it: a kernel panic, a root
     /// filesystem without an init, an initramfs rescue shell. Reads the log's last 8 KiB
     /// (what a guest prints is only matched, never trusted further).
@@ -135,6 +134,7 @@ impl MachineFiles {
         DEAD_ENDS.iter().find(|(seen, _)| text.contains(seen)).map(|(_, why)| *why)
     }
 
+    /// The last `n` lines of the console log, or a sentence saying there is none.
     pub fn console_tail(&self, n: usize) -> String {
         crate::fsutil::tail_lines(&self.console_log, n)
             .unwrap_or_else(|| format!("(no console log at {})", self.console_log.display()))
