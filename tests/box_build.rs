@@ -8,6 +8,17 @@ use crate::common::{self, busybox_rootfs, need, require, sha256_hex, Need, TestE
 use predicates::str::contains;
 
 /// Reads the entries (name, bytes) of a zstd `.box`.
+/// A busybox rootfs that meets a VM box's contract as `box build` checks it: busybox as
+/// /sbin/init, and an SSH server at /usr/sbin/dropbear (a stand-in script: these boxes
+/// are built and inspected, never booted; the tiny VM box boots a real one).
+fn vm_rootfs(dir: &Path) {
+    busybox_rootfs(dir);
+    std::os::unix::fs::symlink("../bin/busybox", dir.join("sbin/init")).unwrap();
+    let sshd = dir.join("usr/sbin/dropbear");
+    std::fs::write(&sshd, "#!/bin/sh\nexit 1\n").unwrap();
+    std::fs::set_permissions(&sshd, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+}
+
 fn box_entries(path: &Path) -> Vec<(String, Vec<u8>)> {
     let data = zstd::decode_all(std::fs::File::open(path).unwrap()).unwrap();
     let mut archive = tar::Archive::new(&data[..]);
@@ -85,7 +96,7 @@ fn qemu_box_with_kernel_for_direct_boot() {
     require!(need::QEMU_BOX, [Need::Tool("debugfs", "e2fsprogs")]);
     let env = TestEnv::new();
     let rootfs = env.path("rootfs");
-    busybox_rootfs(&rootfs);
+    vm_rootfs(&rootfs);
     std::fs::create_dir_all(rootfs.join("boot")).unwrap();
     std::fs::write(rootfs.join("boot/vmlinuz-6.1.0-test"), b"kernel image bytes").unwrap();
     std::fs::write(rootfs.join("boot/initrd.img-6.1.0-test"), b"initrd bytes").unwrap();
@@ -140,7 +151,7 @@ fn qemu_box_without_kernel_boots_by_firmware() {
     require!(need::QEMU_BOX);
     let env = TestEnv::new();
     let rootfs = env.path("rootfs");
-    busybox_rootfs(&rootfs);
+    vm_rootfs(&rootfs);
     let tarball = env.path("rootfs.tar");
     assert!(Command::new("tar")
         .arg("-C")
@@ -171,7 +182,7 @@ fn missing_tool_names_its_package_and_leaves_nothing() {
     require!(need::BUSYBOX);
     let env = TestEnv::new();
     let rootfs = env.path("rootfs");
-    busybox_rootfs(&rootfs);
+    vm_rootfs(&rootfs);
     let out = env.path("vm.box");
     let empty_path = env.path("empty-path");
     std::fs::create_dir_all(&empty_path).unwrap();
@@ -218,4 +229,25 @@ fn a_box_built_twice_with_source_date_epoch_has_one_digest() {
     // A real change is a new digest.
     std::fs::write(rootfs.join("etc/box-release"), "changed\n").unwrap();
     assert_ne!(build("third.box"), first);
+}
+
+#[test]
+fn a_vm_rootfs_that_could_never_boot_is_refused_naming_what_it_lacks() {
+    require!(need::BUSYBOX);
+    let env = TestEnv::new();
+    let rootfs = env.path("rootfs");
+    busybox_rootfs(&rootfs);
+    let out = env.path("vm.box");
+    let build = |extra: &[&str]| {
+        let mut cmd = env.envy();
+        cmd.args(["box", "build", "--kind", "qemu", "--name", "vm", "--rootfs"]).arg(&rootfs).args(extra).arg("-o").arg(&out);
+        cmd.assert()
+    };
+    // busybox has no /sbin/init here (its init applet is /bin/init).
+    build(&[]).code(4).stderr(contains("has no init at /sbin/init")).stderr(contains("systemd-sysv"));
+    // An init named on the command line is looked for instead; then the SSH server.
+    build(&["--cmdline", "init=/bin/init"]).code(4).stderr(contains("has no SSH server")).stderr(contains("openssh-server"));
+    assert!(!out.exists());
+    let leftovers: Vec<String> = common::list_dir(env.dir.path()).into_iter().filter(|n| n.starts_with(".envy-build")).collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 }

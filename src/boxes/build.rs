@@ -103,6 +103,7 @@ fn qemu_payload(
         archive::unpack_rootfs(&req.rootfs, compression, &dir, &label, &mut progress)?;
         dir
     };
+    check_guest_contract(&root, req)?;
     let size = match req.disk_size {
         Some(s) => s,
         None => (tree_size(&root)? * 13 / 10 + (64 << 20)).div_ceil(1 << 20) << 20,
@@ -166,6 +167,36 @@ fn qemu_payload(
     Ok((manifest, files))
 }
 
+
+/// SSH servers a VM box may bring (envy logs in over SSH for exec and provisioning).
+const SSH_SERVERS: [&str; 4] = ["/usr/sbin/sshd", "/usr/sbin/dropbear", "/sbin/dropbear", "/usr/bin/dropbear"];
+
+/// What a VM needs from its root filesystem to reach envy's SSH login, checked before
+/// a disk is made: an init (the kernel command line's `init=`, else /sbin/init), as an
+/// executable reached through links inside the root, and an SSH server. A rootfs
+/// without them builds fine and then hangs in an initramfs shell or a boot that never
+/// answers (docs/box-format.md, "the guest contract").
+fn check_guest_contract(root: &Path, req: &BuildRequest) -> anyhow::Result<()> {
+    let cmdline = req.cmdline.as_deref().unwrap_or_default();
+    let init = cmdline.split_whitespace().rev().find_map(|a| a.strip_prefix("init=")).unwrap_or("/sbin/init");
+    let executable = |path: &str| {
+        use std::os::unix::fs::PermissionsExt as _;
+        resolve_in_root(root, Path::new(path)).and_then(|p| p.metadata().ok()).is_some_and(|m| m.permissions().mode() & 0o111 != 0)
+    };
+    let refuse = |missing: String, advice: &str| -> anyhow::Result<()> {
+        Err(Error::CannotBoot { rootfs: req.rootfs.display().to_string(), missing, advice: advice.to_string() }.into())
+    };
+    if !executable(init) {
+        return refuse(
+            format!("init at {init}"),
+            "install one (Debian: systemd-sysv, or sysvinit-core), or name another with --cmdline init=PATH",
+        );
+    }
+    if !SSH_SERVERS.iter().any(|p| executable(p)) {
+        return refuse(format!("SSH server ({})", SSH_SERVERS.join(", ")), "install one (Debian: openssh-server, or dropbear-bin)");
+    }
+    Ok(())
+}
 
 /// The rootfs's kernel and initrd: the newest `boot/vmlinuz-*` (or what `/vmlinuz`
 /// points to) and the initrd of the same version. Links are resolved inside `root`.

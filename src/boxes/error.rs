@@ -34,6 +34,9 @@ pub enum Error {
     /// The archive is not one envy can read.
     #[error("{archive} is not a box: {reason}")]
     NotABox { archive: String, reason: String },
+    /// A qemu box's root filesystem that could never boot to envy's SSH login.
+    #[error("{rootfs} cannot be a qemu box: it has no {missing}, so a VM made from it would never reach SSH; {advice}")]
+    CannotBoot { rootfs: String, missing: String, advice: String },
     /// The box manifest is malformed or inconsistent with its payload.
     #[error("box manifest of {archive} is invalid: {reason}")]
     BadManifest { archive: String, reason: String },
