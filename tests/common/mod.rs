@@ -172,7 +172,16 @@ pub struct Account {
 
 pub fn normal_user() -> &'static Account {
     static ACCOUNT: std::sync::OnceLock<Account> = std::sync::OnceLock::new();
-    ACCOUNT.get_or_init(|| account("envy-rootless", &[]))
+    ACCOUNT.get_or_init(|| {
+        let user = account("envy-rootless", &[]);
+        // useradd gives a range only where /etc/subuid already exists: else one is added.
+        if envy::userns::subordinate_ids(Path::new("/etc/subuid"), user.name, user.uid).unwrap().is_empty() {
+            let range = "2000000000-2000065535";
+            let out = StdCommand::new("usermod").args(["--add-subuids", range, "--add-subgids", range, user.name]).output().expect("run usermod");
+            assert!(out.status.success(), "usermod --add-subuids {range} {}: {}", user.name, String::from_utf8_lossy(&out.stderr));
+        }
+        user
+    })
 }
 
 /// A normal user with no subordinate id range: inside its namespace root is the only id.
