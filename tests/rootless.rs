@@ -42,6 +42,14 @@ fn destroy_leaves_nothing(env: &TestEnv) {
     assert_eq!(host_traces(env), Vec::<String>::new());
 }
 
+/// `envy up`, which must succeed; what it said on stderr.
+fn up_said(env: &TestEnv) -> String {
+    let up = env.envy().arg("up").output().unwrap();
+    let err = String::from_utf8_lossy(&up.stderr).into_owned();
+    assert!(up.status.success(), "{err}");
+    err
+}
+
 /// What envy still has on the host for `env`: runc containers, network namespaces and
 /// mounts (in the user's namespace).
 fn host_traces(env: &TestEnv) -> Vec<String> {
@@ -58,9 +66,7 @@ fn a_normal_users_container_keeps_box_owners_snapshots_shares_and_runs() {
     let box_path = box_with_a_user_file(&env);
     write_envfile(&env, &box_path);
     let _cleanup = common::DestroyOnDrop(&env);
-    let up = env.envy().arg("up").output().unwrap();
-    let err = String::from_utf8_lossy(&up.stderr);
-    assert!(up.status.success(), "{err}");
+    let err = up_said(&env);
     if envy::userns::delegated_cgroup().is_err() {
         assert!(err.contains("its cpus and memory limits are not applied"), "limits left out are said: {err}");
     }
@@ -126,9 +132,7 @@ fn a_user_without_subordinate_ids_gets_root_alone_and_is_told() {
     let box_path = box_with_a_user_file(&env);
     write_envfile(&env, &box_path);
     let _cleanup = common::DestroyOnDrop(&env);
-    let up = env.envy().arg("up").output().unwrap();
-    let err = String::from_utf8_lossy(&up.stderr);
-    assert!(up.status.success(), "{err}");
+    let err = up_said(&env);
     assert!(err.contains(&format!("user {} has no subordinate id range", user.name)) && err.contains("usermod --add-subuids"), "{err}");
     // The box's uid-1000 folder became root's: no other id exists in the namespace.
     assert_eq!(env.out(&["exec", "--", "stat", "-c", "%u", "/home/app"]), "0\n");

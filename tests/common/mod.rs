@@ -156,6 +156,11 @@ impl Drop for TestEnv {
     /// test's ends with the test.
     fn drop(&mut self) {
         if let Some(pid) = envy::userns::holder(&envy::state::Home::at(&self.home).runtime_dir()) {
+            // A normal user running the tests cannot remove what envy unpacked for it
+            // as its subordinate ids; inside its namespace (its own) it can.
+            if !nix::unistd::geteuid().is_root() {
+                let _ = StdCommand::new("nsenter").args(["-U", "-t", &pid.to_string(), "--", "rm", "-rf"]).arg(self.dir.path()).status();
+            }
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
         }
     }
