@@ -98,6 +98,7 @@ folder at /project instead.")]
     #[command(name = "__forward-watch", hide = true)]
     ForwardWatch(MachineArg),
     /// Holds a normal user's envy namespaces between commands (started by the first that needs them).
+    // userns.rs (HOLDER_COMMAND) spawns and recognises the holder by this name.
     #[command(name = "__userns-holder", hide = true)]
     UsernsHolder(UsernsHolderArgs),
 }
