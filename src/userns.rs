@@ -55,7 +55,7 @@ pub struct Mapping {
 impl Mapping {
     /// The user's: their ids and the first range each file gives them.
     pub fn of_user(uid: u32, gid: u32) -> Mapping {
-        let name = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok().flatten().map(|u| u.name).unwrap_or_default();
+        let name = user_name(uid);
         let first = |file: &str| subordinate_ids(Path::new(file), &name, uid).ok().and_then(|r| r.into_iter().next());
         Mapping { uid, gid, subuids: first("/etc/subuid"), subgids: first("/etc/subgid") }
     }
@@ -80,8 +80,13 @@ pub fn mode() -> Mode {
     })
 }
 
+/// Whether this process works as a normal user's envy (asked per archive entry: it
+/// reads no user database, as `mode` would before `enter`).
 pub fn is_rootless() -> bool {
-    matches!(mode(), Mode::Rootless(_))
+    match MODE.get() {
+        Some(mode) => matches!(mode, Mode::Rootless(_)),
+        None => !nix::unistd::geteuid().is_root(),
+    }
 }
 
 /// Whether this process can give files no owner but its own: a normal user's envy
@@ -302,7 +307,8 @@ fn write_single_maps(pid: u32, mapping: &Mapping) -> Result<()> {
     write("gid_map", format!("0 {} 1\n", mapping.gid))
 }
 
-fn user_name(uid: u32) -> String {
+/// A user's name, or their uid as text when the user database has none.
+pub fn user_name(uid: u32) -> String {
     nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok().flatten().map_or_else(|| uid.to_string(), |u| u.name)
 }
 

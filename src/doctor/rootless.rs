@@ -32,7 +32,7 @@ pub fn checks(mode: &Mode) -> Vec<Finding> {
     // Every command of a normal user's envy joins its user namespace first (userns.rs).
     let everyone: Vec<ProviderKind> = crate::provider::registered().iter().map(|r| r.kind).collect();
     let mut found = vec![finding(user_namespaces(), everyone), finding(overlay_in_user_namespace(), container.clone())];
-    let user = user_name(mapping.uid);
+    let user = crate::userns::user_name(mapping.uid);
     found.push(finding(subordinate_ids(&user, mapping), Vec::new()));
     found.push(finding(id_map_tools(mapping.has_ranges()), container));
     found.push(finding(cgroup_delegation(), Vec::new()));
@@ -49,10 +49,6 @@ fn finding(check: HostCheck, needed_by: Vec<ProviderKind>) -> Finding {
 
 fn check(name: &str, status: CheckStatus, detail: String, advice: Option<String>) -> HostCheck {
     HostCheck { name: name.into(), status, detail, advice: if status == CheckStatus::Ok { None } else { advice } }
-}
-
-fn user_name(uid: u32) -> String {
-    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok().flatten().map_or_else(|| uid.to_string(), |u| u.name)
 }
 
 /// The sysctls that can forbid user namespaces, then a real one.
@@ -155,10 +151,7 @@ fn id_map_tools(has_ranges: bool) -> HostCheck {
 }
 
 fn has_file_capabilities(path: &Path) -> bool {
-    let Ok(path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else { return false };
-    // SAFETY: both strings are NUL-terminated; a null buffer of size 0 asks only for the size.
-    let size = unsafe { libc::getxattr(path.as_ptr(), c"security.capability".as_ptr(), std::ptr::null_mut(), 0) };
-    size > 0
+    xattr::get(path, "security.capability").is_ok_and(|caps| caps.is_some_and(|c| !c.is_empty()))
 }
 
 /// Limits of a rootless container go through a cgroup v2 subtree the user may write

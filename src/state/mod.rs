@@ -10,7 +10,7 @@ pub mod registry;
 
 pub use home::Home;
 pub use lock::ProjectLock;
-pub use pidfile::{boot_id, start_time, PidFile};
+pub use pidfile::{boot_id, proc_stat, start_time, PidFile, ProcStat};
 
 use std::path::PathBuf;
 

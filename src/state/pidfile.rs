@@ -14,12 +14,34 @@ pub fn boot_id() -> String {
         .unwrap_or_default()
 }
 
-/// A process's start time in clock ticks since boot (field 22 of /proc/PID/stat).
-pub fn start_time(pid: u32) -> Option<u64> {
+/// What /proc/PID/stat says of a process that envy asks about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcStat {
+    /// Its state letter (field 3): R, S, D, T (stopped), Z (zombie), X (dead), ...
+    pub state: char,
+    /// Its start time in clock ticks since boot (field 22).
+    pub start_time: u64,
+}
+
+impl ProcStat {
+    /// A zombie or a dead process: gone, whatever its pid still shows.
+    pub fn is_gone(&self) -> bool {
+        matches!(self.state, 'Z' | 'X')
+    }
+}
+
+/// /proc/PID/stat of `pid`, if it exists.
+pub fn proc_stat(pid: u32) -> Option<ProcStat> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces and parens; fields resume after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    Some(ProcStat { state, start_time: fields.nth(18)?.parse().ok()? })
+}
+
+/// A process's start time in clock ticks since boot (field 22 of /proc/PID/stat).
+pub fn start_time(pid: u32) -> Option<u64> {
+    proc_stat(pid).map(|s| s.start_time)
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -60,8 +82,7 @@ impl PidFile {
         let text = std::fs::read_to_string(&self.path).ok()?;
         let content = serde_json::from_str::<Content>(&text).ok();
         let live = content.filter(|c| {
-            c.boot_id == boot_id() && start_time(c.pid).is_some_and(|t| t == c.start_time)
-                && !is_zombie(c.pid)
+            c.boot_id == boot_id() && proc_stat(c.pid).is_some_and(|s| s.start_time == c.start_time && !s.is_gone())
         });
         match live {
             Some(c) => Some(c.pid),
@@ -75,13 +96,6 @@ impl PidFile {
     pub fn remove(&self) {
         let _ = std::fs::remove_file(&self.path);
     }
-}
-
-fn is_zombie(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rfind(')').map(|i| s[i + 1..].trim_start().starts_with('Z')))
-        .unwrap_or(true)
 }
 
 #[cfg(test)]

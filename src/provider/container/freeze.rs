@@ -32,8 +32,8 @@ pub fn freeze(runc: &Runc, id: &str, init: u32) -> Result<Frozen> {
     loop {
         let mut settled = true;
         for pid in processes_of(init) {
-            match state_of(pid) {
-                Some('T') | Some('t') | Some('Z') | Some('X') | None => {}
+            match crate::state::proc_stat(pid).map(|s| s.state) {
+                Some('T' | 't' | 'Z' | 'X') | None => {}
                 Some(_) => {
                     settled = false;
                     let _ = kill(Pid::from_raw(pid as i32), Signal::SIGSTOP);
@@ -77,10 +77,4 @@ fn processes_of(init: u32) -> Vec<u32> {
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| ns(*pid) == Some(target))
         .collect()
-}
-
-/// A process's state letter (field 3 of /proc/PID/stat).
-fn state_of(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
 }

@@ -54,14 +54,6 @@ impl StateFile {
     }
 }
 
-/// A process's state letter and start time (fields 3 and 22 of /proc/PID/stat).
-fn process_stat(pid: u32) -> Option<(char, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    Some((state, fields.nth(18)?.parse().ok()?))
-}
-
 /// runc with envy's state root.
 #[derive(Debug, Clone)]
 pub struct Runc {
@@ -95,8 +87,8 @@ impl Runc {
             return self.state_from_runc(id);
         };
         let pid = recorded.init_process_pid;
-        let status = match process_stat(pid) {
-            Some((state, start)) if start == recorded.init_process_start && state != 'Z' && state != 'X' => {
+        let status = match crate::state::proc_stat(pid) {
+            Some(stat) if stat.start_time == recorded.init_process_start && !stat.is_gone() => {
                 if dir.join("exec.fifo").exists() {
                     Status::Created
                 } else if recorded.is_frozen() {
