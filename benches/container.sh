@@ -2,6 +2,7 @@
 # Times envy's container provider beside raw runc on the same rootfs, in one run:
 #   1. `envy up` of an already-fetched box to ready  vs  overlay mount + netns + `runc run -d`
 #   2. `envy exec -- true`                           vs  `runc exec <id> true`
+#      `envy status`                                 vs  `runc state <id>`
 #   3. disk used by 20 machines made from one box (their upper layers) vs the box itself
 # Needs root, runc, slirp4netns, iproute2, busybox-static and hyperfine.
 # Usage: benches/container.sh [path/to/envy]   (default: target/release/envy, built if missing)
@@ -93,6 +94,10 @@ raw_up
 hyperfine --shell=none --warmup 3 --runs 30 --export-json "$work/exec.json" \
   -n "envy exec -- true" "$ENVY exec m -- true" \
   -n "runc exec true" "runc --root $raw/runc exec rawbench true"
+echo "== status of a running machine"
+hyperfine --shell=none --warmup 3 --runs 30 --export-json "$work/status.json" \
+  -n "envy status" "$ENVY status" \
+  -n "runc state" "runc --root $raw/runc state rawbench"
 raw_down
 
 echo "== disk used by 20 machines of one box"
@@ -109,7 +114,7 @@ box_kib=$(du -sk "$lower" | cut -f1)
 layers_kib=$(du -sck "$ENVY_HOME"/projects/*/machines/*/upper "$ENVY_HOME"/projects/*/machines/*/work | tail -1 | cut -f1)
 echo "box rootfs: ${box_kib} KiB; 20 machines' own layers: ${layers_kib} KiB (a copy each would be $((box_kib * 20)) KiB)"
 
-python3 - "$work/up.json" "$work/exec.json" <<'PY'
+python3 - "$work/up.json" "$work/exec.json" "$work/status.json" <<'PY'
 import json, sys
 for path in sys.argv[1:]:
     r = json.load(open(path))["results"]
