@@ -77,7 +77,9 @@ lower=$ENVY_HOME/boxes/$(cat "$machine_dir/box")/rootfs
 # The raw bundle: envy's own config.json, pointed at the raw dir, netns and cgroup.
 mkdir -p "$raw"
 cp "$machine_dir/hosts" "$machine_dir/resolv.conf" "$raw/"
-sed -e "s#$machine_dir#$raw#g" -e "s#$id#envyrawbench#g" "$machine_dir/config.json" >"$raw/config.json"
+# envy keeps its network namespaces in its runtime dir; the raw side's are ip netns's.
+sed -e "s#$machine_dir#$raw#g" -e "s#$id#envyrawbench#g" -e "s#$ENVY_HOME/run/netns/envyrawbench#/run/netns/envyrawbench#" \
+  "$machine_dir/config.json" >"$raw/config.json"
 export -f raw_up raw_down
 export raw lower
 
