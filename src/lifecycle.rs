@@ -45,6 +45,44 @@ pub struct UpOptions {
 /// when a later step fails, so what arrived stays pinned, and before the machine
 /// starts, so the file exists to be shared read-only with it.
 pub fn up(ctx: &Context, plan: &mut MachinePlan, lock: &mut LockFile, lock_path: Option<&Path>, opts: UpOptions) -> Result<()> {
+    up_all(ctx, std::slice::from_mut(plan), lock, lock_path, opts)
+}
+
+/// Brings several machines up as `up` does one, in three phases: each is prepared in
+/// turn (its box fetched and pinned, its host ports chosen: what machines share),
+/// then all are started at once, at most as many at a time as the host has cores,
+/// then each is provisioned and waited for in the Envfile's order, so provisioning
+/// output stays one machine's at a time and a step may rely on an earlier machine's.
+/// When a start fails the others still finish starting; the first failure (in the
+/// Envfile's order) is returned, the rest are said as warnings, and nothing is
+/// provisioned: the next `envy up` provisions the machines that run.
+pub fn up_all(ctx: &Context, plans: &mut [MachinePlan], lock: &mut LockFile, lock_path: Option<&Path>, opts: UpOptions) -> Result<()> {
+    let mut prepared = Vec::with_capacity(plans.len());
+    let mut claimed: Vec<Forward> = Vec::new();
+    for plan in plans.iter_mut() {
+        let machine = prepare(ctx, plan, lock, lock_path, opts, &claimed)?;
+        claimed.extend(plan.forwards.iter().cloned());
+        prepared.push(machine);
+    }
+    start_all(ctx, plans, &prepared)?;
+    for (plan, machine) in plans.iter().zip(prepared) {
+        finish(ctx, plan, machine, opts)?;
+    }
+    Ok(())
+}
+
+/// One machine between `prepare` and `finish`: its verified box, its record (saved),
+/// and the state it was found in.
+struct Prepared {
+    stored: StoredBox,
+    record: MachineRecord,
+    state: MachineState,
+}
+
+/// Everything before the start that machines of one `up` share or must agree on: the
+/// record and provider checks, the box (fetched, verified, pinned) and the host ports,
+/// none of them taken by a machine in `claimed` (prepared earlier in this `up`).
+fn prepare(ctx: &Context, plan: &mut MachinePlan, lock: &mut LockFile, lock_path: Option<&Path>, opts: UpOptions, claimed: &[Forward]) -> Result<Prepared> {
     let name = plan.name().to_string();
     plan.ensure_dir()?;
     let record = MachineRecord::load(&plan.dir)?;
@@ -102,7 +140,7 @@ pub fn up(ctx: &Context, plan: &mut MachinePlan, lock: &mut LockFile, lock_path:
     }
     plan.forwards = match (&record, state) {
         (Some(r), MachineState::Running) => r.forwards.clone(),
-        _ if provider.forwards_on_host() => resolve_forwards(ctx, &name, &plan.spec.forwards, record.as_ref())?,
+        _ if provider.forwards_on_host() => resolve_forwards(ctx, &name, &plan.spec.forwards, record.as_ref(), claimed)?,
         _ => plan.spec.forwards.clone(),
     };
     let mut record = record.unwrap_or_else(|| MachineRecord {
@@ -116,15 +154,57 @@ pub fn up(ctx: &Context, plan: &mut MachinePlan, lock: &mut LockFile, lock_path:
     });
     record.forwards = plan.forwards.clone();
     record.save(&plan.dir)?;
+    Ok(Prepared { stored, record, state })
+}
 
-    if state == MachineState::Running {
+/// Starts the prepared machines, each on a worker thread, as many workers as cores.
+fn start_all(ctx: &Context, plans: &[MachinePlan], prepared: &[Prepared]) -> Result<()> {
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(plans.len());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut outcomes: Vec<(usize, Result<()>)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..workers)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some((plan, machine)) = plans.get(i).zip(prepared.get(i)) else { return done };
+                        // After Ctrl-C (when the command catches it) no further machine starts.
+                        let started = crate::signals::check(|| format!("starting machine {}", plan.name()))
+                            .map_err(anyhow::Error::from)
+                            .and_then(|()| start(ctx, plan, machine));
+                        done.push((i, started));
+                    }
+                })
+            })
+            .collect();
+        workers.into_iter().flat_map(|w| w.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
+    });
+    outcomes.sort_by_key(|(i, _)| *i);
+    let mut failures = outcomes.into_iter().filter_map(|(_, outcome)| outcome.err());
+    let Some(first) = failures.next() else { return Ok(()) };
+    for other in failures {
+        ctx.ui.warn(format!("{other:#}"));
+    }
+    Err(first)
+}
+
+fn start(ctx: &Context, plan: &MachinePlan, machine: &Prepared) -> Result<()> {
+    let name = plan.name();
+    if machine.state == MachineState::Running {
         ctx.ui.step(format!("{name}: already running"));
     } else {
-        ctx.ui.step(format!("{name}: starting ({}, box {})", plan.spec.provider, stored.manifest.name));
+        ctx.ui.step(format!("{name}: starting ({}, box {})", plan.spec.provider, machine.stored.manifest.name));
     }
     // Also for a running machine: the provider repairs what is broken around it (a
     // killed slirp4netns, lost forwards) without restarting it.
-    provider.up(plan, &stored, &ctx.ui)?;
+    provider::for_kind(plan.spec.provider)?.up(plan, &machine.stored, &ctx.ui)
+}
+
+/// After the start: provisioning (all steps on the first start, `always` ones on
+/// later starts), the forwards said, and the `ready` check.
+fn finish(ctx: &Context, plan: &MachinePlan, machine: Prepared, opts: UpOptions) -> Result<()> {
+    let Prepared { mut record, state, .. } = machine;
     if !record.provisioned && !opts.no_provision {
         provision(ctx, plan)?;
         record.provisioned = true;
@@ -134,7 +214,7 @@ pub fn up(ctx: &Context, plan: &mut MachinePlan, lock: &mut LockFile, lock_path:
         run_steps(ctx, plan, true)?;
     }
     for f in &plan.forwards {
-        ctx.ui.step(format!("{name}: {f}"));
+        ctx.ui.step(format!("{}: {f}", plan.name()));
     }
     // Without provisioning the services a check waits for may not be there at all.
     if !opts.skip_ready && !opts.no_provision {
@@ -298,7 +378,9 @@ fn source_key(reference: &BoxRef) -> String {
 }
 
 /// Checks every host port is free; an `auto` forward moves to a free port instead.
-fn resolve_forwards(ctx: &Context, machine: &str, wanted: &[Forward], record: Option<&MachineRecord>) -> Result<Vec<Forward>> {
+/// A port in `claimed` (given to a machine of this `up` that has not bound it yet) counts as taken.
+fn resolve_forwards(ctx: &Context, machine: &str, wanted: &[Forward], record: Option<&MachineRecord>, claimed: &[Forward]) -> Result<Vec<Forward>> {
+    let free = |f: &Forward, port: u16| f.host_port_free(port) && !claimed.iter().any(|c| c.host_port == port && c.protocol == f.protocol);
     let mut out = Vec::with_capacity(wanted.len());
     for f in wanted {
         // A port picked earlier for an auto forward is tried first, so it stays stable.
@@ -307,10 +389,10 @@ fn resolve_forwards(ctx: &Context, machine: &str, wanted: &[Forward], record: Op
             .filter(|_| f.auto)
             .map(|p| p.host_port);
         let mut port = previous.unwrap_or(f.host_port);
-        if !f.host_port_free(port) && previous.is_some() {
+        if !free(f, port) && previous.is_some() {
             port = f.host_port;
         }
-        if !f.host_port_free(port) {
+        if !free(f, port) {
             if !f.auto {
                 return Err(provider::Error::PortTaken {
                     host_ip: f.host_ip,
@@ -321,7 +403,14 @@ fn resolve_forwards(ctx: &Context, machine: &str, wanted: &[Forward], record: Op
                 }
                 .into());
             }
+            // The kernel may hand out again a port a machine of this `up` was just given.
             port = f.protocol.free_port(f.host_ip)?;
+            for _ in 0..16 {
+                if free(f, port) {
+                    break;
+                }
+                port = f.protocol.free_port(f.host_ip)?;
+            }
             ctx.ui.step(format!("{machine}: host port {} is taken; forwarding {} -> guest {} instead", f.host_port, port, f.guest_port));
         }
         out.push(Forward { host_port: port, ..f.clone() });

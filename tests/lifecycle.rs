@@ -171,6 +171,82 @@ fn whole_life_cycle(p: Project) {
     assert_eq!(machine(&p.env.status(), "web")["state"], "not-created");
 }
 
+/// `envy up` starts machines together: eight come up in one up, each with its own
+/// address, on one project network with one slirp4netns; a machine whose start fails
+/// does not stop the others, its error is the result, and nothing is provisioned
+/// until an up succeeds.
+#[test]
+fn machines_start_together_and_one_failed_start_leaves_the_others_running() {
+    require!(need::CONTAINERS);
+    let names: Vec<String> = (1..=8).map(|i| format!("m{i}")).collect();
+    let mut envfile = String::from("[defaults]\nbox = { path = \"BOX\" }\nprovision = [\"echo once >> /root/provisioned\"]\n");
+    for name in &names {
+        envfile.push_str(&format!("[machine.{name}]\n"));
+    }
+    let p = Project::new(&format!("{envfile}[machine.broken]\nbox = {{ path = \"BROKEN\" }}\n"));
+    // A box without /bin/sh: runc cannot start its init.
+    let rootfs = p.env.path("broken-rootfs");
+    common::busybox_rootfs(&rootfs);
+    std::fs::remove_file(rootfs.join("bin/sh")).unwrap();
+    let broken = p.env.path("broken.box");
+    p.envy().args(["box", "build", "--rootfs"]).arg(&rootfs).args(["--name", "broken", "--version", "1", "-o"]).arg(&broken).assert().success();
+    let text = std::fs::read_to_string(p.env.project.join("Envfile")).unwrap().replace("BROKEN", &broken.display().to_string());
+    std::fs::write(p.env.project.join("Envfile"), &text).unwrap();
+
+    let out = p.envy().arg("up").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(err.contains("broken") && err.contains("/bin/sh"), "names the machine and runc's reason: {err}");
+    let status = p.env.status();
+    let mut addresses = Vec::new();
+    for name in &names {
+        let m = machine(&status, name);
+        assert_eq!(m["state"], "running", "{name}: {m}");
+        assert_eq!(m["provisioned"], false, "{name}: nothing is provisioned after a failed up");
+        addresses.push(m["ip"].as_str().unwrap().to_string());
+    }
+    addresses.sort();
+    addresses.dedup();
+    assert_eq!(addresses.len(), names.len(), "each machine has its own address: {addresses:?}");
+    assert_eq!(machine(&status, "broken")["state"], "not-created");
+    let slirps = std::process::Command::new("pgrep").args(["-f", &format!("slirp4netns.*{}", p.project_id())]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&slirps.stdout).lines().count(), 1, "one slirp4netns for the project");
+
+    // Without the broken machine the next up provisions each running machine once.
+    std::fs::write(p.env.project.join("Envfile"), text.split("[machine.broken]").next().unwrap()).unwrap();
+    p.envy().arg("up").assert().success();
+    for name in &names {
+        assert_eq!(p.env.out(&["exec", name, "--", "cat", "/root/provisioned"]), "once\n", "{name}");
+    }
+}
+
+/// Machines of one up are started together, so a host port given to one of them is
+/// not free for the next before it is bound: an auto port an earlier machine kept
+/// from its last start is refused to a later machine that asks for it, before
+/// anything starts.
+#[test]
+fn a_port_given_to_an_earlier_machine_of_the_same_up_is_taken() {
+    require!(need::CONTAINERS);
+    let holder = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = holder.local_addr().unwrap().port();
+    let p = Project::new(&format!("[machine.a]\nbox = {{ path = \"BOX\" }}\nforward = [{{ host = {port}, guest = 80, auto = true }}]\n"));
+    p.envy().arg("up").assert().success();
+    let moved = machine(&p.env.status(), "a")["forwards"][0]["host_port"].as_u64().unwrap() as u16;
+    assert_ne!(moved, port);
+    p.envy().arg("halt").assert().success();
+    // a keeps its moved port; b now asks for that very port.
+    let envfile = std::fs::read_to_string(p.env.project.join("Envfile")).unwrap();
+    std::fs::write(p.env.project.join("Envfile"), format!("{envfile}[machine.b]\nbox = {{ path = \"{}\" }}\nforward = [\"{moved}:80\"]\n", p.box_path.display())).unwrap();
+    let out = p.envy().arg("up").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(err.contains(&format!("127.0.0.1:{moved}/tcp")) && err.contains("machine b"), "{err}");
+    let status = p.env.status();
+    assert_eq!(machine(&status, "a")["state"], "stopped", "nothing started");
+    assert_eq!(machine(&status, "b")["state"], "not-created");
+    drop(holder);
+}
+
 #[test]
 fn an_up_killed_halfway_is_finished_by_the_next_up() {
     require!(need::CONTAINERS);

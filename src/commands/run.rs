@@ -54,13 +54,15 @@ fn replica(ctx: &Context, args: &RunArgs) -> Result<i32> {
     signals::catch_interrupts()?;
     let mut created = 0;
     let outcome = (|| -> Result<i32> {
-        for plan in &mut plans {
-            if signals::interrupted() {
-                return Ok(crate::error::code::INTERRUPTED);
-            }
-            created += 1;
-            lifecycle::up(ctx, plan, &mut lock, None, UpOptions { skip_ready: true, ..UpOptions::default() })?;
+        if signals::interrupted() {
+            return Ok(crate::error::code::INTERRUPTED);
+        }
+        created = plans.len();
+        lifecycle::up_all(ctx, &mut plans, &mut lock, None, UpOptions { skip_ready: true, ..UpOptions::default() })?;
+        for plan in &plans {
             events.emit(json!({ "event": "up", "machine": plan.name(), "forwards": plan.forwards }));
+        }
+        for plan in &plans {
             crate::ready::wait(ctx, plan)?;
             events.emit(json!({ "event": "ready", "machine": plan.name() }));
         }

@@ -18,10 +18,10 @@ pub fn run(ctx: &Context, args: UpArgs) -> Result<i32> {
     let lock_path = LockFile::path_for(&ws.project.dir);
     let mut lock = LockFile::load(&lock_path)?;
     let opts = UpOptions { no_provision: args.no_provision, insecure: args.insecure, ..UpOptions::default() };
-    for spec in machines {
-        let mut plan = ws.plan(&ctx.home, spec)?;
-        lifecycle::up(ctx, &mut plan, &mut lock, Some(&lock_path), opts)?;
-        crate::autoforward::restart(ctx, &plan)?;
+    let mut plans = machines.into_iter().map(|spec| ws.plan(&ctx.home, spec)).collect::<Result<Vec<_>>>()?;
+    lifecycle::up_all(ctx, &mut plans, &mut lock, Some(&lock_path), opts)?;
+    for plan in &plans {
+        crate::autoforward::restart(ctx, plan)?;
     }
     Ok(0)
 }

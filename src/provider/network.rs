@@ -212,7 +212,12 @@ impl ProjectNet {
     }
 
     /// Creates whatever is missing: the namespace, the bridge, a live slirp4netns.
+    /// One machine at a time: `up` starts machines concurrently, and two making the
+    /// bridge or slirp4netns at once would both make it. (Other commands are kept
+    /// out by the project lock.)
     pub fn ensure(&self) -> Result<()> {
+        static ENSURING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one_at_a_time = ENSURING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         self.netns.ensure()?;
         if !self.netns.has_link(BRIDGE) {
             self.netns.ip(&[&["link", "set", "lo", "up"], &["link", "add", BRIDGE, "mtu", MTU, "type", "bridge"], &["link", "set", BRIDGE, "up"]])?;
