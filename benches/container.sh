@@ -3,7 +3,8 @@
 #   1. `envy up` of an already-fetched box to ready  vs  overlay mount + netns + `runc run -d`
 #   2. `envy exec -- true`                           vs  `runc exec <id> true`
 #      `envy status`                                 vs  `runc state <id>`
-#   3. disk used by 20 machines made from one box (their upper layers) vs the box itself
+#   3. `envy up` of N machines of one box (MANY, default 100) vs the same N made by hand,
+#      N at a time as the host has cores (xargs -P); and the disk of envy's N (upper layers)
 # Needs root, runc, slirp4netns, iproute2, busybox-static and hyperfine.
 # Usage: benches/container.sh [path/to/envy]   (default: target/release/envy, built if missing)
 set -euo pipefail
@@ -22,6 +23,7 @@ cleanup() {
   (cd "$work/project" 2>/dev/null && "$ENVY" destroy --force >/dev/null 2>&1)
   (cd "$work/many" 2>/dev/null && "$ENVY" destroy --force >/dev/null 2>&1)
   raw_down
+  raw_many_down
   rm -rf "$work"
 }
 # The raw side does by hand what envy does: overlay, project netns + bridge +
@@ -56,6 +58,39 @@ raw_up() {
   printf 'link set lo up\naddress add 10.0.2.20/24 dev eth0\nlink set eth0 up\nroute add default via 10.0.2.2\n' | ip -n envyrawbench -batch -
   runc --root "$raw/runc" run --detach --bundle "$raw" rawbench </dev/null >/dev/null 2>&1
 }
+# N raw machines: one project network (bridge + slirp4netns), then per machine an
+# overlay, a netns with its veth and address, and `runc run -d` (raw_machine I).
+raw_many_up() {
+  ip netns add envyrawmany
+  printf 'link set lo up\nlink add br0 type bridge\nlink set br0 up\n' | ip -n envyrawmany -batch -
+  slirp4netns --disable-host-loopback --netns-type=path /run/netns/envyrawmany tap0 >/dev/null 2>&1 &
+  echo $! >"$raw/many/slirp.pid"
+  until ip -n envyrawmany link show tap0 >/dev/null 2>&1; do sleep 0.001; done
+  ip -n envyrawmany link set tap0 master br0 up
+}
+raw_machine() {
+  local i=$1 dir=$raw/many/m$1 id=envyraw$1
+  mkdir -p "$dir/upper" "$dir/work" "$dir/rootfs"
+  cp "$raw/many/hosts" "$raw/many/resolv.conf" "$dir/"
+  sed -e "s#RAWDIR#$dir#g" -e "s#RAWID#$id#g" "$raw/many/config.template" >"$dir/config.json"
+  mount -t overlay overlay -o "lowerdir=$lower,upperdir=$dir/upper,workdir=$dir/work" "$dir/rootfs"
+  ip netns add "$id"
+  printf 'link add ve%s type veth peer name eth0 netns /run/netns/%s\nlink set ve%s master br0 up\n' "$i" "$id" "$i" | ip -n envyrawmany -batch -
+  printf 'link set lo up\naddress add 10.0.2.%s/24 dev eth0\nlink set eth0 up\nroute add default via 10.0.2.2\n' "$((i + 20))" | ip -n "$id" -batch -
+  runc --root "$raw/runc" run --detach --bundle "$dir" "$id" </dev/null >/dev/null 2>&1
+}
+raw_many_down() (
+  set +e
+  for id in $(runc --root "$raw/runc" list -q 2>/dev/null | grep '^envyraw[0-9]'); do
+    runc --root "$raw/runc" delete --force "$id" >/dev/null 2>&1
+    ip netns delete "$id" 2>/dev/null
+  done
+  [ -s "$raw/many/slirp.pid" ] && kill "$(cat "$raw/many/slirp.pid")" 2>/dev/null
+  for point in "$raw"/many/m*/rootfs; do mountpoint -q "$point" && umount "$point"; done
+  ip netns delete envyrawmany 2>/dev/null
+  rm -rf "$raw/many"
+  true
+)
 trap cleanup EXIT
 
 # A busybox root filesystem, built into a box and fetched once (not timed).
@@ -80,7 +115,7 @@ cp "$machine_dir/hosts" "$machine_dir/resolv.conf" "$raw/"
 # envy keeps its network namespaces in its runtime dir; the raw side's are ip netns's.
 sed -e "s#$machine_dir#$raw#g" -e "s#$id#envyrawbench#g" -e "s#$ENVY_HOME/run/netns/envyrawbench#/run/netns/envyrawbench#" \
   "$machine_dir/config.json" >"$raw/config.json"
-export -f raw_up raw_down
+export -f raw_up raw_down raw_machine
 export raw lower
 
 echo "== up to ready (box already fetched; both sides start slirp4netns, bridge, veth)"
@@ -102,19 +137,35 @@ hyperfine --shell=none --warmup 3 --runs 30 --export-json "$work/status.json" \
   -n "runc state" "runc --root $raw/runc state rawbench"
 raw_down
 
-echo "== disk used by 20 machines of one box"
+many=${MANY:-100}
+echo "== $many machines of one box"
 mkdir -p "$work/many"
 cp "$work/project/bench.box" "$work/many/"
 { echo '[defaults]'; echo 'box = { path = "bench.box" }'; echo 'provider = "container"'
-  for i in $(seq 1 20); do echo "[machine.m$i]"; done; } >"$work/many/Envfile"
+  for i in $(seq 1 "$many"); do echo "[machine.m$i]"; done; } >"$work/many/Envfile"
 cd "$work/many"
 start=$(date +%s.%N)
 "$ENVY" -q up --no-provision
 end=$(date +%s.%N)
-echo "20 machines up in $(echo "$end - $start" | bc 2>/dev/null || python3 -c "print($end - $start)") s"
+envy_many=$(python3 -c "print(f'{$end - $start:.2f}')")
 box_kib=$(du -sk "$lower" | cut -f1)
 layers_kib=$(du -sck "$ENVY_HOME"/projects/*/machines/*/upper "$ENVY_HOME"/projects/*/machines/*/work | tail -1 | cut -f1)
-echo "box rootfs: ${box_kib} KiB; 20 machines' own layers: ${layers_kib} KiB (a copy each would be $((box_kib * 20)) KiB)"
+# The raw side's bundle: envy's m1, pointed at raw dirs, the way the single raw machine is.
+m1_dir=$(bench_machine_dir m1)
+m1_id=$(runc --root "$ENVY_HOME/run/runc" list -q | grep -- '-m1$')
+mkdir -p "$raw/many"
+cp "$m1_dir/hosts" "$m1_dir/resolv.conf" "$raw/many/"
+sed -e "s#$m1_dir#RAWDIR#g" -e "s#$m1_id#RAWID#g" -e "s#$ENVY_HOME/run/netns/RAWID#/run/netns/RAWID#" \
+  "$m1_dir/config.json" >"$raw/many/config.template"
+"$ENVY" -q destroy --force
+raw_many_up
+start=$(date +%s.%N)
+seq 1 "$many" | xargs -P "$(nproc)" -I{} bash -c 'raw_machine {}'
+end=$(date +%s.%N)
+raw_many=$(python3 -c "print(f'{$end - $start:.2f}')")
+raw_many_down
+echo "$many machines up: envy $envy_many s, raw $raw_many s, ratio $(python3 -c "print(f'{$envy_many / $raw_many:.2f}')")x"
+echo "box rootfs: ${box_kib} KiB; $many machines' own layers: ${layers_kib} KiB (a copy each would be $((box_kib * many)) KiB)"
 
 python3 - "$work/up.json" "$work/exec.json" "$work/status.json" <<'PY'
 import json, sys

@@ -4,7 +4,7 @@
 #      machine, beside `tar --zstd` of the same upper layer (what a save amounts to);
 #   2. halted VM: `envy snapshot save` with a 1 GiB vs a 10 GiB disk, beside
 #      `qemu-img snapshot -c` on a copy of the same overlay (the cost must not grow);
-#   3. `envy share` of the 100 MiB container beside `tar | zstd -3` of its root filesystem,
+#   3. `envy share` of the 100 MiB container beside `tar | zstd -3 -T0` of its root filesystem,
 #      with throughput.
 # Needs root, runc, slirp4netns, busybox-static, qemu, and what boxes/recipes/tiny-vm.sh needs.
 # Usage: benches/snapshot.sh [path/to/envy]   (default: target/release/envy, built if missing)
@@ -52,13 +52,13 @@ for mib in 1 100; do
 done
 
 echo
-echo "== envy share beside tar | zstd -3 of the same root filesystem"
+echo "== envy share beside tar | zstd -3 -T0 of the same root filesystem"
 "$ENVY" -q halt
 s0=$(now); "$ENVY" -q share -o "$work/ct.box" >/dev/null; s1=$(now)
 lower=$(find "$ENVY_HOME/boxes" -maxdepth 2 -type d -name rootfs | head -1)
 merged=$work/merged; mkdir -p "$merged" "$work/owork"
 mount -t overlay overlay -o "lowerdir=$lower,upperdir=$upper,workdir=$work/owork" "$merged"
-r0=$(now); tar -C "$merged" -cf - . | zstd -q -3 > "$work/raw-share.tar.zst"; r1=$(now)
+r0=$(now); tar -C "$merged" -cf - . | zstd -q -3 -T0 > "$work/raw-share.tar.zst"; r1=$(now)
 umount "$merged"
 size=$(du -sm --apparent-size "$lower" "$upper" | awk '{s+=$1} END {print s}')
 es=$(secs "$s0" "$s1"); rs=$(secs "$r0" "$r1")

@@ -602,6 +602,16 @@ fn check_no_symlink_parents(root: &Path, rel: &Path, real_dirs: &mut HashSet<Pat
     Ok(())
 }
 
+/// The zstd stream of boxes and snapshots: level 3 (zstd's default), compressed by as
+/// many worker threads as the host has cores while this thread packs the tar. The
+/// bytes do not depend on the number of workers, so a tree still packs the same.
+fn zstd_encoder<W: Write>(out: W) -> io::Result<zstd::stream::write::Encoder<'static, W>> {
+    let mut encoder = zstd::stream::write::Encoder::new(out, 3)?;
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    encoder.multithread(u32::try_from(workers).unwrap_or(1))?;
+    Ok(encoder)
+}
+
 /// Writes a zstd-compressed `.box`: `box.toml`, then the payload files in the order of
 /// `files` (name in the box → path on disk). Returns the sha256 of the written box.
 pub fn pack_box(
@@ -611,8 +621,7 @@ pub fn pack_box(
 ) -> anyhow::Result<String> {
     let file = File::create(out).map_err(Error::io("cannot create", out))?;
     let hashing = HashingWriter::new(io::BufWriter::with_capacity(1 << 20, file), Hasher::new(false));
-    let encoder = zstd::stream::write::Encoder::new(hashing, 3)?;
-    let mut builder = tar::Builder::new(encoder);
+    let mut builder = tar::Builder::new(zstd_encoder(hashing)?);
     let text = manifest.to_toml();
     let mut header = tar::Header::new_ustar();
     header.set_size(text.len() as u64);
@@ -675,7 +684,7 @@ pub fn pack_layer_dir(upper: &Path, out: &Path) -> anyhow::Result<()> {
 /// made it private); returns the archive's sha256.
 pub fn pack_upper(upper: &Path, out: File) -> anyhow::Result<String> {
     let hashing = HashingWriter::new(io::BufWriter::with_capacity(1 << 20, out), Hasher::new(false));
-    let mut builder = tar::Builder::new(zstd::stream::write::Encoder::new(hashing, 3)?);
+    let mut builder = tar::Builder::new(zstd_encoder(hashing)?);
     let meta = std::fs::symlink_metadata(upper).map_err(Error::io("cannot read", upper))?;
     let mut header = tar::Header::new_gnu();
     header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
