@@ -232,8 +232,11 @@ impl ProjectNet {
         if restarted {
             self.start_slirp()?;
         }
-        // Every time: an `up` killed right after starting slirp4netns left tap0 loose.
-        self.netns.ip(&[&["link", "set", TAP, "mtu", MTU, "master", BRIDGE, "up"]])?;
+        // An `up` killed right after starting slirp4netns left tap0 loose: put on the
+        // bridge unless it is (one netlink read; `ip` is a process per machine).
+        if restarted || !self.on_bridge(TAP)? {
+            self.netns.ip(&[&["link", "set", TAP, "mtu", MTU, "master", BRIDGE, "up"]])?;
+        }
         if restarted {
             self.replay_forwards()?;
         }
@@ -313,6 +316,14 @@ impl ProjectNet {
         std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
             .with_context(|| format!("cannot restrict the slirp4netns API socket {}", socket.display()))?;
         Ok(())
+    }
+
+    /// Whether link `name` is enslaved to the project bridge (its master and up are set
+    /// by one request, so a link on the bridge is also up).
+    fn on_bridge(&self, name: &str) -> Result<bool> {
+        let links = super::netlink::links(self.netns.path())?;
+        let bridge = links.iter().find(|l| l.name == BRIDGE).map(|b| b.index);
+        Ok(bridge.is_some() && links.iter().any(|l| l.name == name && l.master == bridge))
     }
 
     /// Whether any machine is on the bridge (a container's veth or a VM's tap; slirp's
