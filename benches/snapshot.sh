@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Times snapshots and sharing beside the raw tools, in one run:
-#   1. container: `envy snapshot save` / `restore` with 1 MiB vs 100 MiB changed in the
-#      machine, beside `tar --zstd` of the same upper layer (what a save amounts to);
+#   1. container: `envy snapshot save` of a running machine (a copy of its upper layer),
+#      of a halted one (a rename), and `restore`, with 1 MiB, 100 MiB and 1 GiB changed,
+#      beside `tar --zstd` of the same layer (what an archive of it costs);
 #   2. halted VM: `envy snapshot save` with a 1 GiB vs a 10 GiB disk, beside
 #      `qemu-img snapshot -c` on a copy of the same overlay (the cost must not grow);
 #   3. `envy share` of the 100 MiB container beside `tar | zstd -3 -T0` of its root filesystem,
@@ -41,15 +42,24 @@ box = { path = "$work/busybox.box" }
 EOT
 cd "$work/ct"
 "$ENVY" -q up
-printf '%-10s %10s %10s %14s %8s\n' changed save restore "tar --zstd" ratio
-for mib in 1 100; do
+printf '%-10s %13s %13s %10s %12s %14s\n' changed "save running" "save halted" restore "tar --zstd" "halted/tar"
+for mib in 1 100 1024; do
   "$ENVY" exec -- sh -c "head -c $((mib << 20)) /dev/urandom > /root/data-$mib"
-  t0=$(now); "$ENVY" -q snapshot save "s$mib"; t1=$(now)
-  "$ENVY" -q snapshot restore "s$mib"; t2=$(now)
-  upper=$(bench_machine_dir ct)/upper
-  r0=$(now); tar --zstd -cf "$work/raw-$mib.tar.zst" -C "$upper" .; r1=$(now)
-  printf '%-10s %9ss %9ss %13ss %8s\n' "${mib} MiB" "$(secs "$t0" "$t1")" "$(secs "$t1" "$t2")" "$(secs "$r0" "$r1")" "$(ratio "$(secs "$t0" "$t1")" "$(secs "$r0" "$r1")")"
+  t0=$(now); "$ENVY" -q snapshot save "r$mib"; t1=$(now)
+  "$ENVY" -q halt
+  t2=$(now); "$ENVY" -q snapshot save "h$mib"; t3=$(now)
+  "$ENVY" -q snapshot restore "r$mib"; t4=$(now)
+  # The halted save's layer, the one the chain ends in.
+  machine_dir=$(bench_machine_dir ct)
+  layer=$machine_dir/layers/$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['layers'][-1])" "$machine_dir/snapshots/h$mib.json")
+  r0=$(now); tar --zstd -cf "$work/raw-$mib.tar.zst" -C "$layer" .; r1=$(now)
+  rm -f "$work/raw-$mib.tar.zst"
+  printf '%-10s %12ss %12ss %9ss %11ss %14s\n' "${mib} MiB" "$(secs "$t0" "$t1")" "$(secs "$t2" "$t3")" "$(secs "$t3" "$t4")" "$(secs "$r0" "$r1")" "$(ratio "$(secs "$t2" "$t3")" "$(secs "$r0" "$r1")")"
+  "$ENVY" -q up
 done
+upper=$(bench_machine_dir ct)/upper
+# The machine's frozen layers, top first, over the box: the raw side mounts the same.
+chain=$(python3 -c "import json,sys; print(''.join(sys.argv[2] + '/layers/' + str(i) + ':' for i in reversed(json.load(open(sys.argv[1])))))" "$(bench_machine_dir ct)/layers.json" "$(bench_machine_dir ct)")
 
 echo
 echo "== envy share beside tar | zstd -3 -T0 of the same root filesystem"
@@ -57,10 +67,10 @@ echo "== envy share beside tar | zstd -3 -T0 of the same root filesystem"
 s0=$(now); "$ENVY" -q share -o "$work/ct.box" >/dev/null; s1=$(now)
 lower=$(find "$ENVY_HOME/boxes" -maxdepth 2 -type d -name rootfs | head -1)
 merged=$work/merged; mkdir -p "$merged" "$work/owork"
-mount -t overlay overlay -o "lowerdir=$lower,upperdir=$upper,workdir=$work/owork" "$merged"
+mount -t overlay overlay -o "lowerdir=$chain$lower,upperdir=$upper,workdir=$work/owork" "$merged"
 r0=$(now); tar -C "$merged" -cf - . | zstd -q -3 -T0 > "$work/raw-share.tar.zst"; r1=$(now)
+size=$(du -sm --apparent-size "$merged" | cut -f1)
 umount "$merged"
-size=$(du -sm --apparent-size "$lower" "$upper" | awk '{s+=$1} END {print s}')
 es=$(secs "$s0" "$s1"); rs=$(secs "$r0" "$r1")
 printf 'envy share: %ss (%s MiB/s)   tar|zstd: %ss (%s MiB/s)   ratio %s\n' \
   "$es" "$(echo "$size / $es" | bc -l | xargs printf '%.0f')" "$rs" "$(echo "$size / $rs" | bc -l | xargs printf '%.0f')" "$(ratio "$es" "$rs")"

@@ -1,10 +1,28 @@
-//! Container snapshots (the machine's upper layer as a zstd tar) and export (the
-//! flattened rootfs for `envy share`), against real runc and overlayfs. Run as root.
+//! Container snapshots (chains of frozen layers: a rename for a halted machine, a copy
+//! of the upper layer for a running one) and export (the flattened rootfs for `envy
+//! share`), against real runc and overlayfs. Run as root.
 
+use std::os::unix::fs::MetadataExt as _;
+use std::path::PathBuf;
+
+use envy::plan::MachinePlan;
 use envy::provider::{MachineState, Provider};
 
 use crate::common::container::Fixture;
-use crate::common::{need, require, sha256_hex};
+use crate::common::{need, require};
+
+/// The machine's chain of frozen layers, bottom first, as dirs.
+fn chain(plan: &MachinePlan) -> Vec<PathBuf> {
+    let ids: Vec<u32> = std::fs::read(plan.dir.join("layers.json")).map(|b| serde_json::from_slice(&b).unwrap()).unwrap_or_default();
+    ids.iter().map(|id| plan.dir.join("layers").join(id.to_string())).collect()
+}
+
+/// The frozen layers on disk.
+fn layer_dirs(plan: &MachinePlan) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(plan.dir.join("layers")).into_iter().flatten().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    names
+}
 
 #[test]
 fn restore_brings_back_the_saved_layer_and_delete_frees_it() {
@@ -30,16 +48,121 @@ fn restore_brings_back_the_saved_layer_and_delete_frees_it() {
 
     let listed = f.provider.snapshot_list(&plan).unwrap();
     assert_eq!(listed.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["before"]);
-    // The archive is named by its digest, private, in a private dir.
+    // The snapshot is a private layer dir in a private dir; the machine now runs on it.
     use std::os::unix::fs::PermissionsExt;
-    let snapshots = plan.dir.join("snapshots");
-    assert_eq!(std::fs::metadata(&snapshots).unwrap().permissions().mode() & 0o777, 0o700);
-    let archive = std::fs::read_dir(&snapshots).unwrap().map(|e| e.unwrap().path()).find(|p| p.to_string_lossy().ends_with(".tar.zst")).unwrap();
-    assert_eq!(std::fs::metadata(&archive).unwrap().permissions().mode() & 0o777, 0o600);
-    assert_eq!(archive.file_name().unwrap().to_string_lossy(), format!("{}.tar.zst", sha256_hex(&std::fs::read(&archive).unwrap())));
+    let layers = plan.dir.join("layers");
+    assert_eq!(std::fs::metadata(&layers).unwrap().permissions().mode() & 0o777, 0o700);
+    assert_eq!(chain(&plan).len(), 1);
+    assert_eq!(std::fs::metadata(plan.dir.join("snapshots")).unwrap().permissions().mode() & 0o777, 0o700);
     f.provider.snapshot_delete(&plan, "before").unwrap();
-    assert!(!archive.exists(), "delete frees the space");
     assert!(f.provider.snapshot_list(&plan).unwrap().is_empty());
+    assert_eq!(layer_dirs(&plan).len(), 1, "the machine's own chain keeps its layer");
+    let (out, _) = f.exec_captured("web", &["cat", "/root/state"]);
+    assert_eq!(out, "one\n");
+}
+
+/// Saving a halted machine moves its upper layer into the chain: the file the machine
+/// wrote is the same inode afterwards, whatever its size; nothing was copied.
+#[test]
+fn a_halted_machine_is_saved_by_a_rename() {
+    require!(need::CONTAINERS);
+    let f = Fixture::new(&[("web", vec![])]);
+    let plan = f.plan("web");
+    f.up("web");
+    assert_eq!(f.sh("web", "head -c 8388608 /dev/urandom > /root/big"), 0);
+    f.provider.halt(&plan, false, &f.ui).unwrap();
+    let before = std::fs::metadata(plan.dir.join("upper/root/big")).unwrap();
+    let saved = f.provider.snapshot_save(&plan, "s1", false, &f.ui).unwrap();
+    assert_eq!(saved.size, 8 << 20, "a snapshot's size is its own layer's");
+    let layer = chain(&plan).pop().unwrap();
+    let after = std::fs::metadata(layer.join("root/big")).unwrap();
+    assert_eq!((after.dev(), after.ino()), (before.dev(), before.ino()), "the same file, not a copy");
+    assert_eq!(std::fs::read_dir(plan.dir.join("upper")).unwrap().count(), 0, "a new, empty upper layer");
+    assert_eq!(f.state("web"), MachineState::Stopped, "it stays halted");
+    f.up("web");
+    let (out, _) = f.exec_captured("web", &["sh", "-c", "wc -c < /root/big"]);
+    assert_eq!(out.trim(), "8388608");
+}
+
+/// s1 ⊂ s2 ⊂ s3, nested: restoring the middle one brings its state back (and neither
+/// the later one's nor what came after), deleting snapshots frees only layers no chain
+/// names, and `share` after a restore exports what the machine has.
+#[test]
+fn nested_snapshots_restore_a_middle_one_delete_and_share() {
+    require!(need::CONTAINERS);
+    let f = Fixture::new(&[("web", vec![])]);
+    let plan = f.plan("web");
+    f.up("web");
+    let steps = [("s1", "echo 1 > /root/one"), ("s2", "echo 2 > /root/two; rm /etc/box-release"), ("s3", "echo 3 > /root/three; rm /root/one")];
+    for (i, (name, change)) in steps.iter().enumerate() {
+        assert_eq!(f.sh("web", change), 0);
+        // Halted and running saves take turns.
+        if i % 2 == 0 {
+            f.provider.halt(&plan, false, &f.ui).unwrap();
+        }
+        f.provider.snapshot_save(&plan, name, false, &f.ui).unwrap();
+        f.up("web");
+    }
+    assert_eq!(f.sh("web", "echo after > /root/after"), 0);
+    let view = "ls /root | tr '\\n' ' '; test -e /etc/box-release && echo box-release";
+    f.provider.snapshot_restore(&plan, "s2", &f.ui).unwrap();
+    assert_eq!(f.exec_captured("web", &["sh", "-c", view]).0, "one two ");
+    f.provider.snapshot_restore(&plan, "s3", &f.ui).unwrap();
+    assert_eq!(f.exec_captured("web", &["sh", "-c", view]).0, "three two ");
+    f.provider.snapshot_restore(&plan, "s1", &f.ui).unwrap();
+    assert_eq!(f.exec_captured("web", &["sh", "-c", view]).0, "one box-release\n");
+
+    // On s1 now: deleting s2 and s3 frees their own layers, and s1's stays.
+    let before = layer_dirs(&plan);
+    f.provider.snapshot_delete(&plan, "s3").unwrap();
+    f.provider.snapshot_delete(&plan, "s2").unwrap();
+    let after = layer_dirs(&plan);
+    assert!(after.len() < before.len() && after.len() == chain(&plan).len(), "{before:?} -> {after:?}");
+    assert_eq!(f.exec_captured("web", &["cat", "/root/one"]).0, "1\n");
+
+    // share: the box, s1's layer and what came after it, as one rootfs.
+    assert_eq!(f.sh("web", "echo later > /root/later"), 0);
+    let out = f.root().join("export");
+    std::fs::create_dir_all(&out).unwrap();
+    let files = f.provider.export(&plan, &f.stored, &out, &f.ui).unwrap();
+    let mut archive = tar::Archive::new(std::fs::File::open(&files[0]).unwrap());
+    let names: Vec<String> = archive.entries().unwrap().map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned()).collect();
+    for wanted in ["bin/busybox", "root/one", "root/later", "etc/box-release"] {
+        assert!(names.iter().any(|n| n == wanted), "{wanted} is in: {names:?}");
+    }
+    assert!(!names.iter().any(|n| n == "root/two" || n == "root/after"), "{names:?}");
+}
+
+/// Past MAX_DEPTH frozen layers the chain is merged into one (hard links): what the
+/// machine sees is the same, whiteouts and opaque dirs included, and the snapshots
+/// taken before the merge still restore.
+#[test]
+fn a_deep_chain_is_merged_into_one_layer() {
+    require!(need::CONTAINERS);
+    let f = Fixture::new(&[("web", vec![])]);
+    let plan = f.plan("web");
+    f.up("web");
+    // Layer 1 removes a box file and /usr's contents (an opaque dir); later layers add
+    // and remove files of their own.
+    assert_eq!(f.sh("web", "rm /etc/box-release; rm -rf /usr && mkdir -p /usr/mine && echo m > /usr/mine/f"), 0);
+    f.provider.halt(&plan, false, &f.ui).unwrap();
+    f.provider.snapshot_save(&plan, "first", false, &f.ui).unwrap();
+    let depth = 17;
+    for i in 2..=depth {
+        f.up("web");
+        assert_eq!(f.sh("web", &format!("echo {i} > /root/f{i}; rm -f /root/f{}", i - 2)), 0);
+        f.provider.halt(&plan, false, &f.ui).unwrap();
+        f.provider.snapshot_save(&plan, &format!("s{i}"), false, &f.ui).unwrap();
+    }
+    assert_eq!(chain(&plan).len(), 1, "the chain was merged");
+    f.up("web");
+    let view = "ls /root | tr '\\n' ' '; ls -A /usr; test -e /etc/box-release || echo gone";
+    let expected = format!("f{} f{} mine\ngone\n", depth - 1, depth);
+    assert_eq!(f.exec_captured("web", &["sh", "-c", view]).0, expected);
+    f.provider.snapshot_restore(&plan, "first", &f.ui).unwrap();
+    assert_eq!(f.exec_captured("web", &["sh", "-c", view]).0, "mine\ngone\n");
+    f.provider.snapshot_restore(&plan, &format!("s{depth}"), &f.ui).unwrap();
+    assert_eq!(f.exec_captured("web", &["sh", "-c", view]).0, expected);
 }
 
 #[test]

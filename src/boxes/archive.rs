@@ -313,8 +313,9 @@ pub fn unpack_layer(reader: impl Read, dest: &Path, label: &str) -> Result<Rootf
     unpack_rootfs_stream(tar::Archive::new(reader), dest, label, Tree::Layer)
 }
 
-/// Unpacks what `pack_upper` wrote (or GNU tar with `--numeric-owner --xattrs
-/// --xattrs-include=trusted.overlay.*`, as envy did before) into `dest`, an empty private
+/// Unpacks a container snapshot of record format 2, which older envys wrote (with their
+/// own packer, or GNU tar with `--numeric-owner --xattrs --xattrs-include=trusted.overlay.*`
+/// before that; snapshots are layers now), into `dest`, an empty private
 /// dir that becomes a machine's upper layer, under the rules of `unpack_rootfs`. In
 /// addition 0/0 character devices (overlayfs whiteouts) are made wherever they are, the
 /// `trusted.overlay.*` xattrs of entries are set (no other xattr is), and the root entry
@@ -675,28 +676,6 @@ pub fn pack_layer_dir(upper: &Path, out: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Packs an overlayfs upper directory as a zstd tar that unpacks into the same upper
-/// directory (`unpack_upper`): a container snapshot. Owners stay numeric; whiteouts stay
-/// 0/0 character devices and the overlayfs xattrs that say what the layer means (opaque
-/// dirs, redirects: `KEPT_XATTRS`)
-/// travel as PAX `SCHILY.xattr.` records, as GNU tar's `--xattrs` writes them. The root
-/// entry `./` carries the upper dir's own mode and owner. Writes into `out` (the caller
-/// made it private); returns the archive's sha256.
-pub fn pack_upper(upper: &Path, out: File) -> anyhow::Result<String> {
-    let hashing = HashingWriter::new(io::BufWriter::with_capacity(1 << 20, out), Hasher::new(false));
-    let mut builder = tar::Builder::new(zstd_encoder(hashing)?);
-    let meta = std::fs::symlink_metadata(upper).map_err(Error::io("cannot read", upper))?;
-    let mut header = tar::Header::new_gnu();
-    header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
-    append_overlay_xattrs(&mut builder, upper)?;
-    builder.append_data(&mut header, "./", io::empty())?;
-    let mut hardlinks: BTreeMap<(u64, u64), PathBuf> = BTreeMap::new();
-    append_tree(&mut builder, upper, Path::new(""), Packing { epoch: None, upper: Upper::AsIs }, &mut hardlinks)?;
-    let (buf, hashes) = builder.into_inner()?.finish()?.finish();
-    buf.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-    Ok(hashes.sha256)
-}
-
 /// The overlayfs xattrs a snapshot keeps: what the layer means (an opaque dir, a
 /// renamed dir). The others are overlayfs's bookkeeping about inodes of this mount
 /// (`origin`, `impure`, `nlink`), binary, and rebuilt by overlayfs as it needs them.
@@ -706,32 +685,13 @@ const KEPT_XATTRS: [&str; 2] = ["opaque", "redirect"];
 /// written under the name the overlay in use reads.
 const ARCHIVE_XATTR_PREFIX: &str = "trusted.overlay.";
 
-fn overlay_xattr(suffix: &str) -> String {
+/// The name of overlayfs's xattr `suffix` (`opaque`, `redirect`) for the overlay in use.
+pub fn overlay_xattr(suffix: &str) -> String {
     let prefix = if crate::userns::is_rootless() { "user.overlay." } else { ARCHIVE_XATTR_PREFIX };
     format!("{prefix}{suffix}")
 }
 /// How tar's PAX records name an xattr.
 const PAX_XATTR: &str = "SCHILY.xattr.";
-
-/// A PAX record with `path`'s overlayfs xattrs, for the entry appended next (none
-/// when it has none).
-fn append_overlay_xattrs<W: Write>(builder: &mut tar::Builder<W>, path: &Path) -> anyhow::Result<()> {
-    let mut records = Vec::new();
-    for suffix in KEPT_XATTRS {
-        let name = overlay_xattr(suffix);
-        if let Some(value) = xattr::get(path, &name).map_err(Error::io("cannot read the xattrs of", path))? {
-            // A PAX record is read back line by line (see overlay_xattrs).
-            if value.contains(&b'\n') {
-                return Err(Error::LayerXattr { path: path.to_path_buf(), name }.into());
-            }
-            records.push((format!("{PAX_XATTR}{ARCHIVE_XATTR_PREFIX}{suffix}"), value));
-        }
-    }
-    if !records.is_empty() {
-        builder.append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), v.as_slice())))?;
-    }
-    Ok(())
-}
 
 /// An empty, root-owned marker file in a layer (a whiteout).
 fn append_marker<W: Write>(builder: &mut tar::Builder<W>, path: &Path) -> anyhow::Result<()> {
@@ -767,8 +727,6 @@ enum Upper {
     No,
     /// An OCI layer: `.wh.NAME` files and `.wh..wh..opq` markers.
     AsOciLayer,
-    /// As overlayfs keeps them: 0/0 character devices and `trusted.overlay.*` xattrs.
-    AsIs,
 }
 
 fn append_tree<W: Write>(
@@ -796,13 +754,6 @@ fn append_tree<W: Write>(
             append_marker(builder, &rel.join(name))?;
             continue;
         }
-        if packing.upper == Upper::AsIs && whiteout {
-            let mut header = tar::Header::new_gnu();
-            header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
-            header.set_entry_type(EntryType::Char);
-            builder.append_data(&mut header, &entry_rel, io::empty())?;
-            continue;
-        }
         if !(ft.is_dir() || ft.is_file() || ft.is_symlink()) {
             continue;
         }
@@ -820,9 +771,6 @@ fn append_tree<W: Write>(
                 continue;
             }
             hardlinks.insert((meta.dev(), meta.ino()), entry_rel.clone());
-        }
-        if packing.upper == Upper::AsIs {
-            append_overlay_xattrs(builder, &path)?;
         }
         if ft.is_file() {
             let file = File::open(&path).map_err(Error::io("cannot read", &path))?;

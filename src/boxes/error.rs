@@ -28,9 +28,6 @@ pub enum Error {
     /// An archive entry we refuse to unpack.
     #[error("refusing {archive}: entry `{entry}` {reason}; nothing was stored")]
     HostileEntry { archive: String, entry: String, reason: String },
-    /// A layer's overlayfs xattr that a tar's PAX record cannot carry back.
-    #[error("cannot pack {}: its {name} holds a newline, which a layer archive cannot carry; rename that folder in the machine", .path.display())]
-    LayerXattr { path: PathBuf, name: String },
     /// The archive is not one envy can read.
     #[error("{archive} is not a box: {reason}")]
     NotABox { archive: String, reason: String },

@@ -15,7 +15,7 @@ mod serve;
 mod source;
 mod store;
 
-pub use archive::{pack_box, pack_layer_dir, pack_rootfs_dir, pack_upper, unpack_upper};
+pub use archive::{overlay_xattr, pack_box, pack_layer_dir, pack_rootfs_dir, unpack_upper};
 pub use build::{build, BuildRequest};
 pub use digest::{parse_sha256, sha256_file};
 pub use error::Error;

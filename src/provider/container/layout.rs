@@ -53,6 +53,18 @@ impl Layout {
     pub fn upper_old(&self) -> PathBuf {
         self.dir.join("upper.old")
     }
+    /// Frozen layers (layers.rs), each a dir named by a number.
+    pub fn layers(&self) -> PathBuf {
+        self.dir.join("layers")
+    }
+    /// The machine's chain of frozen layers, bottom first.
+    pub fn chain(&self) -> PathBuf {
+        self.dir.join("layers.json")
+    }
+    /// Where `share --push` merges the machine's layers into one.
+    pub fn merging(&self) -> PathBuf {
+        self.dir.join("layer.merging")
+    }
     /// The digest of the box the machine was created on: commands that get no box
     /// (snapshot restore) find its rootfs in the store by it.
     pub fn box_record(&self) -> PathBuf {
@@ -64,9 +76,12 @@ impl Layout {
     }
 
     /// Every file and dir this provider creates, for removal on destroy.
-    pub fn owned(&self) -> [PathBuf; 12] {
+    pub fn owned(&self) -> [PathBuf; 15] {
         [
             self.upper(),
+            self.layers(),
+            self.chain(),
+            self.merging(),
             self.box_record(),
             self.restore_tmp(),
             self.upper_old(),

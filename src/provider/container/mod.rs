@@ -8,6 +8,7 @@
 
 pub(crate) mod bundle;
 mod freeze;
+mod layers;
 mod layout;
 mod lookup;
 mod network;
@@ -128,12 +129,8 @@ impl<'a> Machine<'a> {
     fn start_container(&self, stored: &StoredBox) -> Result<()> {
         // rootfs() checks the box's unpacked root is there before anything is made for it.
         let lower = stored.rootfs()?;
-        let lower = lower.as_path();
-        for dir in [self.layout.upper(), self.layout.work(), self.layout.rootfs()] {
-            crate::fsutil::create_private_dir(&dir)?;
-        }
         if !overlay::is_mounted(&self.layout.rootfs())? {
-            overlay::mount_overlay(lower, &self.layout.upper(), &self.layout.work(), &self.layout.rootfs())?;
+            self.mount_root(&lower)?;
         }
         let sources = self.stage_sync_folders()?;
         bundle::write(self.plan, &self.layout, &self.net, &sources, ImageRun::of(stored)?.as_ref())?;
@@ -147,6 +144,17 @@ impl<'a> Machine<'a> {
             }
             .into()),
         }
+    }
+
+    /// Mounts the machine's root: its upper layer over its frozen layers (layers.rs) over
+    /// the box's rootfs, made first for a new machine.
+    fn mount_root(&self, box_rootfs: &Path) -> Result<()> {
+        let layers = layers::Layers::of(&self.layout);
+        layers.repair()?;
+        for dir in [self.layout.work(), self.layout.rootfs()] {
+            crate::fsutil::create_private_dir(&dir)?;
+        }
+        overlay::mount_overlay(&layers.lowers(box_rootfs)?, &self.layout.upper(), &self.layout.work(), &self.layout.rootfs())
     }
 
     /// Bind-mounts each sync folder, opened by fd (see `MachinePlan::open_sync_folders`),

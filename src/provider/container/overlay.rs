@@ -5,7 +5,11 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _, Result};
+use std::os::fd::AsRawFd as _;
+
+use nix::fcntl::OFlag;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::stat::Mode;
 
 use crate::provider::Error;
 
@@ -52,23 +56,33 @@ pub fn mounts_under(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(found)
 }
 
-/// Mounts the overlay at `merged`. Paths holding `,` or `:` cannot be named in
-/// overlay options and are refused with an explanation.
-pub fn mount_overlay(lower: &Path, upper: &Path, work: &Path, merged: &Path) -> Result<()> {
-    for path in [lower, upper, work, merged] {
+/// Mounts the overlay at `merged`, `lowers` top first. Paths holding `,` or `:` cannot
+/// be named in overlay options and are refused with an explanation. The lower dirs are
+/// opened (no symlink followed) and named by their short `/proc/self/fd/N` paths, so a
+/// deep chain of layers fits in the one page that mount options may take.
+pub fn mount_overlay(lowers: &[PathBuf], upper: &Path, work: &Path, merged: &Path) -> Result<()> {
+    for path in [upper, work, merged] {
         let text = path.to_string_lossy();
         if text.contains(',') || text.contains(':') {
             bail!(Error::OverlayPath { path: path.to_path_buf() });
         }
     }
-    let mut options = format!("lowerdir={},upperdir={},workdir={}", lower.display(), upper.display(), work.display());
+    let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let mut opened = Vec::with_capacity(lowers.len());
+    for dir in lowers {
+        let fd = nix::fcntl::open(dir, flags, Mode::empty()).with_context(|| format!("cannot open layer {} (it must be a real directory)", dir.display()))?;
+        opened.push(fd);
+    }
+    let lowerdir: Vec<String> = opened.iter().map(|fd| format!("/proc/self/fd/{}", fd.as_raw_fd())).collect();
+    let mut options = format!("lowerdir={},upperdir={},workdir={}", lowerdir.join(":"), upper.display(), work.display());
     // Inside a normal user's namespace overlayfs may not write trusted.* xattrs: it keeps
     // what makes a dir opaque or renamed under user.overlay.* (boxes/archive.rs reads both).
     if crate::userns::is_rootless() {
         options.push_str(",userxattr");
     }
+    let lower = lowers.last().cloned().unwrap_or_default();
     mount(Some("overlay"), merged, Some("overlay"), MsFlags::empty(), Some(options.as_str()))
-        .map_err(|cause| Error::OverlayMount { merged: merged.to_path_buf(), lower: lower.to_path_buf(), cause })?;
+        .map_err(|cause| Error::OverlayMount { merged: merged.to_path_buf(), lower, cause })?;
     Ok(())
 }
 

@@ -1,23 +1,26 @@
-//! Container snapshots and export. A snapshot is the machine's upper layer, so its
-//! cost grows with what the machine changed, never with the box: a zstd tar of
-//! upper/ (boxes::pack_upper: overlay whiteouts and xattrs kept), named by its sha256, plus a
-//! JSON record that names it. The record is the commit point: a new snapshot is
-//! written whole before its record replaces the old one, and an archive is checked
-//! against the digest in its record before it is unpacked.
-//! Export flattens box + layer into the `rootfs.tar` a shared box carries.
+//! Container snapshots and export. A snapshot is a chain of the machine's frozen
+//! layers (layers.rs): saving a halted machine is a rename whatever changed, saving a
+//! running one a copy of its upper layer while it is held still; restoring is a new
+//! empty upper layer over the snapshot's chain. A JSON record names the chain; it is
+//! the commit point. Records of format 2 (an older envy) name a zstd tar of the upper
+//! layer by its sha256 instead; they still restore, the archive checked first.
+//! Export flattens box + layers into the `rootfs.tar` a shared box carries.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
 
+use super::layers::Layers;
 use super::runc::Status;
 use super::{freeze, overlay, Layout, Machine};
 use crate::provider::{Error, MachineState, SnapshotInfo};
 use crate::ui::Ui;
 
-/// Record format version (2: archives named by digest, digest checked on restore).
-const FORMAT: u32 = 2;
+/// Record format written: 3, a chain of layers. 2 (an archive named by digest) is read.
+const FORMAT: u32 = 3;
+const FORMAT_ARCHIVE: u32 = 2;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Sidecar {
@@ -25,13 +28,17 @@ struct Sidecar {
     name: String,
     created: u64,
     size: u64,
-    /// sha256 of the archive, which is `<sha256>.tar.zst` beside the record.
-    sha256: String,
+    /// Format 2: sha256 of the archive, which is `<sha256>.tar.zst` beside the record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sha256: Option<String>,
+    /// Format 3: the frozen layers, bottom first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    layers: Vec<u32>,
 }
 
 impl Sidecar {
-    fn archive(&self, layout: &Layout) -> PathBuf {
-        layout.snapshots().join(format!("{}.tar.zst", self.sha256))
+    fn archive(&self, layout: &Layout) -> Option<PathBuf> {
+        self.sha256.as_ref().map(|d| layout.snapshots().join(format!("{d}.tar.zst")))
     }
 }
 
@@ -44,14 +51,15 @@ fn missing_machine(m: &Machine) -> anyhow::Error {
 }
 
 /// Runs `work` with the container frozen when it is running, so files are copied
-/// in one consistent state; it is resumed whatever `work` returns.
-fn frozen<T>(m: &Machine, work: impl FnOnce() -> Result<T>) -> Result<T> {
+/// in one consistent state; it is resumed whatever `work` returns. `work` is told
+/// whether the container runs.
+fn frozen<T>(m: &Machine, work: impl FnOnce(bool) -> Result<T>) -> Result<T> {
     let init = match m.runc.state(m.id())? {
         Some(c) if c.status == Status::Running => Some(c.pid),
         _ => None,
     };
     let frozen = init.map(|pid| freeze::freeze(&m.runc, m.id(), pid)).transpose()?;
-    let result = work();
+    let result = work(init.is_some());
     if let Some(frozen) = frozen {
         freeze::thaw(&m.runc, m.id(), &frozen)?;
     }
@@ -70,40 +78,34 @@ pub fn save(m: &Machine, name: &str, replace: bool, ui: &Ui) -> Result<SnapshotI
         bail!(Error::SnapshotExists { machine: m.name().to_string(), name: name.to_string() });
     }
     crate::fsutil::create_private_dir(&m.layout.snapshots())?;
-    let partial = m.layout.snapshots().join(format!(".{name}.partial"));
+    let layers = Layers::of(&m.layout);
+    layers.repair()?;
     ui.step(format!("{}: saving snapshot {name}", m.name()));
-    let saved = frozen(m, || {
-        let file = crate::fsutil::create_private(&partial)?;
-        crate::boxes::pack_upper(&m.layout.upper(), file)
-            .with_context(|| format!("cannot save snapshot {name} of machine {}", m.name()))
-    });
-    let sha256 = match saved {
-        Ok(digest) => digest,
-        Err(e) => {
-            let _ = std::fs::remove_file(&partial);
-            return Err(e);
+    let chain = frozen(m, |running| {
+        // A running machine's overlay holds its upper layer: that is copied. Otherwise
+        // (halted, or its root left mounted by a killed command) it is renamed.
+        if running {
+            layers.copy_upper()
+        } else {
+            overlay::unmount_all(m.layout.dir())?;
+            layers.freeze_upper()
         }
-    };
+    })
+    .with_context(|| format!("cannot save snapshot {name} of machine {}", m.name()))?;
+    let top = *chain.last().context("a saved chain has a layer")?;
     let sidecar = Sidecar {
         format: FORMAT,
         name: name.to_string(),
         created: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
-        size: std::fs::metadata(&partial)?.len(),
-        sha256,
+        size: layers.size(top),
+        sha256: None,
+        layers: chain,
     };
-    let committed = std::fs::rename(&partial, sidecar.archive(&m.layout))
-        .with_context(|| format!("cannot move the snapshot into {}", m.layout.snapshots().display()))
-        .and_then(|()| crate::fsutil::write_atomic(&sidecar_path(&m.layout, name), serde_json::to_string_pretty(&sidecar)?.as_bytes()));
-    if let Err(e) = committed {
-        let _ = std::fs::remove_file(&partial);
-        if old.as_ref().is_none_or(|o| o.sha256 != sidecar.sha256) {
-            let _ = std::fs::remove_file(sidecar.archive(&m.layout));
-        }
-        return Err(e);
-    }
-    if let Some(old) = old.filter(|o| o.sha256 != sidecar.sha256) {
+    crate::fsutil::write_atomic(&sidecar_path(&m.layout, name), serde_json::to_string_pretty(&sidecar)?.as_bytes())?;
+    if let Some(old) = old {
         remove_archive_unless_used(&m.layout, &old)?;
     }
+    remove_unused_layers(&m.layout)?;
     Ok(info(&sidecar))
 }
 
@@ -118,10 +120,15 @@ fn read_sidecar(layout: &Layout, name: &str) -> Result<Option<Sidecar>> {
     let bad = |message: String| crate::state::Error::BadRecord { path: path.clone(), message };
     let sidecar: Sidecar = serde_json::from_slice(&bytes)
         .map_err(|e| bad(format!("is not a snapshot record ({e}); delete the snapshot and save it again")))?;
-    if sidecar.format != FORMAT {
-        bail!(bad(format!("snapshot record format {} is not known to this envy (it reads {FORMAT}); upgrade envy", sidecar.format)));
+    match sidecar.format {
+        FORMAT if !sidecar.layers.is_empty() => {}
+        FORMAT => bail!(bad("names no layer".into())),
+        FORMAT_ARCHIVE => {
+            let digest = sidecar.sha256.as_deref().unwrap_or_default();
+            crate::boxes::parse_sha256(digest).map_err(|_| bad("names no valid sha256".into()))?;
+        }
+        other => bail!(bad(format!("snapshot record format {other} is not known to this envy (it reads {FORMAT_ARCHIVE} and {FORMAT}); upgrade envy"))),
     }
-    crate::boxes::parse_sha256(&sidecar.sha256).map_err(|_| bad("names no valid sha256".into()))?;
     Ok(Some(sidecar))
 }
 
@@ -138,9 +145,9 @@ fn require_snapshot(layout: &Layout, machine: &str, name: &str) -> Result<Sideca
 
 /// Two snapshots of an unchanged machine share one archive; it goes with the last.
 fn remove_archive_unless_used(layout: &Layout, gone: &Sidecar) -> Result<()> {
+    let Some(archive) = gone.archive(layout) else { return Ok(()) };
     let used = list_sidecars(layout)?.iter().any(|s| s.sha256 == gone.sha256);
     if !used {
-        let archive = gone.archive(layout);
         match std::fs::remove_file(&archive) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 return Err(e).with_context(|| format!("cannot remove {}", archive.display()))
@@ -151,25 +158,27 @@ fn remove_archive_unless_used(layout: &Layout, gone: &Sidecar) -> Result<()> {
     Ok(())
 }
 
+/// Layers neither the machine's chain nor a snapshot names are removed.
+fn remove_unused_layers(layout: &Layout) -> Result<()> {
+    let layers = Layers::of(layout);
+    let mut used: BTreeSet<u32> = layers.chain()?.into_iter().collect();
+    for sidecar in list_sidecars(layout)? {
+        used.extend(sidecar.layers);
+    }
+    layers.remove_unused(&used)
+}
+
 pub fn restore(m: &Machine, name: &str, ui: &Ui) -> Result<()> {
     let sidecar = require_snapshot(&m.layout, m.name(), name)?;
-    let archive = sidecar.archive(&m.layout);
-    // The archive must be the one that was saved, byte for byte.
-    let got = crate::boxes::sha256_file(&archive)?;
-    if got != sidecar.sha256 {
-        bail!(Error::SnapshotDamaged { machine: m.name().to_string(), name: name.to_string(), archive, got, want: sidecar.sha256 });
-    }
-    let staging = m.layout.restore_tmp();
-    if staging.exists() {
-        std::fs::remove_dir_all(&staging)?;
-    }
-    crate::fsutil::create_private_dir(&staging)?;
-    // Unpack first: a bad archive fails here with the machine untouched.
-    let unpacked = crate::boxes::unpack_upper(&archive, &staging, &format!("snapshot {name} of machine {}", m.name()));
-    if let Err(e) = unpacked {
-        let _ = std::fs::remove_dir_all(&staging);
-        return Err(e.into());
-    }
+    let layers = Layers::of(&m.layout);
+    // Checked (and an archive unpacked) first: a bad snapshot leaves the machine untouched.
+    let unpacked = match sidecar.archive(&m.layout) {
+        Some(archive) => Some(unpack_archive(m, &sidecar, &archive)?),
+        None => {
+            layers.check(&sidecar.layers)?;
+            None
+        }
+    };
     let was_running = m.state()? == MachineState::Running;
     ui.step(format!("{}: restoring snapshot {name}", m.name()));
     m.stop_container(false, ui)?;
@@ -180,16 +189,50 @@ pub fn restore(m: &Machine, name: &str, ui: &Ui) -> Result<()> {
     if m.layout.upper().exists() {
         std::fs::rename(m.layout.upper(), &old)?;
     }
-    std::fs::rename(&staging, m.layout.upper())?;
+    match unpacked {
+        // An archive holds the whole upper layer over the box.
+        Some(staging) => {
+            layers.set_chain(&[])?;
+            std::fs::rename(&staging, m.layout.upper())?;
+        }
+        None => {
+            layers.set_chain(&sidecar.layers)?;
+            layers.fresh_upper()?;
+        }
+    }
     std::fs::remove_dir_all(&old).ok();
     // overlayfs's work dir belongs to the old upper layer.
     if m.layout.work().exists() {
         std::fs::remove_dir_all(m.layout.work())?;
     }
+    remove_unused_layers(&m.layout)?;
     if was_running {
         m.start_container(&m.recorded_box()?)?;
     }
     Ok(())
+}
+
+/// A format-2 snapshot's archive, checked against its record and unpacked beside the
+/// machine's upper layer; returns where.
+fn unpack_archive(m: &Machine, sidecar: &Sidecar, archive: &Path) -> Result<PathBuf> {
+    let name = &sidecar.name;
+    let want = sidecar.sha256.clone().unwrap_or_default();
+    // The archive must be the one that was saved, byte for byte.
+    let got = crate::boxes::sha256_file(archive)?;
+    if got != want {
+        bail!(Error::SnapshotDamaged { machine: m.name().to_string(), name: name.to_string(), archive: archive.to_path_buf(), got, want });
+    }
+    let staging = m.layout.restore_tmp();
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging)?;
+    }
+    crate::fsutil::create_private_dir(&staging)?;
+    let unpacked = crate::boxes::unpack_upper(archive, &staging, &format!("snapshot {name} of machine {}", m.name()));
+    if let Err(e) = unpacked {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(e.into());
+    }
+    Ok(staging)
 }
 
 fn list_sidecars(layout: &Layout) -> Result<Vec<Sidecar>> {
@@ -214,7 +257,8 @@ pub fn delete(layout: &Layout, name: &str) -> Result<()> {
     let machine = layout.dir().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let sidecar = require_snapshot(layout, &machine, name)?;
     std::fs::remove_file(sidecar_path(layout, name))?;
-    remove_archive_unless_used(layout, &sidecar)
+    remove_archive_unless_used(layout, &sidecar)?;
+    remove_unused_layers(layout)
 }
 
 /// Writes `layer.tar`, the machine's upper layer as an OCI image layer, into `dir`
@@ -225,7 +269,18 @@ pub fn export_layer(m: &Machine, dir: &Path, ui: &Ui) -> Result<PathBuf> {
     }
     let target = dir.join("layer.tar");
     ui.step(format!("{}: packing its changes as an image layer", m.name()));
-    frozen(m, || crate::boxes::pack_layer_dir(&m.layout.upper(), &target))?;
+    let layers = Layers::of(&m.layout);
+    frozen(m, |_| {
+        if layers.chain()?.is_empty() {
+            return crate::boxes::pack_layer_dir(&m.layout.upper(), &target);
+        }
+        // Its changes over the box are its frozen layers and its upper one, as one layer.
+        let merged = m.layout.merging();
+        let _ = std::fs::remove_dir_all(&merged);
+        let packed = layers.merge_all(&merged).and_then(|()| crate::boxes::pack_layer_dir(&merged, &target));
+        let _ = std::fs::remove_dir_all(&merged);
+        packed
+    })?;
     Ok(target)
 }
 
@@ -237,12 +292,11 @@ pub fn export(m: &Machine, lower: &Path, dir: &Path, ui: &Ui) -> Result<Vec<Path
     let rootfs = m.layout.rootfs();
     let mounted_here = !overlay::is_mounted(&rootfs)?;
     if mounted_here {
-        std::fs::create_dir_all(m.layout.work())?;
-        overlay::mount_overlay(lower, &m.layout.upper(), &m.layout.work(), &rootfs)?;
+        m.mount_root(lower)?;
     }
     let target = dir.join("rootfs.tar");
     ui.step(format!("{}: exporting its root filesystem", m.name()));
-    let written = frozen(m, || {
+    let written = frozen(m, |_| {
         crate::boxes::pack_rootfs_dir(&rootfs, &target)
             .map(drop)
             .with_context(|| format!("cannot export the root filesystem of machine {}", m.name()))
