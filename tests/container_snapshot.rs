@@ -225,3 +225,21 @@ fn export_writes_the_box_and_the_machine_changes_as_one_rootfs() {
     assert!(files[0].exists());
     assert!(f.mounts().is_empty(), "{:?}", f.mounts());
 }
+
+/// A halted save killed after it named its new layer in the chain but before it renamed
+/// the upper layer into it: the next start finishes the rename, and nothing is lost.
+#[test]
+fn a_save_killed_halfway_is_finished_by_the_next_start() {
+    require!(need::CONTAINERS);
+    let f = Fixture::new(&[("web", vec![])]);
+    let plan = f.plan("web");
+    f.up("web");
+    assert_eq!(f.sh("web", "echo kept > /root/kept"), 0);
+    f.provider.halt(&plan, false, &f.ui).unwrap();
+    envy::fsutil::create_private_dir(&plan.dir.join("layers")).unwrap();
+    envy::fsutil::write_atomic(&plan.dir.join("layers.json"), b"[1]").unwrap();
+    f.up("web");
+    assert_eq!(f.exec_captured("web", &["cat", "/root/kept"]).0, "kept\n");
+    assert!(plan.dir.join("layers/1/root/kept").exists(), "the rename was finished");
+    assert_eq!(chain(&plan).len(), 1);
+}
