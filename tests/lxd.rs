@@ -243,3 +243,56 @@ fn lxd_without_a_daemon_or_remote_says_so_and_makes_nothing() {
     let remove = env.envy().args(["remote", "remove", "staging"]).assert().code(5);
     assert!(String::from_utf8_lossy(&remove.get_output().stderr).contains("there is no remote named staging"));
 }
+
+#[test]
+fn lxd_run_passes_the_exit_code_and_leaves_nothing() {
+    require!(need::LXD);
+    let lxd = Lxd::start();
+    let env = TestEnv::new();
+    let (box_path, digest) = build_container_box(&env, "lxd-busybox");
+    std::fs::write(env.project.join("input.txt"), "from the project\n").unwrap();
+
+    // A bare machine of the box, this folder at /project, the code passed through.
+    let run = envy(&env, &lxd)
+        .args(["run", "--provider", "lxd", "--box"])
+        .arg(&box_path)
+        .args(["--", "sh", "-c", "cat input.txt; exit 7"])
+        .assert()
+        .code(7);
+    assert_eq!(String::from_utf8_lossy(&run.get_output().stdout), "from the project\n");
+    assert!(lxd.instances().is_empty());
+    assert_eq!(env.run_leftovers(), Vec::<String>::new());
+    // No profile envy made; the image is the cache keyed by the box digest.
+    assert_eq!(lxd.lxc(&["profile", "list", "--format", "csv"]).lines().count(), 1);
+    assert_eq!(lxd.image_aliases(), vec![format!("envy-box-{digest}")]);
+
+    // The Envfile's machines as throwaways.
+    std::fs::write(env.project.join("Envfile"), format!("[machine.web]\nbox = {box_path:?}\nprovider = \"lxd\"\n")).unwrap();
+    envy(&env, &lxd).args(["run", "--", "sh", "-c", "exit 3"]).assert().code(3);
+    assert!(lxd.instances().is_empty());
+    assert_eq!(env.run_leftovers(), Vec::<String>::new());
+
+    // --remote on a provider that runs machines here is refused before anything is made.
+    let refused = envy(&env, &lxd).args(["run", "--provider", "container", "--remote", "staging", "--box"]).arg(&box_path).args(["--", "true"]).assert().code(5);
+    assert!(String::from_utf8_lossy(&refused.get_output().stderr).contains("the container provider cannot run machines on a remote"));
+    assert_eq!(env.run_leftovers(), Vec::<String>::new());
+
+    // Ctrl-C in the middle of CMD: the machine is stopped under it, removed, and the run exits 130.
+    use std::os::unix::process::CommandExt;
+    let mut run = env.envy_std();
+    run.env("LXD_DIR", lxd.path()).args(["run", "--provider", "lxd", "--box"]).arg(&box_path).args(["--", "sleep", "600"]);
+    run.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).stdin(std::process::Stdio::null());
+    // Its own process group, as a terminal's foreground job: Ctrl-C reaches all of it.
+    run.process_group(0);
+    let mut child = run.spawn().unwrap();
+    let running = (0..600).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        lxd.lxc(&["list", "--format", "csv", "-c", "s"]).trim() == "RUNNING"
+    });
+    assert!(running, "the throwaway never ran");
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+    assert!(lxd.instances().is_empty());
+    assert_eq!(env.run_leftovers(), Vec::<String>::new());
+}
