@@ -125,8 +125,11 @@ pub fn up(ctx: &Context, plan: &mut MachinePlan, lock: &mut LockFile, lock_path:
     // Also for a running machine: the provider repairs what is broken around it (a
     // killed slirp4netns, lost forwards) without restarting it.
     provider.up(plan, &stored, &ctx.ui)?;
+    if state != MachineState::Running || !record.provisioned {
+        crate::copy_in::push_sync(plan, &ctx.ui)?;
+    }
     if !record.provisioned && !opts.no_provision {
-        provision(ctx, plan)?;
+        run_steps(ctx, plan, false)?;
         record.provisioned = true;
         record.save(&plan.dir)?;
     } else if state != MachineState::Running && !opts.no_provision {
@@ -143,8 +146,10 @@ pub fn up(ctx: &Context, plan: &mut MachinePlan, lock: &mut LockFile, lock_path:
     Ok(())
 }
 
-/// Runs the machine's provisioning steps in order; the first failure stops them.
+/// `envy provision`: the copied sync folders pushed again, then the provisioning
+/// steps in order; the first failure stops them.
 pub fn provision(ctx: &Context, plan: &MachinePlan) -> Result<()> {
+    crate::copy_in::push_sync(plan, &ctx.ui)?;
     run_steps(ctx, plan, false)
 }
 

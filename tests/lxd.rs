@@ -207,15 +207,6 @@ fn lxd_cluster_over_https_places_machines_by_target() {
     assert_eq!(cluster.node1.lxc(&["profile", "list", "--format", "csv"]).lines().count(), 1);
     assert_eq!(cluster.node1.image_count(), 1);
 
-    // A remote cluster cannot mount this host's folders: said at up, nothing made.
-    std::fs::write(
-        env.project.join("Envfile"),
-        format!("[machine.one]\nbox = {box_path:?}\nprovider = \"lxd\"\nremote = \"staging\"\nsync = [\".:/project\"]\n"),
-    )
-    .unwrap();
-    let up = env.envy().arg("up").assert().code(5);
-    assert!(String::from_utf8_lossy(&up.get_output().stderr).contains("cannot mount this host's folders"));
-    assert!(cluster.node1.instances().is_empty());
 }
 
 #[test]
@@ -295,4 +286,84 @@ fn lxd_run_passes_the_exit_code_and_leaves_nothing() {
     assert_eq!(child.wait().unwrap().code(), Some(130));
     assert!(lxd.instances().is_empty());
     assert_eq!(env.run_leftovers(), Vec::<String>::new());
+}
+
+/// `envy remote add staging` for the cluster.
+fn add_remote(env: &TestEnv, cluster: &lxd_support::Cluster) {
+    let token = cluster.trust_token();
+    env.envy().args(["remote", "add", "staging", &cluster.url, "--token", &token]).assert().success();
+}
+
+fn stdout(assert: &assert_cmd::assert::Assert) -> String {
+    String::from_utf8_lossy(&assert.get_output().stdout).into_owned()
+}
+
+fn stderr(assert: &assert_cmd::assert::Assert) -> String {
+    String::from_utf8_lossy(&assert.get_output().stderr).into_owned()
+}
+
+#[test]
+fn lxd_cluster_copies_sync_folders_and_runs_throwaways() {
+    require!(need::LXD);
+    let cluster = lxd_support::Cluster::start();
+    let env = TestEnv::new();
+    let (box_path, _) = build_container_box(&env, "lxd-busybox");
+    add_remote(&env, &cluster);
+    let envfile = env.project.join("Envfile");
+    std::fs::create_dir_all(env.project.join("src")).unwrap();
+    std::fs::write(env.project.join("src/main.txt"), "version 1\n").unwrap();
+    // A symlink out of the project is copied as the link, never followed on the host.
+    std::os::unix::fs::symlink("/etc/shadow", env.project.join("src/outside")).unwrap();
+
+    // A remote cannot mount this host's folders: refused where the Envfile asks, nothing made.
+    let machine = format!("[machine.one]\nbox = {box_path:?}\nprovider = \"lxd\"\nremote = \"staging\"\ntarget = \"node2\"\nmemory = \"256MiB\"\n");
+    std::fs::write(&envfile, format!("{machine}sync = [\".:/project\"]\n")).unwrap();
+    let refused = env.envy().arg("up").assert().code(3);
+    assert!(stderr(&refused).contains(&format!(
+        "{}:7:9: machine one: machine one runs on remote staging, which cannot mount this host's folders ({}): set sync_mode = \"copy\"",
+        envfile.display(),
+        env.project.display()
+    )), "{}", stderr(&refused));
+    // A mode that is not known, and copy on a provider that mounts, are refused at their keys.
+    std::fs::write(&envfile, format!("{machine}sync_mode = \"sideways\"\nsync = [\".:/project\"]\n")).unwrap();
+    let bad = env.envy().arg("up").assert().code(3);
+    assert!(stderr(&bad).contains(":7:13: sync_mode \"sideways\" is not known: use \"mount\" (the default) or \"copy\""), "{}", stderr(&bad));
+    std::fs::write(&envfile, format!("[machine.one]\nbox = {box_path:?}\nprovider = \"container\"\nsync = [{{ host = \".\", guest = \"/p\", mode = \"copy\" }}]\n")).unwrap();
+    let bad = env.envy().arg("up").assert().code(3);
+    assert!(stderr(&bad).contains("the container provider mounts this host's folders"), "{}", stderr(&bad));
+    assert!(cluster.node1.instances().is_empty());
+
+    // Copied at up, before provisioning, which sees it.
+    std::fs::write(&envfile, format!("{machine}sync_mode = \"copy\"\nsync = [\".:/project\"]\nprovision = [\"cat /project/src/main.txt > /root/seen\"]\n")).unwrap();
+    let up = env.envy().arg("up").assert().success();
+    assert!(stderr(&up).contains(&format!("one: copying {} to /project", env.project.display())), "{}", stderr(&up));
+    let exec = |script: &str| stdout(&env.envy().args(["exec", "one", "--", "sh", "-c", script]).assert().success());
+    assert_eq!(exec("cat /root/seen src/main.txt"), "version 1\nversion 1\n");
+    assert_eq!(exec("readlink /project/src/outside; test -L /project/src/outside && echo link"), "/etc/shadow\nlink\n");
+    // One way: the host's changes wait for the next push, the machine's never come back.
+    std::fs::write(env.project.join("src/main.txt"), "version 2\n").unwrap();
+    exec("echo from-guest > /project/from-guest");
+    assert_eq!(exec("cat /project/src/main.txt"), "version 1\n");
+    assert!(!env.project.join("from-guest").exists());
+    env.envy().args(["provision", "one"]).assert().success();
+    assert_eq!(exec("cat /project/src/main.txt /project/from-guest"), "version 2\nfrom-guest\n");
+    std::fs::write(env.project.join("src/main.txt"), "version 3\n").unwrap();
+    env.envy().args(["reload", "one"]).assert().success();
+    assert_eq!(exec("cat /project/src/main.txt"), "version 3\n");
+    env.envy().args(["destroy", "--force"]).assert().success();
+    assert!(cluster.node1.instances().is_empty());
+
+    // envy run --remote: the Envfile's machines (mounted folders become copies) on the
+    // cluster, the command's code passed through, nothing left.
+    std::fs::write(&envfile, format!("[machine.ci]\nbox = {box_path:?}\nprovider = \"lxd\"\nmemory = \"256MiB\"\nsync = [\".:/project\"]\n")).unwrap();
+    let run = env.envy().args(["run", "--remote", "staging", "--", "sh", "-c", "cat src/main.txt; exit 9"]).assert().code(9);
+    assert_eq!(stdout(&run), "version 3\n");
+    assert!(cluster.node1.instances().is_empty());
+    assert_eq!(env.run_leftovers(), Vec::<String>::new());
+    // A bare machine of a box, this folder copied to /project.
+    let run = env.envy().args(["run", "--remote", "staging", "--box"]).arg(&box_path).args(["--", "sh", "-c", "cat src/main.txt; exit 4"]).assert().code(4);
+    assert_eq!(stdout(&run), "version 3\n");
+    assert!(cluster.node1.instances().is_empty());
+    assert_eq!(env.run_leftovers(), Vec::<String>::new());
+    assert_eq!(cluster.node1.lxc(&["profile", "list", "--format", "csv"]).lines().count(), 1);
 }

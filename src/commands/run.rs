@@ -11,7 +11,7 @@ use serde_json::json;
 use crate::cli::RunArgs;
 use crate::context::Context;
 use crate::envfile::lock::LockFile;
-use crate::envfile;
+use crate::envfile::{self, SyncMode};
 use crate::model::BoxRef;
 use crate::lifecycle::{self, UpOptions};
 use crate::plan::{MachinePlan, Project};
@@ -43,6 +43,10 @@ fn replica(ctx: &Context, args: &RunArgs) -> Result<i32> {
         if let Some(remote) = &args.remote {
             place_on(machine.provider, remote)?;
             machine.placement.remote = Some(remote.clone());
+            // A remote cannot mount this host's folders; a throwaway needs only a copy.
+            for folder in &mut machine.sync {
+                folder.mode = SyncMode::Copy;
+            }
         }
         // A copy never takes the Envfile's host ports: the developer's machines or another
         // run may hold them, or check them at the same moment. The kernel picks each one.
@@ -177,7 +181,8 @@ fn bare(ctx: &Context, box_name: &str, args: &RunArgs) -> Result<i32> {
         BoxRef::Url { url, sha256 } => table(&[("url", Some(url.clone())), ("sha256", sha256.clone())]),
         BoxRef::Path { path, sha256 } => table(&[("path", Some(path.display().to_string())), ("sha256", sha256.clone())]),
     };
-    let remote = args.remote.as_ref().map(|r| format!("remote = {}\n", toml::Value::String(r.clone()))).unwrap_or_default();
+    // On a remote, this folder is copied in (a remote cannot mount it).
+    let remote = args.remote.as_ref().map(|r| format!("remote = {}\nsync_mode = \"copy\"\n", toml::Value::String(r.clone()))).unwrap_or_default();
     let text = format!(
         "# A throwaway machine of `envy run` in {}.\n[machine.run]\nbox = {box_value}\nprovider = \"{provider_kind}\"\n{remote}sync = [{{ host = {}, guest = \"/project\", allow_outside = true }}]\n",
         ctx.cwd.display(),

@@ -50,8 +50,17 @@ impl MachineSpec {
         }
         if !self.sync.is_empty() {
             let sync = self.sync.iter().map(|s| {
-                let mode = if s.readonly { ":ro" } else { "" };
-                Value::String(format!("{}:{}{mode}", relative(&s.host), s.guest))
+                let ro = if s.readonly { ":ro" } else { "" };
+                let short = Value::String(format!("{}:{}{ro}", relative(&s.host), s.guest));
+                match s.mode {
+                    super::SyncMode::Mount => short,
+                    super::SyncMode::Copy => Value::Table(toml::Table::from_iter([
+                        ("host".to_string(), Value::String(relative(&s.host))),
+                        ("guest".to_string(), Value::String(s.guest.clone())),
+                        ("readonly".to_string(), Value::Boolean(s.readonly)),
+                        ("mode".to_string(), Value::String("copy".into())),
+                    ])),
+                }
             });
             line("sync", Value::Array(sync.collect()));
         }

@@ -129,6 +129,13 @@ pub trait Provider: Send + Sync {
         false
     }
 
+    /// Whether its machines take `sync_mode = "copy"` folders (pushed in through `exec`
+    /// at each start and `envy provision`, by lifecycle) beside mounted ones; a
+    /// provider that mounts every sync folder is refused them when the Envfile loads.
+    fn copies_sync(&self) -> bool {
+        false
+    }
+
     /// Whether the machine's forwards listen on this host, so `envy up` checks their
     /// ports first and moves an `auto` one (a remote provider's do not).
     fn forwards_on_host(&self) -> bool {
@@ -298,6 +305,14 @@ pub fn validate(envfile: &crate::envfile::Envfile) -> Result<(), crate::envfile:
                     return Err(envfile.invalid(&spec.name, Invalid::new(key, message)));
                 }
             }
+        }
+        if !provider.copies_sync() && spec.sync.iter().any(|f| f.mode == crate::envfile::SyncMode::Copy) {
+            let message = format!(
+                "sync_mode = \"copy\" pushes folders into a machine on another host; the {} provider mounts this host's folders: \
+                 remove `sync_mode` (or the folder's `mode`)",
+                spec.provider
+            );
+            return Err(envfile.invalid(&spec.name, Invalid::new("sync_mode", message)));
         }
         provider.validate(spec).map_err(|invalid| envfile.invalid(&spec.name, invalid))?;
     }

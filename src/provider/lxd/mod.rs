@@ -20,6 +20,7 @@ pub use error::Error;
 pub use remotes::Remotes;
 
 use crate::boxes::StoredBox;
+use crate::envfile::{Invalid, MachineSpec, SyncMode};
 use crate::model::{BoxFormat, ProviderKind};
 use crate::plan::MachinePlan;
 use crate::provider::{ExecRequest, ImageExport, MachineInfo, MachineState, Provider, SnapshotInfo};
@@ -66,19 +67,38 @@ impl Provider for LxdProvider {
         true
     }
 
+    /// Copied folders go in through exec (`tar -x` reading the exec websocket's stdin):
+    /// one stream for the whole folder, modes and symlinks kept, where LXD's file API
+    /// takes one request per file and directory.
+    fn copies_sync(&self) -> bool {
+        true
+    }
+
+    /// A machine on a remote cannot mount this host's folders: said where the Envfile
+    /// asks for it (`envy run --remote` places machines after loading; `up` says it then).
+    fn validate(&self, spec: &MachineSpec) -> Result<(), Invalid> {
+        match (&spec.placement.remote, spec.sync.iter().find(|f| f.mode == SyncMode::Mount)) {
+            (Some(remote), Some(folder)) => Err(Invalid::new("sync", cannot_mount(&spec.name, &format!("remote {remote}"), &folder.host))),
+            _ => Ok(()),
+        }
+    }
+
     fn up(&self, plan: &MachinePlan, stored: &StoredBox, ui: &Ui) -> Result<()> {
         let client = client(plan)?;
-        let attaches_host = !plan.spec.sync.is_empty() || !plan.forwards.is_empty();
-        if !client.is_local() && attaches_host {
-            // A remote daemon cannot bind-mount this host's folders, and its proxy
-            // devices would listen on its own host, not on this one's 127.0.0.1.
-            return Err(Error::Unsupported(format!(
-                "machine {} runs on {}, which cannot mount this host's folders nor forward this host's ports: \
-                 remove its `sync` and `forward` entries (copy files in with `provision` file steps), or run it on the local LXD",
-                plan.name(),
-                client.server
-            ))
-            .into());
+        if !client.is_local() {
+            if let Some(folder) = plan.spec.sync.iter().find(|f| f.mode == SyncMode::Mount) {
+                return Err(Error::Unsupported(cannot_mount(plan.name(), &client.server, &folder.host)).into());
+            }
+            if !plan.forwards.is_empty() {
+                // Its proxy devices would listen on the remote host, not on this one's 127.0.0.1.
+                return Err(Error::Unsupported(format!(
+                    "machine {} runs on {}, which cannot forward this host's ports: remove its `forward` entries \
+                     and reach its services through the cluster's own network, or run it on the local LXD",
+                    plan.name(),
+                    client.server
+                ))
+                .into());
+            }
         }
         let instance = instances::get(&client, plan)?;
         if instance.as_ref().is_some_and(is_running) {
@@ -237,6 +257,15 @@ fn start(client: &Client, plan: &MachinePlan, instance: Value) -> Result<()> {
     instances::replace_devices(client, plan, instance, instances::attachments(&folders, &plan.forwards))?;
     instances::set_state(client, plan, "start", false)?;
     Ok(())
+}
+
+/// Why a machine on `server` cannot have a mounted sync folder, and the way out.
+fn cannot_mount(machine: &str, server: &str, folder: &Path) -> String {
+    format!(
+        "machine {machine} runs on {server}, which cannot mount this host's folders ({}): set sync_mode = \"copy\" \
+         to push them into it one way at up, `envy provision` and `envy reload`, or run it on the local LXD",
+        folder.display()
+    )
 }
 
 fn not_shared(plan: &MachinePlan) -> Error {
