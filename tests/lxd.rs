@@ -331,6 +331,13 @@ fn lxd_cluster_copies_sync_folders_and_runs_throwaways() {
     std::fs::write(&envfile, format!("[machine.one]\nbox = {box_path:?}\nprovider = \"container\"\nsync = [{{ host = \".\", guest = \"/p\", mode = \"copy\" }}]\n")).unwrap();
     let bad = env.envy().arg("up").assert().code(3);
     assert!(stderr(&bad).contains("the container provider mounts this host's folders"), "{}", stderr(&bad));
+    // Forwards to a remote machine are refused, not tunnelled (docs/lxd.md says why).
+    std::fs::write(&envfile, format!("{machine}forward = [\"8080:80\"]\n")).unwrap();
+    let bad = env.envy().arg("up").assert().code(3);
+    assert!(stderr(&bad).contains(&format!(
+        "{}:7:12: machine one: machine one runs on remote staging, which cannot listen on this host's ports",
+        envfile.display()
+    )), "{}", stderr(&bad));
     assert!(cluster.node1.instances().is_empty());
 
     // Copied at up, before provisioning, which sees it.
@@ -358,6 +365,13 @@ fn lxd_cluster_copies_sync_folders_and_runs_throwaways() {
     std::fs::write(&envfile, format!("[machine.ci]\nbox = {box_path:?}\nprovider = \"lxd\"\nmemory = \"256MiB\"\nsync = [\".:/project\"]\n")).unwrap();
     let run = env.envy().args(["run", "--remote", "staging", "--", "sh", "-c", "cat src/main.txt; exit 9"]).assert().code(9);
     assert_eq!(stdout(&run), "version 3\n");
+    assert!(cluster.node1.instances().is_empty());
+    assert_eq!(env.run_leftovers(), Vec::<String>::new());
+    // A forward of a machine that --remote places is refused at up, before anything is made.
+    std::fs::write(&envfile, format!("[machine.ci]\nbox = {box_path:?}\nprovider = \"lxd\"\nforward = [\"8080:80\"]\n")).unwrap();
+    let refused = env.envy().args(["run", "--remote", "staging", "--", "true"]).assert().code(5);
+    assert!(stderr(&refused).contains("machine ci runs on remote staging (127.0.0.1:"), "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("which cannot listen on this host's ports"), "{}", stderr(&refused));
     assert!(cluster.node1.instances().is_empty());
     assert_eq!(env.run_leftovers(), Vec::<String>::new());
     // A bare machine of a box, this folder copied to /project.

@@ -74,13 +74,22 @@ impl Provider for LxdProvider {
         true
     }
 
-    /// A machine on a remote cannot mount this host's folders: said where the Envfile
-    /// asks for it (`envy run --remote` places machines after loading; `up` says it then).
+    /// A machine on a remote can neither mount this host's folders nor take its
+    /// forwards: said where the Envfile asks for them (`envy run --remote` places
+    /// machines after loading; `up` says it then).
     fn validate(&self, spec: &MachineSpec) -> Result<(), Invalid> {
-        match (&spec.placement.remote, spec.sync.iter().find(|f| f.mode == SyncMode::Mount)) {
-            (Some(remote), Some(folder)) => Err(Invalid::new("sync", cannot_mount(&spec.name, &format!("remote {remote}"), &folder.host))),
-            _ => Ok(()),
+        let Some(remote) = &spec.placement.remote else { return Ok(()) };
+        let server = format!("remote {remote}");
+        if let Some(folder) = spec.sync.iter().find(|f| f.mode == SyncMode::Mount) {
+            return Err(Invalid::new("sync", cannot_mount(&spec.name, &server, &folder.host)));
         }
+        if !spec.forwards.is_empty() {
+            return Err(Invalid::new("forward", cannot_forward(&spec.name, &server)));
+        }
+        if spec.forward_auto.is_some() {
+            return Err(Invalid::new("forward_auto", cannot_forward(&spec.name, &server)));
+        }
+        Ok(())
     }
 
     fn up(&self, plan: &MachinePlan, stored: &StoredBox, ui: &Ui) -> Result<()> {
@@ -90,14 +99,7 @@ impl Provider for LxdProvider {
                 return Err(Error::Unsupported(cannot_mount(plan.name(), &client.server, &folder.host)).into());
             }
             if !plan.forwards.is_empty() {
-                // Its proxy devices would listen on the remote host, not on this one's 127.0.0.1.
-                return Err(Error::Unsupported(format!(
-                    "machine {} runs on {}, which cannot forward this host's ports: remove its `forward` entries \
-                     and reach its services through the cluster's own network, or run it on the local LXD",
-                    plan.name(),
-                    client.server
-                ))
-                .into());
+                return Err(Error::Unsupported(cannot_forward(plan.name(), &client.server)).into());
             }
         }
         let instance = instances::get(&client, plan)?;
@@ -265,6 +267,15 @@ fn cannot_mount(machine: &str, server: &str, folder: &Path) -> String {
         "machine {machine} runs on {server}, which cannot mount this host's folders ({}): set sync_mode = \"copy\" \
          to push them into it one way at up, `envy provision` and `envy reload`, or run it on the local LXD",
         folder.display()
+    )
+}
+
+/// Why a machine on `server` takes no forwards (docs/lxd.md: a proxy device would
+/// listen on the member's host, not on this one's 127.0.0.1).
+fn cannot_forward(machine: &str, server: &str) -> String {
+    format!(
+        "machine {machine} runs on {server}, which cannot listen on this host's ports: remove its `forward` and \
+         `forward_auto` and reach its services through the cluster's own network (or `envy exec`), or run it on the local LXD"
     )
 }
 
