@@ -381,3 +381,39 @@ fn lxd_cluster_copies_sync_folders_and_runs_throwaways() {
     assert_eq!(env.run_leftovers(), Vec::<String>::new());
     assert_eq!(cluster.node1.lxc(&["profile", "list", "--format", "csv"]).lines().count(), 1);
 }
+
+#[test]
+fn lxd_share_makes_a_box_another_home_runs() {
+    require!(need::LXD);
+    require!(need::CONTAINERS);
+    let lxd = Lxd::start();
+    let me = TestEnv::new();
+    let (box_path, digest) = build_container_box(&me, "lxd-busybox");
+    std::fs::write(me.project.join("Envfile"), format!("[machine.web]\nbox = {box_path:?}\nprovider = \"lxd\"\nmemory = \"256MiB\"\n")).unwrap();
+    envy(&me, &lxd).arg("up").assert().success();
+    envy(&me, &lxd).args(["exec", "web", "--", "sh", "-c", "echo made-on-lxd > /root/shared.txt"]).assert().success();
+
+    // Shared while running: published from a snapshot, exported, the snapshot and image gone after.
+    let shared = me.path("web.box");
+    let out = envy(&me, &lxd).args(["share", "--json", "web", "-o"]).arg(&shared).assert().success();
+    let v: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    let sha256 = v["sha256"].as_str().unwrap().to_string();
+    assert_eq!(sha256, crate::common::sha256_hex(&std::fs::read(&shared).unwrap()));
+    assert_eq!(lxd.image_aliases(), vec![format!("envy-box-{digest}")]);
+    assert_eq!(lxd.image_count(), 1, "the image made for the export is deleted");
+    assert_eq!(lxd.lxc(&["list", &instance(&me, "web"), "--format", "csv", "-c", "S"]).trim(), "0");
+
+    // Another ENVY_HOME adds it by its digest and runs it with the container provider.
+    let mate = TestEnv::new();
+    mate.envy().args(["box", "add"]).arg(&shared).args(["--sha256", &sha256, "--name", "from-lxd"]).assert().success();
+    std::fs::write(mate.project.join("Envfile"), "[machine.copy]\nbox = \"from-lxd\"\nprovider = \"container\"\n").unwrap();
+    let _theirs = crate::common::DestroyOnDrop(&mate);
+    mate.envy().arg("up").assert().success();
+    let out = mate.envy().args(["exec", "--", "cat", "/root/shared.txt"]).assert().success();
+    assert_eq!(String::from_utf8_lossy(&out.get_output().stdout), "made-on-lxd\n");
+
+    // --push (an OCI image of the machine's changes) is not for lxd machines: said, nothing made.
+    let push = envy(&me, &lxd).args(["share", "web", "--push", "oci://127.0.0.1:1/x/y:1"]).assert().code(5);
+    assert!(stderr(&push).contains("envy share --push does not push lxd machines (machine web)"), "{}", stderr(&push));
+    envy(&me, &lxd).args(["destroy", "--force"]).assert().success();
+}

@@ -9,6 +9,7 @@ mod http;
 mod images;
 mod instances;
 pub mod remotes;
+mod share;
 
 use std::path::{Path, PathBuf};
 
@@ -243,8 +244,10 @@ impl Provider for LxdProvider {
         Ok(instances::snapshot_delete(&client, plan, name)?)
     }
 
-    fn export(&self, plan: &MachinePlan, _stored: &StoredBox, _dir: &Path, _ui: &Ui) -> Result<Vec<PathBuf>> {
-        Err(not_shared(plan).into())
+    fn export(&self, plan: &MachinePlan, _stored: &StoredBox, dir: &Path, ui: &Ui) -> Result<Vec<PathBuf>> {
+        let client = client(plan)?;
+        existing(&client, plan)?;
+        Ok(vec![share::export(&client, plan, dir, ui)?])
     }
 
     fn export_image(&self, plan: &MachinePlan, _stored: &StoredBox, _dir: &Path, _ui: &Ui) -> Result<ImageExport> {
@@ -281,7 +284,8 @@ fn cannot_forward(machine: &str, server: &str) -> String {
 
 fn not_shared(plan: &MachinePlan) -> Error {
     Error::Unsupported(format!(
-        "envy share does not export lxd machines yet (machine {}); publish it with `lxc publish {}` instead",
+        "envy share --push does not push lxd machines (machine {}): `envy share` writes a box of it, \
+         or publish it on the daemon with `lxc publish {}`",
         plan.name(),
         plan.runtime_id
     ))
