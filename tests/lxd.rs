@@ -417,3 +417,99 @@ fn lxd_share_makes_a_box_another_home_runs() {
     assert!(stderr(&push).contains("envy share --push does not push lxd machines (machine web)"), "{}", stderr(&push));
     envy(&me, &lxd).args(["destroy", "--force"]).assert().success();
 }
+
+#[test]
+fn lxd_daemon_gone_before_exec_is_named_and_the_next_command_sees_the_truth() {
+    require!(need::LXD);
+    let mut lxd = Lxd::start();
+    let env = TestEnv::new();
+    let (box_path, _) = build_container_box(&env, "lxd-busybox");
+    std::fs::write(env.project.join("Envfile"), format!("[machine.web]\nbox = {box_path:?}\nprovider = \"lxd\"\nmemory = \"256MiB\"\n")).unwrap();
+    envy(&env, &lxd).arg("up").assert().success();
+
+    lxd.kill();
+    let socket = lxd.socket();
+    for args in [&["exec", "web", "--", "true"][..], &["status"][..]] {
+        let gone = envy(&env, &lxd).args(args).assert().code(5);
+        assert!(
+            stderr(&gone).contains(&format!("cannot talk to the daemon at {} while reading the machine's instance", socket.display())),
+            "{}",
+            stderr(&gone)
+        );
+        assert!(stderr(&gone).contains("check that it runs and is reachable"), "{}", stderr(&gone));
+    }
+    // Back: the machine ran on without its daemon, and envy reads that from the daemon.
+    lxd.restart();
+    let status = envy(&env, &lxd).args(["--json", "status"]).assert().success();
+    let status: serde_json::Value = serde_json::from_slice(&status.get_output().stdout).unwrap();
+    assert_eq!(status["machines"][0]["state"], "running");
+    envy(&env, &lxd).args(["exec", "web", "--", "true"]).assert().success();
+    envy(&env, &lxd).args(["destroy", "--force"]).assert().success();
+    assert!(lxd.instances().is_empty());
+}
+
+#[test]
+fn lxd_doctor_checks_the_remotes_and_a_remote_gone_is_named() {
+    require!(need::LXD);
+    let mut cluster = lxd_support::Cluster::start();
+    let env = TestEnv::new();
+    let (box_path, _) = build_container_box(&env, "lxd-busybox");
+    add_remote(&env, &cluster);
+    let doctor = || {
+        let out = env.envy().args(["--json", "doctor"]).output().unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (out.status.code(), json)
+    };
+    let find = |json: &serde_json::Value, name: &str| {
+        json["checks"].as_array().unwrap().iter().find(|c| c["name"] == name).cloned().unwrap_or_else(|| panic!("no check {name}: {json}"))
+    };
+    let (_, json) = doctor();
+    let api = find(&json, "staging");
+    assert_eq!(api["status"], "ok", "{api}");
+    assert!(api["detail"].as_str().unwrap().starts_with("LXD 5.0"), "{api}");
+    assert!(api["detail"].as_str().unwrap().ends_with(&format!("at {}, API 1.0", cluster.url.trim_start_matches("https://"))), "{api}");
+    assert_eq!(find(&json, "staging trust")["status"], "ok");
+    let members = find(&json, "staging members");
+    assert_eq!((&members["status"], &members["detail"]), (&json!("ok"), &json!("node1, node2 online")));
+
+    std::fs::write(
+        env.project.join("Envfile"),
+        format!("[machine.one]\nbox = {box_path:?}\nprovider = \"lxd\"\nremote = \"staging\"\ntarget = \"node1\"\nmemory = \"256MiB\"\n"),
+    )
+    .unwrap();
+    env.envy().arg("up").assert().success();
+
+    // node2 stops: once the cluster notices (its heartbeat), the members check says so.
+    cluster.node2.kill();
+    let members = (0..120)
+        .find_map(|_| {
+            let members = find(&doctor().1, "staging members");
+            if members["status"] == "warn" {
+                return Some(members);
+            }
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            None
+        })
+        .expect("the cluster never saw node2 go");
+    assert!(members["detail"].as_str().unwrap().starts_with("node1 online, node2 offline"), "{members}");
+    assert!(members["advice"].as_str().unwrap().starts_with("machines placed on node2 (`target`) cannot be created or started there"), "{members}");
+    assert_eq!(env.status()["machines"][0]["state"], "running");
+
+    // The remote's own address goes: every command names it (exit 5), doctor fails it.
+    cluster.node1.kill();
+    let address = cluster.url.trim_start_matches("https://").to_string();
+    let gone = env.envy().args(["exec", "one", "--", "true"]).assert().code(5);
+    assert!(stderr(&gone).contains(&format!("cannot talk to remote staging ({address}) while reading the machine's instance")), "{}", stderr(&gone));
+    let (code, json) = doctor();
+    let api = find(&json, "staging");
+    assert_eq!((code, &api["status"]), (Some(5), &json!("fail")), "{api}");
+    assert!(api["detail"].as_str().unwrap().contains(&format!("cannot talk to remote staging ({address}) while asking for its API")), "{api}");
+    assert!(api["advice"].as_str().unwrap().starts_with("start the daemon or fix the network"), "{api}");
+
+    // Back: the next command finds the machine as it is.
+    cluster.node1.restart();
+    assert_eq!(env.status()["machines"][0]["state"], "running");
+    env.envy().args(["exec", "one", "--", "true"]).assert().success();
+    env.envy().args(["destroy", "--force"]).assert().success();
+    assert!(cluster.node1.instances().is_empty());
+}

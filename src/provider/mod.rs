@@ -122,6 +122,13 @@ pub trait Provider: Send + Sync {
         Vec::new()
     }
 
+    /// Checks of what the provider reaches beyond this host (an LXD remote: reachable,
+    /// trusted, its API, its cluster members), for `envy doctor` only: they take the
+    /// network, so `envy up` does not run them.
+    fn remote_checks(&self, _home: &crate::state::Home) -> Vec<HostCheck> {
+        Vec::new()
+    }
+
     /// Whether a machine may name where it runs (`remote`, `target`): a provider that
     /// reaches other hosts (an LXD/Incus cluster) says yes; one that runs machines on
     /// this host is refused them when the Envfile loads.

@@ -2,6 +2,7 @@
 //! REST API), local through its unix socket or a remote cluster over TLS. Boxes become
 //! images keyed by their digest; everything else is the daemon's own (docs/lxd.md).
 
+mod checks;
 mod client;
 mod error;
 mod exec;
@@ -22,7 +23,8 @@ pub use remotes::Remotes;
 
 use crate::boxes::StoredBox;
 use crate::envfile::{Invalid, MachineSpec, SyncMode};
-use crate::model::{BoxFormat, ProviderKind};
+use crate::model::{BoxFormat, HostCheck, ProviderKind};
+use crate::state::Home;
 use crate::plan::MachinePlan;
 use crate::provider::{ExecRequest, ImageExport, MachineInfo, MachineState, Provider, SnapshotInfo};
 use crate::ui::Ui;
@@ -66,6 +68,10 @@ impl Provider for LxdProvider {
 
     fn accepts_placement(&self) -> bool {
         true
+    }
+
+    fn remote_checks(&self, home: &Home) -> Vec<HostCheck> {
+        checks::remotes(home)
     }
 
     /// Copied folders go in through exec (`tar -x` reading the exec websocket's stdin):
