@@ -419,16 +419,38 @@ fn lxd_share_makes_a_box_another_home_runs() {
 }
 
 #[test]
-fn lxd_daemon_gone_before_exec_is_named_and_the_next_command_sees_the_truth() {
+fn lxd_daemon_gone_during_up_or_before_exec_is_named_and_the_next_command_sees_the_truth() {
     require!(need::LXD);
     let mut lxd = Lxd::start();
     let env = TestEnv::new();
     let (box_path, _) = build_container_box(&env, "lxd-busybox");
-    std::fs::write(env.project.join("Envfile"), format!("[machine.web]\nbox = {box_path:?}\nprovider = \"lxd\"\nmemory = \"256MiB\"\n")).unwrap();
-    envy(&env, &lxd).arg("up").assert().success();
-
+    // Provisioning waits until the test lets it go: the daemon dies in the middle of `up`.
+    std::fs::write(
+        env.project.join("Envfile"),
+        format!(
+            "[machine.web]\nbox = {box_path:?}\nprovider = \"lxd\"\nmemory = \"256MiB\"\n\
+             provision = [\"touch /root/waiting; while [ ! -e /root/go ]; do sleep 0.2; done\"]\n"
+        ),
+    )
+    .unwrap();
+    let name = instance(&env, "web");
+    let mut up = env.envy_std();
+    up.env("LXD_DIR", lxd.path()).arg("up").stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
+    let up = up.spawn().unwrap();
+    let provisioning = (0..600).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        lxd.command("lxc", &["exec", &name, "--", "test", "-e", "/root/waiting"]).output().is_ok_and(|o| o.status.success())
+    });
+    assert!(provisioning, "provisioning never started");
     lxd.kill();
+    let out = up.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{err}");
     let socket = lxd.socket();
+    assert!(err.contains(&format!("cannot talk to the daemon at {}", socket.display())), "{err}");
+    assert!(err.contains("`envy status` shows the true state"), "{err}");
+
+    // Before exec, the daemon still gone: the same words, exit 5.
     for args in [&["exec", "web", "--", "true"][..], &["status"][..]] {
         let gone = envy(&env, &lxd).args(args).assert().code(5);
         assert!(
@@ -438,11 +460,15 @@ fn lxd_daemon_gone_before_exec_is_named_and_the_next_command_sees_the_truth() {
         );
         assert!(stderr(&gone).contains("check that it runs and is reachable"), "{}", stderr(&gone));
     }
-    // Back: the machine ran on without its daemon, and envy reads that from the daemon.
+    // Back: the machine ran on without its daemon, and envy reads that from the daemon;
+    // `up` finishes what the killed one left (its provisioning had not ended).
     lxd.restart();
     let status = envy(&env, &lxd).args(["--json", "status"]).assert().success();
     let status: serde_json::Value = serde_json::from_slice(&status.get_output().stdout).unwrap();
     assert_eq!(status["machines"][0]["state"], "running");
+    lxd.lxc(&["exec", &name, "--", "touch", "/root/go"]);
+    let again = envy(&env, &lxd).arg("up").assert().success();
+    assert!(stderr(&again).contains("web: provision 1/1"), "{}", stderr(&again));
     envy(&env, &lxd).args(["exec", "web", "--", "true"]).assert().success();
     envy(&env, &lxd).args(["destroy", "--force"]).assert().success();
     assert!(lxd.instances().is_empty());
