@@ -380,6 +380,24 @@ fn lxd_cluster_copies_sync_folders_and_runs_throwaways() {
     assert!(cluster.node1.instances().is_empty());
     assert_eq!(env.run_leftovers(), Vec::<String>::new());
     assert_eq!(cluster.node1.lxc(&["profile", "list", "--format", "csv"]).lines().count(), 1);
+
+    // SIGTERM to envy alone (a CI runner cancelling the job) while CMD runs on the
+    // cluster: the machine is stopped under CMD, deleted, and the run exits 130.
+    std::fs::write(&envfile, format!("[machine.ci]\nbox = {box_path:?}\nprovider = \"lxd\"\nmemory = \"256MiB\"\nsync = [\".:/project\"]\n")).unwrap();
+    let mut run = env.envy_std();
+    run.args(["run", "--remote", "staging", "--", "sh", "-c", "touch /root/started; sleep 600"]);
+    let mut child = run.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).stdin(std::process::Stdio::null()).spawn().unwrap();
+    let started = (0..600).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        cluster.node1.instances().first().is_some_and(|name| {
+            cluster.node1.command("lxc", &["exec", name, "--", "test", "-e", "/root/started"]).output().is_ok_and(|o| o.status.success())
+        })
+    });
+    assert!(started, "the throwaway's command never started");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+    assert!(cluster.node1.instances().is_empty());
+    assert_eq!(env.run_leftovers(), Vec::<String>::new());
 }
 
 #[test]
