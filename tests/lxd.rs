@@ -515,6 +515,9 @@ fn lxd_doctor_checks_the_remotes_and_a_remote_gone_is_named() {
     assert_eq!(find(&json, "staging trust")["status"], "ok");
     let members = find(&json, "staging members");
     assert_eq!((&members["status"], &members["detail"]), (&json!("ok"), &json!("node1, node2 online")));
+    let text = String::from_utf8(env.envy().arg("doctor").output().unwrap().stdout).unwrap();
+    assert!(text.contains("remotes:\n[ok  ] staging      LXD 5.0"), "{text}");
+    assert!(text.contains("[ok  ] staging members node1, node2 online"), "{text}");
 
     std::fs::write(
         env.project.join("Envfile"),
