@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Times envy's lxd provider beside the lxc client on the same daemon and image, in one run:
 #   `envy up` of a box already uploaded + first `envy exec -- true`
-#   vs  `lxc launch` of that image (same raw.lxc init) + `lxc exec -- true`
+#   vs  `lxc launch` of that image (same raw.lxc init) + `lxc exec -- true`;
+#   `envy run --provider lxd --box B -- true` (a throwaway: up, exec, delete)
+#   vs  `lxc launch` + `lxc exec -- true` + `lxc delete --force`
 # Each side's machine is deleted between runs (not timed). Starts its own LXD daemon
 # in a temp LXD_DIR (Debian's lxd), stopped at the end.
 # Needs root, lxd, lxd-client, busybox-static and hyperfine.
@@ -60,4 +62,13 @@ hyperfine --warmup 1 --runs 10 -N \
   --prepare "sh -c 'lxc delete --force rawbench || true'" \
   --command-name "lxc launch + exec true" \
   "sh -c 'lxc launch -q $image rawbench -c raw.lxc=\"lxc.init.cmd = /bin/sh /etc/envy-init\" && lxc exec rawbench -- true'" \
+  2>&1 | grep -v "^ *$"
+
+# The throwaway of `envy run`, its project folder included (a disk device), beside the
+# same three steps by hand.
+lxc delete --force rawbench >/dev/null 2>&1 || true
+hyperfine --warmup 1 --runs 10 -N \
+  --command-name "envy run --box -- true" "$ENVY -q run --provider lxd --box bench.box -- true" \
+  --command-name "lxc launch + exec true + delete" \
+  "sh -c 'lxc launch -q $image rawbench -c raw.lxc=\"lxc.init.cmd = /bin/sh /etc/envy-init\" && lxc exec rawbench -- true && lxc delete --force rawbench'" \
   2>&1 | grep -v "^ *$"

@@ -238,9 +238,13 @@ pub struct RunArgs {
     /// Envfile's machines (catalog name, URL#sha256=..., or a path).
     #[arg(long = "box", value_name = "BOX")]
     pub box_name: Option<String>,
-    /// Provider of the --box machine [default: container].
+    /// Provider of the --box machine [default: container, or lxd with --remote].
     #[arg(long, value_parser = crate::provider::name_parser(), requires = "box_name")]
     pub provider: Option<ProviderKind>,
+    /// Run the throwaway machines on this LXD remote (`envy remote add`), as
+    /// `remote = "NAME"` on each would.
+    #[arg(long, value_name = "NAME")]
+    pub remote: Option<String>,
     /// Keep the --box machine when CMD fails, to look around.
     #[arg(long, requires = "box_name")]
     pub keep_on_failure: bool,

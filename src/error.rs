@@ -35,6 +35,9 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
         {
             return code::INTERRUPTED;
         }
+        if cause.is::<crate::copy_in::CopyFailed>() {
+            return code::PROVIDER;
+        }
         if let Some(failed) = cause.downcast_ref::<crate::lifecycle::ProvisionFailed>() {
             return failed.code;
         }

@@ -198,7 +198,11 @@ fn start(ctx: &Context, plan: &MachinePlan, machine: &Prepared) -> Result<()> {
     }
     // Also for a running machine: the provider repairs what is broken around it (a
     // killed slirp4netns, lost forwards) without restarting it.
-    provider::for_kind(plan.spec.provider)?.up(plan, &machine.stored, &ctx.ui)
+    provider::for_kind(plan.spec.provider)?.up(plan, &machine.stored, &ctx.ui)?;
+    if machine.state != MachineState::Running || !machine.record.provisioned {
+        crate::copy_in::push_sync(plan, &ctx.ui)?;
+    }
+    Ok(())
 }
 
 /// After the start: provisioning (all steps on the first start, `always` ones on
@@ -206,7 +210,7 @@ fn start(ctx: &Context, plan: &MachinePlan, machine: &Prepared) -> Result<()> {
 fn finish(ctx: &Context, plan: &MachinePlan, machine: Prepared, opts: UpOptions) -> Result<()> {
     let Prepared { mut record, state, .. } = machine;
     if !record.provisioned && !opts.no_provision {
-        provision(ctx, plan)?;
+        run_steps(ctx, plan, false)?;
         record.provisioned = true;
         record.save(&plan.dir)?;
     } else if state != MachineState::Running && !opts.no_provision {
@@ -223,8 +227,10 @@ fn finish(ctx: &Context, plan: &MachinePlan, machine: Prepared, opts: UpOptions)
     Ok(())
 }
 
-/// Runs the machine's provisioning steps in order; the first failure stops them.
+/// `envy provision`: the copied sync folders pushed again, then the provisioning
+/// steps in order; the first failure stops them.
 pub fn provision(ctx: &Context, plan: &MachinePlan) -> Result<()> {
+    crate::copy_in::push_sync(plan, &ctx.ui)?;
     run_steps(ctx, plan, false)
 }
 

@@ -9,7 +9,7 @@ use sha2::{Digest as _, Sha256};
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use crate::state::Home;
-use crate::envfile::{Envfile, MachineSpec, SyncFolder, UserData};
+use crate::envfile::{Envfile, MachineSpec, SyncFolder, SyncMode, UserData};
 use crate::model::Forward;
 use crate::fsutil::{open_below, Follow};
 
@@ -120,11 +120,12 @@ impl MachinePlan {
     /// from the fd: the path is resolved by the kernel below the project (a symlink
     /// out of it is refused unless `allow_outside`), so a folder a guest swapped for a
     /// symlink, before or after this call, never brings another host path in.
+    /// Only the mounted folders: copied ones (`sync_mode = "copy"`) are packed by `copy_in`.
     pub fn open_sync_folders(&self) -> Result<Vec<OpenedFolder>, crate::envfile::Error> {
-        self.spec.sync.iter().map(|folder| self.open_sync_folder(folder)).collect()
+        self.spec.sync.iter().filter(|f| f.mode == SyncMode::Mount).map(|folder| self.open_sync_folder(folder)).collect()
     }
 
-    fn open_sync_folder(&self, folder: &SyncFolder) -> Result<OpenedFolder, crate::envfile::Error> {
+    pub fn open_sync_folder(&self, folder: &SyncFolder) -> Result<OpenedFolder, crate::envfile::Error> {
         let refuse = |problem: String| self.project_path_error(&folder.host, "sync folder", problem);
         let opened = if folder.allow_outside {
             // The Envfile names this path on purpose: resolve it once, then open the

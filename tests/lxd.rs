@@ -207,15 +207,6 @@ fn lxd_cluster_over_https_places_machines_by_target() {
     assert_eq!(cluster.node1.lxc(&["profile", "list", "--format", "csv"]).lines().count(), 1);
     assert_eq!(cluster.node1.image_count(), 1);
 
-    // A remote cluster cannot mount this host's folders: said at up, nothing made.
-    std::fs::write(
-        env.project.join("Envfile"),
-        format!("[machine.one]\nbox = {box_path:?}\nprovider = \"lxd\"\nremote = \"staging\"\nsync = [\".:/project\"]\n"),
-    )
-    .unwrap();
-    let up = env.envy().arg("up").assert().code(5);
-    assert!(String::from_utf8_lossy(&up.get_output().stderr).contains("cannot mount this host's folders"));
-    assert!(cluster.node1.instances().is_empty());
 }
 
 #[test]
@@ -242,4 +233,330 @@ fn lxd_without_a_daemon_or_remote_says_so_and_makes_nothing() {
     assert!(String::from_utf8_lossy(&add.get_output().stderr).contains("is not an LXD remote address: give https://HOST:PORT"));
     let remove = env.envy().args(["remote", "remove", "staging"]).assert().code(5);
     assert!(String::from_utf8_lossy(&remove.get_output().stderr).contains("there is no remote named staging"));
+}
+
+#[test]
+fn lxd_run_passes_the_exit_code_and_leaves_nothing() {
+    require!(need::LXD);
+    let lxd = Lxd::start();
+    let env = TestEnv::new();
+    let (box_path, digest) = build_container_box(&env, "lxd-busybox");
+    std::fs::write(env.project.join("input.txt"), "from the project\n").unwrap();
+
+    // A bare machine of the box, this folder at /project, the code passed through.
+    let run = envy(&env, &lxd)
+        .args(["run", "--provider", "lxd", "--box"])
+        .arg(&box_path)
+        .args(["--", "sh", "-c", "cat input.txt; exit 7"])
+        .assert()
+        .code(7);
+    assert_eq!(String::from_utf8_lossy(&run.get_output().stdout), "from the project\n");
+    assert!(lxd.instances().is_empty());
+    assert_eq!(env.run_leftovers(), Vec::<String>::new());
+    // No profile envy made; the image is the cache keyed by the box digest.
+    assert_eq!(lxd.lxc(&["profile", "list", "--format", "csv"]).lines().count(), 1);
+    assert_eq!(lxd.image_aliases(), vec![format!("envy-box-{digest}")]);
+
+    // The Envfile's machines as throwaways.
+    std::fs::write(env.project.join("Envfile"), format!("[machine.web]\nbox = {box_path:?}\nprovider = \"lxd\"\n")).unwrap();
+    envy(&env, &lxd).args(["run", "--", "sh", "-c", "exit 3"]).assert().code(3);
+    assert!(lxd.instances().is_empty());
+    assert_eq!(env.run_leftovers(), Vec::<String>::new());
+
+    // --remote on a provider that runs machines here is refused before anything is made.
+    let refused = envy(&env, &lxd).args(["run", "--provider", "container", "--remote", "staging", "--box"]).arg(&box_path).args(["--", "true"]).assert().code(5);
+    assert!(String::from_utf8_lossy(&refused.get_output().stderr).contains("the container provider cannot run machines on a remote"));
+    assert_eq!(env.run_leftovers(), Vec::<String>::new());
+
+    // Ctrl-C in the middle of CMD: the machine is stopped under it, removed, and the run exits 130.
+    use std::os::unix::process::CommandExt;
+    let mut run = env.envy_std();
+    run.env("LXD_DIR", lxd.path()).args(["run", "--provider", "lxd", "--box"]).arg(&box_path).args(["--", "sleep", "600"]);
+    run.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).stdin(std::process::Stdio::null());
+    // Its own process group, as a terminal's foreground job: Ctrl-C reaches all of it.
+    run.process_group(0);
+    let mut child = run.spawn().unwrap();
+    let running = (0..600).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        lxd.lxc(&["list", "--format", "csv", "-c", "s"]).trim() == "RUNNING"
+    });
+    assert!(running, "the throwaway never ran");
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+    assert!(lxd.instances().is_empty());
+    assert_eq!(env.run_leftovers(), Vec::<String>::new());
+}
+
+/// `envy remote add staging` for the cluster.
+fn add_remote(env: &TestEnv, cluster: &lxd_support::Cluster) {
+    let token = cluster.trust_token();
+    env.envy().args(["remote", "add", "staging", &cluster.url, "--token", &token]).assert().success();
+}
+
+fn stdout(assert: &assert_cmd::assert::Assert) -> String {
+    String::from_utf8_lossy(&assert.get_output().stdout).into_owned()
+}
+
+fn stderr(assert: &assert_cmd::assert::Assert) -> String {
+    String::from_utf8_lossy(&assert.get_output().stderr).into_owned()
+}
+
+#[test]
+fn lxd_cluster_copies_sync_folders_and_runs_throwaways() {
+    require!(need::LXD);
+    let cluster = lxd_support::Cluster::start();
+    let env = TestEnv::new();
+    let (box_path, _) = build_container_box(&env, "lxd-busybox");
+    add_remote(&env, &cluster);
+    let envfile = env.project.join("Envfile");
+    std::fs::create_dir_all(env.project.join("src")).unwrap();
+    std::fs::write(env.project.join("src/main.txt"), "version 1\n").unwrap();
+    // A symlink out of the project is copied as the link, never followed on the host.
+    std::os::unix::fs::symlink("/etc/shadow", env.project.join("src/outside")).unwrap();
+
+    // A remote cannot mount this host's folders: refused where the Envfile asks, nothing made.
+    let machine = format!("[machine.one]\nbox = {box_path:?}\nprovider = \"lxd\"\nremote = \"staging\"\ntarget = \"node2\"\nmemory = \"256MiB\"\n");
+    std::fs::write(&envfile, format!("{machine}sync = [\".:/project\"]\n")).unwrap();
+    let refused = env.envy().arg("up").assert().code(3);
+    assert!(stderr(&refused).contains(&format!(
+        "{}:7:9: machine one: machine one runs on remote staging, which cannot mount this host's folders ({}): set sync_mode = \"copy\"",
+        envfile.display(),
+        env.project.display()
+    )), "{}", stderr(&refused));
+    // A mode that is not known, and copy on a provider that mounts, are refused at their keys.
+    std::fs::write(&envfile, format!("{machine}sync_mode = \"sideways\"\nsync = [\".:/project\"]\n")).unwrap();
+    let bad = env.envy().arg("up").assert().code(3);
+    assert!(stderr(&bad).contains(":7:13: sync_mode \"sideways\" is not known: use \"mount\" (the default) or \"copy\""), "{}", stderr(&bad));
+    std::fs::write(&envfile, format!("[machine.one]\nbox = {box_path:?}\nprovider = \"container\"\nsync = [{{ host = \".\", guest = \"/p\", mode = \"copy\" }}]\n")).unwrap();
+    let bad = env.envy().arg("up").assert().code(3);
+    assert!(stderr(&bad).contains("the container provider mounts this host's folders"), "{}", stderr(&bad));
+    // Forwards to a remote machine are refused, not tunnelled (docs/lxd.md says why).
+    std::fs::write(&envfile, format!("{machine}forward = [\"8080:80\"]\n")).unwrap();
+    let bad = env.envy().arg("up").assert().code(3);
+    assert!(stderr(&bad).contains(&format!(
+        "{}:7:12: machine one: machine one runs on remote staging, which cannot listen on this host's ports",
+        envfile.display()
+    )), "{}", stderr(&bad));
+    assert!(cluster.node1.instances().is_empty());
+
+    // Copied at up, before provisioning, which sees it.
+    std::fs::write(&envfile, format!("{machine}sync_mode = \"copy\"\nsync = [\".:/project\"]\nprovision = [\"cat /project/src/main.txt > /root/seen\"]\n")).unwrap();
+    let up = env.envy().arg("up").assert().success();
+    assert!(stderr(&up).contains(&format!("one: copying {} to /project", env.project.display())), "{}", stderr(&up));
+    let exec = |script: &str| stdout(&env.envy().args(["exec", "one", "--", "sh", "-c", script]).assert().success());
+    assert_eq!(exec("cat /root/seen src/main.txt"), "version 1\nversion 1\n");
+    assert_eq!(exec("readlink /project/src/outside; test -L /project/src/outside && echo link"), "/etc/shadow\nlink\n");
+    // One way: the host's changes wait for the next push, the machine's never come back.
+    std::fs::write(env.project.join("src/main.txt"), "version 2\n").unwrap();
+    exec("echo from-guest > /project/from-guest");
+    assert_eq!(exec("cat /project/src/main.txt"), "version 1\n");
+    assert!(!env.project.join("from-guest").exists());
+    env.envy().args(["provision", "one"]).assert().success();
+    assert_eq!(exec("cat /project/src/main.txt /project/from-guest"), "version 2\nfrom-guest\n");
+    std::fs::write(env.project.join("src/main.txt"), "version 3\n").unwrap();
+    env.envy().args(["reload", "one"]).assert().success();
+    assert_eq!(exec("cat /project/src/main.txt"), "version 3\n");
+    env.envy().args(["destroy", "--force"]).assert().success();
+    assert!(cluster.node1.instances().is_empty());
+
+    // envy run --remote: the Envfile's machines (mounted folders become copies) on the
+    // cluster, the command's code passed through, nothing left.
+    std::fs::write(&envfile, format!("[machine.ci]\nbox = {box_path:?}\nprovider = \"lxd\"\nmemory = \"256MiB\"\nsync = [\".:/project\"]\n")).unwrap();
+    let run = env.envy().args(["run", "--remote", "staging", "--", "sh", "-c", "cat src/main.txt; exit 9"]).assert().code(9);
+    assert_eq!(stdout(&run), "version 3\n");
+    assert!(cluster.node1.instances().is_empty());
+    assert_eq!(env.run_leftovers(), Vec::<String>::new());
+    // A forward of a machine that --remote places is refused at up, before anything is made.
+    std::fs::write(&envfile, format!("[machine.ci]\nbox = {box_path:?}\nprovider = \"lxd\"\nforward = [\"8080:80\"]\n")).unwrap();
+    let refused = env.envy().args(["run", "--remote", "staging", "--", "true"]).assert().code(5);
+    assert!(stderr(&refused).contains("machine ci runs on remote staging (127.0.0.1:"), "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("which cannot listen on this host's ports"), "{}", stderr(&refused));
+    assert!(cluster.node1.instances().is_empty());
+    assert_eq!(env.run_leftovers(), Vec::<String>::new());
+    // A bare machine of a box, this folder copied to /project.
+    let run = env.envy().args(["run", "--remote", "staging", "--box"]).arg(&box_path).args(["--", "sh", "-c", "cat src/main.txt; exit 4"]).assert().code(4);
+    assert_eq!(stdout(&run), "version 3\n");
+    assert!(cluster.node1.instances().is_empty());
+    assert_eq!(env.run_leftovers(), Vec::<String>::new());
+    assert_eq!(cluster.node1.lxc(&["profile", "list", "--format", "csv"]).lines().count(), 1);
+
+    // SIGTERM to envy alone (a CI runner cancelling the job) while CMD runs on the
+    // cluster: the machine is stopped under CMD, deleted, and the run exits 130.
+    std::fs::write(&envfile, format!("[machine.ci]\nbox = {box_path:?}\nprovider = \"lxd\"\nmemory = \"256MiB\"\nsync = [\".:/project\"]\n")).unwrap();
+    let mut run = env.envy_std();
+    run.args(["run", "--remote", "staging", "--", "sh", "-c", "touch /root/started; sleep 600"]);
+    let mut child = run.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).stdin(std::process::Stdio::null()).spawn().unwrap();
+    let started = (0..600).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        cluster.node1.instances().first().is_some_and(|name| {
+            cluster.node1.command("lxc", &["exec", name, "--", "test", "-e", "/root/started"]).output().is_ok_and(|o| o.status.success())
+        })
+    });
+    assert!(started, "the throwaway's command never started");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+    assert!(cluster.node1.instances().is_empty());
+    assert_eq!(env.run_leftovers(), Vec::<String>::new());
+}
+
+#[test]
+fn lxd_share_makes_a_box_another_home_runs() {
+    require!(need::LXD);
+    require!(need::CONTAINERS);
+    let lxd = Lxd::start();
+    let me = TestEnv::new();
+    let (box_path, digest) = build_container_box(&me, "lxd-busybox");
+    std::fs::write(me.project.join("Envfile"), format!("[machine.web]\nbox = {box_path:?}\nprovider = \"lxd\"\nmemory = \"256MiB\"\n")).unwrap();
+    envy(&me, &lxd).arg("up").assert().success();
+    envy(&me, &lxd).args(["exec", "web", "--", "sh", "-c", "echo made-on-lxd > /root/shared.txt"]).assert().success();
+
+    // Shared while running: published from a snapshot, exported, the snapshot and image gone after.
+    let shared = me.path("web.box");
+    let out = envy(&me, &lxd).args(["share", "--json", "web", "-o"]).arg(&shared).assert().success();
+    let v: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    let sha256 = v["sha256"].as_str().unwrap().to_string();
+    assert_eq!(sha256, crate::common::sha256_hex(&std::fs::read(&shared).unwrap()));
+    assert_eq!(lxd.image_aliases(), vec![format!("envy-box-{digest}")]);
+    assert_eq!(lxd.image_count(), 1, "the image made for the export is deleted");
+    assert_eq!(lxd.lxc(&["list", &instance(&me, "web"), "--format", "csv", "-c", "S"]).trim(), "0");
+
+    // Another ENVY_HOME adds it by its digest and runs it with the container provider.
+    let mate = TestEnv::new();
+    mate.envy().args(["box", "add"]).arg(&shared).args(["--sha256", &sha256, "--name", "from-lxd"]).assert().success();
+    std::fs::write(mate.project.join("Envfile"), "[machine.copy]\nbox = \"from-lxd\"\nprovider = \"container\"\n").unwrap();
+    let _theirs = crate::common::DestroyOnDrop(&mate);
+    mate.envy().arg("up").assert().success();
+    let out = mate.envy().args(["exec", "--", "cat", "/root/shared.txt"]).assert().success();
+    assert_eq!(String::from_utf8_lossy(&out.get_output().stdout), "made-on-lxd\n");
+
+    // --push (an OCI image of the machine's changes) is not for lxd machines: said, nothing made.
+    let push = envy(&me, &lxd).args(["share", "web", "--push", "oci://127.0.0.1:1/x/y:1"]).assert().code(5);
+    assert!(stderr(&push).contains("envy share --push does not push lxd machines (machine web)"), "{}", stderr(&push));
+    envy(&me, &lxd).args(["destroy", "--force"]).assert().success();
+}
+
+#[test]
+fn lxd_daemon_gone_during_up_or_before_exec_is_named_and_the_next_command_sees_the_truth() {
+    require!(need::LXD);
+    let mut lxd = Lxd::start();
+    let env = TestEnv::new();
+    let (box_path, _) = build_container_box(&env, "lxd-busybox");
+    // Provisioning waits until the test lets it go: the daemon dies in the middle of `up`.
+    std::fs::write(
+        env.project.join("Envfile"),
+        format!(
+            "[machine.web]\nbox = {box_path:?}\nprovider = \"lxd\"\nmemory = \"256MiB\"\n\
+             provision = [\"touch /root/waiting; while [ ! -e /root/go ]; do sleep 0.2; done\"]\n"
+        ),
+    )
+    .unwrap();
+    let name = instance(&env, "web");
+    let mut up = env.envy_std();
+    up.env("LXD_DIR", lxd.path()).arg("up").stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
+    let up = up.spawn().unwrap();
+    let provisioning = (0..600).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        lxd.command("lxc", &["exec", &name, "--", "test", "-e", "/root/waiting"]).output().is_ok_and(|o| o.status.success())
+    });
+    assert!(provisioning, "provisioning never started");
+    lxd.kill();
+    let out = up.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    let socket = lxd.socket();
+    assert!(err.contains(&format!("cannot talk to the daemon at {}", socket.display())), "{err}");
+    assert!(err.contains("`envy status` shows the true state"), "{err}");
+
+    // Before exec, the daemon still gone: the same words, exit 5.
+    for args in [&["exec", "web", "--", "true"][..], &["status"][..]] {
+        let gone = envy(&env, &lxd).args(args).assert().code(5);
+        assert!(
+            stderr(&gone).contains(&format!("cannot talk to the daemon at {} while reading the machine's instance", socket.display())),
+            "{}",
+            stderr(&gone)
+        );
+        assert!(stderr(&gone).contains("check that it runs and is reachable"), "{}", stderr(&gone));
+    }
+    // Back: the machine ran on without its daemon, and envy reads that from the daemon;
+    // `up` finishes what the killed one left (its provisioning had not ended).
+    lxd.restart();
+    let status = envy(&env, &lxd).args(["--json", "status"]).assert().success();
+    let status: serde_json::Value = serde_json::from_slice(&status.get_output().stdout).unwrap();
+    assert_eq!(status["machines"][0]["state"], "running");
+    lxd.lxc(&["exec", &name, "--", "touch", "/root/go"]);
+    let again = envy(&env, &lxd).arg("up").assert().success();
+    assert!(stderr(&again).contains("web: provision 1/1"), "{}", stderr(&again));
+    envy(&env, &lxd).args(["exec", "web", "--", "true"]).assert().success();
+    envy(&env, &lxd).args(["destroy", "--force"]).assert().success();
+    assert!(lxd.instances().is_empty());
+}
+
+#[test]
+fn lxd_doctor_checks_the_remotes_and_a_remote_gone_is_named() {
+    require!(need::LXD);
+    let mut cluster = lxd_support::Cluster::start();
+    let env = TestEnv::new();
+    let (box_path, _) = build_container_box(&env, "lxd-busybox");
+    add_remote(&env, &cluster);
+    let doctor = || {
+        let out = env.envy().args(["--json", "doctor"]).output().unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (out.status.code(), json)
+    };
+    let find = |json: &serde_json::Value, name: &str| {
+        json["checks"].as_array().unwrap().iter().find(|c| c["name"] == name).cloned().unwrap_or_else(|| panic!("no check {name}: {json}"))
+    };
+    let (_, json) = doctor();
+    let api = find(&json, "staging");
+    assert_eq!(api["status"], "ok", "{api}");
+    assert!(api["detail"].as_str().unwrap().starts_with("LXD 5.0"), "{api}");
+    assert!(api["detail"].as_str().unwrap().ends_with(&format!("at {}, API 1.0", cluster.url.trim_start_matches("https://"))), "{api}");
+    assert_eq!(find(&json, "staging trust")["status"], "ok");
+    let members = find(&json, "staging members");
+    assert_eq!((&members["status"], &members["detail"]), (&json!("ok"), &json!("node1, node2 online")));
+    let text = String::from_utf8(env.envy().arg("doctor").output().unwrap().stdout).unwrap();
+    assert!(text.contains("remotes:\n[ok  ] staging      LXD 5.0"), "{text}");
+    assert!(text.contains("[ok  ] staging members node1, node2 online"), "{text}");
+
+    std::fs::write(
+        env.project.join("Envfile"),
+        format!("[machine.one]\nbox = {box_path:?}\nprovider = \"lxd\"\nremote = \"staging\"\ntarget = \"node1\"\nmemory = \"256MiB\"\n"),
+    )
+    .unwrap();
+    env.envy().arg("up").assert().success();
+
+    // node2 stops: once the cluster notices (its heartbeat), the members check says so.
+    cluster.node2.kill();
+    let members = (0..120)
+        .find_map(|_| {
+            let members = find(&doctor().1, "staging members");
+            if members["status"] == "warn" {
+                return Some(members);
+            }
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            None
+        })
+        .expect("the cluster never saw node2 go");
+    assert!(members["detail"].as_str().unwrap().starts_with("node1 online, node2 offline"), "{members}");
+    assert!(members["advice"].as_str().unwrap().starts_with("machines placed on node2 (`target`) cannot be created or started there"), "{members}");
+    assert_eq!(env.status()["machines"][0]["state"], "running");
+
+    // The remote's own address goes: every command names it (exit 5), doctor fails it.
+    cluster.node1.kill();
+    let address = cluster.url.trim_start_matches("https://").to_string();
+    let gone = env.envy().args(["exec", "one", "--", "true"]).assert().code(5);
+    assert!(stderr(&gone).contains(&format!("cannot talk to remote staging ({address}) while reading the machine's instance")), "{}", stderr(&gone));
+    let (code, json) = doctor();
+    let api = find(&json, "staging");
+    assert_eq!((code, &api["status"]), (Some(5), &json!("fail")), "{api}");
+    assert!(api["detail"].as_str().unwrap().contains(&format!("cannot talk to remote staging ({address}) while asking for its API")), "{api}");
+    assert!(api["advice"].as_str().unwrap().starts_with("start the daemon or fix the network"), "{api}");
+
+    // Back: the next command finds the machine as it is.
+    cluster.node1.restart();
+    assert_eq!(env.status()["machines"][0]["state"], "running");
+    env.envy().args(["exec", "one", "--", "true"]).assert().success();
+    env.envy().args(["destroy", "--force"]).assert().success();
+    assert!(cluster.node1.instances().is_empty());
 }

@@ -11,7 +11,7 @@ use serde_json::json;
 use crate::cli::RunArgs;
 use crate::context::Context;
 use crate::envfile::lock::LockFile;
-use crate::envfile;
+use crate::envfile::{self, SyncMode};
 use crate::model::BoxRef;
 use crate::lifecycle::{self, UpOptions};
 use crate::plan::{MachinePlan, Project};
@@ -40,6 +40,14 @@ fn replica(ctx: &Context, args: &RunArgs) -> Result<i32> {
     let mut envfile = ws.envfile.clone();
     for machine in &mut envfile.machines {
         machine.accel = machine.accel.or(ctx.config.accel);
+        if let Some(remote) = &args.remote {
+            place_on(machine.provider, remote)?;
+            machine.placement.remote = Some(remote.clone());
+            // A remote cannot mount this host's folders; a throwaway needs only a copy.
+            for folder in &mut machine.sync {
+                folder.mode = SyncMode::Copy;
+            }
+        }
         // A copy never takes the Envfile's host ports: the developer's machines or another
         // run may hold them, or check them at the same moment. The kernel picks each one.
         for forward in &mut machine.forwards {
@@ -67,7 +75,8 @@ fn replica(ctx: &Context, args: &RunArgs) -> Result<i32> {
             events.emit(json!({ "event": "ready", "machine": plan.name() }));
         }
         let plan = plans.iter().find(|p| p.name() == target).expect("the target machine is one of the Envfile's");
-        let code = exec_until_interrupted(ctx, plan, &args.command)?;
+        let request = ExecRequest { command: args.command.clone(), ..ExecRequest::default() };
+        let code = exec_until_interrupted(ctx, plan, &request)?;
         events.emit(json!({ "event": "exit", "machine": plan.name(), "code": code }));
         Ok(code)
     })();
@@ -109,12 +118,21 @@ fn finish(ctx: &Context, outcome: Result<i32>, cleanup: Result<()>) -> Result<i3
     }
 }
 
-/// Runs CMD in the machine. A SIGTERM goes to envy alone, not to CMD: the machine is
-/// then destroyed under CMD, which ends it, so a cancelled run does not wait for CMD.
-fn exec_until_interrupted(ctx: &Context, plan: &MachinePlan, command: &[String]) -> Result<i32> {
-    let request = ExecRequest { command: command.to_vec(), ..ExecRequest::default() };
+/// `--remote NAME` for a machine of `provider`, which must place machines on other hosts.
+fn place_on(provider: crate::model::ProviderKind, remote: &str) -> Result<()> {
+    if provider::for_kind(provider)?.accepts_placement() {
+        return Ok(());
+    }
+    Err(provider::Error::Unsupported { provider, what: "run machines on a remote (`--remote` places lxd machines only)" })
+        .with_context(|| format!("cannot run on remote {remote}"))
+}
+
+/// Runs CMD in the machine. A SIGTERM goes to envy alone, not to CMD, and a Ctrl-C
+/// does not reach a CMD on another host: the machine is then stopped under CMD, which
+/// ends it, so a cancelled run does not wait for CMD.
+fn exec_until_interrupted(ctx: &Context, plan: &MachinePlan, request: &ExecRequest) -> Result<i32> {
     std::thread::scope(|scope| {
-        let running = scope.spawn(|| provider::for_kind(plan.spec.provider)?.exec(plan, &request));
+        let running = scope.spawn(|| provider::for_kind(plan.spec.provider)?.exec(plan, request));
         let mut stopped = false;
         while !running.is_finished() {
             if signals::interrupted() && !stopped {
@@ -144,7 +162,11 @@ impl Events {
 
 /// `envy run --box B -- CMD`: one bare machine with this folder at /project.
 fn bare(ctx: &Context, box_name: &str, args: &RunArgs) -> Result<i32> {
-    let provider_kind = args.provider.unwrap_or_else(crate::provider::default_kind);
+    let default = if args.remote.is_some() { crate::provider::lxd::KIND } else { crate::provider::default_kind() };
+    let provider_kind = args.provider.unwrap_or(default);
+    if let Some(remote) = &args.remote {
+        place_on(provider_kind, remote)?;
+    }
     crate::doctor::require(&[provider_kind])?;
     // --box reads exactly like `box =` in an Envfile in this folder.
     let here = envfile::parse_str(
@@ -161,8 +183,10 @@ fn bare(ctx: &Context, box_name: &str, args: &RunArgs) -> Result<i32> {
         BoxRef::Url { url, sha256 } => table(&[("url", Some(url.clone())), ("sha256", sha256.clone())]),
         BoxRef::Path { path, sha256 } => table(&[("path", Some(path.display().to_string())), ("sha256", sha256.clone())]),
     };
+    // On a remote, this folder is copied in (a remote cannot mount it).
+    let remote = args.remote.as_ref().map(|r| format!("remote = {}\nsync_mode = \"copy\"\n", toml::Value::String(r.clone()))).unwrap_or_default();
     let text = format!(
-        "# A throwaway machine of `envy run` in {}.\n[machine.run]\nbox = {box_value}\nprovider = \"{provider_kind}\"\nsync = [{{ host = {}, guest = \"/project\", allow_outside = true }}]\n",
+        "# A throwaway machine of `envy run` in {}.\n[machine.run]\nbox = {box_value}\nprovider = \"{provider_kind}\"\n{remote}sync = [{{ host = {}, guest = \"/project\", allow_outside = true }}]\n",
         ctx.cwd.display(),
         toml::Value::String(ctx.cwd.display().to_string()),
     );
@@ -171,7 +195,7 @@ fn bare(ctx: &Context, box_name: &str, args: &RunArgs) -> Result<i32> {
     let project = Project::new(&ctx.home, &envfile);
     let mut plan = MachinePlan::new(&ctx.home, &project, &envfile, &envfile.machines[0]);
 
-    // Ctrl-C reaches CMD through the terminal; envy itself only notes it and cleans up.
+    // Ctrl-C and SIGTERM are only noted: CMD is stopped with its machine, then cleaned up.
     signals::catch_interrupts()?;
 
     let mut lock = LockFile::default();
@@ -179,14 +203,8 @@ fn bare(ctx: &Context, box_name: &str, args: &RunArgs) -> Result<i32> {
         if signals::interrupted() {
             return Ok(crate::error::code::INTERRUPTED);
         }
-        let request = ExecRequest {
-            command: args.command.clone(),
-            tty: false,
-            workdir: Some("/project".into()),
-            env: Vec::new(),
-            ..ExecRequest::default()
-        };
-        provider::for_kind(provider_kind)?.exec(&plan, &request)
+        let request = ExecRequest { command: args.command.clone(), workdir: Some("/project".into()), ..ExecRequest::default() };
+        exec_until_interrupted(ctx, &plan, &request)
     });
     let failed = !matches!(outcome, Ok(0)) || signals::interrupted();
     if failed && args.keep_on_failure {

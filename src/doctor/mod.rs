@@ -26,8 +26,8 @@ pub struct Finding {
 }
 
 /// Every check, for `envy doctor`: each registered provider's, a check that several
-/// providers share listed once, the host-wide ones, then whether a normal user can run
-/// machines here (`rootless`).
+/// providers share listed once, the host-wide ones, whether a normal user can run
+/// machines here (`rootless`), then the remotes the providers reach (`remotes`).
 pub fn all(home: &Path) -> Vec<Finding> {
     let mut findings: Vec<Finding> = Vec::new();
     for registration in provider::registered() {
@@ -44,6 +44,14 @@ pub fn all(home: &Path) -> Vec<Finding> {
     let needed_by = if space.status == CheckStatus::Fail { everyone } else { Vec::new() };
     findings.push(Finding { check: space, needed_by, group: None });
     findings.extend(rootless::checks(&crate::userns::mode()));
+    let state = crate::state::Home::at(home);
+    for registration in provider::registered() {
+        for check in (registration.make)().remote_checks(&state) {
+            // A remote that fails stops that provider's machines on it.
+            let needed_by = if check.status == CheckStatus::Fail { vec![registration.kind] } else { Vec::new() };
+            findings.push(Finding { check, needed_by, group: Some("remotes") });
+        }
+    }
     findings
 }
 

@@ -135,6 +135,21 @@ pub struct SyncFolder {
     /// The host path may resolve outside the project (the Envfile says so).
     #[serde(default)]
     pub allow_outside: bool,
+    /// Mounted, or pushed into the machine one way (`sync_mode = "copy"`).
+    #[serde(default)]
+    pub mode: SyncMode,
+}
+
+/// How a sync folder reaches the machine: `sync_mode` of a machine, `mode` of a folder.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    /// Mounted from the host: both sides see each other's changes at once.
+    #[default]
+    Mount,
+    /// Packed on the host and unpacked in the machine at each start and `envy provision`;
+    /// what the machine changes stays in it (a remote daemon cannot mount this host's folders).
+    Copy,
 }
 
 /// One provisioning step and when it runs.

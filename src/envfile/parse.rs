@@ -12,7 +12,7 @@ use toml::Spanned;
 
 use crate::model::parse_size;
 
-use super::{host, AutoForward, Envfile, Error, MachineSpec, Placement, ProvisionAction, ProvisionStep, Ready, ReadyCheck, SyncFolder, UserData};
+use super::{host, AutoForward, Envfile, Error, MachineSpec, Placement, ProvisionAction, ProvisionStep, Ready, ReadyCheck, SyncFolder, SyncMode, UserData};
 use crate::model::{Accel, BoxRef, Forward, Protocol, ProviderKind};
 
 /// The smallest disk a machine (or `envy box build --disk-size`) may ask for.
@@ -41,6 +41,7 @@ struct RawMachine {
     env: Option<BTreeMap<String, Spanned<String>>>,
     forward: Option<Vec<Spanned<toml::Value>>>,
     sync: Option<Vec<Spanned<toml::Value>>>,
+    sync_mode: Option<Spanned<String>>,
     provision: Option<Vec<Spanned<toml::Value>>>,
     ready: Option<Spanned<toml::Value>>,
     user_data: Option<Spanned<String>>,
@@ -119,6 +120,7 @@ fn defaults_as_machine(defaults: &RawMachine) -> RawMachine {
         env: defaults.env.clone(),
         forward: defaults.forward.clone(),
         sync: defaults.sync.clone(),
+        sync_mode: defaults.sync_mode.clone(),
         provision: defaults.provision.clone(),
         ready: defaults.ready.clone(),
         user_data: defaults.user_data.clone(),
@@ -160,7 +162,7 @@ impl Reader<'_> {
             list.and_then(|l| l.first()).map(|v| v.span())
         }
         let either = |own: Option<Range<usize>>, default: Option<Range<usize>>| own.or(default);
-        let places: [(&'static str, Option<Range<usize>>); 15] = [
+        let places: [(&'static str, Option<Range<usize>>); 16] = [
             ("", Some(table)),
             ("box", either(m.box_ref.as_ref().map(|v| v.span()), defaults.box_ref.as_ref().map(|v| v.span()))),
             ("provider", either(m.provider.as_ref().map(|v| v.span()), defaults.provider.as_ref().map(|v| v.span()))),
@@ -170,6 +172,7 @@ impl Reader<'_> {
             ("accel", either(m.accel.as_ref().map(|v| v.span()), defaults.accel.as_ref().map(|v| v.span()))),
             ("forward", either(first(m.forward.as_ref()), first(defaults.forward.as_ref()))),
             ("sync", either(first(m.sync.as_ref()), first(defaults.sync.as_ref()))),
+            ("sync_mode", either(m.sync_mode.as_ref().map(|v| v.span()), defaults.sync_mode.as_ref().map(|v| v.span()))),
             ("provision", either(first(m.provision.as_ref()), first(defaults.provision.as_ref()))),
             ("ready", either(m.ready.as_ref().map(|v| v.span()), defaults.ready.as_ref().map(|v| v.span()))),
             ("user_data", either(m.user_data.as_ref().map(|v| v.span()), defaults.user_data.as_ref().map(|v| v.span()))),
@@ -245,8 +248,12 @@ impl Reader<'_> {
             .map(|list| list.iter().map(|f| self.forward(f)).collect::<Result<Vec<_>, _>>())
             .transpose()?
             .unwrap_or_default();
+        let sync_mode = match m.sync_mode.as_ref().or(defaults.sync_mode.as_ref()) {
+            Some(mode) => self.sync_mode(mode.get_ref(), mode.span(), "sync_mode")?,
+            None => SyncMode::Mount,
+        };
         let sync = m.sync.as_ref().or(defaults.sync.as_ref())
-            .map(|list| list.iter().map(|s| self.sync(s)).collect::<Result<Vec<_>, _>>())
+            .map(|list| list.iter().map(|s| self.sync(s, sync_mode)).collect::<Result<Vec<_>, _>>())
             .transpose()?
             .unwrap_or_default();
         let provision = m.provision.as_ref().or(defaults.provision.as_ref())
@@ -444,23 +451,33 @@ impl Reader<'_> {
         )))
     }
 
-    fn sync(&self, value: &Spanned<toml::Value>) -> Result<SyncFolder, Error> {
+    /// `sync_mode` of a machine or `mode` of a sync folder.
+    fn sync_mode(&self, text: &str, span: Range<usize>, key: &str) -> Result<SyncMode, Error> {
+        match text {
+            "mount" => Ok(SyncMode::Mount),
+            "copy" => Ok(SyncMode::Copy),
+            other => Err(self.error(span, format!("{key} {other:?} is not known: use \"mount\" (the default) or \"copy\""))),
+        }
+    }
+
+    /// A sync folder; `machine_mode` is its machine's `sync_mode`, which its own `mode` overrides.
+    fn sync(&self, value: &Spanned<toml::Value>, machine_mode: SyncMode) -> Result<SyncFolder, Error> {
         let span = value.span();
         let bad = |msg: String| self.error(span.clone(), msg);
-        let (host, guest, readonly, allow_outside) = match value.get_ref() {
+        let (host, guest, readonly, allow_outside, mode) = match value.get_ref() {
             toml::Value::String(s) => {
                 let mut parts = s.split(':');
                 match (parts.next(), parts.next(), parts.next(), parts.next()) {
-                    (Some(h), Some(g), None, None) => (h.to_string(), g.to_string(), false, false),
-                    (Some(h), Some(g), Some("ro"), None) => (h.to_string(), g.to_string(), true, false),
-                    (Some(h), Some(g), Some("rw"), None) => (h.to_string(), g.to_string(), false, false),
+                    (Some(h), Some(g), None, None) => (h.to_string(), g.to_string(), false, false, machine_mode),
+                    (Some(h), Some(g), Some("ro"), None) => (h.to_string(), g.to_string(), true, false, machine_mode),
+                    (Some(h), Some(g), Some("rw"), None) => (h.to_string(), g.to_string(), false, false, machine_mode),
                     _ => return Err(bad(format!("sync {s:?} is not HOSTPATH:GUESTPATH[:ro], e.g. \".:/project\""))),
                 }
             }
             toml::Value::Table(t) => {
                 for key in t.keys() {
-                    if !matches!(key.as_str(), "host" | "guest" | "readonly" | "allow_outside") {
-                        return Err(bad(format!("unknown key `{key}` in sync: it takes host, guest, readonly, allow_outside")));
+                    if !matches!(key.as_str(), "host" | "guest" | "readonly" | "allow_outside" | "mode") {
+                        return Err(bad(format!("unknown key `{key}` in sync: it takes host, guest, readonly, allow_outside, mode")));
                     }
                 }
                 let text = |k: &str| match t.get(k) {
@@ -472,7 +489,12 @@ impl Reader<'_> {
                     None => Ok(false),
                     Some(_) => Err(bad(format!("sync.{k} must be true or false"))),
                 };
-                (text("host")?, text("guest")?, flag("readonly")?, flag("allow_outside")?)
+                let mode = match t.get("mode") {
+                    Some(toml::Value::String(m)) => self.sync_mode(m, span.clone(), "sync.mode")?,
+                    Some(_) => return Err(bad("sync.mode must be \"mount\" or \"copy\"".into())),
+                    None => machine_mode,
+                };
+                (text("host")?, text("guest")?, flag("readonly")?, flag("allow_outside")?, mode)
             }
             _ => return Err(bad("a sync folder is \"HOSTPATH:GUESTPATH\" or a table { host, guest }".into())),
         };
@@ -486,7 +508,7 @@ impl Reader<'_> {
                 self.project_dir.display()
             )));
         }
-        Ok(SyncFolder { host: host_path, guest, readonly, allow_outside })
+        Ok(SyncFolder { host: host_path, guest, readonly, allow_outside, mode })
     }
 
     fn provision(&self, value: &Spanned<toml::Value>) -> Result<ProvisionStep, Error> {

@@ -50,8 +50,17 @@ impl MachineSpec {
         }
         if !self.sync.is_empty() {
             let sync = self.sync.iter().map(|s| {
-                let mode = if s.readonly { ":ro" } else { "" };
-                Value::String(format!("{}:{}{mode}", relative(&s.host), s.guest))
+                let ro = if s.readonly { ":ro" } else { "" };
+                let short = Value::String(format!("{}:{}{ro}", relative(&s.host), s.guest));
+                match s.mode {
+                    super::SyncMode::Mount => short,
+                    super::SyncMode::Copy => Value::Table(toml::Table::from_iter([
+                        ("host".to_string(), Value::String(relative(&s.host))),
+                        ("guest".to_string(), Value::String(s.guest.clone())),
+                        ("readonly".to_string(), Value::Boolean(s.readonly)),
+                        ("mode".to_string(), Value::String("copy".into())),
+                    ])),
+                }
             });
             line("sync", Value::Array(sync.collect()));
         }
@@ -110,7 +119,7 @@ mod tests {
     fn a_rendered_section_reads_back_as_the_same_machine() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("Envfile");
-        let text = "[defaults]\nmemory = \"512MiB\"\nsync = [\".:/project\", \"docs:/docs:ro\"]\n\
+        let text = "[defaults]\nmemory = \"512MiB\"\nsync = [\".:/project\", \"docs:/docs:ro\", { host = \"src\", guest = \"/src\", mode = \"copy\" }]\n\
                     [machine.web]\nbox = \"b\"\nforward = [\"8080:80\", \"0.0.0.0:5353:53/udp\"]\n\
                     env = { A = \"1\" }\nprovision = [\"echo 'hi'\", { shell = \"date\", run = \"always\" }, { file = \"etc/app.conf\", to = \"/etc/app.conf\", mode = \"0640\" }]\nready = { tcp = 80, timeout = \"2m\" }\n";
         let original = parse_str(&path, text, crate::model::ProviderKind::new("container")).unwrap();

@@ -122,10 +122,24 @@ pub trait Provider: Send + Sync {
         Vec::new()
     }
 
+    /// Checks of what the provider reaches beyond this host (an LXD remote: reachable,
+    /// trusted, its API, its cluster members), for `envy doctor` only: they take the
+    /// network, so `envy up` does not run them.
+    fn remote_checks(&self, _home: &crate::state::Home) -> Vec<HostCheck> {
+        Vec::new()
+    }
+
     /// Whether a machine may name where it runs (`remote`, `target`): a provider that
     /// reaches other hosts (an LXD/Incus cluster) says yes; one that runs machines on
     /// this host is refused them when the Envfile loads.
     fn accepts_placement(&self) -> bool {
+        false
+    }
+
+    /// Whether its machines take `sync_mode = "copy"` folders (pushed in through `exec`
+    /// at each start and `envy provision`, by lifecycle) beside mounted ones; a
+    /// provider that mounts every sync folder is refused them when the Envfile loads.
+    fn copies_sync(&self) -> bool {
         false
     }
 
@@ -298,6 +312,14 @@ pub fn validate(envfile: &crate::envfile::Envfile) -> Result<(), crate::envfile:
                     return Err(envfile.invalid(&spec.name, Invalid::new(key, message)));
                 }
             }
+        }
+        if !provider.copies_sync() && spec.sync.iter().any(|f| f.mode == crate::envfile::SyncMode::Copy) {
+            let message = format!(
+                "sync_mode = \"copy\" pushes folders into a machine on another host; the {} provider mounts this host's folders: \
+                 remove `sync_mode` (or the folder's `mode`)",
+                spec.provider
+            );
+            return Err(envfile.invalid(&spec.name, Invalid::new("sync_mode", message)));
         }
         provider.validate(spec).map_err(|invalid| envfile.invalid(&spec.name, invalid))?;
     }

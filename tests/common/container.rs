@@ -157,7 +157,7 @@ fn spec(name: &str, project_dir: &Path, forwards: Vec<Forward>) -> MachineSpec {
         accel: None,
         env: BTreeMap::from([("ENVY_TEST".to_string(), "yes".to_string())]),
         forwards,
-        sync: vec![SyncFolder { host: project_dir.to_path_buf(), guest: "/project".into(), readonly: false, allow_outside: false }],
+        sync: vec![SyncFolder { host: project_dir.to_path_buf(), guest: "/project".into(), readonly: false, allow_outside: false, mode: Default::default() }],
         provision: Vec::new(),
         ready: None,
         user_data: None,

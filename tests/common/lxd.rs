@@ -81,22 +81,31 @@ impl Lxd {
         let dir = tempfile::Builder::new().prefix("envy-lxd-").tempdir().expect("temp dir");
         // Unprivileged containers' root (a mapped uid) must traverse the daemon's dir.
         std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o711)).unwrap();
-        let log = std::fs::File::create(dir.path().join("daemon.out")).unwrap();
-        let daemon = Command::new("/usr/bin/lxd")
-            .args(["--group", "root", "--logfile"])
-            .arg(dir.path().join("lxd.log"))
-            .env("LXD_DIR", dir.path())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start /usr/bin/lxd");
+        let daemon = spawn_daemon(dir.path());
         let lxd = Lxd { dir, daemon };
-        let ready = lxd.command("lxd", &["waitready", "--timeout", "60"]).status().unwrap();
-        assert!(ready.success(), "lxd did not become ready: {}", lxd.log());
+        lxd.wait_ready();
         let mut init = lxd.command("lxd", &["init", "--preseed"]).stdin(Stdio::piped()).spawn().unwrap();
         init.stdin.take().unwrap().write_all(preseed.as_bytes()).unwrap();
         assert!(init.wait().unwrap().success(), "lxd init --preseed failed: {}", lxd.log());
         lxd
+    }
+
+    fn wait_ready(&self) {
+        let ready = self.command("lxd", &["waitready", "--timeout", "60"]).status().unwrap();
+        assert!(ready.success(), "lxd did not become ready: {}", self.log());
+    }
+
+    /// Kills the daemon at once, as a crash or a lost host would (its containers go on
+    /// running: each has its own monitor process).
+    pub fn kill(&mut self) {
+        self.daemon.kill().unwrap();
+        self.daemon.wait().unwrap();
+    }
+
+    /// Starts the daemon again on its dir after `kill`.
+    pub fn restart(&mut self) {
+        self.daemon = spawn_daemon(self.dir.path());
+        self.wait_ready();
     }
 
     pub fn path(&self) -> &Path {
@@ -143,6 +152,19 @@ impl Lxd {
     pub fn socket(&self) -> PathBuf {
         self.dir.path().join("unix.socket")
     }
+}
+
+/// `/usr/bin/lxd` on `dir`, its output appended to `dir/daemon.out`.
+fn spawn_daemon(dir: &Path) -> Child {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("daemon.out")).unwrap();
+    Command::new("/usr/bin/lxd")
+        .args(["--group", "root", "--logfile"])
+        .arg(dir.join("lxd.log"))
+        .env("LXD_DIR", dir)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start /usr/bin/lxd")
 }
 
 impl Drop for Lxd {

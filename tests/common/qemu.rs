@@ -81,7 +81,7 @@ impl TestMachine {
             env: BTreeMap::from([("ENVY_TEST".to_string(), "from the Envfile".to_string())]),
             forwards: forwards.clone(),
             sync: if sync {
-                vec![SyncFolder { host: project_dir.clone(), guest: "/project".into(), readonly: false, allow_outside: false }]
+                vec![SyncFolder { host: project_dir.clone(), guest: "/project".into(), readonly: false, allow_outside: false, mode: Default::default() }]
             } else {
                 vec![]
             },

@@ -2,7 +2,7 @@
 //! TLS to a remote), JSON in and out, background operations awaited, every failure a
 //! typed `Error` naming the server and what envy was doing.
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -162,7 +162,8 @@ impl Client {
         Ok(stream)
     }
 
-    fn unreachable(&self, doing: &str, cause: impl std::fmt::Display) -> Error {
+    /// The error for a connection that failed or broke while `doing`.
+    pub fn unreachable(&self, doing: &str, cause: impl std::fmt::Display) -> Error {
         Error::Unreachable { server: self.server.clone(), doing: doing.to_string(), cause: cause.to_string() }
     }
 
@@ -217,6 +218,25 @@ impl Client {
             return self.wait(&op.id, doing);
         }
         Ok(envelope["metadata"].take())
+    }
+
+    /// GET `path` as a stream of raw bytes (an image export), cut-off checked; the
+    /// API's error when it refuses.
+    pub fn download(&self, path: &str, doing: &str) -> Result<http::Exact<BufReader<Stream>>, Error> {
+        let mut stream = self.connect(doing)?;
+        http::write_request(&mut stream, "GET", path, None).map_err(|e| self.unreachable(doing, e))?;
+        let mut reader = BufReader::new(stream);
+        let head = http::read_head(&mut reader).map_err(|e| self.unreachable(doing, e))?;
+        if head.status != 200 {
+            let body = http::read_body(&mut reader, &head).map_err(|e| self.unreachable(doing, e))?;
+            let error = serde_json::from_slice::<Value>(&body).ok().and_then(|v| v["error"].as_str().map(str::to_string));
+            let message = error.filter(|m| !m.is_empty()).unwrap_or_else(|| "no reason given".into());
+            return Err(Error::Api { server: self.server.clone(), doing: doing.to_string(), status: head.status, message });
+        }
+        match head.length {
+            Some(len) if !head.chunked => Ok(http::Exact::new(reader, len)),
+            _ => Err(self.bad_answer(doing, "a download without a Content-Length")),
+        }
     }
 
     /// A request body streamed from `reader` (an image upload); waits for the operation.

@@ -25,6 +25,12 @@ pub struct Response {
 
 /// Sends one request on `stream` and reads the whole answer.
 pub fn send(stream: &mut (impl Read + Write), method: &str, path: &str, body: Option<Body<'_>>) -> io::Result<Response> {
+    write_request(stream, method, path, body)?;
+    read_response(stream)
+}
+
+/// Writes one request (its head and body).
+pub fn write_request(stream: &mut impl Write, method: &str, path: &str, body: Option<Body<'_>>) -> io::Result<()> {
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: lxd\r\nUser-Agent: envy\r\nConnection: close\r\n");
     if let Some(b) = &body {
         head.push_str(&format!("Content-Type: {}\r\nContent-Length: {}\r\n", b.content_type, b.len));
@@ -37,8 +43,7 @@ pub fn send(stream: &mut (impl Read + Write), method: &str, path: &str, body: Op
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("the request body ended after {copied} of {} bytes", b.len)));
         }
     }
-    stream.flush()?;
-    read_response(stream)
+    stream.flush()
 }
 
 fn bad(message: impl Into<String>) -> io::Error {
@@ -48,18 +53,32 @@ fn bad(message: impl Into<String>) -> io::Error {
 /// Reads a status line, headers and a body (Content-Length, chunked, or up to EOF).
 pub fn read_response(stream: &mut impl Read) -> io::Result<Response> {
     let mut reader = BufReader::new(stream);
+    let head = read_head(&mut reader)?;
+    let body = read_body(&mut reader, &head)?;
+    Ok(Response { status: head.status, body })
+}
+
+/// An answer's status and how its body is framed.
+pub struct Head {
+    pub status: u16,
+    pub length: Option<u64>,
+    pub chunked: bool,
+}
+
+/// Reads a status line and headers, leaving the body in `reader`.
+pub fn read_head(reader: &mut impl BufRead) -> io::Result<Head> {
     let mut head_len = 0;
     let mut line = String::new();
-    let mut next_line = |reader: &mut BufReader<_>, line: &mut String| -> io::Result<()> {
+    let mut next_line = |reader: &mut dyn BufRead, line: &mut String| -> io::Result<()> {
         line.clear();
-        let n = reader.by_ref().take((MAX_HEAD - head_len) as u64).read_line(line)?;
+        let n = Read::take(&mut *reader, (MAX_HEAD - head_len) as u64).read_line(line)?;
         head_len += n;
         if n == 0 || !line.ends_with('\n') {
             return Err(bad("the answer's headers were cut off or too long"));
         }
         Ok(())
     };
-    next_line(&mut reader, &mut line)?;
+    next_line(reader, &mut line)?;
     let status = line
         .split_whitespace()
         .nth(1)
@@ -69,7 +88,7 @@ pub fn read_response(stream: &mut impl Read) -> io::Result<Response> {
     let mut length = None;
     let mut chunked = false;
     loop {
-        next_line(&mut reader, &mut line)?;
+        next_line(reader, &mut line)?;
         let header = line.trim_end();
         if header.is_empty() {
             break;
@@ -82,8 +101,14 @@ pub fn read_response(stream: &mut impl Read) -> io::Result<Response> {
             chunked = value.eq_ignore_ascii_case("chunked");
         }
     }
+    Ok(Head { status, length, chunked })
+}
+
+/// Reads a body whole, at most MAX_BODY bytes.
+pub fn read_body(reader: &mut impl BufRead, head: &Head) -> io::Result<Vec<u8>> {
+    let (length, chunked) = (head.length, head.chunked);
     let body = if chunked {
-        read_chunked(&mut reader)?
+        read_chunked(reader)?
     } else {
         let limit = length.unwrap_or(MAX_BODY + 1);
         if length.is_some_and(|l| l > MAX_BODY) {
@@ -99,7 +124,35 @@ pub fn read_response(stream: &mut impl Read) -> io::Result<Response> {
         }
         body
     };
-    Ok(Response { status, body })
+    Ok(body)
+}
+
+/// A body of a known length, read as a stream (an exported image): reading past what
+/// arrived is an error, so a cut connection is never taken for the end.
+pub struct Exact<R> {
+    inner: R,
+    left: u64,
+}
+
+impl<R: Read> Exact<R> {
+    pub fn new(inner: R, len: u64) -> Exact<R> {
+        Exact { inner, left: len }
+    }
+}
+
+impl<R: Read> Read for Exact<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            return Ok(0);
+        }
+        let want = buf.len().min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("the answer was cut off {} bytes before its end", self.left)));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
 }
 
 fn read_chunked(reader: &mut impl BufRead) -> io::Result<Vec<u8>> {

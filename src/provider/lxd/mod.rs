@@ -2,6 +2,7 @@
 //! REST API), local through its unix socket or a remote cluster over TLS. Boxes become
 //! images keyed by their digest; everything else is the daemon's own (docs/lxd.md).
 
+mod checks;
 mod client;
 mod error;
 mod exec;
@@ -9,6 +10,7 @@ mod http;
 mod images;
 mod instances;
 pub mod remotes;
+mod share;
 
 use std::path::{Path, PathBuf};
 
@@ -20,7 +22,9 @@ pub use error::Error;
 pub use remotes::Remotes;
 
 use crate::boxes::StoredBox;
-use crate::model::{BoxFormat, ProviderKind};
+use crate::envfile::{Invalid, MachineSpec, SyncMode};
+use crate::model::{BoxFormat, HostCheck, ProviderKind};
+use crate::state::Home;
 use crate::plan::MachinePlan;
 use crate::provider::{ExecRequest, ImageExport, MachineInfo, MachineState, Provider, SnapshotInfo};
 use crate::ui::Ui;
@@ -66,19 +70,44 @@ impl Provider for LxdProvider {
         true
     }
 
+    fn remote_checks(&self, home: &Home) -> Vec<HostCheck> {
+        checks::remotes(home)
+    }
+
+    /// Copied folders go in through exec (`tar -x` reading the exec websocket's stdin):
+    /// one stream for the whole folder, modes and symlinks kept, where LXD's file API
+    /// takes one request per file and directory.
+    fn copies_sync(&self) -> bool {
+        true
+    }
+
+    /// A machine on a remote can neither mount this host's folders nor take its
+    /// forwards: said where the Envfile asks for them (`envy run --remote` places
+    /// machines after loading; `up` says it then).
+    fn validate(&self, spec: &MachineSpec) -> Result<(), Invalid> {
+        let Some(remote) = &spec.placement.remote else { return Ok(()) };
+        let server = format!("remote {remote}");
+        if let Some(folder) = spec.sync.iter().find(|f| f.mode == SyncMode::Mount) {
+            return Err(Invalid::new("sync", cannot_mount(&spec.name, &server, &folder.host)));
+        }
+        if !spec.forwards.is_empty() {
+            return Err(Invalid::new("forward", cannot_forward(&spec.name, &server)));
+        }
+        if spec.forward_auto.is_some() {
+            return Err(Invalid::new("forward_auto", cannot_forward(&spec.name, &server)));
+        }
+        Ok(())
+    }
+
     fn up(&self, plan: &MachinePlan, stored: &StoredBox, ui: &Ui) -> Result<()> {
         let client = client(plan)?;
-        let attaches_host = !plan.spec.sync.is_empty() || !plan.forwards.is_empty();
-        if !client.is_local() && attaches_host {
-            // A remote daemon cannot bind-mount this host's folders, and its proxy
-            // devices would listen on its own host, not on this one's 127.0.0.1.
-            return Err(Error::Unsupported(format!(
-                "machine {} runs on {}, which cannot mount this host's folders nor forward this host's ports: \
-                 remove its `sync` and `forward` entries (copy files in with `provision` file steps), or run it on the local LXD",
-                plan.name(),
-                client.server
-            ))
-            .into());
+        if !client.is_local() {
+            if let Some(folder) = plan.spec.sync.iter().find(|f| f.mode == SyncMode::Mount) {
+                return Err(Error::Unsupported(cannot_mount(plan.name(), &client.server, &folder.host)).into());
+            }
+            if !plan.forwards.is_empty() {
+                return Err(Error::Unsupported(cannot_forward(plan.name(), &client.server)).into());
+            }
         }
         let instance = instances::get(&client, plan)?;
         if instance.as_ref().is_some_and(is_running) {
@@ -221,8 +250,10 @@ impl Provider for LxdProvider {
         Ok(instances::snapshot_delete(&client, plan, name)?)
     }
 
-    fn export(&self, plan: &MachinePlan, _stored: &StoredBox, _dir: &Path, _ui: &Ui) -> Result<Vec<PathBuf>> {
-        Err(not_shared(plan).into())
+    fn export(&self, plan: &MachinePlan, _stored: &StoredBox, dir: &Path, ui: &Ui) -> Result<Vec<PathBuf>> {
+        let client = client(plan)?;
+        existing(&client, plan)?;
+        Ok(vec![share::export(&client, plan, dir, ui)?])
     }
 
     fn export_image(&self, plan: &MachinePlan, _stored: &StoredBox, _dir: &Path, _ui: &Ui) -> Result<ImageExport> {
@@ -239,9 +270,28 @@ fn start(client: &Client, plan: &MachinePlan, instance: Value) -> Result<()> {
     Ok(())
 }
 
+/// Why a machine on `server` cannot have a mounted sync folder, and the way out.
+fn cannot_mount(machine: &str, server: &str, folder: &Path) -> String {
+    format!(
+        "machine {machine} runs on {server}, which cannot mount this host's folders ({}): set sync_mode = \"copy\" \
+         to push them into it one way at up, `envy provision` and `envy reload`, or run it on the local LXD",
+        folder.display()
+    )
+}
+
+/// Why a machine on `server` takes no forwards (docs/lxd.md: a proxy device would
+/// listen on the member's host, not on this one's 127.0.0.1).
+fn cannot_forward(machine: &str, server: &str) -> String {
+    format!(
+        "machine {machine} runs on {server}, which cannot listen on this host's ports: remove its `forward` and \
+         `forward_auto` and reach its services through the cluster's own network (or `envy exec`), or run it on the local LXD"
+    )
+}
+
 fn not_shared(plan: &MachinePlan) -> Error {
     Error::Unsupported(format!(
-        "envy share does not export lxd machines yet (machine {}); publish it with `lxc publish {}` instead",
+        "envy share --push does not push lxd machines (machine {}): `envy share` writes a box of it, \
+         or publish it on the daemon with `lxc publish {}`",
         plan.name(),
         plan.runtime_id
     ))
