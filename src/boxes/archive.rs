@@ -659,7 +659,9 @@ pub fn pack_rootfs_dir(dir: &Path, out: &Path) -> anyhow::Result<String> {
     append_tree(&mut builder, dir, Path::new(""), Packing { epoch, upper: Upper::No }, &mut hardlinks)?;
     let hashing = builder.into_inner()?;
     let (buf, hashes) = hashing.finish();
-    buf.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    // Not synced: every caller packs it into what it keeps (a box, a registry blob, an
+    // image upload), and that is what gets synced.
+    buf.into_inner().map_err(|e| e.into_error())?;
     Ok(hashes.sha256)
 }
 
@@ -672,7 +674,8 @@ pub fn pack_layer_dir(upper: &Path, out: &Path) -> anyhow::Result<()> {
     let mut builder = tar::Builder::new(io::BufWriter::with_capacity(1 << 20, file));
     let mut hardlinks: BTreeMap<(u64, u64), PathBuf> = BTreeMap::new();
     append_tree(&mut builder, upper, Path::new(""), Packing { epoch: None, upper: Upper::AsOciLayer }, &mut hardlinks)?;
-    builder.into_inner()?.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    // Not synced, as `pack_rootfs_dir`: it is compressed into the blob that is pushed.
+    builder.into_inner()?.into_inner().map_err(|e| e.into_error())?;
     Ok(())
 }
 
