@@ -560,3 +560,33 @@ fn lxd_doctor_checks_the_remotes_and_a_remote_gone_is_named() {
     env.envy().args(["destroy", "--force"]).assert().success();
     assert!(cluster.node1.instances().is_empty());
 }
+
+/// A box pulled from a registry runs on lxd as on the container provider: the image's
+/// Env, WorkingDir and User, the Envfile's env winning over the image's; provisioning
+/// and `exec` asked to run as root run as root.
+#[test]
+fn lxd_runs_an_image_box_with_its_env_workdir_and_user() {
+    use crate::common::registry::{busybox_image, Registry, REGISTRY};
+    require!(need::LXD, REGISTRY);
+    let lxd = Lxd::start();
+    let registry = Registry::start(None);
+    let env = TestEnv::new();
+    let layout = env.path("layout");
+    busybox_image(&layout, "base", &["--config.env", "FROM_IMAGE=yes", "--config.env", "BOTH=image", "--config.workingdir", "/srv/app", "--config.user", "nobody"]);
+    registry.push(&layout, "base", "team/app:1", &[]);
+    std::fs::write(
+        env.project.join("Envfile"),
+        format!(
+            "[machine.m]\nbox = \"oci://{}/team/app:1\"\nprovider = \"lxd\"\nenv = {{ BOTH = \"envfile\" }}\n\
+             provision = [\"mkdir -p /srv/app && id -u > /tmp/provisioned-as\"]\n",
+            registry.host()
+        ),
+    )
+    .unwrap();
+    envy(&env, &lxd).arg("up").assert().success();
+    let out = stdout(&envy(&env, &lxd).args(["exec", "--", "sh", "-c", "echo $FROM_IMAGE $BOTH $HOME $(pwd) $(id -u):$(id -g)"]).assert().success());
+    assert_eq!(out, "yes envfile / /srv/app 65534:65534\n");
+    assert_eq!(stdout(&envy(&env, &lxd).args(["exec", "--workdir", "/tmp", "--", "cat", "provisioned-as"]).assert().success()), "0\n");
+    envy(&env, &lxd).args(["destroy", "--force"]).assert().success();
+    assert!(lxd.instances().is_empty());
+}

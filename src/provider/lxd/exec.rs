@@ -17,6 +17,8 @@ pub struct Command {
     pub argv: Vec<String>,
     pub env: Vec<(String, String)>,
     pub cwd: String,
+    /// uid and gid the command runs as.
+    pub user: (u32, u32),
     pub tty: bool,
 }
 
@@ -29,8 +31,8 @@ pub fn run(client: &Client, path: &str, command: &Command, stdin: Box<dyn Read +
         "command": command.argv,
         "environment": env,
         "cwd": command.cwd,
-        "user": 0,
-        "group": 0,
+        "user": command.user.0,
+        "group": command.user.1,
         "interactive": command.tty,
         "wait-for-websocket": true,
         "record-output": false,

@@ -152,17 +152,24 @@ impl Provider for LxdProvider {
         if !is_running(&instance) {
             return Err(crate::state::Error::NotRunning { machine: plan.name().into(), state: MachineState::Stopped.to_string() }.into());
         }
-        let bundle = crate::provider::container::bundle::environment(plan, None);
+        // An image box's Env, WorkingDir and User, as the container provider runs them.
+        let image = image_run(plan)?;
+        let bundle = crate::provider::container::bundle::environment(plan, image.as_ref());
         let mut env: Vec<(String, String)> =
             bundle.iter().filter_map(|e| e.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect();
         for (key, value) in &request.env {
             env.retain(|(k, _)| k != key);
             env.push((key.clone(), value.clone()));
         }
+        let user = match image.as_ref().and_then(|i| i.user.as_ref()) {
+            Some(u) if !request.as_root => (u.uid, u.gid),
+            _ => (0, 0),
+        };
         let command = exec::Command {
             argv: request.command.clone(),
             env,
-            cwd: request.workdir.clone().unwrap_or_else(|| crate::provider::container::bundle::default_dir(plan, None)),
+            cwd: request.workdir.clone().unwrap_or_else(|| crate::provider::container::bundle::default_dir(plan, image.as_ref())),
+            user,
             tty: request.tty,
         };
         let stdin: Box<dyn std::io::Read + Send> = match &request.stdin {
@@ -317,4 +324,18 @@ fn location(client: &Client, instance: &Value) -> Result<Option<String>, Error> 
         Some("Online") | None => member.to_string(),
         Some(status) => format!("{member} ({})", status.to_lowercase()),
     }))
+}
+
+/// The run settings of the machine's box when it is an image (None for a rootfs box),
+/// found in the local store by the digest in the machine's record: never from the
+/// instance's config, which the server holds.
+fn image_run(plan: &MachinePlan) -> Result<Option<crate::boxes::ImageRun>> {
+    let Some(record) = crate::state::record::MachineRecord::load(&plan.dir)? else { return Ok(None) };
+    // Only reads a stored box: no fetch, so no proxy or catalog settings.
+    let store = crate::boxes::Store::open(&plan.home, &Default::default())?;
+    match store.get(&record.box_digest) {
+        Ok(stored) => Ok(crate::boxes::ImageRun::of(&stored)?),
+        // A machine made from a box this store no longer has runs as root, as a rootfs box does.
+        Err(_) => Ok(None),
+    }
 }
