@@ -164,8 +164,9 @@ impl<'a> Machine<'a> {
     /// decides what the host shares with it. Returns the bundle's mount sources.
     fn stage_sync_folders(&self) -> Result<bundle::SyncSources> {
         let staging = self.layout.sync_stage();
-        overlay::unmount_all(&staging)?;
+        // Only a dir that is there can hold mounts (a new machine's is not).
         if staging.exists() {
+            overlay::unmount_all(&staging)?;
             std::fs::remove_dir_all(&staging).with_context(|| format!("cannot clear {}", staging.display()))?;
         }
         crate::fsutil::create_private_dir(&staging)?;

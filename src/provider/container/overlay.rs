@@ -44,7 +44,25 @@ fn unescape(field: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Whether a mount's root is at `path` (not following a symlink there). The kernel
+/// says so in one statx call; the mount table, which grows with every machine, is read
+/// only on a kernel older than 5.8 that does not.
 pub fn is_mounted(path: &Path) -> Result<bool> {
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else { return Ok(false) };
+    // SAFETY: statx fills the zeroed struct it is given and reads the NUL-terminated path.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statx(libc::AT_FDCWD, c_path.as_ptr(), libc::AT_SYMLINK_NOFOLLOW, libc::STATX_BASIC_STATS, &mut stx) };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        return match err.kind() {
+            std::io::ErrorKind::NotFound => Ok(false),
+            _ => Err(err).with_context(|| format!("cannot stat {}", path.display())),
+        };
+    }
+    let mount_root = libc::STATX_ATTR_MOUNT_ROOT as u64;
+    if stx.stx_attributes_mask & mount_root != 0 {
+        return Ok(stx.stx_attributes & mount_root != 0);
+    }
     Ok(mount_points()?.iter().any(|m| m == path))
 }
 
