@@ -11,7 +11,7 @@ use crate::fsutil::FileLock;
 use serde::{Deserialize, Serialize};
 
 use super::archive::{self, Artifact};
-use super::catalog::Catalog;
+use super::catalog::{Catalog, Resolved};
 use super::digest::{copy_hashing, sha256_bytes, sha256_file, Hasher, Pin};
 use super::download::{remove_part, Downloader};
 use super::manifest::{self, Manifest};
@@ -63,6 +63,15 @@ impl Stamp {
         let m = std::fs::symlink_metadata(path).map_err(Error::io("cannot read", path))?;
         Ok(Stamp { size: m.len(), mtime: m.mtime(), mtime_nsec: m.mtime_nsec(), inode: m.ino() })
     }
+}
+
+/// The build a catalog name offers now (`Store::newest`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Newest {
+    pub version: String,
+    pub url: String,
+    /// Upstream's digest of the file, `sha256:HEX` or `sha512:HEX`.
+    pub pin: String,
 }
 
 /// A verified box in the store.
@@ -141,17 +150,16 @@ impl Store {
     /// Makes sure the box is in the store (fetching and verifying it) and returns it.
     pub fn ensure(&self, source: &BoxSource, ui: &Ui) -> anyhow::Result<StoredBox> {
         match &source.reference {
-            BoxRef::Catalog { name, version } => {
-                let from_env = std::env::var("ENVY_CATALOG").ok().filter(|v| !v.is_empty());
-                let location =
-                    source.catalog.as_deref().or(from_env.as_deref()).or(self.config.catalog.as_deref());
+            BoxRef::Catalog { .. } => {
                 let downloader = self.downloader()?;
-                let catalog = Catalog::load(location, &downloader)?;
-                let entry = catalog.resolve(name, version.as_deref(), source.format)?;
-                // Catalog URLs name immutable builds: a box verified from it before is the
-                // one, and needs no fetch of the checksum list.
-                if let Some(found) = self.find_pinned_source(&entry.url)? {
-                    return self.get(&found);
+                let entry = self.resolve_catalog(source, &downloader)?;
+                // A fixed catalog URL names an immutable build: a box verified from it
+                // before is the one, and needs no fetch of the checksum list. A URL
+                // found through an upstream index was just checked against it instead.
+                if !entry.follows_upstream {
+                    if let Some(found) = self.find_pinned_source(&entry.url)? {
+                        return self.get(&found);
+                    }
                 }
                 let pin = entry.pin(&downloader)?;
                 let hint = Hint {
@@ -186,6 +194,27 @@ impl Store {
                 self.add_file(path, sha256.as_deref(), hint, ui)
             }
         }
+    }
+
+    /// What a catalog reference means today: the build its source offers now (for an
+    /// upstream entry, the newest), with the digest upstream gives it. Nothing is
+    /// fetched but the catalog and the index or checksum list.
+    pub fn newest(&self, source: &BoxSource) -> anyhow::Result<Newest> {
+        let downloader = self.downloader()?;
+        let entry = self.resolve_catalog(source, &downloader)?;
+        let pin = entry.pin(&downloader)?;
+        Ok(Newest { version: entry.version, url: entry.url, pin: pin.to_string() })
+    }
+
+    /// The catalog entry a catalog reference names, for `source.format`.
+    fn resolve_catalog(&self, source: &BoxSource, downloader: &Downloader) -> anyhow::Result<Resolved> {
+        let BoxRef::Catalog { name, version } = &source.reference else {
+            anyhow::bail!("{} is not a catalog box; only catalog names follow a source that offers newer builds", source.reference);
+        };
+        let from_env = std::env::var("ENVY_CATALOG").ok().filter(|v| !v.is_empty());
+        let location = source.catalog.as_deref().or(from_env.as_deref()).or(self.config.catalog.as_deref());
+        let catalog = Catalog::load(location, downloader)?;
+        Ok(catalog.resolve(name, version.as_deref(), source.format, downloader)?)
     }
 
     pub(super) fn downloader(&self) -> anyhow::Result<Downloader> {
