@@ -220,7 +220,8 @@ pub fn destroy(ctx: &Context, plan: &MachinePlan) -> Result<()> {
 pub fn resolve_box(ctx: &Context, spec: &MachineSpec, format: BoxFormat, project_dir: &Path, lock: &mut LockFile, insecure: bool) -> Result<StoredBox> {
     let store = Store::open(&ctx.home, &ctx.config)?;
     let source_text = source_key(&spec.box_ref);
-    let pinned = lock.machines.get(&spec.name).filter(|l| l.source == source_text).map(|l| l.sha256.clone());
+    let locked = lock.machines.get(&spec.name).filter(|l| l.source == source_text).cloned();
+    let pinned = locked.as_ref().map(|l| l.sha256.clone());
     if let Some(digest) = &pinned {
         if let Ok(stored) = store.get(digest) {
             return Ok(stored);
@@ -241,21 +242,25 @@ pub fn resolve_box(ctx: &Context, spec: &MachineSpec, format: BoxFormat, project
         None => {
             // A URL or file the Envfile leaves unpinned is held to the lock's pin.
             let reference = match (&spec.box_ref, &pinned) {
+                // A catalog box pinned but not stored here: the bytes the lock names,
+                // from where they came (upstream may offer a newer build by now).
+                (BoxRef::Catalog { .. }, Some(d)) if locked.as_ref().is_some_and(|l| l.url.is_some()) => {
+                    BoxRef::Url { url: locked.as_ref().and_then(|l| l.url.clone()).unwrap_or_default(), sha256: Some(d.clone()) }
+                }
                 (BoxRef::Url { url, sha256: None }, Some(d)) => BoxRef::Url { url: url.clone(), sha256: Some(d.clone()) },
                 (BoxRef::Path { path, sha256: None }, Some(d)) => BoxRef::Path { path: path.clone(), sha256: Some(d.clone()) },
                 (BoxRef::Oci { image, sha256: None }, Some(d)) => BoxRef::Oci { image: image.clone(), sha256: Some(d.clone()) },
                 (other, _) => other.clone(),
             };
-            let mut source = BoxSource::from_ref(&reference, None, Some(format));
-            source.insecure = insecure;
-            let ensured = match &reference {
-                // An image also tells which index it was picked from, for the lock.
-                BoxRef::Oci { image, sha256 } => crate::boxes::pull(&store, image, sha256.as_deref(), None, &ctx.ui).map(|p| {
-                    index = p.index;
-                    p.stored
-                }),
-                _ => store.ensure(&source, &ctx.ui),
+            // Stored under the catalog name when the lock's URL stands in for it.
+            let name = match (&spec.box_ref, &reference) {
+                (BoxRef::Catalog { name, .. }, BoxRef::Url { .. }) => Some(name.clone()),
+                _ => None,
             };
+            let ensured = fetch_box(ctx, &store, &reference, format, insecure, name).map(|(stored, from_index)| {
+                index = from_index;
+                stored
+            });
             match ensured {
                 Err(e) => match (e.downcast_ref::<crate::boxes::Error>(), &pinned) {
                     (Some(crate::boxes::Error::WrongDigest { got, .. }), Some(d)) => {
@@ -272,8 +277,47 @@ pub fn resolve_box(ctx: &Context, spec: &MachineSpec, format: BoxFormat, project
             return Err(pin_broken(spec, project_dir, &source_text, &digest, &stored.digest));
         }
     }
-    lock.machines.insert(spec.name.clone(), LockedBox { source: source_text, sha256: stored.digest.clone(), index });
+    let entry = lock_entry(&spec.box_ref, &stored, index)?;
+    lock.machines.insert(spec.name.clone(), entry);
     Ok(stored)
+}
+
+/// Fetches (or finds stored) the box `reference` names, for `format`, listed under
+/// `name` when given; an `oci://` image also tells which index it was picked from.
+pub fn fetch_box(
+    ctx: &Context,
+    store: &Store,
+    reference: &BoxRef,
+    format: BoxFormat,
+    insecure: bool,
+    name: Option<String>,
+) -> Result<(StoredBox, Option<String>)> {
+    match reference {
+        BoxRef::Oci { image, sha256 } => {
+            let pulled = crate::boxes::pull(store, image, sha256.as_deref(), name, &ctx.ui)?;
+            Ok((pulled.stored, pulled.index))
+        }
+        _ => {
+            let mut source = BoxSource::from_ref(reference, None, Some(format));
+            source.insecure = insecure;
+            source.name = name;
+            Ok((store.ensure(&source, &ctx.ui)?, None))
+        }
+    }
+}
+
+/// The Envfile.lock entry that pins `reference` to the stored box: for a catalog box
+/// also the URL and upstream digest it was verified against (from the store's record).
+pub fn lock_entry(reference: &BoxRef, stored: &StoredBox, index: Option<String>) -> Result<LockedBox> {
+    let (url, upstream) = match reference {
+        BoxRef::Catalog { .. } => {
+            let record = stored.record()?;
+            let fetched = record.source.starts_with("https://") || record.source.starts_with("http://");
+            (fetched.then_some(record.source), record.pin.filter(|_| fetched))
+        }
+        _ => (None, None),
+    };
+    Ok(LockedBox { source: source_key(reference), sha256: stored.digest.clone(), index, url, upstream })
 }
 
 /// The error for a source that no longer gives the box Envfile.lock pins.
@@ -282,7 +326,7 @@ fn pin_broken(spec: &MachineSpec, project_dir: &Path, source: &str, pinned: &str
         path: LockFile::path_for(project_dir),
         message: format!(
             "machine {} is pinned to box {pinned} but {source} now gives {got}; \
-             if the new box is wanted, delete the [machine.{}] entry of Envfile.lock and run `envy up` again",
+             if the new box is wanted, run `envy box update {}`",
             spec.name, spec.name
         ),
     }
