@@ -296,6 +296,26 @@ pub enum BoxCommand {
     Build(BoxBuildArgs),
     /// Re-hash stored boxes and report any corruption.
     Verify(BoxVerifyArgs),
+    /// List each machine's pinned box beside the newest build its catalog source offers.
+    Outdated(BoxOutdatedArgs),
+    /// Move machines' Envfile.lock pins to the newest build: resolve, verify, fetch.
+    Update(BoxUpdateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BoxOutdatedArgs {
+    /// Machines to check (default: all in the Envfile).
+    pub machines: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct BoxUpdateArgs {
+    /// Machines to update (default: all in the Envfile). A machine that exists keeps
+    /// its old base until it is destroyed and brought up again.
+    pub machines: Vec<String>,
+    /// Accept whatever arrives from a URL box the Envfile gives no digest for.
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 #[derive(Debug, Args)]

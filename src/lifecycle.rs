@@ -334,7 +334,7 @@ fn pin_broken(spec: &MachineSpec, project_dir: &Path, source: &str, pinned: &str
 }
 
 /// How a box reference is written in the lock (a changed reference re-pins).
-fn source_key(reference: &BoxRef) -> String {
+pub fn source_key(reference: &BoxRef) -> String {
     match reference {
         BoxRef::Url { url, sha256: Some(d) } => format!("{url}#sha256={d}"),
         other => other.to_string(),
