@@ -11,6 +11,7 @@ mod box_archive;
 mod box_build;
 mod box_download;
 mod box_store;
+mod catalog;
 mod cli;
 mod container_lifecycle;
 mod container_snapshot;
