@@ -81,7 +81,7 @@ code, also on Ctrl-C and SIGTERM. The Envfile.lock's pins are used and left unch
 event a line on stdout: up, ready, exit, destroyed.\n\nWith --box, one bare machine of that box with this \
 folder at /project instead.")]
     Run(RunArgs),
-    /// Manage the box store: add, list, remove, prune, build, verify.
+    /// Manage boxes: add, list, remove, prune, build, verify; outdated, update (pins).
     #[command(name = "box", subcommand)]
     Box(BoxCommand),
     /// LXD/Incus servers and clusters that lxd machines can run on (`remote = "NAME"`).
