@@ -39,4 +39,5 @@ mod run_replica;
 mod security;
 mod share;
 mod snapshot_archive;
+mod vagrant_box;
 mod vagrantfile;

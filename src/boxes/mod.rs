@@ -1,6 +1,6 @@
 //! Boxes: base images fetched, verified and kept content-addressed. Each concern has
 //! its file: where a box comes from (source, catalog, upstream indexes), getting its bytes (download,
-//! digest), reading and writing archives (archive, manifest), keeping it (store),
+//! digest), reading and writing archives (archive, manifest, vagrant), keeping it (store),
 //! making one (build) and OCI registries (oci). docs/box-format.md describes the formats and rules.
 
 mod archive;
@@ -15,6 +15,7 @@ mod serve;
 mod source;
 mod store;
 mod upstream;
+mod vagrant;
 
 pub use archive::{pack_box, pack_layer_dir, pack_rootfs_dir, pack_upper, unpack_upper};
 pub use build::{build, BuildRequest};

@@ -385,6 +385,11 @@ impl Store {
                 place("disk.qcow2")?;
                 Manifest::for_qcow2(&hint.name, &hint.version, "disk.qcow2", digest)
             }
+            Artifact::VagrantBox(compression) => {
+                ui.step(format!("unpacking the disk of Vagrant box {}", hint.name));
+                let sha256 = super::vagrant::unpack(file, compression, tmp.path(), label, ui)?;
+                Manifest::for_qcow2(&hint.name, &hint.version, super::vagrant::DISK, &sha256)
+            }
             Artifact::RootfsTarball(compression) => {
                 let name = format!("rootfs.{}", compression.tar_extension());
                 let stored = place(&name)?;
@@ -680,10 +685,10 @@ pub(super) struct Origin {
 fn unpack_rootfs_into(tarball: &Path, box_dir: &Path, label: &str, ui: &Ui) -> Result<(), Error> {
     let compression = match archive::sniff(tarball, label)? {
         Artifact::RootfsTarball(c) | Artifact::BoxArchive(c) => c,
-        Artifact::Qcow2 => {
+        Artifact::Qcow2 | Artifact::VagrantBox(_) => {
             return Err(Error::NotABox {
                 archive: label.into(),
-                reason: "its rootfs payload is a qcow2 image, not a tarball".into(),
+                reason: "its rootfs payload is a qcow2 image or a Vagrant box, not a root filesystem tarball".into(),
             })
         }
     };
