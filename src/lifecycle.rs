@@ -244,7 +244,7 @@ pub fn resolve_box(ctx: &Context, spec: &MachineSpec, format: BoxFormat, project
             let reference = match (&spec.box_ref, &pinned) {
                 // A catalog box pinned but not stored here: the bytes the lock names,
                 // from where they came (upstream may offer a newer build by now).
-                (BoxRef::Catalog { .. }, Some(d)) if locked.as_ref().is_some_and(|l| l.url.is_some()) => {
+                (BoxRef::Catalog { .. } | BoxRef::Vagrant { .. }, Some(d)) if locked.as_ref().is_some_and(|l| l.url.is_some()) => {
                     BoxRef::Url { url: locked.as_ref().and_then(|l| l.url.clone()).unwrap_or_default(), sha256: Some(d.clone()) }
                 }
                 (BoxRef::Url { url, sha256: None }, Some(d)) => BoxRef::Url { url: url.clone(), sha256: Some(d.clone()) },
@@ -306,11 +306,11 @@ pub fn fetch_box(
     }
 }
 
-/// The Envfile.lock entry that pins `reference` to the stored box: for a catalog box
-/// also the URL and upstream digest it was verified against (from the store's record).
+/// The Envfile.lock entry that pins `reference` to the stored box: for a catalog or
+/// Vagrant Cloud box also the URL and upstream digest it was verified against (from the store's record).
 pub fn lock_entry(reference: &BoxRef, stored: &StoredBox, index: Option<String>) -> Result<LockedBox> {
     let (url, upstream) = match reference {
-        BoxRef::Catalog { .. } => {
+        BoxRef::Catalog { .. } | BoxRef::Vagrant { .. } => {
             let record = stored.record()?;
             let fetched = record.source.starts_with("https://") || record.source.starts_with("http://");
             (fetched.then_some(record.source), record.pin.filter(|_| fetched))

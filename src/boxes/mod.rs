@@ -1,5 +1,5 @@
 //! Boxes: base images fetched, verified and kept content-addressed. Each concern has
-//! its file: where a box comes from (source, catalog, upstream indexes), getting its bytes (download,
+//! its file: where a box comes from (source, catalog, upstream indexes, vagrant_cloud), getting its bytes (download,
 //! digest), reading and writing archives (archive, manifest, vagrant), keeping it (store),
 //! making one (build) and OCI registries (oci). docs/box-format.md describes the formats and rules.
 
@@ -16,6 +16,7 @@ mod source;
 mod store;
 mod upstream;
 mod vagrant;
+mod vagrant_cloud;
 
 pub use archive::{pack_box, pack_layer_dir, pack_rootfs_dir, pack_upper, unpack_upper};
 pub use build::{build, BuildRequest};

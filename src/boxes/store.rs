@@ -70,8 +70,9 @@ impl Stamp {
 pub struct Newest {
     pub version: String,
     pub url: String,
-    /// Upstream's digest of the file, `sha256:HEX` or `sha512:HEX`.
-    pub pin: String,
+    /// Upstream's digest of the file, `ALGORITHM:HEX`; None when it publishes none
+    /// (a Vagrant Cloud box may not).
+    pub pin: Option<String>,
 }
 
 /// A verified box in the store.
@@ -169,6 +170,27 @@ impl Store {
                 };
                 self.fetch_url(&downloader, &entry.url, Some(pin), hint, ui)
             }
+            BoxRef::Vagrant { vagrant, version } => {
+                let downloader = self.downloader()?;
+                let found = self.resolve_vagrant(vagrant, version.as_deref(), &downloader)?;
+                let pin = match found.pin {
+                    Some(pin) => Some(pin),
+                    None if source.insecure => None,
+                    None => {
+                        return Err(Error::Catalog {
+                            location: found.url,
+                            message: format!("{} publishes no checksum for this file; pass --insecure to accept whatever arrives", source.reference),
+                        }
+                        .into())
+                    }
+                };
+                let hint = Hint {
+                    name: source.name.clone().unwrap_or_else(|| vagrant.replace('/', "-")),
+                    version: found.version,
+                    explicit: source.name.is_some(),
+                };
+                self.fetch_url(&downloader, &found.url, pin, hint, ui)
+            }
             BoxRef::Url { url, sha256 } => {
                 let pin = match sha256 {
                     Some(h) => Some(Pin::Sha256(super::digest::parse_sha256(h)?)),
@@ -196,14 +218,24 @@ impl Store {
         }
     }
 
-    /// What a catalog reference means today: the build its source offers now (for an
-    /// upstream entry, the newest), with the digest upstream gives it. Nothing is
-    /// fetched but the catalog and the index or checksum list.
+    /// What a catalog or `vagrant://` reference means today: the build its source
+    /// offers now (for an upstream entry, the newest), with the digest upstream gives
+    /// it. Nothing is fetched but the catalog and the index, checksum list or API answer.
     pub fn newest(&self, source: &BoxSource) -> anyhow::Result<Newest> {
         let downloader = self.downloader()?;
+        if let BoxRef::Vagrant { vagrant, version } = &source.reference {
+            let found = self.resolve_vagrant(vagrant, version.as_deref(), &downloader)?;
+            return Ok(Newest { version: found.version, url: found.url, pin: found.pin.map(|p| p.to_string()) });
+        }
         let entry = self.resolve_catalog(source, &downloader)?;
         let pin = entry.pin(&downloader)?;
-        Ok(Newest { version: entry.version, url: entry.url, pin: pin.to_string() })
+        Ok(Newest { version: entry.version, url: entry.url, pin: Some(pin.to_string()) })
+    }
+
+    /// A `vagrant://USER/BOX` reference through the API config `vagrant_api` names.
+    fn resolve_vagrant(&self, tag: &str, version: Option<&str>, downloader: &Downloader) -> Result<super::vagrant_cloud::Found, Error> {
+        let base = self.config.vagrant_api.as_deref().unwrap_or(super::vagrant_cloud::DEFAULT_API);
+        super::vagrant_cloud::resolve(downloader, base, tag, version)
     }
 
     /// The catalog entry a catalog reference names, for `source.format`.
@@ -308,7 +340,7 @@ impl Store {
     fn find_pinned(&self, pin: Option<&Pin>) -> anyhow::Result<Option<String>> {
         match pin {
             Some(Pin::Sha256(d)) => Ok(self.box_dir(d).is_dir().then(|| d.clone())),
-            Some(p @ Pin::Sha512(_)) => {
+            Some(p) => {
                 let pin = p.to_string();
                 Ok(self.records()?.into_iter().find(|(_, r)| r.pin.as_ref() == Some(&pin)).map(|(d, _)| d))
             }

@@ -200,8 +200,8 @@ fn join(base: &str, path: &str) -> String {
     format!("{}/{}", base.trim_end_matches('/'), path.trim_start_matches("./"))
 }
 
-/// The host's architecture as simplestreams names it.
-fn host_arch() -> &'static str {
+/// The host's architecture as simplestreams and Vagrant name it.
+pub(super) fn host_arch() -> &'static str {
     match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",

@@ -31,11 +31,18 @@ impl Row<'_> {
         match (&self.newest, self.pinned) {
             (None, _) => "fixed",
             (Some(_), None) => "unpinned",
-            (Some(n), Some(p)) if p.upstream.as_deref() == Some(n.pin.as_str()) || n.pin == format!("sha256:{}", p.sha256) => {
-                "current"
-            }
+            (Some(n), Some(p)) if is_current(n, p) => "current",
             (Some(_), Some(_)) => "outdated",
         }
+    }
+}
+
+/// Whether the pin is the newest build: the same upstream digest (or envy's own
+/// sha256), or, for a box that publishes no digest, the same URL.
+fn is_current(newest: &Newest, pinned: &LockedBox) -> bool {
+    match &newest.pin {
+        Some(pin) => pinned.upstream.as_ref() == Some(pin) || *pin == format!("sha256:{}", pinned.sha256),
+        None => pinned.url.as_ref() == Some(&newest.url),
     }
 }
 
@@ -50,7 +57,7 @@ pub fn outdated(ctx: &Context, store: &Store, args: BoxOutdatedArgs) -> Result<i
     for spec in ws.select(&args.machines)? {
         let pinned = lock.machines.get(&spec.name).filter(|l| l.source == lifecycle::source_key(&spec.box_ref));
         let newest = match &spec.box_ref {
-            BoxRef::Catalog { .. } => {
+            BoxRef::Catalog { .. } | BoxRef::Vagrant { .. } => {
                 Some(store.newest(&BoxSource::from_ref(&spec.box_ref, None, Some(box_format(spec)?)))?)
             }
             _ => None,
@@ -87,7 +94,7 @@ pub fn outdated(ctx: &Context, store: &Store, args: BoxOutdatedArgs) -> Result<i
             None => "-".into(),
         };
         let newest = match &r.newest {
-            Some(n) => format!("{} {}", short_pin(&n.pin), n.version),
+            Some(n) => format!("{} {}", n.pin.as_deref().map_or("-".into(), short_pin), n.version),
             None => "-".into(),
         };
         println!("{:<16} {:<20} {:<32} {:<32} {}", r.spec.name, r.spec.box_ref.to_string(), pinned.trim_end(), newest, r.status());
