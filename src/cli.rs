@@ -284,7 +284,7 @@ pub struct RemoteRemoveArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum BoxCommand {
-    /// Fetch a box into the store, verified: a catalog name, URL, file or oci:// image.
+    /// Fetch a box into the store, verified: catalog name, URL, file, vagrant:// or oci://.
     Add(BoxAddArgs),
     /// List the boxes in the store.
     List,
@@ -296,7 +296,7 @@ pub enum BoxCommand {
     Build(BoxBuildArgs),
     /// Re-hash stored boxes and report any corruption.
     Verify(BoxVerifyArgs),
-    /// List each machine's pinned box beside the newest build its catalog source offers.
+    /// List each machine's pinned box beside the newest build its source offers.
     Outdated(BoxOutdatedArgs),
     /// Move machines' Envfile.lock pins to the newest build: resolve, verify, fetch.
     Update(BoxUpdateArgs),
@@ -320,7 +320,8 @@ pub struct BoxUpdateArgs {
 
 #[derive(Debug, Args)]
 pub struct BoxAddArgs {
-    /// Catalog name (name or name@version), URL, path of a .box/.qcow2/rootfs tarball,
+    /// Catalog name (name or name@version), URL, path of a .box/.qcow2/rootfs tarball
+    /// (or of a libvirt Vagrant box), a Vagrant Cloud box vagrant://USER/BOX[@VERSION],
     /// or image oci://REGISTRY/REPO[:TAG][@sha256:DIGEST] (Docker Hub names work too:
     /// oci://debian:12).
     pub source: String,
