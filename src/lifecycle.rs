@@ -241,16 +241,17 @@ pub fn resolve_box(ctx: &Context, spec: &MachineSpec, format: BoxFormat, project
         Some(stored) => store.get(&stored.digest)?,
         None => {
             // A URL or file the Envfile leaves unpinned is held to the lock's pin.
-            let reference = match (&spec.box_ref, &pinned) {
+            let locked_url = locked.and_then(|l| l.url);
+            let reference = match (&spec.box_ref, &pinned, &locked_url) {
                 // A catalog box pinned but not stored here: the bytes the lock names,
                 // from where they came (upstream may offer a newer build by now).
-                (BoxRef::Catalog { .. } | BoxRef::Vagrant { .. }, Some(d)) if locked.as_ref().is_some_and(|l| l.url.is_some()) => {
-                    BoxRef::Url { url: locked.as_ref().and_then(|l| l.url.clone()).unwrap_or_default(), sha256: Some(d.clone()) }
+                (BoxRef::Catalog { .. } | BoxRef::Vagrant { .. }, Some(d), Some(url)) => {
+                    BoxRef::Url { url: url.clone(), sha256: Some(d.clone()) }
                 }
-                (BoxRef::Url { url, sha256: None }, Some(d)) => BoxRef::Url { url: url.clone(), sha256: Some(d.clone()) },
-                (BoxRef::Path { path, sha256: None }, Some(d)) => BoxRef::Path { path: path.clone(), sha256: Some(d.clone()) },
-                (BoxRef::Oci { image, sha256: None }, Some(d)) => BoxRef::Oci { image: image.clone(), sha256: Some(d.clone()) },
-                (other, _) => other.clone(),
+                (BoxRef::Url { url, sha256: None }, Some(d), _) => BoxRef::Url { url: url.clone(), sha256: Some(d.clone()) },
+                (BoxRef::Path { path, sha256: None }, Some(d), _) => BoxRef::Path { path: path.clone(), sha256: Some(d.clone()) },
+                (BoxRef::Oci { image, sha256: None }, Some(d), _) => BoxRef::Oci { image: image.clone(), sha256: Some(d.clone()) },
+                (other, _, _) => other.clone(),
             };
             // Stored under the catalog name when the lock's URL stands in for it.
             let name = match (&spec.box_ref, &reference) {
@@ -265,6 +266,18 @@ pub fn resolve_box(ctx: &Context, spec: &MachineSpec, format: BoxFormat, project
                 Err(e) => match (e.downcast_ref::<crate::boxes::Error>(), &pinned) {
                     (Some(crate::boxes::Error::WrongDigest { got, .. }), Some(d)) => {
                         return Err(pin_broken(spec, project_dir, &source_text, d, got))
+                    }
+                    // Upstream keeps a few builds only: the pinned one may be gone.
+                    (Some(crate::boxes::Error::HttpStatus { url, status: 404 | 410, .. }), Some(d)) if locked_url.as_ref() == Some(url) => {
+                        return Err(crate::envfile::Error::Lock {
+                            path: LockFile::path_for(project_dir),
+                            message: format!(
+                                "machine {} is pinned to box {d} from {url}, which upstream no longer serves; \
+                                 run `envy box update {}` to pin the newest build of {source_text}",
+                                spec.name, spec.name
+                            ),
+                        }
+                        .into())
                     }
                     _ => return Err(e),
                 },
@@ -307,7 +320,8 @@ pub fn fetch_box(
 }
 
 /// The Envfile.lock entry that pins `reference` to the stored box: for a catalog or
-/// Vagrant Cloud box also the URL and upstream digest it was verified against (from the store's record).
+/// Vagrant Cloud box also the URL and upstream digest it was verified against (from
+/// the store's record).
 pub fn lock_entry(reference: &BoxRef, stored: &StoredBox, index: Option<String>) -> Result<LockedBox> {
     let (url, upstream) = match reference {
         BoxRef::Catalog { .. } | BoxRef::Vagrant { .. } => {

@@ -160,6 +160,31 @@ fn simplestreams_newer_build_is_outdated_until_update_moves_the_pin() {
     assert_eq!(pinned(&env), new, "update moved the pin");
     assert_eq!(outdated(&env, &catalog)["status"], "current");
 
+    // Another host with the committed Envfile.lock gets the pinned build from the URL
+    // the lock recorded, though upstream has a newer one by then.
+    mirror.add("20250103_05:24", rootfs_tarball(&env, "3"));
+    let other = TestEnv::new();
+    for file in ["Envfile", "Envfile.lock"] {
+        std::fs::copy(env.project.join(file), other.project.join(file)).unwrap();
+    }
+    let _destroy_other = crate::common::DestroyOnDrop(&other);
+    other.envy().env("ENVY_CATALOG", &catalog).arg("up").assert().success();
+    assert_eq!(release(&other), "build 2\n");
+    assert_eq!(pinned(&other), new);
+    // When upstream no longer has it, the error says so and what to run.
+    let gone = TestEnv::new();
+    std::fs::copy(env.project.join("Envfile"), gone.project.join("Envfile")).unwrap();
+    let lock_text = std::fs::read_to_string(env.project.join("Envfile.lock")).unwrap();
+    std::fs::write(gone.project.join("Envfile.lock"), lock_text.replace("20250102_05:24", "20250102_00:00")).unwrap();
+    gone.envy()
+        .env("ENVY_CATALOG", &catalog)
+        .arg("up")
+        .assert()
+        .code(3)
+        .stderr(contains(format!("machine web is pinned to box {new} from")))
+        .stderr(contains("which upstream no longer serves; run `envy box update web`"));
+    assert!(gone.store_entries().is_empty(), "{:?}", gone.store_entries());
+
     // The pinned box is stored: with the mirror gone, a new machine comes up from it.
     drop(mirror);
     drop(server);
