@@ -8,7 +8,7 @@
 use serde::Deserialize;
 
 use super::digest::{parse_sha256, parse_sha512, Pin};
-use super::download::Downloader;
+use super::download::{Downloader, MAX_TEXT_BYTES};
 use super::Error;
 
 /// Where a catalog entry's builds are listed.
@@ -178,9 +178,13 @@ fn latest(downloader: &Downloader, dir: &str, file: &str, checksums: &str, tried
     Ok(Build { version, url: join(dir, name), pin })
 }
 
+/// Largest simplestreams document read: a mirror's products file lists every build of
+/// every product (Ubuntu's runs to tens of MiB).
+const MAX_INDEX_BYTES: u64 = 16 * MAX_TEXT_BYTES;
+
 fn fetch_json<T: serde::de::DeserializeOwned>(downloader: &Downloader, url: &str, tried: &mut Vec<String>) -> Result<T, String> {
     tried.push(url.to_string());
-    let text = downloader.fetch_text(url).map_err(|e| e.to_string())?;
+    let text = downloader.fetch_text_up_to(url, MAX_INDEX_BYTES).map_err(|e| e.to_string())?;
     serde_json::from_str(&text).map_err(|e| format!("{url} is not a simplestreams document envy reads: {e}"))
 }
 
