@@ -287,4 +287,12 @@ fn an_unpinned_catalog_name_without_upstream_fails_saying_what_was_tried() {
         .code(4)
         .stderr(contains("not a path inside the mirror"));
     assert!(env.store_entries().is_empty());
+
+    // A document larger than envy reads is refused whole, not parsed cut short.
+    server.serve("huge.toml", format!("# {}\n", "x".repeat(9 << 20)).into_bytes());
+    env.envy()
+        .args(["box", "add", "bb", "--catalog", &server.url("huge.toml")])
+        .assert()
+        .code(4)
+        .stderr(contains("the document is larger than 8 MiB"));
 }
