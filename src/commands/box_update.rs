@@ -141,7 +141,7 @@ pub fn update(ctx: &Context, store: &Store, args: BoxUpdateArgs) -> Result<i32> 
         lock.machines.insert(spec.name.clone(), entry);
         // Saved machine by machine: what was verified stays pinned if a later one fails.
         lock.save(&lock_path)?;
-        let label = format!("{}@{}", spec.box_ref, stored.manifest.version);
+        let label = format!("{} (version {})", spec.box_ref, stored.manifest.version);
         if !ctx.ui.json {
             match (&old, changed) {
                 (_, false) => println!("{}: {label} is current ({})", spec.name, stored.digest),
