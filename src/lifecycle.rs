@@ -227,8 +227,10 @@ pub fn resolve_box(ctx: &Context, spec: &MachineSpec, format: BoxFormat, project
             return Ok(stored);
         }
     }
-    // A catalog name matches a box added under that name first, as in Vagrant.
+    // A catalog name matches a box added under that name first, as in Vagrant: the
+    // one added last when there are several (builds `box update` fetched).
     let added = match &spec.box_ref {
+        BoxRef::Catalog { name, version: None } => store.latest_named(name, format)?,
         BoxRef::Catalog { .. } => match store.find_for(&spec.box_ref.to_string(), Some(format)) {
             Ok(stored) => Some(stored),
             Err(e) if matches!(e.downcast_ref(), Some(crate::boxes::Error::Missing { .. })) => None,

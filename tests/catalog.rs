@@ -193,6 +193,12 @@ fn simplestreams_newer_build_is_outdated_until_update_moves_the_pin() {
     assert_eq!(release(&env), "build 2\n", "up after update runs the new build");
     let status = env.status();
     assert_eq!(crate::common::machine(&status, "web")["box_digest"], new.as_str(), "{status}");
+
+    // A machine added later under the same name takes the build stored last, offline.
+    let envfile = std::fs::read_to_string(env.project.join("Envfile")).unwrap();
+    std::fs::write(env.project.join("Envfile"), envfile.replace("[machine.web]", "[machine.db]") + &envfile).unwrap();
+    env.envy().env("ENVY_CATALOG", &catalog).args(["up", "db"]).assert().success();
+    assert_eq!(env.out(&["exec", "db", "--", "cat", "/etc/box-release"]), "build 2\n");
 }
 
 /// A Debian-style "latest" directory: a fixed file name whose bytes change, and a

@@ -609,6 +609,17 @@ impl Store {
         self.find_for(query, None)
     }
 
+    /// The box listed as `name` for `format` that entered the store last (`box update`
+    /// adds a newer build under the same name; an older one may stay pinned elsewhere).
+    pub fn latest_named(&self, name: &str, format: BoxFormat) -> anyhow::Result<Option<StoredBox>> {
+        Ok(self
+            .list()?
+            .into_iter()
+            .filter(|(b, r)| b.manifest.providers.contains(&format) && (r.name == name || b.manifest.name == name))
+            .max_by_key(|(_, r)| r.added)
+            .map(|(b, _)| b))
+    }
+
     /// `find` among the boxes with `format`: one box name may stand for a container
     /// box and a VM box, as a Vagrant box has one name and several providers.
     pub fn find_for(&self, query: &str, format: Option<BoxFormat>) -> anyhow::Result<StoredBox> {
