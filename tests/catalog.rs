@@ -203,11 +203,14 @@ fn simplestreams_newer_build_is_outdated_until_update_moves_the_pin() {
 
 /// A Debian-style "latest" directory: a fixed file name whose bytes change, and a
 /// SHA512SUMS beside it.
-fn serve_latest(server: &Server, rootfs: &[u8], sha512: &str) {
-    server.serve("latest/bb-rootfs-amd64.tar.xz", rootfs.to_vec());
-    let sums = format!("{}  other-file.qcow2\n{sha512}  bb-rootfs-amd64.tar.xz\n", "e".repeat(128));
+fn serve_latest(server: &Server, file: &str, bytes: &[u8], sha512: &str) {
+    server.serve(&format!("latest/{file}"), bytes.to_vec());
+    let sums = format!("{}  other-file.qcow2\n{sha512}  {file}\n", "e".repeat(128));
     server.serve("latest/SHA512SUMS", sums.into_bytes());
 }
+
+/// The rootfs file name in the "latest" directory.
+const ROOTFS: &str = "bb-rootfs-amd64.tar.xz";
 
 fn sha512_hex(data: &[u8]) -> String {
     hex::encode(Sha512::digest(data))
@@ -219,7 +222,7 @@ fn latest_directory_with_sha512sums_pins_and_refuses_a_wrong_digest() {
     let env = TestEnv::new();
     let server = Server::start();
     let first = rootfs_tarball(&env, "1");
-    serve_latest(&server, &first, &sha512_hex(&first));
+    serve_latest(&server, ROOTFS, &first, &sha512_hex(&first));
     let catalog = write_catalog(
         &env,
         &format!("latest = {:?}\nfile = \"bb-rootfs-amd64.tar.xz\"\nchecksums = \"SHA512SUMS\"", server.url("latest/")),
@@ -237,7 +240,7 @@ fn latest_directory_with_sha512sums_pins_and_refuses_a_wrong_digest() {
 
     // The directory moves on, but its SHA512SUMS line is wrong: refused, nothing kept.
     let second = rootfs_tarball(&env, "2");
-    serve_latest(&server, &second, &sha512_hex(b"something else"));
+    serve_latest(&server, ROOTFS, &second, &sha512_hex(b"something else"));
     assert_eq!(outdated(&env, &catalog)["status"], "outdated");
     env.envy()
         .env("ENVY_CATALOG", &catalog)
@@ -250,7 +253,7 @@ fn latest_directory_with_sha512sums_pins_and_refuses_a_wrong_digest() {
     assert_eq!(pinned(&env), old, "the pin did not move");
 
     // With the right line the update goes through.
-    serve_latest(&server, &second, &sha512_hex(&second));
+    serve_latest(&server, ROOTFS, &second, &sha512_hex(&second));
     let new = sha256_hex(&second);
     env.envy()
         .env("ENVY_CATALOG", &catalog)
@@ -301,4 +304,51 @@ fn an_unpinned_catalog_name_without_upstream_fails_saying_what_was_tried() {
         .assert()
         .code(4)
         .stderr(contains("the document is larger than 8 MiB"));
+}
+
+#[test]
+fn one_name_resolves_per_provider_from_a_catalog_offering_both() {
+    require!(need::BUSYBOX, TARBALLS, [Need::Tool("qemu-img", "qemu-utils")]);
+    let env = TestEnv::new();
+    let server = Server::start();
+    let mut mirror = Mirror { server: &server, builds: Vec::new() };
+    let rootfs = rootfs_tarball(&env, "1");
+    mirror.add("20250101_05:24", rootfs.clone());
+    let disk = env.path("disk.qcow2");
+    let status = StdCommand::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&disk).arg("64M").status().unwrap();
+    assert!(status.success());
+    let disk = std::fs::read(disk).unwrap();
+    serve_latest(&server, "bb-amd64.qcow2", &disk, &sha512_hex(&disk));
+    let catalog = write_catalog(
+        &env,
+        &format!(
+            "simplestreams = {:?}\nproduct = \"busybox/1\"\n\n[[box.upstream]]\nprovider = \"qemu\"\nlatest = {:?}\nfile = \"bb-*.qcow2\"\nchecksums = \"SHA512SUMS\"",
+            server.url(""),
+            server.url("latest/")
+        ),
+    );
+    // The README's shape: a container and a VM, one box name.
+    std::fs::write(
+        env.project.join("Envfile"),
+        "[defaults]\nbox = \"bb\"\n\n[machine.web]\nprovider = \"container\"\n\n[machine.db]\nprovider = \"qemu\"\n",
+    )
+    .unwrap();
+    env.envy().env("ENVY_CATALOG", &catalog).args(["box", "update"]).assert().success();
+    let lock = lock(&env);
+    assert_eq!(lock["machine"]["web"]["sha256"].as_str(), Some(sha256_hex(&rootfs).as_str()));
+    assert_eq!(lock["machine"]["db"]["sha256"].as_str(), Some(sha256_hex(&disk).as_str()));
+    let out = env.envy().env("ENVY_CATALOG", &catalog).args(["box", "outdated", "--json"]).output().unwrap();
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let status: Vec<(&str, &str)> = rows["machines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["machine"].as_str().unwrap(), r["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(status, vec![("web", "current"), ("db", "current")], "{rows}");
+    assert_eq!(rows["machines"][1]["newest"]["version"], "amd64", "the part the pattern's `*` matched");
+    let list: serde_json::Value = serde_json::from_str(&env.out(&["box", "list", "--json"])).unwrap();
+    let mut providers: Vec<String> = list["boxes"].as_array().unwrap().iter().map(|b| b["providers"][0].as_str().unwrap().to_string()).collect();
+    providers.sort();
+    assert_eq!(providers, ["container", "qemu"]);
 }
