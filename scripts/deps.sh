@@ -39,6 +39,9 @@ declare -A wanted=(
   [unshare]=util-linux
   [mount]=mount
   [useradd]=passwd
+  # The tests make the tarballs upstreams serve: LXC rootfs.tar.xz, Vagrant .box (gzip).
+  [xz]=xz-utils
+  [gzip]=gzip
 )
 missing=()
 for cmd in "${!wanted[@]}"; do

@@ -81,7 +81,7 @@ code, also on Ctrl-C and SIGTERM. The Envfile.lock's pins are used and left unch
 event a line on stdout: up, ready, exit, destroyed.\n\nWith --box, one bare machine of that box with this \
 folder at /project instead.")]
     Run(RunArgs),
-    /// Manage the box store: add, list, remove, prune, build, verify.
+    /// Manage boxes: add, list, remove, prune, build, verify; outdated, update (pins).
     #[command(name = "box", subcommand)]
     Box(BoxCommand),
     /// LXD/Incus servers and clusters that lxd machines can run on (`remote = "NAME"`).
@@ -288,7 +288,7 @@ pub struct RemoteRemoveArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum BoxCommand {
-    /// Fetch a box into the store, verified: a catalog name, URL, file or oci:// image.
+    /// Fetch a box into the store, verified: catalog name, URL, file, vagrant:// or oci://.
     Add(BoxAddArgs),
     /// List the boxes in the store.
     List,
@@ -300,11 +300,32 @@ pub enum BoxCommand {
     Build(BoxBuildArgs),
     /// Re-hash stored boxes and report any corruption.
     Verify(BoxVerifyArgs),
+    /// List each machine's pinned box beside the newest build its source offers.
+    Outdated(BoxOutdatedArgs),
+    /// Move machines' Envfile.lock pins to the newest build: resolve, verify, fetch.
+    Update(BoxUpdateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BoxOutdatedArgs {
+    /// Machines to check (default: all in the Envfile).
+    pub machines: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct BoxUpdateArgs {
+    /// Machines to update (default: all in the Envfile). A machine that exists keeps
+    /// its old base until it is destroyed and brought up again.
+    pub machines: Vec<String>,
+    /// Accept whatever arrives from a URL box the Envfile gives no digest for.
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct BoxAddArgs {
-    /// Catalog name (name or name@version), URL, path of a .box/.qcow2/rootfs tarball,
+    /// Catalog name (name or name@version), URL, path of a .box/.qcow2/rootfs tarball
+    /// (or of a libvirt Vagrant box), a Vagrant Cloud box vagrant://USER/BOX[@VERSION],
     /// or image oci://REGISTRY/REPO[:TAG][@sha256:DIGEST] (Docker Hub names work too:
     /// oci://debian:12).
     pub source: String,

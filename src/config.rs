@@ -1,5 +1,5 @@
 //! The user's global defaults (`config.toml`): provider, acceleration, catalog, proxy,
-//! registries allowed over plain HTTP.
+//! registries allowed over plain HTTP, the Vagrant Cloud API.
 //! The Envfile and the command line win over these.
 
 use std::path::Path;
@@ -20,6 +20,9 @@ pub struct Config {
     pub catalog: Option<String>,
     /// HTTP(S) proxy for box downloads.
     pub proxy: Option<String>,
+    /// Base URL of the Vagrant Cloud API v2 that `vagrant://` boxes resolve through
+    /// (default https://vagrantcloud.com/api/v2).
+    pub vagrant_api: Option<String>,
     /// OCI registries (`host[:port]`) reached over plain HTTP although they are not on
     /// a loopback address (those always are, as Docker does).
     #[serde(default)]

@@ -306,14 +306,17 @@ pub fn destroy(ctx: &Context, plan: &MachinePlan) -> Result<()> {
 pub fn resolve_box(ctx: &Context, spec: &MachineSpec, format: BoxFormat, project_dir: &Path, lock: &mut LockFile, insecure: bool) -> Result<StoredBox> {
     let store = Store::open(&ctx.home, &ctx.config)?;
     let source_text = source_key(&spec.box_ref);
-    let pinned = lock.machines.get(&spec.name).filter(|l| l.source == source_text).map(|l| l.sha256.clone());
+    let locked = lock.machines.get(&spec.name).filter(|l| l.source == source_text).cloned();
+    let pinned = locked.as_ref().map(|l| l.sha256.clone());
     if let Some(digest) = &pinned {
         if let Ok(stored) = store.get(digest) {
             return Ok(stored);
         }
     }
-    // A catalog name matches a box added under that name first, as in Vagrant.
+    // A catalog name matches a box added under that name first, as in Vagrant: the
+    // one added last when there are several (builds `box update` fetched).
     let added = match &spec.box_ref {
+        BoxRef::Catalog { name, version: None } => store.latest_named(name, format)?,
         BoxRef::Catalog { .. } => match store.find_for(&spec.box_ref.to_string(), Some(format)) {
             Ok(stored) => Some(stored),
             Err(e) if matches!(e.downcast_ref(), Some(crate::boxes::Error::Missing { .. })) => None,
@@ -326,26 +329,43 @@ pub fn resolve_box(ctx: &Context, spec: &MachineSpec, format: BoxFormat, project
         Some(stored) => store.get(&stored.digest)?,
         None => {
             // A URL or file the Envfile leaves unpinned is held to the lock's pin.
-            let reference = match (&spec.box_ref, &pinned) {
-                (BoxRef::Url { url, sha256: None }, Some(d)) => BoxRef::Url { url: url.clone(), sha256: Some(d.clone()) },
-                (BoxRef::Path { path, sha256: None }, Some(d)) => BoxRef::Path { path: path.clone(), sha256: Some(d.clone()) },
-                (BoxRef::Oci { image, sha256: None }, Some(d)) => BoxRef::Oci { image: image.clone(), sha256: Some(d.clone()) },
-                (other, _) => other.clone(),
+            let locked_url = locked.and_then(|l| l.url);
+            let reference = match (&spec.box_ref, &pinned, &locked_url) {
+                // A catalog box pinned but not stored here: the bytes the lock names,
+                // from where they came (upstream may offer a newer build by now).
+                (BoxRef::Catalog { .. } | BoxRef::Vagrant { .. }, Some(d), Some(url)) => {
+                    BoxRef::Url { url: url.clone(), sha256: Some(d.clone()) }
+                }
+                (BoxRef::Url { url, sha256: None }, Some(d), _) => BoxRef::Url { url: url.clone(), sha256: Some(d.clone()) },
+                (BoxRef::Path { path, sha256: None }, Some(d), _) => BoxRef::Path { path: path.clone(), sha256: Some(d.clone()) },
+                (BoxRef::Oci { image, sha256: None }, Some(d), _) => BoxRef::Oci { image: image.clone(), sha256: Some(d.clone()) },
+                (other, _, _) => other.clone(),
             };
-            let mut source = BoxSource::from_ref(&reference, None, Some(format));
-            source.insecure = insecure;
-            let ensured = match &reference {
-                // An image also tells which index it was picked from, for the lock.
-                BoxRef::Oci { image, sha256 } => crate::boxes::pull(&store, image, sha256.as_deref(), None, &ctx.ui).map(|p| {
-                    index = p.index;
-                    p.stored
-                }),
-                _ => store.ensure(&source, &ctx.ui),
+            // Stored under the catalog name when the lock's URL stands in for it.
+            let name = match (&spec.box_ref, &reference) {
+                (BoxRef::Catalog { name, .. }, BoxRef::Url { .. }) => Some(name.clone()),
+                _ => None,
             };
+            let ensured = fetch_box(ctx, &store, &reference, format, insecure, name).map(|(stored, from_index)| {
+                index = from_index;
+                stored
+            });
             match ensured {
                 Err(e) => match (e.downcast_ref::<crate::boxes::Error>(), &pinned) {
                     (Some(crate::boxes::Error::WrongDigest { got, .. }), Some(d)) => {
                         return Err(pin_broken(spec, project_dir, &source_text, d, got))
+                    }
+                    // Upstream keeps a few builds only: the pinned one may be gone.
+                    (Some(crate::boxes::Error::HttpStatus { url, status: 404 | 410, .. }), Some(d)) if locked_url.as_ref() == Some(url) => {
+                        return Err(crate::envfile::Error::Lock {
+                            path: LockFile::path_for(project_dir),
+                            message: format!(
+                                "machine {} is pinned to box {d} from {url}, which upstream no longer serves; \
+                                 run `envy box update {}` to pin the newest build of {source_text}",
+                                spec.name, spec.name
+                            ),
+                        }
+                        .into())
                     }
                     _ => return Err(e),
                 },
@@ -358,8 +378,48 @@ pub fn resolve_box(ctx: &Context, spec: &MachineSpec, format: BoxFormat, project
             return Err(pin_broken(spec, project_dir, &source_text, &digest, &stored.digest));
         }
     }
-    lock.machines.insert(spec.name.clone(), LockedBox { source: source_text, sha256: stored.digest.clone(), index });
+    let entry = lock_entry(&spec.box_ref, &stored, index)?;
+    lock.machines.insert(spec.name.clone(), entry);
     Ok(stored)
+}
+
+/// Fetches (or finds stored) the box `reference` names, for `format`, listed under
+/// `name` when given; an `oci://` image also tells which index it was picked from.
+pub fn fetch_box(
+    ctx: &Context,
+    store: &Store,
+    reference: &BoxRef,
+    format: BoxFormat,
+    insecure: bool,
+    name: Option<String>,
+) -> Result<(StoredBox, Option<String>)> {
+    match reference {
+        BoxRef::Oci { image, sha256 } => {
+            let pulled = crate::boxes::pull(store, image, sha256.as_deref(), name, &ctx.ui)?;
+            Ok((pulled.stored, pulled.index))
+        }
+        _ => {
+            let mut source = BoxSource::from_ref(reference, None, Some(format));
+            source.insecure = insecure;
+            source.name = name;
+            Ok((store.ensure(&source, &ctx.ui)?, None))
+        }
+    }
+}
+
+/// The Envfile.lock entry that pins `reference` to the stored box: for a catalog or
+/// Vagrant Cloud box also the URL and upstream digest it was verified against (from
+/// the store's record).
+pub fn lock_entry(reference: &BoxRef, stored: &StoredBox, index: Option<String>) -> Result<LockedBox> {
+    let (url, upstream) = match reference {
+        BoxRef::Catalog { .. } | BoxRef::Vagrant { .. } => {
+            let record = stored.record()?;
+            let fetched = record.source.starts_with("https://") || record.source.starts_with("http://");
+            (fetched.then_some(record.source), record.pin.filter(|_| fetched))
+        }
+        _ => (None, None),
+    };
+    Ok(LockedBox { source: source_key(reference), sha256: stored.digest.clone(), index, url, upstream })
 }
 
 /// The error for a source that no longer gives the box Envfile.lock pins.
@@ -368,7 +428,7 @@ fn pin_broken(spec: &MachineSpec, project_dir: &Path, source: &str, pinned: &str
         path: LockFile::path_for(project_dir),
         message: format!(
             "machine {} is pinned to box {pinned} but {source} now gives {got}; \
-             if the new box is wanted, delete the [machine.{}] entry of Envfile.lock and run `envy up` again",
+             if the new box is wanted, run `envy box update {}`",
             spec.name, spec.name
         ),
     }
@@ -376,7 +436,7 @@ fn pin_broken(spec: &MachineSpec, project_dir: &Path, source: &str, pinned: &str
 }
 
 /// How a box reference is written in the lock (a changed reference re-pins).
-fn source_key(reference: &BoxRef) -> String {
+pub fn source_key(reference: &BoxRef) -> String {
     match reference {
         BoxRef::Url { url, sha256: Some(d) } => format!("{url}#sha256={d}"),
         other => other.to_string(),

@@ -99,6 +99,8 @@ pub enum BoxRef {
     /// An image in an OCI registry. `sha256` is the platform manifest the lock pins
     /// (the image's own `@sha256:` is in `image`).
     Oci { image: OciRef, sha256: Option<String> },
+    /// A box on Vagrant Cloud: `vagrant://USER/BOX[@VERSION]` (`vagrant` is `USER/BOX`).
+    Vagrant { vagrant: String, version: Option<String> },
 }
 
 impl std::fmt::Display for BoxRef {
@@ -109,6 +111,8 @@ impl std::fmt::Display for BoxRef {
             BoxRef::Url { url, .. } => f.write_str(url),
             BoxRef::Path { path, .. } => write!(f, "{}", path.display()),
             BoxRef::Oci { image, .. } => image.fmt(f),
+            BoxRef::Vagrant { vagrant, version: Some(v) } => write!(f, "vagrant://{vagrant}@{v}"),
+            BoxRef::Vagrant { vagrant, version: None } => write!(f, "vagrant://{vagrant}"),
         }
     }
 }

@@ -29,6 +29,12 @@ const CATALOG_BOXES: &[(&str, &str)] = &[
     ("debian/bookworm64", "debian-12"),
     ("generic/debian12", "debian-12"),
     ("bento/debian-12", "debian-12"),
+    ("debian/trixie64", "debian-13"),
+    ("bento/debian-13", "debian-13"),
+    ("bento/ubuntu-24.04", "ubuntu-24.04"),
+    ("cloud-image/ubuntu-24.04", "ubuntu-24.04"),
+    ("bento/fedora-42", "fedora-42"),
+    ("archlinux/archlinux", "archlinux"),
 ];
 
 /// Vagrant providers that run a VM whose `memory` and `cpus` mean what envy's do.

@@ -293,8 +293,13 @@ fn a_tag_moved_after_pinning_is_the_lock_error() {
         err.contains(&format!("is pinned to box {first} but oci://{}/team/app:stable now gives {second}", registry.host())),
         "{err}"
     );
-    assert!(err.contains("delete the [machine.m] entry of Envfile.lock"), "{err}");
+    assert!(err.contains("run `envy box update m`"), "{err}");
     assert!(stored(&env).is_empty(), "{:?}", stored(&env));
+
+    // As it says: the update takes the tag's new manifest on purpose, and `up` runs it.
+    env.envy().args(["box", "update", "m"]).assert().success().stdout(predicates::str::contains(format!("{first} -> {second}")));
+    env.envy().arg("up").assert().success();
+    assert_eq!(env.out(&["exec", "m", "--", "cat", "/etc/version"]), "2");
 }
 
 #[test]

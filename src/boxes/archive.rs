@@ -1,5 +1,5 @@
-//! Archives in and out: telling a `.box` from a bare qcow2 or rootfs tarball by its
-//! bytes, unpacking them safely (every entry checked before it touches the disk), and
+//! Archives in and out: telling a `.box` from a bare qcow2, a rootfs tarball or a
+//! Vagrant box by its bytes, unpacking them safely (every entry checked before it touches the disk), and
 //! packing boxes and root filesystems.
 
 use std::collections::{BTreeMap, HashSet};
@@ -22,7 +22,7 @@ pub const MAX_ROOTFS_ENTRY_BYTES: u64 = 64 << 30;
 /// Largest `box.toml`.
 const MAX_MANIFEST_BYTES: u64 = 1 << 20;
 
-const QCOW2_MAGIC: &[u8] = b"QFI\xfb";
+pub(super) const QCOW2_MAGIC: &[u8] = b"QFI\xfb";
 
 /// How a tar stream is compressed, told by its first bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +77,8 @@ pub enum Artifact {
     RootfsTarball(Compression),
     /// A bare qcow2 disk image.
     Qcow2,
+    /// A tar with `metadata.json` among its first entries: a Vagrant box (`vagrant`).
+    VagrantBox(Compression),
 }
 
 /// Looks at a file's bytes (never its name) to tell what it is.
@@ -103,6 +105,8 @@ pub fn sniff(path: &Path, label: &str) -> Result<Artifact, Error> {
     let first = String::from_utf8_lossy(&header[..name_len]);
     if first.trim_start_matches("./") == manifest::FILE_NAME {
         Ok(Artifact::BoxArchive(compression))
+    } else if super::vagrant::is_vagrant_box(path, compression).map_err(|e| not_a_box(format!("cannot read it as a tar archive ({e})")))? {
+        Ok(Artifact::VagrantBox(compression))
     } else {
         Ok(Artifact::RootfsTarball(compression))
     }

@@ -1,4 +1,5 @@
-//! The catalog: box names → versions → URL and pinned digest. Entries live in
+//! The catalog: box names → per provider, an upstream index to follow (resolved by
+//! `upstream`) or fixed versions with a URL and pinned digest. Entries live in
 //! `boxes/*.toml` (compiled in as the default) or wherever `--catalog`, ENVY_CATALOG
 //! or config `catalog` point: a directory of `*.toml`, one `.toml` file, or a URL.
 
@@ -8,11 +9,19 @@ use serde::Deserialize;
 
 use super::digest::{parse_sha256, parse_sha512, Pin};
 use super::download::Downloader;
+use super::upstream::{checksum_entries, Upstream};
 use super::Error;
 use crate::model::BoxFormat;
 
 /// The catalog shipped in the binary (the repository's `boxes/*.toml`).
-const BUILTIN: &[(&str, &str)] = &[("debian-12.toml", include_str!("../../boxes/debian-12.toml"))];
+const BUILTIN: &[(&str, &str)] = &[
+    ("alpine.toml", include_str!("../../boxes/alpine.toml")),
+    ("archlinux.toml", include_str!("../../boxes/archlinux.toml")),
+    ("debian-12.toml", include_str!("../../boxes/debian-12.toml")),
+    ("debian-13.toml", include_str!("../../boxes/debian-13.toml")),
+    ("fedora.toml", include_str!("../../boxes/fedora.toml")),
+    ("ubuntu-24.04.toml", include_str!("../../boxes/ubuntu-24.04.toml")),
+];
 
 /// One catalog file: any number of `[[box]]` entries.
 #[derive(Debug, Deserialize)]
@@ -28,9 +37,62 @@ struct Entry {
     name: String,
     /// One line for people choosing a box (shown when a name is not found).
     description: Option<String>,
-    /// Newest first.
-    #[serde(rename = "version")]
+    /// Per provider, the upstream index whose newest build the name means.
+    #[serde(default)]
+    upstream: Vec<UpstreamSpec>,
+    /// Fixed builds, newest first.
+    #[serde(rename = "version", default)]
     versions: Vec<Version>,
+}
+
+/// `[[box.upstream]]` as written: a simplestreams mirror, or a "latest" directory.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpstreamSpec {
+    provider: BoxFormat,
+    /// Root URL of a simplestreams mirror (it has `streams/v1/index.json`).
+    simplestreams: Option<String>,
+    /// With `simplestreams`: product key or alias (`debian/12`).
+    product: Option<String>,
+    /// With `simplestreams`: the item type to fetch (default `root.tar.xz`).
+    ftype: Option<String>,
+    /// URL of a directory that follows the newest build.
+    latest: Option<String>,
+    /// With `latest`: the file name, or a pattern with one `*`.
+    file: Option<String>,
+    /// With `latest`: the checksum list's name in the directory (or its URL).
+    checksums: Option<String>,
+}
+
+impl UpstreamSpec {
+    fn to_upstream(&self, what: &str) -> Result<Upstream, String> {
+        match (&self.simplestreams, &self.latest) {
+            (Some(url), None) => {
+                if self.file.is_some() || self.checksums.is_some() {
+                    return Err(format!("{what}: `file` and `checksums` go with `latest`, not `simplestreams`"));
+                }
+                let product = self.product.clone().ok_or_else(|| format!("{what}: `simplestreams` needs a `product` (e.g. \"debian/12\")"))?;
+                Ok(Upstream::Simplestreams {
+                    url: url.clone(),
+                    product,
+                    ftype: self.ftype.clone().unwrap_or_else(|| "root.tar.xz".into()),
+                })
+            }
+            (None, Some(dir)) => {
+                if self.product.is_some() || self.ftype.is_some() {
+                    return Err(format!("{what}: `product` and `ftype` go with `simplestreams`, not `latest`"));
+                }
+                match (&self.file, &self.checksums) {
+                    (Some(file), Some(checksums)) if file.matches('*').count() <= 1 => {
+                        Ok(Upstream::Latest { dir: dir.clone(), file: file.clone(), checksums: checksums.clone() })
+                    }
+                    (Some(_), Some(_)) => Err(format!("{what}: `file` may hold one `*`, not more")),
+                    _ => Err(format!("{what}: `latest` needs `file` (a name or NAME-*.qcow2 pattern) and `checksums` (e.g. \"SHA512SUMS\")")),
+                }
+            }
+            _ => Err(format!("{what}: an upstream is either `simplestreams = URL` or `latest = URL`, one of the two")),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -54,9 +116,13 @@ pub struct Resolved {
     pub name: String,
     pub version: String,
     pub url: String,
-    /// Where the pin comes from: a checksums URL, or the catalog itself.
+    /// Where the pin comes from: a checksums URL, or the catalog itself (or the
+    /// upstream index).
     checksums: Option<(String, String)>,
     pin: Option<Pin>,
+    /// Resolved through an upstream index: the URL may serve other bytes tomorrow
+    /// (a "latest" directory), so a box stored from it is no proof of the newest.
+    pub follows_upstream: bool,
 }
 
 impl Resolved {
@@ -69,7 +135,8 @@ impl Resolved {
         let (list_url, file) =
             self.checksums.as_ref().expect("a catalog version has a pin or a checksums URL");
         let text = downloader.fetch_text(list_url)?;
-        find_in_checksums(&text, file).ok_or_else(|| Error::Catalog {
+        let found = checksum_entries(&text).find(|(name, _)| name == file).map(|(_, pin)| pin);
+        found.ok_or_else(|| Error::Catalog {
             location: list_url.clone(),
             message: format!("the checksum list has no sha256 or sha512 line for `{file}`; the catalog entry {}@{} may be out of date", self.name, self.version),
         })
@@ -115,12 +182,15 @@ impl Catalog {
         Ok(Catalog { location: loc.to_string(), entries })
     }
 
-    /// Finds `name` (at `version`, or its newest) for `provider` (or the first listed).
+    /// Finds `name` (at `version`, or its newest) for `provider` (or the first listed):
+    /// a fixed version named by `version`, else the entry's upstream for the provider
+    /// (asked for its newest build, or `version`), else its first fixed version.
     pub fn resolve(
         &self,
         name: &str,
         version: Option<&str>,
         provider: Option<BoxFormat>,
+        downloader: &Downloader,
     ) -> Result<Resolved, Error> {
         let not_found = |message: String| Error::Catalog { location: self.location.clone(), message };
         let entry = self.entries.iter().find(|e| e.name == name).ok_or_else(|| {
@@ -138,15 +208,27 @@ impl Catalog {
             version.is_none_or(|want| v.version == want)
                 && provider.is_none_or(|p| v.provider.is_none_or(|vp| vp == p))
         };
-        let v = entry.versions.iter().find(fits).ok_or_else(|| {
-            let have: Vec<_> = entry
-                .versions
-                .iter()
-                .map(|v| match v.provider {
-                    Some(p) => format!("{} ({p})", v.version),
-                    None => v.version.clone(),
-                })
-                .collect();
+        let fixed = entry.versions.iter().find(fits);
+        let upstream = entry.upstream.iter().find(|u| provider.is_none_or(|p| u.provider == p));
+        if let (Some(spec), false) = (upstream, version.is_some() && fixed.is_some()) {
+            let what = format!("{name} ({})", spec.provider);
+            let up = spec.to_upstream(&what).map_err(not_found)?;
+            let build = up.resolve(downloader, &what, version)?;
+            return Ok(Resolved {
+                name: entry.name.clone(),
+                version: build.version,
+                url: build.url,
+                checksums: None,
+                pin: Some(build.pin),
+                follows_upstream: true,
+            });
+        }
+        let v = fixed.ok_or_else(|| {
+            let mut have: Vec<_> = entry.upstream.iter().map(|u| format!("the newest upstream build ({})", u.provider)).collect();
+            have.extend(entry.versions.iter().map(|v| match v.provider {
+                Some(p) => format!("{} ({p})", v.version),
+                None => v.version.clone(),
+            }));
             not_found(format!(
                 "box `{name}` has no version{}{}; it has: {}",
                 version.map(|v| format!(" {v}")).unwrap_or_default(),
@@ -171,6 +253,7 @@ impl Catalog {
             url: v.url.clone(),
             checksums,
             pin,
+            follows_upstream: false,
         })
     }
 }
@@ -183,6 +266,16 @@ fn parse(text: &str, location: &str) -> Result<Vec<Entry>, Error> {
     let file: CatalogFile = toml::from_str(text)
         .map_err(|e| Error::Catalog { location: location.into(), message: e.to_string() })?;
     for entry in &file.boxes {
+        if entry.upstream.is_empty() && entry.versions.is_empty() {
+            return Err(Error::Catalog {
+                location: location.into(),
+                message: format!("{} has neither [[box.upstream]] nor [[box.version]]; give it one", entry.name),
+            });
+        }
+        for u in &entry.upstream {
+            u.to_upstream(&format!("{} ({})", entry.name, u.provider))
+                .map_err(|message| Error::Catalog { location: location.into(), message })?;
+        }
         for v in &entry.versions {
             if v.sha256.is_none() && v.sha512.is_none() && v.checksums.is_none() {
                 return Err(Error::Catalog {
@@ -195,68 +288,42 @@ fn parse(text: &str, location: &str) -> Result<Vec<Entry>, Error> {
     Ok(file.boxes)
 }
 
-/// Finds `file`'s digest in a checksum list: GNU style (`HEX  name`, `HEX *name`) or
-/// BSD style (`SHA256 (name) = HEX`). The digest length tells sha256 from sha512.
-fn find_in_checksums(text: &str, file: &str) -> Option<Pin> {
-    for line in text.lines() {
-        let line = line.trim();
-        let (hex, name) =
-            if let Some(rest) = line.strip_prefix("SHA256 (").or_else(|| line.strip_prefix("SHA512 (")) {
-                // A malformed line is skipped, not the end of the search.
-                let Some((name, hex)) = rest.split_once(") = ") else { continue };
-                (hex, name)
-            } else {
-                let Some((hex, name)) = line.split_once(char::is_whitespace) else { continue };
-                (hex, name.trim_start().trim_start_matches('*'))
-            };
-        let name = name.strip_prefix("./").unwrap_or(name);
-        if name != file {
-            continue;
-        }
-        if let Ok(h) = parse_sha256(hex) {
-            return Some(Pin::Sha256(h));
-        }
-        if let Ok(h) = parse_sha512(hex) {
-            return Some(Pin::Sha512(h));
-        }
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn checksum_lists_in_both_styles() {
-        let a = "a".repeat(64);
-        let b = "b".repeat(128);
-        let text = format!("{a}  other.img\n{a} *disk.qcow2\nSHA512 (rootfs.tar.xz) = {b}\n");
-        assert_eq!(find_in_checksums(&text, "disk.qcow2"), Some(Pin::Sha256(a.clone())));
-        assert_eq!(find_in_checksums(&text, "rootfs.tar.xz"), Some(Pin::Sha512(b)));
-        assert_eq!(find_in_checksums(&text, "missing"), None);
-        // A damaged line before the wanted one does not end the search.
-        let text = format!("SHA256 (broken.img) {a}
-{a}  disk.qcow2
-");
-        assert_eq!(find_in_checksums(&text, "disk.qcow2"), Some(Pin::Sha256(a)));
+    fn builtin_catalog_follows_upstream_per_provider() {
+        let entries: Vec<Entry> = BUILTIN.iter().flat_map(|(n, t)| parse(t, n).unwrap()).collect();
+        let upstream = |name: &str, provider: BoxFormat| {
+            let entry = entries.iter().find(|e| e.name == name).unwrap_or_else(|| panic!("no {name}"));
+            entry.upstream.iter().find(|u| u.provider == provider).map(|u| u.to_upstream(name).unwrap())
+        };
+        for name in ["debian-12", "debian-13", "ubuntu-24.04", "alpine-3.22", "fedora-42", "archlinux"] {
+            assert!(
+                matches!(upstream(name, BoxFormat::Container), Some(Upstream::Simplestreams { ref ftype, .. }) if ftype == "root.tar.xz"),
+                "{name}"
+            );
+        }
+        assert!(matches!(
+            upstream("debian-12", BoxFormat::Qemu),
+            Some(Upstream::Latest { ref dir, ref checksums, .. }) if dir.ends_with("/bookworm/latest/") && checksums == "SHA512SUMS"
+        ));
+        assert!(upstream("alpine-3.22", BoxFormat::Qemu).is_none());
     }
 
     #[test]
-    fn builtin_catalog_resolves_per_provider() {
-        let catalog = Catalog {
-            location: "built-in".into(),
-            entries: BUILTIN.iter().flat_map(|(n, t)| parse(t, n).unwrap()).collect(),
-        };
-        let vm = catalog.resolve("debian-12", None, Some(BoxFormat::Qemu)).unwrap();
-        assert!(vm.url.ends_with("generic-amd64-20250210-2019.qcow2") && vm.checksums.is_some());
-        let small = catalog.resolve("debian-12", Some("20250210-2019-genericcloud"), None).unwrap();
-        assert!(small.url.contains("genericcloud") && matches!(small.pin, Some(Pin::Sha512(_))));
-        let ct = catalog.resolve("debian-12", None, Some(BoxFormat::Container)).unwrap();
-        assert!(
-            ct.url.ends_with("rootfs.tar.xz")
-                && ct.checksums.as_ref().is_some_and(|(_, f)| f == "rootfs.tar.xz")
-        );
-        assert!(catalog.resolve("debian-12", Some("1999"), None).is_err());
+    fn upstream_entries_are_checked_when_read() {
+        let bad = [
+            "provider = \"qemu\"\nlatest = \"https://x/\"\nfile = \"a.qcow2\"",
+            "provider = \"container\"\nsimplestreams = \"https://x/\"",
+            "provider = \"qemu\"\nlatest = \"https://x/\"\nsimplestreams = \"https://y/\"\nproduct = \"p\"",
+            "provider = \"qemu\"\nlatest = \"https://x/\"\nfile = \"a-*-*.qcow2\"\nchecksums = \"SUMS\"",
+        ];
+        for body in bad {
+            let text = format!("[[box]]\nname = \"x\"\n[[box.upstream]]\n{body}\n");
+            assert!(matches!(parse(&text, "t.toml"), Err(Error::Catalog { .. })), "{body}");
+        }
+        assert!(parse("[[box]]\nname = \"x\"\n", "t.toml").is_err(), "an entry with nothing to fetch");
     }
 }

@@ -4,17 +4,21 @@
 use std::io::{self, Read, Write};
 use std::path::Path;
 
-use sha2::{Digest as _, Sha256, Sha512};
+use sha2::{Digest as _, Sha256, Sha384, Sha512};
 
 use super::Error;
 
-/// A digest a source is pinned to. Boxes are named by sha256; upstreams that only
-/// publish sha512 (Debian's SHA512SUMS) are checked by sha512 while the sha256 that
-/// names the box is computed in the same pass.
+/// A digest a source is pinned to. Boxes are named by sha256; upstreams that publish
+/// another digest (Debian's SHA512SUMS; a Vagrant box's `checksum_type`, whatever it
+/// is) are checked by it while the sha256 that names the box is computed in the same
+/// pass.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Pin {
     Sha256(String),
     Sha512(String),
+    Sha384(String),
+    Sha1(String),
+    Md5(String),
 }
 
 impl Pin {
@@ -22,18 +26,33 @@ impl Pin {
         match self {
             Pin::Sha256(_) => "sha256",
             Pin::Sha512(_) => "sha512",
+            Pin::Sha384(_) => "sha384",
+            Pin::Sha1(_) => "sha1",
+            Pin::Md5(_) => "md5",
         }
     }
     pub fn hex(&self) -> &str {
         match self {
-            Pin::Sha256(h) | Pin::Sha512(h) => h,
+            Pin::Sha256(h) | Pin::Sha512(h) | Pin::Sha384(h) | Pin::Sha1(h) | Pin::Md5(h) => h,
         }
+    }
+    /// A pin from an algorithm's name (`sha256`, `SHA512`, `md5`, …) and hex digest.
+    pub fn parse(algorithm: &str, hex: &str) -> Result<Pin, Error> {
+        let (make, name, len): (fn(String) -> Pin, &'static str, usize) = match algorithm.to_ascii_lowercase().as_str() {
+            "sha256" => (Pin::Sha256, "sha256", 64),
+            "sha512" => (Pin::Sha512, "sha512", 128),
+            "sha384" => (Pin::Sha384, "sha384", 96),
+            "sha1" => (Pin::Sha1, "sha1", 40),
+            "md5" => (Pin::Md5, "md5", 32),
+            _ => return Err(Error::BadDigest { value: format!("{algorithm}:{hex}"), algorithm: "sha256, sha512, sha384, sha1 or md5", len: 64 }),
+        };
+        parse_hex(hex, name, len).map(make)
     }
     /// Checks the hashes of what arrived against the pin.
     pub fn check(&self, what: &str, got: &Hashes) -> Result<(), Error> {
         let actual = match self {
             Pin::Sha256(_) => got.sha256.as_str(),
-            Pin::Sha512(_) => got.sha512.as_deref().unwrap_or(""),
+            _ => got.pinned.as_deref().unwrap_or(""),
         };
         if actual == self.hex() {
             return Ok(());
@@ -76,29 +95,50 @@ fn parse_hex(value: &str, algorithm: &'static str, len: usize) -> Result<String,
 #[derive(Debug, Clone)]
 pub struct Hashes {
     pub sha256: String,
-    pub sha512: Option<String>,
+    /// The digest a non-sha256 pin asked for, in its algorithm.
+    pub pinned: Option<String>,
 }
 
-/// Running hashes: always sha256, sha512 only when a pin needs it.
+/// The second hash a pin may need beside sha256.
+#[derive(Clone)]
+enum Extra {
+    Sha512(Sha512),
+    Sha384(Sha384),
+    Sha1(sha1::Sha1),
+    Md5(md5::Md5),
+}
+
+/// Running hashes: always sha256, and the pin's own algorithm when it is another.
 #[derive(Clone)]
 pub struct Hasher {
     sha256: Sha256,
-    sha512: Option<Sha512>,
+    extra: Option<Extra>,
     bytes: u64,
 }
 
 impl Hasher {
     pub fn new(with_sha512: bool) -> Hasher {
-        Hasher { sha256: Sha256::new(), sha512: with_sha512.then(Sha512::new), bytes: 0 }
+        Hasher { sha256: Sha256::new(), extra: with_sha512.then(|| Extra::Sha512(Sha512::new())), bytes: 0 }
     }
-    /// Hashes enough for `pin` (sha512 too when the pin is one).
+    /// Hashes enough for `pin` (its own algorithm too when it is not sha256).
     pub fn for_pin(pin: Option<&Pin>) -> Hasher {
-        Hasher::new(matches!(pin, Some(Pin::Sha512(_))))
+        let extra = match pin {
+            None | Some(Pin::Sha256(_)) => None,
+            Some(Pin::Sha512(_)) => Some(Extra::Sha512(Sha512::new())),
+            Some(Pin::Sha384(_)) => Some(Extra::Sha384(Sha384::new())),
+            Some(Pin::Sha1(_)) => Some(Extra::Sha1(sha1::Sha1::new())),
+            Some(Pin::Md5(_)) => Some(Extra::Md5(md5::Md5::new())),
+        };
+        Hasher { sha256: Sha256::new(), extra, bytes: 0 }
     }
     pub fn update(&mut self, data: &[u8]) {
         self.sha256.update(data);
-        if let Some(h) = &mut self.sha512 {
-            h.update(data);
+        match &mut self.extra {
+            Some(Extra::Sha512(h)) => h.update(data),
+            Some(Extra::Sha384(h)) => h.update(data),
+            Some(Extra::Sha1(h)) => h.update(data),
+            Some(Extra::Md5(h)) => h.update(data),
+            None => {}
         }
         self.bytes += data.len() as u64;
     }
@@ -106,10 +146,13 @@ impl Hasher {
         self.bytes
     }
     pub fn finish(self) -> Hashes {
-        Hashes {
-            sha256: hex::encode(self.sha256.finalize()),
-            sha512: self.sha512.map(|h| hex::encode(h.finalize())),
-        }
+        let pinned = self.extra.map(|extra| match extra {
+            Extra::Sha512(h) => hex::encode(h.finalize()),
+            Extra::Sha384(h) => hex::encode(h.finalize()),
+            Extra::Sha1(h) => hex::encode(h.finalize()),
+            Extra::Md5(h) => hex::encode(h.finalize()),
+        });
+        Hashes { sha256: hex::encode(self.sha256.finalize()), pinned }
     }
     /// Feeds everything `reader` yields into the hasher.
     pub fn consume(&mut self, mut reader: impl Read) -> io::Result<()> {

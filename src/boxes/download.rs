@@ -19,8 +19,8 @@ use crate::ui::Ui;
 const ATTEMPTS: u32 = 5;
 /// How long a download may make no progress before the attempt counts as failed.
 const STALL_TIMEOUT: Duration = Duration::from_secs(60);
-/// Largest text file (checksum list, catalog) fetched into memory.
-const MAX_TEXT_BYTES: u64 = 8 << 20;
+/// Largest text file (checksum list, catalog, API answer) fetched into memory.
+pub const MAX_TEXT_BYTES: u64 = 8 << 20;
 
 /// An HTTP client configured for box downloads.
 pub struct Downloader {
@@ -49,13 +49,25 @@ impl Downloader {
 
     /// Fetches a small text document (a checksum list, a catalog), with retries.
     pub fn fetch_text(&self, url: &str) -> Result<String, Error> {
+        self.fetch_text_up_to(url, MAX_TEXT_BYTES)
+    }
+
+    /// Fetches a text document of at most `limit` bytes, with retries; a larger one is
+    /// an error, not a silently cut document.
+    pub fn fetch_text_up_to(&self, url: &str, limit: u64) -> Result<String, Error> {
         let mut attempt = 0;
         loop {
             attempt += 1;
             let failure = match self.client.get(url).send() {
                 Ok(resp) if resp.status().is_success() => {
                     let mut body = Vec::new();
-                    match resp.take(MAX_TEXT_BYTES).read_to_end(&mut body) {
+                    match resp.take(limit + 1).read_to_end(&mut body) {
+                        Ok(_) if body.len() as u64 > limit => {
+                            return Err(Error::Catalog {
+                                location: url.into(),
+                                message: format!("the document is larger than {} MiB, more than envy reads from an index, list or catalog", limit >> 20),
+                            })
+                        }
                         Ok(_) => return Ok(String::from_utf8_lossy(&body).into_owned()),
                         Err(e) => {
                             Error::Network { url: url.into(), attempts: attempt, message: e.to_string() }

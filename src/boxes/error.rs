@@ -82,6 +82,10 @@ pub enum Error {
     /// A catalog could not be read or has no such entry.
     #[error("catalog {location}: {message}")]
     Catalog { location: String, message: String },
+    /// A catalog entry that follows upstream, and upstream could not be read or has no
+    /// such build (offline, moved, out of date).
+    #[error("cannot find the newest build of box {what} upstream (tried {tried}): {message}. A box already pinned in Envfile.lock and stored needs no network; if this one should come from elsewhere, fix the catalog entry or config `vagrant_api`")]
+    Upstream { what: String, tried: String, message: String },
     /// The box does not serve the provider a machine asks for.
     #[error("box {name} ({short}) is made for {providers}, not for the {wanted} provider that machine {machine} uses; pick another box or provider", short = &.digest[..12])]
     WrongProvider { name: String, digest: String, providers: String, wanted: String, machine: String },

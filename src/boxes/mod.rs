@@ -1,6 +1,6 @@
 //! Boxes: base images fetched, verified and kept content-addressed. Each concern has
-//! its file: where a box comes from (source, catalog), getting its bytes (download,
-//! digest), reading and writing archives (archive, manifest), keeping it (store),
+//! its file: where a box comes from (source, catalog, upstream indexes, vagrant_cloud), getting its bytes (download,
+//! digest), reading and writing archives (archive, manifest, vagrant), keeping it (store),
 //! making one (build) and OCI registries (oci). docs/box-format.md describes the formats and rules.
 
 mod archive;
@@ -14,6 +14,9 @@ mod oci;
 mod serve;
 mod source;
 mod store;
+mod upstream;
+mod vagrant;
+mod vagrant_cloud;
 
 pub use archive::{overlay_xattr, pack_box, pack_layer_dir, pack_rootfs_dir, unpack_upper};
 pub use build::{build, BuildRequest};
@@ -24,4 +27,4 @@ pub use manifest::{BootMethod, ContainerPayload, ImagePayload, Manifest, QemuPay
 pub use oci::{pull, push, push_disk, ImageRun, ImageUser, Pulled};
 pub use serve::BoxServer;
 pub use source::{parse_box_ref, BoxSource, OCI_SCHEME};
-pub use store::{Corruption, Record, Stamp, Store, StoredBox};
+pub use store::{Corruption, Newest, Record, Stamp, Store, StoredBox};

@@ -36,7 +36,8 @@ impl BoxSource {
 const FILE_EXTENSIONS: [&str; 8] = [".box", ".qcow2", ".img", ".tar", ".gz", ".zst", ".xz", ".tgz"];
 
 /// Reads a box as a user types it, on the command line or as an Envfile's `box =`
-/// string (one rule for both): `oci://...` is a registry image, `http(s)://...`
+/// string (one rule for both): `oci://...` is a registry image, `vagrant://USER/BOX`
+/// a Vagrant Cloud box, `http(s)://...`
 /// (optionally `#sha256=HEX`) is a URL, anything with a `/` or a box-like extension
 /// is a file (relative to `base`: the working folder, or the project), the rest is a
 /// catalog `name` or `name@version`. `sha256` is the --sha256 flag.
@@ -49,6 +50,9 @@ pub fn parse_box_ref(text: &str, sha256: Option<&str>, base: &Path) -> Result<Bo
             });
         }
         return Ok(BoxRef::Oci { image: parse_oci_ref(image)?, sha256: None });
+    }
+    if let Some(tag) = text.strip_prefix(VAGRANT_SCHEME) {
+        return parse_vagrant_ref(text, tag, sha256);
     }
     let flag = sha256.map(parse_sha256).transpose()?;
     if text.starts_with("http://") || text.starts_with("https://") {
@@ -94,6 +98,27 @@ pub fn parse_box_ref(text: &str, sha256: Option<&str>, base: &Path) -> Result<Bo
         });
     }
     Ok(BoxRef::Catalog { name, version })
+}
+
+/// The scheme of Vagrant Cloud boxes.
+const VAGRANT_SCHEME: &str = "vagrant://";
+
+/// `USER/BOX[@VERSION]`, the part after `vagrant://`.
+fn parse_vagrant_ref(text: &str, tag: &str, sha256: Option<&str>) -> Result<BoxRef, Error> {
+    let bad = |reason: &str| Error::BadReference { reference: text.to_string(), reason: reason.to_string() };
+    if sha256.is_some() {
+        return Err(bad("--sha256 names a box file; a Vagrant Cloud box is checked by the checksum its API gives"));
+    }
+    let (tag, version) = match tag.split_once('@') {
+        Some((t, v)) => (t, Some(v.to_string())),
+        None => (tag, None),
+    };
+    let part_ok = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    let valid = matches!(tag.split_once('/'), Some((user, name)) if part_ok(user) && part_ok(name));
+    if !valid || version.as_deref().is_some_and(|v| !part_ok(v)) {
+        return Err(bad("a Vagrant Cloud box is written vagrant://USER/BOX or vagrant://USER/BOX@VERSION"));
+    }
+    Ok(BoxRef::Vagrant { vagrant: tag.to_string(), version })
 }
 
 /// The scheme of registry references.

@@ -11,7 +11,7 @@ use crate::fsutil::FileLock;
 use serde::{Deserialize, Serialize};
 
 use super::archive::{self, Artifact};
-use super::catalog::Catalog;
+use super::catalog::{Catalog, Resolved};
 use super::digest::{copy_hashing, sha256_bytes, sha256_file, Hasher, Pin};
 use super::download::{remove_part, Downloader};
 use super::manifest::{self, Manifest};
@@ -63,6 +63,16 @@ impl Stamp {
         let m = std::fs::symlink_metadata(path).map_err(Error::io("cannot read", path))?;
         Ok(Stamp { size: m.len(), mtime: m.mtime(), mtime_nsec: m.mtime_nsec(), inode: m.ino() })
     }
+}
+
+/// The build a catalog name offers now (`Store::newest`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Newest {
+    pub version: String,
+    pub url: String,
+    /// Upstream's digest of the file, `ALGORITHM:HEX`; None when it publishes none
+    /// (a Vagrant Cloud box may not).
+    pub pin: Option<String>,
 }
 
 /// A verified box in the store.
@@ -141,17 +151,16 @@ impl Store {
     /// Makes sure the box is in the store (fetching and verifying it) and returns it.
     pub fn ensure(&self, source: &BoxSource, ui: &Ui) -> anyhow::Result<StoredBox> {
         match &source.reference {
-            BoxRef::Catalog { name, version } => {
-                let from_env = std::env::var("ENVY_CATALOG").ok().filter(|v| !v.is_empty());
-                let location =
-                    source.catalog.as_deref().or(from_env.as_deref()).or(self.config.catalog.as_deref());
+            BoxRef::Catalog { .. } => {
                 let downloader = self.downloader()?;
-                let catalog = Catalog::load(location, &downloader)?;
-                let entry = catalog.resolve(name, version.as_deref(), source.format)?;
-                // Catalog URLs name immutable builds: a box verified from it before is the
-                // one, and needs no fetch of the checksum list.
-                if let Some(found) = self.find_pinned_source(&entry.url)? {
-                    return self.get(&found);
+                let entry = self.resolve_catalog(source, &downloader)?;
+                // A fixed catalog URL names an immutable build: a box verified from it
+                // before is the one, and needs no fetch of the checksum list. A URL
+                // found through an upstream index was just checked against it instead.
+                if !entry.follows_upstream {
+                    if let Some(found) = self.find_pinned_source(&entry.url)? {
+                        return self.get(&found);
+                    }
                 }
                 let pin = entry.pin(&downloader)?;
                 let hint = Hint {
@@ -160,6 +169,27 @@ impl Store {
                     explicit: source.name.is_some(),
                 };
                 self.fetch_url(&downloader, &entry.url, Some(pin), hint, ui)
+            }
+            BoxRef::Vagrant { vagrant, version } => {
+                let downloader = self.downloader()?;
+                let found = self.resolve_vagrant(vagrant, version.as_deref(), &downloader)?;
+                let pin = match found.pin {
+                    Some(pin) => Some(pin),
+                    None if source.insecure => None,
+                    None => {
+                        return Err(Error::Catalog {
+                            location: found.url,
+                            message: format!("{} publishes no checksum for this file; pass --insecure to accept whatever arrives", source.reference),
+                        }
+                        .into())
+                    }
+                };
+                let hint = Hint {
+                    name: source.name.clone().unwrap_or_else(|| vagrant.replace('/', "-")),
+                    version: found.version,
+                    explicit: source.name.is_some(),
+                };
+                self.fetch_url(&downloader, &found.url, pin, hint, ui)
             }
             BoxRef::Url { url, sha256 } => {
                 let pin = match sha256 {
@@ -186,6 +216,37 @@ impl Store {
                 self.add_file(path, sha256.as_deref(), hint, ui)
             }
         }
+    }
+
+    /// What a catalog or `vagrant://` reference means today: the build its source
+    /// offers now (for an upstream entry, the newest), with the digest upstream gives
+    /// it. Nothing is fetched but the catalog and the index, checksum list or API answer.
+    pub fn newest(&self, source: &BoxSource) -> anyhow::Result<Newest> {
+        let downloader = self.downloader()?;
+        if let BoxRef::Vagrant { vagrant, version } = &source.reference {
+            let found = self.resolve_vagrant(vagrant, version.as_deref(), &downloader)?;
+            return Ok(Newest { version: found.version, url: found.url, pin: found.pin.map(|p| p.to_string()) });
+        }
+        let entry = self.resolve_catalog(source, &downloader)?;
+        let pin = entry.pin(&downloader)?;
+        Ok(Newest { version: entry.version, url: entry.url, pin: Some(pin.to_string()) })
+    }
+
+    /// A `vagrant://USER/BOX` reference through the API config `vagrant_api` names.
+    fn resolve_vagrant(&self, tag: &str, version: Option<&str>, downloader: &Downloader) -> Result<super::vagrant_cloud::Found, Error> {
+        let base = self.config.vagrant_api.as_deref().unwrap_or(super::vagrant_cloud::DEFAULT_API);
+        super::vagrant_cloud::resolve(downloader, base, tag, version)
+    }
+
+    /// The catalog entry a catalog reference names, for `source.format`.
+    fn resolve_catalog(&self, source: &BoxSource, downloader: &Downloader) -> anyhow::Result<Resolved> {
+        let BoxRef::Catalog { name, version } = &source.reference else {
+            anyhow::bail!("{} is not a catalog box; only catalog names follow a source that offers newer builds", source.reference);
+        };
+        let from_env = std::env::var("ENVY_CATALOG").ok().filter(|v| !v.is_empty());
+        let location = source.catalog.as_deref().or(from_env.as_deref()).or(self.config.catalog.as_deref());
+        let catalog = Catalog::load(location, downloader)?;
+        Ok(catalog.resolve(name, version.as_deref(), source.format, downloader)?)
     }
 
     pub(super) fn downloader(&self) -> anyhow::Result<Downloader> {
@@ -279,7 +340,7 @@ impl Store {
     fn find_pinned(&self, pin: Option<&Pin>) -> anyhow::Result<Option<String>> {
         match pin {
             Some(Pin::Sha256(d)) => Ok(self.box_dir(d).is_dir().then(|| d.clone())),
-            Some(p @ Pin::Sha512(_)) => {
+            Some(p) => {
                 let pin = p.to_string();
                 Ok(self.records()?.into_iter().find(|(_, r)| r.pin.as_ref() == Some(&pin)).map(|(d, _)| d))
             }
@@ -355,6 +416,11 @@ impl Store {
             Artifact::Qcow2 => {
                 place("disk.qcow2")?;
                 Manifest::for_qcow2(&hint.name, &hint.version, "disk.qcow2", digest)
+            }
+            Artifact::VagrantBox(compression) => {
+                ui.step(format!("unpacking the disk of Vagrant box {}", hint.name));
+                let sha256 = super::vagrant::unpack(file, compression, tmp.path(), label, ui)?;
+                Manifest::for_qcow2(&hint.name, &hint.version, super::vagrant::DISK, &sha256)
             }
             Artifact::RootfsTarball(compression) => {
                 let name = format!("rootfs.{}", compression.tar_extension());
@@ -543,6 +609,17 @@ impl Store {
         self.find_for(query, None)
     }
 
+    /// The box listed as `name` for `format` that entered the store last (`box update`
+    /// adds a newer build under the same name; an older one may stay pinned elsewhere).
+    pub fn latest_named(&self, name: &str, format: BoxFormat) -> anyhow::Result<Option<StoredBox>> {
+        Ok(self
+            .list()?
+            .into_iter()
+            .filter(|(b, r)| b.manifest.providers.contains(&format) && (r.name == name || b.manifest.name == name))
+            .max_by_key(|(_, r)| r.added)
+            .map(|(b, _)| b))
+    }
+
     /// `find` among the boxes with `format`: one box name may stand for a container
     /// box and a VM box, as a Vagrant box has one name and several providers.
     pub fn find_for(&self, query: &str, format: Option<BoxFormat>) -> anyhow::Result<StoredBox> {
@@ -651,10 +728,10 @@ pub(super) struct Origin {
 fn unpack_rootfs_into(tarball: &Path, box_dir: &Path, label: &str, ui: &Ui) -> Result<(), Error> {
     let compression = match archive::sniff(tarball, label)? {
         Artifact::RootfsTarball(c) | Artifact::BoxArchive(c) => c,
-        Artifact::Qcow2 => {
+        Artifact::Qcow2 | Artifact::VagrantBox(_) => {
             return Err(Error::NotABox {
                 archive: label.into(),
-                reason: "its rootfs payload is a qcow2 image, not a tarball".into(),
+                reason: "its rootfs payload is a qcow2 image or a Vagrant box, not a root filesystem tarball".into(),
             })
         }
     };

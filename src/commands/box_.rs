@@ -1,4 +1,5 @@
-//! `envy box add|list|remove|prune|build|verify`: the box store from the command line.
+//! `envy box add|list|remove|prune|build|verify`: the box store from the command line
+//! (`outdated` and `update`, which work on a project's pins, are in `box_update`).
 
 use std::collections::BTreeSet;
 
@@ -22,6 +23,8 @@ pub fn run(ctx: &Context, cmd: BoxCommand) -> Result<i32> {
         BoxCommand::Prune(args) => prune(ctx, &store, args),
         BoxCommand::Build(args) => build(ctx, &store, args),
         BoxCommand::Verify(args) => verify(ctx, &store, args),
+        BoxCommand::Outdated(args) => super::box_update::outdated(ctx, &store, args),
+        BoxCommand::Update(args) => super::box_update::update(ctx, &store, args),
     }
 }
 

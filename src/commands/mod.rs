@@ -1,6 +1,7 @@
 //! One file per command; `dispatch` routes the parsed command line to it.
 
 mod box_;
+mod box_update;
 mod completions;
 mod destroy;
 mod doctor;

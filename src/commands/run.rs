@@ -179,7 +179,7 @@ fn bare(ctx: &Context, box_name: &str, args: &RunArgs) -> Result<i32> {
     // so a machine kept with --keep-on-failure is reachable with `envy -C DIR ...`.
     let dir = ctx.home.root().join("throwaway").join(throwaway_id());
     let box_value = match &box_ref {
-        BoxRef::Catalog { .. } | BoxRef::Oci { .. } => toml::Value::String(box_ref.to_string()),
+        BoxRef::Catalog { .. } | BoxRef::Oci { .. } | BoxRef::Vagrant { .. } => toml::Value::String(box_ref.to_string()),
         BoxRef::Url { url, sha256 } => table(&[("url", Some(url.clone())), ("sha256", sha256.clone())]),
         BoxRef::Path { path, sha256 } => table(&[("path", Some(path.display().to_string())), ("sha256", sha256.clone())]),
     };

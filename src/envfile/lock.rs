@@ -26,6 +26,15 @@ pub struct LockedBox {
     /// index's sha256 at the time of pinning.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub index: Option<String>,
+    /// For a catalog or `vagrant://` box: the URL it was fetched from, so a host without it in its
+    /// store fetches those bytes again, not whatever upstream offers today.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// For a catalog or `vagrant://` box: the digest upstream published for it
+    /// (`sha512:HEX` from Debian's SHA512SUMS, `sha256:HEX`, …), what `envy box
+    /// outdated` compares.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -1,0 +1,187 @@
+//! Vagrant boxes of the libvirt format given to `envy box add` as a file or URL: told
+//! from a rootfs tarball by their metadata.json, stored as qemu boxes that boot by
+//! firmware, their Vagrantfile ignored (and said so); other providers and disks that
+//! are not qcow2 are refused with nothing stored.
+
+use std::path::{Path, PathBuf};
+use std::process::Command as StdCommand;
+
+use crate::common::{require, sha256_hex, Need, Server, TestEnv};
+use predicates::str::contains;
+
+/// A box's files in tar order: a name and its text, or None for a qcow2.
+type Files<'a> = Vec<(&'a str, Option<&'a str>)>;
+
+const TOOLS: &[Need] = &[Need::Tool("qemu-img", "qemu-utils"), Need::Tool("tar", "tar"), Need::Tool("gzip", "gzip")];
+
+/// A small qcow2 made by `qemu-img create`.
+fn qcow2(path: &Path) {
+    let status = StdCommand::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(path).arg("64M").status().unwrap();
+    assert!(status.success(), "qemu-img create {}", path.display());
+}
+
+/// `NAME.box`: a gzip'd tar of `files` (written into a folder of their own first), in
+/// the order given, as Vagrant's packers write them.
+fn vagrant_box(env: &TestEnv, name: &str, files: &[(&str, Option<&str>)]) -> PathBuf {
+    let dir = env.path(&format!("{name}-content"));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (file, text) in files {
+        match text {
+            Some(text) => std::fs::write(dir.join(file), text).unwrap(),
+            None => qcow2(&dir.join(file)),
+        }
+    }
+    let out = env.path(&format!("{name}.box"));
+    let status = StdCommand::new("tar")
+        .arg("-czf")
+        .arg(&out)
+        .arg("-C")
+        .arg(&dir)
+        .args(files.iter().map(|(f, _)| *f))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    out
+}
+
+const METADATA_V1: &str = r#"{"provider": "libvirt", "format": "qcow2", "virtual_size": 1}"#;
+const VAGRANTFILE: &str = "Vagrant.configure(\"2\") do |config|\n  config.vm.provider :libvirt do |l|\n    l.driver = \"kvm\"\n  end\nend\n";
+
+#[test]
+fn a_libvirt_vagrant_box_is_stored_as_a_firmware_booted_qemu_box() {
+    require!(TOOLS);
+    let env = TestEnv::new();
+    let file = vagrant_box(&env, "lv", &[("metadata.json", Some(METADATA_V1)), ("Vagrantfile", Some(VAGRANTFILE)), ("box.img", None)]);
+    let disk_sha = sha256_hex(&std::fs::read(env.path("lv-content/box.img")).unwrap());
+    let out = env.envy().args(["box", "add", "--json"]).arg(&file).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("its Vagrantfile is ignored"), "{}", String::from_utf8_lossy(&out.stderr));
+    let added: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(added["providers"], serde_json::json!(["qemu"]), "{added}");
+    let digest = sha256_hex(&std::fs::read(&file).unwrap());
+    assert_eq!(added["digest"], digest.as_str());
+    let dir = env.home.join("boxes").join(&digest);
+    let manifest: toml::Value = toml::from_str(&std::fs::read_to_string(dir.join("box.toml")).unwrap()).unwrap();
+    assert_eq!(manifest["qemu"]["boot"].as_str(), Some("firmware"), "{manifest}");
+    assert_eq!(manifest["qemu"]["disk"].as_str(), Some("disk.qcow2"));
+    assert_eq!(sha256_hex(&std::fs::read(dir.join("disk.qcow2")).unwrap()), disk_sha, "the box's disk, as it was");
+    assert!(!dir.join("rootfs").exists() && !dir.join("Vagrantfile").exists(), "not misread as a rootfs");
+
+    // Format v2 names its disk in `disks`; metadata.json may come after it. Over HTTP too.
+    let v2 = vagrant_box(
+        &env,
+        "v2",
+        &[("box_1.img", None), ("metadata.json", Some(r#"{"provider":"libvirt","format":"qcow2","disks":[{"path":"box_1.img"}]}"#))],
+    );
+    let server = Server::start();
+    server.serve("v2.box", std::fs::read(&v2).unwrap());
+    let v2_digest = sha256_hex(&std::fs::read(&v2).unwrap());
+    env.envy()
+        .args(["box", "add", &format!("{}#sha256={v2_digest}", server.url("v2.box"))])
+        .assert()
+        .success()
+        .stdout(contains(&v2_digest));
+    assert!(env.home.join("boxes").join(&v2_digest).join("disk.qcow2").is_file());
+}
+
+#[test]
+fn vagrant_boxes_envy_cannot_run_are_refused_with_nothing_stored() {
+    require!(TOOLS);
+    let env = TestEnv::new();
+    let cases: [(&str, Files, &str); 4] = [
+        (
+            "vbox",
+            vec![("metadata.json", Some(r#"{"provider": "virtualbox"}"#)), ("box.ovf", Some("<ovf/>"))],
+            "a Vagrant box for the virtualbox provider",
+        ),
+        ("stray", vec![("metadata.json", Some(METADATA_V1)), ("setup.sh", Some("echo hi"))], "entry `setup.sh` is not part of a libvirt Vagrant box"),
+        ("raw", vec![("metadata.json", Some(METADATA_V1)), ("box.img", Some("not a disk"))], "box.img is not a qcow2 image"),
+        ("nodisk", vec![("metadata.json", Some(METADATA_V1)), ("Vagrantfile", Some(VAGRANTFILE))], "names the disk box.img"),
+    ];
+    for (name, files, message) in cases {
+        let file = vagrant_box(&env, name, &files);
+        env.envy().args(["box", "add"]).arg(&file).assert().code(4).stderr(contains(message));
+        assert!(env.store_entries().is_empty(), "{name}: {:?}", env.store_entries());
+        assert!(env.download_entries().is_empty(), "{name}: {:?}", env.download_entries());
+    }
+}
+
+/// A Vagrant Cloud API v2 box description: each version with a virtualbox file and a
+/// libvirt file served by `server`, the libvirt one with `(checksum_type, checksum)`.
+fn api_box(server: &Server, versions: &[(&str, &str, &str, &str)]) -> String {
+    let versions: Vec<serde_json::Value> = versions
+        .iter()
+        .map(|(version, file, kind, checksum)| {
+            serde_json::json!({
+                "version": version,
+                "status": "active",
+                "providers": [
+                    { "name": "virtualbox", "download_url": server.url("vbox.box"), "checksum": "00", "checksum_type": "md5", "architecture": "amd64" },
+                    { "name": "libvirt", "download_url": server.url(file), "checksum": checksum, "checksum_type": kind, "architecture": "amd64", "default_architecture": true },
+                ],
+            })
+        })
+        .collect();
+    serde_json::json!({ "tag": "team/lv", "username": "team", "name": "lv", "versions": versions }).to_string()
+}
+
+#[test]
+fn vagrant_cloud_boxes_resolve_through_the_api_and_are_checked_by_its_checksum() {
+    require!(TOOLS);
+    let env = TestEnv::new();
+    let server = Server::start();
+    std::fs::write(env.home.join("config.toml"), format!("vagrant_api = {:?}\n", server.url("api/v2"))).unwrap();
+    let metadata = [("metadata.json", Some(METADATA_V1)), ("Vagrantfile", Some(VAGRANTFILE)), ("box.img", None)];
+    let old = std::fs::read(vagrant_box(&env, "old", &metadata)).unwrap();
+    let new = std::fs::read(vagrant_box(&env, "new", &metadata)).unwrap();
+    server.serve("old.box", old.clone());
+    server.serve("new.box", new.clone());
+    let sha1 = hex::encode(<sha1::Sha1 as sha2::Digest>::digest(&new));
+    let sha512 = hex::encode(<sha2::Sha512 as sha2::Digest>::digest(&old));
+    let two = api_box(&server, &[("1.9.0", "old.box", "sha512", &sha512), ("1.10.0", "new.box", "SHA1", &sha1)]);
+    server.serve("api/v2/box/team/lv", two.into_bytes());
+
+    // The newest version (1.10.0 after 1.9.0), its libvirt file, checked by sha1.
+    let out = env.envy().args(["box", "add", "vagrant://team/lv", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let added: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((added["name"].as_str(), added["box_version"].as_str()), (Some("team-lv"), Some("1.10.0")), "{added}");
+    assert_eq!(added["digest"], sha256_hex(&new).as_str());
+    assert_eq!(added["providers"], serde_json::json!(["qemu"]));
+    env.envy().args(["box", "add", "vagrant://team/lv@1.9.0"]).assert().success().stdout(contains(sha256_hex(&old)));
+    assert!(server.requests_for("vbox.box").is_empty(), "the virtualbox file is never fetched");
+
+    // An Envfile names it: update pins it (envy's sha256, upstream's sha1), outdated follows.
+    std::fs::write(env.project.join("Envfile"), "[machine.vm]\nbox = \"vagrant://team/lv\"\nprovider = \"qemu\"\n").unwrap();
+    env.envy().args(["box", "update"]).assert().success().stdout(contains("pinned to"));
+    let lock: toml::Value = toml::from_str(&std::fs::read_to_string(env.project.join("Envfile.lock")).unwrap()).unwrap();
+    assert_eq!(lock["machine"]["vm"]["sha256"].as_str(), Some(sha256_hex(&new).as_str()));
+    assert_eq!(lock["machine"]["vm"]["upstream"].as_str(), Some(format!("sha1:{sha1}").as_str()));
+    let outdated = |env: &TestEnv| -> serde_json::Value {
+        serde_json::from_str::<serde_json::Value>(&env.out(&["box", "outdated", "--json"])).unwrap()["machines"][0].clone()
+    };
+    assert_eq!(outdated(&env)["status"], "current");
+
+    // A newer version whose checksum does not match: outdated shows it, update refuses it.
+    let three = api_box(
+        &server,
+        &[("1.9.0", "old.box", "sha512", &sha512), ("1.10.0", "new.box", "sha1", &sha1), ("1.11.0", "old.box", "md5", &"0".repeat(32))],
+    );
+    server.serve("api/v2/box/team/lv", three.into_bytes());
+    let row = outdated(&env);
+    assert_eq!((row["status"].as_str(), row["newest"]["version"].as_str()), (Some("outdated"), Some("1.11.0")), "{row}");
+    let before = env.store_entries();
+    env.envy().args(["box", "update"]).assert().code(4).stderr(contains("wrong md5 digest"));
+    assert_eq!(env.store_entries(), before, "nothing was stored");
+    assert!(env.download_entries().is_empty());
+
+    // No libvirt file for a version, or no such box: the error says what was asked.
+    env.envy()
+        .args(["box", "add", "vagrant://team/lv@0.1"])
+        .assert()
+        .code(4)
+        .stderr(contains("has no libvirt file for amd64 at version 0.1; it offers: 1.9.0 virtualbox (amd64)"))
+        .stderr(contains(server.url("api/v2/box/team/lv")));
+    env.envy().args(["box", "add", "vagrant://team/nosuch"]).assert().code(4).stderr(contains("HTTP 404"));
+    env.envy().args(["box", "add", "vagrant://no-box-name"]).assert().code(4).stderr(contains("vagrant://USER/BOX"));
+}
