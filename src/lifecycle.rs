@@ -34,9 +34,6 @@ pub struct UpOptions {
     pub no_provision: bool,
     /// Accept a box URL without a digest (what arrives is pinned in the lock).
     pub insecure: bool,
-    /// Return once the machine runs, without waiting for its `ready` check (the caller
-    /// waits itself, to report it apart).
-    pub skip_ready: bool,
 }
 
 /// Brings one machine to Running and provisions it on its first start.
@@ -221,7 +218,7 @@ fn finish(ctx: &Context, plan: &MachinePlan, machine: Prepared, opts: UpOptions)
         ctx.ui.step(format!("{}: {f}", plan.name()));
     }
     // Without provisioning the services a check waits for may not be there at all.
-    if !opts.skip_ready && !opts.no_provision {
+    if !opts.no_provision {
         crate::ready::wait(ctx, plan)?;
     }
     Ok(())

@@ -66,12 +66,10 @@ fn replica(ctx: &Context, args: &RunArgs) -> Result<i32> {
             return Ok(crate::error::code::INTERRUPTED);
         }
         created = plans.len();
-        lifecycle::up_all(ctx, &mut plans, &mut lock, None, UpOptions { skip_ready: true, ..UpOptions::default() })?;
+        // Started together, provisioned and waited for ready in the Envfile's order (as `envy up`).
+        lifecycle::up_all(ctx, &mut plans, &mut lock, None, UpOptions::default())?;
         for plan in &plans {
             events.emit(json!({ "event": "up", "machine": plan.name(), "forwards": plan.forwards }));
-        }
-        for plan in &plans {
-            crate::ready::wait(ctx, plan)?;
             events.emit(json!({ "event": "ready", "machine": plan.name() }));
         }
         let plan = plans.iter().find(|p| p.name() == target).expect("the target machine is one of the Envfile's");
