@@ -17,7 +17,7 @@ pub fn run(ctx: &Context, args: UpArgs) -> Result<i32> {
     registry::add(&ctx.home, &ws.project.dir)?;
     let lock_path = LockFile::path_for(&ws.project.dir);
     let mut lock = LockFile::load(&lock_path)?;
-    let opts = UpOptions { no_provision: args.no_provision, insecure: args.insecure, ..UpOptions::default() };
+    let opts = UpOptions { no_provision: args.no_provision, insecure: args.insecure };
     let mut plans = machines.into_iter().map(|spec| ws.plan(&ctx.home, spec)).collect::<Result<Vec<_>>>()?;
     lifecycle::up_all(ctx, &mut plans, &mut lock, Some(&lock_path), opts)?;
     for plan in &plans {
