@@ -124,7 +124,7 @@ fn nested_snapshots_restore_a_middle_one_delete_and_share() {
     assert_eq!(f.sh("web", "echo later > /root/later"), 0);
     let out = f.root().join("export");
     std::fs::create_dir_all(&out).unwrap();
-    let files = f.provider.export(&plan, &f.stored, &out, &f.ui).unwrap();
+    let files = crate::common::export_files(&f.provider, &plan, &f.stored, &out, &f.ui).unwrap();
     let mut archive = tar::Archive::new(std::fs::File::open(&files[0]).unwrap());
     let names: Vec<String> = archive.entries().unwrap().map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned()).collect();
     for wanted in ["bin/busybox", "root/one", "root/later", "etc/box-release"] {
@@ -211,7 +211,7 @@ fn export_writes_the_box_and_the_machine_changes_as_one_rootfs() {
     assert_eq!(f.sh("web", "echo mine > /root/made-here"), 0);
     let out = f.root().join("export");
     std::fs::create_dir_all(&out).unwrap();
-    let files = f.provider.export(&plan, &f.stored, &out, &f.ui).unwrap();
+    let files = crate::common::export_files(&f.provider, &plan, &f.stored, &out, &f.ui).unwrap();
     assert_eq!(files, [out.join("rootfs.tar")]);
     let mut archive = tar::Archive::new(std::fs::File::open(&files[0]).unwrap());
     let names: Vec<String> = archive.entries().unwrap().map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned()).collect();
@@ -221,7 +221,7 @@ fn export_writes_the_box_and_the_machine_changes_as_one_rootfs() {
     // A halted machine exports too, and is left unmounted.
     f.provider.halt(&plan, false, &f.ui).unwrap();
     std::fs::remove_file(&files[0]).unwrap();
-    f.provider.export(&plan, &f.stored, &out, &f.ui).unwrap();
+    crate::common::export_files(&f.provider, &plan, &f.stored, &out, &f.ui).unwrap();
     assert!(files[0].exists());
     assert!(f.mounts().is_empty(), "{:?}", f.mounts());
 }

@@ -66,8 +66,8 @@ fn up_exec_sync_forward_halt_up_snapshot_destroy() {
     // Export (for share) flattens the halted disk into a standalone qcow2 plus the kernel.
     let out = m.tmp.path().join("export");
     std::fs::create_dir_all(&out).unwrap();
-    let names = m.provider.export(&m.plan, &stored, &out, &m.ui).unwrap();
-    assert_eq!(names, ["disk.qcow2", "vmlinuz", "initrd.img"].map(std::path::PathBuf::from));
+    let names = crate::common::export_files(&m.provider, &m.plan, &stored, &out, &m.ui).unwrap();
+    assert_eq!(names, ["disk.qcow2", "initrd.img", "vmlinuz"].map(|n| out.join(n)));
     let info = std::process::Command::new("qemu-img")
         .args(["info", "--output=json"])
         .arg(out.join("disk.qcow2"))
@@ -80,7 +80,7 @@ fn up_exec_sync_forward_halt_up_snapshot_destroy() {
     m.provider.up(&m.plan, &stored, &m.ui).unwrap();
     assert_eq!(m.sh("grep -q kept /root/kept.txt"), 0);
 
-    let err = m.provider.export(&m.plan, &stored, &out, &m.ui).unwrap_err().to_string();
+    let err = crate::common::export_files(&m.provider, &m.plan, &stored, &out, &m.ui).unwrap_err().to_string();
     assert!(err.contains("machine web is running"), "{err}");
 
     // Snapshot of a running machine with a sync folder attached (virtiofs or 9p): disk only (QEMU blocks

@@ -617,13 +617,41 @@ fn zstd_encoder<W: Write>(out: W) -> io::Result<zstd::stream::write::Encoder<'st
     Ok(encoder)
 }
 
-/// Writes a zstd-compressed `.box`: `box.toml`, then the payload files in the order of
-/// `files` (name in the box → path on disk). Returns the sha256 of the written box.
-pub fn pack_box(
-    out: &Path,
-    manifest: &Manifest,
-    files: &BTreeMap<String, PathBuf>,
-) -> anyhow::Result<String> {
+/// One payload file of a `.box`.
+#[derive(Debug, Clone)]
+pub enum Payload {
+    /// A file on disk, copied in as it is.
+    File(PathBuf),
+    /// A root filesystem dir, packed as `pack_rootfs_dir` packs it straight into the
+    /// box: no tarball of it is written to disk first.
+    Tree(PathBuf),
+}
+
+impl Payload {
+    /// Its sha256 and size. A tree is packed once into the hash alone.
+    fn measure(&self) -> anyhow::Result<(String, u64)> {
+        match self {
+            Payload::File(path) => {
+                let size = std::fs::metadata(path).map_err(Error::io("cannot read", path))?.len();
+                Ok((super::sha256_file(path)?, size))
+            }
+            Payload::Tree(dir) => Ok(pack_rootfs_into(dir, HashingWriter::new(io::sink(), Hasher::new(false)))?.finish_counted().1),
+        }
+    }
+}
+
+/// Writes a zstd-compressed `.box`: `box.toml` (`manifest` with the payloads' sha256s
+/// as its `files`, checked as a reader would check it, `label` naming the box in its
+/// errors), then the payloads in the order of `files`. A tree is packed twice, once
+/// for its sha256 (box.toml comes first) and once into the box; the caller holds the
+/// tree still, and a second pass that differs is refused. Returns the box's sha256.
+pub fn pack_box(out: &Path, mut manifest: Manifest, files: &BTreeMap<String, Payload>, label: &str) -> anyhow::Result<String> {
+    let mut measured = BTreeMap::new();
+    for (name, payload) in files {
+        measured.insert(name.clone(), payload.measure()?);
+    }
+    manifest.files = measured.iter().map(|(name, (sha256, _))| (name.clone(), sha256.clone())).collect();
+    manifest.validate(label)?;
     let file = File::create(out).map_err(Error::io("cannot create", out))?;
     let hashing = HashingWriter::new(io::BufWriter::with_capacity(1 << 20, file), Hasher::new(false));
     let mut builder = tar::Builder::new(zstd_encoder(hashing)?);
@@ -634,14 +662,30 @@ pub fn pack_box(
     header.set_mtime(0);
     header.set_entry_type(EntryType::Regular);
     builder.append_data(&mut header, manifest::FILE_NAME, text.as_bytes())?;
-    for (name, path) in files {
-        let mut src = File::open(path).map_err(Error::io("cannot read", path))?;
+    for (name, payload) in files {
+        let (sha256, size) = &measured[name];
         let mut header = tar::Header::new_gnu();
-        header.set_size(src.metadata()?.len());
+        header.set_size(*size);
         header.set_mode(0o644);
         header.set_mtime(0);
         header.set_entry_type(EntryType::Regular);
-        builder.append_data(&mut header, name, &mut src)?;
+        match payload {
+            Payload::File(path) => {
+                let mut src = File::open(path).map_err(Error::io("cannot read", path))?;
+                builder.append_data(&mut header, name, &mut src)?;
+            }
+            Payload::Tree(dir) => {
+                header.set_path(name)?;
+                header.set_cksum();
+                let inner = builder.get_mut();
+                inner.write_all(header.as_bytes())?;
+                // A tar is whole 512-byte blocks, so the entry needs no padding after it.
+                let (_, again) = pack_rootfs_into(dir, HashingWriter::new(inner, Hasher::new(false)))?.finish_counted();
+                if again != (sha256.clone(), *size) {
+                    return Err(Error::TreeChanged { dir: dir.clone() }.into());
+                }
+            }
+        }
     }
     let encoder = builder.into_inner()?;
     let hashing = encoder.finish()?;
@@ -657,16 +701,20 @@ pub fn pack_box(
 pub fn pack_rootfs_dir(dir: &Path, out: &Path) -> anyhow::Result<String> {
     let file = File::create(out).map_err(Error::io("cannot create", out))?;
     let hashing = HashingWriter::new(io::BufWriter::with_capacity(1 << 20, file), Hasher::new(false));
-    let mut builder = tar::Builder::new(hashing);
-    let epoch = std::env::var("SOURCE_DATE_EPOCH").ok().and_then(|v| v.trim().parse::<u64>().ok());
-    let mut hardlinks: BTreeMap<(u64, u64), PathBuf> = BTreeMap::new();
-    append_tree(&mut builder, dir, Path::new(""), Packing { epoch, upper: Upper::No }, &mut hardlinks)?;
-    let hashing = builder.into_inner()?;
-    let (buf, hashes) = hashing.finish();
+    let (buf, hashes) = pack_rootfs_into(dir, hashing)?.finish();
     // Not synced: every caller packs it into what it keeps (a box, a registry blob, an
     // image upload), and that is what gets synced.
     buf.into_inner().map_err(|e| e.into_error())?;
     Ok(hashes.sha256)
+}
+
+/// `pack_rootfs_dir`'s tar, written into `out` (which it returns).
+fn pack_rootfs_into<W: Write>(dir: &Path, out: W) -> anyhow::Result<W> {
+    let mut builder = tar::Builder::new(out);
+    let epoch = std::env::var("SOURCE_DATE_EPOCH").ok().and_then(|v| v.trim().parse::<u64>().ok());
+    let mut hardlinks: BTreeMap<(u64, u64), PathBuf> = BTreeMap::new();
+    append_tree(&mut builder, dir, Path::new(""), Packing { epoch, upper: Upper::No }, &mut hardlinks)?;
+    Ok(builder.into_inner()?)
 }
 
 /// Packs an overlayfs upper directory (a container machine's own changes) as an OCI

@@ -6,8 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::archive::{self, Artifact};
-use super::digest::sha256_file;
+use super::archive::{self, Artifact, Payload};
 use super::manifest::{BootMethod, Manifest, QemuPayload, DEFAULT_CMDLINE};
 use super::store::file_size;
 use crate::process::Process;
@@ -39,30 +38,25 @@ pub fn build(req: &BuildRequest, ui: &Ui) -> anyhow::Result<String> {
         .tempdir_in(out_dir)
         .map_err(Error::io("cannot create a temp dir in", out_dir))?;
     let (manifest, files) = match req.kind {
-        BoxFormat::Container => container_payload(req, work.path())?,
+        BoxFormat::Container => container_payload(req)?,
         BoxFormat::Qemu => qemu_payload(req, work.path(), ui)?,
     };
-    manifest.validate(&req.output.display().to_string())?;
     let partial = work.path().join("out.box");
     ui.step(format!("packing {}", req.output.display()));
-    let digest = archive::pack_box(&partial, &manifest, &files)?;
+    let digest = archive::pack_box(&partial, manifest, &files, &req.output.display().to_string())?;
     std::fs::rename(&partial, &req.output).map_err(Error::io("cannot write", &req.output))?;
     crate::fsutil::give_to_invoking_user(&req.output)?;
     Ok(digest)
 }
 
-fn container_payload(
-    req: &BuildRequest,
-    work: &Path,
-) -> anyhow::Result<(Manifest, BTreeMap<String, PathBuf>)> {
-    let (name, path) = if req.rootfs.is_dir() {
-        let tar = work.join("rootfs.tar");
-        archive::pack_rootfs_dir(&req.rootfs, &tar)?;
-        ("rootfs.tar".to_string(), tar)
+fn container_payload(req: &BuildRequest) -> anyhow::Result<(Manifest, BTreeMap<String, Payload>)> {
+    let (name, payload) = if req.rootfs.is_dir() {
+        // Packed straight into the box: no tarball of it on disk.
+        ("rootfs.tar".to_string(), Payload::Tree(req.rootfs.clone()))
     } else {
         let label = req.rootfs.display().to_string();
         match archive::sniff(&req.rootfs, &label)? {
-            Artifact::RootfsTarball(c) => (format!("rootfs.{}", c.tar_extension()), req.rootfs.clone()),
+            Artifact::RootfsTarball(c) => (format!("rootfs.{}", c.tar_extension()), Payload::File(req.rootfs.clone())),
             _ => {
                 return Err(Error::NotABox {
                     archive: label,
@@ -72,16 +66,16 @@ fn container_payload(
             }
         }
     };
-    let digest = sha256_file(&path)?;
-    let manifest = Manifest::for_rootfs(&req.name, &req.version, &name, &digest);
-    Ok((manifest, BTreeMap::from([(name, path)])))
+    // pack_box fills in the digest.
+    let manifest = Manifest::for_rootfs(&req.name, &req.version, &name, "");
+    Ok((manifest, BTreeMap::from([(name, payload)])))
 }
 
 fn qemu_payload(
     req: &BuildRequest,
     work: &Path,
     ui: &Ui,
-) -> anyhow::Result<(Manifest, BTreeMap<String, PathBuf>)> {
+) -> anyhow::Result<(Manifest, BTreeMap<String, Payload>)> {
     let root = if req.rootfs.is_dir() {
         req.rootfs.clone()
     } else {
@@ -148,10 +142,7 @@ fn qemu_payload(
             (BootMethod::Firmware, None, None, None)
         }
     };
-    let mut digests = BTreeMap::new();
-    for (name, path) in &files {
-        digests.insert(name.clone(), sha256_file(path)?);
-    }
+    let files: BTreeMap<String, Payload> = files.into_iter().map(|(name, path)| (name, Payload::File(path))).collect();
     let manifest = Manifest {
         format: super::manifest::FORMAT,
         name: req.name.clone(),
@@ -160,7 +151,8 @@ fn qemu_payload(
         providers: vec![BoxFormat::Qemu],
         container: None,
         qemu: Some(QemuPayload { disk: "disk.qcow2".into(), boot, kernel, initrd, cmdline }),
-        files: digests,
+        // pack_box fills in the digests.
+        files: BTreeMap::new(),
         image: None,
         envfile: None,
     };

@@ -218,6 +218,11 @@ impl<W: Write> HashingWriter<W> {
     pub fn finish(self) -> (W, Hashes) {
         (self.inner, self.hasher.finish())
     }
+    /// The inner writer, and the sha256 and length of what went through.
+    pub fn finish_counted(self) -> (W, (String, u64)) {
+        let bytes = self.hasher.bytes();
+        (self.inner, (self.hasher.finish().sha256, bytes))
+    }
 }
 
 impl<W: Write> Write for HashingWriter<W> {

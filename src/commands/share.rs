@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
 use serde_json::json;
@@ -129,16 +128,6 @@ fn pack(ctx: &Context, plan: &crate::plan::MachinePlan, record: &MachineRecord, 
         .prefix(".share-")
         .tempdir_in(&plan.project.state_dir)
         .context("cannot make a staging folder in the project's state dir")?;
-    let exported = provider::for_kind(plan.spec.provider)?.export(plan, &stored, staging.path(), &ctx.ui)?;
-    let mut files: BTreeMap<String, PathBuf> = BTreeMap::new();
-    for path in exported {
-        let name = path.file_name().context("an exported file has no name")?.to_string_lossy().into_owned();
-        files.insert(name.clone(), staging.path().join(name));
-    }
-    let mut digests = BTreeMap::new();
-    for (name, path) in &files {
-        digests.insert(name.clone(), boxes::sha256_file(path)?);
-    }
     let format = provider::for_kind(plan.spec.provider)?.box_format();
     let (container, qemu) = match format {
         BoxFormat::Container => (Some(ContainerPayload { rootfs: Some("rootfs.tar".into()) }), None),
@@ -157,16 +146,25 @@ fn pack(ctx: &Context, plan: &crate::plan::MachinePlan, record: &MachineRecord, 
         providers: vec![format],
         container,
         qemu,
-        files: digests,
+        // Filled by pack_box with the payloads' digests.
+        files: BTreeMap::new(),
         image: None,
         envfile: Some(plan.spec.to_section(&plan.project.dir, toml::Value::String(name))),
     };
-    manifest.validate(&output.display().to_string())?;
-    ctx.ui.step(format!("{}: packing {}", plan.name(), output.display()));
     let partial = output.with_extension("box.part");
-    let digest = boxes::pack_box(&partial, &manifest, &files).inspect_err(|_| {
-        let _ = std::fs::remove_file(&partial);
-    })?;
+    let mut digest = None;
+    let exported = provider::for_kind(plan.spec.provider)?.export(plan, &stored, staging.path(), &ctx.ui, &mut |payloads| {
+        ctx.ui.step(format!("{}: packing {}", plan.name(), output.display()));
+        digest = Some(boxes::pack_box(&partial, manifest.clone(), payloads, &output.display().to_string())?);
+        Ok(())
+    });
+    let digest = match exported.and_then(|()| digest.context("the machine's export gave nothing to pack")) {
+        Ok(digest) => digest,
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e);
+        }
+    };
     std::fs::rename(&partial, output).with_context(|| format!("cannot write {}", output.display()))?;
     crate::fsutil::give_to_invoking_user(output)?;
     let size = std::fs::metadata(output)?.len();

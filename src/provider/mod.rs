@@ -12,7 +12,7 @@ pub mod netlink;
 pub mod network;
 pub mod qemu;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
@@ -191,10 +191,11 @@ pub trait Provider: Send + Sync {
         Err(self.unsupported("delete snapshots"))
     }
 
-    /// Writes the machine's current state as box payload files into `dir`
-    /// (a flattened disk, or a rootfs tarball) and returns their names
-    /// (`envy share`).
-    fn export(&self, _machine: &MachinePlan, _stored: &StoredBox, _dir: &Path, _ui: &Ui) -> Result<Vec<PathBuf>> {
+    /// Hands `pack` the machine's current state as box payloads, by their names in the
+    /// box (`envy share`): files written into `dir` (a flattened disk, a rootfs tarball)
+    /// or its root filesystem as a tree. The machine is held as it is (halted or frozen)
+    /// while `pack` runs, which packs a tree twice (boxes::pack_box).
+    fn export(&self, _machine: &MachinePlan, _stored: &StoredBox, _dir: &Path, _ui: &Ui, _pack: &mut ExportPack<'_>) -> Result<()> {
         Err(self.unsupported("export a machine as a box"))
     }
 
@@ -325,6 +326,9 @@ pub fn validate(envfile: &crate::envfile::Envfile) -> Result<(), crate::envfile:
     }
     Ok(())
 }
+
+/// What `Provider::export` hands the payloads to (`envy share`'s box writer).
+pub type ExportPack<'a> = dyn FnMut(&BTreeMap<String, crate::boxes::Payload>) -> Result<()> + 'a;
 
 /// A machine's state as an OCI image's content.
 #[derive(Debug)]

@@ -407,3 +407,27 @@ fn build_vm_box(env: &TestEnv, rootfs: &Path, out: &Path, cmdline: Option<&str>)
     }
     build.assert().success();
 }
+
+/// What a provider's `export` hands `envy share`, written into `out` by name (a tree
+/// packed as its tar), in the box's order: the files a test can look into.
+pub fn export_files(
+    provider: &dyn envy::provider::Provider,
+    plan: &envy::plan::MachinePlan,
+    stored: &envy::boxes::StoredBox,
+    out: &Path,
+    ui: &Ui,
+) -> anyhow::Result<Vec<PathBuf>> {
+    let mut written = Vec::new();
+    provider.export(plan, stored, out, ui, &mut |payloads| {
+        for (name, payload) in payloads {
+            let path = out.join(name);
+            match payload {
+                envy::boxes::Payload::File(file) => assert_eq!(file, &path, "a file payload is written in the export dir by its name"),
+                envy::boxes::Payload::Tree(dir) => drop(envy::boxes::pack_rootfs_dir(dir, &path)?),
+            }
+            written.push(path);
+        }
+        Ok(())
+    })?;
+    Ok(written)
+}

@@ -17,7 +17,7 @@ mod ports;
 mod runc;
 mod snapshot;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
@@ -26,7 +26,7 @@ use crate::boxes::{ImageRun, StoredBox};
 use crate::envfile::{Invalid, MachineSpec};
 use crate::model::{BoxFormat, HostCheck, ProviderKind};
 use crate::plan::MachinePlan;
-use crate::provider::{Error, ExecRequest, GuestPorts, ImageExport, MachineInfo, MachineState, Provider, SnapshotInfo};
+use crate::provider::{Error, ExecRequest, ExportPack, GuestPorts, ImageExport, MachineInfo, MachineState, Provider, SnapshotInfo};
 use crate::ui::Ui;
 use layout::Layout;
 use crate::provider::network::ProjectNet;
@@ -431,8 +431,8 @@ impl Provider for ContainerProvider {
         snapshot::delete(&Layout::new(&plan.dir), name)
     }
 
-    fn export(&self, plan: &MachinePlan, stored: &StoredBox, dir: &Path, ui: &Ui) -> Result<Vec<PathBuf>> {
-        snapshot::export(&Machine::of(plan)?, &stored.rootfs()?, dir, ui)
+    fn export(&self, plan: &MachinePlan, stored: &StoredBox, _dir: &Path, ui: &Ui, pack: &mut ExportPack<'_>) -> Result<()> {
+        snapshot::export(&Machine::of(plan)?, &stored.rootfs()?, ui, pack)
     }
 
     fn export_image(&self, plan: &MachinePlan, _stored: &StoredBox, dir: &Path, ui: &Ui) -> Result<ImageExport> {

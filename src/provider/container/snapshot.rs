@@ -284,8 +284,9 @@ pub fn export_layer(m: &Machine, dir: &Path, ui: &Ui) -> Result<PathBuf> {
     Ok(target)
 }
 
-/// Writes `rootfs.tar` (box + the machine's changes) into `dir`.
-pub fn export(m: &Machine, lower: &Path, dir: &Path, ui: &Ui) -> Result<Vec<PathBuf>> {
+/// Hands `pack` the machine's root filesystem (box + its layers) as the tree of the
+/// box's `rootfs.tar`, the machine held still meanwhile.
+pub fn export(m: &Machine, lower: &Path, ui: &Ui, pack: &mut crate::provider::ExportPack<'_>) -> Result<()> {
     if !m.layout.exists() {
         return Err(missing_machine(m));
     }
@@ -294,19 +295,11 @@ pub fn export(m: &Machine, lower: &Path, dir: &Path, ui: &Ui) -> Result<Vec<Path
     if mounted_here {
         m.mount_root(lower)?;
     }
-    let target = dir.join("rootfs.tar");
     ui.step(format!("{}: exporting its root filesystem", m.name()));
-    let written = frozen(m, |_| {
-        crate::boxes::pack_rootfs_dir(&rootfs, &target)
-            .map(drop)
-            .with_context(|| format!("cannot export the root filesystem of machine {}", m.name()))
-    });
+    let payloads = std::collections::BTreeMap::from([("rootfs.tar".to_string(), crate::boxes::Payload::Tree(rootfs))]);
+    let packed = frozen(m, |_| pack(&payloads).with_context(|| format!("cannot export the root filesystem of machine {}", m.name())));
     if mounted_here {
         overlay::unmount_all(m.layout.dir())?;
     }
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&target);
-        return Err(e);
-    }
-    Ok(vec![target])
+    packed
 }

@@ -12,7 +12,7 @@ mod instances;
 pub mod remotes;
 mod share;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Result;
 use serde_json::Value;
@@ -26,7 +26,7 @@ use crate::envfile::{Invalid, MachineSpec, SyncMode};
 use crate::model::{BoxFormat, HostCheck, ProviderKind};
 use crate::state::Home;
 use crate::plan::MachinePlan;
-use crate::provider::{ExecRequest, ImageExport, MachineInfo, MachineState, Provider, SnapshotInfo};
+use crate::provider::{ExecRequest, ExportPack, ImageExport, MachineInfo, MachineState, Provider, SnapshotInfo};
 use crate::ui::Ui;
 
 pub struct LxdProvider;
@@ -257,10 +257,11 @@ impl Provider for LxdProvider {
         Ok(instances::snapshot_delete(&client, plan, name)?)
     }
 
-    fn export(&self, plan: &MachinePlan, _stored: &StoredBox, dir: &Path, ui: &Ui) -> Result<Vec<PathBuf>> {
+    fn export(&self, plan: &MachinePlan, _stored: &StoredBox, dir: &Path, ui: &Ui, pack: &mut ExportPack<'_>) -> Result<()> {
         let client = client(plan)?;
         existing(&client, plan)?;
-        Ok(vec![share::export(&client, plan, dir, ui)?])
+        let rootfs = share::export(&client, plan, dir, ui)?;
+        pack(&std::collections::BTreeMap::from([("rootfs.tar".to_string(), crate::boxes::Payload::File(rootfs))]))
     }
 
     fn export_image(&self, plan: &MachinePlan, _stored: &StoredBox, _dir: &Path, _ui: &Ui) -> Result<ImageExport> {

@@ -18,6 +18,7 @@ mod snapshot;
 pub mod ssh;
 pub mod virtiofs;
 
+use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -25,12 +26,12 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::boxes::{BootMethod, QemuPayload, StoredBox};
+use crate::boxes::{BootMethod, Payload, QemuPayload, StoredBox};
 use crate::model::{BoxFormat, HostCheck, ProviderKind};
 use ssh::SshTarget;
 use crate::plan::{MachinePlan, OpenedFolder};
 use crate::process::Process;
-use crate::provider::{Error, ExecRequest, GuestPorts, ImageExport, MachineInfo, MachineState, Provider, SnapshotInfo};
+use crate::provider::{Error, ExecRequest, ExportPack, GuestPorts, ImageExport, MachineInfo, MachineState, Provider, SnapshotInfo};
 use crate::ui::Ui;
 
 use cmdline::QemuCommand;
@@ -527,7 +528,34 @@ impl Provider for QemuProvider {
         Ok(snapshot::delete(&files, plan.name(), name, running)?)
     }
 
-    fn export(&self, plan: &MachinePlan, stored: &StoredBox, dir: &Path, ui: &Ui) -> Result<Vec<PathBuf>> {
+    fn export(&self, plan: &MachinePlan, stored: &StoredBox, dir: &Path, ui: &Ui, pack: &mut ExportPack<'_>) -> Result<()> {
+        pack(&self.export_files(plan, stored, dir, ui)?)
+    }
+
+    fn export_image(&self, plan: &MachinePlan, stored: &StoredBox, dir: &Path, ui: &Ui) -> Result<ImageExport> {
+        // A containerDisk boots by firmware: a kernel beside the disk has no place in it.
+        if qemu_payload(plan, stored)?.boot != BootMethod::Firmware {
+            return Err(Error::KernelBootImage { machine: plan.name().to_string(), box_name: stored.manifest.name.clone() }.into());
+        }
+        match self.export_files(plan, stored, dir, ui)?.remove(DISK) {
+            Some(Payload::File(disk)) => Ok(ImageExport::Disk(disk)),
+            _ => anyhow::bail!("the machine's export gave no disk"),
+        }
+    }
+
+    fn guest_ports(&self, plan: &MachinePlan) -> Result<Box<dyn GuestPorts>> {
+        let (files, target) = self.running_target(plan)?;
+        Ok(Box::new(ports::QemuPorts::new(target, files.qmp_socket, plan.name())))
+    }
+}
+
+/// The name of a VM box's disk in the box.
+const DISK: &str = "disk.qcow2";
+
+impl QemuProvider {
+    /// The halted machine's disk flattened into `dir`, and its kernel and initrd: the
+    /// payloads of the box `envy share` makes of it, by their names in the box.
+    fn export_files(&self, plan: &MachinePlan, stored: &StoredBox, dir: &Path, ui: &Ui) -> Result<BTreeMap<String, Payload>> {
         let files = self.created(plan)?;
         if live_state(&files).is_some() {
             return Err(Error::MustBeHalted {
@@ -538,34 +566,16 @@ impl Provider for QemuProvider {
         }
         let payload = qemu_payload(plan, stored)?;
         ui.step(format!("{}: flattening its disk", plan.name()));
-        let disk_name = PathBuf::from("disk.qcow2");
-        disk::flatten(&files.overlay, &dir.join(&disk_name))?;
-        let mut names = vec![disk_name];
+        disk::flatten(&files.overlay, &dir.join(DISK))?;
+        let mut names = BTreeMap::from([(DISK.to_string(), Payload::File(dir.join(DISK)))]);
         for file in [&payload.kernel, &payload.initrd].into_iter().flatten() {
             std::fs::copy(stored.file(file), dir.join(file))
                 .with_context(|| format!("cannot copy {} into {}", stored.file(file).display(), dir.display()))?;
-            names.push(PathBuf::from(file));
+            names.insert(file.clone(), Payload::File(dir.join(file)));
         }
         Ok(names)
     }
 
-    fn export_image(&self, plan: &MachinePlan, stored: &StoredBox, dir: &Path, ui: &Ui) -> Result<ImageExport> {
-        // A containerDisk boots by firmware: a kernel beside the disk has no place in it.
-        if qemu_payload(plan, stored)?.boot != BootMethod::Firmware {
-            return Err(Error::KernelBootImage { machine: plan.name().to_string(), box_name: stored.manifest.name.clone() }.into());
-        }
-        let exported = self.export(plan, stored, dir, ui)?;
-        let disk = exported.first().context("the machine's export gave no disk")?;
-        Ok(ImageExport::Disk(dir.join(disk)))
-    }
-
-    fn guest_ports(&self, plan: &MachinePlan) -> Result<Box<dyn GuestPorts>> {
-        let (files, target) = self.running_target(plan)?;
-        Ok(Box::new(ports::QemuPorts::new(target, files.qmp_socket, plan.name())))
-    }
-}
-
-impl QemuProvider {
     /// Stops QEMU: a graceful power-off unless `force`, QEMU's end if that fails.
     fn power_off(&self, plan: &MachinePlan, force: bool, ui: &Ui) -> Result<()> {
         let files = MachineFiles::of(plan);
