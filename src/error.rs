@@ -99,6 +99,7 @@ fn provider_code(e: &crate::provider::Error) -> i32 {
         | E::SnapshotExists { .. }
         | E::SnapshotNotRecorded { .. }
         | E::SnapshotDamaged { .. }
+        | E::SnapshotLayerGone { .. }
         | E::NoRoomToReplace { .. }
         | E::QmpUnreachable { .. }
         | E::QmpRefused { .. }

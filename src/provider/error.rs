@@ -74,6 +74,13 @@ pub enum Error {
         .archive.display()
     )]
     SnapshotDamaged { machine: String, name: String, archive: PathBuf, got: String, want: String },
+    /// A container snapshot names a frozen layer that is not there.
+    #[error(
+        "snapshot {name} of machine {machine} is damaged: its layer {} is gone; it was not restored \
+         (delete it with `envy snapshot delete {name}`)",
+        .layer.display()
+    )]
+    SnapshotLayerGone { machine: String, name: String, layer: PathBuf },
     /// Replacing a snapshot would not leave room for the new one.
     #[error(
         "replacing snapshot {name} of machine {machine} needs about {} free in {} and {} are; \

@@ -34,6 +34,11 @@ impl<'a> Layers<'a> {
         self.layout.layers().join(id.to_string())
     }
 
+    /// Layer `id` is there as a real dir (a symlink in its place is not followed).
+    pub fn is_there(&self, id: u32) -> bool {
+        std::fs::symlink_metadata(self.path(id)).is_ok_and(|m| m.is_dir())
+    }
+
     /// The machine's chain, bottom first (empty for a machine never snapshotted).
     pub fn chain(&self) -> Result<Vec<u32>> {
         let path = self.layout.chain();
@@ -52,7 +57,7 @@ impl<'a> Layers<'a> {
     /// into it is finished here, before anything mounts the chain.
     pub fn repair(&self) -> Result<()> {
         if let Some(&top) = self.chain()?.last() {
-            if !self.path(top).exists() && self.layout.upper().is_dir() {
+            if std::fs::symlink_metadata(self.path(top)).is_err() && self.layout.upper().is_dir() {
                 std::fs::rename(self.layout.upper(), self.path(top)).with_context(|| format!("cannot finish freezing layer {top}"))?;
             }
         }
@@ -62,21 +67,15 @@ impl<'a> Layers<'a> {
         Ok(())
     }
 
-    /// Every layer of `chain` is there.
-    pub fn check(&self, chain: &[u32]) -> Result<()> {
-        if let Some(missing) = chain.iter().map(|&id| self.path(id)).find(|p| !p.is_dir()) {
-            bail!(crate::state::Error::BadRecord {
-                path: self.layout.chain(),
-                message: format!("names layer {}, which is gone; destroy the machine and bring it up again", missing.display()),
-            });
-        }
-        Ok(())
-    }
-
     /// The overlay's lower dirs for the machine's chain, top first, then the box's rootfs.
     pub fn lowers(&self, box_rootfs: &Path) -> Result<Vec<PathBuf>> {
         let chain = self.chain()?;
-        self.check(&chain)?;
+        if let Some(&missing) = chain.iter().find(|&&id| !self.is_there(id)) {
+            bail!(crate::state::Error::BadRecord {
+                path: self.layout.chain(),
+                message: format!("names layer {}, which is gone; destroy the machine and bring it up again", self.path(missing).display()),
+            });
+        }
         Ok(chain.iter().rev().map(|&id| self.path(id)).chain([box_rootfs.to_path_buf()]).collect())
     }
 

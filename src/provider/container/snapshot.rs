@@ -175,7 +175,9 @@ pub fn restore(m: &Machine, name: &str, ui: &Ui) -> Result<()> {
     let unpacked = match sidecar.archive(&m.layout) {
         Some(archive) => Some(unpack_archive(m, &sidecar, &archive)?),
         None => {
-            layers.check(&sidecar.layers)?;
+            if let Some(&id) = sidecar.layers.iter().find(|&&id| !layers.is_there(id)) {
+                bail!(Error::SnapshotLayerGone { machine: m.name().to_string(), name: name.to_string(), layer: layers.path(id) });
+            }
             None
         }
     };
