@@ -73,16 +73,25 @@ fn print_json(value: &serde_json::Value) -> Result<()> {
 }
 
 /// The plan of one running machine, or the error that says how to start it.
-fn running_machine(ctx: &Context, ws: &crate::workspace::Workspace, name: Option<&str>) -> Result<crate::plan::MachinePlan> {
-    use crate::provider::MachineState;
+/// The plan of machine `name` (the only one when None), with the forwards its record
+/// holds. exec and ssh take it as it is: the provider's exec tells a machine that is
+/// not running (exit 7) from the same reads it needs anyway (one QMP query for a VM).
+fn machine_plan(ctx: &Context, ws: &crate::workspace::Workspace, name: Option<&str>) -> Result<crate::plan::MachinePlan> {
     let spec = ws.select_one(name)?;
     let mut plan = ws.plan(&ctx.home, spec)?;
     if let Some(record) = crate::state::record::MachineRecord::load(&plan.dir)? {
         plan.forwards = record.forwards;
     }
-    match crate::provider::for_kind(spec.provider)?.state(&plan)? {
+    Ok(plan)
+}
+
+/// `machine_plan`, for a machine that must be running (exit 7 otherwise).
+fn running_machine(ctx: &Context, ws: &crate::workspace::Workspace, name: Option<&str>) -> Result<crate::plan::MachinePlan> {
+    use crate::provider::MachineState;
+    let plan = machine_plan(ctx, ws, name)?;
+    match crate::provider::for_kind(plan.spec.provider)?.state(&plan)? {
         MachineState::Running => Ok(plan),
-        MachineState::NotCreated => Err(crate::state::Error::NotCreated { machine: spec.name.clone() }.into()),
-        state => Err(crate::state::Error::NotRunning { machine: spec.name.clone(), state: state.to_string() }.into()),
+        MachineState::NotCreated => Err(crate::state::Error::NotCreated { machine: plan.name().to_string() }.into()),
+        state => Err(crate::state::Error::NotRunning { machine: plan.name().to_string(), state: state.to_string() }.into()),
     }
 }

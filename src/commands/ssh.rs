@@ -8,6 +8,6 @@ use crate::provider;
 
 pub fn run(ctx: &Context, args: MachineArg) -> Result<i32> {
     let ws = crate::workspace::Workspace::load(ctx)?;
-    let plan = super::running_machine(ctx, &ws, args.machine.as_deref())?;
+    let plan = super::machine_plan(ctx, &ws, args.machine.as_deref())?;
     provider::for_kind(plan.spec.provider)?.shell(&plan)
 }

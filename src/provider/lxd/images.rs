@@ -32,6 +32,9 @@ pub fn alias(digest: &str) -> String {
 
 /// The image for `stored`, uploaded when the daemon does not hold it yet; returns its alias.
 pub fn ensure(client: &Client, home: &Home, stored: &StoredBox, ui: &Ui) -> Result<String, Error> {
+    // `up` starts machines together: one box is packed and uploaded once, not by each.
+    static ENSURING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = ENSURING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let alias = alias(&stored.digest);
     match client.get(&format!("/1.0/images/aliases/{}", url_escape(&alias)), "looking up the box's image") {
         Ok(_) => return Ok(alias),
@@ -60,14 +63,19 @@ pub fn ensure(client: &Client, home: &Home, stored: &StoredBox, ui: &Ui) -> Resu
         hex::encode(hasher.finalize())
     };
     // The same box uploaded by another project (or a killed `up`) without its alias yet.
-    let present = match client.get(&format!("/1.0/images/{fingerprint}"), "looking up the box's image") {
-        Ok(_) => true,
-        Err(e) if e.is_not_found() => false,
-        Err(e) => return Err(e),
+    let present = || match client.get(&format!("/1.0/images/{fingerprint}"), "looking up the box's image") {
+        Ok(_) => Ok(true),
+        Err(e) if e.is_not_found() => Ok(false),
+        Err(e) => Err(e),
     };
-    if !present {
+    if !present()? {
         ui.step(format!("uploading box {} to {}", stored.manifest.name, client.server));
-        upload(client, &meta, &packed)?;
+        if let Err(e) = upload(client, &meta, &packed) {
+            // Another envy (another project's `up`) uploaded the same image meanwhile.
+            if !present()? {
+                return Err(e);
+            }
+        }
     }
     let body = json!({ "name": alias, "target": fingerprint, "description": format!("envy box {} {}", stored.manifest.name, stored.manifest.version) });
     match client.call("POST", "/1.0/images/aliases", Some(&body), "naming the box's image") {
