@@ -58,7 +58,7 @@ for _ in $(seq "$boots"); do
     envy_again=$(echo "$envy_again + $(elapsed "$t0" "$t1") / $boots" | bc -l)
 done
 
-. "$(dirname "$0")/lib.sh"
+. "$root/benches/lib.sh"
 machine=$(bench_machine_dir bench)
 port=$(sed -n 's/.*"ssh_port": *\([0-9]*\).*/\1/p' "$machine/qemu.json")
 ssh_opts=(-i "$machine/id_ed25519" -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyChecking=no
