@@ -352,3 +352,45 @@ fn one_name_resolves_per_provider_from_a_catalog_offering_both() {
     providers.sort();
     assert_eq!(providers, ["container", "qemu"]);
 }
+
+/// The README's Envfile, a container and a VM under one box name, comes up from a
+/// catalog whose entry offers both providers: the container from a simplestreams
+/// mirror, the VM from a "latest" directory serving a disk that boots by firmware, as a
+/// stock cloud image does.
+#[test]
+fn the_readme_envfile_comes_up_from_a_catalog_offering_both_providers() {
+    require!(need::CONTAINERS, need::VMS, TARBALLS, [Need::Tool("sfdisk", "fdisk"), Need::Tool("grub-mkimage", "grub-common")]);
+    let env = TestEnv::new();
+    let server = Server::start();
+    let mut mirror = Mirror { server: &server, builds: Vec::new() };
+    mirror.add("20250101_05:24", rootfs_tarball(&env, "1"));
+    // The tiny VM's root filesystem, made a GRUB-booted disk by its recipe.
+    crate::common::tiny_vm_box(&env);
+    let disk_path = env.path("cloudlike.qcow2");
+    let recipe = Path::new(env!("CARGO_MANIFEST_DIR")).join("boxes/recipes/tiny-vm-bios.sh");
+    let built = StdCommand::new(&recipe).arg(&disk_path).output().unwrap();
+    assert!(built.status.success(), "tiny-vm-bios.sh failed: {}", String::from_utf8_lossy(&built.stderr));
+    let disk = std::fs::read(&disk_path).unwrap();
+    serve_latest(&server, "bb-amd64.qcow2", &disk, &sha512_hex(&disk));
+    let catalog = write_catalog(
+        &env,
+        &format!(
+            "simplestreams = {:?}\nproduct = \"busybox/1\"\n\n[[box.upstream]]\nprovider = \"qemu\"\nlatest = {:?}\nfile = \"bb-*.qcow2\"\nchecksums = \"SHA512SUMS\"",
+            server.url(""),
+            server.url("latest/")
+        ),
+    );
+    std::fs::write(
+        env.project.join("Envfile"),
+        "[defaults]\nbox = \"bb\"\nmemory = \"256MiB\"\n\n[machine.web]\nprovider = \"container\"\n\n[machine.db]\nprovider = \"qemu\"\ncpus = 1\n",
+    )
+    .unwrap();
+    let _cleanup = crate::common::DestroyOnDrop(&env);
+    env.envy().env("ENVY_CATALOG", &catalog).arg("up").assert().success();
+    assert_eq!(env.out(&["exec", "web", "--", "cat", "/etc/box-release"]), "build 1\n");
+    let cmdline = env.out(&["exec", "db", "--", "cat", "/proc/cmdline"]);
+    assert!(cmdline.starts_with("BOOT_IMAGE=/boot/vmlinuz-"), "GRUB booted the VM's kernel: {cmdline}");
+    assert_eq!(env.out(&["exec", "db", "--", "hostname"]).trim(), "db");
+    let lock = lock(&env);
+    assert_eq!(lock["machine"]["db"]["sha256"].as_str(), Some(sha256_hex(&disk).as_str()));
+}
