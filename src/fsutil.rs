@@ -13,6 +13,20 @@ use nix::errno::Errno;
 use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::Mode;
 
+/// Removes what is at `path`, a dir with all it holds, without following a symlink
+/// there (the link goes, not what it points to); nothing there is fine.
+pub fn remove_path(path: &Path) -> Result<()> {
+    let removed = match fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) => Err(e),
+    };
+    match removed {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).with_context(|| format!("cannot remove {}", path.display())),
+        _ => Ok(()),
+    }
+}
+
 /// Writes `data` to `path` atomically: a temp file in the same folder, fsync, rename.
 /// A reader sees the old or the new content, never a mix; a crash leaves the old one.
 /// The rename replaces a symlink at `path` rather than writing through it; the file

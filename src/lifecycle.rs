@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{bail, Result};
 
 use crate::boxes::{BoxSource, Store, StoredBox};
 use crate::context::Context;
@@ -292,11 +292,7 @@ pub fn destroy(ctx: &Context, plan: &MachinePlan) -> Result<()> {
     crate::autoforward::stop(plan);
     let provider = provider::for_kind(plan.spec.provider)?;
     provider.destroy(plan, &ctx.ui)?;
-    match std::fs::remove_dir_all(&plan.dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("cannot remove {}", plan.dir.display())),
-    }
+    crate::fsutil::remove_path(&plan.dir)
 }
 
 /// The machine's box, verified, honouring and updating the Envfile.lock pin.

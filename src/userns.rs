@@ -6,9 +6,10 @@
 //! One small process per envy home (`envy __userns-holder`, "the holder") keeps that
 //! user namespace and a mount namespace alive between commands: each command that
 //! touches machines or the box store joins both first (`enter`), so the overlays and
-//! network namespaces one command mounts are there for the next. The namespace maps root to the user and, through newuidmap and
-//! newgidmap, uids and gids 1..N to the user's subordinate range in /etc/subuid and
-//! /etc/subgid; a user without a range gets root alone, which is said.
+//! network namespaces one command mounts are there for the next. The namespace maps
+//! root to the user and, through newuidmap and newgidmap, uids and gids 1..N to the
+//! user's subordinate range in /etc/subuid and /etc/subgid; a user without a range
+//! gets root alone, which is said.
 
 use std::io::{Read as _, Write as _};
 use std::os::fd::AsFd;

@@ -306,33 +306,39 @@ fn an_unpinned_catalog_name_without_upstream_fails_saying_what_was_tried() {
         .stderr(contains("the document is larger than 8 MiB"));
 }
 
-#[test]
-fn one_name_resolves_per_provider_from_a_catalog_offering_both() {
-    require!(need::BUSYBOX, TARBALLS, [Need::Tool("qemu-img", "qemu-utils")]);
-    let env = TestEnv::new();
-    let server = Server::start();
-    let mut mirror = Mirror { server: &server, builds: Vec::new() };
-    let rootfs = rootfs_tarball(&env, "1");
-    mirror.add("20250101_05:24", rootfs.clone());
-    let disk = env.path("disk.qcow2");
-    let status = StdCommand::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&disk).arg("64M").status().unwrap();
-    assert!(status.success());
-    let disk = std::fs::read(disk).unwrap();
-    serve_latest(&server, "bb-amd64.qcow2", &disk, &sha512_hex(&disk));
-    let catalog = write_catalog(
-        &env,
+/// A catalog entry `bb` offering both providers, and the README's Envfile (a container
+/// and a VM, one box name) in the project: the container's rootfs from a simplestreams
+/// mirror, the VM's `disk` from a "latest" directory with SHA512SUMS.
+fn catalog_offering_both(env: &TestEnv, server: &Server, rootfs: Vec<u8>, disk: &[u8]) -> std::path::PathBuf {
+    let mut mirror = Mirror { server, builds: Vec::new() };
+    mirror.add("20250101_05:24", rootfs);
+    serve_latest(server, "bb-amd64.qcow2", disk, &sha512_hex(disk));
+    std::fs::write(
+        env.project.join("Envfile"),
+        "[defaults]\nbox = \"bb\"\nmemory = \"256MiB\"\n\n[machine.web]\nprovider = \"container\"\n\n[machine.db]\nprovider = \"qemu\"\ncpus = 1\n",
+    )
+    .unwrap();
+    write_catalog(
+        env,
         &format!(
             "simplestreams = {:?}\nproduct = \"busybox/1\"\n\n[[box.upstream]]\nprovider = \"qemu\"\nlatest = {:?}\nfile = \"bb-*.qcow2\"\nchecksums = \"SHA512SUMS\"",
             server.url(""),
             server.url("latest/")
         ),
-    );
-    // The README's shape: a container and a VM, one box name.
-    std::fs::write(
-        env.project.join("Envfile"),
-        "[defaults]\nbox = \"bb\"\n\n[machine.web]\nprovider = \"container\"\n\n[machine.db]\nprovider = \"qemu\"\n",
     )
-    .unwrap();
+}
+
+#[test]
+fn one_name_resolves_per_provider_from_a_catalog_offering_both() {
+    require!(need::BUSYBOX, TARBALLS, [Need::Tool("qemu-img", "qemu-utils")]);
+    let env = TestEnv::new();
+    let server = Server::start();
+    let rootfs = rootfs_tarball(&env, "1");
+    let disk = env.path("disk.qcow2");
+    let status = StdCommand::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&disk).arg("64M").status().unwrap();
+    assert!(status.success());
+    let disk = std::fs::read(disk).unwrap();
+    let catalog = catalog_offering_both(&env, &server, rootfs.clone(), &disk);
     env.envy().env("ENVY_CATALOG", &catalog).args(["box", "update"]).assert().success();
     let lock = lock(&env);
     assert_eq!(lock["machine"]["web"]["sha256"].as_str(), Some(sha256_hex(&rootfs).as_str()));
@@ -362,8 +368,6 @@ fn the_readme_envfile_comes_up_from_a_catalog_offering_both_providers() {
     require!(need::CONTAINERS, need::VMS, TARBALLS, [Need::Tool("sfdisk", "fdisk"), Need::Tool("grub-mkimage", "grub-common")]);
     let env = TestEnv::new();
     let server = Server::start();
-    let mut mirror = Mirror { server: &server, builds: Vec::new() };
-    mirror.add("20250101_05:24", rootfs_tarball(&env, "1"));
     // The tiny VM's root filesystem, made a GRUB-booted disk by its recipe.
     crate::common::tiny_vm_box(&env);
     let disk_path = env.path("cloudlike.qcow2");
@@ -371,20 +375,7 @@ fn the_readme_envfile_comes_up_from_a_catalog_offering_both_providers() {
     let built = StdCommand::new(&recipe).arg(&disk_path).output().unwrap();
     assert!(built.status.success(), "tiny-vm-bios.sh failed: {}", String::from_utf8_lossy(&built.stderr));
     let disk = std::fs::read(&disk_path).unwrap();
-    serve_latest(&server, "bb-amd64.qcow2", &disk, &sha512_hex(&disk));
-    let catalog = write_catalog(
-        &env,
-        &format!(
-            "simplestreams = {:?}\nproduct = \"busybox/1\"\n\n[[box.upstream]]\nprovider = \"qemu\"\nlatest = {:?}\nfile = \"bb-*.qcow2\"\nchecksums = \"SHA512SUMS\"",
-            server.url(""),
-            server.url("latest/")
-        ),
-    );
-    std::fs::write(
-        env.project.join("Envfile"),
-        "[defaults]\nbox = \"bb\"\nmemory = \"256MiB\"\n\n[machine.web]\nprovider = \"container\"\n\n[machine.db]\nprovider = \"qemu\"\ncpus = 1\n",
-    )
-    .unwrap();
+    let catalog = catalog_offering_both(&env, &server, rootfs_tarball(&env, "1"), &disk);
     let _cleanup = crate::common::DestroyOnDrop(&env);
     env.envy().env("ENVY_CATALOG", &catalog).arg("up").assert().success();
     assert_eq!(env.out(&["exec", "web", "--", "cat", "/etc/box-release"]), "build 1\n");

@@ -528,6 +528,12 @@ fn overlay_xattrs<R: Read>(entry: &mut tar::Entry<R>) -> io::Result<Vec<(String,
     Ok(found)
 }
 
+/// Whether a file in an upper layer is an overlayfs whiteout (a character device 0/0,
+/// which hides the name in the layers below).
+pub fn is_whiteout_file(meta: &std::fs::Metadata) -> bool {
+    meta.file_type().is_char_device() && meta.rdev() == 0
+}
+
 /// Whether a character device entry is an overlayfs whiteout (device 0/0).
 fn is_whiteout(header: &tar::Header) -> bool {
     matches!((header.device_major(), header.device_minor()), (Ok(Some(0)), Ok(Some(0))))
@@ -734,7 +740,7 @@ pub fn pack_layer_dir(upper: &Path, out: &Path) -> anyhow::Result<()> {
 /// The overlayfs xattrs a snapshot keeps: what the layer means (an opaque dir, a
 /// renamed dir). The others are overlayfs's bookkeeping about inodes of this mount
 /// (`origin`, `impure`, `nlink`), binary, and rebuilt by overlayfs as it needs them.
-const KEPT_XATTRS: [&str; 2] = ["opaque", "redirect"];
+pub const KEPT_XATTRS: [&str; 2] = ["opaque", "redirect"];
 /// Archives name them as root's overlay (and GNU tar) does. A normal user's overlay is
 /// mounted with `userxattr` and keeps them under `user.overlay.`; they are read and
 /// written under the name the overlay in use reads.
@@ -762,7 +768,7 @@ fn append_marker<W: Write>(builder: &mut tar::Builder<W>, path: &Path) -> anyhow
 }
 
 /// Whether overlayfs marked this upper directory opaque (it hides the lower one).
-fn is_opaque_dir(path: &Path) -> bool {
+pub fn is_opaque_dir(path: &Path) -> bool {
     xattr::get(path, overlay_xattr("opaque")).is_ok_and(|v| v.as_deref() == Some(b"y"))
 }
 
@@ -803,7 +809,7 @@ fn append_tree<W: Write>(
         let path = root.join(&entry_rel);
         let meta = std::fs::symlink_metadata(&path).map_err(Error::io("cannot read", &path))?;
         let ft = meta.file_type();
-        let whiteout = ft.is_char_device() && meta.rdev() == 0;
+        let whiteout = is_whiteout_file(&meta);
         if packing.upper == Upper::AsOciLayer && whiteout {
             let name = format!("{WHITEOUT}{}", name.to_string_lossy());
             append_marker(builder, &rel.join(name))?;

@@ -72,7 +72,6 @@ fn print_json(value: &serde_json::Value) -> Result<()> {
     Ok(())
 }
 
-/// The plan of one running machine, or the error that says how to start it.
 /// The plan of machine `name` (the only one when None), with the forwards its record
 /// holds. exec and ssh take it as it is: the provider's exec tells a machine that is
 /// not running (exit 7) from the same reads it needs anyway (one QMP query for a VM).

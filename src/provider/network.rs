@@ -219,12 +219,17 @@ impl ProjectNet {
         static ENSURING: std::sync::Mutex<()> = std::sync::Mutex::new(());
         let _one_at_a_time = ENSURING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         self.netns.ensure()?;
-        if !self.netns.has_link(BRIDGE) {
+        // One read of the namespace's links (a netlink dump of every machine's link)
+        // answers what follows.
+        let links = super::netlink::links(self.netns.path())?;
+        let bridge = links.iter().find(|l| l.name == BRIDGE).map(|l| l.index);
+        let tap = links.iter().find(|l| l.name == TAP);
+        if bridge.is_none() {
             self.netns.ip(&[&["link", "set", "lo", "up"], &["link", "add", BRIDGE, "mtu", MTU, "type", "bridge"], &["link", "set", BRIDGE, "up"]])?;
         }
         // A slirp4netns whose tap is not in the namespace serves one that is gone (its
         // holder, userns.rs, was killed, and the namespace file with it): replaced.
-        if let Some(stale) = self.slirp_pid().filter(|_| !self.netns.has_link(TAP)) {
+        if let Some(stale) = self.slirp_pid().filter(|_| tap.is_none()) {
             stop_process(stale);
             self.slirp().remove();
         }
@@ -232,9 +237,9 @@ impl ProjectNet {
         if restarted {
             self.start_slirp()?;
         }
-        // An `up` killed right after starting slirp4netns left tap0 loose: put on the
-        // bridge unless it is (one netlink read; `ip` is a process per machine).
-        if restarted || !self.on_bridge(TAP)? {
+        // An `up` killed right after starting slirp4netns left tap0 loose: it is put on
+        // the bridge unless it is there (master and up are set by one request).
+        if restarted || bridge.is_none() || tap.and_then(|t| t.master) != bridge {
             self.netns.ip(&[&["link", "set", TAP, "mtu", MTU, "master", BRIDGE, "up"]])?;
         }
         if restarted {
@@ -316,14 +321,6 @@ impl ProjectNet {
         std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
             .with_context(|| format!("cannot restrict the slirp4netns API socket {}", socket.display()))?;
         Ok(())
-    }
-
-    /// Whether link `name` is enslaved to the project bridge (its master and up are set
-    /// by one request, so a link on the bridge is also up).
-    fn on_bridge(&self, name: &str) -> Result<bool> {
-        let links = super::netlink::links(self.netns.path())?;
-        let bridge = links.iter().find(|l| l.name == BRIDGE).map(|b| b.index);
-        Ok(bridge.is_some() && links.iter().any(|l| l.name == name && l.master == bridge))
     }
 
     /// Whether any machine is on the bridge (a container's veth or a VM's tap; slirp's

@@ -54,22 +54,22 @@ impl<'a> Layers<'a> {
     }
 
     /// A save killed between naming its layer in the chain and renaming the upper layer
-    /// into it is finished here, before anything mounts the chain.
-    pub fn repair(&self) -> Result<()> {
-        if let Some(&top) = self.chain()?.last() {
+    /// into it is finished here, before anything mounts the chain. Returns the chain.
+    pub fn repair(&self) -> Result<Vec<u32>> {
+        let chain = self.chain()?;
+        if let Some(&top) = chain.last() {
             if std::fs::symlink_metadata(self.path(top)).is_err() && self.layout.upper().is_dir() {
                 std::fs::rename(self.layout.upper(), self.path(top)).with_context(|| format!("cannot finish freezing layer {top}"))?;
             }
         }
         if !self.layout.upper().exists() {
-            self.fresh_upper()?;
+            self.fresh_upper(chain.last().copied())?;
         }
-        Ok(())
+        Ok(chain)
     }
 
-    /// The overlay's lower dirs for the machine's chain, top first, then the box's rootfs.
-    pub fn lowers(&self, box_rootfs: &Path) -> Result<Vec<PathBuf>> {
-        let chain = self.chain()?;
+    /// The overlay's lower dirs for `chain` (the machine's), top first, then the box's rootfs.
+    pub fn lowers(&self, chain: &[u32], box_rootfs: &Path) -> Result<Vec<PathBuf>> {
         if let Some(&missing) = chain.iter().find(|&&id| !self.is_there(id)) {
             bail!(crate::state::Error::BadRecord {
                 path: self.layout.chain(),
@@ -91,12 +91,9 @@ impl<'a> Layers<'a> {
     }
 
     /// Makes an empty upper layer with the mode and owner of the root the machine sees
-    /// (overlayfs shows the upper layer's root dir as `/`).
-    pub fn fresh_upper(&self) -> Result<()> {
-        let like = match self.chain()?.last() {
-            Some(&top) => std::fs::symlink_metadata(self.path(top)).ok(),
-            None => None,
-        };
+    /// (overlayfs shows the upper layer's root dir as `/`): layer `top`'s, the chain's top.
+    pub fn fresh_upper(&self, top: Option<u32>) -> Result<()> {
+        let like = top.and_then(|top| std::fs::symlink_metadata(self.path(top)).ok());
         crate::fsutil::create_private_dir(&self.layout.upper())?;
         if let Some(meta) = like {
             copy_owner_and_mode(&self.layout.upper(), &meta)?;
@@ -114,9 +111,9 @@ impl<'a> Layers<'a> {
         // Named first, then renamed: `repair` finishes what a kill in between left.
         self.set_chain(&chain)?;
         std::fs::rename(self.layout.upper(), self.path(id)).with_context(|| format!("cannot freeze {} as layer {id}", self.layout.upper().display()))?;
-        self.fresh_upper()?;
+        self.fresh_upper(Some(id))?;
         // overlayfs's work dir belongs to the upper layer it was made with.
-        remove_tree(&self.layout.work())?;
+        crate::fsutil::remove_path(&self.layout.work())?;
         if chain.len() > MAX_DEPTH {
             chain = vec![self.flatten(&chain)?];
             self.set_chain(&chain)?;
@@ -135,7 +132,7 @@ impl<'a> Layers<'a> {
             std::fs::rename(&partial, self.path(id)).with_context(|| format!("cannot name layer {id}"))
         });
         if let Err(e) = copied {
-            let _ = remove_tree(&partial);
+            let _ = crate::fsutil::remove_path(&partial);
             return Err(e);
         }
         let mut chain = self.chain()?;
@@ -154,7 +151,7 @@ impl<'a> Layers<'a> {
             std::fs::rename(&partial, self.path(id)).with_context(|| format!("cannot name layer {id}"))
         });
         if let Err(e) = merged {
-            let _ = remove_tree(&partial);
+            let _ = crate::fsutil::remove_path(&partial);
             return Err(e.context(format!("cannot merge the {} layers of machine dir {}", chain.len(), self.layout.dir().display())));
         }
         Ok(id)
@@ -181,17 +178,10 @@ impl<'a> Layers<'a> {
             let entry = entry?;
             let keep = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()).is_some_and(|id| used.contains(&id));
             if !keep {
-                remove_tree(&entry.path())?;
+                crate::fsutil::remove_path(&entry.path())?;
             }
         }
         Ok(())
-    }
-}
-
-fn remove_tree(path: &Path) -> Result<()> {
-    match std::fs::remove_dir_all(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).with_context(|| format!("cannot remove {}", path.display())),
-        _ => Ok(()),
     }
 }
 
@@ -217,15 +207,6 @@ enum Link {
     Hard,
 }
 
-/// overlayfs's whiteout: a character device 0/0 hides the name in the layers below.
-fn is_whiteout(meta: &std::fs::Metadata) -> bool {
-    meta.file_type().is_char_device() && meta.rdev() == 0
-}
-
-fn is_opaque(dir: &Path) -> bool {
-    xattr::get(dir, crate::boxes::overlay_xattr("opaque")).is_ok_and(|v| v.as_deref() == Some(b"y"))
-}
-
 /// Applies layer `upper` onto `lower` (a layer being built) as overlayfs reads them
 /// stacked: a whiteout removes what is below and stays (layers further down may have
 /// the name), an opaque dir replaces, a plain dir merges, anything else replaces.
@@ -244,9 +225,9 @@ fn merge_layer(upper: &Path, lower: &Path) -> Result<()> {
                 bail!("{} is a renamed directory (overlayfs redirect_dir); envy cannot merge such a layer", from.display());
             }
             match below {
-                Some(b) if b.is_dir() && !is_opaque(&from) => merge_layer(&from, &to)?,
-                Some(b) => {
-                    remove_entry(&to, &b)?;
+                Some(b) if b.is_dir() && !crate::boxes::is_opaque_dir(&from) => merge_layer(&from, &to)?,
+                Some(_) => {
+                    crate::fsutil::remove_path(&to)?;
                     copy_tree(&from, &to, Link::Hard)?;
                     // Over a whiteout or a file nothing further down shows through.
                     xattr::set(&to, crate::boxes::overlay_xattr("opaque"), b"y").with_context(|| format!("cannot mark {} opaque", to.display()))?;
@@ -254,19 +235,12 @@ fn merge_layer(upper: &Path, lower: &Path) -> Result<()> {
                 None => copy_tree(&from, &to, Link::Hard)?,
             }
         } else {
-            if let Some(b) = below {
-                remove_entry(&to, &b)?;
-            }
+            crate::fsutil::remove_path(&to)?;
             copy_entry(&from, &to, &meta, Link::Hard, &mut HashMap::new())?;
         }
     }
     // A dir present in both takes the upper one's owner and mode, as overlayfs shows it.
     copy_owner_and_mode(lower, &upper.symlink_metadata()?)
-}
-
-fn remove_entry(path: &Path, meta: &std::fs::Metadata) -> Result<()> {
-    if meta.is_dir() { std::fs::remove_dir_all(path) } else { std::fs::remove_file(path) }
-        .with_context(|| format!("cannot remove {}", path.display()))
 }
 
 /// Copies a layer tree: owners, modes, times, overlayfs's meaning (whiteouts, opaque
@@ -300,7 +274,7 @@ fn copy_entry(from: &Path, to: &Path, meta: &std::fs::Metadata, link: Link, link
         std::fs::copy(from, to).with_context(|| failed("copy"))?;
     } else if kind.is_symlink() {
         std::os::unix::fs::symlink(std::fs::read_link(from)?, to).with_context(|| failed("copy the symlink"))?;
-    } else if is_whiteout(meta) || kind.is_fifo() {
+    } else if crate::boxes::is_whiteout_file(meta) || kind.is_fifo() {
         let sflag = if kind.is_fifo() { SFlag::S_IFIFO } else { SFlag::S_IFCHR };
         nix::sys::stat::mknod(to, sflag, Mode::from_bits_truncate(meta.mode() & 0o7777), 0).with_context(|| failed("make"))?;
     } else {
@@ -327,7 +301,7 @@ fn copy_owner_and_mode(to: &Path, meta: &std::fs::Metadata) -> Result<()> {
 /// one that is not overlayfs's (file capabilities, ACLs). overlayfs's bookkeeping about
 /// the inodes of one mount (`origin`, `impure`) stays behind, as in a snapshot archive.
 fn copy_xattrs(from: &Path, to: &Path) -> Result<()> {
-    let meaning = [crate::boxes::overlay_xattr("opaque"), crate::boxes::overlay_xattr("redirect")];
+    let meaning = crate::boxes::KEPT_XATTRS.map(crate::boxes::overlay_xattr);
     for name in xattr::list(from).with_context(|| format!("cannot list the xattrs of {}", from.display()))? {
         let text = name.to_string_lossy();
         let overlay_own = text.starts_with("trusted.overlay.") || text.starts_with("user.overlay.");

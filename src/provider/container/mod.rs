@@ -150,11 +150,11 @@ impl<'a> Machine<'a> {
     /// the box's rootfs, made first for a new machine.
     fn mount_root(&self, box_rootfs: &Path) -> Result<()> {
         let layers = layers::Layers::of(&self.layout);
-        layers.repair()?;
+        let chain = layers.repair()?;
         for dir in [self.layout.work(), self.layout.rootfs()] {
             crate::fsutil::create_private_dir(&dir)?;
         }
-        overlay::mount_overlay(&layers.lowers(box_rootfs)?, &self.layout.upper(), &self.layout.work(), &self.layout.rootfs())
+        overlay::mount_overlay(&layers.lowers(&chain, box_rootfs)?, &self.layout.upper(), &self.layout.work(), &self.layout.rootfs())
     }
 
     /// Bind-mounts each sync folder, opened by fd (see `MachinePlan::open_sync_folders`),
@@ -249,15 +249,7 @@ impl<'a> Machine<'a> {
     /// `stop_container`: it leaves no mount below the dir, so removal cannot reach the
     /// box store or the project's files through one.
     fn remove_files(&self) -> Result<()> {
-        for path in self.layout.owned() {
-            let removed = match std::fs::symlink_metadata(&path) {
-                Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(&path),
-                Ok(_) => std::fs::remove_file(&path),
-                Err(_) => Ok(()),
-            };
-            removed.with_context(|| format!("cannot remove {}", path.display()))?;
-        }
-        Ok(())
+        self.layout.owned().iter().try_for_each(|path| crate::fsutil::remove_path(path))
     }
 
     fn log_tail(&self) -> String {

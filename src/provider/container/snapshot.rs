@@ -199,7 +199,7 @@ pub fn restore(m: &Machine, name: &str, ui: &Ui) -> Result<()> {
         }
         None => {
             layers.set_chain(&sidecar.layers)?;
-            layers.fresh_upper()?;
+            layers.fresh_upper(sidecar.layers.last().copied())?;
         }
     }
     std::fs::remove_dir_all(&old).ok();
