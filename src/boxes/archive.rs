@@ -576,7 +576,9 @@ fn remove_below(root: &Path, rel: &Path, real_dirs: &mut HashSet<PathBuf>) -> Re
 }
 
 /// The entry's path relative to the tree root, or why it is refused.
-fn relative_path(raw: &str) -> Result<PathBuf, &'static str> {
+/// `raw` as a path below an archive's root: `.` parts dropped, an absolute path or a
+/// `..` part refused (with the reason).
+pub(crate) fn relative_path(raw: &str) -> Result<PathBuf, &'static str> {
     if raw.starts_with('/') {
         return Err("has an absolute path");
     }

@@ -336,7 +336,9 @@ fn image_run(plan: &MachinePlan) -> Result<Option<crate::boxes::ImageRun>> {
     let store = crate::boxes::Store::open(&plan.home, &Default::default())?;
     match store.get(&record.box_digest) {
         Ok(stored) => Ok(crate::boxes::ImageRun::of(&stored)?),
-        // A machine made from a box this store no longer has runs as root, as a rootfs box does.
-        Err(_) => Ok(None),
+        // A machine made from a box this store no longer has runs as root, as a rootfs
+        // box does; a damaged box is said, not run around.
+        Err(e) if matches!(e.downcast_ref(), Some(crate::boxes::Error::Missing { .. })) => Ok(None),
+        Err(e) => Err(e),
     }
 }

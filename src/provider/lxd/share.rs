@@ -89,14 +89,14 @@ fn rootfs_of(image: impl Read, out: &Path) -> Result<(), Convert> {
     for entry in archive.entries().map_err(Convert::Read)? {
         let mut entry = entry.map_err(Convert::Read)?;
         let path = entry.path().map_err(Convert::Read)?.into_owned();
-        let Some(inner) = below_rootfs(&path) else { continue };
+        let Some(inner) = below_rootfs(&path)? else { continue };
         found = true;
         let mut header = entry.header().clone();
         match header.entry_type() {
             tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => continue,
             tar::EntryType::Link => {
                 let target = entry.link_name().map_err(Convert::Read)?.map(|t| t.into_owned());
-                let target = target.as_deref().and_then(below_rootfs)
+                let target = target.as_deref().map(below_rootfs).transpose()?.flatten()
                     .ok_or_else(|| Convert::Bad(format!("hard link {} points out of the image's root filesystem", path.display())))?;
                 builder.append_link(&mut header, &inner, target).map_err(write_error)?;
             }
@@ -118,10 +118,16 @@ fn rootfs_of(image: impl Read, out: &Path) -> Result<(), Convert> {
 }
 
 /// `rootfs/x/y` (or `./rootfs/x/y`) as `x/y`; None for the image's metadata, its
-/// templates and the rootfs folder itself.
-fn below_rootfs(path: &Path) -> Option<PathBuf> {
-    let inner = path.strip_prefix(ROOTFS).or_else(|_| path.strip_prefix(Path::new(".").join(ROOTFS))).ok()?;
-    (!inner.as_os_str().is_empty()).then(|| inner.to_path_buf())
+/// templates and the rootfs folder itself. A path that would leave the root filesystem
+/// (`rootfs/../x`) is refused, as an archive's entries are (boxes::relative_path).
+fn below_rootfs(path: &Path) -> Result<Option<PathBuf>, Convert> {
+    let Ok(inner) = path.strip_prefix(ROOTFS).or_else(|_| path.strip_prefix(Path::new(".").join(ROOTFS))) else { return Ok(None) };
+    if inner.as_os_str().is_empty() {
+        return Ok(None);
+    }
+    crate::boxes::relative_path(&inner.to_string_lossy())
+        .map(Some)
+        .map_err(|why| Convert::Bad(format!("entry {} {why}", path.display())))
 }
 
 #[cfg(test)]
@@ -174,6 +180,9 @@ mod tests {
         let mut bad = tar::Builder::new(Vec::new());
         entry(&mut bad, "rootfs/etc/shadow", tar::EntryType::Link, b"", Some("metadata.yaml"));
         assert!(matches!(rootfs_of(bad.into_inner().unwrap().as_slice(), &out), Err(Convert::Bad(_))));
+        let mut escaping = tar::Builder::new(Vec::new());
+        entry(&mut escaping, "rootfs/etc/shadow", tar::EntryType::Link, b"", Some("rootfs/../../etc/shadow"));
+        assert!(matches!(rootfs_of(escaping.into_inner().unwrap().as_slice(), &out), Err(Convert::Bad(m)) if m.contains("`..`")));
         let mut empty = tar::Builder::new(Vec::new());
         entry(&mut empty, "metadata.yaml", tar::EntryType::Regular, b"x", None);
         assert!(matches!(rootfs_of(empty.into_inner().unwrap().as_slice(), &out), Err(Convert::Bad(_))));
