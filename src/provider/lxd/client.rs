@@ -180,10 +180,15 @@ impl Client {
             self.bad_answer(doing, format!("HTTP {} with a body that is not JSON ({e})", response.status))
         })?;
         if envelope["type"] == "error" || response.status >= 400 {
-            let message = envelope["error"].as_str().filter(|m| !m.is_empty()).unwrap_or("no reason given").to_string();
-            return Err(Error::Api { server: self.server.clone(), doing: doing.to_string(), status: response.status, message });
+            return Err(self.api_error(doing, response.status, &envelope));
         }
         Ok(envelope)
+    }
+
+    /// The API's refusal: the reason in its error envelope, with the HTTP status.
+    fn api_error(&self, doing: &str, status: u16, envelope: &Value) -> Error {
+        let message = envelope["error"].as_str().filter(|m| !m.is_empty()).unwrap_or("no reason given").to_string();
+        Error::Api { server: self.server.clone(), doing: doing.to_string(), status, message }
     }
 
     /// A request with a JSON body (or none). A remote member that answers 403 is asked
@@ -229,9 +234,8 @@ impl Client {
         let head = http::read_head(&mut reader).map_err(|e| self.unreachable(doing, e))?;
         if head.status != 200 {
             let body = http::read_body(&mut reader, &head).map_err(|e| self.unreachable(doing, e))?;
-            let error = serde_json::from_slice::<Value>(&body).ok().and_then(|v| v["error"].as_str().map(str::to_string));
-            let message = error.filter(|m| !m.is_empty()).unwrap_or_else(|| "no reason given".into());
-            return Err(Error::Api { server: self.server.clone(), doing: doing.to_string(), status: head.status, message });
+            let envelope = serde_json::from_slice::<Value>(&body).unwrap_or_default();
+            return Err(self.api_error(doing, head.status, &envelope));
         }
         match head.length {
             Some(len) if !head.chunked => Ok(http::Exact::new(reader, len)),
