@@ -109,6 +109,7 @@ fn provider_code(e: &crate::provider::Error) -> i32 {
         | E::Unkillable { .. }
         | E::DiskInfo { .. }
         | E::BadBoxDisk { .. }
+        | E::BoxDiskNotStandalone { .. }
         | E::DiskBelowBox { .. }
         | E::DiskShrink { .. }
         | E::TooManyMachines { .. }

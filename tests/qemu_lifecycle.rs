@@ -192,6 +192,32 @@ fn a_corrupt_box_disk_is_a_clear_error_that_leaves_nothing() {
     assert_eq!(envy::error::exit_code(&err), envy::error::code::PROVIDER);
 }
 
+/// A box disk that names a file beneath it (a qcow2 backing file of this host) is
+/// refused before QEMU could open that file for the machine.
+#[test]
+fn a_box_disk_that_names_a_host_file_is_refused_and_leaves_nothing() {
+    require!(need::VMS);
+    let m = TestMachine::new("backed", vec![], false);
+    let good = tiny_box();
+    let bad_dir = m.tmp.path().join("backed-box");
+    std::fs::create_dir_all(&bad_dir).unwrap();
+    for file in good.manifest.files.keys() {
+        std::fs::copy(good.file(file), bad_dir.join(file)).unwrap();
+    }
+    let secret = m.tmp.path().join("host-secret");
+    std::fs::write(&secret, "the host's\n").unwrap();
+    let disk = bad_dir.join("disk.qcow2");
+    std::fs::remove_file(&disk).unwrap();
+    let made = std::process::Command::new("qemu-img").args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"]).arg(&secret).arg(&disk).arg("64M").status().unwrap();
+    assert!(made.success());
+
+    let err = m.provider.up(&m.plan, &envy::boxes::StoredBox { dir: bad_dir.clone(), ..good }, &m.ui).unwrap_err();
+    let text = format!("{err:#}");
+    assert!(text.contains("must stand alone") && text.contains(&secret.display().to_string()), "{text}");
+    assert_nothing_left(&m);
+    assert_eq!(envy::error::exit_code(&err), envy::error::code::PROVIDER);
+}
+
 /// A machine whose `up` failed before booting has no files and no process.
 fn assert_nothing_left(m: &TestMachine) {
     for file in ["overlay.qcow2", "seed.img", "id_ed25519", "qemu.json", "pid.json"] {

@@ -118,6 +118,13 @@ pub enum Error {
         .disk.display()
     )]
     BadBoxDisk { disk: PathBuf, stderr: String },
+    /// The box's disk names another file (a backing or data file) QEMU would open.
+    #[error(
+        "the box disk {} names the file {file} beneath it; a box disk must stand alone (QEMU would open that file \
+         of this host for the machine): the box is refused; remove it with `envy box remove`",
+        .disk.display()
+    )]
+    BoxDiskNotStandalone { disk: PathBuf, file: String },
     /// The Envfile's `disk` is smaller than the box's disk.
     #[error("disk = {size} bytes is smaller than the box's disk ({minimum} bytes); set disk to at least that or remove it from the Envfile")]
     DiskBelowBox { size: u64, minimum: u64 },

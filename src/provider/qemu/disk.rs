@@ -15,6 +15,33 @@ pub struct ImageInfo {
     pub virtual_size: u64,
     #[serde(default)]
     pub snapshots: Vec<ImageSnapshot>,
+    /// A file the image reads beneath its own clusters.
+    #[serde(rename = "backing-filename", default)]
+    pub backing_filename: Option<String>,
+    #[serde(rename = "format-specific", default)]
+    format_specific: Option<FormatSpecific>,
+}
+
+/// qcow2's own part of `qemu-img info`.
+#[derive(Debug, Deserialize)]
+struct FormatSpecific {
+    #[serde(default)]
+    data: Option<Qcow2Data>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Qcow2Data {
+    /// An external file that holds the image's data (qcow2 `data-file`).
+    #[serde(rename = "data-file", default)]
+    data_file: Option<String>,
+}
+
+impl ImageInfo {
+    /// Another file the image makes QEMU open: a backing file or an external data file.
+    pub fn other_file(&self) -> Option<&str> {
+        let data_file = self.format_specific.as_ref().and_then(|f| f.data.as_ref()).and_then(|d| d.data_file.as_deref());
+        self.backing_filename.as_deref().or(data_file)
+    }
 }
 
 /// One internal snapshot, as `qemu-img info` lists it.
@@ -45,6 +72,11 @@ pub fn create_overlay(backing: &Path, overlay: &Path, size: Option<u64>) -> Resu
         Error::Process(ProcessError::Failed { stderr, .. }) => Error::BadBoxDisk { disk: backing.to_path_buf(), stderr },
         other => other,
     })?;
+    // A box's disk comes from elsewhere: one that names a file of this host would have
+    // QEMU open that file for the machine.
+    if let Some(file) = base.other_file() {
+        return Err(Error::BoxDiskNotStandalone { disk: backing.to_path_buf(), file: file.to_string() });
+    }
     if let Some(size) = size.filter(|&s| s < base.virtual_size) {
         return Err(Error::DiskBelowBox { size, minimum: base.virtual_size });
     }
