@@ -29,6 +29,7 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("qemu-system-x86_64", "qemu-system-x86"),
     ("ssh", "openssh-client"),
     ("mkfs.ext4", "e2fsprogs"),
+    ("debugfs", "e2fsprogs"),
     ("dmesg", "util-linux"),
     ("newuidmap", "uidmap"),
     ("newgidmap", "uidmap"),

@@ -14,6 +14,7 @@ use predicates::str::contains;
 fn vm_rootfs(dir: &Path) {
     busybox_rootfs(dir);
     std::os::unix::fs::symlink("../bin/busybox", dir.join("sbin/init")).unwrap();
+    std::fs::write(dir.join("etc/inittab"), "::sysinit:/etc/init.d/rcS\n").unwrap();
     let sshd = dir.join("usr/sbin/dropbear");
     std::fs::write(&sshd, "#!/bin/sh\nexit 1\n").unwrap();
     std::fs::set_permissions(&sshd, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
@@ -104,7 +105,7 @@ fn qemu_box_with_kernel_for_direct_boot() {
     env.envy()
         .args(["box", "build", "--kind", "qemu", "--rootfs"])
         .arg(&rootfs)
-        .args(["--name", "vm", "--cmdline", "quiet init=/bin/sh", "--disk-size", "96MiB", "--add", "-o"])
+        .args(["--name", "vm", "--cmdline", "quiet", "--disk-size", "96MiB", "--add", "-o"])
         .arg(&out)
         .assert()
         .success();
@@ -113,7 +114,7 @@ fn qemu_box_with_kernel_for_direct_boot() {
     let manifest = std::fs::read_to_string(dir.join("box.toml")).unwrap();
     assert!(manifest.contains("boot = \"kernel\""), "{manifest}");
     assert!(
-        manifest.contains("cmdline = \"console=ttyS0 root=/dev/vda rw quiet init=/bin/sh\""),
+        manifest.contains("cmdline = \"console=ttyS0 root=/dev/vda rw quiet\""),
         "{manifest}"
     );
     assert_eq!(std::fs::read(dir.join("vmlinuz")).unwrap(), b"kernel image bytes");
@@ -138,12 +139,20 @@ fn qemu_box_with_kernel_for_direct_boot() {
         .status()
         .unwrap()
         .success());
-    let ls = Command::new("debugfs").args(["-R", "ls -l /bin"]).arg(&raw).output().unwrap();
-    assert!(
-        String::from_utf8_lossy(&ls.stdout).contains("busybox"),
-        "{}",
-        String::from_utf8_lossy(&ls.stdout)
-    );
+    let debugfs = |request: &str| {
+        let out = Command::new("debugfs").args(["-R", request]).arg(&raw).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(debugfs("ls -l /bin").contains("busybox"));
+    // No cloud-init: envy's first-boot agent went into the disk, root's and executable,
+    // and busybox init starts it; the rootfs directory itself is left as it was.
+    let agent = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/boxes/agent.sh")).unwrap();
+    assert_eq!(debugfs("cat /usr/lib/envy/envy-agent"), agent);
+    let stat = debugfs("stat /usr/lib/envy/envy-agent");
+    assert!(stat.contains("Mode:  0755") && stat.contains("User:     0   Group:     0"), "{stat}");
+    assert_eq!(debugfs("cat /etc/inittab"), "::sysinit:/etc/init.d/rcS\n::sysinit:/usr/lib/envy/envy-agent\n");
+    assert!(!rootfs.join("usr/lib/envy").exists());
+    assert_eq!(std::fs::read_to_string(rootfs.join("etc/inittab")).unwrap(), "::sysinit:/etc/init.d/rcS\n");
 }
 
 #[test]
@@ -247,6 +256,14 @@ fn a_vm_rootfs_that_could_never_boot_is_refused_naming_what_it_lacks() {
     build(&[]).code(4).stderr(contains("has no init at /sbin/init")).stderr(contains("systemd-sysv"));
     // An init named on the command line is looked for instead; then the SSH server.
     build(&["--cmdline", "init=/bin/init"]).code(4).stderr(contains("has no SSH server")).stderr(contains("openssh-server"));
+    // With one, the seed needs a reader: no cloud-init, and a shell as init cannot start
+    // envy's agent (busybox is init only when called so).
+    let sshd = rootfs.join("usr/sbin/dropbear");
+    std::fs::create_dir_all(sshd.parent().unwrap()).unwrap();
+    std::fs::write(&sshd, "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(&sshd, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    build(&["--cmdline", "init=/bin/sh"]).code(4).stderr(contains("has no cloud-init, and its init")).stderr(contains("is neither systemd nor busybox init"));
+    build(&["--cmdline", "init=/bin/init"]).code(4).stderr(contains("has no /etc/inittab"));
     assert!(!out.exists());
     let leftovers: Vec<String> = common::list_dir(env.dir.path()).into_iter().filter(|n| n.starts_with(".envy-build")).collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");

@@ -7,7 +7,7 @@
 use envy::provider::{MachineState, Provider};
 
 use crate::common::qemu::{qemu_processes, tiny_box, with_cmdline, TestMachine, GOOD_CMDLINE};
-use crate::common::{need, require, tiny_vm_box_with_cmdline, DestroyOnDrop, TestEnv};
+use crate::common::{need, require, tiny_vm_box_variant, DestroyOnDrop, TestEnv};
 
 #[test]
 fn a_guest_whose_kernel_panics_is_not_ready_at_once_and_shows_its_console() {
@@ -29,11 +29,15 @@ fn a_guest_whose_kernel_panics_is_not_ready_at_once_and_shows_its_console() {
 #[test]
 fn a_silent_guest_is_not_ready_after_the_boot_timeout() {
     require!(need::VMS);
-    // A shell on the console instead of an SSH server: nothing says it is stuck, so
-    // the wait ends at the boot timeout.
+    // A box whose init never starts its SSH server (box build sees one installed):
+    // nothing says it is stuck, so the wait ends at the boot timeout.
     let env = TestEnv::new();
     let _cleanup = DestroyOnDrop(&env);
-    let silent = tiny_vm_box_with_cmdline(&env, "init=/bin/sh");
+    let silent = tiny_vm_box_variant(&env, None, |rootfs| {
+        let inittab = rootfs.join("etc/inittab");
+        let text = std::fs::read_to_string(&inittab).unwrap().replace("::once:/sbin/envy-services\n", "");
+        std::fs::write(inittab, text).unwrap();
+    });
     std::fs::write(
         env.project.join("Envfile"),
         format!("[machine.silent]\nbox = {{ path = \"{}\" }}\nprovider = \"qemu\"\nmemory = \"256MiB\"\ncpus = 1\n", silent.display()),

@@ -5,7 +5,7 @@
 # Usage: tiny-vm.sh [OUT_DIR]
 #   OUT_DIR defaults to ${CARGO_TARGET_DIR:-target}/boxes/tiny-vm-<hash of this script>.
 #   Prints the rootfs directory on stdout. A finished build is reused (cached by the
-#   script's content: change the script and a new build happens).
+#   script's and the agent's content: change either and a new build happens).
 #
 # Needs: apt-get (Debian bookworm sources), dpkg-deb, busybox-static, dropbear-bin, gzip.
 # The guest side of the contract (seed disk, user-data parsing) is documented in
@@ -13,7 +13,8 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
-script_hash=$(sha256sum "$0" | cut -c1-16)
+agent=$here/../../src/boxes/agent.sh
+script_hash=$(cat "$0" "$agent" | sha256sum | cut -c1-16)
 out=${1:-${CARGO_TARGET_DIR:-$here/../../target}/boxes/tiny-vm-$script_hash}
 rootfs=$out/rootfs
 if [ -f "$out/.done" ]; then echo "$rootfs"; exit 0; fi
@@ -90,8 +91,13 @@ poweroff -f
 P
 chmod 755 "$r/sbin/envy-poweroff"
 
-# The guest's init: reads the NoCloud seed, sets up network, mounts, SSH.
-cat > "$r/sbin/init" <<'P'
+# The guest's init: busybox init. rcS mounts what the kernel does not; envy's first-boot
+# agent (src/boxes/agent.sh, installed here as `envy box build --kind qemu` installs it,
+# so the firmware-boot disk made from this rootfs has it too) reads the NoCloud seed:
+# hostname, key, first NIC, mounts, bootcmd. Then acpid and dropbear.
+ln -sf /bin/busybox "$r/sbin/init"
+mkdir -p "$r/etc/init.d" "$r/usr/lib/envy"
+cat > "$r/etc/init.d/rcS" <<'P'
 #!/bin/sh
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 mount -t proc proc /proc
@@ -101,47 +107,21 @@ mkdir -p /dev/pts && mount -t devpts devpts /dev/pts
 mount -t tmpfs run /run
 mount -o remount,rw /
 echo "envy-guest: init started"
-
-# The seed: the vfat disk labelled cidata.
-seed=$(findfs LABEL=cidata 2>/dev/null || true)
-[ -n "$seed" ] || [ ! -b /dev/vdb ] || seed=/dev/vdb
-ud=/run/cidata/user-data
-if [ -n "$seed" ]; then
-    mkdir -p /run/cidata && mount -t vfat -o ro "$seed" /run/cidata
-fi
-[ -f "$ud" ] || { echo "envy-guest: no cidata seed found"; ud=/dev/null; }
-
-# Our cloud-config subset, read by line (envy writes it in this exact layout).
-h=$(sed -n 's/^hostname: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' "$ud" | head -n1)
-[ -n "$h" ] && { hostname "$h"; echo "$h" > /etc/hostname; printf '127.0.1.1 %s\n' "$h" >> /etc/hosts; }
-sed -n '/^ssh_authorized_keys:/,/^[^ ]/ s/^  - "\(.*\)"$/\1/p' "$ud" > /root/.ssh/authorized_keys
-chmod 600 /root/.ssh/authorized_keys
-
-ip link set lo up
-ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2
-
-# mounts: - ["tag", "/guest/path", "9p" or "virtiofs", "options", "0", "0"]
-sed -n '/^mounts:/,/^[^ ]/ s/^  - \[\(.*\)\]$/\1/p' "$ud" | while IFS= read -r entry; do
-    tag=$(echo "$entry" | awk -F'", "' '{gsub(/^"/, "", $1); print $1}')
-    dir=$(echo "$entry" | awk -F'", "' '{print $2}')
-    fstype=$(echo "$entry" | awk -F'", "' '{print $3}')
-    opts=$(echo "$entry" | awk -F'", "' '{print $4}' | sed 's/,nofail//; s/nofail,//; s/^nofail$/defaults/')
-    mkdir -p "$dir" && mount -t "$fstype" -o "$opts" "$tag" "$dir" || echo "envy-guest: cannot mount $tag on $dir"
-done
-
-# bootcmd (cloud-init runs it at every boot): block-literal items (`  - |`), each a
-# shell script. Numbered from 10 so they run in order.
-awk '/^bootcmd:/ {on=1; next} on && /^[^ ]/ {on=0} on && /^  - \|/ {n++; next} on {sub(/^    /, ""); print > ("/run/bootcmd." (n + 9))}' "$ud"
-for script in /run/bootcmd.*; do [ -f "$script" ] && sh "$script"; done
-
+P
+cat > "$r/sbin/envy-services" <<'P'
+#!/bin/sh
 acpid -c /etc/acpi -l /var/log/acpid.log
 dropbear -R -E -p 22 2>>/var/log/dropbear.log
 echo "envy-guest: ready"
-
-# PID 1 must not exit: reap children forever.
-while true; do wait; sleep 60; done
 P
-chmod 755 "$r/sbin/init"
+chmod 755 "$r/etc/init.d/rcS" "$r/sbin/envy-services"
+cp "$agent" "$r/usr/lib/envy/envy-agent"
+chmod 755 "$r/usr/lib/envy/envy-agent"
+cat > "$r/etc/inittab" <<'P'
+::sysinit:/etc/init.d/rcS
+::sysinit:/usr/lib/envy/envy-agent
+::once:/sbin/envy-services
+P
 
 # Kernel + modules the initramfs loads (virtio disk/net, ext4, vfat, 9p and virtiofs
 # for sync folders, ACPI power button and evdev, through which acpid sees it).

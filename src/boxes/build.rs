@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use super::agent;
 use super::archive::{self, Artifact, Payload};
 use super::manifest::{BootMethod, Manifest, QemuPayload, DEFAULT_CMDLINE};
 use super::store::file_size;
@@ -97,7 +98,7 @@ fn qemu_payload(
         archive::unpack_rootfs(&req.rootfs, compression, &dir, &label, &mut progress)?;
         dir
     };
-    check_guest_contract(&root, req)?;
+    let starter = check_guest_contract(&root, req)?;
     let size = match req.disk_size {
         Some(s) => s,
         None => (tree_size(&root)? * 13 / 10 + (64 << 20)).div_ceil(1 << 20) << 20,
@@ -111,6 +112,10 @@ fn qemu_payload(
         .arg(&raw)
         .doing("making the ext4 disk image")
         .run()?;
+    if let Some(starter) = &starter {
+        ui.step(format!("installing envy's first-boot agent ({}), as {} has no cloud-init", agent::GUEST_PATH, req.rootfs.display()));
+        agent::install(&raw, &root, starter, work)?;
+    }
     let disk = work.join("disk.qcow2");
     Process::new("qemu-img")
         .args(["convert", "-f", "raw", "-O", "qcow2"])
@@ -165,10 +170,11 @@ const SSH_SERVERS: [&str; 4] = ["/usr/sbin/sshd", "/usr/sbin/dropbear", "/sbin/d
 
 /// What a VM needs from its root filesystem to reach envy's SSH login, checked before
 /// a disk is made: an init (the kernel command line's `init=`, else /sbin/init), as an
-/// executable reached through links inside the root, and an SSH server. A rootfs
-/// without them builds fine and then hangs in an initramfs shell or a boot that never
-/// answers (docs/box-format.md, "the guest contract").
-fn check_guest_contract(root: &Path, req: &BuildRequest) -> anyhow::Result<()> {
+/// executable reached through links inside the root, an SSH server, and a reader of
+/// envy's seed (cloud-init, or else envy's agent, which its init must be able to
+/// start: the returned starter). A rootfs without them builds fine and then hangs in an
+/// initramfs shell or a boot that never answers (docs/box-format.md, "the guest contract").
+fn check_guest_contract(root: &Path, req: &BuildRequest) -> anyhow::Result<Option<agent::Starter>> {
     let cmdline = req.cmdline.as_deref().unwrap_or_default();
     let init = cmdline.split_whitespace().rev().find_map(|a| a.strip_prefix("init=")).unwrap_or("/sbin/init");
     let executable = |path: &str| {
@@ -178,16 +184,17 @@ fn check_guest_contract(root: &Path, req: &BuildRequest) -> anyhow::Result<()> {
     let refuse = |missing: String, advice: &str| -> anyhow::Result<()> {
         Err(Error::CannotBoot { rootfs: req.rootfs.display().to_string(), missing, advice: advice.to_string() }.into())
     };
-    if !executable(init) {
+    let Some(init_file) = resolve_in_root(root, Path::new(init)).filter(|_| executable(init)) else {
         return refuse(
             format!("init at {init}"),
-            "install one (Debian: systemd-sysv, or sysvinit-core), or name another with --cmdline init=PATH",
-        );
-    }
+            "install one (Debian: systemd-sysv), or name another with --cmdline init=PATH",
+        ).map(|_| None);
+    };
     if !SSH_SERVERS.iter().any(|p| executable(p)) {
-        return refuse(format!("SSH server ({})", SSH_SERVERS.join(", ")), "install one (Debian: openssh-server, or dropbear-bin)");
+        return refuse(format!("SSH server ({})", SSH_SERVERS.join(", ")), "install one (Debian: openssh-server, or dropbear-bin)").map(|_| None);
     }
-    Ok(())
+    let exists = |path: &str| resolve_in_root(root, Path::new(path)).is_some();
+    Ok(agent::needed(root, (init, &init_file), &req.rootfs.display().to_string(), exists)?)
 }
 
 /// The rootfs's kernel and initrd: the newest `boot/vmlinuz-*` (or what `/vmlinuz`

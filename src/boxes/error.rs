@@ -37,6 +37,9 @@ pub enum Error {
     /// A qemu box's root filesystem that could never boot to envy's SSH login.
     #[error("{rootfs} cannot be a qemu box: it has no {missing}, so a VM made from it would never reach SSH; {advice}")]
     CannotBoot { rootfs: String, missing: String, advice: String },
+    /// debugfs could not write envy's first-boot agent into a new disk image.
+    #[error("cannot install envy's first-boot agent into {}: {problem}", .disk.display())]
+    AgentInstall { disk: PathBuf, problem: String },
     /// The box manifest is malformed or inconsistent with its payload.
     #[error("box manifest of {archive} is invalid: {reason}")]
     BadManifest { archive: String, reason: String },

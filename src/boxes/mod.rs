@@ -1,8 +1,9 @@
 //! Boxes: base images fetched, verified and kept content-addressed. Each concern has
 //! its file: where a box comes from (source, catalog, upstream indexes, vagrant_cloud), getting its bytes (download,
 //! digest), reading and writing archives (archive, manifest, vagrant), keeping it (store),
-//! making one (build) and OCI registries (oci). docs/box-format.md describes the formats and rules.
+//! making one (build, with the first-boot agent for VMs without cloud-init) and OCI registries (oci). docs/box-format.md describes the formats and rules.
 
+pub mod agent;
 mod archive;
 mod build;
 mod catalog;

@@ -381,16 +381,21 @@ pub fn tiny_vm_box(env: &TestEnv) -> PathBuf {
     built
 }
 
-/// The tiny VM box with `extra` appended to its kernel command line, built in the
-/// test's temp dir. Tests that call it require `need::VMS`.
-pub fn tiny_vm_box_with_cmdline(env: &TestEnv, extra: &str) -> PathBuf {
-    let out = env.path("tiny-vm-cmdline.box");
-    build_vm_box(env, &tiny_vm_rootfs(), &out, Some(extra));
+/// A copy of the tiny VM's root filesystem in the test's temp dir, changed by `edit`,
+/// made a box by `envy box build --kind qemu` with `cmdline` added to the kernel's.
+/// Tests that call it require `need::VMS`.
+pub fn tiny_vm_box_variant(env: &TestEnv, cmdline: Option<&str>, edit: impl FnOnce(&Path)) -> PathBuf {
+    let rootfs = env.path("tiny-vm-variant");
+    let copied = StdCommand::new("cp").arg("-a").arg(tiny_vm_rootfs()).arg(&rootfs).status().unwrap();
+    assert!(copied.success());
+    edit(&rootfs);
+    let out = env.path("tiny-vm-variant.box");
+    build_vm_box(env, &rootfs, &out, cmdline);
     out
 }
 
 /// The tiny VM's root filesystem, from boxes/recipes/tiny-vm.sh (which caches it).
-fn tiny_vm_rootfs() -> PathBuf {
+pub fn tiny_vm_rootfs() -> PathBuf {
     let recipe = Path::new(env!("CARGO_MANIFEST_DIR")).join("boxes/recipes/tiny-vm.sh");
     let out = StdCommand::new(&recipe).output().expect("run boxes/recipes/tiny-vm.sh");
     assert!(out.status.success(), "tiny-vm.sh failed: {}", String::from_utf8_lossy(&out.stderr));
