@@ -13,6 +13,7 @@ declare -A wanted=(
   [busybox]=busybox-static
   [slirp4netns]=slirp4netns
   [mkfs.ext4]=e2fsprogs
+  [debugfs]=e2fsprogs
   [ip]=iproute2
   [ssh]=openssh-client
   [dropbear]=dropbear-bin

@@ -91,6 +91,7 @@ fn provider_code(e: &crate::provider::Error) -> i32 {
         | E::BadEnvVar { .. }
         | E::KvmUnusable { .. }
         | E::NotReady { .. }
+        | E::VagrantContract { .. }
         | E::NoCommand
         | E::BadEnvName { .. }
         | E::KernelBootImage { .. }

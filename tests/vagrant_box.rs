@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command as StdCommand;
 
-use crate::common::{require, sha256_hex, Need, Server, TestEnv};
+use crate::common::{need, require, sha256_hex, DestroyOnDrop, Need, Server, TestEnv};
 use predicates::str::contains;
 
 /// A box's files in tar order: a name and its text, or None for a qcow2.
@@ -31,15 +31,13 @@ fn vagrant_box(env: &TestEnv, name: &str, files: &[(&str, Option<&str>)]) -> Pat
             None => qcow2(&dir.join(file)),
         }
     }
+    pack_vagrant_box(env, name, &dir, &files.iter().map(|(f, _)| *f).collect::<Vec<_>>())
+}
+
+/// `NAME.box`: a gzip'd tar of `names` in `dir`, in that order.
+fn pack_vagrant_box(env: &TestEnv, name: &str, dir: &Path, names: &[&str]) -> PathBuf {
     let out = env.path(&format!("{name}.box"));
-    let status = StdCommand::new("tar")
-        .arg("-czf")
-        .arg(&out)
-        .arg("-C")
-        .arg(&dir)
-        .args(files.iter().map(|(f, _)| *f))
-        .status()
-        .unwrap();
+    let status = StdCommand::new("tar").arg("-czf").arg(&out).arg("-C").arg(dir).args(names).status().unwrap();
     assert!(status.success());
     out
 }
@@ -184,4 +182,100 @@ fn vagrant_cloud_boxes_resolve_through_the_api_and_are_checked_by_its_checksum()
         .stderr(contains(server.url("api/v2/box/team/lv")));
     env.envy().args(["box", "add", "vagrant://team/nosuch"]).assert().code(4).stderr(contains("HTTP 404"));
     env.envy().args(["box", "add", "vagrant://no-box-name"]).assert().code(4).stderr(contains("vagrant://USER/BOX"));
+}
+
+/// The tiny VM made a Vagrant box: its firmware-booted disk (boxes/recipes/tiny-vm-bios.sh)
+/// from a rootfs that reads no seed and has what Vagrant's boxes have: a `vagrant` user
+/// that Vagrant's insecure key logs in as, and sudo. busybox has no sudo, so `vagrant`
+/// is a second name for root and `sudo` runs its command: envy's side of the contract
+/// (the login, `sudo -n`, the keys) is what this box tests.
+fn tiny_vagrant_box(env: &TestEnv) -> PathBuf {
+    let rootfs = env.path("vagrant-rootfs");
+    let copied = StdCommand::new("cp").arg("-a").arg(crate::common::tiny_vm_rootfs()).arg(&rootfs).status().unwrap();
+    assert!(copied.success());
+    let edit = |path: &str, change: &dyn Fn(String) -> String| {
+        let text = std::fs::read_to_string(rootfs.join(path)).unwrap_or_default();
+        std::fs::write(rootfs.join(path), change(text)).unwrap();
+    };
+    // No agent: the network comes up as the box's own config says.
+    edit("etc/inittab", &|t| t.replace("::sysinit:/usr/lib/envy/envy-agent\n", ""));
+    std::fs::remove_dir_all(rootfs.join("usr/lib/envy")).unwrap();
+    edit("etc/init.d/rcS", &|t| t + "ip link set lo up\nip link set eth0 up\nip addr add 10.0.2.15/24 dev eth0\nip route add default via 10.0.2.2\n");
+    edit("etc/passwd", &|t| t + "vagrant:*:0:0:vagrant:/home/vagrant:/bin/sh\n");
+    let insecure = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/provider/qemu/vagrant-insecure-ed25519.key");
+    let key = env.path("insecure-key");
+    std::fs::copy(&insecure, &key).unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let public = StdCommand::new("ssh-keygen").arg("-y").arg("-f").arg(&key).output().unwrap();
+    assert!(public.status.success());
+    std::fs::create_dir_all(rootfs.join("home/vagrant/.ssh")).unwrap();
+    std::fs::write(rootfs.join("home/vagrant/.ssh/authorized_keys"), &public.stdout).unwrap();
+    std::fs::write(rootfs.join("usr/bin/sudo"), "#!/bin/sh\n[ \"$1\" = -n ] && shift\nexec \"$@\"\n").unwrap();
+    std::fs::set_permissions(rootfs.join("usr/bin/sudo"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+
+    let content = env.path("tiny-vagrant-content");
+    std::fs::create_dir_all(&content).unwrap();
+    let recipe = Path::new(env!("CARGO_MANIFEST_DIR")).join("boxes/recipes/tiny-vm-bios.sh");
+    let built = StdCommand::new(&recipe).arg(content.join("box.img")).arg(&rootfs).output().unwrap();
+    assert!(built.status.success(), "tiny-vm-bios.sh failed: {}", String::from_utf8_lossy(&built.stderr));
+    std::fs::write(content.join("metadata.json"), METADATA_V1).unwrap();
+    std::fs::write(content.join("Vagrantfile"), VAGRANTFILE).unwrap();
+    pack_vagrant_box(env, "tiny-vagrant", &content, &["metadata.json", "Vagrantfile", "box.img"])
+}
+
+#[test]
+fn a_vagrant_box_boots_and_envy_replaces_the_insecure_key_with_the_machines_own() {
+    require!(need::VMS, TOOLS, [Need::Tool("sfdisk", "fdisk"), Need::Tool("grub-mkimage", "grub-common"), Need::Tool("ssh-keygen", "openssh-client")]);
+    let env = TestEnv::new();
+    let server = Server::start();
+    let bootable = std::fs::read(tiny_vagrant_box(&env)).unwrap();
+    server.serve("tiny.box", bootable.clone());
+    let other = vagrant_box(&env, "other", &[("metadata.json", Some(METADATA_V1)), ("Vagrantfile", Some(VAGRANTFILE)), ("box.img", None)]);
+    server.serve("other.box", std::fs::read(&other).unwrap());
+    let sha256 = sha256_hex(&bootable);
+    let sha512 = hex::encode(<sha2::Sha512 as sha2::Digest>::digest(std::fs::read(&other).unwrap()));
+    server.serve(
+        "api/v2/box/team/tiny",
+        api_box(&server, &[("1.0.0", "other.box", "sha512", &sha512), ("1.1.0", "tiny.box", "sha256", &sha256)]).into_bytes(),
+    );
+    std::fs::write(env.home.join("config.toml"), format!("vagrant_api = {:?}\n", server.url("api/v2"))).unwrap();
+    std::fs::write(env.project.join("marker"), "from the host\n").unwrap();
+    std::fs::write(
+        env.project.join("Envfile"),
+        "[machine.vm]\nbox = \"vagrant://team/tiny\"\nprovider = \"qemu\"\nmemory = \"256MiB\"\ncpus = 1\nsync = [\".:/project\"]\n",
+    )
+    .unwrap();
+    let _cleanup = DestroyOnDrop(&env);
+    env.envy().arg("up").assert().success().stderr(contains("Vagrant's insecure key replaced by the machine's own"));
+
+    // In as root with the machine's key: the agent set the hostname and mounted the project.
+    let check = |env: &TestEnv| {
+        assert_eq!(env.out(&["exec", "--", "hostname"]).trim(), "vm");
+        assert_eq!(env.out(&["exec", "--", "cat", "/project/marker"]), "from the host\n");
+        assert_eq!(env.out(&["exec", "--", "id", "-u"]).trim(), "0");
+    };
+    check(&env);
+    // `vagrant` holds the machine's key alone; Vagrant's insecure key no longer logs in.
+    let state = env.status();
+    let machine = &state["machines"][0];
+    let state_dir = envy::plan::Project::state_dir_for(&envy::state::Home::at(env.home.clone()), &env.project);
+    let machine_key = std::fs::read_to_string(state_dir.join("machines/vm/id_ed25519.pub")).unwrap();
+    let authorized = env.out(&["exec", "--", "cat", "/home/vagrant/.ssh/authorized_keys"]);
+    assert_eq!(authorized, machine_key);
+    assert!(!authorized.contains("AAAAC3NzaC1lZDI1NTE5AAAAIN1YdxBpNlzxDqfJyw"), "{authorized}");
+    let port = machine["ssh_port"].as_u64().expect("the machine's SSH port in status").to_string();
+    let login = StdCommand::new("ssh")
+        .args(["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"])
+        .args(["-o", "ConnectTimeout=10", "-i"])
+        .arg(env.path("insecure-key"))
+        .args(["-p", &port, "vagrant@127.0.0.1", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(login.status.code(), Some(255), "the insecure key still logs in: {}", String::from_utf8_lossy(&login.stderr));
+    assert!(String::from_utf8_lossy(&login.stderr).contains("Permission denied"), "{}", String::from_utf8_lossy(&login.stderr));
+
+    // A second boot logs in as root with the machine's key and sets the machine up again.
+    env.envy().arg("halt").assert().success();
+    env.envy().arg("up").assert().success();
+    check(&env);
 }

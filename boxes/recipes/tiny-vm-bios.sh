@@ -6,7 +6,7 @@
 # images are placed with dd. The result is a bare qcow2 (`envy box add` wraps it with a
 # generated manifest, boot = "firmware"); QEMU starts it without -kernel.
 #
-# Usage: tiny-vm-bios.sh OUT.qcow2
+# Usage: tiny-vm-bios.sh OUT.qcow2 [ROOTFS]   (ROOTFS: a changed copy of tiny-vm.sh's)
 # Needs: what tiny-vm.sh needs, e2fsprogs, qemu-utils, fdisk (sfdisk), grub-pc-bin.
 set -euo pipefail
 
@@ -19,7 +19,7 @@ need grub-mkimage grub-common
 grub_dir=/usr/lib/grub/i386-pc
 [ -f "$grub_dir/boot.img" ] || { echo "tiny-vm-bios.sh: $grub_dir/boot.img is missing; install the Debian package grub-pc-bin" >&2; exit 1; }
 
-rootfs=$("$(dirname "$0")/tiny-vm.sh")
+rootfs=${2:-$("$(dirname "$0")/tiny-vm.sh")}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 

@@ -155,7 +155,7 @@ fn qemu_payload(
         arch: std::env::consts::ARCH.to_string(),
         providers: vec![BoxFormat::Qemu],
         container: None,
-        qemu: Some(QemuPayload { disk: "disk.qcow2".into(), boot, kernel, initrd, cmdline }),
+        qemu: Some(QemuPayload { disk: "disk.qcow2".into(), boot, kernel, initrd, cmdline, first_login: Default::default() }),
         // pack_box fills in the digests.
         files: BTreeMap::new(),
         image: None,

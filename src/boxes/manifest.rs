@@ -75,6 +75,28 @@ pub struct QemuPayload {
     pub kernel: Option<String>,
     pub initrd: Option<String>,
     pub cmdline: Option<String>,
+    /// How envy first gets into the guest: through its seed (the default), or as a
+    /// Vagrant box's `vagrant` user (docs/box-format.md, "Vagrant boxes").
+    #[serde(default, skip_serializing_if = "FirstLogin::is_seed")]
+    pub first_login: FirstLogin,
+}
+
+/// How envy first gets into a VM.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FirstLogin {
+    /// The guest reads envy's seed (cloud-init or envy's agent) and authorizes root.
+    #[default]
+    Seed,
+    /// Vagrant's contract: user `vagrant` with Vagrant's public insecure key and
+    /// passwordless sudo; envy makes the machine's own key the only one over SSH.
+    Vagrant,
+}
+
+impl FirstLogin {
+    fn is_seed(&self) -> bool {
+        *self == FirstLogin::Seed
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -185,11 +207,22 @@ impl Manifest {
                 kernel: None,
                 initrd: None,
                 cmdline: None,
+                first_login: FirstLogin::Seed,
             }),
             files: BTreeMap::from([(file.to_string(), sha256.to_string())]),
             image: None,
             envfile: None,
         }
+    }
+
+    /// The manifest of a Vagrant box's disk: booted by its own firmware, entered as
+    /// Vagrant's `vagrant` user.
+    pub fn for_vagrant_box(name: &str, version: &str, file: &str, sha256: &str) -> Manifest {
+        let mut manifest = Manifest::for_qcow2(name, version, file, sha256);
+        if let Some(qemu) = manifest.qemu.as_mut() {
+            qemu.first_login = FirstLogin::Vagrant;
+        }
+        manifest
     }
 
     /// The manifest of a bare root filesystem tarball: a container box.

@@ -420,7 +420,7 @@ impl Store {
             Artifact::VagrantBox(compression) => {
                 ui.step(format!("unpacking the disk of Vagrant box {}", hint.name));
                 let sha256 = super::vagrant::unpack(file, compression, tmp.path(), label, ui)?;
-                Manifest::for_qcow2(&hint.name, &hint.version, super::vagrant::DISK, &sha256)
+                Manifest::for_vagrant_box(&hint.name, &hint.version, super::vagrant::DISK, &sha256)
             }
             Artifact::RootfsTarball(compression) => {
                 let name = format!("rootfs.{}", compression.tar_extension());

@@ -42,6 +42,9 @@ pub enum Error {
     /// The machine did not become ready in time; `detail` holds what was seen (console tail).
     #[error("machine {machine} did not become ready within {seconds} s: {detail}")]
     NotReady { machine: String, seconds: u64, detail: String },
+    /// A Vagrant box's guest did not take envy in as Vagrant's contract says.
+    #[error("machine {machine} (a Vagrant box) could not be set up over SSH as {user}: {detail}. A Vagrant box must let user vagrant in with Vagrant's insecure key and give it passwordless sudo; the machine was stopped")]
+    VagrantContract { machine: String, user: String, detail: String },
     /// The command needs the machine halted, and it runs.
     #[error("{reason}; run `envy halt {machine}` first")]
     MustBeHalted { machine: String, reason: String },

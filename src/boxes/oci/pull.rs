@@ -170,7 +170,7 @@ fn install(
             as_qcow2(&disk, &stored_disk, &label)?;
             std::fs::remove_dir_all(&rootfs).map_err(Error::io("cannot remove", &rootfs))?;
             files.insert(DISK_FILE.to_string(), sha256_file(&stored_disk)?);
-            let boot = QemuPayload { disk: DISK_FILE.into(), boot: BootMethod::Firmware, kernel: None, initrd: None, cmdline: None };
+            let boot = QemuPayload { disk: DISK_FILE.into(), boot: BootMethod::Firmware, kernel: None, initrd: None, cmdline: None, first_login: Default::default() };
             (vec![BoxFormat::Qemu], None, Some(boot))
         }
         None => (vec![BoxFormat::Container], Some(ContainerPayload { rootfs: None }), None),

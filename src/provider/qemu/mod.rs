@@ -16,6 +16,7 @@ mod qmp;
 mod seed;
 mod snapshot;
 pub mod ssh;
+mod vagrant;
 pub mod virtiofs;
 
 use std::collections::BTreeMap;
@@ -26,7 +27,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::boxes::{BootMethod, Payload, QemuPayload, StoredBox};
+use crate::boxes::{BootMethod, FirstLogin, Payload, QemuPayload, StoredBox};
 use crate::model::{BoxFormat, HostCheck, ProviderKind};
 use ssh::SshTarget;
 use crate::plan::{MachinePlan, OpenedFolder};
@@ -62,6 +63,9 @@ struct RuntimeRecord {
     /// How each sync folder was shared at the last start, in Envfile order.
     #[serde(default)]
     sync: Vec<Transport>,
+    /// A Vagrant box's machine that has its own key in place of Vagrant's insecure one.
+    #[serde(default)]
+    vagrant_keyed: bool,
 }
 
 impl crate::fsutil::Record for RuntimeRecord {
@@ -123,7 +127,7 @@ fn ssh_target(files: &MachineFiles, port: u16) -> SshTarget {
     SshTarget {
         port,
         user: GUEST_USER.to_string(),
-        key: files.ssh_key.clone(),
+        keys: vec![files.ssh_key.clone()],
         known_hosts: files.known_hosts.clone(),
         control: files.ssh_control.clone(),
         log: files.ssh_log.clone(),
@@ -168,6 +172,7 @@ fn remove_files(files: &MachineFiles) -> Vec<PathBuf> {
         .all()
         .into_iter()
         .chain(virtiofs::all_files(files))
+        .chain(vagrant::key_files(files))
         .filter(|path| match std::fs::remove_file(path) {
             Ok(()) => false,
             Err(e) => e.kind() != std::io::ErrorKind::NotFound,
@@ -309,6 +314,40 @@ impl QemuProvider {
         .into())
     }
 
+    /// A Vagrant box's boot (vagrant.rs): the first one logs in as `vagrant` with
+    /// Vagrant's insecure key and has envy's agent give root and `vagrant` the machine's
+    /// own key; every boot runs the agent as root for hostname, mounts and the NIC. A
+    /// guest that does not keep the contract is stopped.
+    fn enter_vagrant_box(&self, plan: &MachinePlan, files: &MachineFiles, machine: &SshTarget, ui: &Ui) -> Result<()> {
+        let mut record = RuntimeRecord::load(files)?;
+        let first = if record.vagrant_keyed { None } else { Some(vagrant::first_login(files, machine)?) };
+        let target = first.as_ref().unwrap_or(machine);
+        self.wait_ready(plan, files, target, true)?;
+        let ran = vagrant::run_agent(target, plan.name(), &files.dir);
+        if first.is_some() {
+            target.close_master();
+        }
+        let said = match ran {
+            Ok(said) => said,
+            Err(e) => {
+                machine.close_master();
+                let _ = process::stop_now(files);
+                return Err(e);
+            }
+        };
+        for line in said.lines() {
+            tracing::debug!(machine = plan.name(), "{line}");
+        }
+        if first.is_some() {
+            ui.step(format!("{}: Vagrant's insecure key replaced by the machine's own", plan.name()));
+            record.vagrant_keyed = true;
+            record.save(files)?;
+            vagrant::forget_insecure_keys(files);
+            self.wait_ready(plan, files, machine, true)?;
+        }
+        Ok(())
+    }
+
     fn running_target(&self, plan: &MachinePlan) -> Result<(MachineFiles, SshTarget)> {
         let files = MachineFiles::of(plan);
         if live_state(&files).is_none() {
@@ -402,7 +441,11 @@ impl Provider for QemuProvider {
                 return Err(e);
             }
         };
-        if let Err(e) = self.wait_ready(plan, &files, &target, true) {
+        let entered = match qemu_payload(plan, stored)?.first_login {
+            FirstLogin::Seed => self.wait_ready(plan, &files, &target, true),
+            FirstLogin::Vagrant => self.enter_vagrant_box(plan, &files, &target, ui),
+        };
+        if let Err(e) = entered {
             leave_project_net_after_failure(plan, ui);
             return Err(e);
         }

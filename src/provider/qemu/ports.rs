@@ -53,7 +53,7 @@ fn host_side(forward: &Forward) -> String {
 
 impl GuestPorts for QemuPorts {
     fn listening(&mut self) -> Result<BTreeSet<u16>> {
-        let text = self.target.output(READ_TABLES, proc_net::MAX_TEXT, LOOK_LIMIT)?;
+        let text = self.target.output(READ_TABLES, None, proc_net::MAX_TEXT, LOOK_LIMIT)?;
         let sockets = proc_net::listening(&text).map_err(|e| Error::GuestPorts { machine: self.machine.clone(), problem: e.to_string() })?;
         Ok(sockets.into_iter().filter(|(ip, _)| forwardable(*ip)).map(|(_, port)| port).collect())
     }
@@ -118,7 +118,7 @@ mod tests {
             let target = SshTarget {
                 port: 1,
                 user: "root".into(),
-                key: dir.path().join("key"),
+                keys: vec![dir.path().join("key")],
                 known_hosts: dir.path().join("known_hosts"),
                 control: dir.path().join("ssh.ctl"),
                 log: dir.path().join("ssh.log"),

@@ -33,7 +33,8 @@ const BANNER_TIMEOUT: Duration = Duration::from_millis(500);
 pub struct SshTarget {
     pub port: u16,
     pub user: String,
-    pub key: PathBuf,
+    /// The private keys tried, in order (the machine's own; Vagrant's at a first login).
+    pub keys: Vec<PathBuf>,
     pub known_hosts: PathBuf,
     /// ControlMaster socket.
     pub control: PathBuf,
@@ -105,8 +106,10 @@ impl SshTarget {
             args.push("-o".into());
             args.push(o.into());
         };
-        // The key is the machine's own; no agent keys or passwords are tried.
-        opt(format!("IdentityFile={}", self.key.display()));
+        // The keys are envy's; no agent keys or passwords are tried.
+        for key in &self.keys {
+            opt(format!("IdentityFile={}", key.display()));
+        }
         opt("IdentitiesOnly=yes".into());
         opt("BatchMode=yes".into());
         // Each machine makes its host key at first boot: the first connection records
@@ -198,10 +201,11 @@ impl SshTarget {
         Ok(status.code().unwrap_or(255))
     }
 
-    /// Runs a remote command line through the shared connection and returns its stdout.
-    /// What it prints is the guest's doing: more than `max` bytes, or no end within
-    /// `limit`, is an error and ssh is ended. Its stderr goes to the SSH log.
-    pub fn output(&self, remote: &str, max: usize, limit: Duration) -> Result<Vec<u8>> {
+    /// Runs a remote command line through the shared connection (its stdin the file
+    /// `stdin`, else empty) and returns its stdout. What it prints is the guest's doing:
+    /// more than `max` bytes, or no end within `limit`, is an error and ssh is ended.
+    /// Its stderr goes to the SSH log.
+    pub fn output(&self, remote: &str, stdin: Option<&Path>, max: usize, limit: Duration) -> Result<Vec<u8>> {
         if !self.master_exists() {
             self.probe();
         }
@@ -210,8 +214,11 @@ impl SshTarget {
             .ssh()
             .args(["-o", "ControlMaster=no", "-T", "127.0.0.1", "--", remote])
             .doing(doing.clone())
-            .stdin_null()
             .stdout_piped();
+        ssh = match stdin {
+            Some(path) => ssh.stdin_file(std::fs::File::open(path).with_context(|| format!("cannot open {} to send it over ssh", path.display()))?),
+            None => ssh.stdin_null(),
+        };
         if let Ok(log) = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&self.log) {
             ssh = ssh.stderr_to(log);
         }
