@@ -373,7 +373,9 @@ pub struct BoxBuildArgs {
     /// Box version written into its manifest.
     #[arg(long, default_value = "0")]
     pub version: String,
-    /// What the box is for.
+    /// What the box is for. A qemu box's rootfs needs an init, an SSH server, and
+    /// cloud-init or else an init (systemd, busybox) that starts envy's first-boot agent,
+    /// which is then installed into the disk.
     #[arg(long, value_enum, default_value = "container")]
     pub kind: BoxKindArg,
     /// Size of the VM disk (qemu boxes), e.g. 2GiB; default: the rootfs plus room.

@@ -95,6 +95,7 @@ fn provider_code(e: &crate::provider::Error) -> i32 {
         | E::NoCommand
         | E::BadEnvName { .. }
         | E::KernelBootImage { .. }
+        | E::VagrantBoxShare { .. }
         | E::InvalidSnapshotName { .. }
         | E::NoSnapshot { .. }
         | E::SnapshotExists { .. }

@@ -205,3 +205,78 @@ fn two_builds_of_the_debian_box_give_one_digest() {
         .collect();
     assert_eq!(digests[0], digests[1], "two builds from the same packages differ");
 }
+
+/// A Debian 12 root filesystem for a VM, unpacked into `dir`: systemd, OpenSSH, iproute2
+/// and udev from Debian (scripts/debian-rootfs.sh, the tarball cached under target/ by its
+/// package list), no cloud-init. Debian's kernel is left out to keep the build and the
+/// boot short: the tiny VM's kernel and initramfs (Debian's generic kernel, its modules
+/// loaded before the switch to this root) go into its /boot.
+fn debian_vm_rootfs(dir: &Path) {
+    static TARBALL: OnceLock<PathBuf> = OnceLock::new();
+    let tarball = TARBALL.get_or_init(|| {
+        let packages = "systemd-sysv,openssh-server,iproute2,udev";
+        let out = cache_dir().join(format!("debian-12-vm-{}.tar", &common::sha256_hex(packages.as_bytes())[..12]));
+        if !out.exists() {
+            std::fs::create_dir_all(cache_dir()).unwrap();
+            // mmdebstrap writes a tarball for a name ending in .tar (else a directory).
+            let partial = out.with_extension(format!("{}.tar", std::process::id()));
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/debian-rootfs.sh");
+            let status = Command::new(&script).arg(packages).arg(&partial).status().unwrap();
+            assert!(status.success(), "scripts/debian-rootfs.sh failed");
+            std::fs::rename(&partial, &out).unwrap();
+        }
+        out
+    });
+    std::fs::create_dir_all(dir).unwrap();
+    let status = Command::new("tar").args(["-x", "--numeric-owner", "-f"]).arg(tarball).arg("-C").arg(dir).status().unwrap();
+    assert!(status.success());
+    let tiny = common::tiny_vm_rootfs();
+    std::fs::create_dir_all(dir.join("boot")).unwrap();
+    for entry in std::fs::read_dir(tiny.join("boot")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.join("boot").join(entry.file_name())).unwrap();
+    }
+}
+
+#[test]
+fn a_debian_rootfs_without_cloud_init_boots_as_a_vm_through_envys_agent() {
+    require!(DEBIAN, need::VMS, [Need::Root, Need::Tool("debugfs", "e2fsprogs")]);
+    let env = TestEnv::new();
+    let rootfs = env.path("rootfs");
+    debian_vm_rootfs(&rootfs);
+    let out = env.path("debian-vm.box");
+    let build = |env: &TestEnv| {
+        let mut cmd = env.envy();
+        cmd.args(["box", "build", "--kind", "qemu", "--name", "debian-vm", "--rootfs"]).arg(&rootfs).arg("-o").arg(&out);
+        cmd.assert()
+    };
+    // Without an init (systemd-sysv's /sbin/init), the build is refused naming it.
+    let init = rootfs.join("usr/sbin/init");
+    let target = std::fs::read_link(&init).unwrap();
+    std::fs::remove_file(&init).unwrap();
+    build(&env).code(4).stderr(predicates::str::contains("has no init at /sbin/init")).stderr(predicates::str::contains("systemd-sysv"));
+    assert!(!out.exists());
+    std::os::unix::fs::symlink(&target, &init).unwrap();
+    build(&env).success().stderr(predicates::str::contains("installing envy's first-boot agent"));
+
+    std::fs::write(env.project.join("marker"), "from the host\n").unwrap();
+    std::fs::write(
+        env.project.join("Envfile"),
+        format!(
+            "[machine.deb]\nbox = {{ path = \"{}\" }}\nprovider = \"qemu\"\nmemory = \"1GiB\"\ncpus = 2\nsync = [\".:/project\"]\n",
+            out.display()
+        ),
+    )
+    .unwrap();
+    let _cleanup = common::DestroyOnDrop(&env);
+    env.envy().arg("up").assert().success();
+    // systemd started the agent before sshd: hostname, root's key, the NIC and the mount.
+    assert_eq!(env.out(&["exec", "--", "hostname"]).trim(), "deb");
+    assert_eq!(env.out(&["exec", "--", "cat", "/project/marker"]), "from the host\n");
+    assert_eq!(env.out(&["exec", "--", "systemctl", "is-active", "envy-agent"]).trim(), "active");
+    assert!(env.out(&["exec", "--", "cat", "/proc/1/comm"]).starts_with("systemd"));
+    // The box's SSH host keys, shared by every machine made from it, were replaced.
+    let host_key = |path: &Path| std::fs::read_to_string(path.join("etc/ssh/ssh_host_ed25519_key.pub")).unwrap();
+    let guest = env.out(&["exec", "--", "cat", "/etc/ssh/ssh_host_ed25519_key.pub"]);
+    assert!(guest.starts_with("ssh-ed25519 ") && guest != host_key(&rootfs), "{guest}");
+}

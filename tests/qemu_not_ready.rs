@@ -27,6 +27,21 @@ fn a_guest_whose_kernel_panics_is_not_ready_at_once_and_shows_its_console() {
 }
 
 #[test]
+fn a_guest_that_drops_to_an_initramfs_shell_is_not_ready_at_once() {
+    require!(need::VMS);
+    // The root filesystem has no such init: the initramfs says so and opens its rescue
+    // shell. The default boot timeout (300 s) applies: the failure comes from the console.
+    let m = TestMachine::new("lost", vec![], false);
+    let stored = with_cmdline(tiny_box(), &format!("{GOOD_CMDLINE} init=/sbin/no-such-init"));
+    let err = m.provider.up(&m.plan, &stored, &m.ui).unwrap_err();
+    let text = format!("{err:#}");
+    assert!(text.contains("its console shows a boot that cannot go on: the guest dropped to an initramfs shell"), "{text}");
+    assert!(text.contains("Target filesystem doesn't have requested /sbin/no-such-init."), "no console tail in: {text}");
+    assert_eq!(m.qemu_processes(), 0, "QEMU was left running");
+    assert_eq!(m.provider.state(&m.plan).unwrap(), MachineState::Stopped);
+}
+
+#[test]
 fn a_silent_guest_is_not_ready_after_the_boot_timeout() {
     require!(need::VMS);
     // A box whose init never starts its SSH server (box build sees one installed):

@@ -278,4 +278,14 @@ fn a_vagrant_box_boots_and_envy_replaces_the_insecure_key_with_the_machines_own(
     env.envy().arg("halt").assert().success();
     env.envy().arg("up").assert().success();
     check(&env);
+
+    // Its disk lets in this machine's key alone: a box made of it could not be entered.
+    env.envy().arg("halt").assert().success();
+    env.envy()
+        .args(["share", "-o"])
+        .arg(env.path("shared.box"))
+        .assert()
+        .failure()
+        .stderr(contains("was made from Vagrant box team-tiny"));
+    assert!(!env.path("shared.box").exists());
 }

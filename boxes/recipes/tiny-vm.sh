@@ -159,7 +159,10 @@ for arg in $(cat /proc/cmdline); do
 done
 n=0
 while [ ! -b "$root" ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n+1)); done
-mount -t ext4 -o rw "$root" /newroot || { echo "initramfs: cannot mount $root"; exec sh; }
+# A dead end drops to a rescue shell as Debian's initramfs-tools does, with its words.
+rescue() { echo "$1"; PS1='(initramfs) ' exec sh; }
+mount -t ext4 -o rw "$root" /newroot || rescue "initramfs: cannot mount $root"
+[ -e "/newroot$init" ] || [ -L "/newroot$init" ] || rescue "Target filesystem doesn't have requested $init."
 umount /proc /sys
 mount --move /dev /newroot/dev 2>/dev/null || umount /dev
 exec switch_root /newroot "$init"

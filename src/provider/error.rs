@@ -57,6 +57,10 @@ pub enum Error {
     /// A kernel-booted machine cannot become a containerDisk image.
     #[error("machine {machine} boots by kernel (box {box_name}), and a containerDisk image boots by firmware; share it as a box file with `envy share`")]
     KernelBootImage { machine: String, box_name: String },
+    /// A machine made from a Vagrant box holds this machine's key in place of Vagrant's
+    /// insecure one and reads no seed: a box made of its disk could not be entered.
+    #[error("machine {machine} was made from Vagrant box {box_name}: its disk lets in this machine's own key instead of Vagrant's insecure one, and it reads no seed, so no machine made from a copy of it could be entered. Share a machine of a box that reads envy's seed (cloud-init, or one made by `envy box build`)")]
+    VagrantBoxShare { machine: String, box_name: String },
 
     /// A snapshot name that could not be a file name, job id and qemu-img argument.
     #[error("snapshot name {name:?} is not valid: use 1-64 letters, digits, '.', '_' or '-', not starting with '.' and not only digits")]

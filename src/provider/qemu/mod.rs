@@ -599,6 +599,10 @@ impl QemuProvider {
     /// The halted machine's disk flattened into `dir`, and its kernel and initrd: the
     /// payloads of the box `envy share` makes of it, by their names in the box.
     fn export_files(&self, plan: &MachinePlan, stored: &StoredBox, dir: &Path, ui: &Ui) -> Result<BTreeMap<String, Payload>> {
+        let payload = qemu_payload(plan, stored)?;
+        if payload.first_login == FirstLogin::Vagrant {
+            return Err(Error::VagrantBoxShare { machine: plan.name().to_string(), box_name: stored.manifest.name.clone() }.into());
+        }
         let files = self.created(plan)?;
         if live_state(&files).is_some() {
             return Err(Error::MustBeHalted {
@@ -607,7 +611,6 @@ impl QemuProvider {
             }
             .into());
         }
-        let payload = qemu_payload(plan, stored)?;
         ui.step(format!("{}: flattening its disk", plan.name()));
         disk::flatten(&files.overlay, &dir.join(DISK))?;
         let mut names = BTreeMap::from([(DISK.to_string(), Payload::File(dir.join(DISK)))]);
