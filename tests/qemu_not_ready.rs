@@ -9,36 +9,37 @@ use envy::provider::{MachineState, Provider};
 use crate::common::qemu::{qemu_processes, tiny_box, with_cmdline, TestMachine, GOOD_CMDLINE};
 use crate::common::{need, require, tiny_vm_box_variant, DestroyOnDrop, TestEnv};
 
-#[test]
-fn a_guest_whose_kernel_panics_is_not_ready_at_once_and_shows_its_console() {
-    require!(need::VMS);
-    // The initramfs hands over to /bin/false: the kernel panics, SSH never comes. The
-    // default boot timeout (300 s) applies: the failure comes from the console.
-    let m = TestMachine::new("mute", vec![], false);
-    let stored = with_cmdline(tiny_box(), &format!("{GOOD_CMDLINE} init=/bin/false"));
+/// `up` of the tiny box booted with `init=INIT`, which must fail from what the console
+/// shows (the default boot timeout, 300 s, applies) and leave the machine stopped.
+/// Returns the error's text.
+fn up_fails_from_the_console(machine: &str, init: &str) -> String {
+    let m = TestMachine::new(machine, vec![], false);
+    let stored = with_cmdline(tiny_box(), &format!("{GOOD_CMDLINE} init={init}"));
     let err = m.provider.up(&m.plan, &stored, &m.ui).unwrap_err();
     let text = format!("{err:#}");
-    assert!(text.contains("machine mute did not become ready within"), "{text}");
-    assert!(text.contains("its console shows a boot that cannot go on: the guest kernel panicked"), "{text}");
-    assert!(text.contains("Kernel panic") || text.contains("Attempted to kill init"), "no console tail in: {text}");
+    assert!(text.contains(&format!("machine {machine} did not become ready within")), "{text}");
     assert!(matches!(err.downcast_ref::<envy::provider::Error>(), Some(envy::provider::Error::NotReady { .. })));
     assert_eq!(m.qemu_processes(), 0, "QEMU was left running");
     assert_eq!(m.provider.state(&m.plan).unwrap(), MachineState::Stopped);
+    text
+}
+
+#[test]
+fn a_guest_whose_kernel_panics_is_not_ready_at_once_and_shows_its_console() {
+    require!(need::VMS);
+    // The initramfs hands over to /bin/false: the kernel panics, SSH never comes.
+    let text = up_fails_from_the_console("mute", "/bin/false");
+    assert!(text.contains("its console shows a boot that cannot go on: the guest kernel panicked"), "{text}");
+    assert!(text.contains("Kernel panic") || text.contains("Attempted to kill init"), "no console tail in: {text}");
 }
 
 #[test]
 fn a_guest_that_drops_to_an_initramfs_shell_is_not_ready_at_once() {
     require!(need::VMS);
-    // The root filesystem has no such init: the initramfs says so and opens its rescue
-    // shell. The default boot timeout (300 s) applies: the failure comes from the console.
-    let m = TestMachine::new("lost", vec![], false);
-    let stored = with_cmdline(tiny_box(), &format!("{GOOD_CMDLINE} init=/sbin/no-such-init"));
-    let err = m.provider.up(&m.plan, &stored, &m.ui).unwrap_err();
-    let text = format!("{err:#}");
+    // The root filesystem has no such init: the initramfs says so and opens its rescue shell.
+    let text = up_fails_from_the_console("lost", "/sbin/no-such-init");
     assert!(text.contains("its console shows a boot that cannot go on: the guest dropped to an initramfs shell"), "{text}");
     assert!(text.contains("Target filesystem doesn't have requested /sbin/no-such-init."), "no console tail in: {text}");
-    assert_eq!(m.qemu_processes(), 0, "QEMU was left running");
-    assert_eq!(m.provider.state(&m.plan).unwrap(), MachineState::Stopped);
 }
 
 #[test]
