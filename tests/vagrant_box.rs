@@ -279,6 +279,16 @@ fn a_vagrant_box_boots_and_envy_replaces_the_insecure_key_with_the_machines_own(
     env.envy().arg("up").assert().success();
     check(&env);
 
+    // A first login cut short after the agent ran (envy killed before its record said so):
+    // the next boot logs in as vagrant again, with the machine's key, which is all it takes.
+    env.envy().arg("halt").assert().success();
+    let record = state_dir.join("machines/vm/qemu.json");
+    let text = std::fs::read_to_string(&record).unwrap();
+    assert!(text.contains("\"vagrant_keyed\": true"), "{text}");
+    std::fs::write(&record, text.replace("\"vagrant_keyed\": true", "\"vagrant_keyed\": false")).unwrap();
+    env.envy().arg("up").assert().success().stderr(contains("Vagrant's insecure key replaced by the machine's own"));
+    check(&env);
+
     // Its disk lets in this machine's key alone: a box made of it could not be entered.
     env.envy().arg("halt").assert().success();
     env.envy()

@@ -35,12 +35,15 @@ pub fn key_files(files: &MachineFiles) -> Vec<PathBuf> {
 }
 
 /// The target of the first login: `vagrant`, with Vagrant's insecure keys written
-/// (0600) into the machine dir, over the machine's SSH port and known_hosts.
+/// (0600) into the machine dir, over the machine's SSH port and known_hosts. The
+/// machine's own key is offered too: a first login cut short after the agent ran (envy
+/// killed) left it as the only one `vagrant` accepts.
 pub fn first_login(files: &MachineFiles, machine: &SshTarget) -> Result<SshTarget> {
     for ((_, text), path) in INSECURE_KEYS.iter().zip(key_files(files)) {
         crate::fsutil::write_atomic(&path, text.as_bytes())?;
     }
-    Ok(SshTarget { user: USER.to_string(), keys: key_files(files), control: files.socket("ssh-vagrant.ctl"), ..machine.clone() })
+    let keys = key_files(files).into_iter().chain(machine.keys.iter().cloned()).collect();
+    Ok(SshTarget { user: USER.to_string(), keys, control: files.socket("ssh-vagrant.ctl"), ..machine.clone() })
 }
 
 /// Runs envy's agent in the guest through `target` (under sudo unless it is root):
