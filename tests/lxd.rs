@@ -367,11 +367,13 @@ fn lxd_cluster_copies_sync_folders_and_runs_throwaways() {
     assert_eq!(stdout(&run), "version 3\n");
     assert!(cluster.node1.instances().is_empty());
     assert_eq!(env.run_leftovers(), Vec::<String>::new());
-    // A forward of a machine that --remote places is refused at up, before anything is made.
+    // A forward of a machine that --remote places is refused at its key, as when the
+    // Envfile names the remote, before anything is made.
     std::fs::write(&envfile, format!("[machine.ci]\nbox = {box_path:?}\nprovider = \"lxd\"\nforward = [\"8080:80\"]\n")).unwrap();
-    let refused = env.envy().args(["run", "--remote", "staging", "--", "true"]).assert().code(5);
-    assert!(stderr(&refused).contains("machine ci runs on remote staging (127.0.0.1:"), "{}", stderr(&refused));
-    assert!(stderr(&refused).contains("which cannot listen on this host's ports"), "{}", stderr(&refused));
+    let refused = env.envy().args(["run", "--remote", "staging", "--", "true"]).assert().code(3);
+    let said = stderr(&refused);
+    assert!(said.contains(&format!("{}:4:", envfile.display())), "{said}");
+    assert!(said.contains("machine ci: machine ci runs on remote staging, which cannot listen on this host's ports"), "{said}");
     assert!(cluster.node1.instances().is_empty());
     assert_eq!(env.run_leftovers(), Vec::<String>::new());
     // A bare machine of a box, this folder copied to /project.

@@ -55,6 +55,11 @@ fn replica(ctx: &Context, args: &RunArgs) -> Result<i32> {
             forward.auto = true;
         }
     }
+    if args.remote.is_some() {
+        // Placed now, checked now: what the provider refuses for a remote is said at the
+        // Envfile's key before a box is fetched, as when the Envfile names the remote.
+        provider::validate(&envfile)?;
+    }
     let mut plans: Vec<MachinePlan> = envfile.machines.iter().map(|spec| MachinePlan::new(&ctx.home, &project, &envfile, spec)).collect();
     let events = Events { json: ctx.ui.json };
 

@@ -83,7 +83,7 @@ impl Provider for LxdProvider {
 
     /// A machine on a remote can neither mount this host's folders nor take its
     /// forwards: said where the Envfile asks for them (`envy run --remote` places
-    /// machines after loading; `up` says it then).
+    /// machines after loading, and checks them again then).
     fn validate(&self, spec: &MachineSpec) -> Result<(), Invalid> {
         let Some(remote) = &spec.placement.remote else { return Ok(()) };
         let server = format!("remote {remote}");
@@ -101,14 +101,6 @@ impl Provider for LxdProvider {
 
     fn up(&self, plan: &MachinePlan, stored: &StoredBox, ui: &Ui) -> Result<()> {
         let client = client(plan)?;
-        if !client.is_local() {
-            if let Some(folder) = plan.spec.sync.iter().find(|f| f.mode == SyncMode::Mount) {
-                return Err(Error::Unsupported(cannot_mount(plan.name(), &client.server, &folder.host)).into());
-            }
-            if !plan.forwards.is_empty() {
-                return Err(Error::Unsupported(cannot_forward(plan.name(), &client.server)).into());
-            }
-        }
         let instance = instances::get(&client, plan)?;
         if instance.as_ref().is_some_and(is_running) {
             return Ok(());
