@@ -20,7 +20,7 @@ mod vagrant;
 mod vagrant_cloud;
 
 pub(crate) use archive::relative_path;
-pub use archive::{is_opaque_dir, is_whiteout_file, overlay_xattr, pack_box, pack_layer_dir, pack_rootfs_dir, unpack_upper, Payload, KEPT_XATTRS};
+pub use archive::{MAX_PAYLOAD_BYTES, is_opaque_dir, is_whiteout_file, overlay_xattr, pack_box, pack_layer_dir, pack_rootfs_dir, unpack_upper, Payload, KEPT_XATTRS};
 pub use build::{build, BuildRequest};
 pub use digest::{parse_sha256, sha256_file};
 pub use error::Error;

@@ -238,6 +238,11 @@ impl Client {
             return Err(self.api_error(doing, head.status, &envelope));
         }
         match head.length {
+            // The server's word on a size is bounded as an archive's is.
+            Some(len) if len > crate::boxes::MAX_PAYLOAD_BYTES => Err(self.bad_answer(
+                doing,
+                format!("a download of {len} bytes, more than the {}-byte bound for a payload file", crate::boxes::MAX_PAYLOAD_BYTES),
+            )),
             Some(len) if !head.chunked => Ok(http::Exact::new(reader, len)),
             _ => Err(self.bad_answer(doing, "a download without a Content-Length")),
         }
@@ -300,4 +305,27 @@ pub fn url_escape(text: &str) -> String {
     text.bytes()
         .map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_download_bigger_than_any_box_payload_is_refused_before_a_byte_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("unix.socket");
+        let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut request = [0u8; 4096];
+            let _ = std::io::Read::read(&mut conn, &mut request);
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", crate::boxes::MAX_PAYLOAD_BYTES + 1);
+            std::io::Write::write_all(&mut conn, head.as_bytes()).unwrap();
+        });
+        let client = Client { server: "the test daemon".into(), endpoint: Endpoint::Unix(socket) };
+        let err = client.download("/1.0/images/x/export", "exporting").err().expect("refused").to_string();
+        assert!(err.contains("more than the 274877906944-byte bound"), "{err}");
+        server.join().unwrap();
+    }
 }

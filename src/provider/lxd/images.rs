@@ -32,9 +32,15 @@ pub fn alias(digest: &str) -> String {
 
 /// The image for `stored`, uploaded when the daemon does not hold it yet; returns its alias.
 pub fn ensure(client: &Client, home: &Home, stored: &StoredBox, ui: &Ui) -> Result<String, Error> {
-    // `up` starts machines together: one box is packed and uploaded once, not by each.
-    static ENSURING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _one_at_a_time = ENSURING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    // `up` starts machines together: one box is packed and uploaded once, not by each
+    // of its machines, while other boxes go up beside it.
+    type Locks = std::collections::BTreeMap<String, std::sync::Arc<std::sync::Mutex<()>>>;
+    static ENSURING: std::sync::Mutex<Locks> = std::sync::Mutex::new(Locks::new());
+    let this_box = {
+        let mut locks = ENSURING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        locks.entry(stored.digest.clone()).or_default().clone()
+    };
+    let _one_at_a_time = this_box.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let alias = alias(&stored.digest);
     match client.get(&format!("/1.0/images/aliases/{}", url_escape(&alias)), "looking up the box's image") {
         Ok(_) => return Ok(alias),
