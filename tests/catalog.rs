@@ -96,7 +96,11 @@ fn write_envfile(env: &TestEnv) {
 }
 
 fn lock(env: &TestEnv) -> toml::Value {
-    toml::from_str(&std::fs::read_to_string(env.project.join("Envfile.lock")).unwrap()).unwrap()
+    toml::from_str(&lock_text(env)).unwrap()
+}
+
+fn lock_text(env: &TestEnv) -> String {
+    std::fs::read_to_string(env.project.join("Envfile.lock")).unwrap()
 }
 
 fn pinned(env: &TestEnv) -> String {
@@ -217,18 +221,22 @@ fn sha512_hex(data: &[u8]) -> String {
     hex::encode(Sha512::digest(data))
 }
 
+/// A "latest" directory serving `rootfs` as ROOTFS, the catalog entry `bb` following
+/// it (returned), and the project's Envfile.
+fn latest_project(env: &TestEnv, server: &Server, rootfs: &[u8]) -> std::path::PathBuf {
+    serve_latest(server, ROOTFS, rootfs, &sha512_hex(rootfs));
+    let catalog = write_catalog(env, &format!("latest = {:?}\nfile = \"{ROOTFS}\"\nchecksums = \"SHA512SUMS\"", server.url("latest/")));
+    write_envfile(env);
+    catalog
+}
+
 #[test]
 fn latest_directory_with_sha512sums_pins_and_refuses_a_wrong_digest() {
     require!(need::BUSYBOX, TARBALLS);
     let env = TestEnv::new();
     let server = Server::start();
     let first = rootfs_tarball(&env, "1");
-    serve_latest(&server, ROOTFS, &first, &sha512_hex(&first));
-    let catalog = write_catalog(
-        &env,
-        &format!("latest = {:?}\nfile = \"bb-rootfs-amd64.tar.xz\"\nchecksums = \"SHA512SUMS\"", server.url("latest/")),
-    );
-    write_envfile(&env);
+    let catalog = latest_project(&env, &server, &first);
 
     // `box update` pins a machine that has none yet, without making it.
     env.envy().env("ENVY_CATALOG", &catalog).args(["box", "update"]).assert().success().stdout(contains("pinned to"));
@@ -396,10 +404,6 @@ fn clone_project(from: &TestEnv) -> TestEnv {
     to
 }
 
-fn lock_text(env: &TestEnv) -> String {
-    std::fs::read_to_string(env.project.join("Envfile.lock")).unwrap()
-}
-
 /// A catalog box pinned in Envfile.lock but not stored on this host is fetched again
 /// through the lock's URL, even when another build of that name is stored here, and
 /// the lock stays as committed. When that "latest" URL serves another build by then,
@@ -411,9 +415,7 @@ fn a_pinned_catalog_box_comes_from_the_lock_and_a_moved_latest_url_fails_before_
     let server = Server::start();
     let first = rootfs_tarball(&env, "1");
     let second = rootfs_tarball(&env, "2");
-    serve_latest(&server, ROOTFS, &first, &sha512_hex(&first));
-    let catalog = write_catalog(&env, &format!("latest = {:?}\nfile = \"{ROOTFS}\"\nchecksums = \"SHA512SUMS\"", server.url("latest/")));
-    write_envfile(&env);
+    let catalog = latest_project(&env, &server, &first);
     env.envy().env("ENVY_CATALOG", &catalog).args(["box", "update"]).assert().success();
     let committed = lock_text(&env);
     assert!(committed.contains(&format!("upstream = \"sha512:{}\"", sha512_hex(&first))), "{committed}");
