@@ -77,7 +77,8 @@ pub enum Artifact {
     RootfsTarball(Compression),
     /// A bare qcow2 disk image.
     Qcow2,
-    /// A tar with `metadata.json` among its first entries: a Vagrant box (`vagrant`).
+    /// A tar whose first entry is a Vagrant box's file (metadata.json, a Vagrantfile, a
+    /// `*.img` disk, …): a Vagrant box (`vagrant`).
     VagrantBox(Compression),
 }
 
