@@ -23,8 +23,9 @@ pub struct Config {
     /// Base URL of the Vagrant Cloud API v2 that `vagrant://` boxes resolve through
     /// (default https://vagrantcloud.com/api/v2).
     pub vagrant_api: Option<String>,
-    /// OCI registries (`host[:port]`) reached over plain HTTP although they are not on
-    /// a loopback address (those always are, as Docker does).
+    /// Hosts (`host[:port]`) reached over plain HTTP although they are not on a
+    /// loopback address (those always are, as Docker does): OCI registries, and the
+    /// hosts of Vagrant Cloud `download_url`s.
     #[serde(default)]
     pub insecure_registries: Vec<String>,
 }

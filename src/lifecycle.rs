@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Result};
 
-use crate::boxes::{BoxSource, Store, StoredBox};
+use crate::boxes::{BoxSource, Fetched, Store, StoredBox};
 use crate::context::Context;
 use crate::envfile::lock::{LockFile, LockedBox};
 use crate::envfile::{MachineSpec, ProvisionAction};
@@ -110,17 +110,7 @@ fn prepare(ctx: &Context, plan: &mut MachinePlan, lock: &mut LockFile, lock_path
     if let Some(path) = lock_path.filter(|_| *lock != before) {
         lock.save(path)?;
     }
-    if !stored.manifest.providers.contains(&format) {
-        let providers: Vec<String> = stored.manifest.providers.iter().map(|p| p.to_string()).collect();
-        return Err(crate::boxes::Error::WrongProvider {
-            name: stored.manifest.name.clone(),
-            digest: stored.digest.clone(),
-            providers: providers.join(", "),
-            wanted: format.to_string(),
-            machine: name,
-        }
-        .into());
-    }
+    stored.check_serves(format, &name)?;
     if let Some(r) = &record {
         if r.box_digest != stored.digest {
             ctx.ui.warn(format!(
@@ -299,120 +289,88 @@ pub fn destroy(ctx: &Context, plan: &MachinePlan) -> Result<()> {
 pub fn resolve_box(ctx: &Context, spec: &MachineSpec, format: BoxFormat, project_dir: &Path, lock: &mut LockFile, insecure: bool) -> Result<StoredBox> {
     let store = Store::open(&ctx.home, &ctx.config)?;
     let source_text = source_key(&spec.box_ref);
-    let locked = lock.machines.get(&spec.name).filter(|l| l.source == source_text).cloned();
-    let pinned = locked.as_ref().map(|l| l.sha256.clone());
-    if let Some(digest) = &pinned {
-        if let Ok(stored) = store.get(digest) {
-            return Ok(stored);
-        }
-    }
-    // A catalog name matches a box added under that name first, as in Vagrant: the
-    // one added last when there are several (builds `box update` fetched).
-    let added = match &spec.box_ref {
-        BoxRef::Catalog { name, version: None } => store.latest_named(name, format)?,
-        BoxRef::Catalog { .. } => match store.find_for(&spec.box_ref.to_string(), Some(format)) {
-            Ok(stored) => Some(stored),
-            Err(e) if matches!(e.downcast_ref(), Some(crate::boxes::Error::Missing { .. })) => None,
-            Err(e) => return Err(e),
-        },
-        _ => None,
+    let Some(locked) = lock.machines.get(&spec.name).filter(|l| l.source == source_text).cloned() else {
+        // Nothing pinned: a catalog or Vagrant Cloud name matches a box stored under it
+        // first, without the network, as in Vagrant; else it is fetched. Either way the
+        // lock now records where it came from.
+        let fetched = match store.find_named(&spec.box_ref, format)? {
+            Some(found) => found,
+            None => fetch_box(ctx, &store, &spec.box_ref, format, insecure, None)?,
+        };
+        lock.machines.insert(spec.name.clone(), lock_entry(&spec.box_ref, &fetched));
+        return Ok(fetched.stored);
     };
-    let mut index = None;
-    let stored = match added {
-        Some(stored) => store.get(&stored.digest)?,
-        None => {
-            // A URL or file the Envfile leaves unpinned is held to the lock's pin.
-            let locked_url = locked.and_then(|l| l.url);
-            let reference = match (&spec.box_ref, &pinned, &locked_url) {
-                // A catalog box pinned but not stored here: the bytes the lock names,
-                // from where they came (upstream may offer a newer build by now).
-                (BoxRef::Catalog { .. } | BoxRef::Vagrant { .. }, Some(d), Some(url)) => {
-                    BoxRef::Url { url: url.clone(), sha256: Some(d.clone()) }
-                }
-                (BoxRef::Url { url, sha256: None }, Some(d), _) => BoxRef::Url { url: url.clone(), sha256: Some(d.clone()) },
-                (BoxRef::Path { path, sha256: None }, Some(d), _) => BoxRef::Path { path: path.clone(), sha256: Some(d.clone()) },
-                (BoxRef::Oci { image, sha256: None }, Some(d), _) => BoxRef::Oci { image: image.clone(), sha256: Some(d.clone()) },
-                (other, _, _) => other.clone(),
-            };
-            // Stored under the catalog name when the lock's URL stands in for it.
-            let name = match (&spec.box_ref, &reference) {
-                (BoxRef::Catalog { name, .. }, BoxRef::Url { .. }) => Some(name.clone()),
-                _ => None,
-            };
-            let ensured = fetch_box(ctx, &store, &reference, format, insecure, name).map(|(stored, from_index)| {
-                index = from_index;
-                stored
-            });
-            match ensured {
-                Err(e) => match (e.downcast_ref::<crate::boxes::Error>(), &pinned) {
-                    (Some(crate::boxes::Error::WrongDigest { got, .. }), Some(d)) => {
-                        return Err(pin_broken(spec, project_dir, &source_text, d, got))
-                    }
-                    // Upstream keeps a few builds only: the pinned one may be gone.
-                    (Some(crate::boxes::Error::HttpStatus { url, status: 404 | 410, .. }), Some(d)) if locked_url.as_ref() == Some(url) => {
-                        return Err(crate::envfile::Error::Lock {
-                            path: LockFile::path_for(project_dir),
-                            message: format!(
-                                "machine {} is pinned to box {d} from {url}, which upstream no longer serves; \
-                                 run `envy box update {}` to pin the newest build of {source_text}",
-                                spec.name, spec.name
-                            ),
-                        }
-                        .into())
-                    }
-                    _ => return Err(e),
-                },
-                Ok(stored) => stored,
-            }
-        }
-    };
-    if let Some(digest) = pinned {
-        if digest != stored.digest {
-            return Err(pin_broken(spec, project_dir, &source_text, &digest, &stored.digest));
-        }
+    let pinned = &locked.sha256;
+    if let Ok(stored) = store.get(pinned) {
+        return Ok(stored);
     }
-    let entry = lock_entry(&spec.box_ref, &stored, index)?;
-    lock.machines.insert(spec.name.clone(), entry);
-    Ok(stored)
+    // Pinned but not stored here: the bytes the lock names, for a catalog or Vagrant
+    // Cloud box from where they came (upstream may offer a newer build by now). The
+    // lock entry stays as it is: it already says where they come from.
+    let reference = match (&spec.box_ref, &locked.url) {
+        (BoxRef::Catalog { .. } | BoxRef::Vagrant { .. }, Some(url)) => BoxRef::Url { url: url.clone(), sha256: Some(pinned.clone()) },
+        (BoxRef::Url { url, sha256: None }, _) => BoxRef::Url { url: url.clone(), sha256: Some(pinned.clone()) },
+        (BoxRef::Path { path, sha256: None }, _) => BoxRef::Path { path: path.clone(), sha256: Some(pinned.clone()) },
+        (BoxRef::Oci { image, sha256: None }, _) => BoxRef::Oci { image: image.clone(), sha256: Some(pinned.clone()) },
+        (other, _) => other.clone(),
+    };
+    let checked = match (&locked.url, &locked.upstream) {
+        (Some(url), Some(upstream)) => {
+            store.check_pinned_url(&BoxSource::from_ref(&spec.box_ref, None, Some(format)), url, upstream)
+        }
+        _ => Ok(()),
+    };
+    // Stored under the catalog or Vagrant Cloud name when the lock's URL stands in for it.
+    let name = crate::boxes::listed_name(&spec.box_ref).filter(|_| reference != spec.box_ref);
+    let fetched = checked.and_then(|()| fetch_box(ctx, &store, &reference, format, insecure, name));
+    let gone = |url: &str, why: Option<String>| -> anyhow::Error {
+        crate::envfile::Error::Lock {
+            path: LockFile::path_for(project_dir),
+            message: format!(
+                "machine {} is pinned to box {pinned} from {url}, which upstream no longer serves; \
+                 run `envy box update {}` to pin the newest build of {source_text}{}",
+                spec.name,
+                spec.name,
+                why.map(|w| format!(" ({w})")).unwrap_or_default()
+            ),
+        }
+        .into()
+    };
+    match fetched {
+        Ok(fetched) if fetched.stored.digest == *pinned => Ok(fetched.stored),
+        Ok(fetched) => Err(pin_broken(spec, project_dir, &source_text, pinned, &fetched.stored.digest)),
+        Err(e) => Err(match e.downcast_ref::<crate::boxes::Error>() {
+            Some(crate::boxes::Error::WrongDigest { got, .. }) => pin_broken(spec, project_dir, &source_text, pinned, got),
+            // Upstream keeps a few builds only: the pinned one may be gone, or its URL
+            // may serve a newer one.
+            Some(crate::boxes::Error::HttpStatus { url, status: 404 | 410, .. }) if locked.url.as_ref() == Some(url) => gone(url, None),
+            Some(why @ crate::boxes::Error::UpstreamMoved { url, .. }) => gone(url, Some(why.to_string())),
+            _ => e,
+        }),
+    }
 }
 
 /// Fetches (or finds stored) the box `reference` names, for `format`, listed under
-/// `name` when given; an `oci://` image also tells which index it was picked from.
-pub fn fetch_box(
-    ctx: &Context,
-    store: &Store,
-    reference: &BoxRef,
-    format: BoxFormat,
-    insecure: bool,
-    name: Option<String>,
-) -> Result<(StoredBox, Option<String>)> {
-    match reference {
-        BoxRef::Oci { image, sha256 } => {
-            let pulled = crate::boxes::pull(store, image, sha256.as_deref(), name, &ctx.ui)?;
-            Ok((pulled.stored, pulled.index))
-        }
-        _ => {
-            let mut source = BoxSource::from_ref(reference, None, Some(format));
-            source.insecure = insecure;
-            source.name = name;
-            Ok((store.ensure(&source, &ctx.ui)?, None))
-        }
-    }
+/// `name` when given.
+pub fn fetch_box(ctx: &Context, store: &Store, reference: &BoxRef, format: BoxFormat, insecure: bool, name: Option<String>) -> Result<Fetched> {
+    let mut source = BoxSource::from_ref(reference, None, Some(format));
+    source.insecure = insecure;
+    source.name = name;
+    store.ensure(&source, &ctx.ui)
 }
 
-/// The Envfile.lock entry that pins `reference` to the stored box: for a catalog or
-/// Vagrant Cloud box also the URL and upstream digest it was verified against (from
-/// the store's record).
-pub fn lock_entry(reference: &BoxRef, stored: &StoredBox, index: Option<String>) -> Result<LockedBox> {
-    let (url, upstream) = match reference {
-        BoxRef::Catalog { .. } | BoxRef::Vagrant { .. } => {
-            let record = stored.record()?;
-            let fetched = record.source.starts_with("https://") || record.source.starts_with("http://");
-            (fetched.then_some(record.source), record.pin.filter(|_| fetched))
-        }
-        _ => (None, None),
-    };
-    Ok(LockedBox { source: source_key(reference), sha256: stored.digest.clone(), index, url, upstream })
+/// The Envfile.lock entry that pins `reference` to the box: for a catalog or Vagrant
+/// Cloud box also the URL and upstream digest of the build it is, for an `oci://`
+/// image the index it was picked from.
+pub fn lock_entry(reference: &BoxRef, fetched: &Fetched) -> LockedBox {
+    let build = fetched.build.as_ref();
+    LockedBox {
+        source: source_key(reference),
+        sha256: fetched.stored.digest.clone(),
+        index: fetched.index.clone(),
+        url: build.map(|b| b.url.clone()),
+        upstream: build.and_then(|b| b.pin.as_ref()).map(|p| p.to_string()),
+    }
 }
 
 /// The error for a source that no longer gives the box Envfile.lock pins.

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::Command as StdCommand;
 
 use crate::common::{busybox_rootfs, free_port, need, require, sha256_hex, Need, Server, TestEnv};
+use envy::model::BoxFormat;
 use predicates::prelude::PredicateBooleanExt;
 use predicates::str::contains;
 use sha2::{Digest, Sha512};
@@ -95,7 +96,11 @@ fn write_envfile(env: &TestEnv) {
 }
 
 fn lock(env: &TestEnv) -> toml::Value {
-    toml::from_str(&std::fs::read_to_string(env.project.join("Envfile.lock")).unwrap()).unwrap()
+    toml::from_str(&lock_text(env)).unwrap()
+}
+
+fn lock_text(env: &TestEnv) -> String {
+    std::fs::read_to_string(env.project.join("Envfile.lock")).unwrap()
 }
 
 fn pinned(env: &TestEnv) -> String {
@@ -216,18 +221,22 @@ fn sha512_hex(data: &[u8]) -> String {
     hex::encode(Sha512::digest(data))
 }
 
+/// A "latest" directory serving `rootfs` as ROOTFS, the catalog entry `bb` following
+/// it (returned), and the project's Envfile.
+fn latest_project(env: &TestEnv, server: &Server, rootfs: &[u8]) -> std::path::PathBuf {
+    serve_latest(server, ROOTFS, rootfs, &sha512_hex(rootfs));
+    let catalog = write_catalog(env, &format!("latest = {:?}\nfile = \"{ROOTFS}\"\nchecksums = \"SHA512SUMS\"", server.url("latest/")));
+    write_envfile(env);
+    catalog
+}
+
 #[test]
 fn latest_directory_with_sha512sums_pins_and_refuses_a_wrong_digest() {
     require!(need::BUSYBOX, TARBALLS);
     let env = TestEnv::new();
     let server = Server::start();
     let first = rootfs_tarball(&env, "1");
-    serve_latest(&server, ROOTFS, &first, &sha512_hex(&first));
-    let catalog = write_catalog(
-        &env,
-        &format!("latest = {:?}\nfile = \"bb-rootfs-amd64.tar.xz\"\nchecksums = \"SHA512SUMS\"", server.url("latest/")),
-    );
-    write_envfile(&env);
+    let catalog = latest_project(&env, &server, &first);
 
     // `box update` pins a machine that has none yet, without making it.
     env.envy().env("ENVY_CATALOG", &catalog).args(["box", "update"]).assert().success().stdout(contains("pinned to"));
@@ -384,4 +393,84 @@ fn the_readme_envfile_comes_up_from_a_catalog_offering_both_providers() {
     assert_eq!(env.out(&["exec", "db", "--", "hostname"]).trim(), "db");
     let lock = lock(&env);
     assert_eq!(lock["machine"]["db"]["sha256"].as_str(), Some(sha256_hex(&disk).as_str()));
+}
+
+/// The project's Envfile and Envfile.lock, as committed, in another host's project.
+fn clone_project(from: &TestEnv) -> TestEnv {
+    let to = TestEnv::new();
+    for file in ["Envfile", "Envfile.lock"] {
+        std::fs::copy(from.project.join(file), to.project.join(file)).unwrap();
+    }
+    to
+}
+
+/// A catalog box pinned in Envfile.lock but not stored on this host is fetched again
+/// through the lock's URL, even when another build of that name is stored here, and
+/// the lock stays as committed. When that "latest" URL serves another build by then,
+/// its checksum list says so, and `up` fails before a byte of the new build arrives.
+#[test]
+fn a_pinned_catalog_box_comes_from_the_lock_and_a_moved_latest_url_fails_before_downloading() {
+    require!(need::BUSYBOX, TARBALLS);
+    let env = TestEnv::new();
+    let server = Server::start();
+    let first = rootfs_tarball(&env, "1");
+    let second = rootfs_tarball(&env, "2");
+    let catalog = latest_project(&env, &server, &first);
+    env.envy().env("ENVY_CATALOG", &catalog).args(["box", "update"]).assert().success();
+    let committed = lock_text(&env);
+    assert!(committed.contains(&format!("upstream = \"sha512:{}\"", sha512_hex(&first))), "{committed}");
+    let config = envy::config::Config { catalog: Some(catalog.display().to_string()), ..Default::default() };
+
+    // Another host stored a newer build of `bb` while upstream served it; then the
+    // committed lock arrives, and upstream serves the pinned build again.
+    let other = clone_project(&env);
+    serve_latest(&server, ROOTFS, &second, &sha512_hex(&second));
+    other.envy().env("ENVY_CATALOG", &catalog).args(["box", "add", "bb"]).assert().success();
+    serve_latest(&server, ROOTFS, &first, &sha512_hex(&first));
+    let stored = crate::common::resolve_box(&other, config.clone(), "web", BoxFormat::Container).unwrap();
+    assert_eq!(stored.digest, sha256_hex(&first), "the pinned build, not the newer one stored under its name");
+    assert_eq!(lock_text(&other), committed, "the lock keeps its URL and upstream digest");
+    let mut stored_here = vec![sha256_hex(&first), sha256_hex(&second)];
+    stored_here.sort();
+    assert_eq!(other.store_entries(), stored_here);
+
+    // Upstream moves on: a host without the pinned build learns it from SHA512SUMS.
+    serve_latest(&server, ROOTFS, &second, &sha512_hex(&second));
+    let third = clone_project(&env);
+    let downloads = server.requests_for(&format!("latest/{ROOTFS}")).len();
+    let err = crate::common::resolve_box(&third, config, "web", BoxFormat::Container).unwrap_err();
+    let message = format!("{err:#}");
+    let url = server.url(&format!("latest/{ROOTFS}"));
+    for part in [
+        format!("machine web is pinned to box {} from {url}, which upstream no longer serves", sha256_hex(&first)),
+        format!("its checksum list gives sha512:{}", sha512_hex(&second)),
+        "run `envy box update web`".to_string(),
+    ] {
+        assert!(message.contains(&part), "{part:?} not in: {message}");
+    }
+    assert!(matches!(err.downcast_ref(), Some(envy::envfile::Error::Lock { .. })), "a lock error (exit 3): {message}");
+    assert_eq!(server.requests_for(&format!("latest/{ROOTFS}")).len(), downloads, "nothing was downloaded");
+    assert!(third.store_entries().is_empty() && third.download_entries().is_empty());
+    assert_eq!(lock_text(&third), committed);
+}
+
+/// `box outdated` and `box update` read a source's index once per command, however
+/// many machines name the box.
+#[test]
+fn outdated_and_update_read_each_upstream_index_once() {
+    require!(need::BUSYBOX, TARBALLS);
+    let env = TestEnv::new();
+    let server = Server::start();
+    let mut mirror = Mirror { server: &server, builds: Vec::new() };
+    mirror.add("20250101_05:24", rootfs_tarball(&env, "1"));
+    let catalog = write_catalog(&env, &format!("simplestreams = {:?}\nproduct = \"busybox/1\"", server.url("")));
+    std::fs::write(env.project.join("Envfile"), "[defaults]\nbox = \"bb\"\nprovider = \"container\"\n\n[machine.web]\n\n[machine.api]\n").unwrap();
+    let reads = || ["streams/v1/index.json", "streams/v1/images.json"].map(|p| server.requests_for(p).len());
+    env.envy().env("ENVY_CATALOG", &catalog).args(["box", "outdated"]).assert().success().stdout(contains("unpinned"));
+    assert_eq!(reads(), [1, 1], "outdated");
+    env.envy().env("ENVY_CATALOG", &catalog).args(["box", "update"]).assert().success();
+    assert_eq!(reads(), [2, 2], "update");
+    assert_eq!(server.requests_for("images/busybox/1/amd64/default/20250101_05:24/rootfs.tar.xz").len(), 1);
+    let lock = lock(&env);
+    assert_eq!(lock["machine"]["web"]["sha256"], lock["machine"]["api"]["sha256"]);
 }

@@ -80,13 +80,28 @@ fn a_libvirt_vagrant_box_is_stored_as_a_firmware_booted_qemu_box() {
         .success()
         .stdout(contains(&v2_digest));
     assert!(env.home.join("boxes").join(&v2_digest).join("disk.qcow2").is_file());
+
+    // The disk first and metadata.json last, after a Vagrantfile and an info.json: the
+    // first entry tells a Vagrant box, and the one pass over it finds metadata.json.
+    let late = vagrant_box(
+        &env,
+        "late",
+        &[("box.img", None), ("Vagrantfile", Some(VAGRANTFILE)), ("info.json", Some("{}")), ("metadata.json", Some(METADATA_V1))],
+    );
+    let late_digest = sha256_hex(&std::fs::read(&late).unwrap());
+    let out = env.envy().args(["box", "add", "--json"]).arg(&late).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let added: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(added["providers"], serde_json::json!(["qemu"]), "{added}");
+    let files = crate::common::list_dir(&env.home.join("boxes").join(&late_digest));
+    assert_eq!(files, ["box.toml", "disk.qcow2", "record.json"], "the disk alone is written");
 }
 
 #[test]
 fn vagrant_boxes_envy_cannot_run_are_refused_with_nothing_stored() {
     require!(TOOLS);
     let env = TestEnv::new();
-    let cases: [(&str, Files, &str); 4] = [
+    let cases: [(&str, Files, &str); 6] = [
         (
             "vbox",
             vec![("metadata.json", Some(r#"{"provider": "virtualbox"}"#)), ("box.ovf", Some("<ovf/>"))],
@@ -95,6 +110,16 @@ fn vagrant_boxes_envy_cannot_run_are_refused_with_nothing_stored() {
         ("stray", vec![("metadata.json", Some(METADATA_V1)), ("setup.sh", Some("echo hi"))], "entry `setup.sh` is not part of a libvirt Vagrant box"),
         ("raw", vec![("metadata.json", Some(METADATA_V1)), ("box.img", Some("not a disk"))], "box.img is not a qcow2 image"),
         ("nodisk", vec![("metadata.json", Some(METADATA_V1)), ("Vagrantfile", Some(VAGRANTFILE))], "names the disk box.img"),
+        (
+            "twodisks",
+            vec![("box.img", None), ("extra.img", None), ("metadata.json", Some(METADATA_V1))],
+            "entry `extra.img` is a second disk image beside box.img",
+        ),
+        (
+            "otherdisk",
+            vec![("metadata.json", Some(r#"{"provider":"libvirt","disks":[{"path":"box_1.img"}]}"#)), ("box.img", None)],
+            "entry `box.img` is not the disk box_1.img that its metadata.json names",
+        ),
     ];
     for (name, files, message) in cases {
         let file = vagrant_box(&env, name, &files);
@@ -298,4 +323,72 @@ fn a_vagrant_box_boots_and_envy_replaces_the_insecure_key_with_the_machines_own(
         .failure()
         .stderr(contains("was made from Vagrant box team-tiny"));
     assert!(!env.path("shared.box").exists());
+}
+
+/// The API at `server` as config `vagrant_api`.
+fn api_config(env: &TestEnv, server: &Server) -> envy::config::Config {
+    std::fs::write(env.home.join("config.toml"), format!("vagrant_api = {:?}\n", server.url("api/v2"))).unwrap();
+    envy::config::Config { vagrant_api: Some(server.url("api/v2")), ..Default::default() }
+}
+
+/// A `vagrant://` box stored here is used without the network, as a catalog name is:
+/// at the version the reference gives, else the build stored last; the lock records
+/// where it came from.
+#[test]
+fn stored_vagrant_cloud_boxes_need_no_network() {
+    require!(TOOLS);
+    let env = TestEnv::new();
+    let server = Server::start();
+    let config = api_config(&env, &server);
+    let metadata = [("metadata.json", Some(METADATA_V1)), ("box.img", None)];
+    let old = std::fs::read(vagrant_box(&env, "old", &metadata)).unwrap();
+    server.serve("old.box", old.clone());
+    let sha512 = hex::encode(<sha2::Sha512 as sha2::Digest>::digest(&old));
+    server.serve("api/v2/box/team/lv", api_box(&server, &[("1.9.0", "old.box", "sha512", &sha512)]).into_bytes());
+    env.envy().args(["box", "add", "vagrant://team/lv@1.9.0"]).assert().success();
+    let old_url = server.url("old.box");
+    drop(server);
+
+    std::fs::write(
+        env.project.join("Envfile"),
+        "[defaults]\nprovider = \"qemu\"\n\n[machine.vm]\nbox = \"vagrant://team/lv@1.9.0\"\n\n[machine.any]\nbox = \"vagrant://team/lv\"\n",
+    )
+    .unwrap();
+    for machine in ["vm", "any"] {
+        let stored = crate::common::resolve_box(&env, config.clone(), machine, envy::model::BoxFormat::Qemu)
+            .unwrap_or_else(|e| panic!("{machine}: {e:#}"));
+        assert_eq!(stored.digest, sha256_hex(&old), "{machine}");
+    }
+    let lock: toml::Value = toml::from_str(&std::fs::read_to_string(env.project.join("Envfile.lock")).unwrap()).unwrap();
+    for machine in ["vm", "any"] {
+        assert_eq!(lock["machine"][machine]["url"].as_str(), Some(old_url.as_str()), "{lock}");
+        assert_eq!(lock["machine"][machine]["upstream"].as_str(), Some(format!("sha512:{sha512}").as_str()), "{lock}");
+    }
+}
+
+/// What the API says is held to envy's rules: USER and BOX are names, never path
+/// steps, and a file offered over plain HTTP from another host is refused before any
+/// download.
+#[test]
+fn vagrant_cloud_names_and_download_urls_are_checked() {
+    require!(TOOLS);
+    let env = TestEnv::new();
+    let server = Server::start();
+    api_config(&env, &server);
+    for odd in ["vagrant://../lv", "vagrant://team/..", "vagrant://team/lv/x"] {
+        env.envy().args(["box", "add", odd]).assert().code(4).stderr(contains("not `.` or `..`"));
+    }
+    assert!(server.requests_for("api/v2/lv").is_empty() && server.requests_for("api/v2/box/team").is_empty());
+
+    let far = serde_json::json!({ "versions": [{ "version": "1.0", "status": "active", "providers": [
+        { "name": "libvirt", "download_url": "http://192.0.2.7:8080/lv.box", "checksum": "0".repeat(64), "checksum_type": "sha256", "architecture": "amd64" },
+    ] }] });
+    server.serve("api/v2/box/team/far", far.to_string().into_bytes());
+    env.envy()
+        .args(["box", "add", "vagrant://team/far"])
+        .assert()
+        .code(4)
+        .stderr(contains("vagrant://team/far (version 1.0) is offered at http://192.0.2.7:8080/lv.box, plain HTTP to 192.0.2.7:8080"))
+        .stderr(contains("`insecure_registries`"));
+    assert!(env.store_entries().is_empty() && env.download_entries().is_empty());
 }

@@ -77,7 +77,8 @@ pub enum Artifact {
     RootfsTarball(Compression),
     /// A bare qcow2 disk image.
     Qcow2,
-    /// A tar with `metadata.json` among its first entries: a Vagrant box (`vagrant`).
+    /// A tar whose first entry is a Vagrant box's file (metadata.json, a Vagrantfile, a
+    /// `*.img` disk, …): a Vagrant box (`vagrant`).
     VagrantBox(Compression),
 }
 
@@ -220,44 +221,19 @@ pub fn unpack_box(
             manifest = Some(parsed);
             continue;
         };
-        if size > MAX_PAYLOAD_BYTES {
-            return Err(hostile(
-                &raw,
-                &format!(
-                    "claims {size} bytes, more than the {MAX_PAYLOAD_BYTES}-byte bound for a payload file"
-                ),
-            ));
-        }
         let Some(expected) = manifest_ref.files.get(name) else {
             return Err(hostile(&raw, "is not listed in box.toml's `files`"));
         };
         if !seen.insert(name.to_string()) {
             return Err(hostile(&raw, "appears twice"));
         }
-        let out_path = dest.join(name);
-        let out = File::create(&out_path).map_err(Error::io("cannot write", &out_path))?;
-        let mut writer = HashingWriter::new(io::BufWriter::with_capacity(1 << 20, out), Hasher::new(false));
-        let copied = io::copy(&mut entry, &mut writer).map_err(|e| {
-            if super::error::is_disk_full(&e) { Error::io("cannot write", &out_path)(e) } else { read_err(e) }
-        })?;
-        let (buf, hashes) = writer.finish();
-        // On disk before the record stamps it: a stamp must never vouch for lost bytes.
-        buf.into_inner()
-            .map_err(|e| e.into_error())
-            .and_then(|f| f.sync_all())
-            .map_err(Error::io("cannot write", &out_path))?;
-        if copied != size {
-            return Err(Error::NotABox {
-                archive: label.into(),
-                reason: format!("entry `{raw}` ends after {copied} of {size} bytes"),
-            });
-        }
-        if &hashes.sha256 != expected {
+        let sha256 = write_entry(&mut entry, &dest.join(name), &raw, label)?;
+        if &sha256 != expected {
             return Err(Error::WrongDigest {
                 what: format!("{name} in {label}"),
                 algorithm: "sha256",
                 expected: expected.clone(),
-                got: hashes.sha256,
+                got: sha256,
             });
         }
     }
@@ -270,6 +246,35 @@ pub fn unpack_box(
         });
     }
     Ok(manifest)
+}
+
+/// Writes a box entry's bytes to `out_path` (a new file) and returns their sha256,
+/// hashed in the same pass. Refused: an entry over the payload bound, or one that ends
+/// before its announced size; a full disk is its own error. The file is synced before
+/// this returns: a stamp must never vouch for lost bytes.
+pub(super) fn write_entry<R: Read>(entry: &mut tar::Entry<R>, out_path: &Path, raw: &str, label: &str) -> Result<String, Error> {
+    let size = entry.size();
+    if size > MAX_PAYLOAD_BYTES {
+        return Err(Error::HostileEntry {
+            archive: label.to_string(),
+            entry: raw.to_string(),
+            reason: format!("claims {size} bytes, more than the {MAX_PAYLOAD_BYTES}-byte bound for a payload file"),
+        });
+    }
+    let damaged = |e: io::Error| Error::NotABox { archive: label.to_string(), reason: format!("the tar stream is damaged ({e})") };
+    let out = File::create(out_path).map_err(Error::io("cannot write", out_path))?;
+    let mut writer = HashingWriter::new(io::BufWriter::with_capacity(1 << 20, out), Hasher::new());
+    let copied = io::copy(entry, &mut writer)
+        .map_err(|e| if super::error::is_disk_full(&e) { Error::io("cannot write", out_path)(e) } else { damaged(e) })?;
+    let (buf, hashes) = writer.finish();
+    buf.into_inner()
+        .map_err(|e| e.into_error())
+        .and_then(|f| f.sync_all())
+        .map_err(Error::io("cannot write", out_path))?;
+    if copied != size {
+        return Err(Error::NotABox { archive: label.into(), reason: format!("entry `{raw}` ends after {copied} of {size} bytes") });
+    }
+    Ok(hashes.sha256)
 }
 
 fn describe(kind: EntryType) -> &'static str {
@@ -643,7 +648,7 @@ impl Payload {
                 let size = std::fs::metadata(path).map_err(Error::io("cannot read", path))?.len();
                 Ok((super::sha256_file(path)?, size))
             }
-            Payload::Tree(dir) => Ok(pack_rootfs_into(dir, HashingWriter::new(io::sink(), Hasher::new(false)))?.finish_counted().1),
+            Payload::Tree(dir) => Ok(pack_rootfs_into(dir, HashingWriter::new(io::sink(), Hasher::new()))?.finish_counted().1),
         }
     }
 }
@@ -661,7 +666,7 @@ pub fn pack_box(out: &Path, mut manifest: Manifest, files: &BTreeMap<String, Pay
     manifest.files = measured.iter().map(|(name, (sha256, _))| (name.clone(), sha256.clone())).collect();
     manifest.validate(label)?;
     let file = File::create(out).map_err(Error::io("cannot create", out))?;
-    let hashing = HashingWriter::new(io::BufWriter::with_capacity(1 << 20, file), Hasher::new(false));
+    let hashing = HashingWriter::new(io::BufWriter::with_capacity(1 << 20, file), Hasher::new());
     let mut builder = tar::Builder::new(zstd_encoder(hashing)?);
     let text = manifest.to_toml();
     let mut header = tar::Header::new_ustar();
@@ -688,7 +693,7 @@ pub fn pack_box(out: &Path, mut manifest: Manifest, files: &BTreeMap<String, Pay
                 let inner = builder.get_mut();
                 inner.write_all(header.as_bytes())?;
                 // A tar is whole 512-byte blocks, so the entry needs no padding after it.
-                let (_, again) = pack_rootfs_into(dir, HashingWriter::new(inner, Hasher::new(false)))?.finish_counted();
+                let (_, again) = pack_rootfs_into(dir, HashingWriter::new(inner, Hasher::new()))?.finish_counted();
                 if again != (sha256.clone(), *size) {
                     return Err(Error::TreeChanged { dir: dir.clone() }.into());
                 }
@@ -708,7 +713,7 @@ pub fn pack_box(out: &Path, mut manifest: Manifest, files: &BTreeMap<String, Pay
 /// packs to the same bytes. Returns its sha256.
 pub fn pack_rootfs_dir(dir: &Path, out: &Path) -> anyhow::Result<String> {
     let file = File::create(out).map_err(Error::io("cannot create", out))?;
-    let hashing = HashingWriter::new(io::BufWriter::with_capacity(1 << 20, file), Hasher::new(false));
+    let hashing = HashingWriter::new(io::BufWriter::with_capacity(1 << 20, file), Hasher::new());
     let (buf, hashes) = pack_rootfs_into(dir, hashing)?.finish();
     // Not synced: every caller packs it into what it keeps (a box, a registry blob, an
     // image upload), and that is what gets synced.

@@ -9,7 +9,8 @@ use serde::Deserialize;
 
 use super::digest::{parse_sha256, parse_sha512, Pin};
 use super::download::Downloader;
-use super::upstream::{checksum_entries, Upstream};
+use super::download::is_http_url;
+use super::upstream::{checksum_entries, Build, Upstream};
 use super::Error;
 use crate::model::BoxFormat;
 
@@ -126,9 +127,14 @@ pub struct Resolved {
 }
 
 impl Resolved {
-    /// The digest the download must match, fetching the upstream checksum list if the
-    /// entry points at one.
-    pub fn pin(&self, downloader: &Downloader) -> Result<Pin, Error> {
+    /// The build to download, with the digest it must match, fetching the upstream
+    /// checksum list if the entry points at one.
+    pub fn build(&self, downloader: &Downloader) -> Result<Build, Error> {
+        let pin = self.pin(downloader)?;
+        Ok(Build { version: self.version.clone(), url: self.url.clone(), pin: Some(pin) })
+    }
+
+    fn pin(&self, downloader: &Downloader) -> Result<Pin, Error> {
         if let Some(pin) = &self.pin {
             return Ok(pin.clone());
         }
@@ -159,7 +165,7 @@ impl Catalog {
             }
             return Ok(Catalog { location: "built-in".into(), entries });
         };
-        let entries = if loc.starts_with("http://") || loc.starts_with("https://") {
+        let entries = if is_http_url(loc) {
             parse(&downloader.fetch_text(loc)?, loc)?
         } else {
             let path = Path::new(loc);
@@ -180,6 +186,18 @@ impl Catalog {
             }
         };
         Ok(Catalog { location: loc.to_string(), entries })
+    }
+
+    /// The upstream of box `name` for `provider` when it is a "latest" directory with
+    /// a fixed file name: one URL whose bytes change with every upstream build.
+    pub fn fixed_latest(&self, name: &str, provider: Option<BoxFormat>) -> Option<Upstream> {
+        let entry = self.entries.iter().find(|e| e.name == name)?;
+        let spec = entry.upstream.iter().find(|u| provider.is_none_or(|p| u.provider == p))?;
+        match spec.to_upstream(name).ok()? {
+            Upstream::Latest { file, .. } if file.contains('*') => None,
+            latest @ Upstream::Latest { .. } => Some(latest),
+            Upstream::Simplestreams { .. } => None,
+        }
     }
 
     /// Finds `name` (at `version`, or its newest) for `provider` (or the first listed):
@@ -219,7 +237,7 @@ impl Catalog {
                 version: build.version,
                 url: build.url,
                 checksums: None,
-                pin: Some(build.pin),
+                pin: build.pin,
                 follows_upstream: true,
             });
         }

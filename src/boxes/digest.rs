@@ -116,9 +116,16 @@ pub struct Hasher {
     bytes: u64,
 }
 
+impl Default for Hasher {
+    fn default() -> Hasher {
+        Hasher::new()
+    }
+}
+
 impl Hasher {
-    pub fn new(with_sha512: bool) -> Hasher {
-        Hasher { sha256: Sha256::new(), extra: with_sha512.then(|| Extra::Sha512(Sha512::new())), bytes: 0 }
+    /// sha256 alone, what envy pins.
+    pub fn new() -> Hasher {
+        Hasher::for_pin(None)
     }
     /// Hashes enough for `pin` (its own algorithm too when it is not sha256).
     pub fn for_pin(pin: Option<&Pin>) -> Hasher {
@@ -194,15 +201,10 @@ pub fn sha256_bytes(data: &[u8]) -> String {
 
 /// sha256 (hex) of a file's content.
 pub fn sha256_file(path: &Path) -> Result<String, Error> {
-    Ok(hash_file(path, false)?.sha256)
-}
-
-/// All hashes of a file's content.
-pub fn hash_file(path: &Path, with_sha512: bool) -> Result<Hashes, Error> {
     let file = std::fs::File::open(path).map_err(Error::io("cannot read", path))?;
-    let mut hasher = Hasher::new(with_sha512);
+    let mut hasher = Hasher::new();
     hasher.consume(file).map_err(Error::io("cannot read", path))?;
-    Ok(hasher.finish())
+    Ok(hasher.finish().sha256)
 }
 
 /// A writer that hashes what passes through it.
@@ -245,7 +247,7 @@ pub struct HashingReader<R> {
 
 impl<R: Read> HashingReader<R> {
     pub fn new(inner: R) -> Self {
-        HashingReader { inner, hasher: Hasher::new(false) }
+        HashingReader { inner, hasher: Hasher::new() }
     }
     /// Reads what is left, then returns the hashes of the whole stream.
     pub fn finish(mut self) -> io::Result<Hashes> {

@@ -2,9 +2,12 @@
 //! Range after an interruption, retried with backoff on connection errors and 5xx.
 //! What lands on disk here is unverified until `Pin::check` passes on the hashes.
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
+use std::net::IpAddr;
 use std::path::Path;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use reqwest::blocking::Client;
@@ -25,6 +28,36 @@ pub const MAX_TEXT_BYTES: u64 = 8 << 20;
 /// An HTTP client configured for box downloads.
 pub struct Downloader {
     client: Client,
+    /// Text documents already fetched (URL → body): one command reads an index,
+    /// checksum list or API answer once, however many machines name it.
+    texts: Mutex<HashMap<String, String>>,
+}
+
+/// Whether `text` is an `http://` or `https://` URL.
+pub fn is_http_url(text: &str) -> bool {
+    text.starts_with("http://") || text.starts_with("https://")
+}
+
+/// Plain HTTP is for hosts on a loopback address (as Docker allows for registries) and
+/// those the user lists in config `insecure_registries` (`host[:port]`): anything else
+/// could be read or changed on the way.
+pub fn plain_http_allowed(host_port: &str, insecure: &[String]) -> bool {
+    if insecure.iter().any(|r| r == host_port) {
+        return true;
+    }
+    let host = match host_port.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host_port,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The `host[:port]` of an `http://` URL; None for any other URL.
+pub fn plain_http_host(url: &str) -> Option<&str> {
+    let rest = url.strip_prefix("http://")?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+    Some(authority.rsplit_once('@').map_or(authority, |(_, host)| host))
 }
 
 impl Downloader {
@@ -44,7 +77,7 @@ impl Downloader {
             })?;
             builder = builder.proxy(proxy);
         }
-        Ok(Downloader { client: builder.build()? })
+        Ok(Downloader { client: builder.build()?, texts: Mutex::default() })
     }
 
     /// Fetches a small text document (a checksum list, a catalog), with retries.
@@ -53,8 +86,18 @@ impl Downloader {
     }
 
     /// Fetches a text document of at most `limit` bytes, with retries; a larger one is
-    /// an error, not a silently cut document.
+    /// an error, not a silently cut document. A URL fetched before by this downloader
+    /// is answered from memory.
     pub fn fetch_text_up_to(&self, url: &str, limit: u64) -> Result<String, Error> {
+        if let Some(text) = self.texts.lock().expect("text cache").get(url) {
+            return Ok(text.clone());
+        }
+        let text = self.fetch_text_once(url, limit)?;
+        self.texts.lock().expect("text cache").insert(url.to_string(), text.clone());
+        Ok(text)
+    }
+
+    fn fetch_text_once(&self, url: &str, limit: u64) -> Result<String, Error> {
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -288,4 +331,22 @@ pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
         cause = c.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_only_to_loopback_or_listed() {
+        assert!(plain_http_allowed("127.0.0.1:5000", &[]));
+        assert!(plain_http_allowed("localhost:5000", &[]));
+        assert!(plain_http_allowed("[::1]:5000", &[]));
+        assert!(!plain_http_allowed("10.0.0.5:5000", &[]));
+        assert!(!plain_http_allowed("ghcr.io", &[]));
+        assert!(plain_http_allowed("reg.lan:5000", &["reg.lan:5000".into()]));
+        assert_eq!(plain_http_host("http://u:p@boxes.lan:8080/x.box?a#b"), Some("boxes.lan:8080"));
+        assert_eq!(plain_http_host("https://boxes.lan/x.box"), None);
+        assert!(is_http_url("https://x/") && is_http_url("http://x/") && !is_http_url("./http"));
+    }
 }

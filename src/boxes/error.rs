@@ -92,6 +92,15 @@ pub enum Error {
     /// such build (offline, moved, out of date).
     #[error("cannot find the newest build of box {what} upstream (tried {tried}): {message}. A box already pinned in Envfile.lock and stored needs no network; if this one should come from elsewhere, fix the catalog entry or config `vagrant_api`")]
     Upstream { what: String, tried: String, message: String },
+    /// A URL pinned in Envfile.lock that upstream now fills with another build (a
+    /// "latest" directory's fixed file name), found in its checksum list before any
+    /// download.
+    #[error("{url} now serves another build: its checksum list gives {now}, the pin is {pinned}; nothing was downloaded")]
+    UpstreamMoved { url: String, pinned: String, now: String },
+    /// A box file offered over plain HTTP from a host that is neither this machine nor
+    /// one the config trusts.
+    #[error("{what} is offered at {url}, plain HTTP to {host}, which is not this machine; envy fetches boxes from other hosts over HTTPS only. Ask the box's publisher for an https URL, or list \"{host}\" in config `insecure_registries` if that network is trusted")]
+    PlainHttp { what: String, url: String, host: String },
     /// The box does not serve the provider a machine asks for.
     #[error("box {name} ({short}) is made for {providers}, not for the {wanted} provider that machine {machine} uses; pick another box or provider", short = &.digest[..12])]
     WrongProvider { name: String, digest: String, providers: String, wanted: String, machine: String },

@@ -28,5 +28,6 @@ pub use error::Error;
 pub use manifest::{BootMethod, ContainerPayload, FirstLogin, ImagePayload, Manifest, QemuPayload};
 pub use oci::{pull, push, push_disk, ImageRun, ImageUser, Pulled};
 pub use serve::BoxServer;
-pub use source::{parse_box_ref, BoxSource, OCI_SCHEME};
-pub use store::{Corruption, Newest, Record, Stamp, Store, StoredBox};
+pub use source::{listed_name, parse_box_ref, BoxSource, OCI_SCHEME};
+pub use store::{Corruption, Fetched, Record, Stamp, Store, StoredBox};
+pub use upstream::Build;

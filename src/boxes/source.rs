@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use super::digest::parse_sha256;
+use super::download::is_http_url;
 use super::Error;
 use crate::model::{BoxFormat, BoxRef, OciRef};
 
@@ -55,7 +56,7 @@ pub fn parse_box_ref(text: &str, sha256: Option<&str>, base: &Path) -> Result<Bo
         return parse_vagrant_ref(text, tag, sha256);
     }
     let flag = sha256.map(parse_sha256).transpose()?;
-    if text.starts_with("http://") || text.starts_with("https://") {
+    if is_http_url(text) {
         let (url, fragment) = match text.split_once('#') {
             Some((u, f)) => (u, Some(f)),
             None => (text, None),
@@ -100,6 +101,16 @@ pub fn parse_box_ref(text: &str, sha256: Option<&str>, base: &Path) -> Result<Bo
     Ok(BoxRef::Catalog { name, version })
 }
 
+/// The name a catalog or `vagrant://USER/BOX` box is listed under in the store (the
+/// catalog name; `USER-BOX`); None for a URL, file or image, listed under their own.
+pub fn listed_name(reference: &BoxRef) -> Option<String> {
+    match reference {
+        BoxRef::Catalog { name, .. } => Some(name.clone()),
+        BoxRef::Vagrant { vagrant, .. } => Some(vagrant.replace('/', "-")),
+        _ => None,
+    }
+}
+
 /// The scheme of Vagrant Cloud boxes.
 const VAGRANT_SCHEME: &str = "vagrant://";
 
@@ -113,10 +124,15 @@ fn parse_vagrant_ref(text: &str, tag: &str, sha256: Option<&str>) -> Result<BoxR
         Some((t, v)) => (t, Some(v.to_string())),
         None => (tag, None),
     };
-    let part_ok = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    // USER and BOX become path segments of the API URL: names only, never `.` or `..`.
+    let part_ok = |p: &str| {
+        !p.is_empty() && p != "." && p != ".." && p.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    };
     let valid = matches!(tag.split_once('/'), Some((user, name)) if part_ok(user) && part_ok(name));
     if !valid || version.as_deref().is_some_and(|v| !part_ok(v)) {
-        return Err(bad("a Vagrant Cloud box is written vagrant://USER/BOX or vagrant://USER/BOX@VERSION"));
+        return Err(bad(
+            "a Vagrant Cloud box is written vagrant://USER/BOX or vagrant://USER/BOX@VERSION, each part letters, digits, `.`, `_` or `-`, and not `.` or `..`",
+        ));
     }
     Ok(BoxRef::Vagrant { vagrant: tag.to_string(), version })
 }
@@ -223,6 +239,18 @@ mod tests {
             BoxRef::Catalog { name: "debian-12".into(), version: Some("20250210".into()) }
         );
         assert!(parse_box_ref("debian-12", Some(&hex), Path::new("/b")).is_err(), "--sha256 goes with URLs and files only");
+    }
+
+    #[test]
+    fn vagrant_cloud_user_and_box_are_names() {
+        assert_eq!(
+            parse_box_ref("vagrant://team/lv@1.10.0", None, Path::new("/b")).unwrap(),
+            BoxRef::Vagrant { vagrant: "team/lv".into(), version: Some("1.10.0".into()) }
+        );
+        for bad in ["vagrant://../x", "vagrant://team/..", "vagrant://./lv", "vagrant://a/b/c", "vagrant://team/lv@..", "vagrant://team/l%2Fv", "vagrant://lv"] {
+            let err = parse_box_ref(bad, None, Path::new("/b")).unwrap_err();
+            assert!(err.to_string().contains("not `.` or `..`"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use crate::fsutil::FileLock;
 use serde::{Deserialize, Serialize};
@@ -13,9 +14,10 @@ use serde::{Deserialize, Serialize};
 use super::archive::{self, Artifact};
 use super::catalog::{Catalog, Resolved};
 use super::digest::{copy_hashing, sha256_bytes, sha256_file, Hasher, Pin};
-use super::download::{remove_part, Downloader};
+use super::download::{is_http_url, plain_http_allowed, plain_http_host, remove_part, Downloader};
 use super::manifest::{self, Manifest};
-use super::source::{name_from_file, BoxSource};
+use super::source::{listed_name, name_from_file, BoxSource};
+use super::upstream::Build;
 use super::Error;
 use crate::config::Config;
 use crate::state::Home;
@@ -65,14 +67,17 @@ impl Stamp {
     }
 }
 
-/// The build a catalog name offers now (`Store::newest`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Newest {
-    pub version: String,
-    pub url: String,
-    /// Upstream's digest of the file, `ALGORITHM:HEX`; None when it publishes none
-    /// (a Vagrant Cloud box may not).
-    pub pin: Option<String>,
+/// A box `Store::ensure` made sure of, and where it came from.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub stored: StoredBox,
+    /// For a catalog or `vagrant://` box: the build it is (its URL and the digest
+    /// upstream gives it), what Envfile.lock records. None for a URL, file or image the
+    /// reference names itself.
+    pub build: Option<Build>,
+    /// For an `oci://` image whose reference named an index (multi-platform): the
+    /// index's sha256.
+    pub index: Option<String>,
 }
 
 /// A verified box in the store.
@@ -106,6 +111,20 @@ impl StoredBox {
         Ok(dir)
     }
 
+    /// Fails unless the box serves `format`, the provider machine `machine` uses.
+    pub fn check_serves(&self, format: BoxFormat, machine: &str) -> Result<(), Error> {
+        if self.manifest.providers.contains(&format) {
+            return Ok(());
+        }
+        Err(Error::WrongProvider {
+            name: self.manifest.name.clone(),
+            digest: self.digest.clone(),
+            providers: self.manifest.providers.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", "),
+            wanted: format.to_string(),
+            machine: machine.to_string(),
+        })
+    }
+
     /// What the store remembers about the box (name it is listed under, source, stamps).
     pub fn record(&self) -> anyhow::Result<Record> {
         read_record(&self.dir)
@@ -130,13 +149,15 @@ pub struct Corruption {
 pub struct Store {
     pub home: Home,
     config: Config,
+    /// Made on first use and kept, so a command reads each index or list once.
+    downloader: OnceLock<Downloader>,
 }
 
 impl Store {
     /// Opens the store in `home`; `config` gives the proxy, catalog and registries
     /// that fetching uses.
     pub fn open(home: &Home, config: &Config) -> anyhow::Result<Store> {
-        Ok(Store { home: home.clone(), config: config.clone() })
+        Ok(Store { home: home.clone(), config: config.clone(), downloader: OnceLock::new() })
     }
 
     /// The user's config (proxy, insecure registries).
@@ -148,48 +169,48 @@ impl Store {
         self.home.boxes_dir().join(digest)
     }
 
-    /// Makes sure the box is in the store (fetching and verifying it) and returns it.
-    pub fn ensure(&self, source: &BoxSource, ui: &Ui) -> anyhow::Result<StoredBox> {
+    /// Makes sure the box is in the store (fetching and verifying it) and returns it,
+    /// with the build a catalog or `vagrant://` reference resolved to.
+    pub fn ensure(&self, source: &BoxSource, ui: &Ui) -> anyhow::Result<Fetched> {
+        let fetched = |stored: StoredBox, build: Option<Build>| Fetched { stored, build, index: None };
         match &source.reference {
             BoxRef::Catalog { .. } => {
                 let downloader = self.downloader()?;
-                let entry = self.resolve_catalog(source, &downloader)?;
+                let entry = self.resolve_catalog(source, downloader)?;
                 // A fixed catalog URL names an immutable build: a box verified from it
                 // before is the one, and needs no fetch of the checksum list. A URL
                 // found through an upstream index was just checked against it instead.
                 if !entry.follows_upstream {
                     if let Some(found) = self.find_pinned_source(&entry.url)? {
-                        return self.get(&found);
+                        return self.with_provenance(self.get(&found)?);
                     }
                 }
-                let pin = entry.pin(&downloader)?;
+                let build = entry.build(downloader)?;
                 let hint = Hint {
                     name: source.name.clone().unwrap_or_else(|| entry.name.clone()),
                     version: entry.version.clone(),
                     explicit: source.name.is_some(),
                 };
-                self.fetch_url(&downloader, &entry.url, Some(pin), hint, ui)
+                let stored = self.fetch_url(downloader, &build.url, build.pin.clone(), hint, ui)?;
+                Ok(fetched(stored, Some(build)))
             }
             BoxRef::Vagrant { vagrant, version } => {
                 let downloader = self.downloader()?;
-                let found = self.resolve_vagrant(vagrant, version.as_deref(), &downloader)?;
-                let pin = match found.pin {
-                    Some(pin) => Some(pin),
-                    None if source.insecure => None,
-                    None => {
-                        return Err(Error::Catalog {
-                            location: found.url,
-                            message: format!("{} publishes no checksum for this file; pass --insecure to accept whatever arrives", source.reference),
-                        }
-                        .into())
+                let build = self.resolve_vagrant(vagrant, version.as_deref(), downloader)?;
+                if build.pin.is_none() && !source.insecure {
+                    return Err(Error::Catalog {
+                        location: build.url,
+                        message: format!("{} publishes no checksum for this file; pass --insecure to accept whatever arrives", source.reference),
                     }
-                };
+                    .into());
+                }
                 let hint = Hint {
-                    name: source.name.clone().unwrap_or_else(|| vagrant.replace('/', "-")),
-                    version: found.version,
+                    name: source.name.clone().or_else(|| listed_name(&source.reference)).unwrap_or_default(),
+                    version: build.version.clone(),
                     explicit: source.name.is_some(),
                 };
-                self.fetch_url(&downloader, &found.url, pin, hint, ui)
+                let stored = self.fetch_url(downloader, &build.url, build.pin.clone(), hint, ui)?;
+                Ok(fetched(stored, Some(build)))
             }
             BoxRef::Url { url, sha256 } => {
                 let pin = match sha256 {
@@ -202,10 +223,11 @@ impl Store {
                     version: "0".into(),
                     explicit: source.name.is_some(),
                 };
-                self.fetch_url(&self.downloader()?, url, pin, hint, ui)
+                Ok(fetched(self.fetch_url(self.downloader()?, url, pin, hint, ui)?, None))
             }
             BoxRef::Oci { image, sha256 } => {
-                Ok(super::oci::pull(self, image, sha256.as_deref(), source.name.clone(), ui)?.stored)
+                let pulled = super::oci::pull(self, image, sha256.as_deref(), source.name.clone(), ui)?;
+                Ok(Fetched { stored: pulled.stored, build: None, index: pulled.index })
             }
             BoxRef::Path { path, sha256 } => {
                 let hint = Hint {
@@ -213,7 +235,7 @@ impl Store {
                     version: "0".into(),
                     explicit: source.name.is_some(),
                 };
-                self.add_file(path, sha256.as_deref(), hint, ui)
+                Ok(fetched(self.add_file(path, sha256.as_deref(), hint, ui)?, None))
             }
         }
     }
@@ -221,21 +243,90 @@ impl Store {
     /// What a catalog or `vagrant://` reference means today: the build its source
     /// offers now (for an upstream entry, the newest), with the digest upstream gives
     /// it. Nothing is fetched but the catalog and the index, checksum list or API answer.
-    pub fn newest(&self, source: &BoxSource) -> anyhow::Result<Newest> {
+    pub fn newest(&self, source: &BoxSource) -> anyhow::Result<Build> {
         let downloader = self.downloader()?;
         if let BoxRef::Vagrant { vagrant, version } = &source.reference {
-            let found = self.resolve_vagrant(vagrant, version.as_deref(), &downloader)?;
-            return Ok(Newest { version: found.version, url: found.url, pin: found.pin.map(|p| p.to_string()) });
+            return Ok(self.resolve_vagrant(vagrant, version.as_deref(), downloader)?);
         }
-        let entry = self.resolve_catalog(source, &downloader)?;
-        let pin = entry.pin(&downloader)?;
-        Ok(Newest { version: entry.version, url: entry.url, pin: Some(pin.to_string()) })
+        Ok(self.resolve_catalog(source, downloader)?.build(downloader)?)
     }
 
-    /// A `vagrant://USER/BOX` reference through the API config `vagrant_api` names.
-    fn resolve_vagrant(&self, tag: &str, version: Option<&str>, downloader: &Downloader) -> Result<super::vagrant_cloud::Found, Error> {
+    /// A stored box a catalog or `vagrant://` reference names, found without the
+    /// network, as in Vagrant: the box listed under its name (`USER-BOX` for Vagrant
+    /// Cloud) for `format`, at the reference's version, else the one stored last (a
+    /// newer build `box update` added). None for other references, or none stored.
+    pub fn find_named(&self, reference: &BoxRef, format: BoxFormat) -> anyhow::Result<Option<Fetched>> {
+        let (Some(name), BoxRef::Catalog { version, .. } | BoxRef::Vagrant { version, .. }) = (listed_name(reference), reference) else {
+            return Ok(None);
+        };
+        let found = match version.as_deref() {
+            None => self
+                .list()?
+                .into_iter()
+                .filter(|(b, r)| b.manifest.providers.contains(&format) && (r.name == name || b.manifest.name == name))
+                .max_by_key(|(_, r)| r.added)
+                .map(|(b, _)| b),
+            Some(v) => match self.find_for(&format!("{name}@{v}"), Some(format)) {
+                Ok(stored) => Some(stored),
+                Err(e) if matches!(e.downcast_ref(), Some(Error::Missing { .. })) => None,
+                Err(e) => return Err(e),
+            },
+        };
+        found.map(|stored| self.with_provenance(self.get(&stored.digest)?)).transpose()
+    }
+
+    /// A box stored earlier with the build its record says it came from: the URL it
+    /// was fetched from and the pin it was verified against (none for a file).
+    fn with_provenance(&self, stored: StoredBox) -> anyhow::Result<Fetched> {
+        let record = stored.record()?;
+        let pin = match record.pin.as_deref().and_then(|p| p.split_once(':')) {
+            Some((algorithm, hex)) => Some(Pin::parse(algorithm, hex)?),
+            None => None,
+        };
+        let build = is_http_url(&record.source).then(|| Build { version: stored.manifest.version.clone(), url: record.source, pin });
+        Ok(Fetched { stored, build, index: None })
+    }
+
+    /// Before a catalog box pinned in Envfile.lock is fetched again from `url`, the URL
+    /// the lock recorded with the `upstream` digest: when `url` is the fixed file name
+    /// of the entry's "latest" directory, it serves whatever build is newest, so its
+    /// checksum list is read first and a build that moved on fails here, before its
+    /// bytes are downloaded. Any other URL names one build and is not asked.
+    pub fn check_pinned_url(&self, source: &BoxSource, url: &str, upstream: &str) -> anyhow::Result<()> {
+        let BoxRef::Catalog { name, .. } = &source.reference else { return Ok(()) };
+        let downloader = self.downloader()?;
+        let catalog = self.catalog(source, downloader)?;
+        let Some(latest) = catalog.fixed_latest(name, source.format) else { return Ok(()) };
+        let build = latest.resolve(downloader, name, None)?;
+        let now = build.pin.map(|p| p.to_string()).unwrap_or_default();
+        if build.url == url && now != upstream {
+            return Err(Error::UpstreamMoved { url: url.to_string(), pinned: upstream.to_string(), now }.into());
+        }
+        Ok(())
+    }
+
+    /// A `vagrant://USER/BOX` reference through the API config `vagrant_api` names;
+    /// the file it gives goes over plain HTTP only to this host or a host config
+    /// `insecure_registries` lists.
+    fn resolve_vagrant(&self, tag: &str, version: Option<&str>, downloader: &Downloader) -> Result<Build, Error> {
         let base = self.config.vagrant_api.as_deref().unwrap_or(super::vagrant_cloud::DEFAULT_API);
-        super::vagrant_cloud::resolve(downloader, base, tag, version)
+        let build = super::vagrant_cloud::resolve(downloader, base, tag, version)?;
+        match plain_http_host(&build.url) {
+            Some(host) if !plain_http_allowed(host, &self.config.insecure_registries) => Err(Error::PlainHttp {
+                what: format!("vagrant://{tag} (version {})", build.version),
+                host: host.to_string(),
+                url: build.url.clone(),
+            }),
+            _ => Ok(build),
+        }
+    }
+
+    /// The catalog a catalog reference is looked up in: `source.catalog`, else
+    /// ENVY_CATALOG, else config `catalog`, else the built-in one.
+    fn catalog(&self, source: &BoxSource, downloader: &Downloader) -> Result<Catalog, Error> {
+        let from_env = std::env::var("ENVY_CATALOG").ok().filter(|v| !v.is_empty());
+        let location = source.catalog.as_deref().or(from_env.as_deref()).or(self.config.catalog.as_deref());
+        Catalog::load(location, downloader)
     }
 
     /// The catalog entry a catalog reference names, for `source.format`.
@@ -243,14 +334,17 @@ impl Store {
         let BoxRef::Catalog { name, version } = &source.reference else {
             anyhow::bail!("{} is not a catalog box; only catalog names follow a source that offers newer builds", source.reference);
         };
-        let from_env = std::env::var("ENVY_CATALOG").ok().filter(|v| !v.is_empty());
-        let location = source.catalog.as_deref().or(from_env.as_deref()).or(self.config.catalog.as_deref());
-        let catalog = Catalog::load(location, downloader)?;
+        let catalog = self.catalog(source, downloader)?;
         Ok(catalog.resolve(name, version.as_deref(), source.format, downloader)?)
     }
 
-    pub(super) fn downloader(&self) -> anyhow::Result<Downloader> {
-        Downloader::new(self.config.proxy.as_deref())
+    /// The store's HTTP client, made on first use.
+    pub(super) fn downloader(&self) -> anyhow::Result<&Downloader> {
+        if let Some(downloader) = self.downloader.get() {
+            return Ok(downloader);
+        }
+        let made = Downloader::new(self.config.proxy.as_deref())?;
+        Ok(self.downloader.get_or_init(|| made))
     }
 
     /// Downloads, verifies and stores a URL. One process per URL downloads at a time;
@@ -320,7 +414,7 @@ impl Store {
             .tempfile_in(&downloads)
             .map_err(Error::io("cannot create a file in", &downloads))?;
         let src = File::open(path).map_err(Error::io("cannot read", path))?;
-        let hashes = copy_hashing(src, staged.as_file(), Hasher::new(false))
+        let hashes = copy_hashing(src, staged.as_file(), Hasher::new())
             .and_then(|h| staged.as_file().sync_all().map(|()| h))
             .map_err(Error::io("cannot copy", path))?;
         if let Some(pin) = &pin {
@@ -607,17 +701,6 @@ impl Store {
     /// Finds one stored box by name, `name@version`, or digest prefix (8+ hex digits).
     pub fn find(&self, query: &str) -> anyhow::Result<StoredBox> {
         self.find_for(query, None)
-    }
-
-    /// The box listed as `name` for `format` that entered the store last (`box update`
-    /// adds a newer build under the same name; an older one may stay pinned elsewhere).
-    pub fn latest_named(&self, name: &str, format: BoxFormat) -> anyhow::Result<Option<StoredBox>> {
-        Ok(self
-            .list()?
-            .into_iter()
-            .filter(|(b, r)| b.manifest.providers.contains(&format) && (r.name == name || b.manifest.name == name))
-            .max_by_key(|(_, r)| r.added)
-            .map(|(b, _)| b))
     }
 
     /// `find` among the boxes with `format`: one box name may stand for a container

@@ -8,7 +8,7 @@
 use serde::Deserialize;
 
 use super::digest::{parse_sha256, parse_sha512, Pin};
-use super::download::{Downloader, MAX_TEXT_BYTES};
+use super::download::{is_http_url, Downloader, MAX_TEXT_BYTES};
 use super::Error;
 
 /// Where a catalog entry's builds are listed.
@@ -24,15 +24,19 @@ pub enum Upstream {
     Latest { dir: String, file: String, checksums: String },
 }
 
-/// The newest build an upstream offers.
+/// A build a box's source offers: the newest of an upstream index, a catalog's fixed
+/// version, or a Vagrant Cloud version. It is also a stored box's provenance, what
+/// Envfile.lock records beside envy's own sha256.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Build {
     /// The build's version: the simplestreams version key, the part of the file name
-    /// the pattern's `*` matched, or else the directory's name (`latest`).
+    /// the pattern's `*` matched, the directory's name (`latest`), the catalog's or
+    /// Vagrant Cloud's version.
     pub version: String,
     pub url: String,
-    /// The digest upstream publishes for the file.
-    pub pin: Pin,
+    /// The digest upstream publishes for the file; None when it publishes none (a
+    /// Vagrant Cloud box may not).
+    pub pin: Option<Pin>,
 }
 
 /// The simplestreams index (`streams/v1/index.json`).
@@ -150,7 +154,7 @@ fn simplestreams(
     };
     let sha256 = item.sha256.as_deref().ok_or_else(|| format!("{products_url}: {key} version {version} gives no sha256 for its {ftype} item"))?;
     let pin = Pin::Sha256(parse_sha256(sha256).map_err(|e| format!("{products_url}: {e}"))?);
-    Ok(Build { version, url: join(base, &relative(&item.path, &products_url)?), pin })
+    Ok(Build { version, url: join(base, &relative(&item.path, &products_url)?), pin: Some(pin) })
 }
 
 fn latest(downloader: &Downloader, dir: &str, file: &str, checksums: &str, tried: &mut Vec<String>) -> Result<Build, String> {
@@ -175,7 +179,7 @@ fn latest(downloader: &Downloader, dir: &str, file: &str, checksums: &str, tried
     } else {
         dir.trim_end_matches('/').rsplit('/').next().unwrap_or("latest").to_string()
     };
-    Ok(Build { version, url: join(dir, name), pin })
+    Ok(Build { version, url: join(dir, name), pin: Some(pin) })
 }
 
 /// Largest simplestreams document read: a mirror's products file lists every build of
@@ -198,7 +202,7 @@ fn relative(path: &str, from: &str) -> Result<String, String> {
 
 /// `base` and a relative `path` (or `path` itself when it is a URL).
 fn join(base: &str, path: &str) -> String {
-    if path.starts_with("http://") || path.starts_with("https://") {
+    if is_http_url(path) {
         return path.to_string();
     }
     format!("{}/{}", base.trim_end_matches('/'), path.trim_start_matches("./"))

@@ -8,22 +8,13 @@ use serde::Deserialize;
 
 use super::digest::Pin;
 use super::download::Downloader;
-use super::upstream::host_arch;
+use super::upstream::{host_arch, Build};
 use super::Error;
 
 /// The public API, unless config `vagrant_api` names another.
 pub const DEFAULT_API: &str = "https://vagrantcloud.com/api/v2";
 /// The Vagrant provider whose boxes envy runs (a qcow2 disk).
 const PROVIDER: &str = "libvirt";
-
-/// The file a `vagrant://` reference means.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Found {
-    pub version: String,
-    pub url: String,
-    /// Upstream's checksum; None when the box publishes none.
-    pub pin: Option<Pin>,
-}
 
 #[derive(Deserialize)]
 struct BoxInfo {
@@ -57,7 +48,7 @@ struct Provider {
 
 /// Resolves `USER/BOX` (at `version`, or its newest active version that has a libvirt
 /// file for this host) through the API at `base`.
-pub fn resolve(downloader: &Downloader, base: &str, tag: &str, version: Option<&str>) -> Result<Found, Error> {
+pub fn resolve(downloader: &Downloader, base: &str, tag: &str, version: Option<&str>) -> Result<Build, Error> {
     let url = format!("{}/box/{tag}", base.trim_end_matches('/'));
     let what = format!("vagrant://{tag}");
     let fail = |message: String| Error::Upstream { what: what.clone(), tried: url.clone(), message };
@@ -97,7 +88,7 @@ pub fn resolve(downloader: &Downloader, base: &str, tag: &str, version: Option<&
         (Some(hex), Some(kind)) if !kind.is_empty() && kind != "none" => Some(Pin::parse(kind, hex).map_err(|e| fail(e.to_string()))?),
         _ => None,
     };
-    Ok(Found { version: v.version.clone(), url: file, pin })
+    Ok(Build { version: v.version.clone(), url: file, pin })
 }
 
 /// Orders `1.10.0` after `1.9.2`: dot-separated parts, numbers as numbers.

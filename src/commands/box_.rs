@@ -37,7 +37,7 @@ fn add(ctx: &Context, store: &Store, args: BoxAddArgs) -> Result<i32> {
         name: args.name,
         format: None,
     };
-    let stored = store.ensure(&source, &ctx.ui)?;
+    let stored = store.ensure(&source, &ctx.ui)?.stored;
     let record = stored.record()?;
     if ctx.ui.json {
         let mut out = describe(&stored, &record);

@@ -5,7 +5,7 @@
 use anyhow::Result;
 use serde_json::json;
 
-use crate::boxes::{BoxSource, Newest, Store};
+use crate::boxes::{BoxSource, Build, Store};
 use crate::cli::{BoxOutdatedArgs, BoxUpdateArgs};
 use crate::context::Context;
 use crate::envfile::lock::{LockFile, LockedBox};
@@ -21,7 +21,7 @@ struct Row<'a> {
     pinned: Option<&'a LockedBox>,
     /// The pinned box's version, when it is stored here.
     pinned_version: Option<String>,
-    newest: Option<Newest>,
+    newest: Option<Build>,
 }
 
 impl Row<'_> {
@@ -39,9 +39,9 @@ impl Row<'_> {
 
 /// Whether the pin is the newest build: the same upstream digest (or envy's own
 /// sha256), or, for a box that publishes no digest, the same URL.
-fn is_current(newest: &Newest, pinned: &LockedBox) -> bool {
-    match &newest.pin {
-        Some(pin) => pinned.upstream.as_ref() == Some(pin) || *pin == format!("sha256:{}", pinned.sha256),
+fn is_current(newest: &Build, pinned: &LockedBox) -> bool {
+    match newest.pin.as_ref().map(|p| p.to_string()) {
+        Some(pin) => pinned.upstream.as_ref() == Some(&pin) || pin == format!("sha256:{}", pinned.sha256),
         None => pinned.url.as_ref() == Some(&newest.url),
     }
 }
@@ -79,7 +79,7 @@ pub fn outdated(ctx: &Context, store: &Store, args: BoxOutdatedArgs) -> Result<i
                         "url": p.url,
                         "upstream": p.upstream,
                     })),
-                    "newest": r.newest.as_ref().map(|n| json!({ "version": n.version, "url": n.url, "digest": n.pin })),
+                    "newest": r.newest.as_ref().map(|n| json!({ "version": n.version, "url": n.url, "digest": n.pin.as_ref().map(|p| p.to_string()) })),
                     "status": r.status(),
                 })
             })
@@ -94,7 +94,7 @@ pub fn outdated(ctx: &Context, store: &Store, args: BoxOutdatedArgs) -> Result<i
             None => "-".into(),
         };
         let newest = match &r.newest {
-            Some(n) => format!("{} {}", n.pin.as_deref().map_or("-".into(), short_pin), n.version),
+            Some(n) => format!("{} {}", n.pin.as_ref().map_or("-".into(), |p| short_pin(&p.to_string())), n.version),
             None => "-".into(),
         };
         println!("{:<16} {:<20} {:<32} {:<32} {}", r.spec.name, r.spec.box_ref.to_string(), pinned.trim_end(), newest, r.status());
@@ -120,18 +120,10 @@ pub fn update(ctx: &Context, store: &Store, args: BoxUpdateArgs) -> Result<i32> 
     let mut report = Vec::new();
     for spec in machines {
         let format = box_format(spec)?;
-        let (stored, index) = lifecycle::fetch_box(ctx, store, &spec.box_ref, format, args.insecure, None)?;
-        if !stored.manifest.providers.contains(&format) {
-            return Err(crate::boxes::Error::WrongProvider {
-                name: stored.manifest.name.clone(),
-                digest: stored.digest.clone(),
-                providers: stored.manifest.providers.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", "),
-                wanted: format.to_string(),
-                machine: spec.name.clone(),
-            }
-            .into());
-        }
-        let entry = lifecycle::lock_entry(&spec.box_ref, &stored, index)?;
+        let fetched = lifecycle::fetch_box(ctx, store, &spec.box_ref, format, args.insecure, None)?;
+        fetched.stored.check_serves(format, &spec.name)?;
+        let entry = lifecycle::lock_entry(&spec.box_ref, &fetched);
+        let stored = fetched.stored;
         let old = lock
             .machines
             .get(&spec.name)

@@ -55,7 +55,7 @@ impl Fixture {
         let tarball = tmp.path().join("busybox.tar");
         envy::boxes::pack_rootfs_dir(&rootfs, &tarball).unwrap();
         let source = BoxSource::from_ref(&BoxRef::Path { path: tarball, sha256: None }, None, Some(envy::model::BoxFormat::Container));
-        let stored = Store::open(&home, &Default::default()).unwrap().ensure(&source, &quiet_ui()).unwrap();
+        let stored = Store::open(&home, &Default::default()).unwrap().ensure(&source, &quiet_ui()).unwrap().stored;
         let project_dir = tmp.path().join("project");
         std::fs::create_dir_all(&project_dir).unwrap();
         let envfile = Envfile::new(

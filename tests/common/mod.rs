@@ -268,6 +268,29 @@ pub fn quiet_ui() -> Ui {
     Ui { interactive: false, fancy: false, json: false, quiet: true }
 }
 
+/// What `envy up` does first for machine `name` of the project, through envy's library:
+/// the box it resolves for `format` with `config`, honouring and updating
+/// Envfile.lock (saved when it changed), without starting anything.
+pub fn resolve_box(env: &TestEnv, config: envy::config::Config, name: &str, format: envy::model::BoxFormat) -> anyhow::Result<envy::boxes::StoredBox> {
+    let ctx = envy::context::Context {
+        home: envy::state::Home::at(&env.home),
+        config,
+        ui: quiet_ui(),
+        cwd: env.project.clone(),
+        no_wait: true,
+    };
+    let ws = envy::workspace::Workspace::load(&ctx)?;
+    let spec = ws.envfile.machine(name).unwrap_or_else(|| panic!("no machine {name} in the Envfile"));
+    let path = envy::envfile::lock::LockFile::path_for(&env.project);
+    let mut lock = envy::envfile::lock::LockFile::load(&path)?;
+    let before = lock.clone();
+    let stored = envy::lifecycle::resolve_box(&ctx, spec, format, &env.project, &mut lock, false)?;
+    if lock != before {
+        lock.save(&path)?;
+    }
+    Ok(stored)
+}
+
 /// A TCP port free on 127.0.0.1 right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()

@@ -33,7 +33,7 @@ pub fn tiny_box() -> StoredBox {
             let built = tiny_vm_box(&env);
             let home = Home::at(Path::new(env!("CARGO_TARGET_TMPDIR")).join("qemu-test-store"));
             let source = BoxSource::from_ref(&BoxRef::Path { path: built, sha256: None }, None, None);
-            Store::open(&home, &Default::default()).unwrap().ensure(&source, &quiet_ui()).unwrap()
+            Store::open(&home, &Default::default()).unwrap().ensure(&source, &quiet_ui()).unwrap().stored
         })
         .clone()
 }

@@ -46,7 +46,7 @@ pub fn pull(store: &Store, image: &OciRef, expect: Option<&str>, name: Option<St
     }
     let label = image.to_string();
     let downloader = store.downloader()?;
-    let registry = Registry::connect(&downloader, image, &store.config().insecure_registries, "pull")?;
+    let registry = Registry::connect(downloader, image, &store.config().insecure_registries, "pull")?;
     let reference = match (&image.digest, &image.tag) {
         (Some(d), _) => format!("sha256:{d}"),
         (None, Some(t)) => t.clone(),

@@ -115,7 +115,7 @@ fn upload_image(store: &Store, layers: Vec<Blob>, config: &Value, target: &OciRe
     let manifest_bytes = serde_json::to_vec(&manifest)?;
 
     let downloader = store.downloader()?;
-    let registry = Registry::connect(&downloader, target, &store.config().insecure_registries, "pull,push")?;
+    let registry = Registry::connect(downloader, target, &store.config().insecure_registries, "pull,push")?;
     for blob in layers.iter().chain([&config_blob]) {
         upload(&registry, blob, &label, ui)?;
     }
@@ -174,7 +174,7 @@ fn gzip_layer(tar: &Path, out: &Path) -> anyhow::Result<(Blob, String)> {
     let src = File::open(tar).map_err(Error::io("cannot read", tar))?;
     let dest = File::create(out).map_err(Error::io("cannot create", out))?;
     let mut reader = HashingReader::new(BufReader::with_capacity(1 << 20, src));
-    let writer = HashingWriter::new(io::BufWriter::with_capacity(1 << 20, dest), Hasher::new(false));
+    let writer = HashingWriter::new(io::BufWriter::with_capacity(1 << 20, dest), Hasher::new());
     let mut encoder = flate2::write::GzEncoder::new(writer, flate2::Compression::fast());
     io::copy(&mut reader, &mut encoder).map_err(Error::io("cannot compress", tar))?;
     let (buf, compressed) = encoder.finish().map_err(Error::io("cannot write", out))?.finish();

@@ -4,7 +4,6 @@
 //! `insecure_registries`.
 
 use std::io::Read;
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
@@ -13,7 +12,7 @@ use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, WWW_AUTHENTICATE};
 use reqwest::StatusCode;
 
 use crate::boxes::digest::sha256_bytes;
-use crate::boxes::download::{error_chain, Downloader};
+use crate::boxes::download::{error_chain, plain_http_allowed, Downloader};
 use crate::boxes::Error;
 use crate::model::OciRef;
 
@@ -255,20 +254,6 @@ fn read_limited(resp: Response, url: &str) -> Result<Vec<u8>, Error> {
     Ok(body)
 }
 
-/// Plain HTTP is for registries on a loopback address (as Docker allows) and those
-/// the user lists in `insecure_registries`.
-pub fn plain_http_allowed(registry: &str, insecure: &[String]) -> bool {
-    if insecure.iter().any(|r| r == registry) {
-        return true;
-    }
-    let host = match registry.rsplit_once(':') {
-        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
-        _ => registry,
-    };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
-}
-
 /// `Bearer realm="…",service="…"` → ("Bearer", [(realm, …), (service, …)]).
 fn parse_challenge(header: &str) -> (String, Vec<(String, String)>) {
     let (scheme, rest) = header.trim().split_once(' ').unwrap_or((header.trim(), ""));
@@ -319,16 +304,6 @@ fn docker_credentials(registry: &str) -> (Option<Credentials>, Option<PathBuf>) 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn plain_http_only_to_loopback_or_listed() {
-        assert!(plain_http_allowed("127.0.0.1:5000", &[]));
-        assert!(plain_http_allowed("localhost:5000", &[]));
-        assert!(plain_http_allowed("[::1]:5000", &[]));
-        assert!(!plain_http_allowed("10.0.0.5:5000", &[]));
-        assert!(!plain_http_allowed("ghcr.io", &[]));
-        assert!(plain_http_allowed("reg.lan:5000", &["reg.lan:5000".into()]));
-    }
 
     #[test]
     fn challenges() {
