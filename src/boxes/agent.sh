@@ -35,13 +35,15 @@ ud=$run/user-data
 # A quoted scalar's text: envy writes JSON-quoted strings without escapes in them.
 scalar() { sed -n "s/^$1: *\"\{0,1\}\([^\"]*\)\"\{0,1\}\$/\1/p" "$2" | head -n1; }
 
-# New host keys once per instance: the box's own are shared by every machine made from it.
+# A new host key once per instance: the box's own are shared by every machine made from it.
 instance=$(scalar instance-id "$run/meta-data")
 state=/var/lib/envy-agent
 if [ -z "$login_user" ] && [ "$(cat "$state/instance-id" 2>/dev/null)" != "$instance" ]; then
     if command -v ssh-keygen >/dev/null && ls /etc/ssh/ssh_host_*_key >/dev/null 2>&1; then
+        # One ed25519 key, as envy's seed asks of cloud-init: RSA and ECDSA keys take
+        # tens of seconds to make under TCG, and ssh picks ed25519 first.
         rm -f /etc/ssh/ssh_host_*_key /etc/ssh/ssh_host_*_key.pub
-        ssh-keygen -A >/dev/null && say "made new SSH host keys for $instance"
+        ssh-keygen -q -t ed25519 -N '' -f /etc/ssh/ssh_host_ed25519_key && say "made a new SSH host key for $instance"
     fi
     mkdir -p "$state" && echo "$instance" > "$state/instance-id"
 fi
