@@ -28,9 +28,8 @@ bench_require_tools qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils ssh:o
 [ -x "$envy" ] || { echo "cloud_boot.sh: no envy binary at $envy; run cargo build first" >&2; exit 1; }
 
 work=$(mktemp -d /tmp/envy-bench-cloud.XXXXXX)
-raw_pid=
-cleanup() {
-  [ -n "$raw_pid" ] && kill "$raw_pid" 2>/dev/null || true
+cleanup() {   # raw_boot runs in a $(...) subshell: its QEMU is known by the pid file
+  [ -s "$work/raw.pid" ] && kill "$(cat "$work/raw.pid")" 2>/dev/null || true
   (cd "$work/project" 2>/dev/null && "$envy" destroy --force bench >/dev/null 2>&1) || true
   rm -rf "$work"
 }
@@ -82,7 +81,7 @@ raw_boot() {    # $1: run number; prints seconds from QEMU's start to the first 
   qemu-img create -q -f qcow2 -F qcow2 -b "$work/cloud.qcow2" "$work/raw.qcow2"
   printf 'instance-id: raw-%s\nlocal-hostname: bench\n' "$1$$" >"$work/meta-data"
   printf '#cloud-config\ndisable_root: false\nssh_authorized_keys:\n  - %s\n' "$(cat "$work/key.pub")" >"$work/user-data"
-  mkfs.vfat -n cidata -C "$work/seed.img" 2048 >/dev/null
+  mkfs.vfat -n cidata -C "$work/seed.img" 2048 >/dev/null 2>&1   # (it warns of the lowercase label envy uses too)
   mcopy -i "$work/seed.img" "$work/meta-data" "$work/user-data" ::
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   local accel_cpu=max; [ "$ENVY_ACCEL" = kvm ] && accel_cpu=host
@@ -93,12 +92,12 @@ raw_boot() {    # $1: run number; prints seconds from QEMU's start to the first 
     -drive "file=$work/seed.img,if=none,id=seed,format=raw,readonly=on" -device virtio-blk-pci,drive=seed \
     -netdev "user,id=n0,hostfwd=tcp:127.0.0.1:$port-:22" -device virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56 \
     -serial "file:$work/raw-console.log" -daemonize -pidfile "$work/raw.pid"
-  raw_pid=$(cat "$work/raw.pid")
+  local raw_pid; raw_pid=$(cat "$work/raw.pid")
   until timeout 0.5 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port && head -c4 <&3" 2>/dev/null | grep -q SSH- \
         && raw_ssh -o ConnectTimeout=3 -p "$port" root@127.0.0.1 true </dev/null >/dev/null 2>&1; do sleep 0.25; done
   t1=$(now)
   raw_ssh -p "$port" root@127.0.0.1 "$profile_script" </dev/null >"$profiles/raw-$1.txt" 2>&1 || true
-  kill "$raw_pid"; while kill -0 "$raw_pid" 2>/dev/null; do sleep 0.05; done; raw_pid=
+  kill "$raw_pid"; while kill -0 "$raw_pid" 2>/dev/null; do sleep 0.05; done; rm -f "$work/raw.pid"
   elapsed "$t0" "$t1"
 }
 
