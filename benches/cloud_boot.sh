@@ -13,7 +13,8 @@
 # guest was idle (165 s instead of ~80 s in one run).
 # After each boot, once the guest is idle, it saves `systemd-analyze critical-chain`,
 # `blame` and `cloud-init analyze show/blame` to PROFILE_DIR (target/bench-cloud-boot).
-# Usage: cargo build && benches/cloud_boot.sh   (ENVY=path/to/envy to pick a binary)
+# Usage: cargo build && benches/cloud_boot.sh   (ENVY=path/to/envy to pick a binary;
+#        RAW_ED25519=1 gives the raw seed envy's single host key too)
 # Needs: qemu-system-x86, qemu-utils, openssh-client, dosfstools, mtools, bc, and what
 # cloud-image.sh needs (it installs nothing itself).
 set -euo pipefail
@@ -84,6 +85,9 @@ raw_boot() {    # $1: run number; prints seconds from QEMU's start to the first 
   qemu-img create -q -f qcow2 -F qcow2 -b "$work/cloud.qcow2" "$work/raw.qcow2"
   printf 'instance-id: raw-%s\nlocal-hostname: bench\n' "$1$$" >"$work/meta-data"
   printf '#cloud-config\ndisable_root: false\nssh_authorized_keys:\n  - %s\n' "$(cat "$work/key.pub")" >"$work/user-data"
+  # RAW_ED25519=1: the raw seed also asks for one host key, as envy's does, so both
+  # guests do the same work and the ratio is envy's own cost.
+  [ "${RAW_ED25519:-0}" = 1 ] && echo 'ssh_genkeytypes: ["ed25519"]' >>"$work/user-data"
   mkfs.vfat -n cidata -C "$work/seed.img" 2048 >/dev/null 2>&1   # (it warns of the lowercase label envy uses too)
   mcopy -i "$work/seed.img" "$work/meta-data" "$work/user-data" ::
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
