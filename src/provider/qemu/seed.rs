@@ -56,8 +56,8 @@ pub fn user_data(plan: &MachinePlan, public_key: &str, net: Option<&Segment>, tr
     // envy logs in as root (exec, provisioning); the default user gets the key too.
     out += "disable_root: false\nssh_pwauth: false\n";
     // One host key, the type ssh picks first: cloud-init's default also makes RSA 3072
-    // and ECDSA keys before sshd starts, 25 s of a 90 s first boot under TCG
-    // (docs/benchmarks.md, "Cloud image boot").
+    // and ECDSA keys before sshd starts, up to 25 s of a first boot under TCG
+    // (docs/benchmarks.md, "A stock cloud image's boot").
     out += "ssh_genkeytypes: [\"ed25519\"]\n";
     out += "users:\n  - default\n";
     out += &format!("ssh_authorized_keys:\n  - {}\n", quote(public_key.trim()));
