@@ -7,6 +7,8 @@
 # generated manifest, boot = "firmware"); QEMU starts it without -kernel.
 #
 # Usage: tiny-vm-bios.sh OUT.qcow2 [ROOTFS]   (ROOTFS: a changed copy of tiny-vm.sh's)
+# PART_MIB sizes the partition (default 160, room for the tiny VM) and CMDLINE is the
+# kernel's command line (benches/cloud-image.sh puts a whole Debian system in 2 GiB).
 # Needs: what tiny-vm.sh needs, e2fsprogs, qemu-utils, fdisk (sfdisk), grub-pc-bin.
 set -euo pipefail
 
@@ -34,13 +36,13 @@ terminal_input serial console
 terminal_output serial console
 set timeout=0
 menuentry tiny-vm {
-  linux /boot/$kernel console=ttyS0 root=/dev/vda1 rw
+  linux /boot/$kernel ${CMDLINE:-console=ttyS0 root=/dev/vda1 rw}
   initrd /boot/$initrd
 }
 EOT
 
 # 1 MiB for the MBR and GRUB's core image, then the ext4 partition.
-part_mib=160
+part_mib=${PART_MIB:-160}
 raw=$work/disk.raw
 truncate -s $((part_mib + 1))M "$raw"
 echo "start=2048, type=83, bootable" | sfdisk --quiet "$raw"

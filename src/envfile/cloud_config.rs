@@ -13,7 +13,7 @@ pub const MAX_USER_DATA: u64 = 512 * 1024;
 /// Top-level keys envy's own user-data sets or may set (docs/box-format.md): the
 /// machine's identity, envy's login, its sync mounts and project network. A user
 /// value for one would change how envy reaches the machine, so it is an error.
-pub const ENVY_KEYS: &[&str] = &["hostname", "disable_root", "ssh_pwauth", "users", "ssh_authorized_keys", "mounts", "bootcmd"];
+pub const ENVY_KEYS: &[&str] = &["hostname", "disable_root", "ssh_pwauth", "ssh_genkeytypes", "users", "ssh_authorized_keys", "mounts", "bootcmd"];
 
 /// Reads a user's cloud-config: `#cloud-config` first, then a YAML mapping with no
 /// key envy manages. The error is a sentence to put after the file or key's name.

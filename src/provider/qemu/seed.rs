@@ -54,7 +54,12 @@ pub fn user_data(plan: &MachinePlan, public_key: &str, net: Option<&Segment>, tr
     let mut out = String::from("#cloud-config\n");
     out += &format!("hostname: {}\n", quote(plan.name()));
     // envy logs in as root (exec, provisioning); the default user gets the key too.
-    out += "disable_root: false\nssh_pwauth: false\nusers:\n  - default\n";
+    out += "disable_root: false\nssh_pwauth: false\n";
+    // One host key, the type ssh picks first: cloud-init's default also makes RSA 3072
+    // and ECDSA keys before sshd starts, up to 25 s of a first boot under TCG
+    // (docs/benchmarks.md, "A stock cloud image's boot").
+    out += "ssh_genkeytypes: [\"ed25519\"]\n";
+    out += "users:\n  - default\n";
     out += &format!("ssh_authorized_keys:\n  - {}\n", quote(public_key.trim()));
     if !plan.spec.sync.is_empty() {
         out += "mounts:\n";
@@ -144,6 +149,7 @@ box = "x"
 hostname: "web"
 disable_root: false
 ssh_pwauth: false
+ssh_genkeytypes: ["ed25519"]
 users:
   - default
 ssh_authorized_keys:
@@ -175,6 +181,7 @@ bootcmd:
 hostname: "vm"
 disable_root: false
 ssh_pwauth: false
+ssh_genkeytypes: ["ed25519"]
 users:
   - default
 ssh_authorized_keys:

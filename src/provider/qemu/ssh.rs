@@ -24,9 +24,12 @@ const PROBE_CONNECT_TIMEOUT: &str = "3";
 /// Pause between readiness attempts.
 const PROBE_INTERVAL: Duration = Duration::from_millis(250);
 /// How long to wait for the server's banner before trying again. A forwarded port
-/// accepts at once even while the guest's network is down; ssh would then sit out
-/// its whole (whole-second) connect timeout, this costs a fraction of one.
-const BANNER_TIMEOUT: Duration = Duration::from_millis(500);
+/// accepts at once even while the guest's network is down, so ssh is started only
+/// once a banner came. As long as ssh's own connect timeout: a busy guest under TCG
+/// (cloud-init's later stages) took 1.5 s to send it, and a shorter wait drops the
+/// connection its sshd is still starting only to open another; a guest that refuses
+/// closes the connection at once, so the wait costs nothing then.
+const BANNER_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Where and how to reach one machine's SSH server.
 #[derive(Debug, Clone)]
