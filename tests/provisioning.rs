@@ -89,12 +89,12 @@ fn files_and_user_data_reach_a_vm() {
     env.envy().arg("up").assert().success();
     let guest = guest_of(&env);
     check_copies(&guest);
-    // The tiny box has no cloud-init (its init reads envy's keys only, see
+    // The tiny box has no cloud-init (envy's agent reads envy's keys only, see
     // docs/box-format.md), so what is checked end to end is the contract: the seed the
-    // guest mounted holds envy's keys, which its init still read (hostname, the login
-    // envy just used), followed by the user's write_files and runcmd, as one YAML file.
+    // agent read holds envy's keys, which it still applied (hostname, the login envy
+    // just used), followed by the user's write_files and runcmd, as one YAML file.
     assert_eq!(guest("hostname"), "vm\n");
-    let seen = guest("cat /run/cidata/user-data");
+    let seen = guest("cat /run/envy-agent/user-data");
     let value: serde_yaml::Value = serde_yaml::from_str(&seen).unwrap();
     assert_eq!(value["hostname"].as_str(), Some("vm"), "{seen}");
     assert!(value["ssh_authorized_keys"][0].as_str().unwrap().starts_with("ssh-ed25519 "), "{seen}");
