@@ -214,7 +214,8 @@ fn vagrant_cloud_boxes_resolve_through_the_api_and_are_checked_by_its_checksum()
 /// that Vagrant's insecure key logs in as, and sudo. busybox has no sudo, so `vagrant`
 /// is a second name for root and `sudo` runs its command: envy's side of the contract
 /// (the login, `sudo -n`, the keys) is what this box tests.
-fn tiny_vagrant_box(env: &TestEnv) -> PathBuf {
+/// `sudo` is the script the box's `/usr/bin/sudo` holds.
+fn tiny_vagrant_box(env: &TestEnv, sudo: &str) -> PathBuf {
     let rootfs = env.path("vagrant-rootfs");
     let copied = StdCommand::new("cp").arg("-a").arg(crate::common::tiny_vm_rootfs()).arg(&rootfs).status().unwrap();
     assert!(copied.success());
@@ -235,7 +236,7 @@ fn tiny_vagrant_box(env: &TestEnv) -> PathBuf {
     assert!(public.status.success());
     std::fs::create_dir_all(rootfs.join("home/vagrant/.ssh")).unwrap();
     std::fs::write(rootfs.join("home/vagrant/.ssh/authorized_keys"), &public.stdout).unwrap();
-    std::fs::write(rootfs.join("usr/bin/sudo"), "#!/bin/sh\n[ \"$1\" = -n ] && shift\nexec \"$@\"\n").unwrap();
+    std::fs::write(rootfs.join("usr/bin/sudo"), sudo).unwrap();
     std::fs::set_permissions(rootfs.join("usr/bin/sudo"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
 
     let content = env.path("tiny-vagrant-content");
@@ -248,12 +249,15 @@ fn tiny_vagrant_box(env: &TestEnv) -> PathBuf {
     pack_vagrant_box(env, "tiny-vagrant", &content, &["metadata.json", "Vagrantfile", "box.img"])
 }
 
+/// A passwordless sudo, as Vagrant boxes have: `-n` taken, the command run.
+const SUDO: &str = "#!/bin/sh\n[ \"$1\" = -n ] && shift\nexec \"$@\"\n";
+
 #[test]
 fn a_vagrant_box_boots_and_envy_replaces_the_insecure_key_with_the_machines_own() {
     require!(need::VMS, TOOLS, [Need::Tool("sfdisk", "fdisk"), Need::Tool("grub-mkimage", "grub-common"), Need::Tool("ssh-keygen", "openssh-client")]);
     let env = TestEnv::new();
     let server = Server::start();
-    let bootable = std::fs::read(tiny_vagrant_box(&env)).unwrap();
+    let bootable = std::fs::read(tiny_vagrant_box(&env, SUDO)).unwrap();
     server.serve("tiny.box", bootable.clone());
     let other = vagrant_box(&env, "other", &[("metadata.json", Some(METADATA_V1)), ("Vagrantfile", Some(VAGRANTFILE)), ("box.img", None)]);
     server.serve("other.box", std::fs::read(&other).unwrap());
@@ -391,4 +395,27 @@ fn vagrant_cloud_names_and_download_urls_are_checked() {
         .stderr(contains("vagrant://team/far (version 1.0) is offered at http://192.0.2.7:8080/lv.box, plain HTTP to 192.0.2.7:8080"))
         .stderr(contains("`insecure_registries`"));
     assert!(env.store_entries().is_empty() && env.download_entries().is_empty());
+}
+
+#[test]
+fn a_vagrant_box_without_passwordless_sudo_is_refused_and_stopped() {
+    require!(need::VMS, TOOLS, [Need::Tool("sfdisk", "fdisk"), Need::Tool("grub-mkimage", "grub-common"), Need::Tool("ssh-keygen", "openssh-client")]);
+    let env = TestEnv::new();
+    // sudo -n as a box without NOPASSWD answers it.
+    let asks = "#!/bin/sh\necho 'sudo: a password is required' >&2\nexit 1\n";
+    let path = tiny_vagrant_box(&env, asks);
+    std::fs::write(
+        env.project.join("Envfile"),
+        format!("[machine.vm]\nbox = {{ path = \"{}\" }}\nprovider = \"qemu\"\nmemory = \"256MiB\"\ncpus = 1\n", path.display()),
+    )
+    .unwrap();
+    let _cleanup = DestroyOnDrop(&env);
+    let out = env.envy().arg("up").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(err.contains("machine vm (a Vagrant box) could not be set up over SSH as vagrant"), "{err}");
+    assert!(err.contains("passwordless sudo; the machine was stopped"), "{err}");
+    let runtime_id = format!("envy-{}-vm", envy::plan::project_id(&env.project));
+    assert_eq!(crate::common::qemu::qemu_processes(&runtime_id), 0, "QEMU was left running");
+    assert_eq!(env.status()["machines"][0]["state"], "stopped");
 }
