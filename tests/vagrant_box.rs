@@ -216,9 +216,7 @@ fn vagrant_cloud_boxes_resolve_through_the_api_and_are_checked_by_its_checksum()
 /// (the login, `sudo -n`, the keys) is what this box tests.
 /// `sudo` is the script the box's `/usr/bin/sudo` holds.
 fn tiny_vagrant_box(env: &TestEnv, sudo: &str) -> PathBuf {
-    let rootfs = env.path("vagrant-rootfs");
-    let copied = StdCommand::new("cp").arg("-a").arg(crate::common::tiny_vm_rootfs()).arg(&rootfs).status().unwrap();
-    assert!(copied.success());
+    let rootfs = crate::common::tiny_vm_rootfs_copy(env, "vagrant-rootfs");
     let edit = |path: &str, change: &dyn Fn(String) -> String| {
         let text = std::fs::read_to_string(rootfs.join(path)).unwrap_or_default();
         std::fs::write(rootfs.join(path), change(text)).unwrap();

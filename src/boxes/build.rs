@@ -181,17 +181,12 @@ fn check_guest_contract(root: &Path, req: &BuildRequest) -> anyhow::Result<Optio
         use std::os::unix::fs::PermissionsExt as _;
         resolve_in_root(root, Path::new(path)).and_then(|p| p.metadata().ok()).is_some_and(|m| m.permissions().mode() & 0o111 != 0)
     };
-    let refuse = |missing: String, advice: &str| -> anyhow::Result<()> {
-        Err(Error::CannotBoot { rootfs: req.rootfs.display().to_string(), missing, advice: advice.to_string() }.into())
-    };
+    let refuse = |missing: String, advice: &str| Error::CannotBoot { rootfs: req.rootfs.display().to_string(), missing, advice: advice.to_string() };
     let Some(init_file) = resolve_in_root(root, Path::new(init)).filter(|_| executable(init)) else {
-        return refuse(
-            format!("init at {init}"),
-            "install one (Debian: systemd-sysv), or name another with --cmdline init=PATH",
-        ).map(|_| None);
+        return Err(refuse(format!("init at {init}"), "install one (Debian: systemd-sysv), or name another with --cmdline init=PATH").into());
     };
     if !SSH_SERVERS.iter().any(|p| executable(p)) {
-        return refuse(format!("SSH server ({})", SSH_SERVERS.join(", ")), "install one (Debian: openssh-server, or dropbear-bin)").map(|_| None);
+        return Err(refuse(format!("SSH server ({})", SSH_SERVERS.join(", ")), "install one (Debian: openssh-server, or dropbear-bin)").into());
     }
     let exists = |path: &str| resolve_in_root(root, Path::new(path)).is_some();
     Ok(agent::needed(root, (init, &init_file), &req.rootfs.display().to_string(), exists)?)

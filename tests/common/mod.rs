@@ -408,13 +408,19 @@ pub fn tiny_vm_box(env: &TestEnv) -> PathBuf {
 /// made a box by `envy box build --kind qemu` with `cmdline` added to the kernel's.
 /// Tests that call it require `need::VMS`.
 pub fn tiny_vm_box_variant(env: &TestEnv, cmdline: Option<&str>, edit: impl FnOnce(&Path)) -> PathBuf {
-    let rootfs = env.path("tiny-vm-variant");
-    let copied = StdCommand::new("cp").arg("-a").arg(tiny_vm_rootfs()).arg(&rootfs).status().unwrap();
-    assert!(copied.success());
+    let rootfs = tiny_vm_rootfs_copy(env, "tiny-vm-variant");
     edit(&rootfs);
     let out = env.path("tiny-vm-variant.box");
     build_vm_box(env, &rootfs, &out, cmdline);
     out
+}
+
+/// A copy of the tiny VM's root filesystem at `name` in the test's temp dir, to change.
+pub fn tiny_vm_rootfs_copy(env: &TestEnv, name: &str) -> PathBuf {
+    let rootfs = env.path(name);
+    let copied = StdCommand::new("cp").arg("-a").arg(tiny_vm_rootfs()).arg(&rootfs).status().unwrap();
+    assert!(copied.success());
+    rootfs
 }
 
 /// The tiny VM's root filesystem, from boxes/recipes/tiny-vm.sh (which caches it).
