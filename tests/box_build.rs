@@ -242,7 +242,7 @@ fn a_box_built_twice_with_source_date_epoch_has_one_digest() {
 
 #[test]
 fn a_vm_rootfs_that_could_never_boot_is_refused_naming_what_it_lacks() {
-    require!(need::BUSYBOX);
+    require!(need::BUSYBOX, [Need::Tool("mkfs.ext4", "e2fsprogs")]);
     let env = TestEnv::new();
     let rootfs = env.path("rootfs");
     busybox_rootfs(&rootfs);
@@ -264,6 +264,14 @@ fn a_vm_rootfs_that_could_never_boot_is_refused_naming_what_it_lacks() {
     std::fs::set_permissions(&sshd, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     build(&["--cmdline", "init=/bin/sh"]).code(4).stderr(contains("has no cloud-init, and its init")).stderr(contains("is neither systemd nor busybox init"));
     build(&["--cmdline", "init=/bin/init"]).code(4).stderr(contains("has no /etc/inittab"));
+    // Where the agent must go, the rootfs holds a file: refused after mkfs, the disk dropped.
+    std::fs::write(rootfs.join("etc/inittab"), "::sysinit:/etc/init.d/rcS\n").unwrap();
+    std::fs::create_dir_all(rootfs.join("usr/lib")).unwrap();
+    std::fs::write(rootfs.join("usr/lib/envy"), "not a folder\n").unwrap();
+    build(&["--cmdline", "init=/bin/init"])
+        .code(4)
+        .stderr(contains("cannot install envy's first-boot agent"))
+        .stderr(contains("/usr/lib/envy is not a directory in the root filesystem"));
     assert!(!out.exists());
     let leftovers: Vec<String> = common::list_dir(env.dir.path()).into_iter().filter(|n| n.starts_with(".envy-build")).collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
