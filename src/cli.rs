@@ -101,6 +101,9 @@ folder at /project instead.")]
     // userns.rs (HOLDER_COMMAND) spawns and recognises the holder by this name.
     #[command(name = "__userns-holder", hide = true)]
     UsernsHolder(UsernsHolderArgs),
+    /// The process that enters a container for `envy exec` (provider/container/enter.rs).
+    #[command(name = "__container-exec", hide = true)]
+    ContainerExec(ContainerExecArgs),
 }
 
 #[derive(Debug, Args)]
@@ -147,6 +150,14 @@ pub struct MachinesArgs {
 pub struct UsernsHolderArgs {
     /// The runtime dir whose pid file names this holder; it exits once the file is gone.
     pub runtime_dir: PathBuf,
+}
+
+/// `envy __container-exec PIDFD ORDERS REPORT`: descriptors its parent handed it.
+#[derive(Debug, Args)]
+pub struct ContainerExecArgs {
+    pub pidfd: i32,
+    pub orders: i32,
+    pub report: i32,
 }
 
 #[derive(Debug, Args)]

@@ -358,3 +358,55 @@ fn provision_files_come_only_from_the_project_and_land_only_in_the_guest() {
     assert!(err.contains("conf/pipe: is a FIFO, socket or device"), "{err}");
     a.assert_host_untouched();
 }
+
+/// CVE-2019-5736: a guest replaces a command with `#!/proc/self/exe`, so that running
+/// it makes the kernel run the binary that started it inside the container, which the
+/// guest's root then reopens for writing. `envy exec` starts commands from a read-only
+/// view of its binary: the guest gets it, running (here as envy's own holder, blocked
+/// on its stdin, with the host's libraries copied in so it can start), and cannot open
+/// it for writing; the host binary is byte for byte as it was.
+#[test]
+fn a_guest_command_that_runs_envys_own_binary_cannot_write_it() {
+    require!(need::CONTAINERS);
+    let a = Attack::new("[defaults]\nbox = { path = \"BOX\" }\nsync = [\".:/project\"]\n[machine.a]\n");
+    let _cleanup = DestroyOnDrop(&a.env);
+    a.envy().arg("up").assert().success();
+    let binary = assert_cmd::cargo::cargo_bin("envy");
+    let before = std::fs::read(&binary).unwrap();
+    let ldd = std::process::Command::new("ldd").arg(&binary).output().expect("ldd (libc-bin) runs");
+    for lib in String::from_utf8_lossy(&ldd.stdout).split_whitespace().filter(|w| w.starts_with('/')) {
+        let copy = a.env.project.join("hostlibs").join(lib.trim_start_matches('/'));
+        std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
+        std::fs::copy(lib, &copy).unwrap();
+    }
+    a.guest("a", "cp -a /project/hostlibs/. / && printf '#!/proc/self/exe __userns-holder\\n' > /bin/probe && chmod +x /bin/probe");
+
+    let mut probe = a.env.envy_std();
+    probe.args(["exec", "a", "--", "/bin/probe"]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let mut probe = probe.spawn().unwrap();
+    let mut stdout = probe.stdout.take().unwrap();
+    let (said, heard) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut byte = [0u8];
+        let _ = said.send(std::io::Read::read_exact(&mut stdout, &mut byte).map(|()| byte[0]));
+    });
+    let first = heard.recv_timeout(std::time::Duration::from_secs(60));
+    if !matches!(first, Ok(Ok(b'u'))) {
+        let _ = probe.kill();
+        let out = probe.wait_with_output().unwrap();
+        panic!("envy's binary did not start inside the container as the probe: {first:?} {}", String::from_utf8_lossy(&out.stderr));
+    }
+    // The probe now waits on its stdin. The guest's root finds it and opens its binary.
+    let script = r#"for p in /proc/[0-9]*; do case "$(tr '\0' ' ' < $p/cmdline)" in "/proc/self/exe __userns-holder"*) pid=${p#/proc/};; esac; done
+        test -n "$pid" || { echo no probe; exit 1; }
+        cmp -s /proc/$pid/exe /project/envy && echo same-binary
+        (exec 3>>/proc/$pid/exe) 2>&1; echo "open for writing: $?""#;
+    std::fs::copy(&binary, a.env.project.join("envy")).unwrap();
+    let seen = a.guest("a", script);
+    drop(probe.stdin.take());
+    let _ = probe.wait();
+    assert!(seen.contains("same-binary"), "the probe runs envy's binary: {seen}");
+    assert!(seen.contains("Read-only file system") && !seen.contains("open for writing: 0"), "{seen}");
+    assert!(std::fs::read(&binary).unwrap() == before, "the host's envy binary changed");
+    a.assert_host_untouched();
+}

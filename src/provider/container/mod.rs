@@ -7,6 +7,7 @@
 //! container without a cgroup is held still by signals (freeze.rs).
 
 pub(crate) mod bundle;
+pub(crate) mod enter;
 mod freeze;
 mod layers;
 mod layout;
@@ -15,6 +16,7 @@ mod network;
 mod overlay;
 mod ports;
 mod runc;
+mod sealed_exe;
 mod snapshot;
 
 use std::path::Path;
@@ -104,9 +106,9 @@ impl<'a> Machine<'a> {
 
     /// For exec: the container must run (its network may be down; commands still work).
     /// Fails with the state errors commands map to exit code 7.
-    fn require_container(&self) -> Result<()> {
+    fn require_container(&self) -> Result<runc::ContainerState> {
         match self.runc.state(self.id())? {
-            Some(c) if c.status == Status::Running && crate::userns::is_ours(c.pid) => Ok(()),
+            Some(c) if c.status == Status::Running && crate::userns::is_ours(c.pid) => Ok(c),
             None if !self.layout.exists() => Err(crate::state::Error::NotCreated { machine: self.name().into() }.into()),
             _ => Err(crate::state::Error::NotRunning { machine: self.name().into(), state: MachineState::Stopped.to_string() }.into()),
         }
@@ -363,9 +365,19 @@ impl Provider for ContainerProvider {
 
     fn exec(&self, plan: &MachinePlan, request: &ExecRequest) -> Result<i32> {
         let m = Machine::of(plan)?;
-        m.require_container()?;
+        let container = m.require_container()?;
         if request.command.is_empty() {
             bail!(Error::NoCommand);
+        }
+        // envy enters the container itself (enter.rs); runc gives a terminal its pty
+        // from the container's own devpts, and serves where envy cannot seal its binary.
+        if let (false, Some(init)) = (request.tty, &container.init) {
+            let empty = m.plan.home.runtime_dir().join("empty");
+            crate::fsutil::create_private_dir(&empty)?;
+            match sealed_exe::open(&empty) {
+                Ok(exe) => return enter::exec(&m.layout.config(), init, request, &exe),
+                Err(e) => tracing::debug!("running the command through runc exec: {e}"),
+            }
         }
         let code = m.runc.exec(m.id(), request)?;
         if code != runc::EXEC_FAILED {

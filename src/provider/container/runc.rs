@@ -31,6 +31,21 @@ pub enum Status {
 pub struct ContainerState {
     pub pid: u32,
     pub status: Status,
+    /// The init as runc's state file records it; `None` when it was asked of `runc
+    /// state` (a state file of a format envy does not know).
+    #[serde(skip)]
+    pub init: Option<Init>,
+}
+
+/// A container's init as runc's state file records it: what envy needs to enter the
+/// container without runc (enter.rs).
+#[derive(Debug, Clone)]
+pub struct Init {
+    pub pid: u32,
+    /// Its start time in clock ticks since boot, as /proc/PID/stat has it.
+    pub start_time: u64,
+    /// The container's cgroup folders (one per v1 controller, or the v2 one).
+    pub cgroups: Vec<PathBuf>,
 }
 
 /// The part of runc's own state file (`<root>/<id>/state.json`) envy reads.
@@ -99,7 +114,8 @@ impl Runc {
             }
             _ => Status::Stopped,
         };
-        Ok(Some(ContainerState { pid, status }))
+        let init = Init { pid, start_time: recorded.init_process_start, cgroups: recorded.cgroup_paths.into_values().collect() };
+        Ok(Some(ContainerState { pid, status, init: Some(init) }))
     }
 
     /// `runc state`, for a state file of a format envy does not know.
@@ -154,7 +170,8 @@ impl Runc {
         Ok(())
     }
 
-    /// `runc exec` with the caller's stdio; returns the command's exit code. The
+    /// `runc exec` with the caller's stdio (a terminal's exec, and any exec when envy
+    /// cannot enter the container itself); returns the command's exit code. The
     /// command runs as the init's user (unless the request asks for root) and in the
     /// init's directory (unless the request names one).
     pub fn exec(&self, id: &str, request: &ExecRequest) -> Result<i32> {
