@@ -1,6 +1,7 @@
 //! Why a command did not start in a container, as a shell says it: 127 when there is
-//! no such command, 126 when it exists but cannot be executed. runc exits 255 for
-//! both, and for a command that itself exits 255, so after a 255 the command is
+//! no such command, 126 when it exists but cannot be executed. `runc exec` (a
+//! terminal's exec; enter.rs knows the errno itself) exits 255 for both, and for a
+//! command that itself exits 255, so after its 255 the command is
 //! looked up in the container's own root: through its init's `/proc/PID/root`, every
 //! path resolved inside that root (openat2 with RESOLVE_IN_ROOT), so a guest's
 //! symlink never leads the lookup onto the host's files.
