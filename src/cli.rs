@@ -152,12 +152,13 @@ pub struct UsernsHolderArgs {
     pub runtime_dir: PathBuf,
 }
 
-/// `envy __container-exec PIDFD ORDERS REPORT`: descriptors its parent handed it.
+/// `envy __container-exec PIDFD ORDERS REPORT [CONSOLE]`: descriptors its parent handed it.
 #[derive(Debug, Args)]
 pub struct ContainerExecArgs {
     pub pidfd: i32,
     pub orders: i32,
     pub report: i32,
+    pub console: Option<i32>,
 }
 
 #[derive(Debug, Args)]

@@ -20,6 +20,7 @@ pub mod provider;
 pub mod ready;
 pub mod signals;
 pub mod state;
+pub mod terminal;
 pub mod ui;
 pub mod userns;
 pub mod vagrantfile;

@@ -360,6 +360,36 @@ fn run_passes_the_exit_code_and_leaves_nothing() {
 }
 
 #[test]
+fn a_terminal_exec_and_ssh_get_a_pty_of_the_machines_own_and_the_commands_exit_code() {
+    require!(need::CONTAINERS, &[need::Need::Tool("script", "bsdutils")]);
+    let p = Project::new("[machine.web]\nbox = { path = \"BOX\" }\nprovider = \"container\"\n");
+    let _cleanup = common::DestroyOnDrop(&p.env);
+    p.envy().arg("up").assert().success();
+    // script(1) gives envy a terminal, as a user's shell would.
+    let in_terminal = |args: &str, keys: &str| {
+        let envy = p.env.envy_std();
+        let mut script = std::process::Command::new("script");
+        script.args(["-qec", &format!("{} {args}", envy.get_program().to_string_lossy()), "/dev/null"]).current_dir(&p.env.project);
+        for (key, value) in envy.get_envs() {
+            match value {
+                Some(value) => script.env(key, value),
+                None => script.env_remove(key),
+            };
+        }
+        let mut child = script.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().unwrap();
+        std::io::Write::write_all(child.stdin.as_mut().unwrap(), keys.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (code, out) = in_terminal("exec -t -- sh -c 'tty; stty size; test -c $(tty) && echo in-its-root; exit 5'", "");
+    assert_eq!(code, Some(5), "{out}");
+    assert!(out.contains("/dev/pts/0") && out.contains("24 80") && out.contains("in-its-root"), "{out}");
+    let (code, out) = in_terminal("ssh", "echo typed-$((20+22))\nexit 3\n");
+    assert_eq!(code, Some(3), "{out}");
+    assert!(out.contains("typed-42"), "{out}");
+}
+
+#[test]
 fn a_failing_provision_step_makes_up_exit_with_its_code_naming_machine_and_step() {
     require!(need::CONTAINERS);
     let p = Project::new("[machine.web]\nbox = { path = \"BOX\" }\nprovider = \"container\"\nprovision = [\"true\", \"exit 42\", \"touch /never\"]\n");

@@ -32,7 +32,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Command::Completions(args) => return completions::run(args),
         Command::Man => return man::run(),
         Command::UsernsHolder(args) => return crate::userns::hold(&args.runtime_dir),
-        Command::ContainerExec(args) => return Ok(crate::provider::container::enter::stage(args.pidfd, args.orders, args.report)),
+        Command::ContainerExec(args) => return Ok(crate::provider::container::enter::stage(args.pidfd, args.orders, args.report, args.console)),
         _ => {}
     }
     let ctx = Context::new(&cli.global)?;

@@ -26,6 +26,7 @@ use anyhow::{bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::error::code;
+use super::console;
 use super::runc::Init;
 use crate::provider::ExecRequest;
 
@@ -155,6 +156,8 @@ struct Instructions {
     no_new_privileges: bool,
     /// CLONE_NEW* flags of the namespaces to join through the init's pidfd.
     namespaces: libc::c_int,
+    /// A terminal of this size (columns, rows), from the container's devpts.
+    terminal: Option<(u16, u16)>,
 }
 
 /// What the stage says when it did not exec the command: a shell's exit code with its
@@ -192,6 +195,7 @@ impl Instructions {
             rlimits,
             no_new_privileges: config.no_new_privileges,
             namespaces,
+            terminal: request.tty.then(crate::terminal::size),
         })
     }
 }
@@ -228,14 +232,22 @@ pub fn exec(config: &Path, init: &Init, request: &ExecRequest, exe: &OwnedFd) ->
 
     let (orders_in, orders_out) = pipe()?;
     let (report_in, report_out) = pipe()?;
+    // The terminal's master comes back on this socket.
+    let console = if request.tty {
+        use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+        Some(socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC).context("cannot make a socket for the terminal")?)
+    } else {
+        None
+    };
+    let mut inherited = vec![pidfd.as_raw_fd(), orders_in.as_raw_fd(), report_out.as_raw_fd()];
+    inherited.extend(console.as_ref().map(|(_, theirs)| theirs.as_raw_fd()));
     let argv: Vec<CString> = ["envy".to_string(), STAGE_COMMAND.to_string()]
         .into_iter()
-        .chain([pidfd.as_raw_fd(), orders_in.as_raw_fd(), report_out.as_raw_fd()].map(|fd| fd.to_string()))
+        .chain(inherited.iter().map(|fd| fd.to_string()))
         .map(|a| CString::new(a).expect("no NUL in numbers"))
         .collect();
     let argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
     let envp: [*const libc::c_char; 1] = [std::ptr::null()];
-    let inherited = [pidfd.as_raw_fd(), orders_in.as_raw_fd(), report_out.as_raw_fd()];
 
     // SAFETY: between fork and exec the child calls only async-signal-safe functions
     // (dup2, fcntl, execveat, write, _exit) on values prepared above.
@@ -248,7 +260,7 @@ pub fn exec(config: &Path, init: &Init, request: &ExecRequest, exe: &OwnedFd) ->
             if let Some(file) = &stdin {
                 libc::dup2(file.as_raw_fd(), 0);
             }
-            for fd in inherited {
+            for &fd in &inherited {
                 libc::fcntl(fd, libc::F_SETFD, 0);
             }
             libc::syscall(libc::SYS_execveat, exe.as_raw_fd(), c"".as_ptr(), argv_ptrs.as_ptr(), envp.as_ptr(), libc::AT_EMPTY_PATH);
@@ -257,16 +269,27 @@ pub fn exec(config: &Path, init: &Init, request: &ExecRequest, exe: &OwnedFd) ->
             libc::_exit(1);
         }
     }
+    let console = console.map(|(ours, theirs)| {
+        drop(theirs);
+        ours
+    });
     drop((orders_in, report_out, pidfd, stdin));
     let handed = join_cgroups(child, &init.cgroups).and_then(|()| {
         let mut orders = File::from(orders_out);
         orders.write_all(&serde_json::to_vec(&instructions)?).context("cannot instruct the process entering the container")
     });
     let mut said = Vec::new();
+    let mut terminal = None;
     if handed.is_err() {
         unsafe { libc::kill(child, libc::SIGKILL) };
     } else {
+        if let Some(socket) = &console {
+            terminal = console::receive(socket)?;
+        }
         File::from(report_in).read_to_end(&mut said).context("cannot read what the process entering the container said")?;
+    }
+    if let (Some(master), true) = (terminal, said.is_empty()) {
+        console::relay(master)?;
     }
     let status = wait(child)?;
     handed?;
@@ -330,16 +353,16 @@ fn check(step: &str, ret: libc::c_long) -> Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(ret as RawFd) })
 }
 
-/// `envy __container-exec PIDFD ORDERS REPORT`: the stage. Joins the namespaces,
-/// takes the command's credentials and execs it; returns only when it could not,
-/// after saying why on REPORT.
-pub fn stage(pidfd: RawFd, orders: RawFd, report: RawFd) -> i32 {
+/// `envy __container-exec PIDFD ORDERS REPORT [CONSOLE]`: the stage. Joins the
+/// namespaces, takes the command's credentials and execs it; returns only when it
+/// could not, after saying why on REPORT. CONSOLE is the socket for a terminal's master.
+pub fn stage(pidfd: RawFd, orders: RawFd, report: RawFd, console: Option<RawFd>) -> i32 {
     // SAFETY: first, before anything of the container can see this process.
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     // SAFETY: the three descriptors were handed to this process by its parent, for it alone.
     let (pidfd, orders, mut report) = unsafe { (OwnedFd::from_raw_fd(pidfd), File::from_raw_fd(orders), File::from_raw_fd(report)) };
     let outcome = match read_orders(orders) {
-        Ok(instructions) => enter_and_exec(pidfd, &instructions),
+        Ok(instructions) => enter_and_exec(pidfd, &instructions, console),
         Err(e) => Report { code: None, message: format!("{e:#}") },
     };
     let _ = report.write_all(&serde_json::to_vec(&outcome).unwrap_or_default());
@@ -357,7 +380,7 @@ fn failed(what: String) -> Report {
 }
 
 /// Everything the stage does once instructed; returns only on failure.
-fn enter_and_exec(pidfd: OwnedFd, i: &Instructions) -> Report {
+fn enter_and_exec(pidfd: OwnedFd, i: &Instructions, console: Option<RawFd>) -> Report {
     // Read before joining: whether this user namespace lets setgroups be called.
     let setgroups = std::fs::read_to_string("/proc/self/setgroups").map_or(true, |s| s.trim() == "allow");
     if i.namespaces != 0 && unsafe { libc::setns(pidfd.as_raw_fd(), i.namespaces) } != 0 {
@@ -376,6 +399,11 @@ fn enter_and_exec(pidfd: OwnedFd, i: &Instructions) -> Report {
     let Ok(cwd) = CString::new(i.cwd.as_str()) else { return Report { code: None, message: format!("bad working directory {:?}", i.cwd) } };
     if unsafe { libc::chdir(cwd.as_ptr()) } != 0 {
         return failed(format!("cannot enter the working directory {} in the machine", i.cwd));
+    }
+    if let (Some(socket), Some(size)) = (console, i.terminal) {
+        if let Err(message) = console::attach_in_container(socket, size, i.uid) {
+            return Report { code: None, message };
+        }
     }
     for &(resource, soft, hard) in &i.rlimits {
         let limit = libc::rlimit { rlim_cur: soft, rlim_max: hard };

@@ -7,6 +7,7 @@
 //! container without a cgroup is held still by signals (freeze.rs).
 
 pub(crate) mod bundle;
+mod console;
 pub(crate) mod enter;
 mod freeze;
 mod layers;
@@ -369,9 +370,9 @@ impl Provider for ContainerProvider {
         if request.command.is_empty() {
             bail!(Error::NoCommand);
         }
-        // envy enters the container itself (enter.rs); runc gives a terminal its pty
-        // from the container's own devpts, and serves where envy cannot seal its binary.
-        if let (false, Some(init)) = (request.tty, &container.init) {
+        // envy enters the container itself (enter.rs); runc serves where envy cannot
+        // seal its binary, or cannot read runc's state file.
+        if let Some(init) = &container.init {
             let empty = m.plan.home.runtime_dir().join("empty");
             crate::fsutil::create_private_dir(&empty)?;
             match sealed_exe::open(&empty) {

@@ -26,7 +26,7 @@ pub struct Command {
 /// file, or the caller's stdin). Returns the command's exit code.
 pub fn run(client: &Client, path: &str, command: &Command, stdin: Box<dyn Read + Send>) -> Result<i32, Error> {
     let env: serde_json::Map<String, Value> = command.env.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
-    let (width, height) = if command.tty { terminal_size() } else { (0, 0) };
+    let (width, height) = if command.tty { crate::terminal::size() } else { (0, 0) };
     let body = json!({
         "command": command.argv,
         "environment": env,
@@ -125,7 +125,7 @@ fn drain(mut socket: WebSocket<Stream>, mut sink: impl Write) {
 /// A terminal session: the caller's terminal in raw mode, keystrokes to the machine,
 /// its output to the caller, on one websocket read in short steps.
 fn interactive(mut socket: WebSocket<Stream>, mut stdin: Box<dyn Read + Send>, client: &Client, doing: &str) -> Result<(), Error> {
-    let _raw = RawTerminal::enter();
+    let _raw = crate::terminal::RawTerminal::enter();
     let (keys, typed) = mpsc::channel::<Vec<u8>>();
     std::thread::spawn(move || {
         let mut buf = [0u8; 4096];
@@ -158,43 +158,6 @@ fn interactive(mut socket: WebSocket<Stream>, mut stdin: Box<dyn Read + Send>, c
             Ok(_) => {}
             Err(tungstenite::Error::Io(e)) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
             Err(_) => return Ok(()),
-        }
-    }
-}
-
-/// The caller's terminal size, or 80x24 when stdout is not a terminal.
-fn terminal_size() -> (u16, u16) {
-    let mut size = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
-    // SAFETY: TIOCGWINSZ writes one winsize into the struct we pass.
-    let ok = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut size) } == 0;
-    if ok && size.ws_col > 0 {
-        (size.ws_col, size.ws_row)
-    } else {
-        (80, 24)
-    }
-}
-
-/// The caller's terminal in raw mode while this lives (nothing when stdin is no terminal).
-struct RawTerminal(Option<nix::sys::termios::Termios>);
-
-impl RawTerminal {
-    fn enter() -> RawTerminal {
-        use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
-        let stdin = std::io::stdin();
-        let Ok(saved) = tcgetattr(&stdin) else { return RawTerminal(None) };
-        let mut raw = saved.clone();
-        cfmakeraw(&mut raw);
-        if tcsetattr(&stdin, SetArg::TCSANOW, &raw).is_err() {
-            return RawTerminal(None);
-        }
-        RawTerminal(Some(saved))
-    }
-}
-
-impl Drop for RawTerminal {
-    fn drop(&mut self) {
-        if let Some(saved) = &self.0 {
-            let _ = nix::sys::termios::tcsetattr(std::io::stdin(), nix::sys::termios::SetArg::TCSANOW, saved);
         }
     }
 }
