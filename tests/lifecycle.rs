@@ -411,6 +411,10 @@ fn a_command_not_found_exits_127_and_one_not_executable_126() {
     std::fs::set_permissions(p.env.project.join("notexec.sh"), std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
     p.envy().arg("up").assert().success();
     p.envy().args(["exec", "--", "no-such-command"]).assert().code(127);
+    p.envy().args(["exec", "--", ""]).assert().code(127);
+    let out = p.envy().args(["exec", "--workdir", "/no-such-dir", "--", "true"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("working directory /no-such-dir"), "{out:?}");
+    assert_ne!(out.status.code(), Some(0));
     p.envy().args(["exec", "--", "/project/no-such-file"]).assert().code(127);
     // A guest symlink to a host path is looked up in the machine's root, not the host's.
     assert!(std::path::Path::new("/usr/bin/slirp4netns").is_file(), "the host has what the guest's link points at");

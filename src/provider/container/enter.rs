@@ -524,7 +524,9 @@ fn exec_command(i: &Instructions) -> Report {
     let (argv, env) = (cstrings(&i.argv), cstrings(&i.env));
     let argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
     let env_ptrs: Vec<*const libc::c_char> = env.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
-    let candidates: Vec<String> = if name.contains('/') {
+    let candidates: Vec<String> = if name.is_empty() {
+        Vec::new()
+    } else if name.contains('/') {
         vec![name.clone()]
     } else {
         let path = i.env.iter().rev().find_map(|e| e.strip_prefix("PATH=")).unwrap_or_default();
