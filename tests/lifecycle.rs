@@ -387,6 +387,11 @@ fn a_terminal_exec_and_ssh_get_a_pty_of_the_machines_own_and_the_commands_exit_c
     let (code, out) = in_terminal("ssh", "echo typed-$((20+22))\nexit 3\n");
     assert_eq!(code, Some(3), "{out}");
     assert!(out.contains("typed-42"), "{out}");
+    // A guest that puts something else at /dev/ptmx gets no terminal, and says so.
+    p.env.out(&["exec", "--", "sh", "-c", "rm /dev/ptmx && mkfifo /dev/ptmx"]);
+    let (code, out) = in_terminal("exec -t -- true", "");
+    assert_ne!(code, Some(0), "{out}");
+    assert!(out.contains("/dev/ptmx in the machine is not a pty multiplexer"), "{out}");
 }
 
 #[test]
