@@ -301,6 +301,11 @@ pub struct HostCheck {
     /// What to do when it is not ok.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub advice: Option<String>,
+    /// A found tool and the argument that makes it print its version: run only where
+    /// the version is shown (`envy doctor`, provider/host.rs), as `envy up` needs to
+    /// know the tool is there, not which one it is.
+    #[serde(skip)]
+    pub version_from: Option<(std::path::PathBuf, &'static str)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -27,6 +27,7 @@ pub fn run(ctx: &Context) -> Result<i32> {
                     status: CheckStatus::Fail,
                     detail: format!("{e:#}"),
                     advice: Some("fix the Envfile at the position shown (docs/envfile.md)".into()),
+                    version_from: None,
                 },
                 needed_by: every_provider(),
                 group: None,

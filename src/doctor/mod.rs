@@ -34,7 +34,7 @@ pub fn all(home: &Path) -> Vec<Finding> {
         for check in (registration.make)().host_checks() {
             match findings.iter_mut().find(|f| f.check.name == check.name) {
                 Some(found) => found.needed_by.push(registration.kind),
-                None => findings.push(Finding { check, needed_by: vec![registration.kind], group: None }),
+                None => findings.push(Finding { check: provider::host::with_version(check), needed_by: vec![registration.kind], group: None }),
             }
         }
     }
@@ -81,7 +81,7 @@ pub fn require(kinds: &[ProviderKind]) -> anyhow::Result<()> {
 /// `envy box build --kind qemu` makes the disk's filesystem with mkfs.ext4; machines
 /// do not need it.
 fn box_build_tool() -> HostCheck {
-    let mut check = provider::host::tool("mkfs.ext4", "mkfs.ext4", Some("-V"));
+    let mut check = provider::host::with_version(provider::host::tool("mkfs.ext4", "mkfs.ext4", Some("-V")));
     if check.status == CheckStatus::Fail {
         check.status = CheckStatus::Warn;
         check.detail += " (only `envy box build --kind qemu` needs it)";
@@ -109,6 +109,7 @@ fn disk_space(home: &Path) -> HostCheck {
                 detail: format!("{gib:.1} GiB free for {}", home.display()),
                 advice: (status != CheckStatus::Ok)
                     .then(|| "free space, or point ENVY_HOME at a larger disk; `envy box prune` removes unused boxes".to_string()),
+                version_from: None,
             }
         }
         Err(e) => HostCheck {
@@ -116,6 +117,7 @@ fn disk_space(home: &Path) -> HostCheck {
             status: CheckStatus::Warn,
             detail: format!("cannot measure free space at {}: {e}", existing.display()),
             advice: None,
+            version_from: None,
         },
     }
 }

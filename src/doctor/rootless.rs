@@ -48,7 +48,7 @@ fn finding(check: HostCheck, needed_by: Vec<ProviderKind>) -> Finding {
 }
 
 fn check(name: &str, status: CheckStatus, detail: String, advice: Option<String>) -> HostCheck {
-    HostCheck { name: name.into(), status, detail, advice: if status == CheckStatus::Ok { None } else { advice } }
+    HostCheck { name: name.into(), status, detail, advice: if status == CheckStatus::Ok { None } else { advice }, version_from: None }
 }
 
 /// The sysctls that can forbid user namespaces, then a real one.

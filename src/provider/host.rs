@@ -14,32 +14,44 @@ pub fn which(binary: &str) -> Option<PathBuf> {
     })
 }
 
-/// `binary` is on PATH; `version_arg` makes it print its version (its first line is
-/// shown). Missing is a failure: the provider cannot run without it.
-pub fn tool(name: &str, binary: &str, version_arg: Option<&str>) -> HostCheck {
+/// `binary` is on PATH; `version_arg` makes it print its version, which `with_version`
+/// reads when it is shown. Missing is a failure: the provider cannot run without it.
+pub fn tool(name: &str, binary: &str, version_arg: Option<&'static str>) -> HostCheck {
     let Some(path) = which(binary) else {
         return HostCheck {
             name: name.to_string(),
             status: CheckStatus::Fail,
             detail: format!("{binary} is not installed or not on PATH"),
             advice: Some(crate::process::install_advice(binary)),
+            version_from: None,
         };
     };
-    let version = version_arg.and_then(|arg| crate::process::Process::new(&path).arg(arg).output().ok()).map(|o| {
-        let text = if o.stdout.is_empty() { o.stderr } else { o.stdout };
-        String::from_utf8_lossy(&text).lines().next().unwrap_or("").trim().to_string()
-    });
-    let detail = match version {
-        Some(v) => format!("{v} ({})", path.display()),
-        None => path.display().to_string(),
-    };
-    HostCheck { name: name.to_string(), status: CheckStatus::Ok, detail, advice: None }
+    HostCheck {
+        name: name.to_string(),
+        status: CheckStatus::Ok,
+        detail: path.display().to_string(),
+        advice: None,
+        version_from: version_arg.map(|arg| (path, arg)),
+    }
+}
+
+/// The check with the found tool's version (the first line it prints) before its path.
+pub fn with_version(mut check: HostCheck) -> HostCheck {
+    if let Some((path, arg)) = check.version_from.take() {
+        if let Ok(out) = crate::process::Process::new(&path).arg(arg).output() {
+            let text = if out.stdout.is_empty() { out.stderr } else { out.stdout };
+            let version = String::from_utf8_lossy(&text).lines().next().unwrap_or("").trim().to_string();
+            check.detail = format!("{version} ({})", path.display());
+        }
+    }
+    check
 }
 
 /// The kernel lists filesystem `fs` in /proc/filesystems; `name` is the check's.
 pub fn filesystem(name: &str, fs: &str) -> HostCheck {
     let present = std::fs::read_to_string("/proc/filesystems").is_ok_and(|s| s.lines().any(|l| l.ends_with(&format!("\t{fs}"))));
     HostCheck {
+        version_from: None,
         name: name.to_string(),
         status: if present { CheckStatus::Ok } else { CheckStatus::Fail },
         detail: if present { format!("{fs} is in /proc/filesystems") } else { format!("the kernel lists no {fs} filesystem") },

@@ -35,7 +35,7 @@ pub fn remotes(home: &Home) -> Vec<HostCheck> {
 }
 
 fn check(name: &str, status: CheckStatus, detail: String, advice: Option<String>) -> HostCheck {
-    HostCheck { name: name.to_string(), status, detail, advice }
+    HostCheck { name: name.to_string(), status, detail, advice, version_from: None }
 }
 
 /// Reachable (and showing the pinned certificate), trusted, its API; then its members.

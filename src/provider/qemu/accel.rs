@@ -139,6 +139,7 @@ pub fn host_check() -> crate::model::HostCheck {
         status: if usable { CheckStatus::Ok } else { CheckStatus::Warn },
         detail: report.detail,
         advice: (!usable).then(|| format!("VMs run under TCG (slower); set {ENV}=kvm to force KVM")),
+        version_from: None,
     }
 }
 

@@ -232,6 +232,6 @@ pub fn host_check() -> crate::model::HostCheck {
             )),
         ),
     };
-    HostCheck { name: "virtiofsd".into(), status, detail, advice }
+    HostCheck { name: "virtiofsd".into(), status, detail, advice, version_from: None }
 }
 
