@@ -220,17 +220,72 @@ impl<W: Write> HashingWriter<W> {
     pub fn finish(self) -> (W, Hashes) {
         (self.inner, self.hasher.finish())
     }
-    /// The inner writer, and the sha256 and length of what went through.
-    pub fn finish_counted(self) -> (W, (String, u64)) {
-        let bytes = self.hasher.bytes();
-        (self.inner, (self.hasher.finish().sha256, bytes))
-    }
 }
 
 impl<W: Write> Write for HashingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
         self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A writer that hashes what passes through it on a thread of its own, so hashing runs
+/// beside the writer's work (a box's payload is read, hashed and compressed at once).
+/// The bytes go to that thread in 1 MiB buffers, a few at a time.
+pub struct ThreadedHashingWriter<W> {
+    inner: W,
+    pending: Vec<u8>,
+    to_hasher: std::sync::mpsc::SyncSender<Vec<u8>>,
+    free: std::sync::mpsc::Receiver<Vec<u8>>,
+    hasher: std::thread::JoinHandle<Hasher>,
+}
+
+const HANDOVER: usize = 1 << 20;
+
+impl<W: Write> ThreadedHashingWriter<W> {
+    pub fn new(inner: W) -> Self {
+        let (to_hasher, chunks) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+        let (give_back, free) = std::sync::mpsc::channel();
+        let hasher = std::thread::spawn(move || {
+            let mut hasher = Hasher::new();
+            for mut chunk in chunks {
+                hasher.update(&chunk);
+                chunk.clear();
+                // The writer may be gone (an error): the buffer is then dropped.
+                let _ = give_back.send(chunk);
+            }
+            hasher
+        });
+        ThreadedHashingWriter { inner, pending: Vec::with_capacity(HANDOVER), to_hasher, free, hasher }
+    }
+
+    fn hand_over(&mut self) -> io::Result<()> {
+        let next = self.free.try_recv().unwrap_or_else(|_| Vec::with_capacity(HANDOVER));
+        let chunk = std::mem::replace(&mut self.pending, next);
+        self.to_hasher.send(chunk).map_err(|_| io::Error::other("the hashing thread stopped"))
+    }
+
+    /// The inner writer, and the sha256 and length of what went through.
+    pub fn finish_counted(mut self) -> io::Result<(W, (String, u64))> {
+        self.hand_over()?;
+        drop(self.to_hasher);
+        let hasher = self.hasher.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        let bytes = hasher.bytes();
+        Ok((self.inner, (hasher.finish().sha256, bytes)))
+    }
+}
+
+impl<W: Write> Write for ThreadedHashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.pending.extend_from_slice(&buf[..n]);
+        if self.pending.len() >= HANDOVER {
+            self.hand_over()?;
+        }
         Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -261,5 +316,24 @@ impl<R: Read> Read for HashingReader<R> {
         let n = self.inner.read(buf)?;
         self.hasher.update(&buf[..n]);
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_threaded_hash_is_the_hash_of_what_was_written_in_order() {
+        // Uneven writes across several hand-overs, and the short tail after the last.
+        let data: Vec<u8> = (0..(3 << 20) + 777u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let mut writer = ThreadedHashingWriter::new(Vec::new());
+        for chunk in data.chunks(70_001) {
+            writer.write_all(chunk).unwrap();
+        }
+        let (written, (sha256, bytes)) = writer.finish_counted().unwrap();
+        assert_eq!(written, data);
+        assert_eq!(bytes, data.len() as u64);
+        assert_eq!(sha256, sha256_bytes(&data));
     }
 }

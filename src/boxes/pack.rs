@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use tar::EntryType;
 
 use super::archive::{changed, pack_rootfs_into};
-use super::digest::{Hasher, HashingWriter};
+use super::digest::{Hasher, ThreadedHashingWriter};
 use super::manifest::{self, Manifest};
 use super::Error;
 
@@ -44,7 +44,8 @@ pub fn pack_box(out: &Path, mut manifest: Manifest, files: &BTreeMap<String, Pay
     manifest.validate(label)?;
     // Read and write: it is read back for its digest.
     let file = File::options().read(true).write(true).create(true).truncate(true).open(out).map_err(Error::io("cannot create", out))?;
-    let mut writer = FrameWriter { out: io::BufWriter::with_capacity(1 << 20, file), at: 0, failed: None };
+    let flusher = flusher(&file).map_err(Error::io("cannot write", out))?;
+    let mut writer = FrameWriter { out: io::BufWriter::with_capacity(1 << 20, file), at: 0, flushing_from: 0, flusher, failed: None };
     let headers = match write_box(&mut writer, &mut manifest, files) {
         Ok(headers) => headers,
         // A write that failed (a full disk) is this file's error, whatever it broke.
@@ -87,7 +88,7 @@ fn write_box(writer: &mut FrameWriter, manifest: &mut Manifest, files: &BTreeMap
         let (sha256, size) = writer.compressed(|out| match payload {
             Payload::File(path) => copy_file(path, out),
             // A tar is whole 512-byte blocks, so the entry needs no padding after it.
-            Payload::Tree(dir) => Ok(pack_rootfs_into(dir, HashingWriter::new(out, Hasher::new()))?.finish_counted().1),
+            Payload::Tree(dir) => Ok(pack_rootfs_into(dir, ThreadedHashingWriter::new(out))?.finish_counted()?.1),
         })?;
         manifest.files.insert(name.clone(), sha256);
         payloads.push((raw, name.clone(), size));
@@ -102,10 +103,10 @@ fn write_box(writer: &mut FrameWriter, manifest: &mut Manifest, files: &BTreeMap
 fn copy_file(path: &Path, out: &mut dyn Write) -> anyhow::Result<(String, u64)> {
     let file = File::open(path).map_err(Error::io("cannot read", path))?;
     let before = file.metadata().map_err(Error::io("cannot read", path))?;
-    let mut hashing = HashingWriter::new(out, Hasher::new());
+    let mut hashing = ThreadedHashingWriter::new(out);
     io::copy(&mut BufReader::with_capacity(1 << 20, (&file).take(before.len())), &mut hashing).map_err(Error::io("cannot read", path))?;
     let after = file.metadata().map_err(Error::io("cannot read", path))?;
-    let (out, (sha256, size)) = hashing.finish_counted();
+    let (out, (sha256, size)) = hashing.finish_counted()?;
     if size != before.len() || changed(&before, &after) {
         let dir = path.parent().unwrap_or(path).to_path_buf();
         return Err(Error::TreeChanged { dir, file: path.to_path_buf() }.into());
@@ -149,6 +150,30 @@ fn rewrite(file: &File, raw: &Raw, content: &[u8], out: &Path) -> anyhow::Result
     Ok(())
 }
 
+/// A thread that has the disk write the box's bytes while the rest is still being
+/// packed, as far as it is told they reached the file: the sync at the end then finds
+/// little left, instead of the whole box (which the kernel would otherwise keep in
+/// memory for up to 30 s). It waits for the disk, the packing never does.
+fn flusher(file: &File) -> io::Result<std::sync::mpsc::Sender<u64>> {
+    use std::os::fd::AsRawFd as _;
+    let file = file.try_clone()?;
+    let (tell, told) = std::sync::mpsc::channel::<u64>();
+    std::thread::spawn(move || {
+        let mut from = 0;
+        while let Ok(mut to) = told.recv() {
+            to = told.try_iter().last().unwrap_or(to);
+            let (Ok(offset), Ok(len)) = (i64::try_from(from), i64::try_from(to - from)) else { return };
+            // SAFETY: a plain syscall on a descriptor this thread owns; it touches no
+            // memory. A failure is ignored: the sync at the end is what counts.
+            let _ = unsafe {
+                libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER)
+            };
+            from = to;
+        }
+    });
+    Ok(tell)
+}
+
 /// sha256 of the whole file, read from its start.
 fn sha256_of(mut file: &File) -> io::Result<String> {
     file.seek(io::SeekFrom::Start(0))?;
@@ -157,13 +182,20 @@ fn sha256_of(mut file: &File) -> io::Result<String> {
     Ok(hasher.finish().sha256)
 }
 
-/// The box file as it is written: counts its bytes (where each frame starts) and keeps
-/// the first write error, so a full disk is reported as this file's.
+/// The box file as it is written: counts its bytes (where each frame starts), tells
+/// the flusher about them as they come, and keeps the first write error, so a full
+/// disk is reported as this file's.
 struct FrameWriter {
     out: io::BufWriter<File>,
     at: u64,
+    /// Where the bytes the flusher was not yet told of start.
+    flushing_from: u64,
+    flusher: std::sync::mpsc::Sender<u64>,
     failed: Option<io::Error>,
 }
+
+/// How many written bytes are gathered before the disk is asked to write them.
+const FLUSH_EVERY: u64 = 32 << 20;
 
 impl FrameWriter {
     /// Writes `content` as a raw frame and returns where it is.
@@ -181,6 +213,14 @@ impl FrameWriter {
         Ok(filled)
     }
 
+    /// Tells the flusher how far the bytes reached the file.
+    fn start_flushing(&mut self) {
+        let written = self.at - self.out.buffer().len() as u64;
+        // A flusher gone (it cannot fail) changes nothing: the sync at the end counts.
+        let _ = self.flusher.send(written);
+        self.flushing_from = written;
+    }
+
     fn keep(&mut self, e: io::Error) -> io::Error {
         let copy = e.raw_os_error().map_or_else(|| io::Error::new(e.kind(), e.to_string()), io::Error::from_raw_os_error);
         self.failed.get_or_insert(copy);
@@ -192,6 +232,9 @@ impl Write for FrameWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.out.write(buf).map_err(|e| self.keep(e))?;
         self.at += n as u64;
+        if self.at - self.flushing_from >= FLUSH_EVERY {
+            self.start_flushing();
+        }
         Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
