@@ -233,47 +233,81 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
-/// A writer that hashes what passes through it on a thread of its own, so hashing runs
-/// beside the writer's work (a box's payload is read, hashed and compressed at once).
-/// The bytes go to that thread in 1 MiB buffers, a few at a time.
-pub struct ThreadedHashingWriter<W> {
-    inner: W,
+/// A writer whose bytes are fed, in order and in 1 MiB buffers (a few at a time), to
+/// `feed` on a thread of its own, so that work runs beside the writer's: hashing a
+/// box's payload, or writing the box to disk, while the payload is read and compressed.
+pub struct Offload<S> {
     pending: Vec<u8>,
-    to_hasher: std::sync::mpsc::SyncSender<Vec<u8>>,
+    to_thread: std::sync::mpsc::SyncSender<Vec<u8>>,
     free: std::sync::mpsc::Receiver<Vec<u8>>,
-    hasher: std::thread::JoinHandle<Hasher>,
+    thread: std::thread::JoinHandle<io::Result<S>>,
 }
 
 const HANDOVER: usize = 1 << 20;
 
-impl<W: Write> ThreadedHashingWriter<W> {
-    pub fn new(inner: W) -> Self {
-        let (to_hasher, chunks) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+impl<S: Send + 'static> Offload<S> {
+    pub fn new(mut state: S, mut feed: impl FnMut(&mut S, &[u8]) -> io::Result<()> + Send + 'static) -> Self {
+        let (to_thread, chunks) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
         let (give_back, free) = std::sync::mpsc::channel();
-        let hasher = std::thread::spawn(move || {
-            let mut hasher = Hasher::new();
+        let thread = std::thread::spawn(move || {
             for mut chunk in chunks {
-                hasher.update(&chunk);
+                // On an error the thread ends, and the writer's next hand-over fails.
+                feed(&mut state, &chunk)?;
                 chunk.clear();
-                // The writer may be gone (an error): the buffer is then dropped.
+                // The writer may be gone (an error elsewhere): the buffer is then dropped.
                 let _ = give_back.send(chunk);
             }
-            hasher
+            Ok(state)
         });
-        ThreadedHashingWriter { inner, pending: Vec::with_capacity(HANDOVER), to_hasher, free, hasher }
+        Offload { pending: Vec::with_capacity(HANDOVER), to_thread, free, thread }
     }
 
     fn hand_over(&mut self) -> io::Result<()> {
         let next = self.free.try_recv().unwrap_or_else(|_| Vec::with_capacity(HANDOVER));
         let chunk = std::mem::replace(&mut self.pending, next);
-        self.to_hasher.send(chunk).map_err(|_| io::Error::other("the hashing thread stopped"))
+        self.to_thread.send(chunk).map_err(|_| io::Error::other("the thread it feeds stopped"))
+    }
+
+    /// Hands over what is left and returns what the thread made of it all, or its error.
+    pub fn finish(mut self) -> io::Result<S> {
+        let handed = if self.pending.is_empty() { Ok(()) } else { self.hand_over() };
+        drop(self.to_thread);
+        let made = self.thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+        handed.map(|()| made)
+    }
+}
+
+impl<S: Send + 'static> Write for Offload<S> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.pending.extend_from_slice(buf);
+        if self.pending.len() >= HANDOVER {
+            self.hand_over()?;
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A writer that hashes what passes through it on a thread of its own (`Offload`).
+pub struct ThreadedHashingWriter<W> {
+    inner: W,
+    hashing: Offload<Hasher>,
+}
+
+impl<W: Write> ThreadedHashingWriter<W> {
+    pub fn new(inner: W) -> Self {
+        let hashing = Offload::new(Hasher::new(), |hasher, chunk| {
+            hasher.update(chunk);
+            Ok(())
+        });
+        ThreadedHashingWriter { inner, hashing }
     }
 
     /// The inner writer, and the sha256 and length of what went through.
-    pub fn finish_counted(mut self) -> io::Result<(W, (String, u64))> {
-        self.hand_over()?;
-        drop(self.to_hasher);
-        let hasher = self.hasher.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+    pub fn finish_counted(self) -> io::Result<(W, (String, u64))> {
+        let hasher = self.hashing.finish()?;
         let bytes = hasher.bytes();
         Ok((self.inner, (hasher.finish().sha256, bytes)))
     }
@@ -282,10 +316,7 @@ impl<W: Write> ThreadedHashingWriter<W> {
 impl<W: Write> Write for ThreadedHashingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
-        self.pending.extend_from_slice(&buf[..n]);
-        if self.pending.len() >= HANDOVER {
-            self.hand_over()?;
-        }
+        self.hashing.write_all(&buf[..n])?;
         Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use tar::EntryType;
 
 use super::archive::{changed, pack_rootfs_into};
-use super::digest::{Hasher, ThreadedHashingWriter};
+use super::digest::{Hasher, Offload, ThreadedHashingWriter};
 use super::manifest::{self, Manifest};
 use super::Error;
 
@@ -44,14 +44,14 @@ pub fn pack_box(out: &Path, mut manifest: Manifest, files: &BTreeMap<String, Pay
     manifest.validate(label)?;
     // Read and write: it is read back for its digest.
     let file = File::options().read(true).write(true).create(true).truncate(true).open(out).map_err(Error::io("cannot create", out))?;
-    let flusher = flusher(&file).map_err(Error::io("cannot write", out))?;
-    let mut writer = FrameWriter { out: io::BufWriter::with_capacity(1 << 20, file), at: 0, flushing_from: 0, flusher, failed: None };
-    let headers = match write_box(&mut writer, &mut manifest, files) {
-        Ok(headers) => headers,
-        // A write that failed (a full disk) is this file's error, whatever it broke.
-        Err(e) => return Err(writer.failed.take().map_or(e, |cause| Error::io("cannot write", out)(cause).into())),
+    let mut writer = FrameWriter { to_disk: disk_writer(file).map_err(Error::io("cannot write", out))?, at: 0 };
+    let written = write_box(&mut writer, &mut manifest, files);
+    // A write that failed (a full disk) is this file's error, whatever else it broke.
+    let (headers, file) = match (written, writer.to_disk.finish()) {
+        (_, Err(cause)) => return Err(Error::io("cannot write", out)(cause).into()),
+        (Err(e), Ok(_)) => return Err(e),
+        (Ok(headers), Ok(disk)) => (headers, disk.file),
     };
-    let file = writer.out.into_inner().map_err(|e| Error::io("cannot write", out)(e.into_error()))?;
     rewrite(&file, &Raw { at: 0, len: headers.manifest_len }, &manifest_entry(&manifest)?, out)?;
     for (raw, name, size) in &headers.payloads {
         rewrite(&file, raw, &payload_header(name, *size)?, out)?;
@@ -182,20 +182,37 @@ fn sha256_of(mut file: &File) -> io::Result<String> {
     Ok(hasher.finish().sha256)
 }
 
-/// The box file as it is written: counts its bytes (where each frame starts), tells
-/// the flusher about them as they come, and keeps the first write error, so a full
-/// disk is reported as this file's.
+/// The box file as it is written: counts its bytes (where each frame starts), and
+/// has a thread of its own put them in the file.
 struct FrameWriter {
-    out: io::BufWriter<File>,
+    to_disk: Offload<Disk>,
     at: u64,
-    /// Where the bytes the flusher was not yet told of start.
-    flushing_from: u64,
-    flusher: std::sync::mpsc::Sender<u64>,
-    failed: Option<io::Error>,
 }
 
-/// How many written bytes are gathered before the disk is asked to write them.
+/// The box file on the thread that writes it, and how far the flusher was told.
+struct Disk {
+    file: File,
+    written: u64,
+    told: u64,
+    flusher: std::sync::mpsc::Sender<u64>,
+}
+
+/// How many written bytes are gathered before the flusher is told of them.
 const FLUSH_EVERY: u64 = 32 << 20;
+
+fn disk_writer(file: File) -> io::Result<Offload<Disk>> {
+    let flusher = flusher(&file)?;
+    Ok(Offload::new(Disk { file, written: 0, told: 0, flusher }, |disk, chunk| {
+        disk.file.write_all(chunk)?;
+        disk.written += chunk.len() as u64;
+        if disk.written - disk.told >= FLUSH_EVERY {
+            // A flusher gone (it cannot fail) changes nothing: the sync at the end counts.
+            let _ = disk.flusher.send(disk.written);
+            disk.told = disk.written;
+        }
+        Ok(())
+    }))
+}
 
 impl FrameWriter {
     /// Writes `content` as a raw frame and returns where it is.
@@ -212,33 +229,16 @@ impl FrameWriter {
         encoder.finish()?;
         Ok(filled)
     }
-
-    /// Tells the flusher how far the bytes reached the file.
-    fn start_flushing(&mut self) {
-        let written = self.at - self.out.buffer().len() as u64;
-        // A flusher gone (it cannot fail) changes nothing: the sync at the end counts.
-        let _ = self.flusher.send(written);
-        self.flushing_from = written;
-    }
-
-    fn keep(&mut self, e: io::Error) -> io::Error {
-        let copy = e.raw_os_error().map_or_else(|| io::Error::new(e.kind(), e.to_string()), io::Error::from_raw_os_error);
-        self.failed.get_or_insert(copy);
-        e
-    }
 }
 
 impl Write for FrameWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.out.write(buf).map_err(|e| self.keep(e))?;
-        self.at += n as u64;
-        if self.at - self.flushing_from >= FLUSH_EVERY {
-            self.start_flushing();
-        }
-        Ok(n)
+        self.to_disk.write_all(buf)?;
+        self.at += buf.len() as u64;
+        Ok(buf.len())
     }
     fn flush(&mut self) -> io::Result<()> {
-        self.out.flush().map_err(|e| self.keep(e))
+        Ok(())
     }
 }
 
