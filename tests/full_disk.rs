@@ -1,6 +1,7 @@
 //! A full disk: adding a box to an ENVY_HOME that runs out of space fails with a clear
 //! error, leaves no half-stored box, and the boxes already there stay intact; a
-//! snapshot that does not fit leaves the one it was to replace.
+//! snapshot that does not fit leaves the one it was to replace; a share that does not
+//! fit leaves no box, whole or half, where it was to go.
 
 use std::process::Command;
 
@@ -82,6 +83,28 @@ fn replacing_a_snapshot_on_a_full_disk_keeps_the_old_one() {
     let mark = env.envy().args(["exec", "--", "cat", "/root/mark"]).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&mark.stdout), "saved\n");
     env.envy().args(["destroy", "--force"]).assert().success();
+}
+
+#[test]
+fn a_share_that_does_not_fit_leaves_no_box_behind() {
+    require!(need::CONTAINERS);
+    let env = TestEnv::new();
+    let (box_path, _) = common::build_container_box(&env, "busybox");
+    std::fs::write(env.project.join("Envfile"), format!("[defaults]\nbox = {{ path = \"{}\" }}\n", box_path.display())).unwrap();
+    let _cleanup = common::DestroyOnDrop(&env);
+    env.envy().arg("up").assert().success();
+    // More incompressible data than the output's disk holds.
+    env.envy().args(["exec", "--", "sh", "-c", "dd if=/dev/urandom of=/root/big bs=1M count=10 2>/dev/null"]).assert().success();
+    let out_dir = env.path("out");
+    let _disk = SmallDisk::mount(&out_dir, "4m");
+    let out = env.envy().args(["share", "-o"]).arg(out_dir.join("default.box")).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("the disk is full") && err.contains(&out_dir.join("default.box.part").display().to_string()), "{err}");
+    assert!(common::list_dir(&out_dir).is_empty(), "nothing left: {:?}", common::list_dir(&out_dir));
+    // The machine was let go (thawed, unlocked): it runs, and a share with room works.
+    env.envy().args(["exec", "--", "true"]).assert().success();
+    env.envy().args(["share", "-o"]).arg(env.path("room.box")).assert().success();
 }
 
 fn walk_size(dir: &std::path::Path) -> u64 {

@@ -1,6 +1,6 @@
 //! `envy share --serve` handing a machine to a teammate (another folder, another
-//! ENVY_HOME), and a tampered box refused by digest. Container provider; the VM case
-//! lives with the QEMU tests.
+//! ENVY_HOME), and a tampered box refused by digest; a killed share leaves no box
+//! where it was to go. Container provider; the VM case lives with the QEMU tests.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -111,4 +111,36 @@ fn share_without_serve_writes_a_box_that_box_add_accepts() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["sha256"].as_str().unwrap(), common::sha256_hex(&std::fs::read(env.path("mine.box")).unwrap()));
     env.envy().args(["box", "add"]).arg(env.path("mine.box")).args(["--sha256", v["sha256"].as_str().unwrap()]).assert().success();
+}
+
+#[test]
+fn a_killed_share_leaves_no_box_and_the_next_share_is_whole() {
+    require!(need::CONTAINERS);
+    let env = TestEnv::new();
+    let (box_path, _) = common::build_container_box(&env, "busybox");
+    std::fs::write(env.project.join("Envfile"), format!("[defaults]\nbox = {{ path = \"{}\" }}\n", box_path.display())).unwrap();
+    let _cleanup = common::DestroyOnDrop(&env);
+    env.envy().arg("up").assert().success();
+    // Enough to pack that the share is still writing when it is killed.
+    env.envy().args(["exec", "--", "sh", "-c", "dd if=/dev/urandom of=/root/big bs=1M count=96 2>/dev/null"]).assert().success();
+    env.envy().arg("halt").assert().success();
+    let output = env.path("mine.box");
+    let part = env.path("mine.box.part");
+    let mut child = env.envy_std().args(["share", "-o"]).arg(&output).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let started = std::time::Instant::now();
+    while !part.exists() {
+        assert!(child.try_wait().unwrap().is_none(), "share ended before it was killed");
+        assert!(started.elapsed() < std::time::Duration::from_secs(120), "share wrote no {}", part.display());
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!output.exists(), "a killed share left {}", output.display());
+
+    // The next share replaces what the killed one left, and its box verifies.
+    let out = env.envy().args(["share", "--json", "-o"]).arg(&output).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!part.exists());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    env.envy().args(["box", "add"]).arg(&output).args(["--sha256", v["sha256"].as_str().unwrap()]).assert().success();
 }

@@ -533,6 +533,12 @@ fn overlay_xattrs<R: Read>(entry: &mut tar::Entry<R>) -> io::Result<Vec<(String,
     Ok(found)
 }
 
+/// Whether a file's size, content or metadata changed between two looks at it.
+pub(super) fn changed(before: &std::fs::Metadata, after: &std::fs::Metadata) -> bool {
+    (before.len(), before.mtime(), before.mtime_nsec(), before.ctime(), before.ctime_nsec())
+        != (after.len(), after.mtime(), after.mtime_nsec(), after.ctime(), after.ctime_nsec())
+}
+
 /// Whether a file in an upper layer is an overlayfs whiteout (a character device 0/0,
 /// which hides the name in the layers below).
 pub fn is_whiteout_file(meta: &std::fs::Metadata) -> bool {
@@ -620,93 +626,6 @@ fn check_no_symlink_parents(root: &Path, rel: &Path, real_dirs: &mut HashSet<Pat
     Ok(())
 }
 
-/// The zstd stream of boxes and snapshots: level 3 (zstd's default), compressed by as
-/// many worker threads as the host has cores while this thread packs the tar. The
-/// bytes do not depend on the number of workers, so a tree still packs the same.
-fn zstd_encoder<W: Write>(out: W) -> io::Result<zstd::stream::write::Encoder<'static, W>> {
-    let mut encoder = zstd::stream::write::Encoder::new(out, 3)?;
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-    encoder.multithread(u32::try_from(workers).unwrap_or(1))?;
-    Ok(encoder)
-}
-
-/// One payload file of a `.box`.
-#[derive(Debug, Clone)]
-pub enum Payload {
-    /// A file on disk, copied in as it is.
-    File(PathBuf),
-    /// A root filesystem dir, packed as `pack_rootfs_dir` packs it straight into the
-    /// box: no tarball of it is written to disk first.
-    Tree(PathBuf),
-}
-
-impl Payload {
-    /// Its sha256 and size. A tree is packed once into the hash alone.
-    fn measure(&self) -> anyhow::Result<(String, u64)> {
-        match self {
-            Payload::File(path) => {
-                let size = std::fs::metadata(path).map_err(Error::io("cannot read", path))?.len();
-                Ok((super::sha256_file(path)?, size))
-            }
-            Payload::Tree(dir) => Ok(pack_rootfs_into(dir, HashingWriter::new(io::sink(), Hasher::new()))?.finish_counted().1),
-        }
-    }
-}
-
-/// Writes a zstd-compressed `.box`: `box.toml` (`manifest` with the payloads' sha256s
-/// as its `files`, checked as a reader would check it, `label` naming the box in its
-/// errors), then the payloads in the order of `files`. A tree is packed twice, once
-/// for its sha256 (box.toml comes first) and once into the box; the caller holds the
-/// tree still, and a second pass that differs is refused. Returns the box's sha256.
-pub fn pack_box(out: &Path, mut manifest: Manifest, files: &BTreeMap<String, Payload>, label: &str) -> anyhow::Result<String> {
-    let mut measured = BTreeMap::new();
-    for (name, payload) in files {
-        measured.insert(name.clone(), payload.measure()?);
-    }
-    manifest.files = measured.iter().map(|(name, (sha256, _))| (name.clone(), sha256.clone())).collect();
-    manifest.validate(label)?;
-    let file = File::create(out).map_err(Error::io("cannot create", out))?;
-    let hashing = HashingWriter::new(io::BufWriter::with_capacity(1 << 20, file), Hasher::new());
-    let mut builder = tar::Builder::new(zstd_encoder(hashing)?);
-    let text = manifest.to_toml();
-    let mut header = tar::Header::new_ustar();
-    header.set_size(text.len() as u64);
-    header.set_mode(0o644);
-    header.set_mtime(0);
-    header.set_entry_type(EntryType::Regular);
-    builder.append_data(&mut header, manifest::FILE_NAME, text.as_bytes())?;
-    for (name, payload) in files {
-        let (sha256, size) = &measured[name];
-        let mut header = tar::Header::new_gnu();
-        header.set_size(*size);
-        header.set_mode(0o644);
-        header.set_mtime(0);
-        header.set_entry_type(EntryType::Regular);
-        match payload {
-            Payload::File(path) => {
-                let mut src = File::open(path).map_err(Error::io("cannot read", path))?;
-                builder.append_data(&mut header, name, &mut src)?;
-            }
-            Payload::Tree(dir) => {
-                header.set_path(name)?;
-                header.set_cksum();
-                let inner = builder.get_mut();
-                inner.write_all(header.as_bytes())?;
-                // A tar is whole 512-byte blocks, so the entry needs no padding after it.
-                let (_, again) = pack_rootfs_into(dir, HashingWriter::new(inner, Hasher::new()))?.finish_counted();
-                if again != (sha256.clone(), *size) {
-                    return Err(Error::TreeChanged { dir: dir.clone() }.into());
-                }
-            }
-        }
-    }
-    let encoder = builder.into_inner()?;
-    let hashing = encoder.finish()?;
-    let (buf, hashes) = hashing.finish();
-    buf.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-    Ok(hashes.sha256)
-}
-
 /// Packs a root filesystem directory as an uncompressed tar (owners, modes, symlinks
 /// kept; device nodes and sockets skipped: runc provides /dev). Entries are in name
 /// order, and with SOURCE_DATE_EPOCH set no mtime is later than it, so the same tree
@@ -722,7 +641,7 @@ pub fn pack_rootfs_dir(dir: &Path, out: &Path) -> anyhow::Result<String> {
 }
 
 /// `pack_rootfs_dir`'s tar, written into `out` (which it returns).
-fn pack_rootfs_into<W: Write>(dir: &Path, out: W) -> anyhow::Result<W> {
+pub(super) fn pack_rootfs_into<W: Write>(dir: &Path, out: W) -> anyhow::Result<W> {
     let mut builder = tar::Builder::new(out);
     let epoch = std::env::var("SOURCE_DATE_EPOCH").ok().and_then(|v| v.trim().parse::<u64>().ok());
     let mut hardlinks: BTreeMap<(u64, u64), PathBuf> = BTreeMap::new();
@@ -842,7 +761,14 @@ fn append_tree<W: Write>(
         }
         if ft.is_file() {
             let file = File::open(&path).map_err(Error::io("cannot read", &path))?;
-            builder.append_data(&mut header, &entry_rel, file)?;
+            let mut content = (&file).take(meta.len());
+            builder.append_data(&mut header, &entry_rel, &mut content)?;
+            // The header gave the size before the read: a file that changed meanwhile
+            // would make the tar lie (GNU tar checks the same way).
+            let after = file.metadata().map_err(Error::io("cannot read", &path))?;
+            if content.limit() != 0 || changed(&meta, &after) {
+                return Err(Error::TreeChanged { dir: root.to_path_buf(), file: path }.into());
+            }
         } else if ft.is_symlink() {
             let target = std::fs::read_link(&path).map_err(Error::io("cannot read", &path))?;
             builder.append_link(&mut header, &entry_rel, target)?;

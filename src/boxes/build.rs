@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::agent;
-use super::archive::{self, Artifact, Payload};
+use super::archive::{self, Artifact};
+use super::pack::{pack_box, Payload};
 use super::manifest::{BootMethod, Manifest, QemuPayload, DEFAULT_CMDLINE};
 use super::store::file_size;
 use crate::process::Process;
@@ -44,7 +45,7 @@ pub fn build(req: &BuildRequest, ui: &Ui) -> anyhow::Result<String> {
     };
     let partial = work.path().join("out.box");
     ui.step(format!("packing {}", req.output.display()));
-    let digest = archive::pack_box(&partial, manifest, &files, &req.output.display().to_string())?;
+    let digest = pack_box(&partial, manifest, &files, &req.output.display().to_string())?;
     std::fs::rename(&partial, &req.output).map_err(Error::io("cannot write", &req.output))?;
     crate::fsutil::give_to_invoking_user(&req.output)?;
     Ok(digest)

@@ -220,17 +220,103 @@ impl<W: Write> HashingWriter<W> {
     pub fn finish(self) -> (W, Hashes) {
         (self.inner, self.hasher.finish())
     }
-    /// The inner writer, and the sha256 and length of what went through.
-    pub fn finish_counted(self) -> (W, (String, u64)) {
-        let bytes = self.hasher.bytes();
-        (self.inner, (self.hasher.finish().sha256, bytes))
-    }
 }
 
 impl<W: Write> Write for HashingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
         self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A writer whose bytes are fed, in order and in 1 MiB buffers (a few at a time), to
+/// `feed` on a thread of its own, so that work runs beside the writer's: hashing a
+/// box's payload, or writing the box to disk, while the payload is read and compressed.
+pub struct Offload<S> {
+    pending: Vec<u8>,
+    to_thread: std::sync::mpsc::SyncSender<Vec<u8>>,
+    free: std::sync::mpsc::Receiver<Vec<u8>>,
+    thread: std::thread::JoinHandle<io::Result<S>>,
+}
+
+const HANDOVER: usize = 1 << 20;
+
+impl<S: Send + 'static> Offload<S> {
+    pub fn new(mut state: S, mut feed: impl FnMut(&mut S, &[u8]) -> io::Result<()> + Send + 'static) -> Self {
+        let (to_thread, chunks) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+        let (give_back, free) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            for mut chunk in chunks {
+                // On an error the thread ends, and the writer's next hand-over fails.
+                feed(&mut state, &chunk)?;
+                chunk.clear();
+                // The writer may be gone (an error elsewhere): the buffer is then dropped.
+                let _ = give_back.send(chunk);
+            }
+            Ok(state)
+        });
+        Offload { pending: Vec::with_capacity(HANDOVER), to_thread, free, thread }
+    }
+
+    fn hand_over(&mut self) -> io::Result<()> {
+        let next = self.free.try_recv().unwrap_or_else(|_| Vec::with_capacity(HANDOVER));
+        let chunk = std::mem::replace(&mut self.pending, next);
+        self.to_thread.send(chunk).map_err(|_| io::Error::other("the thread it feeds stopped"))
+    }
+
+    /// Hands over what is left and returns what the thread made of it all, or its error.
+    pub fn finish(mut self) -> io::Result<S> {
+        let handed = if self.pending.is_empty() { Ok(()) } else { self.hand_over() };
+        drop(self.to_thread);
+        let made = self.thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+        handed.map(|()| made)
+    }
+}
+
+impl<S: Send + 'static> Write for Offload<S> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.pending.extend_from_slice(buf);
+        if self.pending.len() >= HANDOVER {
+            self.hand_over()?;
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A writer that hashes what passes through it on a thread of its own (`Offload`).
+pub struct ThreadedHashingWriter<W> {
+    inner: W,
+    hashing: Offload<Hasher>,
+}
+
+impl<W: Write> ThreadedHashingWriter<W> {
+    pub fn new(inner: W) -> Self {
+        let hashing = Offload::new(Hasher::new(), |hasher, chunk| {
+            hasher.update(chunk);
+            Ok(())
+        });
+        ThreadedHashingWriter { inner, hashing }
+    }
+
+    /// The inner writer, and the sha256 and length of what went through.
+    pub fn finish_counted(self) -> io::Result<(W, (String, u64))> {
+        let hasher = self.hashing.finish()?;
+        let bytes = hasher.bytes();
+        Ok((self.inner, (hasher.finish().sha256, bytes)))
+    }
+}
+
+impl<W: Write> Write for ThreadedHashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hashing.write_all(&buf[..n])?;
         Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -261,5 +347,24 @@ impl<R: Read> Read for HashingReader<R> {
         let n = self.inner.read(buf)?;
         self.hasher.update(&buf[..n]);
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_threaded_hash_is_the_hash_of_what_was_written_in_order() {
+        // Uneven writes across several hand-overs, and the short tail after the last.
+        let data: Vec<u8> = (0..(3 << 20) + 777u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let mut writer = ThreadedHashingWriter::new(Vec::new());
+        for chunk in data.chunks(70_001) {
+            writer.write_all(chunk).unwrap();
+        }
+        let (written, (sha256, bytes)) = writer.finish_counted().unwrap();
+        assert_eq!(written, data);
+        assert_eq!(bytes, data.len() as u64);
+        assert_eq!(sha256, sha256_bytes(&data));
     }
 }

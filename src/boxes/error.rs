@@ -28,9 +28,9 @@ pub enum Error {
     /// An archive entry we refuse to unpack.
     #[error("refusing {archive}: entry `{entry}` {reason}; nothing was stored")]
     HostileEntry { archive: String, entry: String, reason: String },
-    /// A tree packed into a box gave other bytes the second time (it was not held still).
-    #[error("{} changed while it was packed into the box; nothing was written: hold the machine still (halt it) and share again", .dir.display())]
-    TreeChanged { dir: PathBuf },
+    /// A file of a tree being packed changed while it was read (the tree was not held still).
+    #[error("{} changed while {} was packed; nothing was written: hold the machine still (halt it) and try again", .file.display(), .dir.display())]
+    TreeChanged { dir: PathBuf, file: PathBuf },
     /// The archive is not one envy can read.
     #[error("{archive} is not a box: {reason}")]
     NotABox { archive: String, reason: String },

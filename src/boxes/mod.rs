@@ -1,6 +1,6 @@
 //! Boxes: base images fetched, verified and kept content-addressed. Each concern has
 //! its file: where a box comes from (source, catalog, upstream indexes, vagrant_cloud), getting its bytes (download,
-//! digest), reading and writing archives (archive, manifest, vagrant), keeping it (store),
+//! digest), reading and writing archives (archive, manifest, vagrant; pack writes a box), keeping it (store),
 //! making one (build, with the first-boot agent for VMs without cloud-init) and OCI registries (oci). docs/box-format.md describes the formats and rules.
 
 pub mod agent;
@@ -12,6 +12,7 @@ mod download;
 mod error;
 mod manifest;
 mod oci;
+mod pack;
 mod serve;
 mod source;
 mod store;
@@ -20,7 +21,8 @@ mod vagrant;
 mod vagrant_cloud;
 
 pub(crate) use archive::relative_path;
-pub use archive::{MAX_PAYLOAD_BYTES, is_opaque_dir, is_whiteout_file, overlay_xattr, pack_box, pack_layer_dir, pack_rootfs_dir, unpack_upper, Payload, KEPT_XATTRS};
+pub use archive::{MAX_PAYLOAD_BYTES, is_opaque_dir, is_whiteout_file, overlay_xattr, pack_layer_dir, pack_rootfs_dir, unpack_upper, KEPT_XATTRS};
+pub use pack::{pack_box, Payload};
 pub use build::{build, BuildRequest};
 pub use digest::{parse_sha256, sha256_file};
 pub use error::Error;

@@ -194,7 +194,7 @@ pub trait Provider: Send + Sync {
     /// Hands `pack` the machine's current state as box payloads, by their names in the
     /// box (`envy share`): files written into `dir` (a flattened disk, a rootfs tarball)
     /// or its root filesystem as a tree. The machine is held as it is (halted or frozen)
-    /// while `pack` runs, which packs a tree twice (boxes::pack_box).
+    /// while `pack` runs, which reads each payload once (boxes::pack_box).
     fn export(&self, _machine: &MachinePlan, _stored: &StoredBox, _dir: &Path, _ui: &Ui, _pack: &mut ExportPack<'_>) -> Result<()> {
         Err(self.unsupported("export a machine as a box"))
     }
