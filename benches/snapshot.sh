@@ -5,7 +5,7 @@
 #      beside `tar --zstd` of the same layer (what an archive of it costs);
 #   2. halted VM: `envy snapshot save` with a 1 GiB vs a 10 GiB disk, beside
 #      `qemu-img snapshot -c` on a copy of the same overlay (the cost must not grow);
-#   3. `envy share` of the 100 MiB container beside `tar | zstd -3 -T0` of its root filesystem,
+#   3. `envy share` of the container with 1 GiB changed beside `tar | zstd -3 -T0` of its root filesystem,
 #      with throughput.
 # Needs root, runc, slirp4netns, busybox-static, qemu, and what boxes/recipes/tiny-vm.sh needs.
 # Usage: benches/snapshot.sh [path/to/envy]   (default: target/release/envy, built if missing)

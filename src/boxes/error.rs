@@ -104,8 +104,9 @@ pub enum Error {
     /// The box does not serve the provider a machine asks for.
     #[error("box {name} ({short}) is made for {providers}, not for the {wanted} provider that machine {machine} uses; pick another box or provider", short = &.digest[..12])]
     WrongProvider { name: String, digest: String, providers: String, wanted: String, machine: String },
-    /// The disk under ENVY_HOME filled up; nothing half-written is kept.
-    #[error("cannot write {}: the disk is full; free space or point ENVY_HOME at a larger disk (`envy box prune` removes unused boxes)", .path.display())]
+    /// The disk under a box being written (in ENVY_HOME, or a share's output) filled
+    /// up; nothing half-written is kept.
+    #[error("cannot write {}: the disk is full; free space on it, or write elsewhere (`envy box prune` removes unused boxes; ENVY_HOME may point at a larger disk)", .path.display())]
     NoSpace { path: PathBuf, #[source] source: std::io::Error },
     /// A local file or folder could not be read or written.
     /// (The I/O error is part of the message, not a separate cause, so the report
