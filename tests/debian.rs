@@ -115,6 +115,11 @@ fn the_web_app_example_serves_its_page() {
     env.envy().arg("up").assert().success();
     let page = http_get(host_port(&env, "web"), "/");
     assert!(page.contains("<h1>It works</h1>"), "{page}");
+    // Its server comes back with the machine (a `run = "always"` step).
+    env.envy().arg("halt").assert().success();
+    env.envy().arg("up").assert().success();
+    let page = http_get(host_port(&env, "web"), "/");
+    assert!(page.contains("<h1>It works</h1>"), "after halt and up: {page}");
 }
 
 #[test]
