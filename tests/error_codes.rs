@@ -14,8 +14,7 @@ fn machine_state(env: &TestEnv) -> String {
 fn snapshot_errors_have_one_message_and_exit_code_and_store_nothing() {
     require!(need::CONTAINERS);
     let env = TestEnv::new();
-    let (box_path, _) = common::build_container_box(&env, "busybox");
-    std::fs::write(env.project.join("Envfile"), format!("[defaults]\nbox = {{ path = \"{}\" }}\n", box_path.display())).unwrap();
+    common::busybox_project(&env);
     let _destroy = DestroyOnDrop(&env);
     // No runc state root yet: runc fails, and the missing state dir says "not created".
     assert_eq!(machine_state(&env), "not-created");

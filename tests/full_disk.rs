@@ -60,8 +60,7 @@ fn a_box_that_does_not_fit_is_refused_and_the_store_stays_whole() {
 fn replacing_a_snapshot_on_a_full_disk_keeps_the_old_one() {
     require!(need::CONTAINERS, [Need::Tool("zstd", "zstd")]);
     let env = TestEnv::new();
-    let (box_path, _) = common::build_container_box(&env, "busybox");
-    std::fs::write(env.project.join("Envfile"), format!("[defaults]\nbox = {{ path = \"{}\" }}\n", box_path.display())).unwrap();
+    common::busybox_project(&env);
     let _disk = SmallDisk::mount(&env.home, "24m");
     let _cleanup = common::DestroyOnDrop(&env);
     let sh = |script: &str| env.envy().args(["exec", "--", "sh", "-c", script]).assert().success();
@@ -89,8 +88,7 @@ fn replacing_a_snapshot_on_a_full_disk_keeps_the_old_one() {
 fn a_share_that_does_not_fit_leaves_no_box_behind() {
     require!(need::CONTAINERS);
     let env = TestEnv::new();
-    let (box_path, _) = common::build_container_box(&env, "busybox");
-    std::fs::write(env.project.join("Envfile"), format!("[defaults]\nbox = {{ path = \"{}\" }}\n", box_path.display())).unwrap();
+    common::busybox_project(&env);
     let _cleanup = common::DestroyOnDrop(&env);
     env.envy().arg("up").assert().success();
     // More incompressible data than the output's disk holds.

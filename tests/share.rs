@@ -101,8 +101,7 @@ fn a_teammate_gets_the_shared_state_and_a_tampered_box_is_refused() {
 fn share_without_serve_writes_a_box_that_box_add_accepts() {
     require!(need::CONTAINERS);
     let env = TestEnv::new();
-    let (box_path, _) = common::build_container_box(&env, "busybox");
-    std::fs::write(env.project.join("Envfile"), format!("[defaults]\nbox = {{ path = \"{}\" }}\n", box_path.display())).unwrap();
+    common::busybox_project(&env);
     let _cleanup = common::DestroyOnDrop(&env);
     env.envy().arg("up").assert().success();
     env.envy().args(["halt"]).assert().success();
@@ -117,8 +116,7 @@ fn share_without_serve_writes_a_box_that_box_add_accepts() {
 fn a_killed_share_leaves_no_box_and_the_next_share_is_whole() {
     require!(need::CONTAINERS);
     let env = TestEnv::new();
-    let (box_path, _) = common::build_container_box(&env, "busybox");
-    std::fs::write(env.project.join("Envfile"), format!("[defaults]\nbox = {{ path = \"{}\" }}\n", box_path.display())).unwrap();
+    common::busybox_project(&env);
     let _cleanup = common::DestroyOnDrop(&env);
     env.envy().arg("up").assert().success();
     // Enough to pack that the share is still writing when it is killed.

@@ -356,6 +356,12 @@ pub fn busybox_rootfs(dir: &Path) {
     std::fs::write(dir.join("etc/box-release"), "busybox test box\n").unwrap();
 }
 
+/// A project of one machine (`default`) on a busybox container box built for it.
+pub fn busybox_project(env: &TestEnv) {
+    let (box_path, _) = build_container_box(env, "busybox");
+    std::fs::write(env.project.join("Envfile"), format!("[defaults]\nbox = {{ path = \"{}\" }}\n", box_path.display())).unwrap();
+}
+
 /// Builds a container box from a busybox rootfs with `envy box build`; returns the
 /// box's path and sha256.
 pub fn build_container_box(env: &TestEnv, name: &str) -> (PathBuf, String) {
