@@ -43,6 +43,10 @@ declare -A wanted=(
   # The tests make the tarballs upstreams serve: LXC rootfs.tar.xz, Vagrant .box (gzip).
   [xz]=xz-utils
   [gzip]=gzip
+  # A terminal for `envy exec -t` under test (script), and the host libraries the
+  # CVE-2019-5736 test copies into a container (ldd).
+  [script]=bsdutils
+  [ldd]=libc-bin
 )
 missing=()
 for cmd in "${!wanted[@]}"; do

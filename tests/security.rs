@@ -367,7 +367,7 @@ fn provision_files_come_only_from_the_project_and_land_only_in_the_guest() {
 /// it for writing; the host binary is byte for byte as it was.
 #[test]
 fn a_guest_command_that_runs_envys_own_binary_cannot_write_it() {
-    require!(need::CONTAINERS);
+    require!(need::CONTAINERS, &[need::Need::Tool("ldd", "libc-bin")]);
     let a = Attack::new("[defaults]\nbox = { path = \"BOX\" }\nsync = [\".:/project\"]\n[machine.a]\n");
     let _cleanup = DestroyOnDrop(&a.env);
     a.envy().arg("up").assert().success();
