@@ -170,8 +170,8 @@ impl Runc {
         Ok(())
     }
 
-    /// `runc exec` with the caller's stdio (a terminal's exec, and any exec when envy
-    /// cannot enter the container itself); returns the command's exit code. The
+    /// `runc exec` with the caller's stdio, for when envy cannot enter the container
+    /// itself (enter.rs); returns the command's exit code. The
     /// command runs as the init's user (unless the request asks for root) and in the
     /// init's directory (unless the request names one).
     pub fn exec(&self, id: &str, request: &ExecRequest) -> Result<i32> {
