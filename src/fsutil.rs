@@ -130,6 +130,15 @@ pub fn create_private(path: &Path) -> Result<fs::File> {
         .with_context(|| format!("cannot create {}", path.display()))
 }
 
+/// The descriptor a syscall returned (fsopen, pidfd_open, openat, ...), or its errno.
+pub fn fd_from_syscall(ret: libc::c_long) -> std::io::Result<OwnedFd> {
+    if ret < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor to this process alone.
+    Ok(unsafe { OwnedFd::from_raw_fd(ret as std::os::fd::RawFd) })
+}
+
 /// Reads a file of envy's state, refusing a symlink in its place. None when absent.
 pub fn read_private(path: &Path) -> Result<Option<Vec<u8>>> {
     let opened = fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path);

@@ -69,6 +69,12 @@ pub enum ProcessError {
     Failed { tool: String, doing: String, status: ExitStatus, stderr: String },
 }
 
+/// A command's exit code as a shell reports it: its own, or 128 + the signal that
+/// ended it.
+pub fn exit_code(status: ExitStatus) -> i32 {
+    status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
+
 /// "exit status 2" or "killed by signal 9", for messages.
 fn describe(status: ExitStatus) -> String {
     match (status.code(), status.signal()) {

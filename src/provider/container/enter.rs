@@ -211,7 +211,7 @@ pub fn exec(config: &Path, init: &Init, request: &ExecRequest, exe: &OwnedFd) ->
         .with_context(|| format!("cannot read the process settings in {}", config.display()))?;
 
     // The pidfd names the init for good once its start time matches runc's record.
-    let pidfd = check("pidfd_open", unsafe { libc::syscall(libc::SYS_pidfd_open, init.pid, 0) })
+    let pidfd = crate::fsutil::fd_from_syscall(unsafe { libc::syscall(libc::SYS_pidfd_open, init.pid, 0) })
         .with_context(|| format!("the container's init (pid {}) is gone", init.pid))?;
     if crate::state::proc_stat(init.pid).is_none_or(|s| s.start_time != init.start_time || s.is_gone()) {
         bail!("the container's init (pid {}) stopped while envy entered it", init.pid);
@@ -338,19 +338,11 @@ fn wait(child: libc::pid_t) -> Result<i32> {
             bail!("cannot wait for the command in the container: {err}");
         }
     }
-    Ok(if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 128 + libc::WTERMSIG(status) })
+    Ok(crate::process::exit_code(std::os::unix::process::ExitStatusExt::from_raw(status)))
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("cannot make a pipe to the process entering the container")
-}
-
-fn check(step: &str, ret: libc::c_long) -> Result<OwnedFd> {
-    if ret < 0 {
-        return Err(std::io::Error::last_os_error()).with_context(|| format!("{step} failed"));
-    }
-    // SAFETY: the kernel just returned this descriptor to us alone.
-    Ok(unsafe { OwnedFd::from_raw_fd(ret as RawFd) })
 }
 
 /// `envy __container-exec PIDFD ORDERS REPORT [CONSOLE]`: the stage. Joins the

@@ -193,7 +193,6 @@ impl Runc {
             runc = runc.stdin_file(File::open(path).with_context(|| format!("cannot open {} to send it into container {id}", path.display()))?);
         }
         let status = runc.status()?;
-        // A command killed by a signal reports 128 + signal, as shells do.
-        Ok(status.code().unwrap_or_else(|| 128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)))
+        Ok(crate::process::exit_code(status))
     }
 }

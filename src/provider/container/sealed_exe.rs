@@ -11,7 +11,7 @@
 //! inside its own namespace (Linux 5.11 lets overlayfs mount there).
 
 use std::ffi::CString;
-use std::os::fd::{FromRawFd as _, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd as _, OwnedFd};
 use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
 
@@ -48,32 +48,24 @@ pub fn open(empty_dir: &Path) -> Result<OwnedFd, Error> {
     let lower = CString::new([escape(dir), b":".to_vec(), escape(empty_dir)].concat())
         .map_err(|e| Error::Mount { step: "naming the lower layers", source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e) })?;
     let set = |key: &std::ffi::CStr, value: &std::ffi::CStr| unsafe {
-        libc::syscall(libc::SYS_fsconfig, context_fd(&context), FSCONFIG_SET_STRING, key.as_ptr(), value.as_ptr(), 0)
+        libc::syscall(libc::SYS_fsconfig, context.as_raw_fd(), FSCONFIG_SET_STRING, key.as_ptr(), value.as_ptr(), 0)
     };
     succeeded("fsconfig lowerdir", set(c"lowerdir", &lower))?;
     // xino only adds kernel log lines when the layers are on different filesystems.
     let _ = set(c"xino", c"off");
     succeeded("fsconfig create", unsafe {
-        libc::syscall(libc::SYS_fsconfig, context_fd(&context), FSCONFIG_CMD_CREATE, std::ptr::null::<libc::c_char>(), std::ptr::null::<libc::c_void>(), 0)
+        libc::syscall(libc::SYS_fsconfig, context.as_raw_fd(), FSCONFIG_CMD_CREATE, std::ptr::null::<libc::c_char>(), std::ptr::null::<libc::c_void>(), 0)
     })?;
     let attrs = libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV;
-    let mount = check("fsmount", unsafe { libc::syscall(libc::SYS_fsmount, context_fd(&context), libc::FSMOUNT_CLOEXEC, attrs) })?;
+    let mount = check("fsmount", unsafe { libc::syscall(libc::SYS_fsmount, context.as_raw_fd(), libc::FSMOUNT_CLOEXEC, attrs) })?;
     let name = CString::new(name.as_bytes()).map_err(|e| Error::Mount { step: "naming the binary", source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e) })?;
     let flags = libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC;
-    check("opening the binary", unsafe { libc::openat(context_fd(&mount), name.as_ptr(), flags) } as libc::c_long)
-}
-
-fn context_fd(fd: &OwnedFd) -> RawFd {
-    std::os::fd::AsRawFd::as_raw_fd(fd)
+    check("opening the binary", unsafe { libc::openat(mount.as_raw_fd(), name.as_ptr(), flags) } as libc::c_long)
 }
 
 /// A syscall's result as an owned descriptor, or its errno named by step.
 fn check(step: &'static str, ret: libc::c_long) -> Result<OwnedFd, Error> {
-    if ret < 0 {
-        return Err(Error::Mount { step, source: std::io::Error::last_os_error() });
-    }
-    // SAFETY: the kernel just returned this descriptor to us alone.
-    Ok(unsafe { OwnedFd::from_raw_fd(ret as RawFd) })
+    crate::fsutil::fd_from_syscall(ret).map_err(|source| Error::Mount { step, source })
 }
 
 /// A syscall that returns 0 or -1, or its errno named by step.

@@ -19,17 +19,17 @@ use crate::provider::{Error, ExecRequest};
 
 /// How long the shared connection outlives its last user.
 const CONTROL_PERSIST: &str = "600";
-/// Per-attempt connect timeout while waiting for the guest (seconds).
-const PROBE_CONNECT_TIMEOUT: &str = "3";
+/// Per-attempt connect timeout while waiting for the guest.
+const PROBE_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Pause between readiness attempts.
 const PROBE_INTERVAL: Duration = Duration::from_millis(250);
-/// How long to wait for the server's banner before trying again. A forwarded port
-/// accepts at once even while the guest's network is down, so ssh is started only
-/// once a banner came. As long as ssh's own connect timeout: a busy guest under TCG
+/// How long to wait for the server's banner before trying again: ssh's own connect
+/// timeout. A forwarded port accepts at once even while the guest's network is down,
+/// so ssh is started only once a banner came. A busy guest under TCG
 /// (cloud-init's later stages) took 1.5 s to send it, and a shorter wait drops the
 /// connection its sshd is still starting only to open another; a guest that refuses
 /// closes the connection at once, so the wait costs nothing then.
-const BANNER_TIMEOUT: Duration = Duration::from_secs(3);
+const BANNER_TIMEOUT: Duration = PROBE_CONNECT_TIMEOUT;
 
 /// Where and how to reach one machine's SSH server.
 #[derive(Debug, Clone)]
@@ -147,7 +147,7 @@ impl SshTarget {
             .args(["-o", "ControlMaster=auto", "-o"])
             .arg(format!("ControlPersist={CONTROL_PERSIST}"))
             .args(["-o"])
-            .arg(format!("ConnectTimeout={PROBE_CONNECT_TIMEOUT}"))
+            .arg(format!("ConnectTimeout={}", PROBE_CONNECT_TIMEOUT.as_secs()))
             .args(["127.0.0.1", "true"])
             .doing("waiting for the machine's SSH server")
             .quiet();
