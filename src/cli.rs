@@ -104,6 +104,9 @@ folder at /project instead.")]
     /// The process that enters a container for `envy exec` (provider/container/enter.rs).
     #[command(name = "__container-exec", hide = true)]
     ContainerExec(ContainerExecArgs),
+    /// The process that makes a container for envy's own runtime (provider/container/create.rs).
+    #[command(name = "__container-start", hide = true)]
+    ContainerStart(ContainerStartArgs),
 }
 
 #[derive(Debug, Args)]
@@ -159,6 +162,13 @@ pub struct ContainerExecArgs {
     pub orders: i32,
     pub report: i32,
     pub console: Option<i32>,
+}
+
+/// `envy __container-start ORDERS REPORT`: descriptors its parent handed it.
+#[derive(Debug, Args)]
+pub struct ContainerStartArgs {
+    pub orders: i32,
+    pub report: i32,
 }
 
 #[derive(Debug, Args)]

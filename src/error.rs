@@ -120,6 +120,7 @@ fn provider_code(e: &crate::provider::Error) -> i32 {
         | E::SlirpNotReady { .. }
         | E::TapDevice { .. }
         | E::Host { .. }
+        | E::ContainerStart { .. }
         | E::OverlayPath { .. }
         | E::OverlayMount { .. }
         | E::BindMount { .. }

@@ -175,7 +175,7 @@ fn destroy_leaves_no_process_mount_namespace_or_file() {
     eventually("the container's init to be gone", || !std::path::Path::new(&format!("/proc/{init}")).exists());
 
     f.provider.destroy(&f.plan("db"), &f.ui).unwrap();
-    assert!(f.runc_containers().is_empty(), "{:?}", f.runc_containers());
+    assert!(f.container_ids().is_empty(), "{:?}", f.container_ids());
     assert!(!std::path::Path::new(&format!("/proc/{slirp}")).exists(), "slirp4netns goes with the last machine");
     assert!(f.mounts().is_empty(), "{:?}", f.mounts());
     assert!(f.namespaces().is_empty(), "{:?}", f.namespaces());
@@ -250,7 +250,7 @@ fn a_box_without_a_shell_fails_with_runcs_reason_and_leaves_nothing() {
     let text = format!("{err:#}");
     assert!(text.contains("runc failed") && text.contains("starting container") && text.contains("/bin/sh"), "{text}");
     assert_eq!(f.state("web"), MachineState::NotCreated);
-    assert!(f.runc_containers().is_empty(), "{:?}", f.runc_containers());
+    assert!(f.container_ids().is_empty(), "{:?}", f.container_ids());
     assert!(f.namespaces().is_empty() && f.mounts().is_empty() && f.slirp_pid().is_none());
     let left: Vec<_> = std::fs::read_dir(f.plan("web").dir).into_iter().flatten().collect();
     assert!(left.is_empty(), "{left:?}");

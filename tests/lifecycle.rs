@@ -6,7 +6,7 @@ use std::net::TcpListener;
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::common::{self, free_port, http_get, machine, need, netns_names, require, runc_containers, TestEnv};
+use crate::common::{self, free_port, http_get, machine, need, netns_names, require, container_ids, TestEnv};
 
 /// A project with a busybox box built by `envy box build`, and a guard that destroys
 /// whatever the test left running. Its tests require `need::CONTAINERS`.
@@ -55,7 +55,7 @@ impl Project {
     fn host_traces(&self) -> Vec<String> {
         let id = self.project_id();
         let mut traces = Vec::new();
-        traces.extend(runc_containers(&self.env.home).into_iter().map(|c| format!("runc container {c}")));
+        traces.extend(container_ids(&self.env.home).into_iter().map(|c| format!("container {c}")));
         traces.extend(netns_names(&self.env.home).into_iter().filter(|n| n.contains(&id)).map(|n| format!("netns {n}")));
         traces.extend(self.env.mounts_below(self.env.dir.path()).into_iter().map(|m| format!("mount {m}")));
         traces
@@ -184,7 +184,7 @@ fn machines_start_together_and_one_failed_start_leaves_the_others_running() {
         envfile.push_str(&format!("[machine.{name}]\n"));
     }
     let p = Project::new(&format!("{envfile}[machine.broken]\nbox = {{ path = \"BROKEN\" }}\n"));
-    // A box without /bin/sh: runc cannot start its init.
+    // A box without /bin/sh: its init cannot start.
     let rootfs = p.env.path("broken-rootfs");
     common::busybox_rootfs(&rootfs);
     std::fs::remove_file(rootfs.join("bin/sh")).unwrap();
@@ -196,7 +196,7 @@ fn machines_start_together_and_one_failed_start_leaves_the_others_running() {
     let out = p.envy().arg("up").output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(5), "{err}");
-    assert!(err.contains("broken") && err.contains("/bin/sh"), "names the machine and runc's reason: {err}");
+    assert!(err.contains("broken") && err.contains("/bin/sh"), "names the machine and why its init did not start: {err}");
     let status = p.env.status();
     let mut addresses = Vec::new();
     for name in &names {
@@ -450,7 +450,7 @@ fn run_interrupted_by_ctrl_c_cleans_up_and_exits_130() {
     let mut child = run.spawn().unwrap();
     let mut started = false;
     for _ in 0..200 {
-        if !runc_containers(&env.home).is_empty() {
+        if !container_ids(&env.home).is_empty() {
             started = true;
             break;
         }
@@ -466,7 +466,7 @@ fn run_interrupted_by_ctrl_c_cleans_up_and_exits_130() {
 
 fn assert_no_throwaways(env: &TestEnv) {
     assert_eq!(env.run_leftovers(), Vec::<String>::new());
-    assert_eq!(runc_containers(&env.home), Vec::<String>::new());
+    assert_eq!(container_ids(&env.home), Vec::<String>::new());
     assert_eq!(common::mounts_below(env.dir.path()), Vec::<String>::new(), "a mount is left");
 }
 

@@ -53,7 +53,7 @@ fn up_said(env: &TestEnv) -> String {
 /// What envy still has on the host for `env`: runc containers, network namespaces and
 /// mounts (in the user's namespace).
 fn host_traces(env: &TestEnv) -> Vec<String> {
-    let mut traces: Vec<String> = common::runc_containers(&env.home).into_iter().map(|c| format!("runc container {c}")).collect();
+    let mut traces: Vec<String> = common::container_ids(&env.home).into_iter().map(|c| format!("container {c}")).collect();
     traces.extend(common::netns_names(&env.home).into_iter().map(|n| format!("netns {n}")));
     traces.extend(env.mounts_below(env.dir.path()).into_iter().map(|m| format!("mount {m}")));
     traces

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use crate::common::{self, free_port, need, netns_names, require, runc_containers, TestEnv};
+use crate::common::{self, free_port, need, netns_names, require, container_ids, TestEnv};
 
 /// db serves /project/db over HTTP once provisioned; web finds it by name.
 const ENVFILE: &str = r#"[defaults]
@@ -50,7 +50,7 @@ impl Project {
         let env = &self.env;
         let dev = format!("envy-{}", envy::plan::project_id(&env.project));
         assert_eq!(env.run_leftovers(), Vec::<String>::new(), "a run's state is left");
-        let containers = runc_containers(&env.home);
+        let containers = container_ids(&env.home);
         assert!(containers.iter().all(|c| c.starts_with(&dev)), "a run's container is left: {containers:?}");
         let own = env.state_dir().to_string_lossy().into_owned();
         // The developer's own machines keep their mounts: their state and network namespaces.
@@ -137,7 +137,7 @@ fn sigterm_mid_run_destroys_every_machine_of_the_run() {
     let mut id = None;
     for _ in 0..600 {
         // Both machines run: CMD is about to start or running.
-        if runc_containers(&p.env.home).len() == 2 {
+        if container_ids(&p.env.home).len() == 2 {
             id = common::list_dir(&p.env.home.join("projects")).into_iter().find_map(|n| n.strip_prefix("run-").map(str::to_string));
             break;
         }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::common::{self, need, require, DestroyOnDrop, TestEnv};
+use crate::common::{self, machine, need, require, DestroyOnDrop, TestEnv};
 
 /// A host folder the guest must never reach: what it holds, to compare after an attack.
 struct Canary {
@@ -409,4 +409,59 @@ fn a_guest_command_that_runs_envys_own_binary_cannot_write_it() {
     assert!(seen.contains("Read-only file system") && !seen.contains("open for writing: 0"), "{seen}");
     assert!(std::fs::read(&binary).unwrap() == before, "the host's envy binary changed");
     a.assert_host_untouched();
+}
+
+/// A hostile box makes the places envy mounts on into links to host paths: `/etc`,
+/// `/dev` and `/proc` point at folders of the canary that exist only inside the box.
+/// Every mount point is resolved inside the machine's root, so the host gets nothing
+/// (no hosts file, no device nodes, no folders), the machine starts with its mounts
+/// where the links lead in its own root, and /proc's read-only and masked paths hold.
+#[test]
+fn a_box_whose_mount_points_link_to_host_paths_gets_its_mounts_inside_its_root() {
+    require!(need::CONTAINERS);
+    let env = TestEnv::new();
+    let canary = Canary::new(&env);
+    let before = canary.contents();
+    let rootfs = env.path("hostile-rootfs");
+    common::busybox_rootfs(&rootfs);
+    for name in ["etc", "dev", "proc"] {
+        let host_path = canary.dir.join(format!("{name}-from-the-box"));
+        let inside = rootfs.join(host_path.strip_prefix("/").unwrap());
+        std::fs::create_dir_all(inside.parent().unwrap()).unwrap();
+        std::fs::rename(rootfs.join(name), &inside).unwrap();
+        std::os::unix::fs::symlink(&host_path, rootfs.join(name)).unwrap();
+    }
+    let box_path = env.path("hostile.box");
+    env.envy().args(["box", "build", "--rootfs"]).arg(&rootfs).args(["--name", "hostile", "--version", "1", "-o"]).arg(&box_path).assert().success();
+    std::fs::write(env.project.join("Envfile"), format!("[machine.m]\nbox = {{ path = \"{}\" }}\n", box_path.display())).unwrap();
+    let _cleanup = DestroyOnDrop(&env);
+    env.envy().arg("up").assert().success();
+
+    let script = "grep -w m /etc/hosts; test -c /dev/null && echo null-is-a-device; \
+                  (echo 1 > /proc/sys/vm/drop_caches) 2>&1; echo timer_list=$(wc -c < /proc/timer_list); cat /proc/self/comm";
+    let seen = env.out(&["exec", "m", "--", "sh", "-c", script]);
+    assert!(seen.contains("\tm\n"), "envy's hosts file is the machine's /etc/hosts: {seen}");
+    assert!(seen.contains("null-is-a-device"), "{seen}");
+    assert!(seen.contains("Read-only file system"), "/proc/sys is read-only through the link: {seen}");
+    assert!(seen.contains("timer_list=0\n"), "/proc/timer_list is masked through the link: {seen}");
+    assert!(seen.contains("cat\n"), "the machine's /proc is its own: {seen}");
+    assert_eq!(canary.contents(), before, "envy made something on the host where the box's links point");
+    env.envy().args(["destroy", "--force"]).assert().success();
+    assert_eq!(common::mounts_below(env.dir.path()), Vec::<String>::new(), "left mounted");
+    assert_eq!(canary.contents(), before);
+
+    // A link to a host folder that the box does not hold cannot be followed anywhere:
+    // the start fails naming the mount point, and nothing is left.
+    std::fs::remove_dir_all(rootfs.join(canary.dir.join("proc-from-the-box").strip_prefix("/").unwrap())).unwrap();
+    let dangling = env.path("dangling.box");
+    env.envy().args(["box", "build", "--rootfs"]).arg(&rootfs).args(["--name", "dangling", "--version", "1", "-o"]).arg(&dangling).assert().success();
+    std::fs::write(env.project.join("Envfile"), format!("[machine.m]\nbox = {{ path = \"{}\" }}\n", dangling.display())).unwrap();
+    let out = env.envy().arg("up").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(err.contains("/proc"), "names the mount point: {err}");
+    assert_eq!(machine(&env.status(), "m")["state"], "not-created", "{err}");
+    assert_eq!(common::mounts_below(env.dir.path()), Vec::<String>::new(), "left mounted");
+    assert_eq!(common::container_ids(&env.home), Vec::<String>::new());
+    assert_eq!(canary.contents(), before);
 }

@@ -33,6 +33,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Command::Man => return man::run(),
         Command::UsernsHolder(args) => return crate::userns::hold(&args.runtime_dir),
         Command::ContainerExec(args) => return Ok(crate::provider::container::enter::stage(args.pidfd, args.orders, args.report, args.console)),
+        Command::ContainerStart(args) => return Ok(crate::provider::container::create::stage(args.orders, args.report)),
         _ => {}
     }
     let ctx = Context::new(&cli.global)?;
@@ -55,7 +56,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Command::Destroy(args) => destroy::run(&ctx, args),
         Command::Snapshot(cmd) => snapshot::run(&ctx, cmd),
         Command::Run(args) => run::run(&ctx, args),
-        Command::Completions(_) | Command::Man | Command::UsernsHolder(_) | Command::ContainerExec(_) => unreachable!("handled above"),
+        Command::Completions(_) | Command::Man | Command::UsernsHolder(_) | Command::ContainerExec(_) | Command::ContainerStart(_) => unreachable!("handled above"),
         Command::Box(cmd) => box_::run(&ctx, cmd),
         Command::Remote(cmd) => remote::run(&ctx, cmd),
         Command::Share(args) => share::run(&ctx, args),

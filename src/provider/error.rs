@@ -167,6 +167,9 @@ pub enum Error {
         if .cause.raw_os_error() == Some(libc::EBUSY) { "; another QEMU of this machine still holds it: run `envy halt --force` first" } else { "" }
     )]
     TapDevice { name: String, cause: std::io::Error },
+    /// envy's own runtime could not make or start a container (native.rs).
+    #[error("container {id} did not start: {reason}")]
+    ContainerStart { id: String, reason: String },
     /// The host refused a resource envy needs (a pipe, a port, a path).
     #[error("cannot {doing}: {cause}")]
     Host { doing: String, cause: std::io::Error },

@@ -247,7 +247,7 @@ pub fn forwardable(addr: IpAddr) -> bool {
 #[derive(Clone, Copy)]
 pub struct Registration {
     pub kind: ProviderKind,
-    /// A few words for `envy init`'s choice ("runc: starts in milliseconds").
+    /// A few words for `envy init`'s choice ("OCI containers: start in milliseconds").
     pub summary: &'static str,
     pub make: fn() -> Box<dyn Provider>,
 }

@@ -18,7 +18,7 @@ use envy::provider::container::ContainerProvider;
 use envy::provider::{ExecRequest, MachineState, Provider};
 use envy::ui::Ui;
 
-use super::{busybox_rootfs, mounts_below, netns_names, quiet_ui, runc_containers};
+use super::{busybox_rootfs, mounts_below, netns_names, quiet_ui, container_ids};
 
 pub fn forward(host_port: u16, guest_port: u16) -> Forward {
     Forward {
@@ -120,8 +120,8 @@ impl Fixture {
     }
 
     /// Ids runc still knows in this home.
-    pub fn runc_containers(&self) -> Vec<String> {
-        runc_containers(self.home.root())
+    pub fn container_ids(&self) -> Vec<String> {
+        container_ids(self.home.root())
     }
 
     /// Mount points below this test's temp dir.

@@ -246,11 +246,17 @@ fn mounts_in(mountinfo: &str, root: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Container ids runc knows under the ENVY_HOME `home` (whoever started them).
-pub fn runc_containers(home: &Path) -> Vec<String> {
-    let root = envy::state::Home::at(home).runtime_dir().join("runc");
-    let out = StdCommand::new("runc").arg("--root").arg(root).args(["list", "-q"]).output().expect("run runc list");
-    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+/// Container ids runc or envy's own runtime knows under the ENVY_HOME `home`.
+pub fn container_ids(home: &Path) -> Vec<String> {
+    let runtime = envy::state::Home::at(home).runtime_dir();
+    let mut ids: Vec<String> = Vec::new();
+    // runc list makes its root when missing: root's, which a normal user's envy could not read.
+    if runtime.join("runc").exists() {
+        let out = StdCommand::new("runc").arg("--root").arg(runtime.join("runc")).args(["list", "-q"]).output().expect("run runc list");
+        ids.extend(String::from_utf8_lossy(&out.stdout).lines().map(str::to_string));
+    }
+    ids.extend(list_dir(&runtime.join("containers")));
+    ids
 }
 
 /// Names of the network namespaces envy keeps under the ENVY_HOME `home`.

@@ -1,6 +1,8 @@
-//! The OCI bundle runc runs: `config.json` built from oci-spec types (runc's own
-//! defaults for mounts, masked paths and devices, plus envy's process, namespaces,
-//! sync folders, hosts/resolv.conf and limits), and the generated network files.
+//! The OCI bundle a machine's container runs from (envy's runtime or runc: runtime.rs):
+//! `config.json` built from oci-spec types (runc's own defaults for mounts, masked
+//! paths and devices, plus envy's process, namespaces, sync folders, hosts/resolv.conf
+//! and limits), and the generated network files. Any setting added here must be
+//! applied by envy's runtime too (create.rs and enter.rs refuse one they do not know).
 
 use std::path::{Path, PathBuf};
 
@@ -67,7 +69,7 @@ pub fn hosts_file(plan: &MachinePlan, net: &MachineNet) -> Result<String> {
     Ok(text)
 }
 
-/// Where runc mounts the sync folders from: mount points in the machine dir that hold
+/// Where the runtime mounts the sync folders from: mount points in the machine dir that hold
 /// the folders as they were opened, and read-only files laid over their guest paths.
 #[derive(Debug, Default)]
 pub struct SyncSources {

@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::code;
 use super::console;
-use super::runc::Init;
+use super::runtime::Init;
 use crate::provider::ExecRequest;
 
 /// The hidden command the stage runs as (cli.rs names it the same).
@@ -68,8 +68,14 @@ struct BundleConfig {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct BundleProcess {
+    /// The init's command line (an exec's comes from its request).
+    #[serde(default)]
+    args: Vec<String>,
+    /// The init's terminal; an exec asks for its own.
+    #[serde(default)]
+    terminal: bool,
     user: BundleUser,
     #[serde(default)]
     env: Vec<String>,
@@ -83,7 +89,7 @@ struct BundleProcess {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct BundleUser {
     uid: u32,
     gid: u32,
@@ -93,7 +99,7 @@ struct BundleUser {
 
 /// Each capability set by name, as the OCI spec has them.
 #[derive(Debug, Default, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 struct BundleCapabilities {
     bounding: Vec<String>,
     effective: Vec<String>,
@@ -143,10 +149,10 @@ struct BundleRlimit {
 
 /// What the stage does, sent to it through a pipe.
 #[derive(Debug, Serialize, Deserialize)]
-struct Instructions {
+pub(super) struct Instructions {
     argv: Vec<String>,
     env: Vec<String>,
-    cwd: String,
+    pub cwd: String,
     uid: u32,
     gid: u32,
     additional_gids: Vec<u32>,
@@ -163,9 +169,9 @@ struct Instructions {
 /// What the stage says when it did not exec the command: a shell's exit code with its
 /// message (127, 126), or an error without one.
 #[derive(Debug, Serialize, Deserialize)]
-struct Report {
-    code: Option<i32>,
-    message: String,
+pub(super) struct Report {
+    pub code: Option<i32>,
+    pub message: String,
 }
 
 impl Instructions {
@@ -198,6 +204,21 @@ impl Instructions {
             terminal: request.tty.then(crate::terminal::size),
         })
     }
+}
+
+/// The instructions for a container's init: the bundle's process as it stands, from
+/// the text of its config.json.
+pub(super) fn init_instructions(config: &Path, text: &[u8]) -> Result<Instructions> {
+    let bundle: BundleConfig = serde_json::from_slice(text)
+        .with_context(|| format!("cannot read the process settings in {}", config.display()))?;
+    let request = ExecRequest { command: bundle.process.args.clone(), ..ExecRequest::default() };
+    if request.command.is_empty() {
+        bail!("{} names no command for the container's init (process.args)", config.display());
+    }
+    if bundle.process.terminal {
+        bail!("{} asks for a terminal for the container's init, which envy's runtime does not give", config.display());
+    }
+    Instructions::new(bundle.process, &request, 0)
 }
 
 /// Runs `request` in the container whose init is `init`, with the process settings of
@@ -241,34 +262,10 @@ pub fn exec(config: &Path, init: &Init, request: &ExecRequest, exe: &OwnedFd) ->
     };
     let mut inherited = vec![pidfd.as_raw_fd(), orders_in.as_raw_fd(), report_out.as_raw_fd()];
     inherited.extend(console.as_ref().map(|(_, theirs)| theirs.as_raw_fd()));
-    let argv: Vec<CString> = ["envy".to_string(), STAGE_COMMAND.to_string()]
-        .into_iter()
-        .chain(inherited.iter().map(|fd| fd.to_string()))
-        .map(|a| CString::new(a).expect("no NUL in numbers"))
-        .collect();
-    let argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
-    let envp: [*const libc::c_char; 1] = [std::ptr::null()];
-
-    // SAFETY: between fork and exec the child calls only async-signal-safe functions
-    // (dup2, fcntl, execveat, write, _exit) on values prepared above.
-    let child = unsafe { libc::fork() };
-    if child < 0 {
-        bail!("cannot start a process to enter the container: {}", std::io::Error::last_os_error());
-    }
-    if child == 0 {
-        unsafe {
-            if let Some(file) = &stdin {
-                libc::dup2(file.as_raw_fd(), 0);
-            }
-            for &fd in &inherited {
-                libc::fcntl(fd, libc::F_SETFD, 0);
-            }
-            libc::syscall(libc::SYS_execveat, exe.as_raw_fd(), c"".as_ptr(), argv_ptrs.as_ptr(), envp.as_ptr(), libc::AT_EMPTY_PATH);
-            let said = br#"{"code":null,"message":"cannot start envy's own binary to enter the container"}"#;
-            libc::write(report_out.as_raw_fd(), said.as_ptr().cast(), said.len());
-            libc::_exit(1);
-        }
-    }
+    let args: Vec<String> = [STAGE_COMMAND.to_string()].into_iter().chain(inherited.iter().map(|fd| fd.to_string())).collect();
+    let said = br#"{"code":null,"message":"cannot start envy's own binary to enter the container"}"#;
+    let child = super::sealed_exe::spawn(exe, &args, &inherited, stdin.as_ref().map(|f| f.as_raw_fd()), None, report_out.as_raw_fd(), said)
+        .context("cannot start a process to enter the container")?;
     let console = console.map(|(ours, theirs)| {
         drop(theirs);
         ours
@@ -367,7 +364,7 @@ fn read_orders(mut orders: File) -> Result<Instructions> {
     serde_json::from_slice(&text).context("cannot read envy's instructions")
 }
 
-fn failed(what: String) -> Report {
+pub(super) fn failed(what: String) -> Report {
     Report { code: None, message: format!("{what}: {}", std::io::Error::last_os_error()) }
 }
 
@@ -388,6 +385,13 @@ fn enter_and_exec(pidfd: OwnedFd, i: &Instructions, console: Option<RawFd>) -> R
     if command > 0 {
         mirror(command);
     }
+    become_command(i, console, setgroups)
+}
+
+/// Takes the command's directory, terminal, limits and credentials, then execs it:
+/// the last steps of a process entering a container or starting its init. Returns
+/// only on failure. `setgroups`: whether this user namespace lets setgroups be called.
+pub(super) fn become_command(i: &Instructions, console: Option<RawFd>, setgroups: bool) -> Report {
     let Ok(cwd) = CString::new(i.cwd.as_str()) else { return Report { code: None, message: format!("bad working directory {:?}", i.cwd) } };
     if unsafe { libc::chdir(cwd.as_ptr()) } != 0 {
         return failed(format!("cannot enter the working directory {} in the machine", i.cwd));
@@ -575,6 +579,9 @@ mod tests {
         let config = process(r#"{"process":{"user":{"uid":0,"gid":0},"cwd":"/","rlimits":[{"type":"RLIMIT_WARP","hard":1,"soft":1}]}}"#);
         let err = Instructions::new(config, &request, 0).unwrap_err().to_string();
         assert!(err.contains("RLIMIT_WARP"), "{err}");
+        let config = r#"{"process":{"user":{"uid":0,"gid":0},"cwd":"/","apparmorProfile":"unconfined"}}"#;
+        let err = serde_json::from_str::<BundleConfig>(config).unwrap_err().to_string();
+        assert!(err.contains("apparmorProfile"), "a process setting envy does not apply is refused: {err}");
     }
 
     #[test]

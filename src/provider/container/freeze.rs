@@ -1,5 +1,5 @@
 //! Holding a running container still while its files are copied (snapshots, share):
-//! runc's freezer where the container has a cgroup; otherwise (a normal user's
+//! the cgroup freezer where the container has a cgroup; otherwise (a normal user's
 //! container on a host that delegates no cgroup, bundle::Limits::NotApplied) every
 //! process in its pid namespace is stopped with SIGSTOP and continued after. A
 //! process the guest had stopped itself is continued too.
@@ -12,19 +12,19 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use super::bundle::Limits;
-use super::runc::Runc;
+use super::runtime::Runtime;
 
 /// How a container was held.
 pub enum Frozen {
-    Runc,
+    Cgroup,
     Signals { init: u32 },
 }
 
 /// Freezes the running container `id` whose init is `init`.
-pub fn freeze(runc: &Runc, id: &str, init: u32) -> Result<Frozen> {
+pub fn freeze(runtime: &Runtime, id: &str, init: u32) -> Result<Frozen> {
     if !matches!(Limits::for_this_user(), Limits::NotApplied) {
-        runc.pause(id)?;
-        return Ok(Frozen::Runc);
+        runtime.pause(id)?;
+        return Ok(Frozen::Cgroup);
     }
     // A fork between two passes is caught by the next; a pass that stops nothing new
     // and finds every process stopped ends it.
@@ -44,7 +44,7 @@ pub fn freeze(runc: &Runc, id: &str, init: u32) -> Result<Frozen> {
             return Ok(Frozen::Signals { init });
         }
         if Instant::now() >= deadline {
-            thaw(runc, id, &Frozen::Signals { init })?;
+            thaw(runtime, id, &Frozen::Signals { init })?;
             anyhow::bail!(crate::provider::Error::Host {
                 doing: format!("stop the processes of container {id} to copy its files"),
                 cause: std::io::Error::other("they kept starting new ones for 10 seconds"),
@@ -55,9 +55,9 @@ pub fn freeze(runc: &Runc, id: &str, init: u32) -> Result<Frozen> {
 }
 
 /// Undoes `freeze`.
-pub fn thaw(runc: &Runc, id: &str, frozen: &Frozen) -> Result<()> {
+pub fn thaw(runtime: &Runtime, id: &str, frozen: &Frozen) -> Result<()> {
     match frozen {
-        Frozen::Runc => runc.resume(id),
+        Frozen::Cgroup => runtime.resume(id),
         Frozen::Signals { init } => {
             for pid in processes_of(*init) {
                 let _ = kill(Pid::from_raw(pid as i32), Signal::SIGCONT);

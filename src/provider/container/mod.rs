@@ -1,22 +1,27 @@
-//! The container provider: each machine is an OCI bundle run by runc, its root an
-//! overlay of the box's rootfs, its network a namespace on the project's bridge
-//! (see network.rs). Every method reads the truth from runc, the mount table and
-//! the namespaces, so any partial state (a killed `envy up`, a reboot) is repaired.
-//! As a normal user all of it happens inside envy's user namespace (userns.rs): runc
-//! is rootless there, limits need a delegated cgroup (bundle::Limits), and a running
+//! The container provider: each machine is an OCI bundle run by envy's own runtime
+//! (native.rs) or runc (runtime.rs says which), its root an overlay of the box's
+//! rootfs, its network a namespace on the project's bridge (see network.rs). Every
+//! method reads the truth from the container's state file and init, the mount table
+//! and the namespaces, so any partial state (a killed `envy up`, a reboot) is
+//! repaired. As a normal user all of it happens inside envy's user namespace
+//! (userns.rs): limits need a delegated cgroup (bundle::Limits), and a running
 //! container without a cgroup is held still by signals (freeze.rs).
 
 pub(crate) mod bundle;
+mod cgroups;
 mod console;
+pub(crate) mod create;
 pub(crate) mod enter;
 mod freeze;
 mod layers;
 mod layout;
 mod lookup;
+mod native;
 mod network;
 mod overlay;
 mod ports;
 mod runc;
+mod runtime;
 mod sealed_exe;
 mod snapshot;
 
@@ -24,6 +29,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
+use nix::sys::signal::Signal;
 
 use crate::boxes::{ImageRun, StoredBox};
 use crate::envfile::{Invalid, MachineSpec};
@@ -34,7 +40,7 @@ use crate::ui::Ui;
 use layout::Layout;
 use crate::provider::network::ProjectNet;
 use network::MachineNet;
-use runc::{Runc, Status};
+use runtime::{Runtime, Status};
 
 /// How long a graceful halt waits for the init to exit before killing it.
 const HALT_GRACE: Duration = Duration::from_secs(10);
@@ -47,7 +53,7 @@ pub const KIND: ProviderKind = ProviderKind::new("container");
 /// Its line in the provider registry.
 pub const REGISTRATION: super::Registration = super::Registration {
     kind: KIND,
-    summary: "runc: starts in milliseconds",
+    summary: "OCI containers: start in milliseconds",
     make: || Box::new(ContainerProvider),
 };
 
@@ -67,7 +73,7 @@ impl Default for ContainerProvider {
 struct Machine<'a> {
     plan: &'a MachinePlan,
     layout: Layout,
-    runc: Runc,
+    runtime: Runtime,
     project: ProjectNet,
     net: MachineNet,
 }
@@ -77,7 +83,7 @@ impl<'a> Machine<'a> {
         Ok(Machine {
             plan,
             layout: Layout::new(&plan.dir),
-            runc: Runc::with_root(plan.home.runtime_dir().join("runc")),
+            runtime: Runtime::of(&plan.home.runtime_dir()),
             project: ProjectNet::of(plan),
             net: MachineNet::of(plan)?,
         })
@@ -91,11 +97,11 @@ impl<'a> Machine<'a> {
         self.plan.name()
     }
 
-    /// Running is the container running, as runc says (one runc call, as every command
-    /// asks). A broken network (slirp4netns killed) does not stop the machine: commands
+    /// Running is the container running, as its state file and init say (every
+    /// command asks). A broken network (slirp4netns killed) does not stop the machine: commands
     /// still work in it, and `envy up` repairs the network without restarting it.
     fn state(&self) -> Result<MachineState> {
-        let container = self.runc.state(self.id())?;
+        let container = self.runtime.state(self.id())?;
         if container.as_ref().is_some_and(|c| c.status == Status::Running && crate::userns::is_ours(c.pid)) {
             return Ok(MachineState::Running);
         }
@@ -107,8 +113,8 @@ impl<'a> Machine<'a> {
 
     /// For exec: the container must run (its network may be down; commands still work).
     /// Fails with the state errors commands map to exit code 7.
-    fn require_container(&self) -> Result<runc::ContainerState> {
-        match self.runc.state(self.id())? {
+    fn require_container(&self) -> Result<runtime::ContainerState> {
+        match self.runtime.state(self.id())? {
             Some(c) if c.status == Status::Running && crate::userns::is_ours(c.pid) => Ok(c),
             None if !self.layout.exists() => Err(crate::state::Error::NotCreated { machine: self.name().into() }.into()),
             _ => Err(crate::state::Error::NotRunning { machine: self.name().into(), state: MachineState::Stopped.to_string() }.into()),
@@ -137,8 +143,8 @@ impl<'a> Machine<'a> {
         }
         let sources = self.stage_sync_folders()?;
         bundle::write(self.plan, &self.layout, &self.net, &sources, ImageRun::of(stored)?.as_ref())?;
-        self.runc.run_detached(self.id(), self.layout.dir(), &self.layout.log())?;
-        match self.runc.state(self.id())? {
+        self.runtime.start(self.id(), self.layout.dir(), &self.layout.log())?;
+        match self.runtime.state(self.id())? {
             Some(c) if c.status == Status::Running => Ok(()),
             _ => Err(Error::NotReady {
                 machine: self.name().into(),
@@ -162,7 +168,7 @@ impl<'a> Machine<'a> {
 
     /// Bind-mounts each sync folder, opened by fd (see `MachinePlan::open_sync_folders`),
     /// onto a mount point in the machine dir, and the project's Envfile and
-    /// Envfile.lock read-only over their place in a writable sync: runc then mounts
+    /// Envfile.lock read-only over their place in a writable sync: the runtime then mounts
     /// these, which no guest can swap, and a guest cannot rewrite the Envfile that
     /// decides what the host shares with it. Returns the bundle's mount sources.
     fn stage_sync_folders(&self) -> Result<bundle::SyncSources> {
@@ -203,25 +209,25 @@ impl<'a> Machine<'a> {
 
     /// Stops and deletes the container (if any), then unmounts its root filesystem.
     fn stop_container(&self, force: bool, ui: &Ui) -> Result<()> {
-        if let Some(container) = self.runc.state(self.id())? {
+        if let Some(container) = self.runtime.state(self.id())? {
             if container.status == Status::Paused {
-                self.runc.resume(self.id())?;
+                self.runtime.resume(self.id())?;
             }
             if container.status == Status::Running || container.status == Status::Paused {
                 if !force {
                     ui.step(format!("{}: stopping", self.name()));
-                    self.runc.kill(self.id(), "TERM")?;
+                    self.runtime.kill(self.id(), Signal::SIGTERM)?;
                 }
                 if force || !self.wait_stopped(HALT_GRACE)? {
                     if !force {
                         ui.warn(format!("machine {} did not stop within {} s; killing it", self.name(), HALT_GRACE.as_secs()));
                     }
                     // The init may exit between the check and the signal; delete --force covers it.
-                    let _ = self.runc.kill(self.id(), "KILL");
+                    let _ = self.runtime.kill(self.id(), Signal::SIGKILL);
                     self.wait_stopped(HALT_GRACE)?;
                 }
             }
-            self.runc.delete(self.id())?;
+            self.runtime.delete(self.id())?;
         }
         overlay::unmount_all(self.layout.dir())
     }
@@ -229,7 +235,7 @@ impl<'a> Machine<'a> {
     fn wait_stopped(&self, limit: Duration) -> Result<bool> {
         let deadline = Instant::now() + limit;
         loop {
-            match self.runc.state(self.id())? {
+            match self.runtime.state(self.id())? {
                 Some(c) if c.status != Status::Stopped => {}
                 _ => return Ok(true),
             }
@@ -298,23 +304,23 @@ impl Provider for ContainerProvider {
         if crate::fsutil::read_private(&m.layout.box_record())?.as_deref() != Some(stored.digest.as_bytes()) {
             crate::fsutil::write_atomic(&m.layout.box_record(), stored.digest.as_bytes())?;
         }
-        let container = m.runc.state(m.id())?;
+        let container = m.runtime.state(m.id())?;
         m.project.ensure()?;
         let intact = m.net.is_intact(&m.project)?;
         let running = match container.map(|c| c.status) {
             Some(Status::Running) if intact => true,
             Some(Status::Paused) if intact => {
-                m.runc.resume(m.id())?;
+                m.runtime.resume(m.id())?;
                 true
             }
             Some(Status::Running | Status::Paused) => {
                 ui.step(format!("{}: its network is gone; restarting it", m.name()));
-                m.runc.delete(m.id())?;
+                m.runtime.delete(m.id())?;
                 false
             }
             Some(_) => {
                 ui.step(format!("{}: removing the stopped container", m.name()));
-                m.runc.delete(m.id())?;
+                m.runtime.delete(m.id())?;
                 false
             }
             None => false,
@@ -351,7 +357,7 @@ impl Provider for ContainerProvider {
         let m = Machine::of(plan)?;
         let state = m.state()?;
         let pid = match state {
-            MachineState::Running => m.runc.state(m.id())?.map(|c| c.pid),
+            MachineState::Running => m.runtime.state(m.id())?.map(|c| c.pid),
             _ => None,
         };
         Ok(MachineInfo {
@@ -370,23 +376,22 @@ impl Provider for ContainerProvider {
         if request.command.is_empty() {
             bail!(Error::NoCommand);
         }
-        // envy enters the container itself (enter.rs); runc serves where envy cannot
-        // seal its binary, or cannot read runc's state file.
+        // envy enters the container itself (enter.rs); runc serves a container of its
+        // own where envy cannot seal its binary, or cannot read runc's state file.
         if let Some(init) = &container.init {
-            let empty = m.plan.home.runtime_dir().join("empty");
-            crate::fsutil::create_private_dir(&empty)?;
-            match sealed_exe::open(&empty) {
+            match m.runtime.sealed_exe() {
                 Ok(exe) => return enter::exec(&m.layout.config(), init, request, &exe),
-                Err(e) => tracing::debug!("running the command through runc exec: {e}"),
+                Err(e) if m.runtime.is_native(m.id()) => return Err(e.context("envy cannot enter its own container")),
+                Err(e) => tracing::debug!("running the command through runc exec: {e:#}"),
             }
         }
-        let code = m.runc.exec(m.id(), request)?;
+        let code = m.runtime.runc_exec(m.id(), request)?;
         if code != runc::EXEC_FAILED {
             return Ok(code);
         }
         // runc's 255 covers a command it could not start; tell those apart as a shell does,
         // with the directory and PATH the command ran with.
-        let Some(init) = m.runc.state(m.id())? else { return Ok(code) };
+        let Some(init) = m.runtime.state(m.id())? else { return Ok(code) };
         let image = m.recorded_box().ok().and_then(|b| ImageRun::of(&b).ok().flatten());
         let cwd = request.workdir.clone().unwrap_or_else(|| bundle::default_dir(plan, image.as_ref()));
         let environment = bundle::environment(plan, image.as_ref());

@@ -5,69 +5,15 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
-use serde::Deserialize;
+use nix::sys::signal::Signal;
 
+use super::runtime::{read_state, ContainerState, Recorded};
 use crate::process::{Process, ProcessError};
 use crate::provider::ExecRequest;
 
 /// What `runc exec` exits with when it could not start the command (and what a
 /// command that exits 255 itself returns).
 pub const EXEC_FAILED: i32 = 255;
-
-/// A container's status as runc reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    Creating,
-    Created,
-    Running,
-    Pausing,
-    Paused,
-    Stopped,
-}
-
-/// The part of `runc state` envy reads.
-#[derive(Debug, Clone, Deserialize)]
-pub struct ContainerState {
-    pub pid: u32,
-    pub status: Status,
-    /// The init as runc's state file records it; `None` when it was asked of `runc
-    /// state` (a state file of a format envy does not know).
-    #[serde(skip)]
-    pub init: Option<Init>,
-}
-
-/// A container's init as runc's state file records it: what envy needs to enter the
-/// container without runc (enter.rs).
-#[derive(Debug, Clone)]
-pub struct Init {
-    pub pid: u32,
-    /// Its start time in clock ticks since boot, as /proc/PID/stat has it.
-    pub start_time: u64,
-    /// The container's cgroup folders (one per v1 controller, or the v2 one).
-    pub cgroups: Vec<PathBuf>,
-}
-
-/// The part of runc's own state file (`<root>/<id>/state.json`) envy reads.
-#[derive(Debug, Deserialize)]
-struct StateFile {
-    init_process_pid: u32,
-    /// The init's start time in clock ticks since boot, as /proc/PID/stat has it.
-    init_process_start: u64,
-    /// Each cgroup controller's path; "freezer" on cgroup v1, "" on v2.
-    #[serde(default)]
-    cgroup_paths: std::collections::BTreeMap<String, PathBuf>,
-}
-
-impl StateFile {
-    /// Whether the container's cgroup is frozen (`runc pause`), as runc tells it.
-    fn is_frozen(&self) -> bool {
-        if let Some(v1) = self.cgroup_paths.get("freezer") {
-            return std::fs::read_to_string(v1.join("freezer.state")).is_ok_and(|s| s.trim() == "FROZEN");
-        }
-        self.cgroup_paths.get("").is_some_and(|v2| std::fs::read_to_string(v2.join("cgroup.freeze")).is_ok_and(|s| s.trim() == "1"))
-    }
-}
 
 /// runc with envy's state root.
 #[derive(Debug, Clone)]
@@ -85,37 +31,15 @@ impl Runc {
     }
 
     /// The container's state, or `None` when runc knows no container by that id. Read
-    /// the way runc reads it, without starting runc (a Go binary's start is most of a
-    /// `runc state`, and every command asks): runc's state file under envy's runc root,
-    /// written (by rename) once the container is made, then the init process it names
-    /// (alive, with the start time recorded: running; gone, a zombie, or another
-    /// process since: stopped), runc's exec fifo (still there: created, not started),
-    /// and the freezer of its cgroup (frozen: paused). A state file envy cannot read (a
-    /// runc of another format) is asked of `runc state` instead.
+    /// from runc's state file without starting runc (a Go binary's start is most of a
+    /// `runc state`, and every command asks; runtime::read_state). A state file envy
+    /// cannot read (a runc of another format) is asked of `runc state` instead.
     pub fn state(&self, id: &str) -> Result<Option<ContainerState>> {
-        let dir = self.root.join(id);
-        let text = match crate::fsutil::read_private(&dir.join("state.json"))? {
-            Some(text) => text,
-            None => return Ok(None),
-        };
-        let Ok(recorded) = serde_json::from_slice::<StateFile>(&text) else {
-            return self.state_from_runc(id);
-        };
-        let pid = recorded.init_process_pid;
-        let status = match crate::state::proc_stat(pid) {
-            Some(stat) if stat.start_time == recorded.init_process_start && !stat.is_gone() => {
-                if dir.join("exec.fifo").exists() {
-                    Status::Created
-                } else if recorded.is_frozen() {
-                    Status::Paused
-                } else {
-                    Status::Running
-                }
-            }
-            _ => Status::Stopped,
-        };
-        let init = Init { pid, start_time: recorded.init_process_start, cgroups: recorded.cgroup_paths.into_values().collect() };
-        Ok(Some(ContainerState { pid, status, init: Some(init) }))
+        match read_state(&self.root.join(id))? {
+            Recorded::Absent => Ok(None),
+            Recorded::Known(state) => Ok(Some(state)),
+            Recorded::Unknown => self.state_from_runc(id),
+        }
     }
 
     /// `runc state`, for a state file of a format envy does not know.
@@ -147,9 +71,9 @@ impl Runc {
         Ok(())
     }
 
-    /// Sends `signal` (a name such as TERM or KILL) to the container's init.
-    pub fn kill(&self, id: &str, signal: &str) -> Result<()> {
-        self.command().args(["kill", id, signal]).doing(format!("sending SIG{signal} to container {id}")).run()?;
+    /// Sends `signal` to the container's init.
+    pub fn kill(&self, id: &str, signal: Signal) -> Result<()> {
+        self.command().args(["kill", id, signal.as_str()]).doing(format!("sending {signal} to container {id}")).run()?;
         Ok(())
     }
 

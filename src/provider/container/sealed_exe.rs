@@ -11,7 +11,7 @@
 //! inside its own namespace (Linux 5.11 lets overlayfs mount there).
 
 use std::ffi::CString;
-use std::os::fd::{AsRawFd as _, OwnedFd};
+use std::os::fd::{AsRawFd as _, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
 
@@ -61,6 +61,43 @@ pub fn open(empty_dir: &Path) -> Result<OwnedFd, Error> {
     let name = CString::new(name.as_bytes()).map_err(|e| Error::Mount { step: "naming the binary", source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e) })?;
     let flags = libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC;
     check("opening the binary", unsafe { libc::openat(mount.as_raw_fd(), name.as_ptr(), flags) } as libc::c_long)
+}
+
+/// Starts `exe` (from `open`) as `envy ARGS` in a child of this process, and returns
+/// its pid. The child keeps envy's descriptors `keep` (ARGS names their numbers) and
+/// no other, and takes `stdin` and `output` (for stdout and stderr) where given. If
+/// the binary cannot be started, the child writes `said` to `report` and exits 1.
+pub fn spawn(exe: &OwnedFd, args: &[String], keep: &[RawFd], stdin: Option<RawFd>, output: Option<RawFd>, report: RawFd, said: &[u8]) -> std::io::Result<libc::pid_t> {
+    let argv: Vec<CString> = std::iter::once("envy")
+        .chain(args.iter().map(String::as_str))
+        .map(|a| CString::new(a).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))
+        .collect::<std::io::Result<_>>()?;
+    let argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
+    let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+    // SAFETY: between fork and exec the child calls only async-signal-safe functions
+    // (dup2, fcntl, execveat, write, _exit) on values prepared above.
+    let child = unsafe { libc::fork() };
+    if child < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if child == 0 {
+        unsafe {
+            if let Some(fd) = stdin {
+                libc::dup2(fd, 0);
+            }
+            if let Some(fd) = output {
+                libc::dup2(fd, 1);
+                libc::dup2(fd, 2);
+            }
+            for &fd in keep {
+                libc::fcntl(fd, libc::F_SETFD, 0);
+            }
+            libc::syscall(libc::SYS_execveat, exe.as_raw_fd(), c"".as_ptr(), argv_ptrs.as_ptr(), envp.as_ptr(), libc::AT_EMPTY_PATH);
+            libc::write(report, said.as_ptr().cast(), said.len());
+            libc::_exit(1);
+        }
+    }
+    Ok(child)
 }
 
 /// A syscall's result as an owned descriptor, or its errno named by step.

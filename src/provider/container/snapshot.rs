@@ -13,7 +13,7 @@ use anyhow::{bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
 
 use super::layers::Layers;
-use super::runc::Status;
+use super::runtime::Status;
 use super::{freeze, overlay, Layout, Machine};
 use crate::provider::{Error, MachineState, SnapshotInfo};
 use crate::ui::Ui;
@@ -54,14 +54,14 @@ fn missing_machine(m: &Machine) -> anyhow::Error {
 /// in one consistent state; it is resumed whatever `work` returns. `work` is told
 /// whether the container runs.
 fn frozen<T>(m: &Machine, work: impl FnOnce(bool) -> Result<T>) -> Result<T> {
-    let init = match m.runc.state(m.id())? {
+    let init = match m.runtime.state(m.id())? {
         Some(c) if c.status == Status::Running => Some(c.pid),
         _ => None,
     };
-    let frozen = init.map(|pid| freeze::freeze(&m.runc, m.id(), pid)).transpose()?;
+    let frozen = init.map(|pid| freeze::freeze(&m.runtime, m.id(), pid)).transpose()?;
     let result = work(init.is_some());
     if let Some(frozen) = frozen {
-        freeze::thaw(&m.runc, m.id(), &frozen)?;
+        freeze::thaw(&m.runtime, m.id(), &frozen)?;
     }
     result
 }

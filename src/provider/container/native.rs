@@ -1,0 +1,158 @@
+//! envy's own container runtime: it makes a machine's container itself (create.rs)
+//! and keeps its state, so `envy up` starts no Go program per machine (`runc run` is
+//! two: runc and runc's init, most of the time of an up). It serves where it is
+//! tested: root on a cgroup v1 or hybrid host (cgroups.rs), and a normal user whose
+//! containers have no cgroup (bundle::Limits::NotApplied). Elsewhere runc runs the
+//! container, and runtime.rs sends each command to whichever made it.
+//!
+//! Its state is a folder per container under the runtime dir holding a state file of
+//! runc's form (runtime::StateFile): the init's pid and start time, and its cgroups.
+
+use std::os::fd::{AsRawFd as _, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _, Result};
+use nix::sys::signal::Signal;
+
+use super::bundle::Limits;
+use super::runtime::{read_state, ContainerState, Recorded, StateFile};
+use super::{cgroups, create};
+
+/// How long a killed container's init may take to end.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
+pub struct Native {
+    root: PathBuf,
+}
+
+impl Native {
+    pub fn with_root(root: PathBuf) -> Native {
+        Native { root }
+    }
+
+    /// Whether envy's runtime makes this user's containers on this host.
+    pub fn serves_this_host() -> bool {
+        match Limits::for_this_user() {
+            Limits::Root => cgroups::has_v1_devices(&cgroups::hierarchies()),
+            Limits::NotApplied => true,
+            Limits::Delegated(_) => false,
+        }
+    }
+
+    fn dir(&self, id: &str) -> PathBuf {
+        self.root.join(id)
+    }
+
+    /// Whether this runtime made container `id` (and has not deleted it).
+    pub fn has(&self, id: &str) -> bool {
+        self.dir(id).symlink_metadata().is_ok()
+    }
+
+    pub fn state(&self, id: &str) -> Result<Option<ContainerState>> {
+        match read_state(&self.dir(id))? {
+            Recorded::Absent => Ok(None),
+            Recorded::Known(state) => Ok(Some(state)),
+            Recorded::Unknown => bail!(
+                "envy's state file {} is not one envy wrote; run `envy destroy` and `envy up` to make the machine again",
+                self.dir(id).join("state.json").display()
+            ),
+        }
+    }
+
+    /// The state file, when there is one.
+    fn recorded(&self, id: &str) -> Result<Option<StateFile>> {
+        let path = self.dir(id).join("state.json");
+        let Some(text) = crate::fsutil::read_private(&path)? else { return Ok(None) };
+        serde_json::from_slice(&text).map(Some).with_context(|| format!("envy's state file {} is not one envy wrote", path.display()))
+    }
+
+    /// Makes and starts the container of `bundle` (its config.json), started from
+    /// envy's sealed binary `exe`; the init's stdio goes to `log`.
+    pub fn start(&self, id: &str, bundle: &Path, log: &Path, exe: &OwnedFd) -> Result<()> {
+        crate::fsutil::create_private_dir(&self.root)?;
+        let dir = self.dir(id);
+        crate::fsutil::create_private_dir(&dir)?;
+        let started = create::start(bundle, log, exe);
+        let recorded = started.and_then(|state| {
+            let json = serde_json::to_vec(&state)?;
+            crate::fsutil::write_atomic(&dir.join("state.json"), &json).inspect_err(|_| {
+                let _ = kill_and_wait(&state);
+                let _ = cgroups::remove(&state.cgroup_paths);
+            })
+        });
+        if recorded.is_err() {
+            let _ = crate::fsutil::remove_path(&dir);
+        }
+        recorded
+    }
+
+    /// Sends `signal` to the container's init.
+    pub fn kill(&self, id: &str, signal: Signal) -> Result<()> {
+        let state = self.recorded(id)?.with_context(|| format!("container {id} has no state file"))?;
+        let pidfd = init_pidfd(&state).with_context(|| format!("container {id} is not running"))?;
+        send(&pidfd, signal).with_context(|| format!("cannot send {signal} to container {id}"))
+    }
+
+    /// Kills the container if it still runs, waits for its init to end, and removes
+    /// its cgroups and state.
+    pub fn delete(&self, id: &str) -> Result<()> {
+        if let Some(state) = self.recorded(id)? {
+            // A frozen process cannot die.
+            if state.cgroup_paths.contains_key("freezer") || state.cgroup_paths.contains_key("") {
+                let _ = cgroups::set_frozen(&state.cgroup_paths, false);
+            }
+            kill_and_wait(&state).with_context(|| format!("cannot stop container {id}"))?;
+            cgroups::remove(&state.cgroup_paths)?;
+        }
+        crate::fsutil::remove_path(&self.dir(id))
+    }
+
+    pub fn pause(&self, id: &str) -> Result<()> {
+        self.set_frozen(id, true)
+    }
+
+    pub fn resume(&self, id: &str) -> Result<()> {
+        self.set_frozen(id, false)
+    }
+
+    fn set_frozen(&self, id: &str, frozen: bool) -> Result<()> {
+        let state = self.recorded(id)?.with_context(|| format!("container {id} has no state file"))?;
+        cgroups::set_frozen(&state.cgroup_paths, frozen).with_context(|| format!("cannot {} container {id}", if frozen { "pause" } else { "resume" }))
+    }
+}
+
+/// A pidfd of the container's init, if it still runs: checked against the start
+/// time recorded after it was opened, so a reused pid is never signalled.
+fn init_pidfd(state: &StateFile) -> Option<OwnedFd> {
+    let pidfd = crate::fsutil::fd_from_syscall(unsafe { libc::syscall(libc::SYS_pidfd_open, state.init_process_pid, 0) }).ok()?;
+    crate::state::proc_stat(state.init_process_pid)
+        .is_some_and(|s| s.start_time == state.init_process_start && !s.is_gone())
+        .then_some(pidfd)
+}
+
+fn send(pidfd: &OwnedFd, signal: Signal) -> std::io::Result<()> {
+    let sent = unsafe { libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), signal as libc::c_int, std::ptr::null::<libc::siginfo_t>(), 0) };
+    if sent != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// SIGKILLs the init (the kernel then kills every process of its pid namespace) and
+/// waits until it has ended.
+fn kill_and_wait(state: &StateFile) -> Result<()> {
+    let Some(pidfd) = init_pidfd(state) else { return Ok(()) };
+    match send(&pidfd, Signal::SIGKILL) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(()),
+        Err(e) => return Err(e).context("cannot kill the container's init"),
+    }
+    // A pidfd turns readable when its process ends.
+    let mut poll = [libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
+    let ready = unsafe { libc::poll(poll.as_mut_ptr(), 1, KILL_WAIT.as_millis() as libc::c_int) };
+    if ready != 1 {
+        bail!("the container's init (pid {}) did not end within {} s of SIGKILL", state.init_process_pid, KILL_WAIT.as_secs());
+    }
+    Ok(())
+}
