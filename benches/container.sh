@@ -4,7 +4,8 @@
 #   2. `envy exec -- true`                           vs  `runc exec <id> true`
 #      `envy status`                                 vs  `runc state <id>`
 #   3. `envy up` of N machines of one box (MANY, default 100) vs the same N made by hand,
-#      N at a time as the host has cores (xargs -P); and the disk of envy's N (upper layers)
+#      twice as many at a time as the host has cores, as envy starts them (xargs -P);
+#      and the disk of envy's N (upper layers)
 # Needs root, runc, slirp4netns, iproute2, busybox-static and hyperfine.
 # Usage: benches/container.sh [path/to/envy]   (default: target/release/envy, built if missing)
 set -euo pipefail
@@ -104,7 +105,9 @@ sync = [".:/project"]
 TOML
 cd "$work/project"
 "$ENVY" -q up --no-provision   # fetches (unpacks) the box: not part of the timing
-id=$(runc --root "$ENVY_HOME/run/runc" list -q | head -1)
+# envy's container ids, whichever runtime made them (its own, or runc).
+container_ids() { ls "$ENVY_HOME/run/containers" 2>/dev/null; runc --root "$ENVY_HOME/run/runc" list -q 2>/dev/null; true; }
+id=$(container_ids | head -1)
 machine_dir=$(bench_machine_dir m)
 # The box's unpacked rootfs, found by the digest envy recorded for the machine.
 lower=$ENVY_HOME/boxes/$(cat "$machine_dir/box")/rootfs
@@ -152,7 +155,7 @@ box_kib=$(du -sk "$lower" | cut -f1)
 layers_kib=$(du -sck "$ENVY_HOME"/projects/*/machines/*/upper "$ENVY_HOME"/projects/*/machines/*/work | tail -1 | cut -f1)
 # The raw side's bundle: envy's m1, pointed at raw dirs, the way the single raw machine is.
 m1_dir=$(bench_machine_dir m1)
-m1_id=$(runc --root "$ENVY_HOME/run/runc" list -q | grep -- '-m1$')
+m1_id=$(container_ids | grep -- '-m1$')
 mkdir -p "$raw/many"
 cp "$m1_dir/hosts" "$m1_dir/resolv.conf" "$raw/many/"
 sed -e "s#$m1_dir#RAWDIR#g" -e "s#$m1_id#RAWID#g" -e "s#$ENVY_HOME/run/netns/RAWID#/run/netns/RAWID#" \
@@ -160,7 +163,7 @@ sed -e "s#$m1_dir#RAWDIR#g" -e "s#$m1_id#RAWID#g" -e "s#$ENVY_HOME/run/netns/RAW
 "$ENVY" -q destroy --force
 raw_many_up
 start=$(date +%s.%N)
-seq 1 "$many" | xargs -P "$(nproc)" -I{} bash -c 'raw_machine {}'
+seq 1 "$many" | xargs -P "$((2 * $(nproc)))" -I{} bash -c 'raw_machine {}'
 end=$(date +%s.%N)
 raw_many=$(python3 -c "print(f'{$end - $start:.2f}')")
 raw_many_down

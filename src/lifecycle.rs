@@ -144,9 +144,11 @@ fn prepare(ctx: &Context, plan: &mut MachinePlan, lock: &mut LockFile, lock_path
     Ok(Prepared { stored, record, state })
 }
 
-/// Starts the prepared machines, each on a worker thread, as many workers as cores.
+/// Starts the prepared machines, each on a worker thread, twice as many workers as
+/// cores: a start spends much of its time waiting (fsync, the tools it runs), and a
+/// second worker per core fills it.
 fn start_all(ctx: &Context, plans: &[MachinePlan], prepared: &[Prepared]) -> Result<()> {
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(plans.len());
+    let workers = (2 * std::thread::available_parallelism().map_or(1, |n| n.get())).min(plans.len());
     let next = std::sync::atomic::AtomicUsize::new(0);
     let mut outcomes: Vec<(usize, Result<()>)> = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..workers)

@@ -43,8 +43,15 @@ impl Hierarchy {
     }
 }
 
-/// The cgroup hierarchies mounted under /sys/fs/cgroup, from /proc/self/mountinfo.
-pub fn hierarchies() -> Vec<Hierarchy> {
+/// The cgroup hierarchies mounted under /sys/fs/cgroup, from /proc/self/mountinfo,
+/// read once per process (the mount table grows with every machine, and `up` of many
+/// asks for each).
+pub fn hierarchies() -> &'static [Hierarchy] {
+    static FOUND: std::sync::OnceLock<Vec<Hierarchy>> = std::sync::OnceLock::new();
+    FOUND.get_or_init(read_hierarchies)
+}
+
+fn read_hierarchies() -> Vec<Hierarchy> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     text.lines()
         .filter_map(|line| {

@@ -150,13 +150,13 @@ pub(super) fn start(bundle_dir: &Path, log: &Path, exe: &OwnedFd) -> Result<Stat
     let rootless = crate::userns::is_rootless();
     let all = cgroups::hierarchies();
     let cgroup_paths = match (&bundle.linux.cgroups_path, rootless) {
-        (Some(path), false) => cgroups::create(&all, path, &bundle.linux.resources)?,
+        (Some(path), false) => cgroups::create(all, path, &bundle.linux.resources)?,
         (Some(_), true) => bail!("{} asks for cgroups, which envy's runtime makes only as root", config.display()),
         (None, _) => Default::default(),
     };
     // As runc: the v1 hierarchies where there are any (not a hybrid host's v2 beside them).
     let v1: Vec<Hierarchy> = all.iter().filter(|h| !h.is_v2()).cloned().collect();
-    let hierarchies = if v1.is_empty() { all } else { v1 };
+    let hierarchies = if v1.is_empty() { all.to_vec() } else { v1 };
     let orders = Orders { bundle, init, hierarchies, rootless };
     let started = run_stage(&orders, log, exe, &cgroup_paths);
     match started {

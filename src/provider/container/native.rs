@@ -34,7 +34,7 @@ impl Native {
     /// Whether envy's runtime makes this user's containers on this host.
     pub fn serves_this_host() -> bool {
         match Limits::for_this_user() {
-            Limits::Root => cgroups::has_v1_devices(&cgroups::hierarchies()),
+            Limits::Root => cgroups::has_v1_devices(cgroups::hierarchies()),
             Limits::NotApplied => true,
             Limits::Delegated(_) => false,
         }
