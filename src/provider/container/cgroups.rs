@@ -119,6 +119,7 @@ pub fn create(hierarchies: &[Hierarchy], path: &str, resources: &Resources) -> R
             }
         }
     }
+    clear_orphans(&made)?;
     let write = |controller: &str, file: &str, value: &str| -> Result<()> {
         let Some(dir) = made.get(controller) else { bail!("this host has no {controller} cgroup controller for the container's limits") };
         write_file(&dir.join(file), value)
@@ -143,6 +144,35 @@ pub fn create(hierarchies: &[Hierarchy], path: &str, resources: &Resources) -> R
         }
     }
     Ok(made)
+}
+
+/// Kills what is left in the container's folders: processes of this container that
+/// an envy killed while it started it left running without a state file (the next
+/// start must not run beside them).
+fn clear_orphans(paths: &BTreeMap<String, PathBuf>) -> Result<()> {
+    // A frozen process does not die until thawed.
+    if let Some(freezer) = paths.get("freezer") {
+        let _ = std::fs::write(freezer.join("freezer.state"), "THAWED");
+    }
+    let deadline = Instant::now() + SETTLE;
+    for dir in folders(paths) {
+        loop {
+            let procs = dir.join("cgroup.procs");
+            let text = std::fs::read_to_string(&procs).with_context(|| format!("cannot read {}", procs.display()))?;
+            let pids: Vec<i32> = text.split_whitespace().filter_map(|p| p.parse().ok()).collect();
+            if pids.is_empty() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                bail!("the processes left in {} did not end within {} s of SIGKILL", dir.display(), SETTLE.as_secs());
+            }
+            for pid in pids {
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    Ok(())
 }
 
 /// Makes `dir` and the folders above it; a new cpuset folder starts with no cpus or

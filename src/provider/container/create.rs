@@ -158,17 +158,14 @@ pub(super) fn start(bundle_dir: &Path, log: &Path, exe: &OwnedFd) -> Result<Stat
     let v1: Vec<Hierarchy> = all.iter().filter(|h| !h.is_v2()).cloned().collect();
     let hierarchies = if v1.is_empty() { all.to_vec() } else { v1 };
     let orders = Orders { bundle, init, hierarchies, rootless };
-    let started = run_stage(&orders, log, exe, &cgroup_paths);
-    match started {
-        Ok(pid) => {
-            let stat = crate::state::proc_stat(pid as u32).with_context(|| format!("the container's init (pid {pid}) ended right after starting"))?;
-            Ok(StateFile { init_process_pid: pid as u32, init_process_start: stat.start_time, cgroup_paths })
-        }
-        Err(e) => {
-            let _ = cgroups::remove(&cgroup_paths);
-            Err(e)
-        }
+    let started = run_stage(&orders, log, exe, &cgroup_paths).and_then(|pid| {
+        let stat = crate::state::proc_stat(pid as u32).with_context(|| format!("the container's init (pid {pid}) ended right after starting"))?;
+        Ok(StateFile { init_process_pid: pid as u32, init_process_start: stat.start_time, cgroup_paths: cgroup_paths.clone() })
+    });
+    if started.is_err() {
+        let _ = cgroups::remove(&cgroup_paths);
     }
+    started
 }
 
 /// Starts the stage, moves it into the cgroups, instructs it, and returns the pid of
