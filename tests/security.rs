@@ -465,3 +465,19 @@ fn a_box_whose_mount_points_link_to_host_paths_gets_its_mounts_inside_its_root()
     assert_eq!(common::container_ids(&env.home), Vec::<String>::new());
     assert_eq!(canary.contents(), before);
 }
+
+/// A guest's root may make device nodes (CAP_MKNOD is in docker's set) but opens only
+/// the default devices: a node for the host's loop-control (which the host's root opens,
+/// and which needs no other capability to open) is refused by the container's device
+/// cgroup, while /dev/null still works.
+#[test]
+fn a_guests_root_cannot_open_a_host_device_through_a_node_it_makes() {
+    require!(need::CONTAINERS);
+    let a = Attack::new("[defaults]\nbox = { path = \"BOX\" }\n[machine.a]\n");
+    let _cleanup = DestroyOnDrop(&a.env);
+    a.envy().arg("up").assert().success();
+    let seen = a.guest("a", "mknod /tmp/loop-control c 10 237 && echo made; (exec 3</tmp/loop-control) 2>&1; echo x > /dev/null && echo null-works");
+    assert!(seen.contains("made") && seen.contains("null-works"), "{seen}");
+    assert!(seen.contains("Operation not permitted"), "the node the guest made opened: {seen}");
+    a.assert_host_untouched();
+}
