@@ -73,7 +73,8 @@ fn guest_ports_are_forwarded_as_they_open_and_released_as_they_close() {
     };
     serve(5173, "page-5173");
     eventually("127.0.0.1:5173 serves the guest's page", || http_try(5173, "/").is_ok_and(|b| b.contains("page-5173")));
-    assert_eq!(p.auto_forwards(), vec![(5173, 5173)]);
+    // The watcher adds the forward, then records it: the page can come first.
+    eventually("the forward of 5173 is recorded", || p.auto_forwards() == vec![(5173, 5173)]);
     assert!(p.log().contains("==> web: guest 5173 -> 127.0.0.1:5173"), "{}", p.log());
 
     // Stopped in the guest, released on the host.
@@ -137,7 +138,8 @@ fn a_vm_port_is_forwarded_as_it_opens_and_released_as_it_closes() {
     let started = std::time::Instant::now();
     eventually("127.0.0.1:5178 serves the guest's page", serves);
     eprintln!("the host got the guest's page {} ms after the server started", started.elapsed().as_millis());
-    assert_eq!(p.auto_forwards(), vec![(5178, 5178)]);
+    // The watcher adds the forward, then records it: the page can come first.
+    eventually("the forward of 5178 is recorded", || p.auto_forwards() == vec![(5178, 5178)]);
     assert!(p.log().contains("==> web: guest 5178 -> 127.0.0.1:5178"), "{}", p.log());
 
     // A watcher killed outright cannot release what it holds (QEMU keeps the forward):
