@@ -231,12 +231,8 @@ pub fn exec(config: &Path, init: &Init, request: &ExecRequest, exe: &OwnedFd) ->
     let bundle: BundleConfig = serde_json::from_slice(&text)
         .with_context(|| format!("cannot read the process settings in {}", config.display()))?;
 
-    // The pidfd names the init for good once its start time matches runc's record.
-    let pidfd = crate::fsutil::fd_from_syscall(unsafe { libc::syscall(libc::SYS_pidfd_open, init.pid, 0) })
-        .with_context(|| format!("the container's init (pid {}) is gone", init.pid))?;
-    if crate::state::proc_stat(init.pid).is_none_or(|s| s.start_time != init.start_time || s.is_gone()) {
-        bail!("the container's init (pid {}) stopped while envy entered it", init.pid);
-    }
+    let pidfd = super::runtime::open_pidfd(init.pid, init.start_time)
+        .with_context(|| format!("the container's init (pid {}) stopped while envy entered it", init.pid))?;
     let mut namespaces = 0;
     for (name, flag) in NAMESPACES {
         let id = |pid: &str| std::fs::metadata(format!("/proc/{pid}/ns/{name}")).map(|m| (m.dev(), m.ino()));

@@ -16,7 +16,7 @@ use anyhow::{bail, Context as _, Result};
 use nix::sys::signal::Signal;
 
 use super::bundle::Limits;
-use super::runtime::{read_state, ContainerState, Recorded, StateFile};
+use super::runtime::{open_pidfd, read_state, ContainerState, Recorded, StateFile};
 use super::{cgroups, create};
 
 /// How long a killed container's init may take to end.
@@ -122,13 +122,9 @@ impl Native {
     }
 }
 
-/// A pidfd of the container's init, if it still runs: checked against the start
-/// time recorded after it was opened, so a reused pid is never signalled.
+/// A pidfd of the container's init, if it still runs.
 fn init_pidfd(state: &StateFile) -> Option<OwnedFd> {
-    let pidfd = crate::fsutil::fd_from_syscall(unsafe { libc::syscall(libc::SYS_pidfd_open, state.init_process_pid, 0) }).ok()?;
-    crate::state::proc_stat(state.init_process_pid)
-        .is_some_and(|s| s.start_time == state.init_process_start && !s.is_gone())
-        .then_some(pidfd)
+    open_pidfd(state.init_process_pid, state.init_process_start)
 }
 
 fn send(pidfd: &OwnedFd, signal: Signal) -> std::io::Result<()> {

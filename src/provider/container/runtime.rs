@@ -104,6 +104,13 @@ pub(super) fn read_state(dir: &Path) -> Result<Recorded> {
     Ok(Recorded::Known(ContainerState { pid, status, init: Some(init) }))
 }
 
+/// A pidfd of the process `pid` if it is still the one that started at `start_time`
+/// (checked after opening, so the descriptor can never name a reused pid), and alive.
+pub(super) fn open_pidfd(pid: u32, start_time: u64) -> Option<OwnedFd> {
+    let pidfd = crate::fsutil::fd_from_syscall(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) }).ok()?;
+    crate::state::proc_stat(pid).is_some_and(|s| s.start_time == start_time && !s.is_gone()).then_some(pidfd)
+}
+
 /// The runtimes of one envy home.
 pub struct Runtime {
     native: Native,
