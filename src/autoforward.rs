@@ -18,7 +18,6 @@ use serde::{Deserialize, Serialize};
 use crate::context::Context;
 use crate::model::{Forward, Protocol};
 use crate::plan::MachinePlan;
-use crate::provider::network::stop_process;
 use crate::provider::GuestPorts;
 use crate::workspace::Workspace;
 use crate::process::Process;
@@ -80,7 +79,7 @@ pub fn live(plan: &MachinePlan) -> Vec<AutoForwarded> {
 /// Stops the machine's watcher (it releases its forwards) and forgets its record.
 pub fn stop(plan: &MachinePlan) {
     if let Some(pid) = pid_file(plan).alive() {
-        stop_process(pid);
+        crate::process::stop(pid);
     }
     pid_file(plan).remove();
     // A watcher that exits releases its forwards and removes its record; one that had

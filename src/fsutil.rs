@@ -169,6 +169,31 @@ pub fn create_private_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Creates `dir` as `create_private_dir` does, as the parent of unrelated trees (one
+/// per machine): ext4 is asked to place each of its subfolders in a block group of its
+/// own (the Orlov allocator's top-folder flag, `chattr +T`), so each tree's files share
+/// a group with nothing else. Where every machine shares its parent's group, each new
+/// inode is found by scanning that group past every inode freed in the last minutes
+/// (ext4 does this when it has no journal): 100 machines made after 100 destroyed spent
+/// a third of `envy up`'s CPU there. Other filesystems have no such flag; it is a hint,
+/// so a refusal changes nothing.
+pub fn create_private_dir_of_trees(dir: &Path) -> Result<()> {
+    create_private_dir(dir)?;
+    /// `FS_TOPDIR_FL` in linux/fs.h (libc does not name it).
+    const TOPDIR: libc::c_long = 0x0002_0000;
+    let Ok(folder) = fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW).open(dir) else {
+        return Ok(());
+    };
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&folder);
+    let mut flags: libc::c_long = 0;
+    // SAFETY: both ioctls read or write one c_long through a pointer to a live local.
+    if unsafe { libc::ioctl(fd, libc::FS_IOC_GETFLAGS, &mut flags) } == 0 && flags & TOPDIR == 0 {
+        flags |= TOPDIR;
+        unsafe { libc::ioctl(fd, libc::FS_IOC_SETFLAGS, &flags) };
+    }
+    Ok(())
+}
+
 /// How a path below a root may be resolved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Follow {
@@ -361,6 +386,24 @@ impl FileLock {
 mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
+
+    #[test]
+    fn a_folder_of_trees_is_private_and_on_ext4_spreads_its_subfolders() {
+        let dir = tempfile::tempdir().unwrap();
+        let machines = dir.path().join("project/machines");
+        create_private_dir_of_trees(&machines).unwrap();
+        create_private_dir_of_trees(&machines).unwrap();
+        assert_eq!(fs::metadata(&machines).unwrap().permissions().mode() & 0o777, 0o700);
+        let on_ext4 = nix::sys::statfs::statfs(&machines).unwrap().filesystem_type() == nix::sys::statfs::EXT4_SUPER_MAGIC;
+        if on_ext4 {
+            let folder = fs::File::open(&machines).unwrap();
+            let mut flags: libc::c_long = 0;
+            assert_eq!(unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&folder), libc::FS_IOC_GETFLAGS, &mut flags) }, 0);
+            assert_ne!(flags & 0x0002_0000, 0, "the top-folder flag (chattr +T) is set: {flags:#x}");
+        }
+        symlink(&machines, dir.path().join("link")).unwrap();
+        assert!(create_private_dir_of_trees(&dir.path().join("link")).is_err(), "a symlink is refused");
+    }
 
     #[test]
     fn open_below_refuses_links_out_and_follows_links_within() {

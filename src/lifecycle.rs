@@ -144,11 +144,27 @@ fn prepare(ctx: &Context, plan: &mut MachinePlan, lock: &mut LockFile, lock_path
     Ok(Prepared { stored, record, state })
 }
 
-/// Starts the prepared machines, each on a worker thread, twice as many workers as
-/// cores: a start spends much of its time waiting (fsync, the tools it runs), and a
-/// second worker per core fills it.
+/// Starts the prepared machines, at once (`each_at_once`).
 fn start_all(ctx: &Context, plans: &[MachinePlan], prepared: &[Prepared]) -> Result<()> {
-    let workers = (2 * std::thread::available_parallelism().map_or(1, |n| n.get())).min(plans.len());
+    let machines: Vec<_> = plans.iter().zip(prepared).collect();
+    each_at_once(ctx, &machines, |(plan, _)| plan.name(), "starting", |(plan, machine)| start(ctx, plan, machine))
+}
+
+/// Does `work` for each machine of `machines` on worker threads, twice as many workers
+/// as cores: starting or stopping a machine spends much of its time waiting (fsync,
+/// the tools it runs, a process's end), and a second worker per core fills it. After
+/// Ctrl-C (when the command catches it) no further machine is begun: its outcome is
+/// the interruption, while `doing` (say "starting") the machine that `name` names.
+/// Every machine is worked on even when one fails; the first failure in `machines`'
+/// order is returned, the rest are said as warnings.
+pub fn each_at_once<M: Sync>(
+    ctx: &Context,
+    machines: &[M],
+    name: impl Fn(&M) -> &str + Sync,
+    doing: &str,
+    work: impl Fn(&M) -> Result<()> + Sync,
+) -> Result<()> {
+    let workers = (2 * std::thread::available_parallelism().map_or(1, |n| n.get())).min(machines.len());
     let next = std::sync::atomic::AtomicUsize::new(0);
     let mut outcomes: Vec<(usize, Result<()>)> = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..workers)
@@ -157,12 +173,11 @@ fn start_all(ctx: &Context, plans: &[MachinePlan], prepared: &[Prepared]) -> Res
                     let mut done = Vec::new();
                     loop {
                         let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some((plan, machine)) = plans.get(i).zip(prepared.get(i)) else { return done };
-                        // After Ctrl-C (when the command catches it) no further machine starts.
-                        let started = crate::signals::check(|| format!("starting machine {}", plan.name()))
+                        let Some(machine) = machines.get(i) else { return done };
+                        let outcome = crate::signals::check(|| format!("{doing} machine {}", name(machine)))
                             .map_err(anyhow::Error::from)
-                            .and_then(|()| start(ctx, plan, machine));
-                        done.push((i, started));
+                            .and_then(|()| work(machine));
+                        done.push((i, outcome));
                     }
                 })
             })

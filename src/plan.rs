@@ -209,9 +209,9 @@ impl MachinePlan {
 
     /// Creates the machine dir (and the project's state dir), private to the user.
     pub fn ensure_dir(&self) -> anyhow::Result<()> {
-        for dir in [&self.project.state_dir, &self.project.state_dir.join("machines"), &self.dir] {
-            crate::fsutil::create_private_dir(dir)?;
-        }
+        crate::fsutil::create_private_dir(&self.project.state_dir)?;
+        crate::fsutil::create_private_dir_of_trees(&self.project.state_dir.join("machines"))?;
+        crate::fsutil::create_private_dir(&self.dir)?;
         check_state_path(&self.home, &self.dir)
     }
 }

@@ -13,6 +13,8 @@ use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::Arc;
+use std::time::Duration;
+use std::os::fd::AsRawFd as _;
 
 /// Lines of a failed tool's stderr shown in its error.
 const STDERR_TAIL_LINES: usize = 20;
@@ -327,6 +329,67 @@ fn read_from(file: &File, start: u64) -> String {
         Ok(()) => String::from_utf8_lossy(&bytes).into_owned(),
         Err(_) => String::new(),
     }
+}
+
+/// A process named by a pidfd: unlike its pid, the descriptor can never come to name
+/// another process that reuses the number.
+#[derive(Debug)]
+pub struct Pidfd(std::os::fd::OwnedFd);
+
+impl Pidfd {
+    /// The process `pid`, if there is one (it may have ended and wait to be reaped).
+    pub fn open(pid: u32) -> Option<Pidfd> {
+        // SAFETY: pidfd_open takes a pid and flags, and returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        let fd = libc::c_int::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+        // SAFETY: a descriptor the kernel just returned, owned by no one else.
+        Some(Pidfd(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) }))
+    }
+
+    /// Sends `signal` to the process; ESRCH once it has ended.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) -> std::io::Result<()> {
+        // SAFETY: a pidfd we own, a signal number, no siginfo, no flags.
+        let sent = unsafe {
+            libc::syscall(libc::SYS_pidfd_send_signal, self.as_raw_fd(), signal as libc::c_int, std::ptr::null::<libc::siginfo_t>(), 0)
+        };
+        if sent != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Waits up to `limit` for the process to end; whether it has. A process has ended
+    /// once it is a zombie: the pidfd turns readable then, whenever its parent (perhaps
+    /// not envy, perhaps a slow PID 1) reaps it.
+    pub fn wait_for_end(&self, limit: Duration) -> bool {
+        wait_readable(self.as_raw_fd(), limit)
+    }
+}
+
+/// Waits until `fd` is readable (or its writer closed), at most `limit`.
+pub fn wait_readable(fd: std::os::fd::RawFd, limit: Duration) -> bool {
+    let mut poll = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    let millis = libc::c_int::try_from(limit.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: one valid pollfd for the duration of the call.
+    unsafe { libc::poll(&mut poll, 1, millis) > 0 }
+}
+
+impl std::os::fd::AsRawFd for Pidfd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+/// Ends the process `pid`: SIGTERM, then SIGKILL if it is still there after 3 s; waits
+/// up to 3 s more, and reaps it if it is envy's child.
+pub fn stop(pid: u32) {
+    let Some(process) = Pidfd::open(pid) else { return };
+    for signal in [nix::sys::signal::Signal::SIGTERM, nix::sys::signal::Signal::SIGKILL] {
+        if process.signal(signal).is_err() || process.wait_for_end(Duration::from_secs(3)) {
+            break;
+        }
+    }
+    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid as i32), Some(nix::sys::wait::WaitPidFlag::WNOHANG));
 }
 
 #[cfg(test)]

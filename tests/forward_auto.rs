@@ -30,7 +30,7 @@ impl Project {
     fn watcher_pid(&self) -> Option<u32> {
         let text = std::fs::read_to_string(self.env.machine_dir("web").join("forward-auto.pid")).ok()?;
         let pid = serde_json::from_str::<serde_json::Value>(&text).unwrap()["pid"].as_u64().unwrap() as u32;
-        std::path::Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
+        common::running(pid).then_some(pid)
     }
 
     fn log(&self) -> String {
@@ -101,12 +101,12 @@ fn guest_ports_are_forwarded_as_they_open_and_released_as_they_close() {
     // The watcher goes with halt, comes back with up, and goes with destroy.
     let watcher = p.watcher_pid().unwrap();
     p.env.out(&["halt"]);
-    assert!(!std::path::Path::new(&format!("/proc/{watcher}")).exists(), "halt stops the watcher");
+    assert!(!common::running(watcher), "halt stops the watcher");
     assert!(free(5175) && free(5177), "halt releases the automatic forwards");
     p.env.out(&["up"]);
     let watcher = p.watcher_pid().expect("up restarts the watcher");
     p.env.out(&["destroy", "--force"]);
-    assert!(!std::path::Path::new(&format!("/proc/{watcher}")).exists(), "destroy stops the watcher");
+    assert!(!common::running(watcher), "destroy stops the watcher");
 }
 
 /// The same on the qemu provider (the tiny busybox VM under TCG): the watcher reads
@@ -146,9 +146,7 @@ fn a_vm_port_is_forwarded_as_it_opens_and_released_as_it_closes() {
     // the one the next `up` starts does, and takes the same host port again.
     let killed = p.watcher_pid().unwrap();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(killed as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
-    eventually("the killed watcher is gone", || {
-        std::fs::read_to_string(format!("/proc/{killed}/stat")).map_or(true, |s| s.contains(") Z "))
-    });
+    eventually("the killed watcher is gone", || !common::running(killed));
     p.env.out(&["up"]);
     eventually("the new watcher forwards guest 5178 to host 5178 again", || p.auto_forwards() == vec![(5178, 5178)]);
     assert!(serves());
@@ -160,5 +158,5 @@ fn a_vm_port_is_forwarded_as_it_opens_and_released_as_it_closes() {
 
     let watcher = p.watcher_pid().unwrap();
     p.env.out(&["halt"]);
-    assert!(!std::path::Path::new(&format!("/proc/{watcher}")).exists(), "halt stops the watcher");
+    assert!(!common::running(watcher), "halt stops the watcher");
 }

@@ -174,9 +174,10 @@ fn whole_life_cycle(p: Project) {
 /// `envy up` starts machines together: eight come up in one up, each with its own
 /// address, on one project network with one slirp4netns; a machine whose start fails
 /// does not stop the others, its error is the result, and nothing is provisioned
-/// until an up succeeds.
+/// until an up succeeds. halt and destroy stop them together too: every machine is
+/// stopped, then nothing is left, the project network with the last machine.
 #[test]
-fn machines_start_together_and_one_failed_start_leaves_the_others_running() {
+fn machines_start_and_stop_together_and_one_failed_start_leaves_the_others_running() {
     require!(need::CONTAINERS);
     let names: Vec<String> = (1..=8).map(|i| format!("m{i}")).collect();
     let mut envfile = String::from("[defaults]\nbox = { path = \"BOX\" }\nprovision = [\"echo once >> /root/provisioned\"]\n");
@@ -218,6 +219,21 @@ fn machines_start_together_and_one_failed_start_leaves_the_others_running() {
     for name in &names {
         assert_eq!(p.env.out(&["exec", name, "--", "cat", "/root/provisioned"]), "once\n", "{name}");
     }
+
+    p.envy().arg("halt").assert().success();
+    let status = p.env.status();
+    for name in &names {
+        assert_eq!(machine(&status, name)["state"], "stopped", "{name}");
+    }
+    assert!(common::container_ids(&p.env.home).is_empty(), "{:?}", common::container_ids(&p.env.home));
+    p.envy().arg("up").assert().success();
+    p.envy().args(["destroy", "--force"]).assert().success();
+    assert_eq!(p.host_traces(), Vec::<String>::new());
+    for name in &names {
+        assert!(!p.env.machine_dir(name).exists(), "{name}");
+    }
+    let slirps = std::process::Command::new("pgrep").args(["-f", &format!("slirp4netns.*{}", p.project_id())]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&slirps.stdout), "", "the project network goes with the last machine");
 }
 
 /// Machines of one up are started together, so a host port given to one of them is
@@ -285,7 +301,7 @@ fn a_container_left_without_its_state_file_is_killed_before_the_next_start() {
     require!(need::CONTAINERS);
     let p = Project::new("[defaults]\nbox = { path = \"BOX\" }\n");
     p.envy().arg("up").assert().success();
-    let orphan = p.env.status()["machines"][0]["pid"].as_u64().expect("a running machine has a pid") as i32;
+    let orphan = p.env.status()["machines"][0]["pid"].as_u64().expect("a running machine has a pid") as u32;
     let states = envy::state::Home::at(&p.env.home).runtime_dir().join("containers");
     let ids = common::list_dir(&states);
     assert_eq!(ids.len(), 1, "envy's own runtime made the container: {ids:?}");
@@ -293,10 +309,9 @@ fn a_container_left_without_its_state_file_is_killed_before_the_next_start() {
     assert_eq!(p.env.status()["machines"][0]["state"], "stopped");
 
     p.envy().arg("up").assert().success();
-    let alive = |pid: i32| std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "));
-    assert!(!alive(orphan), "the container left without a state file still runs (pid {orphan})");
-    let new = p.env.status()["machines"][0]["pid"].as_u64().unwrap() as i32;
-    assert!(new != orphan && alive(new));
+    assert!(!common::running(orphan), "the container left without a state file still runs (pid {orphan})");
+    let new = p.env.status()["machines"][0]["pid"].as_u64().unwrap() as u32;
+    assert!(new != orphan && common::running(new));
     p.envy().args(["destroy", "--force"]).assert().success();
     assert_eq!(p.host_traces(), Vec::<String>::new());
 }

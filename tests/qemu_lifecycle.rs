@@ -119,11 +119,7 @@ fn killed_qemu_reads_stopped_with_its_log_and_up_recovers_on_another_port() {
     assert!(info.log_tail.is_none(), "a running machine shows no log tail");
 
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
-    while std::path::Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z")
-    {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    crate::common::eventually("the killed QEMU is gone", || !crate::common::running(pid));
     assert_eq!(m.provider.state(&m.plan).unwrap(), MachineState::Stopped);
     let info = m.provider.info(&m.plan).unwrap();
     assert!(info.pid.is_none());

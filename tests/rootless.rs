@@ -147,7 +147,7 @@ fn a_killed_namespace_holder_is_replaced_and_up_restarts_its_machines() {
     let env = busybox_project();
     let _cleanup = common::DestroyOnDrop(&env);
     env.envy().arg("up").assert().success();
-    let old_init = common::machine(&env.status(), "web")["pid"].as_u64().unwrap();
+    let old_init = common::machine(&env.status(), "web")["pid"].as_u64().unwrap() as u32;
     let runtime = envy::state::Home::at(&env.home).runtime_dir();
     let holder = envy::userns::holder(&runtime).expect("a normal user's envy leaves its holder running");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(holder as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
@@ -158,7 +158,7 @@ fn a_killed_namespace_holder_is_replaced_and_up_restarts_its_machines() {
     env.envy().args(["exec", "--", "true"]).assert().code(7);
     env.envy().arg("up").assert().success();
     assert_ne!(envy::userns::holder(&runtime), Some(holder));
-    common::eventually("the old container's init is gone", || !std::path::Path::new(&format!("/proc/{old_init}")).exists());
+    common::eventually("the old container's init is gone", || !common::running(old_init));
     assert_eq!(env.out(&["exec", "--", "cat", "/project/Envfile"]).lines().next(), Some("[machine.web]"));
     destroy_leaves_nothing(&env);
 }
@@ -171,7 +171,5 @@ fn a_holder_whose_envy_home_is_gone_exits() {
     let runtime = envy::state::Home::at(&env.home).runtime_dir();
     let holder = envy::userns::holder(&runtime).expect("a command that touches the store starts the holder");
     std::fs::remove_dir_all(&env.home).unwrap();
-    common::eventually("the holder exits", || {
-        std::fs::read_to_string(format!("/proc/{holder}/stat")).map_or(true, |s| s.contains(") Z "))
-    });
+    common::eventually("the holder exits", || !common::running(holder));
 }

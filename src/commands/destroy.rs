@@ -25,15 +25,15 @@ pub fn run(ctx: &Context, args: DestroyArgs) -> Result<i32> {
         }
     }
     let _lock = ws.lock(ctx)?;
-    for spec in machines {
-        let plan = ws.plan(&ctx.home, spec)?;
-        if provider::for_kind(spec.provider)?.state(&plan)? == MachineState::NotCreated && !plan.dir.exists() {
-            ctx.ui.step(format!("{}: not created", spec.name));
-            continue;
+    let plans = machines.iter().map(|spec| ws.plan(&ctx.home, spec)).collect::<Result<Vec<_>>>()?;
+    let destroyed = lifecycle::each_at_once(ctx, &plans, |plan| plan.name(), "destroying", |plan| {
+        if provider::for_kind(plan.spec.provider)?.state(plan)? == MachineState::NotCreated && !plan.dir.exists() {
+            ctx.ui.step(format!("{}: not created", plan.name()));
+            return Ok(());
         }
-        ctx.ui.step(format!("{}: destroying", spec.name));
-        lifecycle::destroy(ctx, &plan)?;
-    }
+        ctx.ui.step(format!("{}: destroying", plan.name()));
+        lifecycle::destroy(ctx, plan)
+    });
     if let Some(warning) = ws.orphan_warning() {
         ctx.ui.warn(warning);
     }
@@ -44,5 +44,6 @@ pub fn run(ctx: &Context, args: DestroyArgs) -> Result<i32> {
         let _ = std::fs::remove_dir(&machines_dir);
         registry::remove(&ctx.home, &ws.project.dir)?;
     }
+    destroyed?;
     Ok(0)
 }

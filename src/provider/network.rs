@@ -18,7 +18,7 @@ use std::os::unix::fs::OpenOptionsExt as _;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
@@ -186,6 +186,10 @@ pub struct ProjectNet {
     dir: PathBuf,
 }
 
+/// Held while a project network is made or torn down: machines of one command start
+/// and stop at once, and only one of them may do either.
+static CHANGING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 impl ProjectNet {
     pub fn of(plan: &MachinePlan) -> ProjectNet {
         ProjectNet {
@@ -216,8 +220,7 @@ impl ProjectNet {
     /// bridge or slirp4netns at once would both make it. (Other commands are kept
     /// out by the project lock.)
     pub fn ensure(&self) -> Result<()> {
-        static ENSURING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        let _one_at_a_time = ENSURING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _one_at_a_time = CHANGING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         self.netns.ensure()?;
         // One read of the namespace's links (a netlink dump of every machine's link)
         // answers what follows.
@@ -230,7 +233,7 @@ impl ProjectNet {
         // A slirp4netns whose tap is not in the namespace serves one that is gone (its
         // holder, userns.rs, was killed, and the namespace file with it): replaced.
         if let Some(stale) = self.slirp_pid().filter(|_| tap.is_none()) {
-            stop_process(stale);
+            crate::process::stop(stale);
             self.slirp().remove();
         }
         let restarted = self.slirp_pid().is_none();
@@ -308,12 +311,12 @@ impl ProjectNet {
         drop(ready_write);
         // Recorded at once, so an `up` killed while waiting leaves no unknown slirp4netns.
         self.slirp().write(child.id())?;
-        let ready = wait_readable(ready_read.as_raw_fd(), Duration::from_secs(10)) && {
+        let ready = crate::process::wait_readable(ready_read.as_raw_fd(), Duration::from_secs(10)) && {
             let mut byte = [0u8; 1];
             std::fs::File::from(ready_read).read(&mut byte).is_ok_and(|n| n == 1)
         };
         if !ready {
-            stop_process(child.id());
+            crate::process::stop(child.id());
             self.slirp().remove();
             let log = std::fs::read_to_string(&log_path).unwrap_or_default();
             return Err(Error::SlirpNotReady { netns: self.netns.path().display().to_string(), log: crate::process::frame(&log) }.into());
@@ -336,6 +339,7 @@ impl ProjectNet {
 
     /// Tears the project network down once no machine is on it.
     pub fn release(&self) -> Result<()> {
+        let _one_at_a_time = CHANGING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if !self.in_use()? {
             self.teardown()?;
         }
@@ -365,7 +369,7 @@ impl ProjectNet {
     /// Stops slirp4netns and removes the namespace (and with it the bridge).
     fn teardown(&self) -> Result<()> {
         if let Some(pid) = self.slirp_pid() {
-            stop_process(pid);
+            crate::process::stop(pid);
         }
         self.slirp().remove();
         self.netns.delete()?;
@@ -489,36 +493,4 @@ fn tun_open(name: &str) -> Result<OwnedFd> {
     Ok(OwnedFd::from(tun))
 }
 
-/// Waits until `fd` is readable (or its writer closed), at most `limit`.
-fn wait_readable(fd: i32, limit: Duration) -> bool {
-    let mut poll = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-    let millis = limit.as_millis().min(i32::MAX as u128) as i32;
-    // SAFETY: one valid pollfd for the duration of the call.
-    unsafe { libc::poll(&mut poll, 1, millis) > 0 }
-}
 
-/// SIGTERM, a bounded wait, then SIGKILL; reaps the process when it is our child.
-pub fn stop_process(pid: u32) {
-    use nix::sys::signal::{kill, Signal};
-    use nix::sys::wait::{waitpid, WaitPidFlag};
-    use nix::unistd::Pid;
-    let pid = Pid::from_raw(pid as i32);
-    let gone = |deadline: Instant| loop {
-        // Reap it if it is ours; otherwise watch /proc until it is gone.
-        let reaped = matches!(waitpid(pid, Some(WaitPidFlag::WNOHANG)), Ok(s) if s.pid() == Some(pid));
-        if reaped || !Path::new(&format!("/proc/{pid}")).exists() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    if kill(pid, Signal::SIGTERM).is_err() {
-        return;
-    }
-    if !gone(Instant::now() + Duration::from_secs(3)) {
-        let _ = kill(pid, Signal::SIGKILL);
-        gone(Instant::now() + Duration::from_secs(3));
-    }
-}

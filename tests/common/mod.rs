@@ -329,6 +329,13 @@ pub fn http_get(port: u16, path: &str) -> String {
     }
 }
 
+/// Whether process `pid` runs: it exists and has not ended. An ended process may stay in
+/// /proc as a zombie until its parent reaps it, which for a process envy left behind
+/// is the host's PID 1, at its own pace.
+pub fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| !stat.contains(") Z "))
+}
+
 /// Polls `check` until it holds, for state that settles asynchronously; panics after a
 /// minute (generous: a failing test is the only one that waits that long).
 pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {

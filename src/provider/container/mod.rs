@@ -26,7 +26,7 @@ mod sealed_exe;
 mod snapshot;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 use nix::sys::signal::Signal;
@@ -218,32 +218,18 @@ impl<'a> Machine<'a> {
                     ui.step(format!("{}: stopping", self.name()));
                     self.runtime.kill(self.id(), Signal::SIGTERM)?;
                 }
-                if force || !self.wait_stopped(HALT_GRACE)? {
+                if force || !self.runtime.wait_stopped(self.id(), HALT_GRACE)? {
                     if !force {
                         ui.warn(format!("machine {} did not stop within {} s; killing it", self.name(), HALT_GRACE.as_secs()));
                     }
                     // The init may exit between the check and the signal; delete --force covers it.
                     let _ = self.runtime.kill(self.id(), Signal::SIGKILL);
-                    self.wait_stopped(HALT_GRACE)?;
+                    self.runtime.wait_stopped(self.id(), HALT_GRACE)?;
                 }
             }
             self.runtime.delete(self.id())?;
         }
         overlay::unmount_all(self.layout.dir())
-    }
-
-    fn wait_stopped(&self, limit: Duration) -> Result<bool> {
-        let deadline = Instant::now() + limit;
-        loop {
-            match self.runtime.state(self.id())? {
-                Some(c) if c.status != Status::Stopped => {}
-                _ => return Ok(true),
-            }
-            if Instant::now() >= deadline {
-                return Ok(false);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
     }
 
     /// Removes the machine's forwards and namespace; the project network goes with

@@ -8,7 +8,7 @@
 //! Its state is a folder per container under the runtime dir holding a state file of
 //! runc's form (runtime::StateFile): the init's pid and start time, and its cgroups.
 
-use std::os::fd::{AsRawFd as _, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ use nix::sys::signal::Signal;
 
 use super::bundle::Limits;
 use super::runtime::{open_pidfd, read_state, ContainerState, Recorded, StateFile};
+use crate::process::Pidfd;
 use super::{cgroups, create};
 
 /// How long a killed container's init may take to end.
@@ -70,7 +71,7 @@ impl Native {
     /// Makes and starts the container of `bundle` (its config.json), started from
     /// envy's sealed binary `exe`; the init's stdio goes to `log`.
     pub fn start(&self, id: &str, bundle: &Path, log: &Path, exe: &OwnedFd) -> Result<()> {
-        crate::fsutil::create_private_dir(&self.root)?;
+        crate::fsutil::create_private_dir_of_trees(&self.root)?;
         let dir = self.dir(id);
         crate::fsutil::create_private_dir(&dir)?;
         let started = create::start(bundle, log, exe);
@@ -91,7 +92,7 @@ impl Native {
     pub fn kill(&self, id: &str, signal: Signal) -> Result<()> {
         let state = self.recorded(id)?.with_context(|| format!("container {id} has no state file"))?;
         let pidfd = init_pidfd(&state).with_context(|| format!("container {id} is not running"))?;
-        send(&pidfd, signal).with_context(|| format!("cannot send {signal} to container {id}"))
+        pidfd.signal(signal).with_context(|| format!("cannot send {signal} to container {id}"))
     }
 
     /// Kills the container if it still runs, waits for its init to end, and removes
@@ -123,31 +124,20 @@ impl Native {
 }
 
 /// A pidfd of the container's init, if it still runs.
-fn init_pidfd(state: &StateFile) -> Option<OwnedFd> {
+fn init_pidfd(state: &StateFile) -> Option<Pidfd> {
     open_pidfd(state.init_process_pid, state.init_process_start)
-}
-
-fn send(pidfd: &OwnedFd, signal: Signal) -> std::io::Result<()> {
-    let sent = unsafe { libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), signal as libc::c_int, std::ptr::null::<libc::siginfo_t>(), 0) };
-    if sent != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// SIGKILLs the init (the kernel then kills every process of its pid namespace) and
 /// waits until it has ended.
 fn kill_and_wait(state: &StateFile) -> Result<()> {
     let Some(pidfd) = init_pidfd(state) else { return Ok(()) };
-    match send(&pidfd, Signal::SIGKILL) {
+    match pidfd.signal(Signal::SIGKILL) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(()),
         Err(e) => return Err(e).context("cannot kill the container's init"),
     }
-    // A pidfd turns readable when its process ends.
-    let mut poll = [libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
-    let ready = unsafe { libc::poll(poll.as_mut_ptr(), 1, KILL_WAIT.as_millis() as libc::c_int) };
-    if ready != 1 {
+    if !pidfd.wait_for_end(KILL_WAIT) {
         bail!("the container's init (pid {}) did not end within {} s of SIGKILL", state.init_process_pid, KILL_WAIT.as_secs());
     }
     Ok(())

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use nix::sys::signal::Signal;
@@ -14,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::native::Native;
 use super::runc::Runc;
 use super::sealed_exe;
+use crate::process::Pidfd;
 use crate::provider::ExecRequest;
 
 /// A container's status.
@@ -106,8 +108,8 @@ pub(super) fn read_state(dir: &Path) -> Result<Recorded> {
 
 /// A pidfd of the process `pid` if it is still the one that started at `start_time`
 /// (checked after opening, so the descriptor can never name a reused pid), and alive.
-pub(super) fn open_pidfd(pid: u32, start_time: u64) -> Option<OwnedFd> {
-    let pidfd = crate::fsutil::fd_from_syscall(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) }).ok()?;
+pub(super) fn open_pidfd(pid: u32, start_time: u64) -> Option<Pidfd> {
+    let pidfd = Pidfd::open(pid)?;
     crate::state::proc_stat(pid).is_some_and(|s| s.start_time == start_time && !s.is_gone()).then_some(pidfd)
 }
 
@@ -165,6 +167,26 @@ impl Runtime {
     /// Sends `signal` to the container's init.
     pub fn kill(&self, id: &str, signal: Signal) -> Result<()> {
         if self.native.has(id) { self.native.kill(id, signal) } else { self.runc.kill(id, signal) }
+    }
+
+    /// Waits up to `limit` for the container to stop; whether it has. Its init's pidfd
+    /// says when it ends; a state file that names no init is asked again every 50 ms.
+    pub fn wait_stopped(&self, id: &str, limit: Duration) -> Result<bool> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let state = match self.state(id)? {
+                Some(state) if state.status != Status::Stopped => state,
+                _ => return Ok(true),
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            match state.init.as_ref().and_then(|init| open_pidfd(init.pid, init.start_time)) {
+                Some(init) => return Ok(init.wait_for_end(left)),
+                // Gone since the state was read: the next read says stopped.
+                None if state.init.is_some() => continue,
+                None if left.is_zero() => return Ok(false),
+                None => std::thread::sleep(Duration::from_millis(50).min(left)),
+            }
+        }
     }
 
     /// Removes the container, killing it first if it still runs.
