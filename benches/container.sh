@@ -5,7 +5,8 @@
 #      `envy status`                                 vs  `runc state <id>`
 #   3. `envy up` of N machines of one box (MANY, default 100) vs the same N made by hand,
 #      twice as many at a time as the host has cores, as envy starts them (xargs -P);
-#      and the disk of envy's N (upper layers)
+#      and the disk of envy's N (upper layers); then `envy destroy` of the N vs the same
+#      taken down by hand (runc delete --force, veth, netns, overlay), as many at a time
 # Needs root, runc, slirp4netns, iproute2, busybox-static and hyperfine.
 # Usage: benches/container.sh [path/to/envy]   (default: target/release/envy, built if missing)
 set -euo pipefail
@@ -80,6 +81,15 @@ raw_machine() {
   printf 'link set lo up\naddress add 10.0.2.%s/24 dev eth0\nlink set eth0 up\nroute add default via 10.0.2.2\n' "$((i + 20))" | ip -n "$id" -batch -
   runc --root "$raw/runc" run --detach --bundle "$dir" "$id" </dev/null >/dev/null 2>&1
 }
+# One raw machine taken down (raw_machine_down I): what `envy destroy` does for it.
+raw_machine_down() {
+  local i=$1 dir=$raw/many/m$1 id=envyraw$1
+  runc --root "$raw/runc" delete --force "$id" >/dev/null 2>&1
+  ip -n envyrawmany link delete "ve$i" 2>/dev/null
+  ip netns delete "$id" 2>/dev/null
+  umount "$dir/rootfs" 2>/dev/null
+  rm -rf "$dir"
+}
 raw_many_down() (
   set +e
   for id in $(runc --root "$raw/runc" list -q 2>/dev/null | grep '^envyraw[0-9]'); do
@@ -118,7 +128,7 @@ cp "$machine_dir/hosts" "$machine_dir/resolv.conf" "$raw/"
 # envy keeps its network namespaces in its runtime dir; the raw side's are ip netns's.
 sed -e "s#$machine_dir#$raw#g" -e "s#$id#envyrawbench#g" -e "s#$ENVY_HOME/run/netns/envyrawbench#/run/netns/envyrawbench#" \
   "$machine_dir/config.json" >"$raw/config.json"
-export -f raw_up raw_down raw_machine
+export -f raw_up raw_down raw_machine raw_machine_down
 export raw lower
 
 echo "== up to ready (box already fetched; both sides start slirp4netns, bridge, veth)"
@@ -160,14 +170,22 @@ mkdir -p "$raw/many"
 cp "$m1_dir/hosts" "$m1_dir/resolv.conf" "$raw/many/"
 sed -e "s#$m1_dir#RAWDIR#g" -e "s#$m1_id#RAWID#g" -e "s#$ENVY_HOME/run/netns/RAWID#/run/netns/RAWID#" \
   "$m1_dir/config.json" >"$raw/many/config.template"
+start=$(date +%s.%N)
 "$ENVY" -q destroy --force
+end=$(date +%s.%N)
+envy_many_down=$(python3 -c "print(f'{$end - $start:.2f}')")
 raw_many_up
 start=$(date +%s.%N)
 seq 1 "$many" | xargs -P "$((2 * $(nproc)))" -I{} bash -c 'raw_machine {}'
 end=$(date +%s.%N)
 raw_many=$(python3 -c "print(f'{$end - $start:.2f}')")
+start=$(date +%s.%N)
+seq 1 "$many" | xargs -P "$((2 * $(nproc)))" -I{} bash -c 'raw_machine_down {}'
+end=$(date +%s.%N)
+raw_many_down=$(python3 -c "print(f'{$end - $start:.2f}')")
 raw_many_down
 echo "$many machines up: envy $envy_many s, raw $raw_many s, ratio $(python3 -c "print(f'{$envy_many / $raw_many:.2f}')")x"
+echo "$many machines destroyed: envy $envy_many_down s, raw $raw_many_down s, ratio $(python3 -c "print(f'{$envy_many_down / $raw_many_down:.2f}')")x"
 echo "box rootfs: ${box_kib} KiB; $many machines' own layers: ${layers_kib} KiB (a copy each would be $((box_kib * many)) KiB)"
 
 python3 - "$work/up.json" "$work/exec.json" "$work/status.json" <<'PY'

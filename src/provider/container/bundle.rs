@@ -180,7 +180,7 @@ fn spec(plan: &MachinePlan, layout: &Layout, net: &MachineNet, sync: &SyncSource
 }
 
 /// Where a machine's memory and cpu limits go.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Limits {
     /// Root's cgroups, under /envy.
     Root,
@@ -192,13 +192,19 @@ pub enum Limits {
 }
 
 impl Limits {
+    /// This user's, found once per process: a normal user's answer reads the mount
+    /// table, which grows with every machine, and up, the bundle and the runtime ask.
     pub fn for_this_user() -> Limits {
-        if !crate::userns::is_rootless() {
-            return Limits::Root;
-        }
-        match crate::userns::delegated_cgroup() {
-            Ok(dir) => Limits::Delegated(dir),
-            Err(_) => Limits::NotApplied,
-        }
+        static LIMITS: std::sync::OnceLock<Limits> = std::sync::OnceLock::new();
+        let limits = LIMITS.get_or_init(|| {
+            if !crate::userns::is_rootless() {
+                return Limits::Root;
+            }
+            match crate::userns::delegated_cgroup() {
+                Ok(dir) => Limits::Delegated(dir),
+                Err(_) => Limits::NotApplied,
+            }
+        });
+        limits.clone()
     }
 }
