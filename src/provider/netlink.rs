@@ -15,11 +15,25 @@ use anyhow::{bail, Context as _, Result};
 pub const HEADER: usize = 16;
 pub const NLMSG_ERROR: u16 = 2;
 pub const NLMSG_DONE: u16 = 3;
+const RTM_NEWLINK: u16 = 16;
+const RTM_DELLINK: u16 = 17;
 const RTM_GETLINK: u16 = 18;
+const RTM_NEWADDR: u16 = 20;
 const RTM_GETADDR: u16 = 22;
+const RTM_NEWROUTE: u16 = 24;
 const IFLA_IFNAME: u16 = 3;
+const IFLA_MTU: u16 = 4;
 const IFLA_MASTER: u16 = 10;
+const IFLA_LINKINFO: u16 = 18;
+const IFLA_NET_NS_FD: u16 = 28;
+const IFLA_INFO_KIND: u16 = 1;
+const IFLA_INFO_DATA: u16 = 2;
+const VETH_INFO_PEER: u16 = 1;
+const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
+const RTA_GATEWAY: u16 = 5;
+/// The kernel's mark on an attribute that holds attributes.
+const NLA_F_NESTED: u16 = 0x8000;
 /// The most of one rtnetlink dump read: a project network holds tens of links.
 const MAX_ROUTE_DUMP: u64 = 1 << 20;
 
@@ -101,6 +115,10 @@ pub fn messages(buf: &[u8], each: &mut impl FnMut(u16, &[u8])) -> Result<bool> {
             NLMSG_DONE => return Ok(true),
             NLMSG_ERROR => {
                 let code = body.get(..4).map_or(0, |b| i32::from_ne_bytes(b.try_into().expect("4 bytes")));
+                // Error 0 is the acknowledgement of a request that asked for one.
+                if code == 0 {
+                    return Ok(true);
+                }
                 return Err(std::io::Error::from_raw_os_error(-code).into());
             }
             _ => each(kind, body),
@@ -202,15 +220,154 @@ fn parse_ipv4_address(body: &[u8]) -> Option<(u32, (Ipv4Addr, u8))> {
     Some((index, (Ipv4Addr::from(octets), prefix)))
 }
 
+/// Changes to one namespace's links, addresses and routes over a route socket in it:
+/// what `ip link`, `ip address` and `ip route` would do, without a process each (two
+/// per machine were a sixth of the CPU of starting 100 machines).
+pub struct Changes {
+    sock: OwnedFd,
+    netns: String,
+}
+
+impl Changes {
+    pub fn in_namespace(netns: &Path) -> Result<Changes> {
+        Ok(Changes { sock: socket_in(netns, libc::NETLINK_ROUTE)?, netns: netns.display().to_string() })
+    }
+
+    pub fn links(&self) -> Result<Vec<Link>> {
+        links_on(&self.sock, &self.netns)
+    }
+
+    /// The index of link `name`, which must be there.
+    pub fn index_of(&self, name: &str) -> Result<u32> {
+        match self.links()?.into_iter().find(|l| l.name == name) {
+            Some(link) => Ok(link.index),
+            None => bail!("network namespace {} has no link {name}", self.netns),
+        }
+    }
+
+    /// A veth pair: `name` here with `mtu`, up and on the bridge of index `master`; its
+    /// other end `peer` in the namespace of `peer_netns` (a descriptor of it), down.
+    pub fn add_veth(&self, name: &str, mtu: u32, master: u32, peer: &str, peer_netns: &impl std::os::fd::AsRawFd) -> Result<()> {
+        let mut body = link_message(0, true);
+        attribute(&mut body, IFLA_IFNAME, &nul_terminated(name));
+        attribute(&mut body, IFLA_MTU, &mtu.to_ne_bytes());
+        attribute(&mut body, IFLA_MASTER, &master.to_ne_bytes());
+        nest(&mut body, IFLA_LINKINFO, |info| {
+            attribute(info, IFLA_INFO_KIND, b"veth");
+            nest(info, IFLA_INFO_DATA, |data| {
+                nest(data, VETH_INFO_PEER, |other| {
+                    other.extend(link_message(0, false));
+                    attribute(other, IFLA_IFNAME, &nul_terminated(peer));
+                    attribute(other, IFLA_NET_NS_FD, &(peer_netns.as_raw_fd() as u32).to_ne_bytes());
+                });
+            });
+        });
+        self.ask(RTM_NEWLINK, libc::NLM_F_CREATE | libc::NLM_F_EXCL, &body, &format!("add veth {name} (its peer {peer} in another namespace)"))
+    }
+
+    /// Sets link `index` up.
+    pub fn set_up(&self, index: u32) -> Result<()> {
+        self.ask(RTM_NEWLINK, 0, &link_message(index, true), &format!("set link {index} up"))
+    }
+
+    /// Adds `address`/`prefix` to link `index`.
+    pub fn add_ipv4(&self, index: u32, address: Ipv4Addr, prefix: u8) -> Result<()> {
+        // struct ifaddrmsg: family, prefix length, flags, scope (universe), index.
+        let mut body = vec![libc::AF_INET as u8, prefix, 0, 0];
+        body.extend(index.to_ne_bytes());
+        attribute(&mut body, IFA_LOCAL, &address.octets());
+        attribute(&mut body, IFA_ADDRESS, &address.octets());
+        self.ask(RTM_NEWADDR, libc::NLM_F_CREATE | libc::NLM_F_EXCL, &body, &format!("add address {address}/{prefix} to link {index}"))
+    }
+
+    /// Adds the default route, through `gateway`.
+    pub fn add_default_route(&self, gateway: Ipv4Addr) -> Result<()> {
+        // struct rtmsg: family, dst and src lengths, tos, table (main), protocol (boot),
+        // scope (universe), type (unicast), flags.
+        let mut body = vec![libc::AF_INET as u8, 0, 0, 0, libc::RT_TABLE_MAIN, libc::RTPROT_BOOT, libc::RT_SCOPE_UNIVERSE, libc::RTN_UNICAST];
+        body.extend(0u32.to_ne_bytes());
+        attribute(&mut body, RTA_GATEWAY, &gateway.octets());
+        self.ask(RTM_NEWROUTE, libc::NLM_F_CREATE | libc::NLM_F_EXCL, &body, &format!("add the default route via {gateway}"))
+    }
+
+    /// Deletes link `name` (a veth pair goes with either end).
+    pub fn delete_link(&self, name: &str) -> Result<()> {
+        let mut body = link_message(0, false);
+        attribute(&mut body, IFLA_IFNAME, &nul_terminated(name));
+        self.ask(RTM_DELLINK, 0, &body, &format!("delete link {name}"))
+    }
+
+    /// Sends one request of `kind` with `flags` and waits for the kernel's answer; its
+    /// refusal is an error saying what was `doing` in which namespace.
+    fn ask(&self, kind: u16, flags: libc::c_int, body: &[u8], doing: &str) -> Result<()> {
+        let mut request = vec![0u8; HEADER];
+        request[0..4].copy_from_slice(&((HEADER + body.len()) as u32).to_ne_bytes());
+        request[4..6].copy_from_slice(&kind.to_ne_bytes());
+        request[6..8].copy_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_ACK | flags) as u16).to_ne_bytes());
+        request.extend_from_slice(body);
+        let failed = |cause: String| anyhow::anyhow!("cannot {doing} in network namespace {}: {cause}", self.netns);
+        // SAFETY: the buffer lives for the call; an unaddressed netlink send goes to the kernel.
+        if unsafe { libc::send(self.sock.as_raw_fd(), request.as_ptr().cast(), request.len(), 0) } < 0 {
+            return Err(failed(std::io::Error::last_os_error().to_string()));
+        }
+        let mut buf = vec![0u8; 8 << 10];
+        loop {
+            // SAFETY: recv writes at most buf.len() bytes into buf.
+            let n = unsafe { libc::recv(self.sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n <= 0 {
+                return Err(failed(if n == 0 { "no answer".into() } else { std::io::Error::last_os_error().to_string() }));
+            }
+            if messages(&buf[..n as usize], &mut |_, _| ()).map_err(|e| failed(e.to_string()))? {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// A struct ifinfomsg naming link `index` (0: none, the name attribute says which), up
+/// when `up`.
+fn link_message(index: u32, up: bool) -> Vec<u8> {
+    let mut body = vec![0u8; 16];
+    body[4..8].copy_from_slice(&index.to_ne_bytes());
+    if up {
+        let up = libc::IFF_UP as u32;
+        body[8..12].copy_from_slice(&up.to_ne_bytes());
+        body[12..16].copy_from_slice(&up.to_ne_bytes());
+    }
+    body
+}
+
+fn nul_terminated(name: &str) -> Vec<u8> {
+    let mut bytes = name.as_bytes().to_vec();
+    bytes.push(0);
+    bytes
+}
+
+/// Appends a routing attribute: its length and type, then `value`, padded to 4 bytes.
+fn attribute(out: &mut Vec<u8>, kind: u16, value: &[u8]) {
+    out.extend(((4 + value.len()) as u16).to_ne_bytes());
+    out.extend(kind.to_ne_bytes());
+    out.extend(value);
+    out.resize((out.len() + 3) & !3, 0);
+}
+
+/// Appends an attribute holding what `fill` appends.
+fn nest(out: &mut Vec<u8>, kind: u16, fill: impl FnOnce(&mut Vec<u8>)) {
+    let start = out.len();
+    out.extend([0u8; 4]);
+    fill(out);
+    let len = (out.len() - start) as u16;
+    out[start..start + 2].copy_from_slice(&len.to_ne_bytes());
+    out[start + 2..start + 4].copy_from_slice(&(kind | NLA_F_NESTED).to_ne_bytes());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn attribute(kind: u16, value: &[u8]) -> Vec<u8> {
-        let mut out = ((4 + value.len()) as u16).to_ne_bytes().to_vec();
-        out.extend(kind.to_ne_bytes());
-        out.extend(value);
-        out.resize((out.len() + 3) & !3, 0);
+    fn attr(kind: u16, value: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        attribute(&mut out, kind, value);
         out
     }
 
@@ -229,8 +386,8 @@ mod tests {
     fn links_and_addresses_are_read_from_their_messages_and_bad_ones_are_skipped() {
         let mut link = vec![0u8; 16];
         link[4..8].copy_from_slice(&7u32.to_ne_bytes());
-        link.extend(attribute(IFLA_IFNAME, b"veth-web\0"));
-        link.extend(attribute(IFLA_MASTER, &3u32.to_ne_bytes()));
+        link.extend(attr(IFLA_IFNAME, b"veth-web\0"));
+        link.extend(attr(IFLA_MASTER, &3u32.to_ne_bytes()));
         assert_eq!(parse_link(&link), Some(Link { index: 7, name: "veth-web".into(), master: Some(3) }));
         // A length past the end stops the attributes: the name before it stays.
         let mut cut = link.clone();
@@ -241,7 +398,7 @@ mod tests {
 
         let mut address = vec![libc::AF_INET as u8, 24, 0, 0];
         address.extend(7u32.to_ne_bytes());
-        address.extend(attribute(IFA_LOCAL, &[10, 0, 4, 20]));
+        address.extend(attr(IFA_LOCAL, &[10, 0, 4, 20]));
         assert_eq!(parse_ipv4_address(&address), Some((7, (Ipv4Addr::new(10, 0, 4, 20), 24))));
         address[0] = libc::AF_INET6 as u8;
         assert_eq!(parse_ipv4_address(&address), None);

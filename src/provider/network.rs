@@ -40,7 +40,7 @@ pub const DNS: Ipv4Addr = Ipv4Addr::new(SUBNET[0], SUBNET[1], SUBNET[2], 3);
 /// Ethernet's MTU on every link. slirp4netns's large-MTU mode (65520) works on its own
 /// tap, but through veth + bridge the machines' outbound downloads stalled at 9000 and
 /// 65520 (the first full-size segment never arrived); 1500 works.
-pub const MTU: &str = "1500";
+pub const MTU: u32 = 1500;
 /// First host number given to machines (below it: slirp's own addresses and DHCP range).
 const FIRST_HOST: usize = 20;
 pub const BRIDGE: &str = "br0";
@@ -228,7 +228,7 @@ impl ProjectNet {
         let bridge = links.iter().find(|l| l.name == BRIDGE).map(|l| l.index);
         let tap = links.iter().find(|l| l.name == TAP);
         if bridge.is_none() {
-            self.netns.ip(&[&["link", "set", "lo", "up"], &["link", "add", BRIDGE, "mtu", MTU, "type", "bridge"], &["link", "set", BRIDGE, "up"]])?;
+            self.netns.ip(&[&["link", "set", "lo", "up"], &["link", "add", BRIDGE, "mtu", &MTU.to_string(), "type", "bridge"], &["link", "set", BRIDGE, "up"]])?;
         }
         // A slirp4netns whose tap is not in the namespace serves one that is gone (its
         // holder, userns.rs, was killed, and the namespace file with it): replaced.
@@ -243,7 +243,7 @@ impl ProjectNet {
         // An `up` killed right after starting slirp4netns left tap0 loose: it is put on
         // the bridge unless it is there (master and up are set by one request).
         if restarted || bridge.is_none() || tap.and_then(|t| t.master) != bridge {
-            self.netns.ip(&[&["link", "set", TAP, "mtu", MTU, "master", BRIDGE, "up"]])?;
+            self.netns.ip(&[&["link", "set", TAP, "mtu", &MTU.to_string(), "master", BRIDGE, "up"]])?;
         }
         if restarted {
             self.replay_forwards()?;
@@ -362,7 +362,7 @@ impl ProjectNet {
             .join()
             .map_err(|_| anyhow::anyhow!("the thread opening tap {name} panicked"))?
         })?;
-        self.netns.ip(&[&["link", "set", name, "mtu", MTU, "master", BRIDGE, "up"]])?;
+        self.netns.ip(&[&["link", "set", name, "mtu", &MTU.to_string(), "master", BRIDGE, "up"]])?;
         Ok(tap)
     }
 

@@ -5,10 +5,11 @@
 use std::net::Ipv4Addr;
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use sha2::{Digest as _, Sha256};
 
 use crate::plan::MachinePlan;
+use crate::provider::netlink::Changes;
 use crate::provider::network::{Netns, ProjectNet, BRIDGE, GATEWAY, MTU};
 
 pub use crate::provider::network::{machine_ip, DNS};
@@ -51,27 +52,22 @@ impl MachineNet {
     pub fn rebuild(&self, project: &ProjectNet) -> Result<()> {
         self.remove(project)?;
         self.netns.ensure()?;
-        // `ip` opens a namespace given with a '/' as a path.
-        let peer_netns = self.netns_path().to_string_lossy();
-        project.netns().ip(&[
-            &["link", "add", &self.veth, "mtu", MTU, "type", "veth", "peer", "name", "eth0", "netns", &peer_netns],
-            &["link", "set", &self.veth, "master", BRIDGE, "up"],
-        ])?;
-        let address = format!("{}/24", self.ip);
-        let gateway = GATEWAY.to_string();
-        self.netns.ip(&[
-            &["link", "set", "lo", "up"],
-            &["address", "add", &address, "dev", "eth0"],
-            &["link", "set", "eth0", "up"],
-            &["route", "add", "default", "via", &gateway],
-        ])?;
-        Ok(())
+        let peer_netns = std::fs::File::open(self.netns_path())
+            .with_context(|| format!("cannot open network namespace {}", self.netns_path().display()))?;
+        let bridge = Changes::in_namespace(project.netns().path())?;
+        bridge.add_veth(&self.veth, MTU, bridge.index_of(BRIDGE)?, "eth0", &peer_netns)?;
+        let machine = Changes::in_namespace(self.netns_path())?;
+        machine.set_up(machine.index_of("lo")?)?;
+        let eth0 = machine.index_of("eth0")?;
+        machine.add_ipv4(eth0, self.ip, 24)?;
+        machine.set_up(eth0)?;
+        machine.add_default_route(GATEWAY)
     }
 
     /// Removes the veth pair and the namespace.
     pub fn remove(&self, project: &ProjectNet) -> Result<()> {
         if project.netns().exists()? && project.netns().has_link(&self.veth) {
-            project.netns().ip(&[&["link", "delete", &self.veth]])?;
+            Changes::in_namespace(project.netns().path())?.delete_link(&self.veth)?;
         }
         self.netns.delete()
     }
