@@ -23,7 +23,6 @@ const STDERR_TAIL_LINES: usize = 20;
 /// the same packages (a test checks the two agree).
 pub const PACKAGES: &[(&str, &str)] = &[
     ("runc", "runc"),
-    ("ip", "iproute2"),
     ("slirp4netns", "slirp4netns"),
     ("tar", "tar"),
     ("zstd", "zstd"),

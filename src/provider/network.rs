@@ -27,6 +27,7 @@ use serde_json::json;
 use crate::model::Forward;
 use crate::plan::MachinePlan;
 use crate::process::Process;
+use crate::provider::netlink::Changes;
 use crate::provider::Error;
 use crate::state::PidFile;
 
@@ -134,28 +135,6 @@ impl Netns {
         }
     }
 
-    /// `ip -batch -` inside the namespace: several commands in one process (each process
-    /// costs a few milliseconds, and `up` needs a dozen of them).
-    pub fn ip(&self, commands: &[&[&str]]) -> Result<String> {
-        let script: String = commands.iter().map(|c| c.join(" ") + "\n").collect();
-        let doing = format!("running `{}` in network namespace {}", script.trim_end().replace('\n', "; "), self.name());
-        let ns = std::fs::File::open(&self.path).with_context(|| format!("cannot open network namespace {}", self.path.display()))?;
-        let ns_fd = ns.as_raw_fd();
-        let ip = Process::new("ip").args(["-batch", "-"]).doing(doing).stdin_bytes(script);
-        // SAFETY: setns is async-signal-safe; `ns` outlives the spawn, which `run` waits for.
-        let ip = unsafe {
-            ip.pre_exec(move || {
-                if libc::setns(ns_fd, libc::CLONE_NEWNET) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            })
-        };
-        let out = ip.run()?;
-        drop(ns);
-        Ok(out)
-    }
-
     pub fn has_link(&self, link: &str) -> bool {
         super::netlink::links(&self.path).is_ok_and(|links| links.iter().any(|l| l.name == link))
     }
@@ -224,11 +203,13 @@ impl ProjectNet {
         self.netns.ensure()?;
         // One read of the namespace's links (a netlink dump of every machine's link)
         // answers what follows.
-        let links = super::netlink::links(self.netns.path())?;
+        let changes = Changes::in_namespace(self.netns.path())?;
+        let links = changes.links()?;
         let bridge = links.iter().find(|l| l.name == BRIDGE).map(|l| l.index);
-        let tap = links.iter().find(|l| l.name == TAP);
+        let tap = links.iter().find(|l| l.name == TAP).cloned();
         if bridge.is_none() {
-            self.netns.ip(&[&["link", "set", "lo", "up"], &["link", "add", BRIDGE, "mtu", &MTU.to_string(), "type", "bridge"], &["link", "set", BRIDGE, "up"]])?;
+            changes.set_up(changes.index_of("lo")?)?;
+            changes.add_bridge(BRIDGE, MTU)?;
         }
         // A slirp4netns whose tap is not in the namespace serves one that is gone (its
         // holder, userns.rs, was killed, and the namespace file with it): replaced.
@@ -243,7 +224,7 @@ impl ProjectNet {
         // An `up` killed right after starting slirp4netns left tap0 loose: it is put on
         // the bridge unless it is there (master and up are set by one request).
         if restarted || bridge.is_none() || tap.and_then(|t| t.master) != bridge {
-            self.netns.ip(&[&["link", "set", TAP, "mtu", &MTU.to_string(), "master", BRIDGE, "up"]])?;
+            changes.join_bridge(changes.index_of(TAP)?, MTU, changes.index_of(BRIDGE)?)?;
         }
         if restarted {
             self.replay_forwards()?;
@@ -362,7 +343,8 @@ impl ProjectNet {
             .join()
             .map_err(|_| anyhow::anyhow!("the thread opening tap {name} panicked"))?
         })?;
-        self.netns.ip(&[&["link", "set", name, "mtu", &MTU.to_string(), "master", BRIDGE, "up"]])?;
+        let changes = Changes::in_namespace(netns)?;
+        changes.join_bridge(changes.index_of(name)?, MTU, changes.index_of(BRIDGE)?)?;
         Ok(tap)
     }
 

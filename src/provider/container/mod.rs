@@ -276,7 +276,6 @@ impl Provider for ContainerProvider {
         vec![
             super::host::tool("runc", "runc", Some("--version")),
             super::host::tool("slirp4netns", "slirp4netns", Some("--version")),
-            super::host::tool("iproute2", "ip", Some("-V")),
             super::host::filesystem("overlayfs", "overlay"),
         ]
     }

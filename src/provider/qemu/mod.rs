@@ -378,8 +378,6 @@ impl Provider for QemuProvider {
             super::host::tool("qemu", "qemu-system-x86_64", Some("--version")),
             super::host::tool("qemu-img", "qemu-img", Some("--version")),
             super::host::tool("ssh", "ssh", Some("-V")),
-            // Several machines of a project share a network namespace and bridge.
-            super::host::tool("iproute2", "ip", Some("-V")),
             accel::host_check(),
             virtiofs::host_check(),
         ]
