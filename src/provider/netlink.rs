@@ -239,16 +239,17 @@ impl Changes {
     }
 
     /// The index of link `name`, which must be there.
-    pub fn index_of(&self, name: &str) -> Result<u32> {
+    fn index_of(&self, name: &str) -> Result<u32> {
         match self.links()?.into_iter().find(|l| l.name == name) {
             Some(link) => Ok(link.index),
             None => bail!("network namespace {} has no link {name}", self.netns),
         }
     }
 
-    /// A veth pair: `name` here with `mtu`, up and on the bridge of index `master`; its
-    /// other end `peer` in the namespace of `peer_netns` (a descriptor of it), down.
-    pub fn add_veth(&self, name: &str, mtu: u32, master: u32, peer: &str, peer_netns: &impl std::os::fd::AsRawFd) -> Result<()> {
+    /// A veth pair: `name` here with `mtu`, up and on bridge `bridge`; its other end
+    /// `peer` in the namespace of `peer_netns` (a descriptor of it), down.
+    pub fn add_veth(&self, name: &str, mtu: u32, bridge: &str, peer: &str, peer_netns: &impl std::os::fd::AsRawFd) -> Result<()> {
+        let master = self.index_of(bridge)?;
         let mut body = link_message(0, true);
         attribute(&mut body, IFLA_IFNAME, &nul_terminated(name));
         attribute(&mut body, IFLA_MTU, &mtu.to_ne_bytes());
@@ -263,7 +264,7 @@ impl Changes {
                 });
             });
         });
-        self.ask(RTM_NEWLINK, libc::NLM_F_CREATE | libc::NLM_F_EXCL, &body, &format!("add veth {name} (its peer {peer} in another namespace)"))
+        self.ask(RTM_NEWLINK, libc::NLM_F_CREATE | libc::NLM_F_EXCL, &body, &format!("add veth {name} on {bridge} (its peer {peer} in another namespace)"))
     }
 
     /// A bridge `name` with `mtu`, up.
@@ -275,27 +276,28 @@ impl Changes {
         self.ask(RTM_NEWLINK, libc::NLM_F_CREATE | libc::NLM_F_EXCL, &body, &format!("add bridge {name}"))
     }
 
-    /// Puts link `index` on the bridge of index `master` with `mtu`, and up: one request.
-    pub fn join_bridge(&self, index: u32, mtu: u32, master: u32) -> Result<()> {
-        let mut body = link_message(index, true);
+    /// Puts link `name` on bridge `bridge` with `mtu`, and up: one request.
+    pub fn join_bridge(&self, name: &str, mtu: u32, bridge: &str) -> Result<()> {
+        let mut body = link_message(self.index_of(name)?, true);
         attribute(&mut body, IFLA_MTU, &mtu.to_ne_bytes());
-        attribute(&mut body, IFLA_MASTER, &master.to_ne_bytes());
-        self.ask(RTM_NEWLINK, 0, &body, &format!("put link {index} on bridge {master}"))
+        attribute(&mut body, IFLA_MASTER, &self.index_of(bridge)?.to_ne_bytes());
+        self.ask(RTM_NEWLINK, 0, &body, &format!("put link {name} on bridge {bridge}"))
     }
 
-    /// Sets link `index` up.
-    pub fn set_up(&self, index: u32) -> Result<()> {
-        self.ask(RTM_NEWLINK, 0, &link_message(index, true), &format!("set link {index} up"))
+    /// Sets link `name` up.
+    pub fn set_up(&self, name: &str) -> Result<()> {
+        self.ask(RTM_NEWLINK, 0, &link_message(self.index_of(name)?, true), &format!("set link {name} up"))
     }
 
-    /// Adds `address`/`prefix` to link `index`.
-    pub fn add_ipv4(&self, index: u32, address: Ipv4Addr, prefix: u8) -> Result<()> {
+    /// Adds `address`/`prefix` to link `name`.
+    pub fn add_ipv4(&self, name: &str, address: Ipv4Addr, prefix: u8) -> Result<()> {
+        let index = self.index_of(name)?;
         // struct ifaddrmsg: family, prefix length, flags, scope (universe), index.
         let mut body = vec![libc::AF_INET as u8, prefix, 0, 0];
         body.extend(index.to_ne_bytes());
         attribute(&mut body, IFA_LOCAL, &address.octets());
         attribute(&mut body, IFA_ADDRESS, &address.octets());
-        self.ask(RTM_NEWADDR, libc::NLM_F_CREATE | libc::NLM_F_EXCL, &body, &format!("add address {address}/{prefix} to link {index}"))
+        self.ask(RTM_NEWADDR, libc::NLM_F_CREATE | libc::NLM_F_EXCL, &body, &format!("add address {address}/{prefix} to link {name}"))
     }
 
     /// Adds the default route, through `gateway`.

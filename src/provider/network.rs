@@ -208,7 +208,7 @@ impl ProjectNet {
         let bridge = links.iter().find(|l| l.name == BRIDGE).map(|l| l.index);
         let tap = links.iter().find(|l| l.name == TAP).cloned();
         if bridge.is_none() {
-            changes.set_up(changes.index_of("lo")?)?;
+            changes.set_up("lo")?;
             changes.add_bridge(BRIDGE, MTU)?;
         }
         // A slirp4netns whose tap is not in the namespace serves one that is gone (its
@@ -224,7 +224,7 @@ impl ProjectNet {
         // An `up` killed right after starting slirp4netns left tap0 loose: it is put on
         // the bridge unless it is there (master and up are set by one request).
         if restarted || bridge.is_none() || tap.and_then(|t| t.master) != bridge {
-            changes.join_bridge(changes.index_of(TAP)?, MTU, changes.index_of(BRIDGE)?)?;
+            changes.join_bridge(TAP, MTU, BRIDGE)?;
         }
         if restarted {
             self.replay_forwards()?;
@@ -344,7 +344,7 @@ impl ProjectNet {
             .map_err(|_| anyhow::anyhow!("the thread opening tap {name} panicked"))?
         })?;
         let changes = Changes::in_namespace(netns)?;
-        changes.join_bridge(changes.index_of(name)?, MTU, changes.index_of(BRIDGE)?)?;
+        changes.join_bridge(name, MTU, BRIDGE)?;
         Ok(tap)
     }
 

@@ -55,12 +55,11 @@ impl MachineNet {
         let peer_netns = std::fs::File::open(self.netns_path())
             .with_context(|| format!("cannot open network namespace {}", self.netns_path().display()))?;
         let bridge = Changes::in_namespace(project.netns().path())?;
-        bridge.add_veth(&self.veth, MTU, bridge.index_of(BRIDGE)?, "eth0", &peer_netns)?;
+        bridge.add_veth(&self.veth, MTU, BRIDGE, "eth0", &peer_netns)?;
         let machine = Changes::in_namespace(self.netns_path())?;
-        machine.set_up(machine.index_of("lo")?)?;
-        let eth0 = machine.index_of("eth0")?;
-        machine.add_ipv4(eth0, self.ip, 24)?;
-        machine.set_up(eth0)?;
+        machine.set_up("lo")?;
+        machine.add_ipv4("eth0", self.ip, 24)?;
+        machine.set_up("eth0")?;
         machine.add_default_route(GATEWAY)
     }
 
