@@ -170,7 +170,8 @@ impl Runtime {
     }
 
     /// Waits up to `limit` for the container to stop; whether it has. Its init's pidfd
-    /// says when it ends; a state file that names no init is asked again every 50 ms.
+    /// says when it ends; without one (a state file that names no init, or an init that
+    /// ended between the read and the open) the state is asked again every 50 ms.
     pub fn wait_stopped(&self, id: &str, limit: Duration) -> Result<bool> {
         let deadline = Instant::now() + limit;
         loop {
@@ -181,8 +182,6 @@ impl Runtime {
             let left = deadline.saturating_duration_since(Instant::now());
             match state.init.as_ref().and_then(|init| open_pidfd(init.pid, init.start_time)) {
                 Some(init) => return Ok(init.wait_for_end(left)),
-                // Gone since the state was read: the next read says stopped.
-                None if state.init.is_some() => continue,
                 None if left.is_zero() => return Ok(false),
                 None => std::thread::sleep(Duration::from_millis(50).min(left)),
             }
