@@ -169,6 +169,9 @@ pub fn create_private_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// ext4's top-folder flag (`FS_TOPDIR_FL` in linux/fs.h; libc does not name it).
+const FS_TOPDIR_FL: libc::c_long = 0x0002_0000;
+
 /// Creates `dir` as `create_private_dir` does, as the parent of unrelated trees (one
 /// per machine): ext4 is asked to place each of its subfolders in a block group of its
 /// own (the Orlov allocator's top-folder flag, `chattr +T`), so each tree's files share
@@ -179,16 +182,14 @@ pub fn create_private_dir(dir: &Path) -> Result<()> {
 /// so a refusal changes nothing.
 pub fn create_private_dir_of_trees(dir: &Path) -> Result<()> {
     create_private_dir(dir)?;
-    /// `FS_TOPDIR_FL` in linux/fs.h (libc does not name it).
-    const TOPDIR: libc::c_long = 0x0002_0000;
     let Ok(folder) = fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW).open(dir) else {
         return Ok(());
     };
     let fd = std::os::fd::AsRawFd::as_raw_fd(&folder);
     let mut flags: libc::c_long = 0;
     // SAFETY: both ioctls read or write one c_long through a pointer to a live local.
-    if unsafe { libc::ioctl(fd, libc::FS_IOC_GETFLAGS, &mut flags) } == 0 && flags & TOPDIR == 0 {
-        flags |= TOPDIR;
+    if unsafe { libc::ioctl(fd, libc::FS_IOC_GETFLAGS, &mut flags) } == 0 && flags & FS_TOPDIR_FL == 0 {
+        flags |= FS_TOPDIR_FL;
         unsafe { libc::ioctl(fd, libc::FS_IOC_SETFLAGS, &flags) };
     }
     Ok(())
@@ -399,7 +400,7 @@ mod tests {
             let folder = fs::File::open(&machines).unwrap();
             let mut flags: libc::c_long = 0;
             assert_eq!(unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&folder), libc::FS_IOC_GETFLAGS, &mut flags) }, 0);
-            assert_ne!(flags & 0x0002_0000, 0, "the top-folder flag (chattr +T) is set: {flags:#x}");
+            assert_ne!(flags & FS_TOPDIR_FL, 0, "the top-folder flag (chattr +T) is set: {flags:#x}");
         }
         symlink(&machines, dir.path().join("link")).unwrap();
         assert!(create_private_dir_of_trees(&dir.path().join("link")).is_err(), "a symlink is refused");

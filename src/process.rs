@@ -365,18 +365,18 @@ impl Pidfd {
     }
 }
 
+impl std::os::fd::AsRawFd for Pidfd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
 /// Waits until `fd` is readable (or its writer closed), at most `limit`.
 pub fn wait_readable(fd: std::os::fd::RawFd, limit: Duration) -> bool {
     let mut poll = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
     let millis = libc::c_int::try_from(limit.as_millis()).unwrap_or(libc::c_int::MAX);
     // SAFETY: one valid pollfd for the duration of the call.
     unsafe { libc::poll(&mut poll, 1, millis) > 0 }
-}
-
-impl std::os::fd::AsRawFd for Pidfd {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        self.0.as_raw_fd()
-    }
 }
 
 /// Ends the process `pid`: SIGTERM, then SIGKILL if it is still there after 3 s; waits

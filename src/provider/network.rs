@@ -206,7 +206,7 @@ impl ProjectNet {
         let changes = Changes::in_namespace(self.netns.path())?;
         let links = changes.links()?;
         let bridge = links.iter().find(|l| l.name == BRIDGE).map(|l| l.index);
-        let tap = links.iter().find(|l| l.name == TAP).cloned();
+        let tap = links.iter().find(|l| l.name == TAP);
         if bridge.is_none() {
             changes.set_up("lo")?;
             changes.add_bridge(BRIDGE, MTU)?;
@@ -310,10 +310,11 @@ impl ProjectNet {
     /// Whether any machine is on the bridge (a container's veth or a VM's tap; slirp's
     /// own tap0 does not count).
     fn in_use(&self) -> Result<bool> {
-        if !self.netns.exists()? || !self.netns.has_link(BRIDGE) {
+        if !self.netns.exists()? {
             return Ok(false);
         }
-        let links = super::netlink::links(self.netns.path())?;
+        // One read of the links answers both; a namespace that cannot be read is unused.
+        let Ok(links) = super::netlink::links(self.netns.path()) else { return Ok(false) };
         let Some(bridge) = links.iter().find(|l| l.name == BRIDGE) else { return Ok(false) };
         Ok(links.iter().any(|l| l.master == Some(bridge.index) && l.name != TAP))
     }

@@ -159,7 +159,7 @@ fn spec(plan: &MachinePlan, layout: &Layout, net: &MachineNet, sync: &SyncSource
     linux.set_namespaces(Some(namespaces));
     let limits = Limits::for_this_user();
     let mut resources = LinuxResourcesBuilder::default();
-    let cgroups_path = match &limits {
+    let cgroups_path = match limits {
         Limits::Root => format!("/envy/{}", plan.runtime_id).into(),
         Limits::Delegated(dir) => dir.strip_prefix("/sys/fs/cgroup").unwrap_or(dir).join(format!("envy-{}", plan.runtime_id)),
         // runc, rootless, skips the cgroups it may not make only when no path is given.
@@ -180,7 +180,7 @@ fn spec(plan: &MachinePlan, layout: &Layout, net: &MachineNet, sync: &SyncSource
 }
 
 /// Where a machine's memory and cpu limits go.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum Limits {
     /// Root's cgroups, under /envy.
     Root,
@@ -194,9 +194,9 @@ pub enum Limits {
 impl Limits {
     /// This user's, found once per process: a normal user's answer reads the mount
     /// table, which grows with every machine, and up, the bundle and the runtime ask.
-    pub fn for_this_user() -> Limits {
+    pub fn for_this_user() -> &'static Limits {
         static LIMITS: std::sync::OnceLock<Limits> = std::sync::OnceLock::new();
-        let limits = LIMITS.get_or_init(|| {
+        LIMITS.get_or_init(|| {
             if !crate::userns::is_rootless() {
                 return Limits::Root;
             }
@@ -204,7 +204,6 @@ impl Limits {
                 Ok(dir) => Limits::Delegated(dir),
                 Err(_) => Limits::NotApplied,
             }
-        });
-        limits.clone()
+        })
     }
 }

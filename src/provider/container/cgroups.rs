@@ -151,9 +151,7 @@ pub fn create(hierarchies: &[Hierarchy], path: &str, resources: &Resources) -> R
 /// start must not run beside them).
 fn clear_orphans(paths: &BTreeMap<String, PathBuf>) -> Result<()> {
     // A frozen process does not die until thawed.
-    if let Some(freezer) = paths.get("freezer") {
-        let _ = std::fs::write(freezer.join("freezer.state"), "THAWED");
-    }
+    let _ = set_frozen(paths, false);
     let deadline = Instant::now() + SETTLE;
     for dir in folders(paths) {
         loop {
@@ -214,18 +212,34 @@ pub fn join(paths: &BTreeMap<String, PathBuf>, pid: libc::pid_t) -> Result<()> {
     folders(paths).into_iter().try_for_each(|dir| write_file(&dir.join("cgroup.procs"), &pid.to_string()))
 }
 
+/// The container's freezer file, and what it reads when frozen and when thawed:
+/// cgroup v1's freezer controller, or v2's cgroup.freeze.
+fn freezer(paths: &BTreeMap<String, PathBuf>) -> Option<(PathBuf, &'static str, &'static str)> {
+    match (paths.get("freezer"), paths.get("")) {
+        (Some(v1), _) => Some((v1.join("freezer.state"), "FROZEN", "THAWED")),
+        (None, Some(v2)) => Some((v2.join("cgroup.freeze"), "1", "0")),
+        (None, None) => None,
+    }
+}
+
+fn reads(file: &Path, value: &str) -> bool {
+    std::fs::read_to_string(file).is_ok_and(|s| s.trim() == value)
+}
+
+/// Whether the container's processes are frozen (paused).
+pub fn is_frozen(paths: &BTreeMap<String, PathBuf>) -> bool {
+    freezer(paths).is_some_and(|(file, frozen, _)| reads(&file, frozen))
+}
+
 /// Freezes (or thaws) every process of the container, and waits until the kernel says so.
 pub fn set_frozen(paths: &BTreeMap<String, PathBuf>, frozen: bool) -> Result<()> {
-    let (file, value, settled) = match (paths.get("freezer"), paths.get("")) {
-        (Some(v1), _) => (v1.join("freezer.state"), if frozen { "FROZEN" } else { "THAWED" }, v1.join("freezer.state")),
-        (None, Some(v2)) => (v2.join("cgroup.freeze"), if frozen { "1" } else { "0" }, v2.join("cgroup.freeze")),
-        (None, None) => bail!("the container has no freezer cgroup"),
-    };
+    let Some((file, on, off)) = freezer(paths) else { bail!("the container has no freezer cgroup") };
+    let value = if frozen { on } else { off };
     write_file(&file, value)?;
     let deadline = Instant::now() + SETTLE;
-    while std::fs::read_to_string(&settled).map(|s| s.trim().to_string()).ok().as_deref() != Some(value) {
+    while !reads(&file, value) {
         if Instant::now() >= deadline {
-            bail!("{} did not become {value} within {} s", settled.display(), SETTLE.as_secs());
+            bail!("{} did not become {value} within {} s", file.display(), SETTLE.as_secs());
         }
         std::thread::sleep(Duration::from_millis(1));
     }

@@ -212,11 +212,10 @@ pub fn stage(orders: RawFd, report: RawFd) -> i32 {
     // SAFETY: first, before anything of the container exists.
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     // SAFETY: both descriptors were handed to this process by its parent, for it alone.
-    let (mut orders, mut report) = unsafe { (File::from_raw_fd(orders), File::from_raw_fd(report)) };
-    let mut text = Vec::new();
-    let outcome = match orders.read_to_end(&mut text).map_err(anyhow::Error::from).and_then(|_| Ok(serde_json::from_slice::<Orders>(&text)?)) {
+    let (orders, mut report) = unsafe { (File::from_raw_fd(orders), File::from_raw_fd(report)) };
+    let outcome = match enter::read_orders::<Orders>(orders) {
         Ok(orders) => start_init(&orders),
-        Err(e) => Outcome::Failed { message: format!("cannot read envy's instructions: {e:#}") },
+        Err(e) => Outcome::Failed { message: format!("{e:#}") },
     };
     let _ = report.write_all(&serde_json::to_vec(&outcome).unwrap_or_default());
     i32::from(!matches!(outcome, Outcome::Started { .. }))
@@ -404,9 +403,6 @@ fn make_devices(root: &OwnedFd, rootless: bool) -> Result<()> {
     for (name, major, minor) in DEVICES {
         let c_name = CString::new(name).expect("no NUL in device names");
         if rootless {
-            let made = unsafe { libc::openat(dev.as_raw_fd(), c_name.as_ptr(), libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC, 0o666) };
-            let file = crate::fsutil::fd_from_syscall(made as libc::c_long).with_context(|| format!("cannot make /dev/{name}"))?;
-            drop(file);
             let node = ensure(root, &Path::new("/dev").join(name), false)?;
             mount(Some(&Path::new("/dev").join(name)), &crate::fsutil::fd_path(&node), None, MsFlags::MS_BIND, None)
                 .with_context(|| format!("cannot bind the host's /dev/{name}"))?;

@@ -354,13 +354,14 @@ pub fn stage(pidfd: RawFd, orders: RawFd, report: RawFd, console: Option<RawFd>)
     1
 }
 
-fn read_orders(mut orders: File) -> Result<Instructions> {
+/// What a stage's parent sent it through the pipe `orders`.
+pub(super) fn read_orders<T: serde::de::DeserializeOwned>(mut orders: File) -> Result<T> {
     let mut text = Vec::new();
     orders.read_to_end(&mut text).context("cannot read envy's instructions")?;
     serde_json::from_slice(&text).context("cannot read envy's instructions")
 }
 
-pub(super) fn failed(what: String) -> Report {
+fn failed(what: String) -> Report {
     Report { code: None, message: format!("{what}: {}", std::io::Error::last_os_error()) }
 }
 

@@ -99,10 +99,8 @@ impl Native {
     /// its cgroups and state.
     pub fn delete(&self, id: &str) -> Result<()> {
         if let Some(state) = self.recorded(id)? {
-            // A frozen process cannot die.
-            if state.cgroup_paths.contains_key("freezer") || state.cgroup_paths.contains_key("") {
-                let _ = cgroups::set_frozen(&state.cgroup_paths, false);
-            }
+            // A frozen process cannot die (a container without a freezer has nothing to thaw).
+            let _ = cgroups::set_frozen(&state.cgroup_paths, false);
             kill_and_wait(&state).with_context(|| format!("cannot stop container {id}"))?;
             cgroups::remove(&state.cgroup_paths)?;
         }

@@ -64,16 +64,6 @@ pub(super) struct StateFile {
     pub cgroup_paths: BTreeMap<String, PathBuf>,
 }
 
-impl StateFile {
-    /// Whether the container's cgroup is frozen (paused).
-    fn is_frozen(&self) -> bool {
-        if let Some(v1) = self.cgroup_paths.get("freezer") {
-            return std::fs::read_to_string(v1.join("freezer.state")).is_ok_and(|s| s.trim() == "FROZEN");
-        }
-        self.cgroup_paths.get("").is_some_and(|v2| std::fs::read_to_string(v2.join("cgroup.freeze")).is_ok_and(|s| s.trim() == "1"))
-    }
-}
-
 /// What a state folder says.
 pub(super) enum Recorded {
     Absent,
@@ -94,7 +84,7 @@ pub(super) fn read_state(dir: &Path) -> Result<Recorded> {
         Some(stat) if stat.start_time == recorded.init_process_start && !stat.is_gone() => {
             if dir.join("exec.fifo").exists() {
                 Status::Created
-            } else if recorded.is_frozen() {
+            } else if super::cgroups::is_frozen(&recorded.cgroup_paths) {
                 Status::Paused
             } else {
                 Status::Running
