@@ -200,6 +200,60 @@ fn payload_with_wrong_digest_is_refused() {
     assert!(env.store_entries().is_empty());
 }
 
+/// Format 2's box.toml: everything but the digests, which box.sums gives last.
+fn manifest_v2() -> Vec<u8> {
+    b"format = 2\nname = \"late\"\nversion = \"1\"\narch = \"x86_64\"\nproviders = [\"container\"]\n\n\
+      [container]\nrootfs = \"rootfs.tar\"\n\n[files]\n"
+        .to_vec()
+}
+
+/// Adds `bytes` as a box and expects a refusal saying `message`, with nothing stored.
+fn assert_bad_box(env: &TestEnv, bytes: Vec<u8>, message: &str) {
+    let path = env.path("bad.box");
+    std::fs::write(&path, bytes).unwrap();
+    env.envy().args(["box", "add"]).arg(&path).assert().code(4).stderr(contains(message));
+    assert!(env.store_entries().is_empty(), "store must stay empty: {:?}", env.store_entries());
+}
+
+/// Format 2 (what envy writes since its boxes are packed front to back): the digests
+/// come last, in box.sums; the store keeps the whole manifest. Whatever is wrong with
+/// box.sums, or its place, is refused and nothing is stored.
+#[test]
+fn a_format_2_box_is_checked_against_its_last_entry() {
+    let env = TestEnv::new();
+    let payload = RawTar::default().dir("etc").file("etc/hostname", b"late\n").finish();
+    let digest = sha256_hex(&payload);
+    let sums = format!("{digest}  rootfs.tar\n");
+    let good = || RawTar::default().file("box.toml", &manifest_v2()).file("rootfs.tar", &payload);
+
+    let wrong = "b".repeat(64);
+    assert_bad_box(&env, good().file("box.sums", format!("{wrong}  rootfs.tar\n").as_bytes()).finish(), &format!("expected {wrong}, got {digest}"));
+    assert_bad_box(&env, good().finish(), "it ends without box.sums, the payloads' digests: the box was cut short");
+    assert_refused(&env, good().file("box.sums", sums.as_bytes()).file("extra", b"x").finish(), "extra", "comes after box.sums, which must be the box's last entry");
+    assert_bad_box(&env, good().file("box.sums", format!("{digest} rootfs.tar\n").as_bytes()).finish(), "box.sums line 1: expected `SHA256  NAME`");
+    assert_bad_box(&env, good().file("box.sums", format!("{sums}{digest}  rootfs.tar\n").as_bytes()).finish(), "box.sums line 2: `rootfs.tar` is listed twice");
+    assert_bad_box(&env, good().file("box.sums", format!("{}  rootfs.tar\n", digest.to_uppercase()).as_bytes()).finish(), "is not a lowercase sha256 hex digest");
+    assert_bad_box(&env, good().file("box.sums", format!("{sums}{digest}  other.img\n").as_bytes()).finish(), "`files` lists `other.img`, which no section of box.toml names");
+    assert_bad_box(&env, RawTar::default().file("box.toml", &manifest_v2()).file("box.sums", sums.as_bytes()).finish(), "`files` lists rootfs.tar, which the archive does not contain");
+    assert_refused(&env, good().file("other.img", b"x").finish(), "other.img", "is not a payload box.toml names");
+    let with_digests = [&manifest_v2()[..], format!("\"rootfs.tar\" = \"{digest}\"\n").as_bytes()].concat();
+    assert_bad_box(&env, RawTar::default().file("box.toml", &with_digests).file("rootfs.tar", &payload).finish(), "format 2 keeps the payloads' digests in box.sums");
+    let future = String::from_utf8(manifest_v2()).unwrap().replace("format = 2", "format = 3");
+    assert_bad_box(&env, RawTar::default().file("box.toml", future.as_bytes()).finish(), "format 3 is not one this envy reads (1 and 2); upgrade envy");
+
+    let bytes = good().file("box.sums", sums.as_bytes()).finish();
+    let path = env.path("late.box");
+    std::fs::write(&path, &bytes).unwrap();
+    let box_digest = sha256_hex(&bytes);
+    env.envy().args(["box", "add"]).arg(&path).assert().success().stdout(contains(&box_digest));
+    let stored = env.home.join("boxes").join(&box_digest);
+    assert_eq!(std::fs::read(stored.join("rootfs/etc/hostname")).unwrap(), b"late\n");
+    // The store's box.toml is the whole manifest, digests and all.
+    let kept = std::fs::read_to_string(stored.join("box.toml")).unwrap();
+    assert!(kept.contains("format = 2") && kept.contains(&format!("\"rootfs.tar\" = \"{digest}\"")), "{kept}");
+    env.envy().args(["box", "verify"]).assert().success();
+}
+
 /// A valid hand-made box in every compression envy reads.
 #[test]
 fn box_archives_in_every_compression() {

@@ -55,10 +55,11 @@ fn container_box_from_a_directory_and_a_tarball() {
     assert!(String::from_utf8_lossy(&assert.get_output().stdout).starts_with(&digest), "prints the digest");
     let entries = box_entries(&out);
     let names: Vec<&str> = entries.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(names, ["box.toml", "rootfs.tar"]);
+    assert_eq!(names, ["box.toml", "rootfs.tar", "box.sums"]);
     let manifest = String::from_utf8_lossy(&entries[0].1).into_owned();
     assert!(manifest.contains("name = \"web\"") && manifest.contains("version = \"3\""), "{manifest}");
-    assert!(manifest.contains(&format!("\"rootfs.tar\" = \"{}\"", sha256_hex(&entries[1].1))), "{manifest}");
+    // The payload's digest comes last, as `sha256sum` writes it.
+    assert_eq!(String::from_utf8_lossy(&entries[2].1), format!("{}  rootfs.tar\n", sha256_hex(&entries[1].1)));
     let mut inner = tar::Archive::new(&entries[1].1[..]);
     let inner_names: Vec<String> =
         inner.entries().unwrap().map(|e| e.unwrap().path().unwrap().display().to_string()).collect();
@@ -182,7 +183,7 @@ fn qemu_box_without_kernel_boots_by_firmware() {
         .stderr(contains("has no /boot/vmlinuz*"));
     let entries = box_entries(&out);
     let names: Vec<&str> = entries.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(names, ["box.toml", "disk.qcow2"]);
+    assert_eq!(names, ["box.toml", "disk.qcow2", "box.sums"]);
     assert!(String::from_utf8_lossy(&entries[0].1).contains("boot = \"firmware\""));
 }
 

@@ -152,9 +152,10 @@ impl<R: Read> Read for ProgressReader<'_, R> {
 }
 
 /// Unpacks a `.box` into `dest` (an empty directory): `box.toml`, then exactly the
-/// payload files it lists, each hashed while written and checked against the manifest.
-/// Only plain regular files are accepted. On error `dest` may hold partial files; the
-/// caller removes it.
+/// payload files it names, each hashed while written and checked against its digest:
+/// box.toml's own in format 1, box.sums's (the last entry) in format 2. `dest` gets the
+/// whole manifest as its box.toml. Only plain regular files are accepted. On error
+/// `dest` may hold partial files; the caller removes it.
 pub fn unpack_box(
     path: &Path,
     compression: Compression,
@@ -172,8 +173,11 @@ pub fn unpack_box(
         reason: format!("the tar stream is damaged ({e})"),
     };
     let mut archive = open_tar(path, compression, progress)?;
-    let mut manifest: Option<Manifest> = None;
-    let mut seen = HashSet::new();
+    // box.toml as read, and (format 2) the payload names box.sums must give.
+    let mut head: Option<(Manifest, Option<std::collections::BTreeSet<String>>)> = None;
+    let mut sums: Option<BTreeMap<String, String>> = None;
+    // Each payload's sha256 as it was written.
+    let mut written: BTreeMap<String, String> = BTreeMap::new();
     for entry in archive.entries().map_err(read_err)? {
         let mut entry = entry.map_err(read_err)?;
         let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
@@ -199,53 +203,78 @@ pub fn unpack_box(
                 &format!("has setuid/setgid/sticky bits (mode {mode:o}); box payload files must not"),
             ));
         }
-        let size = entry.size();
-        let Some(manifest_ref) = &manifest else {
+        if sums.is_some() {
+            return Err(hostile(&raw, &format!("comes after {}, which must be the box's last entry", manifest::SUMS_NAME)));
+        }
+        let Some((manifest, expected)) = &head else {
             if name != manifest::FILE_NAME {
                 return Err(Error::NotABox {
                     archive: label.into(),
                     reason: format!("its first entry is `{raw}`, not box.toml"),
                 });
             }
-            if size > MAX_MANIFEST_BYTES {
-                return Err(hostile(
-                    &raw,
-                    &format!("claims {size} bytes; box.toml may be at most {MAX_MANIFEST_BYTES}"),
-                ));
-            }
-            let mut text = String::new();
-            entry.read_to_string(&mut text).map_err(read_err)?;
-            let parsed = Manifest::parse(&text, label)?;
-            crate::fsutil::write_atomic(&dest.join(manifest::FILE_NAME), text.as_bytes())
-                .map_err(|e| Error::io("cannot write in", dest)(io::Error::other(e)))?;
-            manifest = Some(parsed);
+            head = Some(Manifest::parse_first_entry(&read_small(&mut entry, &raw, label)?, label)?);
             continue;
         };
-        let Some(expected) = manifest_ref.files.get(name) else {
-            return Err(hostile(&raw, "is not listed in box.toml's `files`"));
+        if let (Some(_), manifest::SUMS_NAME) = (expected, name) {
+            sums = Some(manifest::parse_sums(&read_small(&mut entry, &raw, label)?, label)?);
+            continue;
+        }
+        let listed = match expected {
+            Some(names) => names.contains(name),
+            None => manifest.files.contains_key(name),
         };
-        if !seen.insert(name.to_string()) {
+        if !listed {
+            return Err(hostile(&raw, "is not a payload box.toml names"));
+        }
+        if written.contains_key(name) {
             return Err(hostile(&raw, "appears twice"));
         }
-        let sha256 = write_entry(&mut entry, &dest.join(name), &raw, label)?;
-        if &sha256 != expected {
+        written.insert(name.to_string(), write_entry(&mut entry, &dest.join(name), &raw, label)?);
+    }
+    let (mut manifest, expected) =
+        head.ok_or_else(|| Error::NotABox { archive: label.into(), reason: "it is empty".into() })?;
+    if expected.is_some() {
+        manifest.files = sums.ok_or_else(|| Error::BadManifest {
+            archive: label.into(),
+            reason: format!("it ends without {}, the payloads' digests: the box was cut short (an interrupted download or share?)", manifest::SUMS_NAME),
+        })?;
+        manifest.validate(label)?;
+    }
+    for (name, expected) in &manifest.files {
+        let Some(sha256) = written.get(name) else {
+            return Err(Error::BadManifest {
+                archive: label.into(),
+                reason: format!("`files` lists {name}, which the archive does not contain"),
+            });
+        };
+        if sha256 != expected {
             return Err(Error::WrongDigest {
                 what: format!("{name} in {label}"),
                 algorithm: "sha256",
                 expected: expected.clone(),
-                got: sha256,
+                got: sha256.clone(),
             });
         }
     }
-    let manifest =
-        manifest.ok_or_else(|| Error::NotABox { archive: label.into(), reason: "it is empty".into() })?;
-    if let Some(missing) = manifest.files.keys().find(|f| !seen.contains(*f)) {
-        return Err(Error::BadManifest {
-            archive: label.into(),
-            reason: format!("`files` lists {missing}, which the archive does not contain"),
+    crate::fsutil::write_atomic(&dest.join(manifest::FILE_NAME), manifest.to_toml().as_bytes())
+        .map_err(|e| Error::io("cannot write in", dest)(io::Error::other(e)))?;
+    Ok(manifest)
+}
+
+/// The text of box.toml or box.sums, bounded before it is read.
+fn read_small<R: Read>(entry: &mut tar::Entry<R>, raw: &str, label: &str) -> Result<String, Error> {
+    let size = entry.size();
+    if size > MAX_MANIFEST_BYTES {
+        return Err(Error::HostileEntry {
+            archive: label.to_string(),
+            entry: raw.to_string(),
+            reason: format!("claims {size} bytes; it may be at most {MAX_MANIFEST_BYTES}"),
         });
     }
-    Ok(manifest)
+    let mut text = String::new();
+    entry.read_to_string(&mut text).map_err(|e| Error::NotABox { archive: label.to_string(), reason: format!("the tar stream is damaged ({e})") })?;
+    Ok(text)
 }
 
 /// Writes a box entry's bytes to `out_path` (a new file) and returns their sha256,
@@ -643,10 +672,31 @@ pub fn pack_rootfs_dir(dir: &Path, out: &Path) -> anyhow::Result<String> {
 /// `pack_rootfs_dir`'s tar, written into `out` (which it returns).
 pub(super) fn pack_rootfs_into<W: Write>(dir: &Path, out: W) -> anyhow::Result<W> {
     let mut builder = tar::Builder::new(out);
-    let epoch = std::env::var("SOURCE_DATE_EPOCH").ok().and_then(|v| v.trim().parse::<u64>().ok());
-    let mut hardlinks: BTreeMap<(u64, u64), PathBuf> = BTreeMap::new();
-    append_tree(&mut builder, dir, Path::new(""), Packing { epoch, upper: Upper::No }, &mut hardlinks)?;
+    append_tree(&mut builder, dir, Path::new(""), Packing::rootfs(Data::Read), &mut Walk::default())?;
     Ok(builder.into_inner()?)
+}
+
+/// The size of the tar `pack_rootfs_into` would write of `dir` now, found from the
+/// tree's metadata alone (no file's bytes are read): a box's header for the tar must
+/// give its size before the tar streams.
+pub(super) fn rootfs_tar_size(dir: &Path) -> anyhow::Result<u64> {
+    let mut builder = tar::Builder::new(Counter(0));
+    let mut walk = Walk::default();
+    append_tree(&mut builder, dir, Path::new(""), Packing::rootfs(Data::Sized), &mut walk)?;
+    Ok(builder.into_inner()?.0 + walk.unread)
+}
+
+/// A writer that only counts.
+struct Counter(u64);
+
+impl Write for Counter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0 += buf.len() as u64;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Packs an overlayfs upper directory (a container machine's own changes) as an OCI
@@ -656,8 +706,8 @@ pub(super) fn pack_rootfs_into<W: Write>(dir: &Path, out: W) -> anyhow::Result<W
 pub fn pack_layer_dir(upper: &Path, out: &Path) -> anyhow::Result<()> {
     let file = File::create(out).map_err(Error::io("cannot create", out))?;
     let mut builder = tar::Builder::new(io::BufWriter::with_capacity(1 << 20, file));
-    let mut hardlinks: BTreeMap<(u64, u64), PathBuf> = BTreeMap::new();
-    append_tree(&mut builder, upper, Path::new(""), Packing { epoch: None, upper: Upper::AsOciLayer }, &mut hardlinks)?;
+    let packing = Packing { epoch: None, upper: Upper::AsOciLayer, data: Data::Read };
+    append_tree(&mut builder, upper, Path::new(""), packing, &mut Walk::default())?;
     // Not synced, as `pack_rootfs_dir`: it is compressed into the blob that is pushed.
     builder.into_inner()?.into_inner().map_err(|e| e.into_error())?;
     Ok(())
@@ -705,6 +755,32 @@ struct Packing {
     epoch: Option<u64>,
     /// Whether the tree is an overlayfs upper dir, and what its whiteouts become.
     upper: Upper,
+    data: Data,
+}
+
+impl Packing {
+    /// A root filesystem, as `pack_rootfs_dir` packs it.
+    fn rootfs(data: Data) -> Packing {
+        let epoch = std::env::var("SOURCE_DATE_EPOCH").ok().and_then(|v| v.trim().parse::<u64>().ok());
+        Packing { epoch, upper: Upper::No, data }
+    }
+}
+
+/// Whether `append_tree` reads the files' bytes into the tar.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Data {
+    Read,
+    /// Only the headers are written; the files' padded sizes are added up in
+    /// `Walk::unread` instead.
+    Sized,
+}
+
+/// What `append_tree` keeps across the tree: the first name of each file with more
+/// than one (the later ones become hard links), and the bytes `Data::Sized` left out.
+#[derive(Default)]
+struct Walk {
+    hardlinks: BTreeMap<(u64, u64), PathBuf>,
+    unread: u64,
 }
 
 /// What `append_tree` makes of an overlayfs upper dir's whiteouts and opaque dirs.
@@ -721,7 +797,7 @@ fn append_tree<W: Write>(
     root: &Path,
     rel: &Path,
     packing: Packing,
-    hardlinks: &mut BTreeMap<(u64, u64), PathBuf>,
+    walk: &mut Walk,
 ) -> anyhow::Result<()> {
     let dir = root.join(rel);
     let mut names: Vec<_> = std::fs::read_dir(&dir)
@@ -751,15 +827,18 @@ fn append_tree<W: Write>(
         }
         if ft.is_file() && meta.nlink() > 1 {
             // Second and later names of a file become hardlinks, as tar does.
-            if let Some(first) = hardlinks.get(&(meta.dev(), meta.ino())) {
+            if let Some(first) = walk.hardlinks.get(&(meta.dev(), meta.ino())) {
                 header.set_entry_type(EntryType::Link);
                 header.set_size(0);
                 builder.append_link(&mut header, &entry_rel, first)?;
                 continue;
             }
-            hardlinks.insert((meta.dev(), meta.ino()), entry_rel.clone());
+            walk.hardlinks.insert((meta.dev(), meta.ino()), entry_rel.clone());
         }
-        if ft.is_file() {
+        if ft.is_file() && packing.data == Data::Sized {
+            builder.append_data(&mut header, &entry_rel, io::empty())?;
+            walk.unread += meta.len().next_multiple_of(512);
+        } else if ft.is_file() {
             let file = File::open(&path).map_err(Error::io("cannot read", &path))?;
             let mut content = (&file).take(meta.len());
             builder.append_data(&mut header, &entry_rel, &mut content)?;
@@ -777,7 +856,7 @@ fn append_tree<W: Write>(
             if packing.upper == Upper::AsOciLayer && is_opaque_dir(&path) {
                 append_marker(builder, &entry_rel.join(OPAQUE))?;
             }
-            append_tree(builder, root, &entry_rel, packing, hardlinks)?;
+            append_tree(builder, root, &entry_rel, packing, walk)?;
         }
     }
     Ok(())

@@ -1,7 +1,7 @@
 //! `box.toml`: what a box holds and how to run it (docs/box-format.md), read strictly
 //! and checked against its payload, or generated for a raw upstream artifact.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -10,8 +10,16 @@ use crate::model::BoxFormat;
 
 /// The manifest's file name, first entry of every `.box` archive.
 pub const FILE_NAME: &str = "box.toml";
-/// The manifest format this envy writes and reads.
-pub const FORMAT: u32 = 1;
+/// The last entry of a format 2 `.box`: its payloads' sha256s, as `sha256sum` prints
+/// them, known only once the payloads are written.
+pub const SUMS_NAME: &str = "box.sums";
+/// The manifest format this envy writes. Format 1 boxes (box.toml names every
+/// payload's digest, so it is written last, in place) are still read.
+pub const FORMAT: u32 = 2;
+/// The formats this envy reads.
+const READS: [u32; 2] = [1, FORMAT];
+/// The most lines a box.sums holds: one per payload, and a box has a few.
+const MAX_SUMS: usize = 64;
 /// Default kernel command line of boxes built for direct kernel boot.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 root=/dev/vda rw";
 
@@ -19,7 +27,7 @@ pub const DEFAULT_CMDLINE: &str = "console=ttyS0 root=/dev/vda rw";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
-    /// Manifest format version (1).
+    /// Manifest format version (1 or 2: where the payloads' digests are).
     pub format: u32,
     pub name: String,
     pub version: String,
@@ -29,7 +37,8 @@ pub struct Manifest {
     pub providers: Vec<BoxFormat>,
     pub container: Option<ContainerPayload>,
     pub qemu: Option<QemuPayload>,
-    /// sha256 (hex) of every payload file, by file name.
+    /// sha256 (hex) of every payload file, by file name. Empty in a format 2 box's
+    /// own box.toml: its digests come last, in box.sums.
     pub files: BTreeMap<String, String>,
     /// A box pulled from an OCI registry: its blobs, as stored payload files.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -111,47 +120,84 @@ pub enum BootMethod {
 impl Manifest {
     /// Parses and validates `box.toml` text; `archive` names the box in errors.
     pub fn parse(text: &str, archive: &str) -> Result<Manifest, Error> {
-        let manifest: Manifest = toml::from_str(text).map_err(|e| Error::BadManifest {
-            archive: archive.to_string(),
-            reason: e.message().to_string(),
-        })?;
+        let manifest = Manifest::from_toml(text, archive)?;
         manifest.validate(archive)?;
         Ok(manifest)
+    }
+
+    fn from_toml(text: &str, archive: &str) -> Result<Manifest, Error> {
+        toml::from_str(text).map_err(|e| Error::BadManifest { archive: archive.to_string(), reason: e.message().to_string() })
     }
 
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("a manifest always serializes")
     }
 
-    /// Checks that the manifest is self-consistent: known format, payload names that
-    /// are plain file names, every referenced file listed with a sha256.
+    /// Checks that the manifest is whole and self-consistent: a known format, payload
+    /// names that are plain file names, every referenced file listed with a sha256
+    /// (in format 2, exactly those).
     pub fn validate(&self, archive: &str) -> Result<(), Error> {
         let bad = |reason: String| Error::BadManifest { archive: archive.to_string(), reason };
-        if self.format != FORMAT {
+        if !READS.contains(&self.format) {
             return Err(bad(format!(
-                "format {} is not one this envy reads ({FORMAT}); upgrade envy",
+                "format {} is not one this envy reads (1 and {FORMAT}); upgrade envy",
                 self.format
             )));
         }
-        if self.providers.is_empty() {
-            return Err(bad("`providers` is empty".into()));
-        }
         for (name, digest) in &self.files {
-            if !is_plain_file_name(name) || name == FILE_NAME {
+            if !is_payload_name(name) {
                 return Err(bad(format!(
-                    "payload file name `{name}` must be a plain file name (no `/`, not `..`, not box.toml)"
+                    "payload file name `{name}` must be a plain file name (no `/`, not `..`, not {FILE_NAME} or {SUMS_NAME})"
                 )));
             }
             super::digest::parse_sha256(digest)
                 .map_err(|_| bad(format!("files.{name} is not a sha256 hex digest")))?;
         }
-        let listed = |field: &str, name: &str| {
-            if self.files.contains_key(name) {
-                Ok(())
-            } else {
-                Err(bad(format!("{field} names `{name}`, which `files` does not list with a sha256")))
+        let named = self.validate_sections(archive)?;
+        if let Some((field, name)) = named.iter().find(|(_, name)| !self.files.contains_key(*name)) {
+            return Err(bad(format!("{field} names `{name}`, which `files` does not list with a sha256")));
+        }
+        if self.format == FORMAT {
+            if let Some(extra) = self.files.keys().find(|f| !named.iter().any(|(_, name)| name == f)) {
+                return Err(bad(format!("`files` lists `{extra}`, which no section of box.toml names")));
             }
-        };
+        }
+        Ok(())
+    }
+
+    /// Parses the box.toml that comes first in a `.box`. A format 1 one is whole; a
+    /// format 2 one has no digests yet (they come last, in box.sums), and comes back
+    /// with the payload names box.sums must give.
+    pub fn parse_first_entry(text: &str, archive: &str) -> Result<(Manifest, Option<BTreeSet<String>>), Error> {
+        let manifest = Manifest::from_toml(text, archive)?;
+        if manifest.format != FORMAT {
+            manifest.validate(archive)?;
+            return Ok((manifest, None));
+        }
+        let bad = |reason: String| Error::BadManifest { archive: archive.to_string(), reason };
+        if !manifest.files.is_empty() {
+            return Err(bad(format!("format {FORMAT} keeps the payloads' digests in {SUMS_NAME}, last in the box; `files` must be empty")));
+        }
+        let mut expected = BTreeSet::new();
+        for (field, name) in manifest.validate_sections(archive)? {
+            if !is_payload_name(name) {
+                return Err(bad(format!(
+                    "{field} names `{name}`, which is not a plain file name (no `/`, not `..`, not {FILE_NAME} or {SUMS_NAME})"
+                )));
+            }
+            expected.insert(name.to_string());
+        }
+        Ok((manifest, Some(expected)))
+    }
+
+    /// Checks what does not depend on the digests, and returns every payload name the
+    /// sections use, with the key that uses it.
+    fn validate_sections(&self, archive: &str) -> Result<Vec<(&'static str, &str)>, Error> {
+        let bad = |reason: String| Error::BadManifest { archive: archive.to_string(), reason };
+        if self.providers.is_empty() {
+            return Err(bad("`providers` is empty".into()));
+        }
+        let mut named: Vec<(&'static str, &str)> = Vec::new();
         for kind in &self.providers {
             match kind {
                 BoxFormat::Container if self.container.is_none() => {
@@ -165,31 +211,25 @@ impl Manifest {
         }
         if let Some(c) = &self.container {
             match (&c.rootfs, &self.image) {
-                (Some(rootfs), None) => listed("container.rootfs", rootfs)?,
+                (Some(rootfs), None) => named.push(("container.rootfs", rootfs)),
                 (None, Some(_)) => {}
                 _ => return Err(bad("a container box needs exactly one of container.rootfs and [image]".into())),
             }
         }
         if let Some(image) = &self.image {
-            listed("image.manifest", &image.manifest)?;
-            listed("image.config", &image.config)?;
-            for layer in &image.layers {
-                listed("image.layers", layer)?;
-            }
+            named.push(("image.manifest", &image.manifest));
+            named.push(("image.config", &image.config));
+            named.extend(image.layers.iter().map(|layer| ("image.layers", layer.as_str())));
         }
         if let Some(q) = &self.qemu {
-            listed("qemu.disk", &q.disk)?;
-            if let Some(k) = &q.kernel {
-                listed("qemu.kernel", k)?;
-            }
-            if let Some(i) = &q.initrd {
-                listed("qemu.initrd", i)?;
-            }
+            named.push(("qemu.disk", &q.disk));
+            named.extend(q.kernel.iter().map(|k| ("qemu.kernel", k.as_str())));
+            named.extend(q.initrd.iter().map(|i| ("qemu.initrd", i.as_str())));
             if q.boot == BootMethod::Kernel && q.kernel.is_none() {
                 return Err(bad("qemu.boot is \"kernel\" but qemu.kernel is not set".into()));
             }
         }
-        Ok(())
+        Ok(named)
     }
 
     /// The manifest of a bare qcow2 disk image: booted by its own firmware.
@@ -240,6 +280,46 @@ impl Manifest {
             envfile: None,
         }
     }
+}
+
+/// box.sums's text: `HEX  NAME` lines, as `sha256sum` prints them (so `sha256sum -c
+/// box.sums` checks an unpacked box), in name order.
+pub fn sums_text(files: &BTreeMap<String, String>) -> String {
+    files.iter().map(|(name, sha256)| format!("{sha256}  {name}\n")).collect()
+}
+
+/// Reads box.sums strictly: each line `HEX  NAME` with a lowercase sha256, a payload
+/// name, each name once. Errors name the line.
+pub fn parse_sums(text: &str, archive: &str) -> Result<BTreeMap<String, String>, Error> {
+    let bad = |line: usize, reason: &str| Error::BadManifest { archive: archive.to_string(), reason: format!("{SUMS_NAME} line {line}: {reason}") };
+    let mut files = BTreeMap::new();
+    let Some(body) = text.strip_suffix('\n') else {
+        return Err(bad(text.lines().count().max(1), "the file must end with a newline"));
+    };
+    for (index, line) in body.split('\n').enumerate() {
+        let number = index + 1;
+        if files.len() == MAX_SUMS {
+            return Err(bad(number, &format!("a box has at most {MAX_SUMS} payload files")));
+        }
+        let Some((digest, name)) = line.split_once("  ") else {
+            return Err(bad(number, "expected `SHA256  NAME` (two spaces between)"));
+        };
+        if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            return Err(bad(number, &format!("`{digest}` is not a lowercase sha256 hex digest")));
+        }
+        if !is_payload_name(name) {
+            return Err(bad(number, &format!("`{name}` is not a payload file name")));
+        }
+        if files.insert(name.to_string(), digest.to_string()).is_some() {
+            return Err(bad(number, &format!("`{name}` is listed twice")));
+        }
+    }
+    Ok(files)
+}
+
+/// A name a payload file may have: a plain file name, and not one of the box's own.
+fn is_payload_name(name: &str) -> bool {
+    is_plain_file_name(name) && name != FILE_NAME && name != SUMS_NAME
 }
 
 /// A single path component that is safe to join onto a directory.
