@@ -6,7 +6,7 @@
 #   2. halted VM: `envy snapshot save` with a 1 GiB vs a 10 GiB disk, beside
 #      `qemu-img snapshot -c` on a copy of the same overlay (the cost must not grow);
 #   3. `envy share` of the container with 1 GiB changed beside `tar | zstd -3 -T0` of its root filesystem,
-#      with throughput.
+#      with throughput, SHARE_RUNS times each (default 3), alternating, and the ratio of the totals.
 # Needs root, runc, slirp4netns, busybox-static, qemu, and what boxes/recipes/tiny-vm.sh needs.
 # Usage: benches/snapshot.sh [path/to/envy]   (default: target/release/envy, built if missing)
 set -euo pipefail
@@ -62,18 +62,29 @@ upper=$(bench_machine_dir ct)/upper
 chain=$(python3 -c "import json,sys; print(''.join(sys.argv[2] + '/layers/' + str(i) + ':' for i in reversed(json.load(open(sys.argv[1])))))" "$(bench_machine_dir ct)/layers.json" "$(bench_machine_dir ct)")
 
 echo
-echo "== envy share beside tar | zstd -3 -T0 of the same root filesystem"
+echo "== envy share beside tar | zstd -3 -T0 of the same root filesystem, ${SHARE_RUNS:=3} runs each, alternating"
 "$ENVY" -q halt
-s0=$(now); "$ENVY" -q share -o "$work/ct.box" >/dev/null; s1=$(now)
 lower=$(find "$ENVY_HOME/boxes" -maxdepth 2 -type d -name rootfs | head -1)
-merged=$work/merged; mkdir -p "$merged" "$work/owork"
-mount -t overlay overlay -o "lowerdir=$chain$lower,upperdir=$upper,workdir=$work/owork" "$merged"
-r0=$(now); tar -C "$merged" -cf - . | zstd -q -3 -T0 > "$work/raw-share.tar.zst"; r1=$(now)
+# Read-only, the machine's own layer as the top lower one: envy share mounts that
+# layer too while this stays mounted.
+merged=$work/merged; mkdir -p "$merged"
+mount -t overlay overlay -o "ro,lowerdir=$upper:$chain$lower" "$merged"
 size=$(du -sm --apparent-size "$merged" | cut -f1)
+total_envy=0; total_raw=0
+for run in $(seq "$SHARE_RUNS"); do
+  # Untimed syncs: neither side pays for writing back what the other left dirty
+  # (envy's box is synced before share returns, tar | zstd's output is not).
+  rm -f "$work/ct.box" "$work/raw-share.tar.zst"; sync
+  s0=$(now); "$ENVY" -q share -o "$work/ct.box" >/dev/null; s1=$(now)
+  sync
+  r0=$(now); tar -C "$merged" -cf - . | zstd -q -3 -T0 > "$work/raw-share.tar.zst"; r1=$(now)
+  es=$(secs "$s0" "$s1"); rs=$(secs "$r0" "$r1")
+  total_envy=$(echo "$total_envy + $es" | bc -l); total_raw=$(echo "$total_raw + $rs" | bc -l)
+  printf 'run %s: envy share %ss (%s MiB/s)   tar|zstd %ss (%s MiB/s)   ratio %s\n' "$run" \
+    "$es" "$(echo "$size / $es" | bc -l | xargs printf '%.0f')" "$rs" "$(echo "$size / $rs" | bc -l | xargs printf '%.0f')" "$(ratio "$es" "$rs")"
+done
 umount "$merged"
-es=$(secs "$s0" "$s1"); rs=$(secs "$r0" "$r1")
-printf 'envy share: %ss (%s MiB/s)   tar|zstd: %ss (%s MiB/s)   ratio %s\n' \
-  "$es" "$(echo "$size / $es" | bc -l | xargs printf '%.0f')" "$rs" "$(echo "$size / $rs" | bc -l | xargs printf '%.0f')" "$(ratio "$es" "$rs")"
+printf 'all %s runs (%s MiB): envy share %ss, tar|zstd %ss, ratio %s\n' "$SHARE_RUNS" "$size" "$(printf '%.3f' "$total_envy")" "$(printf '%.3f' "$total_raw")" "$(ratio "$total_envy" "$total_raw")"
 "$ENVY" -q destroy --force
 cd "$root"
 

@@ -157,7 +157,7 @@ fn qemu_payload(
         providers: vec![BoxFormat::Qemu],
         container: None,
         qemu: Some(QemuPayload { disk: "disk.qcow2".into(), boot, kernel, initrd, cmdline, first_login: Default::default() }),
-        // pack_box fills in the digests.
+        // pack_box writes the digests last, in box.sums.
         files: BTreeMap::new(),
         image: None,
         envfile: None,

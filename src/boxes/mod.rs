@@ -27,7 +27,7 @@ pub use build::{build, BuildRequest};
 pub use digest::{parse_sha256, sha256_file};
 pub use error::Error;
 
-pub use manifest::{BootMethod, ContainerPayload, FirstLogin, ImagePayload, Manifest, QemuPayload};
+pub use manifest::{BootMethod, ContainerPayload, FirstLogin, ImagePayload, Manifest, QemuPayload, FORMAT as MANIFEST_FORMAT};
 pub use oci::{pull, push, push_disk, ImageRun, ImageUser, Pulled};
 pub use serve::BoxServer;
 pub use source::{listed_name, parse_box_ref, BoxSource, OCI_SCHEME};

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use tar::EntryType;
 
 use super::archive::{changed, pack_rootfs_into, rootfs_tar_size};
-use super::digest::{Offload, ThreadedHashingWriter};
+use super::digest::{Hasher, Offload, ThreadedHashingWriter};
 use super::manifest::{self, Manifest};
 use super::Error;
 
@@ -29,8 +29,9 @@ pub enum Payload {
 /// Writes a zstd-compressed `.box`: `box.toml` (`manifest` without digests, checked as
 /// a reader would check it, `label` naming the box in its errors), the payloads in the
 /// order of `files` (which must be the names the manifest uses), each read once (a file
-/// or tree that changes while it is read is refused), and box.sums. The box is synced
-/// before this returns. Returns the box's sha256.
+/// or tree that changes while it is read is refused), and box.sums. Returns the box's
+/// sha256. The box is not synced, as tar's and zstd's output is not: nothing relies on
+/// it being on disk, and whoever reads it checks it against that digest.
 pub fn pack_box(out: &Path, mut manifest: Manifest, files: &BTreeMap<String, Payload>, label: &str) -> anyhow::Result<String> {
     manifest.format = manifest::FORMAT;
     manifest.files.clear();
@@ -41,20 +42,16 @@ pub fn pack_box(out: &Path, mut manifest: Manifest, files: &BTreeMap<String, Pay
         "box {label}: the payloads given ({names:?}) are not the ones its box.toml names ({expected:?})"
     );
     let file = File::create(out).map_err(Error::io("cannot create", out))?;
-    let mut disk = disk_writer(file).map_err(Error::io("cannot write", out))?;
-    let mut box_hash = ThreadedHashingWriter::new(&mut disk);
-    let written = zstd_encoder(&mut box_hash).map_err(anyhow::Error::from).and_then(|mut encoder| {
+    let mut disk = disk_writer(file);
+    let written = zstd_encoder(&mut disk).map_err(anyhow::Error::from).and_then(|mut encoder| {
         write_box(&mut encoder, &mut manifest, files)?;
         encoder.finish()?;
         Ok(())
     });
-    let digest = box_hash.finish_counted().map(|(_, (digest, _))| digest);
     // A write that failed (a full disk) is this file's error, whatever else it broke.
-    let disk = disk.finish().map_err(Error::io("cannot write", out))?;
+    let (_, hasher) = disk.finish().map_err(Error::io("cannot write", out))?;
     written?;
-    let digest = digest?;
-    disk.file.sync_all().map_err(Error::io("cannot write", out))?;
-    Ok(digest)
+    Ok(hasher.finish().sha256)
 }
 
 fn write_box(out: &mut dyn Write, manifest: &mut Manifest, files: &BTreeMap<String, Payload>) -> anyhow::Result<()> {
@@ -130,54 +127,13 @@ fn entry_bytes(mut header: tar::Header, name: &str, data: &[u8]) -> io::Result<V
     Ok(std::mem::take(builder.get_mut()))
 }
 
-/// A thread that has the disk write the box's bytes while the rest is still being
-/// packed, as far as it is told they reached the file: the sync at the end then finds
-/// little left, instead of the whole box (which the kernel would otherwise keep in
-/// memory for up to 30 s). It waits for the disk, the packing never does.
-fn flusher(file: &File) -> io::Result<std::sync::mpsc::Sender<u64>> {
-    use std::os::fd::AsRawFd as _;
-    let file = file.try_clone()?;
-    let (tell, told) = std::sync::mpsc::channel::<u64>();
-    std::thread::spawn(move || {
-        let mut from = 0;
-        while let Ok(mut to) = told.recv() {
-            to = told.try_iter().last().unwrap_or(to);
-            let (Ok(offset), Ok(len)) = (i64::try_from(from), i64::try_from(to - from)) else { return };
-            // SAFETY: a plain syscall on a descriptor this thread owns; it touches no
-            // memory. A failure is ignored: the sync at the end is what counts.
-            let _ = unsafe {
-                libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER)
-            };
-            from = to;
-        }
-    });
-    Ok(tell)
-}
-
-/// The box file on the thread that writes it, and how far the flusher was told.
-struct Disk {
-    file: File,
-    written: u64,
-    told: u64,
-    flusher: std::sync::mpsc::Sender<u64>,
-}
-
-/// How many written bytes are gathered before the flusher is told of them.
-const FLUSH_EVERY: u64 = 32 << 20;
-
-/// The box file, written on a thread of its own.
-fn disk_writer(file: File) -> io::Result<Offload<Disk>> {
-    let flusher = flusher(&file)?;
-    Ok(Offload::new(Disk { file, written: 0, told: 0, flusher }, |disk, chunk| {
-        disk.file.write_all(chunk)?;
-        disk.written += chunk.len() as u64;
-        if disk.written - disk.told >= FLUSH_EVERY {
-            // A flusher gone (it cannot fail) changes nothing: the sync at the end counts.
-            let _ = disk.flusher.send(disk.written);
-            disk.told = disk.written;
-        }
-        Ok(())
-    }))
+/// The box file, hashed and written on a thread of its own while the rest is packed
+/// (one hand-over of the bytes: the packing thread is the one that waits on copies).
+fn disk_writer(file: File) -> Offload<(File, Hasher)> {
+    Offload::new((file, Hasher::new()), |(file, hasher), chunk| {
+        hasher.update(chunk);
+        file.write_all(chunk)
+    })
 }
 
 /// The zstd stream of boxes: level 3 (zstd's default), compressed by as many worker

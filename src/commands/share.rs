@@ -139,14 +139,14 @@ fn pack(ctx: &Context, plan: &crate::plan::MachinePlan, record: &MachineRecord, 
     let project_name = plan.project.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "project".into());
     let name = format!("{project_name}-{}", plan.name());
     let manifest = Manifest {
-        format: 1,
+        format: boxes::MANIFEST_FORMAT,
         name: name.clone(),
         version: format!("shared-{}", chrono_stamp()),
         arch: stored.manifest.arch.clone(),
         providers: vec![format],
         container,
         qemu,
-        // Filled by pack_box with the payloads' digests.
+        // pack_box writes the payloads' digests last, in box.sums.
         files: BTreeMap::new(),
         image: None,
         envfile: Some(plan.spec.to_section(&plan.project.dir, toml::Value::String(name))),

@@ -25,7 +25,7 @@ mod runtime;
 mod sealed_exe;
 mod snapshot;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
@@ -67,6 +67,15 @@ impl Default for ContainerProvider {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// What a machine's root is mounted for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RootFor {
+    /// The container's root, written by it.
+    Running,
+    /// A read-only view, for a halted machine's export.
+    Reading,
 }
 
 /// One machine with everything this provider knows how to reach for it.
@@ -139,7 +148,7 @@ impl<'a> Machine<'a> {
         // rootfs() checks the box's unpacked root is there before anything is made for it.
         let lower = stored.rootfs()?;
         if !overlay::is_mounted(&self.layout.rootfs())? {
-            self.mount_root(&lower)?;
+            self.mount_root(&lower, RootFor::Running)?;
         }
         let sources = self.stage_sync_folders()?;
         bundle::write(self.plan, &self.layout, &self.net, &sources, ImageRun::of(stored)?.as_ref())?;
@@ -156,14 +165,24 @@ impl<'a> Machine<'a> {
     }
 
     /// Mounts the machine's root: its upper layer over its frozen layers (layers.rs) over
-    /// the box's rootfs, made first for a new machine.
-    fn mount_root(&self, box_rootfs: &Path) -> Result<()> {
+    /// the box's rootfs, made first for a new machine. To be read, the upper layer is
+    /// the top lower one and the mount is read-only: unmounting a writable overlay
+    /// syncs the whole filesystem under it (overlayfs's sync_fs), whatever else was
+    /// just written there, such as the box an export packs.
+    fn mount_root(&self, box_rootfs: &Path, purpose: RootFor) -> Result<()> {
         let layers = layers::Layers::of(&self.layout);
         let chain = layers.repair()?;
         for dir in [self.layout.work(), self.layout.rootfs()] {
             crate::fsutil::create_private_dir(&dir)?;
         }
-        overlay::mount_overlay(&layers.lowers(&chain, box_rootfs)?, &self.layout.upper(), &self.layout.work(), &self.layout.rootfs())
+        let lowers = layers.lowers(&chain, box_rootfs)?;
+        match purpose {
+            RootFor::Running => overlay::mount_overlay(&lowers, Some((&self.layout.upper(), &self.layout.work())), &self.layout.rootfs()),
+            RootFor::Reading => {
+                let lowers: Vec<PathBuf> = std::iter::once(self.layout.upper()).chain(lowers).collect();
+                overlay::mount_overlay(&lowers, None, &self.layout.rootfs())
+            }
+        }
     }
 
     /// Bind-mounts each sync folder, opened by fd (see `MachinePlan::open_sync_folders`),

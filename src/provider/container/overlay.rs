@@ -74,12 +74,13 @@ pub fn mounts_under(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(found)
 }
 
-/// Mounts the overlay at `merged`, `lowers` top first. Paths holding `,` or `:` cannot
+/// Mounts the overlay at `merged`, `lowers` top first, over `upper` and its work dir
+/// (none: a read-only view). Paths holding `,` or `:` cannot
 /// be named in overlay options and are refused with an explanation. The lower dirs are
 /// opened (no symlink followed) and named by their short `/proc/self/fd/N` paths, so a
 /// deep chain of layers fits in the one page that mount options may take.
-pub fn mount_overlay(lowers: &[PathBuf], upper: &Path, work: &Path, merged: &Path) -> Result<()> {
-    for path in [upper, work, merged] {
+pub fn mount_overlay(lowers: &[PathBuf], upper: Option<(&Path, &Path)>, merged: &Path) -> Result<()> {
+    for path in upper.into_iter().flat_map(|(upper, work)| [upper, work]).chain([merged]) {
         let text = path.to_string_lossy();
         if text.contains(',') || text.contains(':') {
             bail!(Error::OverlayPath { path: path.to_path_buf() });
@@ -92,7 +93,10 @@ pub fn mount_overlay(lowers: &[PathBuf], upper: &Path, work: &Path, merged: &Pat
         opened.push(fd);
     }
     let lowerdir: Vec<String> = opened.iter().map(|fd| format!("/proc/self/fd/{}", fd.as_raw_fd())).collect();
-    let mut options = format!("lowerdir={},upperdir={},workdir={}", lowerdir.join(":"), upper.display(), work.display());
+    let mut options = format!("lowerdir={}", lowerdir.join(":"));
+    if let Some((upper, work)) = upper {
+        options.push_str(&format!(",upperdir={},workdir={}", upper.display(), work.display()));
+    }
     // Inside a normal user's namespace overlayfs may not write trusted.* xattrs: it keeps
     // what makes a dir opaque or renamed under user.overlay.* (boxes/archive.rs reads both).
     if crate::userns::is_rootless() {

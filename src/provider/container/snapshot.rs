@@ -295,7 +295,7 @@ pub fn export(m: &Machine, lower: &Path, ui: &Ui, pack: &mut crate::provider::Ex
     let rootfs = m.layout.rootfs();
     let mounted_here = !overlay::is_mounted(&rootfs)?;
     if mounted_here {
-        m.mount_root(lower)?;
+        m.mount_root(lower, super::RootFor::Reading)?;
     }
     ui.step(format!("{}: exporting its root filesystem", m.name()));
     let payloads = std::collections::BTreeMap::from([("rootfs.tar".to_string(), crate::boxes::Payload::Tree(rootfs))]);
