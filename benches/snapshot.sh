@@ -1,14 +1,25 @@
 #!/usr/bin/env bash
 # Times snapshots and sharing beside the raw tools, in one run:
 #   1. container: `envy snapshot save` of a running machine (a copy of its upper layer),
-#      of a halted one (a rename), and `restore`, with 1 MiB, 100 MiB and 1 GiB changed,
-#      beside `tar --zstd` of the same layer (what an archive of it costs);
+#      right after the data was written and again after `sync` (a reflink shares blocks on
+#      disk, so data still in the page cache is written out first), of a halted one (a
+#      rename), and `restore`, with 1 MiB, 100 MiB and 1 GiB changed, beside `tar --zstd`
+#      of the same layer (what an archive of it costs) and `cp -a` of it (a plain copy: a
+#      reflink where the filesystem has them, as envy's copy is);
 #   2. halted VM: `envy snapshot save` with a 1 GiB vs a 10 GiB disk, beside
 #      `qemu-img snapshot -c` on a copy of the same overlay (the cost must not grow);
 #   3. `envy share` of the container with 1 GiB changed beside `tar | zstd -3 -T0` of its root filesystem,
-#      with throughput, SHARE_RUNS times each (default 3), alternating, and the ratio of the totals.
+#      with throughput, SHARE_RUNS times each, alternating, and the ratio of the totals.
 # Needs root, runc, slirp4netns, busybox-static, qemu, and what boxes/recipes/tiny-vm.sh needs.
 # Usage: benches/snapshot.sh [path/to/envy]   (default: target/release/envy, built if missing)
+# Environment:
+#   BENCH_FS=xfs|btrfs    the work dir (ENVY_HOME: machines' upper and snapshot layers, and
+#                         the raw tools' files) on a fresh filesystem of that kind, an 8 GiB
+#                         sparse image loop-mounted for the run and removed after it: there
+#                         copy_file_range clones extents (reflinks) instead of copying bytes.
+#                         Needs xfsprogs or btrfs-progs. Default: the host's filesystem (/tmp).
+#   BENCH_ONLY=container  only section 1.
+#   SHARE_RUNS=N          how many times section 3 runs each side (default 3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -16,16 +27,46 @@ root=$PWD
 bench_require_root
 ENVY=$(bench_envy "${1:-}")
 
+case ${BENCH_FS:-} in
+  '') ;;
+  xfs) bench_require_tools mkfs.xfs:xfsprogs losetup:mount ;;
+  btrfs) bench_require_tools mkfs.btrfs:btrfs-progs losetup:mount ;;
+  *) echo "error: BENCH_FS=$BENCH_FS is not known (xfs, btrfs, or unset for the host's filesystem)" >&2; exit 1 ;;
+esac
+case ${BENCH_ONLY:-} in
+  '' | container) ;;
+  *) echo "error: BENCH_ONLY=$BENCH_ONLY is not known (container, or unset for every section)" >&2; exit 1 ;;
+esac
+
 work=$(mktemp -d /tmp/envy-snapbench.XXXXXX)
+image= loop=
 export ENVY_HOME=$work/home CI=1 ENVY_ACCEL=tcg
 cleanup() {
   set +e
   for p in "$work"/ct "$work"/vm1 "$work"/vm10; do
     [ -f "$p/Envfile" ] && (cd "$p" && "$ENVY" destroy --force >/dev/null 2>&1)
   done
+  if [ -n "$loop" ]; then
+    cd /   # the sections run inside the work dir
+    mountpoint -q "$work" && { umount "$work" || umount -l "$work"; }
+    losetup -d "$loop"
+  fi
+  [ -n "$image" ] && rm -f "$image"
   rm -rf "$work"
 }
 trap cleanup EXIT
+
+if [ -n "${BENCH_FS:-}" ]; then
+  image=$work.img
+  truncate -s 8G "$image"
+  loop=$(losetup --find --show "$image")
+  case $BENCH_FS in
+    xfs) mkfs.xfs -q -m reflink=1 "$loop" ;;
+    btrfs) mkfs.btrfs -q "$loop" >/dev/null ;;
+  esac
+  mount "$loop" "$work"
+fi
+echo "== work dir $work on $(findmnt -no FSTYPE,SOURCE -T "$work" | xargs), kernel $(uname -r)"
 
 now() { date +%s.%N; }
 secs() { echo "$2 - $1" | bc -l | xargs printf '%.3f'; }
@@ -42,10 +83,12 @@ box = { path = "$work/busybox.box" }
 EOT
 cd "$work/ct"
 "$ENVY" -q up
-printf '%-10s %13s %13s %10s %12s %14s\n' changed "save running" "save halted" restore "tar --zstd" "halted/tar"
+printf '%-10s %13s %13s %12s %10s %11s %9s %11s %10s\n' changed "save running" "after sync" "save halted" restore "tar --zstd" "cp -a" "halted/tar" "synced/cp"
 for mib in 1 100 1024; do
   "$ENVY" exec -- sh -c "head -c $((mib << 20)) /dev/urandom > /root/data-$mib"
   t0=$(now); "$ENVY" -q snapshot save "r$mib"; t1=$(now)
+  sync --file-system "$ENVY_HOME"
+  s0=$(now); "$ENVY" -q snapshot save "s$mib"; s1=$(now)
   "$ENVY" -q halt
   t2=$(now); "$ENVY" -q snapshot save "h$mib"; t3=$(now)
   "$ENVY" -q snapshot restore "r$mib"; t4=$(now)
@@ -53,10 +96,14 @@ for mib in 1 100 1024; do
   machine_dir=$(bench_machine_dir ct)
   layer=$machine_dir/layers/$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['layers'][-1])" "$machine_dir/snapshots/h$mib.json")
   r0=$(now); tar --zstd -cf "$work/raw-$mib.tar.zst" -C "$layer" .; r1=$(now)
-  rm -f "$work/raw-$mib.tar.zst"
-  printf '%-10s %12ss %12ss %9ss %11ss %14s\n' "${mib} MiB" "$(secs "$t0" "$t1")" "$(secs "$t2" "$t3")" "$(secs "$t3" "$t4")" "$(secs "$r0" "$r1")" "$(ratio "$(secs "$t2" "$t3")" "$(secs "$r0" "$r1")")"
+  c0=$(now); cp -a --reflink=auto "$layer" "$work/raw-$mib.copy"; c1=$(now)
+  rm -rf "$work/raw-$mib.tar.zst" "$work/raw-$mib.copy"
+  printf '%-10s %12ss %12ss %11ss %9ss %10ss %8ss %11s %10s\n' "${mib} MiB" "$(secs "$t0" "$t1")" "$(secs "$s0" "$s1")" "$(secs "$t2" "$t3")" \
+    "$(secs "$t3" "$t4")" "$(secs "$r0" "$r1")" "$(secs "$c0" "$c1")" \
+    "$(ratio "$(secs "$t2" "$t3")" "$(secs "$r0" "$r1")")" "$(ratio "$(secs "$s0" "$s1")" "$(secs "$c0" "$c1")")"
   "$ENVY" -q up
 done
+[ "${BENCH_ONLY:-}" = container ] && exit 0
 upper=$(bench_machine_dir ct)/upper
 # The machine's frozen layers, top first, over the box: the raw side mounts the same.
 chain=$(python3 -c "import json,sys; print(''.join(sys.argv[2] + '/layers/' + str(i) + ':' for i in reversed(json.load(open(sys.argv[1])))))" "$(bench_machine_dir ct)/layers.json" "$(bench_machine_dir ct)")
