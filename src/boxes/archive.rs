@@ -19,7 +19,7 @@ use crate::ui::Progress;
 pub const MAX_PAYLOAD_BYTES: u64 = 256 << 30;
 /// Largest single file in a root filesystem tarball.
 pub const MAX_ROOTFS_ENTRY_BYTES: u64 = 64 << 30;
-/// Largest `box.toml`.
+/// Largest `box.toml` or `box.sums`.
 const MAX_MANIFEST_BYTES: u64 = 1 << 20;
 
 pub(super) const QCOW2_MAGIC: &[u8] = b"QFI\xfb";
@@ -168,10 +168,7 @@ pub fn unpack_box(
         entry: entry.to_string(),
         reason: reason.to_string(),
     };
-    let read_err = |e: io::Error| Error::NotABox {
-        archive: label.to_string(),
-        reason: format!("the tar stream is damaged ({e})"),
-    };
+    let read_err = damaged(label);
     let mut archive = open_tar(path, compression, progress)?;
     // box.toml as read, and (format 2) the payload names box.sums must give.
     let mut head: Option<(Manifest, Option<std::collections::BTreeSet<String>>)> = None;
@@ -264,17 +261,28 @@ pub fn unpack_box(
 
 /// The text of box.toml or box.sums, bounded before it is read.
 fn read_small<R: Read>(entry: &mut tar::Entry<R>, raw: &str, label: &str) -> Result<String, Error> {
+    check_claim(entry, MAX_MANIFEST_BYTES, "box.toml and box.sums", raw, label)?;
+    let mut text = String::new();
+    entry.read_to_string(&mut text).map_err(damaged(label))?;
+    Ok(text)
+}
+
+/// Refuses an entry whose header claims more than `bound` bytes, before it is read.
+fn check_claim<R: Read>(entry: &tar::Entry<R>, bound: u64, what: &str, raw: &str, label: &str) -> Result<(), Error> {
     let size = entry.size();
-    if size > MAX_MANIFEST_BYTES {
+    if size > bound {
         return Err(Error::HostileEntry {
             archive: label.to_string(),
             entry: raw.to_string(),
-            reason: format!("claims {size} bytes; it may be at most {MAX_MANIFEST_BYTES}"),
+            reason: format!("claims {size} bytes, more than the {bound}-byte bound for {what}"),
         });
     }
-    let mut text = String::new();
-    entry.read_to_string(&mut text).map_err(|e| Error::NotABox { archive: label.to_string(), reason: format!("the tar stream is damaged ({e})") })?;
-    Ok(text)
+    Ok(())
+}
+
+/// What a read error of the box's tar stream means.
+fn damaged(label: &str) -> impl Fn(io::Error) -> Error + Copy + '_ {
+    move |e| Error::NotABox { archive: label.to_string(), reason: format!("the tar stream is damaged ({e})") }
 }
 
 /// Writes a box entry's bytes to `out_path` (a new file) and returns their sha256,
@@ -282,15 +290,9 @@ fn read_small<R: Read>(entry: &mut tar::Entry<R>, raw: &str, label: &str) -> Res
 /// before its announced size; a full disk is its own error. The file is synced before
 /// this returns: a stamp must never vouch for lost bytes.
 pub(super) fn write_entry<R: Read>(entry: &mut tar::Entry<R>, out_path: &Path, raw: &str, label: &str) -> Result<String, Error> {
+    check_claim(entry, MAX_PAYLOAD_BYTES, "a payload file", raw, label)?;
     let size = entry.size();
-    if size > MAX_PAYLOAD_BYTES {
-        return Err(Error::HostileEntry {
-            archive: label.to_string(),
-            entry: raw.to_string(),
-            reason: format!("claims {size} bytes, more than the {MAX_PAYLOAD_BYTES}-byte bound for a payload file"),
-        });
-    }
-    let damaged = |e: io::Error| Error::NotABox { archive: label.to_string(), reason: format!("the tar stream is damaged ({e})") };
+    let damaged = damaged(label);
     let out = File::create(out_path).map_err(Error::io("cannot write", out_path))?;
     let mut writer = HashingWriter::new(io::BufWriter::with_capacity(1 << 20, out), Hasher::new());
     let copied = io::copy(entry, &mut writer)
