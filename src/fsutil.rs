@@ -5,7 +5,7 @@
 use std::fs;
 use std::io::Write;
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path};
 
 use anyhow::{Context as _, Result};
@@ -373,11 +373,16 @@ impl FileLock {
             .with_context(|| format!("cannot open lock file {}", path.display()))
     }
 
-    fn mark(mut lock: nix::fcntl::Flock<fs::File>, path: &Path) -> Result<FileLock> {
-        use std::io::Seek;
-        lock.set_len(0)
-            .and_then(|_| lock.rewind())
-            .and_then(|_| write!(lock, "{}", std::process::id()))
+    /// Writes the holder's pid over the last one, padded to one length, so the file
+    /// is not truncated first: shortening a file frees its block, a metadata write
+    /// each command would otherwise pay.
+    fn mark(lock: nix::fcntl::Flock<fs::File>, path: &Path) -> Result<FileLock> {
+        let pid = format!("{:<10}\n", std::process::id());
+        lock.write_all_at(pid.as_bytes(), 0)
+            .and_then(|()| match lock.metadata()?.len() > pid.len() as u64 {
+                true => lock.set_len(pid.len() as u64),
+                false => Ok(()),
+            })
             .with_context(|| format!("cannot write {}", path.display()))?;
         Ok(FileLock { _file: lock })
     }

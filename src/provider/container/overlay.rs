@@ -125,7 +125,11 @@ pub fn bind_mount(source: &Path, point: &Path, is_dir: bool) -> Result<()> {
 /// Unmounts every mount at or below `dir`, lazily when one is busy, and checks that
 /// none is left, so a following removal never reaches through a mount.
 pub fn unmount_all(dir: &Path) -> Result<()> {
-    for point in mounts_under(dir)? {
+    let points = mounts_under(dir)?;
+    if points.is_empty() {
+        return Ok(());
+    }
+    for point in points {
         if umount2(&point, MntFlags::empty()).is_err() {
             umount2(&point, MntFlags::MNT_DETACH).map_err(|cause| Error::Unmount { point: point.clone(), cause })?;
         }
