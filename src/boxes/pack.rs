@@ -57,7 +57,7 @@ pub fn pack_box(out: &Path, mut manifest: Manifest, files: &BTreeMap<String, Pay
 fn write_box(out: &mut dyn Write, manifest: &mut Manifest, files: &BTreeMap<String, Payload>) -> anyhow::Result<()> {
     out.write_all(&tar_entry(manifest::FILE_NAME, manifest.to_toml().as_bytes())?)?;
     for (name, payload) in files {
-        let (sha256, _) = match payload {
+        let sha256 = match payload {
             Payload::File(path) => copy_file(name, path, out)?,
             Payload::Tree(dir) => pack_tree(name, dir, out)?,
         };
@@ -70,9 +70,8 @@ fn write_box(out: &mut dyn Write, manifest: &mut Manifest, files: &BTreeMap<Stri
 }
 
 /// Copies a payload file, its header before it and the tar padding after it, into
-/// `out`, and returns its sha256 and size; a file that changes while it is read is
-/// refused.
-fn copy_file(name: &str, path: &Path, out: &mut dyn Write) -> anyhow::Result<(String, u64)> {
+/// `out`, and returns its sha256; a file that changes while it is read is refused.
+fn copy_file(name: &str, path: &Path, out: &mut dyn Write) -> anyhow::Result<String> {
     let file = File::open(path).map_err(Error::io("cannot read", path))?;
     let before = file.metadata().map_err(Error::io("cannot read", path))?;
     out.write_all(&payload_header(name, before.len())?)?;
@@ -85,12 +84,12 @@ fn copy_file(name: &str, path: &Path, out: &mut dyn Write) -> anyhow::Result<(St
         return Err(Error::TreeChanged { dir, file: path.to_path_buf() }.into());
     }
     out.write_all(&[0; 512][..(size.next_multiple_of(512) - size) as usize])?;
-    Ok((sha256, size))
+    Ok(sha256)
 }
 
 /// Packs a root filesystem dir as the payload `name`, behind a header with the size
 /// its metadata gave; a tree whose tar came out another size changed meanwhile.
-fn pack_tree(name: &str, dir: &Path, out: &mut dyn Write) -> anyhow::Result<(String, u64)> {
+fn pack_tree(name: &str, dir: &Path, out: &mut dyn Write) -> anyhow::Result<String> {
     let size = rootfs_tar_size(dir)?;
     out.write_all(&payload_header(name, size)?)?;
     // A tar is whole 512-byte blocks, so the entry needs no padding after it.
@@ -98,7 +97,7 @@ fn pack_tree(name: &str, dir: &Path, out: &mut dyn Write) -> anyhow::Result<(Str
     if packed != size {
         return Err(Error::TreeChanged { dir: dir.to_path_buf(), file: dir.to_path_buf() }.into());
     }
-    Ok((sha256, packed))
+    Ok(sha256)
 }
 
 /// A payload's tar header (with a GNU long-name entry before it if its name needs one).
