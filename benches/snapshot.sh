@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Times snapshots and sharing beside the raw tools, in one run:
 #   1. container: `envy snapshot save` of a running machine (a copy of its upper layer),
-#      right after the data was written and again after `sync` (a reflink shares blocks on
-#      disk, so data still in the page cache is written out first), of a halted one (a
-#      rename), and `restore`, with 1 MiB, 100 MiB and 1 GiB changed, beside `tar --zstd`
-#      of the same layer (what an archive of it costs) and `cp -a` of it (a plain copy: a
-#      reflink where the filesystem has them, as envy's copy is);
+#      right after the data was written (with how long envy held it still) and again after
+#      `sync` (a reflink shares blocks on disk, so data still in the page cache is written
+#      out first), of a halted one (a rename), and `restore`, with 1 MiB, 100 MiB and
+#      1 GiB changed, beside `tar --zstd` of the same layer (what an archive of it costs)
+#      and `cp -a` of it (a plain copy: a reflink where the filesystem has them, as
+#      envy's copy is);
 #   2. halted VM: `envy snapshot save` with a 1 GiB vs a 10 GiB disk, beside
 #      `qemu-img snapshot -c` on a copy of the same overlay (the cost must not grow);
 #   3. `envy share` of the container with 1 GiB changed beside `tar | zstd -3 -T0` of its root filesystem,
@@ -83,10 +84,12 @@ box = { path = "$work/busybox.box" }
 EOT
 cd "$work/ct"
 "$ENVY" -q up
-printf '%-10s %13s %13s %12s %10s %11s %9s %11s %10s\n' changed "save running" "after sync" "save halted" restore "tar --zstd" "cp -a" "halted/tar" "synced/cp"
+printf '%-10s %13s %8s %13s %12s %10s %11s %9s %11s %10s\n' changed "save running" paused "after sync" "save halted" restore "tar --zstd" "cp -a" "halted/tar" "synced/cp"
 for mib in 1 100 1024; do
   "$ENVY" exec -- sh -c "head -c $((mib << 20)) /dev/urandom > /root/data-$mib"
-  t0=$(now); "$ENVY" -q snapshot save "r$mib"; t1=$(now)
+  # -v: envy says how long it held the machine still ("held still for N ms").
+  t0=$(now); "$ENVY" -v snapshot save "r$mib" >/dev/null 2>"$work/save.log"; t1=$(now)
+  paused=$(grep -o 'held still for [0-9]* ms' "$work/save.log" | grep -o '[0-9]*' || echo '?')
   sync --file-system "$ENVY_HOME"
   s0=$(now); "$ENVY" -q snapshot save "s$mib"; s1=$(now)
   "$ENVY" -q halt
@@ -98,7 +101,7 @@ for mib in 1 100 1024; do
   r0=$(now); tar --zstd -cf "$work/raw-$mib.tar.zst" -C "$layer" .; r1=$(now)
   c0=$(now); cp -a --reflink=auto "$layer" "$work/raw-$mib.copy"; c1=$(now)
   rm -rf "$work/raw-$mib.tar.zst" "$work/raw-$mib.copy"
-  printf '%-10s %12ss %12ss %11ss %9ss %10ss %8ss %11s %10s\n' "${mib} MiB" "$(secs "$t0" "$t1")" "$(secs "$s0" "$s1")" "$(secs "$t2" "$t3")" \
+  printf '%-10s %12ss %6sms %12ss %11ss %9ss %10ss %8ss %11s %10s\n' "${mib} MiB" "$(secs "$t0" "$t1")" "$paused" "$(secs "$s0" "$s1")" "$(secs "$t2" "$t3")" \
     "$(secs "$t3" "$t4")" "$(secs "$r0" "$r1")" "$(secs "$c0" "$c1")" \
     "$(ratio "$(secs "$t2" "$t3")" "$(secs "$r0" "$r1")")" "$(ratio "$(secs "$s0" "$s1")" "$(secs "$c0" "$c1")")"
   "$ENVY" -q up

@@ -4,12 +4,13 @@
 
 use std::os::unix::fs::MetadataExt as _;
 use std::path::PathBuf;
+use std::process::Command;
 
 use envy::plan::MachinePlan;
 use envy::provider::{MachineState, Provider};
 
 use crate::common::container::Fixture;
-use crate::common::{need, require};
+use crate::common::{self, need, require, Need, TestEnv};
 
 /// The machine's chain of frozen layers, bottom first, as dirs.
 fn chain(plan: &MachinePlan) -> Vec<PathBuf> {
@@ -242,4 +243,70 @@ fn a_save_killed_halfway_is_finished_by_the_next_start() {
     assert_eq!(f.exec_captured("web", &["cat", "/root/kept"]).0, "kept\n");
     assert!(plan.dir.join("layers/1/root/kept").exists(), "the rename was finished");
     assert_eq!(chain(&plan).len(), 1);
+}
+
+/// A loop-mounted XFS filesystem with reflinks over a folder, for the test's lifetime.
+struct XfsDisk {
+    at: PathBuf,
+    device: String,
+}
+
+impl XfsDisk {
+    fn mount(at: &std::path::Path, image: &std::path::Path) -> XfsDisk {
+        std::fs::File::create(image).unwrap().set_len(1 << 30).unwrap();
+        let out = Command::new("losetup").args(["--find", "--show"]).arg(image).output().unwrap();
+        assert!(out.status.success(), "losetup: {}", String::from_utf8_lossy(&out.stderr));
+        let device = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let disk = XfsDisk { at: at.to_path_buf(), device };
+        assert!(Command::new("mkfs.xfs").args(["-q", "-m", "reflink=1", &disk.device]).status().unwrap().success());
+        assert!(Command::new("mount").arg(&disk.device).arg(at).status().unwrap().success());
+        disk
+    }
+}
+
+impl Drop for XfsDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.at).status();
+        let _ = Command::new("losetup").args(["-d", &self.device]).status();
+    }
+}
+
+/// On a filesystem whose copies clone blocks (XFS here), a running machine's save
+/// writes its layer out first, then clones it while the machine is held still: the
+/// snapshot's file shares its blocks with the machine's, and what the machine writes
+/// afterwards is its own (restore brings back the file as it was).
+#[test]
+fn a_running_save_on_xfs_shares_the_layers_blocks_and_restores_what_was_saved() {
+    require!(need::CONTAINERS, [Need::Tool("mkfs.xfs", "xfsprogs"), Need::Tool("losetup", "mount"), Need::Tool("filefrag", "e2fsprogs")]);
+    let env = TestEnv::new();
+    let (box_path, _) = common::build_container_box(&env, "busybox");
+    let _disk = XfsDisk::mount(&env.home, &env.path("xfs.img"));
+    std::fs::write(env.project.join("Envfile"), format!("[machine.web]\nbox = {{ path = \"{}\" }}\n", box_path.display())).unwrap();
+    let _machines = common::DestroyOnDrop(&env);
+    env.envy().arg("up").assert().success();
+    let sha256 = || {
+        let out = env.envy().args(["exec", "--", "sha256sum", "/root/data"]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().to_string()
+    };
+    env.envy().args(["exec", "--", "sh", "-c", "head -c 16777216 /dev/urandom > /root/data"]).assert().success();
+    let saved = sha256();
+
+    let out = env.envy().args(["-v", "snapshot", "save", "live"]).output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && log.contains("held still for"), "{log}");
+    let projects = env.home.join("projects");
+    let machine = std::fs::read_dir(&projects).unwrap().next().unwrap().unwrap().path().join("machines/web");
+    let record: serde_json::Value = serde_json::from_slice(&std::fs::read(machine.join("snapshots/live.json")).unwrap()).unwrap();
+    let top = record["layers"].as_array().unwrap().last().unwrap().to_string();
+    for file in [machine.join("layers").join(top).join("root/data"), machine.join("upper/root/data")] {
+        let extents = Command::new("filefrag").arg("-v").arg(&file).output().unwrap();
+        let extents = String::from_utf8_lossy(&extents.stdout);
+        assert!(extents.contains("shared"), "{} shares its blocks: {extents}", file.display());
+    }
+
+    env.envy().args(["exec", "--", "sh", "-c", "echo more >> /root/data"]).assert().success();
+    assert_ne!(sha256(), saved);
+    env.envy().args(["snapshot", "restore", "live"]).assert().success();
+    assert_eq!(sha256(), saved, "the snapshot kept the file as it was saved");
 }

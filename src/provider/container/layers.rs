@@ -9,7 +9,7 @@
 //! into one layer of hard links (`flatten`): lookups stay fast, and no data is copied.
 
 use std::collections::{BTreeSet, HashMap};
-use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _, PermissionsExt as _};
+use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _, Result};
@@ -119,6 +119,27 @@ impl<'a> Layers<'a> {
             self.set_chain(&chain)?;
         }
         Ok(chain)
+    }
+
+    /// Writes the upper layer's data out to disk when its filesystem's copies clone
+    /// blocks (XFS, btrfs: `copy_upper` is then a reflink): a clone shares blocks on
+    /// disk, so data still only in memory would otherwise be written by the copy,
+    /// inside the pause of a running machine. Elsewhere the copy reads the bytes
+    /// wherever they are, and nothing is done.
+    pub fn write_out_for_clones(&self) -> Result<()> {
+        use nix::sys::statfs::{fstatfs, BTRFS_SUPER_MAGIC, XFS_SUPER_MAGIC};
+        use std::os::fd::AsRawFd as _;
+        let upper = self.layout.upper();
+        let opened = std::fs::File::options()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+            .open(&upper)
+            .with_context(|| format!("cannot open {}", upper.display()))?;
+        let kind = fstatfs(&opened).with_context(|| format!("cannot read the filesystem of {}", upper.display()))?.filesystem_type();
+        if kind == XFS_SUPER_MAGIC || kind == BTRFS_SUPER_MAGIC {
+            nix::unistd::syncfs(opened.as_raw_fd()).with_context(|| format!("cannot write out the filesystem of {}", upper.display()))?;
+        }
+        Ok(())
     }
 
     /// Copies the upper layer of a running machine (held still by the caller) into a new

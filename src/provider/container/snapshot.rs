@@ -52,16 +52,23 @@ fn missing_machine(m: &Machine) -> anyhow::Error {
 
 /// Runs `work` with the container frozen when it is running, so files are copied
 /// in one consistent state; it is resumed whatever `work` returns. `work` is told
-/// whether the container runs.
-fn frozen<T>(m: &Machine, work: impl FnOnce(bool) -> Result<T>) -> Result<T> {
+/// whether the container runs. With `cloning`, a running container's upper layer is
+/// first written out where copies clone blocks (`Layers::write_out_for_clones`), so
+/// that writing is not done inside the pause.
+fn frozen<T>(m: &Machine, cloning: bool, work: impl FnOnce(bool) -> Result<T>) -> Result<T> {
     let init = match m.runtime.state(m.id())? {
         Some(c) if c.status == Status::Running => Some(c.pid),
         _ => None,
     };
+    if cloning && init.is_some() {
+        Layers::of(&m.layout).write_out_for_clones()?;
+    }
     let frozen = init.map(|pid| freeze::freeze(&m.runtime, m.id(), pid)).transpose()?;
+    let held = std::time::Instant::now();
     let result = work(init.is_some());
     if let Some(frozen) = frozen {
         freeze::thaw(&m.runtime, m.id(), &frozen)?;
+        tracing::debug!(machine = m.name(), "held still for {} ms", held.elapsed().as_millis());
     }
     result
 }
@@ -81,7 +88,7 @@ pub fn save(m: &Machine, name: &str, replace: bool, ui: &Ui) -> Result<SnapshotI
     let layers = Layers::of(&m.layout);
     layers.repair()?;
     ui.step(format!("{}: saving snapshot {name}", m.name()));
-    let chain = frozen(m, |running| {
+    let chain = frozen(m, true, |running| {
         // A running machine's overlay holds its upper layer: that is copied. Otherwise
         // (halted, or its root left mounted by a killed command) it is renamed.
         if running {
@@ -272,7 +279,7 @@ pub fn export_layer(m: &Machine, dir: &Path, ui: &Ui) -> Result<PathBuf> {
     let target = dir.join("layer.tar");
     ui.step(format!("{}: packing its changes as an image layer", m.name()));
     let layers = Layers::of(&m.layout);
-    frozen(m, |_| {
+    frozen(m, false, |_| {
         if layers.chain()?.is_empty() {
             return crate::boxes::pack_layer_dir(&m.layout.upper(), &target);
         }
@@ -299,7 +306,7 @@ pub fn export(m: &Machine, lower: &Path, ui: &Ui, pack: &mut crate::provider::Ex
     }
     ui.step(format!("{}: exporting its root filesystem", m.name()));
     let payloads = std::collections::BTreeMap::from([("rootfs.tar".to_string(), crate::boxes::Payload::Tree(rootfs))]);
-    let packed = frozen(m, |_| pack(&payloads).with_context(|| format!("cannot export the root filesystem of machine {}", m.name())));
+    let packed = frozen(m, false, |_| pack(&payloads).with_context(|| format!("cannot export the root filesystem of machine {}", m.name())));
     if mounted_here {
         overlay::unmount_all(m.layout.dir())?;
     }
