@@ -71,7 +71,8 @@ echo "== work dir $work on $(findmnt -no FSTYPE,SOURCE -T "$work" | xargs), kern
 
 now() { date +%s.%N; }
 secs() { echo "$2 - $1" | bc -l | xargs printf '%.3f'; }
-ratio() { echo "$1 / $2" | bc -l | xargs printf '%.2f'; }
+# $1 / $2, with $3 decimals (default 2).
+ratio() { echo "$1 / $2" | bc -l | xargs printf "%.${3:-2}f"; }
 
 # A busybox container box.
 bench_busybox_box "$ENVY" "$work/busybox-rootfs" "$work/busybox.box" busybox
@@ -123,7 +124,7 @@ size=$(du -sm --apparent-size "$merged" | cut -f1)
 total_envy=0; total_raw=0
 for run in $(seq "$SHARE_RUNS"); do
   # Untimed syncs: neither side pays for writing back what the other left dirty
-  # (envy's box is synced before share returns, tar | zstd's output is not).
+  # (neither syncs its output).
   rm -f "$work/ct.box" "$work/raw-share.tar.zst"; sync
   s0=$(now); "$ENVY" -q share -o "$work/ct.box" >/dev/null; s1=$(now)
   sync
@@ -131,7 +132,7 @@ for run in $(seq "$SHARE_RUNS"); do
   es=$(secs "$s0" "$s1"); rs=$(secs "$r0" "$r1")
   total_envy=$(echo "$total_envy + $es" | bc -l); total_raw=$(echo "$total_raw + $rs" | bc -l)
   printf 'run %s: envy share %ss (%s MiB/s)   tar|zstd %ss (%s MiB/s)   ratio %s\n' "$run" \
-    "$es" "$(echo "$size / $es" | bc -l | xargs printf '%.0f')" "$rs" "$(echo "$size / $rs" | bc -l | xargs printf '%.0f')" "$(ratio "$es" "$rs")"
+    "$es" "$(ratio "$size" "$es" 0)" "$rs" "$(ratio "$size" "$rs" 0)" "$(ratio "$es" "$rs")"
 done
 umount "$merged"
 printf 'all %s runs (%s MiB): envy share %ss, tar|zstd %ss, ratio %s\n' "$SHARE_RUNS" "$size" "$(printf '%.3f' "$total_envy")" "$(printf '%.3f' "$total_raw")" "$(ratio "$total_envy" "$total_raw")"

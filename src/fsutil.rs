@@ -378,12 +378,14 @@ impl FileLock {
     /// each command would otherwise pay.
     fn mark(lock: nix::fcntl::Flock<fs::File>, path: &Path) -> Result<FileLock> {
         let pid = format!("{:<10}\n", std::process::id());
-        lock.write_all_at(pid.as_bytes(), 0)
-            .and_then(|()| match lock.metadata()?.len() > pid.len() as u64 {
-                true => lock.set_len(pid.len() as u64),
-                false => Ok(()),
-            })
-            .with_context(|| format!("cannot write {}", path.display()))?;
+        let written = lock.write_all_at(pid.as_bytes(), 0).and_then(|()| {
+            // Only a file an older envy wrote can be longer.
+            if lock.metadata()?.len() > pid.len() as u64 {
+                lock.set_len(pid.len() as u64)?;
+            }
+            Ok(())
+        });
+        written.with_context(|| format!("cannot write {}", path.display()))?;
         Ok(FileLock { _file: lock })
     }
 }

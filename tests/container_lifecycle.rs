@@ -5,7 +5,7 @@
 use envy::provider::{ExecRequest, MachineState, Provider};
 
 use crate::common::container::{forward, send_all, Fixture};
-use crate::common::{eventually, free_port, http_get, need, require};
+use crate::common::{eventually, free_port, http_get, need, require, Need};
 
 #[test]
 fn up_syncs_the_project_passes_stdio_and_exit_codes_and_forwards_a_port() {
@@ -251,4 +251,39 @@ fn a_box_without_a_shell_fails_with_runcs_reason_and_leaves_nothing() {
     assert!(f.namespaces().is_empty() && f.mounts().is_empty() && f.slirp_pid().is_none());
     let left: Vec<_> = std::fs::read_dir(f.plan("web").dir).into_iter().flatten().collect();
     assert!(left.is_empty(), "{left:?}");
+}
+
+/// envy's netlink requests in a namespace the test made: a refusal names what was
+/// asked, the link and the namespace, and changes nothing; deleting a link that is not
+/// there is not an error (a machine's veth goes with its namespace).
+#[test]
+fn netlink_changes_name_what_the_kernel_refused_and_a_missing_link_is_already_deleted() {
+    require!([Need::Root, Need::Tool("ip", "iproute2")]);
+    let name = format!("envy-nltest-{}", std::process::id());
+    assert!(std::process::Command::new("ip").args(["netns", "add", &name]).status().unwrap().success());
+    struct Remove<'a>(&'a str);
+    impl Drop for Remove<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip").args(["netns", "delete", self.0]).status();
+        }
+    }
+    let _netns = Remove(&name);
+    let path = std::path::PathBuf::from("/run/netns").join(&name);
+    let changes = envy::provider::netlink::Changes::in_namespace(&path).unwrap();
+    let names = || changes.links().unwrap().into_iter().map(|l| l.name).collect::<Vec<_>>();
+
+    changes.add_bridge("br-t", 1500).unwrap();
+    changes.set_up("lo").unwrap();
+    assert_eq!(names(), ["lo", "br-t"]);
+    let again = format!("{:#}", changes.add_bridge("br-t", 1500).unwrap_err());
+    assert!(again.contains(&format!("cannot add bridge br-t in network namespace {}", path.display())) && again.contains("File exists"), "{again}");
+    let missing = format!("{:#}", changes.set_up("no-such").unwrap_err());
+    assert!(missing.contains("cannot set link no-such up") && missing.contains("No such device"), "{missing}");
+    let unknown = format!("{:#}", changes.join_bridge("lo", 1500, "no-bridge").unwrap_err());
+    assert!(unknown.contains("cannot find link no-bridge in network namespace"), "{unknown}");
+    assert_eq!(names(), ["lo", "br-t"], "the refusals changed nothing");
+
+    changes.delete_link("br-t").unwrap();
+    changes.delete_link("br-t").unwrap();
+    assert_eq!(names(), ["lo"]);
 }

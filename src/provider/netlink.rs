@@ -65,23 +65,35 @@ fn socket(protocol: libc::c_int) -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// A dump request: the header (`kind`, request and dump flags), then `body`.
-pub fn dump_request(kind: u16, body: &[u8]) -> Vec<u8> {
+/// A request: the header (`kind`, NLM_F_REQUEST and `flags`), then `body`.
+fn request(kind: u16, flags: libc::c_int, body: &[u8]) -> Vec<u8> {
     let mut request = vec![0u8; HEADER];
     request[0..4].copy_from_slice(&((HEADER + body.len()) as u32).to_ne_bytes());
     request[4..6].copy_from_slice(&kind.to_ne_bytes());
-    request[6..8].copy_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());
+    request[6..8].copy_from_slice(&((libc::NLM_F_REQUEST | flags) as u16).to_ne_bytes());
     request.extend_from_slice(body);
     request
+}
+
+/// A dump request: the header (`kind`, request and dump flags), then `body`.
+pub fn dump_request(kind: u16, body: &[u8]) -> Vec<u8> {
+    request(kind, libc::NLM_F_DUMP, body)
 }
 
 /// Sends a dump `request` and hands each message of the answer (its type and body) to
 /// `each` until the kernel says it is done; more than `max` bytes is an error naming
 /// `what` was asked.
-pub fn dump(sock: &OwnedFd, request: &[u8], max: u64, what: &str, mut each: impl FnMut(u16, &[u8])) -> Result<()> {
+pub fn dump(sock: &OwnedFd, request: &[u8], max: u64, what: &str, each: impl FnMut(u16, &[u8])) -> Result<()> {
+    exchange(sock, request, max, each).with_context(|| format!("cannot list {what}"))
+}
+
+/// Sends `request` and hands each message of the answer to `each` until the kernel
+/// says it is done (a dump's end, or its acknowledgement); its refusal, or an answer
+/// over `max` bytes, is the error.
+fn exchange(sock: &OwnedFd, request: &[u8], max: u64, mut each: impl FnMut(u16, &[u8])) -> Result<()> {
     // SAFETY: the buffer lives for the call; an unaddressed netlink send goes to the kernel.
     if unsafe { libc::send(sock.as_raw_fd(), request.as_ptr().cast(), request.len(), 0) } < 0 {
-        bail!("cannot ask the kernel for {what}: {}", std::io::Error::last_os_error());
+        bail!("cannot send the request: {}", std::io::Error::last_os_error());
     }
     let mut buf = vec![0u8; 64 << 10];
     let mut read = 0u64;
@@ -89,13 +101,13 @@ pub fn dump(sock: &OwnedFd, request: &[u8], max: u64, what: &str, mut each: impl
         // SAFETY: recv writes at most buf.len() bytes into buf.
         let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
         if n < 0 {
-            bail!("cannot read the kernel's answer about {what}: {}", std::io::Error::last_os_error());
+            bail!("cannot read the kernel's answer: {}", std::io::Error::last_os_error());
         }
         read += n as u64;
         if read > max {
-            bail!("the kernel's answer about {what} is over {max} bytes");
+            bail!("the kernel's answer is over {max} bytes");
         }
-        if messages(&buf[..n as usize], &mut each).with_context(|| format!("the kernel refused to list {what}"))? || n == 0 {
+        if messages(&buf[..n as usize], &mut each)? || n == 0 {
             return Ok(());
         }
     }
@@ -238,28 +250,29 @@ impl Changes {
         links_on(&self.sock, &self.netns)
     }
 
-    /// The index of link `name`, which must be there.
+    /// The index of link `name`, which must be there: the kernel is asked for that
+    /// one link, not for every link of a namespace that holds one per machine.
     fn index_of(&self, name: &str) -> Result<u32> {
-        match self.links()?.into_iter().find(|l| l.name == name) {
-            Some(link) => Ok(link.index),
-            None => bail!("network namespace {} has no link {name}", self.netns),
-        }
+        let mut found = None;
+        exchange(&self.sock, &request(RTM_GETLINK, libc::NLM_F_ACK, &named_link(name, false)), MAX_ROUTE_DUMP, |_, body| {
+            found = found.or(parse_link(body).map(|link| link.index));
+        })
+        .with_context(|| format!("cannot find link {name} in network namespace {}", self.netns))?;
+        found.with_context(|| format!("network namespace {} has no link {name}", self.netns))
     }
 
     /// A veth pair: `name` here with `mtu`, up and on bridge `bridge`; its other end
     /// `peer` in the namespace of `peer_netns` (a descriptor of it), down.
     pub fn add_veth(&self, name: &str, mtu: u32, bridge: &str, peer: &str, peer_netns: &impl std::os::fd::AsRawFd) -> Result<()> {
         let master = self.index_of(bridge)?;
-        let mut body = link_message(0, true);
-        attribute(&mut body, IFLA_IFNAME, &nul_terminated(name));
+        let mut body = named_link(name, true);
         attribute(&mut body, IFLA_MTU, &mtu.to_ne_bytes());
         attribute(&mut body, IFLA_MASTER, &master.to_ne_bytes());
         nest(&mut body, IFLA_LINKINFO, |info| {
             attribute(info, IFLA_INFO_KIND, b"veth");
             nest(info, IFLA_INFO_DATA, |data| {
                 nest(data, VETH_INFO_PEER, |other| {
-                    other.extend(link_message(0, false));
-                    attribute(other, IFLA_IFNAME, &nul_terminated(peer));
+                    other.extend(named_link(peer, false));
                     attribute(other, IFLA_NET_NS_FD, &(peer_netns.as_raw_fd() as u32).to_ne_bytes());
                 });
             });
@@ -269,8 +282,7 @@ impl Changes {
 
     /// A bridge `name` with `mtu`, up.
     pub fn add_bridge(&self, name: &str, mtu: u32) -> Result<()> {
-        let mut body = link_message(0, true);
-        attribute(&mut body, IFLA_IFNAME, &nul_terminated(name));
+        let mut body = named_link(name, true);
         attribute(&mut body, IFLA_MTU, &mtu.to_ne_bytes());
         nest(&mut body, IFLA_LINKINFO, |info| attribute(info, IFLA_INFO_KIND, b"bridge"));
         self.ask(RTM_NEWLINK, libc::NLM_F_CREATE | libc::NLM_F_EXCL, &body, &format!("add bridge {name}"))
@@ -278,7 +290,7 @@ impl Changes {
 
     /// Puts link `name` on bridge `bridge` with `mtu`, and up: one request.
     pub fn join_bridge(&self, name: &str, mtu: u32, bridge: &str) -> Result<()> {
-        let mut body = link_message(self.index_of(name)?, true);
+        let mut body = named_link(name, true);
         attribute(&mut body, IFLA_MTU, &mtu.to_ne_bytes());
         attribute(&mut body, IFLA_MASTER, &self.index_of(bridge)?.to_ne_bytes());
         self.ask(RTM_NEWLINK, 0, &body, &format!("put link {name} on bridge {bridge}"))
@@ -286,7 +298,7 @@ impl Changes {
 
     /// Sets link `name` up.
     pub fn set_up(&self, name: &str) -> Result<()> {
-        self.ask(RTM_NEWLINK, 0, &link_message(self.index_of(name)?, true), &format!("set link {name} up"))
+        self.ask(RTM_NEWLINK, 0, &named_link(name, true), &format!("set link {name} up"))
     }
 
     /// Adds `address`/`prefix` to link `name`.
@@ -310,57 +322,38 @@ impl Changes {
         self.ask(RTM_NEWROUTE, libc::NLM_F_CREATE | libc::NLM_F_EXCL, &body, &format!("add the default route via {gateway}"))
     }
 
-    /// Deletes link `name` (a veth pair goes with either end).
+    /// Deletes link `name` (a veth pair goes with either end); one that is not there is
+    /// already deleted.
     pub fn delete_link(&self, name: &str) -> Result<()> {
-        let mut body = link_message(0, false);
-        attribute(&mut body, IFLA_IFNAME, &nul_terminated(name));
-        self.ask(RTM_DELLINK, 0, &body, &format!("delete link {name}"))
+        let asked = self.ask(RTM_DELLINK, 0, &named_link(name, false), &format!("delete link {name}"));
+        let absent = |e: &anyhow::Error| e.root_cause().downcast_ref::<std::io::Error>().and_then(std::io::Error::raw_os_error) == Some(libc::ENODEV);
+        match asked {
+            Err(e) if absent(&e) => Ok(()),
+            asked => asked,
+        }
     }
 
     /// Sends one request of `kind` with `flags` and waits for the kernel's answer; its
     /// refusal is an error saying what was `doing` in which namespace.
     fn ask(&self, kind: u16, flags: libc::c_int, body: &[u8], doing: &str) -> Result<()> {
-        let mut request = vec![0u8; HEADER];
-        request[0..4].copy_from_slice(&((HEADER + body.len()) as u32).to_ne_bytes());
-        request[4..6].copy_from_slice(&kind.to_ne_bytes());
-        request[6..8].copy_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_ACK | flags) as u16).to_ne_bytes());
-        request.extend_from_slice(body);
-        let failed = |cause: String| anyhow::anyhow!("cannot {doing} in network namespace {}: {cause}", self.netns);
-        // SAFETY: the buffer lives for the call; an unaddressed netlink send goes to the kernel.
-        if unsafe { libc::send(self.sock.as_raw_fd(), request.as_ptr().cast(), request.len(), 0) } < 0 {
-            return Err(failed(std::io::Error::last_os_error().to_string()));
-        }
-        let mut buf = vec![0u8; 8 << 10];
-        loop {
-            // SAFETY: recv writes at most buf.len() bytes into buf.
-            let n = unsafe { libc::recv(self.sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n <= 0 {
-                return Err(failed(if n == 0 { "no answer".into() } else { std::io::Error::last_os_error().to_string() }));
-            }
-            if messages(&buf[..n as usize], &mut |_, _| ()).map_err(|e| failed(e.to_string()))? {
-                return Ok(());
-            }
-        }
+        exchange(&self.sock, &request(kind, libc::NLM_F_ACK | flags, body), MAX_ROUTE_DUMP, |_, _| ())
+            .with_context(|| format!("cannot {doing} in network namespace {}", self.netns))
     }
 }
 
-/// A struct ifinfomsg naming link `index` (0: none, the name attribute says which), up
-/// when `up`.
-fn link_message(index: u32, up: bool) -> Vec<u8> {
+/// A struct ifinfomsg that names its link by the name attribute after it (index 0),
+/// up when `up`.
+fn named_link(name: &str, up: bool) -> Vec<u8> {
     let mut body = vec![0u8; 16];
-    body[4..8].copy_from_slice(&index.to_ne_bytes());
     if up {
         let up = libc::IFF_UP as u32;
         body[8..12].copy_from_slice(&up.to_ne_bytes());
         body[12..16].copy_from_slice(&up.to_ne_bytes());
     }
+    let mut name = name.as_bytes().to_vec();
+    name.push(0);
+    attribute(&mut body, IFLA_IFNAME, &name);
     body
-}
-
-fn nul_terminated(name: &str) -> Vec<u8> {
-    let mut bytes = name.as_bytes().to_vec();
-    bytes.push(0);
-    bytes
 }
 
 /// Appends a routing attribute: its length and type, then `value`, padded to 4 bytes.

@@ -65,8 +65,9 @@ impl MachineNet {
 
     /// Removes the veth pair and the namespace.
     pub fn remove(&self, project: &ProjectNet) -> Result<()> {
-        if project.netns().exists()? && project.netns().has_link(&self.veth) {
-            Changes::in_namespace(project.netns().path())?.delete_link(&self.veth)?;
+        // A project namespace that cannot be entered holds no veth of this machine.
+        if let Ok(bridge) = Changes::in_namespace(project.netns().path()) {
+            bridge.delete_link(&self.veth)?;
         }
         self.netns.delete()
     }

@@ -50,17 +50,26 @@ fn missing_machine(m: &Machine) -> anyhow::Error {
     crate::state::Error::NotCreated { machine: m.name().into() }.into()
 }
 
+/// What `frozen` holds a running container still for.
+#[derive(PartialEq)]
+enum Hold {
+    /// Its files are read (packed into a tar).
+    ToRead,
+    /// Its upper layer is copied into a snapshot layer: a clone of its blocks on XFS
+    /// and btrfs, so it is written out first (`Layers::write_out_for_clones`), while
+    /// the container runs, and not inside the pause.
+    ToCopyLayer,
+}
+
 /// Runs `work` with the container frozen when it is running, so files are copied
 /// in one consistent state; it is resumed whatever `work` returns. `work` is told
-/// whether the container runs. With `cloning`, a running container's upper layer is
-/// first written out where copies clone blocks (`Layers::write_out_for_clones`), so
-/// that writing is not done inside the pause.
-fn frozen<T>(m: &Machine, cloning: bool, work: impl FnOnce(bool) -> Result<T>) -> Result<T> {
+/// whether the container runs.
+fn frozen<T>(m: &Machine, hold: Hold, work: impl FnOnce(bool) -> Result<T>) -> Result<T> {
     let init = match m.runtime.state(m.id())? {
         Some(c) if c.status == Status::Running => Some(c.pid),
         _ => None,
     };
-    if cloning && init.is_some() {
+    if hold == Hold::ToCopyLayer && init.is_some() {
         Layers::of(&m.layout).write_out_for_clones()?;
     }
     let frozen = init.map(|pid| freeze::freeze(&m.runtime, m.id(), pid)).transpose()?;
@@ -88,7 +97,7 @@ pub fn save(m: &Machine, name: &str, replace: bool, ui: &Ui) -> Result<SnapshotI
     let layers = Layers::of(&m.layout);
     layers.repair()?;
     ui.step(format!("{}: saving snapshot {name}", m.name()));
-    let chain = frozen(m, true, |running| {
+    let chain = frozen(m, Hold::ToCopyLayer, |running| {
         // A running machine's overlay holds its upper layer: that is copied. Otherwise
         // (halted, or its root left mounted by a killed command) it is renamed.
         if running {
@@ -279,7 +288,7 @@ pub fn export_layer(m: &Machine, dir: &Path, ui: &Ui) -> Result<PathBuf> {
     let target = dir.join("layer.tar");
     ui.step(format!("{}: packing its changes as an image layer", m.name()));
     let layers = Layers::of(&m.layout);
-    frozen(m, false, |_| {
+    frozen(m, Hold::ToRead, |_| {
         if layers.chain()?.is_empty() {
             return crate::boxes::pack_layer_dir(&m.layout.upper(), &target);
         }
@@ -306,7 +315,7 @@ pub fn export(m: &Machine, lower: &Path, ui: &Ui, pack: &mut crate::provider::Ex
     }
     ui.step(format!("{}: exporting its root filesystem", m.name()));
     let payloads = std::collections::BTreeMap::from([("rootfs.tar".to_string(), crate::boxes::Payload::Tree(rootfs))]);
-    let packed = frozen(m, false, |_| pack(&payloads).with_context(|| format!("cannot export the root filesystem of machine {}", m.name())));
+    let packed = frozen(m, Hold::ToRead, |_| pack(&payloads).with_context(|| format!("cannot export the root filesystem of machine {}", m.name())));
     if mounted_here {
         overlay::unmount_all(m.layout.dir())?;
     }
