@@ -59,7 +59,7 @@ fn write_box(out: &mut dyn Write, manifest: &mut Manifest, files: &BTreeMap<Stri
     for (name, payload) in files {
         let sha256 = match payload {
             Payload::File(path) => copy_file(name, path, out)?,
-            Payload::Tree(dir) => pack_tree(name, dir, out)?,
+            Payload::Tree(dir) => pack_tree(name, dir, rootfs_tar_size(dir)?, out)?,
         };
         manifest.files.insert(name.clone(), sha256);
     }
@@ -87,10 +87,10 @@ fn copy_file(name: &str, path: &Path, out: &mut dyn Write) -> anyhow::Result<Str
     Ok(sha256)
 }
 
-/// Packs a root filesystem dir as the payload `name`, behind a header with the size
-/// its metadata gave; a tree whose tar came out another size changed meanwhile.
-fn pack_tree(name: &str, dir: &Path, out: &mut dyn Write) -> anyhow::Result<String> {
-    let size = rootfs_tar_size(dir)?;
+/// Packs a root filesystem dir as the payload `name`, behind a header with `size`,
+/// what its metadata gave before; a tree whose tar comes out another size changed
+/// meanwhile.
+fn pack_tree(name: &str, dir: &Path, size: u64, out: &mut dyn Write) -> anyhow::Result<String> {
     out.write_all(&payload_header(name, size)?)?;
     // A tar is whole 512-byte blocks, so the entry needs no padding after it.
     let (_, (sha256, packed)) = pack_rootfs_into(dir, ThreadedHashingWriter::new(out))?.finish_counted()?;
@@ -219,6 +219,19 @@ mod tests {
         let out = tmp.path().join("t.box");
         let err = pack_box(&out, Manifest::for_rootfs("t", "1", "rootfs.tar", ""), &files, "t.box").unwrap_err().to_string();
         assert!(err.contains("are not the ones its box.toml names"), "{err}");
+    }
+
+    #[test]
+    fn a_tree_whose_tar_is_not_the_size_its_header_gave_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let tree = tmp.path().join("tree");
+        std::fs::create_dir_all(&tree).unwrap();
+        std::fs::write(tree.join("file"), "data\n").unwrap();
+        let size = rootfs_tar_size(&tree).unwrap();
+        // As a tree that grew after it was sized: its header said less.
+        let err = pack_tree("rootfs.tar", &tree, size - 512, &mut Vec::new()).unwrap_err();
+        assert!(matches!(err.downcast_ref::<Error>(), Some(Error::TreeChanged { dir, .. }) if dir == &tree), "{err:#}");
+        assert!(pack_tree("rootfs.tar", &tree, size, &mut Vec::new()).is_ok());
     }
 
     /// Unpacks as the store does, every payload checked against box.sums.
